@@ -1,0 +1,34 @@
+"""The ``epp`` command: one subcommand per role, each defined next to the code it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from epp import __version__
+
+# (subcommand, module that defines ``configure_parser(parser)``, one-line help).
+# Modules are imported only to build their parser; heavy imports happen when a command runs.
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epp", description="Endpoint picker for LLM inference behind Envoy.")
+    parser.add_argument("--version", action="version", version=f"epp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in SUBCOMMANDS:
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure_parser(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(run(args) or 0)

@@ -1,0 +1,89 @@
+"""Endpoint identity, engine-metrics snapshots, and the per-endpoint state the scheduler reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
+ROLE_LABEL = "llm-d.ai/role"
+DEFAULT_ENGINE = "vllm"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One model-server port: what discovery knows, immutable.
+
+    ``name`` is unique in a datastore: ``<pod>-rank-<i>`` in Kubernetes (i = index in targetPorts),
+    ``host:port`` for static endpoints.
+    """
+
+    name: str
+    address: str
+    port: int
+    namespace: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metrics_port: int | None = None
+
+    @property
+    def hostport(self) -> str:
+        """``ip:port`` as Envoy expects it in ``x-gateway-destination-endpoint`` (IPv6 bracketed)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    @property
+    def engine(self) -> str:
+        """Model-server kind from the reference's engine-type labels; ``vllm`` when unlabelled."""
+        for label in ENGINE_TYPE_LABELS:
+            value = self.labels.get(label)
+            if value:
+                return value
+        return DEFAULT_ENGINE
+
+    @property
+    def role(self) -> str:
+        """Disaggregation role (``prefill``, ``decode``, ``encode``); ``both`` when unlabelled."""
+        return self.labels.get(ROLE_LABEL, "both")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointMetrics:
+    """One scrape of an engine's ``/metrics``, mapped to engine-neutral fields.
+
+    ``scraped_at`` is in the datastore clock's seconds. Fields the engine does not report stay ``None``
+    (no LoRA family → ``max_lora`` None).
+    """
+
+    scraped_at: float
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    active_loras: frozenset[str] = frozenset()
+    waiting_loras: frozenset[str] = frozenset()
+    max_lora: int | None = None
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    models: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class EndpointState:
+    """What the scheduler sees for one endpoint: identity, last metrics, staleness and epp's own load.
+
+    Mutated only by the datastore and the director; scheduling plugins treat it as read-only.
+    """
+
+    endpoint: Endpoint
+    metrics: EndpointMetrics | None = None
+    stale: bool = True
+    scrape_error: str | None = None
+    inflight_requests: int = 0
+    inflight_tokens: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def hostport(self) -> str:
+        return self.endpoint.hostport

@@ -1,0 +1,119 @@
+"""Plugin contracts, after GIE's ``framework/interface/scheduling``: one small protocol per extension point.
+
+Scores are lists aligned with the endpoint list a scorer was given (no per-call dicts on the hot path),
+each value meant to lie in [0, 1]; the profile clamps and weights them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from epp.datastore import EndpointState
+from epp.request import LLMRequest
+
+if TYPE_CHECKING:
+    from epp.scheduling.profile import SchedulerProfile
+
+
+@dataclass(frozen=True, slots=True)
+class TypedName:
+    """A plugin's type (its registry key, e.g. ``queue-scorer``) and instance name (defaults to the type)."""
+
+    type: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name if self.name == self.type else f"{self.name}/{self.type}"
+
+
+class CycleState(dict[str, Any]):
+    """Scratch space for one scheduling cycle, shared by the plugins of all its profiles.
+
+    Producers (e.g. the prefix matcher) write under their plugin name so a scorer and the PreRequest
+    hook that follows can reuse work instead of hashing the prompt twice.
+    """
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    @property
+    def typed_name(self) -> TypedName: ...
+
+
+@runtime_checkable
+class Filter(Plugin, Protocol):
+    def filter(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[EndpointState]:
+        """Return the subset that may serve ``request``, in the given order."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Plugin, Protocol):
+    def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> Sequence[float]:
+        """One score per endpoint, aligned with ``endpoints``; higher is better, meant to lie in [0, 1]."""
+        ...
+
+
+@runtime_checkable
+class Picker(Plugin, Protocol):
+    def pick(
+        self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState], scores: list[float]
+    ) -> list[EndpointState]:
+        """Choose from scored endpoints: best first, as many as the picker's ``maxNumOfEndpoints``."""
+        ...
+
+
+@dataclass(slots=True)
+class ProfileResult:
+    """What one profile picked: ``endpoints[0]`` is the primary, the rest are the fallback list."""
+
+    endpoints: list[EndpointState]
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    """All profiles' picks for one request; the primary profile's endpoints are where it is sent."""
+
+    profile_results: dict[str, ProfileResult | None]
+    primary_profile: str
+
+    @property
+    def endpoints(self) -> list[EndpointState]:
+        primary = self.profile_results.get(self.primary_profile)
+        return primary.endpoints if primary is not None else []
+
+
+@runtime_checkable
+class ProfileHandler(Plugin, Protocol):
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileResult | None],
+    ) -> dict[str, SchedulerProfile]:
+        """Profiles to run next, given the results so far; empty ends the loop."""
+        ...
+
+    def process_results(
+        self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        """Combine the profiles' results into the final decision."""
+        ...
+
+
+@runtime_checkable
+class PreRequest(Plugin, Protocol):
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        """Called once the pick is final, before the request is forwarded (e.g. to update a prefix index)."""
+        ...
+
+
+@runtime_checkable
+class ResponseComplete(Plugin, Protocol):
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        """Called when the response has ended, with the engine's usage counts when it reported them."""
+        ...

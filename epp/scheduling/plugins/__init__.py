@@ -1,0 +1,1 @@
+"""Built-in plugins, one per module, grouped by extension point."""

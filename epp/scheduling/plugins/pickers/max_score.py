@@ -1,0 +1,35 @@
+"""``max-score-picker``: the highest total score wins; ties are broken at random."""
+
+from __future__ import annotations
+
+import random
+
+from epp.datastore import EndpointState
+from epp.request import LLMRequest
+from epp.scheduling.framework import CycleState, TypedName
+
+MAX_SCORE_PICKER = "max-score-picker"
+
+
+class MaxScorePicker:
+    """Shuffle, then stable-sort by score: equal scores land in random order, so ties never pile onto
+    the first endpoint in discovery order."""
+
+    def __init__(self, name: str = MAX_SCORE_PICKER, max_num_of_endpoints: int = 1, rng: random.Random | None = None):
+        if max_num_of_endpoints < 1:
+            raise ValueError("maxNumOfEndpoints must be at least 1")
+        self.typed_name = TypedName(MAX_SCORE_PICKER, name)
+        self.max_num_of_endpoints = max_num_of_endpoints
+        self._rng = rng or random.Random()
+
+    def pick(
+        self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState], scores: list[float]
+    ) -> list[EndpointState]:
+        if self.max_num_of_endpoints == 1:
+            best = max(scores)
+            top = [i for i, s in enumerate(scores) if s == best]
+            return [endpoints[top[0] if len(top) == 1 else self._rng.choice(top)]]
+        order = list(range(len(endpoints)))
+        self._rng.shuffle(order)
+        order.sort(key=scores.__getitem__, reverse=True)
+        return [endpoints[i] for i in order[: self.max_num_of_endpoints]]

@@ -1,0 +1,35 @@
+"""``single-profile-handler``: run the one configured profile once; its result is the decision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from epp.request import LLMRequest
+from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
+from epp.scheduling.profile import SchedulerProfile
+
+SINGLE_PROFILE_HANDLER = "single-profile-handler"
+
+
+class SingleProfileHandler:
+    def __init__(self, name: str = SINGLE_PROFILE_HANDLER) -> None:
+        self.typed_name = TypedName(SINGLE_PROFILE_HANDLER, name)
+
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        request: LLMRequest,
+        profiles: Mapping[str, SchedulerProfile],
+        results: Mapping[str, ProfileResult | None],
+    ) -> dict[str, SchedulerProfile]:
+        if results:
+            return {}
+        if len(profiles) != 1:
+            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
+        return dict(profiles)
+
+    def process_results(
+        self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
+        (name,) = results
+        return SchedulingResult(results, name)

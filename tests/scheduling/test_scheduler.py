@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from epp.request import RequestError
+from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
+from epp.scheduling.plugins.profiles.single import SingleProfileHandler
+from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer
+from epp.scheduling.presets import build_preset
+from epp.scheduling.profile import SchedulerProfile, WeightedScorer
+from epp.scheduling.scheduler import Scheduler
+from tests.conftest import make_request, make_state, make_states
+
+
+class DropAll:
+    typed_name = TypedName("drop-all", "drop-all")
+
+    def filter(self, cycle, request, endpoints):  # type: ignore[no-untyped-def]
+        return []
+
+
+class Fixed:
+    """A scorer returning given raw scores, to check clamping and weighting."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.typed_name = TypedName("fixed", "fixed")
+        self.values = values
+
+    def score(self, cycle, request, endpoints):  # type: ignore[no-untyped-def]
+        return self.values
+
+
+def test_least_inflight_preset_picks_the_idle_endpoint() -> None:
+    states = [make_state("a", inflight=3), make_state("b", inflight=0), make_state("c", inflight=1)]
+    result = build_preset("least-inflight").schedule(make_request(), states)
+    assert [e.name for e in result.endpoints] == ["b"]
+
+
+def test_ties_are_broken_at_random_across_all_tied_endpoints() -> None:
+    scheduler = Scheduler(
+        {"default": SchedulerProfile("default", MaxScorePicker(rng=random.Random(7)), scorers=[WeightedScorer(ActiveRequestScorer())])},
+        SingleProfileHandler(),
+    )
+    states = make_states(4)
+    counts = Counter(scheduler.schedule(make_request(), states).endpoints[0].name for _ in range(400))
+    assert set(counts) == {"e0", "e1", "e2", "e3"}
+    assert min(counts.values()) > 60
+
+
+def test_scores_are_clamped_then_weighted() -> None:
+    profile = SchedulerProfile(
+        "p", MaxScorePicker(max_num_of_endpoints=3),
+        scorers=[WeightedScorer(Fixed([5.0, 0.5, -3.0]), 2.0), WeightedScorer(Fixed([0.0, 0.6, 1.0]), 1.0)],
+    )
+    result = profile.run(CycleState(), make_request(), make_states(3))
+    assert result is not None
+    assert result.scores == pytest.approx({"e0": 2.0, "e1": 1.6, "e2": 1.0})
+    assert [e.name for e in result.endpoints] == ["e0", "e1", "e2"]
+
+
+def test_no_candidates_is_503_and_all_filtered_is_429() -> None:
+    with pytest.raises(RequestError) as empty:
+        build_preset("least-inflight").schedule(make_request(), [])
+    assert empty.value.status == 503 and empty.value.reason == "rejected-no-endpoints"
+
+    scheduler = Scheduler({"p": SchedulerProfile("p", MaxScorePicker(), filters=[DropAll()])}, SingleProfileHandler())
+    with pytest.raises(RequestError) as filtered:
+        scheduler.schedule(make_request(), make_states(2))
+    assert filtered.value.status == 429 and filtered.value.reason == "rejected-saturated"
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="least-inflight"):
+        build_preset("nope")
