@@ -46,7 +46,7 @@ def full_parse(text: str) -> int:
 
 def busy_pages(text: str, count: int) -> list[str]:
     """``count`` variants of the page; each variant's queue/running/KV values appear in no other."""
-    return [CHANGING.sub(lambda m, i=i: f"{m.group(1)} {i}", text) for i in range(count)]
+    return [CHANGING.sub(rf"\g<1> {i}", text) for i in range(count)]
 
 
 async def thread_us(fn: Callable[[], object], repeat: int) -> float:

@@ -124,7 +124,7 @@ def _newest(series: Iterable[Sample]) -> Sample | None:
     best: Sample | None = None
     for sample in series:
         if best is None or (
-            sample.timestamp is not None and (best.timestamp is None or sample.timestamp > best.timestamp)
+            sample.timestamp is not None and (best.timestamp is None or float(sample.timestamp) > float(best.timestamp))
         ):
             best = sample
     return best

@@ -143,7 +143,7 @@ class MetricsPoller:
             self._failed(endpoint, ScrapeFailure("parse", str(exc)))
         except ScrapeFailure as exc:
             self._failed(endpoint, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug here must not end this endpoint's polling
+        except Exception as exc:  # a bug here must not end this endpoint's polling
             log.exception("metrics scrape of %s raised unexpectedly", endpoint.name)
             self._failed(endpoint, ScrapeFailure("internal", repr(exc)))
         else:
