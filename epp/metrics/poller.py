@@ -88,6 +88,8 @@ class MetricsPoller:
         """Cancel every endpoint task, wait for them, close the HTTP session. Idempotent."""
         if self._state is _State.STOPPED:
             return
+        if self._state is _State.RUNNING:
+            self._datastore.remove_listener(self)
         self._state = _State.STOPPED
         tasks = list(self._tasks.values())
         self._tasks.clear()
