@@ -342,6 +342,8 @@ class FakeKubeApiServer:
         self.watches.add(watch)
         try:
             return await self._stream(request, response, watch)
+        except ConnectionError:  # the client went away; nothing to tell it
+            return response
         finally:
             self.watches.discard(watch)
 
