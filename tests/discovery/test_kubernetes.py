@@ -7,6 +7,7 @@ are API writes, faults are real connection drops, 410s and a server that goes do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -257,3 +258,19 @@ async def test_objective_crd_absent_is_tolerated(apiserver: FakeKubeApiServer, r
     apiserver.serve("llm-d.ai", "v1alpha2", "inferenceobjectives")  # the CRD gets installed later
     apiserver.put(make_objective("critical", "pool", 9))
     await wait_for(lambda: rt.objective_priority("critical") == 9, what="objective after CRD install")
+
+
+async def test_periodic_resync_relists_without_churn(apiserver: FakeKubeApiServer, kubeconfig: str) -> None:
+    apiserver.put(make_pool("pool", {"app": "vllm"}, [8000]))
+    apiserver.put(make_pod("a", "10.0.0.1"))
+    listener = RecordingListener()
+    datastore = Datastore()
+    datastore.add_listener(listener)
+    timing = dataclasses.replace(FAST, resync_period=0.4)  # watches end at the resync deadline
+    async with KubernetesRuntime(datastore, "default", pool_name="pool", kubeconfig=kubeconfig, timing=timing):
+        await wait_for(lambda: datastore.synced)
+        lists = pod_lists(apiserver)
+        await wait_for(lambda: pod_lists(apiserver) >= lists + 2, what="two periodic relists")
+        apiserver.put(make_pod("b", "10.0.0.2"))
+        await wait_for(lambda: names(datastore) == {"a-rank-0", "b-rank-0"})
+    assert listener.added == ["a-rank-0", "b-rank-0"] and listener.removed == []
