@@ -45,7 +45,7 @@ class EngineConfig:
     ``num_gpu_blocks`` defaults to ``free_gpu_bytes_after_weights × gpu_memory_utilization /
     kv_bytes_per_token / block_size``: the calibration measured the bytes left after loading the
     weights on a whole H100, and ``gpu_memory_utilization`` (vLLM's default 0.9) keeps the same 10 %
-    headroom vLLM leaves for activations and CUDA graphs. 8B: 29,202 blocks (467k tokens); 1B: 139,437 (2.2M tokens).
+    headroom vLLM leaves for activations and CUDA graphs. 8B: 29,202 blocks (467k tokens); 1B: 139,435 (2.2M tokens).
     ``model`` seeds the block-hash chain (LoRA requests seed it with the adapter name instead), so two
     engines serving the same model compute the same hashes for the same tokens.
     """
