@@ -201,20 +201,22 @@ class EngineCore:
             extra += 1
         if not extra:
             return 1, start
-        by_id = {o.request_id: o for o in outputs}
-        for request in list(running):
-            new = request.append_output(extra, block_size)
+        # Allocate for everyone before anyone finishes: in single steps, frees come after the
+        # last iteration's allocations, and the free-queue order decides future evictions.
+        for request in running:
+            request.append_output(extra, block_size)
             if self.kv.allocate_slots(request, extra) is None:  # pragma: no cover - checked above
                 raise RuntimeError("fused decode ran out of KV blocks")
             request.num_computed_tokens += extra
-            finished = request.num_output_tokens >= request.max_tokens
-            if finished:
-                self._finish(request, t)
+        by_id = {o.request_id: o for o in outputs}
+        for request in list(running):
             out = by_id[request.request_id]
-            out.new_token_ids.extend(new)
-            out.finished = finished
+            out.new_token_ids.extend(request.all_token_ids[-extra:])
             out.num_output_tokens = request.num_output_tokens
-            out.finish_time = request.finish_time
+            if request.num_output_tokens >= request.max_tokens:
+                self._finish(request, t)
+                out.finished = True
+                out.finish_time = t
         self._generation_tokens_total += extra * batch
         return 1 + extra, t
 
