@@ -5,6 +5,7 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming or no
 exactly ``max_tokens`` filler tokens (``--default-max-tokens`` when the request gives none) and
 finishes with ``finish_reason: "length"``. A request names a LoRA adapter by using its name as the
 model. Errors are OpenAI error objects: 400 for bad JSON or parameters, 404 ``model_not_found``.
+A client that disconnects (streaming or not) has its request aborted in the engine, as vLLM does.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class SimServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen, then start the engine loop (and the KV-event publisher if configured)."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
