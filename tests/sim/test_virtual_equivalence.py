@@ -2,8 +2,7 @@
 
 Tolerance: each request's TTFT within 10 % + 30 ms (engine time), the sum within 5 %. The HTTP side
 adds client and event-loop latency (measured: ~3 wall ms, i.e. ~6 engine ms at ``--time-scale 0.5``)
-and
-its arrival times are what the client measured, not what the server saw.
+and its arrival times are what the client measured, not what the server saw.
 """
 
 from __future__ import annotations
