@@ -59,6 +59,7 @@ async def _http(requests: int, concurrency: int) -> None:
                       for i in range(requests)]  # fmt: skip
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as s:
+
                 async def worker(chunk: list[bytes]) -> None:
                     for body in chunk:
                         async with s.post(url, data=body) as resp:

@@ -31,8 +31,12 @@ class ModelProfile:
 
 PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
     {
-        "llama-3.1-8b-h100": ModelProfile("llama-3.1-8b-h100", H100["llama-3.1-8b"], 16_060_000_000, 0.8 * H100_BANDWIDTH),
-        "llama-3.2-1b-h100": ModelProfile("llama-3.2-1b-h100", H100["llama-3.2-1b"], 2_471_000_000, 0.8 * H100_BANDWIDTH),
+        "llama-3.1-8b-h100": ModelProfile(
+            "llama-3.1-8b-h100", H100["llama-3.1-8b"], 16_060_000_000, 0.8 * H100_BANDWIDTH
+        ),
+        "llama-3.2-1b-h100": ModelProfile(
+            "llama-3.2-1b-h100", H100["llama-3.2-1b"], 2_471_000_000, 0.8 * H100_BANDWIDTH
+        ),
     }
 )
 DEFAULT_PROFILE = "llama-3.1-8b-h100"

@@ -50,8 +50,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--seed", type=int, default=0, help="seeds ids, latency jitter and faults")
     eng.add_argument("--latency-jitter", type=float, default=0.0, help="random +/- fraction on each step's duration")
     kv = parser.add_argument_group("KV-cache events")
-    kv.add_argument("--kv-events-endpoint", default=None, metavar="ZMQ_ADDR",
-                    help="publish vLLM KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)")  # fmt: skip
+    kv.add_argument(
+        "--kv-events-endpoint",
+        default=None,
+        metavar="ZMQ",
+        help="publish vLLM KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)",
+    )
     kv.add_argument("--kv-events-topic", default=None, help="ZMQ topic (default kv@<host:port>@<model>)")
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--fault-extra-latency", type=float, default=0.0, metavar="SECONDS",
@@ -137,12 +141,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"epp sim: {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(args))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+            asyncio.run(_serve(args))
+        else:
+            uvloop.run(_serve(args))
     return 0

@@ -42,7 +42,9 @@ class EngineLoop:
             return (self._clock.now() - self._wall0) / self._scale
         return self._end
 
-    def submit(self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None) -> asyncio.Queue[RequestOutput]:
+    def submit(
+        self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None
+    ) -> asyncio.Queue[RequestOutput]:
         """Queue a request arriving now; its outputs will appear on the returned queue. Raises
         ``ValueError`` when the engine refuses it (too long, unknown adapter)."""
         arrival = self.now()

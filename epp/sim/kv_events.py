@@ -5,7 +5,8 @@ Each engine step's events go out as one multipart message ``[topic, seq, payload
 Events are tagged arrays, the encoding of vLLM's ``array_like`` msgspec structs that llm-d's
 kv-cache indexer decodes::
 
-    ["BlockStored", [hash, ...], parent_hash | None, [token_id, ...], block_size, lora_id | None, "GPU", lora_name | None]
+    ["BlockStored", [hash, ...], parent_hash | None, [token_id, ...], block_size, lora_id | None, "GPU",
+     lora_name | None]
     ["BlockRemoved", [hash, ...], "GPU"]
     ["AllBlocksCleared"]
 
@@ -51,7 +52,8 @@ def encode_event(event: KVCacheEvent, lora_ids: Mapping[str, int]) -> list[Any]:
 
 
 def encode_batch(ts: float, events: Sequence[KVCacheEvent], lora_ids: Mapping[str, int]) -> bytes:
-    return msgpack.packb([ts, [encode_event(e, lora_ids) for e in events]])
+    payload: bytes = msgpack.packb([ts, [encode_event(e, lora_ids) for e in events]])
+    return payload
 
 
 class KVEventPublisher:

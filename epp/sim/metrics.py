@@ -60,9 +60,7 @@ class SimMetrics(Collector):
     """The collector and its registry. ``engine`` is ``vllm`` or ``sglang``; ``wall_time`` stamps
     ``vllm:lora_requests_info`` (whose value is a Unix timestamp, as vLLM sets it)."""
 
-    def __init__(
-        self, core: EngineCore, *, engine: str, model_name: str, wall_time: Callable[[], float]
-    ) -> None:
+    def __init__(self, core: EngineCore, *, engine: str, model_name: str, wall_time: Callable[[], float]) -> None:
         if engine not in ("vllm", "sglang"):
             raise ValueError(f"unknown engine {engine!r}")
         self.core = core
@@ -136,7 +134,9 @@ class SimMetrics(Collector):
             "num_gpu_blocks": str(s.num_gpu_blocks),
             "engine": "0",
         }
-        cache = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(info))
+        cache = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(info)
+        )
         cache.add_metric(list(info.values()), 1.0)
         yield cache
 
@@ -145,18 +145,29 @@ class SimMetrics(Collector):
         labels = {"model_name": self.model_name}
         keys, values = list(labels), list(labels.values())
 
-        def family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, value: float) -> Metric:
+        def family(
+            kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, value: float
+        ) -> Metric:
             metric = kind(name, doc, labels=keys)
             metric.add_metric(values, value)
             return metric
 
         hit_rate = s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0
         yield family(GaugeMetricFamily, "sglang:num_running_reqs", "The number of running requests.", s.num_running)
-        yield family(GaugeMetricFamily, "sglang:num_queue_reqs", "The number of requests in the waiting queue.", s.num_waiting)
+        yield family(
+            GaugeMetricFamily, "sglang:num_queue_reqs", "The number of requests in the waiting queue.", s.num_waiting
+        )
         yield family(GaugeMetricFamily, "sglang:token_usage", "The token usage (0..1).", s.kv_usage)
         yield family(GaugeMetricFamily, "sglang:cache_hit_rate", "The prefix cache hit rate.", hit_rate)
-        yield family(CounterMetricFamily, "sglang:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total)
-        yield family(CounterMetricFamily, "sglang:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total)
+        yield family(
+            CounterMetricFamily, "sglang:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total
+        )
+        yield family(
+            CounterMetricFamily,
+            "sglang:generation_tokens",
+            "Number of generation tokens processed.",
+            s.generation_tokens_total,
+        )
         yield family(CounterMetricFamily, "sglang:num_requests", "Number of requests processed.", self.num_success)
         yield self.ttft.family("sglang:time_to_first_token_seconds", "Histogram of time to first token.", labels)
         yield self.itl.family("sglang:inter_token_latency_seconds", "Histogram of inter-token latency.", labels)

@@ -100,9 +100,7 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
-def response_body(
-    kind: str, rid: str, created: int, model: str, text: str, usage_: dict[str, Any]
-) -> dict[str, Any]:
+def response_body(kind: str, rid: str, created: int, model: str, text: str, usage_: dict[str, Any]) -> dict[str, Any]:
     """The non-streaming response; the simulated model always stops on length."""
     if kind == CHAT:
         choice: dict[str, Any] = {

@@ -154,7 +154,9 @@ class SimServer:
             await asyncio.sleep(faults.config.extra_latency)
         try:
             if faults.fail_this_request():
-                raise RequestError(500, "injected fault: internal server error", error_type="InternalServerError", code="500")
+                raise RequestError(
+                    500, "injected fault: internal server error", error_type="InternalServerError", code="500"
+                )
             parsed = protocol.parse(kind, await _json(request), self.options.default_max_tokens)
             lora = self._resolve_model(parsed.model)
             rid = self._request_id()
@@ -190,7 +192,12 @@ class SimServer:
                 o = await outputs.get()
                 finished = o.finished
                 chunk = protocol.stream_chunk(
-                    kind, public_id, created, parsed.model, tokenizer.decode(o.new_token_ids), "length" if finished else None
+                    kind,
+                    public_id,
+                    created,
+                    parsed.model,
+                    tokenizer.decode(o.new_token_ids),
+                    "length" if finished else None,
                 )
                 await response.write(_sse(chunk))
             if parsed.include_usage:
@@ -211,7 +218,9 @@ class SimServer:
             return None
         if model in self.options.engine_config.lora_adapters:
             return model
-        raise RequestError(404, f"The model `{model}` does not exist.", error_type="NotFoundError", code="model_not_found")
+        raise RequestError(
+            404, f"The model `{model}` does not exist.", error_type="NotFoundError", code="model_not_found"
+        )
 
     def _request_id(self) -> str:
         return uuid.UUID(int=self._rng.getrandbits(128), version=4).hex

@@ -35,4 +35,6 @@ async def scrape(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
     """Samples by name (labels dropped; every family here has one series per name)."""
     async with session.get(f"{base}/metrics") as resp:
         text = await resp.text()
-    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels.get("le")}
+    return {
+        s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels.get("le")
+    }

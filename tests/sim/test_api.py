@@ -37,7 +37,13 @@ async def test_completion_usage_and_prefix_hit_on_repeat(sim: SimProcess) -> Non
 
 
 async def test_completion_stream_matches_vllm_framing(sim: SimProcess) -> None:
-    body = {"model": MODEL, "prompt": "hello", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": "hello",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     async with aiohttp.ClientSession() as s:
         events = await sse(s, f"{sim.url}/v1/completions", body)
     assert events[-1] == "[DONE]"
@@ -51,13 +57,20 @@ async def test_completion_stream_matches_vllm_framing(sim: SimProcess) -> None:
 
 
 async def test_chat_stream_and_non_stream(sim: SimProcess) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
     prompt_tokens = len(tokenizer.encode(tokenizer.render_chat(messages)))
     async with aiohttp.ClientSession() as s:
         events = await sse(
-            s, f"{sim.url}/v1/chat/completions", {"model": MODEL, "messages": messages, "stream": True, "max_completion_tokens": 2}
+            s,
+            f"{sim.url}/v1/chat/completions",
+            {"model": MODEL, "messages": messages, "stream": True, "max_completion_tokens": 2},
         )
-        status, full = await post(s, f"{sim.url}/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 2})
+        status, full = await post(
+            s, f"{sim.url}/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 2}
+        )
     assert events[-1] == "[DONE]" and len(events) == 4  # role chunk, 2 tokens, DONE (no usage asked)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [e["choices"][0]["delta"] for e in events[1:3]] == [{"content": "lore"}, {"content": "m ip"}]
@@ -70,11 +83,16 @@ async def test_chat_stream_and_non_stream(sim: SimProcess) -> None:
 
 async def test_token_id_prompts_and_lora_models(sim: SimProcess) -> None:
     async with aiohttp.ClientSession() as s:
-        status, out = await post(s, f"{sim.url}/v1/completions", {"model": "adapter-a", "prompt": [[5, 6, 7]], "max_tokens": 1})
+        status, out = await post(
+            s, f"{sim.url}/v1/completions", {"model": "adapter-a", "prompt": [[5, 6, 7]], "max_tokens": 1}
+        )
         assert status == 200 and out["usage"]["prompt_tokens"] == 3 and out["model"] == "adapter-a"
         async with s.get(f"{sim.url}/v1/models") as resp:
             models = (await resp.json())["data"]
-    assert [(m["id"], m["owned_by"], m["parent"]) for m in models] == [(MODEL, "vllm", None), ("adapter-a", "vllm", MODEL)]
+    assert [(m["id"], m["owned_by"], m["parent"]) for m in models] == [
+        (MODEL, "vllm", None),
+        ("adapter-a", "vllm", MODEL),
+    ]
 
 
 async def test_tokenize_detokenize_round_trip(sim: SimProcess) -> None:

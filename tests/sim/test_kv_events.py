@@ -20,7 +20,9 @@ async def test_block_stored_events_carry_the_prompt_chain() -> None:
     port = sub.bind_to_random_port("tcp://127.0.0.1")
     sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
     try:
-        with run_sim("--time-scale", "0", "--kv-events-endpoint", f"tcp://127.0.0.1:{port}", "--kv-cache-blocks", "64") as sim:
+        with run_sim(
+            "--time-scale", "0", "--kv-events-endpoint", f"tcp://127.0.0.1:{port}", "--kv-cache-blocks", "64"
+        ) as sim:
             async with aiohttp.ClientSession() as s:
                 frames = None
                 for attempt in range(50):  # a connecting PUB drops messages until the subscription arrives

@@ -35,7 +35,9 @@ def _prompts() -> list[list[int]]:
     return out
 
 
-async def _send(session: aiohttp.ClientSession, url: str, prompt: list[int], delay: float, t0: float) -> tuple[float, float]:
+async def _send(
+    session: aiohttp.ClientSession, url: str, prompt: list[int], delay: float, t0: float
+) -> tuple[float, float]:
     await asyncio.sleep(delay)
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 20, "stream": True}
     sent = time.monotonic()
@@ -52,10 +54,15 @@ async def test_http_ttft_matches_virtual_time() -> None:
     with run_sim("--time-scale", str(SCALE), "--kv-cache-blocks", "2000") as sim:
         async with aiohttp.ClientSession() as s:
             t0 = time.monotonic()
-            results = await asyncio.gather(*(_send(s, sim.url, p, d, t0) for p, d in zip(prompts, OFFSETS, strict=True)))
+            results = await asyncio.gather(
+                *(_send(s, sim.url, p, d, t0) for p, d in zip(prompts, OFFSETS, strict=True))
+            )
             metrics = await scrape(s, sim.url)
     core = EngineCore(EngineConfig(num_gpu_blocks=2000))
-    requests = [EngineRequest(f"r{i}", p, 20, sent / SCALE) for i, (p, (sent, _)) in enumerate(zip(prompts, results, strict=True))]
+    requests = [
+        EngineRequest(f"r{i}", p, 20, sent / SCALE)
+        for i, (p, (sent, _)) in enumerate(zip(prompts, results, strict=True))
+    ]
     virtual = {c.request_id: c.ttft for c in run_virtual(core, requests)}
     http = {f"r{i}": ttft / SCALE for i, (_, ttft) in enumerate(results)}
     for rid, expected in virtual.items():
