@@ -120,7 +120,9 @@ def check_pool(index: Index, pool: dict[str, Any]) -> Iterator[Problem]:
     if svc["spec"].get("type") == "ExternalName":
         yield Problem(where, "endpointPickerRef must not be an ExternalName Service")
     number = (ref.get("port") or {}).get("number")
-    svc_port = service_port(svc, number) if number else None
+    if number is None:  # the CRD's own CEL rule reports a Service ref without a port
+        return
+    svc_port = service_port(svc, number)
     if svc_port is None:
         yield Problem(where, f"endpointPickerRef port {number} is not a port of Service {ref['name']!r}")
         return
