@@ -114,7 +114,7 @@ def test_leader_election_component(rendered: Any) -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
     assert not find(objects, "PodDisruptionBudget", "llm-pool-epp")
     leases = [r for role in find(objects, "Role") for r in role["rules"] if "leases" in r["resources"]]
-    assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}]
+    assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
     # Without the component: one replica, no lease access, the conformance health name.
     base = rendered("overlays/envoy-gateway")
     single = one(base, "Deployment", "llm-pool-epp")["spec"]["template"]["spec"]["containers"][0]
