@@ -4,11 +4,13 @@ least-privilege RBAC, explicit fail-closed picker, the agreed quotas)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from epp.cli import SUBCOMMANDS, build_parser
 from tests.manifests.cel_rules import CelRunner, escape_property
 from tests.manifests.conftest import FIXTURES, find, one
 from tests.manifests.crossrefs import selector_matches
@@ -86,6 +88,8 @@ def test_pods_are_restricted(rendered: Any, relative: str) -> None:
             assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
             assert "memory" in container["resources"]["limits"], name
             assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), name
+            if container["args"][0] == "sim":  # `epp sim` defaults to loopback; pods are reached by IP
+                assert "--host=0.0.0.0" in container["args"], name
 
 
 def test_picker_rbac_is_read_only_and_namespaced(rendered: Any) -> None:
@@ -194,3 +198,29 @@ def test_fixture_paths_point_at_real_kustomizations() -> None:
                 target = line.split("[", 1)[1].rstrip("]")
                 assert (kustomization.parent / target / "kustomization.yaml").resolve().is_file(), kustomization
                 assert Path(target).parts[-2] in {"overlays", "examples"}
+
+
+def _container_args(objects: Any) -> dict[str, list[list[str]]]:
+    """Container args per epp subcommand, with $(VAR) references expanded to placeholder values."""
+    found: dict[str, list[list[str]]] = {}
+    for _, pod in _pod_specs(objects):
+        for container in pod["containers"]:
+            args = [re.sub(r"\$\([A-Z_]+\)", "llm", a) for a in container["args"]]
+            found.setdefault(args[0], []).append(args)
+    return found
+
+
+@pytest.mark.parametrize("subcommand", ["serve", "sim", "bbr"])
+def test_container_args_parse_with_the_real_cli(rendered: Any, subcommand: str) -> None:
+    """The manifests' flags are accepted by epp's own argument parser (no process is started)."""
+    registered = {name for name, _, _ in SUBCOMMANDS}
+    if subcommand not in registered:
+        pytest.skip(f"`epp {subcommand}` is not in epp.cli.SUBCOMMANDS yet; its flags follow docs/deploy.md")
+    arg_lists = _container_args(rendered("examples/istio-demo")).get(subcommand)
+    assert arg_lists, f"no container runs epp {subcommand}"
+    for args in arg_lists:
+        try:
+            parsed = build_parser().parse_args(args)
+        except SystemExit as exit_:  # argparse reports bad flags by exiting
+            pytest.fail(f"epp rejects {args}: exit {exit_.code}")
+        assert parsed.command == subcommand

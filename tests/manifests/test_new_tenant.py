@@ -95,7 +95,7 @@ def policy(rendered: Any) -> AuthPolicyModel:
     return AuthPolicyModel(one(rendered("examples/istio-demo"), "AuthPolicy"))
 
 
-MODEL = {"x-gateway-model-name": "Qwen/Qwen3-0.6B"}
+MODEL = {"x-gateway-model-name": "meta-llama/Llama-3.2-1B-Instruct"}
 
 
 @pytest.mark.parametrize("tier", sorted(QUOTAS))
@@ -107,7 +107,7 @@ def test_tenant_secret_is_accepted_with_its_tier(policy: AuthPolicyModel, tier: 
 
 
 def test_model_allow_list(policy: AuthPolicyModel) -> None:
-    secret = make_secret("--tenant", "acme", "--tier", "free", "--models", "Qwen/Qwen3-0.6B,llama-3-8b")
+    secret = make_secret("--tenant", "acme", "--tier", "free", "--models", "meta-llama/Llama-3.2-1B-Instruct,llama-3-8b")
     assert policy.authorizes(secret, MODEL)
     assert policy.authorizes(secret, {"x-gateway-model-name": "llama-3-8b"})
     assert not policy.authorizes(secret, {"x-gateway-model-name": "llama-3"})  # no prefix matches
