@@ -113,6 +113,13 @@ class PreRequest(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseHeaders(Plugin, Protocol):
+    def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> Mapping[str, str]:
+        """Headers to add to the client's response once the endpoint answers (e.g. a session token)."""
+        ...
+
+
+@runtime_checkable
 class ResponseComplete(Plugin, Protocol):
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """Called when the response has ended, with the engine's usage counts when it reported them."""
