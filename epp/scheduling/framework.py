@@ -67,10 +67,19 @@ class Picker(Plugin, Protocol):
 
 @dataclass(slots=True)
 class ProfileResult:
-    """What one profile picked: ``endpoints[0]`` is the primary, the rest are the fallback list."""
+    """What one profile picked: ``endpoints[0]`` is the primary, the rest are the fallback list.
+
+    ``candidates`` are the endpoints that passed the filters and ``totals`` their weighted scores
+    (aligned); ``scores`` maps names to totals on demand, off the hot path.
+    """
 
     endpoints: list[EndpointState]
-    scores: dict[str, float] = field(default_factory=dict)
+    candidates: list[EndpointState] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {e.name: t for e, t in zip(self.candidates, self.totals)}
 
 
 @dataclass(slots=True)

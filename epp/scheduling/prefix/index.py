@@ -53,6 +53,8 @@ class BlockIndex:
         self._gens = min(GENERATIONS, capacity_per_endpoint)
         self._gen_size = math.ceil(capacity_per_endpoint / self._gens)
         self._slot_of: dict[str, int] = {}
+        self._version = 0  # bumped by every change to the table
+        self._last: tuple[Sequence[int], int, U64, Ints, Ints] | None = None
         self._allocate(_MIN_ENDPOINTS)
 
     # -- layout ------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ class BlockIndex:
 
     def _grow(self) -> None:
         """Double the endpoint slots and re-place live entries (rare: only as endpoints are added)."""
+        self._version += 1
         old_current, old_fill = self._current, self._fill
         live = self._live(self._owners, self._entry_gens)
         keys, owners, gens = self._keys[live], self._owners[live], self._entry_gens[live]
@@ -100,10 +103,21 @@ class BlockIndex:
         return rows, base[rows] + ways
 
     # -- PrefixIndex ---------------------------------------------------------------------------
+    def _lookup(self, hashes: Sequence[int]) -> tuple[U64, Ints, Ints]:
+        """Hashes as an array plus their key hits; the last lookup is reused while the table is
+        unchanged, so the PreRequest ``add`` after a ``match`` of the same list costs no second gather."""
+        last = self._last
+        if last is not None and last[0] is hashes and last[1] == self._version:
+            return last[2], last[3], last[4]
+        h = np.asarray(hashes, dtype=np.uint64)
+        rows, pos = self._key_hits(h)
+        self._last = (hashes, self._version, h, rows, pos)
+        return h, rows, pos
+
     def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
         if not hashes:
             return [0] * len(endpoints)
-        rows, pos = self._key_hits(np.asarray(hashes, dtype=np.uint64))
+        _, rows, pos = self._lookup(hashes)
         owners = self._owners[pos]
         live = self._live(owners, self._entry_gens[pos])
         rows, owners = rows[live], owners[live]
@@ -125,8 +139,7 @@ class BlockIndex:
         if not hashes:
             return
         slot = self._slot(endpoint)
-        h = np.asarray(hashes[::-1], dtype=np.uint64)
-        rows, pos = self._key_hits(h)
+        h, rows, pos = self._lookup(hashes)
         gens = self._entry_gens[pos]
         current = int(self._current[slot])
         mine = (self._owners[pos] == slot) & (current - gens < self._gens)
@@ -136,12 +149,15 @@ class BlockIndex:
         n = int(touched.sum())
         if n == 0:
             return
-        # The j-th touch goes into generation current + (fill + j) // size: a full generation rolls over.
-        order = int(self._fill[slot]) + np.arange(n, dtype=np.int64)
-        row_gens = np.zeros(len(h), dtype=np.int64)
-        row_gens[touched] = current + order // self._gen_size
-        self._current[slot] = current + int(order[-1]) // self._gen_size
-        self._fill[slot] = int(order[-1]) % self._gen_size + 1
+        self._version += 1
+        # Touch order is last block first; the j-th touch goes into generation
+        # current + (fill + j) // size, so a full generation rolls over to the next.
+        later = np.cumsum(touched[::-1])[::-1] - 1  # touched rows after each row
+        order = int(self._fill[slot]) + later
+        row_gens = current + order // self._gen_size
+        last = int(self._fill[slot]) + n - 1
+        self._current[slot] = current + last // self._gen_size
+        self._fill[slot] = last % self._gen_size + 1
         promote = touched[rows]
         self._entry_gens[pos[promote]] = row_gens[rows[promote]]
         touched[rows] = False
@@ -176,13 +192,15 @@ class BlockIndex:
         """Forget an endpoint: its entries expire at once and its slot is reused later."""
         slot = self._slot_of.pop(endpoint, None)
         if slot is not None:
+            self._version += 1
             self._current[slot] += self._gens + 1
             self._fill[slot] = 0
             self._free_slots.append(slot)
 
     # -- DatastoreListener -------------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
-        """Nothing to do: an endpoint gets a slot on its first recorded request."""
+        """Reserve the endpoint's slot now, so growing the table happens at discovery, not in a pick."""
+        self._slot(endpoint.name)
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.remove(endpoint.name)

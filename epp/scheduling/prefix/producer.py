@@ -61,6 +61,7 @@ class PrefixMatch:
     hashes: list[int]
     block_tokens: int
     hits: dict[str, int] = field(default_factory=dict)
+    aligned: tuple[list[EndpointState], list[int]] | None = None  # last endpoint list asked about
 
     @property
     def total(self) -> int:
@@ -91,23 +92,35 @@ class ApproxPrefixCacheProducer:
             limit = max(1, self.params.max_prefix_tokens_to_match // block)
         return PrefixMatch(prompt_block_hashes(request, block, limit), block)
 
-    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
-        """The cycle's match info, computed once and extended to endpoints not asked about before."""
+    def info(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
+        """The cycle's hashes, computed once per request."""
         info: PrefixMatch | None = cycle.get(self._key)
         if info is None:
             info = self._hashes(request, endpoints)
             cycle[self._key] = info
-        missing = [e.name for e in endpoints if e.name not in info.hits]
-        if missing:
-            info.hits.update(zip(missing, self.index.match(info.hashes, missing)))
         return info
+
+    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> tuple[PrefixMatch, list[int]]:
+        """The cycle's match info and, aligned with ``endpoints``, each one's leading blocks held.
+
+        Looked up once per endpoint per cycle, however many scorers and profiles ask."""
+        info = self.info(cycle, request, endpoints)
+        if info.aligned is not None and info.aligned[0] is endpoints:
+            return info, info.aligned[1]
+        names = [e.endpoint.name for e in endpoints]
+        known = info.hits
+        missing = [n for n in names if n not in known]
+        if missing:
+            known.update(zip(missing, self.index.match(info.hashes, missing)))
+        counts = [known[n] for n in names]
+        info.aligned = (endpoints, counts)
+        return info, counts
 
     def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         chosen = result.endpoints
         if not chosen:
             return
-        info: PrefixMatch | None = cycle.get(self._key)
-        hashes = (info if info is not None else self._hashes(request, chosen)).hashes
+        hashes = self.info(cycle, request, chosen).hashes
         self.index.add(chosen[0].name, hashes)
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:

@@ -54,8 +54,7 @@ class NoHitLRUScorer:
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         producer = self._producer()
         if producer is not None:
-            hits = producer.match(cycle, request, endpoints).hits
-            cold = not any(hits[e.name] for e in endpoints)
+            cold = not any(producer.match(cycle, request, endpoints)[1])
         else:
             cold = True
         cycle[self._cold_key] = cold

@@ -52,16 +52,15 @@ class PrefixCacheScorer:
         self.match_length_weight = match_length_weight
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
-        info = self.producer.match(cycle, request, endpoints)
+        info, hits = self.producer.match(cycle, request, endpoints)
         total = info.total
         if total == 0:
             return [0.0] * len(endpoints)
-        hits = info.hits
         w = self.match_length_weight
         if w == 0.0:
-            return [hits[e.name] / total for e in endpoints]
+            return [h / total for h in hits]
         scale = MATCH_LENGTH_SCALE_TOKENS / info.block_tokens
-        return [(1 - w) * hits[e.name] / total + w * min(1.0, hits[e.name] / scale) for e in endpoints]
+        return [(1 - w) * h / total + w * min(1.0, h / scale) for h in hits]
 
 
 def _producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParams, handle: PluginHandle) -> ApproxPrefixCacheProducer:

@@ -1,0 +1,94 @@
+"""Pick latency of the scheduler in-process, and the prefix index's bytes per cached entry.
+
+Runs ``gie-default`` (queue ×2, kv-cache ×2, prefix ×3, max-score) over 8/64/256 endpoints with fresh
+metrics, for 1K- and 32K-token prompts (4 bytes per token) drawn from a pool of shared prefixes so the
+prefix index sees hits and misses. Times ``Scheduler.schedule`` end to end, PreRequest index update
+included, and prints p50/p99 in microseconds. Then fills a ``BlockIndex`` to capacity and reports its
+bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
+
+    python bench/schedule.py [--picks 2000] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+
+from epp._util.clock import VirtualClock
+from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
+from epp.request import LLMRequest, RequestKind
+from epp.scheduling.prefix.index import BlockIndex
+from epp.scheduling.presets import build_preset
+
+
+def _states(n: int, rng: random.Random) -> list[EndpointState]:
+    out = []
+    for i in range(n):
+        metrics = EndpointMetrics(scraped_at=0.0, waiting=rng.randrange(8), running=rng.randrange(32), kv_usage=rng.random())
+        out.append(EndpointState(Endpoint(f"pod-{i}-rank-0", f"10.0.{i // 250}.{i % 250 + 1}", 8000), metrics, stale=False))
+    return out
+
+
+def _prompts(tokens: int, rng: random.Random, shared: int = 32) -> list[bytes]:
+    """Prompts sharing one of ``shared`` system prefixes (half the prompt), then a unique tail."""
+    prefixes = [rng.randbytes(tokens * 2) for _ in range(shared)]
+    return [rng.choice(prefixes) + rng.randbytes(tokens * 2) for _ in range(256)]
+
+
+def pick_latency(endpoints: int, tokens: int, picks: int, seed: int) -> tuple[float, float]:
+    rng = random.Random(seed)
+    scheduler = build_preset("gie-default", clock=VirtualClock(), rng=random.Random(seed))
+    states = _states(endpoints, rng)
+    datastore = Datastore(VirtualClock())
+    scheduler.attach(datastore)  # as serve does: the prefix index reserves endpoint slots at discovery
+    for state in states:
+        datastore.upsert(state.endpoint)
+    prompts = _prompts(tokens, rng)
+    samples = []
+    for i in range(picks + 200):
+        request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+        t0 = time.perf_counter()
+        scheduler.schedule(request, states)
+        if i >= 200:  # warm-up: let the index fill a little first
+            samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
+
+
+def index_bytes_per_entry(endpoints: int, capacity: int, seed: int) -> tuple[float, float, int]:
+    rng = random.Random(seed)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    index = BlockIndex(capacity)
+    names = [f"e{i}" for i in range(endpoints)]
+    for name in names:  # each endpoint sent more distinct blocks than it can hold
+        for _ in range(capacity * 5 // 4 // 256):
+            index.add(name, [rng.getrandbits(64) for _ in range(256)])
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    entries = index.entries()
+    return index.nbytes / entries, traced / entries, entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--picks", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    print("gie-default pick latency (Scheduler.schedule incl. PreRequest), microseconds")
+    print(f"{'endpoints':>9} {'prompt':>7} {'p50':>8} {'p99':>8}")
+    for tokens in (1024, 32768):
+        for n in (8, 64, 256):
+            p50, p99 = pick_latency(n, tokens, args.picks, args.seed)
+            print(f"{n:>9} {tokens // 1024:>6}K {p50:>8.0f} {p99:>8.0f}")
+    print("\nprefix index at capacity (lruCapacityPerServer 31250)")
+    print(f"{'endpoints':>9} {'entries':>10} {'B/entry (nbytes)':>17} {'B/entry (tracemalloc)':>22}")
+    for n in (8, 64):
+        by_nbytes, by_trace, entries = index_bytes_per_entry(n, 31250, args.seed)
+        print(f"{n:>9} {entries:>10} {by_nbytes:>17.1f} {by_trace:>22.1f}")
+
+
+if __name__ == "__main__":
+    main()
