@@ -8,7 +8,9 @@ own ``dataLayer``, ``flowControl`` and ``requestHandler``.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 from epp._util.clock import Clock
@@ -43,17 +45,28 @@ def load_config(source: str | Path) -> EndpointPickerConfig:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError("", f"cannot read {path}: {err}") from None
-    try:
+    with _located(path):
         return parse_config_text(text)
-    except ConfigError as err:
-        raise ConfigError(err.path, f"{err.message} (in {path})") from None
 
 
 def load_scheduler(source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:
     """A preset name or YAML file path → ``Scheduler``."""
-    return build_scheduler(load_config(source), clock=clock, rng=rng)
+    config = load_config(source)
+    with _located(None if isinstance(source, str) and source in PRESETS else Path(source)):
+        return build_scheduler(config, clock=clock, rng=rng)
 
 
 def load_scheduler_text(text: str, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:
     """EndpointPickerConfig YAML text → ``Scheduler``."""
     return build_scheduler(parse_config_text(text), clock=clock, rng=rng)
+
+
+@contextlib.contextmanager
+def _located(path: Path | None) -> Iterator[None]:
+    """Append the file name to config errors raised inside."""
+    try:
+        yield
+    except ConfigError as err:
+        if path is None:
+            raise
+        raise ConfigError(err.path, f"{err.message} (in {path})") from None

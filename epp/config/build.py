@@ -125,7 +125,7 @@ def build_scheduler(
 ) -> Scheduler:
     """Instantiate ``config``'s plugins and profiles. ``clock`` should be the datastore's clock and
     ``rng`` a seeded generator when runs must be reproducible (replay, tests)."""
-    handle = PluginHandle(clock or WallClock(), rng or random.Random())
+    handle = PluginHandle(clock or WallClock(), rng or random.Random(), reserved=frozenset(p.name for p in config.plugins))
     _build_plugins(config, registry or builtin_registry(), handle)
     if config.scheduling_profiles:
         profiles = {

@@ -27,6 +27,7 @@ class PluginHandle:
     clock: Clock = field(default_factory=WallClock)
     rng: random.Random = field(default_factory=random.Random)
     plugins: dict[str, Plugin] = field(default_factory=dict)
+    reserved: frozenset[str] = frozenset()  # names the config declares, not all built yet
 
     def child_rng(self) -> random.Random:
         """An independent generator per plugin, derived from the handle's seed: runs are reproducible
@@ -39,6 +40,10 @@ class PluginHandle:
             if plugin.typed_name.type == plugin_type:
                 return plugin
         return None
+
+    def available(self, name: str) -> bool:
+        """Whether a plugin a factory creates on its own may take ``name``."""
+        return name not in self.plugins and name not in self.reserved
 
     def add(self, plugin: Plugin) -> None:
         name = plugin.typed_name.name

@@ -78,7 +78,7 @@ def _producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParam
             key = next(iter(index_params))
             raise ParamError(key, f"belongs on the {found.typed_name.name!r} producer plugin")
         return found
-    producer_name = APPROX_PREFIX_CACHE_PRODUCER if APPROX_PREFIX_CACHE_PRODUCER not in handle.plugins else f"{name}-producer"
+    producer_name = APPROX_PREFIX_CACHE_PRODUCER if handle.available(APPROX_PREFIX_CACHE_PRODUCER) else f"{name}-producer"
     producer = ApproxPrefixCacheProducer(producer_name, decoded)
     handle.add(producer)
     return producer
