@@ -1,13 +1,13 @@
 """The approximate prefix index: which endpoints have recently been sent which prompt blocks.
 
-One table shared by all endpoints, built for a small, measured footprint (about 14 bytes per slot,
-~18–35 bytes per cached (block, endpoint) entry at full capacity; ``bench/schedule.py`` measures it)
-and for lookups that cost a fixed handful of vectorised numpy operations whatever the number of
-endpoints:
+One table shared by all endpoints, built for a small, measured footprint (14 bytes per slot, 1.6
+slots per entry of capacity: ~23 bytes per cached (block, endpoint) entry when every endpoint is at
+capacity, ≤ 45 just after the endpoint slots double; ``bench/schedule.py`` measures it) and for
+lookups that cost a fixed handful of vectorised numpy operations whatever the number of endpoints:
 
 * Entries are ``(block hash, endpoint slot, generation)`` triples in a set-associative table: a hash
-  lives in one bucket of ``WAYS`` slots chosen by its low bits, so a lookup gathers ``WAYS`` slots per
-  block and never probes. A block cached on several endpoints takes one slot per endpoint; a block
+  lives in one bucket of ``WAYS`` slots (hash modulo the bucket count), so a lookup gathers ``WAYS``
+  slots per block and never probes. A block cached on several endpoints takes one slot per endpoint; a block
   shared by more endpoints than a bucket holds keeps only its most recently touched owners (the
   index approximates engine caches, as the reference's does).
 * Per-endpoint LRU with capacity ``C`` is generational: an endpoint's touches fill generations of
@@ -59,9 +59,8 @@ class BlockIndex:
 
     # -- layout ------------------------------------------------------------------------------
     def _allocate(self, endpoint_slots: int) -> None:
-        wanted = _SLOTS_PER_ENTRY * endpoint_slots * self.capacity / WAYS
-        buckets = 1 << max(0, math.ceil(math.log2(max(1.0, wanted))))
-        self._mask = np.uint64(buckets - 1)
+        buckets = max(1, math.ceil(_SLOTS_PER_ENTRY * endpoint_slots * self.capacity / WAYS))
+        self._buckets = np.uint64(buckets)
         self._keys = np.zeros(buckets * WAYS, dtype=np.uint64)
         self._owners = np.zeros(buckets * WAYS, dtype=np.uint16)
         self._entry_gens = np.zeros(buckets * WAYS, dtype=np.uint32)
@@ -98,7 +97,7 @@ class BlockIndex:
 
     def _key_hits(self, h: U64) -> tuple[Ints, Ints]:
         """(row, table position) of every slot whose key equals a block hash, live or not."""
-        base = (h & self._mask).astype(np.intp) * WAYS
+        base = (h % self._buckets).astype(np.intp) * WAYS
         rows, ways = np.nonzero(self._keys[base[:, None] + _WAY_OFFSETS] == h[:, None])
         return rows, base[rows] + ways
 
@@ -175,7 +174,7 @@ class BlockIndex:
         """
         tries = np.zeros(len(keys), dtype=np.intp)
         while len(keys):
-            buckets = (keys & self._mask).astype(np.intp)
+            buckets = (keys % self._buckets).astype(np.intp)
             hands = self._hands[buckets]
             chosen = buckets * WAYS + hands
             self._hands[buckets] = (hands + 1) % WAYS
