@@ -42,18 +42,19 @@ class ConfigError(ValueError):
         self.message = message
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type stubs
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError("", f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=deep)
+    return mapping
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
@@ -279,7 +280,7 @@ def decode_config(document: object) -> EndpointPickerConfig:
 def parse_config_text(text: str) -> EndpointPickerConfig:
     """YAML text → ``EndpointPickerConfig`` (``ConfigError`` on bad YAML too)."""
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
         raise ConfigError("", f"invalid YAML: {err}") from None
     return decode_config(document)
