@@ -1,7 +1,7 @@
 """``epp serve``: composition root of the endpoint picker.
 
 Builds datastore → telemetry → discovery (static list, or Kubernetes with optional leader election) →
-scheduler → director → metrics poller → servers, starts them in that order,
+scheduler (--config-file/--config-text, else the reference default) → director → metrics poller → servers, starts them in that order,
 waits for SIGTERM/SIGINT, and stops them in reverse (health NOT_SERVING first, in-flight streams given
 ``--drain-timeout`` to finish). Flags mirror the reference picker's names and defaults.
 """
@@ -21,7 +21,7 @@ from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("epp.serve")
 
-DEFAULT_POLICY = "least-inflight"
+DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
 
 
 def go_bool(text: str) -> bool:
@@ -78,6 +78,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="how often each endpoint's /metrics is scraped (Go duration)")
     m.add_argument("--metrics-staleness-threshold", type=duration, default="2s", metavar="DURATION",
                    help="engine metrics older than this are stale (Go duration)")
+    c = parser.add_argument_group("scheduling")
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--config-file", default="", metavar="PATH|PRESET",
+                        help=f"EndpointPickerConfig YAML file, or a preset name; default: preset {DEFAULT_POLICY}")
+    source.add_argument("--config-text", default="", metavar="YAML", help="EndpointPickerConfig YAML given inline")
     r = parser.add_argument_group("requests")
     r.add_argument("--disable-endpoint-subset-filter", type=go_bool, nargs="?", const=True, default=False,
                    metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
@@ -112,6 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
     from epp import __version__
     from epp.datastore import Datastore
     from epp.director import Director
+    from epp.config import load_scheduler, load_scheduler_text
     from epp.discovery.kube_setup import build_from_args
     from epp.discovery.static import StaticDiscovery
     from epp.extproc.health import HealthService
@@ -119,7 +125,6 @@ async def serve(args: argparse.Namespace) -> int:
     from epp.extproc.servicer import ExtProcServicer
     from epp.extproc.tls import server_credentials
     from epp.metrics import MetricsPoller
-    from epp.scheduling.presets import build_preset
     from epp.telemetry import Telemetry
     from epp.telemetry.http import MetricsServer
 
@@ -133,11 +138,16 @@ async def serve(args: argparse.Namespace) -> int:
         credentials = (
             server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
         )
+        if args.config_text:
+            scheduler = load_scheduler_text(args.config_text, clock=datastore.clock)
+        else:
+            scheduler = load_scheduler(args.config_file or DEFAULT_POLICY, clock=datastore.clock)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
     director = Director(
-        datastore, build_preset(DEFAULT_POLICY), telemetry, subset_filter=not args.disable_endpoint_subset_filter,
+        datastore, scheduler, telemetry, saturation=scheduler.saturation_detector,
+        subset_filter=not args.disable_endpoint_subset_filter,
         objective_priority=kube.objective_priority if kube is not None else None,
     )
     if kube is not None:

@@ -166,3 +166,18 @@ def test_static_and_kubernetes_sources_are_exclusive() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "exactly one of" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--config-file", "no-such-preset-or-file"], "no-such-preset-or-file"),
+     (["--config-text", "kind: NotAConfig"], "apiVersion")],
+)
+def test_serve_refuses_bad_scheduler_config(extra: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--static-endpoints", "127.0.0.1:1",
+         "--bind-address", "127.0.0.1", "--grpc-port", str(free_port()), "--grpc-health-port", str(free_port()),
+         "--metrics-port", str(free_port()), *extra],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and message in proc.stderr
