@@ -4,8 +4,10 @@ Each engine answers ``/v1/completions`` and ``/v1/chat/completions`` (JSON or SS
 ``/health`` and a minimal vLLM-style ``/metrics``. Replies carry what a routing test needs to check:
 ``engine.name`` (who served), ``engine.headers`` (the request headers as received, so the test can see
 what Envoy and epp added) and ``engine.body_bytes``, plus an OpenAI ``usage`` object. The client controls
-the reply with ``max_tokens`` (number of tokens/SSE events, ≤ 64) and the ``x-echo-delay-ms`` header
-(pause between SSE events, ≤ 2000 ms) — enough to tell a streamed response from a buffered one.
+the reply with ``max_tokens`` (number of tokens/SSE events, ≤ 64), the ``x-echo-delay-ms`` header (pause
+between SSE events, ≤ 2000 ms) and the ``x-echo-hold`` header: the stream stops after its first event until
+someone calls ``POST /release/<hold value>`` on this engine — proof without timing that a proxy in between
+passes events on as they come (a buffering proxy never shows the first event before the release).
 
 Run ``python -m epp.demo.echo_engine --name a --name b`` to host several engines in one process; it binds
 free ports on 127.0.0.1 and prints ``{"a": port, "b": port}`` as one JSON line once all are listening.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import signal
 import sys
@@ -28,6 +31,8 @@ from aiohttp import web
 MAX_TOKENS = 64
 MAX_DELAY_MS = 2000
 DELAY_HEADER = "x-echo-delay-ms"
+HOLD_HEADER = "x-echo-hold"
+HOLD_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -39,6 +44,10 @@ class EngineState:
     running: int = 0
     served: int = 0
     ids: itertools.count[int] = field(default_factory=itertools.count)
+    holds: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def hold(self, key: str) -> asyncio.Event:
+        return self.holds.setdefault(key, asyncio.Event())
 
 
 ENGINE_KEY = web.AppKey("engine", EngineState)
@@ -56,7 +65,8 @@ def _int_in(value: Any, default: int, upper: int) -> int:
         return default
 
 
-def _completion(state: EngineState, request: web.Request, body: dict[str, Any], raw_len: int) -> dict[str, Any]:
+def _completion(state: EngineState, request: web.Request, body: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    raw_len, digest = len(raw), hashlib.sha256(raw).hexdigest()
     chat = request.path.endswith("/chat/completions")
     tokens = _int_in(body.get("max_tokens"), 4, MAX_TOKENS)
     prompt_tokens = (raw_len + 3) // 4
@@ -73,6 +83,7 @@ def _completion(state: EngineState, request: web.Request, body: dict[str, Any], 
             "port": state.port,
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "body_bytes": raw_len,
+            "body_sha256": digest,
         },
     }
 
@@ -84,7 +95,9 @@ def _choice(chat: bool, text: str, finish: str | None, *, delta: bool) -> dict[s
     return {"index": 0, key: {"role": "assistant", "content": text}, "finish_reason": finish}
 
 
-async def _stream(request: web.Request, reply: dict[str, Any], delay_s: float, include_usage: bool) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, reply: dict[str, Any], delay_s: float, include_usage: bool
+) -> web.StreamResponse:
     chat, tokens = reply.pop("chat"), reply.pop("tokens")
     usage, engine = reply.pop("usage"), reply.pop("engine")
     stream = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
@@ -96,6 +109,13 @@ async def _stream(request: web.Request, reply: dict[str, Any], delay_s: float, i
         if index == 0:
             event["engine"] = engine
         await stream.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        if index == 0 and HOLD_HEADER in request.headers:
+            state = request.app[ENGINE_KEY]
+            key = request.headers[HOLD_HEADER]
+            try:
+                await asyncio.wait_for(state.hold(key).wait(), HOLD_TIMEOUT_S)
+            finally:
+                state.holds.pop(key, None)
         if delay_s and index < tokens - 1:
             await asyncio.sleep(delay_s)
     if include_usage:
@@ -116,7 +136,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "request body must be a JSON object")
     state.running += 1
     try:
-        reply = _completion(state, request, body, len(raw))
+        reply = _completion(state, request, body, raw)
         if body.get("stream"):
             delay_s = _int_in(request.headers.get(DELAY_HEADER), 0, MAX_DELAY_MS) / 1000
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -128,6 +148,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     finally:
         state.running -= 1
         state.served += 1
+
+
+async def release(request: web.Request) -> web.Response:
+    """Let a held stream (``x-echo-hold``) continue; releasing before the stream reaches the hold also works."""
+    request.app[ENGINE_KEY].hold(request.match_info["key"]).set()
+    return web.Response(text="released")
 
 
 async def models(request: web.Request) -> web.Response:
@@ -156,6 +182,7 @@ def build_app(name: str) -> web.Application:
     app[ENGINE_KEY] = EngineState(name)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/release/{key}", release)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -20,6 +20,8 @@ import yaml
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 STAT_PREFIX = "ingress"
 PICKER_CLUSTER = "epp"
 POOL_CLUSTER = "pool"
@@ -85,11 +87,15 @@ class EnvoyConfig:
     trailers, response headers, response body full duplex), fail-closed. ``message_timeout_s`` bounds one
     ext_proc exchange; ``route_timeout_s`` bounds a whole upstream response (0 disables it, as long
     generations need). ``pool`` lists the members for ``Routing.OVERRIDE_HOST`` and is ignored otherwise.
+    ``picker=None`` leaves ext_proc out entirely: the baseline gateway benchmarks compare against, where
+    the client chooses the destination itself (so nothing strips its header). ``subset_hint`` makes the
+    gateway send every request with the GIE subset hint (``envoy.lb.subset_hint`` metadata listing the
+    ``IP[:PORT]`` values epp may pick from), as a gateway that narrows a pool per route would.
     """
 
     listen_port: int
     admin_port: int
-    picker: Upstream
+    picker: Upstream | None
     access_log_path: str
     picker_tls: bool = False
     picker_sni: str = "epp"
@@ -105,6 +111,7 @@ class EnvoyConfig:
     retries: int = 2
     connect_timeout_s: float = 1.0
     strip_client_destination: bool = True
+    subset_hint: tuple[str, ...] | None = None
     listen_address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
@@ -112,6 +119,8 @@ class EnvoyConfig:
             raise ValueError("override-host routing needs at least one pool member")
         if self.response_body_mode is not BodyMode.NONE and not self.response_headers:
             raise ValueError("a response body mode needs response headers sent to epp")
+        if self.picker is None and self.strip_client_destination:
+            raise ValueError("without a picker the client must set the destination: strip_client_destination=False")
 
 
 def _duration(seconds: float) -> str:
@@ -143,6 +152,41 @@ def _processing_mode(cfg: EnvoyConfig) -> dict[str, str]:
     return mode
 
 
+def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            grpc_service={
+                "envoy_grpc": {"cluster_name": PICKER_CLUSTER},
+                "timeout": _duration(cfg.grpc_timeout_s),
+            },
+            failure_mode_allow=cfg.failure_mode_allow,
+            message_timeout=_duration(cfg.message_timeout_s),
+            processing_mode=_processing_mode(cfg),
+            metadata_options=_metadata_options(cfg),
+        ),
+    }
+
+
+def _metadata_options(cfg: EnvoyConfig) -> dict[str, Any]:
+    # Without receiving_namespaces Envoy silently drops epp's envoy.lb metadata.
+    options: dict[str, Any] = {"receiving_namespaces": {"untyped": [LB_NAMESPACE]}}
+    if cfg.subset_hint is not None:
+        options["forwarding_namespaces"] = {"untyped": [SUBSET_NAMESPACE]}
+    return options
+
+
+def _subset_filter(hint: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.set_metadata",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.set_metadata.v3.Config",
+            metadata=[{"metadata_namespace": SUBSET_NAMESPACE, "value": {SUBSET_KEY: list(hint)}}],
+        ),
+    }
+
+
 def _http_filters(cfg: EnvoyConfig) -> list[dict[str, Any]]:
     filters: list[dict[str, Any]] = []
     if cfg.strip_client_destination:
@@ -155,23 +199,10 @@ def _http_filters(cfg: EnvoyConfig) -> list[dict[str, Any]]:
                 ),
             }
         )
-    filters.append(
-        {
-            "name": "envoy.filters.http.ext_proc",
-            "typed_config": _typed(
-                "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-                grpc_service={
-                    "envoy_grpc": {"cluster_name": PICKER_CLUSTER},
-                    "timeout": _duration(cfg.grpc_timeout_s),
-                },
-                failure_mode_allow=cfg.failure_mode_allow,
-                message_timeout=_duration(cfg.message_timeout_s),
-                processing_mode=_processing_mode(cfg),
-                # Without this Envoy silently drops epp's envoy.lb metadata.
-                metadata_options={"receiving_namespaces": {"untyped": [LB_NAMESPACE]}},
-            ),
-        }
-    )
+    if cfg.subset_hint is not None:
+        filters.append(_subset_filter(cfg.subset_hint))
+    if cfg.picker is not None:
+        filters.append(_ext_proc_filter(cfg))
     filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -228,7 +259,7 @@ def _static_endpoints(name: str, members: tuple[Upstream, ...]) -> dict[str, Any
     }
 
 
-def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+def _picker_cluster(cfg: EnvoyConfig, picker: Upstream) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": PICKER_CLUSTER,
         "type": "STATIC",
@@ -240,7 +271,7 @@ def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
                 explicit_http_config={"http2_protocol_options": {}},
             )
         },
-        "load_assignment": _static_endpoints(PICKER_CLUSTER, (cfg.picker,)),
+        "load_assignment": _static_endpoints(PICKER_CLUSTER, (picker,)),
     }
     if cfg.picker_tls:
         # Like the GIE reference: encrypt, but accept epp's self-signed certificate (no validation context).
@@ -297,7 +328,7 @@ def render(cfg: EnvoyConfig) -> dict[str, Any]:
         "admin": {"address": _address("127.0.0.1", cfg.admin_port)},
         "static_resources": {
             "listeners": [_listener(cfg)],
-            "clusters": [_picker_cluster(cfg), _pool_cluster(cfg)],
+            "clusters": [_pool_cluster(cfg)] + ([] if cfg.picker is None else [_picker_cluster(cfg, cfg.picker)]),
         },
     }
 
