@@ -11,7 +11,9 @@ from epp import __version__
 
 # (subcommand, module that defines ``configure_parser(parser)``, one-line help).
 # Modules are imported only to build their parser; heavy imports happen when a command runs.
-SUBCOMMANDS: tuple[tuple[str, str, str], ...] = ()
+SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("serve", "epp.app", "Run the endpoint picker (ext_proc gRPC server)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

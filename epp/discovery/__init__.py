@@ -1,0 +1,1 @@
+"""Endpoint discovery: sources that keep the datastore's membership current."""
