@@ -7,6 +7,7 @@ and flushes on an interval (``EnvoyProcess`` asks for 100 ms), so readers poll w
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,18 +63,16 @@ def read_entries(path: Path) -> list[AccessLogEntry]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    return [AccessLogEntry.from_json(line) for line in data.splitlines() if line.strip()]
+    complete = data.split(b"\n")[:-1]  # a line still being flushed has no newline yet
+    return [AccessLogEntry.from_json(line) for line in complete if line.strip()]
 
 
-def wait_for(path: Path, count: int, timeout: float = 5.0) -> list[AccessLogEntry]:
-    """Poll until at least ``count`` entries are logged, or ``timeout`` passes; returns what is there."""
+def wait_for(path: Path, request_ids: Iterable[str], timeout: float = 5.0) -> dict[str, AccessLogEntry]:
+    """Entries of these requests by id, polling until all are logged or ``timeout`` passes (then: those found)."""
+    wanted = set(request_ids)
     deadline = time.monotonic() + timeout
-    entries = read_entries(path)
-    while len(entries) < count and time.monotonic() < deadline:
+    while True:
+        found = {e.request_id: e for e in read_entries(path) if e.request_id is not None and e.request_id in wanted}
+        if len(found) == len(wanted) or time.monotonic() >= deadline:
+            return found
         time.sleep(0.05)
-        entries = read_entries(path)
-    return entries
-
-
-def by_request_id(entries: list[AccessLogEntry]) -> dict[str, AccessLogEntry]:
-    return {e.request_id: e for e in entries if e.request_id is not None}

@@ -65,6 +65,7 @@ class PickerProcess:
             "--grpc-port", str(self.grpc_port),
             "--grpc-health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),
+            "--bind-address", self.host,
             *self.extra_args,
         ]  # fmt: skip
 
