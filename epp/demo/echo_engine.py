@@ -4,8 +4,8 @@ Each engine answers ``/v1/completions`` and ``/v1/chat/completions`` (JSON or SS
 ``/health`` and a minimal vLLM-style ``/metrics``. Replies carry what a routing test needs to check:
 ``engine.name`` (who served), ``engine.headers`` (the request headers as received, so the test can see
 what Envoy and epp added) and ``engine.body_bytes``, plus an OpenAI ``usage`` object. The client controls
-the reply with ``max_tokens`` (number of tokens/SSE events, ≤ 64), the ``x-echo-delay-ms`` header (pause
-between SSE events, ≤ 2000 ms) and the ``x-echo-hold`` header: the stream stops after its first event until
+the reply with ``max_tokens`` (number of tokens/SSE events, ≤ 64), the ``x-echo-delay-ms`` header (time per
+generated token after the first, ≤ 2000 ms: the pause between SSE events, or before a JSON answer) and the ``x-echo-hold`` header: the stream stops after its first event until
 someone calls ``POST /release/<hold value>`` on this engine — proof without timing that a proxy in between
 passes events on as they come (a buffering proxy never shows the first event before the release).
 
@@ -137,12 +137,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state.running += 1
     try:
         reply = _completion(state, request, body, raw)
+        delay_s = _int_in(request.headers.get(DELAY_HEADER), 0, MAX_DELAY_MS) / 1000
         if body.get("stream"):
-            delay_s = _int_in(request.headers.get(DELAY_HEADER), 0, MAX_DELAY_MS) / 1000
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await _stream(request, reply, delay_s, include_usage)
-        chat = reply.pop("chat")
-        text = "".join(f"t{i} " for i in range(reply.pop("tokens")))
+        chat, tokens = reply.pop("chat"), reply.pop("tokens")
+        await asyncio.sleep(delay_s * max(0, tokens - 1))
+        text = "".join(f"t{i} " for i in range(tokens))
         reply["choices"] = [_choice(chat, text, "length", delta=False)]
         return web.json_response(reply, dumps=lambda o: orjson.dumps(o).decode())
     finally:
