@@ -4,7 +4,9 @@ Three Envoys share one set of echo engines (one child process) and one ``epp ser
   direct    no ext_proc; the client names the engine in ``x-gateway-destination-endpoint`` (same cluster,
             same route as the others, so the difference is the picker alone);
   duplex    the GIE reference processing mode (request + response bodies FULL_DUPLEX_STREAMED);
-  buffered  request body BUFFERED, response headers only.
+  buffered  request body BUFFERED, response headers only;
+  duplex-req  request body FULL_DUPLEX_STREAMED, no response phase (what the response phase costs; epp
+            then sees no usage).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency epp adds over ``direct`` (same size and concurrency), requests/s, and
 requests per CPU-second of the epp process (utime+stime from /proc/PID/stat before and after each run).
@@ -43,6 +45,7 @@ MODES: dict[str, dict[str, object]] = {
         "response_headers": True,
         "response_body_mode": BodyMode.NONE,
     },
+    "duplex-req": {"response_headers": False, "response_body_mode": BodyMode.NONE},
 }
 
 
