@@ -37,6 +37,10 @@ class Datastore:
         for state in self._states.values():
             listener.endpoint_added(state.endpoint)
 
+    def remove_listener(self, listener: DatastoreListener) -> None:
+        """Stop telling ``listener``; a stopped component must not keep reacting to membership."""
+        self._listeners.remove(listener)
+
     def upsert(self, endpoint: Endpoint) -> None:
         """Add an endpoint or replace its identity; metrics and counters survive a label change."""
         state = self._states.get(endpoint.name)

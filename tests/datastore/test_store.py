@@ -59,3 +59,12 @@ def test_inflight_counters_never_go_negative() -> None:
 
 def test_ipv6_hostport_is_bracketed() -> None:
     assert Endpoint("v6", "fd00::1", 8000).hostport == "[fd00::1]:8000"
+
+
+def test_removed_listener_hears_nothing_more() -> None:
+    store = Datastore()
+    rec = Recorder()
+    store.add_listener(rec)
+    store.remove_listener(rec)
+    store.upsert(Endpoint("a", "10.0.0.1", 8000))
+    assert rec.events == []

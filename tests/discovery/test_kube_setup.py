@@ -1,0 +1,59 @@
+"""Flags → runtime: exclusivity, defaults, validation errors the integrator turns into ``parser.error``."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from epp.datastore import Datastore
+from epp.discovery.kube_setup import DiscoveryConfigError, add_kubernetes_flags, build_from_args
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_kubernetes_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_no_kubernetes_source_means_none() -> None:
+    assert build_from_args(parse(), Datastore()) is None
+
+
+def test_pool_namespace_falls_back_to_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NAMESPACE", raising=False)
+    rt = build_from_args(parse("--pool-name", "p"), Datastore())
+    assert rt is not None and rt.namespace == "default" and rt.lease_timing is None and rt.is_leader
+    monkeypatch.setenv("NAMESPACE", "llm")
+    rt = build_from_args(parse("--pool-name", "p"), Datastore())
+    assert rt is not None and rt.namespace == "llm"
+    rt = build_from_args(parse("--pool-name", "p", "--pool-namespace", "x"), Datastore())
+    assert rt is not None and rt.namespace == "x"
+
+
+def test_selector_mode() -> None:
+    rt = build_from_args(parse("--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000,8001"),
+                         Datastore())
+    assert rt is not None and rt.static_spec is not None
+    assert rt.static_spec.target_ports == (8000, 8001) and rt.objectives is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--pool-name", "p", "--endpoint-selector", "a=b", "--endpoint-target-ports", "1"),
+        ("--endpoint-target-ports", "8000"),
+        ("--endpoint-selector", "a=b"),
+        ("--endpoint-selector", "a=b", "--endpoint-target-ports", "8000,8000"),
+        ("--endpoint-selector", "a", "--endpoint-target-ports", "8000"),
+        ("--pool-name", "p", "--ha-enable-leader-election", "--ha-renew-deadline", "20"),
+    ],
+)
+def test_bad_flag_combinations(argv: tuple[str, ...]) -> None:
+    with pytest.raises(DiscoveryConfigError):
+        build_from_args(parse(*argv), Datastore())
+
+
+def test_unknown_pool_group_is_rejected_by_the_parser() -> None:
+    with pytest.raises(SystemExit):
+        parse("--pool-name", "p", "--pool-group", "example.com")
