@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from epp._util.proc import cpu_seconds
-from epp.demo.engines import start_engines
+from epp.demo.engines import start_echo_engines
 from epp.envoy.config import DESTINATION_HEADER, BodyMode, Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
@@ -153,7 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     if "direct" not in args.modes:
         args.modes.insert(0, "direct")
-    fleet = start_engines(["engine"])
+    fleet = start_echo_engines(["engine"])
     engine = fleet.upstreams[0]
     envoys: dict[str, EnvoyProcess] = {}
     with tempfile.TemporaryDirectory(prefix="epp-bench-") as tmp:

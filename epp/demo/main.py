@@ -13,7 +13,7 @@ from rich.console import Console
 
 from epp.demo import report
 from epp.demo.engines import start_engines
-from epp.demo.traffic import DemoClient, Outcome
+from epp.demo.traffic import MODEL, DemoClient, Outcome
 from epp.envoy import accesslog
 from epp.envoy.stack import LocalGateway
 
@@ -28,7 +28,7 @@ def run_demo(engines: int, *, tls: bool = False, keep_dir: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="epp-demo-"))
     names = [f"engine-{letter}" for letter in string.ascii_lowercase[:engines]]
     console.print(f"Starting {engines} local engines, epp serve and Envoy (work dir {workdir}) …")
-    fleet = start_engines(names)
+    fleet = start_engines(names, MODEL)
     try:
         gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls)
         with gateway:

@@ -40,7 +40,7 @@ def why(outcome: Outcome, outcomes: list[Outcome], served: dict[str, str], names
     load = " ".join(f"{_short(n)}={busy[n]}" for n in names)
     least = min(busy.values())
     if busy[engine] > least:
-        reason = f"{load} → not the least busy?"
+        reason = f"{load} → not least busy in this view (epp counted differently)"
     elif sum(1 for n in names if busy[n] == least) > 1:
         reason = f"{load} → tie, random among least busy"
     else:
@@ -60,7 +60,7 @@ def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: E
         rid: name for rid, e in entries.items() if e.upstream and (name := fleet.name_of(e.upstream)) is not None
     }
     table = Table(title="Where each request went (served by = Envoy's upstream; ✓ = the endpoint epp picked)")
-    for column in ("#", "request", "status", "served by", "ms", "in flight per engine when sent → why"):
+    for column in ("#", "request", "status", "served by", "ms", "cached tokens", "in flight per engine when sent → why"):
         table.add_column(column, overflow="fold")
     for index, outcome in enumerate(sorted(outcomes, key=lambda o: o.sent_at), start=1):
         entry = entries.get(outcome.request.request_id)
@@ -72,7 +72,8 @@ def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: E
             timing += f" (1st event {1000 * (outcome.first_event_at - outcome.sent_at):.0f})"
         table.add_row(
             str(index), outcome.request.label, outcome.error or str(outcome.status),
-            f"{engine or '-'}{mark}", timing, why(outcome, outcomes, served, names),
+            f"{engine or '-'}{mark}", timing, "-" if outcome.cached_tokens is None else str(outcome.cached_tokens),
+            why(outcome, outcomes, served, names),
         )  # fmt: skip
     console.print(table)
     counts = Counter(served.values())

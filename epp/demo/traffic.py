@@ -51,6 +51,7 @@ class Outcome:
     sent_at: float
     done_at: float
     first_event_at: float | None = None
+    cached_tokens: int | None = None
     error: str | None = None
 
     @property
@@ -79,9 +80,9 @@ def opening_requests() -> list[DemoRequest]:
 
 
 def stream_request(delay_ms: int = 250) -> DemoRequest:
-    """A streamed chat whose events come ``delay_ms`` apart (echo engines honour the delay header)."""
+    """A long streamed chat; echo engines space its events ``delay_ms`` apart, epp sim at its own pace."""
     return DemoRequest("chat, streamed (SSE)", "/v1/chat/completions",
-                       _chat("Tell me a story.", stream=True, max_tokens=8), headers={DELAY_HEADER: str(delay_ms)})
+                       _chat("Tell me a story.", stream=True, max_tokens=48), headers={DELAY_HEADER: str(delay_ms)})
 
 
 def burst_requests(delay_ms: int = 100) -> list[DemoRequest]:
@@ -92,6 +93,15 @@ def burst_requests(delay_ms: int = 100) -> list[DemoRequest]:
         for i in range(1, 4)
     ] + [DemoRequest("completion during the stream", "/v1/completions",
                      {"model": MODEL, "prompt": "Say hi.", "max_tokens": 4}, headers=slow)]  # fmt: skip
+
+
+def _cached_tokens(body: bytes) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` of an OpenAI answer, if the engine reports it."""
+    try:
+        usage = orjson.loads(body).get("usage") or {}
+        return int((usage.get("prompt_tokens_details") or {})["cached_tokens"])
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 class DemoClient:
@@ -117,7 +127,7 @@ class DemoClient:
                             if first_event is not None:
                                 first_event.set()
                 else:
-                    await reply.read()
+                    outcome.cached_tokens = _cached_tokens(await reply.read())
         except aiohttp.ClientError as exc:
             outcome.error = f"{type(exc).__name__}: {exc}"
         finally:

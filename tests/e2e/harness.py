@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from epp._util.proc import free_port
-from epp.demo.engines import EngineFleet, start_engines
+from epp.demo.engines import EngineFleet, start_echo_engines
 from epp.envoy import accesslog
 from epp.envoy.config import BodyMode, Routing, Upstream
 from epp.envoy.picker import PickerProcess
@@ -54,7 +54,7 @@ class Stack:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.engines: EngineFleet = start_engines(ENGINES)
+        self.engines: EngineFleet = start_echo_engines(ENGINES)
         self._pickers: dict[str, PickerProcess] = {}
         self._envoys: dict[str, EnvoyProcess] = {}
         self.down_picker = Upstream("127.0.0.1", free_port())  # nothing listens here
