@@ -13,6 +13,7 @@ from epp import __version__
 # Modules are imported only to build their parser; heavy imports happen when a command runs.
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("sim", "epp.sim.cli", "Run a vLLM-compatible simulated engine"),
+    ("serve", "epp.app", "Run the endpoint picker (ext_proc gRPC server)"),
 )
 
 

@@ -1,0 +1,160 @@
+"""``epp serve``: composition root of the endpoint picker.
+
+Builds datastore → discovery → scheduler → telemetry → director → servers, starts them in that order,
+waits for SIGTERM/SIGINT, and stops them in reverse (health NOT_SERVING first, in-flight streams given
+``--drain-timeout`` to finish). Flags mirror the reference picker's names and defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from epp._util.duration import parse_duration
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+log = logging.getLogger("epp.serve")
+
+DEFAULT_POLICY = "least-inflight"
+
+
+def go_bool(text: str) -> bool:
+    """Go flag booleans: ``--flag``, ``--flag=true``, ``--flag=false`` (also 1/0, t/f)."""
+    value = text.strip().lower()
+    if value in ("1", "t", "true", "yes"):
+        return True
+    if value in ("0", "f", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
+    return int(text)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.description = (
+        "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
+        "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
+    )
+    g = parser.add_argument_group("serving")
+    g.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port")
+    g.add_argument("--grpc-health-port", type=port, default=9003, help="gRPC health port (plaintext)")
+    g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
+    g.add_argument("--bind-address", default="", help="address to listen on; empty = all interfaces")
+    g.add_argument("--secure-serving", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="serve ext_proc over TLS (--secure-serving=false for plaintext)")
+    g.add_argument("--cert-path", default="",
+                   help="directory with tls.crt and tls.key; empty = generate a self-signed ECDSA certificate")
+    g.add_argument("--enable-cert-reload", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="reload tls.crt/tls.key from --cert-path when they change")
+    g.add_argument("--health-checking", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="also serve the gRPC health service on --grpc-port")
+    g.add_argument("--drain-timeout", type=duration, default="30s", metavar="DURATION",
+                   help="on SIGTERM, how long in-flight streams may take to finish (Go duration, e.g. 30s)")
+    p = parser.add_argument_group("pool")
+    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="fixed pool of model-server endpoints (hostnames are resolved once at start)")
+    p.add_argument("--pool-name", default="", help="InferencePool name; used as the pool metrics' name label")
+    p.add_argument("--metrics-staleness-threshold", type=duration, default="2s", metavar="DURATION",
+                   help="engine metrics older than this are stale (Go duration)")
+    r = parser.add_argument_group("requests")
+    r.add_argument("--disable-endpoint-subset-filter", type=go_bool, nargs="?", const=True, default=False,
+                   metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
+    r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body accepted; larger bodies get 413")
+    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
+                        help="log verbosity: 1 warnings, 2 info, 3+ debug")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.static_endpoints:
+        log.error("no endpoint source: pass --static-endpoints HOST:PORT[,...]")
+        return 2
+    if args.max_body_bytes < 1:
+        log.error("--max-body-bytes must be positive")
+        return 2
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from epp import __version__
+    from epp.datastore import Datastore
+    from epp.director import Director
+    from epp.discovery.static import StaticDiscovery
+    from epp.extproc.health import HealthService
+    from epp.extproc.server import PickerServer
+    from epp.extproc.servicer import ExtProcServicer
+    from epp.extproc.tls import server_credentials
+    from epp.scheduling.presets import build_preset
+    from epp.telemetry import Telemetry
+    from epp.telemetry.http import MetricsServer
+
+    datastore = Datastore(staleness_threshold=args.metrics_staleness_threshold)
+    try:
+        discovery = StaticDiscovery(args.static_endpoints)
+        endpoints = await discovery.start(datastore)
+        credentials = (
+            server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
+        )
+    except (ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
+    telemetry = Telemetry(datastore, pool_name=args.pool_name, build_ref=__version__)
+    director = Director(
+        datastore, build_preset(DEFAULT_POLICY), telemetry, subset_filter=not args.disable_endpoint_subset_filter
+    )
+    health = HealthService(readiness=lambda: datastore.synced)
+    host = args.bind_address or "[::]"
+    server = PickerServer(
+        ExtProcServicer(director, args.max_body_bytes), health,
+        port=args.grpc_port, health_port=args.grpc_health_port, host=host, credentials=credentials,
+        max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
+    )
+    metrics = MetricsServer(telemetry, args.metrics_port, host=args.bind_address or None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            await metrics.start()
+            stack.push_async_callback(metrics.stop)
+            await server.start()
+            stack.push_async_callback(server.stop, args.drain_timeout)
+            log.info("epp ready: ext_proc :%d, health :%d, metrics :%d", server.port, server.health_port, metrics.port)
+            await stop.wait()
+            log.info("shutting down")
+    except (OSError, RuntimeError) as exc:  # a port already in use (grpc raises RuntimeError)
+        log.error("cannot serve: %s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0

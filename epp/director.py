@@ -1,0 +1,211 @@
+"""Per-request glue between the protocol adapter and scheduling: no gRPC types here.
+
+``route`` turns a parsed request into a ``RoutingDecision`` (candidates → admission → scheduler →
+in-flight accounting → headers); ``finish`` ends it once (usage into metrics and scheduler hooks,
+in-flight released). Every refusal is a ``RequestError``; ``reject`` counts and logs it exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from epp._util.clock import Clock, WallClock
+from epp.datastore import Datastore, EndpointState
+from epp.request import LLMRequest, RequestError
+from epp.request.usage import Usage
+from epp.scheduling.scheduler import Scheduler
+from epp.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+MODEL_NAME_HEADER = "x-gateway-model-name"
+DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
+
+# Headers the picker owns: never re-emitted from the stored request headers (gie-facts A3).
+SYSTEM_HEADERS = frozenset({
+    "x-llm-d-inference-objective", "x-gateway-inference-objective",
+    "x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id",
+    "x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite",
+    "x-llm-d-slo-ttft-ms", "x-slo-ttft-ms", "x-llm-d-slo-tpot-ms", "x-slo-tpot-ms",
+    "x-gateway-destination-endpoint-subset", DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
+    DROPPED_REASON_HEADER, "content-length",
+})
+
+
+class Saturation(Protocol):
+    """Admission input: is the pool too loaded to take sheddable (priority < 0) work?"""
+
+    def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool: ...
+
+
+ModelRewriter = Callable[[LLMRequest], "str | None"]
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    """Where one request goes. ``endpoints[0]`` is the primary, the rest a fallback list in order.
+
+    ``body`` is set only when the request body had to change (model rewrite); ``headers`` are the
+    request headers to set upstream, destination included.
+    """
+
+    request: LLMRequest
+    endpoints: list[EndpointState]
+    started_at: float
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    tokens: int = 0
+    finished: bool = False
+
+    @property
+    def destination(self) -> str:
+        return ",".join(e.hostport for e in self.endpoints)
+
+    @property
+    def target_model(self) -> str:
+        return self.request.target_model
+
+
+def no_endpoints(message: str) -> RequestError:
+    return RequestError(503, message, error_type="service_unavailable", code="no_endpoints",
+                        reason="rejected-no-endpoints")
+
+
+class Director:
+    """Routes requests over the datastore's endpoints with one scheduler; holds no per-request state."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        scheduler: Scheduler,
+        telemetry: Telemetry,
+        *,
+        saturation: Saturation | None = None,
+        objectives: Mapping[str, int] | None = None,
+        model_rewriter: ModelRewriter | None = None,
+        subset_filter: bool = True,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.scheduler = scheduler
+        self.telemetry = telemetry
+        self.saturation = saturation
+        self.objectives = dict(objectives or {})
+        self.model_rewriter = model_rewriter
+        self.subset_filter = subset_filter
+        self.clock: Clock = clock or WallClock()
+        self._rng = rng or random.Random()
+
+    # -- request phase --------------------------------------------------------------------------
+    def route(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None = None) -> RoutingDecision:
+        """Pick endpoints for a parsed request; raises ``RequestError`` for every refusal."""
+        started = self.clock.now()
+        request.priority = self.objectives.get(request.objective or "", 0)
+        original_headers = dict(request.headers)
+        body = self._apply_rewrite(request)
+        candidates = self.candidates(subset)
+        if request.priority < 0 and self.saturation is not None and self.saturation.is_saturated(candidates):
+            raise RequestError(429, "system is saturated; sheddable request dropped",
+                               error_type="rate_limit_exceeded", code="saturated")
+        t0 = self.clock.now()
+        try:
+            result = self.scheduler.schedule(request, candidates)
+        except RequestError:
+            self.telemetry.scheduled(self.clock.now() - t0, request.target_model, None)
+            raise
+        picked = result.endpoints
+        self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
+        decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
+        decision.headers = self._upstream_headers(decision, original_headers)
+        self.datastore.request_started(picked[0].name, decision.tokens)
+        self.telemetry.request_routed(request, len(body) if body is not None else body_size)
+        return decision
+
+    def route_any(self, request: LLMRequest) -> RoutingDecision:
+        """Body-less request (GET …): a uniformly random endpoint, no scheduling, as the reference does."""
+        states = self.datastore.endpoints()
+        if not states:
+            raise RequestError(500, "no pods available in datastore", error_type="server_error", code="no_endpoints")
+        decision = RoutingDecision(request, [self._rng.choice(states)], self.clock.now())
+        decision.headers = {DESTINATION_HEADER: decision.destination}
+        self.datastore.request_started(decision.endpoints[0].name, 0)
+        self.telemetry.request_routed(request, 0)
+        return decision
+
+    def candidates(self, subset: Sequence[object] | None) -> list[EndpointState]:
+        """Pool members, narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
+        states = self.datastore.endpoints()
+        if subset is None or not self.subset_filter:
+            if not states:
+                raise no_endpoints("no endpoints available in the pool")
+            return states
+        if not subset:
+            raise no_endpoints("the gateway's endpoint subset hint is empty")
+        ips = {_ip_of(s) for s in subset if isinstance(s, str)}
+        matched = [s for s in states if s.endpoint.address in ips]
+        if not matched:
+            raise no_endpoints("no pool endpoint matches the gateway's endpoint subset hint")
+        return matched
+
+    # -- response phase -------------------------------------------------------------------------
+    def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None) -> None:
+        """The request is over (response done, or the stream ended): release it once and record what was seen."""
+        if decision.finished:
+            return
+        decision.finished = True
+        primary = decision.endpoints[0]
+        request = decision.request
+        self.datastore.request_finished(primary.name, decision.tokens)
+        seen = usage or Usage()
+        self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
+        if seen.known:
+            self.scheduler.response_complete(request, primary, seen.as_dict())
+
+    def reject(self, error: RequestError, request_id: str, path: str, request: LLMRequest | None = None) -> None:
+        """Count and log one refusal: one line with the reason, never the body or credentials."""
+        model = request.model if request is not None else ""
+        target = request.target_model if request is not None else ""
+        self.telemetry.request_rejected(model, target, error)
+        log.info("rejected request id=%s path=%s model=%s status=%d reason=%s: %s",
+                 request_id, path, model or "-", error.status, error.reason or error.code or "-", error.message)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _apply_rewrite(self, request: LLMRequest) -> bytes | None:
+        """Set the target model (header first, then the rewriter); re-serialize the body if it changed."""
+        if request.target_model == request.model and self.model_rewriter is not None:
+            rewritten = self.model_rewriter(request)
+            if rewritten:
+                request.target_model = rewritten
+        if request.target_model == request.model or request.body is None:
+            return None
+        request.body["model"] = request.target_model
+        return orjson.dumps(request.body)
+
+    def _upstream_headers(self, decision: RoutingDecision, original: Mapping[str, str]) -> dict[str, str]:
+        """Destination and model name, plus any header a plugin added or changed (system headers excepted)."""
+        headers = {
+            name: value for name, value in decision.request.headers.items()
+            if original.get(name) != value and name not in SYSTEM_HEADERS and not name.startswith(":")
+        }
+        headers[DESTINATION_HEADER] = decision.destination
+        if decision.request.target_model:
+            headers[MODEL_NAME_HEADER] = decision.request.target_model
+        return headers
+
+
+def _ip_of(hostport: str) -> str:
+    """``10.0.0.1:8000`` → ``10.0.0.1``; ``[fd00::1]:8000`` → ``fd00::1``; a bare IP stays as it is."""
+    host = hostport.strip()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host

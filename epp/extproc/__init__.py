@@ -1,0 +1,1 @@
+"""The Envoy ext_proc protocol adapter: stream state machine, reply builders, gRPC servers."""

@@ -1,0 +1,59 @@
+"""gRPC health service answering every service name from one readiness callable.
+
+The reference picker (without leader election) reports any service name — ``""``, ``liveness``,
+``readiness``, ``inference-extension``, ``envoy.service.ext_proc.v3.ExternalProcessor`` or anything
+else — SERVING exactly when it is ready; probes configured with a different name therefore never
+get SERVICE_UNKNOWN. Draining forces NOT_SERVING so load balancers stop sending before we stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthService(health_pb2_grpc.HealthServicer):
+    """``Check`` evaluates readiness per call; ``Watch`` re-evaluates every ``poll_interval`` seconds
+    and sends a message whenever the status changes (and once at the start)."""
+
+    def __init__(self, readiness: Callable[[], bool], poll_interval: float = 0.5) -> None:
+        self.readiness = readiness
+        self.poll_interval = poll_interval
+        self.draining = False
+        self._changed = asyncio.Event()
+
+    def status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        return SERVING if not self.draining and self.readiness() else NOT_SERVING
+
+    def drain(self) -> None:
+        """From now on report NOT_SERVING for every service, and tell watchers at once."""
+        self.draining = True
+        self._changed.set()
+
+    async def Check(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=self.status())
+
+    async def Watch(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            current = self.status()
+            if current != last:
+                yield health_pb2.HealthCheckResponse(status=current)
+                last = current
+            if self.draining:  # final state: nothing can change any more, just keep the stream open
+                await asyncio.sleep(self.poll_interval)
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.poll_interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,117 @@
+"""Building ext_proc ``ProcessingResponse`` messages; the only module that knows their protobuf shape.
+
+Header values always go in ``raw_value`` (Envoy ignores ``value`` for mutations and forwards an empty
+header). Bodies sent back in FULL_DUPLEX_STREAMED mode are split into ``streamed_response`` chunks of
+at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from epp.request import RequestError
+
+MAX_CHUNK_BYTES = 62_000
+METADATA_NAMESPACE = "envoy.lb"
+DESTINATION_KEY = "x-gateway-destination-endpoint"
+DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def header_mutation(headers: Mapping[str, str]) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")), append_action=_OVERWRITE
+            )
+            for k, v in headers.items()
+        ]
+    )
+
+
+def destination_metadata(destination: str) -> struct_pb2.Struct:
+    """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header."""
+    md = struct_pb2.Struct()
+    md.get_or_create_struct(METADATA_NAMESPACE)[DESTINATION_KEY] = destination
+    return md
+
+
+def request_headers_reply(
+    headers: Mapping[str, str], destination: str | None = None, clear_route_cache: bool = True
+) -> pb.ProcessingResponse:
+    """Answer to ``request_headers``: set headers (+ routing metadata when a destination is given)."""
+    common = pb.CommonResponse(header_mutation=header_mutation(headers), clear_route_cache=clear_route_cache)
+    reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+    if destination is not None:
+        reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    return reply
+
+
+def continue_request_headers() -> pb.ProcessingResponse:
+    """Empty headers answer: BUFFERED mode sends the body only after this, and the pick rides on the body answer."""
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+
+
+def buffered_body_reply(headers: Mapping[str, str], destination: str, body: bytes | None) -> pb.ProcessingResponse:
+    """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body."""
+    common = pb.CommonResponse(header_mutation=header_mutation(headers), clear_route_cache=True)
+    if body is not None:
+        common.body_mutation.body = body
+    reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+    reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    return reply
+
+
+def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> Iterator[pb.ProcessingResponse]:
+    """``body`` as duplex ``streamed_response`` chunks; an empty body still yields one (EoS) chunk."""
+    field = "response_body" if response else "request_body"
+    n = len(body)
+    offsets = range(0, n, MAX_CHUNK_BYTES) if n else range(1)
+    last = offsets[-1]
+    for start in offsets:
+        chunk = pb.StreamedBodyResponse(body=body[start:start + MAX_CHUNK_BYTES], end_of_stream=end_of_stream and start == last)
+        common = pb.CommonResponse()
+        common.body_mutation.streamed_response.CopyFrom(chunk)
+        yield pb.ProcessingResponse(**{field: pb.BodyResponse(response=common)})
+
+
+def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingResponse:
+    """STREAMED/BUFFERED answer to one body message: continue, or replace that message's bytes."""
+    common = pb.CommonResponse()
+    if body is not None:
+        common.body_mutation.body = body
+    message = pb.BodyResponse(response=common)
+    return pb.ProcessingResponse(response_body=message) if response else pb.ProcessingResponse(request_body=message)
+
+
+def response_headers_reply(headers: Mapping[str, str]) -> pb.ProcessingResponse:
+    common = pb.CommonResponse(header_mutation=header_mutation(headers))
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+
+
+def trailers_reply(response: bool) -> pb.ProcessingResponse:
+    if response:
+        return pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+    return pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+
+
+def immediate_reply(error: RequestError) -> pb.ProcessingResponse:
+    """The HTTP answer epp gives itself: status, OpenAI JSON body, and the drop reason where defined."""
+    headers = {"content-type": "application/json"}
+    if error.reason:
+        headers[DROPPED_REASON_HEADER] = error.reason
+    details = "epp_" + (error.reason or error.code or str(error.status)).replace("-", "_")
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            headers=header_mutation(headers),
+            body=error.to_json(),
+            details=details,
+        )
+    )

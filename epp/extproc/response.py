@@ -1,0 +1,127 @@
+"""The response half of an ext_proc stream: relay the engine's answer, count its usage, release the request.
+
+Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
+the unfinished last SSE line is kept for usage parsing. A plain JSON response is passed through at once
+too, while a bounded copy is kept for its ``usage``; it is held back until its end only when the model
+name must be rewritten back to the client's name (the reference byte-replaces ``"model":"<target>"``).
+"""
+
+from __future__ import annotations
+
+import orjson
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from epp.director import Director, RoutingDecision
+from epp.extproc import messages
+from epp.request import RequestError
+from epp.request.body import BodyBuffer
+from epp.request.usage import SSEUsageReader, Usage, usage_from_json
+
+RESPONSE_MARK_HEADER = "x-went-into-resp-headers"
+
+Replies = list[pb.ProcessingResponse]
+
+
+class ResponseRelay:
+    """Response-phase handling for one routed request; ``close`` (or the end of the body) finishes it once."""
+
+    def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int) -> None:
+        self.director = director
+        self.decision = decision
+        self.mode = mode
+        self.streaming = decision.request.stream
+        self.size = 0
+        self._reader = SSEUsageReader()
+        self._copy: BodyBuffer | None = BodyBuffer(buffer_limit)
+        self._swaps = _model_swaps(decision)
+        self._holding = False
+        self._done = False
+        self._update_hold()
+
+    def headers(self, message: pb.HttpHeaders) -> Replies:
+        for h in message.headers.headers:
+            if h.key.lower() == "content-type":
+                value = h.raw_value.decode("latin-1") if h.raw_value else h.value
+                self.streaming = self.streaming or "text/event-stream" in value.lower()
+        self._update_hold()
+        reply = messages.response_headers_reply({RESPONSE_MARK_HEADER: "true"})
+        if message.end_of_stream:
+            self._finish(completed=True)
+        return [reply]
+
+    def body(self, message: pb.HttpBody) -> Replies:
+        chunk, eos = message.body, message.end_of_stream
+        self.size += len(chunk)
+        if self.streaming:
+            self._reader.feed(chunk)
+            out = self._swap(chunk)
+        else:
+            out = self._keep(chunk)
+            if self._holding:
+                if not eos:
+                    return []
+                assert self._copy is not None
+                out = self._swap(self._copy.getvalue())
+            else:
+                out = self._swap(out)
+        replies = self._emit(chunk, out, eos)
+        if eos:
+            self._finish(completed=True)
+        return replies
+
+    def trailers(self) -> Replies:
+        self._finish(completed=True)
+        return [messages.trailers_reply(response=True)]
+
+    def close(self) -> None:
+        self._finish(completed=False)
+
+    def _update_hold(self) -> None:
+        """Hold a duplex JSON body to its end only when a model name has to be swapped back in it."""
+        self._holding = bool(self._swaps) and not self.streaming and self.mode == ProcessingMode.FULL_DUPLEX_STREAMED
+
+    def _keep(self, chunk: bytes) -> bytes:
+        """Copy a JSON chunk for usage parsing; past the limit give up the copy (and any hold) and pass through."""
+        if self._copy is None:
+            return chunk
+        try:
+            self._copy.append(chunk)
+        except RequestError:
+            held = self._copy.getvalue() + chunk if self._holding else chunk
+            self._copy, self._holding = None, False
+            return held
+        return chunk
+
+    def _emit(self, chunk: bytes, out: bytes, eos: bool) -> Replies:
+        if self.mode == ProcessingMode.FULL_DUPLEX_STREAMED:
+            return list(messages.streamed_body(out, eos, response=True))
+        return [messages.body_reply(response=True, body=out if out is not chunk else None)]
+
+    def _swap(self, data: bytes) -> bytes:
+        for target, client in self._swaps:
+            if target in data:
+                data = data.replace(target, client)
+        return data
+
+    def _finish(self, completed: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.streaming:
+            self._reader.close()
+            usage = self._reader.usage
+        elif self._copy is not None and len(self._copy):
+            usage = usage_from_json(self._copy.getvalue())
+        else:
+            usage = Usage()
+        self.director.finish(self.decision, usage, self.size if completed else None)
+
+
+def _model_swaps(decision: RoutingDecision) -> list[tuple[bytes, bytes]]:
+    """Byte patterns that put the client's model name back when the request was sent under another name."""
+    request = decision.request
+    if not request.model or request.target_model == request.model:
+        return []
+    target, client = orjson.dumps(request.target_model), orjson.dumps(request.model)
+    return [(b'"model":' + target, b'"model":' + client), (b'"model": ' + target, b'"model": ' + client)]

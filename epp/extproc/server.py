@@ -1,0 +1,79 @@
+"""The picker's gRPC servers: ext_proc (TLS by default) and the plaintext health port, with graceful stop."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from epp.extproc.health import HealthService
+
+log = logging.getLogger(__name__)
+
+# Room for BUFFERED bodies up to the body limit plus protobuf framing (Python's default cap is 4 MiB).
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+class PickerServer:
+    """Owns two grpc.aio servers. ``port``/``health_port`` 0 binds a free port; the bound ports are
+    readable after ``start``.
+
+    ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
+    within the grace period (after which gRPC cancels them), and closes the health port last.
+    """
+
+    def __init__(
+        self,
+        servicer: pb_grpc.ExternalProcessorServicer,
+        health: HealthService,
+        *,
+        port: int,
+        health_port: int,
+        host: str = "[::]",
+        credentials: grpc.ServerCredentials | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        health_on_main_port: bool = False,
+    ) -> None:
+        self.servicer = servicer
+        self.health = health
+        self.host = host
+        self.port = port
+        self.health_port = health_port
+        self.credentials = credentials
+        self.health_on_main_port = health_on_main_port
+        limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
+        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        self._main: grpc.aio.Server | None = None
+        self._health: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        main = grpc.aio.server(options=self._options)
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
+        if self.health_on_main_port:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.port = main.add_secure_port(address, self.credentials)
+        else:
+            self.port = main.add_insecure_port(address)
+        health = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
+        self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
+        await health.start()
+        self._health = health
+        await main.start()
+        self._main = main
+        log.info("ext_proc server on %s:%d (%s), health on %s:%d", self.host, self.port,
+                 "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
+
+    async def stop(self, grace: float) -> None:
+        self.health.drain()
+        if self._main is not None:
+            log.info("draining ext_proc streams (up to %.1fs)", grace)
+            await self._main.stop(grace)
+            self._main = None
+        if self._health is not None:
+            await self._health.stop(0)
+            self._health = None

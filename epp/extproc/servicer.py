@@ -1,0 +1,46 @@
+"""The grpc.aio ``ExternalProcessor`` service: feeds each stream's messages to a ``RequestStream``.
+
+Kept thin on purpose: all decisions live in ``RequestStream`` (no gRPC runtime) and the director.
+A protocol violation or an unexpected error ends that one stream with a gRPC status; the server and
+other streams carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.director import Director
+from epp.extproc.stream import ProtocolViolation, RequestStream
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+
+class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, director: Director, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.director = director
+        self.max_body_bytes = max_body_bytes
+
+    async def Process(  # noqa: N802  (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        stream = RequestStream(self.director, self.max_body_bytes)
+        try:
+            async for message in request_iterator:
+                try:
+                    replies = stream.handle(message)
+                except ProtocolViolation as exc:
+                    log.warning("ext_proc protocol violation (request id=%s): %s", stream.request_id or "-", exc)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}")
+                except Exception:
+                    log.exception("internal error handling ext_proc message (request id=%s)", stream.request_id or "-")
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the endpoint picker")
+                for reply in replies:
+                    yield reply
+        finally:
+            stream.close()

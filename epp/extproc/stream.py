@@ -1,0 +1,200 @@
+"""The ext_proc state machine for one gRPC stream (= one HTTP request), free of any gRPC runtime.
+
+``handle`` takes one ``ProcessingRequest`` and returns the replies to send, in order; ``close`` is
+called once when the stream ends however it ends. Sequencing follows the reference picker
+(gie-facts A2): in FULL_DUPLEX_STREAMED mode the headers answer waits for the whole body, then the
+headers answer and the body (as streamed chunks) go back together; in BUFFERED mode headers are
+answered at once and the pick rides on the body answer; a body-less request is routed on its headers.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from epp.director import Director, RoutingDecision
+from epp.extproc import messages
+from epp.extproc.response import ResponseRelay
+from epp.request import LLMRequest, RequestError, RequestKind
+from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
+from epp.request.parse import parse_request, request_path
+
+Mode = ProcessingMode.BodySendMode
+DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED_MODES = (ProcessingMode.BUFFERED, ProcessingMode.BUFFERED_PARTIAL)
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+REQUEST_ID_HEADER = "x-request-id"
+
+Replies = list[pb.ProcessingResponse]
+
+
+class ProtocolViolation(Exception):
+    """Envoy sent a message the ext_proc sequence does not allow here; ends this stream only."""
+
+
+class Phase(enum.Enum):
+    HEADERS = "awaiting request headers"
+    BODY = "collecting request body"
+    ROUTED = "routed"
+    REJECTED = "answered with an immediate response"
+
+
+class RequestStream:
+    """One request's life on the picker: collect, parse, route, relay the response, release."""
+
+    def __init__(
+        self,
+        director: Director,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.director = director
+        self.phase = Phase.HEADERS
+        self.headers: dict[str, str] = {}
+        self.request_id = ""
+        self.decision: RoutingDecision | None = None
+        self._body = BodyBuffer(max_body_bytes)
+        self._new_request_id = new_request_id
+        self._generated_id = False
+        self._request_mode: int = DUPLEX
+        self._response_mode: int = DUPLEX
+        self._subset: list[object] | None = None
+        self._relay: ResponseRelay | None = None
+
+    def handle(self, message: pb.ProcessingRequest) -> Replies:
+        kind = message.WhichOneof("request")
+        if kind is None:
+            raise ProtocolViolation("ProcessingRequest carries no headers, body or trailers")
+        if self.phase is Phase.REJECTED:
+            return []  # Envoy may still flush messages sent before it saw the immediate response
+        if message.HasField("metadata_context"):
+            self._read_subset(message)
+        if kind == "request_headers":
+            return self._request_headers(message)
+        if kind == "request_body":
+            return self._request_body(message.request_body)
+        if kind == "request_trailers":
+            return self._request_trailers()
+        if self.phase is not Phase.ROUTED:
+            raise ProtocolViolation(f"{kind} received while {self.phase.value}")
+        assert self._relay is not None
+        if kind == "response_headers":
+            return self._relay.headers(message.response_headers)
+        if kind == "response_body":
+            return self._relay.body(message.response_body)
+        return self._relay.trailers()
+
+    def close(self) -> None:
+        """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
+        if self._relay is not None:
+            self._relay.close()
+        elif self.decision is not None:
+            self.director.finish(self.decision)
+
+    # -- request phase --------------------------------------------------------------------------
+    def _request_headers(self, message: pb.ProcessingRequest) -> Replies:
+        if self.phase is not Phase.HEADERS:
+            raise ProtocolViolation(f"request_headers received while {self.phase.value}")
+        for h in message.request_headers.headers.headers:
+            self.headers[h.key.lower()] = h.raw_value.decode("latin-1") if h.raw_value else h.value
+        self.request_id = self.headers.get(REQUEST_ID_HEADER) or ""
+        if not self.request_id:
+            self.request_id, self._generated_id = self._new_request_id(), True
+        if message.HasField("protocol_config"):
+            self._request_mode = message.protocol_config.request_body_mode
+            self._response_mode = message.protocol_config.response_body_mode
+        if message.request_headers.end_of_stream or self._request_mode in (ProcessingMode.NONE, ProcessingMode.STREAMED):
+            return self._route_headers_only()
+        self.phase = Phase.BODY
+        if self._request_mode in BUFFERED_MODES:
+            return [messages.continue_request_headers()]
+        return []
+
+    def _request_body(self, body: pb.HttpBody) -> Replies:
+        if self.phase is Phase.ROUTED and self._request_mode == ProcessingMode.STREAMED:
+            return [messages.body_reply(response=False)]
+        if self.phase is not Phase.BODY:
+            raise ProtocolViolation(f"request_body received while {self.phase.value}")
+        try:
+            self._body.append(body.body)
+        except RequestError as error:
+            return self._reject(error)
+        # BUFFERED(_PARTIAL) sends exactly one body message, whatever its end_of_stream says.
+        if body.end_of_stream or self._request_mode in BUFFERED_MODES:
+            return self._route_body(end_of_stream=True)
+        return []
+
+    def _request_trailers(self) -> Replies:
+        if self.phase is Phase.BODY:  # trailers end a body whose last data frame had no end_of_stream
+            return [*self._route_body(end_of_stream=False), messages.trailers_reply(response=False)]
+        if self.phase is Phase.ROUTED:
+            return [messages.trailers_reply(response=False)]
+        raise ProtocolViolation(f"request_trailers received while {self.phase.value}")
+
+    def _route_headers_only(self) -> Replies:
+        request = LLMRequest(self.request_id, RequestKind.OTHER, "", path=request_path(self.headers), headers=self.headers)
+        try:
+            decision = self.director.route_any(request)
+        except RequestError as error:
+            return self._reject(error, request)
+        self._routed(decision)
+        return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
+
+    def _route_body(self, end_of_stream: bool) -> Replies:
+        body = self._body.getvalue()
+        request: LLMRequest | None = None
+        try:
+            request = parse_request(self.request_id, self.headers, body)
+            decision = self.director.route(request, len(body), self._subset)
+        except RequestError as error:
+            return self._reject(error, request)
+        self._routed(decision)
+        headers = self._upstream_headers(decision)
+        if decision.body is not None:
+            headers["content-length"] = str(len(decision.body))
+        if self._request_mode in BUFFERED_MODES:
+            return [messages.buffered_body_reply(headers, decision.destination, decision.body)]
+        out = decision.body if decision.body is not None else body
+        return [
+            messages.request_headers_reply(headers, decision.destination),
+            *messages.streamed_body(out, end_of_stream),
+        ]
+
+    def _routed(self, decision: RoutingDecision) -> None:
+        self.decision = decision
+        self.phase = Phase.ROUTED
+        self._relay = ResponseRelay(self.director, decision, self._response_mode, self._body.limit)
+
+    def _upstream_headers(self, decision: RoutingDecision) -> dict[str, str]:
+        headers = dict(decision.headers)
+        if self._generated_id:
+            headers[REQUEST_ID_HEADER] = self.request_id
+        return headers
+
+    def _reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
+        self.phase = Phase.REJECTED
+        self.director.reject(error, self.request_id, request_path(self.headers), request)
+        return [messages.immediate_reply(error)]
+
+    def _read_subset(self, message: pb.ProcessingRequest) -> None:
+        """The gateway's subset hint (``envoy.lb.subset_hint``); the latest message that has it wins."""
+        namespaces = message.metadata_context.filter_metadata
+        if SUBSET_NAMESPACE not in namespaces:
+            return
+        fields = namespaces[SUBSET_NAMESPACE].fields
+        if SUBSET_KEY not in fields:
+            return
+        value = fields[SUBSET_KEY]
+        kind = value.WhichOneof("kind")
+        if kind == "list_value":  # the reference's shape; non-strings are ignored when matching
+            self._subset = [v.string_value if v.WhichOneof("kind") == "string_value" else None
+                            for v in value.list_value.values]
+        elif kind == "string_value":  # GIE's lightweight picker also accepts a comma list
+            self._subset = [part for part in value.string_value.split(",") if part.strip()]
+        else:
+            self._subset = []  # present but unusable: treated like an empty hint

@@ -1,0 +1,101 @@
+"""Server TLS for the ext_proc port: a provided cert directory (optionally reloaded), or a self-signed cert.
+
+The self-signed certificate uses ECDSA P-256 (generated in milliseconds, unlike the reference's
+RSA-4096) and is valid for 10 years; gateways talking to the picker do not verify it, as with the
+reference. Reloading hands gRPC a fetcher that is consulted on each new TLS handshake and returns
+a new key pair only when ``tls.crt``/``tls.key`` changed on disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+CERT_FILE = "tls.crt"
+KEY_FILE = "tls.key"
+
+
+def self_signed_pair(common_name: str = "epp", now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+    """(private key PEM, certificate PEM) for ``common_name``, localhost and 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName(common_name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+class CertDirectory:
+    """``tls.crt`` + ``tls.key`` in a directory (a mounted Secret); remembers what it loaded last."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[float, float, int, int] | None = None
+
+    def _current_stamp(self) -> tuple[float, float, int, int]:
+        crt, key = (self.path / CERT_FILE).stat(), (self.path / KEY_FILE).stat()
+        return (crt.st_mtime, key.st_mtime, crt.st_size, key.st_size)
+
+    def load(self) -> tuple[bytes, bytes]:
+        """(key PEM, cert PEM); raises OSError with the missing file's name."""
+        stamp = self._current_stamp()
+        pair = ((self.path / KEY_FILE).read_bytes(), (self.path / CERT_FILE).read_bytes())
+        self._stamp = stamp
+        return pair
+
+    def changed(self) -> bool:
+        try:
+            return self._current_stamp() != self._stamp
+        except OSError:
+            return False  # mid-rotation (files briefly missing): keep serving the old pair
+
+
+def server_credentials(cert_path: str | None, reload: bool = False) -> grpc.ServerCredentials:
+    """Credentials for ``--secure-serving``: the directory's pair (watched when ``reload``), else self-signed."""
+    if not cert_path:
+        key, cert = self_signed_pair()
+        log.info("serving TLS with a generated self-signed certificate (ECDSA P-256)")
+        return grpc.ssl_server_credentials([(key, cert)])
+    directory = CertDirectory(cert_path)
+    key, cert = directory.load()
+    if not reload:
+        return grpc.ssl_server_credentials([(key, cert)])
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        if not directory.changed():
+            return None
+        try:
+            new_key, new_cert = directory.load()
+        except OSError as exc:
+            log.warning("certificate reload failed, keeping the previous one: %s", exc)
+            return None
+        log.info("reloaded TLS certificate from %s", directory.path)
+        return grpc.ssl_server_certificate_configuration([(new_key, new_cert)])
+
+    return grpc.dynamic_ssl_server_credentials(grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)

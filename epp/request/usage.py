@@ -1,0 +1,128 @@
+"""Token usage reported by the engine: from a JSON response, or from an SSE stream read piece by piece.
+
+Fields are merged per field across events, as the reference does, because some engines report prompt
+and completion counts in different chunks. Chat/completions name them ``prompt_tokens`` /
+``completion_tokens`` (+ ``prompt_tokens_details.cached_tokens``); the Responses API names them
+``input_tokens`` / ``output_tokens`` (+ ``input_tokens_details.cached_tokens``) inside
+``response.usage`` of its ``response.completed`` event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# An SSE line longer than this is not a usage event; skipping it bounds memory on hostile streams.
+MAX_SSE_LINE_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.prompt_tokens is not None or self.completion_tokens is not None
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts that were reported, keyed as scheduler ``response_complete`` plugins expect."""
+        out = {}
+        if self.prompt_tokens is not None:
+            out["prompt_tokens"] = self.prompt_tokens
+        if self.completion_tokens is not None:
+            out["completion_tokens"] = self.completion_tokens
+        if self.cached_tokens is not None:
+            out["cached_tokens"] = self.cached_tokens
+        return out
+
+    def merge(self, data: object) -> None:
+        """Take every count present in one ``usage`` object; absent fields keep earlier values."""
+        if not isinstance(data, dict):
+            return
+        prompt = _count(data, "prompt_tokens", "input_tokens")
+        completion = _count(data, "completion_tokens", "output_tokens")
+        details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
+        cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
+        if prompt is not None:
+            self.prompt_tokens = prompt
+        if completion is not None:
+            self.completion_tokens = completion
+        if cached is not None:
+            self.cached_tokens = cached
+
+
+def usage_from_json(body: bytes) -> Usage:
+    """Usage of a non-streaming response; empty when the body is not JSON or has no usage."""
+    usage = Usage()
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return usage
+    if isinstance(data, dict):
+        _merge_event(usage, data)
+    return usage
+
+
+class SSEUsageReader:
+    """Feeds on raw SSE bytes as they arrive; keeps only the unfinished last line between chunks.
+
+    Only ``data:`` lines mentioning ``"usage"`` are decoded, so token events cost a substring search.
+    """
+
+    __slots__ = ("usage", "_partial", "_skipping")
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._partial = b""
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._partial + chunk if self._partial else chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if self._skipping:
+                self._skipping = False
+                continue
+            self._line(line)
+        if len(self._partial) > MAX_SSE_LINE_BYTES:
+            self._partial = b""
+            self._skipping = True
+
+    def close(self) -> None:
+        """End of stream: a last line without a newline still counts."""
+        if self._partial and not self._skipping:
+            self._line(self._partial)
+        self._partial = b""
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            return
+        payload = line[5:].strip()
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(event, dict):
+            _merge_event(self.usage, event)
+
+
+def _merge_event(usage: Usage, event: dict[str, Any]) -> None:
+    if event.get("type") == "response.completed" or "usage" not in event:
+        response = event.get("response")
+        if isinstance(response, dict):
+            usage.merge(response.get("usage"))
+            return
+    usage.merge(event.get("usage"))
+
+
+def _count(data: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
