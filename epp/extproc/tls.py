@@ -56,11 +56,12 @@ class CertDirectory:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._stamp: tuple[float, float, int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
 
-    def _current_stamp(self) -> tuple[float, float, int, int]:
+    def _current_stamp(self) -> tuple[int, ...]:
+        """Change marker: a Secret update swaps symlinks (new inode), an in-place write changes mtime/size."""
         crt, key = (self.path / CERT_FILE).stat(), (self.path / KEY_FILE).stat()
-        return (crt.st_mtime, key.st_mtime, crt.st_size, key.st_size)
+        return (crt.st_ino, crt.st_mtime_ns, crt.st_size, key.st_ino, key.st_mtime_ns, key.st_size)
 
     def load(self) -> tuple[bytes, bytes]:
         """(key PEM, cert PEM); raises OSError with the missing file's name."""

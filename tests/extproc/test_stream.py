@@ -1,0 +1,247 @@
+"""The ext_proc state machine, message by message, without a gRPC runtime."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+
+from epp.extproc.messages import MAX_CHUNK_BYTES
+from epp.extproc.stream import ProtocolViolation, RequestStream
+from tests.extproc.builders import (
+    BUFFERED,
+    CHAT_BODY,
+    chunked,
+    immediate,
+    make_director,
+    metadata_destination,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    set_headers,
+    streamed,
+)
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+POOL = ("10.0.0.1:8000", "10.0.0.2:8000")
+
+
+def run(stream: RequestStream, messages: list[pb.ProcessingRequest]) -> list[pb.ProcessingResponse]:
+    out: list[pb.ProcessingResponse] = []
+    for m in messages:
+        out.extend(stream.handle(m))
+    return out
+
+
+@pytest.mark.parametrize("empty_final", [False, True])
+@pytest.mark.parametrize("chunk", [7, 10_000])
+def test_duplex_body_waits_for_end_then_headers_and_body(chunk: int, empty_final: bool) -> None:
+    stream = RequestStream(make_director(*POOL))
+    assert stream.handle(request_headers()) == []
+    parts = chunked(CHAT_BODY, chunk, empty_final)
+    for p in parts[:-1]:
+        assert stream.handle(p) == []
+    replies = stream.handle(parts[-1])
+    first = replies[0]
+    assert first.HasField("request_headers")
+    common = first.request_headers.response
+    assert common.clear_route_cache
+    headers = set_headers(common)
+    assert headers["x-gateway-destination-endpoint"] in POOL
+    assert headers["x-gateway-model-name"] == "m"
+    assert "content-length" not in headers and "x-request-id" not in headers
+    assert metadata_destination(first) == headers["x-gateway-destination-endpoint"]
+    body, eos = streamed(replies[1:])
+    assert (body, eos) == (CHAT_BODY, [True])
+
+
+def test_large_body_goes_back_in_chunks_of_at_most_62000() -> None:
+    big = orjson.dumps({"model": "m", "prompt": "x" * 150_000})
+    stream = RequestStream(make_director(*POOL))
+    replies = run(stream, [request_headers("/v1/completions"), *chunked(big, 16_384)])
+    chunks = [r.request_body.response.body_mutation.streamed_response for r in replies[1:]]
+    assert [len(c.body) for c in chunks] == [MAX_CHUNK_BYTES, MAX_CHUNK_BYTES, len(big) - 2 * MAX_CHUNK_BYTES]
+    assert [c.end_of_stream for c in chunks] == [False, False, True]
+    assert b"".join(c.body for c in chunks) == big
+
+
+def test_buffered_mode_answers_headers_then_routes_on_body() -> None:
+    stream = RequestStream(make_director(*POOL))
+    first = stream.handle(request_headers(mode=BUFFERED))
+    assert len(first) == 1 and first[0].HasField("request_headers")
+    assert not first[0].request_headers.response.header_mutation.set_headers
+    (reply,) = stream.handle(request_body(CHAT_BODY, eos=True))
+    assert reply.HasField("request_body")
+    common = reply.request_body.response
+    dest = set_headers(common)["x-gateway-destination-endpoint"]
+    assert dest in POOL and metadata_destination(reply) == dest
+    assert not common.HasField("body_mutation")
+
+
+def test_header_only_request_gets_a_random_endpoint_at_once() -> None:
+    stream = RequestStream(make_director(*POOL))
+    (reply,) = stream.handle(request_headers("/v1/models", eos=True, method="GET"))
+    dest = set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"]
+    assert dest in POOL and metadata_destination(reply) == dest
+
+
+def test_body_mode_none_routes_on_headers() -> None:
+    stream = RequestStream(make_director(*POOL))
+    (reply,) = stream.handle(request_headers(mode=ProcessingMode.NONE))
+    assert set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"] in POOL
+
+
+def test_header_only_request_with_empty_pool_is_500() -> None:
+    stream = RequestStream(make_director())
+    (reply,) = stream.handle(request_headers("/v1/models", eos=True, method="GET"))
+    status, headers, body = immediate(reply)
+    assert (status, headers["content-type"]) == (500, "application/json")
+    assert body["error"]["message"] == "no pods available in datastore"
+
+
+def test_missing_request_id_is_generated_and_set_upstream() -> None:
+    stream = RequestStream(make_director(*POOL), new_request_id=lambda: "generated-id")
+    msg = request_headers()
+    del msg.request_headers.headers.headers[3]  # x-request-id
+    replies = run(stream, [msg, request_body(CHAT_BODY, eos=True)])
+    assert set_headers(replies[0].request_headers.response)["x-request-id"] == "generated-id"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b'{"model": ', 400, None),
+        (b'{"model": "\xff\xfe"}', 400, None),
+        (b'{"messages": []}', 400, None),
+        (b"[]", 400, None),
+    ],
+)
+def test_bad_bodies_become_immediate_openai_errors(body: bytes, status: int, reason: str | None) -> None:
+    director = make_director(*POOL)
+    stream = RequestStream(director)
+    replies = run(stream, [request_headers(), request_body(body, eos=True)])
+    code, headers, payload = immediate(replies[0])
+    assert (code, headers.get("x-llm-d-request-dropped-reason")) == (status, reason)
+    assert headers["content-type"] == "application/json" and payload["error"]["message"]
+    # Late messages after the immediate response are ignored, not errors.
+    assert stream.handle(request_body(b"more", eos=True)) == []
+
+
+def test_body_over_limit_is_413_as_soon_as_it_crosses() -> None:
+    stream = RequestStream(make_director(*POOL), max_body_bytes=100)
+    assert run(stream, [request_headers(), request_body(b"x" * 60)]) == []
+    (reply,) = stream.handle(request_body(b"x" * 60))
+    assert immediate(reply)[0] == 413
+
+
+def test_empty_pool_is_503_with_drop_reason() -> None:
+    stream = RequestStream(make_director())
+    replies = run(stream, [request_headers(), request_body(CHAT_BODY, eos=True)])
+    code, headers, _ = immediate(replies[0])
+    assert (code, headers["x-llm-d-request-dropped-reason"]) == (503, "rejected-no-endpoints")
+
+
+@pytest.mark.parametrize(
+    ("subset", "expected"),
+    [(["10.0.0.2:1"], "10.0.0.2:8000"), ("10.0.0.1:8000", "10.0.0.1:8000"), ([], None), (["10.9.9.9:1"], None)],
+)
+def test_subset_hint_on_the_body_message(subset: object, expected: str | None) -> None:
+    stream = RequestStream(make_director(*POOL))
+    replies = run(stream, [request_headers(), request_body(CHAT_BODY, eos=True, subset=subset)])
+    if expected is None:
+        assert immediate(replies[0])[0] == 503
+    else:
+        assert set_headers(replies[0].request_headers.response)["x-gateway-destination-endpoint"] == expected
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([request_body(b"x", eos=True)], "request_body received while awaiting request headers"),
+        ([request_headers(), request_headers()], "request_headers received while collecting"),
+        ([request_headers(), response_headers()], "response_headers received while collecting"),
+        ([pb.ProcessingRequest()], "carries no"),
+        ([request_headers(eos=True), request_body(b"x", eos=True)], "request_body received while routed"),
+    ],
+)
+def test_protocol_violations(messages: list[pb.ProcessingRequest], match: str) -> None:
+    stream = RequestStream(make_director(*POOL))
+    with pytest.raises(ProtocolViolation, match=match):
+        run(stream, messages)
+
+
+def test_trailers_end_a_body_without_eos() -> None:
+    stream = RequestStream(make_director(*POOL))
+    replies = run(stream, [request_headers(), request_body(CHAT_BODY), pb.ProcessingRequest(request_trailers={})])
+    assert replies[0].HasField("request_headers")
+    assert streamed(replies[1:-1]) == (CHAT_BODY, [False])
+    assert replies[-1].HasField("request_trailers")
+
+
+def routed(director=None, *, stream: bool = False, headers: dict[str, str] | None = None, mode: int = 4):
+    director = director or make_director(*POOL)
+    s = RequestStream(director)
+    body = orjson.dumps({"model": "m", "prompt": "hi", "stream": stream})
+    run(s, [request_headers("/v1/completions", extra=headers, response_mode=mode), request_body(body, eos=True)])
+    return director, s
+
+
+def test_json_response_usage_counted_and_inflight_released() -> None:
+    director, s = routed()
+    state = director.datastore.get(s.decision.endpoints[0].name)
+    assert state.inflight_requests == 1
+    (h,) = s.handle(response_headers())
+    assert set_headers(h.response_headers.response) == {"x-went-into-resp-headers": "true"}
+    payload = b'{"id":"1","model":"m","usage":{"prompt_tokens":12,"completion_tokens":30}}'
+    first = s.handle(response_body(payload[:20]))
+    assert streamed(first, "response_body") == (payload[:20], [False])  # passed through at once
+    last = s.handle(response_body(payload[20:], eos=True))
+    assert streamed(last, "response_body") == (payload[20:], [True])
+    assert state.inflight_requests == 0
+    reg = director.telemetry.registry
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert reg.get_sample_value("inference_objective_input_tokens_sum", labels) == 12
+    assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 30
+    assert reg.get_sample_value("inference_objective_response_sizes_sum", labels) == len(payload)
+
+
+def test_sse_chunks_answered_at_once_and_usage_split_across_chunks() -> None:
+    director, s = routed(stream=True)
+    s.handle(response_headers("text/event-stream"))
+    events = (b'data: {"choices":[{"text":"a"}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6}}\n\ndata: [DONE]\n\n')
+    cut = events.index(b"prompt_tokens") + 3
+    a = s.handle(response_body(events[:cut]))
+    b = s.handle(response_body(events[cut:]))
+    c = s.handle(response_body(b"", eos=True))
+    assert [streamed(x, "response_body") for x in (a, b, c)] == [
+        (events[:cut], [False]), (events[cut:], [False]), (b"", [True]),
+    ]
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert director.telemetry.registry.get_sample_value("inference_objective_output_tokens_sum", labels) == 6
+
+
+def test_rewritten_model_is_swapped_back_in_the_response() -> None:
+    director, s = routed(headers={"x-llm-d-model-name-rewrite": "m-v2"})
+    s.handle(response_headers())
+    assert s.handle(response_body(b'{"model":"m-v2","usa')) == []  # held: the name may straddle chunks
+    out = s.handle(response_body(b'ge":{"prompt_tokens":1}}', eos=True))
+    assert streamed(out, "response_body") == (b'{"model":"m","usage":{"prompt_tokens":1}}', [True])
+
+
+def test_buffered_response_mode_replies_with_body_response() -> None:
+    director, s = routed(headers={"x-llm-d-model-name-rewrite": "m-v2"}, mode=BUFFERED)
+    s.handle(response_headers())
+    (reply,) = s.handle(response_body(b'{"model": "m-v2"}', eos=True))
+    assert reply.response_body.response.body_mutation.body == b'{"model": "m"}'
+
+
+def test_close_releases_a_request_whose_response_never_came() -> None:
+    director, s = routed()
+    name = s.decision.endpoints[0].name
+    s.close()
+    s.close()
+    assert director.datastore.get(name).inflight_requests == 0
+    labels = {"model_name": "m"}
+    assert director.telemetry.registry.get_sample_value("inference_objective_running_requests", labels) == 0

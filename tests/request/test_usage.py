@@ -1,0 +1,90 @@
+"""Usage from JSON responses and SSE streams split at arbitrary byte boundaries."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from epp.request.usage import SSEUsageReader, Usage, usage_from_json
+
+CHAT_STREAM = (
+    b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}],"usage":null}\n\n'
+    b'data: {"id":"1","choices":[{"delta":{"content":"lo"}}]}\n\n'
+    b'data: {"id":"1","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":2,"total_tokens":13,'
+    b'"prompt_tokens_details":{"cached_tokens":8}}}\n\n'
+    b"data: [DONE]\n\n"
+)
+RESPONSES_STREAM = (
+    b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n'
+    b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":'
+    b'{"input_tokens":5,"output_tokens":3,"input_tokens_details":{"cached_tokens":0}}}}\n\n'
+)
+
+
+def feed_split(data: bytes, size: int) -> Usage:
+    reader = SSEUsageReader()
+    for i in range(0, len(data), size):
+        reader.feed(data[i:i + size])
+    reader.close()
+    return reader.usage
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
+def test_sse_usage_survives_any_split(size: int) -> None:
+    assert feed_split(CHAT_STREAM, size) == Usage(11, 2, 8)
+
+
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_responses_api_stream(size: int) -> None:
+    assert feed_split(RESPONSES_STREAM, size) == Usage(5, 3, 0)
+
+
+def test_sse_fields_merge_across_events() -> None:
+    data = b'data: {"usage":{"prompt_tokens":4}}\n\ndata: {"usage":{"completion_tokens":9}}\n\n'
+    assert feed_split(data, 10) == Usage(4, 9, None)
+
+
+def test_last_line_without_newline_counts() -> None:
+    reader = SSEUsageReader()
+    reader.feed(b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}')
+    reader.close()
+    assert reader.usage == Usage(1, 2, None)
+
+
+def test_crlf_and_garbage_lines() -> None:
+    data = b'data: {"usage": broken\r\n\r\ndata: {"usage":{"prompt_tokens":3,"completion_tokens":4}}\r\n\r\n'
+    assert feed_split(data, 5) == Usage(3, 4, None)
+
+
+def test_overlong_line_is_skipped_without_keeping_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("epp.request.usage.MAX_SSE_LINE_BYTES", 50)
+    reader = SSEUsageReader()
+    reader.feed(b'data: {"usage":{"prompt_tokens":1}} ' + b"x" * 40)
+    reader.feed(b"y" * 40)
+    assert len(reader._partial) <= 50
+    reader.feed(b'\ndata: {"usage":{"completion_tokens":2}}\n')
+    reader.close()
+    assert reader.usage == Usage(None, 2, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}, Usage(10, 5, None)),
+        ({"usage": {"input_tokens": 7, "output_tokens": 1, "input_tokens_details": {"cached_tokens": 4}}},
+         Usage(7, 1, 4)),
+        ({"choices": []}, Usage()),
+        ({"usage": None}, Usage()),
+        ([1, 2], Usage()),
+    ],
+)
+def test_json_usage(body: object, expected: Usage) -> None:
+    assert usage_from_json(orjson.dumps(body)) == expected
+
+
+def test_json_usage_of_non_json_is_empty() -> None:
+    assert not usage_from_json(b"<html>").known
+
+
+def test_as_dict_has_only_reported_counts() -> None:
+    assert Usage(3, None, 1).as_dict() == {"prompt_tokens": 3, "cached_tokens": 1}

@@ -1,0 +1,149 @@
+"""``epp serve`` as users run it: flags, and a real subprocess drained by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from epp.app import go_bool
+from epp.cli import build_parser
+from tests.extproc.builders import CHAT_BODY, request_body, request_headers, set_headers, streamed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_defaults_match_the_reference_flags() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (args.grpc_port, args.grpc_health_port, args.metrics_port) == (9002, 9003, 9090)
+    assert args.secure_serving is True and args.enable_cert_reload is False
+    assert (args.metrics_staleness_threshold, args.drain_timeout, args.max_body_bytes) == (2.0, 30.0, 16 * 2**20)
+    assert args.verbosity == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "attr", "value"),
+    [
+        (["--secure-serving=false"], "secure_serving", False),
+        (["--secure-serving"], "secure_serving", True),
+        (["--disable-endpoint-subset-filter"], "disable_endpoint_subset_filter", True),
+        (["--metrics-staleness-threshold", "500ms"], "metrics_staleness_threshold", 0.5),
+        (["--drain-timeout=1m"], "drain_timeout", 60.0),
+        (["-v", "4"], "verbosity", 4),
+    ],
+)
+def test_go_style_flags(argv: list[str], attr: str, value: object) -> None:
+    assert getattr(build_parser().parse_args(["serve", *argv]), attr) == value
+
+
+@pytest.mark.parametrize("argv", [["--secure-serving=maybe"], ["--drain-timeout", "soon"], ["--grpc-port", "70000"]])
+def test_bad_flag_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["serve", *argv])
+    assert info.value.code == 2
+
+
+def test_go_bool() -> None:
+    assert [go_bool(v) for v in ("true", "1", "F", "false")] == [True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [([], "no endpoint source"), (["--static-endpoints", "10.0.0.1"], "expected HOST:PORT"),
+     (["--static-endpoints", "10.0.0.1:0"], "port must be")],
+)
+def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--grpc-port", str(free_port()),
+         "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()), *extra],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+@pytest.fixture
+def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:8001,127.0.0.1:8002",
+         "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
+         "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
+         "--drain-timeout", "20s", "--pool-name", "pool-a"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        yield proc, ports
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+async def wait_health(stub: health_pb2_grpc.HealthStub, want: int) -> None:
+    for _ in range(300):
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service="inference-extension"), timeout=1)
+            if reply.status == want:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health never reached {want}")
+
+
+async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
+    serve_process: tuple[subprocess.Popen[str], dict[str, int]],
+) -> None:
+    proc, ports = serve_process
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['health']}") as hch, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
+        health = health_pb2_grpc.HealthStub(hch)
+        await wait_health(health, health_pb2.HealthCheckResponse.SERVING)
+        metrics = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).read().decode()
+        )
+        assert 'inference_pool_ready_pods{name="pool-a"} 2.0' in metrics
+        assert "inference_extension_info" in metrics
+
+        call = pb_grpc.ExternalProcessorStub(ch).Process()
+        await call.write(request_headers())  # in flight: the picker waits for the body
+        await call.write(request_body(CHAT_BODY[:10]))
+        proc.send_signal(signal.SIGTERM)
+        await wait_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert proc.poll() is None  # still draining the open stream
+        with pytest.raises(grpc.aio.AioRpcError):  # …but new streams are refused
+            late = pb_grpc.ExternalProcessorStub(ch).Process(iter([request_headers("/x", eos=True, method="GET")]))
+            await late.read()
+
+        await call.write(request_body(CHAT_BODY[10:], eos=True))
+        head = await call.read()
+        assert set_headers(head.request_headers.response)["x-gateway-destination-endpoint"] in {
+            "127.0.0.1:8001", "127.0.0.1:8002",
+        }
+        assert streamed([await call.read()]) == (CHAT_BODY, [True])
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert proc.returncode == 0
+    assert proc.stdout is not None
+    log = proc.stdout.read()
+    assert "shutting down" in log and "stopped" in log

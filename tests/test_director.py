@@ -1,0 +1,244 @@
+"""The director: candidates, subset hints, admission, in-flight accounting, rewrites, finishing once."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import orjson
+import pytest
+
+from epp._util.clock import VirtualClock
+from epp.datastore import Datastore, Endpoint, EndpointState
+from epp.director import DESTINATION_HEADER, MODEL_NAME_HEADER, Director
+from epp.request import LLMRequest, RequestError
+from epp.request.parse import parse_request
+from epp.request.usage import Usage
+from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
+from epp.scheduling.plugins.profiles.single import SingleProfileHandler
+from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer
+from epp.scheduling.presets import build_preset
+from epp.scheduling.profile import SchedulerProfile, WeightedScorer
+from epp.scheduling.scheduler import Scheduler
+from epp.telemetry import Telemetry
+
+
+def make_store(*hostports: str) -> Datastore:
+    store = Datastore(VirtualClock())
+    for hp in hostports:
+        host, port = hp.rsplit(":", 1)
+        store.upsert(Endpoint(hp, host.strip("[]"), int(port)))
+    store.mark_synced()
+    return store
+
+
+def make_director(store: Datastore, scheduler: Scheduler | None = None, **kw: object) -> Director:
+    return Director(store, scheduler or build_preset("least-inflight"), Telemetry(store), clock=store.clock,
+                    rng=random.Random(1), **kw)  # type: ignore[arg-type]
+
+
+def chat(model: str = "m", headers: Mapping[str, str] | None = None) -> LLMRequest:
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+    return parse_request("rid", {":path": "/v1/chat/completions", **(headers or {})}, body)
+
+
+def sample(d: Director, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return d.telemetry.registry.get_sample_value(name, labels or {})
+
+
+def test_route_sets_destination_model_and_inflight() -> None:
+    store = make_store("10.0.0.1:8000")
+    d = make_director(store)
+    req = chat()
+    decision = d.route(req, 100)
+    assert decision.destination == "10.0.0.1:8000"
+    assert decision.headers == {DESTINATION_HEADER: "10.0.0.1:8000", MODEL_NAME_HEADER: "m"}
+    assert decision.body is None
+    state = store.get("10.0.0.1:8000")
+    assert state is not None and state.inflight_requests == 1 and state.inflight_tokens == req.estimated_prompt_tokens
+    d.finish(decision, Usage(5, 7, 2), 300)
+    d.finish(decision, Usage(5, 7, 2), 300)  # a second finish must not double-release
+    assert (state.inflight_requests, state.inflight_tokens) == (0, 0)
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert sample(d, "inference_objective_request_total", {**labels, "priority": "0"}) == 1
+    assert sample(d, "inference_objective_input_tokens_sum", labels) == 5
+    assert sample(d, "inference_objective_output_tokens_sum", labels) == 7
+    assert sample(d, "inference_objective_prompt_cached_tokens_sum", labels) == 2
+    assert sample(d, "inference_objective_response_sizes_sum", labels) == 300
+    assert sample(d, "inference_objective_running_requests", {"model_name": "m"}) == 0
+    assert sample(d, "inference_extension_scheduler_attempts_total",
+                  {"status": "success", "target_model_name": "m", "pod_name": "10.0.0.1:8000", "namespace": "",
+                   "port": "8000"}) == 1
+
+
+def test_least_inflight_spreads_requests() -> None:
+    store = make_store("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000")
+    d = make_director(store)
+    picked = {d.route(chat(), 10).destination for _ in range(3)}
+    assert picked == {"10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"}
+
+
+def test_fallback_list_from_a_multi_endpoint_picker() -> None:
+    store = make_store("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000")
+    store.request_started("10.0.0.1:8000", 0)
+    store.request_started("10.0.0.1:8000", 0)
+    store.request_started("10.0.0.2:8000", 0)
+    profile = SchedulerProfile("default", MaxScorePicker(max_num_of_endpoints=3, rng=random.Random(0)),
+                               scorers=[WeightedScorer(ActiveRequestScorer())])
+    d = make_director(store, Scheduler({"default": profile}, SingleProfileHandler()))
+    decision = d.route(chat(), 10)
+    assert decision.destination == "10.0.0.3:8000,10.0.0.2:8000,10.0.0.1:8000"
+    assert decision.headers[DESTINATION_HEADER] == decision.destination
+    assert store.get("10.0.0.3:8000").inflight_requests == 1  # only the primary is charged
+    assert store.get("10.0.0.2:8000").inflight_requests == 1
+
+
+@pytest.mark.parametrize(
+    ("subset", "allowed"),
+    [
+        (None, {"10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.2:8000", "[fd00::1]:8000"}),
+        (["10.0.0.1:9999"], {"10.0.0.1:8000", "10.0.0.1:8001"}),  # IP-only match: every port of the pod
+        (["10.0.0.2:8000", 7, None], {"10.0.0.2:8000"}),  # non-strings ignored
+        (["10.0.0.2"], {"10.0.0.2:8000"}),
+        (["[fd00::1]:1234"], {"[fd00::1]:8000"}),
+    ],
+)
+def test_subset_hint_matches_ip_only(subset: list | None, allowed: set[str]) -> None:
+    store = make_store("10.0.0.1:8000", "10.0.0.1:8001", "10.0.0.2:8000", "[fd00::1]:8000")
+    d = make_director(store)
+    assert {s.hostport for s in d.candidates(subset)} == allowed
+
+
+@pytest.mark.parametrize("subset", [[], ["10.9.9.9:8000"], [1, 2]])
+def test_empty_or_unmatched_subset_is_503(subset: list) -> None:
+    d = make_director(make_store("10.0.0.1:8000"))
+    with pytest.raises(RequestError) as info:
+        d.route(chat(), 10, subset)
+    assert (info.value.status, info.value.reason) == (503, "rejected-no-endpoints")
+
+
+def test_subset_filter_can_be_disabled() -> None:
+    d = make_director(make_store("10.0.0.1:8000"), subset_filter=False)
+    assert d.route(chat(), 10, []).destination == "10.0.0.1:8000"
+
+
+def test_empty_pool_is_503() -> None:
+    d = make_director(make_store())
+    with pytest.raises(RequestError) as info:
+        d.route(chat(), 10)
+    assert (info.value.status, info.value.reason) == (503, "rejected-no-endpoints")
+
+
+def test_route_any_picks_uniformly_and_500s_on_empty_pool() -> None:
+    store = make_store("10.0.0.1:8000", "10.0.0.2:8000")
+    d = make_director(store)
+    req = LLMRequest("r", kind=parse_request("r", {":path": "/v1/models"}, b"").kind, model="")
+    seen = {d.route_any(req).destination for _ in range(40)}
+    assert seen == {"10.0.0.1:8000", "10.0.0.2:8000"}
+    with pytest.raises(RequestError) as info:
+        make_director(make_store()).route_any(req)
+    assert (info.value.status, info.value.message) == (500, "no pods available in datastore")
+
+
+class FixedSaturation:
+    def __init__(self, saturated: bool) -> None:
+        self.saturated = saturated
+        self.calls: list[int] = []
+
+    def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool:
+        self.calls.append(len(endpoints))
+        return self.saturated
+
+
+@pytest.mark.parametrize(
+    ("objective", "saturated", "shed"),
+    [("sheddable", True, True), ("sheddable", False, False), ("critical", True, False), (None, True, False)],
+)
+def test_only_negative_priority_is_shed_when_saturated(objective: str | None, saturated: bool, shed: bool) -> None:
+    sat = FixedSaturation(saturated)
+    d = make_director(make_store("10.0.0.1:8000"), saturation=sat, objectives={"sheddable": -1, "critical": 10})
+    req = chat(headers={"x-llm-d-inference-objective": objective} if objective else None)
+    if shed:
+        with pytest.raises(RequestError) as info:
+            d.route(req, 10)
+        assert info.value.status == 429
+    else:
+        d.route(req, 10)
+        assert req.priority == {"sheddable": -1, "critical": 10, None: 0}[objective]
+
+
+def test_model_rewrite_header_rewrites_body() -> None:
+    d = make_director(make_store("10.0.0.1:8000"))
+    decision = d.route(chat(headers={"x-llm-d-model-name-rewrite": "m-v2"}), 10)
+    assert decision.target_model == "m-v2"
+    assert decision.headers[MODEL_NAME_HEADER] == "m-v2"
+    assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
+
+
+def test_model_rewriter_hook_applies_only_without_header() -> None:
+    d = make_director(make_store("10.0.0.1:8000"), model_rewriter=lambda r: "from-rule")
+    assert d.route(chat(), 10).target_model == "from-rule"
+    assert d.route(chat(headers={"x-llm-d-model-name-rewrite": "hdr"}), 10).target_model == "hdr"
+
+
+class HeaderPlugin:
+    """A PreRequest plugin emitting a header (as P/D plugins do with x-prefiller-host-port)."""
+
+    typed_name = TypedName("header-plugin", "header-plugin")
+
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        assert isinstance(request.headers, dict)
+        request.headers["x-prefiller-host-port"] = "10.0.0.9:8000"
+        request.headers["x-gateway-destination-endpoint"] = "evil"  # system-owned: never re-emitted from here
+
+
+def test_plugin_headers_are_emitted_but_system_headers_are_not() -> None:
+    preset = build_preset("least-inflight")
+    scheduler = Scheduler(preset.profiles, preset.handler, pre_request=[HeaderPlugin()])
+    d = make_director(make_store("10.0.0.1:8000"), scheduler)
+    decision = d.route(chat(headers={"x-custom": "keep-as-is"}), 10)
+    assert decision.headers == {
+        DESTINATION_HEADER: "10.0.0.1:8000", MODEL_NAME_HEADER: "m", "x-prefiller-host-port": "10.0.0.9:8000",
+    }
+
+
+class Recorder:
+    typed_name = TypedName("recorder", "recorder")
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, int]]] = []
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.seen.append((endpoint.name, dict(usage)))
+
+
+def test_usage_reaches_response_complete_plugins_only_when_known() -> None:
+    rec = Recorder()
+    preset = build_preset("least-inflight")
+    d = make_director(make_store("10.0.0.1:8000"), Scheduler(preset.profiles, preset.handler, response_complete=[rec]))
+    d.finish(d.route(chat(), 10), Usage(3, 4, None), 10)
+    d.finish(d.route(chat(), 10))
+    assert rec.seen == [("10.0.0.1:8000", {"prompt_tokens": 3, "completion_tokens": 4})]
+
+
+def test_duration_uses_the_injected_clock() -> None:
+    store = make_store("10.0.0.1:8000")
+    d = make_director(store)
+    decision = d.route(chat(), 10)
+    store.clock.advance(2.5)  # type: ignore[attr-defined]
+    d.finish(decision)
+    assert sample(d, "inference_objective_request_duration_seconds_sum", {"model_name": "m",
+                                                                         "target_model_name": "m"}) == 2.5
+
+
+def test_reject_counts_and_logs_once_without_body(caplog: pytest.LogCaptureFixture) -> None:
+    d = make_director(make_store())
+    req = chat(headers={"authorization": "Bearer secret"})
+    caplog.set_level("INFO", logger="epp.director")
+    d.reject(RequestError(503, "no endpoints", reason="rejected-no-endpoints"), "rid", "/v1/chat/completions", req)
+    assert sample(d, "inference_objective_request_error_total",
+                  {"model_name": "m", "target_model_name": "m", "error_code": "ServiceUnavailable"}) == 1
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert "rejected-no-endpoints" in line and "secret" not in line and "hello there" not in line
