@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean manifests-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Render every kustomization under manifests/ (kubectl kustomize) and validate it offline:
+# Kubernetes schemas, upstream CRD schemas and CEL rules, cross-object references.
+manifests-check: $(STAMP)
+	$(BIN)/python -m tests.manifests.validate
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,6 +15,7 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "epp.app", "Run the endpoint picker (ext_proc gRPC server)"),
     ("demo", "epp.demo", "Run a local demo: real Envoy + epp serve + local engines, sample traffic, routing table"),
     ("sim", "epp.sim.cli", "Run a vLLM-compatible simulated engine"),
+    ("serve", "epp.app", "Run the endpoint picker (ext_proc gRPC server)"),
 )
 
 

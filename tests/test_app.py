@@ -121,14 +121,15 @@ async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
         assert 'inference_pool_ready_pods{name="pool-a"} 2.0' in metrics
         assert "inference_extension_info" in metrics
 
-        call = pb_grpc.ExternalProcessorStub(ch).Process()
+        call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=20)
         await call.write(request_headers())  # in flight: the picker waits for the body
         await call.write(request_body(CHAT_BODY[:10]))
         proc.send_signal(signal.SIGTERM)
         await wait_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
         assert proc.poll() is None  # still draining the open stream
         with pytest.raises(grpc.aio.AioRpcError):  # …but new streams are refused
-            late = pb_grpc.ExternalProcessorStub(ch).Process(iter([request_headers("/x", eos=True, method="GET")]))
+            get = iter([request_headers("/x", eos=True, method="GET")])
+            late = pb_grpc.ExternalProcessorStub(ch).Process(get, timeout=10)
             await late.read()
 
         await call.write(request_body(CHAT_BODY[10:], eos=True))

@@ -32,7 +32,7 @@ def _u32(values: Iterable[int] | bytes) -> array[int]:
 
 
 def encode(text: str) -> list[int]:
-    data = text.encode("utf-8")
+    data = text.encode("utf-8", errors="replace")  # a lone surrogate (not valid UTF-8) becomes "?"
     data += b"\0" * (-len(data) % 4)
     ids = _u32(data)
     if sys.byteorder == "big":  # pragma: no cover

@@ -82,10 +82,15 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> I
 
 
 def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingResponse:
-    """STREAMED/BUFFERED answer to one body message: continue, or replace that message's bytes."""
+    """STREAMED/BUFFERED answer to one body message: continue, or replace that message's bytes.
+
+    A replacement also sets ``content-length`` (only valid in BUFFERED mode, where headers are still
+    held): Envoy refuses a mutated body whose length disagrees with the header.
+    """
     common = pb.CommonResponse()
     if body is not None:
         common.body_mutation.body = body
+        common.header_mutation.CopyFrom(header_mutation({"content-length": str(len(body))}))
     message = pb.BodyResponse(response=common)
     return pb.ProcessingResponse(response_body=message) if response else pb.ProcessingResponse(request_body=message)
 

@@ -34,7 +34,8 @@ class ResponseRelay:
         self.size = 0
         self._reader = SSEUsageReader()
         self._copy: BodyBuffer | None = BodyBuffer(buffer_limit)
-        self._swaps = _model_swaps(decision)
+        # Swapping changes lengths: only where Envoy lets us fix content-length (buffered) or drops it (duplex).
+        self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
         self._holding = False
         self._done = False
         self._update_hold()

@@ -69,7 +69,7 @@ async def picker() -> AsyncIterator[Picker]:
 
 async def exchange(target: str, messages: list[pb.ProcessingRequest]) -> list[pb.ProcessingResponse]:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = pb_grpc.ExternalProcessorStub(channel).Process(iter(messages))
+        call = pb_grpc.ExternalProcessorStub(channel).Process(iter(messages), timeout=10)
         return [reply async for reply in call]
 
 
@@ -142,7 +142,7 @@ async def test_full_exchange_with_sse_response_counts_usage(picker: Picker) -> N
     body = orjson.dumps({"model": "m", "prompt": "p", "stream": True})
     events = b'data: {"choices":[{"text":"x"}]}\n\ndata: {"usage":{"prompt_tokens":2,"completion_tokens":9}}\n\n'
     async with grpc.aio.insecure_channel(picker.target) as channel:
-        call = pb_grpc.ExternalProcessorStub(channel).Process()
+        call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=10)
         await call.write(request_headers("/v1/completions"))
         await call.write(request_body(body, eos=True))
         assert (await call.read()).HasField("request_headers")
@@ -162,7 +162,7 @@ async def test_full_exchange_with_sse_response_counts_usage(picker: Picker) -> N
 
 async def test_client_going_away_releases_inflight(picker: Picker) -> None:
     async with grpc.aio.insecure_channel(picker.target) as channel:
-        call = pb_grpc.ExternalProcessorStub(channel).Process()
+        call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=10)
         await call.write(request_headers())
         await call.write(request_body(CHAT_BODY, eos=True))
         await call.read()
@@ -184,10 +184,10 @@ async def test_health_follows_readiness_for_every_name(picker: Picker) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
 
         async def statuses() -> set[int]:
-            return {(await stub.Check(health_pb2.HealthCheckRequest(service=n))).status for n in HEALTH_NAMES}
+            return {(await stub.Check(health_pb2.HealthCheckRequest(service=n), timeout=10)).status for n in HEALTH_NAMES}
 
         assert await statuses() == {SERVING}
-        watch = stub.Watch(health_pb2.HealthCheckRequest(service="readiness"))
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service="readiness"), timeout=10)
         assert (await watch.read()).status == SERVING
         picker.ready["value"] = False
         assert await statuses() == {NOT_SERVING}
@@ -212,7 +212,7 @@ async def test_health_on_main_port_only_when_asked() -> None:
         for s in servers:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{s.port}") as channel:
                 try:
-                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                    await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
                     codes.append(grpc.StatusCode.OK)
                 except grpc.aio.AioRpcError as exc:
                     codes.append(exc.code())
@@ -226,7 +226,8 @@ async def tls_exchange(port: int, root_cert: bytes) -> list[pb.ProcessingRespons
     creds = grpc.ssl_channel_credentials(root_certificates=root_cert)
     options = [("grpc.ssl_target_name_override", "localhost")]
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
-        call = pb_grpc.ExternalProcessorStub(channel).Process(iter([request_headers("/x", eos=True, method="GET")]))
+        messages = iter([request_headers("/x", eos=True, method="GET")])
+        call = pb_grpc.ExternalProcessorStub(channel).Process(messages, timeout=10)
         return [r async for r in call]
 
 

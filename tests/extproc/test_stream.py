@@ -234,7 +234,16 @@ def test_buffered_response_mode_replies_with_body_response() -> None:
     director, s = routed(headers={"x-llm-d-model-name-rewrite": "m-v2"}, mode=BUFFERED)
     s.handle(response_headers())
     (reply,) = s.handle(response_body(b'{"model": "m-v2"}', eos=True))
-    assert reply.response_body.response.body_mutation.body == b'{"model": "m"}'
+    common = reply.response_body.response
+    assert common.body_mutation.body == b'{"model": "m"}'
+    assert set_headers(common) == {"content-length": "14"}  # Envoy rejects a mutated body of another length
+
+
+def test_streamed_response_mode_never_changes_lengths() -> None:
+    director, s = routed(headers={"x-llm-d-model-name-rewrite": "m-v2"}, mode=ProcessingMode.STREAMED)
+    s.handle(response_headers())
+    (reply,) = s.handle(response_body(b'{"model": "m-v2"}', eos=True))
+    assert not reply.response_body.response.HasField("body_mutation")
 
 
 def test_close_releases_a_request_whose_response_never_came() -> None:

@@ -1,0 +1,112 @@
+"""Checks of what pods depend on or are selected by: identities, RBAC, mounted config, probe
+ports, NetworkPolicies, disruption budgets and scrape configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+from tests.manifests.crossrefs import Index, container_ports, containers, flag_value, namespace_of, selector_matches
+from tests.manifests.epp_config import check_endpoint_picker_config
+from tests.manifests.schemas import Problem, object_id
+
+
+def check_workload(index: Index, workload: dict[str, Any]) -> Iterator[Problem]:
+    where, ns = object_id(workload), namespace_of(workload)
+    pod = workload["spec"]["template"]["spec"]
+    account = pod.get("serviceAccountName")
+    if account and account != "default" and index.get("ServiceAccount", ns, account) is None:
+        yield Problem(where, f"ServiceAccount {account!r} does not exist")
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for volume in volumes.values():
+        cm = volume.get("configMap")
+        if cm and not cm.get("optional") and index.get("ConfigMap", ns, cm["name"]) is None:
+            yield Problem(where, f"volume {volume['name']!r}: ConfigMap {cm['name']!r} does not exist")
+    for container in containers(workload):
+        ports = container.get("ports") or []
+        for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = container.get(probe_name) or {}
+            action = probe.get("grpc") or probe.get("httpGet") or probe.get("tcpSocket")
+            if action and not any(action["port"] in (p["containerPort"], p.get("name")) for p in ports):
+                yield Problem(where, f"{container['name']}.{probe_name} probes port {action['port']!r}, not a containerPort")
+        args = container.get("args") or []
+        health = flag_value(args, "--grpc-health-port")
+        grpc_probes = [(container.get(p) or {}).get("grpc") for p in ("startupProbe", "livenessProbe", "readinessProbe")]
+        if health and any(g and g["port"] != int(health) for g in grpc_probes):
+            yield Problem(where, f"{container['name']}: gRPC probes do not use --grpc-health-port={health}")
+        config_file = flag_value(args, "--config-file")
+        if config_file:
+            yield from _check_config_file(index, where, ns, container, volumes, config_file)
+
+
+def _check_config_file(
+    index: Index, where: str, ns: str, container: dict[str, Any], volumes: dict[str, Any], path: str
+) -> Iterator[Problem]:
+    """--config-file must be a key of a mounted ConfigMap holding a loadable EndpointPickerConfig."""
+    file = PurePosixPath(path)
+    for mount in container.get("volumeMounts") or []:
+        if file.parent != PurePosixPath(mount["mountPath"]):
+            continue
+        cm_ref = (volumes.get(mount["name"]) or {}).get("configMap")
+        cm = index.get("ConfigMap", ns, cm_ref["name"]) if cm_ref else None
+        text = (cm or {}).get("data", {}).get(file.name)
+        if text is None:
+            yield Problem(where, f"--config-file={path}: no key {file.name!r} in the ConfigMap mounted at {mount['mountPath']}")
+            return
+        for message in check_endpoint_picker_config(text):
+            yield Problem(object_id(cm or {}), f"{file.name}: {message}")
+        return
+    yield Problem(where, f"--config-file={path} is not inside any mounted volume")
+
+
+def check_role_binding(index: Index, binding: dict[str, Any]) -> Iterator[Problem]:
+    where, ns = object_id(binding), namespace_of(binding)
+    ref = binding["roleRef"]
+    role = index.get(ref["kind"], ns if ref["kind"] == "Role" else "", ref["name"])
+    if role is None:
+        yield Problem(where, f"roleRef {ref['kind']} {ref['name']!r} does not exist")
+    for subject in binding.get("subjects") or []:
+        if subject["kind"] == "ServiceAccount" and index.get("ServiceAccount", subject.get("namespace", ns), subject["name"]) is None:
+            yield Problem(where, f"subject ServiceAccount {subject['name']!r} does not exist")
+
+
+def check_selects_pods(index: Index, obj: dict[str, Any], selector: dict[str, Any]) -> Iterator[Problem]:
+    """NetworkPolicy / PodDisruptionBudget / PodMonitor: the selector must hit real pods."""
+    if not index.pods_selected(namespace_of(obj), selector):
+        yield Problem(object_id(obj), f"selector {selector} matches no workload")
+
+
+def check_network_policy(index: Index, policy: dict[str, Any]) -> Iterator[Problem]:
+    selector = policy["spec"]["podSelector"]
+    pods = index.pods_selected(namespace_of(policy), selector)
+    yield from check_selects_pods(index, policy, selector)
+    declared = container_ports(pods)
+    for rule in policy["spec"].get("ingress") or []:
+        for port in rule.get("ports") or []:
+            if pods and not any(port["port"] in (p["containerPort"], p.get("name")) for p in declared):
+                yield Problem(object_id(policy), f"ingress port {port['port']!r} is not a port of the selected pods")
+
+
+def check_service_monitor(index: Index, monitor: dict[str, Any]) -> Iterator[Problem]:
+    where = object_id(monitor)
+    services = [
+        s
+        for s in index.of_kind("Service")
+        if namespace_of(s) == namespace_of(monitor) and selector_matches(monitor["spec"]["selector"], (s.get("metadata") or {}).get("labels") or {})
+    ]
+    if not services:
+        yield Problem(where, "selector matches no Service")
+    for endpoint in monitor["spec"].get("endpoints") or []:
+        if services and not any(endpoint.get("port") == p.get("name") for s in services for p in s["spec"]["ports"]):
+            yield Problem(where, f"endpoint port {endpoint.get('port')!r} is not a named port of the selected Services")
+
+
+def check_pod_monitor(index: Index, monitor: dict[str, Any]) -> Iterator[Problem]:
+    selector = monitor["spec"]["selector"]
+    yield from check_selects_pods(index, monitor, selector)
+    declared = container_ports(index.pods_selected(namespace_of(monitor), selector))
+    for endpoint in monitor["spec"].get("podMetricsEndpoints") or []:
+        if declared and "port" in endpoint and not any(endpoint["port"] == p.get("name") for p in declared):
+            yield Problem(object_id(monitor), f"podMetricsEndpoint port {endpoint['port']!r} is not a named container port")

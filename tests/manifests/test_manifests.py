@@ -1,0 +1,226 @@
+"""Every shipped kustomization renders and validates offline, broken variants are caught, and
+the rendered objects have the posture a platform team expects (restricted pods, read-only
+least-privilege RBAC, explicit fail-closed picker, the agreed quotas)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from epp.cli import SUBCOMMANDS, build_parser
+from tests.manifests.cel_rules import CelRunner, escape_property
+from tests.manifests.conftest import FIXTURES, find, one
+from tests.manifests.crossrefs import selector_matches
+from tests.manifests.validate import MANIFESTS, Validator, kustomizations
+
+TOP_LEVEL = [str(p.relative_to(MANIFESTS)) for p in kustomizations()]
+WORKLOAD_RENDERS = ["overlays/envoy-gateway", "overlays/istio", "examples/envoy-gateway-demo", "examples/istio-demo"]
+
+
+def test_every_expected_kustomization_is_discovered() -> None:
+    assert {"base", "overlays/envoy-gateway", "overlays/istio", "examples/envoy-gateway-demo", "examples/istio-demo",
+            "cluster/envoy-gateway", "cluster/kuadrant"} <= set(TOP_LEVEL)
+
+
+@pytest.mark.parametrize("relative", TOP_LEVEL)
+def test_kustomization_validates(validator: Validator, rendered: Any, relative: str) -> None:
+    report = validator.validate_objects(rendered(relative))
+    assert report.objects > 0
+    assert [str(p) for p in report.problems] == []
+
+
+def test_crd_cel_rules_really_run(validator: Validator, rendered: Any) -> None:
+    """The offline CEL evaluation is not vacuous: the pool, route and gateway rules execute."""
+    report = validator.validate_objects(rendered("examples/istio-demo"))
+    ran = " | ".join(report.cel.ran)
+    assert "self.kind != 'Service' || has(self.port)" in ran  # InferencePool endpointPickerRef
+    assert "p1.number==p2.number" in ran  # InferencePool unique targetPorts
+    assert "duration(self.backendRequest)" in ran  # HTTPRoute timeouts
+    assert "self.group == 'gateway.networking.k8s.io'" in ran  # Kuadrant targetRef
+    assert not [r for r, why in report.cel.skipped.items() if "oldSelf" not in why]
+
+
+BROKEN = {
+    "bad-crd-field": "Additional properties are not allowed ('failMode' was unexpected)",
+    "bad-cel-missing-port": "port is required when kind is 'Service'",
+    "bad-cel-duplicate-ports": "port number must be unique",
+    "dangling-route-ref": "backendRef InferencePool 'llm-pol' does not exist",
+    "wrong-picker-port": "endpointPickerRef port 9003 is not a port of Service",
+    "wrong-target-port": "targetPort 8080 is not a containerPort",
+    "misspelt-policy-target": "target HTTPRoute 'llm-routes' does not exist",
+    "bad-envoy-filter-config": 'has no field named "request_body_mod"',
+    "bad-builtin-field": "'readOnlyRootFileSystem' was unexpected",
+    "bad-picker-config": "refers to undefined plugin 'prefix-cache-scorer'",
+    "unknown-gateway-class": "GatewayClass 'envoy' is neither shipped",
+    "dangling-bbr-backend": "Service llm/llm-bbr has no port 9005",
+}
+
+
+def test_every_broken_fixture_is_listed() -> None:
+    assert {p.name for p in FIXTURES.iterdir() if p.is_dir()} == set(BROKEN)
+
+
+@pytest.mark.parametrize("fixture", sorted(BROKEN))
+def test_broken_fixture_is_rejected(validator: Validator, fixture: str) -> None:
+    problems = [str(p) for p in validator.validate_dir(FIXTURES / fixture).problems]
+    assert any(BROKEN[fixture] in p for p in problems), problems
+
+
+def _pod_specs(objects: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in find(objects, "Deployment")]
+
+
+@pytest.mark.parametrize("relative", WORKLOAD_RENDERS)
+def test_pods_are_restricted(rendered: Any, relative: str) -> None:
+    """Pod Security 'restricted' plus read-only root and bounded memory, for every workload."""
+    for name, pod in _pod_specs(rendered(relative)):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] > 0, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID"), name
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False, name
+            assert ctx["capabilities"] == {"drop": ["ALL"]}, name
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
+            assert "memory" in container["resources"]["limits"], name
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), name
+            if container["args"][0] == "sim":  # `epp sim` defaults to loopback; pods are reached by IP
+                assert "--host=0.0.0.0" in container["args"], name
+
+
+def test_picker_rbac_is_read_only_and_namespaced(rendered: Any) -> None:
+    objects = rendered("base")
+    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    role = one(objects, "Role", "llm-pool-epp")
+    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted == {
+        ("", "pods"): {"get", "list", "watch"},
+        ("inference.networking.k8s.io", "inferencepools"): {"get", "list", "watch"},
+        ("llm-d.ai", "inferenceobjectives"): {"get", "list", "watch"},
+        ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
+    }
+
+
+def test_leader_election_component(rendered: Any) -> None:
+    objects = rendered("examples/istio-demo")
+    deployment = one(objects, "Deployment", "llm-pool-epp")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] >= 2
+    assert "--ha-enable-leader-election" in container["args"]
+    # Standbys are alive but not ready: liveness must not need leadership.
+    assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+    assert container["startupProbe"]["grpc"]["service"] == "liveness"
+    assert container["readinessProbe"]["grpc"]["service"] == "readiness"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
+    assert not find(objects, "PodDisruptionBudget", "llm-pool-epp")
+    leases = [r for role in find(objects, "Role") for r in role["rules"] if "leases" in r["resources"]]
+    assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+    # Without the component: one replica, no lease access, the conformance health name.
+    base = rendered("overlays/envoy-gateway")
+    single = one(base, "Deployment", "llm-pool-epp")["spec"]["template"]["spec"]["containers"][0]
+    assert "--ha-enable-leader-election" not in single["args"]
+    assert single["livenessProbe"]["grpc"]["service"] == "inference-extension"
+    assert not [r for role in find(base, "Role") for r in role["rules"] if "leases" in r["resources"]]
+
+
+def test_pool_fails_closed_explicitly() -> None:
+    text = (MANIFESTS / "base" / "inferencepool.yaml").read_text()
+    assert "failureMode: FailClose" in text  # stated, not left to the CRD default
+
+
+@pytest.mark.parametrize("relative", ["examples/envoy-gateway-demo", "examples/istio-demo"])
+def test_everything_lands_in_one_namespace(rendered: Any, relative: str) -> None:
+    cluster_scoped = {"GatewayClass", "ClusterRole", "ClusterRoleBinding", "Namespace"}
+    for obj in rendered(relative):
+        expected = None if obj["kind"] in cluster_scoped else "llm"
+        assert obj["metadata"].get("namespace") == expected, obj["kind"]
+
+
+QUOTAS = {  # tier: requests/min, requests/day, tokens/min, tokens/day (product decision)
+    "free": (10, 100, 5_000, 50_000),
+    "pro": (100, 5_000, 50_000, 500_000),
+    "enterprise": (1_000, 50_000, 500_000, 5_000_000),
+}
+
+
+def _limits(policy: dict[str, Any], tier: str) -> tuple[int, int]:
+    [limit] = [v for v in policy["spec"]["limits"].values() if v["when"] == [{"predicate": f'auth.identity.tier == "{tier}"'}]]
+    assert limit["counters"] == [{"expression": "auth.identity.tenant"}]  # per tenant, not global
+    windows = {r["window"]: r["limit"] for r in limit["rates"]}
+    assert windows.keys() == {"1m", "24h"}
+    return windows["1m"], windows["24h"]
+
+
+@pytest.mark.parametrize("tier", sorted(QUOTAS))
+def test_quotas_per_tier(rendered: Any, tier: str) -> None:
+    objects = rendered("examples/envoy-gateway-demo")
+    requests = _limits(one(objects, "RateLimitPolicy"), tier)
+    tokens = _limits(one(objects, "TokenRateLimitPolicy"), tier)
+    assert requests + tokens == QUOTAS[tier]
+
+
+def test_selector_semantics() -> None:
+    labels = {"a": "1", "b": "2"}
+    assert selector_matches({"matchLabels": {"a": "1"}}, labels)
+    assert not selector_matches({"matchLabels": {"a": "2"}}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "b", "operator": "In", "values": ["2", "3"]}]}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "c", "operator": "Exists"}]}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "c", "operator": "DoesNotExist"}]}, labels)
+
+
+def test_cel_property_escaping_follows_kubernetes() -> None:
+    assert escape_property("namespace") == "__namespace__"
+    assert escape_property("x-gateway") == "x__dash__gateway"
+    assert escape_property("a.b/c") == "a__dot__b__slash__c"
+    assert escape_property("plain_name") == "plain_name"
+    # A rule that reads an escaped property sees the value.
+    schema = {"type": "object", "properties": {"namespace": {"type": "string"}},
+              "x-kubernetes-validations": [{"rule": "self.__namespace__ == 'ok'", "message": "bad ns"}]}
+    runner = CelRunner()
+    assert list(runner.check("x", {"namespace": "ok"}, schema)) == []
+    assert [p.message for p in runner.check("x", {"namespace": "no"}, schema)] == ["<root>: bad ns"]
+
+
+def test_components_are_not_rendered_alone() -> None:
+    components = {"components/leader-election", "components/routing", "overlays/kuadrant", "overlays/simulated", "observability"}
+    assert not components & set(TOP_LEVEL)
+    assert all((MANIFESTS / c / "kustomization.yaml").exists() for c in components)
+
+
+def test_fixture_paths_point_at_real_kustomizations() -> None:
+    for kustomization in FIXTURES.glob("*/kustomization.yaml"):
+        for line in kustomization.read_text().splitlines():
+            if line.startswith("resources:"):
+                target = line.split("[", 1)[1].rstrip("]")
+                assert (kustomization.parent / target / "kustomization.yaml").resolve().is_file(), kustomization
+                assert Path(target).parts[-2] in {"overlays", "examples"}
+
+
+def _container_args(objects: Any) -> dict[str, list[list[str]]]:
+    """Container args per epp subcommand, with $(VAR) references expanded to placeholder values."""
+    found: dict[str, list[list[str]]] = {}
+    for _, pod in _pod_specs(objects):
+        for container in pod["containers"]:
+            args = [re.sub(r"\$\([A-Z_]+\)", "llm", a) for a in container["args"]]
+            found.setdefault(args[0], []).append(args)
+    return found
+
+
+@pytest.mark.parametrize("subcommand", ["serve", "sim", "bbr"])
+def test_container_args_parse_with_the_real_cli(rendered: Any, subcommand: str) -> None:
+    """The manifests' flags are accepted by epp's own argument parser (no process is started)."""
+    registered = {name for name, _, _ in SUBCOMMANDS}
+    if subcommand not in registered:
+        pytest.skip(f"`epp {subcommand}` is not in epp.cli.SUBCOMMANDS yet; its flags follow docs/deploy.md")
+    arg_lists = _container_args(rendered("examples/istio-demo")).get(subcommand)
+    assert arg_lists, f"no container runs epp {subcommand}"
+    for args in arg_lists:
+        try:
+            parsed = build_parser().parse_args(args)
+        except SystemExit as exit_:  # argparse reports bad flags by exiting
+            pytest.fail(f"epp rejects {args}: exit {exit_.code}")
+        assert parsed.command == subcommand
