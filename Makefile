@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+demo: $(STAMP)
+	$(BIN)/epp demo
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 

@@ -1,0 +1,65 @@
+"""Child-process helpers for the local stacks (demo, e2e tests, benchmarks): free ports, ready lines, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it; a small race remains until the user binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The child's next stdout line, waiting at most ``timeout`` s; raises if it exits or stays silent."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while not buffer.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"pid {proc.pid} printed no line within {timeout:.0f}s")
+        readable, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.2))
+        if readable:
+            chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+            if not chunk:
+                raise RuntimeError(f"pid {proc.pid} exited (code {proc.wait()}) before it was ready")
+            buffer += chunk
+    return buffer
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code. Only this PID is signalled."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used by ``pid`` so far, from ``/proc/PID/stat`` (Linux only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks

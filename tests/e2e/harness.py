@@ -1,0 +1,125 @@
+"""The e2e harness: one real stack per session (three echo engines, ``epp serve`` plaintext and TLS, Envoys).
+
+Envoys are started on first use, one per variant in ``VARIANTS``, and reused by every test that asks for
+the same variant; everything is stopped by PID when the session ends. Pickers and Envoys are spawned
+from the main thread (Envoy dies with the thread that spawned it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from epp._util.proc import free_port
+from epp.demo.engines import EngineFleet, start_echo_engines
+from epp.envoy import accesslog
+from epp.envoy.config import BodyMode, Routing, Upstream
+from epp.envoy.picker import PickerProcess
+from epp.envoy.process import EnvoyProcess
+from epp.envoy.stack import local_config
+
+MAX_BODY_BYTES = 256 * 1024
+ENGINES = ("a", "b", "c")
+
+_BUFFERED_REQUEST: dict[str, Any] = {"request_body_mode": BodyMode.BUFFERED}
+
+# variant → (which picker: plain / tls / down, EnvoyConfig overrides)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "duplex": ("plain", {}),
+    "buffered": (
+        "plain",
+        {"request_body_mode": BodyMode.BUFFERED, "response_body_mode": BodyMode.BUFFERED},
+    ),
+    "tls": ("tls", {"picker_tls": True}),
+    "override-host": ("plain", {"routing": Routing.OVERRIDE_HOST}),
+    "subset-match": ("plain", {"subset_hint": ("127.0.0.1",)}),
+    "subset-empty": ("plain", {"subset_hint": ()}),
+    "subset-nomatch": ("plain", {"subset_hint": ("10.255.255.1",)}),
+    "down-fail-closed": ("down", {"failure_mode_allow": False, "message_timeout_s": 2.0}),
+    # Envoy 1.40 fails open in FULL_DUPLEX_STREAMED only until the first body chunk went to ext_proc, so a
+    # real fail-open needs the request body BUFFERED (see test_failure_modes).
+    "down-fail-open": ("down", {"failure_mode_allow": True, "routing": Routing.OVERRIDE_HOST, **_BUFFERED_REQUEST}),
+    "down-fail-open-duplex": ("down", {"failure_mode_allow": True, "routing": Routing.OVERRIDE_HOST}),
+    "down-fail-open-original-dst": ("down", {"failure_mode_allow": True, **_BUFFERED_REQUEST}),
+}
+
+
+class Stack:
+    """Owns every process of the session; ``envoy(variant)`` starts that gateway on first use."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.engines: EngineFleet = start_echo_engines(ENGINES)
+        self._pickers: dict[str, PickerProcess] = {}
+        self._envoys: dict[str, EnvoyProcess] = {}
+        self.down_picker = Upstream("127.0.0.1", free_port())  # nothing listens here
+
+    def picker(self, kind: str) -> PickerProcess:
+        if kind not in self._pickers:
+            picker = PickerProcess(
+                self.engines.upstreams,
+                tls=kind == "tls",
+                extra_args=["--max-body-bytes", str(MAX_BODY_BYTES)],
+                log_path=self.workdir / f"epp-{kind}.log",
+            )
+            picker.start()
+            self._pickers[kind] = picker
+        return self._pickers[kind]
+
+    def envoy(self, variant: str) -> EnvoyProcess:
+        if variant not in self._envoys:
+            kind, options = VARIANTS[variant]
+            target = self.down_picker if kind == "down" else self.picker(kind).address
+            workdir = self.workdir / variant
+            envoy = EnvoyProcess(local_config(target, self.engines.upstreams, workdir, **options), workdir)
+            envoy.start()
+            self._envoys[variant] = envoy
+        return self._envoys[variant]
+
+    def close(self) -> None:
+        for envoy in self._envoys.values():
+            envoy.stop()
+        for picker in self._pickers.values():
+            picker.stop()
+        self.engines.stop()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+async def post(
+    envoy: EnvoyProcess,
+    payload: dict[str, Any] | bytes,
+    path: str = "/v1/chat/completions",
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """POST through the gateway with a fresh ``x-request-id`` (to find the request in the access log)."""
+    request_id = str(uuid.uuid4())
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    sent = {"content-type": "application/json", "x-request-id": request_id} | (headers or {})
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.post(envoy.url + path, data=body, headers=sent) as reply:
+            return Reply(reply.status, {k.lower(): v for k, v in reply.headers.items()}, await reply.read(), request_id)
+
+
+def logged(envoy: EnvoyProcess, request_ids: list[str]) -> dict[str, accesslog.AccessLogEntry]:
+    """Access-log entries for these requests, waiting (bounded) for Envoy to flush them."""
+    return accesslog.wait_for(Path(envoy.config.access_log_path), request_ids)
+
+
+def chat(model: str = "demo-model", content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
