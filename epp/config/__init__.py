@@ -27,6 +27,7 @@ __all__ = [
     "build_scheduler",
     "decode_config",
     "load_config",
+    "load_config_and_scheduler",
     "load_scheduler",
     "load_scheduler_text",
     "parse_config_text",
@@ -51,9 +52,16 @@ def load_config(source: str | Path) -> EndpointPickerConfig:
 
 def load_scheduler(source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:
     """A preset name or YAML file path → ``Scheduler``."""
+    return load_config_and_scheduler(source, clock=clock, rng=rng)[1]
+
+
+def load_config_and_scheduler(
+    source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None
+) -> tuple[EndpointPickerConfig, Scheduler]:
+    """Both, for callers that also own other config sections (``epp serve``'s discovery)."""
     config = load_config(source)
     with _located(None if isinstance(source, str) and source in PRESETS else Path(source)):
-        return build_scheduler(config, clock=clock, rng=rng)
+        return config, build_scheduler(config, clock=clock, rng=rng)
 
 
 def load_scheduler_text(text: str, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:

@@ -1,0 +1,109 @@
+"""Which discovery feeds ``epp serve``'s datastore: exactly one endpoint source, chosen from flags and config.
+
+Sources, as a user names them:
+
+* Kubernetes: ``--pool-name`` or ``--endpoint-selector`` (``epp.discovery.kube_setup``);
+* a fixed list: ``--static-endpoints HOST:PORT,…``;
+* llm-d's endpoints file: ``--endpoints-file PATH`` (``--endpoints-file-watch`` reloads it on change), or
+  the config's ``dataLayer: {discovery: {pluginRef: NAME}}`` naming a ``file-discovery`` plugin with
+  ``parameters: {path, watchFile}`` (gie-facts C8).
+
+Zero or several sources is a ``SourceError`` naming them, raised before anything starts, because a
+picker that silently preferred one source over another would route to the wrong pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from epp.config import EndpointPickerConfig, plugin_specs
+from epp.datastore import Datastore
+from epp.discovery.file import FILE_DISCOVERY, FileDiscovery
+from epp.discovery.kube_setup import build_from_args
+from epp.discovery.static import StaticDiscovery
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """No endpoint source, several, or one that is misconfigured."""
+
+
+@dataclass
+class EndpointSource:
+    """One started-on-enter discovery: ``ready`` gates health, ``objective_priority`` feeds admission.
+
+    ``files`` is the file discovery when the source is an endpoints file (tests and logs use it).
+    """
+
+    name: str
+    running: contextlib.AbstractAsyncContextManager[object]
+    ready: Callable[[], bool]
+    objective_priority: Callable[[str], int] | None = None
+    files: FileDiscovery | None = None
+
+
+def select_source(
+    args: argparse.Namespace, config: EndpointPickerConfig, datastore: Datastore, registry: CollectorRegistry
+) -> EndpointSource:
+    """The one source the flags and config name; raises ``SourceError`` (or the source's ``ValueError``)."""
+    config_file = _config_file_discovery(config)
+    named = [
+        flag for flag, given in (
+            ("--pool-name", bool(args.pool_name)),
+            ("--endpoint-selector", bool(args.endpoint_selector)),
+            ("--static-endpoints", bool(args.static_endpoints)),
+            ("--endpoints-file", bool(args.endpoints_file)),
+            ("dataLayer.discovery in the config", config_file is not None),
+        ) if given
+    ]
+    if len(named) != 1:
+        what = "no endpoint source" if not named else f"conflicting endpoint sources ({', '.join(named)})"
+        raise SourceError(
+            f"{what}: pass exactly one of --pool-name, --endpoint-selector, --static-endpoints, --endpoints-file, "
+            "or a file-discovery plugin referenced by dataLayer.discovery in the config"
+        )
+    if args.endpoints_file_watch and not args.endpoints_file:
+        raise SourceError("--endpoints-file-watch needs --endpoints-file")
+    if args.pool_name or args.endpoint_selector:
+        kube = build_from_args(args, datastore, registry=registry)
+        assert kube is not None
+        return EndpointSource("kubernetes", kube, lambda: kube.ready, kube.objective_priority)
+    if args.static_endpoints:
+        return EndpointSource("static", _static(StaticDiscovery(args.static_endpoints), datastore),
+                              lambda: datastore.synced)
+    if args.endpoints_file:
+        files = FileDiscovery(args.endpoints_file, datastore, reload=args.endpoints_file_watch)
+    else:
+        assert config_file is not None
+        files = FileDiscovery.from_parameters(config_file, datastore)
+    return EndpointSource("file", files, lambda: datastore.synced, files=files)
+
+
+def _config_file_discovery(config: EndpointPickerConfig) -> dict[str, object] | None:
+    """``parameters`` of the file-discovery plugin ``dataLayer.discovery`` refers to, if any."""
+    ref = config.data_layer.discovery if config.data_layer is not None else None
+    declared = plugin_specs(config, FILE_DISCOVERY)
+    if ref is None:
+        if declared:
+            log.warning("%s plugin %r is declared but not referenced by dataLayer.discovery: not used",
+                        FILE_DISCOVERY, declared[0].name)
+        return None
+    spec = next((p for p in config.plugins if p.name == ref), None)
+    if spec is None or spec.type != FILE_DISCOVERY:
+        kind = "undeclared" if spec is None else f"of type {spec.type!r}"
+        raise SourceError(f"dataLayer.discovery.pluginRef: {ref!r} is {kind}; epp serve supports {FILE_DISCOVERY!r} here")
+    return dict(spec.parameters)
+
+
+@contextlib.asynccontextmanager
+async def _static(discovery: StaticDiscovery, datastore: Datastore) -> AsyncIterator[object]:
+    endpoints = await discovery.start(datastore)
+    log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
+    yield discovery

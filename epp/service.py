@@ -1,0 +1,92 @@
+"""The running picker behind ``epp serve``: its parts, built from the parsed flags, started in order.
+
+Built (no I/O, so every configuration error surfaces before anything listens): datastore → telemetry
+→ config (``--config-file``/``--config-text``, else the reference default) → scheduler, attached to the
+datastore → endpoint source (``epp.discovery.sources``) → director → metrics poller → servers.
+``async with`` starts the source, the poller, the metrics port and the gRPC servers in that order and
+stops them in reverse (health NOT_SERVING first, in-flight streams given ``--drain-timeout``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from types import TracebackType
+
+from epp import __version__
+from epp.app import DEFAULT_POLICY
+from epp._util.clock import Clock
+from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text
+from epp.datastore import Datastore
+from epp.director import Director
+from epp.discovery.sources import select_source
+from epp.extproc.health import HealthService
+from epp.extproc.server import PickerServer
+from epp.extproc.servicer import ExtProcServicer
+from epp.extproc.tls import server_credentials
+from epp.metrics import MetricsPoller
+from epp.scheduling.scheduler import Scheduler
+from epp.telemetry import Telemetry
+from epp.telemetry.http import MetricsServer
+
+log = logging.getLogger("epp.serve")
+
+
+def load_policy(args: argparse.Namespace, clock: Clock) -> tuple[EndpointPickerConfig, Scheduler]:
+    """``--config-text``, else ``--config-file`` (a path or preset name), else the default preset."""
+    if args.config_text:
+        config = parse_config_text(args.config_text)
+        return config, build_scheduler(config, clock=clock)
+    return load_config_and_scheduler(args.config_file or DEFAULT_POLICY, clock=clock)
+
+
+class PickerService:
+    """Every part of one picker. Raises ``ValueError``/``OSError`` from the constructor on bad
+    configuration; after ``async with`` the bound ports are on ``server`` and ``metrics``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.datastore = Datastore(staleness_threshold=args.metrics_staleness_threshold)
+        self.telemetry = Telemetry(self.datastore, pool_name=args.pool_name, build_ref=__version__)
+        config, self.scheduler = load_policy(args, self.datastore.clock)
+        # Plugins with per-endpoint state (prefix index, LRUs) follow membership from here on: removed
+        # endpoints are purged, and index slots are reserved at discovery instead of inside a pick.
+        self.scheduler.attach(self.datastore)
+        self.source = select_source(args, config, self.datastore, self.telemetry.registry)
+        credentials = (
+            server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
+        )
+        self.director = Director(
+            self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
+            subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
+        )
+        election = args.ha_enable_leader_election and self.source.name == "kubernetes"
+        health = HealthService(readiness=self.source.ready, leader_election=election)
+        self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
+                                    registry=self.telemetry.registry)
+        self.server = PickerServer(
+            ExtProcServicer(self.director, args.max_body_bytes), health,
+            port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
+            credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
+        )
+        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None)
+        self.drain_timeout: float = args.drain_timeout
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> PickerService:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.source.running)
+            await stack.enter_async_context(self.poller)
+            await self.metrics.start()
+            stack.push_async_callback(self.metrics.stop)
+            await self.server.start()
+            stack.push_async_callback(self.server.stop, self.drain_timeout)
+            self._stack = stack.pop_all()
+        log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d",
+                 self.source.name, self.server.port, self.server.health_port, self.metrics.port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()

@@ -1,0 +1,83 @@
+"""``PickerService`` in-process: the parts ``epp serve`` wires together, observed from inside while it serves."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+import yaml
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.cli import build_parser
+from epp.discovery.sources import SourceError
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
+from epp.service import PickerService
+from tests.extproc.builders import request_body, request_headers, set_headers
+
+# Nothing listens on these: metrics scrapes fail (endpoints go stale), which scheduling tolerates.
+POOL = {"a": 1, "b": 2, "c": 3}
+# Long enough for several prefix-index blocks (16 tokens of 4 bytes each).
+LONG_CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "a long shared prompt " * 40}]})
+
+
+def write_endpoints(path: Path, names: list[str]) -> None:
+    """An endpoints file; written to a temp name and renamed so the watcher never sees half a file."""
+    doc = {"endpoints": [{"name": n, "address": "127.0.0.1", "port": str(40000 + POOL[n])} for n in names]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.replace(path)
+
+
+def serve_args(*extra: str):  # type: ignore[no-untyped-def]
+    return build_parser().parse_args([
+        "serve", "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", "0",
+        "--grpc-health-port", "0", "--metrics-port", "0", *extra,
+    ])
+
+
+async def route(port: int) -> str:
+    """One chat request over real gRPC; returns the destination epp named."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=10)
+        await call.write(request_headers())
+        await call.write(request_body(LONG_CHAT, eos=True))
+        head = await call.read()
+        await call.read()  # the body
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    return set_headers(head.request_headers.response)["x-gateway-destination-endpoint"]
+
+
+async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_path: Path) -> None:
+    path = tmp_path / "endpoints.yaml"
+    write_endpoints(path, ["a", "b"])
+    async with PickerService(serve_args("--endpoints-file", str(path), "--endpoints-file-watch")) as picker:
+        producer = next(p for p in picker.scheduler.plugins if isinstance(p, ApproxPrefixCacheProducer))
+        destination = await route(picker.server.port)
+        served = next(n for n, port in POOL.items() if destination == f"127.0.0.1:{40000 + port}")
+        assert producer.index.entries() > 0  # the pick recorded the prompt for the chosen endpoint
+
+        write_endpoints(path, [n for n in ("a", "b", "c") if n != served])
+        for _ in range(200):  # the watcher polls once a second
+            if picker.datastore.get(served) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert picker.datastore.get(served) is None and picker.datastore.get("c") is not None
+        assert producer.index.entries() == 0  # purged with the endpoint, not left to age out
+        assert await route(picker.server.port) != destination
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "no endpoint source"),
+        (["--static-endpoints", "127.0.0.1:1", "--endpoints-file", "x.yaml"], "--static-endpoints, --endpoints-file"),
+        (["--endpoints-file-watch", "--static-endpoints", "127.0.0.1:1"], "--endpoints-file-watch needs --endpoints-file"),
+    ],
+)
+def test_source_errors_name_the_flags(extra: list[str], message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        PickerService(serve_args(*extra))
