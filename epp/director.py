@@ -170,6 +170,10 @@ class Director:
         if seen.known:
             self.scheduler.response_complete(request, primary, seen.as_dict())
 
+    def response_headers(self, decision: RoutingDecision) -> dict[str, str]:
+        """Headers the scheduler's plugins add to the client response (e.g. ``x-session-token``)."""
+        return self.scheduler.response_headers(decision.request, decision.endpoints[0])
+
     def reject(self, error: RequestError, request_id: str, path: str, request: LLMRequest | None = None) -> None:
         """Count and log one refusal: one line with the reason, never the body or credentials."""
         model = request.model if request is not None else ""

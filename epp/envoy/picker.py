@@ -24,6 +24,8 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 class PickerProcess:
     """One ``epp serve --static-endpoints …`` child on free ports; ``start`` blocks until it serves.
 
+    With no ``endpoints`` the pool comes from ``extra_args`` instead (``--endpoints-file``, a config).
+
     ``tls`` turns on ``--secure-serving`` (self-signed certificate, as the reference does); ``extra_args``
     are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given.
     """
@@ -58,9 +60,9 @@ class PickerProcess:
         return self._proc.pid
 
     def command(self) -> list[str]:
+        source = ["--static-endpoints", ",".join(u.hostport for u in self.endpoints)] if self.endpoints else []
         return [
-            sys.executable, "-m", "epp", "serve",
-            "--static-endpoints", ",".join(u.hostport for u in self.endpoints),
+            sys.executable, "-m", "epp", "serve", *source,
             f"--secure-serving={'true' if self.tls else 'false'}",
             "--grpc-port", str(self.grpc_port),
             "--grpc-health-port", str(self.health_port),

@@ -1,6 +1,7 @@
 """The response half of an ext_proc stream: relay the engine's answer, count its usage, release the request.
 
-Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
+The response-headers answer carries the scheduler plugins' response headers (e.g. the session-affinity
+token) when Envoy sends response headers at all. Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
 the unfinished last SSE line is kept for usage parsing. A plain JSON response is passed through at once
 too, while a bounded copy is kept for its ``usage``; it is held back until its end only when the model
 name must be rewritten back to the client's name (the reference byte-replaces ``"model":"<target>"``).
@@ -46,7 +47,9 @@ class ResponseRelay:
                 value = h.raw_value.decode("latin-1") if h.raw_value else h.value
                 self.streaming = self.streaming or "text/event-stream" in value.lower()
         self._update_hold()
-        reply = messages.response_headers_reply({RESPONSE_MARK_HEADER: "true"})
+        reply = messages.response_headers_reply(
+            {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision)}
+        )
         if message.end_of_stream:
             self._finish(completed=True)
         return [reply]

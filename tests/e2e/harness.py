@@ -28,7 +28,18 @@ ENGINES = ("a", "b", "c")
 
 _BUFFERED_REQUEST: dict[str, Any] = {"request_body_mode": BodyMode.BUFFERED}
 
-# variant → (which picker: plain / tls / down, EnvoyConfig overrides)
+SESSION_AFFINITY_CONFIG = (
+    "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+    "plugins:\n- {type: session-affinity-scorer}\n- {type: max-score-picker}\n"
+)
+# picker kind → extra ``epp serve`` flags (``tls`` also turns on TLS)
+PICKER_ARGS: dict[str, list[str]] = {
+    "plain": [],
+    "tls": [],
+    "session": ["--config-text", SESSION_AFFINITY_CONFIG],
+}
+
+# variant → (which picker: a PICKER_ARGS kind or down, EnvoyConfig overrides)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "duplex": ("plain", {}),
     "buffered": (
@@ -37,6 +48,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "tls": ("tls", {"picker_tls": True}),
     "override-host": ("plain", {"routing": Routing.OVERRIDE_HOST}),
+    "session-affinity": ("session", {}),
+    # response_header_mode SKIP + response body NONE: what deployments without usage counting run
+    "no-response-phase": ("plain", {"response_headers": False, "response_body_mode": BodyMode.NONE}),
     "subset-match": ("plain", {"subset_hint": ("127.0.0.1",)}),
     "subset-empty": ("plain", {"subset_hint": ()}),
     "subset-nomatch": ("plain", {"subset_hint": ("10.255.255.1",)}),
@@ -64,7 +78,7 @@ class Stack:
             picker = PickerProcess(
                 self.engines.upstreams,
                 tls=kind == "tls",
-                extra_args=["--max-body-bytes", str(MAX_BODY_BYTES)],
+                extra_args=["--max-body-bytes", str(MAX_BODY_BYTES), *PICKER_ARGS[kind]],
                 log_path=self.workdir / f"epp-{kind}.log",
             )
             picker.start()

@@ -28,7 +28,7 @@ def assert_routed_as_picked(stack: Stack, variant: str, replies: list[Reply]) ->
         assert entry.attempts == 1
 
 
-@pytest.mark.parametrize("variant", ["duplex", "buffered", "tls", "override-host", "subset-match"])
+@pytest.mark.parametrize("variant", ["duplex", "buffered", "tls", "override-host", "subset-match", "no-response-phase"])
 async def test_every_request_reaches_the_endpoint_epp_picked(stack: Stack, variant: str) -> None:
     envoy = stack.envoy(variant)
     replies = await asyncio.gather(*(post(envoy, chat(content=f"question {i}")) for i in range(9)))

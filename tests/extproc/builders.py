@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from epp._util.clock import VirtualClock
+from epp.config import load_scheduler_text
 from epp.datastore import Datastore, Endpoint
 from epp.director import Director
 from epp.scheduling.presets import build_preset
@@ -21,13 +22,17 @@ BUFFERED = ProcessingMode.BUFFERED
 CHAT_BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
 
 
-def make_director(*hostports: str, clock: VirtualClock | None = None) -> Director:
+def make_director(*hostports: str, clock: VirtualClock | None = None, config: str | None = None) -> Director:
+    """A director over ``hostports`` with the least-inflight preset, or the EndpointPickerConfig YAML ``config``."""
     store = Datastore(clock or VirtualClock())
+    rng = random.Random(7)
+    scheduler = build_preset("least-inflight") if config is None else load_scheduler_text(config, clock=store.clock, rng=rng)
+    scheduler.attach(store)
     for hp in hostports:
         host, port = hp.rsplit(":", 1)
         store.upsert(Endpoint(hp, host.strip("[]"), int(port)))
     store.mark_synced()
-    return Director(store, build_preset("least-inflight"), Telemetry(store), clock=store.clock, rng=random.Random(7))
+    return Director(store, scheduler, Telemetry(store), clock=store.clock, rng=rng)
 
 
 def request_headers(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -254,3 +256,40 @@ def test_close_releases_a_request_whose_response_never_came() -> None:
     assert director.datastore.get(name).inflight_requests == 0
     labels = {"model_name": "m"}
     assert director.telemetry.registry.get_sample_value("inference_objective_running_requests", labels) == 0
+
+
+SESSION_AFFINITY = (
+    "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+    "plugins:\n- {type: session-affinity-scorer}\n- {type: max-score-picker}\n"
+)
+
+
+def test_plugin_response_headers_reach_the_client_and_the_token_pins_the_session() -> None:
+    director = make_director(*POOL, "10.0.0.3:8000", config=SESSION_AFFINITY)
+    _, first = routed(director)
+    (reply,) = first.handle(response_headers())
+    headers = set_headers(reply.response_headers.response)
+    served = first.decision.endpoints[0]
+    assert headers["x-went-into-resp-headers"] == "true"
+    assert base64.b64decode(headers["x-session-token"]) == f"{served.endpoint.namespace}/{served.name}".encode()
+    first.close()
+    picks = set()
+    for _ in range(8):  # without the token the max-score picker breaks the all-zero tie at random
+        _, other = routed(director, headers={"x-session-token": headers["x-session-token"]})
+        picks.add(other.decision.endpoints[0].name)
+        other.close()
+    assert picks == {served.name}
+
+
+def test_no_response_phase_finishes_when_the_stream_closes() -> None:
+    """Envoy with response_header_mode SKIP and response body NONE sends nothing after the request:
+    the request is released and timed when the stream ends, without usage or response size."""
+    director, s = routed(mode=ProcessingMode.NONE)
+    name = s.decision.endpoints[0].name
+    assert director.datastore.get(name).inflight_requests == 1
+    s.close()
+    assert director.datastore.get(name).inflight_requests == 0
+    reg = director.telemetry.registry
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
+    assert reg.get_sample_value("inference_objective_response_sizes_count", labels) is None
