@@ -1,17 +1,23 @@
-"""What epp adds to a request: Envoy → engine directly vs Envoy → epp → engine, in one run.
+"""What epp adds to a request: Envoy → engine directly vs Envoy → picker → engine, in one run.
 
-Three Envoys share one set of echo engines (one child process) and one ``epp serve``:
+Every picker (``--pickers``) gets one Envoy per mode; all share one set of echo engines (one child process):
   direct    no ext_proc; the client names the engine in ``x-gateway-destination-endpoint`` (same cluster,
             same route as the others, so the difference is the picker alone);
   duplex    the GIE reference processing mode (request + response bodies FULL_DUPLEX_STREAMED);
   buffered  request body BUFFERED, response headers only;
   duplex-req  request body FULL_DUPLEX_STREAMED, no response phase (what the response phase costs; epp
             then sees no usage).
+Pickers: ``epp`` (this tree's ``epp serve``, default config; ``--picker-arg`` adds flags), ``NAME=PATH``
+(``epp serve`` from another source tree, e.g. ``git archive main | tar -x -C /tmp/before``, so before/after
+land in one run), ``minimal`` / ``minimal-iterator`` (``bench/minimal_extproc.py``: the least a grpc.aio
+picker can do, with context.read()/write() or an async iterator + yield; the floor epp is measured against).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
-latency p50/p99, the latency epp adds over ``direct`` (same size and concurrency), requests/s, and
-requests per CPU-second of the epp process (utime+stime from /proc/PID/stat before and after each run).
+latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
+requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
+Configurations take turns within each size × concurrency cell, so slow drifts in machine load hit all alike.
 
-    python bench/overhead.py                     # full matrix (~2 min on 2 cores)
+    python bench/overhead.py                     # epp, full matrix (~2 min on 2 cores)
+    python bench/overhead.py --pickers before=/tmp/before epp minimal --modes duplex --rounds 3
     python bench/overhead.py --requests 200 --sizes 1024 --concurrency 1
 Results are meaningful only side by side from one run: the machine is shared and noisy.
 """
@@ -20,23 +26,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import os
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import orjson
 
-from epp._util.proc import cpu_seconds
+from epp._util import proc as proc_util
 from epp.demo.engines import start_echo_engines
 from epp.envoy.config import DESTINATION_HEADER, BodyMode, Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
 from epp.envoy.stack import local_config
 
+MINIMAL = Path(__file__).with_name("minimal_extproc.py")
 MODES: dict[str, dict[str, object]] = {
     "direct": {"strip_client_destination": False},
     "duplex": {},
@@ -49,15 +58,73 @@ MODES: dict[str, dict[str, object]] = {
 }
 
 
+class Picker(Protocol):
+    @property
+    def address(self) -> Upstream: ...
+    @property
+    def pid(self) -> int: ...
+    def start(self) -> None: ...
+    def stop(self) -> object: ...
+
+
+class MinimalPicker:
+    """``bench/minimal_extproc.py`` as a child process, ready when it prints its ready line."""
+
+    def __init__(self, engine: Upstream, api: str) -> None:
+        self.engine = engine
+        self.api = api
+        self.address = Upstream("127.0.0.1", proc_util.free_port())
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(MINIMAL), "--port", str(self.address.port), "--destination", self.engine.hostport,
+             "--api", self.api],
+            stdout=subprocess.PIPE,
+        )
+        proc_util.read_line(self._proc, timeout=30)
+
+    def stop(self) -> object:
+        proc, self._proc = self._proc, None
+        return None if proc is None else proc_util.stop(proc)
+
+
+def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Path) -> Picker:
+    """``epp``, ``minimal``, ``minimal-iterator`` or ``NAME=PATH`` (epp serve from the source tree at PATH)."""
+    if spec == "minimal":
+        return MinimalPicker(engine, "read-write")
+    if spec == "minimal-iterator":
+        return MinimalPicker(engine, "iterator")
+    if spec == "minimal-grpclib":
+        return MinimalPicker(engine, "grpclib")
+    if spec == "epp":
+        return PickerProcess([engine], extra_args=picker_args, log_path=workdir / "epp.log")
+    name, sep, tree = spec.partition("=")
+    if not sep or not (Path(tree) / "epp" / "__init__.py").is_file():
+        raise SystemExit(f"--pickers {spec!r}: expected epp, minimal, minimal-iterator or NAME=PATH to an epp source tree")
+    env = os.environ | {"PYTHONPATH": str(Path(tree).resolve())}
+    return PickerProcess([engine], extra_args=picker_args, log_path=workdir / f"{name}.log", cwd=Path(tree), env=env)
+
+
+def picker_name(spec: str) -> str:
+    return spec.partition("=")[0]
+
+
 @dataclass
 class Run:
+    picker: str
     mode: str
     size: int
     concurrency: int
-    latencies_ms: list[float]
-    elapsed_s: float
-    epp_cpu_s: float
-    errors: int
+    latencies_ms: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    picker_cpu_s: float = 0.0
+    errors: int = 0
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -69,7 +136,7 @@ class Run:
 
     @property
     def per_cpu_s(self) -> float | None:
-        return len(self.latencies_ms) / self.epp_cpu_s if self.epp_cpu_s > 0 else None
+        return len(self.latencies_ms) / self.picker_cpu_s if self.picker_cpu_s > 0 else None
 
 
 def chat_body(size: int) -> bytes:
@@ -106,29 +173,42 @@ async def load(url: str, body: bytes, concurrency: int, total: int, headers: dic
         return latencies, time.perf_counter() - start, errors
 
 
-async def measure(envoys: dict[str, EnvoyProcess], picker: PickerProcess, engine: Upstream, args: argparse.Namespace) -> list[Run]:
+Config = tuple[str, str]  # (picker name, mode); ("", "direct") is the baseline without a picker
+
+
+async def measure(
+    envoys: dict[Config, EnvoyProcess], pickers: dict[str, Picker], engine: Upstream, args: argparse.Namespace
+) -> list[Run]:
     runs: list[Run] = []
     for size in args.sizes:
         body = chat_body(size)
         for concurrency in args.concurrency:
             total = args.requests if concurrency == 1 else args.requests * 4
-            for mode, envoy in envoys.items():
-                url = envoy.url + "/v1/chat/completions"
-                headers = {"content-type": "application/json"}
-                if mode == "direct":
-                    headers[DESTINATION_HEADER] = engine.hostport
-                await load(url, body, concurrency, args.warmup, headers)
-                cpu0 = cpu_seconds(picker.pid)
-                latencies, elapsed, errors = await load(url, body, concurrency, total, headers)
-                runs.append(Run(mode, size, concurrency, latencies, elapsed, cpu_seconds(picker.pid) - cpu0, errors))
-                print(f"  done {mode:8} {size:>7} B c={concurrency:<2} {len(latencies)} ok, {errors} errors", file=sys.stderr)
+            cell = {config: Run(config[0], config[1], size, concurrency) for config in envoys}
+            for _ in range(args.rounds):
+                for (name, mode), envoy in envoys.items():
+                    url = envoy.url + "/v1/chat/completions"
+                    headers = {"content-type": "application/json"}
+                    if mode == "direct":
+                        headers[DESTINATION_HEADER] = engine.hostport
+                    await load(url, body, concurrency, args.warmup, headers)
+                    pid = pickers[name].pid if name else None
+                    cpu0 = proc_util.cpu_seconds(pid) if pid else 0.0
+                    latencies, elapsed, errors = await load(url, body, concurrency, total // args.rounds, headers)
+                    run = cell[(name, mode)]
+                    run.latencies_ms += latencies
+                    run.elapsed_s += elapsed
+                    run.picker_cpu_s += proc_util.cpu_seconds(pid) - cpu0 if pid else 0.0
+                    run.errors += errors
+            runs.extend(cell.values())
+            print(f"  done {size:>7} B c={concurrency}", file=sys.stderr)
     return runs
 
 
 def report(runs: list[Run]) -> str:
     base = {(r.size, r.concurrency): r for r in runs if r.mode == "direct"}
-    head = f"| mode | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per epp CPU-s | errors |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    head = "| picker | mode | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | errors |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ref = base.get((r.size, r.concurrency))
         added = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.5) - ref.pct(0.5):+.2f}"
@@ -136,42 +216,48 @@ def report(runs: list[Run]) -> str:
         per_cpu = "–" if r.mode == "direct" or r.per_cpu_s is None else f"{r.per_cpu_s:,.0f}"
         size = f"{r.size // 1024} KB"
         lines.append(
-            f"| {r.mode} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} | {added} | {added99} "
-            f"| {r.rps:,.0f} | {per_cpu} | {r.errors} |"
+            f"| {r.picker or '–'} | {r.mode} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
+            f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {r.errors} |"
         )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=500, help="requests per run at c=1 (×4 at higher c)")
+    parser.add_argument("--requests", type=int, default=500, help="requests per configuration at c=1 (×4 at higher c)")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1, help="split each run into this many interleaved turns")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 220 * 1024])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for epp serve (repeat)")
+    parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
+    parser.add_argument("--pickers", nargs="+", default=["epp"],
+                        help="epp | minimal | minimal-iterator | NAME=PATH (epp serve from another source tree)")
+    parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")
     args = parser.parse_args()
-    if "direct" not in args.modes:
-        args.modes.insert(0, "direct")
     fleet = start_echo_engines(["engine"])
     engine = fleet.upstreams[0]
-    envoys: dict[str, EnvoyProcess] = {}
+    pickers: dict[str, Picker] = {}
+    envoys: dict[Config, EnvoyProcess] = {}
     with tempfile.TemporaryDirectory(prefix="epp-bench-") as tmp:
         workdir = Path(tmp)
-        picker = PickerProcess([engine], extra_args=args.picker_arg, log_path=workdir / "epp.log")
         try:
-            picker.start()
-            for mode in args.modes:
-                options = MODES[mode]
-                target = None if mode == "direct" else picker.address
-                config = local_config(target, [engine], workdir / mode, **options)  # type: ignore[arg-type]
-                envoys[mode] = EnvoyProcess(config, workdir / mode, log_level="error")
-                envoys[mode].start()
-            runs = asyncio.run(measure(envoys, picker, engine, args))
+            configs: list[tuple[Config, Upstream | None]] = [(("", "direct"), None)]
+            for spec in args.pickers:
+                picker = make_picker(spec, engine, args.picker_arg, workdir)
+                pickers[picker_name(spec)] = picker
+                picker.start()
+                configs += [((picker_name(spec), mode), picker.address) for mode in args.modes]
+            for (name, mode), target in configs:
+                where = workdir / f"{name or 'none'}-{mode}"
+                config = local_config(target, [engine], where, **MODES[mode])  # type: ignore[arg-type]
+                envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error")
+                envoys[(name, mode)].start()
+            runs = asyncio.run(measure(envoys, pickers, engine, args))
         finally:
             for envoy in envoys.values():
                 envoy.stop()
-            picker.stop()
+            for picker in pickers.values():
+                picker.stop()
             fleet.stop()
     print(report(runs))
     return 0

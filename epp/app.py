@@ -80,6 +80,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="reload tls.crt/tls.key from --cert-path when they change")
     g.add_argument("--health-checking", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
                    help="also serve the gRPC health service on --grpc-port")
+    g.add_argument("--grpc-server", choices=("native", "grpcio"), default="native",
+                   help="ext_proc transport: epp's own HTTP/2 server (several times less CPU per request) or grpc.aio")
     g.add_argument("--drain-timeout", type=duration, default="30s", metavar="DURATION",
                    help="on SIGTERM, how long in-flight streams may take to finish (Go duration, e.g. 30s)")
     p = parser.add_argument_group("pool without Kubernetes")

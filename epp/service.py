@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import ssl
 from types import TracebackType
+
+import grpc
 
 from epp import __version__
 from epp.app import DEFAULT_POLICY
@@ -24,7 +27,7 @@ from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
-from epp.extproc.tls import server_credentials
+from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -53,9 +56,11 @@ class PickerService:
         # endpoints are purged, and index slots are reserved at discovery instead of inside a pick.
         self.scheduler.attach(self.datastore)
         self.source = select_source(args, config, self.datastore, self.telemetry.registry)
-        credentials = (
-            server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
-        )
+        native = args.grpc_server == "native"
+        credentials: grpc.ServerCredentials | ssl.SSLContext | None = None
+        if args.secure_serving:
+            tls = server_ssl_context if native else server_credentials
+            credentials = tls(args.cert_path or None, args.enable_cert_reload)
         self.director = Director(
             self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
@@ -68,6 +73,7 @@ class PickerService:
             ExtProcServicer(self.director, args.max_body_bytes), health,
             port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
+            native=native,
         )
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None)
         self.drain_timeout: float = args.drain_timeout

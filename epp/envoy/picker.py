@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,8 @@ class PickerProcess:
     With no ``endpoints`` the pool comes from ``extra_args`` instead (``--endpoints-file``, a config).
 
     ``tls`` turns on ``--secure-serving`` (self-signed certificate, as the reference does); ``extra_args``
-    are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given.
+    are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given. ``cwd``
+    and ``env`` let a benchmark run another source tree's epp (``python -m`` imports from the cwd first).
     """
 
     def __init__(
@@ -38,12 +39,16 @@ class PickerProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         host: str = "127.0.0.1",
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.tls = tls
         self.extra_args = tuple(extra_args)
         self.log_path = log_path
         self.host = host
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
         self.grpc_port = proc_util.free_port(host)
         self.health_port = proc_util.free_port(host)
         self.metrics_port = proc_util.free_port(host)
@@ -76,7 +81,9 @@ class PickerProcess:
             raise RuntimeError("epp serve already started")
         stderr = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=stderr)
+            self._proc = subprocess.Popen(
+                self.command(), stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.cwd, env=self.env
+            )
         finally:
             if self.log_path is not None:
                 stderr.close()  # type: ignore[union-attr]

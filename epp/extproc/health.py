@@ -69,3 +69,27 @@ class HealthService(health_pb2_grpc.HealthServicer):
                 await asyncio.wait_for(self._changed.wait(), self.poll_interval)
             except TimeoutError:
                 pass
+
+
+HEALTH_CHECK_PATH = b"/grpc.health.v1.Health/Check"
+
+
+class HealthCheckCall:
+    """``Health/Check`` on the native transport's main port (``--health-checking``); ``Watch`` is served on
+    the health port only."""
+
+    __slots__ = ("health", "service")
+
+    def __init__(self, health: HealthService) -> None:
+        self.health = health
+        self.service = ""
+
+    def message(self, data: memoryview) -> list[bytes]:
+        self.service = health_pb2.HealthCheckRequest.FromString(data).service
+        return []
+
+    def half_closed(self) -> list[bytes]:
+        return [health_pb2.HealthCheckResponse(status=self.health.status(self.service)).SerializeToString()]
+
+    def closed(self) -> None:
+        pass

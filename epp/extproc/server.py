@@ -1,14 +1,22 @@
-"""The picker's gRPC servers: ext_proc (TLS by default) and the plaintext health port, with graceful stop."""
+"""The picker's gRPC servers: ext_proc (TLS by default) and the plaintext health port, with graceful stop.
+
+The ext_proc port runs on epp's native HTTP/2 transport (``epp.extproc.h2``) unless ``native=False``
+selects grpc.aio; the health port is always grpc.aio (its ``Watch`` streams are long-lived and rare).
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from epp.extproc.health import HealthService
+from epp.extproc.h2.connection import Call
+from epp.extproc.h2.server import H2Server
+from epp.extproc.health import HEALTH_CHECK_PATH, HealthCheckCall, HealthService
+from epp.extproc.servicer import PROCESS_PATH, ExtProcServicer
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +25,8 @@ MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 
 
 class PickerServer:
-    """Owns two grpc.aio servers. ``port``/``health_port`` 0 binds a free port; the bound ports are
-    readable after ``start``.
+    """Owns the ext_proc server and the grpc.aio health server. ``port``/``health_port`` 0 binds a free
+    port; the bound ports are readable after ``start``.
 
     ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
     within the grace period (after which gRPC cancels them), and closes the health port last.
@@ -26,16 +34,18 @@ class PickerServer:
 
     def __init__(
         self,
-        servicer: pb_grpc.ExternalProcessorServicer,
+        servicer: ExtProcServicer,
         health: HealthService,
         *,
         port: int,
         health_port: int,
         host: str = "[::]",
-        credentials: grpc.ServerCredentials | None = None,
+        credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         health_on_main_port: bool = False,
+        native: bool = True,
     ) -> None:
+        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio."""
         self.servicer = servicer
         self.health = health
         self.host = host
@@ -43,33 +53,59 @@ class PickerServer:
         self.health_port = health_port
         self.credentials = credentials
         self.health_on_main_port = health_on_main_port
+        self.native = native
+        self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         self._main: grpc.aio.Server | None = None
+        self._native: H2Server | None = None
         self._health: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        health = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
+        self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
+        await health.start()
+        self._health = health
+        if self.native:
+            assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
+            native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
+                              max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES)
+            await native.start()
+            self._native, self.port = native, native.port
+        else:
+            await self._start_grpcio()
+        log.info("ext_proc server on %s:%d (%s, %s), health on %s:%d", self.host, self.port,
+                 "native HTTP/2" if self.native else "grpc.aio",
+                 "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
+
+    async def _start_grpcio(self) -> None:
         main = grpc.aio.server(options=self._options)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
         address = f"{self.host}:{self.port}"
         if self.credentials is not None:
+            assert isinstance(self.credentials, grpc.ServerCredentials)
             self.port = main.add_secure_port(address, self.credentials)
         else:
             self.port = main.add_insecure_port(address)
-        health = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
-        await health.start()
-        self._health = health
         await main.start()
         self._main = main
-        log.info("ext_proc server on %s:%d (%s), health on %s:%d", self.host, self.port,
-                 "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
+
+    def _route(self, path: bytes) -> Call | None:
+        if path == PROCESS_PATH:
+            return self.servicer.new_call()
+        if path == HEALTH_CHECK_PATH and self.health_on_main_port:
+            return HealthCheckCall(self.health)
+        return None
 
     async def stop(self, grace: float) -> None:
         self.health.drain()
+        if self._native is not None:
+            log.info("draining ext_proc streams (up to %.1fs)", grace)
+            await self._native.stop(grace)
+            self._native = None
         if self._main is not None:
             log.info("draining ext_proc streams (up to %.1fs)", grace)
             await self._main.stop(grace)

@@ -12,6 +12,8 @@ import datetime
 import ipaddress
 import logging
 import os
+import ssl
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -100,3 +102,45 @@ def server_credentials(cert_path: str | None, reload: bool = False) -> grpc.Serv
         return grpc.ssl_server_certificate_configuration([(new_key, new_cert)])
 
     return grpc.dynamic_ssl_server_credentials(grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)
+
+
+def server_ssl_context(cert_path: str | None, reload: bool = False) -> ssl.SSLContext:
+    """``--secure-serving`` for the native HTTP/2 transport: the same pairs as ``server_credentials``,
+    ALPN ``h2``. With ``reload`` each new handshake checks the directory and switches to a fresh context
+    when the files changed (OpenSSL's server-name callback runs on every handshake, with or without SNI)."""
+    if not cert_path:
+        key, cert = self_signed_pair()
+        log.info("serving TLS with a generated self-signed certificate (ECDSA P-256)")
+        return _ssl_context(key, cert)
+    directory = CertDirectory(cert_path)
+    current = _ssl_context(*directory.load())
+    if not reload:
+        return current
+    state = {"context": current}
+
+    def on_handshake(sock: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        if directory.changed():
+            try:
+                state["context"] = _ssl_context(*directory.load())
+                log.info("reloaded TLS certificate from %s", directory.path)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("certificate reload failed, keeping the previous one: %s", exc)
+        sock.context = state["context"]
+
+    current.sni_callback = on_handshake  # type: ignore[assignment]
+    return current
+
+
+def _ssl_context(key_pem: bytes, cert_pem: bytes) -> ssl.SSLContext:
+    """A TLS ≥ 1.2 server context with ALPN h2; ``ssl`` loads key pairs from files only, so they pass
+    through a private temporary directory that is removed at once."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory(prefix="epp-tls-") as tmp:
+        cert_file, key_file = Path(tmp) / CERT_FILE, Path(tmp) / KEY_FILE
+        cert_file.write_bytes(cert_pem)
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(key_pem)
+        context.load_cert_chain(cert_file, key_file)
+    return context

@@ -1,4 +1,4 @@
-"""A real grpc.aio picker on 127.0.0.1 driven by a real ext_proc client stub."""
+"""A real picker server on 127.0.0.1 (native HTTP/2 transport and grpc.aio) driven by a real grpc ext_proc client."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from epp.director import Director
 from epp.extproc.health import HealthService
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
-from epp.extproc.tls import CERT_FILE, KEY_FILE, self_signed_pair, server_credentials
+from epp.extproc.tls import CERT_FILE, KEY_FILE, self_signed_pair, server_credentials, server_ssl_context
 from tests.extproc.builders import (
     BUFFERED,
     CHAT_BODY,
@@ -51,18 +51,29 @@ class Picker:
         return f"127.0.0.1:{self.server.port}"
 
 
-async def start_picker(director: Director, credentials: grpc.ServerCredentials | None = None) -> Picker:
+@pytest.fixture(params=[True, False], ids=["native", "grpcio"])
+def native(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def tls(native: bool, cert_path: str | None, reload: bool = False) -> ssl.SSLContext | grpc.ServerCredentials:
+    return (server_ssl_context if native else server_credentials)(cert_path, reload)
+
+
+async def start_picker(
+    director: Director, credentials: grpc.ServerCredentials | ssl.SSLContext | None = None, native: bool = True
+) -> Picker:
     ready = {"value": True}
     health = HealthService(lambda: ready["value"], poll_interval=0.02)
     server = PickerServer(ExtProcServicer(director, max_body_bytes=50_000), health, port=0, health_port=0,
-                          host="127.0.0.1", credentials=credentials, max_message_bytes=50_000)
+                          host="127.0.0.1", credentials=credentials, max_message_bytes=50_000, native=native)
     await server.start()
     return Picker(server, director, ready)
 
 
 @pytest.fixture
-async def picker() -> AsyncIterator[Picker]:
-    p = await start_picker(make_director(*POOL))
+async def picker(native: bool) -> AsyncIterator[Picker]:
+    p = await start_picker(make_director(*POOL), native=native)
     yield p
     await p.server.stop(0)
 
@@ -119,8 +130,8 @@ async def test_bad_input_gets_immediate_response_and_server_keeps_serving(
     assert good[0].HasField("request_headers")
 
 
-async def test_empty_pool_is_503() -> None:
-    p = await start_picker(make_director())
+async def test_empty_pool_is_503(native: bool) -> None:
+    p = await start_picker(make_director(), native=native)
     try:
         replies = await exchange(p.target, [request_headers(), request_body(CHAT_BODY, eos=True)])
         code, headers, _ = immediate(replies[0])
@@ -200,11 +211,11 @@ async def test_health_follows_readiness_for_every_name(picker: Picker) -> None:
         watch.cancel()
 
 
-async def test_health_on_main_port_only_when_asked() -> None:
+async def test_health_on_main_port_only_when_asked(native: bool) -> None:
     director = make_director(*POOL)
     health = HealthService(lambda: True)
     servers = [PickerServer(ExtProcServicer(director), health, port=0, health_port=0, host="127.0.0.1",
-                            health_on_main_port=flag) for flag in (False, True)]
+                            health_on_main_port=flag, native=native) for flag in (False, True)]
     for s in servers:
         await s.start()
     try:
@@ -231,10 +242,11 @@ async def tls_exchange(port: int, root_cert: bytes) -> list[pb.ProcessingRespons
         return [r async for r in call]
 
 
-async def test_tls_with_generated_certificate() -> None:
-    p = await start_picker(make_director(*POOL), server_credentials(None))
+async def test_tls_with_generated_certificate(native: bool) -> None:
+    p = await start_picker(make_director(*POOL), tls(native, None), native=native)
     try:
-        pem = ssl.get_server_certificate(("127.0.0.1", p.server.port)).encode()
+        # off the loop: the native server runs on this very event loop
+        pem = (await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", p.server.port))).encode()
         assert len(await tls_exchange(p.server.port, pem)) == 1
         with pytest.raises(grpc.aio.AioRpcError):  # plaintext clients are refused
             await exchange(p.target, [request_headers("/x", eos=True, method="GET")])
@@ -250,9 +262,9 @@ def write_pair(directory: Path) -> bytes:
 
 
 @pytest.mark.parametrize("reload", [False, True])
-async def test_tls_with_provided_certificate_and_reload(tmp_path: Path, reload: bool) -> None:
+async def test_tls_with_provided_certificate_and_reload(tmp_path: Path, reload: bool, native: bool) -> None:
     first = write_pair(tmp_path)
-    p = await start_picker(make_director(*POOL), server_credentials(str(tmp_path), reload=reload))
+    p = await start_picker(make_director(*POOL), tls(native, str(tmp_path), reload), native=native)
     try:
         assert len(await tls_exchange(p.server.port, first)) == 1
         second = write_pair(tmp_path)
@@ -264,15 +276,16 @@ async def test_tls_with_provided_certificate_and_reload(tmp_path: Path, reload: 
         await p.server.stop(0)
 
 
-def test_missing_cert_files_are_a_clear_error(tmp_path: Path) -> None:
+def test_missing_cert_files_are_a_clear_error(tmp_path: Path, native: bool) -> None:
     with pytest.raises(OSError, match="tls.crt"):
-        server_credentials(str(tmp_path))
+        tls(native, str(tmp_path))
 
 
-async def test_health_with_leader_election() -> None:
+async def test_health_with_leader_election(native: bool) -> None:
     ready = {"value": False}
     health = HealthService(lambda: ready["value"], leader_election=True)
-    server = PickerServer(ExtProcServicer(make_director(*POOL)), health, port=0, health_port=0, host="127.0.0.1")
+    server = PickerServer(ExtProcServicer(make_director(*POOL)), health, port=0, health_port=0, host="127.0.0.1",
+                          native=native)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:

@@ -1,0 +1,424 @@
+"""One HTTP/2 connection serving gRPC calls whose handlers answer synchronously.
+
+Why not grpcio: every gRPC message through grpc.aio costs an asyncio future, a hop from grpc's poller
+thread and a write completion; an ext_proc request is 6–14 messages, so that machinery, not the picker,
+was most of epp's CPU (bench/RESULTS.md). The picker's per-message work is synchronous (a message in, its
+replies out), so here each ``data_received`` parses every complete frame, hands each gRPC message to its
+call and writes all replies, window updates and trailers back with one ``transport.write``: no task,
+future or thread per message.
+
+Scope: a gRPC server (no push, no priorities, identity encoding only), TLS left to the transport.
+Flow control: the picker advertises the largest stream window and tops the connection window up as data
+is consumed; outbound DATA respects the peer's windows and frame size, parking the excess per stream
+until WINDOW_UPDATE. Connection errors send GOAWAY and close; stream errors end that call only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import hpack
+
+from epp.extproc.h2 import wire
+
+log = logging.getLogger(__name__)
+
+GRPC_INVALID_ARGUMENT, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED = 3, 13, 8, 12
+_RECV_TOP_UP = wire.MAX_WINDOW // 2  # top the connection window up once this much was consumed
+_MAX_FRAME = 1 << 20  # what we accept per frame: fewer, larger frames mean less per-frame work
+
+
+class CallError(Exception):
+    """Ends one call with a gRPC status (the connection and other calls carry on)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Call(Protocol):
+    """One gRPC call. ``message``/``half_closed`` return serialized replies (or raise ``CallError``);
+    after ``half_closed`` the call ends with status OK. ``closed`` is called exactly once, however it ended."""
+
+    def message(self, data: memoryview) -> Sequence[bytes]: ...
+
+    def half_closed(self) -> Sequence[bytes]: ...
+
+    def closed(self) -> None: ...
+
+
+Router = Callable[[bytes], "Call | None"]  # :path → a new call, or None for an unknown method
+
+
+class _Stream:
+    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "replied", "remote_done")
+
+    def __init__(self, stream_id: int, call: Call, send_window: int) -> None:
+        self.id = stream_id
+        self.call = call
+        self.send_window = send_window
+        self.pending = bytearray()  # DATA payload waiting for flow-control window
+        self.trailers: bytes | None = None  # sent once ``pending`` drains
+        self.inbox = bytearray()  # an incomplete gRPC message
+        self.replied = False  # response HEADERS sent
+        self.remote_done = False  # client sent END_STREAM
+
+
+class ConnectionError_(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class H2Connection(asyncio.Protocol):
+    """asyncio protocol for one client connection; ``on_close`` is told when it is gone."""
+
+    def __init__(self, router: Router, max_message_bytes: int, on_close: Callable[[H2Connection], None]) -> None:
+        self.router = router
+        self.max_message_bytes = max_message_bytes
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.draining = False
+        self._buf = bytearray()
+        self._out: list[bytes] = []
+        self._preface = False
+        self._decoder = hpack.Decoder()
+        self._header_block: tuple[int, int, bytearray] | None = None  # (stream id, flags, fragments)
+        self._last_stream = 0
+        self._send_window = wire.DEFAULT_WINDOW
+        self._initial_send_window = wire.DEFAULT_WINDOW
+        self._max_send_frame = wire.DEFAULT_MAX_FRAME
+        self._recv_consumed = 0
+        self._blocked: dict[int, _Stream] = {}
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
+        transport.write(
+            wire.settings({
+                wire.SETTINGS_ENABLE_PUSH: 0,
+                wire.SETTINGS_MAX_CONCURRENT_STREAMS: 4096,
+                wire.SETTINGS_INITIAL_WINDOW_SIZE: wire.MAX_WINDOW,
+                wire.SETTINGS_MAX_FRAME_SIZE: _MAX_FRAME,
+            })
+            + wire.window_update(0, wire.MAX_WINDOW - wire.DEFAULT_WINDOW)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        try:
+            if not self._preface:
+                if len(buf) < len(wire.PREFACE):
+                    return
+                if not buf.startswith(wire.PREFACE):
+                    raise ConnectionError_(wire.PROTOCOL_ERROR, "not an HTTP/2 connection preface")
+                del buf[: len(wire.PREFACE)]
+                self._preface = True
+            self._frames()
+        except ConnectionError_ as exc:
+            log.warning("closing ext_proc connection: %s", exc)
+            self._out.append(wire.goaway(self._last_stream, exc.code, str(exc).encode()))
+            self._flush()
+            self._abort_all()
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._abort_all()
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    # -- shutdown ----------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Refuse new streams (GOAWAY), let open ones finish; close at once when none are open."""
+        if self.draining or self.transport is None:
+            return
+        self.draining = True
+        self._out.append(wire.goaway(self._last_stream, wire.NO_ERROR))
+        self._flush()
+        if not self.streams:
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- inbound -----------------------------------------------------------------------------------
+    def _frames(self) -> None:
+        # Frames are handed on as views of the receive buffer; a handler (or a traceback) may still hold
+        # one afterwards, so the buffer is replaced by its unparsed tail, never resized in place.
+        buf = self._buf
+        view = memoryview(buf)
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 9:
+                hi, lo, kind, flags, sid = wire.FRAME_HEADER.unpack_from(buf, pos)
+                length = hi << 16 | lo
+                if length > _MAX_FRAME:
+                    raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if end - pos - 9 < length:
+                    break
+                start = pos + 9
+                pos = start + length
+                self._frame(kind, flags, sid & 0x7FFFFFFF, view[start:pos])
+        finally:
+            self._buf = buf[pos:] if pos < end else bytearray()
+
+    def _frame(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
+        if self._header_block is not None and kind != wire.CONTINUATION:
+            raise ConnectionError_(wire.PROTOCOL_ERROR, "header block interrupted")
+        if kind == wire.DATA:
+            self._data(flags, sid, payload)
+        elif kind == wire.HEADERS:
+            self._headers(flags, sid, payload)
+        elif kind == wire.CONTINUATION:
+            self._continuation(flags, sid, payload)
+        elif kind == wire.RST_STREAM:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                self._end(stream)
+        elif kind == wire.SETTINGS:
+            if not flags & wire.ACK:
+                self._settings(payload)
+        elif kind == wire.WINDOW_UPDATE:
+            self._window_update(sid, payload)
+        elif kind == wire.PING:
+            if not flags & wire.ACK:
+                self._out.append(wire.frame(wire.PING, wire.ACK, 0, bytes(payload)))
+        elif kind == wire.GOAWAY:
+            self.draining = True
+        elif kind == wire.PUSH_PROMISE:
+            raise ConnectionError_(wire.PROTOCOL_ERROR, "clients cannot push")
+        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+
+    def _unpadded(self, flags: int, payload: memoryview) -> memoryview:
+        if not flags & wire.PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise ConnectionError_(wire.PROTOCOL_ERROR, "bad padding")
+        return payload[1 : len(payload) - payload[0]]
+
+    def _data(self, flags: int, sid: int, payload: memoryview) -> None:
+        self._recv_consumed += len(payload)
+        if self._recv_consumed >= _RECV_TOP_UP:
+            self._out.append(wire.window_update(0, self._recv_consumed))
+            self._recv_consumed = 0
+        stream = self.streams.get(sid)
+        if stream is None:
+            if sid == 0 or sid > self._last_stream:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            return  # a stream we already ended: the client had not seen it yet
+        data = self._unpadded(flags, payload)
+        try:
+            if data:
+                inbox = stream.inbox
+                if inbox:  # a message spanning frames: parse from the stream's own buffer (replaced, not resized)
+                    inbox += data
+                    consumed = self._messages(stream, memoryview(inbox))
+                    stream.inbox = inbox[consumed:]
+                else:
+                    consumed = self._messages(stream, data)
+                    if consumed < len(data):
+                        inbox += data[consumed:]
+            if flags & wire.END_STREAM and sid in self.streams:
+                stream.remote_done = True
+                if stream.inbox:
+                    raise CallError(GRPC_INTERNAL, "stream ended inside a message")
+                self._send(stream, stream.call.half_closed())
+                self._finish(stream, wire.TRAILERS_OK)
+        except CallError as exc:
+            self._fail(stream, exc)
+        except Exception:  # a handler bug ends its own call, never the connection
+            log.exception("internal error in the call on stream %d", sid)
+            self._fail(stream, CallError(GRPC_INTERNAL, "internal error in the endpoint picker"))
+
+    def _messages(self, stream: _Stream, data: memoryview) -> int:
+        """Hand every complete gRPC message in ``data`` to the call; returns the bytes consumed."""
+        pos, n = 0, len(data)
+        while n - pos >= 5 and stream.id in self.streams:
+            compressed, length = wire.GRPC_PREFIX.unpack_from(data, pos)
+            if compressed:
+                raise CallError(GRPC_UNIMPLEMENTED, "compressed messages are not supported")
+            if length > self.max_message_bytes:
+                raise CallError(GRPC_RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds {self.max_message_bytes}")
+            if n - pos - 5 < length:
+                break
+            start = pos + 5
+            pos = start + length
+            self._send(stream, stream.call.message(data[start:pos]))
+        return pos
+
+    def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
+        block = self._unpadded(flags, payload)
+        if flags & wire.PRIORITY_FLAG:
+            block = block[5:]
+        if flags & wire.END_HEADERS:
+            self._header_block_done(sid, flags, bytes(block))
+        else:
+            self._header_block = (sid, flags, bytearray(block))
+
+    def _continuation(self, flags: int, sid: int, payload: memoryview) -> None:
+        if self._header_block is None or self._header_block[0] != sid:
+            raise ConnectionError_(wire.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        self._header_block[2].extend(payload)
+        if flags & wire.END_HEADERS:
+            sid, first_flags, block = self._header_block
+            self._header_block = None
+            self._header_block_done(sid, first_flags, bytes(block))
+
+    def _header_block_done(self, sid: int, flags: int, block: bytes) -> None:
+        try:
+            headers = self._decoder.decode(block, raw=True)
+        except Exception as exc:  # hpack raises several types; the connection state is lost either way
+            raise ConnectionError_(wire.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        stream = self.streams.get(sid)
+        if stream is not None:  # trailers from the client: the same as END_STREAM
+            self._data(wire.END_STREAM, sid, memoryview(b""))
+            return
+        if sid % 2 == 0 or sid <= self._last_stream:
+            raise ConnectionError_(wire.PROTOCOL_ERROR, f"HEADERS opening stream {sid}")
+        self._last_stream = sid
+        if self.draining:
+            self._out.append(wire.rst_stream(sid, wire.REFUSED_STREAM))
+            return
+        path = next((v for k, v in headers if k == b":path"), b"")
+        call = self.router(bytes(path))
+        if call is None:
+            self._out.append(wire.frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, sid,
+                                        wire.RESPONSE_HEADERS + wire.grpc_status(GRPC_UNIMPLEMENTED, f"unknown method {path.decode('latin-1')}")))
+            return
+        stream = _Stream(sid, call, self._initial_send_window)
+        self.streams[sid] = stream
+        if flags & wire.END_STREAM:
+            self._data(wire.END_STREAM, sid, memoryview(b""))
+
+    def _settings(self, payload: memoryview) -> None:
+        if len(payload) % 6:
+            raise ConnectionError_(wire.FRAME_SIZE_ERROR, "SETTINGS length")
+        for key, value in struct.iter_unpack(">HI", payload):
+            if key == wire.SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > wire.MAX_WINDOW:
+                    raise ConnectionError_(wire.FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self._initial_send_window
+                self._initial_send_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == wire.SETTINGS_MAX_FRAME_SIZE:
+                self._max_send_frame = value
+        self._out.append(wire.frame(wire.SETTINGS, wire.ACK, 0))
+        self._unblock()
+
+    def _window_update(self, sid: int, payload: memoryview) -> None:
+        (increment,) = struct.unpack(">I", payload)
+        increment &= 0x7FFFFFFF
+        if sid == 0:
+            self._send_window += increment
+        else:
+            stream = self.streams.get(sid)
+            if stream is None:
+                return
+            stream.send_window += increment
+        self._unblock()
+
+    # -- outbound ----------------------------------------------------------------------------------
+    def _send(self, stream: _Stream, replies: Sequence[bytes]) -> None:
+        if not replies:
+            return
+        if not stream.replied:
+            stream.replied = True
+            self._out.append(wire.frame(wire.HEADERS, wire.END_HEADERS, stream.id, wire.RESPONSE_HEADERS))
+        prefix = wire.GRPC_PREFIX.pack
+        payload = b"".join([part for reply in replies for part in (prefix(0, len(reply)), reply)])
+        if stream.pending:
+            stream.pending += payload
+        else:
+            self._write_data(stream, payload)
+
+    def _write_data(self, stream: _Stream, payload: bytes | bytearray) -> None:
+        """Send what the windows allow now, in frames of at most the peer's frame size; park the rest."""
+        allowed = min(len(payload), self._send_window, stream.send_window)
+        out, limit, sid = self._out, self._max_send_frame, stream.id
+        view = memoryview(payload)
+        pos = 0
+        while pos < allowed:
+            n = min(limit, allowed - pos)
+            out.append(wire.frame_header(wire.DATA, 0, sid, n))
+            out.append(bytes(view[pos : pos + n]))
+            pos += n
+        view.release()
+        self._send_window -= allowed
+        stream.send_window -= allowed
+        if allowed < len(payload):
+            stream.pending = bytearray(payload[allowed:])
+            self._blocked[sid] = stream
+        else:
+            stream.pending = bytearray()
+
+    def _unblock(self) -> None:
+        for sid, stream in list(self._blocked.items()):
+            if self._send_window <= 0:
+                return
+            if stream.send_window <= 0:
+                continue
+            del self._blocked[sid]
+            self._write_data(stream, stream.pending)
+            if not stream.pending and stream.trailers is not None:
+                self._trailers(stream, stream.trailers)
+
+    def _finish(self, stream: _Stream, status_block: bytes) -> None:
+        """End the call with ``status_block`` (after any parked data), and release it."""
+        if stream.pending:
+            stream.trailers = status_block
+        else:
+            self._trailers(stream, status_block)
+
+    def _trailers(self, stream: _Stream, status_block: bytes) -> None:
+        block = status_block if stream.replied else wire.RESPONSE_HEADERS + status_block
+        self._out.append(wire.frame(wire.HEADERS, wire.END_HEADERS | wire.END_STREAM, stream.id, block))
+        if not stream.remote_done:  # the client may still be sending: tell it to stop
+            self._out.append(wire.rst_stream(stream.id, wire.NO_ERROR))
+        self._end(stream)
+
+    def _fail(self, stream: _Stream, error: CallError) -> None:
+        if stream.id not in self.streams:
+            return
+        stream.pending = bytearray()
+        self._blocked.pop(stream.id, None)
+        self._trailers(stream, wire.grpc_status(error.code, error.message))
+
+    def _end(self, stream: _Stream) -> None:
+        if self.streams.pop(stream.id, None) is None:
+            return
+        self._blocked.pop(stream.id, None)
+        try:
+            stream.call.closed()
+        except Exception:
+            log.exception("error closing call on stream %d", stream.id)
+        if self.draining and not self.streams and self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def _abort_all(self) -> None:
+        for stream in list(self.streams.values()):
+            self._end(stream)
+
+    def _flush(self) -> None:
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()

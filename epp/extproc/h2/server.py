@@ -1,0 +1,85 @@
+"""Listening side of the native gRPC transport: accept connections, serve calls, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+
+from epp.extproc.h2.connection import H2Connection, Router
+
+log = logging.getLogger(__name__)
+
+
+class H2Server:
+    """gRPC over HTTP/2 (cleartext h2c with prior knowledge, or TLS with ALPN h2) on one port.
+
+    ``host`` "" or "[::]" listens on every interface, dual-stack on one port; ``port`` 0 picks a free
+    one (read ``port`` after ``start``). ``stop(grace)`` stops accepting, sends GOAWAY so clients open
+    no new calls here, lets open calls finish within ``grace`` seconds, then closes what is left.
+    """
+
+    def __init__(self, router: Router, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
+                 max_message_bytes: int) -> None:
+        self.router = router
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.max_message_bytes = max_message_bytes
+        self.connections: set[H2Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._idle = asyncio.Event()
+
+    def _connection(self) -> H2Connection:
+        connection = H2Connection(self.router, self.max_message_bytes, self._closed)
+        self.connections.add(connection)
+        self._idle.clear()
+        return connection
+
+    def _closed(self, connection: H2Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._idle.set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host = self.host.strip("[]")
+        if host in ("", "::"):
+            self._server = await loop.create_server(self._connection, sock=_dual_stack_socket(self.port),
+                                                    ssl=self.ssl_context)
+        else:
+            self._server = await loop.create_server(self._connection, host, self.port, ssl=self.ssl_context,
+                                                    reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for connection in list(self.connections):
+            connection.drain()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for connection in list(self.connections):
+            connection.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    """One listening socket for IPv4 and IPv6 (like gRPC's ``[::]``), IPv4 only where IPv6 is missing."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address: tuple[str, int] = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        address = ("0.0.0.0", port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.setblocking(False)
+    return sock
