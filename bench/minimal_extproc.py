@@ -109,38 +109,7 @@ class ReadWriteServicer(pb_grpc.ExternalProcessorServicer):
                 await context.write(reply)
 
 
-class GrpclibServicer:
-    """The same answers on grpclib (pure-Python HTTP/2 via h2, one asyncio thread, no grpc core)."""
-
-    def __init__(self, minimal: Minimal) -> None:
-        self.minimal = minimal
-
-    async def process(self, stream) -> None:  # type: ignore[no-untyped-def]
-        state: dict[str, object] = {}
-        async for message in stream:
-            for reply in self.minimal.replies(message, state):
-                await stream.send_message(reply)
-
-    def __mapping__(self):  # type: ignore[no-untyped-def]
-        from grpclib.const import Cardinality, Handler
-
-        return {"/envoy.service.ext_proc.v3.ExternalProcessor/Process": Handler(
-            self.process, Cardinality.STREAM_STREAM, pb.ProcessingRequest, pb.ProcessingResponse)}
-
-
-async def serve_grpclib(port: int, destination: str) -> None:
-    from grpclib.server import Server
-
-    server = Server([GrpclibServicer(Minimal(destination))])
-    await server.start("127.0.0.1", port)
-    gc.freeze()
-    print("ready", flush=True)
-    await server.wait_closed()
-
-
 async def serve(port: int, destination: str, api: str) -> None:
-    if api == "grpclib":
-        return await serve_grpclib(port, destination)
     server = grpc.aio.server()
     minimal = Minimal(destination)
     servicer = IteratorServicer(minimal) if api == "iterator" else ReadWriteServicer(minimal)
@@ -156,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--destination", required=True, help="IP:PORT every request is sent to")
-    parser.add_argument("--api", choices=("read-write", "iterator", "grpclib"), default="read-write",
+    parser.add_argument("--api", choices=("read-write", "iterator"), default="read-write",
                         help="grpc.aio servicer style: context.read()/write() or async iterator + yield")
     args = parser.parse_args()
     uvloop.run(serve(args.port, args.destination, args.api))

@@ -100,8 +100,6 @@ def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Pa
         return MinimalPicker(engine, "read-write")
     if spec == "minimal-iterator":
         return MinimalPicker(engine, "iterator")
-    if spec == "minimal-grpclib":
-        return MinimalPicker(engine, "grpclib")
     if spec == "epp":
         return PickerProcess([engine], extra_args=picker_args, log_path=workdir / "epp.log")
     name, sep, tree = spec.partition("=")

@@ -127,7 +127,7 @@ def server_ssl_context(cert_path: str | None, reload: bool = False) -> ssl.SSLCo
                 log.warning("certificate reload failed, keeping the previous one: %s", exc)
         sock.context = state["context"]
 
-    current.sni_callback = on_handshake  # type: ignore[assignment]
+    current.sni_callback = on_handshake
     return current
 
 

@@ -8,6 +8,7 @@ from the datastore when scraped instead of on a timer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -95,37 +96,47 @@ class Telemetry:
         info.labels(commit=commit, build_ref=build_ref).set(1)
         if datastore is not None:
             r.register(PoolCollector(datastore, pool_name))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, resolved once per label set: ``labels()`` costs more than the update
+        itself. Children appear at first use exactly as before (Prometheus keeps them forever anyway)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_routed(self, request: LLMRequest, body_bytes: int) -> None:
-        labels = (request.model, request.target_model)
-        self.requests.labels(*labels, str(request.priority)).inc()
-        self.request_sizes.labels(*labels).observe(body_bytes)
-        self.running.labels(request.model).inc()
+        model, target = request.model, request.target_model
+        self._child(self.requests, model, target, str(request.priority)).inc()
+        self._child(self.request_sizes, model, target).observe(body_bytes)
+        self._child(self.running, model).inc()
 
     def request_rejected(self, model: str, target_model: str, error: RequestError) -> None:
         self.errors.labels(model, target_model, error_code(error.status)).inc()
 
     def request_finished(self, request: LLMRequest, duration: float, response_bytes: int | None, usage: Usage) -> None:
         """One routed request ended; response size and usage are recorded only when the response was seen."""
-        labels = (request.model, request.target_model)
-        self.running.labels(request.model).dec()
-        self.duration.labels(*labels).observe(duration)
+        model, target = request.model, request.target_model
+        self._child(self.running, model).dec()
+        self._child(self.duration, model, target).observe(duration)
         if response_bytes is not None:
-            self.response_sizes.labels(*labels).observe(response_bytes)
+            self._child(self.response_sizes, model, target).observe(response_bytes)
         if usage.prompt_tokens is not None:
-            self.input_tokens.labels(*labels).observe(usage.prompt_tokens)
+            self._child(self.input_tokens, model, target).observe(usage.prompt_tokens)
         if usage.completion_tokens is not None:
-            self.output_tokens.labels(*labels).observe(usage.completion_tokens)
+            self._child(self.output_tokens, model, target).observe(usage.completion_tokens)
         if usage.cached_tokens is not None:
-            self.cached_tokens.labels(*labels).observe(usage.cached_tokens)
+            self._child(self.cached_tokens, model, target).observe(usage.cached_tokens)
 
     def scheduled(self, duration: float, target_model: str, endpoint: EndpointState | None) -> None:
         self.scheduler_duration.observe(duration)
         if endpoint is None:
-            self.scheduler_attempts.labels("failure", target_model, "", "", "").inc()
+            self._child(self.scheduler_attempts, "failure", target_model, "", "", "").inc()
         else:
             e = endpoint.endpoint
-            self.scheduler_attempts.labels("success", target_model, e.name, e.namespace, str(e.port)).inc()
+            self._child(self.scheduler_attempts, "success", target_model, e.name, e.namespace, str(e.port)).inc()
 
 
 class PoolCollector(Collector):

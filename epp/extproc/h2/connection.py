@@ -19,7 +19,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import hpack
 
@@ -86,7 +86,7 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.draining = False
         self._buf = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._preface = False
         self._decoder = hpack.Decoder()
         self._header_block: tuple[int, int, bytearray] | None = None  # (stream id, flags, fragments)
@@ -99,8 +99,8 @@ class H2Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
-        transport.write(
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+        self.transport.write(
             wire.settings({
                 wire.SETTINGS_ENABLE_PUSH: 0,
                 wire.SETTINGS_MAX_CONCURRENT_STREAMS: 4096,
@@ -340,18 +340,29 @@ class H2Connection(asyncio.Protocol):
     def _send(self, stream: _Stream, replies: Sequence[bytes]) -> None:
         if not replies:
             return
+        out = self._out
         if not stream.replied:
             stream.replied = True
-            self._out.append(wire.frame(wire.HEADERS, wire.END_HEADERS, stream.id, wire.RESPONSE_HEADERS))
+            out.append(wire.frame(wire.HEADERS, wire.END_HEADERS, stream.id, wire.RESPONSE_HEADERS))
         prefix = wire.GRPC_PREFIX.pack
-        payload = b"".join([part for reply in replies for part in (prefix(0, len(reply)), reply)])
-        if stream.pending:
-            stream.pending += payload
+        parts = [part for reply in replies for part in (prefix(0, len(reply)), reply)]
+        total = sum(map(len, parts))
+        if not stream.pending and total <= min(self._max_send_frame, self._send_window, stream.send_window):
+            # The common case: one DATA frame, the replies written as they are (no join, no copy).
+            out.append(wire.frame_header(wire.DATA, 0, stream.id, total))
+            out.extend(parts)
+            self._send_window -= total
+            stream.send_window -= total
+        elif stream.pending:
+            stream.pending += b"".join(parts)
         else:
-            self._write_data(stream, payload)
+            self._write_data(stream, b"".join(parts))
 
     def _write_data(self, stream: _Stream, payload: bytes | bytearray) -> None:
-        """Send what the windows allow now, in frames of at most the peer's frame size; park the rest."""
+        """Send what the windows allow now, in frames of at most the peer's frame size; park the rest.
+
+        Frames are views of ``payload`` until the flush joins them; ``payload`` is never modified later
+        (a parked remainder is a new buffer)."""
         allowed = min(len(payload), self._send_window, stream.send_window)
         out, limit, sid = self._out, self._max_send_frame, stream.id
         view = memoryview(payload)
@@ -359,13 +370,12 @@ class H2Connection(asyncio.Protocol):
         while pos < allowed:
             n = min(limit, allowed - pos)
             out.append(wire.frame_header(wire.DATA, 0, sid, n))
-            out.append(bytes(view[pos : pos + n]))
+            out.append(view[pos : pos + n])
             pos += n
-        view.release()
         self._send_window -= allowed
         stream.send_window -= allowed
         if allowed < len(payload):
-            stream.pending = bytearray(payload[allowed:])
+            stream.pending = bytearray(view[allowed:])
             self._blocked[sid] = stream
         else:
             stream.pending = bytearray()
