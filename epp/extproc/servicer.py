@@ -67,10 +67,15 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
 
     async def Process(  # noqa: N802  (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ProcessingResponse]:
+    ) -> None:
+        """grpc.aio path: ``context.read()``/``write()`` (measured a few per cent cheaper than an async
+        iterator plus ``yield``, which wrap every message in generator machinery)."""
         stream = RequestStream(self.director, self.max_body_bytes)
         try:
-            async for message in request_iterator:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    return
                 try:
                     replies = stream.handle(message)
                 except ProtocolViolation as exc:
@@ -80,6 +85,6 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     log.exception("internal error handling ext_proc message (request id=%s)", stream.request_id or "-")
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error in the endpoint picker")
                 for reply in replies:
-                    yield reply
+                    await context.write(reply)
         finally:
             stream.close()

@@ -56,7 +56,7 @@ Router = Callable[[bytes], "Call | None"]  # :path → a new call, or None for a
 
 
 class _Stream:
-    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "replied", "remote_done")
+    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "need", "replied", "remote_done")
 
     def __init__(self, stream_id: int, call: Call, send_window: int) -> None:
         self.id = stream_id
@@ -65,6 +65,7 @@ class _Stream:
         self.pending = bytearray()  # DATA payload waiting for flow-control window
         self.trailers: bytes | None = None  # sent once ``pending`` drains
         self.inbox = bytearray()  # an incomplete gRPC message
+        self.need = 5  # bytes ``inbox`` must hold before the next message can be complete
         self.replied = False  # response HEADERS sent
         self.remote_done = False  # client sent END_STREAM
 
@@ -228,10 +229,11 @@ class H2Connection(asyncio.Protocol):
         try:
             if data:
                 inbox = stream.inbox
-                if inbox:  # a message spanning frames: parse from the stream's own buffer (replaced, not resized)
+                if inbox:  # a message spanning frames: parse from the stream's own buffer once it is complete
                     inbox += data
-                    consumed = self._messages(stream, memoryview(inbox))
-                    stream.inbox = inbox[consumed:]
+                    if len(inbox) >= stream.need:
+                        consumed = self._messages(stream, memoryview(inbox))
+                        stream.inbox = inbox[consumed:]  # replaced, never resized: views may outlive the call
                 else:
                     consumed = self._messages(stream, data)
                     if consumed < len(data):
@@ -249,8 +251,10 @@ class H2Connection(asyncio.Protocol):
             self._fail(stream, CallError(GRPC_INTERNAL, "internal error in the endpoint picker"))
 
     def _messages(self, stream: _Stream, data: memoryview) -> int:
-        """Hand every complete gRPC message in ``data`` to the call; returns the bytes consumed."""
+        """Hand every complete gRPC message in ``data`` to the call; returns the bytes consumed and sets
+        ``stream.need``, the buffered length at which the next message is complete."""
         pos, n = 0, len(data)
+        stream.need = 5
         while n - pos >= 5 and stream.id in self.streams:
             compressed, length = wire.GRPC_PREFIX.unpack_from(data, pos)
             if compressed:
@@ -258,6 +262,7 @@ class H2Connection(asyncio.Protocol):
             if length > self.max_message_bytes:
                 raise CallError(GRPC_RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds {self.max_message_bytes}")
             if n - pos - 5 < length:
+                stream.need = 5 + length
                 break
             start = pos + 5
             pos = start + length
@@ -430,5 +435,5 @@ class H2Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
+            self.transport.writelines(self._out)  # one gathered write; no joined copy
         self._out.clear()
