@@ -23,10 +23,11 @@ def seed_hash(seed: str) -> int:
 def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     """Hash each block chained to its predecessor, starting from ``seed``."""
     out: list[int] = []
+    append, digest, pack = out.append, xxhash.xxh64_intdigest, _LE64.pack  # hot loop: local names
     parent = seed
     for block in blocks:
-        parent = xxhash.xxh64_intdigest(block + _LE64.pack(parent))
-        out.append(parent)
+        parent = digest(block + pack(parent))
+        append(parent)
     return out
 
 

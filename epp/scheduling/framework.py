@@ -67,10 +67,19 @@ class Picker(Plugin, Protocol):
 
 @dataclass(slots=True)
 class ProfileResult:
-    """What one profile picked: ``endpoints[0]`` is the primary, the rest are the fallback list."""
+    """What one profile picked: ``endpoints[0]`` is the primary, the rest are the fallback list.
+
+    ``candidates`` are the endpoints that passed the filters and ``totals`` their weighted scores
+    (aligned); ``scores`` maps names to totals on demand, off the hot path.
+    """
 
     endpoints: list[EndpointState]
-    scores: dict[str, float] = field(default_factory=dict)
+    candidates: list[EndpointState] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {e.name: t for e, t in zip(self.candidates, self.totals)}
 
 
 @dataclass(slots=True)
@@ -109,6 +118,13 @@ class ProfileHandler(Plugin, Protocol):
 class PreRequest(Plugin, Protocol):
     def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         """Called once the pick is final, before the request is forwarded (e.g. to update a prefix index)."""
+        ...
+
+
+@runtime_checkable
+class ResponseHeaders(Plugin, Protocol):
+    def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> Mapping[str, str]:
+        """Headers to add to the client's response once the endpoint answers (e.g. a session token)."""
         ...
 
 

@@ -1,27 +1,64 @@
-"""Named policies, reachable wherever a config is accepted."""
+"""Named policies, reachable wherever a config is accepted (``epp serve --config-file``, replay's
+``--policy``). Each preset is EndpointPickerConfig YAML built by the same loader as user configs, so
+a preset is just a config and every policy this project compares is one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from typing import TYPE_CHECKING
 
-from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
-from epp.scheduling.plugins.profiles.single import SingleProfileHandler
-from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer
-from epp.scheduling.profile import SchedulerProfile, WeightedScorer
-from epp.scheduling.scheduler import Scheduler
+if TYPE_CHECKING:
+    from epp._util.clock import Clock
+    from epp.scheduling.scheduler import Scheduler
 
-
-def least_inflight() -> Scheduler:
-    """Fewest requests in flight from this epp, random among equals."""
-    profile = SchedulerProfile("default", MaxScorePicker(), scorers=[WeightedScorer(ActiveRequestScorer())])
-    return Scheduler({"default": profile}, SingleProfileHandler())
+_HEADER = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
 
 
-PRESETS: dict[str, Callable[[], Scheduler]] = {"least-inflight": least_inflight}
+def _config(plugins: str, profile: str) -> str:
+    return f"{_HEADER}plugins:\n{plugins}schedulingProfiles:\n- name: default\n  plugins:\n{profile}"
 
 
-def build_preset(name: str) -> Scheduler:
-    try:
-        return PRESETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+PRESETS: dict[str, str] = {
+    # Uniformly random endpoint.
+    "random": _config("- {type: random-picker}\n", "  - {pluginRef: random-picker}\n"),
+    # Take turns, ignoring load.
+    "round-robin": _config("- {type: round-robin-picker}\n", "  - {pluginRef: round-robin-picker}\n"),
+    # Shortest engine waiting queue (scraped), random among equals.
+    "least-queue": _config(
+        "- {type: queue-scorer}\n- {type: max-score-picker}\n",
+        "  - {pluginRef: queue-scorer}\n  - {pluginRef: max-score-picker}\n",
+    ),
+    # Fewest requests in flight from this epp, random among equals.
+    "least-inflight": _config(
+        "- {type: active-request-scorer}\n- {type: max-score-picker}\n",
+        "  - {pluginRef: active-request-scorer}\n  - {pluginRef: max-score-picker}\n",
+    ),
+    # GIE's behaviour without a config file.
+    "gie-default": _config(
+        "- {type: queue-scorer}\n- {type: kv-cache-utilization-scorer}\n- {type: prefix-cache-scorer}\n"
+        "- {type: max-score-picker}\n",
+        "  - {pluginRef: queue-scorer, weight: 2}\n  - {pluginRef: kv-cache-utilization-scorer, weight: 2}\n"
+        "  - {pluginRef: prefix-cache-scorer, weight: 3}\n  - {pluginRef: max-score-picker}\n",
+    ),
+    # SGLang router's cache_aware policy with current sgl-router defaults: shortest queue when
+    # imbalanced, else the longest approximate-tree match above the threshold, else the emptiest tree.
+    "sglang-cache-aware": _config(
+        "- {type: sglang-imbalance-filter, parameters: {balanceAbsThreshold: 64, balanceRelThreshold: 1.5}}\n"
+        "- {type: sglang-cache-aware-scorer, parameters: {cacheThreshold: 0.3, evictionIntervalSecs: 120,"
+        " maxTreeSize: 67108864}}\n"
+        "- {type: max-score-picker}\n",
+        "  - {pluginRef: sglang-imbalance-filter}\n  - {pluginRef: sglang-cache-aware-scorer}\n"
+        "  - {pluginRef: max-score-picker}\n",
+    ),
+}
+
+DEFAULT_PRESET = "gie-default"
+
+
+def build_preset(name: str, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:
+    """The named preset as a ``Scheduler`` (ValueError naming the known presets if unknown)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown policy preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    from epp.config import load_scheduler_text  # the config layer sits above scheduling
+
+    return load_scheduler_text(PRESETS[name], clock=clock, rng=rng)

@@ -33,10 +33,12 @@ class SchedulerProfile:
                 return None
         totals = [0.0] * len(endpoints)
         for ws in self.scorers:
-            weight = ws.weight
-            for i, s in enumerate(ws.scorer.score(cycle, request, endpoints)):
-                totals[i] += weight * (0.0 if s < 0.0 else 1.0 if s > 1.0 else s)
+            w = ws.weight
+            totals = [
+                t + w * (0.0 if s < 0.0 else 1.0 if s > 1.0 else s)
+                for t, s in zip(totals, ws.scorer.score(cycle, request, endpoints))
+            ]
         picked = self.picker.pick(cycle, request, endpoints, totals)
         if not picked:
             return None
-        return ProfileResult(picked, {e.name: t for e, t in zip(endpoints, totals)})
+        return ProfileResult(picked, endpoints, totals)

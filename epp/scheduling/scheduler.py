@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from epp.datastore import EndpointState
+from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.scheduling.framework import (
     CycleState,
+    Plugin,
     PreRequest,
     ProfileHandler,
     ProfileResult,
     ResponseComplete,
+    ResponseHeaders,
     SchedulingResult,
 )
 from epp.scheduling.profile import SchedulerProfile
+
+if TYPE_CHECKING:
+    from epp.scheduling.saturation import SaturationDetector
 
 
 class Scheduler:
@@ -22,6 +28,11 @@ class Scheduler:
 
     Raises ``RequestError`` 503 for no candidates and 429 (``rejected-saturated``) when every profile's
     filters left nothing, as the reference does.
+
+    ``plugins`` is every plugin the config built (also those outside profiles, such as producers):
+    the ones implementing PreRequest / ResponseHeaders / ResponseComplete are called at those points
+    in declaration order, and ``attach`` subscribes the ones that track endpoints to a datastore.
+    ``saturation_detector`` is what admission asks before shedding sheddable (priority < 0) requests.
     """
 
     def __init__(
@@ -30,13 +41,28 @@ class Scheduler:
         handler: ProfileHandler,
         pre_request: Sequence[PreRequest] = (),
         response_complete: Sequence[ResponseComplete] = (),
+        *,
+        plugins: Sequence[Plugin] = (),
+        saturation_detector: SaturationDetector | None = None,
     ) -> None:
         if not profiles:
             raise ValueError("a scheduler needs at least one profile")
         self.profiles = dict(profiles)
         self.handler = handler
-        self.pre_request_plugins = list(pre_request)
-        self.response_complete_plugins = list(response_complete)
+        self.plugins = list(plugins)
+        self.pre_request_plugins = _merge(pre_request, [p for p in self.plugins if isinstance(p, PreRequest)])
+        self.response_complete_plugins = _merge(
+            response_complete, [p for p in self.plugins if isinstance(p, ResponseComplete)]
+        )
+        self.response_header_plugins = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
+        self.saturation_detector = saturation_detector
+
+    def attach(self, datastore: Datastore) -> None:
+        """Subscribe plugins that keep per-endpoint state (prefix index, LRUs, trees) to membership
+        changes, so removed endpoints are purged."""
+        for plugin in self.plugins:
+            if hasattr(plugin, "endpoint_added") and hasattr(plugin, "endpoint_removed"):
+                datastore.add_listener(plugin)  # type: ignore[arg-type]
 
     def schedule(
         self, request: LLMRequest, candidates: list[EndpointState], cycle: CycleState | None = None
@@ -64,6 +90,20 @@ class Scheduler:
             plugin.pre_request(cycle, request, result)
         return result
 
+    def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> dict[str, str]:
+        """Headers the plugins want on the client response from ``endpoint`` (later plugins win)."""
+        headers: dict[str, str] = {}
+        for plugin in self.response_header_plugins:
+            headers.update(plugin.response_headers(request, endpoint))
+        return headers
+
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         for plugin in self.response_complete_plugins:
             plugin.response_complete(request, endpoint, usage)
+
+
+def _merge(explicit: Sequence[Plugin], derived: Sequence[Plugin]) -> list:  # type: ignore[type-arg]
+    """Explicit hooks first, then the plugins' own, each once."""
+    out = list(explicit)
+    out.extend(p for p in derived if all(p is not q for q in out))
+    return out

@@ -76,3 +76,26 @@ def test_no_candidates_is_503_and_all_filtered_is_429() -> None:
 def test_unknown_preset_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match="least-inflight"):
         build_preset("nope")
+
+
+def test_scheduler_hooks_come_from_the_built_plugins() -> None:
+    from epp.datastore import Datastore
+    from epp.scheduling.plugins.scorers.session_affinity import session_token
+    from epp.config import load_scheduler_text
+
+    scheduler = load_scheduler_text(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins: [{type: session-affinity-scorer}, {type: prefix-cache-scorer}, {type: no-hit-lru-scorer}]\n"
+    )
+    assert {p.typed_name.type for p in scheduler.pre_request_plugins} == {"approx-prefix-cache-producer", "no-hit-lru-scorer"}
+    states = make_states(2)
+    assert scheduler.response_headers(make_request(), states[1]) == {"x-session-token": session_token(states[1])}
+    store = Datastore()
+    scheduler.attach(store)
+    for s in states:
+        store.upsert(s.endpoint)
+    result = scheduler.schedule(make_request(prompt=b"z" * 256), states)
+    picked = result.endpoints[0].name
+    store.remove(picked)  # purged from the prefix index and the LRU
+    lru = next(p for p in scheduler.plugins if p.typed_name.type == "no-hit-lru-scorer")
+    assert picked not in lru._used  # type: ignore[attr-defined]

@@ -1,20 +1,26 @@
-"""``max-score-picker``: the highest total score wins; ties are broken at random."""
+"""``max-score-picker``: the highest total score wins; ties are broken at random.
+
+Shuffle, then stable-sort by score descending, then take ``maxNumOfEndpoints`` (GIE): equal scores
+land in random order, so ties never pile onto the first endpoint in discovery order.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.params import decode_params
+from epp.scheduling.plugins.pickers._params import PickerParams
+from epp.scheduling.registry import PluginHandle
 
 MAX_SCORE_PICKER = "max-score-picker"
 
 
 class MaxScorePicker:
-    """Shuffle, then stable-sort by score: equal scores land in random order, so ties never pile onto
-    the first endpoint in discovery order."""
-
     def __init__(self, name: str = MAX_SCORE_PICKER, max_num_of_endpoints: int = 1, rng: random.Random | None = None):
         if max_num_of_endpoints < 1:
             raise ValueError("maxNumOfEndpoints must be at least 1")
@@ -33,3 +39,7 @@ class MaxScorePicker:
         self._rng.shuffle(order)
         order.sort(key=scores.__getitem__, reverse=True)
         return [endpoints[i] for i in order[: self.max_num_of_endpoints]]
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> MaxScorePicker:
+    return MaxScorePicker(name, decode_params(PickerParams, params).max_num_of_endpoints, handle.child_rng())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
+from epp.scheduling.params import NoParams, decode_params
 from epp.scheduling.profile import SchedulerProfile
+from epp.scheduling.registry import PluginHandle
 
 SINGLE_PROFILE_HANDLER = "single-profile-handler"
 
@@ -33,3 +36,8 @@ class SingleProfileHandler:
     ) -> SchedulingResult:
         (name,) = results
         return SchedulingResult(results, name)
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> SingleProfileHandler:
+    decode_params(NoParams, params)
+    return SingleProfileHandler(name)

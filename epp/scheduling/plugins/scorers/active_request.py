@@ -1,16 +1,35 @@
 """``active-request-scorer``: prefer endpoints with fewer requests in flight from this epp.
 
 Score = 1 when in-flight ≤ ``idleThreshold``, else (max − c) / max × ``maxBusyScore`` over the
-candidates, as llm-d's scorer defines it. Uses epp's own counters, so it reacts before the next scrape.
+candidates, as llm-d's scorer defines it. Uses epp's own counters, so it reacts before the next
+scrape; not metric-based, so staleness does not apply.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.params import ParamError, decode_params
+from epp.scheduling.registry import PluginHandle
 
 ACTIVE_REQUEST_SCORER = "active-request-scorer"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRequestParams:
+    idle_threshold: int = 0
+    max_busy_score: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.idle_threshold < 0:
+            raise ParamError("idleThreshold", "must not be negative")
+        if not 0.0 <= self.max_busy_score <= 1.0:
+            raise ParamError("maxBusyScore", "must be between 0 and 1")
 
 
 class ActiveRequestScorer:
@@ -26,3 +45,8 @@ class ActiveRequestScorer:
             return [1.0] * len(counts)
         busy = self.max_busy_score
         return [1.0 if c <= self.idle_threshold else (peak - c) / peak * busy for c in counts]
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> ActiveRequestScorer:
+    p = decode_params(ActiveRequestParams, params)
+    return ActiveRequestScorer(name, p.idle_threshold, p.max_busy_score)

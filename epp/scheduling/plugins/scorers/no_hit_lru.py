@@ -1,0 +1,97 @@
+"""``no-hit-lru-scorer`` (llm-d): spread prompts nobody has cached over the least recently used endpoints.
+
+A request is cold when no candidate holds any of its leading blocks (per the prefix producer; no
+producer configured → every request is cold). For a cold request the candidates are ranked by when
+they last received a cold request — never first (in candidate order), then oldest — and scored
+1 − rank/(n − 1), so the first gets 1 and the last 0 (a lone candidate gets 1). A warm request scores
+0.5 everywhere, leaving the choice to the other scorers. Once a cold request's pick is final the
+chosen endpoint (and the ``prefill`` profile's pick) becomes the most recently used. ``lruSize`` (1024)
+bounds the endpoints remembered. Not metric-based: staleness does not apply.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from epp.datastore import Endpoint, EndpointState
+from epp.request import LLMRequest
+from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.scheduling.params import ParamError, decode_params
+from epp.scheduling.plugins.scorers._common import NEUTRAL
+from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, PREFILL_PROFILE, ApproxPrefixCacheProducer
+from epp.scheduling.registry import PluginHandle
+
+NO_HIT_LRU_SCORER = "no-hit-lru-scorer"
+
+
+@dataclass(frozen=True, slots=True)
+class NoHitLRUParams:
+    lru_size: int = 1024
+    prefix_plugin_type: str | None = None  # accepted for llm-d config compatibility; unused there too
+    prefix_plugin_name: str | None = None  # likewise
+
+    def __post_init__(self) -> None:
+        if self.lru_size < 1:
+            raise ParamError("lruSize", "must be at least 1")
+
+
+class NoHitLRUScorer:
+    def __init__(self, handle: PluginHandle, name: str = NO_HIT_LRU_SCORER, lru_size: int = 1024) -> None:
+        self.typed_name = TypedName(NO_HIT_LRU_SCORER, name)
+        self._handle = handle
+        self._lru_size = lru_size
+        self._used: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._cold_key = f"cold/{name}"
+
+    def _producer(self) -> ApproxPrefixCacheProducer | None:
+        # Resolved at use, not at build: the scorer that creates the producer may come later in the config.
+        found = self._handle.by_type(APPROX_PREFIX_CACHE_PRODUCER)
+        return found if isinstance(found, ApproxPrefixCacheProducer) else None
+
+    def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
+        producer = self._producer()
+        if producer is not None:
+            cold = not any(producer.match(cycle, request, endpoints)[1])
+        else:
+            cold = True
+        cycle[self._cold_key] = cold
+        n = len(endpoints)
+        if not cold:
+            return [NEUTRAL] * n
+        if n == 1:
+            return [1.0]
+        used = self._used
+        never = [i for i, e in enumerate(endpoints) if e.name not in used]
+        position = {name: i for i, name in enumerate(used)}
+        seen = sorted((i for i, e in enumerate(endpoints) if e.name in used), key=lambda i: position[endpoints[i].name])
+        scores = [0.0] * n
+        for rank, i in enumerate(never + seen):
+            scores[i] = 1.0 - rank / (n - 1)
+        return scores
+
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        if not cycle.get(self._cold_key) or not result.endpoints:
+            return
+        self._touch(result.endpoints[0].name)
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
+            self._touch(prefill.endpoints[0].name)
+
+    def _touch(self, name: str) -> None:
+        self._used.pop(name, None)
+        self._used[name] = None
+        if len(self._used) > self._lru_size:
+            self._used.popitem(last=False)
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        """New endpoints are simply never used yet."""
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._used.pop(endpoint.name, None)
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> NoHitLRUScorer:
+    return NoHitLRUScorer(handle, name, decode_params(NoHitLRUParams, params).lru_size)

@@ -1,0 +1,25 @@
+"""A request's prompt as chained block hashes (GIE's approximate prefix scheme).
+
+Text prompts are cut into blocks of ``block_tokens × 4`` bytes (GIE's 4-characters-per-token estimate;
+16 tokens → 64 bytes); when the request carries token ids, blocks are ``block_tokens`` token ids
+packed as little-endian uint32, as the reference hashes real tokens. A trailing partial block is
+dropped and at most ``max_blocks`` blocks are hashed. The chain is seeded with the target model (and
+the request's ``cache_salt``), so two models never share an entry.
+"""
+
+from __future__ import annotations
+
+from epp._util.hashing import chain_hashes, seed_hash, text_blocks, token_blocks
+from epp.request import LLMRequest
+
+BYTES_PER_TOKEN = 4
+
+
+def prompt_block_hashes(request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+    salt = request.body.get("cache_salt") if request.body else None
+    seed = seed_hash(request.target_model + (salt if isinstance(salt, str) else ""))
+    if request.prompt_token_ids is not None:
+        tokens = request.prompt_token_ids[: block_tokens * max_blocks]
+        return chain_hashes(token_blocks(tokens, block_tokens), seed)
+    block_bytes = block_tokens * BYTES_PER_TOKEN
+    return chain_hashes(text_blocks(request.prompt_bytes[: block_bytes * max_blocks], block_bytes), seed)

@@ -1,0 +1,216 @@
+"""The approximate prefix index: which endpoints have recently been sent which prompt blocks.
+
+One table shared by all endpoints, built for a small, measured footprint (14 bytes per slot, 1.6
+slots per entry of capacity: ~23 bytes per cached (block, endpoint) entry when every endpoint is at
+capacity, ≤ 45 just after the endpoint slots double; ``bench/schedule.py`` measures it) and for
+lookups that cost a fixed handful of vectorised numpy operations whatever the number of endpoints:
+
+* Entries are ``(block hash, endpoint slot, generation)`` triples in a set-associative table: a hash
+  lives in one bucket of ``WAYS`` slots (hash modulo the bucket count), so a lookup gathers ``WAYS``
+  slots per block and never probes. A block cached on several endpoints takes one slot per endpoint; a block
+  shared by more endpoints than a bucket holds keeps only its most recently touched owners (the
+  index approximates engine caches, as the reference's does).
+* Per-endpoint LRU with capacity ``C`` is generational: an endpoint's touches fill generations of
+  ``ceil(C / G)`` entries (G = min(8, C)) and an entry is live while its generation is among the
+  endpoint's newest G. An endpoint therefore holds its most recent ``C·(G−1)/G`` to ``C`` distinct
+  blocks (exactly its ``C`` most recent when ``C ≤ 8``), and expired entries are simply free slots: no
+  per-entry links, no sweeps. Removing an endpoint expires all its entries at once.
+* New entries go where a per-bucket clock hand points, skipping live entries; a bucket full of live
+  entries overwrites the one under the hand (the least recently written).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from epp.datastore import Endpoint
+
+WAYS = 32
+GENERATIONS = 8
+_SLOTS_PER_ENTRY = 1.6  # table slots per entry of full capacity: a bucket overflows with p < 1e-3
+_MIN_ENDPOINTS = 8
+_WAY_OFFSETS = np.arange(WAYS, dtype=np.intp)
+
+U64 = npt.NDArray[np.uint64]
+Ints = npt.NDArray[np.intp]
+
+
+class BlockIndex:
+    """Approximate per-endpoint LRU of prompt-block hashes (see the module docstring for the layout).
+
+    ``match`` follows the reference: walk the blocks from the first, stop at the first block no
+    endpoint has, and count per endpoint the blocks it has before that point.
+    """
+
+    def __init__(self, capacity_per_endpoint: int = 31250) -> None:
+        if capacity_per_endpoint < 1:
+            raise ValueError("lruCapacityPerServer must be at least 1")
+        self.capacity = capacity_per_endpoint
+        self._gens = min(GENERATIONS, capacity_per_endpoint)
+        self._gen_size = math.ceil(capacity_per_endpoint / self._gens)
+        self._slot_of: dict[str, int] = {}
+        self._version = 0  # bumped by every change to the table
+        self._last: tuple[Sequence[int], int, U64, Ints, Ints] | None = None
+        self._allocate(_MIN_ENDPOINTS)
+
+    # -- layout ------------------------------------------------------------------------------
+    def _allocate(self, endpoint_slots: int) -> None:
+        buckets = max(1, math.ceil(_SLOTS_PER_ENTRY * endpoint_slots * self.capacity / WAYS))
+        self._buckets = np.uint64(buckets)
+        self._keys = np.zeros(buckets * WAYS, dtype=np.uint64)
+        self._owners = np.zeros(buckets * WAYS, dtype=np.uint16)
+        self._entry_gens = np.zeros(buckets * WAYS, dtype=np.uint32)
+        self._hands = np.zeros(buckets, dtype=np.intp)
+        # Current generation and its fill per endpoint slot. Starting at G makes never-written
+        # table slots (generation 0) expired for every owner.
+        self._current = np.full(endpoint_slots, self._gens, dtype=np.int64)
+        self._fill = np.zeros(endpoint_slots, dtype=np.int64)
+        used = set(self._slot_of.values())
+        self._free_slots = [s for s in range(endpoint_slots - 1, -1, -1) if s not in used]
+
+    def _grow(self) -> None:
+        """Double the endpoint slots and re-place live entries (rare: only as endpoints are added)."""
+        self._version += 1
+        old_current, old_fill = self._current, self._fill
+        live = self._live(self._owners, self._entry_gens)
+        keys, owners, gens = self._keys[live], self._owners[live], self._entry_gens[live]
+        self._allocate(2 * len(old_current))
+        self._current[: len(old_current)] = old_current
+        self._fill[: len(old_fill)] = old_fill
+        self._place(keys, owners, gens.astype(np.int64))
+
+    def _slot(self, endpoint: str) -> int:
+        slot = self._slot_of.get(endpoint)
+        if slot is None:
+            if not self._free_slots:
+                self._grow()
+            slot = self._free_slots.pop()
+            self._slot_of[endpoint] = slot
+        return slot
+
+    def _live(self, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
+        return (self._current[owners] - gens) < self._gens
+
+    def _key_hits(self, h: U64) -> tuple[Ints, Ints]:
+        """(row, table position) of every slot whose key equals a block hash, live or not."""
+        base = (h % self._buckets).astype(np.intp) * WAYS
+        rows, ways = np.nonzero(self._keys[base[:, None] + _WAY_OFFSETS] == h[:, None])
+        return rows, base[rows] + ways
+
+    # -- PrefixIndex ---------------------------------------------------------------------------
+    def _lookup(self, hashes: Sequence[int]) -> tuple[U64, Ints, Ints]:
+        """Hashes as an array plus their key hits; the last lookup is reused while the table is
+        unchanged, so the PreRequest ``add`` after a ``match`` of the same list costs no second gather."""
+        last = self._last
+        if last is not None and last[0] is hashes and last[1] == self._version:
+            return last[2], last[3], last[4]
+        h = np.asarray(hashes, dtype=np.uint64)
+        rows, pos = self._key_hits(h)
+        self._last = (hashes, self._version, h, rows, pos)
+        return h, rows, pos
+
+    def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
+        if not hashes:
+            return [0] * len(endpoints)
+        _, rows, pos = self._lookup(hashes)
+        owners = self._owners[pos]
+        live = self._live(owners, self._entry_gens[pos])
+        rows, owners = rows[live], owners[live]
+        present = np.zeros(len(hashes) + 1, dtype=bool)
+        present[rows] = True
+        stop = int(present.argmin())
+        if stop == 0:
+            return [0] * len(endpoints)
+        counts = np.bincount(owners[rows < stop], minlength=len(self._current)).tolist()
+        slot_of = self._slot_of
+        return [counts[slot_of[e]] if e in slot_of else 0 for e in endpoints]
+
+    def add(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """Record that ``endpoint`` now holds ``hashes`` (a prompt's chain, first block first).
+
+        Blocks are touched last-to-first, so a prompt's first blocks are its most recent and are
+        evicted last: what stays cached of a prompt is a prefix, as in an engine's cache.
+        """
+        if not hashes:
+            return
+        slot = self._slot(endpoint)
+        h, rows, pos = self._lookup(hashes)
+        gens = self._entry_gens[pos]
+        current = int(self._current[slot])
+        mine = (self._owners[pos] == slot) & (current - gens < self._gens)
+        rows, pos, gens = rows[mine], pos[mine], gens[mine]
+        touched = np.ones(len(h), dtype=bool)
+        touched[rows[gens == current]] = False  # already in the newest generation: nothing to do
+        n = int(touched.sum())
+        if n == 0:
+            return
+        self._version += 1
+        # Touch order is last block first; the j-th touch goes into generation
+        # current + (fill + j) // size, so a full generation rolls over to the next.
+        later = np.cumsum(touched[::-1])[::-1] - 1  # touched rows after each row
+        order = int(self._fill[slot]) + later
+        row_gens = current + order // self._gen_size
+        last = int(self._fill[slot]) + n - 1
+        self._current[slot] = current + last // self._gen_size
+        self._fill[slot] = last % self._gen_size + 1
+        promote = touched[rows]
+        self._entry_gens[pos[promote]] = row_gens[rows[promote]]
+        touched[rows] = False
+        if touched.any():
+            self._place(h[touched], np.full(int(touched.sum()), slot, dtype=np.uint16), row_gens[touched])
+
+    def _place(self, keys: U64, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.int64]) -> None:
+        """Write new entries. Each bucket has a clock hand; a new entry takes the slot under the hand,
+        skipping live entries (up to a bucket's worth of tries, then it overwrites). The hand's slot was
+        written a whole table's worth of inserts ago, so it has almost always expired: the common case
+        costs a few operations on ``len(keys)`` elements, not a scan of the buckets.
+
+        Rows landing on the same slot are resolved in rounds: numpy keeps the last write, the others
+        go round again.
+        """
+        tries = np.zeros(len(keys), dtype=np.intp)
+        while len(keys):
+            buckets = (keys % self._buckets).astype(np.intp)
+            hands = self._hands[buckets]
+            chosen = buckets * WAYS + hands
+            self._hands[buckets] = (hands + 1) % WAYS
+            skip = self._live(self._owners[chosen], self._entry_gens[chosen]) & (tries < WAYS)
+            write = ~skip
+            chosen_w, keys_w, owners_w = chosen[write], keys[write], owners[write]
+            self._keys[chosen_w] = keys_w
+            self._owners[chosen_w] = owners_w
+            self._entry_gens[chosen_w] = gens[write]
+            skip[write] = (self._keys[chosen_w] != keys_w) | (self._owners[chosen_w] != owners_w)
+            keys, owners, gens, tries = keys[skip], owners[skip], gens[skip], tries[skip] + 1
+
+    def remove(self, endpoint: str) -> None:
+        """Forget an endpoint: its entries expire at once and its slot is reused later."""
+        slot = self._slot_of.pop(endpoint, None)
+        if slot is not None:
+            self._version += 1
+            self._current[slot] += self._gens + 1
+            self._fill[slot] = 0
+            self._free_slots.append(slot)
+
+    # -- DatastoreListener -------------------------------------------------------------------------
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        """Reserve the endpoint's slot now, so growing the table happens at discovery, not in a pick."""
+        self._slot(endpoint.name)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.remove(endpoint.name)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def entries(self) -> int:
+        """Live (block, endpoint) entries."""
+        return int(self._live(self._owners, self._entry_gens).sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table and the per-endpoint counters."""
+        arrays = (self._keys, self._owners, self._entry_gens, self._hands, self._current, self._fill)
+        return sum(a.nbytes for a in arrays)

@@ -1,0 +1,137 @@
+"""``approx-prefix-cache-producer``: per request, how much of its prompt each endpoint likely caches.
+
+It hashes the prompt once per scheduling cycle (``prompt_block_hashes``), looks the hashes up in its
+``PrefixIndex`` for the endpoints asked about, and — once the pick is final (PreRequest) — records
+the prompt for the chosen endpoint and for the ``prefill`` profile's pick, if any, as GIE does.
+Removed endpoints are purged through the datastore-listener methods.
+
+Parameters (GIE names): ``blockSizeTokens`` 16, ``maxPrefixBlocksToMatch`` 256 (or llm-d's
+``maxPrefixTokensToMatch``, divided by the block size), ``lruCapacityPerServer`` 31250, ``autoTune``
+true (block size taken from the first candidate's reported ``block_size``). The deprecated
+character-based ``blockSize`` alone is an error, as in GIE. Unlike GIE, autoTune does not resize the
+per-endpoint capacity from ``num_gpu_blocks``: the index is one table sized up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from epp.datastore import Endpoint, EndpointState
+from epp.request import LLMRequest
+from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.scheduling.params import ParamError, decode_params
+from epp.scheduling.prefix.hashing import prompt_block_hashes
+from epp.scheduling.prefix.index import BlockIndex
+from epp.scheduling.prefix.protocol import PrefixIndex
+from epp.scheduling.registry import PluginHandle
+
+APPROX_PREFIX_CACHE_PRODUCER = "approx-prefix-cache-producer"
+PREFILL_PROFILE = "prefill"
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixIndexParams:
+    auto_tune: bool = True
+    block_size_tokens: int = 16
+    block_size: int | None = None
+    max_prefix_blocks_to_match: int = 256
+    max_prefix_tokens_to_match: int | None = None
+    lru_capacity_per_server: int = 31250
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None:
+            raise ParamError("blockSize", "is deprecated (characters); use blockSizeTokens")
+        for key, value in (
+            ("blockSizeTokens", self.block_size_tokens),
+            ("maxPrefixBlocksToMatch", self.max_prefix_blocks_to_match),
+            ("lruCapacityPerServer", self.lru_capacity_per_server),
+        ):
+            if value < 1:
+                raise ParamError(key, "must be at least 1")
+        if self.max_prefix_tokens_to_match is not None and self.max_prefix_tokens_to_match < 1:
+            raise ParamError("maxPrefixTokensToMatch", "must be at least 1")
+
+
+@dataclass(slots=True)
+class PrefixMatch:
+    """One request's block hashes and, per endpoint name, how many leading blocks it holds."""
+
+    hashes: list[int]
+    block_tokens: int
+    hits: dict[str, int] = field(default_factory=dict)
+    aligned: tuple[list[EndpointState], list[int]] | None = None  # last endpoint list asked about
+
+    @property
+    def total(self) -> int:
+        return len(self.hashes)
+
+
+class ApproxPrefixCacheProducer:
+    def __init__(
+        self, name: str = APPROX_PREFIX_CACHE_PRODUCER, params: PrefixIndexParams | None = None,
+        index: PrefixIndex | None = None,
+    ) -> None:
+        self.typed_name = TypedName(APPROX_PREFIX_CACHE_PRODUCER, name)
+        self.params = params or PrefixIndexParams()
+        self.index: PrefixIndex = index or BlockIndex(self.params.lru_capacity_per_server)
+        self._key = f"prefix-match/{name}"
+
+    def _block_tokens(self, endpoints: list[EndpointState]) -> int:
+        if self.params.auto_tune and endpoints:
+            m = endpoints[0].metrics
+            if m is not None and m.block_size:
+                return m.block_size
+        return self.params.block_size_tokens
+
+    def _hashes(self, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
+        block = self._block_tokens(endpoints)
+        limit = self.params.max_prefix_blocks_to_match
+        if self.params.max_prefix_tokens_to_match is not None:
+            limit = max(1, self.params.max_prefix_tokens_to_match // block)
+        return PrefixMatch(prompt_block_hashes(request, block, limit), block)
+
+    def info(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
+        """The cycle's hashes, computed once per request."""
+        info: PrefixMatch | None = cycle.get(self._key)
+        if info is None:
+            info = self._hashes(request, endpoints)
+            cycle[self._key] = info
+        return info
+
+    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> tuple[PrefixMatch, list[int]]:
+        """The cycle's match info and, aligned with ``endpoints``, each one's leading blocks held.
+
+        Looked up once per endpoint per cycle, however many scorers and profiles ask."""
+        info = self.info(cycle, request, endpoints)
+        if info.aligned is not None and info.aligned[0] is endpoints:
+            return info, info.aligned[1]
+        names = [e.endpoint.name for e in endpoints]
+        known = info.hits
+        missing = [n for n in names if n not in known]
+        if missing:
+            known.update(zip(missing, self.index.match(info.hashes, missing)))
+        counts = [known[n] for n in names]
+        info.aligned = (endpoints, counts)
+        return info, counts
+
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        chosen = result.endpoints
+        if not chosen:
+            return
+        hashes = self.info(cycle, request, chosen).hashes
+        self.index.add(chosen[0].name, hashes)
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
+            self.index.add(prefill.endpoints[0].name, hashes)
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        self.index.endpoint_added(endpoint)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.index.endpoint_removed(endpoint)
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    return ApproxPrefixCacheProducer(name, decode_params(PrefixIndexParams, params))

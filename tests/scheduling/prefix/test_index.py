@@ -1,0 +1,117 @@
+"""The approximate prefix index: match semantics, LRU eviction, purge, growth and memory bound."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from epp.datastore import Datastore, Endpoint
+from epp.scheduling.prefix.index import BlockIndex
+
+
+def chain(n: int, rng: random.Random) -> list[int]:
+    return [rng.getrandbits(64) for _ in range(n)]
+
+
+def test_match_counts_leading_blocks_per_endpoint() -> None:
+    index = BlockIndex(100)
+    index.add("a", [1, 2, 3, 4])
+    index.add("b", [1, 2])
+    assert index.match([1, 2, 3, 4, 5], ["a", "b", "c"]) == [4, 2, 0]
+    assert index.match([9, 1, 2], ["a", "b"]) == [0, 0]  # walk stops at the first block nobody has
+    assert index.match([], ["a"]) == [0]
+
+
+def test_walk_continues_while_any_endpoint_has_the_block() -> None:
+    index = BlockIndex(100)
+    index.add("a", [1, 2])
+    index.add("b", [1, 2, 3])
+    index.add("a", [7, 7 + 1])  # unrelated
+    assert index.match([1, 2, 3], ["a", "b"]) == [2, 3]
+
+
+def test_exact_lru_with_small_capacity_evicts_oldest_and_keeps_prefixes() -> None:
+    index = BlockIndex(4)
+    index.add("a", [1, 2, 3])
+    index.add("a", [10, 11])  # 5 distinct blocks for 4 slots: the prompt's last block goes first
+    assert index.match([1, 2, 3], ["a"]) == [2]
+    assert index.match([10, 11], ["a"]) == [2]
+    index.add("a", [1])  # touch: 1 becomes most recent
+    index.add("a", [20, 21])  # evicts 2 and then 11 (the oldest remaining)
+    assert index.match([1, 2], ["a"]) == [1]
+    assert index.match([10, 11], ["a"]) == [1]
+    assert index.match([20, 21], ["a"]) == [2]
+    assert index.entries() == 4
+
+
+def test_generational_lru_holds_between_seven_eighths_and_all_of_capacity() -> None:
+    rng = random.Random(1)
+    index = BlockIndex(800)
+    prompts = [chain(50, rng) for _ in range(40)]  # 2000 distinct blocks into a capacity of 800
+    for p in prompts:
+        index.add("a", p)
+    assert 700 <= index.entries() <= 800
+    held = [index.match(p, ["a"])[0] for p in prompts]
+    assert held[-14:] == [50] * 14  # the most recent 700 blocks are all there
+    assert held[:20] == [0] * 20  # the oldest are gone
+
+
+def test_endpoints_have_separate_capacity() -> None:
+    rng = random.Random(2)
+    index = BlockIndex(16)
+    quiet = chain(8, rng)
+    index.add("quiet", quiet)
+    for _ in range(20):
+        index.add("busy", chain(8, rng))  # a busy endpoint churns only its own entries
+    assert index.match(quiet, ["quiet"]) == [8]
+
+
+def test_removed_endpoint_is_purged_through_the_datastore_and_its_slot_reused() -> None:
+    index = BlockIndex(100)
+    store = Datastore()
+    store.add_listener(index)
+    a, b = Endpoint("a", "10.0.0.1", 8000), Endpoint("b", "10.0.0.2", 8000)
+    store.upsert(a)
+    store.upsert(b)
+    index.add("a", [1, 2, 3])
+    index.add("b", [1, 2])
+    store.remove("a")
+    assert index.match([1, 2, 3], ["a", "b"]) == [0, 2]
+    assert index.entries() == 2
+    store.upsert(Endpoint("c", "10.0.0.3", 8000))  # takes a's old slot: nothing inherited
+    assert index.match([1, 2, 3], ["c", "b"]) == [0, 2]
+
+
+def test_growing_past_the_initial_endpoint_slots_keeps_entries() -> None:
+    rng = random.Random(3)
+    index = BlockIndex(64)
+    prompts = {f"e{i}": chain(10, rng) for i in range(40)}  # 40 endpoints: grows 8 → 16 → 32 → 64 slots
+    for name, p in prompts.items():
+        index.add(name, p)
+    names = list(prompts)
+    for name, p in prompts.items():
+        expected = [10 if n == name else 0 for n in names]
+        assert index.match(p, names) == expected
+
+
+def test_a_block_shared_by_many_endpoints_is_found_on_each() -> None:
+    index = BlockIndex(100)
+    names = [f"e{i}" for i in range(20)]
+    for name in names:
+        index.add(name, [42, 43])
+    assert index.match([42, 43], names) == [2] * 20
+
+
+@pytest.mark.parametrize("endpoints", [8, 9, 24])
+def test_memory_per_cached_entry_is_bounded(endpoints: int) -> None:
+    rng = random.Random(4)
+    capacity = 2000
+    index = BlockIndex(capacity)
+    for i in range(endpoints):
+        for _ in range(capacity * 5 // 4 // 250):
+            index.add(f"e{i}", chain(250, rng))
+    entries = index.entries()
+    assert entries >= endpoints * capacity * 7 // 8
+    # 9 endpoints sit just past a doubling of the endpoint slots (16): the worst case of the sizing.
+    assert index.nbytes / entries <= 64
