@@ -187,7 +187,11 @@ class Director:
         if request.target_model == request.model or request.body is None:
             return None
         request.body["model"] = request.target_model
-        return orjson.dumps(request.body)
+        try:
+            return orjson.dumps(request.body)
+        except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels) in a field the parser skipped
+            raise RequestError(400, "request body is nested too deeply to rewrite its model",
+                               code="invalid_body") from None
 
     def _upstream_headers(self, decision: RoutingDecision, original: Mapping[str, str]) -> dict[str, str]:
         """Destination and model name, plus any header a plugin added or changed (system headers excepted)."""
