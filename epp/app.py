@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 from epp._util.duration import parse_duration
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+DEFAULT_MAX_STREAMS = 10_000
+from epp._util.logs import add_logging_flags, configure_logging
 
 log = logging.getLogger("epp.serve")
 
@@ -77,22 +79,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
     r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted; larger bodies get 413")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                        help="log verbosity: 1 warnings, 2 info, 3+ debug")
+    r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                   help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
+    add_logging_flags(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_format, args.verbosity)
     if not args.static_endpoints:
         log.error("no endpoint source: pass --static-endpoints HOST:PORT[,...]")
         return 2
-    if args.max_body_bytes < 1:
-        log.error("--max-body-bytes must be positive")
+    if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
+        log.error("--max-body-bytes and --max-concurrent-streams must be positive")
         return 2
     try:
         import uvloop
@@ -107,6 +106,7 @@ async def serve(args: argparse.Namespace) -> int:
     from epp.director import Director
     from epp.discovery.static import StaticDiscovery
     from epp.extproc.health import HealthService
+    from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
     from epp.extproc.server import PickerServer
     from epp.extproc.servicer import ExtProcServicer
     from epp.extproc.tls import server_credentials
@@ -131,10 +131,12 @@ async def serve(args: argparse.Namespace) -> int:
     )
     health = HealthService(readiness=lambda: datastore.synced)
     host = args.bind_address or "[::]"
+    limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=telemetry.registry)
     server = PickerServer(
-        ExtProcServicer(director, args.max_body_bytes), health,
+        ExtProcServicer(director, args.max_body_bytes, limiter), health,
         port=args.grpc_port, health_port=args.grpc_health_port, host=host, credentials=credentials,
         max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
+        max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR,
     )
     metrics = MetricsServer(telemetry, args.metrics_port, host=args.bind_address or None)
     stop = asyncio.Event()

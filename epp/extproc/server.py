@@ -20,6 +20,7 @@ class PickerServer:
     """Owns two grpc.aio servers. ``port``/``health_port`` 0 binds a free port; the bound ports are
     readable after ``start``.
 
+    ``max_concurrent_rpcs`` makes gRPC refuse calls beyond it with RESOURCE_EXHAUSTED (None: no cap).
     ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
     within the grace period (after which gRPC cancels them), and closes the health port last.
     """
@@ -35,6 +36,7 @@ class PickerServer:
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         health_on_main_port: bool = False,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self.servicer = servicer
         self.health = health
@@ -45,11 +47,12 @@ class PickerServer:
         self.health_on_main_port = health_on_main_port
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._health: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        main = grpc.aio.server(options=self._options)
+        main = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)

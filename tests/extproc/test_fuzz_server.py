@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 
 from epp.director import Director
 from epp.extproc.health import HealthService
+from epp.extproc.limits import StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from tests.extproc.builders import CHAT_BODY, make_director, request_body, request_headers, set_headers
@@ -42,7 +43,8 @@ class ThreadedPicker:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-picker", daemon=True)
         self._thread.start()
-        servicer = ExtProcServicer(self.director, max_body_bytes=MAX_BODY)
+        self.limiter = StreamLimiter(1000, MAX_BODY, registry=self.director.telemetry.registry)
+        servicer = ExtProcServicer(self.director, max_body_bytes=MAX_BODY, limiter=self.limiter)
         self.server = PickerServer(servicer, HealthService(lambda: True), port=0, health_port=0, host="127.0.0.1",
                                    max_message_bytes=MAX_BODY)
         self._run(self.server.start())
@@ -65,6 +67,7 @@ class ThreadedPicker:
         """Assert nothing is held, from the server's own thread (the director is not thread-safe)."""
         async def check() -> None:
             assert_nothing_held(self.director)
+            assert len(self.limiter) == 0 and self.limiter.buffered_bytes() == 0
         self._run(check())
 
     def close(self) -> None:
