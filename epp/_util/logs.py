@@ -81,9 +81,17 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = repr(record.exc_info[1])
             entry["stacktrace"] = self.formatException(record.exc_info)
         try:
-            return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-        except (TypeError, orjson.JSONEncodeError):  # e.g. an int beyond 64 bits, deep nesting
-            return orjson.dumps({key: str(value) for key, value in entry.items()}).decode()
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # e.g. an int beyond 64 bits: only the offending values become text
+            return orjson.dumps({key: _encodable(value) for key, value in entry.items()}, default=str).decode()
+
+
+def _encodable(value: object) -> object:
+    try:
+        orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError:
+        return str(value)
+    return value
 
 
 def level_for(verbosity: int) -> int:
