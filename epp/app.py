@@ -1,6 +1,7 @@
 """``epp serve``: composition root of the endpoint picker.
 
-Builds datastore → discovery → scheduler → telemetry → director → servers, starts them in that order,
+Builds datastore → telemetry → discovery (static list, or Kubernetes with optional leader election) →
+scheduler (--config-file/--config-text, else the reference default) → director → metrics poller → servers, starts them in that order,
 waits for SIGTERM/SIGINT, and stops them in reverse (health NOT_SERVING first, in-flight streams given
 ``--drain-timeout`` to finish). Flags mirror the reference picker's names and defaults.
 """
@@ -14,14 +15,14 @@ import logging
 import signal
 
 from epp._util.duration import parse_duration
-from epp.request.body import DEFAULT_MAX_BODY_BYTES
-
-DEFAULT_MAX_STREAMS = 10_000
 from epp._util.logs import add_logging_flags, configure_logging
+from epp.discovery.kube_setup import add_kubernetes_flags
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("epp.serve")
 
-DEFAULT_POLICY = "least-inflight"
+DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
+DEFAULT_MAX_STREAMS = 10_000
 
 
 def go_bool(text: str) -> bool:
@@ -68,12 +69,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="also serve the gRPC health service on --grpc-port")
     g.add_argument("--drain-timeout", type=duration, default="30s", metavar="DURATION",
                    help="on SIGTERM, how long in-flight streams may take to finish (Go duration, e.g. 30s)")
-    p = parser.add_argument_group("pool")
+    p = parser.add_argument_group("pool without Kubernetes")
     p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
-                   help="fixed pool of model-server endpoints (hostnames are resolved once at start)")
-    p.add_argument("--pool-name", default="", help="InferencePool name; used as the pool metrics' name label")
-    p.add_argument("--metrics-staleness-threshold", type=duration, default="2s", metavar="DURATION",
+                   help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
+                        "instead of --pool-name / --endpoint-selector")
+    add_kubernetes_flags(parser)
+    m = parser.add_argument_group("engine metrics")
+    m.add_argument("--refresh-metrics-interval", type=duration, default="50ms", metavar="DURATION",
+                   help="how often each endpoint's /metrics is scraped (Go duration)")
+    m.add_argument("--metrics-staleness-threshold", type=duration, default="2s", metavar="DURATION",
                    help="engine metrics older than this are stale (Go duration)")
+    c = parser.add_argument_group("scheduling")
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--config-file", default="", metavar="PATH|PRESET",
+                        help=f"EndpointPickerConfig YAML file, or a preset name; default: preset {DEFAULT_POLICY}")
+    source.add_argument("--config-text", default="", metavar="YAML", help="EndpointPickerConfig YAML given inline")
     r = parser.add_argument_group("requests")
     r.add_argument("--disable-endpoint-subset-filter", type=go_bool, nargs="?", const=True, default=False,
                    metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
@@ -87,8 +97,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.verbosity)
-    if not args.static_endpoints:
-        log.error("no endpoint source: pass --static-endpoints HOST:PORT[,...]")
+    kube = bool(args.pool_name or args.endpoint_selector)
+    if kube == bool(args.static_endpoints):
+        log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector or --static-endpoints")
         return 2
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
@@ -104,32 +115,45 @@ async def serve(args: argparse.Namespace) -> int:
     from epp import __version__
     from epp.datastore import Datastore
     from epp.director import Director
+    from epp.config import load_scheduler, load_scheduler_text
+    from epp.discovery.kube_setup import build_from_args
     from epp.discovery.static import StaticDiscovery
     from epp.extproc.health import HealthService
     from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
     from epp.extproc.server import PickerServer
     from epp.extproc.servicer import ExtProcServicer
     from epp.extproc.tls import server_credentials
-    from epp.scheduling.presets import build_preset
+    from epp.metrics import MetricsPoller
     from epp.telemetry import Telemetry
     from epp.telemetry.http import MetricsServer
 
     datastore = Datastore(staleness_threshold=args.metrics_staleness_threshold)
+    telemetry = Telemetry(datastore, pool_name=args.pool_name, build_ref=__version__)
     try:
-        discovery = StaticDiscovery(args.static_endpoints)
-        endpoints = await discovery.start(datastore)
+        kube = build_from_args(args, datastore, registry=telemetry.registry)
+        if kube is None:
+            endpoints = await StaticDiscovery(args.static_endpoints).start(datastore)
+            log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
         credentials = (
             server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
         )
+        if args.config_text:
+            scheduler = load_scheduler_text(args.config_text, clock=datastore.clock)
+        else:
+            scheduler = load_scheduler(args.config_file or DEFAULT_POLICY, clock=datastore.clock)
     except (ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
-    log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
-    telemetry = Telemetry(datastore, pool_name=args.pool_name, build_ref=__version__)
     director = Director(
-        datastore, build_preset(DEFAULT_POLICY), telemetry, subset_filter=not args.disable_endpoint_subset_filter
+        datastore, scheduler, telemetry, saturation=scheduler.saturation_detector,
+        subset_filter=not args.disable_endpoint_subset_filter,
+        objective_priority=kube.objective_priority if kube is not None else None,
     )
-    health = HealthService(readiness=lambda: datastore.synced)
+    if kube is not None:
+        health = HealthService(readiness=lambda: kube.ready, leader_election=args.ha_enable_leader_election)
+    else:
+        health = HealthService(readiness=lambda: datastore.synced)
+    poller = MetricsPoller(datastore, interval=args.refresh_metrics_interval, registry=telemetry.registry)
     host = args.bind_address or "[::]"
     limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=telemetry.registry)
     server = PickerServer(
@@ -145,6 +169,9 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if kube is not None:
+                await stack.enter_async_context(kube)
+            await stack.enter_async_context(poller)
             await metrics.start()
             stack.push_async_callback(metrics.stop)
             await server.start()

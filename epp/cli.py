@@ -12,9 +12,9 @@ from epp import __version__
 # (subcommand, module that defines ``configure_parser(parser)``, one-line help).
 # Modules are imported only to build their parser; heavy imports happen when a command runs.
 SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("demo", "epp.demo", "Run a local demo: real Envoy + epp serve + local engines, sample traffic, routing table"),
-    ("sim", "epp.sim.cli", "Run a vLLM-compatible simulated engine"),
     ("serve", "epp.app", "Run the endpoint picker (ext_proc gRPC server)"),
+    ("sim", "epp.sim.cli", "Run a vLLM-compatible simulated engine"),
+    ("demo", "epp.demo", "Run a local demo: real Envoy + epp serve + local engines, sample traffic, routing table"),
 )
 
 

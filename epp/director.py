@@ -89,7 +89,7 @@ class Director:
         telemetry: Telemetry,
         *,
         saturation: Saturation | None = None,
-        objectives: Mapping[str, int] | None = None,
+        objective_priority: Callable[[str], int] | None = None,
         model_rewriter: ModelRewriter | None = None,
         subset_filter: bool = True,
         clock: Clock | None = None,
@@ -99,7 +99,7 @@ class Director:
         self.scheduler = scheduler
         self.telemetry = telemetry
         self.saturation = saturation
-        self.objectives = dict(objectives or {})
+        self.objective_priority = objective_priority
         self.model_rewriter = model_rewriter
         self.subset_filter = subset_filter
         self.clock: Clock = clock or WallClock()
@@ -109,7 +109,8 @@ class Director:
     def route(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None = None) -> RoutingDecision:
         """Pick endpoints for a parsed request; raises ``RequestError`` for every refusal."""
         started = self.clock.now()
-        request.priority = self.objectives.get(request.objective or "", 0)
+        if request.objective and self.objective_priority is not None:
+            request.priority = self.objective_priority(request.objective)
         original_headers = dict(request.headers)
         body = self._apply_rewrite(request)
         candidates = self.candidates(subset)

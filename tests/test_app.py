@@ -82,7 +82,7 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
         [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:8001,127.0.0.1:8002",
          "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
          "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
-         "--drain-timeout", "20s", "--pool-name", "pool-a"],
+         "--drain-timeout", "20s"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -92,11 +92,14 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
             proc.kill()
         proc.wait(timeout=10)
         assert proc.stdout is not None
-        proc.stdout.close()
+        if not proc.stdout.closed:
+            print(proc.stdout.read())  # shown by pytest when the test failed
+            proc.stdout.close()
 
 
-async def wait_health(stub: health_pb2_grpc.HealthStub, want: int) -> None:
+async def wait_health(stub: health_pb2_grpc.HealthStub, want: int, proc: subprocess.Popen[str]) -> None:
     for _ in range(300):
+        assert proc.poll() is None, "epp serve exited early"
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service="inference-extension"), timeout=1)
             if reply.status == want:
@@ -114,18 +117,18 @@ async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['health']}") as hch, \
             grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
         health = health_pb2_grpc.HealthStub(hch)
-        await wait_health(health, health_pb2.HealthCheckResponse.SERVING)
+        await wait_health(health, health_pb2.HealthCheckResponse.SERVING, proc)
         metrics = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).read().decode()
         )
-        assert 'inference_pool_ready_pods{name="pool-a"} 2.0' in metrics
+        assert 'inference_pool_ready_pods{name=""} 2.0' in metrics
         assert "inference_extension_info" in metrics
 
         call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=20)
         await call.write(request_headers())  # in flight: the picker waits for the body
         await call.write(request_body(CHAT_BODY[:10]))
         proc.send_signal(signal.SIGTERM)
-        await wait_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await wait_health(health, health_pb2.HealthCheckResponse.NOT_SERVING, proc)
         assert proc.poll() is None  # still draining the open stream
         with pytest.raises(grpc.aio.AioRpcError):  # …but new streams are refused
             get = iter([request_headers("/x", eos=True, method="GET")])
@@ -148,3 +151,33 @@ async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
     assert proc.stdout is not None
     log = proc.stdout.read()
     assert "shutting down" in log and "stopped" in log
+
+
+def test_kubernetes_and_metrics_flags_are_accepted() -> None:
+    args = build_parser().parse_args(["serve", "--pool-name=p", "--pool-namespace=ns", "--ha-enable-leader-election",
+                                      "--refresh-metrics-interval=100ms"])
+    assert (args.pool_name, args.pool_namespace, args.ha_enable_leader_election) == ("p", "ns", True)
+    assert args.refresh_metrics_interval == 0.1
+
+
+def test_static_and_kubernetes_sources_are_exclusive() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:1", "--pool-name", "p"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--config-file", "no-such-preset-or-file"], "no-such-preset-or-file"),
+     (["--config-text", "kind: NotAConfig"], "apiVersion")],
+)
+def test_serve_refuses_bad_scheduler_config(extra: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--static-endpoints", "127.0.0.1:1",
+         "--bind-address", "127.0.0.1", "--grpc-port", str(free_port()), "--grpc-health-port", str(free_port()),
+         "--metrics-port", str(free_port()), *extra],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and message in proc.stderr

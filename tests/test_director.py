@@ -157,7 +157,7 @@ class FixedSaturation:
 )
 def test_only_negative_priority_is_shed_when_saturated(objective: str | None, saturated: bool, shed: bool) -> None:
     sat = FixedSaturation(saturated)
-    d = make_director(make_store("10.0.0.1:8000"), saturation=sat, objectives={"sheddable": -1, "critical": 10})
+    d = make_director(make_store("10.0.0.1:8000"), saturation=sat, objective_priority={"sheddable": -1, "critical": 10}.__getitem__)
     req = chat(headers={"x-llm-d-inference-objective": objective} if objective else None)
     if shed:
         with pytest.raises(RequestError) as info:

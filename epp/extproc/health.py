@@ -3,7 +3,10 @@
 The reference picker (without leader election) reports any service name — ``""``, ``liveness``,
 ``readiness``, ``inference-extension``, ``envoy.service.ext_proc.v3.ExternalProcessor`` or anything
 else — SERVING exactly when it is ready; probes configured with a different name therefore never
-get SERVICE_UNKNOWN. Draining forces NOT_SERVING so load balancers stop sending before we stop.
+get SERVICE_UNKNOWN. With leader election, ``liveness`` is always SERVING (a standby is healthy, not
+to be restarted), the readiness names follow readiness (synced and leader), and other names are
+SERVICE_UNKNOWN. Draining forces the readiness names to NOT_SERVING so load balancers stop sending
+before we stop.
 """
 
 from __future__ import annotations
@@ -16,19 +19,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+LIVENESS = "liveness"
+READINESS_NAMES = frozenset({"", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor"})
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
     """``Check`` evaluates readiness per call; ``Watch`` re-evaluates every ``poll_interval`` seconds
     and sends a message whenever the status changes (and once at the start)."""
 
-    def __init__(self, readiness: Callable[[], bool], poll_interval: float = 0.5) -> None:
+    def __init__(self, readiness: Callable[[], bool], poll_interval: float = 0.5, leader_election: bool = False) -> None:
         self.readiness = readiness
         self.poll_interval = poll_interval
+        self.leader_election = leader_election
         self.draining = False
         self._changed = asyncio.Event()
 
-    def status(self) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    def status(self, service: str = "") -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+        if self.leader_election:
+            if service == LIVENESS:
+                return SERVING
+            if service not in READINESS_NAMES:
+                return SERVICE_UNKNOWN
         return SERVING if not self.draining and self.readiness() else NOT_SERVING
 
     def drain(self) -> None:
@@ -39,14 +51,14 @@ class HealthService(health_pb2_grpc.HealthServicer):
     async def Check(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        return health_pb2.HealthCheckResponse(status=self.status())
+        return health_pb2.HealthCheckResponse(status=self.status(request.service))
 
     async def Watch(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
-            current = self.status()
+            current = self.status(request.service)
             if current != last:
                 yield health_pb2.HealthCheckResponse(status=current)
                 last = current

@@ -267,3 +267,24 @@ async def test_tls_with_provided_certificate_and_reload(tmp_path: Path, reload: 
 def test_missing_cert_files_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="tls.crt"):
         server_credentials(str(tmp_path))
+
+
+async def test_health_with_leader_election() -> None:
+    ready = {"value": False}
+    health = HealthService(lambda: ready["value"], leader_election=True)
+    server = PickerServer(ExtProcServicer(make_director(*POOL)), health, port=0, health_port=0, host="127.0.0.1")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def status(name: str) -> int:
+                return (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)).status
+
+            assert [await status(n) for n in ("liveness", "readiness", "inference-extension", "other")] == [
+                SERVING, NOT_SERVING, NOT_SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
+            ]
+            ready["value"] = True  # became leader
+            assert [await status(n) for n in ("liveness", "readiness", "")] == [SERVING, SERVING, SERVING]
+    finally:
+        await server.stop(0)
