@@ -73,6 +73,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
                         "instead of --pool-name / --endpoint-selector")
+    p.add_argument("--endpoints-file", default="", metavar="PATH",
+                   help="YAML endpoints file (llm-d file-discovery format); instead of the other pool sources")
+    p.add_argument("--watch-endpoints-file", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="re-read --endpoints-file when it changes (a bad edit keeps the previous pool)")
     add_kubernetes_flags(parser)
     m = parser.add_argument_group("engine metrics")
     m.add_argument("--refresh-metrics-interval", type=duration, default="50ms", metavar="DURATION",
@@ -98,8 +102,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.verbosity)
     kube = bool(args.pool_name or args.endpoint_selector)
-    if kube == bool(args.static_endpoints):
-        log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector or --static-endpoints")
+    if kube + bool(args.static_endpoints) + bool(args.endpoints_file) != 1:
+        log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector, --static-endpoints "
+                  "or --endpoints-file")
         return 2
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
@@ -116,6 +121,7 @@ async def serve(args: argparse.Namespace) -> int:
     from epp.datastore import Datastore
     from epp.director import Director
     from epp.config import load_scheduler, load_scheduler_text
+    from epp.discovery import FileDiscovery
     from epp.discovery.kube_setup import build_from_args
     from epp.discovery.static import StaticDiscovery
     from epp.extproc.health import HealthService
@@ -131,7 +137,11 @@ async def serve(args: argparse.Namespace) -> int:
     telemetry = Telemetry(datastore, pool_name=args.pool_name, build_ref=__version__)
     try:
         kube = build_from_args(args, datastore, registry=telemetry.registry)
-        if kube is None:
+        endpoints_file = None
+        if args.endpoints_file:
+            endpoints_file = FileDiscovery(args.endpoints_file, datastore, reload=args.watch_endpoints_file)
+            await endpoints_file.start()
+        elif kube is None:
             endpoints = await StaticDiscovery(args.static_endpoints).start(datastore)
             log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
         credentials = (
@@ -171,6 +181,8 @@ async def serve(args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             if kube is not None:
                 await stack.enter_async_context(kube)
+            if endpoints_file is not None:
+                stack.push_async_callback(endpoints_file.stop)
             await stack.enter_async_context(poller)
             await metrics.start()
             stack.push_async_callback(metrics.stop)
