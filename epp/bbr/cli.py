@@ -14,8 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from epp.app import duration, go_bool, port
 from epp.request.body import DEFAULT_MAX_BODY_BYTES

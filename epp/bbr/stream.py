@@ -90,7 +90,7 @@ class RouterStream:
         if message.request_headers.end_of_stream:
             return self._route(None, lambda out: [messages.request_headers_reply(out.set, remove=out.remove)])
         if self._request_mode not in (DUPLEX, *BUFFERED_MODES):
-            mode = ProcessingMode.BodySendMode.Name(self._request_mode)  # type: ignore[arg-type]
+            mode = ProcessingMode.BodySendMode.Name(self._request_mode)
             log.error("request %s: ext_proc request body mode %s does not let the router see the body",
                       self.request_id or "-", mode)
             return self._reject(RequestError(

@@ -119,7 +119,7 @@ def test_modes_that_hide_the_body_are_a_loud_500(mode: int) -> None:
     s = stream()
     status, _, error = immediate(s.handle(request_headers(mode=mode))[0])
     assert status == 500 and error["error"]["code"] == "bbr_body_mode"
-    assert ProcessingMode.BodySendMode.Name(mode) in error["error"]["message"]  # type: ignore[arg-type]
+    assert ProcessingMode.BodySendMode.Name(mode) in error["error"]["message"]
 
 
 def test_response_phase_passes_through_in_every_mode() -> None:
