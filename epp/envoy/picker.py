@@ -30,6 +30,8 @@ class PickerProcess:
     are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given.
     """
 
+    name = "epp serve"  # for messages; subclasses running another subcommand say which
+
     def __init__(
         self,
         endpoints: Sequence[Upstream],
@@ -58,7 +60,7 @@ class PickerProcess:
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise RuntimeError("epp serve is not running")
+            raise RuntimeError(f"{self.name} is not running")
         return self._proc.pid
 
     def command(self) -> list[str]:
@@ -79,7 +81,7 @@ class PickerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         if self._proc is not None:
-            raise RuntimeError("epp serve already started")
+            raise RuntimeError(f"{self.name} already started")
         stderr = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=stderr)
@@ -90,10 +92,10 @@ class PickerProcess:
         while not self._serving():
             if self._proc.poll() is not None:
                 code, self._proc = self._proc.returncode, None
-                raise RuntimeError(f"epp serve exited with {code} during start-up; log: {self.log_path}")
+                raise RuntimeError(f"{self.name} exited with {code} during start-up; log: {self.log_path}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"epp serve not serving after {timeout:.0f}s; log: {self.log_path}")
+                raise RuntimeError(f"{self.name} not serving after {timeout:.0f}s; log: {self.log_path}")
             time.sleep(0.1)
 
     def _serving(self) -> bool:
