@@ -168,6 +168,11 @@ async def drive(
     stats = TrafficStats()
     pending: set[asyncio.Task[Outcome]] = set()
     timeout = aiohttp.ClientTimeout(total=60)
+
+    def done(task: asyncio.Task[Outcome]) -> None:
+        pending.discard(task)
+        stats.outcomes.append(task.result())
+
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=max_inflight)) as session:
         tick = 0
         while (now := time.monotonic() - t0) < duration:
@@ -175,7 +180,7 @@ async def drive(
                 name, url = gateways[tick % len(gateways)]
                 task = asyncio.create_task(send(session, url, name, mix, t0))
                 pending.add(task)
-                task.add_done_callback(lambda t: (pending.discard(t), stats.outcomes.append(t.result())))
+                task.add_done_callback(done)
             else:
                 stats.skipped += 1
             tick += 1
