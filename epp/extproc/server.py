@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 # Room for BUFFERED bodies up to the body limit plus protobuf framing (Python's default cap is 4 MiB).
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+# Probes are short Check calls; Watch streams live forever, so their number needs a cap too.
+HEALTH_MAX_RPCS = 256
 
 
 class PickerServer:
@@ -61,7 +63,7 @@ class PickerServer:
             self.port = main.add_secure_port(address, self.credentials)
         else:
             self.port = main.add_insecure_port(address)
-        health = grpc.aio.server()
+        health = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()

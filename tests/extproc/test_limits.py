@@ -8,10 +8,12 @@ from collections.abc import Callable
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from epp.extproc.health import HealthService
 from epp.extproc.limits import StreamLimiter
+from epp.extproc import server as server_module
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.stream import ProtocolViolation, RequestStream
@@ -90,3 +92,32 @@ def test_routed_stream_drops_its_request_body_and_counts_response_buffers() -> N
     stream.handle(request_body(CHAT_BODY[10:], eos=True))
     assert stream.buffered_bytes == 0  # forwarded: not held for the whole response
     stream.close()
+
+
+async def test_health_watch_streams_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watch streams never end on their own: past the cap, gRPC refuses more with RESOURCE_EXHAUSTED."""
+    monkeypatch.setattr(server_module, "HEALTH_MAX_RPCS", 2)
+    server = PickerServer(ExtProcServicer(make_director(*POOL)), HealthService(lambda: True, poll_interval=0.02),
+                          port=0, health_port=0, host="127.0.0.1")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [stub.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+            for watch in watches:
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            watches[0].cancel()
+            for _ in range(100):  # the freed slot is usable again
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("health port stayed exhausted after a Watch ended")
+            watches[1].cancel()
+    finally:
+        await server.stop(0)
