@@ -165,9 +165,9 @@ class OfflineReplay:
             if heap and heap[0][0] <= t_arrival:
                 _, e = heapq.heappop(heap)
                 self._deliver(e)
-                self._step(e, t, arrivals[i] if i < n else None)
+                self._step(e, t, arrivals[i] if i < n else math.inf)
             else:
-                self._arrive(i, t, arrivals[i + 1] if i + 1 < n else None)
+                self._arrive(i, t, arrivals[i + 1] if i + 1 < n else math.inf)
                 i += 1
                 if self._progress is not None and (i % 256 == 0 or i == n):
                     self._progress(i)
@@ -185,7 +185,7 @@ class OfflineReplay:
             self.load.append(LoadSample(tick, tuple(loads)))
             self._next_sample = tick + self._sample_every
 
-    def _arrive(self, index: int, now: float, horizon: float | None) -> None:
+    def _arrive(self, index: int, now: float, horizon: float) -> None:
         trace_request = self.requests[index]
         record = self.records[index]
         tokens = trace_request.prompt.tokens()
@@ -218,7 +218,7 @@ class OfflineReplay:
         if self._pending[e] is None:
             self._step(e, now, horizon)
 
-    def _step(self, e: int, now: float, horizon: float | None) -> None:
+    def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
         out = self.engines[e].step(now, horizon)
         if out.duration > 0:
