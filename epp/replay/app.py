@@ -76,10 +76,10 @@ def policies(names: list[str] | None) -> list[str]:
     return specs
 
 
-def run_knee(trace: Trace, policy: str, cluster: ClusterSpec, bounds: Bounds, console: Console) -> Knee:
+def run_knee(trace: Trace, policy: str, seed: int, cluster: ClusterSpec, bounds: Bounds, console: Console) -> Knee:
     def probe(scale: float) -> float | None:
         with console.status(f"knee search: {policy} at rate ×{scale:.3g}"):
-            outcome = run_one(trace, Job(policy, scale), cluster, bounds, lambda n: None)
+            outcome = run_one(trace, Job(policy, scale, seed), cluster, bounds, lambda n: None)
         return outcome.summary["ttft_p90"]
 
     knee = find_knee(policy, trace.mean_rate, probe)
@@ -119,7 +119,7 @@ def replay(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     if args.find_knee:
         (policy,) = policies([args.find_knee])
-        knee = run_knee(trace, policy, cluster, bounds, console)
+        knee = run_knee(trace, policy, args.seed, cluster, bounds, console)
         results["knee"] = dataclasses.asdict(knee)
         if out is not None:
             (out / "knee.json").write_text(json.dumps(results["knee"], indent=2) + "\n")
@@ -127,7 +127,7 @@ def replay(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(results["knee"], indent=2))
             return 0
-    jobs = [Job(policy, rate) for policy in policies(args.policy) for rate in args.rate_scale]
+    jobs = [Job(policy, rate, args.seed) for policy in policies(args.policy) for rate in args.rate_scale]
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,

@@ -108,13 +108,14 @@ def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> E
 
 class OfflineReplay:
     """One policy on one cluster over one trace. ``run()`` once; the result is deterministic for a
-    deterministic scheduler."""
+    deterministic scheduler. ``clock`` (at 0) is the one the scheduler was built on."""
 
     def __init__(
         self,
         requests: Sequence[TraceRequest],
         scheduler: Scheduler,
         cluster: ClusterSpec,
+        clock: VirtualClock,
         rate_scale: float = 1.0,
         load_samples: int = 400,
         progress: Callable[[int], None] | None = None,
@@ -125,7 +126,7 @@ class OfflineReplay:
         self.scheduler = scheduler
         self.cluster = cluster
         self.arrivals = [r.arrival / rate_scale for r in requests]
-        self.clock = VirtualClock()
+        self.clock = clock
         self.datastore = Datastore(self.clock, cluster.staleness_threshold)
         self.endpoints = [Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000) for i in range(cluster.engines)]
         self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from epp._util.clock import Clock
 from epp.scheduling import Scheduler
 from epp.scheduling.presets import PRESETS, build_preset
 
@@ -15,10 +16,11 @@ DEFAULT_PREFERENCE = ("gie-default", "least-inflight")
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A label for reports and a factory: every run gets a fresh scheduler (no state leaks between runs)."""
+    """A label for reports and a factory: every run gets a fresh scheduler (no state leaks between runs),
+    built on the run's virtual clock with its seed, so time-based plugin state follows virtual time."""
 
     label: str
-    build: Callable[[], Scheduler]
+    build: Callable[[Clock, int], Scheduler]
 
 
 def default_preset() -> str:
@@ -33,7 +35,7 @@ def resolve(spec: str) -> Policy:
     """``spec`` is a preset name or ``default``; ValueError lists the known names otherwise."""
     if spec == DEFAULT:
         preset = default_preset()
-        return Policy(DEFAULT, lambda: build_preset(preset))
+        return Policy(DEFAULT, lambda clock, seed: build_preset(preset))
     if spec in PRESETS:
-        return Policy(spec, lambda: build_preset(spec))
+        return Policy(spec, lambda clock, seed: build_preset(spec))
     raise ValueError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from epp._util.clock import VirtualClock
 from epp.replay.bounds import capacity_hit_ratio, chains, ideal_hit_ratio
 from epp.replay.offline import ClusterSpec, OfflineReplay, RunResult
 from epp.replay.policies import resolve
@@ -33,6 +34,7 @@ class Job:
 
     policy: str
     rate_scale: float
+    seed: int = 0
 
     @property
     def label(self) -> str:
@@ -59,7 +61,8 @@ def trace_bounds(trace: Trace, cluster: ClusterSpec) -> Bounds:
 
 def run_one(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, progress: Callable[[int], None]) -> Outcome:
     policy = resolve(job.policy)
-    replay = OfflineReplay(trace.requests, policy.build(), cluster, job.rate_scale, progress=progress)
+    clock = VirtualClock()
+    replay = OfflineReplay(trace.requests, policy.build(clock, job.seed), cluster, clock, job.rate_scale, progress=progress)
     run = replay.run()
     return Outcome(job, summarize(run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity), run)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from epp._util.clock import VirtualClock
 from epp.datastore import EndpointState
 from epp.engine.config import EngineConfig
 from epp.replay.offline import ClusterSpec, OfflineReplay
@@ -20,13 +21,18 @@ from epp.scheduling.profile import WeightedScorer
 from epp.scheduling.scheduler import Scheduler
 
 
+def replay(requests: list[TraceRequest], policy: str, cluster: ClusterSpec) -> OfflineReplay:
+    clock = VirtualClock()
+    return OfflineReplay(requests, resolve(policy).build(clock, 0), cluster, clock)
+
+
 def unique_trace(n: int, length: int = 256, gap: float = 0.05) -> list[TraceRequest]:
     return [TraceRequest(i * gap, SegmentPrompt(((1_000_000 + i * length, length),)), 8) for i in range(n)]
 
 
 @pytest.mark.parametrize("policy", known_policies())
 def test_all_unique_prompts_never_hit(policy: str) -> None:
-    run = OfflineReplay(unique_trace(40), resolve(policy).build(), ClusterSpec(engines=4)).run()
+    run = replay(unique_trace(40), policy, ClusterSpec(engines=4)).run()
     assert all(r.finish is not None for r in run.records)
     assert hit_ratio(run.records) == 0
 
@@ -34,7 +40,7 @@ def test_all_unique_prompts_never_hit(policy: str) -> None:
 def test_one_repeated_prompt_hits_all_but_the_first_time() -> None:
     n, length = 30, 1024
     trace = [TraceRequest(float(i), SegmentPrompt(((0, length),)), 4) for i in range(n)]
-    run = OfflineReplay(trace, resolve("default").build(), ClusterSpec(engines=1)).run()
+    run = replay(trace, "default", ClusterSpec(engines=1)).run()
     # the engine recomputes the last block of a fully cached prompt, as vLLM does
     assert hit_ratio(run.records) == pytest.approx((n - 1) / n * (length - 16) / length)
     assert [r.cached_tokens for r in run.records] == [0] + [length - 16] * (n - 1)
@@ -42,20 +48,20 @@ def test_one_repeated_prompt_hits_all_but_the_first_time() -> None:
 
 def test_latencies_and_counters() -> None:
     trace = unique_trace(20, gap=1.0)  # one request at a time: no queueing
-    replay = OfflineReplay(trace, resolve("default").build(), ClusterSpec(engines=2))
-    run = replay.run()
+    driver = replay(trace, "default", ClusterSpec(engines=2))
+    run = driver.run()
     for r in run.records:
         assert r.first_token is not None and r.finish is not None
         assert 0 < r.first_token - r.arrival < 0.1  # a 256-token prefill on an idle H100
         assert r.finish > r.first_token and r.output_tokens == 8
-    assert all(s.inflight_requests == 0 and s.inflight_tokens == 0 for s in replay.datastore.endpoints())
+    assert all(s.inflight_requests == 0 and s.inflight_tokens == 0 for s in driver.datastore.endpoints())
     assert run.load and all(len(s.per_engine) == 2 for s in run.load)
 
 
 def test_requests_an_engine_cannot_hold_are_shed_not_fatal() -> None:
     engine = EngineConfig(num_gpu_blocks=64)  # 1,008 usable tokens
     trace = unique_trace(3) + [TraceRequest(1.0, SegmentPrompt(((0, 5000),)), 4)]
-    run = OfflineReplay(trace, resolve("default").build(), ClusterSpec(engines=1, engine=engine)).run()
+    run = replay(trace, "default", ClusterSpec(engines=1, engine=engine)).run()
     assert run.records[-1].shed is not None and "max_model_len" in run.records[-1].shed
     assert all(r.finish is not None for r in run.records[:3])
 
@@ -81,7 +87,7 @@ def test_scheduler_sees_metrics_as_stale_as_the_poller_makes_them() -> None:
     scheduler = Scheduler({"p": profile}, SingleProfileHandler())
     # long prompts (~0.3 s prefill each); arrivals inside and after the first 50 ms poll interval
     trace = [TraceRequest(t, SegmentPrompt(((i * 10_000, 8192),)), 2) for i, t in enumerate([0.0, 0.01, 0.07, 0.12])]
-    OfflineReplay(trace, scheduler, ClusterSpec(engines=1)).run()
+    OfflineReplay(trace, scheduler, ClusterSpec(engines=1), VirtualClock()).run()
     assert [at for at, _ in recorder.seen] == pytest.approx([0.0, 0.0, 0.05, 0.10])
     # at 0.01 the first request is running, but the last scrape (t=0) predates it
     assert [load for _, load in recorder.seen] == [0, 0, 2, 3]
