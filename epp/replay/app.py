@@ -80,7 +80,8 @@ def run_knee(trace: Trace, policy: str, seed: int, cluster: ClusterSpec, bounds:
     def probe(scale: float) -> float | None:
         with console.status(f"knee search: {policy} at rate ×{scale:.3g}"):
             outcome = run_one(trace, Job(policy, scale, seed), cluster, bounds, lambda n: None)
-        return outcome.summary["ttft_p90"]
+        p90: float | None = outcome.summary["ttft_p90"]
+        return p90
 
     knee = find_knee(policy, trace.mean_rate, probe)
     if knee.rate_scale is None:

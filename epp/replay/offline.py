@@ -30,9 +30,9 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
 from epp.engine.request import EngineRequest
+from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.scheduling import Scheduler
-from epp.replay.traces.model import TraceRequest
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""

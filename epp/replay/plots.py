@@ -12,11 +12,11 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot is imported: no display, no GUI toolkit
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
-from epp.replay.offline import RunResult  # noqa: E402
+from epp.replay.offline import RunResult
 
 HIT_WINDOWS = 40
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import queue as queue_module
 import traceback
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,7 @@ def _worker(
     try:
         outcome = run_one(trace, job, cluster, bounds, lambda n: queue.put(("progress", index, n)))
         queue.put(("done", index, outcome))
-    except BaseException:  # report anything to the parent, which owns the error
+    except Exception:  # report it to the parent, which owns the error
         queue.put(("error", index, traceback.format_exc()))
 
 
@@ -86,7 +87,7 @@ def run_jobs(
 ) -> list[Outcome]:
     """Outcomes in ``jobs`` order. ``workers`` > 1 runs up to that many processes at a time."""
     if workers <= 1 or len(jobs) <= 1:
-        return [run_one(trace, job, cluster, bounds, lambda n, i=i: progress(i, n)) for i, job in enumerate(jobs)]
+        return [run_one(trace, job, cluster, bounds, partial(progress, i)) for i, job in enumerate(jobs)]
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[Any] = ctx.Queue()
     results: dict[int, Outcome] = {}
@@ -96,9 +97,9 @@ def run_jobs(
         while todo or running:
             while todo and len(running) < workers:
                 index, job = todo.pop(0)
-                proc = ctx.Process(target=_worker, args=(index, trace, job, cluster, bounds, queue), daemon=True)
-                proc.start()
-                running[index] = proc
+                worker = ctx.Process(target=_worker, args=(index, trace, job, cluster, bounds, queue), daemon=True)
+                worker.start()
+                running[index] = worker
             try:
                 kind, index, payload = queue.get(timeout=1.0)
             except queue_module.Empty:

@@ -92,7 +92,7 @@ class Workload:
     """A named generator, its parameter class, and the prefix of its CLI flags."""
 
     flag_prefix: str
-    params: type[SharedPrefixParams] | type[MultiTurnParams]
+    params: type[SharedPrefixParams | MultiTurnParams]
     build: Callable[[Any, int], Trace]
 
 

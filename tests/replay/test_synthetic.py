@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from epp.replay.bounds import chains, ideal_hit_ratio
@@ -28,7 +30,7 @@ def test_multi_turn_prompts_extend_the_previous_turn() -> None:
         by_conv.setdefault(r.session, []).append(r.prompt.tokens())
     for turns in by_conv.values():
         assert [len(t) for t in turns] == [40, 52, 64, 76]
-        for prev, cur in zip(turns, turns[1:]):
+        for prev, cur in pairwise(turns):
             assert cur[: len(prev)] == prev
     firsts = [turns[0][:32] for turns in by_conv.values()]
     assert all(f == firsts[0] for f in firsts)  # one system prompt for everyone

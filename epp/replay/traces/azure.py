@@ -6,7 +6,7 @@ a policy reports on it is a bug.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from epp.replay.traces.model import SegmentPrompt, TraceRequest
 from epp.replay.traces.tokens import TokenSpace
@@ -21,7 +21,7 @@ def looks_like(first_line: str) -> bool:
 def _timestamp(value: str) -> float:
     """'2023-11-16 18:17:03.9799600' (7 fractional digits, more than strptime takes) → epoch seconds."""
     head, _, frac = value.strip().partition(".")
-    base = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    base = datetime.strptime(head, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
     if frac and not frac.isdigit():
         raise ValueError(f"bad fractional seconds in {value!r}")
     return base + (int(frac) / 10 ** len(frac) if frac else 0.0)

@@ -7,23 +7,22 @@
 ```
 
 - ``timestamp`` (required): arrival in **seconds** from the trace start (number ≥ 0).
-- exactly one prompt field: ``prompt`` (completion text), ``messages`` (OpenAI chat messages; their
-  JSON is the prompt, as epp hashes chat bodies) or ``prompt_token_ids`` (list of uint32 token ids).
+- exactly one prompt field: ``prompt`` (completion text), ``messages`` (OpenAI chat messages, rendered
+  with the engine simulator's chat template) or ``prompt_token_ids`` (list of uint32 token ids).
 - ``output_length`` (required): tokens to generate (integer ≥ 1).
 - ``model``, ``session`` (strings), ``priority`` (integer, default 0): optional, passed to the scheduler.
 
-Text becomes one token id per 4 UTF-8 bytes, so equal leading text gives equal leading tokens and the
-engines' prefix caches see the sharing the text has.
+Text is tokenized as the engine simulator does (one token id per 4 UTF-8 bytes), so equal leading text
+gives equal leading tokens, and offline replay sees the same token ids a live ``epp sim`` would.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from epp.engine.tokenizer import encode, render_chat
 from epp.replay.traces.model import TokenPrompt, TraceRequest
-from epp.replay.traces.tokens import UINT32_LIMIT, text_tokens
+from epp.replay.traces.tokens import UINT32_LIMIT
 
 PROMPT_FIELDS = ("prompt", "messages", "prompt_token_ids")
 
@@ -41,11 +40,11 @@ def _prompt(obj: dict[str, Any]) -> TokenPrompt:
     if key == "prompt":
         if not isinstance(value, str):
             raise ValueError("'prompt' must be a string (use 'prompt_token_ids' for token ids)")
-        tokens = text_tokens(value.encode())
+        tokens = tuple(encode(value))
     elif key == "messages":
-        if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-            raise ValueError("'messages' must be a list of message objects")
-        tokens = text_tokens(orjson.dumps(value))
+        if not isinstance(value, list) or not value:
+            raise ValueError("'messages' must be a non-empty list of message objects")
+        tokens = tuple(encode(render_chat(value)))
     else:
         if not isinstance(value, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < UINT32_LIMIT for t in value

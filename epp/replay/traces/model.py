@@ -7,7 +7,7 @@ as Python ints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -145,6 +145,3 @@ class Trace:
             return self
         return Trace(self.name, self.format, self.requests[:max_requests], self.issues, self.block_tokens)
 
-
-def total_prompt_tokens(requests: Sequence[TraceRequest]) -> int:
-    return sum(r.prompt.length for r in requests)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,8 @@ class TraceError(Exception):
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    raw = path.open("rb")
-    stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
-    with raw, stream, io.TextIOWrapper(stream, encoding="utf-8", errors="replace") as text:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as text:
         yield from enumerate(text, start=1)
 
 

@@ -12,12 +12,13 @@ Deterministic: same input, same output.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 
 def resolution(times: Sequence[float]) -> float:
     """Typical spacing of distinct timestamps; 0 when there are fewer than two."""
     distinct = sorted(set(times))
-    gaps = sorted(b - a for a, b in zip(distinct, distinct[1:]))
+    gaps = sorted(b - a for a, b in pairwise(distinct))
     if not gaps:
         return 0.0
     return gaps[len(gaps) // 20]

@@ -3,8 +3,8 @@
 Ranges are disjoint so content from different sources never collides into false sharing:
 - hash-id blocks: id b ↦ ``[b·B, b·B + B)`` (B = the trace's block size, 512 for Mooncake), from 0;
 - unique prompt content (Azure rows, synthetic questions): allocated upwards from ``UNIQUE_BASE``.
-Text is mapped separately (``text_tokens``: one id per 4 UTF-8 bytes) and may land anywhere in
-uint32; a clash needs a whole engine block of equal ids on an equal chain, which text never produces.
+Text is tokenized by the engine's tokenizer and may land anywhere in uint32; a clash would need a whole
+engine block of equal ids on an equal chain, which text never produces.
 """
 
 from __future__ import annotations
@@ -29,9 +29,3 @@ class TokenSpace:
         self._next = start + n
         return start, n
 
-
-def text_tokens(text: bytes) -> tuple[int, ...]:
-    """One token per 4 bytes (little-endian, zero-padded tail): equal leading bytes give equal leading
-    tokens, and the count matches the usual ~4-bytes-per-token estimate."""
-    padded = text + b"\0" * (-len(text) % 4)
-    return tuple(int.from_bytes(padded[i : i + 4], "little") for i in range(0, len(padded), 4))

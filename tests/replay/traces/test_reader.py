@@ -29,7 +29,7 @@ def test_mooncake_hash_ids_become_block_token_runs(tmp_path: Path) -> None:
     trace = read_trace(write(tmp_path / "t.jsonl", [mooncake(0, 1000, [0, 1]), mooncake(2000, 600, [0, 7])]))
     assert trace.format == "mooncake-jsonl" and trace.block_tokens == 512
     first, second = trace.requests
-    assert first.prompt.tokens() == list(range(0, 512)) + list(range(512, 512 + 488))
+    assert first.prompt.tokens() == list(range(512)) + list(range(512, 512 + 488))
     assert second.prompt.tokens()[:512] == first.prompt.tokens()[:512]
     assert second.prompt.tokens()[512:] == list(range(7 * 512, 7 * 512 + 88))
     assert (first.arrival, second.arrival) == (0.0, 2.0)
@@ -81,7 +81,7 @@ def test_epp_jsonl_prompt_messages_and_token_ids(tmp_path: Path) -> None:
     assert a.prompt.tokens()[shared] != b.prompt.tokens()[shared]
     assert (a.model, b.session, ids.priority) == ("m", "s1", 2)
     assert ids.prompt.tokens() == [5, 6, 7]
-    assert chat.prompt.length == -(-len(b'[{"role":"user","content":"hi"}]') // 4)
+    assert chat.prompt.length == -(-len("<|user|>\nhi\n<|assistant|>\n") // 4)
     assert [i.line for i in trace.issues] == [5, 6]
     assert "exactly one of" in trace.issues[0].message
 
