@@ -10,6 +10,10 @@ A discrete-event loop over three kinds of event, in time order:
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production.
 
+Each request carries both its token ids (what token-aware plugins hash, e.g. the prefix scorer) and
+the text those ids decode to with the simulator's tokenizer (what text-based plugins see, e.g. the
+SGLang radix tree), as a client sending text to ``epp serve`` would.
+
 Polls are taken lazily: no event happens between a tick and the next event, so a snapshot taken when
 that event is processed is the state at the tick. Engine steps are given the next arrival as their
 horizon, so runs of pure decode are fused into one event (``EngineCore.step``): an engine's state
@@ -30,6 +34,7 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
 from epp.engine.request import EngineRequest
+from epp.engine.tokenizer import decode
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.scheduling import Scheduler
@@ -195,6 +200,7 @@ class OfflineReplay:
             request_id=request_id,
             kind=RequestKind.COMPLETIONS,
             model=trace_request.model or self.cluster.engine.model,
+            prompt_bytes=decode(tokens).encode(),
             prompt_token_ids=tokens,
             max_tokens=trace_request.output_tokens,
             user=trace_request.session,
