@@ -150,6 +150,8 @@ class OfflineReplay:
         self._progress = progress
         self._inflight: dict[str, _InFlight] = {}
         self._pending: list[list[RequestOutput] | None] = [None] * cluster.engines
+        # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
+        self._stats: list[EngineStats | None] = [None] * cluster.engines
         self._heap: list[tuple[float, int]] = []
 
     def run(self) -> RunResult:
@@ -183,8 +185,11 @@ class OfflineReplay:
 
     def _poll(self, tick: float) -> None:
         loads = []
-        for endpoint, engine in zip(self.endpoints, self.engines):
-            stats = engine.stats()
+        cached = self._stats
+        for e, (endpoint, engine) in enumerate(zip(self.endpoints, self.engines)):
+            stats = cached[e]
+            if stats is None:
+                stats = cached[e] = engine.stats()
             self.datastore.update_metrics(endpoint.name, snapshot(stats, tick, self.models))
             loads.append(stats.num_running + stats.num_waiting)
         if tick >= self._next_sample:
@@ -220,6 +225,7 @@ class OfflineReplay:
             record.shed = f"engine refused: {exc}"
             return
         record.engine = e
+        self._stats[e] = None
         self.datastore.request_started(name, len(tokens))
         self._inflight[request_id] = _InFlight(index, request, e)
         if self._pending[e] is None:
@@ -228,6 +234,7 @@ class OfflineReplay:
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
         out = self.engines[e].step(now, horizon)
+        self._stats[e] = None
         if out.duration > 0:
             self._pending[e] = out.outputs
             heapq.heappush(self._heap, (now + out.duration, e))
