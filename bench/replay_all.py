@@ -23,10 +23,9 @@ from epp.engine.config import EngineConfig
 from epp.replay.knee import Knee, find_knee
 from epp.replay.offline import ClusterSpec
 from epp.replay.plots import write_plots
-from epp.replay.policies import default_preset
 from epp.replay.runner import Job, run_jobs, run_one, trace_bounds
 from epp.replay.traces import Trace, read_trace
-from epp.scheduling.presets import PRESETS
+from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
 
 BASELINE = "least-inflight"
 HERE = Path(__file__).resolve().parent
@@ -106,7 +105,7 @@ def main() -> None:
         f"({platform.python_implementation()} {platform.python_version()}, {args.jobs} worker processes on a "
         "shared 2-core machine). 8 simulated engines `llama-3.1-8b-h100` (calibrated H100 latency model, "
         "vLLM-shaped scheduler and prefix cache), metrics polled every 50 ms of virtual time. "
-        f"`default` is currently an alias of `{default_preset()}`. Hit = cached ÷ prompt tokens as the engines "
+        f"`default` is currently an alias of `{DEFAULT_PRESET}`. Hit = cached ÷ prompt tokens as the engines "
         "saw them; ideal = unlimited single cache in trace order (the ceiling); Azure traces carry no prefix "
         "information, so every hit ratio there is 0 by construction.",
         "",

@@ -5,6 +5,7 @@ Examples::
     epp replay trace.jsonl                                   # every preset, 8 engines, trace speed
     epp replay trace.jsonl --policy default --policy random --rate-scale 1,2 --out results/
     epp replay --synthetic shared-prefix --sp-groups 32 --policy gie-default --json
+    epp replay trace.jsonl --policy my-config.yaml --policy gie-default --engines 16
     epp replay trace.jsonl --find-knee least-queue --max-requests 2000
 """
 
@@ -41,8 +42,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.add_argument("trace", nargs="?", help="Mooncake JSONL, epp JSONL or Azure CSV (optionally .gz)")
     parser.add_argument(
-        "--policy", action="append", metavar="NAME",
-        help="a scheduler preset or 'default'; repeat to compare (default: every preset)",
+        "--policy", action="append", metavar="NAME|CONFIG.yaml",
+        help="a scheduler preset, 'default' or an EndpointPickerConfig file; repeat to compare (default: every preset)",
     )
     parser.add_argument("--engines", type=_positive_int, default=8, help="simulated engines (default 8)")
     parser.add_argument("--profile", default=None, help="engine model/GPU profile (default llama-3.1-8b-h100)")

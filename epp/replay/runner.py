@@ -10,9 +10,9 @@ from __future__ import annotations
 import multiprocessing
 import queue as queue_module
 import traceback
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from epp._util.clock import VirtualClock

@@ -48,7 +48,7 @@ def test_malformed_lines_are_listed_with_line_numbers(tmp_path: Path, capsys: py
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--policy", "nope"], "policy 'nope': 'nope' is neither a preset"),
         (["--profile", "tpu"], "unknown profile 'tpu'"),
         ([], "give a TRACE file or --synthetic KIND"),
     ],
@@ -68,3 +68,19 @@ def test_find_knee_writes_its_result(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert knee == json.loads((out / "knee.json").read_text())
     assert knee["policy"] == "default" and knee["threshold"] == 2 * knee["unloaded_ttft_p90"] > 0
     assert knee["probes"] and all(p90 is not None for _, p90 in knee["probes"])
+
+
+def test_a_config_file_is_a_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {type: round-robin-picker}\n"
+        "schedulingProfiles:\n- name: default\n  plugins:\n  - {pluginRef: round-robin-picker}\n"
+    )
+    argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", str(config), "--engines", "3", "--json"]
+    assert main(argv) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["policy"] == str(config) and summary["imbalance"] == 1.0
+
+    config.write_text("kind: EndpointPickerConfig\nplugins: 7\n")
+    assert main(argv) == 2
+    assert f"policy '{config}'" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from epp.datastore import EndpointState
 from epp.engine.config import EngineConfig
 from epp.replay.offline import ClusterSpec, OfflineReplay
 from epp.replay.policies import known_policies, resolve
-from epp.replay.summary import hit_ratio
+from epp.replay.summary import hit_ratio, imbalance
 from epp.replay.traces import SegmentPrompt, TraceRequest
 from epp.request import LLMRequest
 from epp.scheduling import CycleState, SchedulerProfile, TypedName
@@ -91,3 +91,31 @@ def test_scheduler_sees_metrics_as_stale_as_the_poller_makes_them() -> None:
     assert [at for at, _ in recorder.seen] == pytest.approx([0.0, 0.0, 0.05, 0.10])
     # at 0.01 the first request is running, but the last scrape (t=0) predates it
     assert [load for _, load in recorder.seen] == [0, 0, 2, 3]
+
+
+def test_round_robin_spreads_evenly() -> None:
+    run = replay(unique_trace(40, gap=0.01), "round-robin", ClusterSpec(engines=4)).run()
+    assert [sum(1 for r in run.records if r.engine == e) for e in range(4)] == [10, 10, 10, 10]
+    assert imbalance(run.records, 4) == 1.0
+
+
+def test_same_seed_same_run() -> None:
+    trace = unique_trace(30, gap=0.01)
+
+    def picks(seed: int) -> list[int]:
+        clock = VirtualClock()
+        driver = OfflineReplay(trace, resolve("random").build(clock, seed), ClusterSpec(engines=4), clock)
+        return [r.engine for r in driver.run().records]
+
+    assert picks(1) == picks(1)
+    assert picks(1) != picks(2)
+
+
+def test_cache_aware_policy_keeps_a_shared_prefix_on_one_engine() -> None:
+    """The prefix scorer sees the same token ids the engines hash: groups stick to their engine."""
+    prompts = [SegmentPrompt(((g * 100_000, 2048), (10_000_000 + i * 64, 64))) for i, g in enumerate([0, 1, 2, 3] * 8)]
+    trace = [TraceRequest(i * 0.5, p, 4) for i, p in enumerate(prompts)]
+    run = replay(trace, "gie-default", ClusterSpec(engines=4)).run()
+    engines_per_group = [{r.engine for r in run.records[g::4]} for g in range(4)]
+    assert all(len(e) == 1 for e in engines_per_group)
+    assert hit_ratio(run.records) == pytest.approx(28 * 2048 / (32 * 2112), rel=0.01)
