@@ -92,7 +92,6 @@ class RunResult:
 class _InFlight:
     index: int
     request: LLMRequest
-    engine: int
 
 
 def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
@@ -227,7 +226,7 @@ class OfflineReplay:
         record.engine = e
         self._stats[e] = None
         self.datastore.request_started(name, len(tokens))
-        self._inflight[request_id] = _InFlight(index, request, e)
+        self._inflight[request_id] = _InFlight(index, request)
         if self._pending[e] is None:
             self._step(e, now, horizon)
 
