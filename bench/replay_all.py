@@ -94,7 +94,7 @@ def main() -> None:
         plot_dir = HERE / "replay" / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
         write_plots(plot_dir, [(o.job.label, o.run) for o in outcomes])
-        body += [f"Plots: `{plot_dir.relative_to(HERE.parent)}/` (TTFT CDF, hit ratio over time, engine load).", ""]
+        body += [f"Plots: `{plot_dir.relative_to(HERE.parent)}/` (TTFT CDF, hit ratio over time, engine load; written by the script, not committed).", ""]
         raw[path.name] = {"knee": dataclasses.asdict(knee), "runs": summaries}
         print(f"{path.name}: done at {time.perf_counter() - started:.0f} s", flush=True)
     header = [

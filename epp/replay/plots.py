@@ -64,17 +64,17 @@ def _hit_over_time(runs: Sequence[tuple[str, RunResult]], path: Path) -> None:
 
 
 def _engine_load(runs: Sequence[tuple[str, RunResult]], path: Path) -> None:
-    fig, axes = plt.subplots(len(runs), 1, figsize=(7, 2.2 * len(runs) + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(7, 1.5 * len(runs) + 0.6), sharex=True, squeeze=False)
     for ax, (label, run) in zip(axes[:, 0], runs):
         times = [s.time for s in run.load]
         for e in range(run.engines):
-            ax.plot(times, [s.per_engine[e] for s in run.load], linewidth=0.8)
+            ax.plot(times, [s.per_engine[e] for s in run.load], linewidth=0.6)
         ax.set_title(label, fontsize="small")
         ax.set_ylabel("requests")
         ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
