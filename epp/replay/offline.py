@@ -82,10 +82,16 @@ class LoadSample:
 
 @dataclass(slots=True)
 class RunResult:
+    """A run's per-request records, per-engine load samples and requests dispatched to each engine."""
+
     records: list[RequestRecord]
     load: list[LoadSample]
-    engines: int
+    dispatched: tuple[int, ...]
     wall_s: float
+
+    @property
+    def engines(self) -> int:
+        return len(self.dispatched)
 
 
 @dataclass(slots=True)
@@ -178,7 +184,11 @@ class OfflineReplay:
                 i += 1
                 if self._progress is not None and (i % 256 == 0 or i == n):
                     self._progress(i)
-        return RunResult(self.records, self.load, len(self.engines), time.perf_counter() - started)
+        dispatched = [0] * len(self.engines)
+        for record in self.records:
+            if record.engine >= 0:
+                dispatched[record.engine] += 1
+        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started)
 
     # -- events ------------------------------------------------------------------------------------
 

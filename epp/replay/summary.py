@@ -49,14 +49,10 @@ def hit_ratio(records: Sequence[RequestRecord]) -> float | None:
     return sum(r.cached_tokens for r in seen) / total if total else None
 
 
-def imbalance(records: Sequence[RequestRecord], engines: int) -> float | None:
+def imbalance(dispatched: Sequence[int]) -> float | None:
     """Max ÷ mean requests dispatched per engine: 1.0 is perfectly even."""
-    counts = [0] * engines
-    for r in records:
-        if r.engine >= 0:
-            counts[r.engine] += 1
-    total = sum(counts)
-    return max(counts) / (total / engines) if total else None
+    total = sum(dispatched)
+    return max(dispatched) / (total / len(dispatched)) if total else None
 
 
 def summarize(
@@ -87,6 +83,6 @@ def summarize(
         "tpot_p50": percentile(tpot, 50),
         "e2e_p90": percentile(e2e, 90),
         "throughput_tok_s": sum(n for *_, n in done) / span if span > 0 else None,
-        "imbalance": imbalance(records, run.engines),
+        "imbalance": imbalance(run.dispatched),
         "wall_s": run.wall_s,
     }
