@@ -15,10 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.replay import report
 from epp.replay.knee import Knee, find_knee
+from epp.replay.live import LiveSpec
 from epp.replay.offline import ClusterSpec
 from epp.replay.plots import write_plots
 from epp.replay.policies import resolve
-from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_one, trace_bounds
+from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_live_job, run_one, trace_bounds
 from epp.replay.synthetic import WORKLOADS
 from epp.replay.traces import Trace, TraceError, read_trace
 from epp.scheduling.presets import PRESETS
@@ -105,8 +106,10 @@ def _console(stderr: bool) -> Console:
 
 def replay(args: argparse.Namespace) -> int:
     console = _console(stderr=True)
-    if args.live:
-        raise ReplayError("--live needs the Envoy runner and `epp sim`, which this build does not include yet")
+    if args.live and args.find_knee:
+        raise ReplayError("--find-knee runs offline only")
+    if args.time_scale <= 0:
+        raise ReplayError("--time-scale must be positive")
     trace = load_trace(args, console)
     cluster = cluster_spec(args)
     bounds = trace_bounds(trace, cluster)
@@ -135,9 +138,16 @@ def replay(args: argparse.Namespace) -> int:
     ) as bar:
         tasks = [bar.add_task(job.label, total=len(trace.requests)) for job in jobs]
         try:
-            outcomes = run_jobs(
-                trace, jobs, cluster, bounds, args.jobs, lambda i, n: bar.update(tasks[i], completed=n)
-            )
+            if args.live:
+                spec = LiveSpec(args.time_scale, out / "live" if out is not None else None)
+                outcomes = []
+                for task, job in zip(tasks, jobs):
+                    outcomes.append(run_live_job(trace, job, cluster, bounds, spec))
+                    bar.update(task, completed=len(trace.requests))
+            else:
+                outcomes = run_jobs(
+                    trace, jobs, cluster, bounds, args.jobs, lambda i, n: bar.update(tasks[i], completed=n)
+                )
         except RunError as exc:
             raise ReplayError(str(exc)) from None
     summaries = [o.summary for o in outcomes]

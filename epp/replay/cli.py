@@ -59,7 +59,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write summary.json and plots here")
     parser.add_argument("--json", action="store_true", help="print the summary JSON on stdout (table goes to stderr)")
     parser.add_argument("--find-knee", metavar="POLICY", help="find the rate where POLICY's TTFT p90 doubles")
-    parser.add_argument("--live", action="store_true", help="replay through real Envoy + epp serve + epp sim")
+    parser.add_argument("--live", action="store_true", help="replay through real Envoy + epp serve + epp sim processes")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0,
+        help="live only: wall seconds per simulated second (0.5 = twice as fast; default 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for engines and synthetic workloads")
     parser.add_argument(
         "--jobs", type=_positive_int, default=min(2, os.cpu_count() or 1), help="runs in parallel (processes)"

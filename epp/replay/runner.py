@@ -17,6 +17,7 @@ from typing import Any
 
 from epp._util.clock import VirtualClock
 from epp.replay.bounds import capacity_hit_ratio, chains, ideal_hit_ratio
+from epp.replay.live import LiveSpec, run_live
 from epp.replay.offline import ClusterSpec, OfflineReplay, RunResult
 from epp.replay.policies import resolve
 from epp.replay.summary import summarize
@@ -66,6 +67,12 @@ def run_one(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, progre
     replay = OfflineReplay(trace.requests, policy.build(clock, job.seed), cluster, clock, job.rate_scale, progress=progress)
     run = replay.run()
     return Outcome(job, summarize(run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity), run)
+
+
+def run_live_job(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, spec: LiveSpec) -> Outcome:
+    """``job`` through real processes (``epp.replay.live``); one at a time, they share the CPU."""
+    run = run_live(trace.requests, job.policy, cluster, job.rate_scale, spec)
+    return Outcome(job, summarize(run, job.policy, job.rate_scale, bounds.ideal, bounds.capacity), run)
 
 
 def _worker(
