@@ -12,9 +12,9 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 
 from epp._util.duration import parse_duration
+from epp._util.logs import add_logging_flags, configure_logging
 from epp.discovery.kube_setup import add_kubernetes_flags
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
@@ -22,6 +22,7 @@ log = logging.getLogger("epp.serve")
 
 DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
 GC_GEN0_THRESHOLD = 50_000
+DEFAULT_MAX_STREAMS = 10_000
 
 
 def go_bool(text: str) -> bool:
@@ -91,8 +92,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoints-file", default="", metavar="PATH",
                    help="llm-d endpoints file (YAML: endpoints: [{name, address, port, ...}]), like a "
                         "file-discovery plugin in the config; instead of the other sources")
-    p.add_argument("--endpoints-file-watch", action="store_true",
-                   help="reload --endpoints-file when it changes (a bad edit keeps the previous pool)")
+    p.add_argument("--watch-endpoints-file", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="re-read --endpoints-file when it changes (a bad edit keeps the previous pool)")
     add_kubernetes_flags(parser)
     m = parser.add_argument_group("engine metrics")
     m.add_argument("--refresh-metrics-interval", type=duration, default="50ms", metavar="DURATION",
@@ -109,19 +110,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
     r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted; larger bodies get 413")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                        help="log verbosity: 1 warnings, 2 info, 3+ debug")
+    r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                   help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
+    add_logging_flags(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.max_body_bytes < 1:
-        log.error("--max-body-bytes must be positive")
+    configure_logging(args.log_format, args.verbosity)
+    if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
+        log.error("--max-body-bytes and --max-concurrent-streams must be positive")
         return 2
     try:
         import uvloop

@@ -25,6 +25,7 @@ from epp.datastore import Datastore
 from epp.director import Director
 from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
+from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
@@ -69,11 +70,12 @@ class PickerService:
         health = HealthService(readiness=self.source.ready, leader_election=election)
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
                                     registry=self.telemetry.registry)
+        self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         self.server = PickerServer(
-            ExtProcServicer(self.director, args.max_body_bytes), health,
+            ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
             port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
-            native=native,
+            max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
         )
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None)
         self.drain_timeout: float = args.drain_timeout

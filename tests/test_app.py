@@ -66,7 +66,8 @@ def test_go_bool() -> None:
     [([], "no endpoint source"), (["--static-endpoints", "10.0.0.1"], "expected HOST:PORT"),
      (["--static-endpoints", "10.0.0.1:0"], "port must be"),
      (["--endpoints-file", "/nonexistent/endpoints.yaml"], "/nonexistent/endpoints.yaml: cannot read"),
-     (["--endpoints-file", "e.yaml", "--static-endpoints", "10.0.0.1:80"], "conflicting endpoint sources")],
+     (["--endpoints-file", "e.yaml", "--static-endpoints", "10.0.0.1:80"], "conflicting endpoint sources"),
+     (["--max-concurrent-streams", "0", "--static-endpoints", "127.0.0.1:1"], "must be positive")],
 )
 def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None:
     proc = subprocess.run(

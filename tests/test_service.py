@@ -54,7 +54,7 @@ async def route(port: int) -> str:
 async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_path: Path) -> None:
     path = tmp_path / "endpoints.yaml"
     write_endpoints(path, ["a", "b"])
-    async with PickerService(serve_args("--endpoints-file", str(path), "--endpoints-file-watch")) as picker:
+    async with PickerService(serve_args("--endpoints-file", str(path))) as picker:  # watched by default
         producer = next(p for p in picker.scheduler.plugins if isinstance(p, ApproxPrefixCacheProducer))
         destination = await route(picker.server.port)
         served = next(n for n, port in POOL.items() if destination == f"127.0.0.1:{40000 + port}")
@@ -75,7 +75,6 @@ async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_
     [
         ([], "no endpoint source"),
         (["--static-endpoints", "127.0.0.1:1", "--endpoints-file", "x.yaml"], "--static-endpoints, --endpoints-file"),
-        (["--endpoints-file-watch", "--static-endpoints", "127.0.0.1:1"], "--endpoints-file-watch needs --endpoints-file"),
     ],
 )
 def test_source_errors_name_the_flags(extra: list[str], message: str) -> None:

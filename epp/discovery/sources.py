@@ -4,7 +4,7 @@ Sources, as a user names them:
 
 * Kubernetes: ``--pool-name`` or ``--endpoint-selector`` (``epp.discovery.kube_setup``);
 * a fixed list: ``--static-endpoints HOST:PORT,…``;
-* llm-d's endpoints file: ``--endpoints-file PATH`` (``--endpoints-file-watch`` reloads it on change), or
+* llm-d's endpoints file: ``--endpoints-file PATH`` (reloaded on change unless ``--watch-endpoints-file=false``), or
   the config's ``dataLayer: {discovery: {pluginRef: NAME}}`` naming a ``file-discovery`` plugin with
   ``parameters: {path, watchFile}`` (gie-facts C8).
 
@@ -69,8 +69,6 @@ def select_source(
             f"{what}: pass exactly one of --pool-name, --endpoint-selector, --static-endpoints, --endpoints-file, "
             "or a file-discovery plugin referenced by dataLayer.discovery in the config"
         )
-    if args.endpoints_file_watch and not args.endpoints_file:
-        raise SourceError("--endpoints-file-watch needs --endpoints-file")
     if args.pool_name or args.endpoint_selector:
         kube = build_from_args(args, datastore, registry=registry)
         assert kube is not None
@@ -79,7 +77,7 @@ def select_source(
         return EndpointSource("static", _static(StaticDiscovery(args.static_endpoints), datastore),
                               lambda: datastore.synced)
     if args.endpoints_file:
-        files = FileDiscovery(args.endpoints_file, datastore, reload=args.endpoints_file_watch)
+        files = FileDiscovery(args.endpoints_file, datastore, reload=args.watch_endpoints_file)
     else:
         assert config_file is not None
         files = FileDiscovery.from_parameters(config_file, datastore)

@@ -24,12 +24,15 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 class PickerProcess:
     """One ``epp serve --static-endpoints …`` child on free ports; ``start`` blocks until it serves.
 
-    With no ``endpoints`` the pool comes from ``extra_args`` instead (``--endpoints-file``, a config).
+    With ``endpoints_file`` the pool comes from that (watched) file instead of ``endpoints``; with neither,
+    from ``extra_args`` (e.g. a config whose ``dataLayer.discovery`` names a file-discovery plugin).
 
     ``tls`` turns on ``--secure-serving`` (self-signed certificate, as the reference does); ``extra_args``
     are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given. ``cwd``
     and ``env`` let a benchmark run another source tree's epp (``python -m`` imports from the cwd first).
     """
+
+    name = "epp serve"  # for messages; subclasses running another subcommand say which
 
     def __init__(
         self,
@@ -39,10 +42,12 @@ class PickerProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         host: str = "127.0.0.1",
+        endpoints_file: Path | None = None,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self.endpoints_file = endpoints_file
         self.tls = tls
         self.extra_args = tuple(extra_args)
         self.log_path = log_path
@@ -61,13 +66,19 @@ class PickerProcess:
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise RuntimeError("epp serve is not running")
+            raise RuntimeError(f"{self.name} is not running")
         return self._proc.pid
 
     def command(self) -> list[str]:
-        source = ["--static-endpoints", ",".join(u.hostport for u in self.endpoints)] if self.endpoints else []
+        if self.endpoints_file is not None:
+            source = ["--endpoints-file", str(self.endpoints_file)]
+        elif self.endpoints:
+            source = ["--static-endpoints", ",".join(u.hostport for u in self.endpoints)]
+        else:
+            source = []
         return [
-            sys.executable, "-m", "epp", "serve", *source,
+            sys.executable, "-m", "epp", "serve",
+            *source,
             f"--secure-serving={'true' if self.tls else 'false'}",
             "--grpc-port", str(self.grpc_port),
             "--grpc-health-port", str(self.health_port),
@@ -78,7 +89,7 @@ class PickerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         if self._proc is not None:
-            raise RuntimeError("epp serve already started")
+            raise RuntimeError(f"{self.name} already started")
         stderr = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(
@@ -91,10 +102,10 @@ class PickerProcess:
         while not self._serving():
             if self._proc.poll() is not None:
                 code, self._proc = self._proc.returncode, None
-                raise RuntimeError(f"epp serve exited with {code} during start-up; log: {self.log_path}")
+                raise RuntimeError(f"{self.name} exited with {code} during start-up; log: {self.log_path}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"epp serve not serving after {timeout:.0f}s; log: {self.log_path}")
+                raise RuntimeError(f"{self.name} not serving after {timeout:.0f}s; log: {self.log_path}")
             time.sleep(0.1)
 
     def _serving(self) -> bool:

@@ -16,8 +16,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import yaml
 
 from epp._util import proc as proc_util
 from epp.envoy.config import EnvoyConfig, to_yaml
@@ -50,7 +54,9 @@ class EnvoyProcess:
     """One Envoy owned by the caller; use ``start``/``stop`` or ``async with``.
 
     Files live in ``workdir``: ``envoy.yaml`` (the bootstrap) and ``envoy.log`` (Envoy's own log, whose
-    tail is quoted when start-up fails). The access log goes where the config says.
+    tail is quoted when start-up fails). The access log goes where the config says. ``bootstrap`` replaces
+    the rendered config (e.g. ``render(config)`` extended by the caller); ``config`` still names the
+    listener, admin port and access log.
     """
 
     def __init__(
@@ -62,8 +68,10 @@ class EnvoyProcess:
         base_id: int | None = None,
         log_level: str = "warning",
         flush_interval_ms: int = 100,
+        bootstrap: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.bootstrap = bootstrap
         self.workdir = workdir
         self.config_path = workdir / "envoy.yaml"
         self.log_path = workdir / "envoy.log"
@@ -103,7 +111,8 @@ class EnvoyProcess:
     def _prepare(self) -> str:
         binary = self._binary or find_envoy()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(to_yaml(self.config))
+        text = to_yaml(self.config) if self.bootstrap is None else yaml.safe_dump(dict(self.bootstrap), sort_keys=False)
+        self.config_path.write_text(text)
         checked = subprocess.run(
             [binary, "--mode", "validate", "-c", str(self.config_path), "--log-level", "error"],
             capture_output=True,

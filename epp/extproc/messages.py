@@ -7,7 +7,7 @@ at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -24,14 +24,16 @@ DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def header_mutation(headers: Mapping[str, str]) -> pb.HeaderMutation:
+def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> pb.HeaderMutation:
+    """Set ``headers`` (overwriting) and drop the ``remove`` names (e.g. client-sent copies of routing headers)."""
     return pb.HeaderMutation(
         set_headers=[
             base_pb2.HeaderValueOption(
                 header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")), append_action=_OVERWRITE
             )
             for k, v in headers.items()
-        ]
+        ],
+        remove_headers=list(remove),
     )
 
 
@@ -43,10 +45,13 @@ def destination_metadata(destination: str) -> struct_pb2.Struct:
 
 
 def request_headers_reply(
-    headers: Mapping[str, str], destination: str | None = None, clear_route_cache: bool = True
+    headers: Mapping[str, str],
+    destination: str | None = None,
+    clear_route_cache: bool = True,
+    remove: Iterable[str] = (),
 ) -> pb.ProcessingResponse:
-    """Answer to ``request_headers``: set headers (+ routing metadata when a destination is given)."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers), clear_route_cache=clear_route_cache)
+    """Answer to ``request_headers``: set/remove headers (+ routing metadata when a destination is given)."""
+    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=clear_route_cache)
     reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
     if destination is not None:
         reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
@@ -58,13 +63,19 @@ def continue_request_headers() -> pb.ProcessingResponse:
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
 
-def buffered_body_reply(headers: Mapping[str, str], destination: str, body: bytes | None) -> pb.ProcessingResponse:
-    """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers), clear_route_cache=True)
+def buffered_body_reply(
+    headers: Mapping[str, str], destination: str | None, body: bytes | None, remove: Iterable[str] = ()
+) -> pb.ProcessingResponse:
+    """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body.
+
+    Without a destination (the body-based router) no routing metadata is attached.
+    """
+    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
     if body is not None:
         common.body_mutation.body = body
     reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
-    reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
+    if destination is not None:
+        reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
     return reply
 
 

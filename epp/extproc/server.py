@@ -1,13 +1,14 @@
 """The picker's gRPC servers: ext_proc (TLS by default) and the plaintext health port, with graceful stop.
 
-The ext_proc port runs on epp's native HTTP/2 transport (``epp.extproc.h2``) unless ``native=False``
-selects grpc.aio; the health port is always grpc.aio (its ``Watch`` streams are long-lived and rare).
+The ext_proc port runs on grpc.aio or, with ``native=True`` (``epp serve``'s default), on epp's own HTTP/2
+transport (``epp.extproc.h2``); the health port is always grpc.aio (its ``Watch`` streams are long-lived).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -16,25 +17,29 @@ from grpc_health.v1 import health_pb2_grpc
 from epp.extproc.h2.connection import Call
 from epp.extproc.h2.server import H2Server
 from epp.extproc.health import HEALTH_CHECK_PATH, HealthCheckCall, HealthService
-from epp.extproc.servicer import PROCESS_PATH, ExtProcServicer
+from epp.extproc.servicer import PROCESS_PATH, StreamServicer
 
 log = logging.getLogger(__name__)
 
 # Room for BUFFERED bodies up to the body limit plus protobuf framing (Python's default cap is 4 MiB).
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+# Probes are short Check calls; Watch streams live forever, so their number needs a cap too.
+HEALTH_MAX_RPCS = 256
 
 
 class PickerServer:
     """Owns the ext_proc server and the grpc.aio health server. ``port``/``health_port`` 0 binds a free
     port; the bound ports are readable after ``start``.
 
+    ``max_concurrent_rpcs`` makes gRPC refuse calls beyond it with RESOURCE_EXHAUSTED (None: no cap); the
+    native transport advertises it as each connection's SETTINGS_MAX_CONCURRENT_STREAMS and refuses more.
     ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
     within the grace period (after which gRPC cancels them), and closes the health port last.
     """
 
     def __init__(
         self,
-        servicer: ExtProcServicer,
+        servicer: StreamServicer[Any],
         health: HealthService,
         *,
         port: int,
@@ -43,7 +48,8 @@ class PickerServer:
         credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         health_on_main_port: bool = False,
-        native: bool = True,
+        max_concurrent_rpcs: int | None = None,
+        native: bool = False,
     ) -> None:
         """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio."""
         self.servicer = servicer
@@ -57,12 +63,13 @@ class PickerServer:
         self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._native: H2Server | None = None
         self._health: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        health = grpc.aio.server()
+        health = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()
@@ -70,7 +77,8 @@ class PickerServer:
         if self.native:
             assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
             native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
-                              max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES)
+                              max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+                              max_streams=self._max_rpcs)
             await native.start()
             self._native, self.port = native, native.port
         else:
@@ -80,7 +88,7 @@ class PickerServer:
                  "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
 
     async def _start_grpcio(self) -> None:
-        main = grpc.aio.server(options=self._options)
+        main = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)

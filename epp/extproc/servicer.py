@@ -1,90 +1,169 @@
-"""The ``ExternalProcessor`` service: feeds each stream's messages to a ``RequestStream``.
+"""The ``ExternalProcessor`` service: feeds each stream's messages to a fresh stream handler.
 
-Two adapters over the same state machine: ``ExtProcCall`` for epp's native HTTP/2 transport (one call
-object per stream, answering each message synchronously) and ``ExtProcServicer.Process`` for grpc.aio
-(``--grpc-server grpcio``). Kept thin on purpose: all decisions live in ``RequestStream`` (no gRPC
-runtime) and the director. A protocol violation or an unexpected error ends that one stream with a
-gRPC status; the server and other streams carry on.
+Kept thin on purpose: all decisions live in the handler (no gRPC runtime) — ``RequestStream`` + the
+director for the picker, ``epp.bbr.stream.RouterStream`` for the body-based router. Two adapters run a
+handler: ``NativeCall`` on epp's own HTTP/2 transport (``epp.extproc.h2``; every message answered
+synchronously) and ``StreamServicer.Process`` on grpc.aio. A protocol violation or an unexpected error
+ends that one stream with a gRPC status; the server and other streams carry on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from epp._util.logs import clip, fields
 from epp.director import Director
 from epp.extproc.h2.connection import GRPC_INTERNAL, GRPC_INVALID_ARGUMENT, CallError
+from epp.extproc.limits import StreamLimiter, overloaded
 from epp.extproc.stream import ProtocolViolation, RequestStream
+from epp.request import RequestError
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
-
 
 PROCESS_PATH = b"/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 _parse = pb.ProcessingRequest.FromString
 
 
-class ExtProcCall:
-    """One ext_proc stream on the native transport: message bytes in, serialized replies out."""
+class StreamHandler(Protocol):
+    """One gRPC stream's state machine: ``handle`` returns the replies to one message, ``close`` runs once at the end."""
 
-    __slots__ = ("stream",)
+    request_id: str
 
-    def __init__(self, stream: RequestStream) -> None:
-        self.stream = stream
+    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
 
-    def message(self, data: memoryview) -> list[bytes]:
-        stream = self.stream
-        try:
-            replies = stream.handle(_parse(data))
-        except (ProtocolViolation, DecodeError) as exc:
-            log.warning("ext_proc protocol violation (request id=%s): %s", stream.request_id or "-", exc)
-            raise CallError(GRPC_INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}") from None
-        except Exception:
-            log.exception("internal error handling ext_proc message (request id=%s)", stream.request_id or "-")
-            raise CallError(GRPC_INTERNAL, "internal error in the endpoint picker") from None
-        return [reply.SerializeToString() for reply in replies]
-
-    def half_closed(self) -> list[bytes]:
-        return []
-
-    def closed(self) -> None:
-        self.stream.close()
+    def close(self) -> None: ...
 
 
-class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, director: Director, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.director = director
-        self.max_body_bytes = max_body_bytes
+H = TypeVar("H", bound=StreamHandler)
 
-    def new_call(self) -> ExtProcCall:
-        """A call for the native transport."""
-        return ExtProcCall(RequestStream(self.director, self.max_body_bytes))
+
+class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
+    """Runs every ext_proc stream through its own handler from ``new_stream``.
+
+    ``admit``/``refuse``/``release`` are hooks for servers that bound their streams (the picker):
+    a stream ``admit`` turns away gets ``refuse``'s answer to its first message, and nothing else.
+    """
+
+    def __init__(self, new_stream: Callable[[], H]) -> None:
+        self.new_stream = new_stream
+
+    def admit(self, stream: H) -> RequestError | None:
+        """None to serve ``stream``; otherwise the error to answer it with."""
+        return None
+
+    def refuse(self, stream: H, message: pb.ProcessingRequest, error: RequestError) -> list[pb.ProcessingResponse]:
+        raise NotImplementedError("a servicer whose admit() refuses streams must say how to refuse them")
+
+    def release(self, stream: H) -> None:
+        """The stream ended, however it ended (called for refused streams too)."""
+
+    def new_call(self) -> NativeCall[H]:
+        """One stream on the native transport."""
+        return NativeCall(self, self.new_stream())
+
+    def answer(self, stream: H, refusal: RequestError | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        """The replies to one message: ``refuse``'s answer for a stream ``admit`` turned away, else the handler's."""
+        if refusal is not None:
+            return self.refuse(stream, message, refusal)
+        return stream.handle(message)
 
     async def Process(  # noqa: N802  (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
         """grpc.aio path: ``context.read()``/``write()`` (measured a few per cent cheaper than an async
         iterator plus ``yield``, which wrap every message in generator machinery)."""
-        stream = RequestStream(self.director, self.max_body_bytes)
+        stream = self.new_stream()
+        refusal = self.admit(stream)
         try:
             while True:
                 message = await context.read()
                 if message is grpc.aio.EOF:
                     return
                 try:
-                    replies = stream.handle(message)
+                    replies, refusal = self.answer(stream, refusal, message), None
                 except ProtocolViolation as exc:
-                    log.warning("ext_proc protocol violation (request id=%s): %s", stream.request_id or "-", exc)
+                    _violation(stream, exc)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}")
                 except Exception:
-                    log.exception("internal error handling ext_proc message (request id=%s)", stream.request_id or "-")
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the endpoint picker")
+                    _internal(stream)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the ext_proc server")
                 for reply in replies:
                     await context.write(reply)
         finally:
+            self.release(stream)
             stream.close()
+
+
+class NativeCall(Generic[H]):
+    """One ext_proc stream on the native transport: message bytes in, serialized replies out."""
+
+    __slots__ = ("servicer", "stream", "refusal")
+
+    def __init__(self, servicer: StreamServicer[H], stream: H) -> None:
+        self.servicer = servicer
+        self.stream = stream
+        self.refusal = servicer.admit(stream)
+
+    def message(self, data: memoryview) -> list[bytes]:
+        try:
+            replies = self.servicer.answer(self.stream, self.refusal, _parse(data))
+        except (ProtocolViolation, DecodeError) as exc:
+            _violation(self.stream, exc)
+            raise CallError(GRPC_INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}") from None
+        except Exception:
+            _internal(self.stream)
+            raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
+        self.refusal = None
+        return [reply.SerializeToString() for reply in replies]
+
+    def half_closed(self) -> list[bytes]:
+        return []
+
+    def closed(self) -> None:
+        self.servicer.release(self.stream)
+        self.stream.close()
+
+
+def _violation(stream: StreamHandler, exc: Exception) -> None:
+    rid = clip(stream.request_id or "-")
+    log.warning("ext_proc protocol violation (request id=%s): %s", rid, exc, extra=fields(request_id=rid))
+
+
+def _internal(stream: StreamHandler) -> None:
+    rid = clip(stream.request_id or "-")
+    log.exception("internal error handling ext_proc message (request id=%s)", rid, extra=fields(request_id=rid))
+
+
+class ExtProcServicer(StreamServicer[RequestStream]):
+    """The endpoint picker's service: one ``RequestStream`` per stream, all sharing the director.
+
+    With a ``limiter``, streams past its limit get a 503 OpenAI error (counted and logged as a
+    rejected request); without one every stream is admitted (tests, embedding).
+    """
+
+    def __init__(self, director: Director, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 limiter: StreamLimiter | None = None) -> None:
+        self.director = director
+        self.max_body_bytes = max_body_bytes
+        self.limiter = limiter
+        super().__init__(lambda: RequestStream(self.director, self.max_body_bytes))
+
+    def admit(self, stream: RequestStream) -> RequestError | None:
+        if self.limiter is None or self.limiter.admit(stream):
+            return None
+        return overloaded(self.limiter.max_streams)
+
+    def refuse(self, stream: RequestStream, message: pb.ProcessingRequest, error: RequestError) -> list[pb.ProcessingResponse]:
+        return stream.refuse(message, error)
+
+    def release(self, stream: RequestStream) -> None:
+        if self.limiter is not None:
+            self.limiter.release(stream)

@@ -89,6 +89,21 @@ class RequestStream:
             return self._relay.body(message.response_body)
         return self._relay.trailers()
 
+    def refuse(self, message: pb.ProcessingRequest, error: RequestError) -> Replies:
+        """Answer the stream's first message with ``error`` (e.g. epp overloaded) without routing it.
+
+        The headers are still read so the refusal is logged and counted under the request's id.
+        """
+        if message.WhichOneof("request") != "request_headers":
+            raise ProtocolViolation(f"stream must start with request_headers, got {message.WhichOneof('request')}")
+        self._read_headers(message)
+        return self._reject(error)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this stream holds for the client right now (request body, response copy, SSE line)."""
+        return len(self._body) + (self._relay.buffered_bytes if self._relay is not None else 0)
+
     def close(self) -> None:
         """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
         if self._relay is not None:
@@ -100,11 +115,7 @@ class RequestStream:
     def _request_headers(self, message: pb.ProcessingRequest) -> Replies:
         if self.phase is not Phase.HEADERS:
             raise ProtocolViolation(f"request_headers received while {self.phase.value}")
-        for h in message.request_headers.headers.headers:
-            self.headers[h.key.lower()] = h.raw_value.decode("latin-1") if h.raw_value else h.value
-        self.request_id = self.headers.get(REQUEST_ID_HEADER) or ""
-        if not self.request_id:
-            self.request_id, self._generated_id = self._new_request_id(), True
+        self._read_headers(message)
         if message.HasField("protocol_config"):
             self._request_mode = message.protocol_config.request_body_mode
             self._response_mode = message.protocol_config.response_body_mode
@@ -114,6 +125,13 @@ class RequestStream:
         if self._request_mode in BUFFERED_MODES:
             return [messages.continue_request_headers()]
         return []
+
+    def _read_headers(self, message: pb.ProcessingRequest) -> None:
+        for h in message.request_headers.headers.headers:
+            self.headers[h.key.lower()] = h.raw_value.decode("latin-1") if h.raw_value else h.value
+        self.request_id = self.headers.get(REQUEST_ID_HEADER) or ""
+        if not self.request_id:
+            self.request_id, self._generated_id = self._new_request_id(), True
 
     def _request_body(self, body: pb.HttpBody) -> Replies:
         if self.phase is Phase.ROUTED and self._request_mode == ProcessingMode.STREAMED:
@@ -154,6 +172,7 @@ class RequestStream:
         except RequestError as error:
             return self._reject(error, request)
         self._routed(decision)
+        self._body = BodyBuffer(self._body.limit)  # forwarded below: do not hold it for the whole response
         headers = self._upstream_headers(decision)
         if decision.body is not None:
             headers["content-length"] = str(len(decision.body))

@@ -47,7 +47,8 @@ async def test_endpoints_file_flag(tmp_path: Path) -> None:
     path = tmp_path / "endpoints.yaml"
     path.write_text(ENDPOINTS)
     datastore = Datastore()
-    source = select_source(args("--endpoints-file", str(path)), EndpointPickerConfig(), datastore, CollectorRegistry())
+    source = select_source(args("--endpoints-file", str(path), "--watch-endpoints-file=false"), EndpointPickerConfig(),
+                           datastore, CollectorRegistry())
     assert source.files is not None and not source.files.reload
     async with source.running:
         assert len(datastore) == 2

@@ -4,10 +4,12 @@ ports, NetworkPolicies, disruption budgets and scrape configs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
+from epp.bbr.catalog import CatalogError, ModelCatalog
+from epp.bbr.models_file import parse_models_yaml
 from tests.manifests.crossrefs import Index, container_ports, containers, flag_value, namespace_of, selector_matches
 from tests.manifests.epp_config import check_endpoint_picker_config
 from tests.manifests.schemas import Problem, object_id
@@ -36,15 +38,32 @@ def check_workload(index: Index, workload: dict[str, Any]) -> Iterator[Problem]:
         grpc_probes = [(container.get(p) or {}).get("grpc") for p in ("startupProbe", "livenessProbe", "readinessProbe")]
         if health and any(g and g["port"] != int(health) for g in grpc_probes):
             yield Problem(where, f"{container['name']}: gRPC probes do not use --grpc-health-port={health}")
-        config_file = flag_value(args, "--config-file")
-        if config_file:
-            yield from _check_config_file(index, where, ns, container, volumes, config_file)
+        for flag, check in FILE_FLAGS.items():
+            path = flag_value(args, flag)
+            if path:
+                yield from _check_config_file(index, where, ns, container, volumes, flag, path, check)
+
+
+def check_models_file(text: str) -> Iterator[str]:
+    """``epp bbr --models-file``: loaded with the router's own parser, as the pod would."""
+    try:
+        ModelCatalog(parse_models_yaml(text))
+    except CatalogError as error:
+        yield str(error)
+
+
+# File flags of epp containers → the check their file's content must pass.
+FILE_FLAGS: dict[str, Callable[[str], Iterator[str]]] = {
+    "--config-file": check_endpoint_picker_config,
+    "--models-file": check_models_file,
+}
 
 
 def _check_config_file(
-    index: Index, where: str, ns: str, container: dict[str, Any], volumes: dict[str, Any], path: str
+    index: Index, where: str, ns: str, container: dict[str, Any], volumes: dict[str, Any], flag: str, path: str,
+    check: Callable[[str], Iterator[str]],
 ) -> Iterator[Problem]:
-    """--config-file must be a key of a mounted ConfigMap holding a loadable EndpointPickerConfig."""
+    """A file flag must name a key of a mounted ConfigMap whose content passes ``check``."""
     file = PurePosixPath(path)
     for mount in container.get("volumeMounts") or []:
         if file.parent != PurePosixPath(mount["mountPath"]):
@@ -53,12 +72,12 @@ def _check_config_file(
         cm = index.get("ConfigMap", ns, cm_ref["name"]) if cm_ref else None
         text = (cm or {}).get("data", {}).get(file.name)
         if text is None:
-            yield Problem(where, f"--config-file={path}: no key {file.name!r} in the ConfigMap mounted at {mount['mountPath']}")
+            yield Problem(where, f"{flag}={path}: no key {file.name!r} in the ConfigMap mounted at {mount['mountPath']}")
             return
-        for message in check_endpoint_picker_config(text):
+        for message in check(text):
             yield Problem(object_id(cm or {}), f"{file.name}: {message}")
         return
-    yield Problem(where, f"--config-file={path} is not inside any mounted volume")
+    yield Problem(where, f"{flag}={path} is not inside any mounted volume")
 
 
 def check_role_binding(index: Index, binding: dict[str, Any]) -> Iterator[Problem]:

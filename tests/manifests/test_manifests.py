@@ -54,6 +54,7 @@ BROKEN = {
     "bad-envoy-filter-config": 'has no field named "request_body_mod"',
     "bad-builtin-field": "'readOnlyRootFileSystem' was unexpected",
     "bad-picker-config": "refers to undefined plugin 'prefix-cache-scorer'",
+    "bad-bbr-models": "unknown keys ['adapter']",
     "unknown-gateway-class": "GatewayClass 'envoy' is neither shipped",
     "dangling-bbr-backend": "Service llm/llm-bbr has no port 9005",
 }

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 GRPC_INVALID_ARGUMENT, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTED = 3, 13, 8, 12
 _RECV_TOP_UP = wire.MAX_WINDOW // 2  # top the connection window up once this much was consumed
 _MAX_FRAME = 1 << 20  # what we accept per frame: fewer, larger frames mean less per-frame work
+DEFAULT_MAX_STREAMS = 4096
 
 
 class CallError(Exception):
@@ -79,8 +80,10 @@ class ConnectionError_(Exception):
 class H2Connection(asyncio.Protocol):
     """asyncio protocol for one client connection; ``on_close`` is told when it is gone."""
 
-    def __init__(self, router: Router, max_message_bytes: int, on_close: Callable[[H2Connection], None]) -> None:
+    def __init__(self, router: Router, max_message_bytes: int, on_close: Callable[[H2Connection], None],
+                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
         self.router = router
+        self.max_streams = max_streams
         self.max_message_bytes = max_message_bytes
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
@@ -104,7 +107,7 @@ class H2Connection(asyncio.Protocol):
         self.transport.write(
             wire.settings({
                 wire.SETTINGS_ENABLE_PUSH: 0,
-                wire.SETTINGS_MAX_CONCURRENT_STREAMS: 4096,
+                wire.SETTINGS_MAX_CONCURRENT_STREAMS: self.max_streams,
                 wire.SETTINGS_INITIAL_WINDOW_SIZE: wire.MAX_WINDOW,
                 wire.SETTINGS_MAX_FRAME_SIZE: _MAX_FRAME,
             })
@@ -299,7 +302,7 @@ class H2Connection(asyncio.Protocol):
         if sid % 2 == 0 or sid <= self._last_stream:
             raise ConnectionError_(wire.PROTOCOL_ERROR, f"HEADERS opening stream {sid}")
         self._last_stream = sid
-        if self.draining:
+        if self.draining or len(self.streams) >= self.max_streams:
             self._out.append(wire.rst_stream(sid, wire.REFUSED_STREAM))
             return
         path = next((v for k, v in headers if k == b":path"), b"")

@@ -8,7 +8,7 @@ import logging
 import socket
 import ssl
 
-from epp.extproc.h2.connection import H2Connection, Router
+from epp.extproc.h2.connection import DEFAULT_MAX_STREAMS, H2Connection, Router
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +17,15 @@ class H2Server:
     """gRPC over HTTP/2 (cleartext h2c with prior knowledge, or TLS with ALPN h2) on one port.
 
     ``host`` "" or "[::]" listens on every interface, dual-stack on one port; ``port`` 0 picks a free
-    one (read ``port`` after ``start``). ``stop(grace)`` stops accepting, sends GOAWAY so clients open
+    one (read ``port`` after ``start``). ``max_streams`` bounds the open calls per connection (advertised in
+    SETTINGS; streams past it are refused). ``stop(grace)`` stops accepting, sends GOAWAY so clients open
     no new calls here, lets open calls finish within ``grace`` seconds, then closes what is left.
     """
 
     def __init__(self, router: Router, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, max_streams: int | None = None) -> None:
         self.router = router
+        self.max_streams = max_streams or DEFAULT_MAX_STREAMS
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -33,7 +35,7 @@ class H2Server:
         self._idle = asyncio.Event()
 
     def _connection(self) -> H2Connection:
-        connection = H2Connection(self.router, self.max_message_bytes, self._closed)
+        connection = H2Connection(self.router, self.max_message_bytes, self._closed, self.max_streams)
         self.connections.add(connection)
         self._idle.clear()
         return connection

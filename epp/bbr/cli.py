@@ -1,0 +1,175 @@
+"""``epp bbr``: the body-based router's flags and composition root.
+
+Builds the model catalog (``--models`` + ``--models-file``) → ``BodyRouter`` → ext_proc + health servers
+(the picker's ``PickerServer``, plaintext by default as docs/deploy.md specifies), watches the models file,
+waits for SIGTERM/SIGINT and stops in reverse (health NOT_SERVING first, open streams get
+``--drain-timeout``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from epp.app import duration, go_bool, port
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from epp.bbr.catalog import ModelEntry
+
+log = logging.getLogger("epp.bbr")
+
+DESCRIPTION = """\
+Run the body-based router: an Envoy ext_proc gRPC server placed before route matching. It reads the
+OpenAI request body and sets, for HTTPRoutes (and policies) to match on:
+  X-Gateway-Model-Name       the body's "model"
+  X-Gateway-Base-Model-Name  the base model of a catalogued model (LoRA adapter -> base; base -> itself)
+  X-Gateway-Engine           the body's "owned_by" (e.g. vllm, sglang), else the model's only catalogued engine
+then clears the route cache. Client-sent copies of these headers are removed.
+
+Unknown models: with --models and/or --models-file the router knows the served models and answers any
+other model itself with OpenAI's 404 model_not_found; without them every model passes (as GIE's router).
+Broken bodies get a 400 OpenAI error. The gateway must send the request body BUFFERED (or
+FULL_DUPLEX_STREAMED); the response phase is not needed.
+"""
+
+EPILOG = """\
+models file (YAML; several documents allowed; re-read when it changes, e.g. a mounted ConfigMap):
+  models:
+  - baseModel: meta-llama/Llama-3.1-8B-Instruct
+    adapters: [sql-lora, ski-resorts]
+    engine: vllm
+  - baseModel: Qwen/Qwen3-32B
+    engine: sglang
+A GIE router ConfigMap's data (baseModel + adapters), a whole ConfigMap or a List of them also work.
+
+example:
+  epp bbr --grpc-port=9004 --grpc-health-port=9005 --models-file=/etc/epp/models.yaml
+"""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _Formatter
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    g = parser.add_argument_group("serving")
+    g.add_argument("--grpc-port", type=port, default=9004, help="ext_proc gRPC port")
+    g.add_argument("--grpc-health-port", type=port, default=9005,
+                   help="gRPC health port (plaintext; every service name, including \"\", is SERVING while up)")
+    g.add_argument("--bind-address", default="", help="address to listen on; empty = all interfaces")
+    g.add_argument("--secure-serving", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="serve ext_proc over TLS (default plaintext h2c: the router runs in-cluster next to the gateway)")
+    g.add_argument("--cert-path", default="",
+                   help="with --secure-serving: directory with tls.crt and tls.key; empty = self-signed")
+    g.add_argument("--enable-cert-reload", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="reload tls.crt/tls.key from --cert-path when they change")
+    g.add_argument("--drain-timeout", type=duration, default="10s", metavar="DURATION",
+                   help="on SIGTERM, how long open streams may take to finish (Go duration)")
+    m = parser.add_argument_group("models")
+    m.add_argument("--models", default="", metavar="NAME[,ADAPTER=BASE...]",
+                   help="served models: base model names, or LoRA adapters as ADAPTER=BASE")
+    m.add_argument("--models-file", default="", metavar="PATH", help="YAML models file (format below)")
+    m.add_argument("--models-reload-interval", type=duration, default="5s", metavar="DURATION",
+                   help="how often to check --models-file for changes")
+    m.add_argument("--reject-unknown-models", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="with a model list: answer unknown models with 404 (false: let them through, only "
+                        "adding the base-model/engine headers for listed ones)")
+    r = parser.add_argument_group("requests")
+    r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body accepted; larger bodies get 413")
+    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
+                        help="log verbosity: 1 warnings, 2 info, 3+ debug (one line per request)")
+    parser.set_defaults(run=run)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the flag help, and the description/epilog layout kept as written."""
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.max_body_bytes < 1:
+        log.error("--max-body-bytes must be positive")
+        return 2
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from epp.bbr.catalog import CatalogError, ModelCatalog, parse_models_flag
+    from epp.bbr.models_file import ModelsFile, ModelsFileWatcher
+    from epp.bbr.router import BodyRouter
+    from epp.bbr.stream import RouterStream
+    from epp.extproc.health import HealthService
+    from epp.extproc.server import PickerServer
+    from epp.extproc.servicer import StreamServicer
+    from epp.extproc.tls import server_credentials
+
+    restricts = bool(args.models.strip() or args.models_file) and args.reject_unknown_models
+    models_file = ModelsFile(args.models_file) if args.models_file else None
+    try:
+        flagged = parse_models_flag(args.models)
+
+        def catalog(from_file: Iterable[ModelEntry]) -> ModelCatalog:
+            return ModelCatalog([*flagged, *from_file], restricts=restricts)
+
+        router = BodyRouter(catalog(models_file.load() if models_file else []))
+        credentials = server_credentials(args.cert_path or None, args.enable_cert_reload) if args.secure_serving else None
+    except (CatalogError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("models: %s", router.catalog.describe())
+    if restricts and not len(router.catalog):
+        log.warning("the model list is empty: every request naming a model will get 404")
+
+    def apply(entries: Iterable[ModelEntry]) -> None:
+        router.update(catalog(entries))
+        log.info("models file reloaded: %s", router.catalog.describe())
+
+    server = PickerServer(
+        StreamServicer(lambda: RouterStream(router, args.max_body_bytes)), HealthService(readiness=lambda: True),
+        port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
+        credentials=credentials, max_message_bytes=args.max_body_bytes,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            await server.start()
+            stack.push_async_callback(server.stop, args.drain_timeout)
+            if models_file is not None:
+                watcher = ModelsFileWatcher(models_file, apply)
+                stack.push_async_callback(_cancel, asyncio.create_task(watcher.run(args.models_reload_interval)))
+            log.info("epp bbr ready: ext_proc :%d (%s), health :%d", server.port,
+                     "TLS" if credentials else "plaintext", server.health_port)
+            await stop.wait()
+            log.info("shutting down")
+    except (OSError, RuntimeError) as exc:  # a port already in use (grpc raises RuntimeError)
+        log.error("cannot serve: %s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
