@@ -247,3 +247,26 @@ async def test_not_http2_gets_goaway(served: Served) -> None:
     _, payload = await client.until(wire.GOAWAY)
     assert struct.unpack(">I", payload[4:8])[0] == wire.PROTOCOL_ERROR
     assert await reader.read() == b""
+
+
+async def test_streams_past_the_limit_are_refused() -> None:
+    calls: list[EchoCall] = []
+    server = H2Server(lambda path: calls.append(EchoCall()) or calls[-1], host="127.0.0.1", port=0, ssl_context=None,
+                      max_message_bytes=1000, max_streams=1)
+    await server.start()
+    harness = Served(server, calls)
+    try:
+        client = await harness.connect()
+        _, settings = await client.until(wire.SETTINGS)
+        assert (wire.SETTINGS_MAX_CONCURRENT_STREAMS, 1) in struct.iter_unpack(">HI", settings)
+        client.open(1)
+        client.open(3)
+        assert await client.until(wire.RST_STREAM, 3) == (0, struct.pack(">I", wire.REFUSED_STREAM))
+        client.send(wire.frame(wire.DATA, wire.END_STREAM, 1, Client.message(b"still served")))
+        assert (await client.response(1))[0] == [b"still served", b"bye"]
+        assert len(calls) == 1
+    finally:
+        for writer in harness.writers:
+            writer.close()
+            await writer.wait_closed()
+        await server.stop(0)
