@@ -17,6 +17,8 @@ from epp.demo.traffic import MODEL, DemoClient, Outcome
 from epp.envoy import accesslog
 from epp.envoy.stack import LocalGateway
 
+POLICY = "least-inflight"
+
 
 async def _send(url: str) -> list[Outcome]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -30,11 +32,13 @@ def run_demo(engines: int, *, tls: bool = False, keep_dir: bool = False) -> int:
     console.print(f"Starting {engines} local engines, epp serve and Envoy (work dir {workdir}) …")
     fleet = start_engines(names, MODEL)
     try:
-        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls)
+        # The least-inflight preset, not serve's default (gie-default): its choices can be explained from the
+        # demo's own in-flight counts, which is what the report's "why" column does.
+        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", POLICY])
         with gateway:
             console.print(f"  engines: {', '.join(f'{n}={u.hostport}' for n, u in fleet.members.items())}")
             console.print(f"  epp serve: ext_proc {gateway.picker.address.hostport} "
-                          f"({'TLS' if tls else 'plaintext'}), pid {gateway.picker.pid}")  # fmt: skip
+                          f"({'TLS' if tls else 'plaintext'}, policy {POLICY}), pid {gateway.picker.pid}")  # fmt: skip
             console.print(f"  Envoy {gateway.url} (admin :{gateway.envoy.config.admin_port}), pid {gateway.envoy.pid}")
             console.print("Sending sample traffic through Envoy …\n")
             outcomes = asyncio.run(_send(gateway.url))
