@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,3 +104,11 @@ def test_line_memo_stays_bounded_under_ever_new_lines() -> None:
     for i in range(500):
         extractor.extract(base.replace("vllm:num_requests_waiting{", f"vllm:num_requests_waiting{{x=\"{i}\",", 1), 1.0)
         assert len(extractor._parsed) <= 64
+
+
+@pytest.mark.parametrize("tail", [" 2 " + "9" * 400, " " + "9" * 400])
+def test_numbers_too_large_for_a_float_are_a_metrics_error(tail: str) -> None:
+    """Found by the property test above: a huge integer value or timestamp overflowed float conversion."""
+    line = 'vllm:num_requests_running{model_name="m"}' + tail
+    with pytest.raises(MetricsError):
+        EXTRACTORS["vllm"].extract(f"# TYPE vllm:num_requests_running gauge\n{line}\n", 1.0)
