@@ -85,6 +85,7 @@ class KVEventSubscriber:
         self._endpoints: dict[str, Endpoint] = {}
         self._by_hostport: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # cancelled, still closing their sockets
         self._ctx: zmq.asyncio.Context | None = None
         self._bound: zmq.asyncio.Socket | None = None
         self._state = _State.NEW
@@ -123,7 +124,7 @@ class KVEventSubscriber:
         if self._state is _State.STOPPED:
             return
         self._state = _State.STOPPED
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._retiring]
         self._tasks.clear()
         for task in tasks:
             task.cancel()
@@ -159,6 +160,8 @@ class KVEventSubscriber:
         task = self._tasks.pop(endpoint.name, None)
         if task is not None:
             task.cancel()
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         if self._connected is not None:
             with contextlib.suppress(KeyError):
                 self._connected.remove(endpoint.name)
