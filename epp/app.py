@@ -184,6 +184,14 @@ async def serve(args: argparse.Namespace) -> int:
             if endpoints_file is not None:
                 stack.push_async_callback(endpoints_file.stop)
             await stack.enter_async_context(poller)
+            scheduler.attach(datastore)  # prefix indexes and KV-event subscribers follow membership
+            for plugin in scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
+                register, start, stop_plugin = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
+                if register is not None:
+                    register(telemetry.registry)
+                if start is not None and stop_plugin is not None:
+                    await start()
+                    stack.push_async_callback(stop_plugin)
             await metrics.start()
             stack.push_async_callback(metrics.stop)
             await server.start()

@@ -92,14 +92,18 @@ class KVEventSubscriber:
         self._batches: Counter | None = None
         self._connected: Gauge | None = None
         if registry is not None:
-            self._batches = Counter(
-                "epp_kv_events_batches", "KV-event batches received, by what their sequence number said.",
-                ["result"], registry=registry,
-            )
-            self._connected = Gauge(
-                "epp_kv_events_connected", "1 while the KV-event subscription to an endpoint is connected.",
-                ["endpoint"], registry=registry,
-            )
+            self.register_metrics(registry)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this subscriber's series to ``registry`` (once, before ``start``)."""
+        self._batches = Counter(
+            "epp_kv_events_batches", "KV-event batches received, by what their sequence number said.",
+            ["result"], registry=registry,
+        )
+        self._connected = Gauge(
+            "epp_kv_events_connected", "1 while the KV-event subscription to an endpoint is connected.",
+            ["endpoint"], registry=registry,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:

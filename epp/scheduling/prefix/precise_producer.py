@@ -17,8 +17,10 @@ endpoint at ``<address>:kvEventsPort``, 5557) or ``bind`` (engines connect to ``
 ``resyncWindow`` 30s, ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
 ``epp:prefix-index``, ``redisMaxLen`` 20000.
 
-The subscriber and the Redis tasks need the event loop: whoever runs the picker awaits ``start()``
-before serving and ``stop()`` at shutdown (plugins exposing them).
+The subscriber and the Redis tasks need the event loop: whoever runs the picker calls
+``register_metrics(registry)``, awaits ``start()`` before serving and ``stop()`` at shutdown (``epp
+serve`` does so for every plugin exposing them), after ``Scheduler.attach(datastore)`` so the
+subscriber follows membership.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from epp.datastore import Endpoint
 from epp.kvevents.decode import TOPIC_PREFIX
@@ -97,6 +101,12 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export the subscriber's (and the shared index's) series; call before ``start``."""
+        self.subscriber.register_metrics(registry)
+        if isinstance(self.index, SharedPrefixIndex):
+            self.index.register_metrics(registry)
 
     async def start(self) -> None:
         await self.subscriber.start()

@@ -90,13 +90,16 @@ class SharedPrefixIndex:
         self._lag: Gauge | None = None
         self._up: Gauge | None = None
         if registry is not None:
-            self._entries = Counter("epp_prefix_shared_entries", "Shared prefix-index entries, by outcome.",
-                                    ["op"], registry=registry)  # fmt: skip
-            self._errors = Counter("epp_prefix_shared_errors", "Failed Redis calls of the shared prefix index.",
-                                   ["op"], registry=registry)  # fmt: skip
-            self._lag = Gauge("epp_prefix_shared_lag_seconds", "Age of the last shared entry applied.", registry=registry)
-            self._up = Gauge("epp_prefix_shared_connected", "1 while the shared prefix index reaches Redis.",
-                             registry=registry)  # fmt: skip
+            self.register_metrics(registry)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this index's series to ``registry`` (once, before ``start``)."""
+        self._entries = Counter("epp_prefix_shared_entries", "Shared prefix-index entries, by outcome.",
+                                ["op"], registry=registry)  # fmt: skip
+        self._errors = Counter("epp_prefix_shared_errors", "Failed Redis calls of the shared prefix index.",
+                               ["op"], registry=registry)  # fmt: skip
+        self._lag = Gauge("epp_prefix_shared_lag_seconds", "Age of the last shared entry applied.", registry=registry)
+        self._up = Gauge("epp_prefix_shared_connected", "1 while the shared prefix index reaches Redis.", registry=registry)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
