@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import redis.asyncio as redis
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _PUBLISH_BATCH = 256
 _READ_COUNT = 512
 _BLOCK_MS = 1000
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # stream entries as redis-py returns them
 
 
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
@@ -186,7 +188,10 @@ class SharedPrefixIndex:
             try:
                 await self._check_position()
                 while True:
-                    reply = await self._client.xread({self.stream: self._last_id}, count=_READ_COUNT, block=_BLOCK_MS)
+                    reply = cast(
+                        "list[tuple[bytes, _Entries]] | None",
+                        await self._client.xread({self.stream: self._last_id}, count=_READ_COUNT, block=_BLOCK_MS),
+                    )
                     self._set_up(True)
                     for _stream, entries in reply or ():
                         for entry_id, fields in entries:
@@ -198,7 +203,7 @@ class SharedPrefixIndex:
     async def _check_position(self) -> None:
         """Read from the start when the stream is older than our position (Redis lost its data)."""
         assert self._client is not None
-        newest = await self._client.xrevrange(self.stream, count=1)
+        newest = cast("_Entries", await self._client.xrevrange(self.stream, count=1))
         if not newest or _stream_id(newest[0][0]) < _stream_id(self._last_id):
             self._last_id = "0-0"
 
