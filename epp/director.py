@@ -164,7 +164,7 @@ class Director:
         decision.finished = True
         primary = decision.endpoints[0]
         request = decision.request
-        self.datastore.request_finished(primary.name, decision.tokens)
+        self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         if seen.known:
