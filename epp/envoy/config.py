@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+from epp.request.headers import DESTINATION_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import LB_METADATA_NAMESPACE as LB_NAMESPACE
+
 STAT_PREFIX = "ingress"
 PICKER_CLUSTER = "epp"
 POOL_CLUSTER = "pool"

@@ -16,7 +16,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.director import Director
-from epp.extproc.stream import ProtocolViolation, RequestStream
+from epp.extproc.collect import ProtocolViolation
+from epp.extproc.stream import RequestStream
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
