@@ -255,3 +255,20 @@ def test_finishing_after_the_pod_moved_leaves_the_new_pod_counters_alone() -> No
     assert state is not None and state.inflight_requests == 1 and state.inflight_tokens == new.tokens
     d.finish(new)
     assert (state.inflight_requests, state.inflight_tokens) == (0, 0)
+
+
+def test_a_failing_response_complete_plugin_neither_raises_nor_keeps_the_request_in_flight() -> None:
+    class Broken:
+        typed_name = TypedName("broken", "broken")
+
+        def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+            raise RuntimeError("boom")
+
+    store = make_store("10.0.0.1:8000")
+    scheduler = build_preset("least-inflight")
+    scheduler.response_complete_plugins.insert(0, Broken())
+    d = make_director(store, scheduler)
+    decision = d.route(chat(), 10)
+    d.finish(decision, Usage(5, 7, 0), 100)
+    state = store.get("10.0.0.1:8000")
+    assert state is not None and state.inflight_requests == 0

@@ -56,7 +56,10 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer):
                 for reply in replies:
                     yield reply
         finally:
-            stream.close()
+            try:
+                stream.close()
+            except Exception:  # never replace the stream's own outcome (e.g. a CancelledError) with this
+                log.exception("internal error closing ext_proc stream (request id=%s)", stream.request_id or "-")
 
 
 class ExtProcServicer(StreamServicer):
