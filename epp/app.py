@@ -2,49 +2,23 @@
 
 Builds datastore → telemetry → discovery (static list, or Kubernetes with optional leader election) →
 scheduler (--config-file/--config-text, else the reference default) → director → metrics poller → servers, starts them in that order,
-waits for SIGTERM/SIGINT, and stops them in reverse (health NOT_SERVING first, in-flight streams given
-``--drain-timeout`` to finish). Flags mirror the reference picker's names and defaults.
+waits for SIGTERM/SIGINT, and stops them in reverse (health NOT_SERVING first, new streams still served
+for ``--drain-timeout``, then open streams get ``--shutdown-grace``). Flags mirror the reference picker's
+names and defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
-import signal
-import sys
 
-from epp._util.duration import parse_duration
+from epp._util.cli import Shutdown, add_serving_flags, bool_flag, configure_logging, duration, port, run_async, run_until_signal
 from epp.discovery.kube_setup import add_kubernetes_flags
-from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger("epp.serve")
 
 DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
-
-
-def go_bool(text: str) -> bool:
-    """Go flag booleans: ``--flag``, ``--flag=true``, ``--flag=false`` (also 1/0, t/f)."""
-    value = text.strip().lower()
-    if value in ("1", "t", "true", "yes"):
-        return True
-    if value in ("0", "f", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
-    return int(text)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,21 +27,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
     )
-    g = parser.add_argument_group("serving")
-    g.add_argument("--grpc-port", type=port, default=9002, help="ext_proc gRPC port")
-    g.add_argument("--grpc-health-port", type=port, default=9003, help="gRPC health port (plaintext)")
+    g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
-    g.add_argument("--bind-address", default="", help="address to listen on; empty = all interfaces")
-    g.add_argument("--secure-serving", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="serve ext_proc over TLS (--secure-serving=false for plaintext)")
-    g.add_argument("--cert-path", default="",
-                   help="directory with tls.crt and tls.key; empty = generate a self-signed ECDSA certificate")
-    g.add_argument("--enable-cert-reload", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                   help="reload tls.crt/tls.key from --cert-path when they change")
-    g.add_argument("--health-checking", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                   help="also serve the gRPC health service on --grpc-port")
-    g.add_argument("--drain-timeout", type=duration, default="30s", metavar="DURATION",
-                   help="on SIGTERM, how long in-flight streams may take to finish (Go duration, e.g. 30s)")
+    bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
     p = parser.add_argument_group("pool without Kubernetes")
     p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
@@ -84,21 +46,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help=f"EndpointPickerConfig YAML file, or a preset name; default: preset {DEFAULT_POLICY}")
     source.add_argument("--config-text", default="", metavar="YAML", help="EndpointPickerConfig YAML given inline")
     r = parser.add_argument_group("requests")
-    r.add_argument("--disable-endpoint-subset-filter", type=go_bool, nargs="?", const=True, default=False,
-                   metavar="BOOL", help="ignore the gateway's envoy.lb.subset_hint endpoint subset")
-    r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help="largest request body accepted; larger bodies get 413")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                        help="log verbosity: 1 warnings, 2 info, 3+ debug")
+    bool_flag(r, "--disable-endpoint-subset-filter", False, "ignore the gateway's envoy.lb.subset_hint endpoint subset")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbosity)
     kube = bool(args.pool_name or args.endpoint_selector)
     if kube == bool(args.static_endpoints):
         log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector or --static-endpoints")
@@ -106,11 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1:
         log.error("--max-body-bytes must be positive")
         return 2
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve(args))
-    return uvloop.run(serve(args))
+    return run_async(serve(args))
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -162,27 +111,15 @@ async def serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
     )
     metrics = MetricsServer(telemetry, args.metrics_port, host=args.bind_address or None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if kube is not None:
-                await stack.enter_async_context(kube)
-            await stack.enter_async_context(poller)
-            await metrics.start()
-            stack.push_async_callback(metrics.stop)
-            await server.start()
-            stack.push_async_callback(server.stop, args.drain_timeout)
-            log.info("epp ready: ext_proc :%d, health :%d, metrics :%d", server.port, server.health_port, metrics.port)
-            await stop.wait()
-            log.info("shutting down")
-    except (OSError, RuntimeError) as exc:  # a port already in use (grpc raises RuntimeError)
-        log.error("cannot serve: %s", exc)
-        return 1
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped")
-    return 0
+
+    async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
+        if kube is not None:
+            await stack.enter_async_context(kube)
+        await stack.enter_async_context(poller)
+        await metrics.start()
+        stack.push_async_callback(metrics.stop)
+        await server.start()
+        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry)
+        log.info("epp ready: ext_proc :%d, health :%d, metrics :%d", server.port, server.health_port, metrics.port)
+
+    return await run_until_signal(setup, log)

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from epp.datastore import Datastore
 from epp.discovery.kube_setup import KubernetesRuntime
 from epp.discovery.pods import PoolSpec
-from tests.discovery.conftest import FAST, RecordingListener, names, wait_for
+from tests.conftest import wait_for
+from tests.discovery.conftest import FAST, RecordingListener, names
 from tests.fakes.kube_apiserver import FakeKubeApiServer, make_objective, make_pod, make_pool
 
 Factory = Callable[..., KubernetesRuntime]

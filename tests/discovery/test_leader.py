@@ -16,7 +16,8 @@ from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, load_api_client
 from epp.discovery.kube_setup import KubernetesRuntime
 from epp.discovery.leader import LeaderElector, LeaseTiming, lease_name
-from tests.discovery.conftest import FAST, wait_for
+from tests.conftest import wait_for
+from tests.discovery.conftest import FAST
 from tests.fakes.kube_apiserver import FakeKubeApiServer, make_pod, make_pool
 
 FAST_LEASE = LeaseTiming(lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
