@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, configure_logging, duration, run_async, run_until_signal
+from epp._util.lifecycle import cancel_and_wait
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -126,19 +127,9 @@ async def serve(args: argparse.Namespace) -> int:
         stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry)
         if models_file is not None:
             watcher = ModelsFileWatcher(models_file, apply)
-            stack.push_async_callback(_cancel, asyncio.create_task(watcher.run(args.models_reload_interval)))
+            stack.push_async_callback(cancel_and_wait, asyncio.create_task(watcher.run(args.models_reload_interval)))
         log.info("epp bbr ready: ext_proc :%d (%s), health :%d", server.port,
                  "TLS" if credentials else "plaintext", server.health_port)
 
     return await run_until_signal(setup, log)
 
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Stop a background task we own; a cancellation aimed at the caller itself still propagates."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
