@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp._util.cli import go_bool
+from epp._util.proc import spawn
 from epp.cli import build_parser
 from tests.conftest import wait_for
 from tests.extproc.builders import CHAT_BODY, request_body, request_headers, set_headers, streamed
@@ -80,7 +81,7 @@ def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None
 @pytest.fixture
 def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
     ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:8001,127.0.0.1:8002",
          "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
          "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
