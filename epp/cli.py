@@ -16,6 +16,7 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("sim", "epp.sim.cli", "Run a vLLM-compatible simulated engine"),
     ("demo", "epp.demo", "Run a local demo: real Envoy + epp serve + local engines, sample traffic, routing table"),
     ("bbr", "epp.bbr", "Run the body-based router (sets the model header for route matching)"),
+    ("replay", "epp.replay.cli", "Score routing policies on request traces"),
 )
 
 

@@ -66,15 +66,18 @@ def _healthy(upstream: Upstream) -> bool:
         return False
 
 
-def start_engines(names: Sequence[str], model: str, timeout: float = 30.0) -> EngineFleet:
-    """One ``epp sim`` process per name serving ``model`` on a free port, once every ``/health`` answers."""
+def start_engines(
+    names: Sequence[str], model: str, timeout: float = 30.0, extra_args: Sequence[str] = ()
+) -> EngineFleet:
+    """One ``epp sim`` process per name serving ``model`` on a free port, once every ``/health`` answers.
+    ``extra_args`` go to every ``epp sim`` (e.g. ``--profile``, ``--time-scale``)."""
     fleet = EngineFleet({}, [])
     try:
         for seed, name in enumerate(names):
             upstream = Upstream("127.0.0.1", proc_util.free_port())
             fleet.processes.append(proc_util.spawn(
                 [sys.executable, "-m", "epp", "sim", "--host", upstream.host, "--port", str(upstream.port),
-                 "--served-model-name", model, "--seed", str(seed)],
+                 "--served-model-name", model, "--seed", str(seed), *extra_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
             fleet.members[name] = upstream

@@ -1,0 +1,161 @@
+"""What ``epp replay`` does once its flags are parsed: load, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
+from epp.replay import report
+from epp.replay.knee import Knee, find_knee
+from epp.replay.live import LiveSpec
+from epp.replay.offline import ClusterSpec
+from epp.replay.plots import write_plots
+from epp.replay.policies import resolve
+from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_live_job, run_one, trace_bounds
+from epp.replay.synthetic import WORKLOADS
+from epp.replay.traces import Trace, TraceError, read_trace
+from epp.scheduling.presets import PRESETS
+
+MAX_ISSUES_SHOWN = 10
+TABLE_WIDTH = 170
+
+
+class ReplayError(Exception):
+    """Bad input the user can fix; printed without a traceback."""
+
+
+def load_trace(args: argparse.Namespace, console: Console) -> Trace:
+    if args.synthetic:
+        if args.trace:
+            raise ReplayError("give either TRACE or --synthetic, not both")
+        workload = WORKLOADS[args.synthetic]
+        values = {f.name: getattr(args, f"{workload.flag_prefix}_{f.name}") for f in dataclasses.fields(workload.params)}
+        try:
+            trace = workload.build(workload.params(**values), args.seed)
+        except ValueError as exc:
+            raise ReplayError(str(exc)) from None
+        return trace.head(args.max_requests)
+    if not args.trace:
+        raise ReplayError("give a TRACE file or --synthetic KIND")
+    try:
+        trace = read_trace(args.trace, args.max_requests)
+    except TraceError as exc:
+        raise ReplayError(str(exc)) from None
+    if trace.issues:
+        console.print(f"[yellow]{args.trace}: skipped {len(trace.issues)} malformed line(s):[/]")
+        for issue in trace.issues[:MAX_ISSUES_SHOWN]:
+            console.print(f"  {issue}", markup=False, highlight=False)
+        if len(trace.issues) > MAX_ISSUES_SHOWN:
+            console.print(f"  … and {len(trace.issues) - MAX_ISSUES_SHOWN} more")
+    return trace
+
+
+def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
+    profile = args.profile or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise ReplayError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    engine = EngineConfig(profile=profile, num_gpu_blocks=args.num_gpu_blocks, seed=args.seed)
+    return ClusterSpec(engines=args.engines, engine=engine)
+
+
+def policies(names: list[str] | None) -> list[str]:
+    """The policy specs to run, checked up front so a typo fails before any replay starts."""
+    specs = names or sorted(PRESETS)
+    try:
+        for spec in specs:
+            resolve(spec)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    return specs
+
+
+def run_knee(trace: Trace, policy: str, seed: int, cluster: ClusterSpec, bounds: Bounds, console: Console) -> Knee:
+    def probe(scale: float) -> float | None:
+        with console.status(f"knee search: {policy} at rate ×{scale:.3g}"):
+            outcome = run_one(trace, Job(policy, scale, seed), cluster, bounds, lambda n: None)
+        p90: float | None = outcome.summary["ttft_p90"]
+        return p90
+
+    knee = find_knee(policy, trace.mean_rate, probe)
+    if knee.rate_scale is None:
+        console.print(f"knee ({policy}): TTFT p90 ≥ 2× unloaded at every probed rate")
+    else:
+        beyond = "" if knee.crossed else " (not crossed: the knee lies beyond)"
+        console.print(
+            f"knee ({policy}): rate ×{knee.rate_scale:.3g} ≈ {knee.rate_rps:.2f} req/s keeps TTFT p90 "
+            f"< {knee.threshold:.3f} s (unloaded {knee.unloaded_ttft_p90:.3f} s){beyond}"
+        )
+    return knee
+
+
+def _console(stderr: bool) -> Console:
+    """Rich console; a wide one when redirected to a file, so the table is never squeezed."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = max(console.width, TABLE_WIDTH)
+    return console
+
+
+def replay(args: argparse.Namespace) -> int:
+    console = _console(stderr=True)
+    if args.live and args.find_knee:
+        raise ReplayError("--find-knee runs offline only")
+    if args.time_scale <= 0:
+        raise ReplayError("--time-scale must be positive")
+    trace = load_trace(args, console)
+    cluster = cluster_spec(args)
+    bounds = trace_bounds(trace, cluster)
+    out: Path | None = args.out
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    title = (
+        f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, "
+        f"{cluster.engines} × {cluster.engine.profile}"
+    )
+    results: dict[str, Any] = {}
+    if args.find_knee:
+        (policy,) = policies([args.find_knee])
+        knee = run_knee(trace, policy, args.seed, cluster, bounds, console)
+        results["knee"] = dataclasses.asdict(knee)
+        if out is not None:
+            (out / "knee.json").write_text(json.dumps(results["knee"], indent=2) + "\n")
+        if not args.policy:
+            if args.json:
+                print(json.dumps(results["knee"], indent=2))
+            return 0
+    jobs = [Job(policy, rate, args.seed) for policy in policies(args.policy) for rate in args.rate_scale]
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        tasks = [bar.add_task(job.label, total=len(trace.requests)) for job in jobs]
+        try:
+            if args.live:
+                spec = LiveSpec(args.time_scale, out / "live" if out is not None else None)
+                outcomes = []
+                for task, job in zip(tasks, jobs):
+                    outcomes.append(run_live_job(trace, job, cluster, bounds, spec))
+                    bar.update(task, completed=len(trace.requests))
+            else:
+                outcomes = run_jobs(
+                    trace, jobs, cluster, bounds, args.jobs, lambda i, n: bar.update(tasks[i], completed=n)
+                )
+        except RunError as exc:
+            raise ReplayError(str(exc)) from None
+    summaries = [o.summary for o in outcomes]
+    (console if args.json else _console(stderr=False)).print(report.table(title, summaries))
+    if out is not None:
+        report.write_summary(out, summaries)
+        write_plots(out, [(o.job.label, o.run) for o in outcomes])
+        console.print(f"wrote {out}/summary.json and plots")
+    if args.json:
+        sys.stdout.write(report.dumps(summaries) + "\n")
+    return 0

@@ -1,0 +1,90 @@
+"""``epp replay``: score routing policies on a request trace before deploying them.
+
+Examples::
+
+    epp replay trace.jsonl                                   # every preset, 8 engines, trace speed
+    epp replay trace.jsonl --policy default --policy random --rate-scale 1,2 --out results/
+    epp replay --synthetic shared-prefix --sp-groups 32 --policy gie-default --json
+    epp replay trace.jsonl --policy my-config.yaml --policy gie-default --engines 16
+    epp replay trace.jsonl --find-knee least-queue --max-requests 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from epp.replay.synthetic import WORKLOADS
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError("rate scales must be positive numbers")
+    return rates
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be ≥ 1")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument("trace", nargs="?", help="Mooncake JSONL, epp JSONL or Azure CSV (optionally .gz)")
+    parser.add_argument(
+        "--policy", action="append", metavar="NAME|CONFIG.yaml",
+        help="a scheduler preset, 'default' or an EndpointPickerConfig file; repeat to compare (default: every preset)",
+    )
+    parser.add_argument("--engines", type=_positive_int, default=8, help="simulated engines (default 8)")
+    parser.add_argument("--profile", default=None, help="engine model/GPU profile (default llama-3.1-8b-h100)")
+    parser.add_argument(
+        "--num-gpu-blocks", type=_positive_int, default=None,
+        help="KV blocks per engine (default: derived from the profile's memory)",
+    )
+    parser.add_argument(
+        "--rate-scale", type=_rates, default=[1.0], metavar="X[,Y...]",
+        help="multiply the trace's arrival rate (2 = twice as fast); several give one run each",
+    )
+    parser.add_argument("--max-requests", type=_positive_int, default=None, help="replay only the first N requests")
+    parser.add_argument("--out", type=Path, default=None, help="write summary.json and plots here")
+    parser.add_argument("--json", action="store_true", help="print the summary JSON on stdout (table goes to stderr)")
+    parser.add_argument("--find-knee", metavar="POLICY", help="find the rate where POLICY's TTFT p90 doubles")
+    parser.add_argument("--live", action="store_true", help="replay through real Envoy + epp serve + epp sim processes")
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0,
+        help="live only: wall seconds per simulated second (0.5 = twice as fast; default 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for engines and synthetic workloads")
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=min(2, os.cpu_count() or 1), help="runs in parallel (processes)"
+    )
+    parser.add_argument("--synthetic", choices=sorted(WORKLOADS), help="generate the workload instead of reading TRACE")
+    for name, workload in WORKLOADS.items():
+        group = parser.add_argument_group(f"--synthetic {name}")
+        for f in dataclasses.fields(workload.params):
+            flag = f"--{workload.flag_prefix}-{f.name.replace('_', '-')}"
+            group.add_argument(
+                flag, dest=f"{workload.flag_prefix}_{f.name}", type=type(f.default), default=f.default,
+                help=f"{f.metadata['help']} (default {f.default})",
+            )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from epp.replay.app import ReplayError, replay
+
+    try:
+        return replay(args)
+    except ReplayError as exc:
+        print(f"epp replay: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,276 @@
+"""Offline replay: N simulated engines and the real scheduler, in virtual time.
+
+A discrete-event loop over three kinds of event, in time order:
+
+- an arrival: the request is scheduled exactly as ``epp serve`` would (``Scheduler.schedule`` over
+  ``Datastore.endpoints()``, in-flight counters via ``request_started``) and handed to its engine;
+- an engine's step end: its outputs are delivered (first tokens, finishes → ``request_finished`` and
+  the scheduler's response-complete hooks) and the engine starts its next step;
+- a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
+  ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
+  state exactly as stale as in production.
+
+Each request carries both its token ids (what token-aware plugins hash, e.g. the prefix scorer) and
+the text those ids decode to with the simulator's tokenizer (what text-based plugins see, e.g. the
+SGLang radix tree), as a client sending text to ``epp serve`` would.
+
+Polls are taken lazily: no event happens between a tick and the next event, so a snapshot taken when
+that event is processed is the state at the tick. Engine steps are given the next arrival as their
+horizon, so runs of pure decode are fused into one event (``EngineCore.step``): an engine's state
+can therefore run ahead of a poll tick by at most the fused run, never past the next arrival, the only
+moment anyone reads it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from epp._util.clock import VirtualClock
+from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.engine.config import EngineConfig
+from epp.engine.core import EngineCore, EngineStats, RequestOutput
+from epp.engine.request import EngineRequest
+from epp.engine.tokenizer import decode
+from epp.replay.traces.model import TraceRequest
+from epp.request import LLMRequest, RequestError, RequestKind
+from epp.scheduling import Scheduler
+
+POLL_INTERVAL = 0.05
+"""The metrics poller's default refresh interval, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """The simulated cluster: ``engines`` identical engines built from ``engine``."""
+
+    engines: int = 8
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    poll_interval: float = POLL_INTERVAL
+    staleness_threshold: float = 2.0
+
+    def kv_tokens(self) -> int:
+        """The whole cluster's KV cache in tokens."""
+        return self.engines * self.engine.total_gpu_blocks * self.engine.block_size
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What happened to one trace request; times in virtual seconds from the trace start."""
+
+    arrival: float
+    prompt_tokens: int
+    engine: int = -1
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    first_token: float | None = None
+    finish: float | None = None
+    shed: str | None = None
+    """Why the request never reached an engine (scheduler's 429/503 reason, or the engine's refusal)."""
+
+
+@dataclass(slots=True)
+class LoadSample:
+    """Requests each engine holds (running + waiting) at one poll."""
+
+    time: float
+    per_engine: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A run's per-request records, per-engine load samples and requests dispatched to each engine."""
+
+    records: list[RequestRecord]
+    load: list[LoadSample]
+    dispatched: tuple[int, ...]
+    wall_s: float
+
+    @property
+    def engines(self) -> int:
+        return len(self.dispatched)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    index: int
+    request: LLMRequest
+
+
+def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
+    """The metrics poller's view of an engine: vLLM gauges mapped to engine-neutral fields."""
+    return EndpointMetrics(
+        scraped_at=scraped_at,
+        waiting=stats.num_waiting,
+        running=stats.num_running,
+        kv_usage=stats.kv_usage,
+        active_loras=stats.running_loras,
+        waiting_loras=stats.waiting_loras,
+        max_lora=stats.max_loras,
+        block_size=stats.block_size,
+        num_gpu_blocks=stats.num_gpu_blocks,
+        models=models,
+    )
+
+
+class OfflineReplay:
+    """One policy on one cluster over one trace. ``run()`` once; the result is deterministic for a
+    deterministic scheduler. ``clock`` (at 0) is the one the scheduler was built on."""
+
+    def __init__(
+        self,
+        requests: Sequence[TraceRequest],
+        scheduler: Scheduler,
+        cluster: ClusterSpec,
+        clock: VirtualClock,
+        rate_scale: float = 1.0,
+        load_samples: int = 400,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        if rate_scale <= 0:
+            raise ValueError("rate scale must be positive")
+        self.requests = requests
+        self.scheduler = scheduler
+        self.cluster = cluster
+        self.arrivals = [r.arrival / rate_scale for r in requests]
+        self.clock = clock
+        self.datastore = Datastore(self.clock, cluster.staleness_threshold)
+        self.endpoints = [Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000) for i in range(cluster.engines)]
+        self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}
+        for endpoint in self.endpoints:
+            self.datastore.upsert(endpoint)
+        self.datastore.mark_synced()
+        self.engines = [
+            EngineCore(replace(cluster.engine, seed=cluster.engine.seed + i)) for i in range(cluster.engines)
+        ]
+        self.models = frozenset({cluster.engine.model})
+        self.records = [RequestRecord(a, r.prompt.length) for a, r in zip(self.arrivals, requests)]
+        self.load: list[LoadSample] = []
+        span = self.arrivals[-1] if self.arrivals else 0.0
+        self._sample_every = span / load_samples if load_samples else math.inf
+        self._next_sample = 0.0
+        self._progress = progress
+        self._inflight: dict[str, _InFlight] = {}
+        self._pending: list[list[RequestOutput] | None] = [None] * cluster.engines
+        # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
+        self._stats: list[EngineStats | None] = [None] * cluster.engines
+        self._heap: list[tuple[float, int]] = []
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        arrivals = self.arrivals
+        heap = self._heap
+        n = len(arrivals)
+        i = 0
+        next_poll = 0.0
+        interval = self.cluster.poll_interval
+        while i < n or heap:
+            t_arrival = arrivals[i] if i < n else math.inf
+            t = min(t_arrival, heap[0][0]) if heap else t_arrival
+            if t >= next_poll:
+                tick = math.floor(t / interval) * interval
+                self._poll(tick)
+                next_poll = tick + interval
+            self.clock.advance_to(t)
+            if heap and heap[0][0] <= t_arrival:
+                _, e = heapq.heappop(heap)
+                self._deliver(e)
+                self._step(e, t, arrivals[i] if i < n else math.inf)
+            else:
+                self._arrive(i, t, arrivals[i + 1] if i + 1 < n else math.inf)
+                i += 1
+                if self._progress is not None and (i % 256 == 0 or i == n):
+                    self._progress(i)
+        dispatched = [0] * len(self.engines)
+        for record in self.records:
+            if record.engine >= 0:
+                dispatched[record.engine] += 1
+        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _poll(self, tick: float) -> None:
+        loads = []
+        cached = self._stats
+        for e, (endpoint, engine) in enumerate(zip(self.endpoints, self.engines)):
+            stats = cached[e]
+            if stats is None:
+                stats = cached[e] = engine.stats()
+            self.datastore.update_metrics(endpoint.name, snapshot(stats, tick, self.models))
+            loads.append(stats.num_running + stats.num_waiting)
+        if tick >= self._next_sample:
+            self.load.append(LoadSample(tick, tuple(loads)))
+            self._next_sample = tick + self._sample_every
+
+    def _arrive(self, index: int, now: float, horizon: float) -> None:
+        trace_request = self.requests[index]
+        record = self.records[index]
+        tokens = trace_request.prompt.tokens()
+        request_id = str(index)
+        request = LLMRequest(
+            request_id=request_id,
+            kind=RequestKind.COMPLETIONS,
+            model=trace_request.model or self.cluster.engine.model,
+            prompt_bytes=decode(tokens).encode(),
+            prompt_token_ids=tokens,
+            max_tokens=trace_request.output_tokens,
+            user=trace_request.session,
+            priority=trace_request.priority,
+        )
+        try:
+            result = self.scheduler.schedule(request, self.datastore.endpoints())
+        except RequestError as exc:
+            record.shed = exc.reason or str(exc.status)
+            return
+        name = result.endpoints[0].name
+        e = self._index[name]
+        engine = self.engines[e]
+        try:
+            engine.add_request(EngineRequest(request_id, tokens, trace_request.output_tokens, now))
+        except ValueError as exc:
+            record.shed = f"engine refused: {exc}"
+            return
+        record.engine = e
+        self._stats[e] = None
+        self.datastore.request_started(name, len(tokens))
+        self._inflight[request_id] = _InFlight(index, request)
+        if self._pending[e] is None:
+            self._step(e, now, horizon)
+
+    def _step(self, e: int, now: float, horizon: float) -> None:
+        """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
+        out = self.engines[e].step(now, horizon)
+        self._stats[e] = None
+        if out.duration > 0:
+            self._pending[e] = out.outputs
+            heapq.heappush(self._heap, (now + out.duration, e))
+        else:
+            self._pending[e] = None
+
+    def _deliver(self, e: int) -> None:
+        outputs = self._pending[e] or []
+        self._pending[e] = None
+        for out in outputs:
+            flight = self._inflight.get(out.request_id)
+            if flight is None:
+                continue
+            record = self.records[flight.index]
+            if out.first_token:
+                record.first_token = out.first_token_time
+                record.cached_tokens = out.num_cached_tokens
+            if out.finished:
+                record.finish = out.finish_time
+                record.output_tokens = out.num_output_tokens
+                del self._inflight[out.request_id]
+                state = self.datastore.get(self.endpoints[e].name)
+                self.datastore.request_finished(self.endpoints[e].name, record.prompt_tokens)
+                if state is not None:
+                    usage = {
+                        "prompt_tokens": out.num_prompt_tokens,
+                        "completion_tokens": out.num_output_tokens,
+                        "cached_tokens": out.num_cached_tokens,
+                    }
+                    self.scheduler.response_complete(flight.request, state, usage)

@@ -1,0 +1,40 @@
+"""Policy names as ``epp replay --policy`` takes them: a scheduler preset, ``default``, or a config file."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from epp._util.clock import Clock
+from epp.config import ConfigError, load_config, load_scheduler
+from epp.scheduling import Scheduler
+from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
+
+DEFAULT = "default"
+"""``epp serve``'s policy when no config is given: ``DEFAULT_PRESET`` (gie-default, which also has the
+best TTFT p90 near saturation on both Mooncake traces in ``bench/replay.md``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A label for reports and a factory: every run gets a fresh scheduler (no state leaks between runs),
+    built on the run's virtual clock with its seed, so time-based plugin state follows virtual time."""
+
+    label: str
+    build: Callable[[Clock, int], Scheduler]
+
+
+def known_policies() -> list[str]:
+    return [DEFAULT, *sorted(PRESETS)]
+
+
+def resolve(spec: str) -> Policy:
+    """``spec`` is ``default``, a preset name or an EndpointPickerConfig YAML path; a bad config or an
+    unknown name raises ValueError naming what is wrong (checked now, before any run starts)."""
+    source = DEFAULT_PRESET if spec == DEFAULT else spec
+    try:
+        load_config(source)
+    except ConfigError as exc:
+        raise ValueError(f"policy {spec!r}: {exc}") from None
+    return Policy(spec, lambda clock, seed: load_scheduler(source, clock=clock, rng=random.Random(seed)))

@@ -1,0 +1,88 @@
+"""One policy run boiled down to the numbers users compare: the ``summary.json`` object.
+
+Keys are fixed (``SUMMARY_KEYS``) so scripts can rely on them; a value that cannot be computed (no
+request completed) is ``None``, never NaN (which is not JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from epp.replay.offline import RequestRecord, RunResult
+
+SUMMARY_KEYS = (
+    "policy",
+    "rate_scale",
+    "requests",
+    "completed",
+    "shed",
+    "hit_ratio",
+    "ideal_hit_ratio",
+    "capacity_hit_ratio",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tpot_p50",
+    "e2e_p90",
+    "throughput_tok_s",
+    "imbalance",
+    "wall_s",
+)
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); ``values`` sorted ascending."""
+    if not values:
+        return None
+    k = (len(values) - 1) * p / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def hit_ratio(records: Sequence[RequestRecord]) -> float | None:
+    """Cached ÷ prompt tokens over the requests an engine admitted (its prefix cache was asked)."""
+    seen = [r for r in records if r.first_token is not None]
+    total = sum(r.prompt_tokens for r in seen)
+    return sum(r.cached_tokens for r in seen) / total if total else None
+
+
+def imbalance(dispatched: Sequence[int]) -> float | None:
+    """Max ÷ mean requests dispatched per engine: 1.0 is perfectly even."""
+    total = sum(dispatched)
+    return max(dispatched) / (total / len(dispatched)) if total else None
+
+
+def summarize(
+    run: RunResult, policy: str, rate_scale: float, ideal_hit_ratio: float, capacity_hit_ratio: float
+) -> dict[str, Any]:
+    records = run.records
+    done = [
+        (r.arrival, r.first_token, r.finish, r.output_tokens)
+        for r in records
+        if r.first_token is not None and r.finish is not None
+    ]
+    ttft = sorted(first - arrival for arrival, first, _, _ in done)
+    tpot = sorted((finish - first) / (n - 1) for _, first, finish, n in done if n > 1)
+    e2e = sorted(finish - arrival for arrival, _, finish, _ in done)
+    span = max((finish for _, _, finish, _ in done), default=0.0) - min((r.arrival for r in records), default=0.0)
+    return {
+        "policy": policy,
+        "rate_scale": rate_scale,
+        "requests": len(records),
+        "completed": len(done),
+        "shed": sum(1 for r in records if r.shed is not None),
+        "hit_ratio": hit_ratio(records),
+        "ideal_hit_ratio": ideal_hit_ratio,
+        "capacity_hit_ratio": capacity_hit_ratio,
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p90": percentile(ttft, 90),
+        "ttft_p99": percentile(ttft, 99),
+        "tpot_p50": percentile(tpot, 50),
+        "e2e_p90": percentile(e2e, 90),
+        "throughput_tok_s": sum(n for *_, n in done) / span if span > 0 else None,
+        "imbalance": imbalance(run.dispatched),
+        "wall_s": run.wall_s,
+    }
