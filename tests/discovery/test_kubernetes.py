@@ -112,7 +112,9 @@ async def test_waits_for_pool_and_empties_when_pool_deleted(apiserver: FakeKubeA
     apiserver.put(make_pod("a", "10.0.0.1"))
     rt = runtime()
     await rt.start()
-    await asyncio.sleep(0.5)
+    # Discovery has listed the pool (absent) and is watching for it: only now is "not synced" meaningful.
+    await wait_for(lambda: any("inferencepools" in path and "watch=true" in path for _, path in apiserver.requests),
+                   what="the pool list and watch")
     assert not rt.datastore.synced and len(rt.datastore) == 0  # pods are ignored until the pool exists
     pool = apiserver.put(make_pool("pool", {"app": "vllm"}, [8000]))
     await wait_for(lambda: rt.datastore.synced and names(rt.datastore) == {"a-rank-0"})
