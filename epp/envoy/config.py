@@ -13,7 +13,9 @@ Two routing flavours are supported (see ``Routing``); the facts behind every kno
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -26,7 +28,7 @@ PICKER_CLUSTER = "epp"
 POOL_CLUSTER = "pool"
 
 # Fields of each JSON access-log line; ``epp.envoy.accesslog`` reads them back.
-ACCESS_LOG_FIELDS: dict[str, str] = {
+ACCESS_LOG_FIELDS: Mapping[str, str] = MappingProxyType({
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
     "path": "%REQ(:PATH)%",
@@ -40,7 +42,7 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
     "duration_ms": "%DURATION%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
-}
+})
 
 
 class Routing(enum.Enum):
