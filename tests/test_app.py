@@ -207,3 +207,20 @@ def test_unusable_kubeconfig_is_a_clear_error_not_a_traceback(tmp_path: Path) ->
         )
         assert proc.returncode == 2, proc.stderr
         assert f"kubeconfig {path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flags_only_means_serve() -> None:
+    """Upstream charts set ``args:`` to flags only, replacing the image's ``CMD ["serve"]``."""
+    from epp.cli import with_default_command
+
+    argv = with_default_command(["--pool-name=p", "--grpc-port=9002"])
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.pool_name, args.grpc_port) == ("serve", "p", 9002)
+    assert with_default_command(["--version"]) == ["--version"]
+    assert with_default_command(["bbr", "--grpc-port=1"]) == ["bbr", "--grpc-port=1"]
+
+
+def test_flags_only_process_runs_serve() -> None:
+    proc = subprocess.run([sys.executable, "-m", "epp", "--static-endpoints", "127.0.0.1:1", "--pool-name", "p"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr  # serve's own check, not a usage error
