@@ -13,12 +13,14 @@ import argparse
 import contextlib
 import logging
 
-from epp._util.cli import Shutdown, add_serving_flags, bool_flag, configure_logging, duration, port, run_async, run_until_signal
+from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, port, run_async, run_until_signal
+from epp._util.logs import configure_logging
 from epp.discovery.kube_setup import add_kubernetes_flags
 
 log = logging.getLogger("epp.serve")
 
 DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
+DEFAULT_MAX_STREAMS = 10_000
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +36,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
                         "instead of --pool-name / --endpoint-selector")
+    p.add_argument("--endpoints-file", default="", metavar="PATH",
+                   help="YAML endpoints file (llm-d file-discovery format); instead of the other pool sources")
+    bool_flag(p, "--watch-endpoints-file", True, "re-read --endpoints-file when it changes (a bad edit keeps the previous pool)")
     add_kubernetes_flags(parser)
     m = parser.add_argument_group("engine metrics")
     m.add_argument("--refresh-metrics-interval", type=duration, default="50ms", metavar="DURATION",
@@ -47,17 +52,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config-text", default="", metavar="YAML", help="EndpointPickerConfig YAML given inline")
     r = parser.add_argument_group("requests")
     bool_flag(r, "--disable-endpoint-subset-filter", False, "ignore the gateway's envoy.lb.subset_hint endpoint subset")
+    r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                   help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.verbosity)
+    configure_logging(args.log_format, args.verbosity)
     kube = bool(args.pool_name or args.endpoint_selector)
-    if kube == bool(args.static_endpoints):
-        log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector or --static-endpoints")
+    if kube + bool(args.static_endpoints) + bool(args.endpoints_file) != 1:
+        log.error("no endpoint source: pass exactly one of --pool-name, --endpoint-selector, --static-endpoints "
+                  "or --endpoints-file")
         return 2
-    if args.max_body_bytes < 1:
-        log.error("--max-body-bytes must be positive")
+    if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
+        log.error("--max-body-bytes and --max-concurrent-streams must be positive")
         return 2
     return run_async(serve(args))
 
@@ -67,9 +75,11 @@ async def serve(args: argparse.Namespace) -> int:
     from epp.datastore import Datastore
     from epp.director import Director
     from epp.config import load_scheduler, load_scheduler_text
+    from epp.discovery import FileDiscovery
     from epp.discovery.kube_setup import build_from_args
     from epp.discovery.static import StaticDiscovery
     from epp.extproc.health import HealthService
+    from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
     from epp.extproc.server import PickerServer
     from epp.extproc.servicer import ExtProcServicer
     from epp.extproc.tls import server_credentials
@@ -81,7 +91,11 @@ async def serve(args: argparse.Namespace) -> int:
     telemetry = Telemetry(datastore, pool_name=args.pool_name, build_ref=__version__)
     try:
         kube = build_from_args(args, datastore, registry=telemetry.registry)
-        if kube is None:
+        endpoints_file = None
+        if args.endpoints_file:
+            endpoints_file = FileDiscovery(args.endpoints_file, datastore, reload=args.watch_endpoints_file)
+            await endpoints_file.start()
+        elif kube is None:
             endpoints = await StaticDiscovery(args.static_endpoints).start(datastore)
             log.info("static pool: %s", ", ".join(e.hostport for e in endpoints))
         credentials = (
@@ -105,16 +119,20 @@ async def serve(args: argparse.Namespace) -> int:
         health = HealthService(readiness=lambda: datastore.synced)
     poller = MetricsPoller(datastore, interval=args.refresh_metrics_interval, registry=telemetry.registry)
     host = args.bind_address or "[::]"
+    limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=telemetry.registry)
     server = PickerServer(
-        ExtProcServicer(director, args.max_body_bytes), health,
+        ExtProcServicer(director, args.max_body_bytes, limiter), health,
         port=args.grpc_port, health_port=args.grpc_health_port, host=host, credentials=credentials,
         max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
+        max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR,
     )
     metrics = MetricsServer(telemetry, args.metrics_port, host=args.bind_address or None)
 
     async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
         if kube is not None:
             await stack.enter_async_context(kube)
+        if endpoints_file is not None:
+            stack.push_async_callback(endpoints_file.stop)
         await stack.enter_async_context(poller)
         await metrics.start()
         stack.push_async_callback(metrics.stop)

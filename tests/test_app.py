@@ -67,7 +67,10 @@ def test_go_bool() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [([], "no endpoint source"), (["--static-endpoints", "10.0.0.1"], "expected HOST:PORT"),
-     (["--static-endpoints", "10.0.0.1:0"], "port must be")],
+     (["--static-endpoints", "10.0.0.1:0"], "port must be"),
+     (["--static-endpoints", "127.0.0.1:1", "--endpoints-file", "x.yaml"], "exactly one of"),
+     (["--endpoints-file", "/no/such/endpoints.yaml"], "/no/such/endpoints.yaml"),
+     (["--max-concurrent-streams", "0", "--static-endpoints", "127.0.0.1:1"], "must be positive")],
 )
 def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None:
     proc = subprocess.run(

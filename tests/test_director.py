@@ -176,6 +176,16 @@ def test_model_rewrite_header_rewrites_body() -> None:
     assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
 
 
+def test_rewrite_of_a_body_nested_deeper_than_json_can_be_written_is_400() -> None:
+    d = make_director(make_store("10.0.0.1:8000"))
+    body = b'{"model": "m", "metadata": ' + b"[" * 300 + b"]" * 300 + b"}"
+    request = parse_request("rid", {":path": "/v1/chat/completions", "x-llm-d-model-name-rewrite": "m2"}, body)
+    with pytest.raises(RequestError) as info:
+        d.route(request, len(body))
+    assert (info.value.status, info.value.code) == (400, "invalid_body")
+    assert d.datastore.get("10.0.0.1:8000").inflight_requests == 0
+
+
 def test_model_rewriter_hook_applies_only_without_header() -> None:
     d = make_director(make_store("10.0.0.1:8000"), model_rewriter=lambda r: "from-rule")
     assert d.route(chat(), 10).target_model == "from-rule"

@@ -1,5 +1,6 @@
 """What the long-running commands (``epp serve``, ``epp bbr``) share: Go-style flag types, the ext_proc
-serving flags, logging set-up, and the run-until-signal loop with one error mapping.
+serving flags (logging flags included, from ``epp._util.logs``), and the run-until-signal loop with one
+error mapping.
 
 The loop's contract: start-up problems the operator can fix by changing flags or files (``ValueError``,
 e.g. an unreadable kubeconfig) exit 2 like a usage error; a port already in use or another OS-level
@@ -14,11 +15,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from epp._util.duration import parse_duration
+from epp._util.logs import add_logging_flags
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -63,7 +64,7 @@ def add_serving_flags(
     health_help: str = "gRPC health port (plaintext)",
     secure_help: str = "serve ext_proc over TLS (--secure-serving=false for plaintext)",
 ) -> argparse._ArgumentGroup:
-    """The ext_proc server's flags (ports, TLS, drain, body limit, ``-v``); returns the group for more."""
+    """The ext_proc server's flags (ports, TLS, drain, body limit, logging); returns the group for more."""
     g = parser.add_argument_group("serving")
     g.add_argument("--grpc-port", type=port, default=grpc_port, help="ext_proc gRPC port")
     g.add_argument("--grpc-health-port", type=port, default=health_port, help=health_help)
@@ -80,17 +81,8 @@ def add_serving_flags(
                         "cancelled (keep drain + grace below the pod's terminationGracePeriodSeconds)")
     g.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted; larger bodies get 413")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                        help="log verbosity: 1 warnings, 2 info, 3+ debug")
+    add_logging_flags(parser)
     return g
-
-
-def configure_logging(verbosity: int) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if verbosity < 2 else logging.INFO if verbosity == 2 else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:

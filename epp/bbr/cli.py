@@ -15,8 +15,9 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from epp._util.cli import Shutdown, add_serving_flags, bool_flag, configure_logging, duration, run_async, run_until_signal
+from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, run_async, run_until_signal
 from epp._util.lifecycle import cancel_and_wait
+from epp._util.logs import configure_logging
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -78,7 +79,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.verbosity)
+    configure_logging(args.log_format, args.verbosity)
     if args.max_body_bytes < 1:
         log.error("--max-body-bytes must be positive")
         return 2

@@ -89,8 +89,7 @@ class RequestCollector:
     def _request_headers(self, message: pb.ProcessingRequest) -> Replies:
         if self.phase is not Phase.HEADERS:
             raise ProtocolViolation(f"request_headers received while {self.phase.value}")
-        self.headers = messages.header_dict(message.request_headers.headers)
-        self.request_id = self.headers.get(REQUEST_ID_HEADER) or self.missing_request_id()
+        self.read_headers(message)
         if message.HasField("protocol_config"):
             self.request_mode = message.protocol_config.request_body_mode
             self.response_mode = message.protocol_config.response_body_mode
@@ -100,6 +99,11 @@ class RequestCollector:
             return self.reject(self._body_mode_error())
         self.phase = Phase.BODY
         return [messages.continue_request_headers()] if self.request_mode in BUFFERED_MODES else []
+
+    def read_headers(self, message: pb.ProcessingRequest) -> None:
+        """Headers (lower-cased names) and the request id of a ``request_headers`` message."""
+        self.headers = messages.header_dict(message.request_headers.headers)
+        self.request_id = self.headers.get(REQUEST_ID_HEADER) or self.missing_request_id()
 
     def _request_body(self, body: pb.HttpBody) -> Replies:
         if self.phase is not Phase.BODY:

@@ -76,6 +76,11 @@ class ResponseRelay:
     def close(self) -> None:
         self._finish(completed=False)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """The bounded copies this relay keeps: the JSON body copy (≤ the body limit) and the SSE line."""
+        return (len(self._copy) if self._copy is not None else 0) + self._reader.pending_bytes
+
     def _update_hold(self) -> None:
         """Hold a duplex JSON body to its end only when a model name has to be swapped back in it."""
         self._holding = bool(self._swaps) and not self.streaming and self.mode == ProcessingMode.FULL_DUPLEX_STREAMED

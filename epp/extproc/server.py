@@ -16,12 +16,15 @@ log = logging.getLogger(__name__)
 
 # Room for BUFFERED bodies up to the body limit plus protobuf framing (Python's default cap is 4 MiB).
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+# Probes are short Check calls; Watch streams live forever, so their number needs a cap too.
+HEALTH_MAX_RPCS = 256
 
 
 class PickerServer:
     """Owns two grpc.aio servers. ``port``/``health_port`` 0 binds a free port; the bound ports are
     readable after ``start``.
 
+    ``max_concurrent_rpcs`` makes gRPC refuse calls beyond it with RESOURCE_EXHAUSTED (None: no cap).
     ``stop`` reports NOT_SERVING at once but keeps serving new streams for the drain period (gateways
     and Kubernetes endpoints need time to stop sending here; refusing at once makes a fail-closed
     gateway answer 5xx on every rollout), then stops accepting and lets open streams finish within the
@@ -39,6 +42,7 @@ class PickerServer:
         credentials: grpc.ServerCredentials | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         health_on_main_port: bool = False,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self.servicer = servicer
         self.health = health
@@ -49,11 +53,12 @@ class PickerServer:
         self.health_on_main_port = health_on_main_port
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._health: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        main = grpc.aio.server(options=self._options)
+        main = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, main)
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
@@ -62,7 +67,7 @@ class PickerServer:
             self.port = main.add_secure_port(address, self.credentials)
         else:
             self.port = main.add_insecure_port(address)
-        health = grpc.aio.server()
+        health = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()

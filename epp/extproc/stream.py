@@ -22,7 +22,7 @@ from epp.extproc import messages
 from epp.extproc.collect import BUFFERED_MODES, Phase, ProtocolViolation, Replies, RequestCollector
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
-from epp.request.body import DEFAULT_MAX_BODY_BYTES
+from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
 from epp.request.headers import REQUEST_ID_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.parse import parse_request, request_path
 
@@ -68,6 +68,21 @@ class RequestStream(RequestCollector):
             return self._relay.body(message.response_body)
         return self._relay.trailers()
 
+    def refuse(self, message: pb.ProcessingRequest, error: RequestError) -> Replies:
+        """Answer the stream's first message with ``error`` (e.g. epp overloaded) without routing it.
+
+        The headers are still read so the refusal is logged and counted under the request's id.
+        """
+        if message.WhichOneof("request") != "request_headers":
+            raise ProtocolViolation(f"stream must start with request_headers, got {message.WhichOneof('request')}")
+        self.read_headers(message)
+        return self.reject(error)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this stream holds for the client right now (request body, response copy, SSE line)."""
+        return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
+
     def close(self) -> None:
         """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
         if self._relay is not None:
@@ -98,6 +113,7 @@ class RequestStream(RequestCollector):
         except RequestError as error:
             return self.reject(error, request)
         self._routed(decision)
+        self.body = BodyBuffer(self.body.limit)  # forwarded below: do not hold it for the whole response
         headers = self._upstream_headers(decision)
         if decision.body is not None:
             headers["content-length"] = str(len(decision.body))

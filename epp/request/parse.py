@@ -150,8 +150,14 @@ def _prompt_fields(prompt: object) -> dict[str, Any]:
 
 
 def _dumps(value: object) -> bytes:
-    """Compact JSON with sorted keys: equal content gives equal bytes whatever the client's key order."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    """Compact JSON with sorted keys: equal content gives equal bytes whatever the client's key order.
+
+    orjson reads 1024 levels of nesting but writes only 254, so a deep (hostile) prompt is a 400 here.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise RequestError(400, "request body is nested too deeply", code="invalid_body") from None
 
 
 def _int_field(data: dict[str, Any], *names: str) -> int | None:
