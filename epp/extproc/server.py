@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -23,8 +25,10 @@ class PickerServer:
     readable after ``start``.
 
     ``max_concurrent_rpcs`` makes gRPC refuse calls beyond it with RESOURCE_EXHAUSTED (None: no cap).
-    ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
-    within the grace period (after which gRPC cancels them), and closes the health port last.
+    ``stop`` reports NOT_SERVING at once but keeps serving new streams for the drain period (gateways
+    and Kubernetes endpoints need time to stop sending here; refusing at once makes a fail-closed
+    gateway answer 5xx on every rollout), then stops accepting and lets open streams finish within the
+    grace period (after which gRPC cancels them), and closes the health port last.
     """
 
     def __init__(
@@ -67,16 +71,26 @@ class PickerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()
+        try:
+            await main.start()
+        except BaseException:
+            await health.stop(0)  # a half-started server must not keep the health port answering
+            raise
         self._health = health
-        await main.start()
         self._main = main
         log.info("ext_proc server on %s:%d (%s), health on %s:%d", self.host, self.port,
                  "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, drain: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """NOT_SERVING now; keep serving for ``drain`` s (or until ``hurry`` is set); then stop with ``grace``."""
         self.health.drain()
+        if self._main is not None and drain > 0:
+            log.info("draining: health NOT_SERVING, still serving new streams for %.1fs", drain)
+            waiter = hurry.wait() if hurry is not None else asyncio.sleep(drain)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, drain)
         if self._main is not None:
-            log.info("draining ext_proc streams (up to %.1fs)", grace)
+            log.info("no longer accepting streams; open ones have up to %.1fs to finish", grace)
             await self._main.stop(grace)
             self._main = None
         if self._health is not None:
