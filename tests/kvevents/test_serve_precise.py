@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.extproc.builders import request_body, request_headers, set_headers
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, post
-from tests.test_app import free_port, wait_health
+from tests.conftest import wait_for
+from tests.test_app import free_port, health_is
 
 pytestmark = pytest.mark.e2e
 
@@ -100,7 +101,8 @@ async def test_picks_follow_the_blocks_each_engine_reported(
     proc, ports = picker
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['health']}") as hch, \
             grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch, aiohttp.ClientSession() as http:  # fmt: skip
-        await wait_health(health_pb2_grpc.HealthStub(hch), health_pb2.HealthCheckResponse.SERVING, proc)
+        health = health_pb2_grpc.HealthStub(hch)
+        await wait_for(lambda: health_is(health, health_pb2.HealthCheckResponse.SERVING, proc), what="SERVING")
         stub = pb_grpc.ExternalProcessorStub(ch)
         for port in engines:  # until each engine's PUB socket reaches the picker's bound SUB
             for attempt in range(200):
