@@ -19,15 +19,13 @@ from epp._util.clock import Clock, WallClock
 from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
+from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SUBSET_KEY
 from epp.request.usage import Usage
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-MODEL_NAME_HEADER = "x-gateway-model-name"
-DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
 
 # Headers the picker owns: never re-emitted from the stored request headers (gie-facts A3).
 SYSTEM_HEADERS = frozenset({
@@ -35,7 +33,7 @@ SYSTEM_HEADERS = frozenset({
     "x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id",
     "x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite",
     "x-llm-d-slo-ttft-ms", "x-slo-ttft-ms", "x-llm-d-slo-tpot-ms", "x-slo-tpot-ms",
-    "x-gateway-destination-endpoint-subset", DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
+    SUBSET_KEY, DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
     DROPPED_REASON_HEADER, "content-length",
 })
 
@@ -169,7 +167,7 @@ class Director:
         decision.finished = True
         primary = decision.endpoints[0]
         request = decision.request
-        self.datastore.request_finished(primary.name, decision.tokens)
+        self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         if seen.known:

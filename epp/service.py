@@ -3,8 +3,9 @@
 Built (no I/O, so every configuration error surfaces before anything listens): datastore → telemetry
 → config (``--config-file``/``--config-text``, else the reference default) → scheduler, attached to the
 datastore → endpoint source (``epp.discovery.sources``) → director → metrics poller → servers.
-``async with`` starts the source, the poller, the metrics port and the gRPC servers in that order and
-stops them in reverse (health NOT_SERVING first, in-flight streams given ``--drain-timeout``).
+``setup`` starts the source, the poller, plugins with background work, the metrics port and the gRPC
+servers in that order; the stack stops them in reverse (health NOT_SERVING first, new streams served
+for ``--drain-timeout``, open ones given ``--shutdown-grace``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import TracebackType
 import grpc
 
 from epp import __version__
+from epp._util.cli import Shutdown
 from epp.app import DEFAULT_POLICY
 from epp._util.clock import Clock
 from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text
@@ -79,19 +81,34 @@ class PickerService:
         )
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None)
         self.drain_timeout: float = args.drain_timeout
+        self.shutdown_grace: float = args.shutdown_grace
         self._stack = contextlib.AsyncExitStack()
 
-    async def __aenter__(self) -> PickerService:
-        async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(self.source.running)
-            await stack.enter_async_context(self.poller)
-            await self.metrics.start()
-            stack.push_async_callback(self.metrics.stop)
-            await self.server.start()
-            stack.push_async_callback(self.server.stop, self.drain_timeout)
-            self._stack = stack.pop_all()
+    async def setup(self, stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
+        """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
+        await stack.enter_async_context(self.source.running)
+        await stack.enter_async_context(self.poller)
+        for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
+            register, start, stop = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
+            if register is not None:
+                register(self.telemetry.registry)
+            if start is not None and stop is not None:
+                await start()
+                stack.push_async_callback(stop)
+        await self.metrics.start()
+        stack.push_async_callback(self.metrics.stop)
+        await self.server.start()
+        stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry)
         log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d",
                  self.source.name, self.server.port, self.server.health_port, self.metrics.port)
+
+    async def __aenter__(self) -> PickerService:
+        """In-process use (tests): ``setup`` into a private stack; leaving stops at once (no drain)."""
+        shutdown = Shutdown()
+        shutdown.hurry.set()  # no drain period when the block ends
+        async with contextlib.AsyncExitStack() as stack:
+            await self.setup(stack, shutdown)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(

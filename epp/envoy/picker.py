@@ -92,7 +92,7 @@ class PickerProcess:
             raise RuntimeError(f"{self.name} already started")
         stderr = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(
+            self._proc = proc_util.spawn(
                 self.command(), stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.cwd, env=self.env
             )
         finally:

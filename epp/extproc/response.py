@@ -42,10 +42,8 @@ class ResponseRelay:
         self._update_hold()
 
     def headers(self, message: pb.HttpHeaders) -> Replies:
-        for h in message.headers.headers:
-            if h.key.lower() == "content-type":
-                value = h.raw_value.decode("latin-1") if h.raw_value else h.value
-                self.streaming = self.streaming or "text/event-stream" in value.lower()
+        content_type = messages.header_dict(message.headers).get("content-type", "")
+        self.streaming = self.streaming or "text/event-stream" in content_type.lower()
         self._update_hold()
         reply = messages.response_headers_reply(
             {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision)}

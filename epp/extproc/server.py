@@ -6,6 +6,8 @@ transport (``epp.extproc.h2``); the health port is always grpc.aio (its ``Watch`
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any
@@ -33,8 +35,10 @@ class PickerServer:
 
     ``max_concurrent_rpcs`` makes gRPC refuse calls beyond it with RESOURCE_EXHAUSTED (None: no cap); the
     native transport advertises it as each connection's SETTINGS_MAX_CONCURRENT_STREAMS and refuses more.
-    ``stop`` first reports NOT_SERVING, then stops accepting streams and lets in-flight ones finish
-    within the grace period (after which gRPC cancels them), and closes the health port last.
+    ``stop`` reports NOT_SERVING at once but keeps serving new streams for the drain period (gateways
+    and Kubernetes endpoints need time to stop sending here; refusing at once makes a fail-closed
+    gateway answer 5xx on every rollout), then stops accepting and lets open streams finish within the
+    grace period (after which they are cancelled), and closes the health port last.
     """
 
     def __init__(
@@ -73,16 +77,20 @@ class PickerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
         self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()
+        try:
+            if self.native:
+                assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
+                native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
+                                  max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+                                  max_streams=self._max_rpcs)
+                await native.start()
+                self._native, self.port = native, native.port
+            else:
+                await self._start_grpcio()
+        except BaseException:
+            await health.stop(0)  # a half-started server must not keep the health port answering
+            raise
         self._health = health
-        if self.native:
-            assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
-            native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
-                              max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
-                              max_streams=self._max_rpcs)
-            await native.start()
-            self._native, self.port = native, native.port
-        else:
-            await self._start_grpcio()
         log.info("ext_proc server on %s:%d (%s, %s), health on %s:%d", self.host, self.port,
                  "native HTTP/2" if self.native else "grpc.aio",
                  "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
@@ -108,14 +116,20 @@ class PickerServer:
             return HealthCheckCall(self.health)
         return None
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, drain: float = 0.0, hurry: asyncio.Event | None = None) -> None:
+        """NOT_SERVING now; keep serving for ``drain`` s (or until ``hurry`` is set); then stop with ``grace``."""
         self.health.drain()
+        if (self._main is not None or self._native is not None) and drain > 0:
+            log.info("draining: health NOT_SERVING, still serving new streams for %.1fs", drain)
+            waiter = hurry.wait() if hurry is not None else asyncio.sleep(drain)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, drain)
         if self._native is not None:
-            log.info("draining ext_proc streams (up to %.1fs)", grace)
+            log.info("no longer accepting streams; open ones have up to %.1fs to finish", grace)
             await self._native.stop(grace)
             self._native = None
         if self._main is not None:
-            log.info("draining ext_proc streams (up to %.1fs)", grace)
+            log.info("no longer accepting streams; open ones have up to %.1fs to finish", grace)
             await self._main.stop(grace)
             self._main = None
         if self._health is not None:

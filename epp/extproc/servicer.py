@@ -21,8 +21,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp._util.logs import clip, fields
 from epp.director import Director
 from epp.extproc.h2.connection import GRPC_INTERNAL, GRPC_INVALID_ARGUMENT, CallError
+from epp.extproc.collect import ProtocolViolation
 from epp.extproc.limits import StreamLimiter, overloaded
-from epp.extproc.stream import ProtocolViolation, RequestStream
+from epp.extproc.stream import RequestStream
 from epp.request import RequestError
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
@@ -99,7 +100,11 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
                     await context.write(reply)
         finally:
             self.release(stream)
-            stream.close()
+            try:
+                stream.close()
+            except Exception:  # never replace the stream's own outcome (e.g. a CancelledError) with this
+                rid = clip(stream.request_id or "-")
+                log.exception("internal error closing ext_proc stream (request id=%s)", rid, extra=fields(request_id=rid))
 
 
 class NativeCall(Generic[H]):

@@ -7,7 +7,8 @@ from the datastore when scraped instead of on a timer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,14 +30,14 @@ _SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0
 _MODEL = ("model_name", "target_model_name")
 
 # HTTP status → the reference's error-code label value (its errutil codes).
-ERROR_CODES = {
+ERROR_CODES: Mapping[int, str] = MappingProxyType({
     400: "BadRequest",
     412: "PreconditionFailed",
     413: "BadRequest",
     429: "InferencePoolResourceExhausted",
     500: "Internal",
     503: "ServiceUnavailable",
-}
+})
 
 
 def error_code(status: int) -> str:

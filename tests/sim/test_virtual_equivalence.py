@@ -1,8 +1,9 @@
 """The HTTP simulator and the virtual-time core give the same TTFTs for the same arrivals.
 
-Tolerance: each request's TTFT within 10 % + 30 ms (engine time), the sum within 5 %. The HTTP side
-adds client and event-loop latency (measured: ~3 wall ms, i.e. ~6 engine ms at ``--time-scale 0.5``)
-and its arrival times are what the client measured, not what the server saw.
+Tolerance: each request's TTFT within 10 % + 50 ms, the sum within 5 %. The HTTP side adds client and
+event-loop latency (measured: ~3 ms on a quiet box) and its arrival times are what the client measured,
+not what the server saw; real time (``--time-scale 1``) keeps that jitter from being magnified into
+engine time, and 50 ms leaves room for a loaded 2-core CI machine. The prefix-hit count must match exactly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from epp.engine.request import EngineRequest
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, scrape
 
-SCALE = 0.5
+SCALE = 1.0
 OFFSETS = (0.0, 0.03, 0.06, 0.2, 0.25, 0.4, 0.45, 0.7)  # wall seconds
 
 
@@ -66,7 +67,7 @@ async def test_http_ttft_matches_virtual_time() -> None:
     virtual = {c.request_id: c.ttft for c in run_virtual(core, requests)}
     http = {f"r{i}": ttft / SCALE for i, (_, ttft) in enumerate(results)}
     for rid, expected in virtual.items():
-        assert abs(http[rid] - expected) <= 0.1 * expected + 0.03, (rid, http[rid], expected)
+        assert abs(http[rid] - expected) <= 0.1 * expected + 0.05, (rid, http[rid], expected)
     assert core.stats().prefix_cache_hits == metrics["vllm:prefix_cache_hits_total"]
     assert abs(metrics["vllm:time_to_first_token_seconds_sum"] - sum(virtual.values())) <= 0.05 * sum(virtual.values())
     assert max(virtual.values()) > 2 * min(virtual.values())  # the workload has queueing and cache hits to get right
