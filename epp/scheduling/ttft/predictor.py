@@ -7,10 +7,11 @@
   (``PrefillCost``). ``cached`` is the prefix index's match times the chance it is still in the
   engine's cache: 1 while a request holding it is in flight; once released, LRU eviction reaches it
   as the tokens written since (``PrefixRecency``) approach the KV space running sequences leave free.
-  With r = written / free, the expected share still cached is ``clip(1.75 − r, 0, 1)``: measured in
-  replay of the Mooncake conversation trace at ×2.8 load (share held by the engine, from its own
-  cache: r < 0.75 → 0.96–1.0, r ≈ 0.9 → 0.66, 1.0–1.4 → 0.5, 1.5–1.7 → 0.29, r ≥ 1.75 → ≤ 0.05),
-  not 0/1 at r = 1 because free space and tokens written are both estimates.
+  With r = written / free, the expected share still cached is ``clip(1.5 − r, 0, 1)``, between what
+  replay measured on the two Mooncake traces at ×2.8 load (share the engine really held; conversation:
+  r < 0.75 → 0.96–1.0, ≈ 0.9 → 0.66, 1.0–1.4 → 0.5, 1.5–1.7 → 0.29; synthetic: < 0.5 → 0.99,
+  0.5–0.75 → 0.77, 0.75–1.0 → 0.49, ≥ 1.0 → ≤ 0.07) rather than 0/1 at r = 1, because free space and
+  tokens written are both estimates.
 * ``wait`` — work ahead of it: this epp's own prefill backlog on the endpoint (``EndpointLedger``,
   instant), plus requests in the engine's waiting queue that this epp did not send (scrape; each
   costed like this prompt cold), plus half an iteration for the one in progress.
@@ -33,8 +34,9 @@ from epp.scheduling.ttft.cost import PrefillCost
 from epp.scheduling.ttft.ledger import EndpointLedger
 
 
-SURVIVAL_EDGE = 1.75
-"""Written-since / free-KV ratio at which a released prefix is taken to be fully evicted."""
+SURVIVAL_EDGE = 1.5
+"""Written-since / free-KV ratio at which a released prefix is taken to be fully evicted (the expected
+share cached falls linearly to it from 1 at ``SURVIVAL_EDGE − 1``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,7 +157,10 @@ def test_scores_are_best_over_predicted_within_zero_and_one() -> None:
     endpoints = pool(3, clock)
     scorer.ledgers["e1"] = _ledger(clock.now(), 0.5)
     scores = scorer.score(CycleState(), request("r", list(range(2000))), endpoints)
-    assert scores[0] == scores[2] == 1.0 and 0.0 < scores[1] < 0.5
+    idle = scorer.predict(CycleState(), request("r", list(range(2000))), endpoints[:1])[0]
+    best = idle.ttft + scorer.params.work_weight * idle.prefill  # the default preset charges 8× the work
+    assert scores[0] == scores[2] == 1.0
+    assert scores[1] == pytest.approx(best / (best + 0.5), abs=0.01)
 
 
 def _flight(now: float, seconds: float) -> Flight:

@@ -10,6 +10,7 @@ from epp.engine.core import EngineCore
 from epp.engine.driver import run_virtual
 from epp.engine.request import EngineRequest
 from epp.scheduling.ttft import EndpointLedger, EngineShape, Flight, PrefillCost, TTFTPredictor
+from epp.scheduling.ttft.predictor import SURVIVAL_EDGE
 from tests.conftest import make_state
 
 NOW = 100.0
@@ -90,7 +91,13 @@ def test_the_kv_wait_only_appears_near_full() -> None:
 
 @pytest.mark.parametrize(
     ("written_since", "kv", "expected_share"),
-    [(None, 0.9, 1.0), (0, 0.99, 1.0), (10_000, 0.0, 1.0), (int(CAPACITY * 1.75), 0.0, 0.0), (int(CAPACITY * 0.5), 0.5, 0.75)],
+    [
+        (None, 0.9, 1.0),  # no mark: trust the index
+        (0, 0.99, 1.0),  # held by a request in flight (or nothing written since): resident
+        (int(CAPACITY * (SURVIVAL_EDGE - 1)), 0.0, 1.0),
+        (int(CAPACITY * 0.5 * (SURVIVAL_EDGE - 0.25)), 0.5, 0.25),  # r = EDGE − 0.25 of the free half
+        (int(CAPACITY * SURVIVAL_EDGE), 0.0, 0.0),
+    ],
 )
 def test_a_released_prefix_is_discounted_as_writes_fill_the_free_kv(
     written_since: int | None, kv: float, expected_share: float
