@@ -1,8 +1,9 @@
 """Turn the demo's outcomes and Envoy's access log into a table: who served each request, and why.
 
-epp does not report its reasons per request, so the "why" column is reconstructed from what the default
-policy (least in-flight, random among equals) looks at: how many of the demo's own requests each engine
-was serving when the request was sent (the demo is the only traffic). For the requests that share a
+epp does not report its reasons per request, so the "why" column is reconstructed from the load part of
+what the default policy (smallest predicted time to first token, random among equals) looks at: how many
+of the demo's own requests each engine was serving when the request was sent (the demo is the only
+traffic). For the requests that share a
 system prompt the table also says whether they met on the same engine, where a prefix cache would help.
 """
 
@@ -79,6 +80,7 @@ def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: E
     counts = Counter(served.values())
     console.print("Requests per engine: " + ", ".join(f"{n}={counts[n]}" for n in names))
     console.print(
-        "epp's default policy is least in-flight (random among equals); the in-flight counts above are the demo's "
-        "own view at send time, so they approximate what epp saw."
+        "epp's default policy picks the smallest predicted time to first token (work queued on the engine plus the "
+        "prompt's uncached part, random among equals); the in-flight counts above are the demo's own view of the "
+        "load at send time, so they approximate what epp saw."
     )

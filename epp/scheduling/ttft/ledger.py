@@ -114,6 +114,15 @@ class EndpointLedger:
                 backlog += head.cold_seconds - head.prefill_seconds
         return max(0.0, backlog)
 
+    def queued(self, now: float) -> int:
+        """Requests predicted to be still waiting for (or in) their prefill at ``now``."""
+        count = 0
+        for flight in reversed(self.pending.values()):
+            if flight.eta <= now:
+                break
+            count += 1
+        return count
+
     def mean_output_tokens(self, default: int) -> float:
         n = len(self)
         return self.output_tokens / n if n else float(default)

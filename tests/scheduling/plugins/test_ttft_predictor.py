@@ -105,23 +105,43 @@ def test_ties_are_broken_at_random() -> None:
     assert set(firsts) == {"e0", "e1", "e2", "e3"}
 
 
-def test_a_warm_endpoint_keeps_its_prefix_until_its_queue_outweighs_the_saving() -> None:
-    scheduler, scorer, clock = build()
+def test_the_work_weight_grows_with_the_mean_queue() -> None:
+    _, scorer, clock = build()
+    endpoints = pool(4, clock)
+    assert scorer.work_weight(endpoints, clock.now()) == 8.0
+    for i in range(8):  # 8 queued requests over 4 endpoints: a mean queue of 2
+        scorer.ledgers[endpoints[i % 2].name].routed(f"q{i}", _flight(clock.now(), 1.0))
+    assert scorer.work_weight(endpoints, clock.now()) == 8.0 * 3
+
+
+def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
+    scheduler, _, clock = build()
     endpoints = pool(2, clock)
     doc = list(range(30_000))
     first = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
     scheduler.response_started(request("first", doc + [1]), first)
     scheduler.response_complete(request("first", doc + [1]), first, {})
-    clock.advance(5.0)
-    for e in endpoints:
-        e.metrics = EndpointMetrics(scraped_at=clock.now(), block_size=16, num_gpu_blocks=29202)
-    follow_up = scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0]
-    assert follow_up is first  # cached 30K tokens: far cheaper than anywhere else
-    # the warm endpoint now has a long queue of other work: the follow-ups go cold elsewhere
-    for i in range(6):
-        scorer.ledgers[first.name].routed(f"busy{i}", _flight(clock.now(), 2.0))
-    spilled = scheduler.schedule(request("spill", doc + [3]), endpoints).endpoints[0]
-    assert spilled is not first
+    assert scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0] is first
+
+
+@pytest.mark.parametrize(("congested", "stays"), [(False, False), (True, True)])
+def test_a_long_queue_on_the_warm_endpoint_moves_a_request_unless_every_queue_is_long(
+    congested: bool, stays: bool
+) -> None:
+    """30 s of work queued on the warm endpoint outweighs the ~1.3 s a 30K-token hit saves, ×(1 + λ), on
+    an idle pool; when every endpoint has a queue, λ grows and the hit (less work for everyone) wins."""
+    scheduler, scorer, clock = build()
+    endpoints = pool(2, clock)
+    doc = list(range(30_000))
+    warm = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
+    scheduler.response_complete(request("first", doc + [1]), warm, {})
+    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 30.0))
+    if congested:
+        for e in endpoints:
+            for i in range(6):
+                scorer.ledgers[e.name].routed(f"{e.name}-{i}", _flight(clock.now(), 0.1))
+    picked = scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0]
+    assert (picked is warm) == stays
 
 
 def test_hooks_move_a_request_from_prefill_to_decode_to_gone() -> None:
@@ -158,7 +178,7 @@ def test_scores_are_best_over_predicted_within_zero_and_one() -> None:
     scorer.ledgers["e1"] = _ledger(clock.now(), 0.5)
     scores = scorer.score(CycleState(), request("r", list(range(2000))), endpoints)
     idle = scorer.predict(CycleState(), request("r", list(range(2000))), endpoints[:1])[0]
-    best = idle.ttft + scorer.params.work_weight * idle.prefill  # the default preset charges 8× the work
+    best = idle.ttft + scorer.work_weight(endpoints, clock.now()) * idle.prefill
     assert scores[0] == scores[2] == 1.0
     assert scores[1] == pytest.approx(best / (best + 0.5), abs=0.01)
 

@@ -96,3 +96,10 @@ def test_a_reused_request_id_replaces_the_old_request() -> None:
     ledger.routed("x", flight(0.0, 1.0))
     ledger.routed("x", flight(5.0, 1.0))
     assert len(ledger) == 1 and ledger.backlog(5.0) == pytest.approx(1.0)
+
+
+def test_queued_counts_requests_predicted_not_yet_through_their_prefill() -> None:
+    ledger = EndpointLedger()
+    for name in "abc":
+        ledger.routed(name, flight(0.0, 1.0))  # predicted first tokens at 1, 2, 3
+    assert [ledger.queued(t) for t in (0.0, 1.5, 2.5, 3.5)] == [3, 2, 1, 0]

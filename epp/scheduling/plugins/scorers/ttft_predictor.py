@@ -1,9 +1,13 @@
 """``ttft-predictor-scorer``: prefer the endpoint with the smallest predicted time to first token.
 
-Score = ``best / predicted`` (1 for the fastest endpoint, in (0, 1] for the rest), with predictions
-rounded up to ``tieTolerance`` first so endpoints within it tie exactly and ``max-score-picker`` breaks
-the tie at random — an idle pool spreads a burst instead of piling it onto one endpoint, and each pick
-is booked at once (PreRequest), so the next request of the burst already sees it.
+Cost = predicted TTFT + λ · predicted prefill, score = ``best / cost`` (1 for the cheapest endpoint, in
+(0, 1] for the rest), with costs rounded up to ``tieTolerance`` first so endpoints within it tie exactly
+and ``max-score-picker`` breaks the tie at random — an idle pool spreads a burst instead of piling it
+onto one endpoint, and each pick is booked at once (PreRequest), so the next request of the burst
+already sees it. λ = ``workWeight`` × (1 + mean queue in requests over the candidates): a cache miss
+costs later requests the prefill it adds, and more so the more requests queue — under overload the
+throughput cache hits buy matters more than which queue is shortest (λ = 0 with ``workWeight`` 0: pure
+TTFT).
 
 The prediction (``epp.scheduling.ttft``) uses the calibrated latency model of ``profile`` with the
 pool's engine knobs, the prefix producer's per-cycle match (``prefixMatchInfoProducerName``, else the
@@ -17,8 +21,8 @@ the request with its predicted prefill on the chosen endpoint, ResponseStarted (
 Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES``), ``blockSize`` 16,
 ``maxNumBatchedTokens`` 8192, ``stepFloor`` 2ms, ``gpuMemoryUtilization`` 0.9 (the engines' vLLM
 settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
-``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``tieTolerance`` 2ms,
-``requestTimeout`` 10m, ``prefixMatchInfoProducerName``.
+``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
+``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``.
 """
 
 from __future__ import annotations
@@ -133,10 +137,17 @@ class TTFTPredictorScorer:
             out.append(prediction)
         return out
 
+    def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
+        """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
+        requests the prefill work a choice adds will delay (see the module docstring)."""
+        backlog = sum(self._ledger(e.name).queued(now) for e in endpoints) / max(1, len(endpoints))
+        return self.params.work_weight * (1 + backlog)
+
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
-        w = self.params.work_weight
-        rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in self.predict(cycle, request, endpoints)]
+        predictions = self.predict(cycle, request, endpoints)
+        w = self.work_weight(endpoints, self.clock.now())
+        rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in predictions]
         best = min(rounded)
         return [best / r for r in rounded]
 
