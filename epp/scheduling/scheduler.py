@@ -117,7 +117,10 @@ class Scheduler:
         """The caller (director, replay) saw ``endpoint``'s first response bytes for ``request``: once
         per request, before ``response_complete``."""
         for plugin in self.response_started_plugins:
-            plugin.response_started(request, endpoint)
+            try:
+                plugin.response_started(request, endpoint)
+            except Exception:
+                self._hook_failed(plugin, "ResponseStarted", request)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response has ended. Callers call it once per scheduled request, also when usage is unknown

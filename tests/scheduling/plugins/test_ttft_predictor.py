@@ -81,6 +81,20 @@ def test_bad_parameters_name_their_field(params: str, path: str) -> None:
     assert err.value.path == path
 
 
+def test_a_precise_producer_is_read_and_switches_the_eviction_estimate_off() -> None:
+    text = CONFIG.replace(
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}",
+        "- {type: precise-prefix-cache-producer, name: kv, parameters: {mode: bind, bindEndpoint: 'tcp://127.0.0.1:0'}}",
+    )
+    _, scorer, _ = build(text=text)
+    assert scorer.producer.typed_name.type == "precise-prefix-cache-producer"
+    assert scorer.estimate_eviction is False
+    _, approx, _ = build(text=CONFIG)
+    assert approx.estimate_eviction is True
+    _, forced, _ = build(text=CONFIG.replace("defaultOutputTokens: 100}", "defaultOutputTokens: 100, estimateEviction: false}"))
+    assert forced.estimate_eviction is False
+
+
 def test_the_default_preset_is_the_ttft_predictor_and_creates_no_second_producer() -> None:
     assert DEFAULT_PRESET == "default"
     scheduler, scorer, _ = build()

@@ -11,8 +11,9 @@ TTFT).
 
 The prediction (``epp.scheduling.ttft``) uses the calibrated latency model of ``profile`` with the
 pool's engine knobs, the prefix producer's per-cycle match (``prefixMatchInfoProducerName``, else the
-configured ``approx-prefix-cache-producer``, else one this scorer creates matching up to 128K tokens:
-a prediction needs the whole hit, not GIE's 4K-token default), the last scrape, and this plugin's own
+configured prefix producer — approximate or ``precise-prefix-cache-producer`` —, else one this scorer
+creates matching up to 128K tokens: a prediction needs the whole hit, not GIE's 4K-token default), the
+last scrape, and this plugin's own
 ledger of requests in flight per endpoint. The ledger follows the scheduler hooks: PreRequest books
 the request with its predicted prefill on the chosen endpoint, ResponseStarted (first response bytes
 ≈ first token) moves it from prefill to decode, ResponseComplete releases it; requests older than
@@ -22,7 +23,9 @@ Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES
 ``maxNumBatchedTokens`` 8192, ``stepFloor`` 2ms, ``gpuMemoryUtilization`` 0.9 (the engines' vLLM
 settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
 ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
-``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``.
+``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
+(discount released prefixes by the KV written since, ``PrefixRecency``; default: on with the approximate
+producer, off with a precise one, whose engine KV events already say what was evicted).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class TTFTPredictorParams:
     work_weight: float = 0.0
     request_timeout: Duration = Duration(600.0)
     prefix_match_info_producer_name: str | None = None
+    estimate_eviction: bool | None = None
 
     def __post_init__(self) -> None:
         for key, value in (
@@ -102,6 +106,10 @@ class TTFTPredictorScorer:
         self.producer = producer
         self.clock = clock
         self.predictor = TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens)
+        self.estimate_eviction = (
+            p.estimate_eviction if p.estimate_eviction is not None
+            else producer.typed_name.type == APPROX_PREFIX_CACHE_PRODUCER  # a precise index knows evictions
+        )
         self.ledgers: dict[str, EndpointLedger] = {}
         self.recency: dict[str, PrefixRecency] = {}
         self._key = f"ttft/{name}"
@@ -131,7 +139,7 @@ class TTFTPredictorScorer:
             recency = self._recency(e.name)
             for request_id in ledger.expire(cutoff):
                 recency.release(request_id)
-            since = recency.written_since(info.hashes, matched)
+            since = recency.written_since(info.hashes, matched) if self.estimate_eviction else None
             prediction = self.predictor.predict(e, ledger, prompt, matched * info.block_tokens, since, now)
             predictions[e.name] = prediction
             out.append(prediction)
@@ -194,8 +202,8 @@ def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPref
         if not isinstance(found, ApproxPrefixCacheProducer):
             raise ParamError("prefixMatchInfoProducerName", f"no prefix producer plugin named {wanted!r}")
         return found
-    configured = handle.by_type(APPROX_PREFIX_CACHE_PRODUCER)
-    if isinstance(configured, ApproxPrefixCacheProducer):
+    configured = next((p for p in handle.plugins.values() if isinstance(p, ApproxPrefixCacheProducer)), None)
+    if configured is not None:  # the approximate producer or a precise one (a subclass)
         return configured
     producer_name = APPROX_PREFIX_CACHE_PRODUCER if handle.available(APPROX_PREFIX_CACHE_PRODUCER) else f"{name}-producer"
     producer = ApproxPrefixCacheProducer(producer_name, PrefixIndexParams(max_prefix_tokens_to_match=MATCH_TOKENS))
