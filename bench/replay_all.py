@@ -105,7 +105,8 @@ def main() -> None:
         f"({platform.python_implementation()} {platform.python_version()}, {args.jobs} worker processes on a "
         "shared 2-core machine). 8 simulated engines `llama-3.1-8b-h100` (calibrated H100 latency model, "
         "vLLM-shaped scheduler and prefix cache), metrics polled every 50 ms of virtual time. "
-        f"`default` is currently an alias of `{DEFAULT_PRESET}`. Hit = cached ÷ prompt tokens as the engines "
+        f"`{DEFAULT_PRESET}` is what `epp serve` runs without a config (minimum predicted TTFT, "
+        "docs/routing.md). Hit = cached ÷ prompt tokens as the engines "
         "saw them; ideal = unlimited single cache in trace order (the ceiling); Azure traces carry no prefix "
         "information, so every hit ratio there is 0 by construction.",
         "",

@@ -19,7 +19,7 @@ from epp.discovery.kube_setup import add_kubernetes_flags
 
 log = logging.getLogger("epp.serve")
 
-DEFAULT_POLICY = "gie-default"  # the reference's built-in default: queue, kv-cache and prefix scorers
+DEFAULT_POLICY = "default"  # epp's preset (epp.scheduling.presets.DEFAULT_PRESET): minimum predicted TTFT
 DEFAULT_MAX_STREAMS = 10_000
 GC_GEN0_THRESHOLD = 50_000
 

@@ -61,6 +61,7 @@ class RoutingDecision:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     tokens: int = 0
+    started: bool = False
     finished: bool = False
 
     @property
@@ -160,8 +161,17 @@ class Director:
         return matched
 
     # -- response phase -------------------------------------------------------------------------
+    def response_started(self, decision: RoutingDecision) -> None:
+        """The endpoint's first response body bytes arrived (for a stream, its first token): tell the
+        scheduler's ResponseStarted plugins once, so load they track reacts before the next scrape."""
+        if decision.started or decision.finished:
+            return
+        decision.started = True
+        self.scheduler.response_started(decision.request, decision.endpoints[0])
+
     def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None) -> None:
-        """The request is over (response done, or the stream ended): release it once and record what was seen."""
+        """The request is over (response done, or the stream ended): release it once and record what was
+        seen. ResponseComplete plugins hear of every request, with empty usage when none was reported."""
         if decision.finished:
             return
         decision.finished = True
@@ -170,8 +180,7 @@ class Director:
         self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
-        if seen.known:
-            self.scheduler.response_complete(request, primary, seen.as_dict())
+        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
 
     def response_headers(self, decision: RoutingDecision) -> dict[str, str]:
         """Headers the scheduler's plugins add to the client response (e.g. ``x-session-token``)."""

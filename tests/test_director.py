@@ -223,13 +223,37 @@ class Recorder:
         self.seen.append((endpoint.name, dict(usage)))
 
 
-def test_usage_reaches_response_complete_plugins_only_when_known() -> None:
+def test_response_complete_plugins_hear_every_request_with_usage_when_known() -> None:
     rec = Recorder()
     preset = build_preset("least-inflight")
     d = make_director(make_store("10.0.0.1:8000"), Scheduler(preset.profiles, preset.handler, response_complete=[rec]))
     d.finish(d.route(chat(), 10), Usage(3, 4, None), 10)
     d.finish(d.route(chat(), 10))
-    assert rec.seen == [("10.0.0.1:8000", {"prompt_tokens": 3, "completion_tokens": 4})]
+    assert rec.seen == [("10.0.0.1:8000", {"prompt_tokens": 3, "completion_tokens": 4}), ("10.0.0.1:8000", {})]
+
+
+class StartRecorder:
+    typed_name = TypedName("start-recorder", "start-recorder")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        self.seen.append(endpoint.name)
+
+
+def test_response_started_reaches_plugins_once_and_never_after_finish() -> None:
+    rec = StartRecorder()
+    preset = build_preset("least-inflight")
+    d = make_director(make_store("10.0.0.1:8000"), Scheduler(preset.profiles, preset.handler, plugins=[rec]))
+    first = d.route(chat(), 10)
+    d.response_started(first)
+    d.response_started(first)
+    d.finish(first)
+    late = d.route(chat(), 10)
+    d.finish(late)
+    d.response_started(late)
+    assert rec.seen == ["10.0.0.1:8000"]
 
 
 def test_duration_uses_the_injected_clock() -> None:

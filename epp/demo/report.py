@@ -79,7 +79,7 @@ def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: E
     counts = Counter(served.values())
     console.print("Requests per engine: " + ", ".join(f"{n}={counts[n]}" for n in names))
     console.print(
-        "The demo runs epp with the least-inflight preset (random among equals; `epp serve` defaults to gie-default: "
-        "queue, KV-cache and prefix scorers); the in-flight counts above are the demo's own view at send time, so "
+        "The demo runs epp with the least-inflight preset (random among equals; `epp serve` defaults to the "
+        "TTFT-predicting `default` policy); the in-flight counts above are the demo's own view at send time, so "
         "they approximate what epp saw."
     )

@@ -54,6 +54,8 @@ class ResponseRelay:
 
     def body(self, message: pb.HttpBody) -> Replies:
         chunk, eos = message.body, message.end_of_stream
+        if chunk:
+            self.director.response_started(self.decision)
         self.size += len(chunk)
         if self.streaming:
             self._reader.feed(chunk)

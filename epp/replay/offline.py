@@ -4,8 +4,9 @@ A discrete-event loop over three kinds of event, in time order:
 
 - an arrival: the request is scheduled exactly as ``epp serve`` would (``Scheduler.schedule`` over
   ``Datastore.endpoints()``, in-flight counters via ``request_started``) and handed to its engine;
-- an engine's step end: its outputs are delivered (first tokens, finishes → ``request_finished`` and
-  the scheduler's response-complete hooks) and the engine starts its next step;
+- an engine's step end: its outputs are delivered (first tokens → the scheduler's response-started
+  hooks, as ``epp serve`` calls them on an endpoint's first response bytes; finishes →
+  ``request_finished`` and the response-complete hooks) and the engine starts its next step;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production.
@@ -258,14 +259,16 @@ class OfflineReplay:
             if flight is None:
                 continue
             record = self.records[flight.index]
+            state = self.datastore.get(self.endpoints[e].name)
             if out.first_token:
                 record.first_token = out.first_token_time
                 record.cached_tokens = out.num_cached_tokens
+                if state is not None:
+                    self.scheduler.response_started(flight.request, state)
             if out.finished:
                 record.finish = out.finish_time
                 record.output_tokens = out.num_output_tokens
                 del self._inflight[out.request_id]
-                state = self.datastore.get(self.endpoints[e].name)
                 self.datastore.request_finished(self.endpoints[e].name, record.prompt_tokens)
                 if state is not None:
                     usage = {

@@ -12,8 +12,8 @@ from epp.scheduling import Scheduler
 from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
 
 DEFAULT = "default"
-"""``epp serve``'s policy when no config is given: ``DEFAULT_PRESET`` (gie-default, which also has the
-best TTFT p90 near saturation on both Mooncake traces in ``bench/replay.md``)."""
+"""``epp serve``'s policy when no config is given: ``DEFAULT_PRESET`` (the ``default`` preset, which
+routes to the endpoint with the smallest predicted time to first token; see ``bench/RESULTS.md``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Policy:
 
 
 def known_policies() -> list[str]:
-    return [DEFAULT, *sorted(PRESETS)]
+    return [DEFAULT, *sorted(p for p in PRESETS if p != DEFAULT)]
 
 
 def resolve(spec: str) -> Policy:

@@ -129,6 +129,14 @@ class ResponseHeaders(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseStarted(Plugin, Protocol):
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        """Called once when the endpoint's first response body bytes arrive: for a generation request
+        that is its first token, so the prompt's prefill is over (load that reacts before the next scrape)."""
+        ...
+
+
+@runtime_checkable
 class ResponseComplete(Plugin, Protocol):
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """Called when the response has ended, with the engine's usage counts when it reported them."""

@@ -21,6 +21,17 @@ def _config(plugins: str, profile: str) -> str:
 
 
 PRESETS: Mapping[str, str] = MappingProxyType({
+    # epp's default: the endpoint with the smallest predicted time to first token (queue wait + uncached
+    # prefill on the calibrated H100 latency model) plus 8× the prefill work it adds, random among
+    # near-equals. The producer matches up to 128K prompt tokens so the prediction sees the whole hit,
+    # and remembers twice what an engine can cache: the predictor discounts what was evicted since.
+    "default": _config(
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 131072,"
+        " lruCapacityPerServer: 62500}}\n"
+        "- {type: ttft-predictor-scorer, parameters: {profile: llama-3.1-8b-h100, workWeight: 8}}\n"
+        "- {type: max-score-picker}\n",
+        "  - {pluginRef: ttft-predictor-scorer}\n  - {pluginRef: max-score-picker}\n",
+    ),
     # Uniformly random endpoint.
     "random": _config("- {type: random-picker}\n", "  - {pluginRef: random-picker}\n"),
     # Take turns, ignoring load.
@@ -54,7 +65,7 @@ PRESETS: Mapping[str, str] = MappingProxyType({
     ),
 })
 
-DEFAULT_PRESET = "gie-default"
+DEFAULT_PRESET = "default"
 
 
 def build_preset(name: str, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:

@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     ProfileResult,
     ResponseComplete,
     ResponseHeaders,
+    ResponseStarted,
     SchedulingResult,
 )
 from epp.scheduling.profile import SchedulerProfile
@@ -33,8 +34,8 @@ class Scheduler:
     filters left nothing, as the reference does.
 
     ``plugins`` is every plugin the config built (also those outside profiles, such as producers):
-    the ones implementing PreRequest / ResponseHeaders / ResponseComplete are called at those points
-    in declaration order, and ``attach`` subscribes the ones that track endpoints to a datastore.
+    the ones implementing PreRequest / ResponseHeaders / ResponseStarted / ResponseComplete are called
+    at those points in declaration order, and ``attach`` subscribes the ones that track endpoints to a datastore.
     ``saturation_detector`` is what admission asks before shedding sheddable (priority < 0) requests.
 
     A hook that raises never fails the request or the stream: the error is logged (with traceback the
@@ -62,6 +63,7 @@ class Scheduler:
             response_complete, [p for p in self.plugins if isinstance(p, ResponseComplete)]
         )
         self.response_header_plugins = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
+        self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
         self._hook_failures: set[tuple[int, str]] = set()
 
@@ -111,7 +113,18 @@ class Scheduler:
                 self._hook_failed(plugin, "ResponseHeaders", request)
         return headers
 
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        """The caller (director, replay) saw ``endpoint``'s first response bytes for ``request``: once
+        per request, before ``response_complete``."""
+        for plugin in self.response_started_plugins:
+            try:
+                plugin.response_started(request, endpoint)
+            except Exception:
+                self._hook_failed(plugin, "ResponseStarted", request)
+
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        """The response has ended. Callers call it once per scheduled request, also when usage is unknown
+        (empty ``usage``), so plugins tracking requests in flight can release them."""
         for plugin in self.response_complete_plugins:
             try:
                 plugin.response_complete(request, endpoint, usage)

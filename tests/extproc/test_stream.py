@@ -8,8 +8,11 @@ import orjson
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 
+from epp.datastore import EndpointState
 from epp.extproc.messages import MAX_CHUNK_BYTES
 from epp.extproc.stream import ProtocolViolation, RequestStream
+from epp.request import LLMRequest
+from epp.scheduling import TypedName
 from tests.extproc.builders import (
     BUFFERED,
     CHAT_BODY,
@@ -239,6 +242,28 @@ def test_sse_chunks_answered_at_once_and_usage_split_across_chunks() -> None:
     ]
     labels = {"model_name": "m", "target_model_name": "m"}
     assert director.telemetry.registry.get_sample_value("inference_objective_output_tokens_sum", labels) == 6
+
+
+class StartRecorder:
+    typed_name = TypedName("start-recorder", "start-recorder")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        self.seen.append(endpoint.name)
+
+
+def test_first_response_bytes_reach_response_started_plugins_once() -> None:
+    director, s = routed(stream=True)
+    rec = StartRecorder()
+    director.scheduler.response_started_plugins.append(rec)
+    s.handle(response_headers("text/event-stream"))
+    s.handle(response_body(b""))
+    assert rec.seen == []  # headers and empty chunks are not a first token
+    s.handle(response_body(b'data: {"choices":[{"text":"a"}]}\n\n'))
+    s.handle(response_body(b'data: {"choices":[{"text":"b"}]}\n\ndata: [DONE]\n\n', eos=True))
+    assert rec.seen == [s.decision.endpoints[0].name]
 
 
 def test_rewritten_model_is_swapped_back_in_the_response() -> None:

@@ -112,6 +112,9 @@ class Broken:
     def response_headers(self, request, endpoint):  # type: ignore[no-untyped-def]
         raise RuntimeError("headers boom")
 
+    def response_started(self, request, endpoint):  # type: ignore[no-untyped-def]
+        raise RuntimeError("started boom")
+
     def response_complete(self, request, endpoint, usage):  # type: ignore[no-untyped-def]
         raise RuntimeError("complete boom")
 
@@ -124,6 +127,9 @@ class Recording:
 
     def pre_request(self, cycle, request, result):  # type: ignore[no-untyped-def]
         self.calls.append("pre")
+
+    def response_started(self, request, endpoint):  # type: ignore[no-untyped-def]
+        self.calls.append("started")
 
     def response_complete(self, request, endpoint, usage):  # type: ignore[no-untyped-def]
         self.calls.append("complete")
@@ -141,13 +147,15 @@ def test_failing_hooks_are_contained_logged_once_with_the_plugin_name(caplog: py
             result = scheduler.schedule(make_request(), [state])
             assert [e.name for e in result.endpoints] == ["a"]
             assert scheduler.response_headers(make_request(), state) == {}
+            scheduler.response_started(make_request(), state)
             scheduler.response_complete(make_request(), state, {"prompt_tokens": 1})
-    assert after.calls == ["pre", "complete", "pre", "complete"]
+    assert after.calls == ["pre", "started", "complete"] * 2
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert [r.getMessage().split(" (")[0] for r in errors] == [
         "plugin broken-1/broken failed in PreRequest",
         "plugin broken-1/broken failed in ResponseHeaders",
+        "plugin broken-1/broken failed in ResponseStarted",
         "plugin broken-1/broken failed in ResponseComplete",
     ]
     assert all(r.exc_info for r in errors)
-    assert sum(r.levelname == "DEBUG" and "broken-1" in r.getMessage() for r in caplog.records) == 3
+    assert sum(r.levelname == "DEBUG" and "broken-1" in r.getMessage() for r in caplog.records) == 4

@@ -28,6 +28,7 @@ from epp.scheduling.plugins.scorers import (
     session_affinity,
     sglang_cache_aware,
     token_load,
+    ttft_predictor,
 )
 from epp.scheduling.prefix import precise_producer, producer
 from epp.scheduling.registry import PluginType
@@ -57,6 +58,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(session_affinity.SESSION_AFFINITY_SCORER, session_affinity.factory),
     PluginType(no_hit_lru.NO_HIT_LRU_SCORER, no_hit_lru.factory),
     PluginType(sglang_cache_aware.SGLANG_CACHE_AWARE_SCORER, sglang_cache_aware.factory),
+    PluginType(ttft_predictor.TTFT_PREDICTOR_SCORER, ttft_predictor.factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),

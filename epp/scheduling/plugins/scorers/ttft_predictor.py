@@ -1,0 +1,216 @@
+"""``ttft-predictor-scorer``: prefer the endpoint with the smallest predicted time to first token.
+
+Cost = predicted TTFT + λ · predicted prefill, score = ``best / cost`` (1 for the cheapest endpoint, in
+(0, 1] for the rest), with costs rounded up to ``tieTolerance`` first so endpoints within it tie exactly
+and ``max-score-picker`` breaks the tie at random — an idle pool spreads a burst instead of piling it
+onto one endpoint, and each pick is booked at once (PreRequest), so the next request of the burst
+already sees it. λ = ``workWeight`` × (1 + mean queue in requests over the candidates): a cache miss
+costs later requests the prefill it adds, and more so the more requests queue — under overload the
+throughput cache hits buy matters more than which queue is shortest (λ = 0 with ``workWeight`` 0: pure
+TTFT).
+
+The prediction (``epp.scheduling.ttft``) uses the calibrated latency model of ``profile`` with the
+pool's engine knobs, the prefix producer's per-cycle match (``prefixMatchInfoProducerName``, else the
+configured prefix producer — approximate or ``precise-prefix-cache-producer`` —, else one this scorer
+creates matching up to 128K tokens: a prediction needs the whole hit, not GIE's 4K-token default), the
+last scrape, and this plugin's own
+ledger of requests in flight per endpoint. The ledger follows the scheduler hooks: PreRequest books
+the request with its predicted prefill on the chosen endpoint, ResponseStarted (first response bytes
+≈ first token) moves it from prefill to decode, ResponseComplete releases it; requests older than
+``requestTimeout`` are forgotten.
+
+Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES``), ``blockSize`` 16,
+``maxNumBatchedTokens`` 8192, ``stepFloor`` 2ms, ``gpuMemoryUtilization`` 0.9 (the engines' vLLM
+settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
+``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
+``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
+(discount released prefixes by the KV written since, ``PrefixRecency``; default: on with the approximate
+producer, off with a precise one, whose engine KV events already say what was evicted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from epp._util.clock import Clock
+from epp.datastore import Endpoint, EndpointState
+from epp.request import LLMRequest
+from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, ApproxPrefixCacheProducer, PrefixIndexParams
+from epp.scheduling.registry import PluginHandle
+from epp.scheduling.ttft import (
+    EndpointLedger,
+    EngineShape,
+    Flight,
+    Prediction,
+    PrefillCost,
+    PrefixRecency,
+    TTFTPredictor,
+)
+
+TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
+MATCH_TOKENS = 131072
+"""Prompt tokens the scorer's own prefix producer matches (when none is configured)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TTFTPredictorParams:
+    profile: str = "llama-3.1-8b-h100"
+    block_size: int = 16
+    max_num_batched_tokens: int = 8192
+    step_floor: Duration = Duration(0.002)
+    gpu_memory_utilization: float = 0.9
+    default_output_tokens: int = 256
+    tie_tolerance: Duration = Duration(0.002)
+    work_weight: float = 0.0
+    request_timeout: Duration = Duration(600.0)
+    prefix_match_info_producer_name: str | None = None
+    estimate_eviction: bool | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in (
+            ("blockSize", self.block_size), ("maxNumBatchedTokens", self.max_num_batched_tokens),
+            ("defaultOutputTokens", self.default_output_tokens),
+        ):
+            if value < 1:
+                raise ParamError(key, "must be at least 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ParamError("gpuMemoryUtilization", "must be in (0, 1]")
+        if self.work_weight < 0:
+            raise ParamError("workWeight", "must not be negative")
+        if self.tie_tolerance <= 0:
+            raise ParamError("tieTolerance", "must be positive")
+        if self.request_timeout <= 0:
+            raise ParamError("requestTimeout", "must be positive")
+
+    def shape(self) -> EngineShape:
+        try:
+            return EngineShape(
+                self.profile, self.block_size, self.max_num_batched_tokens, self.step_floor, self.gpu_memory_utilization
+            )
+        except ValueError as err:
+            raise ParamError("profile", str(err)) from None
+
+
+class TTFTPredictorScorer:
+    def __init__(
+        self, producer: ApproxPrefixCacheProducer, clock: Clock, name: str = TTFT_PREDICTOR_SCORER,
+        params: TTFTPredictorParams | None = None,
+    ) -> None:
+        self.typed_name = TypedName(TTFT_PREDICTOR_SCORER, name)
+        self.params = p = params or TTFTPredictorParams()
+        self.producer = producer
+        self.clock = clock
+        self.predictor = TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens)
+        self.estimate_eviction = (
+            p.estimate_eviction if p.estimate_eviction is not None
+            else producer.typed_name.type == APPROX_PREFIX_CACHE_PRODUCER  # a precise index knows evictions
+        )
+        self.ledgers: dict[str, EndpointLedger] = {}
+        self.recency: dict[str, PrefixRecency] = {}
+        self._key = f"ttft/{name}"
+
+    def _ledger(self, name: str) -> EndpointLedger:
+        ledger = self.ledgers.get(name)
+        if ledger is None:
+            ledger = self.ledgers[name] = EndpointLedger()
+        return ledger
+
+    def _recency(self, name: str) -> PrefixRecency:
+        recency = self.recency.get(name)
+        if recency is None:
+            recency = self.recency[name] = PrefixRecency()
+        return recency
+
+    def predict(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[Prediction]:
+        """Per endpoint (aligned), the predicted TTFT; also kept in ``cycle`` for the PreRequest hook."""
+        info, hits = self.producer.match(cycle, request, endpoints)
+        now = self.clock.now()
+        cutoff = now - self.params.request_timeout
+        prompt = request.estimated_prompt_tokens
+        predictions: dict[str, Prediction] = cycle.setdefault(self._key, {})
+        out = []
+        for e, matched in zip(endpoints, hits):
+            ledger = self._ledger(e.name)
+            recency = self._recency(e.name)
+            for request_id in ledger.expire(cutoff):
+                recency.release(request_id)
+            since = recency.written_since(info.hashes, matched) if self.estimate_eviction else None
+            prediction = self.predictor.predict(e, ledger, prompt, matched * info.block_tokens, since, now)
+            predictions[e.name] = prediction
+            out.append(prediction)
+        return out
+
+    def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
+        """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
+        requests the prefill work a choice adds will delay (see the module docstring)."""
+        backlog = sum(self._ledger(e.name).queued(now) for e in endpoints) / max(1, len(endpoints))
+        return self.params.work_weight * (1 + backlog)
+
+    def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
+        tol = self.params.tie_tolerance
+        predictions = self.predict(cycle, request, endpoints)
+        w = self.work_weight(endpoints, self.clock.now())
+        rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in predictions]
+        best = min(rounded)
+        return [best / r for r in rounded]
+
+    # -- scheduler hooks -------------------------------------------------------------------------
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        if not result.endpoints:
+            return
+        chosen = result.endpoints[0]
+        prediction = cycle.get(self._key, {}).get(chosen.name)
+        if prediction is None:  # chosen by a profile this scorer is not part of
+            prediction = self.predict(cycle, request, [chosen])[0]
+        output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
+        prompt = request.estimated_prompt_tokens
+        flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output)
+        self._ledger(chosen.name).routed(request.request_id, flight)
+        hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
+        self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
+
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        ledger = self.ledgers.get(endpoint.name)
+        if ledger is not None:
+            ledger.started(request.request_id, self.clock.now())
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        ledger = self.ledgers.get(endpoint.name)
+        if ledger is not None:
+            ledger.finished(request.request_id, self.clock.now())
+        recency = self.recency.get(endpoint.name)
+        if recency is not None:
+            recency.release(request.request_id)
+
+    # -- datastore listener ----------------------------------------------------------------------
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        """Ledgers are created on first use."""
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.ledgers.pop(endpoint.name, None)
+        self.recency.pop(endpoint.name, None)
+
+
+def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    if wanted is not None:
+        found = handle.plugins.get(wanted)
+        if not isinstance(found, ApproxPrefixCacheProducer):
+            raise ParamError("prefixMatchInfoProducerName", f"no prefix producer plugin named {wanted!r}")
+        return found
+    configured = next((p for p in handle.plugins.values() if isinstance(p, ApproxPrefixCacheProducer)), None)
+    if configured is not None:  # the approximate producer or a precise one (a subclass)
+        return configured
+    producer_name = APPROX_PREFIX_CACHE_PRODUCER if handle.available(APPROX_PREFIX_CACHE_PRODUCER) else f"{name}-producer"
+    producer = ApproxPrefixCacheProducer(producer_name, PrefixIndexParams(max_prefix_tokens_to_match=MATCH_TOKENS))
+    handle.add(producer)
+    return producer
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> TTFTPredictorScorer:
+    p = decode_params(TTFTPredictorParams, params)
+    return TTFTPredictorScorer(_producer(name, p.prefix_match_info_producer_name, handle), handle.clock, name, p)

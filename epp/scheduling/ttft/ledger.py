@@ -1,0 +1,176 @@
+"""What this epp has sent one endpoint and not yet seen answered: load a scrape cannot show yet.
+
+Requests are kept in routing order in two stages:
+
+* **pending** — routed, no first token yet: prefill work queued ahead of the next request, each with
+  the prefill seconds predicted for it on this endpoint when it was routed;
+* **decoding** — first token seen, response not complete: sequences that slow every later iteration.
+
+The prefill backlog is a fluid queue: ``busy_until`` is when the work routed so far should end.
+Routing appends its cost at ``max(busy_until, now)`` and time drains it, so a burst sees each of its
+own requests immediately. Events correct the prediction: a first token for request *r* means *r* and
+everything routed before it has prefilled (the engine admits first-come first-served, and a chunked
+prompt keeps the token budget until it is done), so the backlog is re-anchored to ``now`` plus the
+predicted cost of what is still pending — later if the engine ran slower than predicted, sooner if
+faster. A completion without a first token (a caller that cannot see first bytes) is a late signal and
+can only shorten the backlog. Until the first token comes, a request past its predicted first token is
+taken to have missed the cache hit it was predicted (the usual reason a prefill overruns): everything
+queued moves out by the difference, so an endpoint stuck on a long prompt does not look idle; the
+backlog still drains with time, so a caller that only reports completions (first bytes of a
+non-streamed response come at its end) does not pin it either. Entries older than the expiry cut-off are forgotten, so a lost request
+never pins load on an endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Flight:
+    """One request in flight on the endpoint. ``prefill_seconds`` is its predicted prefill there,
+    ``cold_seconds`` the same without any cache hit; ``output_tokens`` is what it may generate (its
+    ``max_tokens``, or an assumed length when the client set none). ``eta`` is its predicted first
+    token, set when it is booked."""
+
+    routed_at: float
+    prefill_seconds: float
+    cold_seconds: float
+    prompt_tokens: int
+    output_tokens: int
+    eta: float = 0.0
+    started_at: float | None = None
+
+    @property
+    def context_tokens(self) -> int:
+        """KV it holds on average while decoding: the prompt plus half its output."""
+        return self.prompt_tokens + self.output_tokens // 2
+
+
+class EndpointLedger:
+    """One endpoint's requests in flight from this epp, with running totals so reads are O(1)
+    (except the scrape-window counts, which only visit requests newer than the scrape)."""
+
+    __slots__ = ("busy_until", "context_tokens", "decoding", "output_tokens", "pending")
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Flight] = {}
+        self.decoding: dict[str, Flight] = {}
+        self.busy_until = float("-inf")
+        self.context_tokens = 0
+        self.output_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.decoding)
+
+    # -- events -----------------------------------------------------------------------------------
+    def routed(self, request_id: str, flight: Flight) -> None:
+        if request_id in self.pending or request_id in self.decoding:
+            self.finished(request_id, flight.routed_at)  # a reused id: the old one is over
+        self.busy_until = max(self.busy_until, flight.routed_at) + flight.prefill_seconds
+        flight.eta = self.busy_until
+        self.pending[request_id] = flight
+        self.context_tokens += flight.context_tokens
+        self.output_tokens += flight.output_tokens
+
+    def started(self, request_id: str, now: float) -> None:
+        """``request_id``'s first token arrived: it and every request routed before it have prefilled."""
+        if request_id not in self.pending:
+            return
+        self._start_through(request_id, now)
+        self._reanchor(now)
+
+    def finished(self, request_id: str, now: float) -> None:
+        """``request_id``'s response ended (or it failed): forget it."""
+        if request_id in self.pending:
+            self._start_through(request_id, now)
+            if now + self._pending_seconds() < self.busy_until:
+                self._reanchor(now)
+        flight = self.decoding.pop(request_id, None)
+        if flight is not None:
+            self._drop(flight)
+
+    def expire(self, cutoff: float) -> list[str]:
+        """Forget requests routed before ``cutoff`` (oldest first; both stages are in routing order);
+        returns their ids."""
+        expired = []
+        for stage in (self.pending, self.decoding):
+            while stage:
+                request_id, flight = next(iter(stage.items()))
+                if flight.routed_at >= cutoff:
+                    break
+                del stage[request_id]
+                self._drop(flight)
+                expired.append(request_id)
+        return expired
+
+    # -- reads ------------------------------------------------------------------------------------
+    def backlog(self, now: float) -> float:
+        """Predicted seconds of prefill work queued ahead of a request arriving ``now``."""
+        backlog = self.busy_until - now
+        if self.pending:
+            head = next(iter(self.pending.values()))
+            if head.eta < now:  # overdue: assume it found nothing cached, so everything queued moves out
+                backlog += head.cold_seconds - head.prefill_seconds
+        return max(0.0, backlog)
+
+    def queued(self, now: float) -> int:
+        """Requests predicted to be still waiting for (or in) their prefill at ``now``."""
+        count = 0
+        for flight in reversed(self.pending.values()):
+            if flight.eta <= now:
+                break
+            count += 1
+        return count
+
+    def mean_output_tokens(self, default: int) -> float:
+        n = len(self)
+        return self.output_tokens / n if n else float(default)
+
+    def routed_after(self, t: float) -> tuple[int, int]:
+        """(requests, prompt tokens) routed after ``t`` and still pending: what a scrape taken at ``t``
+        cannot contain."""
+        count = tokens = 0
+        for flight in reversed(self.pending.values()):
+            if flight.routed_at <= t:
+                break
+            count += 1
+            tokens += flight.prompt_tokens
+        return count, tokens
+
+    def unstarted_at(self, t: float) -> int:
+        """How many of this epp's requests were routed by ``t`` and had no first token at ``t``: an
+        upper bound on the engine's waiting queue at ``t`` if no one else sends it work."""
+        count = sum(1 for f in self.pending.values() if f.routed_at <= t)
+        for flight in reversed(self.decoding.values()):
+            if flight.started_at is None or flight.started_at <= t:
+                break
+            if flight.routed_at <= t:
+                count += 1
+        return count
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _start_through(self, request_id: str, now: float) -> None:
+        pending = self.pending
+        while pending:
+            first = next(iter(pending))
+            flight = pending.pop(first)
+            flight.started_at = now
+            self.decoding[first] = flight
+            if first == request_id:
+                return
+
+    def _reanchor(self, now: float) -> None:
+        """What is still pending runs back to back from ``now``."""
+        t = now
+        for flight in self.pending.values():
+            t += flight.prefill_seconds
+            flight.eta = t
+        self.busy_until = t
+
+    def _pending_seconds(self) -> float:
+        return sum(f.prefill_seconds for f in self.pending.values())
+
+    def _drop(self, flight: Flight) -> None:
+        self.context_tokens -= flight.context_tokens
+        self.output_tokens -= flight.output_tokens

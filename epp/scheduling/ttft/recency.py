@@ -1,0 +1,93 @@
+"""Whether a prompt prefix one endpoint was sent is still in its KV cache.
+
+The prefix index says which blocks an endpoint was sent, not whether they are still cached. An engine
+keeps a prompt's blocks while a request using them runs; once the last one finishes they sit in its
+free queue, and every block allocated later (other prompts, outputs) evicts the least recently freed
+one. So per endpoint this tracks:
+
+* ``written`` — tokens epp sent the endpoint to write so far (uncached prompt tokens and outputs);
+* marks on every ``stride``-th block hash of each routed prompt and on its last block: how many
+  requests holding it are in flight, and the ``written`` count when the last of them was released.
+
+``written_since`` looks up the mark for a match of ``k`` blocks at block ``k`` (a prompt that extends an
+earlier one, as chat turns do) or at the nearest stride boundary below it: 0 while a request holding
+it is in flight (resident), else the tokens written since its release, which the predictor compares
+with the KV space running sequences leave free. Released marks are kept least recently released first
+and capped at ``limit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PrefixRecency:
+    __slots__ = ("_held", "_limit", "_marks", "_requests", "_stride", "written")
+
+    def __init__(self, stride: int = 64, limit: int = 65536) -> None:
+        if stride < 1 or limit < 1:
+            raise ValueError("stride and limit must be at least 1")
+        self._stride = stride
+        self._limit = limit
+        self._marks: dict[int, int] = {}
+        """Block hash → ``written`` when it was last released (or routed)."""
+        self._held: dict[int, int] = {}
+        """Block hash → requests in flight holding it."""
+        self._requests: dict[str, list[int]] = {}
+        self.written = 0
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def hold(self, request_id: str, hashes: Sequence[int], tokens_written: int) -> None:
+        """A request with these prompt block hashes was sent here and will write ``tokens_written``."""
+        self.release(request_id)
+        self.written += tokens_written
+        if not hashes:
+            return
+        keys = [hashes[i] for i in range(self._stride - 1, len(hashes), self._stride)]
+        if len(hashes) % self._stride:
+            keys.append(hashes[-1])
+        held = self._held
+        for key in keys:
+            held[key] = held.get(key, 0) + 1
+        self._requests[request_id] = keys
+        self._mark(keys)
+
+    def release(self, request_id: str) -> None:
+        """The request is over: its prefix is now only cached, at the most recent end of the LRU."""
+        keys = self._requests.pop(request_id, None)
+        if keys is None:
+            return
+        held = self._held
+        for key in keys:
+            n = held[key] - 1
+            if n:
+                held[key] = n
+            else:
+                del held[key]
+        self._mark(keys)
+
+    def written_since(self, hashes: Sequence[int], matched: int) -> int | None:
+        """Tokens written since the first ``matched`` blocks of ``hashes`` were last in use here (0 while
+        in use), or None when no mark covers them."""
+        if matched <= 0 or matched > len(hashes):
+            return None
+        for pos in (matched - 1, matched // self._stride * self._stride - 1):
+            if pos < 0:
+                continue
+            key = hashes[pos]
+            if key in self._held:
+                return 0
+            seen = self._marks.get(key)
+            if seen is not None:
+                return self.written - seen
+        return None
+
+    def _mark(self, keys: list[int]) -> None:
+        marks = self._marks
+        for key in keys:
+            marks.pop(key, None)
+            marks[key] = self.written
+        while len(marks) > self._limit:
+            del marks[next(iter(marks))]

@@ -1,0 +1,207 @@
+"""``ttft-predictor-scorer`` in configs and in scheduling cycles: bursts, ties, hooks, cache affinity."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from epp._util.clock import VirtualClock
+from epp.config import ConfigError, load_scheduler, load_scheduler_text
+from epp.datastore import Datastore, EndpointMetrics, EndpointState
+from epp.request import LLMRequest, RequestKind
+from epp.scheduling.framework import CycleState
+from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
+from epp.scheduling.presets import DEFAULT_PRESET
+from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.ttft import EndpointLedger, Flight
+from tests.conftest import make_state
+
+CONFIG = """\
+apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}
+- type: ttft-predictor-scorer
+  parameters: {profile: llama-3.2-1b-h100, blockSize: 16, maxNumBatchedTokens: 4096, stepFloor: 3ms,
+               tieTolerance: 1ms, workWeight: 2, requestTimeout: 5m, defaultOutputTokens: 100}
+- {type: max-score-picker}
+"""
+
+
+def build(seed: int = 0, text: str | None = None) -> tuple[Scheduler, TTFTPredictorScorer, VirtualClock]:
+    clock = VirtualClock(10.0)
+    scheduler = load_scheduler_text(text, clock=clock, rng=random.Random(seed)) if text else load_scheduler(
+        DEFAULT_PRESET, clock=clock, rng=random.Random(seed))
+    scorer = next(p for p in scheduler.plugins if isinstance(p, TTFTPredictorScorer))
+    return scheduler, scorer, clock
+
+
+def pool(n: int, clock: VirtualClock) -> list[EndpointState]:
+    return [
+        make_state(f"e{i}", address=f"10.0.0.{i + 1}",
+                   metrics=EndpointMetrics(scraped_at=clock.now(), block_size=16, num_gpu_blocks=29202))
+        for i in range(n)
+    ]
+
+
+def request(rid: str, tokens: list[int], max_tokens: int = 64) -> LLMRequest:
+    return LLMRequest(request_id=rid, kind=RequestKind.COMPLETIONS, model="m", prompt_token_ids=tokens,
+                      max_tokens=max_tokens)
+
+
+def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> None:
+    scheduler, scorer, _ = build(text=CONFIG)
+    p = scorer.params
+    assert (p.profile, p.max_num_batched_tokens, p.step_floor, p.tie_tolerance, p.work_weight) == (
+        "llama-3.2-1b-h100", 4096, 0.003, 0.001, 2.0)
+    assert p.request_timeout == 300.0 and p.default_output_tokens == 100
+    producers = [q for q in scheduler.plugins if isinstance(q, ApproxPrefixCacheProducer)]
+    assert producers == [scorer.producer]  # one producer: the prompt is hashed once per cycle
+    assert scorer in scheduler.pre_request_plugins
+    assert scorer in scheduler.response_started_plugins and scorer in scheduler.response_complete_plugins
+
+
+@pytest.mark.parametrize(
+    ("params", "path"),
+    [
+        ("{profile: gpt-9-tpu}", "plugins[0].parameters.profile"),
+        ("{workWeight: -1}", "plugins[0].parameters.workWeight"),
+        ("{tieTolerance: 0}", "plugins[0].parameters.tieTolerance"),
+        ("{maxNumBatchedTokens: 0}", "plugins[0].parameters.maxNumBatchedTokens"),
+        ("{queueThreshold: 3}", "plugins[0].parameters.queueThreshold"),
+    ],
+)
+def test_bad_parameters_name_their_field(params: str, path: str) -> None:
+    text = f"apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {{type: ttft-predictor-scorer, parameters: {params}}}\n"
+    with pytest.raises(ConfigError) as err:
+        load_scheduler_text(text)
+    assert err.value.path == path
+
+
+def test_a_precise_producer_is_read_and_switches_the_eviction_estimate_off() -> None:
+    text = CONFIG.replace(
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}",
+        "- {type: precise-prefix-cache-producer, name: kv, parameters: {mode: bind, bindEndpoint: 'tcp://127.0.0.1:0'}}",
+    )
+    _, scorer, _ = build(text=text)
+    assert scorer.producer.typed_name.type == "precise-prefix-cache-producer"
+    assert scorer.estimate_eviction is False
+    _, approx, _ = build(text=CONFIG)
+    assert approx.estimate_eviction is True
+    _, forced, _ = build(text=CONFIG.replace("defaultOutputTokens: 100}", "defaultOutputTokens: 100, estimateEviction: false}"))
+    assert forced.estimate_eviction is False
+
+
+def test_the_default_preset_is_the_ttft_predictor_and_creates_no_second_producer() -> None:
+    assert DEFAULT_PRESET == "default"
+    scheduler, scorer, _ = build()
+    profile = scheduler.profiles["default"]
+    assert [ws.scorer for ws in profile.scorers] == [scorer]
+    assert sum(isinstance(q, ApproxPrefixCacheProducer) for q in scheduler.plugins) == 1
+
+
+def test_a_burst_on_an_idle_pool_spreads_instead_of_piling_up() -> None:
+    scheduler, _, clock = build()
+    endpoints = pool(8, clock)
+    picked = [scheduler.schedule(request(f"r{i}", [7_000_000 + i * 5000 + j for j in range(4000)]), endpoints)
+              .endpoints[0].name for i in range(8)]
+    assert sorted(picked) == sorted(e.name for e in endpoints)  # each pick is booked before the next
+
+
+def test_ties_are_broken_at_random() -> None:
+    firsts = Counter()
+    for seed in range(40):
+        scheduler, _, clock = build(seed)
+        firsts[scheduler.schedule(request("r", list(range(1000))), pool(4, clock)).endpoints[0].name] += 1
+    assert set(firsts) == {"e0", "e1", "e2", "e3"}
+
+
+def test_the_work_weight_grows_with_the_mean_queue() -> None:
+    _, scorer, clock = build()
+    endpoints = pool(4, clock)
+    assert scorer.work_weight(endpoints, clock.now()) == 8.0
+    for i in range(8):  # 8 queued requests over 4 endpoints: a mean queue of 2
+        scorer.ledgers[endpoints[i % 2].name].routed(f"q{i}", _flight(clock.now(), 1.0))
+    assert scorer.work_weight(endpoints, clock.now()) == 8.0 * 3
+
+
+def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
+    scheduler, _, clock = build()
+    endpoints = pool(2, clock)
+    doc = list(range(30_000))
+    first = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
+    scheduler.response_started(request("first", doc + [1]), first)
+    scheduler.response_complete(request("first", doc + [1]), first, {})
+    assert scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0] is first
+
+
+@pytest.mark.parametrize(("congested", "stays"), [(False, False), (True, True)])
+def test_a_long_queue_on_the_warm_endpoint_moves_a_request_unless_every_queue_is_long(
+    congested: bool, stays: bool
+) -> None:
+    """30 s of work queued on the warm endpoint outweighs the ~1.3 s a 30K-token hit saves, ×(1 + λ), on
+    an idle pool; when every endpoint has a queue, λ grows and the hit (less work for everyone) wins."""
+    scheduler, scorer, clock = build()
+    endpoints = pool(2, clock)
+    doc = list(range(30_000))
+    warm = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
+    scheduler.response_complete(request("first", doc + [1]), warm, {})
+    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 30.0))
+    if congested:
+        for e in endpoints:
+            for i in range(6):
+                scorer.ledgers[e.name].routed(f"{e.name}-{i}", _flight(clock.now(), 0.1))
+    picked = scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0]
+    assert (picked is warm) == stays
+
+
+def test_hooks_move_a_request_from_prefill_to_decode_to_gone() -> None:
+    scheduler, scorer, clock = build()
+    endpoints = pool(1, clock)
+    req = request("r", list(range(8000)))
+    e = scheduler.schedule(req, endpoints).endpoints[0]
+    ledger = scorer.ledgers[e.name]
+    assert list(ledger.pending) == ["r"] and ledger.backlog(clock.now()) > 0.2
+    clock.advance(0.1)
+    scheduler.response_started(req, e)
+    assert list(ledger.pending) == [] and list(ledger.decoding) == ["r"] and ledger.backlog(clock.now()) == 0.0
+    scheduler.response_complete(req, e, {"prompt_tokens": 8000})
+    assert len(ledger) == 0 and ledger.context_tokens == 0
+
+
+def test_removed_endpoints_are_forgotten() -> None:
+    scheduler, scorer, clock = build()
+    store = Datastore(clock)
+    endpoints = pool(2, clock)
+    for e in endpoints:
+        store.upsert(e.endpoint)
+    scheduler.attach(store)
+    scheduler.schedule(request("r", list(range(100))), endpoints)
+    assert scorer.ledgers
+    for e in endpoints:
+        store.remove(e.name)
+    assert scorer.ledgers == {} and scorer.recency == {}
+
+
+def test_scores_are_best_over_predicted_within_zero_and_one() -> None:
+    _, scorer, clock = build()
+    endpoints = pool(3, clock)
+    scorer.ledgers["e1"] = _ledger(clock.now(), 0.5)
+    scores = scorer.score(CycleState(), request("r", list(range(2000))), endpoints)
+    idle = scorer.predict(CycleState(), request("r", list(range(2000))), endpoints[:1])[0]
+    best = idle.ttft + scorer.work_weight(endpoints, clock.now()) * idle.prefill
+    assert scores[0] == scores[2] == 1.0
+    assert scores[1] == pytest.approx(best / (best + 0.5), abs=0.01)
+
+
+def _flight(now: float, seconds: float) -> Flight:
+    return Flight(now, seconds, seconds, 4000, 64)
+
+
+def _ledger(now: float, seconds: float) -> EndpointLedger:
+    ledger = EndpointLedger()
+    ledger.routed("x", _flight(now, seconds))
+    return ledger
