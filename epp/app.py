@@ -47,8 +47,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
-    g.add_argument("--grpc-server", choices=("native", "grpcio"), default="native",
-                   help="ext_proc transport: epp's own HTTP/2 server (2-3x less CPU per request) or grpc.aio")
+    g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
+                   help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
+                        "(2-3x less CPU per request; see README 'Transport')")
     p = parser.add_argument_group("pool without Kubernetes")
     p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
