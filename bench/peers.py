@@ -20,7 +20,7 @@ on streamed requests, output throughput, and imbalance (max ÷ mean requests fin
 from the engines' ``vllm:request_success_total``). Times are simulated seconds (wall ÷ time scale).
 Every process is started on 127.0.0.1 and stopped by PID; runs are sequential (they share the CPU).
 
-    python bench/peers.py [--requests 300] [--engines 4] [--time-scale 0.3] [--only NAME ...]
+    python bench/peers.py [--requests 250] [--engines 4] [--time-scale 0.5] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -205,13 +205,15 @@ class Workload:
     label: str
     trace: Trace
     rate_scale: float
+    time_scale: float
     prompts: TextPrompts = field(init=False)
 
     def __post_init__(self) -> None:
         self.prompts = TextPrompts(self.trace.requests)
 
 
-def run_router(router: Router, workload: Workload, cluster: ClusterSpec, spec: LiveSpec) -> dict[str, Any]:
+def run_router(router: Router, workload: Workload, cluster: ClusterSpec, workdir: Path | None) -> dict[str, Any]:
+    spec = LiveSpec(time_scale=workload.time_scale, workdir=workdir)
     probe = CacheProbe()
     assert router.front is not None
 
@@ -243,7 +245,7 @@ def table(workload: Workload, rows: list[dict[str, Any]], skipped: list[Router])
     trace = workload.trace
     first = rows[0] if rows else {}
     lines = [
-        f"**{workload.label}**: {len(trace.requests)} requests over {trace.duration:.0f} s at ×1, rate ×{workload.rate_scale:g}; "
+        f"**{workload.label}**: {len(trace.requests)} requests over {trace.duration:.0f} s at ×1, rate ×{workload.rate_scale:g}, time scale {workload.time_scale:g}; "
         f"ideal hit ratio {fmt(first.get('ideal_hit_ratio'), '.1%')}, capacity bound {fmt(first.get('capacity_hit_ratio'), '.1%')}.",
         "",
         "| router | policy | completed | errors | hit (engines) | TTFT p50 s | TTFT p90 s | tok/s | imbalance | requests per engine | wall s |",
@@ -263,23 +265,27 @@ def table(workload: Workload, rows: list[dict[str, Any]], skipped: list[Router])
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=Path, default=TRACES)
-    parser.add_argument("--requests", type=int, default=300, help="head of the Mooncake conversation trace")
+    parser.add_argument("--requests", type=int, default=250, help="head of the Mooncake conversation trace")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="Mooncake arrival-rate multiplier")
     parser.add_argument("--engines", type=int, default=4)
-    parser.add_argument("--time-scale", type=float, default=0.3, help="wall seconds per simulated second")
+    parser.add_argument("--time-scale", type=float, default=0.5, help="Mooncake: wall seconds per simulated second")
+    parser.add_argument(
+        "--sp-time-scale", type=float, default=1.0,
+        help="shared-prefix: wall seconds per simulated second (its TTFTs are ~10 ms, so router overhead ÷ scale shows)",
+    )
     parser.add_argument("--budget", type=float, default=900.0, help="skip runs once this many wall seconds passed")
     parser.add_argument("--only", action="append", help="run only routers whose name contains this (repeatable)")
+    parser.add_argument("--skip-mooncake", action="store_true", help="only the synthetic workload")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the processes' logs here")
     parser.add_argument("--json", type=Path, default=None, help="also write every summary here")
     args = parser.parse_args()
 
     cluster = ClusterSpec(engines=args.engines, engine=EngineConfig(profile="llama-3.1-8b-h100"))
-    spec = LiveSpec(time_scale=args.time_scale, workdir=args.workdir)
     sp = SharedPrefixParams(groups=16, prompts_per_group=12, system_len=2048, question_len=128, output_len=64, rate=8.0)
-    workloads = [
-        Workload(f"Mooncake conversation, first {args.requests}", read_trace(args.traces / MOONCAKE, args.requests), args.rate_scale),
-        Workload("synthetic shared-prefix (16 groups × 12, 2048-token system prompts)", shared_prefix(sp, seed=0), 1.0),
-    ]
+    workloads = [Workload("synthetic shared-prefix (16 groups × 12, 2048-token system prompts)", shared_prefix(sp, seed=0), 1.0, args.sp_time_scale)]
+    if not args.skip_mooncake:
+        trace = read_trace(args.traces / MOONCAKE, args.requests)
+        workloads.insert(0, Workload(f"Mooncake conversation, first {args.requests}", trace, args.rate_scale, args.time_scale))
     chosen = [r for r in routers() if not args.only or any(o in r.name for o in args.only)]
     started = time.monotonic()
     out: list[str] = []
@@ -294,7 +300,7 @@ def main() -> int:
                 skipped.append(Router(router.name, None, f"over the {args.budget:.0f} s budget"))
                 continue
             try:
-                rows.append(run_router(router, workload, cluster, spec))
+                rows.append(run_router(router, workload, cluster, args.workdir))
             except RuntimeError as exc:
                 skipped.append(Router(router.name, None, str(exc)))
             print(f"{workload.label} / {router.name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
@@ -302,7 +308,7 @@ def main() -> int:
         raw[workload.label] = rows
     print(
         f"`python bench/peers.py --requests {args.requests} --rate-scale {args.rate_scale:g} --engines {args.engines} "
-        f"--time-scale {args.time_scale:g}`: {time.monotonic() - started:.0f} s wall.\n"
+        f"--time-scale {args.time_scale:g} --sp-time-scale {args.sp_time_scale:g}`: {time.monotonic() - started:.0f} s wall.\n"
     )
     print("\n".join(out))
     if args.json:
