@@ -20,8 +20,16 @@ SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+DEFAULT_COMMAND = "serve"
+_TOP_LEVEL_FLAGS = frozenset({"-h", "--help", "--version"})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="epp", description="Endpoint picker for LLM inference behind Envoy.")
+    parser = argparse.ArgumentParser(
+        prog="epp", description="Endpoint picker for LLM inference behind Envoy.",
+        epilog=f"Arguments starting with a flag run `epp {DEFAULT_COMMAND}` (e.g. `epp --pool-name=p`), so "
+               "charts that set only flags as container args (replacing the image's CMD) work unchanged.",
+    )
     parser.add_argument("--version", action="version", version=f"epp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in SUBCOMMANDS:
@@ -30,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_default_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``serve`` put first when it starts with a (non top-level) flag."""
+    args = list(argv)
+    if args and args[0].startswith("-") and args[0].split("=", 1)[0] not in _TOP_LEVEL_FLAGS:
+        return [DEFAULT_COMMAND, *args]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
     run = getattr(args, "run", None)
     if run is None:
         parser.print_help(sys.stderr)

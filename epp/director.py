@@ -16,17 +16,16 @@ from typing import Protocol
 import orjson
 
 from epp._util.clock import Clock, WallClock
+from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
+from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SUBSET_KEY
 from epp.request.usage import Usage
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-MODEL_NAME_HEADER = "x-gateway-model-name"
-DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
 
 # Headers the picker owns: never re-emitted from the stored request headers (gie-facts A3).
 SYSTEM_HEADERS = frozenset({
@@ -34,7 +33,7 @@ SYSTEM_HEADERS = frozenset({
     "x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id",
     "x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite",
     "x-llm-d-slo-ttft-ms", "x-slo-ttft-ms", "x-llm-d-slo-tpot-ms", "x-slo-tpot-ms",
-    "x-gateway-destination-endpoint-subset", DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
+    SUBSET_KEY, DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
     DROPPED_REASON_HEADER, "content-length",
 })
 
@@ -128,6 +127,10 @@ class Director:
         decision.headers = self._upstream_headers(decision, original_headers)
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)
+        if log.isEnabledFor(logging.DEBUG):
+            rid, model = clip(request.request_id), clip(request.target_model)
+            log.debug("routed request id=%s model=%s to %s", rid, model, decision.destination,
+                      extra=fields(request_id=rid, model=model, endpoint=decision.destination))
         return decision
 
     def route_any(self, request: LLMRequest) -> RoutingDecision:
@@ -164,7 +167,7 @@ class Director:
         decision.finished = True
         primary = decision.endpoints[0]
         request = decision.request
-        self.datastore.request_finished(primary.name, decision.tokens)
+        self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         if seen.known:
@@ -175,8 +178,11 @@ class Director:
         model = request.model if request is not None else ""
         target = request.target_model if request is not None else ""
         self.telemetry.request_rejected(model, target, error)
+        reason = error.reason or error.code or "-"
+        rid, path, model_name = clip(request_id), clip(path), clip(model or "-")
         log.info("rejected request id=%s path=%s model=%s status=%d reason=%s: %s",
-                 request_id, path, model or "-", error.status, error.reason or error.code or "-", error.message)
+                 rid, path, model_name, error.status, reason, error.message,
+                 extra=fields(request_id=rid, path=path, model=model_name, status=error.status, reason=reason))
 
     # -- helpers --------------------------------------------------------------------------------
     def _apply_rewrite(self, request: LLMRequest) -> bytes | None:
@@ -188,7 +194,11 @@ class Director:
         if request.target_model == request.model or request.body is None:
             return None
         request.body["model"] = request.target_model
-        return orjson.dumps(request.body)
+        try:
+            return orjson.dumps(request.body)
+        except orjson.JSONEncodeError:  # deeper than orjson writes (254 levels) in a field the parser skipped
+            raise RequestError(400, "request body is nested too deeply to rewrite its model",
+                               code="invalid_body") from None
 
     def _upstream_headers(self, decision: RoutingDecision, original: Mapping[str, str]) -> dict[str, str]:
         """Destination and model name, plus any header a plugin added or changed (system headers excepted)."""

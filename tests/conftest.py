@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
 
 from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
@@ -28,3 +31,25 @@ def make_states(count: int) -> list[EndpointState]:
 
 def make_request(model: str = "m", prompt: bytes = b"hello", **kw: object) -> LLMRequest:
     return LLMRequest(request_id="r1", kind=RequestKind.COMPLETIONS, model=model, prompt_bytes=prompt, **kw)  # type: ignore[arg-type]
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "condition",
+    interval: float = 0.02,
+) -> None:
+    """Poll until ``predicate()`` (sync or async) holds; fail (not hang) after ``timeout`` seconds.
+
+    The one way tests wait for something to happen: generous by default so a loaded CI box only makes
+    the test slower, never red.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)

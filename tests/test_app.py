@@ -10,14 +10,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp.app import go_bool
+from epp._util.cli import go_bool
+from epp._util.proc import spawn
 from epp.cli import build_parser
+from tests.conftest import wait_for
 from tests.extproc.builders import CHAT_BODY, request_body, request_headers, set_headers, streamed
 
 
@@ -64,7 +67,10 @@ def test_go_bool() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [([], "no endpoint source"), (["--static-endpoints", "10.0.0.1"], "expected HOST:PORT"),
-     (["--static-endpoints", "10.0.0.1:0"], "port must be")],
+     (["--static-endpoints", "10.0.0.1:0"], "port must be"),
+     (["--static-endpoints", "127.0.0.1:1", "--endpoints-file", "x.yaml"], "exactly one of"),
+     (["--endpoints-file", "/no/such/endpoints.yaml"], "/no/such/endpoints.yaml"),
+     (["--max-concurrent-streams", "0", "--static-endpoints", "127.0.0.1:1"], "must be positive")],
 )
 def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None:
     proc = subprocess.run(
@@ -78,11 +84,11 @@ def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None
 @pytest.fixture
 def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
     ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:8001,127.0.0.1:8002",
          "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
          "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
-         "--drain-timeout", "20s"],
+         "--drain-timeout", "10m", "--shutdown-grace", "60s"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -97,43 +103,55 @@ def serve_process() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
             proc.stdout.close()
 
 
-async def wait_health(stub: health_pb2_grpc.HealthStub, want: int, proc: subprocess.Popen[str]) -> None:
-    for _ in range(300):
-        assert proc.poll() is None, "epp serve exited early"
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service="inference-extension"), timeout=1)
-            if reply.status == want:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health never reached {want}")
+async def health_is(stub: health_pb2_grpc.HealthStub, want: int, proc: subprocess.Popen[str]) -> bool:
+    assert proc.poll() is None, "epp serve exited early"
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service="inference-extension"), timeout=5)
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == want)
 
 
-async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
+async def routes_get(channel: grpc.aio.Channel) -> bool:
+    """Does a new body-less stream get a destination (True) or is it refused (False)?"""
+    call = pb_grpc.ExternalProcessorStub(channel).Process(iter([request_headers("/x", eos=True, method="GET")]),
+                                                           timeout=10)
+    try:
+        reply = await call.read()
+    except grpc.aio.AioRpcError:
+        return False
+    return "x-gateway-destination-endpoint" in set_headers(reply.request_headers.response)
+
+
+async def test_subprocess_drains_on_sigterm_serving_new_streams_then_finishing_open_ones(
     serve_process: tuple[subprocess.Popen[str], dict[str, int]],
 ) -> None:
     proc, ports = serve_process
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['health']}") as hch, \
             grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
         health = health_pb2_grpc.HealthStub(hch)
-        await wait_health(health, health_pb2.HealthCheckResponse.SERVING, proc)
+        await wait_for(lambda: health_is(health, health_pb2.HealthCheckResponse.SERVING, proc), 30, "SERVING")
         metrics = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=10).read().decode()
         )
         assert 'inference_pool_ready_pods{name=""} 2.0' in metrics
         assert "inference_extension_info" in metrics
 
-        call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=20)
+        call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=60)
         await call.write(request_headers())  # in flight: the picker waits for the body
         await call.write(request_body(CHAT_BODY[:10]))
         proc.send_signal(signal.SIGTERM)
-        await wait_health(health, health_pb2.HealthCheckResponse.NOT_SERVING, proc)
-        assert proc.poll() is None  # still draining the open stream
-        with pytest.raises(grpc.aio.AioRpcError):  # …but new streams are refused
-            get = iter([request_headers("/x", eos=True, method="GET")])
-            late = pb_grpc.ExternalProcessorStub(ch).Process(get, timeout=10)
-            await late.read()
+        await wait_for(lambda: health_is(health, health_pb2.HealthCheckResponse.NOT_SERVING, proc), 30, "NOT_SERVING")
+        # Draining (--drain-timeout=10m): gateways still sending here are served, not refused.
+        assert await routes_get(ch)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)  # a second signal ends the drain period: new streams are refused…
+
+        async def refused() -> bool:
+            return not await routes_get(ch)
+
+        await wait_for(refused, 30, "new streams refused")
+        assert proc.poll() is None  # …while the open stream still has its grace period
 
         await call.write(request_body(CHAT_BODY[10:], eos=True))
         head = await call.read()
@@ -144,9 +162,7 @@ async def test_subprocess_serves_then_drains_in_flight_stream_on_sigterm(
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
 
-    deadline = time.monotonic() + 30
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: proc.poll() is not None, 30, "exit")
     assert proc.returncode == 0
     assert proc.stdout is not None
     log = proc.stdout.read()
@@ -181,3 +197,33 @@ def test_serve_refuses_bad_scheduler_config(extra: list[str], message: str) -> N
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_unusable_kubeconfig_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("clusters: [")
+    for path in ("/nonexistent/kubeconfig", str(broken)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--pool-name", "p", "--kubeconfig", path,
+             "--bind-address", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert f"kubeconfig {path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_flags_only_means_serve() -> None:
+    """Upstream charts set ``args:`` to flags only, replacing the image's ``CMD ["serve"]``."""
+    from epp.cli import with_default_command
+
+    argv = with_default_command(["--pool-name=p", "--grpc-port=9002"])
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.pool_name, args.grpc_port) == ("serve", "p", 9002)
+    assert with_default_command(["--version"]) == ["--version"]
+    assert with_default_command(["bbr", "--grpc-port=1"]) == ["bbr", "--grpc-port=1"]
+
+
+def test_flags_only_process_runs_serve() -> None:
+    proc = subprocess.run([sys.executable, "-m", "epp", "--static-endpoints", "127.0.0.1:1", "--pool-name", "p"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr  # serve's own check, not a usage error

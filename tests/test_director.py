@@ -176,6 +176,16 @@ def test_model_rewrite_header_rewrites_body() -> None:
     assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
 
 
+def test_rewrite_of_a_body_nested_deeper_than_json_can_be_written_is_400() -> None:
+    d = make_director(make_store("10.0.0.1:8000"))
+    body = b'{"model": "m", "metadata": ' + b"[" * 300 + b"]" * 300 + b"}"
+    request = parse_request("rid", {":path": "/v1/chat/completions", "x-llm-d-model-name-rewrite": "m2"}, body)
+    with pytest.raises(RequestError) as info:
+        d.route(request, len(body))
+    assert (info.value.status, info.value.code) == (400, "invalid_body")
+    assert d.datastore.get("10.0.0.1:8000").inflight_requests == 0
+
+
 def test_model_rewriter_hook_applies_only_without_header() -> None:
     d = make_director(make_store("10.0.0.1:8000"), model_rewriter=lambda r: "from-rule")
     assert d.route(chat(), 10).target_model == "from-rule"
@@ -242,3 +252,33 @@ def test_reject_counts_and_logs_once_without_body(caplog: pytest.LogCaptureFixtu
     assert len(caplog.records) == 1
     line = caplog.records[0].getMessage()
     assert "rejected-no-endpoints" in line and "secret" not in line and "hello there" not in line
+
+
+def test_finishing_after_the_pod_moved_leaves_the_new_pod_counters_alone() -> None:
+    store = make_store("10.0.0.1:8000")
+    d = make_director(store)
+    old = d.route(chat(), 10)
+    store.upsert(Endpoint("10.0.0.1:8000", "10.0.0.9", 8000))  # same name, new address: a new endpoint
+    new = d.route(chat(), 10)
+    d.finish(old)
+    state = store.get("10.0.0.1:8000")
+    assert state is not None and state.inflight_requests == 1 and state.inflight_tokens == new.tokens
+    d.finish(new)
+    assert (state.inflight_requests, state.inflight_tokens) == (0, 0)
+
+
+def test_a_failing_response_complete_plugin_neither_raises_nor_keeps_the_request_in_flight() -> None:
+    class Broken:
+        typed_name = TypedName("broken", "broken")
+
+        def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+            raise RuntimeError("boom")
+
+    store = make_store("10.0.0.1:8000")
+    scheduler = build_preset("least-inflight")
+    scheduler.response_complete_plugins.insert(0, Broken())
+    d = make_director(store, scheduler)
+    decision = d.route(chat(), 10)
+    d.finish(decision, Usage(5, 7, 0), 100)
+    state = store.get("10.0.0.1:8000")
+    assert state is not None and state.inflight_requests == 0

@@ -1,14 +1,41 @@
-"""Child-process helpers for the local stacks (demo, e2e tests, benchmarks): free ports, ready lines, stop by PID."""
+"""Child-process helpers for the local stacks (demo, e2e tests, benchmarks): spawning children that die
+with us, free ports, ready lines, stop by PID."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def spawn(args: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+    """``Popen`` whose child gets SIGTERM when the spawning thread dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Without it a SIGKILLed test run or demo leaves ``epp serve``/``epp sim`` children listening forever.
+    The signal follows the *thread* that called ``spawn``: call it from a long-lived thread (the main
+    one), never from a short-lived worker. Elsewhere than Linux this is a plain ``Popen``.
+    """
+    if os.uname().sysname == "Linux":
+        popen.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+    return subprocess.Popen(args, **popen)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def set_pdeathsig() -> None:  # runs in the child between fork and exec
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_pdeathsig
 
 
 def free_port(host: str = "127.0.0.1") -> int:

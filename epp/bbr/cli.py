@@ -2,8 +2,8 @@
 
 Builds the model catalog (``--models`` + ``--models-file``) → ``BodyRouter`` → ext_proc + health servers
 (the picker's ``PickerServer``, plaintext by default as docs/deploy.md specifies), watches the models file,
-waits for SIGTERM/SIGINT and stops in reverse (health NOT_SERVING first, open streams get
-``--drain-timeout``).
+waits for SIGTERM/SIGINT and stops in reverse (the shared ``epp._util.cli`` loop and drain: health
+NOT_SERVING first, new streams served for ``--drain-timeout``, open ones then get ``--shutdown-grace``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
-import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from epp.app import duration, go_bool, port
-from epp.request.body import DEFAULT_MAX_BODY_BYTES
+from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, run_async, run_until_signal
+from epp._util.lifecycle import cancel_and_wait
+from epp._util.logs import configure_logging
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -58,33 +57,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _Formatter
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
-    g = parser.add_argument_group("serving")
-    g.add_argument("--grpc-port", type=port, default=9004, help="ext_proc gRPC port")
-    g.add_argument("--grpc-health-port", type=port, default=9005,
-                   help="gRPC health port (plaintext; every service name, including \"\", is SERVING while up)")
-    g.add_argument("--bind-address", default="", help="address to listen on; empty = all interfaces")
-    g.add_argument("--secure-serving", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                   help="serve ext_proc over TLS (default plaintext h2c: the router runs in-cluster next to the gateway)")
-    g.add_argument("--cert-path", default="",
-                   help="with --secure-serving: directory with tls.crt and tls.key; empty = self-signed")
-    g.add_argument("--enable-cert-reload", type=go_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                   help="reload tls.crt/tls.key from --cert-path when they change")
-    g.add_argument("--drain-timeout", type=duration, default="10s", metavar="DURATION",
-                   help="on SIGTERM, how long open streams may take to finish (Go duration)")
+    add_serving_flags(
+        parser, grpc_port=9004, health_port=9005, secure=False, drain="10s",
+        health_help="gRPC health port (plaintext; every service name, including \"\", is SERVING while up)",
+        secure_help="serve ext_proc over TLS (default plaintext h2c: the router runs in-cluster next to the gateway)",
+    )
     m = parser.add_argument_group("models")
     m.add_argument("--models", default="", metavar="NAME[,ADAPTER=BASE...]",
                    help="served models: base model names, or LoRA adapters as ADAPTER=BASE")
     m.add_argument("--models-file", default="", metavar="PATH", help="YAML models file (format below)")
     m.add_argument("--models-reload-interval", type=duration, default="5s", metavar="DURATION",
                    help="how often to check --models-file for changes")
-    m.add_argument("--reject-unknown-models", type=go_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="with a model list: answer unknown models with 404 (false: let them through, only "
-                        "adding the base-model/engine headers for listed ones)")
-    r = parser.add_argument_group("requests")
-    r.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                   help="largest request body accepted; larger bodies get 413")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                        help="log verbosity: 1 warnings, 2 info, 3+ debug (one line per request)")
+    bool_flag(m, "--reject-unknown-models", True,
+              "with a model list: answer unknown models with 404 (false: let them through, only "
+              "adding the base-model/engine headers for listed ones)")
     parser.set_defaults(run=run)
 
 
@@ -93,19 +79,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING if args.verbosity < 2 else logging.INFO if args.verbosity == 2 else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_format, args.verbosity)
     if args.max_body_bytes < 1:
         log.error("--max-body-bytes must be positive")
         return 2
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.run(serve(args))
-    return uvloop.run(serve(args))
+    return run_async(serve(args))
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -144,32 +122,15 @@ async def serve(args: argparse.Namespace) -> int:
         port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
         credentials=credentials, max_message_bytes=args.max_body_bytes,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            await server.start()
-            stack.push_async_callback(server.stop, args.drain_timeout)
-            if models_file is not None:
-                watcher = ModelsFileWatcher(models_file, apply)
-                stack.push_async_callback(_cancel, asyncio.create_task(watcher.run(args.models_reload_interval)))
-            log.info("epp bbr ready: ext_proc :%d (%s), health :%d", server.port,
-                     "TLS" if credentials else "plaintext", server.health_port)
-            await stop.wait()
-            log.info("shutting down")
-    except (OSError, RuntimeError) as exc:  # a port already in use (grpc raises RuntimeError)
-        log.error("cannot serve: %s", exc)
-        return 1
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped")
-    return 0
 
+    async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
+        await server.start()
+        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry)
+        if models_file is not None:
+            watcher = ModelsFileWatcher(models_file, apply)
+            stack.push_async_callback(cancel_and_wait, asyncio.create_task(watcher.run(args.models_reload_interval)))
+        log.info("epp bbr ready: ext_proc :%d (%s), health :%d", server.port,
+                 "TLS" if credentials else "plaintext", server.health_port)
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    return await run_until_signal(setup, log)
+

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from epp.bbr.catalog import CatalogError, ModelCatalog, ModelEntry, engine_name
 from epp.request import RequestError
+from epp.request.headers import MODEL_NAME_HEADER as MODEL_HEADER
 from epp.request.parse import parse_request
 
-MODEL_HEADER = "x-gateway-model-name"
 BASE_MODEL_HEADER = "x-gateway-base-model-name"
 ENGINE_HEADER = "x-gateway-engine"
 ROUTING_HEADERS = (MODEL_HEADER, BASE_MODEL_HEADER, ENGINE_HEADER)

@@ -116,8 +116,11 @@ class Datastore:
             state.inflight_requests += 1
             state.inflight_tokens += tokens
 
-    def request_finished(self, name: str, tokens: int) -> None:
+    def request_finished(self, name: str, tokens: int, started_on: EndpointState | None = None) -> None:
+        """Release one request. With ``started_on`` (the state it was counted on), nothing is released if
+        that endpoint has since been replaced under the same name (a pod that moved): the new endpoint's
+        counters never saw the request."""
         state = self._states.get(name)
-        if state is not None:
+        if state is not None and (started_on is None or state is started_on):
             state.inflight_requests = max(0, state.inflight_requests - 1)
             state.inflight_tokens = max(0, state.inflight_tokens - tokens)

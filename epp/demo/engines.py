@@ -49,7 +49,7 @@ def start_echo_engines(names: Sequence[str], timeout: float = 30.0) -> EngineFle
     args = [sys.executable, "-m", "epp.demo.echo_engine"]
     for name in names:
         args += ["--name", name]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+    proc = proc_util.spawn(args, stdout=subprocess.PIPE)
     try:
         ports: dict[str, int] = orjson.loads(proc_util.read_line(proc, timeout))
     except BaseException:
@@ -75,7 +75,7 @@ def start_engines(
     try:
         for seed, name in enumerate(names):
             upstream = Upstream("127.0.0.1", proc_util.free_port())
-            fleet.processes.append(subprocess.Popen(
+            fleet.processes.append(proc_util.spawn(
                 [sys.executable, "-m", "epp", "sim", "--host", upstream.host, "--port", str(upstream.port),
                  "--served-model-name", model, "--seed", str(seed), *extra_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

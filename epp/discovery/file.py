@@ -17,8 +17,8 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
+from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore, Endpoint
 from epp.discovery.endpoints_file import EndpointsFileError, load_endpoints
 
@@ -28,7 +28,7 @@ FILE_DISCOVERY = "file-discovery"
 _Signature = tuple[int, int, int, int]
 
 
-class FileDiscovery:
+class FileDiscovery(AsyncService):
     """Applies an endpoints file to a datastore with ``replace_all`` and keeps it applied.
 
     ``await start()`` loads the file (raising ``EndpointsFileError`` if it is unusable), applies it,
@@ -78,15 +78,6 @@ class FileDiscovery:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-    async def __aenter__(self) -> FileDiscovery:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- watching ----------------------------------------------------------------------------
     async def _watch(self) -> None:

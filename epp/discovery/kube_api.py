@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 import orjson
 from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config import load_incluster_config, load_kube_config
+import yaml
+from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
 JSON = dict[str, Any]
 
@@ -168,11 +169,23 @@ async def load_api_client(kubeconfig: str = "") -> ApiClient:
     Order: ``kubeconfig`` argument (``--kubeconfig``), ``$KUBECONFIG``, in-cluster service account
     (when ``$KUBERNETES_SERVICE_HOST`` is set), then ``~/.kube/config``. The configuration object is
     private to the returned client: the library's process-wide default is left untouched.
+    Raises :class:`KubeConfigError` (a ``ValueError``) naming the file when it is missing or unusable,
+    rather than the library's traceback (which, for a missing file, complains about ``current-context``).
     """
     configuration = Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        load_incluster_config(client_configuration=configuration)
-    else:
-        await load_kube_config(config_file=path or None, client_configuration=configuration, persist_config=False)
+    try:
+        if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            load_incluster_config(client_configuration=configuration)
+        else:
+            if path and not os.path.isfile(path):
+                raise KubeConfigError(f"kubeconfig {path}: no such file")
+            await load_kube_config(config_file=path or None, client_configuration=configuration, persist_config=False)
+    except (ConfigException, yaml.YAMLError, OSError) as exc:
+        where = f"kubeconfig {path}" if path else "in-cluster or default kubeconfig"
+        raise KubeConfigError(f"{where}: {exc}") from None
     return ApiClient(configuration=configuration)
+
+
+class KubeConfigError(ValueError):
+    """No usable Kubernetes client configuration (``epp serve`` exits 2 with this message)."""

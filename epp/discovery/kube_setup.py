@@ -25,11 +25,12 @@ import argparse
 import asyncio
 import logging
 import os
-from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from epp._util.cli import bool_flag
+from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, load_api_client
 from epp.discovery.kubernetes import POOL_VERSIONS, PoolDiscovery
@@ -59,8 +60,7 @@ def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
                        help="pool-less mode: comma list of 1-8 model-server ports")
     group.add_argument("--kubeconfig", default="",
                        help="kubeconfig file; default $KUBECONFIG, then in-cluster, then ~/.kube/config")
-    group.add_argument("--ha-enable-leader-election", action="store_true",
-                       help="active-passive HA: only the Lease holder reports ready")
+    bool_flag(group, "--ha-enable-leader-election", False, "active-passive HA: only the Lease holder reports ready")
     group.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (default 15)")
     group.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds (default 10)")
     group.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds (default 2)")
@@ -104,7 +104,7 @@ def build_from_args(
     )
 
 
-class KubernetesRuntime:
+class KubernetesRuntime(AsyncService):
     """Owns the API client and the discovery, objective and election tasks of one ``epp`` process.
 
     Use as ``async with``: entering loads the kubeconfig and starts the tasks; leaving releases the
@@ -142,6 +142,7 @@ class KubernetesRuntime:
         self.elector: LeaderElector | None = None
         self._api: KubeApi | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._election: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -157,6 +158,14 @@ class KubernetesRuntime:
         return self.objectives.priority(name) if self.objectives is not None else 0
 
     async def start(self) -> None:
+        """Load the kubeconfig and start the tasks; on any failure, undo what was started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._api = KubeApi(await load_api_client(self.kubeconfig))
         self.discovery = PoolDiscovery(
             self._api, self.datastore, self.namespace, pool_name=self.pool_name, pool_group=self.pool_group,
@@ -176,18 +185,19 @@ class KubernetesRuntime:
             self.elector = LeaderElector(self._api, self.namespace, name, self.identity, timing=self.lease_timing,
                                          on_change=self.metrics.leader)
             self.metrics.leader(False)
-            self._spawn(self.elector.run(), "leader-election")
+            self._election = self._spawn(self.elector.run(), "leader-election")
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"epp-{name}"))
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"epp-{name}")
+        self._tasks.append(task)
+        return task
 
     async def stop(self) -> None:
         """Release the Lease (hand-over), then stop watching and close the client."""
-        election = self._tasks[-1] if self.elector is not None and self._tasks else None
-        if election is not None:
+        election, self._election = self._election, None
+        if election is not None and self.elector is not None:
             election.cancel()
             await asyncio.gather(election, return_exceptions=True)
-            assert self.elector is not None
             await self.elector.release()
         for task in self._tasks:
             task.cancel()
@@ -196,12 +206,3 @@ class KubernetesRuntime:
         if self._api is not None:
             await self._api.close()
             self._api = None
-
-    async def __aenter__(self) -> KubernetesRuntime:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from epp.datastore import Datastore, Endpoint
@@ -35,7 +36,9 @@ from epp.discovery.telemetry import DiscoveryMetrics
 
 log = logging.getLogger(__name__)
 
-POOL_VERSIONS = {"inference.networking.k8s.io": "v1", "inference.networking.x-k8s.io": "v1alpha2"}
+POOL_VERSIONS: Mapping[str, str] = MappingProxyType(
+    {"inference.networking.k8s.io": "v1", "inference.networking.x-k8s.io": "v1alpha2"}
+)
 
 
 class _PodTracker:

@@ -13,21 +13,22 @@ Two routing flavours are supported (see ``Routing``); the facts behind every kno
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import yaml
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+from epp.request.headers import DESTINATION_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import LB_METADATA_NAMESPACE as LB_NAMESPACE
+
 STAT_PREFIX = "ingress"
 PICKER_CLUSTER = "epp"
 POOL_CLUSTER = "pool"
 
 # Fields of each JSON access-log line; ``epp.envoy.accesslog`` reads them back.
-ACCESS_LOG_FIELDS: dict[str, str] = {
+ACCESS_LOG_FIELDS: Mapping[str, str] = MappingProxyType({
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
     "path": "%REQ(:PATH)%",
@@ -41,7 +42,7 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
     "duration_ms": "%DURATION%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
-}
+})
 
 
 class Routing(enum.Enum):

@@ -24,6 +24,8 @@ EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 class PickerProcess:
     """One ``epp serve --static-endpoints …`` child on free ports; ``start`` blocks until it serves.
 
+    With ``endpoints_file`` the pool comes from that (watched) file instead of ``endpoints``.
+
     ``tls`` turns on ``--secure-serving`` (self-signed certificate, as the reference does); ``extra_args``
     are passed through verbatim (e.g. ``--max-body-bytes``). stderr goes to ``log_path`` when given.
     """
@@ -38,8 +40,10 @@ class PickerProcess:
         extra_args: Sequence[str] = (),
         log_path: Path | None = None,
         host: str = "127.0.0.1",
+        endpoints_file: Path | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self.endpoints_file = endpoints_file
         self.tls = tls
         self.extra_args = tuple(extra_args)
         self.log_path = log_path
@@ -60,9 +64,13 @@ class PickerProcess:
         return self._proc.pid
 
     def command(self) -> list[str]:
+        if self.endpoints_file is not None:
+            source = ["--endpoints-file", str(self.endpoints_file)]
+        else:
+            source = ["--static-endpoints", ",".join(u.hostport for u in self.endpoints)]
         return [
             sys.executable, "-m", "epp", "serve",
-            "--static-endpoints", ",".join(u.hostport for u in self.endpoints),
+            *source,
             f"--secure-serving={'true' if self.tls else 'false'}",
             "--grpc-port", str(self.grpc_port),
             "--grpc-health-port", str(self.health_port),
@@ -76,7 +84,7 @@ class PickerProcess:
             raise RuntimeError(f"{self.name} already started")
         stderr = self.log_path.open("ab") if self.log_path is not None else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=stderr)
+            self._proc = proc_util.spawn(self.command(), stdout=subprocess.DEVNULL, stderr=stderr)
         finally:
             if self.log_path is not None:
                 stderr.close()  # type: ignore[union-attr]

@@ -15,13 +15,17 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from epp.request import RequestError
+from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE
 
 MAX_CHUNK_BYTES = 62_000
-METADATA_NAMESPACE = "envoy.lb"
-DESTINATION_KEY = "x-gateway-destination-endpoint"
-DROPPED_REASON_HEADER = "x-llm-d-request-dropped-reason"
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def header_dict(headers: base_pb2.HeaderMap) -> dict[str, str]:
+    """Envoy's header map as a dict with lower-cased names; ``raw_value`` wins over ``value`` (Envoy
+    fills only ``raw_value``, older clients only ``value``). A repeated name keeps its last value."""
+    return {h.key.lower(): h.raw_value.decode("latin-1") if h.raw_value else h.value for h in headers.headers}
 
 
 def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> pb.HeaderMutation:
@@ -40,7 +44,7 @@ def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> p
 def destination_metadata(destination: str) -> struct_pb2.Struct:
     """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header."""
     md = struct_pb2.Struct()
-    md.get_or_create_struct(METADATA_NAMESPACE)[DESTINATION_KEY] = destination
+    md.get_or_create_struct(LB_METADATA_NAMESPACE)[DESTINATION_HEADER] = destination
     return md
 
 

@@ -41,10 +41,8 @@ class ResponseRelay:
         self._update_hold()
 
     def headers(self, message: pb.HttpHeaders) -> Replies:
-        for h in message.headers.headers:
-            if h.key.lower() == "content-type":
-                value = h.raw_value.decode("latin-1") if h.raw_value else h.value
-                self.streaming = self.streaming or "text/event-stream" in value.lower()
+        content_type = messages.header_dict(message.headers).get("content-type", "")
+        self.streaming = self.streaming or "text/event-stream" in content_type.lower()
         self._update_hold()
         reply = messages.response_headers_reply({RESPONSE_MARK_HEADER: "true"})
         if message.end_of_stream:
@@ -77,6 +75,11 @@ class ResponseRelay:
 
     def close(self) -> None:
         self._finish(completed=False)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The bounded copies this relay keeps: the JSON body copy (≤ the body limit) and the SSE line."""
+        return (len(self._copy) if self._copy is not None else 0) + self._reader.pending_bytes
 
     def _update_hold(self) -> None:
         """Hold a duplex JSON body to its end only when a model name has to be swapped back in it."""

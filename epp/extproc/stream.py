@@ -5,47 +5,34 @@ called once when the stream ends however it ends. Sequencing follows the referen
 (gie-facts A2): in FULL_DUPLEX_STREAMED mode the headers answer waits for the whole body, then the
 headers answer and the body (as streamed chunks) go back together; in BUFFERED mode headers are
 answered at once and the pick rides on the body answer; a body-less request is routed on its headers.
+Request body modes NONE and STREAMED would hide the body the pick depends on (model, prompt): a request
+with a body then gets a 500 naming the misconfiguration (as the body-based router does) rather than a
+blind pick. The request phase itself (headers, modes, body, trailers) lives in ``epp.extproc.collect``.
 """
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable
 
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.director import Director, RoutingDecision
 from epp.extproc import messages
+from epp.extproc.collect import BUFFERED_MODES, Phase, ProtocolViolation, Replies, RequestCollector
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
+from epp.request.headers import REQUEST_ID_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.parse import parse_request, request_path
 
-Mode = ProcessingMode.BodySendMode
-DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
-BUFFERED_MODES = (ProcessingMode.BUFFERED, ProcessingMode.BUFFERED_PARTIAL)
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
-REQUEST_ID_HEADER = "x-request-id"
-
-Replies = list[pb.ProcessingResponse]
+__all__ = ["Phase", "ProtocolViolation", "RequestStream"]
 
 
-class ProtocolViolation(Exception):
-    """Envoy sent a message the ext_proc sequence does not allow here; ends this stream only."""
-
-
-class Phase(enum.Enum):
-    HEADERS = "awaiting request headers"
-    BODY = "collecting request body"
-    ROUTED = "routed"
-    REJECTED = "answered with an immediate response"
-
-
-class RequestStream:
+class RequestStream(RequestCollector):
     """One request's life on the picker: collect, parse, route, relay the response, release."""
+
+    component = "the endpoint picker"
 
     def __init__(
         self,
@@ -53,16 +40,11 @@ class RequestStream:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
+        super().__init__(max_body_bytes)
         self.director = director
-        self.phase = Phase.HEADERS
-        self.headers: dict[str, str] = {}
-        self.request_id = ""
         self.decision: RoutingDecision | None = None
-        self._body = BodyBuffer(max_body_bytes)
         self._new_request_id = new_request_id
         self._generated_id = False
-        self._request_mode: int = DUPLEX
-        self._response_mode: int = DUPLEX
         self._subset: list[object] | None = None
         self._relay: ResponseRelay | None = None
 
@@ -74,12 +56,9 @@ class RequestStream:
             return []  # Envoy may still flush messages sent before it saw the immediate response
         if message.HasField("metadata_context"):
             self._read_subset(message)
-        if kind == "request_headers":
-            return self._request_headers(message)
-        if kind == "request_body":
-            return self._request_body(message.request_body)
-        if kind == "request_trailers":
-            return self._request_trailers()
+        replies = self.handle_request(kind, message)
+        if replies is not None:
+            return replies
         if self.phase is not Phase.ROUTED:
             raise ProtocolViolation(f"{kind} received while {self.phase.value}")
         assert self._relay is not None
@@ -89,6 +68,21 @@ class RequestStream:
             return self._relay.body(message.response_body)
         return self._relay.trailers()
 
+    def refuse(self, message: pb.ProcessingRequest, error: RequestError) -> Replies:
+        """Answer the stream's first message with ``error`` (e.g. epp overloaded) without routing it.
+
+        The headers are still read so the refusal is logged and counted under the request's id.
+        """
+        if message.WhichOneof("request") != "request_headers":
+            raise ProtocolViolation(f"stream must start with request_headers, got {message.WhichOneof('request')}")
+        self.read_headers(message)
+        return self.reject(error)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes this stream holds for the client right now (request body, response copy, SSE line)."""
+        return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
+
     def close(self) -> None:
         """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
         if self._relay is not None:
@@ -96,68 +90,34 @@ class RequestStream:
         elif self.decision is not None:
             self.director.finish(self.decision)
 
-    # -- request phase --------------------------------------------------------------------------
-    def _request_headers(self, message: pb.ProcessingRequest) -> Replies:
-        if self.phase is not Phase.HEADERS:
-            raise ProtocolViolation(f"request_headers received while {self.phase.value}")
-        for h in message.request_headers.headers.headers:
-            self.headers[h.key.lower()] = h.raw_value.decode("latin-1") if h.raw_value else h.value
-        self.request_id = self.headers.get(REQUEST_ID_HEADER) or ""
-        if not self.request_id:
-            self.request_id, self._generated_id = self._new_request_id(), True
-        if message.HasField("protocol_config"):
-            self._request_mode = message.protocol_config.request_body_mode
-            self._response_mode = message.protocol_config.response_body_mode
-        if message.request_headers.end_of_stream or self._request_mode in (ProcessingMode.NONE, ProcessingMode.STREAMED):
-            return self._route_headers_only()
-        self.phase = Phase.BODY
-        if self._request_mode in BUFFERED_MODES:
-            return [messages.continue_request_headers()]
-        return []
+    # -- request phase (hooks of RequestCollector) ----------------------------------------------
+    def missing_request_id(self) -> str:
+        self._generated_id = True
+        return self._new_request_id()
 
-    def _request_body(self, body: pb.HttpBody) -> Replies:
-        if self.phase is Phase.ROUTED and self._request_mode == ProcessingMode.STREAMED:
-            return [messages.body_reply(response=False)]
-        if self.phase is not Phase.BODY:
-            raise ProtocolViolation(f"request_body received while {self.phase.value}")
-        try:
-            self._body.append(body.body)
-        except RequestError as error:
-            return self._reject(error)
-        # BUFFERED(_PARTIAL) sends exactly one body message, whatever its end_of_stream says.
-        if body.end_of_stream or self._request_mode in BUFFERED_MODES:
-            return self._route_body(end_of_stream=True)
-        return []
-
-    def _request_trailers(self) -> Replies:
-        if self.phase is Phase.BODY:  # trailers end a body whose last data frame had no end_of_stream
-            return [*self._route_body(end_of_stream=False), messages.trailers_reply(response=False)]
-        if self.phase is Phase.ROUTED:
-            return [messages.trailers_reply(response=False)]
-        raise ProtocolViolation(f"request_trailers received while {self.phase.value}")
-
-    def _route_headers_only(self) -> Replies:
+    def route_headers_only(self) -> Replies:
         request = LLMRequest(self.request_id, RequestKind.OTHER, "", path=request_path(self.headers), headers=self.headers)
         try:
             decision = self.director.route_any(request)
         except RequestError as error:
-            return self._reject(error, request)
+            return self.reject(error, request)
         self._routed(decision)
         return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
 
-    def _route_body(self, end_of_stream: bool) -> Replies:
-        body = self._body.getvalue()
+    def route_body(self, end_of_stream: bool) -> Replies:
+        body = self.body.getvalue()
         request: LLMRequest | None = None
         try:
             request = parse_request(self.request_id, self.headers, body)
             decision = self.director.route(request, len(body), self._subset)
         except RequestError as error:
-            return self._reject(error, request)
+            return self.reject(error, request)
         self._routed(decision)
+        self.body = BodyBuffer(self.body.limit)  # forwarded below: do not hold it for the whole response
         headers = self._upstream_headers(decision)
         if decision.body is not None:
             headers["content-length"] = str(len(decision.body))
-        if self._request_mode in BUFFERED_MODES:
+        if self.request_mode in BUFFERED_MODES:
             return [messages.buffered_body_reply(headers, decision.destination, decision.body)]
         out = decision.body if decision.body is not None else body
         return [
@@ -168,7 +128,7 @@ class RequestStream:
     def _routed(self, decision: RoutingDecision) -> None:
         self.decision = decision
         self.phase = Phase.ROUTED
-        self._relay = ResponseRelay(self.director, decision, self._response_mode, self._body.limit)
+        self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit)
 
     def _upstream_headers(self, decision: RoutingDecision) -> dict[str, str]:
         headers = dict(decision.headers)
@@ -176,7 +136,7 @@ class RequestStream:
             headers[REQUEST_ID_HEADER] = self.request_id
         return headers
 
-    def _reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
+    def reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
         self.phase = Phase.REJECTED
         self.director.reject(error, self.request_id, request_path(self.headers), request)
         return [messages.immediate_reply(error)]

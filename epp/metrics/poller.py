@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from types import TracebackType
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
+from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.engines import ENGINES, engine_kind
 from epp.metrics.extract import EngineExtractor, MetricsError
@@ -41,7 +41,7 @@ class ScrapeFailure(Exception):
         self.reason = reason
 
 
-class MetricsPoller:
+class MetricsPoller(AsyncService):
     """Keeps every datastore endpoint's ``EndpointMetrics`` fresh.
 
     Use as ``async with MetricsPoller(ds): ...`` or ``await start()`` / ``await stop()``. ``start``
@@ -74,6 +74,7 @@ class MetricsPoller:
         self._state = _State.NEW
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # cancelled on removal, maybe still unwinding
         self._failing: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -91,27 +92,24 @@ class MetricsPoller:
         if self._state is _State.RUNNING:
             self._datastore.remove_listener(self)
         self._state = _State.STOPPED
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._retiring]
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)  # none may still use the session below
+        self._retiring.clear()
         if self._session is not None:
             await self._session.close()
-
-    async def __aenter__(self) -> MetricsPoller:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def polled(self) -> frozenset[str]:
         """Names of the endpoints being polled right now."""
         return frozenset(self._tasks)
+
+    @property
+    def idle(self) -> bool:
+        """No polling task is alive, not even one cancelled on removal that is still unwinding."""
+        return not self._tasks and not self._retiring
 
     # -- DatastoreListener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
@@ -124,6 +122,8 @@ class MetricsPoller:
         task = self._tasks.pop(endpoint.name, None)
         if task is not None:
             task.cancel()
+            self._retiring.add(task)  # stop() waits for it before closing the session
+            task.add_done_callback(self._retiring.discard)
         self._failing.pop(endpoint.name, None)
 
     # -- polling ---------------------------------------------------------------------------------

@@ -14,16 +14,13 @@ from typing import Any
 import orjson
 
 from epp.request.errors import RequestError
+from epp.request.headers import FAIRNESS_HEADERS, MODEL_REWRITE_HEADERS, OBJECTIVE_HEADERS, SESSION_TOKEN_HEADER
 from epp.request.types import LLMRequest, RequestKind
 
 DEFAULT_PATH = "/v1/completions"
 PATH_HEADERS = (":path", "x-original-path", "x-forwarded-path")
 
 # Current llm-d header first, then the GIE alias it replaced (gie-facts A4).
-OBJECTIVE_HEADERS = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
-FAIRNESS_HEADERS = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
-MODEL_REWRITE_HEADERS = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
-SESSION_TOKEN_HEADER = "x-session-token"
 DEFAULT_FAIRNESS_ID = "default-flow"
 
 # Suffix → kind; checked in order, so chat wins over plain completions. Suffixes (not exact paths)
@@ -153,8 +150,14 @@ def _prompt_fields(prompt: object) -> dict[str, Any]:
 
 
 def _dumps(value: object) -> bytes:
-    """Compact JSON with sorted keys: equal content gives equal bytes whatever the client's key order."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    """Compact JSON with sorted keys: equal content gives equal bytes whatever the client's key order.
+
+    orjson reads 1024 levels of nesting but writes only 254, so a deep (hostile) prompt is a 400 here.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        raise RequestError(400, "request body is nested too deeply", code="invalid_body") from None
 
 
 def _int_field(data: dict[str, Any], *names: str) -> int | None:

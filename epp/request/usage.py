@@ -93,6 +93,11 @@ class SSEUsageReader:
             self._partial = b""
             self._skipping = True
 
+    @property
+    def pending_bytes(self) -> int:
+        """The unfinished line held between chunks (at most ``MAX_SSE_LINE_BYTES`` plus one chunk)."""
+        return len(self._partial)
+
     def close(self) -> None:
         """End of stream: a last line without a newline still counts."""
         if self._partial and not self._skipping:

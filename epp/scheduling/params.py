@@ -10,19 +10,18 @@ Go-style strings such as ``"200ms"``/``"1m30s"`` or a number of seconds), ``list
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, NewType, TypeVar
+
+from epp._util.duration import parse_duration as go_duration
 
 Duration = NewType("Duration", float)
 """Seconds, decoded from a Go duration string or a number."""
 
 T = TypeVar("T")
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ParamError(ValueError):
@@ -46,13 +45,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str) and value.strip():
-        text = value.strip()
-        if text == "0":
-            return 0.0
-        parts = _DURATION_PART.findall(text)
-        if "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"must be a duration such as 200ms or a number of seconds, got {value!r}")
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+        try:
+            seconds = go_duration(value)
+        except ValueError:
+            raise ValueError(f"must be a duration such as 200ms or a number of seconds, got {value!r}") from None
     else:
         raise ValueError("must be a duration such as 200ms or a number of seconds")
     if seconds < 0:

@@ -5,6 +5,8 @@ a preset is just a config and every policy this project compares is one."""
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,7 +20,7 @@ def _config(plugins: str, profile: str) -> str:
     return f"{_HEADER}plugins:\n{plugins}schedulingProfiles:\n- name: default\n  plugins:\n{profile}"
 
 
-PRESETS: dict[str, str] = {
+PRESETS: Mapping[str, str] = MappingProxyType({
     # Uniformly random endpoint.
     "random": _config("- {type: random-picker}\n", "  - {pluginRef: random-picker}\n"),
     # Take turns, ignoring load.
@@ -50,7 +52,7 @@ PRESETS: dict[str, str] = {
         "  - {pluginRef: sglang-imbalance-filter}\n  - {pluginRef: sglang-cache-aware-scorer}\n"
         "  - {pluginRef: max-score-picker}\n",
     ),
-}
+})
 
 DEFAULT_PRESET = "gie-default"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from epp.scheduling.profile import SchedulerProfile
 if TYPE_CHECKING:
     from epp.scheduling.saturation import SaturationDetector
 
+log = logging.getLogger(__name__)
+
 
 class Scheduler:
     """Turns (request, candidate endpoints) into a ``SchedulingResult``.
@@ -33,6 +36,10 @@ class Scheduler:
     the ones implementing PreRequest / ResponseHeaders / ResponseComplete are called at those points
     in declaration order, and ``attach`` subscribes the ones that track endpoints to a datastore.
     ``saturation_detector`` is what admission asks before shedding sheddable (priority < 0) requests.
+
+    A hook that raises never fails the request or the stream: the error is logged (with traceback the
+    first time per plugin and hook, then at debug level so a broken plugin cannot flood the log) and the
+    remaining hooks still run.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class Scheduler:
         )
         self.response_header_plugins = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
         self.saturation_detector = saturation_detector
+        self._hook_failures: set[tuple[int, str]] = set()
 
     def attach(self, datastore: Datastore) -> None:
         """Subscribe plugins that keep per-endpoint state (prefix index, LRUs, trees) to membership
@@ -87,19 +95,37 @@ class Scheduler:
                 code="rejected_saturated", reason="rejected-saturated",
             )
         for plugin in self.pre_request_plugins:
-            plugin.pre_request(cycle, request, result)
+            try:
+                plugin.pre_request(cycle, request, result)
+            except Exception:
+                self._hook_failed(plugin, "PreRequest", request)
         return result
 
     def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> dict[str, str]:
         """Headers the plugins want on the client response from ``endpoint`` (later plugins win)."""
         headers: dict[str, str] = {}
         for plugin in self.response_header_plugins:
-            headers.update(plugin.response_headers(request, endpoint))
+            try:
+                headers.update(plugin.response_headers(request, endpoint))
+            except Exception:
+                self._hook_failed(plugin, "ResponseHeaders", request)
         return headers
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         for plugin in self.response_complete_plugins:
-            plugin.response_complete(request, endpoint, usage)
+            try:
+                plugin.response_complete(request, endpoint, usage)
+            except Exception:
+                self._hook_failed(plugin, "ResponseComplete", request)
+
+    def _hook_failed(self, plugin: Plugin, hook: str, request: LLMRequest) -> None:
+        """Log one failed hook call (called from inside the ``except``)."""
+        key = (id(plugin), hook)
+        first = key not in self._hook_failures
+        self._hook_failures.add(key)
+        log.log(logging.ERROR if first else logging.DEBUG, "plugin %s failed in %s (request id=%s)%s",
+                plugin.typed_name, hook, request.request_id or "-",
+                "; later failures of this hook are logged at debug level" if first else "", exc_info=first)
 
 
 def _merge(explicit: Sequence[Plugin], derived: Sequence[Plugin]) -> list:  # type: ignore[type-arg]

@@ -24,7 +24,11 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()  # e.g. the port is taken: release what setup() acquired
+            raise
         self._runner = runner
         if self.port == 0:
             self.port = runner.addresses[0][1]

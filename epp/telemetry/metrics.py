@@ -7,7 +7,8 @@ from the datastore when scraped instead of on a timer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -28,26 +29,63 @@ _SCHEDULER_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0
 _MODEL = ("model_name", "target_model_name")
 
 # HTTP status → the reference's error-code label value (its errutil codes).
-ERROR_CODES = {
+ERROR_CODES: Mapping[int, str] = MappingProxyType({
     400: "BadRequest",
     412: "PreconditionFailed",
     413: "BadRequest",
     429: "InferencePoolResourceExhausted",
     500: "Internal",
     503: "ServiceUnavailable",
-}
+})
 
 
 def error_code(status: int) -> str:
     return ERROR_CODES.get(status, "Internal")
 
 
+OTHER_MODEL = "__other__"
+DEFAULT_MAX_MODEL_LABELS = 1000
+MAX_LABEL_CHARS = 256
+
+
+class ModelLabels:
+    """Model names (chosen by clients) as label values: at most ``limit`` distinct ones, each ≤ 256 chars.
+
+    Every label value is a time series held forever, so without a bound a client sending random model
+    names grows epp's memory without end. Names seen first keep their own series; once the limit is
+    reached, new names are counted under ``__other__``. A name always maps to the same value, so
+    gauges incremented and decremented under it stay balanced.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_MODEL_LABELS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __call__(self, name: str) -> str:
+        name = name[:MAX_LABEL_CHARS]
+        if name in self._seen:
+            return name
+        if len(self._seen) >= self.limit:
+            return OTHER_MODEL
+        self._seen.add(name)
+        return name
+
+
 class Telemetry:
     """Recorder the director and servicer call at each step of a request's life."""
 
-    def __init__(self, datastore: Datastore | None = None, pool_name: str = "", commit: str = "", build_ref: str = ""):
+    def __init__(self, datastore: Datastore | None = None, pool_name: str = "", commit: str = "", build_ref: str = "",
+                 max_model_labels: int = DEFAULT_MAX_MODEL_LABELS):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.model_labels = ModelLabels(max_model_labels)
+        Gauge("epp_model_label_values", "Distinct model names used as metric labels (new ones past the limit "
+              "are counted as __other__).", registry=r).set_function(lambda: len(self.model_labels))
+        Gauge("epp_model_label_values_limit", "Most distinct model names used as metric labels.",
+              registry=r).set(max_model_labels)
         self.requests = Counter(
             "inference_objective_request_total", "Requests routed, by model and priority.",
             (*_MODEL, "priority"), registry=r,
@@ -97,18 +135,18 @@ class Telemetry:
             r.register(PoolCollector(datastore, pool_name))
 
     def request_routed(self, request: LLMRequest, body_bytes: int) -> None:
-        labels = (request.model, request.target_model)
+        labels = self._labels(request.model, request.target_model)
         self.requests.labels(*labels, str(request.priority)).inc()
         self.request_sizes.labels(*labels).observe(body_bytes)
-        self.running.labels(request.model).inc()
+        self.running.labels(labels[0]).inc()
 
     def request_rejected(self, model: str, target_model: str, error: RequestError) -> None:
-        self.errors.labels(model, target_model, error_code(error.status)).inc()
+        self.errors.labels(*self._labels(model, target_model), error_code(error.status)).inc()
 
     def request_finished(self, request: LLMRequest, duration: float, response_bytes: int | None, usage: Usage) -> None:
         """One routed request ended; response size and usage are recorded only when the response was seen."""
-        labels = (request.model, request.target_model)
-        self.running.labels(request.model).dec()
+        labels = self._labels(request.model, request.target_model)
+        self.running.labels(labels[0]).dec()
         self.duration.labels(*labels).observe(duration)
         if response_bytes is not None:
             self.response_sizes.labels(*labels).observe(response_bytes)
@@ -119,13 +157,17 @@ class Telemetry:
         if usage.cached_tokens is not None:
             self.cached_tokens.labels(*labels).observe(usage.cached_tokens)
 
+    def _labels(self, model: str, target_model: str) -> tuple[str, str]:
+        return self.model_labels(model), self.model_labels(target_model)
+
     def scheduled(self, duration: float, target_model: str, endpoint: EndpointState | None) -> None:
         self.scheduler_duration.observe(duration)
         if endpoint is None:
-            self.scheduler_attempts.labels("failure", target_model, "", "", "").inc()
+            self.scheduler_attempts.labels("failure", self.model_labels(target_model), "", "", "").inc()
         else:
             e = endpoint.endpoint
-            self.scheduler_attempts.labels("success", target_model, e.name, e.namespace, str(e.port)).inc()
+            self.scheduler_attempts.labels("success", self.model_labels(target_model), e.name, e.namespace,
+                                           str(e.port)).inc()
 
 
 class PoolCollector(Collector):

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from epp._util.proc import free_port
+from epp._util.proc import free_port, spawn
 from epp.bbr.catalog import ModelCatalog, parse_models_flag
 from epp.bbr.router import BASE_MODEL_HEADER, MODEL_HEADER, BodyRouter
 from epp.bbr.stream import RouterStream
@@ -94,7 +94,7 @@ def models_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def bbr_process(models_file: Path) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
     grpc_port, health_port = free_port(), free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "epp", "bbr", f"--grpc-port={grpc_port}", f"--grpc-health-port={health_port}",
          "--bind-address=127.0.0.1", f"--models-file={models_file}", "--models=extra",
          "--models-reload-interval=50ms", "--drain-timeout=5s"],

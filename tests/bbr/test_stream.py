@@ -77,6 +77,14 @@ def test_duplex_body_ended_by_trailers() -> None:
     assert replies[-1].HasField("request_trailers")
 
 
+def test_trailers_ending_a_rejected_body_get_no_reply_after_the_immediate_response() -> None:
+    s = stream()
+    s.handle(request_headers(mode=DUPLEX))
+    assert s.handle(request_body(b'{"model": ')) == []
+    replies = s.handle(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
+    assert [r.WhichOneof("response") for r in replies] == ["immediate_response"]
+
+
 def test_bodyless_request_is_answered_on_headers_and_loses_client_routing_headers() -> None:
     s = stream()
     (reply,) = s.handle(request_headers("/v1/models", eos=True, method="GET", extra={MODEL_HEADER: "spoofed"}))

@@ -1,9 +1,8 @@
-"""Fixtures for discovery tests: a running fake kube-apiserver, a kubeconfig for it, a bounded wait."""
+"""Fixtures for discovery tests: a running fake kube-apiserver and a kubeconfig for it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ async def apiserver() -> AsyncIterator[FakeKubeApiServer]:
 @pytest.fixture
 def kubeconfig(apiserver: FakeKubeApiServer, tmp_path: Path) -> str:
     return str(apiserver.write_kubeconfig(tmp_path / "kubeconfig"))
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` holds; fail (not hang) after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def names(datastore: Datastore) -> set[str]:

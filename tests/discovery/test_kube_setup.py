@@ -57,3 +57,33 @@ def test_bad_flag_combinations(argv: tuple[str, ...]) -> None:
 def test_unknown_pool_group_is_rejected_by_the_parser() -> None:
     with pytest.raises(SystemExit):
         parse("--pool-name", "p", "--pool-group", "example.com")
+
+
+@pytest.mark.parametrize(("flag", "want"), [(("--ha-enable-leader-election",), True),
+                                            (("--ha-enable-leader-election=true",), True),
+                                            (("--ha-enable-leader-election=false",), False)])
+def test_leader_election_flag_takes_go_booleans(flag: tuple[str, ...], want: bool) -> None:
+    assert parse("--pool-name", "p", *flag).ha_enable_leader_election is want
+
+
+async def test_a_start_failing_partway_closes_the_client(kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import epp.discovery.kube_setup as kube_setup
+
+    closed: list[bool] = []
+    real_close = kube_setup.KubeApi.close
+
+    async def close(self: kube_setup.KubeApi) -> None:
+        closed.append(True)
+        await real_close(self)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("discovery could not be built")
+
+    monkeypatch.setattr(kube_setup.KubeApi, "close", close)
+    monkeypatch.setattr(kube_setup, "PoolDiscovery", broken)
+    rt = build_from_args(parse("--pool-name", "p", "--kubeconfig", kubeconfig), Datastore())
+    assert rt is not None
+    with pytest.raises(RuntimeError, match="could not be built"):
+        async with rt:
+            pass
+    assert closed == [True]

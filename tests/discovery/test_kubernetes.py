@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from epp.datastore import Datastore
 from epp.discovery.kube_setup import KubernetesRuntime
 from epp.discovery.pods import PoolSpec
-from tests.discovery.conftest import FAST, RecordingListener, names, wait_for
+from tests.conftest import wait_for
+from tests.discovery.conftest import FAST, RecordingListener, names
 from tests.fakes.kube_apiserver import FakeKubeApiServer, make_objective, make_pod, make_pool
 
 Factory = Callable[..., KubernetesRuntime]
@@ -111,7 +112,9 @@ async def test_waits_for_pool_and_empties_when_pool_deleted(apiserver: FakeKubeA
     apiserver.put(make_pod("a", "10.0.0.1"))
     rt = runtime()
     await rt.start()
-    await asyncio.sleep(0.5)
+    # Discovery has listed the pool (absent) and is watching for it: only now is "not synced" meaningful.
+    await wait_for(lambda: any("inferencepools" in path and "watch=true" in path for _, path in apiserver.requests),
+                   what="the pool list and watch")
     assert not rt.datastore.synced and len(rt.datastore) == 0  # pods are ignored until the pool exists
     pool = apiserver.put(make_pool("pool", {"app": "vllm"}, [8000]))
     await wait_for(lambda: rt.datastore.synced and names(rt.datastore) == {"a-rank-0"})

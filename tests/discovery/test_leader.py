@@ -12,14 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from epp._util.proc import spawn
 from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, load_api_client
 from epp.discovery.kube_setup import KubernetesRuntime
 from epp.discovery.leader import LeaderElector, LeaseTiming, lease_name
-from tests.discovery.conftest import FAST, wait_for
+from tests.conftest import wait_for
+from tests.discovery.conftest import FAST
 from tests.fakes.kube_apiserver import FakeKubeApiServer, make_pod, make_pool
 
+# FAST_LEASE for what must happen quickly (expiry, step-down); STABLE_LEASE where a test asserts that
+# leadership does *not* change: a loaded CI box may stall a renewal for a second, never for 20.
 FAST_LEASE = LeaseTiming(lease_duration=1.0, renew_deadline=0.6, retry_period=0.1)
+STABLE_LEASE = LeaseTiming(lease_duration=30.0, renew_deadline=20.0, retry_period=0.1)
 LEASE = ("coordination.k8s.io", "v1", "leases", "default")
 NAME = lease_name("default", "pool")
 REPO = Path(__file__).resolve().parents[2]
@@ -28,9 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 class Replica:
     """One elector with its own API client (its own connections), as a separate pod would have."""
 
-    def __init__(self, api: KubeApi, identity: str) -> None:
+    def __init__(self, api: KubeApi, identity: str, timing: LeaseTiming) -> None:
         self.api = api
-        self.elector = LeaderElector(api, "default", NAME, identity, timing=FAST_LEASE)
+        self.elector = LeaderElector(api, "default", NAME, identity, timing=timing)
         self.task = asyncio.create_task(self.elector.run())
 
     async def stop(self, release: bool = True) -> None:
@@ -44,8 +49,8 @@ class Replica:
 async def replicas(kubeconfig: str) -> AsyncIterator[Callable[[str], object]]:
     made: list[Replica] = []
 
-    async def make(identity: str) -> Replica:
-        replica = Replica(KubeApi(await load_api_client(kubeconfig)), identity)
+    async def make(identity: str, timing: LeaseTiming = FAST_LEASE) -> Replica:
+        replica = Replica(KubeApi(await load_api_client(kubeconfig)), identity, timing)
         made.append(replica)
         return replica
 
@@ -60,11 +65,24 @@ def holder(server: FakeKubeApiServer) -> str:
     return str(lease["spec"].get("holderIdentity", "")) if lease else ""
 
 
+async def renewals(server: FakeKubeApiServer, count: int) -> None:
+    """Wait until the Lease's renewTime has moved ``count`` times: the holder keeps renewing."""
+    seen: set[str] = set()
+
+    def renewed() -> bool:
+        lease = server.objects.get(LEASE, {}).get(NAME)
+        if lease:
+            seen.add(str(lease["spec"].get("renewTime")))
+        return len(seen) > count
+
+    await wait_for(renewed, what=f"{count} lease renewals")
+
+
 async def test_release_hands_over_to_standby(apiserver: FakeKubeApiServer, replicas: Callable[..., object]) -> None:
-    a = await replicas("a")  # type: ignore[misc]
+    a = await replicas("a", STABLE_LEASE)  # type: ignore[misc]
     await wait_for(lambda: a.elector.is_leader)
-    b = await replicas("b")  # type: ignore[misc]
-    await asyncio.sleep(FAST_LEASE.lease_duration * 1.5)  # renewals keep the lease alive past its duration
+    b = await replicas("b", STABLE_LEASE)  # type: ignore[misc]
+    await renewals(apiserver, 3)  # b campaigns meanwhile, but the renewed lease is not free
     assert a.elector.is_leader and not b.elector.is_leader and holder(apiserver) == "a"
     await a.stop(release=True)
     assert not a.elector.is_leader
@@ -102,12 +120,12 @@ async def test_two_processes_hand_over_on_sigterm(apiserver: FakeKubeApiServer, 
     apiserver.put(make_pool("pool", {"app": "vllm"}, [8000]))
     apiserver.put(make_pod("a", "10.0.0.1"))
     flags = ["--pool-name", "pool", "--kubeconfig", kubeconfig, "--ha-enable-leader-election",
-             "--ha-lease-duration", "1", "--ha-renew-deadline", "0.6", "--ha-retry-period", "0.1"]
+             "--ha-lease-duration", "30", "--ha-renew-deadline", "20", "--ha-retry-period", "0.1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "tests.discovery.elector_proc", *flags], cwd=REPO, env=env,
+    child = spawn([sys.executable, "-m", "tests.discovery.elector_proc", *flags], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     here = KubernetesRuntime(Datastore(), "default", pool_name="pool", kubeconfig=kubeconfig, timing=FAST,
-                             lease_timing=FAST_LEASE, identity="in-test")
+                             lease_timing=STABLE_LEASE, identity="in-test")
     try:
         assert child.stdout is not None
         loop = asyncio.get_running_loop()
@@ -118,7 +136,7 @@ async def test_two_processes_hand_over_on_sigterm(apiserver: FakeKubeApiServer, 
         assert "ready=True" in line
         await here.start()
         await wait_for(lambda: here.datastore.synced)
-        await asyncio.sleep(FAST_LEASE.lease_duration * 1.5)
+        await renewals(apiserver, 3)  # the child keeps its lease while this replica campaigns
         assert not here.is_leader and not here.ready  # synced standby: populated, but not ready
         assert len(here.datastore) == 1
         child.send_signal(signal.SIGTERM)

@@ -7,6 +7,7 @@ from the main thread (Envoy dies with the thread that spawned it).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,13 @@ class Stack:
         return self._envoys[variant]
 
     def close(self) -> None:
-        for envoy in self._envoys.values():
-            envoy.stop()
-        for picker in self._pickers.values():
-            picker.stop()
-        self.engines.stop()
+        """Stop everything, even when one stop fails (the first error is raised after the rest)."""
+        with contextlib.ExitStack() as stack:  # callbacks run in reverse: Envoys, then pickers, then engines
+            stack.callback(self.engines.stop)
+            for picker in self._pickers.values():
+                stack.callback(picker.stop)
+            for envoy in self._envoys.values():
+                stack.callback(envoy.stop)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from epp.extproc.health import HealthService
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import CERT_FILE, KEY_FILE, self_signed_pair, server_credentials
+from tests.conftest import wait_for
 from tests.extproc.builders import (
     BUFFERED,
     CHAT_BODY,
@@ -168,11 +169,47 @@ async def test_client_going_away_releases_inflight(picker: Picker) -> None:
         await call.read()
         assert sum(s.inflight_requests for s in picker.director.datastore.endpoints()) == 1
         call.cancel()
-    for _ in range(200):  # the server notices the cancellation asynchronously
-        if sum(s.inflight_requests for s in picker.director.datastore.endpoints()) == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert sum(s.inflight_requests for s in picker.director.datastore.endpoints()) == 0
+    # the server notices the cancellation asynchronously
+    await wait_for(lambda: sum(s.inflight_requests for s in picker.director.datastore.endpoints()) == 0,
+                   what="the cancelled stream's release")
+
+
+async def test_failed_start_leaves_no_health_port_answering(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[grpc.aio.Server] = []
+    real_server = grpc.aio.server
+
+    def server(*args: object, **kwargs: object) -> grpc.aio.Server:
+        made.append(real_server(*args, **kwargs))  # type: ignore[arg-type]
+        if len(made) == 1:  # the ext_proc server: fail its start, as a broken bind or TLS setup would
+            async def fail() -> None:
+                raise RuntimeError("main server failed to start")
+            made[0].start = fail  # type: ignore[method-assign]
+        return made[-1]
+
+    monkeypatch.setattr(grpc.aio, "server", server)
+    picker = PickerServer(ExtProcServicer(make_director(*POOL)), HealthService(lambda: True), port=0, health_port=0,
+                          host="127.0.0.1")
+    with pytest.raises(RuntimeError, match="failed to start"):
+        await picker.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{picker.health_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+
+async def test_stop_keeps_serving_new_streams_during_the_drain_then_refuses_them(picker: Picker) -> None:
+    hurry = asyncio.Event()
+    stopping = asyncio.create_task(picker.server.stop(5, drain=600, hurry=hurry))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{picker.server.health_port}") as hch:
+        stub = health_pb2_grpc.HealthStub(hch)
+        await wait_for(lambda: picker.server.health.draining)
+        assert (await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status == NOT_SERVING
+        replies = await exchange(picker.target, [request_headers("/v1/models", eos=True, method="GET")])
+        assert set_headers(replies[0].request_headers.response)["x-gateway-destination-endpoint"] in POOL
+        assert not stopping.done()
+        hurry.set()
+        await asyncio.wait_for(stopping, 30)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await exchange(picker.target, [request_headers("/v1/models", eos=True, method="GET")])
 
 
 HEALTH_NAMES = ["", "liveness", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor",

@@ -86,9 +86,20 @@ def test_header_only_request_gets_a_random_endpoint_at_once() -> None:
     assert dest in POOL and metadata_destination(reply) == dest
 
 
-def test_body_mode_none_routes_on_headers() -> None:
+@pytest.mark.parametrize("mode", [ProcessingMode.NONE, ProcessingMode.STREAMED])
+def test_body_modes_that_hide_the_body_are_a_loud_500_not_a_blind_pick(mode: int) -> None:
     stream = RequestStream(make_director(*POOL))
-    (reply,) = stream.handle(request_headers(mode=ProcessingMode.NONE))
+    (reply,) = stream.handle(request_headers(mode=mode))
+    status, _, error = immediate(reply)
+    assert status == 500 and error["error"]["code"] == "body_mode"
+    assert ProcessingMode.BodySendMode.Name(mode) in error["error"]["message"]
+    assert stream.decision is None
+
+
+@pytest.mark.parametrize("mode", [ProcessingMode.NONE, ProcessingMode.STREAMED])
+def test_body_less_request_in_any_body_mode_routes_on_headers(mode: int) -> None:
+    stream = RequestStream(make_director(*POOL))
+    (reply,) = stream.handle(request_headers("/v1/models", eos=True, method="GET", mode=mode))
     assert set_headers(reply.request_headers.response)["x-gateway-destination-endpoint"] in POOL
 
 
@@ -177,6 +188,12 @@ def test_trailers_end_a_body_without_eos() -> None:
     assert replies[0].HasField("request_headers")
     assert streamed(replies[1:-1]) == (CHAT_BODY, [False])
     assert replies[-1].HasField("request_trailers")
+
+
+def test_trailers_ending_a_rejected_body_get_no_reply_after_the_immediate_response() -> None:
+    stream = RequestStream(make_director(*POOL))
+    replies = run(stream, [request_headers(), request_body(b'{"model": '), pb.ProcessingRequest(request_trailers={})])
+    assert [r.WhichOneof("response") for r in replies] == ["immediate_response"]
 
 
 def routed(director=None, *, stream: bool = False, headers: dict[str, str] | None = None, mode: int = 4):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from epp.cli import SUBCOMMANDS, build_parser
+from epp.cli import SUBCOMMANDS, build_parser, with_default_command
 from tests.manifests.cel_rules import CelRunner, escape_property
 from tests.manifests.conftest import FIXTURES, find, one
 from tests.manifests.crossrefs import selector_matches
@@ -221,7 +221,7 @@ def test_container_args_parse_with_the_real_cli(rendered: Any, subcommand: str) 
     assert arg_lists, f"no container runs epp {subcommand}"
     for args in arg_lists:
         try:
-            parsed = build_parser().parse_args(args)
+            parsed = build_parser().parse_args(with_default_command(args))
         except SystemExit as exit_:  # argparse reports bad flags by exiting
             pytest.fail(f"epp rejects {args}: exit {exit_.code}")
         assert parsed.command == subcommand

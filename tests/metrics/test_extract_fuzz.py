@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,3 +53,53 @@ def test_extract_returns_snapshot_or_raises_metrics_error(engine: str, text: str
         return
     assert isinstance(result, EndpointMetrics)
     assert result.waiting >= 0 and result.running >= 0 and result.kv_usage >= 0
+
+
+DATA = Path(__file__).parent / "data"
+REAL_PAGES = {p.stem: p.read_bytes() for p in sorted(DATA.glob("*.prom"))}
+PAGE_ENGINE = {"sglang": "sglang", "sglang_old": "sglang", "triton": "triton",
+               "triton_trtllm": "triton-tensorrt-llm", "trtllm": "trtllm-serve"}
+
+
+@st.composite
+def damaged_pages(draw: st.DrawFn) -> tuple[str, str]:
+    """A real engine page cut short, with bytes overwritten, lines repeated or a huge value pasted in,
+    decoded the way the poller decodes a response (UTF-8 with replacement)."""
+    name = draw(st.sampled_from(sorted(REAL_PAGES)))
+    page = bytearray(REAL_PAGES[name])
+    for _ in range(draw(st.integers(0, 6))):
+        at = draw(st.integers(0, len(page) - 1))
+        op = draw(st.sampled_from(["overwrite", "insert", "delete", "huge"]))
+        chunk = draw(st.binary(min_size=1, max_size=8))
+        if op == "overwrite":
+            page[at:at + len(chunk)] = chunk
+        elif op == "insert":
+            page[at:at] = chunk
+        elif op == "delete":
+            del page[at:at + draw(st.integers(1, 200))]
+        else:
+            page[at:at] = b"9" * 5000 + b'"' + b"x" * 5000
+    cut = draw(st.integers(0, len(page)))
+    return PAGE_ENGINE.get(name, "vllm"), bytes(page[:cut]).decode("utf-8", errors="replace")
+
+
+@settings(max_examples=150, deadline=None)
+@given(page=damaged_pages())
+def test_damaged_real_pages_give_snapshot_or_metrics_error(page: tuple[str, str]) -> None:
+    engine, text = page
+    extractor = EXTRACTORS[engine]
+    try:
+        result = extractor.extract(text, 1.0)
+    except MetricsError:
+        return
+    assert isinstance(result, EndpointMetrics)
+    assert result.waiting >= 0 and result.running >= 0 and 0 <= result.kv_usage
+
+
+def test_line_memo_stays_bounded_under_ever_new_lines() -> None:
+    """A server printing a new value every scrape must not grow the per-line parse memo without bound."""
+    extractor = EngineExtractor(ENGINES["vllm"], memo_size=64)
+    base = REAL_PAGES["vllm"].decode()
+    for i in range(500):
+        extractor.extract(base.replace("vllm:num_requests_waiting{", f"vllm:num_requests_waiting{{x=\"{i}\",", 1), 1.0)
+        assert len(extractor._parsed) <= 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.metrics import MetricsPoller
+from tests.conftest import wait_for
 
 DATA = Path(__file__).parent / "data"
 VLLM = (DATA / "vllm.prom").read_text()
@@ -71,15 +72,6 @@ def refused_port() -> Iterator[int]:
     sock.close()
 
 
-async def until(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Wait (bounded) for a condition the poller makes true; fail with ``what`` if it never does."""
-    for _ in range(int(limit / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"timed out waiting for: {what}")
-
-
 def state(ds: Datastore, name: str) -> EndpointState:
     s = ds.get(name)
     assert s is not None
@@ -106,34 +98,34 @@ async def test_good_slow_garbage_and_refused_endpoints(refused_port: int, caplog
         ])
         async with MetricsPoller(ds, interval=0.02, timeout=0.3, registry=registry) as poller:
             assert poller.polled == {"good", "slow", "flaky", "refused"}
-            await until(lambda: state(ds, "good").metrics is not None, "good scraped")
-            await until(lambda: state(ds, "flaky").metrics is not None, "flaky scraped while healthy")
-            await until(lambda: error_of(ds, "refused").startswith("connect:"), "refused marked")
-            await until(lambda: error_of(ds, "slow").startswith("timeout:"), "slow marked")
+            await wait_for(lambda: state(ds, "good").metrics is not None, what="good scraped")
+            await wait_for(lambda: state(ds, "flaky").metrics is not None, what="flaky scraped while healthy")
+            await wait_for(lambda: error_of(ds, "refused").startswith("connect:"), what="refused marked")
+            await wait_for(lambda: error_of(ds, "slow").startswith("timeout:"), what="slow marked")
 
             good_metrics = state(ds, "good").metrics
             assert good_metrics is not None and (good_metrics.waiting, good_metrics.running, good_metrics.scraped_at) == (3, 12, 100.0)
             assert state(ds, "slow").metrics is None and state(ds, "refused").metrics is None
 
             flaky.text = "<html>upstream connect error</html>"
-            await until(lambda: error_of(ds, "flaky").startswith("parse:"), "garbage marked")
+            await wait_for(lambda: error_of(ds, "flaky").startswith("parse:"), what="garbage marked")
             flaky.status = 500
-            await until(lambda: error_of(ds, "flaky").startswith("http: HTTP 500"), "HTTP error marked")
+            await wait_for(lambda: error_of(ds, "flaky").startswith("http: HTTP 500"), what="HTTP error marked")
 
             clock.advance(5.0)  # only endpoints scraped after this are fresh
-            await until(lambda: state(ds, "good").metrics.scraped_at == 105.0, "good refreshed")  # type: ignore[union-attr]
+            await wait_for(lambda: state(ds, "good").metrics.scraped_at == 105.0, what="good refreshed")  # type: ignore[union-attr]
             stale = {s.name: s.stale for s in ds.endpoints()}
             assert stale == {"good": False, "slow": True, "flaky": True, "refused": True}
             flaky_state = state(ds, "flaky")
             assert flaky_state.metrics is not None and flaky_state.metrics.waiting == 3  # last good snapshot kept
 
-            await until(lambda: (registry.get_sample_value(ERRORS, {"source_type": "metrics-data-source", "reason": "connect"}) or 0) >= 5,
-                        "refusals counted on every tick")
+            await wait_for(lambda: (registry.get_sample_value(ERRORS, {"source_type": "metrics-data-source", "reason": "connect"}) or 0) >= 5,
+                           what="refusals counted on every tick")
             for reason in ("timeout", "parse", "http"):
                 assert (registry.get_sample_value(ERRORS, {"source_type": "metrics-data-source", "reason": reason}) or 0) >= 1
 
             flaky.text, flaky.status = VLLM, 200
-            await until(lambda: state(ds, "flaky").scrape_error is None, "flaky recovered")
+            await wait_for(lambda: state(ds, "flaky").scrape_error is None, what="flaky recovered")
     assert poller.polled == frozenset()
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -148,24 +140,24 @@ async def test_membership_changes_start_and_stop_polling(refused_port: int) -> N
     async with serving(first, second), MetricsPoller(ds, interval=0.02, timeout=0.5) as poller:
         assert poller.polled == frozenset()
         ds.upsert(Endpoint("a", "127.0.0.1", first.port))
-        await until(lambda: state(ds, "a").metrics is not None, "added endpoint polled")
+        await wait_for(lambda: state(ds, "a").metrics is not None, what="added endpoint polled")
 
         ds.remove("a")
         assert poller.polled == frozenset()
-        await asyncio.sleep(0.1)  # let a request already on the wire land
+        await wait_for(lambda: poller.idle, what="the removed endpoint's task to end")
         hits = first.hits
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)  # nothing is left that could scrape it
         assert first.hits == hits, "removed endpoint still scraped"
 
         # Engine chosen per endpoint from its label; scraping uses metrics_port when set.
         ds.upsert(Endpoint("b", "127.0.0.1", refused_port, labels={"llm-d.ai/engine-type": "sglang"}, metrics_port=second.port))
-        await until(lambda: state(ds, "b").metrics is not None, "sglang endpoint polled on its metrics port")
+        await wait_for(lambda: state(ds, "b").metrics is not None, what="sglang endpoint polled on its metrics port")
         b = state(ds, "b").metrics
         assert b is not None and (b.waiting, b.running, b.models) == (2, 17, frozenset({"Qwen/Qwen3-32B"}))
 
         # Moving an endpoint restarts its polling at the new address.
         ds.upsert(Endpoint("b", "127.0.0.2", refused_port, labels={"llm-d.ai/engine-type": "sglang"}))
-        await until(lambda: error_of(ds, "b").startswith("connect:"), "moved endpoint scraped at its new address")
+        await wait_for(lambda: error_of(ds, "b").startswith("connect:"), what="moved endpoint scraped at its new address")
         assert poller.polled == {"b"}
 
 

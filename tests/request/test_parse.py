@@ -144,6 +144,15 @@ def test_bad_bodies_are_400(body: bytes, code: str) -> None:
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+@pytest.mark.parametrize("field", ["messages", "prompt"])
+def test_prompt_nested_deeper_than_json_can_be_written_is_400(field: str) -> None:
+    """orjson reads 1024 levels but writes 254: a 300-deep prompt must be a 400, not a TypeError."""
+    body = b'{"model": "m", "' + field.encode() + b'": ' + b"[" * 300 + b'"x"' + b"]" * 300 + b"}"
+    with pytest.raises(RequestError) as info:
+        parse_request("rid", CHAT if field == "messages" else {":path": "/v1/completions"}, body)
+    assert (info.value.status, info.value.code) == (400, "invalid_body")
+
+
 def test_chat_messages_must_be_a_list() -> None:
     with pytest.raises(RequestError) as info:
         parse({"model": "m", "messages": "hi"}, CHAT)

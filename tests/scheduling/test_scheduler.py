@@ -99,3 +99,55 @@ def test_scheduler_hooks_come_from_the_built_plugins() -> None:
     store.remove(picked)  # purged from the prefix index and the LRU
     lru = next(p for p in scheduler.plugins if p.typed_name.type == "no-hit-lru-scorer")
     assert picked not in lru._used  # type: ignore[attr-defined]
+
+
+class Broken:
+    """Every hook raises: the framework must contain it."""
+
+    typed_name = TypedName("broken", "broken-1")
+
+    def pre_request(self, cycle, request, result):  # type: ignore[no-untyped-def]
+        raise RuntimeError("pre boom")
+
+    def response_headers(self, request, endpoint):  # type: ignore[no-untyped-def]
+        raise RuntimeError("headers boom")
+
+    def response_complete(self, request, endpoint, usage):  # type: ignore[no-untyped-def]
+        raise RuntimeError("complete boom")
+
+
+class Recording:
+    typed_name = TypedName("recording", "recording")
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pre_request(self, cycle, request, result):  # type: ignore[no-untyped-def]
+        self.calls.append("pre")
+
+    def response_complete(self, request, endpoint, usage):  # type: ignore[no-untyped-def]
+        self.calls.append("complete")
+
+
+def test_failing_hooks_are_contained_logged_once_with_the_plugin_name(caplog: pytest.LogCaptureFixture) -> None:
+    after = Recording()
+    scheduler = Scheduler(
+        {"default": SchedulerProfile("default", MaxScorePicker(rng=random.Random(1)))}, SingleProfileHandler(),
+        plugins=[Broken(), after],
+    )
+    state = make_state("a")
+    with caplog.at_level("DEBUG", logger="epp.scheduling.scheduler"):
+        for _ in range(2):
+            result = scheduler.schedule(make_request(), [state])
+            assert [e.name for e in result.endpoints] == ["a"]
+            assert scheduler.response_headers(make_request(), state) == {}
+            scheduler.response_complete(make_request(), state, {"prompt_tokens": 1})
+    assert after.calls == ["pre", "complete", "pre", "complete"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage().split(" (")[0] for r in errors] == [
+        "plugin broken-1/broken failed in PreRequest",
+        "plugin broken-1/broken failed in ResponseHeaders",
+        "plugin broken-1/broken failed in ResponseComplete",
+    ]
+    assert all(r.exc_info for r in errors)
+    assert sum(r.levelname == "DEBUG" and "broken-1" in r.getMessage() for r in caplog.records) == 3

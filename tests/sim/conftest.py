@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from epp._util.proc import spawn
+
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -34,7 +36,7 @@ def run_sim(*args: str, timeout: float = 20.0) -> Iterator[SimProcess]:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "sim.log"
         with log.open("wb") as sink:
-            proc = subprocess.Popen(
+            proc = spawn(
                 [sys.executable, "-m", "epp", "sim", "--host", "127.0.0.1", "--port", "0", *args],
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import wait_for
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, post, scrape
 
 
-async def _wait_for(session: aiohttp.ClientSession, base: str, name: str, value: float) -> dict[str, float]:
-    """Scrape until ``name`` reaches ``value`` (bounded), return that scrape."""
-    for _ in range(200):
-        metrics = await scrape(session, base)
-        if metrics[name] >= value:
-            return metrics
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{name} never reached {value}: {metrics}")
+async def _scrape_until(
+    session: aiohttp.ClientSession, base: str, done: Callable[[dict[str, float]], bool], what: str
+) -> dict[str, float]:
+    """Scrape until ``done(metrics)`` holds (bounded by ``wait_for``); return that scrape."""
+    latest: dict[str, float] = {}
+
+    async def check() -> bool:
+        latest.update(await scrape(session, base))
+        return done(latest)
+
+    await wait_for(check, what=what)
+    return latest
 
 
 async def test_requests_beyond_max_num_seqs_wait_and_usage_falls_after() -> None:
@@ -29,17 +35,13 @@ async def test_requests_beyond_max_num_seqs_wait_and_usage_falls_after() -> None
             body = {"model": MODEL, "prompt": "x" * 400, "max_tokens": 300}
             tasks = [asyncio.create_task(post(s, f"{sim.url}/v1/completions", {**body, "prompt": f"{i}" * 400}))
                      for i in range(5)]  # fmt: skip
-            busy = await _wait_for(s, sim.url, "vllm:num_requests_waiting", 3)
+            busy = await _scrape_until(s, sim.url, lambda m: m["vllm:num_requests_waiting"] >= 3, "3 waiting")
             assert busy["vllm:num_requests_running"] == 2 and busy["vllm:kv_cache_usage_perc"] > 0
             for task in tasks:
                 task.cancel()  # clients disconnect: the engine aborts their requests
             await asyncio.gather(*tasks, return_exceptions=True)
-            idle = await scrape(s, sim.url)
-            for _ in range(100):
-                if idle["vllm:num_requests_running"] + idle["vllm:num_requests_waiting"] == 0:
-                    break
-                await asyncio.sleep(0.02)
-                idle = await scrape(s, sim.url)
+            idle = await _scrape_until(
+                s, sim.url, lambda m: m["vllm:num_requests_running"] + m["vllm:num_requests_waiting"] == 0, "idle")
             assert idle["vllm:kv_cache_usage_perc"] == 0.0
             assert idle["vllm:num_requests_running"] == 0 and idle["vllm:num_requests_waiting"] == 0
 

@@ -55,3 +55,18 @@ async def test_metrics_http_endpoint() -> None:
     assert 'inference_extension_info{build_ref="v1",commit=""} 1.0' in text
     assert 'inference_pool_ready_pods{name="p"} 0.0' in text
     assert "# TYPE inference_extension_scheduler_e2e_duration_seconds histogram" in text
+
+
+def test_client_chosen_model_names_are_bounded_label_values() -> None:
+    """Random model names from clients must not create time series without end (each is kept forever)."""
+    t = Telemetry(max_model_labels=3)
+    for i in range(50):
+        t.request_rejected(f"m{i}", f"m{i}", RequestError(400, "bad"))
+    t.request_rejected("x" * 10_000, "", RequestError(400, "bad"))
+    get = t.registry.get_sample_value
+    values = {s.labels["model_name"] for m in t.registry.collect() for s in m.samples
+              if m.name == "inference_objective_request_error"}
+    assert values == {"m0", "m1", "m2", "__other__"}
+    assert get("inference_objective_request_error_total",
+               {"model_name": "__other__", "target_model_name": "__other__", "error_code": "BadRequest"}) == 48
+    assert get("epp_model_label_values") == 3 and get("epp_model_label_values_limit") == 3

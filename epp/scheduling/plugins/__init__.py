@@ -29,12 +29,13 @@ from epp.scheduling.plugins.scorers import (
     sglang_cache_aware,
     token_load,
 )
-from epp.scheduling.prefix import producer
+from epp.scheduling.prefix import precise_producer, producer
 from epp.scheduling.registry import PluginType
 
 BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # data producers (built first)
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
+    PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),

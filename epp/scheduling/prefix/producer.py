@@ -90,7 +90,11 @@ class ApproxPrefixCacheProducer:
         limit = self.params.max_prefix_blocks_to_match
         if self.params.max_prefix_tokens_to_match is not None:
             limit = max(1, self.params.max_prefix_tokens_to_match // block)
-        return PrefixMatch(prompt_block_hashes(request, block, limit), block)
+        return PrefixMatch(self.prompt_hashes(request, block, limit), block)
+
+    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+        """The prompt as index keys; the precise producer overrides it to hash engine token blocks."""
+        return prompt_block_hashes(request, block_tokens, max_blocks)
 
     def info(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
         """The cycle's hashes, computed once per request."""

@@ -16,12 +16,12 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
+from epp.request.headers import SESSION_TOKEN_HEADER
 from epp.scheduling.framework import CycleState, TypedName
 from epp.scheduling.params import NoParams, decode_params
 from epp.scheduling.registry import PluginHandle
 
 SESSION_AFFINITY_SCORER = "session-affinity-scorer"
-SESSION_TOKEN_HEADER = "x-session-token"
 
 
 def session_token(state: EndpointState) -> str:

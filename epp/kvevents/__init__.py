@@ -1,0 +1,1 @@
+"""Engine KV-cache events: decoding vLLM/SGLang ZMQ messages and subscribing to engines."""

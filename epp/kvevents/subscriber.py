@@ -1,0 +1,254 @@
+"""ZMQ SUB sockets that feed engine KV-cache events into a ``KVEventSink`` (the precise prefix index).
+
+Two topologies, as llm-d deploys them:
+
+* ``connect`` (default; llm-d's per-pod subscribers): one SUB per datastore endpoint, connected to
+  ``tcp://<endpoint address>:<port>`` (engines run with ``--kv-events-config`` endpoint
+  ``tcp://*:5557``, which binds). Membership is followed through the datastore-listener methods. A
+  socket monitor reports the TCP connection, so a dead engine is known at once (``DISCONNECTED``);
+  ZMQ reconnects by itself. Every picker replica subscribes to every engine, so replicas hold the
+  same precise view without sharing it.
+* ``bind``: one SUB bound to ``bind_endpoint`` that engines connect to; a batch's endpoint is the
+  ``<host:port>`` of its topic ``kv@<host:port>@<model>``, matched against the endpoints' host:port.
+  Batches from unknown publishers are dropped and counted. With several picker replicas an engine
+  can publish to only one of them: use ``connect`` for active-active.
+
+Receiving runs on the event loop and never blocks a pick: each message is one engine step's events,
+and the loop yields every ``_YIELD_EVERY`` messages during a flood. Series (only with a registry):
+``epp_kv_events_batches_total{result}`` (in-order, gap, restart, overflow, undecodable,
+unknown-endpoint) and ``epp_kv_events_connected{endpoint}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+import zmq
+import zmq.asyncio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from zmq.utils.monitor import parse_monitor_message
+
+from epp.datastore import Endpoint
+from epp.kvevents.decode import TOPIC_PREFIX, KVEvent, KVEventDecodeError, decode_message, parse_topic
+from epp.scheduling.prefix.precise import SeqCheck
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5557
+_YIELD_EVERY = 64
+_RECONNECT_IVL_MS = 100
+_RECONNECT_IVL_MAX_MS = 2000
+
+
+class KVEventSink(Protocol):
+    def ingest(self, endpoint: str, seq: int, events: Iterable[KVEvent], model: str | None) -> SeqCheck: ...
+
+    def set_connected(self, endpoint: str, connected: bool) -> None: ...
+
+    def lost(self, endpoint: str) -> None: ...
+
+
+class SubscriberMode(enum.Enum):
+    CONNECT = "connect"
+    BIND = "bind"
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class KVEventSubscriber:
+    """See the module docstring. ``start``/``stop`` once each; membership may arrive before start."""
+
+    def __init__(
+        self,
+        sink: KVEventSink,
+        mode: SubscriberMode = SubscriberMode.CONNECT,
+        *,
+        port: int = DEFAULT_PORT,
+        bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}",
+        topic_filter: str = TOPIC_PREFIX,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._sink = sink
+        self.mode = mode
+        self._port = port
+        self._bind_endpoint = bind_endpoint
+        self._filter = topic_filter.encode()
+        self._endpoints: dict[str, Endpoint] = {}
+        self._by_hostport: dict[str, str] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # cancelled, still closing their sockets
+        self._ctx: zmq.asyncio.Context | None = None
+        self._bound: zmq.asyncio.Socket | None = None
+        self._state = _State.NEW
+        self._batches: Counter | None = None
+        self._connected: Gauge | None = None
+        if registry is not None:
+            self.register_metrics(registry)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this subscriber's series to ``registry`` (once, before ``start``)."""
+        self._batches = Counter(
+            "epp_kv_events_batches", "KV-event batches received, by what their sequence number said.",
+            ["result"], registry=registry,
+        )
+        self._connected = Gauge(
+            "epp_kv_events_connected", "1 while the KV-event subscription to an endpoint is connected.",
+            ["endpoint"], registry=registry,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"KVEventSubscriber is {self._state.value}; it can be started once")
+        self._ctx = zmq.asyncio.Context()
+        self._state = _State.RUNNING
+        if self.mode is SubscriberMode.BIND:
+            self._bound = self._socket()
+            try:
+                self._bound.bind(self._bind_endpoint)
+            except zmq.ZMQError:
+                await self.stop()
+                raise
+            self._tasks[""] = asyncio.get_running_loop().create_task(self._receive_bound(self._bound), name="kv-events:bind")
+        else:
+            for endpoint in self._endpoints.values():
+                self._follow(endpoint)
+
+    async def stop(self) -> None:
+        """Cancel the receivers and close every socket. Idempotent."""
+        if self._state is _State.STOPPED:
+            return
+        self._state = _State.STOPPED
+        tasks = [*self._tasks.values(), *self._retiring]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._bound is not None:
+            self._bound.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+
+    @property
+    def bound_endpoint(self) -> str | None:
+        """Where the bound socket listens (resolves a port 0), in ``bind`` mode once started."""
+        if self._bound is None:
+            return None
+        return str(self._bound.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    @property
+    def following(self) -> frozenset[str]:
+        """Endpoints with a connect-mode subscription task."""
+        return frozenset(name for name in self._tasks if name)
+
+    # -- DatastoreListener ----------------------------------------------------------------------
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        self._endpoints[endpoint.name] = endpoint
+        self._by_hostport[endpoint.hostport] = endpoint.name
+        if self._state is _State.RUNNING and self.mode is SubscriberMode.CONNECT:
+            self._follow(endpoint)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self._endpoints.pop(endpoint.name, None)
+        if self._by_hostport.get(endpoint.hostport) == endpoint.name:
+            del self._by_hostport[endpoint.hostport]
+        task = self._tasks.pop(endpoint.name, None)
+        if task is not None:
+            task.cancel()
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        if self._connected is not None:
+            with contextlib.suppress(KeyError):
+                self._connected.remove(endpoint.name)
+
+    # -- receiving --------------------------------------------------------------------------------
+    def _socket(self) -> zmq.asyncio.Socket:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
+        sock.setsockopt(zmq.SUBSCRIBE, self._filter)
+        return sock
+
+    def _follow(self, endpoint: Endpoint) -> None:
+        if endpoint.name not in self._tasks:
+            self._tasks[endpoint.name] = asyncio.get_running_loop().create_task(
+                self._receive_connected(endpoint), name=f"kv-events:{endpoint.name}"
+            )
+
+    async def _receive_connected(self, endpoint: Endpoint) -> None:
+        sock = self._socket()
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+        self._set_connected(endpoint.name, False)
+        try:
+            sock.connect(f"tcp://{host}:{self._port}")
+            watcher = asyncio.get_running_loop().create_task(self._watch(monitor, endpoint.name))
+            try:
+                await self._receive(sock, lambda pod: endpoint.name)
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+
+    async def _watch(self, monitor: zmq.asyncio.Socket, name: str) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._set_connected(name, True)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._set_connected(name, False)
+
+    def _set_connected(self, name: str, connected: bool) -> None:
+        if name in self._endpoints:
+            self._sink.set_connected(name, connected)
+            if self._connected is not None:
+                self._connected.labels(endpoint=name).set(1 if connected else 0)
+
+    async def _receive_bound(self, sock: zmq.asyncio.Socket) -> None:
+        await self._receive(sock, lambda pod: self._by_hostport.get(pod) if pod else None)
+
+    async def _receive(self, sock: zmq.asyncio.Socket, endpoint_of: _Resolver) -> None:
+        received = 0
+        while True:
+            frames = await sock.recv_multipart()
+            self._handle(frames, endpoint_of)
+            received += 1
+            if received % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    def _handle(self, frames: list[bytes], endpoint_of: _Resolver) -> None:
+        topic = parse_topic(frames[0].decode(errors="replace")) if frames else parse_topic("")
+        name = endpoint_of(topic.pod)
+        if name is None or name not in self._endpoints:
+            self._count("unknown-endpoint")
+            return
+        try:
+            batch = decode_message(frames)
+        except KVEventDecodeError as err:
+            log.warning("undecodable KV-event batch from %s: %s", name, err)
+            self._sink.lost(name)
+            self._count("undecodable")
+            return
+        self._count(self._sink.ingest(name, batch.seq, batch.events, topic.model).value)
+
+    def _count(self, result: str) -> None:
+        if self._batches is not None:
+            self._batches.labels(result=result).inc()
+
+
+class _Resolver(Protocol):
+    def __call__(self, pod: str | None) -> str | None: ...

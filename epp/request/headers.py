@@ -1,0 +1,24 @@
+"""HTTP header and metadata names of the picker protocol (gie-facts A3/A4), defined once.
+
+The picker, the body-based router, the Envoy config builder and the plugins all read these names; a
+typo in one copy would silently break routing, so every module imports them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+# Where the request goes: the header and the dynamic metadata carry the same value.
+DESTINATION_HEADER: Final = "x-gateway-destination-endpoint"
+LB_METADATA_NAMESPACE: Final = "envoy.lb"
+# The gateway's endpoint subset hint: metadata namespace and key.
+SUBSET_NAMESPACE: Final = "envoy.lb.subset_hint"
+SUBSET_KEY: Final = "x-gateway-destination-endpoint-subset"
+MODEL_NAME_HEADER: Final = "x-gateway-model-name"
+DROPPED_REASON_HEADER: Final = "x-llm-d-request-dropped-reason"
+SESSION_TOKEN_HEADER: Final = "x-session-token"
+# Current llm-d header first, then the GIE alias it replaced (gie-facts A4).
+OBJECTIVE_HEADERS: Final = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
+FAIRNESS_HEADERS: Final = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
+MODEL_REWRITE_HEADERS: Final = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")

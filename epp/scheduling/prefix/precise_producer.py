@@ -1,0 +1,147 @@
+"""``precise-prefix-cache-producer``: prefix matches from what engines report in KV-cache events.
+
+The same contract as ``approx-prefix-cache-producer`` (it is one, so ``prefix-cache-scorer`` reads it
+through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), with three differences:
+
+* prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``; ``tokenizer``
+  selects the tokenizer — it must match the served model for real engines);
+* the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
+  approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
+  feed is not live;
+* with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``).
+
+Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`` 256 (or
+``maxPrefixTokensToMatch``), ``lruCapacityPerServer`` 31250; ``mode`` ``connect`` (one SUB per
+endpoint at ``<address>:kvEventsPort``, 5557) or ``bind`` (engines connect to ``bindEndpoint``,
+``tcp://*:5557``); ``topicFilter`` ``kv@``; ``tokenizer`` ``sim``; ``eventTimeout`` 5s,
+``resyncWindow`` 30s, ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
+``epp:prefix-index``, ``redisMaxLen`` 20000.
+
+The subscriber and the Redis tasks need the event loop: whoever runs the picker calls
+``register_metrics(registry)``, awaits ``start()`` before serving and ``stop()`` at shutdown (``epp
+serve`` does so for every plugin exposing them), after ``Scheduler.attach(datastore)`` so the
+subscriber follows membership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from epp.datastore import Endpoint
+from epp.kvevents.decode import TOPIC_PREFIX
+from epp.kvevents.subscriber import DEFAULT_PORT, KVEventSubscriber, SubscriberMode
+from epp.request import LLMRequest
+from epp.scheduling.framework import TypedName
+from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.scheduling.prefix.index import BlockIndex
+from epp.scheduling.prefix.precise import PreciseIndex
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
+from epp.scheduling.prefix.protocol import PrefixIndex
+from epp.scheduling.prefix.shared import SharedPrefixIndex
+from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
+from epp.scheduling.registry import PluginHandle
+
+PRECISE_PREFIX_CACHE_PRODUCER = "precise-prefix-cache-producer"
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisePrefixParams:
+    auto_tune: bool = True
+    block_size_tokens: int = 16
+    max_prefix_blocks_to_match: int = 256
+    max_prefix_tokens_to_match: int | None = None
+    lru_capacity_per_server: int = 31250
+    mode: str = SubscriberMode.CONNECT.value
+    kv_events_port: int = DEFAULT_PORT
+    bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}"
+    topic_filter: str = TOPIC_PREFIX
+    tokenizer: str = SIM_TOKENIZER
+    event_timeout: Duration = Duration(5.0)
+    resync_window: Duration = Duration(30.0)
+    max_blocks_per_endpoint: int = 1_000_000
+    redis_url: str | None = None
+    redis_stream: str = "epp:prefix-index"
+    redis_max_len: int = 20_000
+
+    def __post_init__(self) -> None:
+        modes = [m.value for m in SubscriberMode]
+        if self.mode not in modes:
+            raise ParamError("mode", f"must be one of {', '.join(modes)}")
+        if not 0 < self.kv_events_port < 65536:
+            raise ParamError("kvEventsPort", "must be a TCP port")
+        if self.event_timeout <= 0:
+            raise ParamError("eventTimeout", "must be positive")
+        for key, value in (("maxBlocksPerEndpoint", self.max_blocks_per_endpoint), ("redisMaxLen", self.redis_max_len)):
+            if value < 1:
+                raise ParamError(key, "must be at least 1")
+
+    def index_params(self) -> PrefixIndexParams:
+        return PrefixIndexParams(
+            auto_tune=self.auto_tune, block_size_tokens=self.block_size_tokens,
+            max_prefix_blocks_to_match=self.max_prefix_blocks_to_match,
+            max_prefix_tokens_to_match=self.max_prefix_tokens_to_match,
+            lru_capacity_per_server=self.lru_capacity_per_server,
+        )  # fmt: skip
+
+
+class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
+    def __init__(
+        self, name: str, params: PrecisePrefixParams, precise: PreciseIndex, tokenizer: Tokenizer,
+        subscriber: KVEventSubscriber, index: PrefixIndex | None = None,
+    ) -> None:
+        super().__init__(name, params.index_params(), index or precise)
+        self.typed_name = TypedName(PRECISE_PREFIX_CACHE_PRODUCER, name)
+        self.precise = precise
+        self.tokenizer = tokenizer
+        self.subscriber = subscriber
+
+    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+        return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export the subscriber's (and the shared index's) series; call before ``start``."""
+        self.subscriber.register_metrics(registry)
+        if isinstance(self.index, SharedPrefixIndex):
+            self.index.register_metrics(registry)
+
+    async def start(self) -> None:
+        await self.subscriber.start()
+        if isinstance(self.index, SharedPrefixIndex):
+            await self.index.start()
+
+    async def stop(self) -> None:
+        if isinstance(self.index, SharedPrefixIndex):
+            await self.index.stop()
+        await self.subscriber.stop()
+
+    def endpoint_added(self, endpoint: Endpoint) -> None:
+        super().endpoint_added(endpoint)
+        self.subscriber.endpoint_added(endpoint)
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None:
+        self.subscriber.endpoint_removed(endpoint)
+        super().endpoint_removed(endpoint)
+
+
+def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> PrecisePrefixCacheProducer:
+    p = decode_params(PrecisePrefixParams, params)
+    try:
+        tokenizer = load_tokenizer(p.tokenizer)
+    except ValueError as err:
+        raise ParamError("tokenizer", str(err)) from None
+    precise = PreciseIndex(
+        handle.clock, BlockIndex(p.lru_capacity_per_server), event_timeout=p.event_timeout,
+        resync_window=p.resync_window, max_blocks_per_endpoint=p.max_blocks_per_endpoint,
+    )  # fmt: skip
+    subscriber = KVEventSubscriber(
+        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter
+    )
+    shared = None
+    if p.redis_url is not None:
+        replica = f"{handle.child_rng().getrandbits(64):016x}"
+        shared = SharedPrefixIndex(precise, p.redis_url, replica, stream=p.redis_stream, max_len=p.redis_max_len)
+    return PrecisePrefixCacheProducer(name, p, precise, tokenizer, subscriber, shared)

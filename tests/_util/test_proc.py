@@ -1,0 +1,49 @@
+"""Children started with ``spawn`` do not outlive a parent that is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from epp._util.proc import read_line, spawn, stop
+from tests.conftest import wait_for
+
+PARENT = """
+import sys, time
+from epp._util.proc import spawn
+child = spawn([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited; its new parent may not have reaped it yet
+
+
+async def test_child_dies_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
+    child = 0
+    try:
+        child = int(read_line(parent, timeout=30))
+        assert not gone(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        await wait_for(lambda: gone(child), 10, "the orphaned child to exit")
+    finally:
+        stop(parent)
+        if child and not gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_spawn_is_a_popen() -> None:
+    proc = spawn([sys.executable, "-c", "print('hi')"], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    assert out == b"hi\n" and proc.returncode == 0

@@ -1,0 +1,84 @@
+"""``precise-prefix-cache-producer`` in a config, read by ``prefix-cache-scorer`` as in llm-d."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp._util.clock import VirtualClock
+from epp.config import load_scheduler_text
+from epp.config.decode import ConfigError
+from epp.datastore import Datastore, Endpoint
+from epp.kvevents.decode import Stored
+from epp.request import LLMRequest, RequestKind
+from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
+from epp.scheduling.prefix.precise import FeedState
+from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
+from epp.scheduling.prefix.shared import SharedPrefixIndex
+from epp.scheduling.prefix.tokens import load_tokenizer, prompt_token_ids
+
+MODEL = "m"
+HEADER = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def config(producer_params: str = "{mode: bind, bindEndpoint: 'tcp://127.0.0.1:0'}") -> str:
+    return (
+        f"{HEADER}plugins:\n"
+        f"- {{type: precise-prefix-cache-producer, name: kv, parameters: {producer_params}}}\n"
+        "- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: kv}}\n"
+        "- {type: max-score-picker}\n"
+        "schedulingProfiles:\n- name: default\n  plugins:\n"
+        "  - {pluginRef: prefix-cache-scorer}\n  - {pluginRef: max-score-picker}\n"
+    )
+
+
+def chat(content: str) -> LLMRequest:
+    return LLMRequest("r", RequestKind.CHAT_COMPLETIONS, MODEL, body={"messages": [{"role": "user", "content": content}]})
+
+
+async def test_the_scorer_reads_engine_reported_blocks_and_picks_record_for_the_fallback() -> None:
+    clock = VirtualClock()
+    scheduler = load_scheduler_text(config(), clock=clock)
+    producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+    scorer = next(p for p in scheduler.plugins if isinstance(p, PrefixCacheScorer))
+    assert scorer.producer is producer
+    assert producer.typed_name.type == "precise-prefix-cache-producer"
+    datastore = Datastore(clock)
+    scheduler.attach(datastore)
+    for i in range(3):
+        datastore.upsert(Endpoint(f"e{i}", "127.0.0.1", 8000 + i))
+    await producer.start()
+    try:
+        request = chat("Tell me about prefix caching. " * 6)
+        tokens = prompt_token_ids(request, load_tokenizer("sim"))
+        full = len(tokens) // 16 * 16
+        hashes = producer.prompt_hashes(request, 16, 256)
+        producer.precise.ingest("e2", 0, [Stored(tuple(hashes), None, tuple(tokens[:full]), 16, None)], MODEL)
+        result = scheduler.schedule(request, list(datastore.endpoints()))
+        assert result.endpoints[0].name == "e2"
+        assert producer.precise.feed_state("e2") is FeedState.LIVE
+        # e2's engine never answers the pick: after eventTimeout the fallback answers for it, and it
+        # learned that pick
+        clock.advance(5.5)
+        assert producer.precise.feed_state("e2") is FeedState.SILENT
+        assert producer.index.match(hashes, ["e0", "e1", "e2"]) == [0, 0, len(hashes)]
+        datastore.remove("e2")
+        assert producer.index.match(hashes, ["e2"]) == [0]
+    finally:
+        await producer.stop()
+
+
+def test_redis_url_makes_the_index_shared_and_bad_parameters_name_their_key() -> None:
+    scheduler = load_scheduler_text(config("{redisUrl: 'redis://127.0.0.1:1/0'}"))
+    producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+    assert isinstance(producer.index, SharedPrefixIndex) and producer.index.local is producer.precise
+    for params, key in (
+        ("{mode: both}", "mode"),
+        ("{tokenizer: 'nope'}", "tokenizer"),
+        ("{eventTimeout: 0}", "eventTimeout"),
+        ("{kvEventsPort: 0}", "kvEventsPort"),
+        ("{redisMaxLen: 0}", "redisMaxLen"),
+        ("{blockSize: 64}", "blockSize"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_scheduler_text(config(params))
+        assert key in err.value.path
