@@ -151,7 +151,7 @@ def peer_router(
             "--worker-urls", *(f"http://{u.hostport}" for u in fleet.upstreams)]  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"{script.name}-{policy}.log", "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        proc = proc_util.spawn(args, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_TIMEOUT
