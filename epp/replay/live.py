@@ -7,6 +7,10 @@ seconds per simulated second; the engines run at the same scale). Times are meas
 divided by ``time_scale``, so they compare with offline virtual seconds. Cached tokens come from each
 response's ``usage``; which engine served how many requests, and the load over time, from the engines'
 own ``/metrics``. Compressing time below what the CPU can keep up with inflates latencies.
+
+``run_live_via`` is the same replay through any router in front of the engines (``bench/peers.py``
+puts the peer routers there), optionally with the prompts rendered another way (as text, for routers
+that only accept text prompts).
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import asyncio
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +35,18 @@ from epp.replay.policies import DEFAULT
 from epp.replay.traces.model import TraceRequest
 
 LOAD_POLL_SECONDS = 0.25
+Front = Callable[[EngineFleet, Path], AbstractContextManager[str]]
+"""Starts a router in front of the engines (its logs under the path), yields its base URL, stops it."""
+
+PromptRenderer = Callable[[TraceRequest], str | Sequence[int]]
+"""The ``prompt`` field a request is sent with."""
+
+
+def token_prompt(request: TraceRequest) -> list[int]:
+    """The prompt as token ids: no tokenizer round trip can shift block boundaries."""
+    return request.prompt.tokens()
+
+
 _GAUGE = re.compile(rb"^vllm:(num_requests_running|num_requests_waiting|request_success_total)\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
@@ -51,9 +70,10 @@ def _engine_counts(text: bytes) -> tuple[int, int]:
 
 
 class _Client:
-    def __init__(self, url: str, model: str, spec: LiveSpec, fleet: EngineFleet) -> None:
+    def __init__(self, url: str, model: str, spec: LiveSpec, fleet: EngineFleet, prompt: PromptRenderer) -> None:
         self.url = url
         self.model = model
+        self.prompt = prompt
         self.scale = spec.time_scale
         self.fleet = fleet
         self.t0 = 0.0
@@ -66,7 +86,7 @@ class _Client:
     async def send(self, session: aiohttp.ClientSession, request: TraceRequest, record: RequestRecord) -> None:
         body = {
             "model": self.model,
-            "prompt": request.prompt.tokens(),
+            "prompt": self.prompt(request),
             "max_tokens": request.output_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -123,6 +143,12 @@ class _Client:
         return records, tuple(a - b for a, b in zip(after, before))
 
 
+@contextmanager
+def _gateway(picker_args: Sequence[str], fleet: EngineFleet, workdir: Path) -> Iterator[str]:
+    with LocalGateway(fleet.upstreams, workdir, picker_args=picker_args) as gateway:
+        yield gateway.url
+
+
 def run_live(
     requests: list[TraceRequest], policy: str, cluster: ClusterSpec, rate_scale: float, spec: LiveSpec
 ) -> RunResult:
@@ -131,8 +157,20 @@ def run_live(
     ``policy`` is what ``--policy`` takes: ``default`` runs ``epp serve`` without a config, anything
     else is its ``--config-file`` (a preset name or a YAML path).
     """
-    started = time.perf_counter()
     picker_args = [] if policy == DEFAULT else ["--config-file", policy]
+    return run_live_via(requests, partial(_gateway, picker_args), cluster, rate_scale, spec)
+
+
+def run_live_via(
+    requests: list[TraceRequest],
+    front: Front,
+    cluster: ClusterSpec,
+    rate_scale: float,
+    spec: LiveSpec,
+    prompt: PromptRenderer = token_prompt,
+) -> RunResult:
+    """Start fresh engines (cold caches), ``front`` over them, replay through its URL, stop everything."""
+    started = time.perf_counter()
     engine = cluster.engine
     sim_args = ["--profile", engine.profile, "--time-scale", str(spec.time_scale)]
     if engine.num_gpu_blocks is not None:
@@ -142,8 +180,8 @@ def run_live(
         workdir = spec.workdir or Path(tmp)
         fleet = start_engines(names, engine.model, extra_args=sim_args)
         try:
-            with LocalGateway(fleet.upstreams, workdir, picker_args=picker_args) as gateway:
-                client = _Client(gateway.url, engine.model, spec, fleet)
+            with front(fleet, workdir) as url:
+                client = _Client(url, engine.model, spec, fleet, prompt)
                 records, dispatched = asyncio.run(client.replay(requests, rate_scale))
         finally:
             fleet.stop()
