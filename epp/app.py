@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import gc
 import logging
+from types import MappingProxyType
+from typing import Final
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, port, run_async, run_until_signal
 from epp._util.logs import configure_logging
@@ -73,11 +75,43 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     bool_flag(r, "--disable-endpoint-subset-filter", False, "ignore the gateway's envoy.lb.subset_hint endpoint subset")
     r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
                    help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
+    add_reference_compat_flags(parser)
     parser.set_defaults(run=run)
+
+
+# Reference-picker flags epp accepts so existing manifests start unchanged, but whose feature it does not
+# have: flag → the value that needs no feature (setting anything else logs one warning at start).
+UNSUPPORTED_FLAGS: Final = MappingProxyType({
+    "tracing": False, "enable_pprof": False, "metrics_endpoint_auth": False,
+})
+
+
+def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
+    """Accept the reference's remaining flags: a drop-in must not exit on a chart's standard args."""
+    g = parser.add_argument_group("reference compatibility (accepted; see each flag)")
+    bool_flag(g, "--tracing", False, "OpenTelemetry tracing: not supported, warns when true (use request ids in logs)")
+    bool_flag(g, "--enable-pprof", False, "Go pprof endpoints: not applicable to epp, warns when true")
+    bool_flag(g, "--metrics-endpoint-auth", False,
+              "Kubernetes token auth on /metrics: not supported (restrict with a NetworkPolicy), warns when true")
+    g.add_argument("--refresh-prometheus-metrics-interval", type=duration, default="5s", metavar="DURATION",
+                   help="accepted for compatibility: epp computes pool gauges when /metrics is scraped")
+    g.add_argument("--grpc-max-recv-msg-size", type=int, default=0, metavar="BYTES",
+                   help="accepted for compatibility: the receive limit follows --max-body-bytes")
+    g.add_argument("--grpc-max-send-msg-size", type=int, default=0, metavar="BYTES",
+                   help="accepted for compatibility: epp sends bodies in chunks of at most 62,000 bytes")
+
+
+def warn_unsupported(args: argparse.Namespace) -> list[str]:
+    """Log one warning per reference flag set to a feature epp lacks; returns their names."""
+    named = [name for name, inert in UNSUPPORTED_FLAGS.items() if getattr(args, name) != inert]
+    for name in named:
+        log.warning("--%s is not supported by epp and is ignored", name.replace("_", "-"))
+    return named
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.verbosity)
+    warn_unsupported(args)
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
         return 2

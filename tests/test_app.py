@@ -227,3 +227,14 @@ def test_flags_only_process_runs_serve() -> None:
     proc = subprocess.run([sys.executable, "-m", "epp", "--static-endpoints", "127.0.0.1:1", "--pool-name", "p"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "exactly one of" in proc.stderr  # serve's own check, not a usage error
+
+
+def test_reference_flags_are_accepted_and_unsupported_ones_named() -> None:
+    from epp.app import warn_unsupported
+    from epp.cli import build_parser
+
+    args = build_parser().parse_args([
+        "serve", "--static-endpoints", "127.0.0.1:1", "--tracing=false", "--enable-pprof", "--metrics-endpoint-auth=false",
+        "--refresh-prometheus-metrics-interval", "5s", "--grpc-max-recv-msg-size", "4194304",
+    ])
+    assert warn_unsupported(args) == ["enable_pprof"]
