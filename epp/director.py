@@ -11,7 +11,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,7 +19,7 @@ from epp._util.clock import Clock, WallClock
 from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
-from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SUBSET_KEY
+from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
 from epp.request.usage import Usage
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -33,7 +33,7 @@ SYSTEM_HEADERS = frozenset({
     "x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id",
     "x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite",
     "x-llm-d-slo-ttft-ms", "x-slo-ttft-ms", "x-llm-d-slo-tpot-ms", "x-slo-tpot-ms",
-    SUBSET_KEY, DESTINATION_HEADER, "x-gateway-destination-endpoint-served",
+    SUBSET_KEY, DESTINATION_HEADER, SERVED_KEY,
     DROPPED_REASON_HEADER, "content-length",
 })
 
@@ -182,9 +182,15 @@ class Director:
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
 
-    def response_headers(self, decision: RoutingDecision) -> dict[str, str]:
-        """Headers the scheduler's plugins add to the client response (e.g. ``x-session-token``)."""
-        return self.scheduler.response_headers(decision.request, decision.endpoints[0])
+    @property
+    def wants_response_metadata(self) -> bool:
+        """Whether ``response_headers`` needs the gateway's response-phase metadata (decoding it costs)."""
+        return self.scheduler.wants_response_metadata
+
+    def response_headers(self, decision: RoutingDecision, metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Headers the scheduler's plugins add to the client response (e.g. ``x-session-token``);
+        ``metadata`` is what the gateway reported with the response (e.g. the endpoint that served it)."""
+        return self.scheduler.response_headers(decision.request, decision.endpoints[0], metadata)
 
     def reject(self, error: RequestError, request_id: str, path: str, request: LLMRequest | None = None) -> None:
         """Count and log one refusal: one line with the reason, never the body or credentials."""

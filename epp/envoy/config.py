@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from epp.request.headers import DESTINATION_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import DESTINATION_HEADER, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.headers import LB_METADATA_NAMESPACE as LB_NAMESPACE
 
 STAT_PREFIX = "ingress"
@@ -53,7 +53,9 @@ class Routing(enum.Enum):
     help (no header → 503) and comma lists are not understood.
     ``OVERRIDE_HOST``: a static pool with the ``override_host`` load-balancing policy reading epp's
     metadata (then the header); comma lists are walked by retries, and when epp is down (fail-open) or
-    names a non-member the round-robin fallback picks a member — a real fail-open.
+    names a non-member the round-robin fallback picks a member — a real fail-open. Only this flavour reports
+    the endpoint that served each request back to epp (``envoy.lb`` / ``x-gateway-destination-endpoint-served``
+    in the response phase, as the EPP protocol asks): ORIGINAL_DST makes no load-balancing choice to report.
     """
 
     ORIGINAL_DST = "original-dst"
@@ -173,8 +175,14 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
 def _metadata_options(cfg: EnvoyConfig) -> dict[str, Any]:
     # Without receiving_namespaces Envoy silently drops epp's envoy.lb metadata.
     options: dict[str, Any] = {"receiving_namespaces": {"untyped": [LB_NAMESPACE]}}
+    forwarded = []
     if cfg.subset_hint is not None:
-        options["forwarding_namespaces"] = {"untyped": [SUBSET_NAMESPACE]}
+        forwarded.append(SUBSET_NAMESPACE)
+    if cfg.routing is Routing.OVERRIDE_HOST:
+        # envoy.lb carries the served endpoint (selected_host_key below) to epp's response phase.
+        forwarded.append(LB_NAMESPACE)
+    if forwarded:
+        options["forwarding_namespaces"] = {"untyped": forwarded}
     return options
 
 
@@ -301,6 +309,8 @@ def _pool_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
             {"metadata": {"key": LB_NAMESPACE, "path": [{"key": DESTINATION_HEADER}]}},
             {"header": DESTINATION_HEADER},
         ],
+        # Report the endpoint actually used (after retries, fallback) as the EPP protocol's "served" key.
+        selected_host_key={"key": LB_NAMESPACE, "path": [{"key": SERVED_KEY}]},
         fallback_policy={
             "policies": [
                 {

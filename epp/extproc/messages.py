@@ -8,11 +8,12 @@ at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from epp.request import RequestError
 from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE
@@ -26,6 +27,11 @@ def header_dict(headers: base_pb2.HeaderMap) -> dict[str, str]:
     """Envoy's header map as a dict with lower-cased names; ``raw_value`` wins over ``value`` (Envoy
     fills only ``raw_value``, older clients only ``value``). A repeated name keeps its last value."""
     return {h.key.lower(): h.raw_value.decode("latin-1") if h.raw_value else h.value for h in headers.headers}
+
+
+def filter_metadata(metadata: base_pb2.Metadata) -> dict[str, Any]:
+    """``metadata_context.filter_metadata`` as plain data (namespace → dict), as the reference hands it to plugins."""
+    return {ns: json_format.MessageToDict(struct) for ns, struct in metadata.filter_metadata.items()}
 
 
 def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> pb.HeaderMutation:

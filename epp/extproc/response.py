@@ -9,6 +9,9 @@ name must be rewritten back to the client's name (the reference byte-replaces ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import orjson
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -41,12 +44,13 @@ class ResponseRelay:
         self._done = False
         self._update_hold()
 
-    def headers(self, message: pb.HttpHeaders) -> Replies:
+    def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None) -> Replies:
+        """``metadata``: the gateway's response-phase ``filter_metadata`` (for ResponseReceived plugins)."""
         content_type = messages.header_dict(message.headers).get("content-type", "")
         self.streaming = self.streaming or "text/event-stream" in content_type.lower()
         self._update_hold()
         reply = messages.response_headers_reply(
-            {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision)}
+            {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision, metadata)}
         )
         if message.end_of_stream:
             self._finish(completed=True)

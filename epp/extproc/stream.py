@@ -63,7 +63,10 @@ class RequestStream(RequestCollector):
             raise ProtocolViolation(f"{kind} received while {self.phase.value}")
         assert self._relay is not None
         if kind == "response_headers":
-            return self._relay.headers(message.response_headers)
+            metadata = None
+            if self.director.wants_response_metadata and message.HasField("metadata_context"):
+                metadata = messages.filter_metadata(message.metadata_context)
+            return self._relay.headers(message.response_headers, metadata)
         if kind == "response_body":
             return self._relay.body(message.response_body)
         return self._relay.trailers()

@@ -129,6 +129,17 @@ class ResponseHeaders(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseReceived(Plugin, Protocol):
+    def response_received(
+        self, request: LLMRequest, endpoint: EndpointState, metadata: Mapping[str, Any]
+    ) -> Mapping[str, str]:
+        """Like ``response_headers``, with the gateway's response-phase metadata as plain data
+        (``metadata_context.filter_metadata``: namespace → struct, e.g. ``envoy.lb`` carrying the endpoint
+        that served the request). Headers returned are added to the client's response."""
+        ...
+
+
+@runtime_checkable
 class ResponseStarted(Plugin, Protocol):
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         """Called once when the endpoint's first response body bytes arrive: for a generation request

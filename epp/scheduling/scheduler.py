@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     ProfileResult,
     ResponseComplete,
     ResponseHeaders,
+    ResponseReceived,
     ResponseStarted,
     SchedulingResult,
 )
@@ -63,6 +64,7 @@ class Scheduler:
             response_complete, [p for p in self.plugins if isinstance(p, ResponseComplete)]
         )
         self.response_header_plugins = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
+        self.response_received_plugins = [p for p in self.plugins if isinstance(p, ResponseReceived)]
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
         self._hook_failures: set[tuple[int, str]] = set()
@@ -103,14 +105,29 @@ class Scheduler:
                 self._hook_failed(plugin, "PreRequest", request)
         return result
 
-    def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> dict[str, str]:
-        """Headers the plugins want on the client response from ``endpoint`` (later plugins win)."""
+    @property
+    def wants_response_metadata(self) -> bool:
+        """Whether any plugin reads the gateway's response-phase metadata (else callers skip decoding it)."""
+        return bool(self.response_received_plugins)
+
+    def response_headers(
+        self, request: LLMRequest, endpoint: EndpointState, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Headers the plugins want on the client response from ``endpoint`` (later plugins win).
+
+        ``metadata`` is the gateway's response-phase metadata for ResponseReceived plugins (empty if absent).
+        """
         headers: dict[str, str] = {}
         for plugin in self.response_header_plugins:
             try:
                 headers.update(plugin.response_headers(request, endpoint))
             except Exception:
                 self._hook_failed(plugin, "ResponseHeaders", request)
+        for received in self.response_received_plugins:
+            try:
+                headers.update(received.response_received(request, endpoint, metadata or {}))
+            except Exception:
+                self._hook_failed(received, "ResponseReceived", request)
         return headers
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:

@@ -33,11 +33,20 @@ SESSION_AFFINITY_CONFIG = (
     "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
     "plugins:\n- {type: session-affinity-scorer}\n- {type: max-score-picker}\n"
 )
+# GIE's conformance picker config: route where the test header says, echo the served endpoint.
+CONFORMANCE_CONFIG = (
+    "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+    "plugins:\n- {type: header-based-testing-filter}\n- {type: destination-endpoint-served-verifier}\n"
+    "- {type: max-score-picker}\n"
+    "schedulingProfiles:\n- name: conformance\n  plugins:\n"
+    "  - {pluginRef: header-based-testing-filter}\n  - {pluginRef: max-score-picker}\n"
+)
 # picker kind → extra ``epp serve`` flags (``tls`` also turns on TLS)
 PICKER_ARGS: dict[str, list[str]] = {
     "plain": [],
     "tls": [],
     "session": ["--config-text", SESSION_AFFINITY_CONFIG],
+    "conformance": ["--config-text", CONFORMANCE_CONFIG],
 }
 
 # variant → (which picker: a PICKER_ARGS kind or down, EnvoyConfig overrides)
@@ -50,6 +59,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tls": ("tls", {"picker_tls": True}),
     "override-host": ("plain", {"routing": Routing.OVERRIDE_HOST}),
     "session-affinity": ("session", {}),
+    "conformance": ("conformance", {"routing": Routing.OVERRIDE_HOST}),
+    "conformance-original-dst": ("conformance", {}),
     # response_header_mode SKIP + response body NONE: what deployments without usage counting run
     "no-response-phase": ("plain", {"response_headers": False, "response_body_mode": BodyMode.NONE}),
     "subset-match": ("plain", {"subset_hint": ("127.0.0.1",)}),

@@ -107,6 +107,17 @@ def test_subset_hint_is_set_and_forwarded() -> None:
     assert ext_proc(bootstrap)["metadata_options"]["forwarding_namespaces"] == {"untyped": ["envoy.lb.subset_hint"]}
 
 
+def test_override_host_reports_the_served_endpoint_to_epp() -> None:
+    bootstrap = render(make(routing=Routing.OVERRIDE_HOST, subset_hint=("10.0.0.1",)))
+    forwarded = ext_proc(bootstrap)["metadata_options"]["forwarding_namespaces"]["untyped"]
+    assert forwarded == ["envoy.lb.subset_hint", "envoy.lb"]
+    policy = clusters(bootstrap)["pool"]["load_balancing_policy"]["policies"][0]["typed_extension_config"]
+    assert policy["typed_config"]["selected_host_key"] == {
+        "key": "envoy.lb", "path": [{"key": "x-gateway-destination-endpoint-served"}],
+    }
+    assert "forwarding_namespaces" not in ext_proc(render(make()))["metadata_options"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

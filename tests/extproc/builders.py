@@ -69,12 +69,20 @@ def chunked(body: bytes, size: int, empty_final: bool = False) -> list[pb.Proces
     return [request_body(p, eos=i == len(parts) - 1) for i, p in enumerate(parts)]
 
 
-def response_headers(content_type: str = "application/json", eos: bool = False) -> pb.ProcessingRequest:
+def response_headers(
+    content_type: str = "application/json", eos: bool = False, lb_metadata: dict[str, object] | None = None
+) -> pb.ProcessingRequest:
+    """``lb_metadata``: the ``envoy.lb`` namespace Envoy forwards in the response phase (e.g. the served endpoint)."""
     hmap = base_pb2.HeaderMap(headers=[
         base_pb2.HeaderValue(key=":status", raw_value=b"200"),
         base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode()),
     ])
-    return pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=hmap, end_of_stream=eos))
+    msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=hmap, end_of_stream=eos))
+    if lb_metadata is not None:
+        lb = struct_pb2.Struct()
+        lb.update(lb_metadata)
+        msg.metadata_context.filter_metadata["envoy.lb"].CopyFrom(lb)
+    return msg
 
 
 def response_body(body: bytes, eos: bool = False) -> pb.ProcessingRequest:

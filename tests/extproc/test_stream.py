@@ -335,3 +335,23 @@ def test_no_response_phase_finishes_when_the_stream_closes() -> None:
     labels = {"model_name": "m", "target_model_name": "m"}
     assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
     assert reg.get_sample_value("inference_objective_response_sizes_count", labels) is None
+
+
+VERIFIER_CONFIG = (
+    "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+    "plugins:\n- {type: destination-endpoint-served-verifier}\n- {type: max-score-picker}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("lb_metadata", "expected"),
+    [
+        ({"x-gateway-destination-endpoint-served": "10.0.0.2:8000"}, "10.0.0.2:8000"),
+        ({"x-gateway-destination-endpoint": "10.0.0.1:8000"}, "fail: missing destination endpoint served metadata"),
+        (None, "fail: missing envoy lb metadata"),
+    ],
+)
+def test_served_endpoint_from_response_metadata_reaches_the_client(lb_metadata, expected) -> None:
+    _, s = routed(make_director(*POOL, config=VERIFIER_CONFIG))
+    (h,) = s.handle(response_headers(lb_metadata=lb_metadata))
+    assert set_headers(h.response_headers.response)["x-conformance-test-served-endpoint"] == expected

@@ -16,6 +16,7 @@ from epp.scheduling.plugins.filters import (
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.profiles import single
+from epp.scheduling.plugins.response import served_verifier
 from epp.scheduling.plugins.scorers import (
     active_request,
     kv_cache,
@@ -66,4 +67,6 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(round_robin.ROUND_ROBIN_PICKER, round_robin.factory),
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
+    # response phase
+    PluginType(served_verifier.DESTINATION_ENDPOINT_SERVED_VERIFIER, served_verifier.factory),
 )

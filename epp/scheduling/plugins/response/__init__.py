@@ -1,0 +1,1 @@
+"""Plugins that act on the response phase (ResponseReceived)."""
