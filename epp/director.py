@@ -44,7 +44,8 @@ class Saturation(Protocol):
     def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool: ...
 
 
-ModelRewriter = Callable[[LLMRequest], "str | None"]
+# Incoming model → (InferenceModelRewrite name, target model), or None when no rule applies.
+ModelRewriter = Callable[[str], "tuple[str, str] | None"]
 
 
 @dataclass(slots=True)
@@ -205,11 +206,13 @@ class Director:
 
     # -- helpers --------------------------------------------------------------------------------
     def _apply_rewrite(self, request: LLMRequest) -> bytes | None:
-        """Set the target model (header first, then the rewriter); re-serialize the body if it changed."""
-        if request.target_model == request.model and self.model_rewriter is not None:
-            rewritten = self.model_rewriter(request)
-            if rewritten:
-                request.target_model = rewritten
+        """Set the target model (rewrite header first, then an InferenceModelRewrite rule, else the incoming
+        name; gie-facts A7) and re-serialize the body if it changed. Each rule decision is counted."""
+        if request.target_model == request.model and request.model and self.model_rewriter is not None:
+            decision = self.model_rewriter(request.model)
+            if decision is not None:
+                rewrite_name, request.target_model = decision
+                self.telemetry.model_rewritten(rewrite_name, request.model, request.target_model)
         if request.target_model == request.model or request.body is None:
             return None
         request.body["model"] = request.target_model

@@ -67,6 +67,7 @@ class PickerService:
         self.director = Director(
             self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
+            model_rewriter=self.source.model_rewriter,
         )
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)

@@ -11,6 +11,7 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.director import DESTINATION_HEADER, MODEL_NAME_HEADER, Director
+from epp.discovery.rewrites import ModelRewrites, parse_rules
 from epp.request import LLMRequest, RequestError
 from epp.request.parse import parse_request
 from epp.request.usage import Usage
@@ -186,10 +187,19 @@ def test_rewrite_of_a_body_nested_deeper_than_json_can_be_written_is_400() -> No
     assert d.datastore.get("10.0.0.1:8000").inflight_requests == 0
 
 
-def test_model_rewriter_hook_applies_only_without_header() -> None:
-    d = make_director(make_store("10.0.0.1:8000"), model_rewriter=lambda r: "from-rule")
-    assert d.route(chat(), 10).target_model == "from-rule"
-    assert d.route(chat(headers={"x-llm-d-model-name-rewrite": "hdr"}), 10).target_model == "hdr"
+def test_rewrite_rule_applies_without_header_and_is_counted() -> None:
+    rule = {"matches": [{"model": {"value": "m"}}], "targets": [{"modelRewrite": "m-v2"}]}
+    rewrites = ModelRewrites(parse_rules({"metadata": {"name": "canary"}, "spec": {"rules": [rule]}}))
+    d = make_director(make_store("10.0.0.1:8000"), model_rewriter=rewrites.resolve)
+    decision = d.route(chat(), 10)
+    assert decision.target_model == "m-v2"
+    assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
+    assert decision.headers[MODEL_NAME_HEADER] == "m-v2"
+    labels = {"model_rewrite_name": "canary", "model_name": "m", "target_model": "m-v2"}
+    assert sample(d, "inference_extension_model_rewrite_decisions_total", labels) == 1
+    assert d.route(chat(headers={"x-llm-d-model-name-rewrite": "hdr"}), 10).target_model == "hdr"  # header first
+    assert d.route(chat("other"), 10).target_model == "other"  # no rule for it
+    assert sample(d, "inference_extension_model_rewrite_decisions_total", labels) == 1
 
 
 class HeaderPlugin:

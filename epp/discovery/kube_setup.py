@@ -10,6 +10,7 @@ How the composition root wires it (``epp/app.py``)::
     async with runtime:                                 # loads kubeconfig, starts watches (+ election)
         health.ready = lambda: runtime.ready            # synced (and leader, with HA)
         director.objective_priority = runtime.objective_priority
+        director.model_rewriter = runtime.model_rewrite
         ...serve...
     # leaving the block releases the Lease first, then stops the watches
 
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,12 +34,13 @@ from prometheus_client import CollectorRegistry
 from epp._util.cli import bool_flag
 from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore
-from epp.discovery.kube_api import KubeApi, load_api_client
+from epp.discovery.kube_api import KubeApi, Resource, load_api_client
 from epp.discovery.kubernetes import POOL_VERSIONS, PoolDiscovery
 from epp.discovery.leader import LeaderElector, LeaseTiming, default_identity, lease_name
 from epp.discovery.objectives import ObjectiveIndex, objective_resources
 from epp.discovery.pods import PoolSpec, PoolSpecError, parse_selector, validate_ports
-from epp.discovery.reflector import Reflector, ReflectorTiming
+from epp.discovery.reflector import Reflector, ReflectorHandler, ReflectorTiming
+from epp.discovery.rewrites import ModelRewrites, RewriteWatch, rewrite_resources
 from epp.discovery.telemetry import DiscoveryMetrics
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,8 @@ class KubernetesRuntime(AsyncService):
         self.objective_timing = objective_timing or self.timing
         self.identity = identity or default_identity()
         self.objectives = ObjectiveIndex(pool_name, pool_group) if pool_name else None
+        self.rewrites = ModelRewrites()
+        self.rewrite_watch = RewriteWatch(pool_name, pool_group, self.rewrites) if pool_name else None
         self.discovery: PoolDiscovery | None = None
         self.elector: LeaderElector | None = None
         self._api: KubeApi | None = None
@@ -157,6 +162,10 @@ class KubernetesRuntime(AsyncService):
         """Priority of InferenceObjective ``name`` for this pool; unknown or pool-less → 0."""
         return self.objectives.priority(name) if self.objectives is not None else 0
 
+    def model_rewrite(self, model: str) -> tuple[str, str] | None:
+        """(InferenceModelRewrite name, target model) for an incoming model name; no rule or pool-less → None."""
+        return self.rewrites.resolve(model)
+
     async def start(self) -> None:
         """Load the kubeconfig and start the tasks; on any failure, undo what was started and re-raise."""
         try:
@@ -173,19 +182,26 @@ class KubernetesRuntime(AsyncService):
         )
         self._spawn(self.discovery.run(), "discovery")
         if self.objectives is not None:
-            for resource, handler in zip(objective_resources(self.pool_group, self.namespace),
-                                         self.objectives.sets, strict=True):
-                reflector = Reflector(
-                    self._api, resource, handler, timing=self.objective_timing,
-                    on_relist=lambda reason, g=resource.group: self.metrics.relisted(f"inferenceobjectives.{g}", reason),
-                )
-                self._spawn(reflector.run(), f"objectives-{resource.group}")
+            self._watch(objective_resources(self.pool_group, self.namespace), self.objectives.sets)
+        if self.rewrite_watch is not None:
+            self._watch(rewrite_resources(self.pool_group, self.namespace), self.rewrite_watch.sets)
         if self.lease_timing is not None:
             name = lease_name(self.namespace, self.pool_name or "endpoints")
             self.elector = LeaderElector(self._api, self.namespace, name, self.identity, timing=self.lease_timing,
                                          on_change=self.metrics.leader)
             self.metrics.leader(False)
             self._election = self._spawn(self.elector.run(), "leader-election")
+
+    def _watch(self, resources: list[Resource], handlers: Sequence[ReflectorHandler]) -> None:
+        """One reflector per API group of a pool-scoped collection (objectives, rewrites)."""
+        assert self._api is not None
+        for resource, handler in zip(resources, handlers, strict=True):
+            what = f"{resource.plural}.{resource.group}"
+            reflector = Reflector(
+                self._api, resource, handler, timing=self.objective_timing,
+                on_relist=lambda reason, w=what: self.metrics.relisted(w, reason),
+            )
+            self._spawn(reflector.run(), what)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"epp-{name}")

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from epp.config import EndpointPickerConfig, plugin_specs
 from epp.datastore import Datastore
+from epp.director import ModelRewriter
 from epp.discovery.file import FILE_DISCOVERY, FileDiscovery
 from epp.discovery.kube_setup import build_from_args
 from epp.discovery.static import StaticDiscovery
@@ -37,7 +38,8 @@ class SourceError(ValueError):
 
 @dataclass
 class EndpointSource:
-    """One started-on-enter discovery: ``ready`` gates health, ``objective_priority`` feeds admission.
+    """One started-on-enter discovery: ``ready`` gates health, ``objective_priority`` feeds admission,
+    ``model_rewriter`` resolves InferenceModelRewrite rules.
 
     ``files`` is the file discovery when the source is an endpoints file (tests and logs use it).
     """
@@ -47,6 +49,7 @@ class EndpointSource:
     ready: Callable[[], bool]
     objective_priority: Callable[[str], int] | None = None
     files: FileDiscovery | None = None
+    model_rewriter: ModelRewriter | None = None
 
 
 def select_source(
@@ -72,7 +75,8 @@ def select_source(
     if args.pool_name or args.endpoint_selector:
         kube = build_from_args(args, datastore, registry=registry)
         assert kube is not None
-        return EndpointSource("kubernetes", kube, lambda: kube.ready, kube.objective_priority)
+        return EndpointSource("kubernetes", kube, lambda: kube.ready, kube.objective_priority,
+                              model_rewriter=kube.model_rewrite)
     if args.static_endpoints:
         return EndpointSource("static", _static(StaticDiscovery(args.static_endpoints), datastore),
                               lambda: datastore.synced)

@@ -130,6 +130,10 @@ class Telemetry:
             "inference_extension_scheduler_attempts_total", "Scheduling cycles by outcome and chosen endpoint.",
             ("status", "target_model_name", "pod_name", "namespace", "port"), registry=r,
         )
+        self.model_rewrites = Counter(
+            "inference_extension_model_rewrite_decisions_total", "Requests whose model an InferenceModelRewrite rule changed.",
+            ("model_rewrite_name", "model_name", "target_model"), registry=r,
+        )
         info = Gauge("inference_extension_info", "Build information.", ("commit", "build_ref"), registry=r)
         info.labels(commit=commit, build_ref=build_ref).set(1)
         if datastore is not None:
@@ -168,6 +172,10 @@ class Telemetry:
             self._child(self.output_tokens, model, target).observe(usage.completion_tokens)
         if usage.cached_tokens is not None:
             self._child(self.cached_tokens, model, target).observe(usage.cached_tokens)
+
+    def model_rewritten(self, rewrite_name: str, model: str, target_model: str) -> None:
+        """An InferenceModelRewrite rule (object ``rewrite_name``) sent a ``model`` request to ``target_model``."""
+        self._child(self.model_rewrites, rewrite_name[:MAX_LABEL_CHARS], *self._labels(model, target_model)).inc()
 
     def _labels(self, model: str, target_model: str) -> tuple[str, str]:
         return self.model_labels(model), self.model_labels(target_model)

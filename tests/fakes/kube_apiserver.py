@@ -45,6 +45,8 @@ DEFAULT_SERVED = frozenset({
     ("inference.networking.x-k8s.io", "v1alpha2", "inferencepools"),
     ("llm-d.ai", "v1alpha2", "inferenceobjectives"),
     ("inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives"),
+    ("llm-d.ai", "v1alpha2", "inferencemodelrewrites"),
+    ("inference.networking.x-k8s.io", "v1alpha2", "inferencemodelrewrites"),
     ("coordination.k8s.io", "v1", "leases"),
 })
 _DROP = object()
@@ -93,6 +95,20 @@ def make_objective(name: str, pool: str, priority: int | None, *, group: str = "
         spec["priority"] = priority
     return {"apiVersion": f"{group}/v1alpha2", "kind": "InferenceObjective",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def _timestamp(seconds: int) -> str:
+    """RFC 3339 (UTC, whole seconds) as the API server writes ``creationTimestamp``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_767_225_600 + seconds))  # from 2026-01-01
+
+
+def make_model_rewrite(name: str, pool: str, rules: list[JSON], *, group: str = "llm-d.ai",
+                       namespace: str = "default", created: str | None = None) -> JSON:
+    metadata: JSON = {"name": name, "namespace": namespace}
+    if created is not None:
+        metadata["creationTimestamp"] = created
+    return {"apiVersion": f"{group}/v1alpha2", "kind": "InferenceModelRewrite", "metadata": metadata,
+            "spec": {"poolRef": {"name": pool, "group": "inference.networking.k8s.io"}, "rules": rules}}
 
 
 def collection_of(obj: Mapping[str, Any]) -> Collection:
@@ -234,6 +250,9 @@ class FakeKubeApiServer:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         obj["metadata"].setdefault("namespace", coll[3])
+        # Set on create and kept on update, like the API server; one synthetic second per write keeps order.
+        created = old["metadata"].get("creationTimestamp") if old else None
+        obj["metadata"].setdefault("creationTimestamp", created or _timestamp(self.rv))
         store[name] = obj
         self._emit(coll, "MODIFIED" if old else "ADDED", obj, old)
         return copy.deepcopy(obj)

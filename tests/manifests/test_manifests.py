@@ -103,6 +103,8 @@ def test_picker_rbac_is_read_only_and_namespaced(rendered: Any) -> None:
         ("inference.networking.k8s.io", "inferencepools"): {"get", "list", "watch"},
         ("llm-d.ai", "inferenceobjectives"): {"get", "list", "watch"},
         ("inference.networking.x-k8s.io", "inferenceobjectives"): {"get", "list", "watch"},
+        ("llm-d.ai", "inferencemodelrewrites"): {"get", "list", "watch"},
+        ("inference.networking.x-k8s.io", "inferencemodelrewrites"): {"get", "list", "watch"},
     }
 
 
