@@ -8,14 +8,20 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+import orjson
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.datastore import Datastore
 from epp.discovery.kube_setup import KubernetesRuntime
 from epp.discovery.rewrites import ModelRewrites, RewriteTable, parse_rules
+from epp.service import PickerService
 from tests.conftest import wait_for
 from tests.discovery.conftest import FAST
-from tests.fakes.kube_apiserver import FakeKubeApiServer, make_model_rewrite, make_pool
+from tests.extproc.builders import request_body, request_headers, set_headers, streamed
+from tests.fakes.kube_apiserver import FakeKubeApiServer, make_model_rewrite, make_pod, make_pool
+from tests.test_service import serve_args
 
 JSON = dict[str, Any]
 
@@ -143,3 +149,31 @@ async def test_rewrite_crd_absent_is_tolerated(apiserver: FakeKubeApiServer, kub
 def test_pool_less_runtime_has_no_rewrites() -> None:
     rt = KubernetesRuntime(Datastore(), "default", pool_name="")
     assert rt.rewrite_watch is None and rt.model_rewrite("llama") is None
+
+
+async def test_epp_serve_rewrites_the_model_over_grpc(apiserver: FakeKubeApiServer, kubeconfig: str) -> None:
+    """``epp serve --pool-name`` end to end: the rule from the API server changes the body and header
+    sent upstream over real gRPC, and the decision is counted."""
+    apiserver.put(make_pool("pool", {"app": "vllm"}, [8000]))
+    apiserver.put(make_pod("a", "10.0.0.1"))
+    apiserver.put(make_model_rewrite("canary", "pool", [rule("llama", targets=[{"modelRewrite": "llama-v2"}])]))
+    args = serve_args("--pool-name", "pool", "--pool-namespace", "default", "--kubeconfig", kubeconfig)
+    async with PickerService(args) as picker:
+        await wait_for(lambda: picker.source.model_rewriter is not None and picker.source.model_rewriter("llama")
+                       is not None and picker.datastore.synced, what="pool and rewrite synced")
+        body = orjson.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{picker.server.port}") as channel:
+            call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=10)
+            await call.write(request_headers())
+            await call.write(request_body(body, eos=True))
+            head, forwarded = await call.read(), await call.read()
+            await call.done_writing()
+            await call.read()
+        headers = set_headers(head.request_headers.response)
+        assert headers["x-gateway-model-name"] == "llama-v2"
+        assert headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+        sent, _ = streamed([forwarded])
+        assert orjson.loads(sent)["model"] == "llama-v2" and headers["content-length"] == str(len(sent))
+        labels = {"model_rewrite_name": "canary", "model_name": "llama", "target_model": "llama-v2"}
+        assert picker.telemetry.registry.get_sample_value("inference_extension_model_rewrite_decisions_total",
+                                                          labels) == 1
