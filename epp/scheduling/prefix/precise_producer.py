@@ -38,7 +38,7 @@ from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import PreciseIndex
+from epp.scheduling.prefix.precise import FeedState, PreciseIndex
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
@@ -101,6 +101,10 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks)
+
+    def view_is_exact(self, endpoint_name: str) -> bool:
+        """True while the endpoint's KV-event feed is live (its matches are engine-reported blocks)."""
+        return self.precise.feed_state(endpoint_name) is FeedState.LIVE
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Export the subscriber's (and the shared index's) series; call before ``start``."""

@@ -120,6 +120,11 @@ class ApproxPrefixCacheProducer:
         info.aligned = (endpoints, counts)
         return info, counts
 
+    def view_is_exact(self, endpoint_name: str) -> bool:
+        """Whether this endpoint's matches are what its engine caches now (False: what it was sent, some
+        of which it may have evicted since)."""
+        return False
+
     def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         chosen = result.endpoints
         if not chosen:

@@ -5,14 +5,24 @@ iteration, and every iteration also carries one token for each running decode (w
 first) and reads their whole KV context. ``prefill_seconds`` walks those chunks exactly as
 ``EngineCore`` times them, so the router's prediction and the replay's engines agree by construction;
 only the inputs (how many decodes, how much context, what is cached) are estimates.
+
+The ``*_array`` twins do the same for many endpoints at once (numpy, one row per endpoint): the same
+IEEE operations in the same order as ``LatencyModel.step`` (jitter is off; its ``lora_loads`` term is
+0 and adding 0.0 is exact), so every element equals its scalar twin bit for bit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from epp.engine.config import PROFILES, EngineConfig
 from epp.engine.latency import LatencyModel
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
 MIN_CHUNK = 16
 """Prefill tokens per iteration when decodes use up the whole budget (the engine still makes progress
@@ -75,3 +85,32 @@ class PrefillCost:
         if decodes <= 0:
             return 0.0
         return self.latency.step(decodes, decode_context + decodes, 0.0)
+
+    def prefill_seconds_array(self, new: Ints, cached: Ints, decodes: Ints, decode_context: Ints) -> Floats:
+        """``prefill_seconds`` per row: all rows walk their chunks together, a row adding 0.0 (exact)
+        once its prompt is done."""
+        latency = self.latency
+        chunk_max = np.maximum(MIN_CHUNK, self.budget - decodes)
+        read_seconds = (decode_context + decodes) * latency.kv_read_per_token
+        seconds = np.zeros(len(new))
+        done = cached
+        left = new
+        while True:
+            active = left > 0
+            if not active.any():
+                return seconds
+            chunk = np.minimum(left, chunk_max)
+            attention = np.maximum(latency.b * chunk * (done + chunk / 2), (done + chunk) * latency.kv_read_per_token)
+            step = latency.floor + np.maximum(latency.weight_read, latency.a * (chunk + decodes)) + read_seconds + attention
+            seconds = np.where(active, seconds + step, seconds)
+            done = done + chunk
+            left = left - chunk
+
+    def decode_step_seconds_array(self, decodes: Ints, decode_context: Ints) -> Floats:
+        """``decode_step_seconds`` per row."""
+        latency = self.latency
+        step = (
+            latency.floor + np.maximum(latency.weight_read, latency.a * decodes)
+            + (decode_context + decodes) * latency.kv_read_per_token
+        )
+        return np.where(decodes > 0, step, 0.0)

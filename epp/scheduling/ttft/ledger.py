@@ -49,9 +49,14 @@ class Flight:
 
 class EndpointLedger:
     """One endpoint's requests in flight from this epp, with running totals so reads are O(1)
-    (except the scrape-window counts, which only visit requests newer than the scrape)."""
+    (except the scrape-window counts, which only visit requests newer than the scrape).
 
-    __slots__ = ("busy_until", "context_tokens", "decoding", "output_tokens", "pending")
+    ``version`` changes with every change of state, so a reader may cache what it derived from the
+    ledger (``BatchPredictor`` does, between scrapes) and recompute only when it moved. ``oldest`` is
+    at most the routing time of every request held, so ``expire`` has nothing to do while the cut-off
+    is not past it (a check the scorer makes per endpoint per pick)."""
+
+    __slots__ = ("busy_until", "context_tokens", "decoding", "oldest", "output_tokens", "pending", "version")
 
     def __init__(self) -> None:
         self.pending: dict[str, Flight] = {}
@@ -59,6 +64,8 @@ class EndpointLedger:
         self.busy_until = float("-inf")
         self.context_tokens = 0
         self.output_tokens = 0
+        self.version = 0
+        self.oldest = float("inf")
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.decoding)
@@ -67,6 +74,8 @@ class EndpointLedger:
     def routed(self, request_id: str, flight: Flight) -> None:
         if request_id in self.pending or request_id in self.decoding:
             self.finished(request_id, flight.routed_at)  # a reused id: the old one is over
+        self.version += 1
+        self.oldest = min(self.oldest, flight.routed_at)
         self.busy_until = max(self.busy_until, flight.routed_at) + flight.prefill_seconds
         flight.eta = self.busy_until
         self.pending[request_id] = flight
@@ -77,11 +86,13 @@ class EndpointLedger:
         """``request_id``'s first token arrived: it and every request routed before it have prefilled."""
         if request_id not in self.pending:
             return
+        self.version += 1
         self._start_through(request_id, now)
         self._reanchor(now)
 
     def finished(self, request_id: str, now: float) -> None:
         """``request_id``'s response ended (or it failed): forget it."""
+        self.version += 1
         if request_id in self.pending:
             self._start_through(request_id, now)
             if now + self._pending_seconds() < self.busy_until:
@@ -93,6 +104,8 @@ class EndpointLedger:
     def expire(self, cutoff: float) -> list[str]:
         """Forget requests routed before ``cutoff`` (oldest first; both stages are in routing order);
         returns their ids."""
+        if self.oldest >= cutoff:
+            return []
         expired = []
         for stage in (self.pending, self.decoding):
             while stage:
@@ -100,19 +113,30 @@ class EndpointLedger:
                 if flight.routed_at >= cutoff:
                     break
                 del stage[request_id]
+                self.version += 1
                 self._drop(flight)
                 expired.append(request_id)
+        self.oldest = min((f.routed_at for stage in (self.pending, self.decoding) for f in stage.values()),
+                          default=float("inf"))
         return expired
 
     # -- reads ------------------------------------------------------------------------------------
     def backlog(self, now: float) -> float:
         """Predicted seconds of prefill work queued ahead of a request arriving ``now``."""
-        backlog = self.busy_until - now
-        if self.pending:
-            head = next(iter(self.pending.values()))
-            if head.eta < now:  # overdue: assume it found nothing cached, so everything queued moves out
-                backlog += head.cold_seconds - head.prefill_seconds
+        busy_until, head_eta, overrun = self.backlog_terms()
+        backlog = busy_until - now
+        if head_eta < now:  # overdue: assume it found nothing cached, so everything queued moves out
+            backlog += overrun
         return max(0.0, backlog)
+
+    def backlog_terms(self) -> tuple[float, float, float]:
+        """What ``backlog`` reads, independent of time (so it can be cached per ``version`` and evaluated
+        for many endpoints at once): ``busy_until``, the oldest pending request's predicted first token
+        (inf when none is pending) and what it adds if overdue (cold minus predicted prefill)."""
+        if not self.pending:
+            return self.busy_until, float("inf"), 0.0
+        head = next(iter(self.pending.values()))
+        return self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds
 
     def queued(self, now: float) -> int:
         """Requests predicted to be still waiting for (or in) their prefill at ``now``."""

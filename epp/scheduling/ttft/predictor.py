@@ -62,6 +62,15 @@ class DecodeLoad:
     foreign_waiting: int
 
 
+def surviving_tokens(matched_tokens: int, written_since: int | None, load: DecodeLoad) -> int:
+    """The expected share of a matched prefix still cached, in tokens: all of it while held or when
+    nothing was written since (``written_since`` 0 or None), else ``clip(1.5 − written / free, 0, 1)``."""
+    if not written_since:
+        return matched_tokens
+    free = max(1, load.capacity_tokens - load.context_tokens)
+    return int(matched_tokens * min(1.0, max(0.0, SURVIVAL_EDGE - written_since / free)))
+
+
 class TTFTPredictor:
     def __init__(self, cost: PrefillCost, block_size: int, default_output_tokens: int) -> None:
         self.cost = cost
@@ -94,10 +103,7 @@ class TTFTPredictor:
         load = self.decode_load(state, ledger)
         cost = self.cost
         n, ctx = load.sequences, load.context_tokens
-        cached = matched_tokens
-        if written_since:  # released, and blocks were written since: eviction may have reached it
-            free = max(1, load.capacity_tokens - ctx)
-            cached = int(cached * min(1.0, max(0.0, SURVIVAL_EDGE - written_since / free)))
+        cached = surviving_tokens(matched_tokens, written_since, load)
         # The engine recomputes at least the prompt's last token, in whole blocks.
         cached = max(0, min(cached, (prompt - 1) // self.block_size * self.block_size))
         prefill = cost.prefill_seconds(prompt - cached, cached, n, ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -16,7 +17,7 @@ from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
-from epp.scheduling.ttft import EndpointLedger, Flight
+from epp.scheduling.ttft import EndpointLedger, Flight, PrefixRecency
 from tests.conftest import make_state
 
 CONFIG = """\
@@ -81,18 +82,20 @@ def test_bad_parameters_name_their_field(params: str, path: str) -> None:
     assert err.value.path == path
 
 
-def test_a_precise_producer_is_read_and_switches_the_eviction_estimate_off() -> None:
+def test_the_eviction_estimate_is_per_endpoint_off_only_where_the_precise_view_is_exact() -> None:
     text = CONFIG.replace(
         "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}",
         "- {type: precise-prefix-cache-producer, name: kv, parameters: {mode: bind, bindEndpoint: 'tcp://127.0.0.1:0'}}",
     )
     _, scorer, _ = build(text=text)
     assert scorer.producer.typed_name.type == "precise-prefix-cache-producer"
-    assert scorer.estimate_eviction is False
+    scorer.producer.precise.ingest("live", 0, [], "m")  # a feed in order: its view is the engine's cache
+    assert scorer.estimates_eviction("live") is False
+    assert scorer.estimates_eviction("no-events") is True  # matched in the approximate fallback
     _, approx, _ = build(text=CONFIG)
-    assert approx.estimate_eviction is True
+    assert approx.estimates_eviction("live") is True
     _, forced, _ = build(text=CONFIG.replace("defaultOutputTokens: 100}", "defaultOutputTokens: 100, estimateEviction: false}"))
-    assert forced.estimate_eviction is False
+    assert forced.estimates_eviction("no-events") is False
 
 
 def test_the_default_preset_is_the_ttft_predictor_and_creates_no_second_producer() -> None:
@@ -205,3 +208,53 @@ def _ledger(now: float, seconds: float) -> EndpointLedger:
     ledger = EndpointLedger()
     ledger.routed("x", _flight(now, seconds))
     return ledger
+
+
+def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleState, req: LLMRequest,
+                                   endpoints: list[EndpointState]) -> list[float]:
+    """The scorer as it was before predictions were vectorised: the scalar predictor per endpoint."""
+    info, hits = scorer.producer.match(cycle, req, endpoints)
+    now = scorer.clock.now()
+    predictions = []
+    for e, matched in zip(endpoints, hits):
+        ledger = scorer._ledger(e.name)
+        recency = scorer.recency.get(e.name) or PrefixRecency()
+        for request_id in ledger.expire(now - scorer.params.request_timeout):
+            recency.release(request_id)
+        since = recency.written_since(info.hashes, matched) if scorer.estimates_eviction(e.name) else None
+        predictions.append(scorer.predictor.predictor.predict(
+            e, ledger, req.estimated_prompt_tokens, matched * info.block_tokens, since, now))
+    queued = sum(scorer._ledger(e.name).queued(now) for e in endpoints) / len(endpoints)
+    w, tol = scorer.params.work_weight * (1 + queued), scorer.params.tie_tolerance
+    rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in predictions]
+    return [min(rounded) / r for r in rounded]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scores_equal_the_one_endpoint_at_a_time_scorer_through_random_traffic(seed: int) -> None:
+    """Every pick of a random run (shared prefixes, scrapes, stale endpoints, first tokens, completions,
+    expiry) is scored exactly as the scalar predictor scores it: no decision changed by vectorising."""
+    rng = random.Random(seed)
+    scheduler, scorer, clock = build(seed, text=CONFIG.replace("requestTimeout: 5m", "requestTimeout: 3s"))
+    endpoints = pool(12, clock)
+    prefixes = [[rng.randrange(50_000) for _ in range(rng.randrange(16, 3000))] for _ in range(5)]
+    in_flight: list[tuple[LLMRequest, EndpointState]] = []
+    for i in range(150):
+        clock.advance(rng.uniform(0, 0.2))
+        for e in rng.sample(endpoints, 2):
+            e.metrics = EndpointMetrics(scraped_at=clock.now(), running=rng.randrange(40), waiting=rng.randrange(4),
+                                        kv_usage=rng.random(), block_size=16, num_gpu_blocks=rng.choice([2000, 29202]))
+            e.stale = rng.random() < 0.1
+        req = request(f"r{i}", rng.choice(prefixes) + [rng.randrange(50_000) for _ in range(rng.randrange(1, 400))],
+                      max_tokens=rng.choice([0, 64, 900]))
+        candidates = rng.sample(endpoints, rng.randrange(1, len(endpoints) + 1))
+        cycle = CycleState()
+        expected = _scores_one_endpoint_at_a_time(scorer, cycle, req, candidates)
+        assert scorer.score(cycle, req, candidates) == expected
+        in_flight.append((req, scheduler.schedule(req, candidates).endpoints[0]))
+        for _ in range(rng.randrange(3)):
+            if in_flight and rng.random() < 0.7:
+                done, served = in_flight.pop(rng.randrange(len(in_flight)))
+                if rng.random() < 0.8:
+                    scheduler.response_started(done, served)
+                scheduler.response_complete(done, served, {})

@@ -24,16 +24,21 @@ Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES
 settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
 ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
 ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
-(discount released prefixes by the KV written since, ``PrefixRecency``; default: on with the approximate
-producer, off with a precise one, whose engine KV events already say what was evicted).
+(discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
+the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
+precise one only for endpoints whose KV-event feed is not live and which are matched in its fallback).
+
+All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, identical to
+``TTFTPredictor.predict`` per endpoint).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointState
@@ -43,10 +48,12 @@ from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, ApproxPrefixCacheProducer, PrefixIndexParams
 from epp.scheduling.registry import PluginHandle
 from epp.scheduling.ttft import (
+    BatchPredictor,
     EndpointLedger,
     EngineShape,
     Flight,
     Prediction,
+    Predictions,
     PrefillCost,
     PrefixRecency,
     TTFTPredictor,
@@ -105,11 +112,9 @@ class TTFTPredictorScorer:
         self.params = p = params or TTFTPredictorParams()
         self.producer = producer
         self.clock = clock
-        self.predictor = TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens)
-        self.estimate_eviction = (
-            p.estimate_eviction if p.estimate_eviction is not None
-            else producer.typed_name.type == APPROX_PREFIX_CACHE_PRODUCER  # a precise index knows evictions
-        )
+        self.predictor = BatchPredictor(TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens))
+        self.estimate_eviction = p.estimate_eviction
+        """True/False: always/never; None (auto): for endpoints whose prefix view is not exact."""
         self.ledgers: dict[str, EndpointLedger] = {}
         self.recency: dict[str, PrefixRecency] = {}
         self._key = f"ttft/{name}"
@@ -126,45 +131,79 @@ class TTFTPredictorScorer:
             recency = self.recency[name] = PrefixRecency()
         return recency
 
-    def predict(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[Prediction]:
-        """Per endpoint (aligned), the predicted TTFT; also kept in ``cycle`` for the PreRequest hook."""
+    def estimates_eviction(self, name: str) -> bool:
+        if self.estimate_eviction is None:
+            return not self.producer.view_is_exact(name)  # an exact view already dropped evicted blocks
+        return self.estimate_eviction
+
+    def predictions(
+        self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]
+    ) -> tuple[Predictions, list[EndpointLedger]]:
+        """Per endpoint (aligned), the predicted TTFT, and the endpoints' ledgers; the predictions are
+        also kept in ``cycle`` for the PreRequest hook."""
         info, hits = self.producer.match(cycle, request, endpoints)
         now = self.clock.now()
         cutoff = now - self.params.request_timeout
+        names = [e.name for e in endpoints]
+        ledgers = []
+        since: dict[int, int] = {}
+        known, recencies = self.ledgers, self.recency
+        for i, (name, matched) in enumerate(zip(names, hits)):
+            ledger = known.get(name)
+            if ledger is None:
+                ledger = self._ledger(name)
+            ledgers.append(ledger)
+            recency = recencies.get(name)
+            if ledger.oldest < cutoff:
+                for request_id in ledger.expire(cutoff):
+                    if recency is not None:
+                        recency.release(request_id)
+            if matched and recency is not None and self.estimates_eviction(name):
+                written = recency.written_since(info.hashes, matched)
+                if written:
+                    since[i] = written
         prompt = request.estimated_prompt_tokens
-        predictions: dict[str, Prediction] = cycle.setdefault(self._key, {})
-        out = []
-        for e, matched in zip(endpoints, hits):
-            ledger = self._ledger(e.name)
-            recency = self._recency(e.name)
-            for request_id in ledger.expire(cutoff):
-                recency.release(request_id)
-            since = recency.written_since(info.hashes, matched) if self.estimate_eviction else None
-            prediction = self.predictor.predict(e, ledger, prompt, matched * info.block_tokens, since, now)
-            predictions[e.name] = prediction
-            out.append(prediction)
-        return out
+        block = info.block_tokens
+        predictions = self.predictor.predict(endpoints, ledgers, prompt, [m * block for m in hits], since, now)
+        cycle.setdefault(self._key, []).append((names, predictions))
+        return predictions, ledgers
+
+    def predict(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[Prediction]:
+        """``predictions`` as one ``Prediction`` per endpoint."""
+        predictions, _ = self.predictions(cycle, request, endpoints)
+        return [predictions[i] for i in range(len(predictions))]
 
     def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
         """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
         requests the prefill work a choice adds will delay (see the module docstring)."""
-        backlog = sum(self._ledger(e.name).queued(now) for e in endpoints) / max(1, len(endpoints))
+        return self._work_weight([self._ledger(e.name) for e in endpoints], now)
+
+    def _work_weight(self, ledgers: list[EndpointLedger], now: float) -> float:
+        backlog = sum(ledger.queued(now) for ledger in ledgers if ledger.pending) / max(1, len(ledgers))
         return self.params.work_weight * (1 + backlog)
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
-        predictions = self.predict(cycle, request, endpoints)
-        w = self.work_weight(endpoints, self.clock.now())
-        rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in predictions]
-        best = min(rounded)
-        return [best / r for r in rounded]
+        predictions, ledgers = self.predictions(cycle, request, endpoints)
+        w = self._work_weight(ledgers, self.clock.now())
+        rounded = np.ceil((predictions.ttft + w * predictions.prefill) / tol) * tol
+        rounded[rounded == 0.0] = tol
+        scores: list[float] = (rounded.min() / rounded).tolist()
+        return scores
+
+    def _booked(self, cycle: CycleState, name: str) -> Prediction | None:
+        """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
+        for names, predictions in reversed(cycle.get(self._key, [])):
+            if name in names:
+                return predictions[names.index(name)]
+        return None
 
     # -- scheduler hooks -------------------------------------------------------------------------
     def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         if not result.endpoints:
             return
         chosen = result.endpoints[0]
-        prediction = cycle.get(self._key, {}).get(chosen.name)
+        prediction = self._booked(cycle, chosen.name)
         if prediction is None:  # chosen by a profile this scorer is not part of
             prediction = self.predict(cycle, request, [chosen])[0]
         output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
@@ -194,6 +233,7 @@ class TTFTPredictorScorer:
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.ledgers.pop(endpoint.name, None)
         self.recency.pop(endpoint.name, None)
+        self.predictor.forget(endpoint.name)
 
 
 def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:

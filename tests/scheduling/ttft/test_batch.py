@@ -1,0 +1,120 @@
+"""The vectorised predictor equals the scalar one bit for bit, on random endpoint states and ledgers,
+before and after the states move (its per-endpoint cache must notice every change)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from epp.datastore import EndpointMetrics, EndpointState
+from epp.scheduling.ttft import BatchPredictor, EndpointLedger, EngineShape, Flight, PrefillCost, TTFTPredictor
+from tests.conftest import make_state
+
+NOW = 1000.0
+SHAPES = [EngineShape(), EngineShape("llama-3.2-1b-h100", block_size=32, max_num_batched_tokens=2048)]
+
+
+def _metrics(rng: random.Random, capacity: int) -> EndpointMetrics | None:
+    if rng.random() < 0.1:
+        return None
+    blocks = rng.choice([None, 0, capacity // 16, rng.randrange(100, 20000)])
+    return EndpointMetrics(
+        scraped_at=NOW - rng.uniform(0, 2), waiting=rng.randrange(12), running=rng.choice([0, rng.randrange(300)]),
+        kv_usage=rng.choice([0.0, rng.random(), 0.999]), block_size=rng.choice([0, 16]), num_gpu_blocks=blocks,
+    )
+
+
+def _move(rng: random.Random, ledger: EndpointLedger, serial: list[int]) -> None:
+    """A few random ledger events: routes (some in the scrape window), first tokens, completions, expiry."""
+    for _ in range(rng.randrange(6)):
+        event = rng.random()
+        ids = [*ledger.pending, *ledger.decoding]
+        if event < 0.5 or not ids:
+            serial[0] += 1
+            prefill = rng.uniform(0.001, 3.0)
+            ledger.routed(f"r{serial[0]}", Flight(NOW - rng.uniform(0, 4), prefill, prefill * rng.uniform(1, 4),
+                                                  rng.randrange(1, 40000), rng.randrange(1, 2000)))
+        elif event < 0.7:
+            ledger.started(rng.choice(ids), NOW - rng.uniform(0, 1))
+        elif event < 0.9:
+            ledger.finished(rng.choice(ids), NOW - rng.uniform(0, 1))
+        else:
+            ledger.expire(NOW - rng.uniform(2, 5))
+
+
+def _state(rng: random.Random, name: str, capacity: int) -> EndpointState:
+    state = make_state(name, metrics=_metrics(rng, capacity))
+    state.stale = rng.random() < 0.15
+    return state
+
+
+def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: list[EndpointLedger],
+                  rng: random.Random) -> None:
+    scalar = batch.predictor
+    prompt = rng.choice([0, 1, 17, rng.randrange(1, 3000), rng.randrange(1, 140000)])
+    matched = [rng.choice([0, prompt, rng.randrange(0, prompt + 40)]) for _ in states]
+    since = [rng.choice([None, 0, rng.randrange(1, 4_000_000)]) for _ in states]
+    now = NOW + rng.uniform(-3, 3)
+    got = batch.predict(states, ledgers, prompt, matched, {i: s for i, s in enumerate(since) if s}, now)
+    assert len(got) == len(states)
+    for i, (state, ledger) in enumerate(zip(states, ledgers)):
+        assert got[i] == scalar.predict(state, ledger, prompt, matched[i], since[i], now)  # exact, not approx
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.profile)
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_predictions_equal_the_scalar_predictor_on_random_states(shape: EngineShape, seed: int) -> None:
+    rng = random.Random(seed)
+    cost = PrefillCost(shape)
+    batch = BatchPredictor(TTFTPredictor(cost, shape.block_size, rng.choice([1, 256, 1000])))
+    names = [f"e{i}" for i in range(rng.randrange(1, 40))]
+    states = [_state(rng, name, cost.kv_capacity_tokens) for name in names]
+    ledgers = [EndpointLedger() for _ in names]
+    serial = [0]
+    for _ in range(25):  # rounds: the cached rows must follow every kind of change
+        for i, name in enumerate(names):
+            change = rng.random()
+            if change < 0.3:
+                _move(rng, ledgers[i], serial)
+            elif change < 0.4:
+                states[i].metrics = _metrics(rng, cost.kv_capacity_tokens)  # a scrape
+            elif change < 0.45:
+                states[i].stale = not states[i].stale
+            elif change < 0.47:
+                ledgers[i] = EndpointLedger()  # a replaced ledger (the endpoint came back)
+            elif change < 0.48:
+                batch.forget(name)
+        picked = rng.sample(range(len(names)), rng.randrange(1, len(names) + 1))  # any subset, any order
+        _assert_equal(batch, [states[i] for i in picked], [ledgers[i] for i in picked], rng)
+
+
+def test_the_chunk_walk_arrays_equal_the_scalar_walk_including_tiny_chunks() -> None:
+    rng = random.Random(7)
+    cost = PrefillCost(EngineShape(max_num_batched_tokens=512))
+    new = np.array([rng.randrange(1, 20000) for _ in range(200)], dtype=np.int64)
+    cached = np.array([rng.randrange(0, 50000) for _ in range(200)], dtype=np.int64)
+    decodes = np.array([rng.choice([0, 1, rng.randrange(600)]) for _ in range(200)], dtype=np.int64)  # > budget: 16
+    context = np.array([rng.randrange(0, 10**6) for _ in range(200)], dtype=np.int64)
+    walked = cost.prefill_seconds_array(new, cached, decodes, context)
+    steps = cost.decode_step_seconds_array(decodes, context)
+    for i in range(200):
+        args = (int(new[i]), int(cached[i]), int(decodes[i]), int(context[i]))
+        assert walked[i] == cost.prefill_seconds(*args)
+        assert steps[i] == cost.decode_step_seconds(args[2], args[3])
+    assert not math.isinf(float(walked.max()))
+
+
+def test_a_ledgers_oldest_never_exceeds_a_routing_time_it_holds() -> None:
+    """``expire`` skips its walk while the cut-off is not past ``oldest``: exact only if ``oldest`` is a
+    lower bound of every request held, whatever the order of events."""
+    rng = random.Random(3)
+    serial = [0]
+    for _ in range(200):
+        ledger = EndpointLedger()
+        for _ in range(10):
+            _move(rng, ledger, serial)
+            held = [f.routed_at for f in (*ledger.pending.values(), *ledger.decoding.values())]
+            assert ledger.oldest <= min(held, default=math.inf)
