@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -47,10 +48,12 @@ class Predictions:
         )  # fmt: skip
 
 
-_Row = tuple[EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, int, int, int],
-             tuple[float, float, float, float]]
-"""(ledger, its version, metrics, stale) the row was derived from; the decode load; its numbers (sequences,
-context, capacity, foreign waiting); (mean output tokens, ``EndpointLedger.backlog_terms``)."""
+_Row = tuple[EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...]]
+"""(ledger, its version, metrics, stale) the row was derived from; the decode load; what the arithmetic
+reads of it: (sequences, context, capacity, foreign waiting, chunk cap) and (mean output tokens,
+``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time, the decodes' read seconds)."""
+_INTS = 5
+_FLOATS = 7
 
 
 class BatchPredictor:
@@ -64,19 +67,26 @@ class BatchPredictor:
         """The endpoint is gone: drop its cached row."""
         self._rows.pop(name, None)
 
-    def _row(self, state: EndpointState, ledger: EndpointLedger) -> _Row:
+    def _row(self, name: str, state: EndpointState, ledger: EndpointLedger) -> _Row:
+        """Everything about the endpoint that does not depend on the request or the time, computed with
+        the scalar predictor's own code."""
         p = self.predictor
         load = p.decode_load(state, ledger)
+        n, ctx = load.sequences, load.context_tokens
+        step = p.cost.decode_step_seconds(n, ctx)
+        mean_output = ledger.mean_output_tokens(p.default_output_tokens)
+        chunk_max, read_seconds = p.cost.walk_terms(n, ctx)
         row = (
             ledger, ledger.version, state.metrics, state.stale, load,
-            (load.sequences, load.context_tokens, load.capacity_tokens, load.foreign_waiting),
-            (ledger.mean_output_tokens(p.default_output_tokens), *ledger.backlog_terms()),
+            (n, ctx, load.capacity_tokens, load.foreign_waiting, chunk_max),
+            (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, read_seconds),
         )  # fmt: skip
-        self._rows[state.name] = row
+        self._rows[name] = row
         return row
 
     def predict(
         self,
+        names: Sequence[str],
         states: Sequence[EndpointState],
         ledgers: Sequence[EndpointLedger],
         prompt_tokens: int,
@@ -84,51 +94,43 @@ class BatchPredictor:
         written_since: Mapping[int, int],
         now: float,
     ) -> Predictions:
-        """``TTFTPredictor.predict`` per (state, ledger, matched tokens), aligned; ``written_since`` holds
-        the (non-zero) tokens written since the match was released, by position, where known."""
+        """``TTFTPredictor.predict`` per (endpoint name, state, ledger, matched tokens), aligned;
+        ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         rows = self._rows
         ints = []
         floats = []
-        for state, ledger in zip(states, ledgers):
-            row = rows.get(state.name)
+        for name, state, ledger in zip(names, states, ledgers):
+            row = rows.get(name)
             if (
                 row is None or row[0] is not ledger or row[1] != ledger.version
                 or row[2] is not state.metrics or row[3] != state.stale
             ):  # fmt: skip
-                row = self._row(state, ledger)
+                row = self._row(name, state, ledger)
             ints.append(row[5])
             floats.append(row[6])
         cached = list(matched_tokens)
         for i, since in written_since.items():
-            cached[i] = surviving_tokens(cached[i], since, rows[states[i].name][4])
-        n, ctx, capacity, foreign = np.array(ints, dtype=np.int64).reshape(-1, 4).T
-        mean_output, busy_until, head_eta, overrun = np.array(floats, dtype=np.float64).reshape(-1, 4).T
-        return self._arithmetic(max(1, prompt_tokens), n, ctx, capacity, foreign, np.array(cached, dtype=np.int64),
-                                mean_output, busy_until, head_eta, overrun, now)
-
-    def _arithmetic(
-        self, prompt: int, n: Ints, ctx: Ints, capacity: Ints, foreign: Ints, cached: Ints,
-        mean_output: Floats, busy_until: Floats, head_eta: Floats, overrun: Floats, now: float,
-    ) -> Predictions:
-        """``TTFTPredictor.predict`` after the decode load and the eviction discount, per element."""
-        cost = self.predictor.cost
+            cached[i] = surviving_tokens(cached[i], since, rows[names[i]][4])
+        count = len(ints)
+        n, ctx, capacity, foreign, chunk_max = np.fromiter(
+            chain.from_iterable(ints), dtype=np.int64, count=count * _INTS).reshape(count, _INTS).T
+        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds = np.fromiter(
+            chain.from_iterable(floats), dtype=np.float64, count=count * _FLOATS).reshape(count, _FLOATS).T
+        prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
-        cached = np.maximum(0, np.minimum(cached, (prompt - 1) // block * block))
-        rows = len(n)
-        # One chunk walk for the prefill and the cold prefill (same as the prefill where nothing is cached).
-        both = cost.prefill_seconds_array(
-            np.concatenate((prompt - cached, np.full(rows, prompt, dtype=np.int64))),
-            np.concatenate((cached, np.zeros(rows, dtype=np.int64))),
-            np.concatenate((n, n)), np.concatenate((ctx, ctx)),
+        # The engine recomputes at least the prompt's last token, in whole blocks.
+        cached_tokens = np.maximum(0, np.minimum(np.array(cached, dtype=np.int64), (prompt - 1) // block * block))
+        # One chunk walk for the prefill and the cold prefill (the same as the prefill where nothing is cached).
+        both = self.predictor.cost.prefill_seconds_array(
+            np.concatenate((prompt - cached_tokens, np.full(count, prompt, dtype=np.int64))),
+            np.concatenate((cached_tokens, np.zeros(count, dtype=np.int64))),
+            np.concatenate((n, n)), np.concatenate((chunk_max, chunk_max)), np.concatenate((read_seconds, read_seconds)),
         )  # fmt: skip
-        prefill, cold = both[:rows], both[rows:]
-        step = cost.decode_step_seconds_array(n, ctx)
+        prefill, cold = both[:count], both[count:]
         backlog = busy_until - now
         backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
-        wait = backlog + step / 2
+        wait = backlog + half_step
         wait = np.where(foreign > 0, wait + foreign * cold, wait)
         overflow = ctx + prompt - capacity
-        pressed = (overflow > 0) & (ctx > 0)
-        drain = mean_output / 2 * step
-        kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
-        return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached, cold)
+        kv_wait = np.where((overflow > 0) & (ctx > 0), np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
+        return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)

@@ -6,9 +6,9 @@ first) and reads their whole KV context. ``prefill_seconds`` walks those chunks 
 ``EngineCore`` times them, so the router's prediction and the replay's engines agree by construction;
 only the inputs (how many decodes, how much context, what is cached) are estimates.
 
-The ``*_array`` twins do the same for many endpoints at once (numpy, one row per endpoint): the same
-IEEE operations in the same order as ``LatencyModel.step`` (jitter is off; its ``lora_loads`` term is
-0 and adding 0.0 is exact), so every element equals its scalar twin bit for bit.
+``prefill_seconds_array`` does the same for many endpoints at once (numpy, one row per endpoint): the
+same IEEE operations in the same order as ``LatencyModel.step`` (jitter is off; its ``lora_loads`` term
+is 0 and adding 0.0 is exact), so every element equals ``prefill_seconds`` bit for bit.
 """
 
 from __future__ import annotations
@@ -86,12 +86,16 @@ class PrefillCost:
             return 0.0
         return self.latency.step(decodes, decode_context + decodes, 0.0)
 
-    def prefill_seconds_array(self, new: Ints, cached: Ints, decodes: Ints, decode_context: Ints) -> Floats:
-        """``prefill_seconds`` per row: all rows walk their chunks together, a row adding 0.0 (exact)
-        once its prompt is done."""
+    def walk_terms(self, decodes: int, decode_context: int) -> tuple[int, float]:
+        """What every chunk of a prefill next to these decodes shares: the chunk cap and the seconds
+        spent reading the decodes' KV (``prefill_seconds_array`` takes them per row)."""
+        return max(MIN_CHUNK, self.budget - decodes), (decode_context + decodes) * self.latency.kv_read_per_token
+
+    def prefill_seconds_array(self, new: Ints, cached: Ints, decodes: Ints, chunk_max: Ints, read_seconds: Floats) -> Floats:
+        """``prefill_seconds`` per row (``chunk_max``, ``read_seconds``: the row's ``walk_terms``). All
+        rows walk their chunks together; a row whose prompt is done adds nothing."""
         latency = self.latency
-        chunk_max = np.maximum(MIN_CHUNK, self.budget - decodes)
-        read_seconds = (decode_context + decodes) * latency.kv_read_per_token
+        kv_read, b = latency.kv_read_per_token, latency.b
         seconds = np.zeros(len(new))
         done = cached
         left = new
@@ -100,17 +104,9 @@ class PrefillCost:
             if not active.any():
                 return seconds
             chunk = np.minimum(left, chunk_max)
-            attention = np.maximum(latency.b * chunk * (done + chunk / 2), (done + chunk) * latency.kv_read_per_token)
+            end = done + chunk
+            attention = np.maximum(b * chunk * (done + chunk / 2), end * kv_read)
             step = latency.floor + np.maximum(latency.weight_read, latency.a * (chunk + decodes)) + read_seconds + attention
             seconds = np.where(active, seconds + step, seconds)
-            done = done + chunk
+            done = end
             left = left - chunk
-
-    def decode_step_seconds_array(self, decodes: Ints, decode_context: Ints) -> Floats:
-        """``decode_step_seconds`` per row."""
-        latency = self.latency
-        step = (
-            latency.floor + np.maximum(latency.weight_read, latency.a * decodes)
-            + (decode_context + decodes) * latency.kv_read_per_token
-        )
-        return np.where(decodes > 0, step, 0.0)

@@ -23,6 +23,7 @@ never pins load on an endpoint.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 
@@ -56,7 +57,7 @@ class EndpointLedger:
     at most the routing time of every request held, so ``expire`` has nothing to do while the cut-off
     is not past it (a check the scorer makes per endpoint per pick)."""
 
-    __slots__ = ("busy_until", "context_tokens", "decoding", "oldest", "output_tokens", "pending", "version")
+    __slots__ = ("_etas", "busy_until", "context_tokens", "decoding", "oldest", "output_tokens", "pending", "version")
 
     def __init__(self) -> None:
         self.pending: dict[str, Flight] = {}
@@ -66,6 +67,7 @@ class EndpointLedger:
         self.output_tokens = 0
         self.version = 0
         self.oldest = float("inf")
+        self._etas: tuple[int, list[float]] = (-1, [])
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.decoding)
@@ -139,13 +141,15 @@ class EndpointLedger:
         return self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds
 
     def queued(self, now: float) -> int:
-        """Requests predicted to be still waiting for (or in) their prefill at ``now``."""
-        count = 0
-        for flight in reversed(self.pending.values()):
-            if flight.eta <= now:
-                break
-            count += 1
-        return count
+        """Requests predicted to be still waiting for (or in) their prefill at ``now``. Predicted first
+        tokens never decrease in routing order (a booking ends after the work before it, a re-anchor
+        lays the pending back to back), so this is a binary search in them (kept per ``version``)."""
+        if not self.pending:
+            return 0
+        if self._etas[0] != self.version:
+            self._etas = (self.version, [f.eta for f in self.pending.values()])
+        etas = self._etas[1]
+        return len(etas) - bisect_right(etas, now)
 
     def mean_output_tokens(self, default: int) -> float:
         n = len(self)

@@ -58,7 +58,7 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
     matched = [rng.choice([0, prompt, rng.randrange(0, prompt + 40)]) for _ in states]
     since = [rng.choice([None, 0, rng.randrange(1, 4_000_000)]) for _ in states]
     now = NOW + rng.uniform(-3, 3)
-    got = batch.predict(states, ledgers, prompt, matched, {i: s for i, s in enumerate(since) if s}, now)
+    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, {i: s for i, s in enumerate(since) if s}, now)
     assert len(got) == len(states)
     for i, (state, ledger) in enumerate(zip(states, ledgers)):
         assert got[i] == scalar.predict(state, ledger, prompt, matched[i], since[i], now)  # exact, not approx
@@ -98,12 +98,12 @@ def test_the_chunk_walk_arrays_equal_the_scalar_walk_including_tiny_chunks() -> 
     cached = np.array([rng.randrange(0, 50000) for _ in range(200)], dtype=np.int64)
     decodes = np.array([rng.choice([0, 1, rng.randrange(600)]) for _ in range(200)], dtype=np.int64)  # > budget: 16
     context = np.array([rng.randrange(0, 10**6) for _ in range(200)], dtype=np.int64)
-    walked = cost.prefill_seconds_array(new, cached, decodes, context)
-    steps = cost.decode_step_seconds_array(decodes, context)
+    terms = [cost.walk_terms(int(d), int(c)) for d, c in zip(decodes, context)]
+    chunk_max = np.array([t[0] for t in terms], dtype=np.int64)
+    read_seconds = np.array([t[1] for t in terms])
+    walked = cost.prefill_seconds_array(new, cached, decodes, chunk_max, read_seconds)
     for i in range(200):
-        args = (int(new[i]), int(cached[i]), int(decodes[i]), int(context[i]))
-        assert walked[i] == cost.prefill_seconds(*args)
-        assert steps[i] == cost.decode_step_seconds(args[2], args[3])
+        assert walked[i] == cost.prefill_seconds(int(new[i]), int(cached[i]), int(decodes[i]), int(context[i]))
     assert not math.isinf(float(walked.max()))
 
 
@@ -118,3 +118,19 @@ def test_a_ledgers_oldest_never_exceeds_a_routing_time_it_holds() -> None:
             _move(rng, ledger, serial)
             held = [f.routed_at for f in (*ledger.pending.values(), *ledger.decoding.values())]
             assert ledger.oldest <= min(held, default=math.inf)
+
+
+def test_queued_by_binary_search_equals_counting_back_from_the_newest() -> None:
+    rng = random.Random(4)
+    serial = [0]
+    for _ in range(200):
+        ledger = EndpointLedger()
+        for _ in range(10):
+            _move(rng, ledger, serial)
+            for now in (NOW - 5, NOW, NOW + rng.uniform(0, 10), math.inf):
+                walked = 0
+                for flight in reversed(ledger.pending.values()):  # the definition, newest first
+                    if flight.eta <= now:
+                        break
+                    walked += 1
+                assert ledger.queued(now) == walked

@@ -164,7 +164,7 @@ class TTFTPredictorScorer:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
         block = info.block_tokens
-        predictions = self.predictor.predict(endpoints, ledgers, prompt, [m * block for m in hits], since, now)
+        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, [m * block for m in hits], since, now)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
 
