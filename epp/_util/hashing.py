@@ -8,11 +8,14 @@ keeps different models from ever sharing entries.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 
 import xxhash
 
 _LE64 = struct.Struct("<Q")
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
 
 
 def seed_hash(seed: str) -> int:
@@ -43,3 +46,58 @@ def token_blocks(tokens: Sequence[int], block_size: int) -> list[bytes]:
     full = len(tokens) - len(tokens) % block_size
     fmt = struct.Struct(f"<{block_size}I")
     return [fmt.pack(*tokens[i : i + block_size]) for i in range(0, full, block_size)]
+
+
+class ChainMemo:
+    """``chain_hashes(text_blocks(data, block_bytes), seed)`` for long prompts that share prefixes.
+
+    Chaining is sequential (each block's hash needs its predecessor's), so a 128K-token prompt is
+    8,192 hash calls. Prompts mostly repeat what came before (system prompts, earlier chat turns):
+    here the data is cut into segments of ``segment_blocks`` blocks, and a segment's hashes are a
+    pure function of (block size, the hash before it, its bytes), remembered for the ``capacity``
+    most recently used segments. A repeated segment costs one dict lookup (hashing and comparing its
+    bytes in C) instead of ``segment_blocks`` Python-level hash calls; results are identical by
+    construction. Memory: about ``capacity`` × (segment bytes + 45 bytes per block): 15 MB by default
+    with 64-byte blocks.
+    """
+
+    __slots__ = ("_capacity", "_memo", "_segment_blocks")
+
+    def __init__(self, segment_blocks: int = 64, capacity: int = 2048) -> None:
+        if segment_blocks < 1 or capacity < 1:
+            raise ValueError("segment_blocks and capacity must be at least 1")
+        self._segment_blocks = segment_blocks
+        self._capacity = capacity
+        self._memo: dict[tuple[int, int, bytes], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def chain(self, data: bytes, block_bytes: int, seed: int) -> list[int]:
+        """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed``."""
+        memo = self._memo
+        step = block_bytes * self._segment_blocks
+        end = len(data) - len(data) % block_bytes
+        out: list[int] = []
+        parent = seed
+        for start in range(0, end, step):
+            segment = data[start : min(start + step, end)]
+            key = (block_bytes, parent, segment)
+            hashes = memo.pop(key, None)
+            if hashes is None:
+                hashes = chain_hashes(text_blocks(segment, block_bytes), parent)
+                if len(memo) >= self._capacity:
+                    del memo[next(iter(memo))]  # least recently used
+            memo[key] = hashes
+            out.extend(hashes)
+            parent = hashes[-1]
+        return out
+
+
+def token_bytes(tokens: Sequence[int]) -> bytes:
+    """Token ids packed as little-endian uint32, as ``token_blocks`` packs them (2× faster for long
+    prompts); raises ``OverflowError`` for an id outside uint32."""
+    packed = array(_U32, tokens)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()

@@ -4,22 +4,28 @@ Text prompts are cut into blocks of ``block_tokens × 4`` bytes (GIE's 4-charact
 16 tokens → 64 bytes); when the request carries token ids, blocks are ``block_tokens`` token ids
 packed as little-endian uint32, as the reference hashes real tokens. A trailing partial block is
 dropped and at most ``max_blocks`` blocks are hashed. The chain is seeded with the target model (and
-the request's ``cache_salt``), so two models never share an entry.
+the request's ``cache_salt``), so two models never share an entry. With a ``ChainMemo`` the segments
+of the prompt seen recently are not hashed again (same hashes, fewer calls).
 """
 
 from __future__ import annotations
 
-from epp._util.hashing import chain_hashes, seed_hash, text_blocks, token_blocks
+from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, text_blocks, token_blocks, token_bytes
 from epp.request import LLMRequest
 
 BYTES_PER_TOKEN = 4
 
 
-def prompt_block_hashes(request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+def prompt_block_hashes(
+    request: LLMRequest, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
+) -> list[int]:
     salt = request.body.get("cache_salt") if request.body else None
     seed = seed_hash(request.target_model + (salt if isinstance(salt, str) else ""))
     if request.prompt_token_ids is not None:
         tokens = request.prompt_token_ids[: block_tokens * max_blocks]
-        return chain_hashes(token_blocks(tokens, block_tokens), seed)
+        if memo is None:
+            return chain_hashes(token_blocks(tokens, block_tokens), seed)
+        return memo.chain(token_bytes(tokens), block_tokens * 4, seed)  # token_blocks' bytes, contiguous
     block_bytes = block_tokens * BYTES_PER_TOKEN
-    return chain_hashes(text_blocks(request.prompt_bytes[: block_bytes * max_blocks], block_bytes), seed)
+    data = request.prompt_bytes[: block_bytes * max_blocks]
+    return chain_hashes(text_blocks(data, block_bytes), seed) if memo is None else memo.chain(data, block_bytes, seed)

@@ -100,7 +100,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         self.subscriber = subscriber
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
-        return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks)
+        return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks, self.chains)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
         """True while the endpoint's KV-event feed is live (its matches are engine-reported blocks)."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp._util.hashing import ChainMemo
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
@@ -77,6 +78,8 @@ class ApproxPrefixCacheProducer:
         self.params = params or PrefixIndexParams()
         self.index: PrefixIndex = index or BlockIndex(self.params.lru_capacity_per_server)
         self._key = f"prefix-match/{name}"
+        self.chains = ChainMemo()
+        """Recently hashed prompt segments: a prompt repeating earlier ones is hashed once per segment."""
 
     def _block_tokens(self, endpoints: list[EndpointState]) -> int:
         if self.params.auto_tune and endpoints:
@@ -94,7 +97,7 @@ class ApproxPrefixCacheProducer:
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         """The prompt as index keys; the precise producer overrides it to hash engine token blocks."""
-        return prompt_block_hashes(request, block_tokens, max_blocks)
+        return prompt_block_hashes(request, block_tokens, max_blocks, self.chains)
 
     def info(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
         """The cycle's hashes, computed once per request."""

@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from epp._util.hashing import chain_hashes, seed_hash, token_blocks
+from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, token_blocks, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
 
@@ -82,8 +82,13 @@ def prompt_token_ids(request: LLMRequest, tokenizer: Tokenizer) -> list[int]:
     return tokenizer.encode(request.prompt_bytes.decode("utf-8", errors="replace")) if request.prompt_bytes else []
 
 
-def engine_block_hashes(request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int) -> list[int]:
+def engine_block_hashes(
+    request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
+) -> list[int]:
     """Chained hashes of the prompt's full token blocks, seeded with the target model (a LoRA
-    adapter's name when the request targets one), as ``PreciseIndex`` keys engine blocks."""
+    adapter's name when the request targets one), as ``PreciseIndex`` keys engine blocks (``memo``:
+    segments hashed recently are not hashed again)."""
     tokens = prompt_token_ids(request, tokenizer)[: block_tokens * max_blocks]
-    return chain_hashes(token_blocks(tokens, block_tokens), seed_hash(request.target_model))
+    if memo is None:
+        return chain_hashes(token_blocks(tokens, block_tokens), seed_hash(request.target_model))
+    return memo.chain(token_bytes(tokens), block_tokens * 4, seed_hash(request.target_model))

@@ -1,0 +1,43 @@
+"""The chain memo and the fast token packing give exactly the hashes of the plain chain."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from epp._util.hashing import ChainMemo, chain_hashes, text_blocks, token_blocks, token_bytes
+from epp.request import LLMRequest, RequestKind
+from epp.scheduling.prefix.hashing import prompt_block_hashes
+
+
+def test_memoised_chains_equal_plain_chains_through_shared_prefixes_and_eviction() -> None:
+    rng = random.Random(5)
+    memo = ChainMemo(segment_blocks=4, capacity=16)  # small: segments are evicted and recomputed
+    prefixes = [rng.randbytes(rng.randrange(0, 2000)) for _ in range(6)]
+    for _ in range(300):
+        data = rng.choice(prefixes) + rng.randbytes(rng.randrange(0, 700))
+        block, seed = rng.choice([1, 7, 64]), rng.choice([0, 1, 2**64 - 1])
+        assert memo.chain(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+        assert len(memo) <= 16
+
+
+def test_token_bytes_are_token_blocks_back_to_back() -> None:
+    rng = random.Random(6)
+    tokens = [rng.choice([0, 2**32 - 1, rng.randrange(2**32)]) for _ in range(1000)]
+    assert token_bytes(tokens[:992]) == b"".join(token_blocks(tokens, 16))
+    with pytest.raises(OverflowError):
+        token_bytes([2**32])
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_prompt_hashes_with_a_memo_equal_those_without(tokens: bool) -> None:
+    rng = random.Random(7)
+    memo = ChainMemo(segment_blocks=8, capacity=64)
+    shared = [rng.randrange(200_000) for _ in range(3000)]
+    for i in range(40):
+        ids = shared[: rng.randrange(3000)] + [rng.randrange(200_000) for _ in range(rng.randrange(500))]
+        request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=token_bytes(ids),
+                             prompt_token_ids=ids if tokens else None)
+        limit = rng.choice([16, 256, 8192])
+        assert prompt_block_hashes(request, 16, limit, memo) == prompt_block_hashes(request, 16, limit)
