@@ -7,8 +7,8 @@ gie-default's CPU per pick at 64 endpoints. Here:
 * what an endpoint's prediction reads that does not depend on the request or the time — its decode
   load (last scrape + ledger) and the time-free parts of its backlog — is cached per endpoint and
   recomputed only when its metrics object, staleness or ledger ``version`` changed: between scrapes a
-  pick recomputes one endpoint (the one the previous pick booked);
-* the arithmetic runs as numpy over endpoints (``PrefillCost.*_array``), with the scalar predictor's
+  pick recomputes only the endpoints booked or answered since the previous pick;
+* the arithmetic runs as numpy over endpoints (``PrefillCost.prefill_seconds_array``), with the scalar predictor's
   float operations in the same order, so every element equals ``TTFTPredictor.predict`` bit for bit
   (``tests/scheduling/ttft/test_batch.py`` compares them on random states).
 """
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
+import numpy.typing as npt
 
 from epp.datastore import EndpointMetrics, EndpointState
 from epp.scheduling.ttft.cost import Floats, Ints
@@ -53,15 +53,22 @@ _Row = tuple[EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tupl
 reads of it: (sequences, context, capacity, foreign waiting, chunk cap) and (mean output tokens,
 ``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time, the decodes' read seconds)."""
 _INTS = 5
-_FLOATS = 7
+_FLOATS = 7  # lengths of the two tuples
 
 
 class BatchPredictor:
-    __slots__ = ("_rows", "predictor")
+    """Keeps a row per endpoint (see ``_Row``) and, for the candidate list of the last pick, those rows
+    as arrays: the next pick with the same candidates rewrites only the rows that changed."""
+
+    __slots__ = ("_aligned", "_floats", "_ints", "_names", "_rows", "predictor")
 
     def __init__(self, predictor: TTFTPredictor) -> None:
         self.predictor = predictor
         self._rows: dict[str, _Row] = {}
+        self._names: list[str] = []
+        self._aligned: list[_Row | None] = []
+        self._ints = np.zeros((0, _INTS), dtype=np.int64)
+        self._floats = np.zeros((0, _FLOATS), dtype=np.float64)
 
     def forget(self, name: str) -> None:
         """The endpoint is gone: drop its cached row."""
@@ -84,6 +91,30 @@ class BatchPredictor:
         self._rows[name] = row
         return row
 
+    def _arrays(
+        self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The candidates' rows as (ints, floats) arrays, each row checked and recomputed if stale."""
+        rows = self._rows
+        if list(names) != self._names:
+            self._names = list(names)
+            self._aligned = [None] * len(names)
+            self._ints = np.zeros((len(names), _INTS), dtype=np.int64)
+            self._floats = np.zeros((len(names), _FLOATS), dtype=np.float64)
+        aligned, ints, floats = self._aligned, self._ints, self._floats
+        for i, (name, state, ledger) in enumerate(zip(names, states, ledgers)):
+            row = rows.get(name)
+            if (
+                row is None or row[0] is not ledger or row[1] != ledger.version
+                or row[2] is not state.metrics or row[3] != state.stale
+            ):  # fmt: skip
+                row = self._row(name, state, ledger)
+            if row is not aligned[i]:
+                aligned[i] = row
+                ints[i] = row[5]
+                floats[i] = row[6]
+        return ints, floats
+
     def predict(
         self,
         names: Sequence[str],
@@ -96,41 +127,31 @@ class BatchPredictor:
     ) -> Predictions:
         """``TTFTPredictor.predict`` per (endpoint name, state, ledger, matched tokens), aligned;
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
-        rows = self._rows
-        ints = []
-        floats = []
-        for name, state, ledger in zip(names, states, ledgers):
-            row = rows.get(name)
-            if (
-                row is None or row[0] is not ledger or row[1] != ledger.version
-                or row[2] is not state.metrics or row[3] != state.stale
-            ):  # fmt: skip
-                row = self._row(name, state, ledger)
-            ints.append(row[5])
-            floats.append(row[6])
+        ints, floats = self._arrays(names, states, ledgers)
+        n, ctx, capacity, foreign, chunk_max = ints.T
+        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds = floats.T
         cached = list(matched_tokens)
         for i, since in written_since.items():
-            cached[i] = surviving_tokens(cached[i], since, rows[names[i]][4])
-        count = len(ints)
-        n, ctx, capacity, foreign, chunk_max = np.fromiter(
-            chain.from_iterable(ints), dtype=np.int64, count=count * _INTS).reshape(count, _INTS).T
-        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds = np.fromiter(
-            chain.from_iterable(floats), dtype=np.float64, count=count * _FLOATS).reshape(count, _FLOATS).T
+            cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
         # The engine recomputes at least the prompt's last token, in whole blocks.
         cached_tokens = np.maximum(0, np.minimum(np.array(cached, dtype=np.int64), (prompt - 1) // block * block))
-        # One chunk walk for the prefill and the cold prefill (the same as the prefill where nothing is cached).
-        both = self.predictor.cost.prefill_seconds_array(
-            np.concatenate((prompt - cached_tokens, np.full(count, prompt, dtype=np.int64))),
-            np.concatenate((cached_tokens, np.zeros(count, dtype=np.int64))),
-            np.concatenate((n, n)), np.concatenate((chunk_max, chunk_max)), np.concatenate((read_seconds, read_seconds)),
-        )  # fmt: skip
-        prefill, cold = both[:count], both[count:]
+        # One chunk walk for the prefill (row 0) and the cold prefill (row 1; equal to row 0 where
+        # nothing is cached); the per-endpoint terms broadcast over both.
+        new = np.empty((2, len(cached)), dtype=np.int64)
+        new[0] = prompt - cached_tokens
+        new[1] = prompt
+        done = np.zeros_like(new)
+        done[0] = cached_tokens
+        prefill, cold = self.predictor.cost.prefill_seconds_array(new, done, n, chunk_max, read_seconds)
         backlog = busy_until - now
         backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
         wait = backlog + half_step
         wait = np.where(foreign > 0, wait + foreign * cold, wait)
         overflow = ctx + prompt - capacity
-        kv_wait = np.where((overflow > 0) & (ctx > 0), np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
+        pressed = (overflow > 0) & (ctx > 0)
+        if not pressed.any():  # the common case: nothing waits for KV (and adding 0.0 is exact)
+            return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached)), cached_tokens, cold)
+        kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
         return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)

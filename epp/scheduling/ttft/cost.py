@@ -92,21 +92,22 @@ class PrefillCost:
         return max(MIN_CHUNK, self.budget - decodes), (decode_context + decodes) * self.latency.kv_read_per_token
 
     def prefill_seconds_array(self, new: Ints, cached: Ints, decodes: Ints, chunk_max: Ints, read_seconds: Floats) -> Floats:
-        """``prefill_seconds`` per row (``chunk_max``, ``read_seconds``: the row's ``walk_terms``). All
-        rows walk their chunks together; a row whose prompt is done adds nothing."""
+        """``prefill_seconds`` element-wise (``chunk_max``, ``read_seconds``: the decodes' ``walk_terms``;
+        arguments broadcast). All elements walk their chunks together; one whose prompt is done adds
+        nothing (the first step is taken as is: 0.0 + step is exact)."""
         latency = self.latency
         kv_read, b = latency.kv_read_per_token, latency.b
-        seconds = np.zeros(len(new))
+        seconds: Floats | None = None
         done = cached
         left = new
         while True:
             active = left > 0
-            if not active.any():
+            if seconds is not None and not active.any():
                 return seconds
             chunk = np.minimum(left, chunk_max)
             end = done + chunk
             attention = np.maximum(b * chunk * (done + chunk / 2), end * kv_read)
             step = latency.floor + np.maximum(latency.weight_read, latency.a * (chunk + decodes)) + read_seconds + attention
-            seconds = np.where(active, seconds + step, seconds)
+            seconds = np.where(active, step, 0.0) if seconds is None else np.where(active, seconds + step, seconds)
             done = end
             left = left - chunk

@@ -145,7 +145,7 @@ class TTFTPredictorScorer:
         now = self.clock.now()
         cutoff = now - self.params.request_timeout
         names = [e.name for e in endpoints]
-        ledgers = []
+        ledgers: list[EndpointLedger] = []
         since: dict[int, int] = {}
         known, recencies = self.ledgers, self.recency
         for i, (name, matched) in enumerate(zip(names, hits)):
