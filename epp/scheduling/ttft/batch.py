@@ -148,10 +148,10 @@ class BatchPredictor:
         backlog = busy_until - now
         backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
         wait = backlog + half_step
-        wait = np.where(foreign > 0, wait + foreign * cold, wait)
+        wait = wait + foreign * cold  # without foreign requests this adds 0.0 to a non-negative wait: exact
         overflow = ctx + prompt - capacity
         pressed = (overflow > 0) & (ctx > 0)
-        if not pressed.any():  # the common case: nothing waits for KV (and adding 0.0 is exact)
+        if not np.count_nonzero(pressed):  # the common case: nothing waits for KV (adding 0.0 is exact)
             return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached)), cached_tokens, cold)
         kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
         return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)

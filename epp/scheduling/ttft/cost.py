@@ -102,12 +102,16 @@ class PrefillCost:
         left = new
         while True:
             active = left > 0
-            if seconds is not None and not active.any():
+            live = np.count_nonzero(active)
+            if seconds is not None and not live:
                 return seconds
             chunk = np.minimum(left, chunk_max)
             end = done + chunk
             attention = np.maximum(b * chunk * (done + chunk / 2), end * kv_read)
             step = latency.floor + np.maximum(latency.weight_read, latency.a * (chunk + decodes)) + read_seconds + attention
-            seconds = np.where(active, step, 0.0) if seconds is None else np.where(active, seconds + step, seconds)
+            if live == active.size:  # every element still has a chunk (np.where costs more than the add)
+                seconds = step if seconds is None else seconds + step
+            else:
+                seconds = np.where(active, step, 0.0) if seconds is None else np.where(active, seconds + step, seconds)
             done = end
             left = left - chunk
