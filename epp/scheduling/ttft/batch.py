@@ -50,10 +50,11 @@ class Predictions:
 
 _Row = tuple[EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...]]
 """(ledger, its version, metrics, stale) the row was derived from; the decode load; what the arithmetic
-reads of it: (sequences, context, capacity, foreign waiting, chunk cap) and (mean output tokens,
-``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time, the decodes' read seconds)."""
-_INTS = 5
-_FLOATS = 7  # lengths of the two tuples
+reads of it: (sequences, context, capacity, foreign waiting, chunk cap, pending requests) and (mean
+output tokens, ``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time, the decodes'
+read seconds, ``EndpointLedger.newest_eta``)."""
+_INTS = 6
+_FLOATS = 8  # lengths of the two tuples
 
 
 class BatchPredictor:
@@ -85,8 +86,8 @@ class BatchPredictor:
         chunk_max, read_seconds = p.cost.walk_terms(n, ctx)
         row = (
             ledger, ledger.version, state.metrics, state.stale, load,
-            (n, ctx, load.capacity_tokens, load.foreign_waiting, chunk_max),
-            (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, read_seconds),
+            (n, ctx, load.capacity_tokens, load.foreign_waiting, chunk_max, len(ledger.pending)),
+            (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, read_seconds, ledger.newest_eta()),
         )  # fmt: skip
         self._rows[name] = row
         return row
@@ -128,23 +129,21 @@ class BatchPredictor:
         """``TTFTPredictor.predict`` per (endpoint name, state, ledger, matched tokens), aligned;
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         ints, floats = self._arrays(names, states, ledgers)
-        n, ctx, capacity, foreign, chunk_max = ints.T
-        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds = floats.T
+        n, ctx, capacity, foreign, chunk_max, _ = ints.T
+        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds, _ = floats.T
         cached = list(matched_tokens)
         for i, since in written_since.items():
             cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
+        # Row 0: the prefill over the cached tokens; row 1: the cold prefill (equal where nothing is
+        # cached); one chunk walk for both, the per-endpoint terms broadcast over them.
+        done = np.zeros((2, len(cached)), dtype=np.int64)
+        done[0] = cached
+        cached_tokens = done[0]
         # The engine recomputes at least the prompt's last token, in whole blocks.
-        cached_tokens = np.maximum(0, np.minimum(np.array(cached, dtype=np.int64), (prompt - 1) // block * block))
-        # One chunk walk for the prefill (row 0) and the cold prefill (row 1; equal to row 0 where
-        # nothing is cached); the per-endpoint terms broadcast over both.
-        new = np.empty((2, len(cached)), dtype=np.int64)
-        new[0] = prompt - cached_tokens
-        new[1] = prompt
-        done = np.zeros_like(new)
-        done[0] = cached_tokens
-        prefill, cold = self.predictor.cost.prefill_seconds_array(new, done, n, chunk_max, read_seconds)
+        np.maximum(0, np.minimum(cached_tokens, (prompt - 1) // block * block, out=cached_tokens), out=cached_tokens)
+        prefill, cold = self.predictor.cost.prefill_seconds_array(prompt - done, done, n, chunk_max, read_seconds)
         backlog = busy_until - now
         backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
         wait = backlog + half_step
@@ -155,3 +154,13 @@ class BatchPredictor:
             return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached)), cached_tokens, cold)
         kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
         return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)
+
+    def queued(self, ledgers: Sequence[EndpointLedger], now: float) -> int:
+        """Σ ``EndpointLedger.queued(now)`` over the candidates of the ``predict`` just made (``ledgers``
+        aligned with them): every pending request counts while the oldest one's first token is still
+        ahead, none once the newest one's has passed; only a ledger with ``now`` in between is asked."""
+        pending, oldest, newest = self._ints[:, 5], self._floats[:, 2], self._floats[:, 7]
+        total = int(pending[oldest > now].sum())
+        for i in np.flatnonzero((oldest <= now) & (newest > now)).tolist():
+            total += ledgers[i].queued(now)
+        return total

@@ -140,6 +140,12 @@ class EndpointLedger:
         head = next(iter(self.pending.values()))
         return self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds
 
+    def newest_eta(self) -> float:
+        """The newest pending request's predicted first token (-inf when none is pending): with the
+        oldest's (``backlog_terms``) it bounds ``queued`` — all pending are queued before the oldest's,
+        none from the newest's on."""
+        return next(reversed(self.pending.values())).eta if self.pending else float("-inf")
+
     def queued(self, now: float) -> int:
         """Requests predicted to be still waiting for (or in) their prefill at ``now``. Predicted first
         tokens never decrease in routing order (a booking ends after the work before it, a re-anchor

@@ -62,6 +62,8 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
     assert len(got) == len(states)
     for i, (state, ledger) in enumerate(zip(states, ledgers)):
         assert got[i] == scalar.predict(state, ledger, prompt, matched[i], since[i], now)  # exact, not approx
+    for at in (now, NOW - 10, NOW + rng.uniform(-3, 3), math.inf):
+        assert batch.queued(ledgers, at) == sum(ledger.queued(at) for ledger in ledgers)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.profile)

@@ -144,22 +144,21 @@ class TTFTPredictorScorer:
         info, hits = self.producer.match(cycle, request, endpoints)
         now = self.clock.now()
         cutoff = now - self.params.request_timeout
-        names = [e.name for e in endpoints]
-        ledgers: list[EndpointLedger] = []
+        names = [e.endpoint.name for e in endpoints]
+        get = self.ledgers.get
+        ledgers = [get(name) for name in names]
+        if None in ledgers:  # first sight of an endpoint
+            ledgers = [self._ledger(name) for name in names]
+        for name, ledger in [(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff]:
+            recency = self.recency.get(name)
+            for request_id in ledger.expire(cutoff):
+                if recency is not None:
+                    recency.release(request_id)
         since: dict[int, int] = {}
-        known, recencies = self.ledgers, self.recency
-        for i, (name, matched) in enumerate(zip(names, hits)):
-            ledger = known.get(name)
-            if ledger is None:
-                ledger = self._ledger(name)
-            ledgers.append(ledger)
-            recency = recencies.get(name)
-            if ledger.oldest < cutoff:
-                for request_id in ledger.expire(cutoff):
-                    if recency is not None:
-                        recency.release(request_id)
-            if matched and recency is not None and self.estimates_eviction(name):
-                written = recency.written_since(info.hashes, matched)
+        for i in [i for i, matched in enumerate(hits) if matched]:
+            recency = self.recency.get(names[i])
+            if recency is not None and self.estimates_eviction(names[i]):
+                written = recency.written_since(info.hashes, hits[i])
                 if written:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
@@ -176,18 +175,17 @@ class TTFTPredictorScorer:
     def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
         """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
         requests the prefill work a choice adds will delay (see the module docstring)."""
-        return self._work_weight([self._ledger(e.name) for e in endpoints], now)
-
-    def _work_weight(self, ledgers: list[EndpointLedger], now: float) -> float:
-        backlog = sum(ledger.queued(now) for ledger in ledgers if ledger.pending) / max(1, len(ledgers))
-        return self.params.work_weight * (1 + backlog)
+        queued = sum(self._ledger(e.name).queued(now) for e in endpoints)
+        return self.params.work_weight * (1 + queued / max(1, len(endpoints)))
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
-        w = self._work_weight(ledgers, self.clock.now())
+        queued = self.predictor.queued(ledgers, self.clock.now())  # == work_weight's sum, from the cached rows
+        w = self.params.work_weight * (1 + queued / max(1, len(endpoints)))
         rounded = np.ceil((predictions.ttft + w * predictions.prefill) / tol) * tol
-        rounded[rounded == 0.0] = tol
+        if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
+            rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
 
