@@ -91,7 +91,9 @@ class PrefillCost:
         spent reading the decodes' KV (``prefill_seconds_array`` takes them per row)."""
         return max(MIN_CHUNK, self.budget - decodes), (decode_context + decodes) * self.latency.kv_read_per_token
 
-    def prefill_seconds_array(self, new: Ints, cached: Ints, decodes: Ints, chunk_max: Ints, read_seconds: Floats) -> Floats:
+    def prefill_seconds_array(
+        self, new: Ints, cached: Ints, decodes: Ints, chunk_max: Ints, read_seconds: Floats
+    ) -> Floats:
         """``prefill_seconds`` element-wise (``chunk_max``, ``read_seconds``: the decodes' ``walk_terms``;
         arguments broadcast). All elements walk their chunks together; one whose prompt is done adds
         nothing (the first step is taken as is: 0.0 + step is exact)."""
@@ -108,7 +110,8 @@ class PrefillCost:
             chunk = np.minimum(left, chunk_max)
             end = done + chunk
             attention = np.maximum(b * chunk * (done + chunk / 2), end * kv_read)
-            step = latency.floor + np.maximum(latency.weight_read, latency.a * (chunk + decodes)) + read_seconds + attention
+            linear = np.maximum(latency.weight_read, latency.a * (chunk + decodes))
+            step = latency.floor + linear + read_seconds + attention
             if live == active.size:  # every element still has a chunk (np.where costs more than the add)
                 seconds = step if seconds is None else seconds + step
             else:

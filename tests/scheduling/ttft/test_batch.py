@@ -58,7 +58,8 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
     matched = [rng.choice([0, prompt, rng.randrange(0, prompt + 40)]) for _ in states]
     since = [rng.choice([None, 0, rng.randrange(1, 4_000_000)]) for _ in states]
     now = NOW + rng.uniform(-3, 3)
-    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, {i: s for i, s in enumerate(since) if s}, now)
+    written = {i: s for i, s in enumerate(since) if s}
+    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, written, now)
     assert len(got) == len(states)
     for i, (state, ledger) in enumerate(zip(states, ledgers)):
         assert got[i] == scalar.predict(state, ledger, prompt, matched[i], since[i], now)  # exact, not approx
