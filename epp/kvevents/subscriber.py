@@ -4,10 +4,12 @@ Two topologies, as llm-d deploys them:
 
 * ``connect`` (default; llm-d's per-pod subscribers): one SUB per datastore endpoint, connected to
   ``tcp://<endpoint address>:<port>`` (engines run with ``--kv-events-config`` endpoint
-  ``tcp://*:5557``, which binds). Membership is followed through the datastore-listener methods. A
-  socket monitor reports the TCP connection, so a dead engine is known at once (``DISCONNECTED``);
-  ZMQ reconnects by itself. Every picker replica subscribes to every engine, so replicas hold the
-  same precise view without sharing it.
+  ``tcp://*:5557``, vLLM's default, which binds). Membership is followed through the
+  datastore-listener methods. A socket monitor reports the TCP connection, so a dead engine is known
+  at once (``DISCONNECTED``); ZMQ reconnects by itself (every 100 ms backing off to 2 s while nothing
+  listens, one TCP attempt at a time). Every picker replica subscribes to every engine, so replicas
+  hold the same precise view without sharing it. The socket says whose events they are, so every
+  topic is accepted by default: vLLM's default topic is empty.
 * ``bind``: one SUB bound to ``bind_endpoint`` that engines connect to; a batch's endpoint is the
   ``<host:port>`` of its topic ``kv@<host:port>@<model>``, matched against the endpoints' host:port.
   Batches from unknown publishers are dropped and counted. With several picker replicas an engine
@@ -74,13 +76,15 @@ class KVEventSubscriber:
         *,
         port: int = DEFAULT_PORT,
         bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}",
-        topic_filter: str = TOPIC_PREFIX,
+        topic_filter: str | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._sink = sink
         self.mode = mode
         self._port = port
         self._bind_endpoint = bind_endpoint
+        if topic_filter is None:  # a bound socket needs topics to tell engines apart; a connected one does not
+            topic_filter = TOPIC_PREFIX if mode is SubscriberMode.BIND else ""
         self._filter = topic_filter.encode()
         self._endpoints: dict[str, Endpoint] = {}
         self._by_hostport: dict[str, str] = {}
@@ -144,6 +148,11 @@ class KVEventSubscriber:
         if self._bound is None:
             return None
         return str(self._bound.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """Every endpoint of the pool this subscriber knows about."""
+        return frozenset(self._endpoints)
 
     @property
     def following(self) -> frozenset[str]:

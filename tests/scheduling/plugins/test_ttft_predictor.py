@@ -81,16 +81,17 @@ def test_bad_parameters_name_their_field(params: str, path: str) -> None:
     assert err.value.path == path
 
 
-def test_a_precise_producer_is_read_and_switches_the_eviction_estimate_off() -> None:
+def test_a_precise_producer_is_read_and_switches_the_eviction_estimate_off_where_its_view_is_exact() -> None:
     text = CONFIG.replace(
         "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}",
         "- {type: precise-prefix-cache-producer, name: kv, parameters: {mode: bind, bindEndpoint: 'tcp://127.0.0.1:0'}}",
     )
     _, scorer, _ = build(text=text)
     assert scorer.producer.typed_name.type == "precise-prefix-cache-producer"
-    assert scorer.estimate_eviction is False
+    assert scorer.estimate_eviction is None  # per endpoint: off only where the engine feed is trusted
+    assert not scorer.producer.view_is_exact("e0")  # no events: the approximate fallback answers
     _, approx, _ = build(text=CONFIG)
-    assert approx.estimate_eviction is True
+    assert approx.estimate_eviction is None and not approx.producer.view_is_exact("e0")
     _, forced, _ = build(text=CONFIG.replace("defaultOutputTokens: 100}", "defaultOutputTokens: 100, estimateEviction: false}"))
     assert forced.estimate_eviction is False
 

@@ -24,8 +24,9 @@ Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES
 settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
 ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
 ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
-(discount released prefixes by the KV written since, ``PrefixRecency``; default: on with the approximate
-producer, off with a precise one, whose engine KV events already say what was evicted).
+(discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, off where
+the producer's ``view_is_exact`` — a precise producer's live, key-agreeing engine feed, which says
+what was evicted — else on).
 """
 
 from __future__ import annotations
@@ -106,10 +107,7 @@ class TTFTPredictorScorer:
         self.producer = producer
         self.clock = clock
         self.predictor = TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens)
-        self.estimate_eviction = (
-            p.estimate_eviction if p.estimate_eviction is not None
-            else producer.typed_name.type == APPROX_PREFIX_CACHE_PRODUCER  # a precise index knows evictions
-        )
+        self.estimate_eviction = p.estimate_eviction  # None: per endpoint, unless its view is exact
         self.ledgers: dict[str, EndpointLedger] = {}
         self.recency: dict[str, PrefixRecency] = {}
         self._key = f"ttft/{name}"
@@ -139,7 +137,10 @@ class TTFTPredictorScorer:
             recency = self._recency(e.name)
             for request_id in ledger.expire(cutoff):
                 recency.release(request_id)
-            since = recency.written_since(info.hashes, matched) if self.estimate_eviction else None
+            estimate = self.estimate_eviction
+            if estimate is None:
+                estimate = not self.producer.view_is_exact(e.name)  # engine events say what was evicted
+            since = recency.written_since(info.hashes, matched) if estimate else None
             prediction = self.predictor.predict(e, ledger, prompt, matched * info.block_tokens, since, now)
             predictions[e.name] = prediction
             out.append(prediction)
