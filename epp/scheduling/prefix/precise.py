@@ -190,7 +190,7 @@ class PreciseIndex:
         will compute there: until the feed's keys are known to agree, watch for its blocks."""
         view = self._view(endpoint)
         view.model = model
-        if view.agreed or not hashes or view.last_seq is None:
+        if view.agreed or not hashes:
             return
         keys = (hashes[0],) if len(hashes) == 1 else (hashes[0], hashes[-1])
         owners, bit = self._owners, view.bit
@@ -211,7 +211,8 @@ class PreciseIndex:
         if probe is None:
             return
         view = self._views.get(probe.endpoint)
-        if view is None or view.agreed:
+        if view is None or view.agreed or view.last_seq is None:  # agreed, or publishing nothing: moot
+            self._drop_probe(probe)
             return
         probe.deadline = self.clock.now() + self.event_timeout
         if len(view.due) >= self.max_probes:

@@ -255,7 +255,7 @@ def test_a_feed_whose_stores_never_hold_epps_keys_is_keys_mismatch_warned_once_a
     index = PreciseIndex(clock, BlockIndex(100), event_timeout=5.0, mismatch_after=3)
     feeds = {name: Feed(index, name) for name in ("a", "b")}
     epp_view = keys(tokens(5, 4))
-    for i in range(4):
+    for i in range(3):
         for name, feed in feeds.items():
             index.add(name, epp_view)
             index.routed(name, f"{name}{i}", epp_view, MODEL)
