@@ -45,6 +45,10 @@ DEFAULT_PORT = 5557
 _YIELD_EVERY = 64
 _RECONNECT_IVL_MS = 100
 _RECONNECT_IVL_MAX_MS = 2000
+MAX_SOCKETS = 3 * 8192 + 64
+"""ZMQ sockets this subscriber's context may open: three per connect-mode endpoint (SUB, its monitor
+pair), so 8,192 endpoints; libzmq's default (1,023) stops at 340. Past it, or past the process's file
+limit, an endpoint is left unsubscribed (warned once) and matched in the approximate fallback."""
 
 
 class KVEventSink(Protocol):
@@ -93,6 +97,7 @@ class KVEventSubscriber:
         self._ctx: zmq.asyncio.Context | None = None
         self._bound: zmq.asyncio.Socket | None = None
         self._state = _State.NEW
+        self._warned_unsubscribed = False
         self._batches: Counter | None = None
         self._connected: Gauge | None = None
         if registry is not None:
@@ -114,6 +119,7 @@ class KVEventSubscriber:
         if self._state is not _State.NEW:
             raise RuntimeError(f"KVEventSubscriber is {self._state.value}; it can be started once")
         self._ctx = zmq.asyncio.Context()
+        self._ctx.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
         self._state = _State.RUNNING
         if self.mode is SubscriberMode.BIND:
             self._bound = self._socket()
@@ -196,8 +202,17 @@ class KVEventSubscriber:
             )
 
     async def _receive_connected(self, endpoint: Endpoint) -> None:
-        sock = self._socket()
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        try:
+            sock = self._socket()
+        except zmq.ZMQError as err:
+            self._unsubscribed(endpoint, err)
+            return
+        try:
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            self._unsubscribed(endpoint, err)
+            return
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
         self._set_connected(endpoint.name, False)
         try:
@@ -212,6 +227,19 @@ class KVEventSubscriber:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+
+    def _unsubscribed(self, endpoint: Endpoint, err: zmq.ZMQError) -> None:
+        """No socket for ``endpoint`` (too many sockets or files): it stays NO_EVENTS, matched in the
+        fallback. Warned once, not per endpoint: a large pool would otherwise flood the log."""
+        if self._tasks.get(endpoint.name) is asyncio.current_task():
+            del self._tasks[endpoint.name]
+        if not self._warned_unsubscribed:
+            self._warned_unsubscribed = True
+            log.warning(
+                "cannot subscribe to the KV events of endpoint %s (%s): it, and any other endpoint this"
+                " happens to, is matched in the approximate prefix index; raise the file limit (ulimit -n)",
+                endpoint.name, err,
+            )
 
     async def _watch(self, monitor: zmq.asyncio.Socket, name: str) -> None:
         while True:
