@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
 from epp.datastore import Datastore, Endpoint, EndpointState
+from epp.engine.block_pool import BlockStored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.precise import FeedState
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from epp.scheduling.scheduler import Scheduler
-from epp.sim.kv_events import encode_event
-from epp.engine.block_pool import BlockStored
 from epp.scheduling.prefix.tokens import load_tokenizer
+from epp.sim.kv_events import encode_event
 from tests.kvevents.test_subscriber import until
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, post
