@@ -70,7 +70,8 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
 ) -> None:
     clock = VirtualClock()
     scheduler = load_scheduler_text(
-        CONFIG.format(producer="mode: bind, bindEndpoint: 'tcp://127.0.0.1:0', eventTimeout: 5s"), clock=clock
+        # resyncWindow 0: batches an engine sends before its PUB reaches the SUB are lost, a gap
+        CONFIG.format(producer="mode: bind, bindEndpoint: 'tcp://127.0.0.1:0', eventTimeout: 5s, resyncWindow: 0"), clock=clock
     )
     producer = producer_of(scheduler)
     registry = CollectorRegistry()
@@ -139,7 +140,7 @@ async def test_connect_mode_takes_vllms_default_publisher_with_an_empty_topic(pu
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     clock = VirtualClock()
-    scheduler = load_scheduler_text(CONFIG.format(producer=f"kvEventsPort: {port}"), clock=clock)
+    scheduler = load_scheduler_text(CONFIG.format(producer=f"kvEventsPort: {port}, resyncWindow: 0"), clock=clock)
     producer = producer_of(scheduler)
     datastore = Datastore(clock)
     scheduler.attach(datastore)
@@ -154,8 +155,8 @@ async def test_connect_mode_takes_vllms_default_publisher_with_an_empty_topic(pu
         full = len(tokens) // 16 * 16
         stored = BlockStored(tuple(range(1, full // 16 + 1)), None, tuple(tokens[:full]), 16, None)  # sha-like hashes
         payload = msgpack.packb([1.0, [encode_event(stored, {})]])
-        for _ in range(100):  # a new subscription drops messages until it reaches the publisher
-            await pub.send_multipart([b"", (0).to_bytes(8, "big"), payload])
+        for seq in range(100):  # a new subscription drops messages until it reaches the publisher
+            await pub.send_multipart([b"", seq.to_bytes(8, "big"), payload])
             await asyncio.sleep(0.02)
             if producer.precise.held_blocks("vllm"):
                 break
