@@ -1,14 +1,15 @@
 """Pick latency of the scheduler in-process, and the prefix index's bytes per cached entry.
 
-Runs ``gie-default`` (queue ×2, kv-cache ×2, prefix ×3, max-score; ``--preset`` picks another) over
-8/64/256 endpoints with fresh metrics, for 1K- and 32K-token prompts (4 bytes per token) drawn from a
+Runs ``gie-default`` (queue ×2, kv-cache ×2, prefix ×3, max-score; ``--preset`` picks another preset
+or an EndpointPickerConfig file; repeat it to compare policies side by side, rounds interleaved) over
+8/64/256 endpoints with fresh metrics, for 1K- and 32K-token text prompts (4 bytes per token) drawn from a
 pool of shared prefixes so the prefix index sees hits and misses. Each request completes (response
 hooks called) 64 picks after it was scheduled, so plugins that track requests in flight stay at a
 steady state. Times ``Scheduler.schedule`` end to end, PreRequest index update included, and prints p50/p99 in microseconds, best of ``--rounds`` rounds (the machine is shared: the
 best round is the one least disturbed by other tenants; all rounds run identical work). Then fills a ``BlockIndex`` to capacity and reports its
 bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
 
-    python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default]
+    python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.presets import build_preset
+from epp.config import load_scheduler
 
 
 def _states(n: int, rng: random.Random) -> list[EndpointState]:
@@ -33,10 +34,19 @@ def _states(n: int, rng: random.Random) -> list[EndpointState]:
     return out
 
 
+_PRINTABLE = bytes(32 + b % 95 for b in range(256))
+
+
+def _text(n: int, rng: random.Random) -> bytes:
+    """``n`` random printable ASCII bytes: prompts arrive as JSON text, so they are valid UTF-8
+    (random binary would make a tokenizing producer decode thousands of U+FFFD replacements)."""
+    return rng.randbytes(n).translate(_PRINTABLE)
+
+
 def _prompts(tokens: int, rng: random.Random, shared: int = 32) -> list[bytes]:
     """Prompts sharing one of ``shared`` system prefixes (half the prompt), then a unique tail."""
-    prefixes = [rng.randbytes(tokens * 2) for _ in range(shared)]
-    return [rng.choice(prefixes) + rng.randbytes(tokens * 2) for _ in range(256)]
+    prefixes = [_text(tokens * 2, rng) for _ in range(shared)]
+    return [rng.choice(prefixes) + _text(tokens * 2, rng) for _ in range(256)]
 
 
 IN_FLIGHT = 64
@@ -46,7 +56,7 @@ def pick_latency(endpoints: int, tokens: int, picks: int, seed: int, preset: str
     """(wall p50, wall p99, thread-CPU p50, thread-CPU p99) in µs. CPU time leaves out the time the
     process sat preempted by other tenants, so it is the cost of the code itself."""
     rng = random.Random(seed)
-    scheduler = build_preset(preset, clock=VirtualClock(), rng=random.Random(seed))
+    scheduler = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
     states = _states(endpoints, rng)
     datastore = Datastore(VirtualClock())
     scheduler.attach(datastore)  # as serve does: the prefix index reserves endpoint slots at discovery
@@ -93,15 +103,21 @@ def main() -> None:
     parser.add_argument("--picks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--preset", default="gie-default", help="scheduler preset to time")
+    parser.add_argument("--preset", action="append", help="preset or config file to time (repeatable)")
     args = parser.parse_args()
-    print(f"{args.preset} pick latency (Scheduler.schedule incl. PreRequest), microseconds")
-    print(f"{'endpoints':>9} {'prompt':>7} {'wall p50':>9} {'wall p99':>9} {'cpu p50':>8} {'cpu p99':>8}")
+    policies: list[str] = args.preset or ["gie-default"]
+    print("pick latency (Scheduler.schedule incl. PreRequest), microseconds")
+    print(f"{'policy':>20} {'endpoints':>9} {'prompt':>7} {'wall p50':>9} {'wall p99':>9} {'cpu p50':>8} {'cpu p99':>8}")
     for tokens in (1024, 32768):
         for n in (8, 64, 256):
-            rounds = [pick_latency(n, tokens, args.picks, args.seed, args.preset) for _ in range(args.rounds)]
-            best = [min(r[k] for r in rounds) for k in range(4)]
-            print(f"{n:>9} {tokens // 1024:>6}K " + " ".join(f"{v:>{w}.0f}" for v, w in zip(best, (9, 9, 8, 8))))
+            rounds: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in policies}
+            for _ in range(args.rounds):  # interleaved: every policy sees the same machine load
+                for policy in policies:
+                    rounds[policy].append(pick_latency(n, tokens, args.picks, args.seed, policy))
+            for policy in policies:
+                best = [min(r[k] for r in rounds[policy]) for k in range(4)]
+                cells = " ".join(f"{v:>{w}.0f}" for v, w in zip(best, (9, 9, 8, 8)))
+                print(f"{policy[-20:]:>20} {n:>9} {tokens // 1024:>6}K {cells}")
     print("\nprefix index at capacity (lruCapacityPerServer 31250)")
     print(f"{'endpoints':>9} {'entries':>10} {'B/entry (nbytes)':>17} {'B/entry (tracemalloc)':>22}")
     for n in (8, 64):

@@ -13,7 +13,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.cli import build_parser
 from epp.discovery.sources import SourceError
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
+from epp.scheduling.prefix.index import BlockIndex
+from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from epp.service import PickerService
 from tests.extproc.builders import request_body, request_headers, set_headers
 
@@ -55,10 +56,12 @@ async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_
     path = tmp_path / "endpoints.yaml"
     write_endpoints(path, ["a", "b"])
     async with PickerService(serve_args("--endpoints-file", str(path))) as picker:  # watched by default
-        producer = next(p for p in picker.scheduler.plugins if isinstance(p, ApproxPrefixCacheProducer))
+        producer = next(p for p in picker.scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+        learned = producer.precise.fallback  # no engine publishes KV events here: the picks are the view
+        assert isinstance(learned, BlockIndex)
         destination = await route(picker.server.port)
         served = next(n for n, port in POOL.items() if destination == f"127.0.0.1:{40000 + port}")
-        assert producer.index.entries() > 0  # the pick recorded the prompt for the chosen endpoint
+        assert learned.entries() > 0  # the pick recorded the prompt for the chosen endpoint
 
         write_endpoints(path, [n for n in ("a", "b", "c") if n != served])
         for _ in range(200):  # the watcher polls once a second
@@ -66,7 +69,7 @@ async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_
                 break
             await asyncio.sleep(0.05)
         assert picker.datastore.get(served) is None and picker.datastore.get("c") is not None
-        assert producer.index.entries() == 0  # purged with the endpoint, not left to age out
+        assert learned.entries() == 0  # purged with the endpoint, not left to age out
         assert await route(picker.server.port) != destination
 
 

@@ -4,10 +4,12 @@ Two topologies, as llm-d deploys them:
 
 * ``connect`` (default; llm-d's per-pod subscribers): one SUB per datastore endpoint, connected to
   ``tcp://<endpoint address>:<port>`` (engines run with ``--kv-events-config`` endpoint
-  ``tcp://*:5557``, which binds). Membership is followed through the datastore-listener methods. A
-  socket monitor reports the TCP connection, so a dead engine is known at once (``DISCONNECTED``);
-  ZMQ reconnects by itself. Every picker replica subscribes to every engine, so replicas hold the
-  same precise view without sharing it.
+  ``tcp://*:5557``, vLLM's default, which binds). Membership is followed through the
+  datastore-listener methods. A socket monitor reports the TCP connection, so a dead engine is known
+  at once (``DISCONNECTED``); ZMQ reconnects by itself (every 100 ms backing off to 2 s while nothing
+  listens, one TCP attempt at a time). Every picker replica subscribes to every engine, so replicas
+  hold the same precise view without sharing it. The socket says whose events they are, so every
+  topic is accepted by default: vLLM's default topic is empty.
 * ``bind``: one SUB bound to ``bind_endpoint`` that engines connect to; a batch's endpoint is the
   ``<host:port>`` of its topic ``kv@<host:port>@<model>``, matched against the endpoints' host:port.
   Batches from unknown publishers are dropped and counted. With several picker replicas an engine
@@ -43,6 +45,10 @@ DEFAULT_PORT = 5557
 _YIELD_EVERY = 64
 _RECONNECT_IVL_MS = 100
 _RECONNECT_IVL_MAX_MS = 2000
+MAX_SOCKETS = 3 * 8192 + 64
+"""ZMQ sockets this subscriber's context may open: three per connect-mode endpoint (SUB, its monitor
+pair), so 8,192 endpoints; libzmq's default (1,023) stops at 340. Past it, or past the process's file
+limit, an endpoint is left unsubscribed (warned once) and matched in the approximate fallback."""
 
 
 class KVEventSink(Protocol):
@@ -74,13 +80,15 @@ class KVEventSubscriber:
         *,
         port: int = DEFAULT_PORT,
         bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}",
-        topic_filter: str = TOPIC_PREFIX,
+        topic_filter: str | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._sink = sink
         self.mode = mode
         self._port = port
         self._bind_endpoint = bind_endpoint
+        if topic_filter is None:  # a bound socket needs topics to tell engines apart; a connected one does not
+            topic_filter = TOPIC_PREFIX if mode is SubscriberMode.BIND else ""
         self._filter = topic_filter.encode()
         self._endpoints: dict[str, Endpoint] = {}
         self._by_hostport: dict[str, str] = {}
@@ -89,6 +97,7 @@ class KVEventSubscriber:
         self._ctx: zmq.asyncio.Context | None = None
         self._bound: zmq.asyncio.Socket | None = None
         self._state = _State.NEW
+        self._warned_unsubscribed = False
         self._batches: Counter | None = None
         self._connected: Gauge | None = None
         if registry is not None:
@@ -110,6 +119,7 @@ class KVEventSubscriber:
         if self._state is not _State.NEW:
             raise RuntimeError(f"KVEventSubscriber is {self._state.value}; it can be started once")
         self._ctx = zmq.asyncio.Context()
+        self._ctx.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
         self._state = _State.RUNNING
         if self.mode is SubscriberMode.BIND:
             self._bound = self._socket()
@@ -144,6 +154,11 @@ class KVEventSubscriber:
         if self._bound is None:
             return None
         return str(self._bound.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """Every endpoint of the pool this subscriber knows about."""
+        return frozenset(self._endpoints)
 
     @property
     def following(self) -> frozenset[str]:
@@ -187,8 +202,17 @@ class KVEventSubscriber:
             )
 
     async def _receive_connected(self, endpoint: Endpoint) -> None:
-        sock = self._socket()
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        try:
+            sock = self._socket()
+        except zmq.ZMQError as err:
+            self._unsubscribed(endpoint, err)
+            return
+        try:
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            self._unsubscribed(endpoint, err)
+            return
         host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
         self._set_connected(endpoint.name, False)
         try:
@@ -203,6 +227,19 @@ class KVEventSubscriber:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+
+    def _unsubscribed(self, endpoint: Endpoint, err: zmq.ZMQError) -> None:
+        """No socket for ``endpoint`` (too many sockets or files): it stays NO_EVENTS, matched in the
+        fallback. Warned once, not per endpoint: a large pool would otherwise flood the log."""
+        if self._tasks.get(endpoint.name) is asyncio.current_task():
+            del self._tasks[endpoint.name]
+        if not self._warned_unsubscribed:
+            self._warned_unsubscribed = True
+            log.warning(
+                "cannot subscribe to the KV events of endpoint %s (%s): it, and any other endpoint this"
+                " happens to, is matched in the approximate prefix index; raise the file limit (ulimit -n)",
+                endpoint.name, err,
+            )
 
     async def _watch(self, monitor: zmq.asyncio.Socket, name: str) -> None:
         while True:

@@ -28,7 +28,28 @@ view, never a blind spot:
   ``LIVE`` again, holding only what was reported since. ``AllBlocksCleared`` ends it at once;
 * ``SILENT`` — epp sent the endpoint work more than ``event_timeout`` ago and no event has arrived
   since. vLLM sends no heartbeats and an idle engine is silent with an exact view, so silence counts
-  only while events are due.
+  only while events are due;
+* ``UNVERIFIED`` / ``KEYS_MISMATCH`` — events flow, but none has yet shown that the engine's blocks
+  and epp's prompt hashes agree (see *Key agreement*).
+
+**Key agreement.** Keys only agree when epp tokenizes prompts exactly as the engine does (the
+producer's ``tokenizer``) and cuts blocks of the engine's size; with a mismatched tokenizer a LIVE
+feed would make every endpoint match 0, worse than the approximate index. So a feed is trusted only
+once the engine's view holds a block of a prompt epp hashed: a lookup whose first block the engine
+reported, or a prompt epp routed there (``routed``) whose first or last full block the engine then
+reports stored. Coincidences are impossible (64-bit chained hashes of different token ids), so one
+agreement is proof; it holds until the publisher restarts. A routed prompt's probe falls due
+``event_timeout`` after its first response bytes (``responded``: its prefill is over, its blocks are
+stored); if by then the engine reported other stores but not the probe's, it is a miss, and after
+``mismatch_after`` misses without any agreement the feed is ``KEYS_MISMATCH`` (logged once, naming the
+``tokenizer`` parameter). Probes are inconclusive — never a miss — when the engine stored nothing since
+(prefix caching off publishes nothing at all), for prompts shorter than one block (no probe), and for
+requests that ended without a response; a prompt the engine already cached before epp subscribed
+can miss (only its output blocks are stored), which is why one miss is not enough, and a later
+agreement lifts ``KEYS_MISMATCH``.
+
+**Model.** Root blocks are seeded with the topic's model (llm-d's ``kv@<pod>@<model>``); vLLM's default
+topic is empty, so then with the model of the latest request epp routed to the endpoint.
 
 A publisher restart (sequence going back) means a fresh engine with an empty cache: the view is
 cleared. Memory: about 150 bytes per held block (a dict entry per endpoint and a shared owner mask),
@@ -38,6 +59,8 @@ bounded by ``max_blocks_per_endpoint`` per endpoint.
 from __future__ import annotations
 
 import enum
+import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +70,8 @@ from epp.datastore import Endpoint
 from epp.kvevents.decode import Cleared, KVEvent, Removed, Stored
 from epp.scheduling.prefix.protocol import PrefixIndex
 
+log = logging.getLogger(__name__)
+
 
 class FeedState(enum.Enum):
     LIVE = "live"
@@ -54,6 +79,8 @@ class FeedState(enum.Enum):
     DISCONNECTED = "disconnected"
     RESYNCING = "resyncing"
     SILENT = "silent"
+    UNVERIFIED = "unverified"  # events flow; none has shown yet that the engine's keys agree with epp's
+    KEYS_MISMATCH = "keys-mismatch"  # events flow, but never with blocks of prompts epp routed there
 
 
 class SeqCheck(enum.Enum):
@@ -75,6 +102,23 @@ class _View:
     awaiting_since: float | None = None
     resync_until: float | None = None
     connected: bool | None = None  # None: unknown (a bound socket cannot tell per endpoint)
+    model: str | None = None  # of the latest routed request: seeds root blocks of model-less topics
+    agreed: bool = False  # the engine reported a block of a prompt epp hashed: keys agree
+    stores: int = 0  # Stored events ingested (probes look at whether any arrived since routing)
+    misses: int = 0  # probes that fell due while stores arrived, none of them the probe's
+    block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
+    probe_keys: dict[int, int] = field(default_factory=dict)  # key → probes watching it
+    due: deque[_Probe] = field(default_factory=deque)  # probes whose first token came, oldest first
+
+
+@dataclass(slots=True)
+class _Probe:
+    """A routed prompt's first and last full block keys, watched for in the engine's stores."""
+
+    endpoint: str
+    keys: tuple[int, ...]
+    stores_at: int  # the view's ``stores`` when routed
+    deadline: float = 0.0
 
 
 class PreciseIndex:
@@ -88,14 +132,23 @@ class PreciseIndex:
         event_timeout: float = 5.0,
         resync_window: float = 30.0,
         max_blocks_per_endpoint: int = 1_000_000,
+        mismatch_after: int = 8,
+        max_probes: int = 4096,
     ) -> None:
-        if event_timeout <= 0 or resync_window < 0 or max_blocks_per_endpoint < 1:
-            raise ValueError("event_timeout must be positive, resync_window not negative, max blocks at least 1")
+        if event_timeout <= 0 or resync_window < 0 or min(max_blocks_per_endpoint, mismatch_after, max_probes) < 1:
+            raise ValueError(
+                "event_timeout must be positive, resync_window not negative, max blocks, mismatch_after and"
+                " max_probes at least 1"
+            )
         self.clock = clock
         self.fallback = fallback
         self.event_timeout = event_timeout
         self.resync_window = resync_window
         self.max_blocks_per_endpoint = max_blocks_per_endpoint
+        self.mismatch_after = mismatch_after
+        self.max_probes = max_probes
+        self._probes: dict[str, _Probe] = {}  # request id → probe waiting for its first token, oldest first
+        self._warned = False
         self._views: dict[str, _View] = {}
         self._owners: dict[int, int] = {}  # key → bit mask of endpoints holding it
         self._free_bits: list[int] = []
@@ -110,6 +163,7 @@ class PreciseIndex:
         if view.last_seq is not None and seq <= view.last_seq:
             self._clear(view)
             view.resync_until = None
+            self._reset_agreement(view)  # a fresh engine: perhaps another model or tokenizer
             check = SeqCheck.RESTART
         if seq != (0 if check is SeqCheck.RESTART or view.last_seq is None else view.last_seq + 1):
             self._start_resync(view, now)
@@ -129,6 +183,93 @@ class PreciseIndex:
             self._start_resync(view, now)
             check = SeqCheck.OVERFLOW
         return check
+
+    # -- key agreement ---------------------------------------------------------------------------
+    def routed(self, endpoint: str, request_id: str, hashes: Sequence[int], model: str) -> None:
+        """epp sent ``endpoint`` request ``request_id`` (prompt keys ``hashes``, for ``model``), which it
+        will compute there: until the feed's keys are known to agree, watch for its blocks."""
+        view = self._view(endpoint)
+        view.model = model
+        if view.agreed or not hashes:
+            return
+        keys = (hashes[0],) if len(hashes) == 1 else (hashes[0], hashes[-1])
+        owners, bit = self._owners, view.bit
+        if any(owners.get(k, 0) & bit for k in keys):  # reported already (computed for another request)
+            self._agree(view)
+            return
+        self._drop_probe(self._probes.pop(request_id, None))
+        while len(self._probes) >= self.max_probes:
+            self._drop_probe(self._probes.pop(next(iter(self._probes))))
+        self._probes[request_id] = _Probe(endpoint, keys, view.stores)
+        for k in keys:
+            view.probe_keys[k] = view.probe_keys.get(k, 0) + 1
+
+    def responded(self, request_id: str) -> None:
+        """The request's first response bytes arrived: its prefill is over, its blocks are stored, and
+        the engine's events about them are due within ``event_timeout``."""
+        probe = self._probes.pop(request_id, None)
+        if probe is None:
+            return
+        view = self._views.get(probe.endpoint)
+        if view is None or view.agreed or view.last_seq is None:  # agreed, or publishing nothing: moot
+            self._drop_probe(probe)
+            return
+        probe.deadline = self.clock.now() + self.event_timeout
+        if len(view.due) >= self.max_probes:
+            self._drop_probe(view.due.popleft())
+        view.due.append(probe)
+
+    def finished(self, request_id: str) -> None:
+        """The request ended; one that never responded may not have been computed: inconclusive."""
+        self._drop_probe(self._probes.pop(request_id, None))
+
+    def _drop_probe(self, probe: _Probe | None) -> None:
+        view = None if probe is None else self._views.get(probe.endpoint)
+        if probe is None or view is None:
+            return
+        for k in probe.keys:
+            n = view.probe_keys.get(k, 0) - 1
+            if n > 0:
+                view.probe_keys[k] = n
+            else:
+                view.probe_keys.pop(k, None)
+
+    def _expire(self, view: _View, now: float) -> None:
+        while view.due and view.due[0].deadline <= now:
+            probe = view.due.popleft()
+            self._drop_probe(probe)
+            if view.stores > probe.stores_at:  # the engine stored blocks since, none of this prompt's
+                view.misses += 1
+        if view.misses >= self.mismatch_after and not self._warned:
+            self._warned = True
+            log.warning(
+                "KV events from endpoint %s never hold blocks of the prompts epp routed there (%d checked;"
+                " the engine reports blocks of %s tokens): epp's token ids differ from the engine's. Set"
+                " precise-prefix-cache-producer's `tokenizer` parameter to one matching the served model and"
+                " chat template (and blockSizeTokens to the engine's block size); until then such endpoints"
+                " are matched in the approximate index.",
+                probe.endpoint, view.misses, view.block_size,
+            )
+
+    def _agree(self, view: _View) -> None:
+        view.agreed = True
+        self._reset_probes(view)
+
+    def _reset_agreement(self, view: _View) -> None:
+        view.agreed = False
+        view.misses = 0
+        self._reset_probes(view)
+
+    def _reset_probes(self, view: _View) -> None:
+        view.probe_keys.clear()
+        view.due.clear()
+        for request_id in [r for r, p in self._probes.items() if self._views.get(p.endpoint) is view]:
+            del self._probes[request_id]
+
+    def agreed(self, endpoint: str) -> bool:
+        """Whether ``endpoint``'s engine has shown that its block keys agree with epp's."""
+        view = self._views.get(endpoint)
+        return view is not None and view.agreed
 
     def set_connected(self, endpoint: str, connected: bool) -> None:
         self._view(endpoint).connected = connected
@@ -153,7 +294,7 @@ class PreciseIndex:
         if len(event.token_ids) != len(hashes) * event.block_size:
             return hashes
         if event.parent_hash is None:
-            seed_name = event.lora_name or model
+            seed_name = event.lora_name or model or view.model
             if seed_name is None:
                 return hashes
             parent = seed_hash(seed_name)
@@ -165,12 +306,17 @@ class PreciseIndex:
 
     def _stored(self, view: _View, event: Stored, model: str | None) -> None:
         owners, bit = self._owners, view.bit
-        for engine_hash, key in zip(event.block_hashes, self._keys(view, event, model)):
+        keys = self._keys(view, event, model)
+        for engine_hash, key in zip(event.block_hashes, keys):
             view.suspect.discard(key)
             view.held[key] = view.held.get(key, 0) + 1
             owners[key] = owners.get(key, 0) | bit
             if key != engine_hash:
                 view.alias[engine_hash] = key
+        view.stores += 1
+        view.block_size = event.block_size
+        if view.probe_keys and not view.agreed and not view.probe_keys.keys().isdisjoint(keys):
+            self._agree(view)
 
     def _removed(self, view: _View, hashes: Iterable[int]) -> None:
         for engine_hash in hashes:
@@ -229,7 +375,11 @@ class PreciseIndex:
             self._end_resync(view)
         if view.awaiting_since is not None and now - view.awaiting_since > self.event_timeout:
             return FeedState.SILENT
-        return FeedState.LIVE
+        if view.agreed:
+            return FeedState.LIVE
+        if view.due and view.due[0].deadline <= now:
+            self._expire(view, now)
+        return FeedState.KEYS_MISMATCH if view.misses >= self.mismatch_after else FeedState.UNVERIFIED
 
     def held_blocks(self, endpoint: str) -> int:
         view = self._views.get(endpoint)
@@ -241,9 +391,17 @@ class PreciseIndex:
         out = [0] * len(endpoints)
         live: list[tuple[int, int]] = []
         others: list[int] = []
+        owners = self._owners
         for i, name in enumerate(endpoints):
             view = self._views.get(name)
-            if view is not None and self._state(view, now) is FeedState.LIVE:
+            state = None if view is None else self._state(view, now)
+            if state is FeedState.UNVERIFIED or state is FeedState.KEYS_MISMATCH:
+                assert view is not None
+                if hashes and owners.get(hashes[0], 0) & view.bit:  # it reported this prompt's first block
+                    self._agree(view)
+                    state = FeedState.LIVE
+            if state is FeedState.LIVE:
+                assert view is not None
                 live.append((i, view.bit))
             else:
                 others.append(i)
@@ -255,7 +413,7 @@ class PreciseIndex:
             for _, bit in live:
                 active |= bit
             stops: dict[int, int] = {}
-            owners, depth = self._owners, 0
+            depth = 0
             for h in hashes:
                 still = active & owners.get(h, 0)
                 if still != active:
@@ -277,8 +435,10 @@ class PreciseIndex:
             view.awaiting_since = self.clock.now()
 
     def remove(self, endpoint: str) -> None:
-        view = self._views.pop(endpoint, None)
+        view = self._views.get(endpoint)
         if view is not None:
+            self._reset_probes(view)
+            del self._views[endpoint]
             self._clear(view)
             self._free_bits.append(view.bit)
         self.fallback.remove(endpoint)

@@ -1,21 +1,27 @@
 """``precise-prefix-cache-producer``: prefix matches from what engines report in KV-cache events.
 
 The same contract as ``approx-prefix-cache-producer`` (it is one, so ``prefix-cache-scorer`` reads it
-through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), with three differences:
+through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), with four differences:
 
 * prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``; ``tokenizer``
   selects the tokenizer — it must match the served model for real engines);
 * the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
-* with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``).
+* with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``);
+* an endpoint's feed is trusted only once its engine reports blocks of prompts epp routed there
+  (``PreciseIndex``'s key agreement): the producer reports each pick, first response bytes and end
+  (``routed``/``responded``/``finished``), and ``view_is_exact`` says which endpoints are matched
+  from engine events.
 
 Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`` 256 (or
 ``maxPrefixTokensToMatch``), ``lruCapacityPerServer`` 31250; ``mode`` ``connect`` (one SUB per
 endpoint at ``<address>:kvEventsPort``, 5557) or ``bind`` (engines connect to ``bindEndpoint``,
-``tcp://*:5557``); ``topicFilter`` ``kv@``; ``tokenizer`` ``sim``; ``eventTimeout`` 5s,
+``tcp://*:5557``); ``topicFilter`` (connect: every topic, vLLM's default is empty; bind: ``kv@``);
+``tokenizer`` ``sim``; ``eventTimeout`` 5s,
 ``resyncWindow`` 30s, ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
-``epp:prefix-index``, ``redisMaxLen`` 20000.
+``epp:prefix-index``, ``redisMaxLen`` 20000. Series: the subscriber's, and
+``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``).
 
 The subscriber and the Redis tasks need the event loop: whoever runs the picker calls
 ``register_metrics(registry)``, awaits ``start()`` before serving and ``stop()`` at shutdown (``epp
@@ -25,21 +31,22 @@ subscriber follows membership.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from epp.datastore import Endpoint
-from epp.kvevents.decode import TOPIC_PREFIX
+from epp.datastore import Endpoint, EndpointState
 from epp.kvevents.subscriber import DEFAULT_PORT, KVEventSubscriber, SubscriberMode
 from epp.request import LLMRequest
-from epp.scheduling.framework import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
+from epp.scheduling.prefix.producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, PrefixIndexParams
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
 from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
@@ -58,7 +65,7 @@ class PrecisePrefixParams:
     mode: str = SubscriberMode.CONNECT.value
     kv_events_port: int = DEFAULT_PORT
     bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}"
-    topic_filter: str = TOPIC_PREFIX
+    topic_filter: str | None = None
     tokenizer: str = SIM_TOKENIZER
     event_timeout: Duration = Duration(5.0)
     resync_window: Duration = Duration(30.0)
@@ -103,12 +110,32 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks, self.chains)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
-        """True while the endpoint's KV-event feed is live (its matches are engine-reported blocks)."""
+        """True while the endpoint's matches come from its engine's events (feed ``LIVE``: connected,
+        in sequence, answering, keys agreeing); else they come from the approximate fallback."""
         return self.precise.feed_state(endpoint_name) is FeedState.LIVE
 
+    def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        super().pre_request(cycle, request, result)
+        if not result.endpoints:
+            return
+        computes = result.endpoints[0]  # where the prompt's KV is computed: the prefill pick, if any
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
+            computes = prefill.endpoints[0]
+        hashes = self.info(cycle, request, [computes]).hashes
+        self.precise.routed(computes.name, request.request_id, hashes, request.target_model)
+
+    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        self.precise.responded(request.request_id)
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.precise.finished(request.request_id)
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Export the subscriber's (and the shared index's) series; call before ``start``."""
+        """Export the subscriber's (and the shared index's) series and the feed states; call before
+        ``start``."""
         self.subscriber.register_metrics(registry)
+        registry.register(_FeedStates(self.precise, self.subscriber))
         if isinstance(self.index, SharedPrefixIndex):
             self.index.register_metrics(registry)
 
@@ -129,6 +156,24 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.subscriber.endpoint_removed(endpoint)
         super().endpoint_removed(endpoint)
+
+
+class _FeedStates(Collector):
+    """``epp_kv_events_feed_state{endpoint,state}``, read at scrape time (nothing on the pick path)."""
+
+    def __init__(self, precise: PreciseIndex, subscriber: KVEventSubscriber) -> None:
+        self._precise = precise
+        self._subscriber = subscriber
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "epp_kv_events_feed_state",
+            "1 for each endpoint's KV-event feed state; only 'live' feeds are matched from engine events.",
+            labels=["endpoint", "state"],
+        )
+        for name in sorted(self._subscriber.endpoints):
+            family.add_metric([name, self._precise.feed_state(name).value], 1)
+        yield family
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> PrecisePrefixCacheProducer:

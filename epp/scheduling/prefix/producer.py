@@ -138,6 +138,11 @@ class ApproxPrefixCacheProducer:
         if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
             self.index.add(prefill.endpoints[0].name, hashes)
 
+    def view_is_exact(self, endpoint_name: str) -> bool:
+        """Whether this endpoint's matches are what its engine caches (False: learned from picks, so
+        the engine may have evicted part of them since — callers estimate that themselves)."""
+        return False
+
     def endpoint_added(self, endpoint: Endpoint) -> None:
         self.index.endpoint_added(endpoint)
 

@@ -14,10 +14,11 @@ shows zero precise hits, and scoring falls back to load alone.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, token_blocks, token_bytes
+from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, text_blocks, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
 
@@ -61,25 +62,31 @@ def load_tokenizer(spec: str) -> Tokenizer:
     return cast(Tokenizer, made)
 
 
-def prompt_token_ids(request: LLMRequest, tokenizer: Tokenizer) -> list[int]:
-    """The token ids the engine will see for ``request``; [] when it has no usable prompt (then
-    nothing matches, which is the honest answer)."""
+def _prompt(request: LLMRequest, tokenizer: Tokenizer) -> str | list[int]:
+    """The prompt as the engine will see it: text still to tokenize, or token ids."""
     if request.prompt_token_ids is not None:
         return request.prompt_token_ids
     body = request.body or {}
     try:
         if request.kind is RequestKind.CHAT_COMPLETIONS and isinstance(body.get("messages"), list):
-            return tokenizer.encode(tokenizer.render_chat(body["messages"]))
+            return tokenizer.render_chat(body["messages"])
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return tokenizer.encode(prompt)
+            return prompt
         if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
     except ValueError:  # a malformed chat message: the engine will reject it too
         return []
-    return tokenizer.encode(request.prompt_bytes.decode("utf-8", errors="replace")) if request.prompt_bytes else []
+    return request.prompt_bytes.decode("utf-8", errors="replace") if request.prompt_bytes else []
+
+
+def prompt_token_ids(request: LLMRequest, tokenizer: Tokenizer) -> list[int]:
+    """The token ids the engine will see for ``request``; [] when it has no usable prompt (then
+    nothing matches, which is the honest answer)."""
+    prompt = _prompt(request, tokenizer)
+    return tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
 
 
 def engine_block_hashes(
@@ -87,8 +94,21 @@ def engine_block_hashes(
 ) -> list[int]:
     """Chained hashes of the prompt's full token blocks, seeded with the target model (a LoRA
     adapter's name when the request targets one), as ``PreciseIndex`` keys engine blocks (``memo``:
-    segments hashed recently are not hashed again)."""
-    tokens = prompt_token_ids(request, tokenizer)[: block_tokens * max_blocks]
+    segments hashed recently are not hashed again).
+
+    With the ``sim`` tokenizer a text prompt's packed token blocks *are* its NUL-padded UTF-8 bytes
+    (a token is 4 bytes read little-endian, packed back little-endian), so the bytes are hashed
+    directly: as cheap as the approximate producer's byte blocks, without a list of ints."""
+    prompt = _prompt(request, tokenizer)
+    seed = seed_hash(request.target_model)
+    block_bytes = block_tokens * 4
+    if isinstance(prompt, str) and isinstance(tokenizer, _SimTokenizer) and sys.byteorder == "little":
+        data = prompt.encode("utf-8", errors="replace")
+        data += b"\0" * (-len(data) % 4)
+    else:
+        tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        data = token_bytes(tokens[: block_tokens * max_blocks])
+    data = data[: block_bytes * max_blocks]
     if memo is None:
-        return chain_hashes(token_blocks(tokens, block_tokens), seed_hash(request.target_model))
-    return memo.chain(token_bytes(tokens), block_tokens * 4, seed_hash(request.target_model))
+        return chain_hashes(text_blocks(data, block_bytes), seed)
+    return memo.chain(data, block_bytes, seed)

@@ -9,8 +9,10 @@ from collections import Counter
 import pytest
 
 from epp._util.clock import VirtualClock
+from epp._util.hashing import chain_hashes, seed_hash, token_blocks
 from epp.config import ConfigError, load_scheduler, load_scheduler_text
 from epp.datastore import Datastore, EndpointMetrics, EndpointState
+from epp.kvevents.decode import Stored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
@@ -89,8 +91,14 @@ def test_the_eviction_estimate_is_per_endpoint_off_only_where_the_precise_view_i
     )
     _, scorer, _ = build(text=text)
     assert scorer.producer.typed_name.type == "precise-prefix-cache-producer"
-    scorer.producer.precise.ingest("live", 0, [], "m")  # a feed in order: its view is the engine's cache
-    assert scorer.estimates_eviction("live") is False
+    precise = scorer.producer.precise
+    toks = list(range(16))
+    key = chain_hashes(token_blocks(toks, 16), seed_hash("m"))
+    precise.ingest("live", 0, [], "m")  # a feed in order, but its keys are not yet known to agree
+    assert scorer.estimates_eviction("live") is True
+    precise.routed("live", "r1", key, "m")
+    precise.ingest("live", 1, [Stored(tuple(key), None, tuple(toks), 16, None)], "m")
+    assert precise.agreed("live") and scorer.estimates_eviction("live") is False  # the engine's cache
     assert scorer.estimates_eviction("no-events") is True  # matched in the approximate fallback
     _, approx, _ = build(text=CONFIG)
     assert approx.estimates_eviction("live") is True

@@ -120,6 +120,7 @@ def test_a_sequence_gap_falls_back_until_the_resync_window_drops_unconfirmed_blo
     a = Feed(index, "a")
     kept, dropped = tokens(1, 2), tokens(2, 2)
     a.send(stored(kept), stored(dropped))
+    assert index.match(keys(kept), ["a"]) == [2]  # a lookup the engine's view answers: keys agree
     index.add("a", keys(tokens(3, 2)))  # a pick: only the fallback learns it
     a.send(seq=5)  # events 1..4 lost
     assert index.feed_state("a") is FeedState.RESYNCING
@@ -136,6 +137,7 @@ def test_a_sequence_gap_falls_back_until_the_resync_window_drops_unconfirmed_blo
 def test_all_blocks_cleared_ends_a_resync_at_once(index: PreciseIndex) -> None:
     a = Feed(index, "a")
     a.send(stored(tokens(1, 2)))
+    assert index.match(keys(tokens(1, 2)), ["a"]) == [2]
     a.send(seq=9)
     a.send(Cleared())
     assert index.feed_state("a") is FeedState.LIVE
@@ -146,9 +148,13 @@ def test_a_publisher_restart_clears_the_view_and_joining_late_is_a_gap(index: Pr
     t = tokens(1, 2)
     a.send(stored(t))
     a.send(stored(tokens(2, 1)))
-    assert a.send(stored(tokens(3, 1)), seq=0) is SeqCheck.RESTART
+    assert index.match(keys(t), ["a"]) == [2]
     assert index.feed_state("a") is FeedState.LIVE
+    assert a.send(stored(tokens(3, 1)), seq=0) is SeqCheck.RESTART
+    assert index.feed_state("a") is FeedState.UNVERIFIED  # a fresh engine: keys must agree again
     assert index.match(keys(t), ["a"]) == [0]
+    assert index.match(keys(tokens(3, 1)), ["a"]) == [1]
+    assert index.feed_state("a") is FeedState.LIVE
     b = Feed(index, "b")
     assert b.send(stored(t), seq=4) is SeqCheck.GAP
     assert index.feed_state("b") is FeedState.RESYNCING
@@ -169,6 +175,7 @@ def test_untrusted_feeds_use_the_fallback_per_endpoint(index: PreciseIndex, cloc
     precise, learned = keys(tokens(1, 3)), keys(tokens(2, 3))
     a.send(stored(tokens(1, 3)))
     b.send(stored(tokens(1, 3)))
+    assert index.match(precise, ["a", "b"]) == [3, 3]
     index.add("a", learned)
     index.add("b", learned)
     assert index.feed_state("never-heard") is FeedState.NO_EVENTS
@@ -189,6 +196,7 @@ def test_untrusted_feeds_use_the_fallback_per_endpoint(index: PreciseIndex, cloc
 def test_an_idle_engine_stays_live(index: PreciseIndex, clock: VirtualClock) -> None:
     a = Feed(index, "a")
     a.send(stored(tokens(1, 1)))
+    assert index.match(keys(tokens(1, 1)), ["a"]) == [1]
     clock.advance(3600)
     assert index.feed_state("a") is FeedState.LIVE
 
@@ -216,3 +224,82 @@ def test_undecodable_batches_count_as_a_gap(index: PreciseIndex) -> None:
 def test_bad_settings_are_rejected(clock: VirtualClock) -> None:
     with pytest.raises(ValueError):
         PreciseIndex(clock, BlockIndex(10), event_timeout=0)
+
+
+# -- key agreement: a feed is trusted only once it reports blocks of prompts epp hashed --------------
+
+
+def test_a_feed_is_trusted_once_a_prompt_epp_routed_there_shows_up_in_its_stores(
+    index: PreciseIndex, clock: VirtualClock
+) -> None:
+    a = Feed(index, "a")
+    a.send(stored(tokens(1, 2)))  # someone else's prompt: says nothing about epp's keys
+    assert index.feed_state("a") is FeedState.UNVERIFIED
+    prompt = keys(tokens(2, 3))
+    index.add("a", prompt)
+    assert index.match(prompt, ["a"]) == [3]  # the approximate fallback answers meanwhile
+    index.routed("a", "r1", prompt, MODEL)
+    a.send(stored(tokens(2, 3)))
+    assert index.feed_state("a") is FeedState.LIVE
+    assert index.agreed("a")
+    index.responded("r1")
+    clock.advance(60)
+    assert index.match(keys(tokens(1, 2)), ["a"]) == [2]  # the engine's own view
+
+
+def test_a_feed_whose_stores_never_hold_epps_keys_is_keys_mismatch_warned_once_and_can_recover(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """epp's default ``sim`` tokenizer against a real engine: the engine's token ids differ from
+    epp's, so its stores never carry epp's keys; trusting the feed would make every match 0."""
+    index = PreciseIndex(clock, BlockIndex(100), event_timeout=5.0, mismatch_after=3)
+    feeds = {name: Feed(index, name) for name in ("a", "b")}
+    epp_view = keys(tokens(5, 4))
+    for i in range(3):
+        for name, feed in feeds.items():
+            index.add(name, epp_view)
+            index.routed(name, f"{name}{i}", epp_view, MODEL)
+            feed.send(stored(tokens(100 + i, 4)))  # the same prompt, as the engine tokenized it
+            index.responded(f"{name}{i}")
+        assert index.feed_state("a") is FeedState.UNVERIFIED
+        clock.advance(5.5)
+    assert (index.feed_state("a"), index.feed_state("b")) == (FeedState.KEYS_MISMATCH, FeedState.KEYS_MISMATCH)
+    assert index.match(epp_view, ["a", "b"]) == [4, 4]  # the fallback, not a blind zero
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "`tokenizer`" in warnings[0].getMessage()
+    assert "blocks of 4 tokens" in warnings[0].getMessage()
+    # a prompt the engine reports with epp's keys after all (e.g. it had cached the earlier ones
+    # before epp subscribed) lifts the mismatch
+    index.routed("a", "late", keys(tokens(6, 1)), MODEL)
+    feeds["a"].send(stored(tokens(6, 1)))
+    assert index.feed_state("a") is FeedState.LIVE
+
+
+def test_probes_without_evidence_are_never_misses(index: PreciseIndex, clock: VirtualClock) -> None:
+    """Prefix caching off (no stores), prompts shorter than one block and requests that never got a
+    response say nothing about the keys."""
+    index = PreciseIndex(clock, BlockIndex(100), mismatch_after=1)
+    a = Feed(index, "a")
+    a.send(stored(tokens(9, 1)))  # stored before the prompts were routed: no evidence against them
+    index.routed("a", "r1", keys(tokens(1, 2)), MODEL)
+    a.send(Removed((1,)))  # events flow, but the engine stores nothing since
+    index.responded("r1")
+    index.routed("a", "short", [], MODEL)
+    index.responded("short")
+    clock.advance(10)
+    assert index.feed_state("a") is FeedState.UNVERIFIED
+    index.routed("a", "failed", keys(tokens(2, 2)), MODEL)
+    a.send(stored(tokens(8, 1)))
+    index.finished("failed")
+    clock.advance(10)
+    assert index.feed_state("a") is FeedState.UNVERIFIED
+
+
+def test_without_a_model_in_the_topic_root_blocks_are_seeded_with_the_routed_model(index: PreciseIndex) -> None:
+    """vLLM's default topic is empty: the model is the one epp routes there."""
+    prompt = tokens(1, 2)
+    index.ingest("a", 0, [], None)
+    index.routed("a", "r1", keys(prompt), MODEL)
+    index.ingest("a", 1, [stored(prompt)], None)
+    assert index.feed_state("a") is FeedState.LIVE
+    assert index.match(keys(prompt), ["a"]) == [2]

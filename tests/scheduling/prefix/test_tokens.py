@@ -74,3 +74,19 @@ def test_a_tokenizer_is_loaded_from_an_import_path() -> None:
 def test_bad_tokenizer_specs_say_why(spec: str) -> None:
     with pytest.raises(ValueError):
         load_tokenizer(spec)
+
+
+def test_the_sim_tokenizers_byte_shortcut_hashes_exactly_the_token_blocks() -> None:
+    """``engine_block_hashes`` hashes a text prompt's padded bytes instead of packing token ids: the
+    result must be the engine's token blocks, for any text (multi-byte characters, a lone surrogate,
+    a tail padded into a full block), for chat prompts and under the block limit."""
+    texts = ["x" * n for n in range(0, 140, 7)] + ["é" * 33, "日本語のテキスト" * 9, "a\ud800b" * 30, "y" * 63]
+    for text in texts:
+        for block, limit in ((16, 256), (4, 3), (1, 1000)):
+            expected = chain_hashes(token_blocks(tokenizer.encode(text)[: block * limit], block), seed_hash("m"))
+            got = engine_block_hashes(request(RequestKind.COMPLETIONS, {"prompt": text}), SIM, block, limit)
+            assert got == expected, (text, block, limit)
+    chat = request(RequestKind.CHAT_COMPLETIONS, {"messages": MESSAGES})
+    assert engine_block_hashes(chat, SIM, 16, 256) == chain_hashes(token_blocks(chat_prompt(MESSAGES), 16), seed_hash("m"))
+    raw = LLMRequest("r", RequestKind.OTHER, "m", prompt_bytes=b"\xff\xfe raw bytes" * 20)
+    assert engine_block_hashes(raw, SIM, 16, 256) == chain_hashes(token_blocks(prompt_token_ids(raw, SIM), 16), seed_hash("m"))
