@@ -19,13 +19,14 @@ from epp.replay.live import LiveSpec
 from epp.replay.offline import ClusterSpec
 from epp.replay.plots import write_plots
 from epp.replay.policies import resolve
+from epp.replay.replicas import Replicas
 from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_live_job, run_one, trace_bounds
 from epp.replay.synthetic import WORKLOADS
 from epp.replay.traces import Trace, TraceError, read_trace
 from epp.scheduling.presets import PRESETS
 
 MAX_ISSUES_SHOWN = 10
-TABLE_WIDTH = 170
+TABLE_WIDTH = 200
 
 
 class ReplayError(Exception):
@@ -77,10 +78,23 @@ def policies(names: list[str] | None) -> list[str]:
     return specs
 
 
-def run_knee(trace: Trace, policy: str, seed: int, cluster: ClusterSpec, bounds: Bounds, console: Console) -> Knee:
+def replicas(args: argparse.Namespace) -> Replicas:
+    """``--replicas``/``--shared-prefix-view``, checked; live runs start one ``epp serve``, so only 1."""
+    try:
+        pickers = Replicas(args.replicas, args.shared_prefix_view)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    if args.live and pickers.count > 1:
+        raise ReplayError("--replicas runs offline only (--live starts one epp serve)")
+    return pickers
+
+
+def run_knee(
+    trace: Trace, policy: str, seed: int, cluster: ClusterSpec, bounds: Bounds, console: Console, pickers: Replicas
+) -> Knee:
     def probe(scale: float) -> float | None:
         with console.status(f"knee search: {policy} at rate ×{scale:.3g}"):
-            outcome = run_one(trace, Job(policy, scale, seed), cluster, bounds, lambda n: None)
+            outcome = run_one(trace, Job(policy, scale, seed, pickers), cluster, bounds, lambda n: None)
         p90: float | None = outcome.summary["ttft_p90"]
         return p90
 
@@ -110,6 +124,7 @@ def replay(args: argparse.Namespace) -> int:
         raise ReplayError("--find-knee runs offline only")
     if args.time_scale <= 0:
         raise ReplayError("--time-scale must be positive")
+    pickers = replicas(args)
     trace = load_trace(args, console)
     cluster = cluster_spec(args)
     bounds = trace_bounds(trace, cluster)
@@ -118,12 +133,12 @@ def replay(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     title = (
         f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, "
-        f"{cluster.engines} × {cluster.engine.profile}"
+        f"{cluster.engines} × {cluster.engine.profile}" + (f", {pickers.label}" if pickers.label else "")
     )
     results: dict[str, Any] = {}
     if args.find_knee:
         (policy,) = policies([args.find_knee])
-        knee = run_knee(trace, policy, args.seed, cluster, bounds, console)
+        knee = run_knee(trace, policy, args.seed, cluster, bounds, console, pickers)
         results["knee"] = dataclasses.asdict(knee)
         if out is not None:
             (out / "knee.json").write_text(json.dumps(results["knee"], indent=2) + "\n")
@@ -131,7 +146,7 @@ def replay(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(results["knee"], indent=2))
             return 0
-    jobs = [Job(policy, rate, args.seed) for policy in policies(args.policy) for rate in args.rate_scale]
+    jobs = [Job(policy, rate, args.seed, pickers) for policy in policies(args.policy) for rate in args.rate_scale]
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,

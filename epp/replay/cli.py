@@ -7,6 +7,7 @@ Examples::
     epp replay --synthetic shared-prefix --sp-groups 32 --policy gie-default --json
     epp replay trace.jsonl --policy my-config.yaml --policy gie-default --engines 16
     epp replay trace.jsonl --find-knee least-queue --max-requests 2000
+    epp replay trace.jsonl --policy gie-default --replicas 2 --shared-prefix-view
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write summary.json and plots here")
     parser.add_argument("--json", action="store_true", help="print the summary JSON on stdout (table goes to stderr)")
     parser.add_argument("--find-knee", metavar="POLICY", help="find the rate where POLICY's TTFT p90 doubles")
+    parser.add_argument(
+        "--replicas", type=int, default=1,
+        help="picker replicas taking requests in turn, each with its own learned state (offline only; default 1)",
+    )
+    parser.add_argument(
+        "--shared-prefix-view", action="store_true",
+        help="replicas share one learned prefix index (what redisUrl converges to); needs --replicas ≥ 2",
+    )
     parser.add_argument("--live", action="store_true", help="replay through real Envoy + epp serve + epp sim processes")
     parser.add_argument(
         "--time-scale", type=float, default=1.0,

@@ -4,9 +4,15 @@ A discrete-event loop over three kinds of event, in time order:
 
 - an arrival: the request is scheduled exactly as ``epp serve`` would (``Scheduler.schedule`` over
   ``Datastore.endpoints()``, in-flight counters via ``request_started``) and handed to its engine;
-- an engine's step end: its outputs are delivered (first tokens → the scheduler's response-started
-  hooks, as ``epp serve`` calls them on an endpoint's first response bytes; finishes →
-  ``request_finished`` and the response-complete hooks) and the engine starts its next step;
+  with several picker replicas (``epp.replay.replicas``) arrivals go to them in turn, each replica
+  with its own datastore (same engine snapshots, its own in-flight counters), and the request's
+  later hooks go to the replica that picked it;
+- an engine's step end: its KV-cache events are published to the scheduler plugins that consume
+  them (``epp.replay.kv_feed``, at the step end as vLLM publishes after a step; engines produce
+  events only when some plugin consumes them), its outputs are delivered (first tokens → the
+  scheduler's response-started hooks, as ``epp serve`` calls them on an endpoint's first response
+  bytes; finishes → ``request_finished`` and the response-complete hooks) and the engine starts its
+  next step;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production.
@@ -19,7 +25,7 @@ Polls are taken lazily: no event happens between a tick and the next event, so a
 that event is processed is the state at the tick. Engine steps are given the next arrival as their
 horizon, so runs of pure decode are fused into one event (``EngineCore.step``): an engine's state
 can therefore run ahead of a poll tick by at most the fused run, never past the next arrival, the only
-moment anyone reads it.
+moment anyone reads it. For the same reason a fused run's KV events are published together at its end.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from dataclasses import dataclass, field, replace
 
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
 from epp.engine.request import EngineRequest
 from epp.engine.tokenizer import decode
+from epp.kvevents.consumer import kv_event_sinks
+from epp.replay.kv_feed import KVEventFeed
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.scheduling import Scheduler
@@ -89,6 +98,8 @@ class RunResult:
     load: list[LoadSample]
     dispatched: tuple[int, ...]
     wall_s: float
+    kv_event_batches: int | None = None
+    """KV-event batches delivered to the scheduler (0: no plugin consumes them; None: not known)."""
 
     @property
     def engines(self) -> int:
@@ -99,6 +110,7 @@ class RunResult:
 class _InFlight:
     index: int
     request: LLMRequest
+    replica: int
 
 
 def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
@@ -118,13 +130,14 @@ def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> E
 
 
 class OfflineReplay:
-    """One policy on one cluster over one trace. ``run()`` once; the result is deterministic for a
-    deterministic scheduler. ``clock`` (at 0) is the one the scheduler was built on."""
+    """One policy on one cluster over one trace. ``run()`` once; the result is deterministic for
+    deterministic schedulers. ``schedulers`` are the picker replicas (one for a single epp), built on
+    ``clock`` (at 0)."""
 
     def __init__(
         self,
         requests: Sequence[TraceRequest],
-        scheduler: Scheduler,
+        schedulers: Sequence[Scheduler],
         cluster: ClusterSpec,
         clock: VirtualClock,
         rate_scale: float = 1.0,
@@ -133,19 +146,25 @@ class OfflineReplay:
     ) -> None:
         if rate_scale <= 0:
             raise ValueError("rate scale must be positive")
+        if not schedulers:
+            raise ValueError("need at least one scheduler")
         self.requests = requests
-        self.scheduler = scheduler
+        self.schedulers = list(schedulers)
         self.cluster = cluster
         self.arrivals = [r.arrival / rate_scale for r in requests]
         self.clock = clock
-        self.datastore = Datastore(self.clock, cluster.staleness_threshold)
         self.endpoints = [Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000) for i in range(cluster.engines)]
         self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}
-        for endpoint in self.endpoints:
-            self.datastore.upsert(endpoint)
-        self.datastore.mark_synced()
+        self.datastores = [Datastore(self.clock, cluster.staleness_threshold) for _ in self.schedulers]
+        for datastore in self.datastores:
+            for endpoint in self.endpoints:
+                datastore.upsert(endpoint)
+            datastore.mark_synced()
+        sinks = kv_event_sinks(p for s in self.schedulers for p in s.plugins)
+        self.kv_feed = KVEventFeed(sinks, self.endpoints, cluster.engine.model) if sinks else None
         self.engines = [
-            EngineCore(replace(cluster.engine, seed=cluster.engine.seed + i)) for i in range(cluster.engines)
+            EngineCore(replace(cluster.engine, seed=cluster.engine.seed + i, enable_kv_events=bool(sinks)))
+            for i in range(cluster.engines)
         ]
         self.models = frozenset({cluster.engine.model})
         self.records = [RequestRecord(a, r.prompt.length) for a, r in zip(self.arrivals, requests)]
@@ -156,6 +175,7 @@ class OfflineReplay:
         self._progress = progress
         self._inflight: dict[str, _InFlight] = {}
         self._pending: list[list[RequestOutput] | None] = [None] * cluster.engines
+        self._pending_events: list[list[KVCacheEvent]] = [[] for _ in range(cluster.engines)]
         # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
         self._stats: list[EngineStats | None] = [None] * cluster.engines
         self._heap: list[tuple[float, int]] = []
@@ -189,7 +209,8 @@ class OfflineReplay:
         for record in self.records:
             if record.engine >= 0:
                 dispatched[record.engine] += 1
-        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started)
+        batches = self.kv_feed.batches if self.kv_feed is not None else 0
+        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started, batches)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -200,7 +221,9 @@ class OfflineReplay:
             stats = cached[e]
             if stats is None:
                 stats = cached[e] = engine.stats()
-            self.datastore.update_metrics(endpoint.name, snapshot(stats, tick, self.models))
+            metrics = snapshot(stats, tick, self.models)
+            for datastore in self.datastores:
+                datastore.update_metrics(endpoint.name, metrics)
             loads.append(stats.num_running + stats.num_waiting)
         if tick >= self._next_sample:
             self.load.append(LoadSample(tick, tuple(loads)))
@@ -221,8 +244,10 @@ class OfflineReplay:
             user=trace_request.session,
             priority=trace_request.priority,
         )
+        replica = index % len(self.schedulers)
+        datastore = self.datastores[replica]
         try:
-            result = self.scheduler.schedule(request, self.datastore.endpoints())
+            result = self.schedulers[replica].schedule(request, datastore.endpoints())
         except RequestError as exc:
             record.shed = exc.reason or str(exc.status)
             return
@@ -236,44 +261,58 @@ class OfflineReplay:
             return
         record.engine = e
         self._stats[e] = None
-        self.datastore.request_started(name, len(tokens))
-        self._inflight[request_id] = _InFlight(index, request)
+        datastore.request_started(name, len(tokens))
+        self._inflight[request_id] = _InFlight(index, request, replica)
         if self._pending[e] is None:
             self._step(e, now, horizon)
 
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
-        out = self.engines[e].step(now, horizon)
+        engine = self.engines[e]
+        out = engine.step(now, horizon)
         self._stats[e] = None
+        if self.kv_feed is not None:
+            self._pending_events[e] = engine.take_kv_events()
         if out.duration > 0:
             self._pending[e] = out.outputs
             heapq.heappush(self._heap, (now + out.duration, e))
         else:
             self._pending[e] = None
+            self._publish(e, now)
+
+    def _publish(self, e: int, now: float) -> None:
+        """Engine ``e``'s last step's KV events, published when that step ends."""
+        events = self._pending_events[e]
+        if self.kv_feed is not None and events:
+            self._pending_events[e] = []
+            self.kv_feed.publish(self.endpoints[e].name, now, events)
 
     def _deliver(self, e: int) -> None:
+        self._publish(e, self.clock.now())
         outputs = self._pending[e] or []
         self._pending[e] = None
+        name = self.endpoints[e].name
         for out in outputs:
             flight = self._inflight.get(out.request_id)
             if flight is None:
                 continue
             record = self.records[flight.index]
-            state = self.datastore.get(self.endpoints[e].name)
+            scheduler, datastore = self.schedulers[flight.replica], self.datastores[flight.replica]
+            state = datastore.get(name)
             if out.first_token:
                 record.first_token = out.first_token_time
                 record.cached_tokens = out.num_cached_tokens
                 if state is not None:
-                    self.scheduler.response_started(flight.request, state)
+                    scheduler.response_started(flight.request, state)
             if out.finished:
                 record.finish = out.finish_time
                 record.output_tokens = out.num_output_tokens
                 del self._inflight[out.request_id]
-                self.datastore.request_finished(self.endpoints[e].name, record.prompt_tokens)
+                datastore.request_finished(name, record.prompt_tokens)
                 if state is not None:
                     usage = {
                         "prompt_tokens": out.num_prompt_tokens,
                         "completion_tokens": out.num_output_tokens,
                         "cached_tokens": out.num_cached_tokens,
                     }
-                    self.scheduler.response_complete(flight.request, state, usage)
+                    scheduler.response_complete(flight.request, state, usage)

@@ -13,6 +13,8 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     # (header, summary key, format)
     ("policy", "policy", "{}"),
     ("rate×", "rate_scale", "{:g}"),
+    ("replicas", "replicas", "{}"),
+    ("view", "prefix_view", "{}"),
     ("requests", "requests", "{:,}"),
     ("done", "completed", "{:,}"),
     ("shed", "shed", "{:,}"),
@@ -26,6 +28,7 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("E2E p90", "e2e_p90", "{:.2f}"),
     ("tok/s", "throughput_tok_s", "{:,.0f}"),
     ("imbalance", "imbalance", "{:.2f}"),
+    ("KV batches", "kv_event_batches", "{:,}"),
     ("wall s", "wall_s", "{:.1f}"),
 )
 

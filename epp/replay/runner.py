@@ -11,7 +11,7 @@ import multiprocessing
 import queue as queue_module
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -20,6 +20,7 @@ from epp.replay.bounds import capacity_hit_ratio, chains, ideal_hit_ratio
 from epp.replay.live import LiveSpec, run_live
 from epp.replay.offline import ClusterSpec, OfflineReplay, RunResult
 from epp.replay.policies import resolve
+from epp.replay.replicas import Replicas
 from epp.replay.summary import summarize
 from epp.replay.traces.model import Trace
 
@@ -32,15 +33,18 @@ class Bounds:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One run: a policy spec (as ``--policy`` takes it, resolved in the worker) at one rate scale."""
+    """One run: a policy spec (as ``--policy`` takes it, resolved in the worker) at one rate scale,
+    picked by ``replicas``."""
 
     policy: str
     rate_scale: float
     seed: int = 0
+    replicas: Replicas = field(default_factory=Replicas)
 
     @property
     def label(self) -> str:
-        return f"{self.policy} ×{self.rate_scale:g}"
+        extra = self.replicas.label
+        return f"{self.policy} ×{self.rate_scale:g}" + (f" ({extra})" if extra else "")
 
 
 @dataclass(slots=True)
@@ -64,9 +68,12 @@ def trace_bounds(trace: Trace, cluster: ClusterSpec) -> Bounds:
 def run_one(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, progress: Callable[[int], None]) -> Outcome:
     policy = resolve(job.policy)
     clock = VirtualClock()
-    replay = OfflineReplay(trace.requests, policy.build(clock, job.seed), cluster, clock, job.rate_scale, progress=progress)
-    run = replay.run()
-    return Outcome(job, summarize(run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity), run)
+    schedulers, view = job.replicas.build(policy, clock, job.seed)
+    run = OfflineReplay(trace.requests, schedulers, cluster, clock, job.rate_scale, progress=progress).run()
+    summary = summarize(
+        run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity, replicas=job.replicas.count, prefix_view=view
+    )
+    return Outcome(job, summary, run)
 
 
 def run_live_job(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, spec: LiveSpec) -> Outcome:

@@ -15,6 +15,8 @@ from epp.replay.offline import RequestRecord, RunResult
 SUMMARY_KEYS = (
     "policy",
     "rate_scale",
+    "replicas",
+    "prefix_view",
     "requests",
     "completed",
     "shed",
@@ -28,6 +30,7 @@ SUMMARY_KEYS = (
     "e2e_p90",
     "throughput_tok_s",
     "imbalance",
+    "kv_event_batches",
     "wall_s",
 )
 
@@ -56,8 +59,11 @@ def imbalance(dispatched: Sequence[int]) -> float | None:
 
 
 def summarize(
-    run: RunResult, policy: str, rate_scale: float, ideal_hit_ratio: float, capacity_hit_ratio: float
+    run: RunResult, policy: str, rate_scale: float, ideal_hit_ratio: float, capacity_hit_ratio: float,
+    *, replicas: int = 1, prefix_view: str = "own",
 ) -> dict[str, Any]:
+    """``replicas`` picked the run's requests in turn; ``prefix_view`` says whether they shared their
+    learned prefix index (``own``/``shared``, see ``epp.replay.replicas``)."""
     records = run.records
     done = [
         (r.arrival, r.first_token, r.finish, r.output_tokens)
@@ -71,6 +77,8 @@ def summarize(
     return {
         "policy": policy,
         "rate_scale": rate_scale,
+        "replicas": replicas,
+        "prefix_view": prefix_view,
         "requests": len(records),
         "completed": len(done),
         "shed": sum(1 for r in records if r.shed is not None),
@@ -84,5 +92,6 @@ def summarize(
         "e2e_p90": percentile(e2e, 90),
         "throughput_tok_s": sum(n for *_, n in done) / span if span > 0 else None,
         "imbalance": imbalance(run.dispatched),
+        "kv_event_batches": run.kv_event_batches,
         "wall_s": run.wall_s,
     }

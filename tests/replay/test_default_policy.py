@@ -19,7 +19,7 @@ CLUSTER = ClusterSpec(engines=4, engine=EngineConfig(num_gpu_blocks=4000))
 def run(policy: str) -> tuple[float, float]:
     trace = shared_prefix(WORKLOAD, seed=3)
     clock = VirtualClock()
-    result = OfflineReplay(trace.requests, resolve(policy).build(clock, 0), CLUSTER, clock).run()
+    result = OfflineReplay(trace.requests, [resolve(policy).build(clock, 0)], CLUSTER, clock).run()
     ttft = sorted(r.first_token - r.arrival for r in result.records if r.first_token is not None)
     assert len(ttft) == len(trace.requests)
     p90 = percentile(ttft, 90)

@@ -23,7 +23,7 @@ from epp.scheduling.scheduler import Scheduler
 
 def replay(requests: list[TraceRequest], policy: str, cluster: ClusterSpec) -> OfflineReplay:
     clock = VirtualClock()
-    return OfflineReplay(requests, resolve(policy).build(clock, 0), cluster, clock)
+    return OfflineReplay(requests, [resolve(policy).build(clock, 0)], cluster, clock)
 
 
 def unique_trace(n: int, length: int = 256, gap: float = 0.05) -> list[TraceRequest]:
@@ -54,7 +54,7 @@ def test_latencies_and_counters() -> None:
         assert r.first_token is not None and r.finish is not None
         assert 0 < r.first_token - r.arrival < 0.1  # a 256-token prefill on an idle H100
         assert r.finish > r.first_token and r.output_tokens == 8
-    assert all(s.inflight_requests == 0 and s.inflight_tokens == 0 for s in driver.datastore.endpoints())
+    assert all(s.inflight_requests == 0 and s.inflight_tokens == 0 for s in driver.datastores[0].endpoints())
     assert run.load and all(len(s.per_engine) == 2 for s in run.load)
 
 
@@ -87,7 +87,7 @@ def test_scheduler_sees_metrics_as_stale_as_the_poller_makes_them() -> None:
     scheduler = Scheduler({"p": profile}, SingleProfileHandler())
     # long prompts (~0.3 s prefill each); arrivals inside and after the first 50 ms poll interval
     trace = [TraceRequest(t, SegmentPrompt(((i * 10_000, 8192),)), 2) for i, t in enumerate([0.0, 0.01, 0.07, 0.12])]
-    OfflineReplay(trace, scheduler, ClusterSpec(engines=1), VirtualClock()).run()
+    OfflineReplay(trace, [scheduler], ClusterSpec(engines=1), VirtualClock()).run()
     assert [at for at, _ in recorder.seen] == pytest.approx([0.0, 0.0, 0.05, 0.10])
     # at 0.01 the first request is running, but the last scrape (t=0) predates it
     assert [load for _, load in recorder.seen] == [0, 0, 2, 3]
@@ -104,7 +104,7 @@ def test_same_seed_same_run() -> None:
 
     def picks(seed: int) -> list[int]:
         clock = VirtualClock()
-        driver = OfflineReplay(trace, resolve("random").build(clock, seed), ClusterSpec(engines=4), clock)
+        driver = OfflineReplay(trace, [resolve("random").build(clock, seed)], ClusterSpec(engines=4), clock)
         return [r.engine for r in driver.run().records]
 
     assert picks(1) == picks(1)
