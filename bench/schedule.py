@@ -9,13 +9,20 @@ steady state. Times ``Scheduler.schedule`` end to end, PreRequest index update i
 best round is the one least disturbed by other tenants; all rounds run identical work). Then fills a ``BlockIndex`` to capacity and reports its
 bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
 
-    python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...]
+``--preset`` may be repeated (a preset or a config file; policies are timed interleaved).
+``--telemetry`` instead compares a plain scheduler with one instrumented by epp's telemetry
+(``Telemetry.instrument``: every plugin call timed for ``plugin_duration_seconds``, prefix matches
+observed), fed the same picks alternately so both see the same machine load, and prints the cpu p50s
+and the median per-pick difference.
+
+    python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 import tracemalloc
 
@@ -24,6 +31,8 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
 from epp.config import load_scheduler
+from epp.scheduling.scheduler import Scheduler
+from epp.telemetry import Telemetry
 
 
 def _states(n: int, rng: random.Random) -> list[EndpointState]:
@@ -104,8 +113,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--preset", action="append", help="preset or config file to time (repeatable)")
+    parser.add_argument("--telemetry", action="store_true", help="also time with telemetry attached; print the ratio")
     args = parser.parse_args()
     policies: list[str] = args.preset or ["gie-default"]
+    if args.telemetry:
+        telemetry_overhead(args, policies[0])
+        return
     print("pick latency (Scheduler.schedule incl. PreRequest), microseconds")
     print(f"{'policy':>20} {'endpoints':>9} {'prompt':>7} {'wall p50':>9} {'wall p99':>9} {'cpu p50':>8} {'cpu p99':>8}")
     for tokens in (1024, 32768):
@@ -123,6 +136,51 @@ def main() -> None:
     for n in (8, 64):
         by_nbytes, by_trace, entries = index_bytes_per_entry(n, 31250, args.seed)
         print(f"{n:>9} {entries:>10} {by_nbytes:>17.1f} {by_trace:>22.1f}")
+
+
+def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: str) -> tuple[float, float, float]:
+    """Two identical schedulers, one instrumented, fed the same requests pick by pick (order
+    alternating), so both see the same machine load: (plain cpu p50, instrumented cpu p50, median of
+    the per-pick differences) in µs."""
+    rng = random.Random(seed)
+    plain = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
+    timed = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
+    Telemetry().instrument(timed)
+    states = _states(endpoints, rng)
+    datastore = Datastore(VirtualClock())
+    for scheduler in (plain, timed):
+        scheduler.attach(datastore)
+    for state in states:
+        datastore.upsert(state.endpoint)
+    prompts = _prompts(tokens, rng)
+    cpu: dict[int, list[int]] = {id(plain): [], id(timed): []}
+    in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
+    for i in range(picks + 200):
+        for scheduler in ((plain, timed) if i % 2 else (timed, plain)):
+            request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+            c0 = time.thread_time_ns()
+            picked = scheduler.schedule(request, states).endpoints[0]
+            if i >= 200:
+                cpu[id(scheduler)].append(time.thread_time_ns() - c0)
+            in_flight.append((scheduler, request, picked))
+        while len(in_flight) > 2 * IN_FLIGHT:
+            scheduler, done, served = in_flight.pop(0)
+            scheduler.response_started(done, served)
+            scheduler.response_complete(done, served, {})
+    a, b = cpu[id(plain)], cpu[id(timed)]
+    diffs = sorted(y - x for x, y in zip(a, b))
+    return statistics.median(a) / 1e3, statistics.median(b) / 1e3, diffs[len(diffs) // 2] / 1e3
+
+
+def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
+    print(f"{preset}: cpu per pick without / with telemetry (plugin timings + prefix metrics), µs; "
+          f"best of {args.rounds} rounds")
+    print(f"{'endpoints':>9} {'prompt':>7} {'plain p50':>9} {'telemetry p50':>13} {'paired Δ':>8} {'Δ/plain':>7}")
+    for tokens in (1024, 32768):
+        for n in (8, 64, 256):
+            rounds = [paired_overhead(n, tokens, args.picks, args.seed, preset) for _ in range(args.rounds)]
+            a, b, d = (min(r[k] for r in rounds) for k in range(3))
+            print(f"{n:>9} {tokens // 1024:>6}K {a:>9.1f} {b:>13.1f} {d:>8.1f} {d / a:>7.1%}")
 
 
 if __name__ == "__main__":

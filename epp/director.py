@@ -197,7 +197,7 @@ class Director:
         """Count and log one refusal: one line with the reason, never the body or credentials."""
         model = request.model if request is not None else ""
         target = request.target_model if request is not None else ""
-        self.telemetry.request_rejected(model, target, error)
+        self.telemetry.request_rejected(model, target, error, request)
         reason = error.reason or error.code or "-"
         rid, path, model_name = clip(request_id), clip(path), clip(model or "-")
         log.info("rejected request id=%s path=%s model=%s status=%d reason=%s: %s",

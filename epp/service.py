@@ -58,6 +58,7 @@ class PickerService:
         # Plugins with per-endpoint state (prefix index, LRUs) follow membership from here on: removed
         # endpoints are purged, and index slots are reserved at discovery instead of inside a pick.
         self.scheduler.attach(self.datastore)
+        self.telemetry.instrument(self.scheduler)  # plugin_duration_seconds, prefix_indexer_*
         self.source = select_source(args, config, self.datastore, self.telemetry.registry)
         native = args.grpc_server == "native"
         credentials: grpc.ServerCredentials | ssl.SSLContext | None = None

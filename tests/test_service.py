@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from pathlib import Path
 
 import grpc
 import orjson
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.cli import build_parser
@@ -83,3 +85,22 @@ async def test_endpoint_removed_from_a_watched_file_leaves_the_prefix_index(tmp_
 def test_source_errors_name_the_flags(extra: list[str], message: str) -> None:
     with pytest.raises(SourceError, match=message):
         PickerService(serve_args(*extra))
+
+
+async def test_plugin_and_prefix_metrics_are_served_after_picks_over_grpc() -> None:
+    """Two identical chats through the real gRPC path, then a scrape of the metrics port: every plugin
+    call was timed and the second pick found the whole prompt on the endpoint the first one chose."""
+    async with PickerService(serve_args("--static-endpoints", "127.0.0.1:40001,127.0.0.1:40002",
+                                        "--config-file", "gie-default")) as picker:
+        first, second = await route(picker.server.port), await route(picker.server.port)
+        url = f"http://127.0.0.1:{picker.metrics.port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    assert first == second
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for m in text_string_to_metric_families(text) for s in m.samples}
+    scorer = (("extension_point", "Scorer"), ("plugin_name", "prefix-cache-scorer"), ("plugin_type", "prefix-cache-scorer"))
+    for family in ("inference_extension_plugin_duration_seconds", "llm_d_epp_plugin_duration_seconds"):
+        assert samples[(f"{family}_count", scorer)] == 2
+    assert samples[("inference_extension_prefix_indexer_hit_ratio_count", ())] == 2
+    assert samples[("inference_extension_prefix_indexer_hit_ratio_sum", ())] == 1.0  # 0 cold, then 1
+    assert samples[("inference_extension_prefix_indexer_size", ())] > 0

@@ -6,7 +6,7 @@ each value meant to lie in [0, 1]; the profile clamps and weights them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -40,6 +40,31 @@ class CycleState(dict[str, Any]):
 class Plugin(Protocol):
     @property
     def typed_name(self) -> TypedName: ...
+
+
+# Extension-point names as the reference reports them in ``plugin_duration_seconds{extension_point}``.
+# epp's ResponseHeaders hooks are reported with the ResponseReceived ones (both run in the response-headers
+# phase, where GIE's ResponseReceived does), and ResponseStarted (once, at the first body chunk) as GIE's
+# per-chunk ResponseStreaming.
+PROFILE_PICKER = "ProfilePicker"
+PROCESS_PROFILES_RESULTS = "ProcessProfilesResults"
+FILTER = "Filter"
+SCORER = "Scorer"
+PICKER = "Picker"
+PRE_REQUEST = "PreRequest"
+RESPONSE_RECEIVED = "ResponseReceived"
+RESPONSE_STREAMING = "ResponseStreaming"
+RESPONSE_COMPLETE = "ResponseComplete"
+
+DurationRecorder = Callable[[int], None]
+"""Told the nanoseconds one plugin call took."""
+
+
+class PluginTimer(Protocol):
+    """What ``Scheduler.instrument`` takes: one recorder per (extension point, plugin), resolved when
+    instrumenting so a timed call costs a clock read and a call, not a lookup."""
+
+    def recorder(self, extension_point: str, plugin: Plugin) -> DurationRecorder: ...
 
 
 @runtime_checkable

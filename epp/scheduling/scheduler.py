@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.scheduling.framework import (
+    PRE_REQUEST,
+    PROCESS_PROFILES_RESULTS,
+    PROFILE_PICKER,
+    RESPONSE_COMPLETE,
+    RESPONSE_RECEIVED,
+    RESPONSE_STREAMING,
     CycleState,
+    DurationRecorder,
     Plugin,
+    PluginTimer,
     PreRequest,
     ProfileHandler,
     ProfileResult,
@@ -42,6 +51,9 @@ class Scheduler:
     A hook that raises never fails the request or the stream: the error is logged (with traceback the
     first time per plugin and hook, then at debug level so a broken plugin cannot flood the log) and the
     remaining hooks still run.
+
+    ``instrument(timer)`` has every plugin call at every extension point timed and reported to
+    ``timer`` (telemetry's ``plugin_duration_seconds``); uninstrumented, nothing is recorded.
     """
 
     def __init__(
@@ -68,6 +80,23 @@ class Scheduler:
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
         self._hook_failures: set[tuple[int, str]] = set()
+        self._timers: dict[str, list[DurationRecorder]] | None = None
+
+    def instrument(self, timer: PluginTimer | None) -> None:
+        """Report every plugin call's duration to ``timer`` (None stops reporting). Call it once the
+        scheduler is built: recorders are resolved here, per extension point and plugin."""
+        for profile in self.profiles.values():
+            profile.instrument(timer)
+        if timer is None:
+            self._timers = None
+            return
+        hooks = {
+            PROFILE_PICKER: [self.handler], PROCESS_PROFILES_RESULTS: [self.handler],
+            PRE_REQUEST: self.pre_request_plugins,
+            RESPONSE_RECEIVED: [*self.response_header_plugins, *self.response_received_plugins],
+            RESPONSE_STREAMING: self.response_started_plugins, RESPONSE_COMPLETE: self.response_complete_plugins,
+        }
+        self._timers = {point: [timer.recorder(point, p) for p in plugins] for point, plugins in hooks.items()}
 
     def attach(self, datastore: Datastore) -> None:
         """Subscribe plugins that keep per-endpoint state (prefix index, LRUs, trees) to membership
@@ -86,23 +115,34 @@ class Scheduler:
             )
         cycle = CycleState() if cycle is None else cycle
         results: dict[str, ProfileResult | None] = {}
+        handler, timers = self.handler, self._timers
         while True:
-            todo = self.handler.pick_profiles(cycle, request, self.profiles, results)
+            t0 = perf_counter_ns()
+            todo = handler.pick_profiles(cycle, request, self.profiles, results)
+            if timers is not None:
+                timers[PROFILE_PICKER][0](perf_counter_ns() - t0)
             if not todo:
                 break
             for name, profile in todo.items():
                 results[name] = profile.run(cycle, request, candidates)
-        result = self.handler.process_results(cycle, request, results)
+        t0 = perf_counter_ns()
+        result = handler.process_results(cycle, request, results)
+        if timers is not None:
+            timers[PROCESS_PROFILES_RESULTS][0](perf_counter_ns() - t0)
         if not result.endpoints:
             raise RequestError(
                 429, "all endpoints were filtered out or are saturated", error_type="rate_limit_exceeded",
                 code="rejected_saturated", reason="rejected-saturated",
             )
-        for plugin in self.pre_request_plugins:
+        recorders = None if self._timers is None else self._timers[PRE_REQUEST]
+        for i, plugin in enumerate(self.pre_request_plugins):
+            t0 = perf_counter_ns()
             try:
                 plugin.pre_request(cycle, request, result)
             except Exception:
                 self._hook_failed(plugin, "PreRequest", request)
+            if recorders is not None:
+                recorders[i](perf_counter_ns() - t0)
         return result
 
     @property
@@ -118,35 +158,51 @@ class Scheduler:
         ``metadata`` is the gateway's response-phase metadata for ResponseReceived plugins (empty if absent).
         """
         headers: dict[str, str] = {}
-        for plugin in self.response_header_plugins:
+        recorders = None if self._timers is None else self._timers[RESPONSE_RECEIVED]
+        for i, plugin in enumerate(self.response_header_plugins):
+            t0 = perf_counter_ns()
             try:
                 headers.update(plugin.response_headers(request, endpoint))
             except Exception:
                 self._hook_failed(plugin, "ResponseHeaders", request)
-        for received in self.response_received_plugins:
+            if recorders is not None:
+                recorders[i](perf_counter_ns() - t0)
+        offset = len(self.response_header_plugins)  # ResponseReceived plugins' recorders follow
+        for i, received in enumerate(self.response_received_plugins, offset):
+            t0 = perf_counter_ns()
             try:
                 headers.update(received.response_received(request, endpoint, metadata or {}))
             except Exception:
                 self._hook_failed(received, "ResponseReceived", request)
+            if recorders is not None:
+                recorders[i](perf_counter_ns() - t0)
         return headers
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         """The caller (director, replay) saw ``endpoint``'s first response bytes for ``request``: once
         per request, before ``response_complete``."""
-        for plugin in self.response_started_plugins:
+        recorders = None if self._timers is None else self._timers[RESPONSE_STREAMING]
+        for i, plugin in enumerate(self.response_started_plugins):
+            t0 = perf_counter_ns()
             try:
                 plugin.response_started(request, endpoint)
             except Exception:
                 self._hook_failed(plugin, "ResponseStarted", request)
+            if recorders is not None:
+                recorders[i](perf_counter_ns() - t0)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response has ended. Callers call it once per scheduled request, also when usage is unknown
         (empty ``usage``), so plugins tracking requests in flight can release them."""
-        for plugin in self.response_complete_plugins:
+        recorders = None if self._timers is None else self._timers[RESPONSE_COMPLETE]
+        for i, plugin in enumerate(self.response_complete_plugins):
+            t0 = perf_counter_ns()
             try:
                 plugin.response_complete(request, endpoint, usage)
             except Exception:
                 self._hook_failed(plugin, "ResponseComplete", request)
+            if recorders is not None:
+                recorders[i](perf_counter_ns() - t0)
 
     def _hook_failed(self, plugin: Plugin, hook: str, request: LLMRequest) -> None:
         """Log one failed hook call (called from inside the ``except``)."""

@@ -8,7 +8,9 @@ import hashlib
 import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import wait_for
 from tests.e2e.harness import Reply, Stack, chat, logged, post
 
 BIG_BODY_BYTES = 220 * 1024
@@ -44,6 +46,32 @@ async def test_model_header_and_completions_path_reach_the_engine(stack: Stack) 
     assert data["object"] == "text_completion"
     assert data["engine"]["headers"]["x-gateway-model-name"] == "tiny-llm"
     assert data["usage"]["completion_tokens"] == 4
+
+
+async def test_finished_requests_reach_ntpot_and_plugin_timings_under_both_names(stack: Stack) -> None:
+    """NTPOT (duration ÷ completion tokens) is recorded at response end from the usage epp counted
+    through Envoy; scraped from the picker's metrics port as a Prometheus server would."""
+    model = "ntpot-probe"  # a model no other test sends, so its series hold this request only
+    reply = await post(stack.envoy("duplex"), {"model": model, "prompt": "once upon"}, path="/v1/completions")
+    assert reply.status == 200, reply.body
+    url = f"http://127.0.0.1:{stack.picker('plain').metrics_port}/metrics"
+
+    async def scrape() -> dict[tuple[str, str], float]:
+        async with aiohttp.ClientSession() as session, session.get(url) as metrics:
+            text = await metrics.text()
+        return {(s.name, s.labels.get("model_name", "") + s.labels.get("extension_point", "")): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    async def recorded() -> bool:
+        return (await scrape()).get(("llm_d_epp_request_ntpot_seconds_count", model)) == 1
+
+    await wait_for(recorded, what="NTPOT of the finished request")
+    samples = await scrape()
+    gie = samples[("inference_objective_normalized_time_per_output_token_seconds_sum", model)]
+    assert gie == samples[("llm_d_epp_request_ntpot_seconds_sum", model)] > 0
+    assert gie <= samples[("inference_objective_request_duration_seconds_sum", model)] / 4  # 4 completion tokens
+    assert samples[("inference_extension_plugin_duration_seconds_count", "Picker")] >= 1
+    assert samples[("llm_d_epp_plugin_duration_seconds_count", "Picker")] >= 1
 
 
 async def test_client_cannot_choose_the_destination(stack: Stack) -> None:

@@ -385,6 +385,10 @@ class PreciseIndex:
         view = self._views.get(endpoint)
         return 0 if view is None else len(view.held) + len(view.suspect)
 
+    def entries(self) -> int:
+        """Engine-reported blocks over all endpoints plus the fallback's learned entries (a metric)."""
+        return sum(len(v.held) + len(v.suspect) for v in self._views.values()) + self.fallback.entries()
+
     # -- PrefixIndex ---------------------------------------------------------------------------
     def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
         now = self.clock.now()

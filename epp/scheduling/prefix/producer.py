@@ -5,6 +5,10 @@ It hashes the prompt once per scheduling cycle (``prompt_block_hashes``), looks 
 the prompt for the chosen endpoint and for the ``prefill`` profile's pick, if any, as GIE does.
 Removed endpoints are purged through the datastore-listener methods.
 
+Telemetry hooks (GIE's ``prefix_indexer_*`` metrics): ``match_observer``, when set, hears at PreRequest
+how many leading blocks the chosen endpoint already held out of the prompt's hashed blocks, before the
+prompt is recorded; ``entries()`` is the index size.
+
 Parameters (GIE names): ``blockSizeTokens`` 16, ``maxPrefixBlocksToMatch`` 256 (or llm-d's
 ``maxPrefixTokensToMatch``, divided by the block size), ``lruCapacityPerServer`` 31250, ``autoTune``
 true (block size taken from the first candidate's reported ``block_size``). The deprecated
@@ -14,7 +18,7 @@ per-endpoint capacity from ``num_gpu_blocks``: the index is one table sized up f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,9 @@ from epp.scheduling.registry import PluginHandle
 
 APPROX_PREFIX_CACHE_PRODUCER = "approx-prefix-cache-producer"
 PREFILL_PROFILE = "prefill"
+
+PrefixMatchObserver = Callable[[int, int, int], None]
+"""(matched blocks on the chosen endpoint, prompt blocks hashed, tokens per block)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,7 @@ class ApproxPrefixCacheProducer:
         self._key = f"prefix-match/{name}"
         self.chains = ChainMemo()
         """Recently hashed prompt segments: a prompt repeating earlier ones is hashed once per segment."""
+        self.match_observer: PrefixMatchObserver | None = None
 
     def _block_tokens(self, endpoints: list[EndpointState]) -> int:
         if self.params.auto_tune and endpoints:
@@ -132,8 +140,15 @@ class ApproxPrefixCacheProducer:
         chosen = result.endpoints
         if not chosen:
             return
-        hashes = self.info(cycle, request, chosen).hashes
-        self.index.add(chosen[0].name, hashes)
+        info = self.info(cycle, request, chosen)
+        hashes = info.hashes
+        target = chosen[0].name
+        if self.match_observer is not None:
+            matched = info.hits.get(target)
+            if matched is None:  # no scorer asked about it this cycle
+                matched = self.index.match(hashes, [target])[0]
+            self.match_observer(matched, info.total, info.block_tokens)
+        self.index.add(target, hashes)
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
             self.index.add(prefill.endpoints[0].name, hashes)
@@ -142,6 +157,9 @@ class ApproxPrefixCacheProducer:
         """Whether this endpoint's matches are what its engine caches (False: learned from picks, so
         the engine may have evicted part of them since — callers estimate that themselves)."""
         return False
+
+    def entries(self) -> int:
+        return self.index.entries()
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         self.index.endpoint_added(endpoint)

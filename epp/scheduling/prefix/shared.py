@@ -149,6 +149,9 @@ class SharedPrefixIndex:
     def remove(self, endpoint: str) -> None:
         self.local.remove(endpoint)
 
+    def entries(self) -> int:
+        return self.local.entries()
+
     def endpoint_added(self, endpoint: Endpoint) -> None:
         self._members.add(endpoint.name)
         self.local.endpoint_added(endpoint)

@@ -63,3 +63,27 @@ def test_round_robin_takes_turns_in_name_order() -> None:
     seq = [picker.pick(CycleState(), make_request(), endpoints, [0.0] * 3)[0].name for _ in range(5)]
     assert seq == ["e0", "e1", "e2", "e0", "e1"]
     assert [e.name for e in RoundRobinPicker(max_num_of_endpoints=2).pick(CycleState(), make_request(), endpoints, [0.0] * 3)] == ["e0", "e1"]
+
+
+PICKERS = [MaxScorePicker, RandomPicker, WeightedRandomPicker, RoundRobinPicker]
+
+
+@pytest.mark.parametrize("cls", PICKERS)
+@pytest.mark.parametrize("bad", [0, -1])
+def test_every_picker_rejects_fewer_than_one_endpoint_when_built_directly(cls: type, bad: int) -> None:
+    with pytest.raises(ValueError, match="maxNumOfEndpoints: must be at least 1"):
+        cls(max_num_of_endpoints=bad)
+
+
+@pytest.mark.parametrize("cls", PICKERS)
+def test_every_picker_names_itself_after_its_type_unless_named(cls: type) -> None:
+    default, named = cls(), cls("mine", 2)
+    assert default.typed_name.name == default.typed_name.type == cls.PLUGIN_TYPE
+    assert (named.typed_name.name, named.typed_name.type, named.max_num_of_endpoints) == ("mine", cls.PLUGIN_TYPE, 2)
+
+
+@pytest.mark.parametrize("cls", [MaxScorePicker, RandomPicker, WeightedRandomPicker])
+def test_random_pickers_draw_from_the_injected_generator(cls: type) -> None:
+    scores = [0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    runs = [pick_names(cls(max_num_of_endpoints=3, rng=random.Random(5)), scores) for _ in range(2)]
+    assert runs[0] == runs[1]

@@ -6,27 +6,22 @@ land in random order, so ties never pile onto the first endpoint in discovery or
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.framework import CycleState
 from epp.scheduling.params import decode_params
+from epp.scheduling.plugins.pickers._base import RandomizedPickerBase
 from epp.scheduling.plugins.pickers._params import PickerParams
 from epp.scheduling.registry import PluginHandle
 
 MAX_SCORE_PICKER = "max-score-picker"
 
 
-class MaxScorePicker:
-    def __init__(self, name: str = MAX_SCORE_PICKER, max_num_of_endpoints: int = 1, rng: random.Random | None = None):
-        if max_num_of_endpoints < 1:
-            raise ValueError("maxNumOfEndpoints must be at least 1")
-        self.typed_name = TypedName(MAX_SCORE_PICKER, name)
-        self.max_num_of_endpoints = max_num_of_endpoints
-        self._rng = rng or random.Random()
+class MaxScorePicker(RandomizedPickerBase):
+    PLUGIN_TYPE = MAX_SCORE_PICKER
 
     def pick(
         self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState], scores: list[float]

@@ -11,18 +11,20 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.framework import CycleState
 from epp.scheduling.params import decode_params
+from epp.scheduling.plugins.pickers._base import PickerBase
 from epp.scheduling.plugins.pickers._params import PickerParams
 from epp.scheduling.registry import PluginHandle
 
 ROUND_ROBIN_PICKER = "round-robin-picker"
 
 
-class RoundRobinPicker:
-    def __init__(self, name: str = ROUND_ROBIN_PICKER, max_num_of_endpoints: int = 1) -> None:
-        self.typed_name = TypedName(ROUND_ROBIN_PICKER, name)
-        self.max_num_of_endpoints = max_num_of_endpoints
+class RoundRobinPicker(PickerBase):
+    PLUGIN_TYPE = ROUND_ROBIN_PICKER
+
+    def __init__(self, name: str | None = None, max_num_of_endpoints: int = 1) -> None:
+        super().__init__(name, max_num_of_endpoints)
         self._next = 0
 
     def pick(

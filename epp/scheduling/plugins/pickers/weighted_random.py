@@ -7,27 +7,22 @@ Endpoints scoring 0 come only after every positive one; all zero → uniform.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.scheduling.framework import CycleState
 from epp.scheduling.params import decode_params
+from epp.scheduling.plugins.pickers._base import RandomizedPickerBase
 from epp.scheduling.plugins.pickers._params import PickerParams
 from epp.scheduling.registry import PluginHandle
 
 WEIGHTED_RANDOM_PICKER = "weighted-random-picker"
 
 
-class WeightedRandomPicker:
-    def __init__(
-        self, name: str = WEIGHTED_RANDOM_PICKER, max_num_of_endpoints: int = 1, rng: random.Random | None = None
-    ):
-        self.typed_name = TypedName(WEIGHTED_RANDOM_PICKER, name)
-        self.max_num_of_endpoints = max_num_of_endpoints
-        self._rng = rng or random.Random()
+class WeightedRandomPicker(RandomizedPickerBase):
+    PLUGIN_TYPE = WEIGHTED_RANDOM_PICKER
 
     def pick(
         self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState], scores: list[float]
