@@ -48,6 +48,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
+    g.add_argument("--metrics-endpoint-auth", type=auto_bool, nargs="?", const=True, default="auto",
+                   metavar="BOOL|auto",
+                   help="Kubernetes token auth on /metrics: a scraper's bearer token must pass a TokenReview and a "
+                        "SubjectAccessReview for GET /metrics (401 / 403 otherwise). auto = true with Kubernetes "
+                        "discovery (--pool-name, --endpoint-selector), false without (no kube-apiserver to ask); "
+                        "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
+                        "there is none")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
     g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
@@ -104,12 +111,6 @@ def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("reference compatibility (accepted; see each flag)")
     bool_flag(g, "--tracing", False, "OpenTelemetry tracing: not supported, warns when true (use request ids in logs)")
     bool_flag(g, "--enable-pprof", False, "Go pprof endpoints: not applicable to epp, warns when true")
-    g.add_argument("--metrics-endpoint-auth", type=auto_bool, nargs="?", const=True, default="auto", metavar="BOOL",
-                   help="Kubernetes token auth on /metrics: a scraper's bearer token must pass a TokenReview and a "
-                        "SubjectAccessReview for GET /metrics (401 / 403 otherwise). auto = true with Kubernetes "
-                        "discovery (--pool-name, --endpoint-selector), false without (no kube-apiserver to ask); "
-                        "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
-                        "there is none")
     g.add_argument("--refresh-prometheus-metrics-interval", type=duration, default="5s", metavar="DURATION",
                    help="accepted for compatibility: epp computes pool gauges when /metrics is scraped")
     g.add_argument("--grpc-max-recv-msg-size", type=int, default=0, metavar="BYTES",
