@@ -15,7 +15,7 @@ import logging
 from types import MappingProxyType
 from typing import Final
 
-from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, port, run_async, run_until_signal
+from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
 from epp._util.logs import configure_logging
 from epp.discovery.kube_setup import add_kubernetes_flags
 
@@ -48,6 +48,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
+    g.add_argument("--metrics-endpoint-auth", type=auto_bool, nargs="?", const=True, default="auto",
+                   metavar="BOOL|auto",
+                   help="Kubernetes token auth on /metrics: a scraper's bearer token must pass a TokenReview and a "
+                        "SubjectAccessReview for GET /metrics (401 / 403 otherwise). auto = true with Kubernetes "
+                        "discovery (--pool-name, --endpoint-selector), false without (no kube-apiserver to ask); "
+                        "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
+                        "there is none")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
     g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
@@ -82,8 +89,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 # Reference-picker flags epp accepts so existing manifests start unchanged, but whose feature it does not
 # have: flag → the value that needs no feature (setting anything else logs one warning at start).
 UNSUPPORTED_FLAGS: Final = MappingProxyType({
-    "tracing": False, "enable_pprof": False, "metrics_endpoint_auth": False,
+    "tracing": False, "enable_pprof": False,
 })
+
+
+def auto_bool(text: str) -> bool | None:
+    """A Go-style boolean, or ``auto`` (None): the flag's value follows from the other flags."""
+    return None if text.strip().lower() == "auto" else go_bool(text)
+
+
+def metrics_auth_enabled(args: argparse.Namespace) -> bool:
+    """``--metrics-endpoint-auth``: as given, else on exactly when Kubernetes discovery gives epp a
+    kube-apiserver to review tokens with (the reference's default is true; it always has one)."""
+    if args.metrics_endpoint_auth is not None:
+        return bool(args.metrics_endpoint_auth)
+    return bool(args.pool_name or args.endpoint_selector)
 
 
 def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +111,6 @@ def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("reference compatibility (accepted; see each flag)")
     bool_flag(g, "--tracing", False, "OpenTelemetry tracing: not supported, warns when true (use request ids in logs)")
     bool_flag(g, "--enable-pprof", False, "Go pprof endpoints: not applicable to epp, warns when true")
-    bool_flag(g, "--metrics-endpoint-auth", False,
-              "Kubernetes token auth on /metrics: not supported (restrict with a NetworkPolicy), warns when true")
     g.add_argument("--refresh-prometheus-metrics-interval", type=duration, default="5s", metavar="DURATION",
                    help="accepted for compatibility: epp computes pool gauges when /metrics is scraped")
     g.add_argument("--grpc-max-recv-msg-size", type=int, default=0, metavar="BYTES",

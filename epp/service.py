@@ -20,7 +20,7 @@ import grpc
 
 from epp import __version__
 from epp._util.cli import Shutdown
-from epp.app import DEFAULT_POLICY
+from epp.app import DEFAULT_POLICY, metrics_auth_enabled
 from epp._util.clock import Clock
 from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text
 from epp.datastore import Datastore
@@ -34,6 +34,7 @@ from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
+from epp.telemetry.auth import KubeMetricsAuth
 from epp.telemetry.http import MetricsServer
 
 log = logging.getLogger("epp.serve")
@@ -81,7 +82,9 @@ class PickerService:
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
             max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
         )
-        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None)
+        self.metrics_auth = KubeMetricsAuth(args.kubeconfig) if metrics_auth_enabled(args) else None
+        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None,
+                                     auth=self.metrics_auth)
         self.drain_timeout: float = args.drain_timeout
         self.shutdown_grace: float = args.shutdown_grace
         self._stack = contextlib.AsyncExitStack()
@@ -97,12 +100,19 @@ class PickerService:
             if start is not None and stop is not None:
                 await start()
                 stack.push_async_callback(stop)
+        if self.metrics_auth is not None:
+            try:
+                await stack.enter_async_context(self.metrics_auth)
+            except ValueError as exc:  # no kubeconfig / in-cluster config: exit 2 with what to change
+                raise ValueError(f"--metrics-endpoint-auth needs a kube-apiserver to review scrapers' tokens ({exc}); "
+                                 "pass --metrics-endpoint-auth=false to serve /metrics without auth") from None
         await self.metrics.start()
         stack.push_async_callback(self.metrics.stop)
         await self.server.start()
         stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry)
-        log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d",
-                 self.source.name, self.server.port, self.server.health_port, self.metrics.port)
+        log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d (%s)",
+                 self.source.name, self.server.port, self.server.health_port, self.metrics.port,
+                 "Kubernetes token auth" if self.metrics_auth is not None else "no auth")
 
     async def __aenter__(self) -> PickerService:
         """In-process use (tests): ``setup`` into a private stack; leaving stops at once (no drain)."""

@@ -1,19 +1,29 @@
-"""``GET /metrics`` over aiohttp, serving one ``Telemetry`` registry."""
+"""``GET /metrics`` over aiohttp, serving one ``Telemetry`` registry, optionally behind Kubernetes token
+auth (``epp.telemetry.auth``)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import TYPE_CHECKING
+
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from epp.telemetry.metrics import Telemetry
+
+if TYPE_CHECKING:
+    from epp.telemetry.auth import KubeMetricsAuth
 
 
 class MetricsServer:
     """Owns the aiohttp runner for the metrics port; ``start`` binds, ``stop`` closes the listener."""
 
-    def __init__(self, telemetry: Telemetry, port: int, host: str | None = None) -> None:
-        """``host`` None listens on all interfaces; ``port`` 0 picks a free one (read ``port`` after start)."""
+    def __init__(
+        self, telemetry: Telemetry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None
+    ) -> None:
+        """``host`` None listens on all interfaces; ``port`` 0 picks a free one (read ``port`` after start).
+        With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``)."""
         self.telemetry = telemetry
+        self.auth = auth
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -39,5 +49,9 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.auth is not None:
+            verdict = await self.auth.check(request.headers.get(hdrs.AUTHORIZATION), request.method, request.path)
+            if verdict.status != 200:
+                return web.Response(status=verdict.status, text=verdict.message + "\n")
         body = generate_latest(self.telemetry.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -16,6 +16,10 @@ What it implements (only what epp uses, but the way the API server does it):
 * 404 NotFound Status for resource types not served (a CRD that is not installed); :meth:`serve`
   installs or removes one;
 * bearer-token authentication (401 without it);
+* delegated auth, as a picker's ``/metrics`` uses it: ``TokenReview`` (authentication.k8s.io/v1) answers
+  from :attr:`tokens` (token → user info), ``SubjectAccessReview`` (authorization.k8s.io/v1) for
+  non-resource URLs from :attr:`grants` (user or group → {(verb, path)}); :attr:`review_failure` makes
+  both answer with that HTTP status instead (an API server in trouble, or a reviewer without RBAC);
 * faults: :meth:`drop_watches` aborts every open watch mid-stream (no terminating chunk), :meth:`stop`
   takes the server down (state kept) and :meth:`start` brings it back on the same port.
 
@@ -50,6 +54,8 @@ DEFAULT_SERVED = frozenset({
     ("coordination.k8s.io", "v1", "leases"),
 })
 _DROP = object()
+_REVIEWS = {"/apis/authentication.k8s.io/v1/tokenreviews": "TokenReview",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews": "SubjectAccessReview"}
 
 
 def make_pod(
@@ -177,6 +183,9 @@ class FakeKubeApiServer:
         self.watches: set[_Watch] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path?query) for assertions
         self.commit_times: dict[int, float] = {}
+        self.tokens: dict[str, JSON] = {}  # reviewed token → {"username", "uid", "groups"}
+        self.grants: dict[str, set[tuple[str, str]]] = {}  # user or group → {(verb, non-resource path)}
+        self.review_failure: int | None = None
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -239,6 +248,10 @@ class FakeKubeApiServer:
         self.compacted = self.rv
         self.log.clear()
 
+    def review_count(self, kind: str) -> int:
+        """How many reviews of ``kind`` (``tokenreviews`` / ``subjectaccessreviews``) were posted."""
+        return sum(1 for method, path in self.requests if method == "POST" and path.endswith(f"/{kind}"))
+
     def drop_watches(self) -> None:
         for watch in list(self.watches):
             watch.queue.put_nowait(_DROP)
@@ -277,6 +290,8 @@ class FakeKubeApiServer:
         self.requests.append((request.method, request.path_qs))
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._status(401, "Unauthorized", "Unauthorized")
+        if request.method == "POST" and request.path in _REVIEWS:
+            return await self._review(request, _REVIEWS[request.path])
         parts = request.path.strip("/").split("/")
         if parts[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", parts[2:]
@@ -313,6 +328,25 @@ class FakeKubeApiServer:
             self.delete(coll, name)
             return self._json({"kind": "Status", "status": "Success"})
         return self._status(405, "MethodNotAllowed", request.method)
+
+    async def _review(self, request: web.Request, kind: str) -> web.Response:
+        """TokenReview / SubjectAccessReview: the posted object comes back with a ``status`` filled in."""
+        if self.review_failure is not None:
+            reason = "Forbidden" if self.review_failure == 403 else "InternalError"
+            return self._status(self.review_failure, reason, f"{kind} cannot be reviewed right now")
+        review = await request.json(loads=orjson.loads)
+        spec = review.get("spec") or {}
+        if kind == "TokenReview":
+            user = self.tokens.get(str(spec.get("token", "")))
+            review["status"] = {"authenticated": True, "user": user} if user else \
+                {"authenticated": False, "error": "invalid bearer token"}
+        else:
+            attrs = spec.get("nonResourceAttributes") or {}
+            wanted = (attrs.get("verb"), attrs.get("path"))
+            subjects = [spec.get("user", ""), *(spec.get("groups") or [])]
+            allowed = any(wanted in self.grants.get(s, set()) for s in subjects)
+            review["status"] = {"allowed": allowed, **({} if allowed else {"reason": "no RBAC grant"})}
+        return self._json(review, 201)
 
     @staticmethod
     def _json(obj: Any, status: int = 200) -> web.Response:

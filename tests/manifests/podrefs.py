@@ -87,8 +87,16 @@ def check_role_binding(index: Index, binding: dict[str, Any]) -> Iterator[Proble
     if role is None:
         yield Problem(where, f"roleRef {ref['kind']} {ref['name']!r} does not exist")
     for subject in binding.get("subjects") or []:
-        if subject["kind"] == "ServiceAccount" and index.get("ServiceAccount", subject.get("namespace", ns), subject["name"]) is None:
+        if subject["kind"] == "ServiceAccount" and _namespaced(index, "ServiceAccount", subject.get("namespace", ns),
+                                                               subject["name"]) is None:
             yield Problem(where, f"subject ServiceAccount {subject['name']!r} does not exist")
+
+
+def _namespaced(index: Index, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """Look up a namespaced object; one rendered without a namespace (a base applied on its own) lands
+    in the current namespace, which a ClusterRoleBinding subject has to spell out (``default``)."""
+    found = index.get(kind, namespace, name)
+    return found if found is not None or namespace != "default" else index.get(kind, "", name)
 
 
 def check_selects_pods(index: Index, obj: dict[str, Any], selector: dict[str, Any]) -> Iterator[Problem]:
@@ -120,6 +128,25 @@ def check_service_monitor(index: Index, monitor: dict[str, Any]) -> Iterator[Pro
     for endpoint in monitor["spec"].get("endpoints") or []:
         if services and not any(endpoint.get("port") == p.get("name") for s in services for p in s["spec"]["ports"]):
             yield Problem(where, f"endpoint port {endpoint.get('port')!r} is not a named port of the selected Services")
+        yield from _check_scrape_credentials(index, monitor, endpoint)
+
+
+def _check_scrape_credentials(index: Index, monitor: dict[str, Any], endpoint: dict[str, Any]) -> Iterator[Problem]:
+    """The Secret key a monitor sends as its bearer token exists (the Operator reads it from the monitor's
+    namespace); a ServiceAccount token Secret has its token under ``token`` and needs its ServiceAccount."""
+    ref = ((endpoint.get("authorization") or {}).get("credentials")) or endpoint.get("bearerTokenSecret")
+    if not ref:
+        return
+    where, ns = object_id(monitor), namespace_of(monitor)
+    secret = index.get("Secret", ns, ref.get("name", ""))
+    if secret is None:
+        yield Problem(where, f"bearer token Secret {ref.get('name')!r} does not exist")
+    elif secret.get("type") == "kubernetes.io/service-account-token":
+        account = ((secret["metadata"].get("annotations")) or {}).get("kubernetes.io/service-account.name", "")
+        if ref.get("key") != "token":
+            yield Problem(where, f"bearer token key {ref.get('key')!r}: a ServiceAccount token Secret keeps it in 'token'")
+        if index.get("ServiceAccount", ns, account) is None:
+            yield Problem(where, f"token Secret {ref['name']!r} is for ServiceAccount {account!r}, which does not exist")
 
 
 def check_pod_monitor(index: Index, monitor: dict[str, Any]) -> Iterator[Problem]:

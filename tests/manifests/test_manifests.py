@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from epp.app import metrics_auth_enabled
 from epp.cli import SUBCOMMANDS, build_parser, with_default_command
 from tests.manifests.cel_rules import CelRunner, escape_property
 from tests.manifests.conftest import FIXTURES, find, one
@@ -57,6 +58,7 @@ BROKEN = {
     "bad-bbr-models": "unknown keys ['adapter']",
     "unknown-gateway-class": "GatewayClass 'envoy' is neither shipped",
     "dangling-bbr-backend": "Service llm/llm-bbr has no port 9005",
+    "dangling-scrape-token": "bearer token Secret 'llm-pool-epp-metrics-token' does not exist",
 }
 
 
@@ -93,9 +95,22 @@ def test_pods_are_restricted(rendered: Any, relative: str) -> None:
                 assert "--host=0.0.0.0" in container["args"], name
 
 
+def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in role["rules"] for g in rule.get("apiGroups", [""]) for r in
+            rule.get("resources", []) + rule.get("nonResourceURLs", []) for v in rule["verbs"]}
+
+
 def test_picker_rbac_is_read_only_and_namespaced(rendered: Any) -> None:
+    """Reads in its own namespace; cluster-wide only the two reviews /metrics auth needs (no object access)."""
     objects = rendered("base")
-    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    reviewer = one(objects, "ClusterRole", "llm-pool-epp-auth-reviewer")
+    assert _rules(reviewer) == {("authentication.k8s.io", "tokenreviews", "create"),
+                                ("authorization.k8s.io", "subjectaccessreviews", "create")}
+    bindings = find(objects, "ClusterRoleBinding")
+    assert [(b["roleRef"]["name"], [s["name"] for s in b["subjects"]]) for b in bindings] == [
+        ("llm-pool-epp-auth-reviewer", ["llm-pool-epp"])]
+    assert {r["metadata"]["name"] for r in find(objects, "ClusterRole")} == {
+        "llm-pool-epp-auth-reviewer", "llm-pool-epp-metrics-reader"}
     role = one(objects, "Role", "llm-pool-epp")
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {
@@ -106,6 +121,27 @@ def test_picker_rbac_is_read_only_and_namespaced(rendered: Any) -> None:
         ("llm-d.ai", "inferencemodelrewrites"): {"get", "list", "watch"},
         ("inference.networking.x-k8s.io", "inferencemodelrewrites"): {"get", "list", "watch"},
     }
+
+
+@pytest.mark.parametrize("relative", ["examples/envoy-gateway-demo", "examples/istio-demo"])
+def test_metrics_are_scraped_with_a_token_allowed_only_to_read_them(rendered: Any, relative: str) -> None:
+    """The picker runs with /metrics auth (epp's own flag parsing decides), may review tokens, and the
+    ServiceMonitor sends the token of a ServiceAccount bound to nothing but ``get /metrics``."""
+    objects = rendered(relative)
+    (args,) = _container_args(objects)["serve"]
+    assert metrics_auth_enabled(build_parser().parse_args(with_default_command(args)))
+    picker_bindings = {b["roleRef"]["name"] for b in find(objects, "ClusterRoleBinding")
+                       if {"kind": "ServiceAccount", "name": "llm-pool-epp", "namespace": "llm"} in b["subjects"]}
+    assert picker_bindings == {"llm-pool-epp-auth-reviewer"}
+    (endpoint,) = one(objects, "ServiceMonitor", "llm-pool-epp")["spec"]["endpoints"]
+    credentials = endpoint["authorization"]["credentials"]
+    secret = one(objects, "Secret", credentials["name"])
+    assert secret["type"] == "kubernetes.io/service-account-token" and credentials["key"] == "token"
+    scraper = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    granted = [_rules(one(objects, b["roleRef"]["kind"], b["roleRef"]["name"]))
+               for b in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding")
+               if {"kind": "ServiceAccount", "name": scraper, "namespace": "llm"} in b["subjects"]]
+    assert granted == [{("", "/metrics", "get")}]
 
 
 def test_leader_election_component(rendered: Any) -> None:

@@ -63,6 +63,7 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "DestinationRule": (dataplane.check_destination_rule,),
     "Deployment": (podrefs.check_workload,),
     "RoleBinding": (podrefs.check_role_binding,),
+    "ClusterRoleBinding": (podrefs.check_role_binding,),
     "NetworkPolicy": (podrefs.check_network_policy,),
     "PodDisruptionBudget": (_pdb,),
     "ServiceMonitor": (podrefs.check_service_monitor,),
