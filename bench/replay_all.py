@@ -52,7 +52,8 @@ LEVERS = (
     "precise, KV-event-fed prefix index (what was evicted is then known, not estimated) or a larger "
     "`workWeight`; past the capacity bound only more KV memory helps. TTFT p90 — its floor is the "
     "policy's unloaded p90 (prefill of the trace's long prompts with the hits it earns): a ratio target "
-    "below floor ÷ baseline is out of reach for any placement."
+    "below floor ÷ baseline is out of reach for any placement. The floor is indicative: with nothing "
+    "queued, score ties send most requests to few engines, so check the unloaded row's hit ratio against ×1's."
 )
 
 
