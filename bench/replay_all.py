@@ -1,119 +1,293 @@
-"""Every scheduler preset on every public trace, at a moderate and a near-saturation load.
+"""Issue #10's routing targets, side by side in one run: every preset on every public trace.
 
-For each trace the load levels come from the trace itself: a knee search (``epp.replay.knee``) on a
-cache-oblivious baseline (``least-inflight``) finds the rate scale where its TTFT p90 doubles;
-"moderate" is half of that scale, "near saturation" is the knee itself. Every preset then runs at
-both scales on 8 engines of ``llama-3.1-8b-h100``. Writes ``bench/replay.md`` (tables) and plots
-under ``bench/replay/<trace>/``.
+For each trace in ``--traces`` (its first ``--max-requests`` requests; bounds on the same subset):
 
-    python bench/replay_all.py [--traces DIR] [--max-requests N] [--knee-requests N] [--jobs J]
+1. the knee of ``gie-default`` (``epp.replay.knee``, as ``epp replay --find-knee gie-default``): the
+   rate scale where its TTFT p90 reaches twice its unloaded value;
+2. every preset at ×1, between ×1 and the knee (geometric middle), at the knee and just past it
+   (×2^¼), plus ``default`` unloaded (the p90 floor no load goes below), on 8 engines of
+   ``llama-3.1-8b-h100``; gie-default's runs at scales its knee search already probed are reused;
+3. the targets (``epp.replay.targets``) for ``default``, met or not, with the numbers behind a miss.
+
+Writes ``bench/replay.md``, ``bench/replay/summary.json`` and plots of the knee runs under
+``bench/replay/<trace>/``. ``--check`` exits 1 when a target is missed (vacuous ones do not count).
+
+    python bench/replay_all.py [--traces DIR] [--max-requests N] [--jobs J] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
+import multiprocessing
 import platform
+import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from epp.engine.config import EngineConfig
-from epp.replay.knee import Knee, find_knee
+from epp.replay.knee import Knee, find_knee, unloaded_scale
 from epp.replay.offline import ClusterSpec
 from epp.replay.plots import write_plots
-from epp.replay.runner import Job, run_jobs, run_one, trace_bounds
+from epp.replay.policies import DEFAULT
+from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
+from epp.replay.targets import Loads, Verdict, evaluate
 from epp.replay.traces import Trace, read_trace
-from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
+from epp.scheduling.presets import PRESETS
 
-BASELINE = "least-inflight"
+BASELINE = "gie-default"
+REFERENCE = "round-robin"
+POLICIES = (DEFAULT, BASELINE, REFERENCE, *sorted(set(PRESETS) - {DEFAULT, BASELINE, REFERENCE}))
+PAST_KNEE = 2**0.25
+CLUSTER = ClusterSpec(engines=8, engine=EngineConfig(profile="llama-3.1-8b-h100"))
 HERE = Path(__file__).resolve().parent
+LEVERS = (
+    "What moves a miss (from the analysis in bench/RESULTS.md, \"Default policy\"): hit ÷ capacity — a "
+    "precise, KV-event-fed prefix index (what was evicted is then known, not estimated) or a larger "
+    "`workWeight`; past the capacity bound only more KV memory helps. TTFT p90 — its floor is the "
+    "policy's unloaded p90 (prefill of the trace's long prompts with the hits it earns): a ratio target "
+    "below floor ÷ baseline is out of reach for any placement. The floor is indicative: with nothing "
+    "queued, score ties send most requests to few engines, so check the unloaded row's hit ratio against ×1's."
+)
 
 
-def knee_for(trace: Trace, cluster: ClusterSpec) -> Knee:
-    bounds = trace_bounds(trace, cluster)
+@dataclasses.dataclass(slots=True)
+class KneeSearch:
+    knee: Knee
+    bounds: Bounds
+    reused: dict[float, Outcome]
+    """gie-default's probe outcomes at scales the table needs (unloaded, ×1, the knee)."""
+
+
+@functools.lru_cache(maxsize=None)
+def load(path: Path, max_requests: int | None) -> tuple[Trace, Bounds]:
+    """The trace's head and its bounds, read once per process (workers serve many runs of one trace)."""
+    trace = read_trace(path, max_requests)
+    return trace, trace_bounds(trace, CLUSTER)
+
+
+def run_task(path: Path, max_requests: int | None, job: Job) -> Outcome:
+    trace, bounds = load(path, max_requests)
+    return run_one(trace, job, CLUSTER, bounds, lambda n: None)
+
+
+def search_knee(path: Path, max_requests: int | None) -> KneeSearch:
+    """gie-default's knee on one trace, its probes in sequence (one worker per trace)."""
+    trace, bounds = load(path, max_requests)
+    probed: dict[float, Outcome] = {}
 
     def probe(scale: float) -> float | None:
-        return run_one(trace, Job(BASELINE, scale), cluster, bounds, lambda n: None).summary["ttft_p90"]
+        probed[scale] = run_task(path, max_requests, Job(BASELINE, scale))
+        p90: float | None = probed[scale].summary["ttft_p90"]
+        return p90
 
-    return find_knee(BASELINE, trace.mean_rate, probe)
+    knee = find_knee(BASELINE, trace.mean_rate, probe)
+    keep = {unloaded_scale(trace.mean_rate), 1.0, knee.rate_scale}
+    return KneeSearch(knee, bounds, {s: o for s, o in probed.items() if s in keep})
+
+
+def plan(search: KneeSearch, mean_rate: float) -> list[Job]:
+    """Every preset at every load level, default unloaded; minus what the knee search already ran."""
+    levels = load_levels(search.knee.rate_scale)
+    jobs = [Job(p, r) for p in POLICIES for r in levels if not (p == BASELINE and r in search.reused)]
+    return [*jobs, Job(DEFAULT, unloaded_scale(mean_rate))]
+
+
+def executor(workers: int) -> Executor:
+    """Long-lived worker processes (spawned: each import of the simulator costs ~1.5 s of CPU, so not
+    one per run as ``epp.replay.runner.run_jobs`` does); a single in-process thread for ``--jobs 1``."""
+    if workers <= 1:
+        return ThreadPoolExecutor(1)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def load_levels(knee: float | None) -> dict[float, str]:
+    """Rate scale → label: ×1, the geometric middle up to the knee, the knee, just past it."""
+    levels = {1.0: "×1"}
+    if knee is None:
+        return levels
+    if max(knee, 1 / knee) > 1.5:
+        levels[math.sqrt(knee)] = "between"
+    levels[knee] = "knee"
+    levels[knee * PAST_KNEE] = "past knee"
+    return levels
 
 
 def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def section(trace: Trace, knee: Knee, summaries: list[dict[str, Any]], loads: dict[float, str]) -> list[str]:
+def status(verdict: Verdict) -> str:
+    return {True: "met", False: "**NOT MET**", None: "n/a"}[verdict.met]
+
+
+def knee_text(knee: Knee, trace: Trace) -> str:
+    probes = ", ".join(f"×{s:.3g} → {fmt(p, '.3f')}" for s, p in knee.probes)
+    if knee.rate_scale is None:
+        return f"TTFT p90 ≥ 2 × unloaded ({knee.unloaded_ttft_p90:.3f} s) at every probe ({probes})."
+    beyond = "" if knee.crossed else " (never crossed: the knee lies beyond the last probe)"
+    return (
+        f"Knee of `{BASELINE}`: TTFT p90 {knee.unloaded_ttft_p90:.3f} s unloaded, below 2× that "
+        f"({knee.threshold:.3f} s) up to rate ×{knee.rate_scale:.3g} ({knee.rate_rps:.2f} req/s){beyond}. "
+        f"Probes (rate → p90 s): {probes}."
+    )
+
+
+def targets_table(verdicts: Sequence[Verdict]) -> list[str]:
+    lines = ["| target | at | value | target | status | why (numbers) |", "|---|---|--:|---|---|---|"]
+    for v in verdicts:
+        lines.append(f"| {v.target} | {v.at} | {fmt(v.value, '.3g')} | {v.limit} | {status(v)} | {v.why} |")
+    return lines
+
+
+def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) -> list[str]:
     lines = [
+        "| load | rate× | preset | hit | hit ÷ capacity | TTFT p50 s | p90 s | p99 s | p90 ÷ gie | tok/s "
+        "| imbalance | shed (scheduler) | too long | wall s |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    gie = {s["rate_scale"]: s["ttft_p90"] for s in summaries if s["policy"] == BASELINE}
+    for s in sorted(summaries, key=lambda s: (s["rate_scale"], POLICIES.index(s["policy"]))):
+        cap = s["capacity_hit_ratio"]
+        hit_cap = s["hit_ratio"] / cap if cap and s["hit_ratio"] is not None else None
+        p90 = s["ttft_p90"]
+        vs_gie = p90 / gie[s["rate_scale"]] if p90 is not None and gie.get(s["rate_scale"]) else None
+        name = f"**{s['policy']}**" if s["policy"] == DEFAULT else s["policy"]
+        lines.append(
+            f"| {labels[s['rate_scale']]} | {s['rate_scale']:.3g} | {name} | {fmt(s['hit_ratio'], '.1%')} | "
+            f"{fmt(hit_cap, '.2f')} | {fmt(s['ttft_p50'], '.3f')} | {fmt(p90, '.3f')} | {fmt(s['ttft_p99'], '.3f')} | "
+            f"{fmt(vs_gie, '.2f')} | {fmt(s['throughput_tok_s'], ',.0f')} | {fmt(s['imbalance'], '.2f')} | "
+            f"{s['shed'] - s['shed_too_long']} | {s['shed_too_long']} | {s['wall_s']:.1f} |"
+        )
+    return lines
+
+
+def trace_section(
+    trace: Trace, total: int, search: KneeSearch, summaries: list[dict[str, Any]], labels: dict[float, str],
+    verdicts: list[Verdict],
+) -> list[str]:
+    subset = f"first {len(trace.requests):,} of {total:,} requests" if len(trace.requests) < total else f"all {total:,} requests"
+    vacuous = "" if search.bounds.capacity else (
+        " **No prefix information in this trace**: both bounds are 0 and the hit target is vacuous; "
+        "every hit ratio here is 0 by construction."
+    )
+    return [
         f"## {trace.name}",
         "",
-        f"{len(trace.requests):,} requests, {trace.duration:,.0f} s at ×1 ({trace.mean_rate:.2f} req/s). "
-        f"Knee of `{BASELINE}`: TTFT p90 doubles ({knee.unloaded_ttft_p90:.3f} → {knee.threshold:.3f} s) "
-        f"above rate ×{fmt(knee.rate_scale, '.3g')}{'' if knee.crossed else ' (not crossed)'}. "
-        f"Ideal hit ratio {summaries[0]['ideal_hit_ratio']:.1%}, "
-        f"capacity bound (one LRU as large as the cluster) {summaries[0]['capacity_hit_ratio']:.1%}.",
+        f"{subset}, {trace.duration:,.0f} s at ×1 ({trace.mean_rate:.2f} req/s). Bounds on this subset: "
+        f"ideal (unlimited cache) {search.bounds.ideal:.1%}, capacity (one LRU as large as the cluster's "
+        f"{CLUSTER.kv_tokens():,} KV tokens) {search.bounds.capacity:.1%}.{vacuous} {knee_text(search.knee, trace)}",
         "",
-        "| preset | load | rate× | hit | hit ÷ ideal | TTFT p50 s | TTFT p90 s | tok/s | imbalance | shed | wall s |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"Targets for `{DEFAULT}`:",
+        "",
+        *targets_table(verdicts),
+        "",
+        "Every preset (p90 ÷ gie = TTFT p90 ÷ gie-default's at the same rate; shed (scheduler) excludes "
+        "requests the engine refused as longer than `max_model_len`, counted under too long):",
+        "",
+        *runs_table(summaries, labels),
+        "",
     ]
-    for s in summaries:
-        ideal = s["ideal_hit_ratio"]
-        ratio = s["hit_ratio"] / ideal if s["hit_ratio"] is not None and ideal else None
-        lines.append(
-            f"| {s['policy']} | {loads[s['rate_scale']]} | {s['rate_scale']:.3g} | {fmt(s['hit_ratio'], '.1%')} | "
-            f"{fmt(ratio, '.2f')} | {fmt(s['ttft_p50'], '.3f')} | {fmt(s['ttft_p90'], '.3f')} | "
-            f"{fmt(s['throughput_tok_s'], ',.0f')} | {fmt(s['imbalance'], '.2f')} | {s['shed']} | {s['wall_s']:.1f} |"
-        )
-    return lines + [""]
 
 
-def main() -> None:
+def verdict_lines(per_trace: dict[str, list[Verdict]]) -> list[str]:
+    counts = {True: 0, False: 0, None: 0}
+    lines = []
+    for name, verdicts in per_trace.items():
+        for v in verdicts:
+            counts[v.met] += 1
+        missed = [f"{v.target} at {v.at} ({fmt(v.value, '.3g')}, {v.limit})" for v in verdicts if v.met is False]
+        na = sum(v.met is None for v in verdicts)
+        met = sum(v.met is True for v in verdicts)
+        tail = f"; missed: {'; '.join(missed)}" if missed else ""
+        lines.append(f"- `{name}`: {met} met, {len(missed)} missed, {na} n/a{tail}")
+    head = f"**{counts[True]} targets met, {counts[False]} missed, {counts[None]} not applicable** (`{DEFAULT}`, all traces)."
+    return ["## Verdict", "", head, "", *lines, "", LEVERS, ""]
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=Path, default=Path("/work/shared/traces"))
-    parser.add_argument("--max-requests", type=int, default=2000, help="requests per run (trace head)")
-    parser.add_argument("--knee-requests", type=int, default=1000, help="requests per knee probe")
+    parser.add_argument("--max-requests", type=int, default=3000, help="requests per trace (its head; 0 = all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
+    limit = args.max_requests or None
 
-    cluster = ClusterSpec(engines=8, engine=EngineConfig(profile="llama-3.1-8b-h100"))
-    files = sorted(p for p in args.traces.iterdir() if p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz"))
+    files = sorted(
+        (p for p in args.traces.iterdir() if p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz")),
+        key=lambda p: -p.stat().st_size,  # biggest first: the knee searches finish together
+    )
     started = time.perf_counter()
+    searches: dict[Path, KneeSearch] = {}
+    runs: dict[Path, list[Future[Outcome]]] = {}
+    with executor(args.jobs) as pool:
+        # knee searches first; each trace's runs are queued as soon as its knee is known
+        knees = {pool.submit(search_knee, path, limit): path for path in files}
+        for done in as_completed(knees):
+            path = knees[done]
+            searches[path] = done.result()
+            jobs = plan(searches[path], load(path, limit)[0].mean_rate)
+            runs[path] = [pool.submit(run_task, path, limit, job) for job in jobs]
+            print(f"{path.name}: knee at {time.perf_counter() - started:.0f} s, {len(jobs)} runs queued", flush=True)
+        outcomes = {path: [f.result() for f in futures] for path, futures in runs.items()}
+
     body: list[str] = []
     raw: dict[str, Any] = {}
-    for path in files:
-        trace = read_trace(path, args.max_requests)
-        knee = knee_for(trace.head(args.knee_requests), cluster)
-        scale = knee.rate_scale or 1.0
-        loads = {round(scale / 2, 6): "moderate", round(scale, 6): "near saturation"}
-        jobs = [Job(policy, rate) for policy in sorted(PRESETS) for rate in loads]
-        outcomes = run_jobs(trace, jobs, cluster, trace_bounds(trace, cluster), args.jobs, lambda i, n: None)
-        summaries = [o.summary for o in outcomes]
-        body += section(trace, knee, summaries, loads)
+    per_trace: dict[str, list[Verdict]] = {}
+    for path in sorted(files, key=lambda p: p.name):
+        search = searches[path]
+        trace = load(path, limit)[0]
+        labels = load_levels(search.knee.rate_scale)
+        unloaded = unloaded_scale(trace.mean_rate)
+        labels[unloaded] = "unloaded"
+        mine = outcomes[path] + [o for scale, o in search.reused.items() if scale in labels]
+        summaries = [o.summary for o in mine]
+        verdicts = evaluate(summaries, Loads(search.knee.rate_scale, unloaded), DEFAULT, BASELINE, REFERENCE)
+        per_trace[trace.name] = verdicts
+        total = len(read_trace(path, None).requests)
+        body += trace_section(trace, total, search, summaries, labels, verdicts)
         plot_dir = HERE / "replay" / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
-        write_plots(plot_dir, [(o.job.label, o.run) for o in outcomes])
-        body += [f"Plots: `{plot_dir.relative_to(HERE.parent)}/` (TTFT CDF, hit ratio over time, engine load; written by the script, not committed).", ""]
-        raw[path.name] = {"knee": dataclasses.asdict(knee), "runs": summaries}
-        print(f"{path.name}: done at {time.perf_counter() - started:.0f} s", flush=True)
+        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale])
+        body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent)}/` (written by the script, not committed).", ""]
+        raw[path.name] = {
+            "knee": dataclasses.asdict(search.knee),
+            "runs": summaries,
+            "targets": [dataclasses.asdict(v) for v in verdicts],
+        }
+
+    wall = time.perf_counter() - started
+    command = " ".join(["python bench/replay_all.py", *sys.argv[1:]])
     header = [
-        "# `epp replay`: every preset on the public traces",
+        "# `epp replay`: issue #10's routing targets, every preset on the public traces",
         "",
-        f"Generated by `python bench/replay_all.py --max-requests {args.max_requests} "
-        f"--knee-requests {args.knee_requests} --jobs {args.jobs}` in {time.perf_counter() - started:.0f} s "
-        f"({platform.python_implementation()} {platform.python_version()}, {args.jobs} worker processes on a "
-        "shared 2-core machine). 8 simulated engines `llama-3.1-8b-h100` (calibrated H100 latency model, "
-        "vLLM-shaped scheduler and prefix cache), metrics polled every 50 ms of virtual time. "
-        f"`{DEFAULT_PRESET}` is what `epp serve` runs without a config (minimum predicted TTFT, "
-        "docs/routing.md). Hit = cached ÷ prompt tokens as the engines "
-        "saw them; ideal = unlimited single cache in trace order (the ceiling); Azure traces carry no prefix "
-        "information, so every hit ratio there is 0 by construction.",
+        f"Generated by `{command}` in {wall:.0f} s ({platform.python_implementation()} "
+        f"{platform.python_version()}, {args.jobs} worker processes on a shared 2-core machine). "
+        + (f"**Each trace is cut to its first {limit:,} requests** (bounds, knee and runs on that subset) "
+           "so the whole script runs in ~15 min; full traces give other knees (bench/RESULTS.md). "
+           if limit else "Full traces. ")
+        + f"{CLUSTER.engines} simulated engines `{CLUSTER.engine.profile}` (calibrated H100 latency model, "
+        "vLLM-shaped scheduler and prefix cache), metrics polled every 50 ms of virtual time, seed 0. "
+        f"`{DEFAULT}` is what `epp serve` runs without a config (docs/routing.md). Loads come from "
+        f"`{BASELINE}`'s knee (TTFT p90 = 2 × its unloaded p90). Hit = cached ÷ prompt tokens as the engines "
+        "saw them; capacity bound = one LRU cache as large as the whole cluster's KV cache, in trace order.",
         "",
     ]
-    args.out.write_text("\n".join(header + body))
+    args.out.write_text("\n".join(header + verdict_lines(per_trace) + body))
+    (HERE / "replay").mkdir(exist_ok=True)
     (HERE / "replay" / "summary.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    print(f"wrote {args.out} in {wall:.0f} s", flush=True)
+    missed = any(v.met is False for verdicts in per_trace.values() for v in verdicts)
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,7 @@ SUMMARY_KEYS = (
     "requests",
     "completed",
     "shed",
+    "shed_too_long",
     "hit_ratio",
     "ideal_hit_ratio",
     "capacity_hit_ratio",
@@ -58,6 +59,12 @@ def imbalance(dispatched: Sequence[int]) -> float | None:
     return max(dispatched) / (total / len(dispatched)) if total else None
 
 
+def too_long(record: RequestRecord) -> bool:
+    """Refused by the engine because prompt + output exceed its ``max_model_len``: the trace's doing,
+    not the scheduler's (offline replay says so in the shed reason; live mode only sees an HTTP status)."""
+    return record.shed is not None and "max_model_len" in record.shed
+
+
 def summarize(
     run: RunResult, policy: str, rate_scale: float, ideal_hit_ratio: float, capacity_hit_ratio: float,
     *, replicas: int = 1, prefix_view: str = "own",
@@ -82,6 +89,7 @@ def summarize(
         "requests": len(records),
         "completed": len(done),
         "shed": sum(1 for r in records if r.shed is not None),
+        "shed_too_long": sum(1 for r in records if too_long(r)),
         "hit_ratio": hit_ratio(records),
         "ideal_hit_ratio": ideal_hit_ratio,
         "capacity_hit_ratio": capacity_hit_ratio,

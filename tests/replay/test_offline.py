@@ -11,7 +11,7 @@ from epp.datastore import EndpointState
 from epp.engine.config import EngineConfig
 from epp.replay.offline import ClusterSpec, OfflineReplay
 from epp.replay.policies import known_policies, resolve
-from epp.replay.summary import hit_ratio, imbalance
+from epp.replay.summary import hit_ratio, imbalance, summarize
 from epp.replay.traces import SegmentPrompt, TraceRequest
 from epp.request import LLMRequest
 from epp.scheduling import CycleState, SchedulerProfile, TypedName
@@ -64,6 +64,8 @@ def test_requests_an_engine_cannot_hold_are_shed_not_fatal() -> None:
     run = replay(trace, "default", ClusterSpec(engines=1, engine=engine)).run()
     assert run.records[-1].shed is not None and "max_model_len" in run.records[-1].shed
     assert all(r.finish is not None for r in run.records[:3])
+    summary = summarize(run, "default", 1.0, 0.0, 0.0)
+    assert summary["shed"] == summary["shed_too_long"] == 1  # the engine's refusal, not the scheduler's
 
 
 class SeenMetrics:

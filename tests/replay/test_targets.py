@@ -1,0 +1,101 @@
+"""Issue #10's targets judged on hand-made summaries whose verdicts are known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from epp.replay.targets import Loads, Verdict, evaluate
+
+KNEE = 2.8
+UNLOADED = 0.01
+
+
+def summary(policy: str, rate: float, p90: float, hit: float = 0.16, capacity: float = 0.16, **extra: Any) -> dict[str, Any]:
+    base = {
+        "policy": policy, "rate_scale": rate, "requests": 100, "completed": 100, "shed": 0, "shed_too_long": 0,
+        "hit_ratio": hit, "ideal_hit_ratio": 0.3, "capacity_hit_ratio": capacity, "ttft_p90": p90, "imbalance": 1.1,
+    }  # fmt: skip
+    return base | extra
+
+
+def passing(capacity: float = 0.16) -> list[dict[str, Any]]:
+    """default beats every target: 0.5× gie at the knee, 0.1× round-robin, hits at the bound."""
+    hit = capacity
+    return [
+        summary("default", UNLOADED, 0.9, hit, capacity),
+        summary("gie-default", UNLOADED, 0.9, hit, capacity),
+        summary("default", 1.0, 1.0, hit, capacity),
+        summary("gie-default", 1.0, 1.2, hit, capacity),
+        summary("round-robin", 1.0, 1.5, hit, capacity),
+        summary("default", KNEE, 1.1, hit, capacity),
+        summary("gie-default", KNEE, 2.2, hit, capacity),
+        summary("round-robin", KNEE, 11.0, hit / 2, capacity),
+    ]
+
+
+def by_target(verdicts: list[Verdict]) -> dict[tuple[str, str], Verdict]:
+    return {(v.target, v.at): v for v in verdicts}
+
+
+def replace(runs: list[dict[str, Any]], policy: str, rate: float, **changes: Any) -> list[dict[str, Any]]:
+    return [r | changes if (r["policy"], r["rate_scale"]) == (policy, rate) else r for r in runs]
+
+
+def test_every_target_met_when_default_beats_them_all() -> None:
+    verdicts = evaluate(passing(), Loads(KNEE, UNLOADED))
+    assert len(verdicts) == 8 and all(v.met is True for v in verdicts), verdicts
+    worst = by_target(verdicts)[("TTFT p90 ÷ gie-default, worst rate", "unloaded (worst of 3 rates)")]
+    assert worst.value == pytest.approx(1.0)
+
+
+def test_a_missed_hit_target_names_the_bounds_and_the_best_policy() -> None:
+    runs = replace(passing(), "default", KNEE, hit_ratio=0.14)
+    runs = replace(runs, "gie-default", KNEE, hit_ratio=0.158)
+    v = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))[("hit ÷ capacity bound", "knee ×2.8")]
+    assert v.met is False and v.value == pytest.approx(0.14 / 0.16)
+    assert "capacity bound 16.0%" in v.why and "gie-default 15.8% (0.99)" in v.why
+
+
+def test_without_prefix_information_the_hit_target_is_vacuous_not_met() -> None:
+    verdicts = evaluate(passing(capacity=0.0), Loads(KNEE, UNLOADED))
+    hits = [v for v in verdicts if v.target == "hit ÷ capacity bound"]
+    assert len(hits) == 2 and all(v.met is None and "vacuous" in v.why for v in hits)
+    assert all(v.met is True for v in verdicts if v not in hits)
+
+
+def test_p90_misses_show_the_unloaded_floor() -> None:
+    runs = replace(passing(), "default", KNEE, ttft_p90=1.6)  # 0.73 × gie-default
+    v = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))[("TTFT p90 ÷ gie-default", "knee ×2.8")]
+    assert v.met is False and v.value == pytest.approx(1.6 / 2.2)
+    assert "limit 1.540 s" in v.why and "unloaded (no queueing) p90 0.900 s = 0.41 × gie-default" in v.why
+
+
+def test_worse_than_the_baseline_by_more_than_5_percent_at_any_rate_is_a_miss() -> None:
+    runs = passing() + [summary("default", 4.0, 30.0), summary("gie-default", 4.0, 28.0)]  # 1.07× past the knee
+    v = [v for v in evaluate(runs, Loads(KNEE, UNLOADED)) if v.target.endswith("worst rate")][0]
+    assert v.met is False and v.at == "×4 (worst of 4 rates)" and v.value == pytest.approx(30 / 28)
+
+
+def test_engine_refusals_are_not_scheduler_sheds() -> None:
+    runs = replace(passing(), "default", 1.0, shed=3, shed_too_long=3)
+    shed = evaluate(runs, Loads(KNEE, UNLOADED))[-1]
+    assert shed.met is True and shed.value == 0 and "3 request(s) per run refused by the engine" in shed.why
+    shed = evaluate(replace(runs, "default", KNEE, shed=1), Loads(KNEE, UNLOADED))[-1]
+    assert shed.met is False and shed.value == 1
+
+
+def test_imbalance_and_round_robin_limits() -> None:
+    runs = replace(passing(), "default", 1.0, imbalance=1.6)
+    runs = replace(runs, "round-robin", KNEE, ttft_p90=5.0)  # default 1.1 s = 0.22 × round-robin
+    verdicts = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))
+    assert verdicts[("imbalance (max ÷ mean per engine)", "×1")].met is False
+    assert verdicts[("imbalance (max ÷ mean per engine)", "knee ×2.8")].met is True
+    assert verdicts[("TTFT p90 ÷ round-robin", "knee ×2.8")].met is False
+
+
+def test_without_a_knee_the_knee_targets_are_not_judged() -> None:
+    verdicts = evaluate([r for r in passing() if r["rate_scale"] != KNEE], Loads(None, UNLOADED))
+    at_knee = [v for v in verdicts if v.at == "no knee"]
+    assert len(at_knee) == 4 and all(v.met is None for v in at_knee)
