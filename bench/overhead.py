@@ -19,6 +19,7 @@ Configurations take turns within each size × concurrency cell, so slow drifts i
     python bench/overhead.py                     # epp, full matrix (~2 min on 2 cores)
     python bench/overhead.py --pickers before=/tmp/before epp minimal --modes duplex --rounds 3
     python bench/overhead.py --requests 200 --sizes 1024 --concurrency 1
+    python bench/overhead.py --pickers epp native=. --args native "--grpc-server native"   # two transports
 Results are meaningful only side by side from one run: the machine is shared and noisy.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -231,6 +233,8 @@ def main() -> int:
     parser.add_argument("--pickers", nargs="+", default=["epp"],
                         help="epp | minimal | minimal-iterator | NAME=PATH (epp serve from another source tree)")
     parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")
+    parser.add_argument("--args", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
+                        help="extra flags (one shell-quoted string) for the picker NAME only (repeat)")
     args = parser.parse_args()
     fleet = start_echo_engines(["engine"])
     engine = fleet.upstreams[0]
@@ -240,8 +244,11 @@ def main() -> int:
         workdir = Path(tmp)
         try:
             configs: list[tuple[Config, Upstream | None]] = [(("", "direct"), None)]
+            own = {name: shlex.split(flags) for name, flags in args.args}
+            if unknown := set(own) - {picker_name(spec) for spec in args.pickers}:
+                raise SystemExit(f"--args names no picker in --pickers: {sorted(unknown)}")
             for spec in args.pickers:
-                picker = make_picker(spec, engine, args.picker_arg, workdir)
+                picker = make_picker(spec, engine, args.picker_arg + own.get(picker_name(spec), []), workdir)
                 pickers[picker_name(spec)] = picker
                 picker.start()
                 configs += [((picker_name(spec), mode), picker.address) for mode in args.modes]
