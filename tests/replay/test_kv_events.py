@@ -37,9 +37,10 @@ CLUSTER = ClusterSpec(engines=3, engine=EngineConfig(num_gpu_blocks=40))
 
 
 def trace() -> list[TraceRequest]:
-    """6 system prompts of 192 tokens, each asked twice with a 64-token question, 0.1 s apart."""
+    """6 system prompts of 192 tokens, each asked twice in a row (so by both of two replicas) with a
+    64-token question, 0.1 s apart."""
     return [
-        TraceRequest(0.1 * i, SegmentPrompt(((1_000 * (i % 6), 192), (50_000 + 100 * i, 64))), 4)
+        TraceRequest(0.1 * i, SegmentPrompt(((1_000 * (i // 2), 192), (50_000 + 100 * i, 64))), 4)
         for i in range(12)
     ]
 
