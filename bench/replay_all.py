@@ -48,9 +48,11 @@ PAST_KNEE = 2**0.25
 CLUSTER = ClusterSpec(engines=8, engine=EngineConfig(profile="llama-3.1-8b-h100"))
 HERE = Path(__file__).resolve().parent
 LEVERS = (
-    "What moves a miss (from the analysis in bench/RESULTS.md, \"Default policy\"): hit ÷ capacity — a "
-    "precise, KV-event-fed prefix index (what was evicted is then known, not estimated) or a larger "
-    "`workWeight`; past the capacity bound only more KV memory helps. TTFT p90 — its floor is the "
+    "What moves a miss (from the analysis in bench/RESULTS.md, \"Default policy\"): hit ÷ capacity — "
+    "`default` already reads the engines' KV events (its precise view knows what was evicted), so the "
+    "remaining gap at the knee is the predictor sending a request to a colder engine when the warm one's "
+    "queue costs more than the hit saves (a TTFT win); a larger `workWeight` buys hits with TTFT, and "
+    "past the capacity bound only more KV memory helps. TTFT p90 — its floor is the "
     "policy's unloaded p90 (prefill of the trace's long prompts with the hits it earns): a ratio target "
     "below floor ÷ baseline is out of reach for any placement. The floor is indicative: with nothing "
     "queued, score ties send most requests to few engines, so check the unloaded row's hit ratio against ×1's."
