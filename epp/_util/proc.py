@@ -3,14 +3,16 @@ with us, free ports, ready lines, stop by PID."""
 
 from __future__ import annotations
 
-import ctypes
+import errno
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,28 @@ def spawn(args: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
     Without it a SIGKILLed test run or demo leaves ``epp serve``/``epp sim`` children listening forever.
     The signal follows the *thread* that called ``spawn``: call it from a long-lived thread (the main
     one), never from a short-lived worker. Elsewhere than Linux this is a plain ``Popen``.
+
+    The death signal is set by a tiny Python trampoline that then execs ``args`` (the setting survives
+    ``execve``), not by ``preexec_fn``: that runs Python between ``fork`` and ``exec`` in a copy of a
+    multi-threaded parent, and a parent running gRPC (its event-engine threads and fork handlers) made
+    such children die at birth now and then ("epoll_wait error: Bad file descriptor").
     """
     if os.uname().sysname == "Linux":
-        popen.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+        env = popen.get("env")
+        program = shutil.which(args[0], path=None if env is None else env.get("PATH", os.defpath))
+        if program is None:  # as Popen would say, not from the child after the trampoline started
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), args[0])
+        args = [sys.executable, "-S", "-c", _TRAMPOLINE, str(os.getpid()), program, *args[1:]]
     return subprocess.Popen(args, **popen)
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def set_pdeathsig() -> None:  # runs in the child between fork and exec
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
-            os.kill(os.getpid(), signal.SIGTERM)
-    return set_pdeathsig
+_TRAMPOLINE = (
+    "import ctypes, os, signal, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(128 + signal.SIGTERM)  # the parent died before prctl: nobody would signal us\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -47,3 +47,16 @@ def test_spawn_is_a_popen() -> None:
     proc = spawn([sys.executable, "-c", "print('hi')"], stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=30)
     assert out == b"hi\n" and proc.returncode == 0
+
+
+def test_the_spawned_pid_is_the_program_itself_and_a_missing_program_raises_at_once(tmp_path: Path) -> None:
+    proc = spawn([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    assert int(out) == proc.pid  # the trampoline exec'd it: stop(proc) signals the program, not a wrapper
+    missing = str(tmp_path / "no-such-program")
+    try:
+        spawn([missing])
+    except FileNotFoundError as err:
+        assert err.filename == missing
+    else:
+        raise AssertionError("spawn of a missing program did not raise")
