@@ -19,11 +19,23 @@ queued moves out by the difference, so an endpoint stuck on a long prompt does n
 backlog still drains with time, so a caller that only reports completions (first bytes of a
 non-streamed response come at its end) does not pin it either. Entries older than the expiry cut-off are forgotten, so a lost request
 never pins load on an endpoint.
+
+Other routers (another epp replica, a client bypassing epp) send the engine work this ledger never sees
+routed. A scrape shows it only as sequence counts, and a foreign request that is prefilling counts as
+*running* — with two replicas that is most of the foreign prefill ahead of a pick (84 % of its tokens
+on the Mooncake conversation trace at ×2.83; the scraped waiting queue held the rest). So each new
+scrape is compared with what this epp had in the engine at that instant (routed by then, not finished
+by then): sequences beyond that are foreign, and any rise in their number since the previous scrape is
+new foreign work, appended to the backlog (the engine admits first-come first-served, so requests this
+epp routes later queue behind it) at the typical cold prefill of this epp's own picks. A first token
+re-anchors only what this epp has pending. With no other router the count never rises and nothing is
+booked.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -57,7 +69,10 @@ class EndpointLedger:
     at most the routing time of every request held, so ``expire`` has nothing to do while the cut-off
     is not past it (a check the scorer makes per endpoint per pick)."""
 
-    __slots__ = ("_etas", "busy_until", "context_tokens", "decoding", "oldest", "output_tokens", "pending", "version")
+    __slots__ = (
+        "_etas", "_finishes", "_foreign", "_scraped_at", "busy_until", "context_tokens", "decoding",
+        "oldest", "output_tokens", "pending", "version",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.pending: dict[str, Flight] = {}
@@ -68,6 +83,11 @@ class EndpointLedger:
         self.version = 0
         self.oldest = float("inf")
         self._etas: tuple[int, list[float]] = (-1, [])
+        self._foreign = 0
+        self._scraped_at = float("-inf")
+        self._finishes: deque[tuple[float, float]] = deque()
+        """(routed, finished) of requests that ended after the last scrape seen: they were in the engine
+        at a scrape taken before they ended."""
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.decoding)
@@ -102,10 +122,33 @@ class EndpointLedger:
         flight = self.decoding.pop(request_id, None)
         if flight is not None:
             self._drop(flight)
+            if now > self._scraped_at:
+                self._finishes.append((flight.routed_at, now))
+
+    def observe_scrape(self, scraped_at: float, sequences: int, typical_cold_seconds: float) -> None:
+        """A scrape (taken at ``scraped_at``) counted ``sequences`` (running + waiting) in the engine: book
+        the rise in foreign sequences since the previous scrape as foreign prefill work, each
+        ``typical_cold_seconds`` long. Older or repeated scrapes are ignored."""
+        if scraped_at <= self._scraped_at:
+            return
+        self._scraped_at = scraped_at
+        finishes = self._finishes
+        while finishes and finishes[0][1] <= scraped_at:
+            finishes.popleft()
+        own = sum(1 for stage in (self.pending, self.decoding) for f in stage.values() if f.routed_at <= scraped_at)
+        own += sum(1 for routed, _ in finishes if routed <= scraped_at)
+        foreign = max(0, sequences - own)
+        arrived = foreign - self._foreign
+        self._foreign = foreign
+        if arrived > 0 and typical_cold_seconds > 0:
+            self.version += 1
+            self.busy_until = max(self.busy_until, scraped_at) + arrived * typical_cold_seconds
 
     def expire(self, cutoff: float) -> list[str]:
         """Forget requests routed before ``cutoff`` (oldest first; both stages are in routing order);
         returns their ids."""
+        while self._finishes and self._finishes[0][1] < cutoff:  # no scrape came to prune them
+            self._finishes.popleft()
         if self.oldest >= cutoff:
             return []
         expired = []

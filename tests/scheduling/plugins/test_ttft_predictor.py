@@ -223,6 +223,7 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
     """The scorer as it was before predictions were vectorised: the scalar predictor per endpoint."""
     info, hits = scorer.producer.match(cycle, req, endpoints)
     now = scorer.clock.now()
+    scorer.observe_scrapes(endpoints, [scorer._ledger(e.name) for e in endpoints])
     predictions = []
     for e, matched in zip(endpoints, hits):
         ledger = scorer._ledger(e.name)
@@ -266,3 +267,27 @@ def test_scores_equal_the_one_endpoint_at_a_time_scorer_through_random_traffic(s
                 if rng.random() < 0.8:
                     scheduler.response_started(done, served)
                 scheduler.response_complete(done, served, {})
+
+
+def test_a_replica_sees_the_prefill_another_replica_started_and_goes_elsewhere() -> None:
+    """Two active-active pickers share the engines' scrapes but not their ledgers. Replica B's long
+    prompt prefilling on e0 shows up in A's next scrape only as one more *running* sequence; A must
+    count it as work ahead of its request (a cold prefill of a typical pick), not as an idle engine."""
+    clock = VirtualClock(10.0)
+    a, b = (load_scheduler(DEFAULT_PRESET, clock=clock, rng=random.Random(s)) for s in (0, 1))
+    scorer_a = next(p for p in a.plugins if isinstance(p, TTFTPredictorScorer))
+    views = [pool(2, clock), pool(2, clock)]  # each replica's datastore states
+    prompt = list(range(8000))
+    first = request("a1", prompt)
+    served = a.schedule(first, views[0]).endpoints[0]
+    a.response_started(first, served)
+    a.response_complete(first, served, {})
+    b.schedule(request("b1", [7] * 8000), [views[1][0]])  # B sends e0 a long prompt
+    clock.advance(0.05)
+    for view in views:  # the next scrape: e0 runs B's request, e1 is idle
+        view[0].metrics = EndpointMetrics(scraped_at=clock.now(), running=1, block_size=16, num_gpu_blocks=29202)
+        view[1].metrics = EndpointMetrics(scraped_at=clock.now(), block_size=16, num_gpu_blocks=29202)
+    e0, e1 = scorer_a.predict(CycleState(), request("a2", [9] * 8000), views[0])
+    assert e0.wait >= scorer_a.typical_cold_seconds > 0.1
+    assert e1.wait < 0.01
+    assert [a.schedule(request(f"a{i}", [i] * 8000), views[0]).endpoints[0].name for i in range(3, 6)][0] == "e1"

@@ -103,3 +103,33 @@ def test_queued_counts_requests_predicted_not_yet_through_their_prefill() -> Non
     for name in "abc":
         ledger.routed(name, flight(0.0, 1.0))  # predicted first tokens at 1, 2, 3
     assert [ledger.queued(t) for t in (0.0, 1.5, 2.5, 3.5)] == [3, 2, 1, 0]
+
+
+def test_sequences_a_scrape_shows_beyond_this_epps_own_are_booked_as_foreign_prefill() -> None:
+    """Another router's request prefilling counts as *running* in a scrape: the rise in sequences this
+    epp did not have in the engine at the scrape is queued work ahead of the next request."""
+    ledger = EndpointLedger()
+    ledger.routed("a", flight(0.0, 0.5))
+    ledger.observe_scrape(0.1, sequences=1, typical_cold_seconds=0.8)  # only "a": nothing foreign
+    assert ledger.backlog(0.1) == pytest.approx(0.4)
+    ledger.observe_scrape(0.2, sequences=3, typical_cold_seconds=0.8)  # two foreign arrivals
+    assert ledger.backlog(0.2) == pytest.approx(0.3 + 1.6)
+    assert ledger.backlog(1.0) == pytest.approx(1.1)  # queued behind "a", draining with time
+    ledger.observe_scrape(0.2, sequences=9, typical_cold_seconds=0.8)  # a repeated scrape changes nothing
+    ledger.observe_scrape(0.3, sequences=3, typical_cold_seconds=0.8)  # no rise: nothing new
+    assert ledger.backlog(1.0) == pytest.approx(1.1)
+    ledger.routed("c", flight(1.0, 0.5))  # this epp's next request queues behind the foreign work
+    assert ledger.pending["c"].eta == pytest.approx(2.6)
+
+
+def test_own_requests_that_ended_after_a_scrape_are_not_taken_for_foreign_ones() -> None:
+    """A scrape is read after the fact: a request of this epp that finished since still counted then."""
+    ledger = EndpointLedger()
+    ledger.observe_scrape(0.0, sequences=0, typical_cold_seconds=0.8)
+    ledger.routed("a", flight(0.0, 0.1))
+    ledger.routed("b", flight(0.0, 0.1))
+    ledger.started("b", 0.2)
+    ledger.finished("a", 0.4)
+    ledger.observe_scrape(0.3, sequences=2, typical_cold_seconds=0.8)  # a and b, a ended at 0.4
+    ledger.observe_scrape(0.5, sequences=1, typical_cold_seconds=0.8)  # b
+    assert ledger.backlog(0.3) == ledger.backlog(0.5) == 0.0

@@ -62,6 +62,8 @@ from epp.scheduling.ttft import (
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
 """Prompt tokens the scorer's own prefix producer matches (when none is configured)."""
+COLD_MEAN_WEIGHT = 1 / 32
+"""Weight of each pick in ``typical_cold_seconds`` (an exponential moving mean over ~32 picks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,9 @@ class TTFTPredictorScorer:
         """True/False: always/never; None (auto): for endpoints whose prefix view is not exact."""
         self.ledgers: dict[str, EndpointLedger] = {}
         self.recency: dict[str, PrefixRecency] = {}
+        self.typical_cold_seconds = 0.0
+        """Moving mean of the cold prefill of this scorer's picks: what a foreign request is assumed to cost."""
+        self._picks = 0
         self._key = f"ttft/{name}"
 
     def _ledger(self, name: str) -> EndpointLedger:
@@ -149,6 +154,7 @@ class TTFTPredictorScorer:
         ledgers = [get(name) for name in names]
         if None in ledgers:  # first sight of an endpoint
             ledgers = [self._ledger(name) for name in names]
+        self.observe_scrapes(endpoints, ledgers)
         for name, ledger in [(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff]:
             recency = self.recency.get(name)
             for request_id in ledger.expire(cutoff):
@@ -166,6 +172,15 @@ class TTFTPredictorScorer:
         predictions = self.predictor.predict(names, endpoints, ledgers, prompt, [m * block for m in hits], since, now)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
+
+    def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
+        """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
+        sent there since the previous one (``EndpointLedger.observe_scrape``)."""
+        typical = self.typical_cold_seconds
+        for state, ledger in zip(endpoints, ledgers):
+            m = state.metrics
+            if m is not None and not state.stale:
+                ledger.observe_scrape(m.scraped_at, m.running + m.waiting, typical)
 
     def predict(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[Prediction]:
         """``predictions`` as one ``Prediction`` per endpoint."""
@@ -207,6 +222,9 @@ class TTFTPredictorScorer:
         output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
         prompt = request.estimated_prompt_tokens
         flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output)
+        self._picks += 1  # the plain mean until there are enough picks for the moving one
+        weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
+        self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
         self._ledger(chosen.name).routed(request.request_id, flight)
         hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
         self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
