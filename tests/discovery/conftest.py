@@ -18,12 +18,8 @@ FAST = ReflectorTiming(watch_timeout=30, idle_timeout=5.0, initial_backoff=0.05,
 
 @pytest.fixture
 async def apiserver() -> AsyncIterator[FakeKubeApiServer]:
-    server = FakeKubeApiServer(bookmark_interval=0.2)
-    await server.start()
-    try:
+    async with FakeKubeApiServer(bookmark_interval=0.2) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

@@ -213,6 +213,13 @@ class FakeKubeApiServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def __aenter__(self) -> FakeKubeApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.write_text(orjson.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",

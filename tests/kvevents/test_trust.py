@@ -23,8 +23,9 @@ from epp.engine.block_pool import BlockStored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.precise import FeedState
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
-from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.prefix.tokens import load_tokenizer
+from epp.scheduling.presets import PRESETS
+from epp.scheduling.scheduler import Scheduler
 from epp.sim.kv_events import encode_event
 from tests.kvevents.test_subscriber import until
 from tests.sim.conftest import run_sim
@@ -32,19 +33,11 @@ from tests.sim.helpers import MODEL, post
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- {{type: precise-prefix-cache-producer, parameters: {{{producer}, maxPrefixTokensToMatch: 131072,
-   lruCapacityPerServer: 62500}}}}
-- {{type: ttft-predictor-scorer, parameters: {{profile: llama-3.1-8b-h100, workWeight: 8}}}}
-- {{type: max-score-picker}}
-schedulingProfiles:
-- name: default
-  plugins:
-  - {{pluginRef: ttft-predictor-scorer}}
-  - {{pluginRef: max-score-picker}}
-"""
+def default_with(producer: str) -> str:
+    """The ``default`` preset with its producer's transport settings replaced by ``producer``."""
+    shipped = "mode: connect, kvEventsPort: 5557, tokenizer: sim"
+    assert shipped in PRESETS["default"]
+    return PRESETS["default"].replace(shipped, producer)
 
 
 def completion(request_id: str, prompt: str) -> LLMRequest:
@@ -71,7 +64,7 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
     clock = VirtualClock()
     scheduler = load_scheduler_text(
         # resyncWindow 0: batches an engine sends before its PUB reaches the SUB are lost, a gap
-        CONFIG.format(producer="mode: bind, bindEndpoint: 'tcp://127.0.0.1:0', eventTimeout: 5s, resyncWindow: 0"), clock=clock
+        default_with("mode: bind, bindEndpoint: 'tcp://127.0.0.1:0', eventTimeout: 5s, resyncWindow: 0"), clock=clock
     )
     producer = producer_of(scheduler)
     registry = CollectorRegistry()
@@ -140,7 +133,7 @@ async def test_connect_mode_takes_vllms_default_publisher_with_an_empty_topic(pu
     pub.setsockopt(zmq.LINGER, 0)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     clock = VirtualClock()
-    scheduler = load_scheduler_text(CONFIG.format(producer=f"kvEventsPort: {port}, resyncWindow: 0"), clock=clock)
+    scheduler = load_scheduler_text(default_with(f"kvEventsPort: {port}, resyncWindow: 0"), clock=clock)
     producer = producer_of(scheduler)
     datastore = Datastore(clock)
     scheduler.attach(datastore)

@@ -25,11 +25,8 @@ async def apiserver() -> AsyncIterator[FakeKubeApiServer]:
     server = FakeKubeApiServer()
     server.tokens = {"reader-token": READER, "other-token": OTHER}
     server.grants = {READER["username"]: {("get", "/metrics")}}
-    await server.start()
-    try:
+    async with server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

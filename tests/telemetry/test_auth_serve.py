@@ -30,11 +30,8 @@ async def apiserver() -> AsyncIterator[FakeKubeApiServer]:
     server.grants = {READER: {("get", "/metrics")}}
     server.put(make_pool("pool", {"app": "vllm"}, [8000]))
     server.put(make_pod("a", "10.0.0.1"))
-    await server.start()
-    try:
+    async with server:
         yield server
-    finally:
-        await server.stop()
 
 
 class Picker:

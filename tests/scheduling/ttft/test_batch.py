@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from epp.datastore import EndpointMetrics, EndpointState
-from epp.scheduling.ttft import BatchPredictor, EndpointLedger, EngineShape, Flight, PrefillCost, TTFTPredictor
+from epp.scheduling.ttft import (
+    BatchPredictor,
+    EndpointLedger,
+    EngineShape,
+    Flight,
+    PrefillCost,
+    TTFTPredictor,
+)
 from tests.conftest import make_state
 
 NOW = 1000.0
@@ -112,30 +120,31 @@ def test_the_chunk_walk_arrays_equal_the_scalar_walk_including_tiny_chunks() -> 
     assert not math.isinf(float(walked.max()))
 
 
-def test_a_ledgers_oldest_never_exceeds_a_routing_time_it_holds() -> None:
-    """``expire`` skips its walk while the cut-off is not past ``oldest``: exact only if ``oldest`` is a
-    lower bound of every request held, whatever the order of events."""
-    rng = random.Random(3)
+def _random_ledger_walks(rng: random.Random) -> Iterator[EndpointLedger]:
+    """200 fresh ledgers, each yielded after every one of 10 random moves."""
     serial = [0]
     for _ in range(200):
         ledger = EndpointLedger()
         for _ in range(10):
             _move(rng, ledger, serial)
-            held = [f.routed_at for f in (*ledger.pending.values(), *ledger.decoding.values())]
-            assert ledger.oldest <= min(held, default=math.inf)
+            yield ledger
+
+
+def test_a_ledgers_oldest_never_exceeds_a_routing_time_it_holds() -> None:
+    """``expire`` skips its walk while the cut-off is not past ``oldest``: exact only if ``oldest`` is a
+    lower bound of every request held, whatever the order of events."""
+    for ledger in _random_ledger_walks(random.Random(3)):
+        held = [f.routed_at for f in (*ledger.pending.values(), *ledger.decoding.values())]
+        assert ledger.oldest <= min(held, default=math.inf)
 
 
 def test_queued_by_binary_search_equals_counting_back_from_the_newest() -> None:
     rng = random.Random(4)
-    serial = [0]
-    for _ in range(200):
-        ledger = EndpointLedger()
-        for _ in range(10):
-            _move(rng, ledger, serial)
-            for now in (NOW - 5, NOW, NOW + rng.uniform(0, 10), math.inf):
-                walked = 0
-                for flight in reversed(ledger.pending.values()):  # the definition, newest first
-                    if flight.eta <= now:
-                        break
-                    walked += 1
-                assert ledger.queued(now) == walked
+    for ledger in _random_ledger_walks(rng):
+        for now in (NOW - 5, NOW, NOW + rng.uniform(0, 10), math.inf):
+            walked = 0
+            for flight in reversed(ledger.pending.values()):  # the definition, newest first
+                if flight.eta <= now:
+                    break
+                walked += 1
+            assert ledger.queued(now) == walked
