@@ -94,6 +94,11 @@ class ChainMemo:
         return out
 
 
+def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> list[int]:
+    """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
+    return chain_hashes(text_blocks(data, block_bytes), seed) if memo is None else memo.chain(data, block_bytes, seed)
+
+
 def token_bytes(tokens: Sequence[int]) -> bytes:
     """Token ids packed as little-endian uint32, as ``token_blocks`` packs them (2× faster for long
     prompts); raises ``OverflowError`` for an id outside uint32."""

@@ -10,7 +10,7 @@ of the prompt seen recently are not hashed again (same hashes, fewer calls).
 
 from __future__ import annotations
 
-from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, text_blocks, token_blocks, token_bytes
+from epp._util.hashing import ChainMemo, chain_bytes, seed_hash, token_bytes
 from epp.request import LLMRequest
 
 BYTES_PER_TOKEN = 4
@@ -21,11 +21,7 @@ def prompt_block_hashes(
 ) -> list[int]:
     salt = request.body.get("cache_salt") if request.body else None
     seed = seed_hash(request.target_model + (salt if isinstance(salt, str) else ""))
-    if request.prompt_token_ids is not None:
-        tokens = request.prompt_token_ids[: block_tokens * max_blocks]
-        if memo is None:
-            return chain_hashes(token_blocks(tokens, block_tokens), seed)
-        return memo.chain(token_bytes(tokens), block_tokens * 4, seed)  # token_blocks' bytes, contiguous
+    if request.prompt_token_ids is not None:  # token_blocks' bytes, contiguous: uint32 ids, 4 bytes each
+        return chain_bytes(token_bytes(request.prompt_token_ids[: block_tokens * max_blocks]), block_tokens * 4, seed, memo)
     block_bytes = block_tokens * BYTES_PER_TOKEN
-    data = request.prompt_bytes[: block_bytes * max_blocks]
-    return chain_hashes(text_blocks(data, block_bytes), seed) if memo is None else memo.chain(data, block_bytes, seed)
+    return chain_bytes(request.prompt_bytes[: block_bytes * max_blocks], block_bytes, seed, memo)

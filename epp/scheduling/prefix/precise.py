@@ -387,7 +387,7 @@ class PreciseIndex:
 
     def entries(self) -> int:
         """Engine-reported blocks over all endpoints plus the fallback's learned entries (a metric)."""
-        return sum(len(v.held) + len(v.suspect) for v in self._views.values()) + self.fallback.entries()
+        return sum(map(self.held_blocks, self._views)) + self.fallback.entries()
 
     # -- PrefixIndex ---------------------------------------------------------------------------
     def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:

@@ -46,7 +46,7 @@ from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, PrefixIndexParams
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
 from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
@@ -118,10 +118,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         super().pre_request(cycle, request, result)
         if not result.endpoints:
             return
-        computes = result.endpoints[0]  # where the prompt's KV is computed: the prefill pick, if any
-        prefill = result.profile_results.get(PREFILL_PROFILE)
-        if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
-            computes = prefill.endpoints[0]
+        computes = prefill_target(result) or result.endpoints[0]  # where the prompt's KV is computed
         hashes = self.info(cycle, request, [computes]).hashes
         self.precise.routed(computes.name, request.request_id, hashes, request.target_model)
 

@@ -142,21 +142,13 @@ class ApproxPrefixCacheProducer:
             return
         info = self.info(cycle, request, chosen)
         hashes = info.hashes
-        target = chosen[0].name
         if self.match_observer is not None:
-            matched = info.hits.get(target)
-            if matched is None:  # no scorer asked about it this cycle
-                matched = self.index.match(hashes, [target])[0]
-            self.match_observer(matched, info.total, info.block_tokens)
-        self.index.add(target, hashes)
-        prefill = result.profile_results.get(PREFILL_PROFILE)
-        if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
-            self.index.add(prefill.endpoints[0].name, hashes)
-
-    def view_is_exact(self, endpoint_name: str) -> bool:
-        """Whether this endpoint's matches are what its engine caches (False: learned from picks, so
-        the engine may have evicted part of them since — callers estimate that themselves)."""
-        return False
+            info, matched = self.match(cycle, request, chosen[:1])  # the cycle's lookup when scorers made it
+            self.match_observer(matched[0], info.total, info.block_tokens)
+        self.index.add(chosen[0].name, hashes)
+        prefill = prefill_target(result)
+        if prefill is not None:
+            self.index.add(prefill.name, hashes)
 
     def entries(self) -> int:
         return self.index.entries()
@@ -166,6 +158,14 @@ class ApproxPrefixCacheProducer:
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.index.endpoint_removed(endpoint)
+
+
+def prefill_target(result: SchedulingResult) -> EndpointState | None:
+    """The prefill endpoint of a disaggregated pick (it computes the prompt's KV too), else None."""
+    prefill = result.profile_results.get(PREFILL_PROFILE)
+    if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
+        return prefill.endpoints[0]
+    return None
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> ApproxPrefixCacheProducer:

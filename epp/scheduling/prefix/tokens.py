@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from epp._util.hashing import ChainMemo, chain_hashes, seed_hash, text_blocks, token_bytes
+from epp._util.hashing import ChainMemo, chain_bytes, seed_hash, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
 
@@ -108,7 +108,4 @@ def engine_block_hashes(
     else:
         tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         data = token_bytes(tokens[: block_tokens * max_blocks])
-    data = data[: block_bytes * max_blocks]
-    if memo is None:
-        return chain_hashes(text_blocks(data, block_bytes), seed)
-    return memo.chain(data, block_bytes, seed)
+    return chain_bytes(data[: block_bytes * max_blocks], block_bytes, seed, memo)

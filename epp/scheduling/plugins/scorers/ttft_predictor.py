@@ -190,14 +190,15 @@ class TTFTPredictorScorer:
     def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
         """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
         requests the prefill work a choice adds will delay (see the module docstring)."""
-        queued = sum(self._ledger(e.name).queued(now) for e in endpoints)
-        return self.params.work_weight * (1 + queued / max(1, len(endpoints)))
+        return self._weight(sum(self._ledger(e.name).queued(now) for e in endpoints), len(endpoints))
+
+    def _weight(self, queued: int, endpoints: int) -> float:
+        return self.params.work_weight * (1 + queued / max(1, endpoints))
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
-        queued = self.predictor.queued(ledgers, self.clock.now())  # == work_weight's sum, from the cached rows
-        w = self.params.work_weight * (1 + queued / max(1, len(endpoints)))
+        w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
         rounded = np.ceil((predictions.ttft + w * predictions.prefill) / tol) * tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
