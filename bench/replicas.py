@@ -9,12 +9,15 @@ engine's KV events by replay). Per policy, four runs of the same trace on the sa
 * N replicas sharing one learned view (what ``SharedPrefixIndex`` over Redis converges to);
 * N replicas, each with a precise view built from engine KV events (``<policy>+precise``).
 
-The precise variant is the policy's own config with its approximate prefix producer swapped for a
-precise one (or, for a policy whose scorer creates its producer, a precise producer added and named
-by the scorer), written to ``--workdir``. The same runs from the shell, per policy P::
+The first three runs use the policy with an approximate prefix producer, the last with a precise
+one: the policy itself where it already has that producer, else its config with the producer swapped
+(the shipped ``default`` reads KV events, so its own/shared rows run ``default+approx``; a policy
+whose scorer creates its own producer gets a precise producer added and named by the scorer),
+written to ``--workdir``. The same runs from the shell, per policy P (P+approx / P+precise where a
+variant was written)::
 
-    epp replay TRACE --policy P --max-requests M --rate-scale X --json
-    epp replay TRACE --policy P --replicas N [--shared-prefix-view] --max-requests M --rate-scale X --json
+    epp replay TRACE --policy P+approx --max-requests M --rate-scale X --json
+    epp replay TRACE --policy P+approx --replicas N [--shared-prefix-view] --max-requests M --rate-scale X --json
     epp replay TRACE --policy WORKDIR/P+precise.yaml --replicas N --max-requests M --rate-scale X --json
 
     python bench/replicas.py TRACE [--policy gie-default --policy default] [--replicas 2]
@@ -40,24 +43,34 @@ from epp.scheduling.presets import PRESETS
 APPROX, PRECISE, SCORER = "approx-prefix-cache-producer", "precise-prefix-cache-producer", "prefix-cache-scorer"
 
 
-def precise_variant(preset: str, workdir: Path) -> Path:
-    """``preset``'s config with a precise prefix producer in place of the approximate one."""
+APPROX_KEYS = {"autoTune", "blockSizeTokens", "maxPrefixBlocksToMatch", "maxPrefixTokensToMatch", "lruCapacityPerServer"}
+"""The precise producer's parameters the approximate one also takes (the rest are about KV events)."""
+
+
+def with_producer(preset: str, kind: str, workdir: Path) -> str:
+    """``preset`` as a policy whose prefix producer is ``kind`` (``APPROX`` or ``PRECISE``): the preset
+    itself when it already is, else its config with the producer swapped (or, for a policy whose
+    scorer creates its own approximate producer, a precise one added and named by the scorer),
+    written to ``workdir``."""
     config: dict[str, Any] = yaml.safe_load(PRESETS[preset])
     plugins: list[dict[str, Any]] = config["plugins"]
-    producers = [p for p in plugins if p["type"] == APPROX]
-    if producers:
-        for p in producers:
-            p["type"] = PRECISE
-    else:  # a scorer that creates its own producer: give it a precise one to read instead
+    producers = [p for p in plugins if p["type"] in (APPROX, PRECISE)]
+    if all(p["type"] == kind for p in producers) and (producers or kind == APPROX):
+        return preset
+    for p in producers:
+        p["type"] = kind
+        if kind == APPROX:
+            p["parameters"] = {k: v for k, v in p.get("parameters", {}).items() if k in APPROX_KEYS}
+    if not producers:  # a scorer that creates its own producer: give it a precise one to read instead
         scorers = [p for p in plugins if p["type"] == SCORER]
         if not scorers:
             raise SystemExit(f"policy {preset!r} has no prefix producer to make precise")
         plugins.insert(0, {"type": PRECISE, "name": "precise"})
         for s in scorers:
             s.setdefault("parameters", {})["prefixMatchInfoProducerName"] = "precise"
-    path = workdir / f"{preset}+precise.yaml"
+    path = workdir / f"{preset}+{'precise' if kind == PRECISE else 'approx'}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return str(path)
 
 
 def main() -> None:
@@ -79,11 +92,12 @@ def main() -> None:
     n = args.replicas
     jobs: list[Job] = []
     for policy in args.policy or ["gie-default", "default"]:
+        approx = with_producer(policy, APPROX, workdir)
         jobs += [
-            Job(policy, args.rate_scale, args.seed, Replicas(1)),
-            Job(policy, args.rate_scale, args.seed, Replicas(n)),
-            Job(policy, args.rate_scale, args.seed, Replicas(n, shared_prefix_view=True)),
-            Job(str(precise_variant(policy, workdir)), args.rate_scale, args.seed, Replicas(n)),
+            Job(approx, args.rate_scale, args.seed, Replicas(1)),
+            Job(approx, args.rate_scale, args.seed, Replicas(n)),
+            Job(approx, args.rate_scale, args.seed, Replicas(n, shared_prefix_view=True)),
+            Job(with_producer(policy, PRECISE, workdir), args.rate_scale, args.seed, Replicas(n)),
         ]
     outcomes = run_jobs(trace, jobs, cluster, trace_bounds(trace, cluster), args.jobs, lambda i, k: None)
     print(f"{trace.name}: {len(trace.requests):,} requests, rate ×{args.rate_scale:g}, {args.engines} engines "
