@@ -29,9 +29,17 @@ OBJECTIVE_VERSION = "v1alpha2"
 DEFAULT_POOL_REF_GROUP = "inference.networking.k8s.io"
 
 
-def objective_resources(pool_group: str, namespace: str) -> list[Resource]:
-    """The objective collections to watch for a pool of ``pool_group``, in precedence order."""
-    return [Resource(g, OBJECTIVE_VERSION, "inferenceobjectives", namespace) for g in OBJECTIVE_GROUPS[pool_group]]
+def objective_resources(pool_group: str, namespace: str, plural: str = "inferenceobjectives") -> list[Resource]:
+    """The collections of ``plural`` (objectives, or another kind served beside them) to watch for a
+    pool of ``pool_group``, in precedence order."""
+    return [Resource(g, OBJECTIVE_VERSION, plural, namespace) for g in OBJECTIVE_GROUPS[pool_group]]
+
+
+def targets_pool(obj: Mapping[str, Any], pool_name: str, pool_group: str) -> bool:
+    """Whether the object's ``spec.poolRef`` names this pool (the group defaults as the CRDs say)."""
+    spec = obj.get("spec")
+    ref = (spec.get("poolRef") if isinstance(spec, dict) else None) or {}
+    return ref.get("name") == pool_name and (ref.get("group") or DEFAULT_POOL_REF_GROUP) == pool_group
 
 
 class _ObjectiveSet:
@@ -43,11 +51,9 @@ class _ObjectiveSet:
         self.priorities: dict[str, int] = {}
 
     def _priority(self, obj: Mapping[str, Any]) -> int | None:
-        spec = obj.get("spec") or {}
-        ref = spec.get("poolRef") or {}
-        if ref.get("name") != self.pool_name or (ref.get("group") or DEFAULT_POOL_REF_GROUP) != self.pool_group:
+        if not targets_pool(obj, self.pool_name, self.pool_group):
             return None
-        priority = spec.get("priority")
+        priority = obj["spec"].get("priority")
         return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
     def replace(self, objects: list[JSON]) -> None:

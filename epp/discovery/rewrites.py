@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.discovery.kube_api import JSON, Resource
-from epp.discovery.objectives import DEFAULT_POOL_REF_GROUP, OBJECTIVE_GROUPS, OBJECTIVE_VERSION
+from epp.discovery.objectives import OBJECTIVE_GROUPS, objective_resources, targets_pool
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ REWRITE_PLURAL = "inferencemodelrewrites"
 
 def rewrite_resources(pool_group: str, namespace: str) -> list[Resource]:
     """The rewrite collections to watch for a pool of ``pool_group``, in precedence order."""
-    return [Resource(g, OBJECTIVE_VERSION, REWRITE_PLURAL, namespace) for g in OBJECTIVE_GROUPS[pool_group]]
+    return objective_resources(pool_group, namespace, REWRITE_PLURAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +134,11 @@ class _RewriteSet:
         self.rules: dict[str, list[RewriteRule]] = {}
         self._changed = changed
 
-    def _ours(self, obj: Mapping[str, Any]) -> bool:
-        spec = obj.get("spec") or {}
-        ref = (spec.get("poolRef") if isinstance(spec, dict) else None) or {}
-        return ref.get("name") == self.pool_name and (ref.get("group") or DEFAULT_POOL_REF_GROUP) == self.pool_group
-
     def _set(self, event_type: str, obj: JSON) -> None:
         name = (obj.get("metadata") or {}).get("name")
         if not name:
             return
-        rules = [] if event_type == "DELETED" or not self._ours(obj) else parse_rules(obj, self.rank)
+        rules = [] if event_type == "DELETED" or not targets_pool(obj, self.pool_name, self.pool_group) else parse_rules(obj, self.rank)
         if rules:
             self.rules[name] = rules
         else:

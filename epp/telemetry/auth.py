@@ -195,7 +195,7 @@ class KubeMetricsAuth(AsyncService):
             return await self._api.request("POST", path, body=body, timeout=self.timeout)
         except KubeApiError as exc:
             hint = ("; the picker's ServiceAccount needs create on tokenreviews and subjectaccessreviews "
-                    "(manifests/base/rbac.yaml)") if exc.status == 403 else ""
+                    "(manifests/base/metrics-auth.yaml)") if exc.status == 403 else ""
             raise AuthUnavailable(f"kube-apiserver answered {str(exc)[:300]}{hint}") from None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise AuthUnavailable(f"kube-apiserver unreachable: {type(exc).__name__}: {exc}") from None

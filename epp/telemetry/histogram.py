@@ -43,6 +43,16 @@ class FastHistogram:
         counts[bisect_left(self.bounds, value)] += 1
         counts[-1] += value
 
+    def recorder(self, labels: Labels) -> Callable[[float], None]:
+        """``observe`` for one label set, its counts resolved now: for hot paths that keep the recorder."""
+        counts, bounds = self.counts_for(labels), self.bounds
+
+        def record(value: float) -> None:
+            counts[bisect_left(bounds, value)] += 1
+            counts[-1] += value
+
+        return record
+
 
 class HistogramView(Collector):
     """``source`` exposed as the histogram family ``name``: label sets are mapped through ``project``

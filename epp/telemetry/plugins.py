@@ -10,8 +10,6 @@ a few percent of a pick (bench/RESULTS.md).
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from prometheus_client import CollectorRegistry
 
 from epp.scheduling.framework import DurationRecorder, Plugin
@@ -32,10 +30,4 @@ class PluginTimings:
 
     def recorder(self, extension_point: str, plugin: Plugin) -> DurationRecorder:
         tn = plugin.typed_name
-        counts, bounds = self.histogram.counts_for((extension_point, tn.type, tn.name)), self.histogram.bounds
-
-        def record(ns: int) -> None:
-            counts[bisect_left(bounds, ns)] += 1
-            counts[-1] += ns
-
-        return record
+        return self.histogram.recorder((extension_point, tn.type, tn.name))

@@ -12,7 +12,6 @@ engine-reported blocks plus its learned fallback.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -48,17 +47,12 @@ class PrefixTelemetry(Collector):
     def track(self, producer: ApproxPrefixCacheProducer) -> None:
         """Observe ``producer``'s matches from now on; its series' counts are resolved once, here."""
         labels = (producer.typed_name.name, producer.typed_name.type)
-        ratio, ratio_bounds = self.ratio.counts_for(labels), self.ratio.bounds
-        hit_bytes, bytes_bounds = self.hit_bytes.counts_for(labels), self.hit_bytes.bounds
+        ratio, hit_bytes = self.ratio.recorder(labels), self.hit_bytes.recorder(labels)
 
         def observe(matched_blocks: int, total_blocks: int, block_tokens: int) -> None:
-            matched_bytes = matched_blocks * block_tokens * BYTES_PER_TOKEN
-            hit_bytes[bisect_left(bytes_bounds, matched_bytes)] += 1
-            hit_bytes[-1] += matched_bytes
+            hit_bytes(matched_blocks * block_tokens * BYTES_PER_TOKEN)
             if total_blocks > 0:
-                r = matched_blocks / total_blocks
-                ratio[bisect_left(ratio_bounds, r)] += 1
-                ratio[-1] += r
+                ratio(matched_blocks / total_blocks)
 
         producer.match_observer = observe
         self.producers.append(producer)
