@@ -17,7 +17,7 @@ from epp.datastore import Endpoint
 from epp.engine.block_pool import KVCacheEvent
 from epp.kvevents.decode import decode_message, parse_topic
 from epp.kvevents.subscriber import KVEventSink
-from epp.sim.kv_events import default_topic, encode_batch
+from epp.sim.kv_events import default_topic, frames
 
 
 class KVEventFeed:
@@ -37,7 +37,7 @@ class KVEventFeed:
             return
         seq = self._seq[endpoint]
         self._seq[endpoint] = seq + 1
-        batch = decode_message([self._topics[endpoint], seq.to_bytes(8, "big"), encode_batch(ts, events, {})])
+        batch = decode_message(frames(self._topics[endpoint], seq, ts, events, {}))
         model = parse_topic(batch.topic).model
         for sink in self.sinks:
             sink.ingest(endpoint, batch.seq, batch.events, model)

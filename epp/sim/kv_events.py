@@ -56,6 +56,12 @@ def encode_batch(ts: float, events: Sequence[KVCacheEvent], lora_ids: Mapping[st
     return payload
 
 
+def frames(topic: bytes, seq: int, ts: float, events: Sequence[KVCacheEvent], lora_ids: Mapping[str, int]) -> list[bytes]:
+    """One batch as the ZMQ multipart message vLLM's publisher sends: topic, 8-byte big-endian
+    sequence number, msgpack payload."""
+    return [topic, seq.to_bytes(8, "big"), encode_batch(ts, events, lora_ids)]
+
+
 class KVEventPublisher:
     """Owns one PUB socket (and its own ZMQ context); ``close`` releases both."""
 
@@ -93,9 +99,9 @@ class KVEventPublisher:
     def publish(self, events: Sequence[KVCacheEvent]) -> None:
         if not events:
             return
-        payload = encode_batch(self._wall_time(), events, self._lora_ids)
+        message = frames(self._topic, self._seq, self._wall_time(), events, self._lora_ids)
         try:
-            self._sock.send_multipart([self._topic, self._seq.to_bytes(8, "big"), payload], flags=zmq.NOBLOCK)
+            self._sock.send_multipart(message, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
         self._seq += 1
