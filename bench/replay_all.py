@@ -9,8 +9,8 @@ For each trace in ``--traces`` (its first ``--max-requests`` requests; bounds on
    ``llama-3.1-8b-h100``; gie-default's runs at scales its knee search already probed are reused;
 3. the targets (``epp.replay.targets``) for ``default``, met or not, with the numbers behind a miss.
 
-Writes ``bench/replay.md``, ``bench/replay/summary.json`` and plots of the knee runs under
-``bench/replay/<trace>/``. ``--check`` exits 1 when a target is missed (vacuous ones do not count).
+Writes ``--out`` (``bench/replay.md``) and, in the folder of that name without ``.md``,
+``summary.json`` and plots of the knee runs under ``<trace>/``. ``--check`` exits 1 when a target is missed (vacuous ones do not count).
 
     python bench/replay_all.py [--traces DIR] [--max-requests N] [--jobs J] [--check]
 """
@@ -90,7 +90,7 @@ def search_knee(path: Path, max_requests: int | None) -> KneeSearch:
         return p90
 
     knee = find_knee(BASELINE, trace.mean_rate, probe)
-    keep = {unloaded_scale(trace.mean_rate), 1.0, knee.rate_scale}
+    keep = {unloaded_scale(trace.mean_rate), *load_levels(knee.rate_scale)}  # every level the plan runs
     return KneeSearch(knee, bounds, {s: o for s, o in probed.items() if s in keep})
 
 
@@ -250,16 +250,16 @@ def main() -> int:
         labels = load_levels(search.knee.rate_scale)
         unloaded = unloaded_scale(trace.mean_rate)
         labels[unloaded] = "unloaded"
-        mine = outcomes[path] + [o for scale, o in search.reused.items() if scale in labels]
+        mine = outcomes[path] + list(search.reused.values())
         summaries = [o.summary for o in mine]
         verdicts = evaluate(summaries, Loads(search.knee.rate_scale, unloaded), DEFAULT, BASELINE, REFERENCE)
         per_trace[trace.name] = verdicts
         total = len(read_trace(path, None).requests)
         body += trace_section(trace, total, search, summaries, labels, verdicts)
-        plot_dir = HERE / "replay" / path.name.removesuffix(".gz").rsplit(".", 1)[0]
+        plot_dir = args.out.with_suffix("") / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
         write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale])
-        body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent)}/` (written by the script, not committed).", ""]
+        body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent) if plot_dir.is_relative_to(HERE.parent) else plot_dir}/` (written by the script, not committed).", ""]
         raw[path.name] = {
             "knee": dataclasses.asdict(search.knee),
             "runs": summaries,
@@ -284,8 +284,8 @@ def main() -> int:
         "",
     ]
     args.out.write_text("\n".join(header + verdict_lines(per_trace) + body))
-    (HERE / "replay").mkdir(exist_ok=True)
-    (HERE / "replay" / "summary.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    args.out.with_suffix("").mkdir(exist_ok=True)
+    (args.out.with_suffix("") / "summary.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
     print(f"wrote {args.out} in {wall:.0f} s", flush=True)
     missed = any(v.met is False for verdicts in per_trace.values() for v in verdicts)
     return 1 if args.check and missed else 0
