@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from epp.scheduling.saturation import SaturationDetector
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound=Plugin)
 
 
 class Scheduler:
@@ -134,15 +135,9 @@ class Scheduler:
                 429, "all endpoints were filtered out or are saturated", error_type="rate_limit_exceeded",
                 code="rejected_saturated", reason="rejected-saturated",
             )
-        recorders = None if self._timers is None else self._timers[PRE_REQUEST]
-        for i, plugin in enumerate(self.pre_request_plugins):
-            t0 = perf_counter_ns()
-            try:
-                plugin.pre_request(cycle, request, result)
-            except Exception:
-                self._hook_failed(plugin, "PreRequest", request)
-            if recorders is not None:
-                recorders[i](perf_counter_ns() - t0)
+        self._run_hooks(
+            self.pre_request_plugins, PRE_REQUEST, "PreRequest", request, lambda p: p.pre_request(cycle, request, result)
+        )
         return result
 
     @property
@@ -158,49 +153,46 @@ class Scheduler:
         ``metadata`` is the gateway's response-phase metadata for ResponseReceived plugins (empty if absent).
         """
         headers: dict[str, str] = {}
-        recorders = None if self._timers is None else self._timers[RESPONSE_RECEIVED]
-        for i, plugin in enumerate(self.response_header_plugins):
-            t0 = perf_counter_ns()
-            try:
-                headers.update(plugin.response_headers(request, endpoint))
-            except Exception:
-                self._hook_failed(plugin, "ResponseHeaders", request)
-            if recorders is not None:
-                recorders[i](perf_counter_ns() - t0)
-        offset = len(self.response_header_plugins)  # ResponseReceived plugins' recorders follow
-        for i, received in enumerate(self.response_received_plugins, offset):
-            t0 = perf_counter_ns()
-            try:
-                headers.update(received.response_received(request, endpoint, metadata or {}))
-            except Exception:
-                self._hook_failed(received, "ResponseReceived", request)
-            if recorders is not None:
-                recorders[i](perf_counter_ns() - t0)
+        self._run_hooks(
+            self.response_header_plugins, RESPONSE_RECEIVED, "ResponseHeaders", request,
+            lambda p: headers.update(p.response_headers(request, endpoint)),
+        )
+        self._run_hooks(
+            self.response_received_plugins, RESPONSE_RECEIVED, "ResponseReceived", request,
+            lambda p: headers.update(p.response_received(request, endpoint, metadata or {})),
+            first_recorder=len(self.response_header_plugins),  # their recorders follow the header plugins'
+        )
         return headers
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         """The caller (director, replay) saw ``endpoint``'s first response bytes for ``request``: once
         per request, before ``response_complete``."""
-        recorders = None if self._timers is None else self._timers[RESPONSE_STREAMING]
-        for i, plugin in enumerate(self.response_started_plugins):
-            t0 = perf_counter_ns()
-            try:
-                plugin.response_started(request, endpoint)
-            except Exception:
-                self._hook_failed(plugin, "ResponseStarted", request)
-            if recorders is not None:
-                recorders[i](perf_counter_ns() - t0)
+        self._run_hooks(
+            self.response_started_plugins, RESPONSE_STREAMING, "ResponseStarted", request,
+            lambda p: p.response_started(request, endpoint),
+        )
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response has ended. Callers call it once per scheduled request, also when usage is unknown
         (empty ``usage``), so plugins tracking requests in flight can release them."""
-        recorders = None if self._timers is None else self._timers[RESPONSE_COMPLETE]
-        for i, plugin in enumerate(self.response_complete_plugins):
+        self._run_hooks(
+            self.response_complete_plugins, RESPONSE_COMPLETE, "ResponseComplete", request,
+            lambda p: p.response_complete(request, endpoint, usage),
+        )
+
+    def _run_hooks(
+        self, plugins: Sequence[P], point: str, hook: str, request: LLMRequest, call: Callable[[P], object],
+        first_recorder: int = 0,
+    ) -> None:
+        """``call`` each plugin, timed into ``point``'s recorders (from ``first_recorder`` on) when
+        instrumented; a plugin that raises is logged and skipped, never fails the request."""
+        recorders = None if self._timers is None else self._timers[point]
+        for i, plugin in enumerate(plugins, first_recorder):
             t0 = perf_counter_ns()
             try:
-                plugin.response_complete(request, endpoint, usage)
+                call(plugin)
             except Exception:
-                self._hook_failed(plugin, "ResponseComplete", request)
+                self._hook_failed(plugin, hook, request)
             if recorders is not None:
                 recorders[i](perf_counter_ns() - t0)
 

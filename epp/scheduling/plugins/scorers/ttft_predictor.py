@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -151,9 +151,11 @@ class TTFTPredictorScorer:
         cutoff = now - self.params.request_timeout
         names = [e.endpoint.name for e in endpoints]
         get = self.ledgers.get
-        ledgers = [get(name) for name in names]
-        if None in ledgers:  # first sight of an endpoint
+        found = [get(name) for name in names]
+        if None in found:  # first sight of an endpoint
             ledgers = [self._ledger(name) for name in names]
+        else:
+            ledgers = cast("list[EndpointLedger]", found)
         self.observe_scrapes(endpoints, ledgers)
         for name, ledger in [(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff]:
             recency = self.recency.get(name)
