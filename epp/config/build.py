@@ -26,7 +26,7 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginHandle, PluginRegistry, builtin_registry
-from epp.scheduling.saturation import SaturationDetector, UtilizationDetector
+from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
 
 # Types configs may declare that the scheduler does not build: their owners read them from the config.
@@ -113,7 +113,22 @@ def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> 
     for plugin in handle.plugins.values():
         if isinstance(plugin, UtilizationDetector):
             return plugin
-    return UtilizationDetector(handle.clock)
+    return UtilizationDetector(handle.clock, params=_legacy_thresholds(config))
+
+
+def _legacy_thresholds(config: EndpointPickerConfig) -> UtilizationParams:
+    """GIE v1.x's top-level ``saturationDetector`` thresholds as the default detector's parameters."""
+    legacy = config.saturation_thresholds
+    if legacy is None:
+        return UtilizationParams()
+    given = {
+        "queue_depth_threshold": legacy.queue_depth_threshold, "kv_cache_util_threshold": legacy.kv_cache_util_threshold,
+        "metrics_staleness_threshold": legacy.metrics_staleness_threshold,
+    }
+    try:
+        return UtilizationParams(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ParamError as err:
+        raise ConfigError(f"saturationDetector.{err.key}", err.message) from None
 
 
 def build_scheduler(

@@ -4,6 +4,8 @@ so a bad config fails at start with a message that points at the line to fix."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -12,6 +14,7 @@ import yaml
 
 from epp.config.model import (
     API_VERSIONS,
+    DEPRECATED_API_VERSIONS,
     KIND,
     DataLayerSpec,
     DataSourceSpec,
@@ -21,11 +24,14 @@ from epp.config.model import (
     PluginSpec,
     PriorityBandSpec,
     RequestHandlerSpec,
+    SaturationThresholds,
     SchedulingProfileSpec,
 )
 from epp.scheduling.params import parse_duration
 
 T = TypeVar("T")
+
+log = logging.getLogger("epp.config")
 
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _QUANTITY_FACTOR = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
@@ -171,7 +177,9 @@ def _gates(value: object, path: str) -> dict[str, bool]:
 
 
 def _data_layer(value: object, path: str) -> DataLayerSpec:
-    obj = _mapping(value, path, {"sources", "discovery", "injectDefaults"})
+    obj = _mapping(value, path, {
+        "sources", "discovery", "injectDefaults", "peerDiscovery", "crossReplicaSyncerPluginRef", "crossReplicaSyncInterval",
+    })
     sources = []
     for i, item in enumerate(_list(obj.get("sources"), _at(path, "sources"))):
         src_path = _at(_at(path, "sources"), i)
@@ -181,7 +189,11 @@ def _data_layer(value: object, path: str) -> DataLayerSpec:
         )
         sources.append(DataSourceSpec(_str(src.get("pluginRef"), _at(src_path, "pluginRef")), extractors))
     inject = _opt(obj, "injectDefaults", path, _bool)
-    return DataLayerSpec(tuple(sources), _opt(obj, "discovery", path, _ref), True if inject is None else inject)
+    return DataLayerSpec(
+        tuple(sources), _opt(obj, "discovery", path, _ref), True if inject is None else inject,
+        _opt(obj, "peerDiscovery", path, _ref), _opt(obj, "crossReplicaSyncerPluginRef", path, _str),
+        _opt(obj, "crossReplicaSyncInterval", path, _duration),
+    )
 
 
 def _band(value: object, path: str) -> PriorityBandSpec:
@@ -212,8 +224,55 @@ def _flow_control(value: object, path: str) -> FlowControlSpec:
 
 
 def _request_handler(value: object, path: str) -> RequestHandlerSpec:
-    obj = _mapping(value, path, {"parsers"})
-    return RequestHandlerSpec(tuple(_ref(p, _at(_at(path, "parsers"), i)) for i, p in enumerate(_list(obj.get("parsers"), _at(path, "parsers")))))
+    """``parsers: [{pluginRef}]``; the single ``parser: {pluginRef}`` form is accepted too and comes
+    after the list (upstream's types had both at different times)."""
+    obj = _mapping(value, path, {"parsers", "parser"})
+    parsers = [_ref(p, _at(_at(path, "parsers"), i)) for i, p in enumerate(_list(obj.get("parsers"), _at(path, "parsers")))]
+    single = _opt(obj, "parser", path, _ref)
+    return RequestHandlerSpec(tuple(parsers) + ((single,) if single and single not in parsers else ()))
+
+
+def _saturation_thresholds(obj: Mapping[str, Any], path: str) -> SaturationThresholds:
+    return SaturationThresholds(
+        _opt(obj, "queueDepthThreshold", path, _int), _opt(obj, "kvCacheUtilThreshold", path, _number),
+        _opt(obj, "metricsStalenessThreshold", path, _duration),
+    )
+
+
+def _deprecated_sections(
+    obj: Mapping[str, Any], flow_control: FlowControlSpec | None, request_handler: RequestHandlerSpec | None,
+) -> tuple[FlowControlSpec | None, RequestHandlerSpec | None, SaturationThresholds | None]:
+    """Upstream's deprecated top-level fields, moved where upstream's loader moves them (the new field
+    wins when both are set), each with one warning:
+
+    * ``parser: {pluginRef}`` → ``requestHandler.parsers`` (llm-d-router configloader.go);
+    * ``saturationDetector: {pluginRef}`` → ``flowControl.saturationDetector`` (same);
+    * GIE v1.x's ``saturationDetector: {queueDepthThreshold, kvCacheUtilThreshold,
+      metricsStalenessThreshold}`` → the default ``utilization-detector``'s parameters.
+    """
+    thresholds: SaturationThresholds | None = None
+    parser = _opt(obj, "parser", "", _ref)
+    if parser is not None:
+        log.warning("config: top-level 'parser' is deprecated; use requestHandler.parsers (the new field wins if both are set)")
+        if request_handler is None or not request_handler.parsers:
+            request_handler = RequestHandlerSpec((parser,))
+    detector = obj.get("saturationDetector")
+    if detector is not None:
+        keys = {"pluginRef", "queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"}
+        detector = _mapping(detector, "saturationDetector", keys)
+        log.warning("config: top-level 'saturationDetector' is deprecated; use flowControl.saturationDetector "
+                    "(the new field wins if both are set)")
+        ref = _opt(detector, "pluginRef", "saturationDetector", _str)
+        if ref is not None:
+            if len(detector) > 1:
+                raise ConfigError("saturationDetector", "give either pluginRef or thresholds, not both")
+            if flow_control is None:
+                flow_control = FlowControlSpec(saturation_detector=ref)
+            elif flow_control.saturation_detector is None:
+                flow_control = dataclasses.replace(flow_control, saturation_detector=ref)
+        else:
+            thresholds = _saturation_thresholds(detector, "saturationDetector")
+    return flow_control, request_handler, thresholds
 
 
 def _check_refs(config: EndpointPickerConfig) -> None:
@@ -237,6 +296,9 @@ def _check_refs(config: EndpointPickerConfig) -> None:
         for i, band in enumerate(fc.priority_bands):
             refs.append((f"flowControl.priorityBands[{i}].fairnessPolicyRef", band.fairness_policy_ref))
             refs.append((f"flowControl.priorityBands[{i}].orderingPolicyRef", band.ordering_policy_ref))
+    if config.data_layer is not None:
+        refs.append(("dataLayer.peerDiscovery.pluginRef", config.data_layer.peer_discovery))
+        refs.append(("dataLayer.crossReplicaSyncerPluginRef", config.data_layer.cross_replica_syncer))
     if config.request_handler is not None:
         refs.extend((f"requestHandler.parsers[{i}].pluginRef", p) for i, p in enumerate(config.request_handler.parsers))
     for path, ref in refs:
@@ -249,10 +311,17 @@ def decode_config(document: object) -> EndpointPickerConfig:
     obj = _mapping(document, "", {
         "apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "dataLayer", "flowControl",
         "requestHandler",
+        # deprecated / GIE v1.x spellings, moved into the sections above
+        "data", "parser", "saturationDetector",
     })
     api_version = _str(obj.get("apiVersion"), "apiVersion")
     if api_version not in API_VERSIONS:
         raise ConfigError("apiVersion", f"must be one of {', '.join(API_VERSIONS)}, got {api_version!r}")
+    if api_version in DEPRECATED_API_VERSIONS:
+        log.warning("config: apiVersion %s is deprecated; use llm-d.ai/v1alpha1", api_version)
+    if "data" in obj and "dataLayer" in obj:
+        raise ConfigError("data", "give dataLayer or GIE's older name data, not both")
+    data_layer_key = "data" if "data" in obj else "dataLayer"
     kind = _str(obj.get("kind"), "kind")
     if kind != KIND:
         raise ConfigError("kind", f"must be {KIND}, got {kind!r}")
@@ -268,10 +337,12 @@ def decode_config(document: object) -> EndpointPickerConfig:
         if profile.name in profile_names:
             raise ConfigError(_at(_at("schedulingProfiles", i), "name"), f"duplicate profile name {profile.name!r}")
         profile_names.add(profile.name)
+    flow_control, request_handler, thresholds = _deprecated_sections(
+        obj, _opt(obj, "flowControl", "", _flow_control), _opt(obj, "requestHandler", "", _request_handler),
+    )
     config = EndpointPickerConfig(
         api_version, kind, _gates(obj.get("featureGates"), "featureGates"), plugins, profiles,
-        _opt(obj, "dataLayer", "", _data_layer), _opt(obj, "flowControl", "", _flow_control),
-        _opt(obj, "requestHandler", "", _request_handler),
+        _opt(obj, data_layer_key, "", _data_layer), flow_control, request_handler, thresholds,
     )
     _check_refs(config)
     return config

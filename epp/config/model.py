@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+API_VERSIONS = (
+    "llm-d.ai/v1alpha1", "llm-d.ai/v1", "inference.networking.x-k8s.io/v1alpha1",
+    # GIE's first config group (before v1.0); its docs still show it, so accept it with a warning.
+    "config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1",
+)
+DEPRECATED_API_VERSIONS = frozenset(API_VERSIONS[2:])
 KIND = "EndpointPickerConfig"
 
 
@@ -46,6 +51,10 @@ class DataLayerSpec:
     sources: tuple[DataSourceSpec, ...] = ()
     discovery: str | None = None
     inject_defaults: bool = True
+    # llm-d's multi-replica fields: decoded and reference-checked; no epp part reads them yet.
+    peer_discovery: str | None = None
+    cross_replica_syncer: str | None = None
+    cross_replica_sync_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,16 @@ class FlowControlSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SaturationThresholds:
+    """GIE v1.x's top-level ``saturationDetector`` (thresholds, no plugin): the default
+    ``utilization-detector`` with these parameters; None keeps epp's default."""
+
+    queue_depth_threshold: int | None = None
+    kv_cache_util_threshold: float | None = None
+    metrics_staleness_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RequestHandlerSpec:
     parsers: tuple[str, ...] = ()
 
@@ -86,6 +105,7 @@ class EndpointPickerConfig:
     data_layer: DataLayerSpec | None = None
     flow_control: FlowControlSpec | None = None
     request_handler: RequestHandlerSpec | None = None
+    saturation_thresholds: SaturationThresholds | None = None
 
     def gate(self, name: str, default: bool = False) -> bool:
         """A feature gate's value (``flowControl`` is off unless enabled)."""
