@@ -20,6 +20,7 @@ from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
+from epp.request.parsers import RequestParsers, default_parsers
 from epp.request.usage import Usage
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -94,8 +95,10 @@ class Director:
         subset_filter: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        parsers: RequestParsers | None = None,
     ) -> None:
         self.datastore = datastore
+        self.parsers = parsers or default_parsers()  # requestHandler.parsers: request bytes → LLMRequest
         self.scheduler = scheduler
         self.telemetry = telemetry
         self.saturation = saturation

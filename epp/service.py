@@ -22,7 +22,7 @@ from epp import __version__
 from epp._util.cli import Shutdown
 from epp.app import DEFAULT_POLICY, metrics_auth_enabled
 from epp._util.clock import Clock
-from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text
+from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text, request_parsers
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.discovery.sources import select_source
@@ -69,7 +69,7 @@ class PickerService:
         self.director = Director(
             self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
-            model_rewriter=self.source.model_rewriter,
+            model_rewriter=self.source.model_rewriter, parsers=request_parsers(config, self.scheduler),
         )
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)

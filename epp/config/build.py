@@ -20,6 +20,7 @@ import random
 from epp._util.clock import Clock, WallClock
 from epp.config.decode import ConfigError
 from epp.config.model import EndpointPickerConfig, PluginRef, PluginSpec
+from epp.request.parsers import RequestParsers, default_parsers, is_parser
 from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.params import ParamError
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
@@ -164,6 +165,22 @@ def build_scheduler(
         profiles, handler, plugins=list(handle.plugins.values()),
         saturation_detector=_saturation_detector(config, handle),
     )
+
+
+def request_parsers(config: EndpointPickerConfig, scheduler: Scheduler) -> RequestParsers:
+    """``requestHandler.parsers`` resolved to the built parser plugins, in order; the reference's
+    default list (openai, anthropic, vllmhttp) when the config names none."""
+    refs = config.request_handler.parsers if config.request_handler is not None else ()
+    if not refs:
+        return default_parsers()
+    built = {p.typed_name.name: p for p in scheduler.plugins}
+    parsers = []
+    for i, ref in enumerate(refs):
+        plugin = built.get(ref)
+        if not is_parser(plugin):
+            raise ConfigError(f"requestHandler.parsers[{i}].pluginRef", f"{ref!r} is not a request parser")
+        parsers.append(plugin)
+    return RequestParsers(parsers)  # type: ignore[arg-type]  # is_parser checked each
 
 
 def plugin_specs(config: EndpointPickerConfig, plugin_type: str) -> list[PluginSpec]:

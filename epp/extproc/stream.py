@@ -24,7 +24,7 @@ from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
 from epp.request.headers import REQUEST_ID_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
-from epp.request.parse import parse_request, request_path
+from epp.request.parse import request_path
 
 __all__ = ["Phase", "ProtocolViolation", "RequestStream"]
 
@@ -111,7 +111,7 @@ class RequestStream(RequestCollector):
         body = self.body.getvalue()
         request: LLMRequest | None = None
         try:
-            request = parse_request(self.request_id, self.headers, body)
+            request = self.director.parsers.parse(self.request_id, self.headers, body)
             decision = self.director.route(request, len(body), self._subset)
         except RequestError as error:
             return self.reject(error, request)

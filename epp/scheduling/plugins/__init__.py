@@ -6,6 +6,7 @@ here registers itself on import.
 
 from __future__ import annotations
 
+from epp.request.parsers import PARSER_PLUGINS
 from epp.scheduling import saturation
 from epp.scheduling.plugins.filters import (
     header_based_testing,
@@ -69,4 +70,6 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
     # response phase
     PluginType(served_verifier.DESTINATION_ENDPOINT_SERVED_VERIFIER, served_verifier.factory),
+    # request parsers (requestHandler.parsers; epp.request.parsers)
+    *PARSER_PLUGINS,
 )
