@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Final
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
-from epp._util.logs import configure_logging
+from epp._util.logs import configure_logging, log_settings
 from epp.discovery.kube_setup import add_kubernetes_flags
 
 log = logging.getLogger("epp.serve")
@@ -128,7 +128,7 @@ def warn_unsupported(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.verbosity)
+    configure_logging(log_settings(args))
     warn_unsupported(args)
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")

@@ -25,14 +25,18 @@ from epp.request.body import DEFAULT_MAX_BODY_BYTES
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+PFLAG_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+PFLAG_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
 def go_bool(text: str) -> bool:
-    """Go flag booleans: ``--flag``, ``--flag=true``, ``--flag=false`` (also 1/0, t/f)."""
-    value = text.strip().lower()
-    if value in ("1", "t", "true", "yes"):
+    """A boolean flag value exactly as pflag reads it (Go's ``strconv.ParseBool``): ``--flag`` alone,
+    ``--flag=true|false``, 1/0, t/f, T/F, TRUE/FALSE, True/False; anything else is a usage error."""
+    if text in PFLAG_TRUE:
         return True
-    if value in ("0", "f", "false", "no"):
+    if text in PFLAG_FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false (as Go's strconv.ParseBool), got {text!r}")
 
 
 def duration(text: str) -> float:
