@@ -32,6 +32,7 @@ from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
+from epp.serve_flags import engine_specs, scrape_target
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -74,13 +75,15 @@ class PickerService:
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
-                                    registry=self.telemetry.registry)
+                                    registry=self.telemetry.registry, target=scrape_target(args),
+                                    specs=engine_specs(args))
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         self.server = PickerServer(
             ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
             port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
             max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
+            grpc_max_recv_bytes=args.grpc_max_recv_msg_size, grpc_max_send_bytes=args.grpc_max_send_msg_size,
         )
         self.metrics_auth = KubeMetricsAuth(args.kubeconfig) if metrics_auth_enabled(args) else None
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None,

@@ -125,13 +125,18 @@ def _bool(value: object, path: str) -> bool:
     return value
 
 
+def parse_quantity(text: str, path: str = "") -> int:
+    """A whole Kubernetes quantity such as ``1Gi``, ``500M`` or ``1024`` → an integer."""
+    m = _QUANTITY.match(text.strip())
+    if m is None:
+        raise ConfigError(path, f"must be a byte count such as 1073741824 or 1Gi, got {text!r}")
+    return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
+
+
 def _bytes(value: object, path: str) -> int:
     """A byte count: an integer or a Kubernetes quantity such as ``1Gi``."""
     if isinstance(value, str):
-        m = _QUANTITY.match(value.strip())
-        if m is None:
-            raise ConfigError(path, f"must be a byte count such as 1073741824 or 1Gi, got {value!r}")
-        return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
+        return parse_quantity(value, path)
     return _count(value, path)
 
 
