@@ -13,14 +13,19 @@
 * ``--grpc-max-{recv,send}-msg-size``: size with units as upstream reads it (a trailing ``B`` dropped,
   then a Kubernetes quantity: ``10Mi``, ``10MiB``, ``25MB``, ``1k``); 0 / unset keeps epp's limit
   (``--max-body-bytes`` plus framing).
+* ``--metrics-cert-dir`` (``tls.crt``/``tls.key``) serves ``/metrics`` over TLS ≥ 1.2;
+  ``--metrics-client-ca-file`` additionally requires client certificates signed by that CA. As upstream:
+  the CA file needs the cert dir, and TLS without a client CA needs ``--metrics-endpoint-auth``.
 * ``--allow-experimental-plugins``: accepted; epp ships no plugin upstream marks alpha, so nothing is gated.
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from epp._util.cli import bool_flag, port
 from epp.config.decode import ConfigError, parse_quantity
@@ -79,6 +84,11 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
                        ("--cache-info-metric", "cache info (block_size, num_gpu_blocks labels; empty = off)")):
         m.add_argument(flag, type=metric_name, default=None, metavar="NAME[{LABEL=VALUE,...}]",
                        help=f"GIE's series for {what}, for endpoints without an engine-type label (default: vLLM's)")
+    t = parser.add_argument_group("metrics endpoint TLS")
+    t.add_argument("--metrics-cert-dir", default="", metavar="DIR",
+                   help="directory with tls.crt and tls.key: serve /metrics over TLS")
+    t.add_argument("--metrics-client-ca-file", default="", metavar="PEM",
+                   help="CA bundle: /metrics requires client certificates it signed (needs --metrics-cert-dir)")
     bool_flag(parser.add_argument_group("configuration"), "--allow-experimental-plugins", False,
               "allow plugins upstream marks alpha (epp ships none, so this gates nothing)")
 
@@ -106,3 +116,26 @@ def engine_specs(args: argparse.Namespace) -> Mapping[str, EngineSpec]:
     specs = dict(ENGINES)
     specs[DEFAULT_ENGINE] = with_legacy_names(ENGINES[DEFAULT_ENGINE], **changes)  # type: ignore[arg-type]
     return specs
+
+
+def metrics_ssl_context(args: argparse.Namespace, auth: bool) -> ssl.SSLContext | None:
+    """The metrics port's TLS context, or None for plain HTTP; ``ValueError`` for upstream's refusals.
+    ``auth``: whether token auth guards /metrics (``--metrics-endpoint-auth`` resolved)."""
+    cert_dir, ca_file = args.metrics_cert_dir, args.metrics_client_ca_file
+    if not cert_dir and not ca_file:
+        return None
+    if ca_file and not cert_dir:
+        raise ValueError('"metrics-client-ca-file" requires "metrics-cert-dir"')
+    if not ca_file and not auth:
+        raise ValueError('"metrics-cert-dir" enables metrics TLS without authentication; set "metrics-client-ca-file" '
+                         'or "metrics-endpoint-auth"')
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
+        if ca_file:
+            context.load_verify_locations(cafile=ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as err:
+        raise ValueError(f"metrics TLS: cannot load {cert_dir!r} / {ca_file!r}: {err}") from None
+    return context

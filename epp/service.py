@@ -32,7 +32,7 @@ from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
-from epp.serve_flags import engine_specs, scrape_target
+from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -87,7 +87,8 @@ class PickerService:
         )
         self.metrics_auth = KubeMetricsAuth(args.kubeconfig) if metrics_auth_enabled(args) else None
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None,
-                                     auth=self.metrics_auth)
+                                     auth=self.metrics_auth,
+                                     ssl_context=metrics_ssl_context(args, self.metrics_auth is not None))
         self.drain_timeout: float = args.drain_timeout
         self.shutdown_grace: float = args.shutdown_grace
         self._stack = contextlib.AsyncExitStack()
