@@ -18,7 +18,7 @@ from typing import Final
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
 from epp._util.logs import configure_logging, log_settings
 from epp.discovery.kube_setup import add_kubernetes_flags
-from epp.serve_flags import add_upstream_flags, message_size
+from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
 
 log = logging.getLogger("epp.serve")
 
@@ -134,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
     warn_unsupported(args)
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
+        return 2
+    try:
+        prepare_grpc_tls(args)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     return run_async(serve(args))
 

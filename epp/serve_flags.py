@@ -16,22 +16,33 @@
 * ``--metrics-cert-dir`` (``tls.crt``/``tls.key``) serves ``/metrics`` over TLS ≥ 1.2;
   ``--metrics-client-ca-file`` additionally requires client certificates signed by that CA. As upstream:
   the CA file needs the cert dir, and TLS without a client CA needs ``--metrics-endpoint-auth``.
+* ``--tls-min-version`` (``VersionTLS12``/``VersionTLS13``; epp never serves below TLS 1.2) and
+  ``--tls-cipher-suites`` (Go's names, TLS ≤ 1.2 suites; TLS 1.3 names are accepted and, as upstream,
+  change nothing) for ``--secure-serving``. The native transport applies both to its SSL context; for
+  grpc.aio the suites go to gRPC core through ``GRPC_SSL_CIPHER_SUITES`` before gRPC loads, and TLS 1.3
+  as minimum is refused there (grpc.aio cannot raise its minimum; use ``--grpc-server native``).
 * ``--allow-experimental-plugins``: accepted; epp ships no plugin upstream marks alpha, so nothing is gated.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from epp._util.cli import bool_flag, port
 from epp.config.decode import ConfigError, parse_quantity
 from epp.datastore.endpoint import DEFAULT_ENGINE
 from epp.metrics.engines import ENGINES, EngineSpec, Selector, parse_selector, with_legacy_names
 from epp.metrics.poller import ScrapeTarget
+
+if TYPE_CHECKING:
+    from epp.extproc.tls import TlsOptions
 
 METRIC_FLAGS = ("total_queued_requests_metric", "total_running_requests_metric", "kv_cache_usage_percentage_metric",
                 "lora_info_metric", "cache_info_metric")
@@ -69,6 +80,56 @@ def scheme(text: str) -> str:
     return text
 
 
+TLS_VERSIONS = {"VersionTLS10": ssl.TLSVersion.TLSv1, "VersionTLS11": ssl.TLSVersion.TLSv1_1,
+                "VersionTLS12": ssl.TLSVersion.TLSv1_2, "VersionTLS13": ssl.TLSVersion.TLSv1_3}
+# Go crypto/tls name → OpenSSL name, for the suites Go lets a server choose (TLS 1.0–1.2).
+GO_CIPHERS = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+}
+TLS13_SUITES = frozenset({"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"})
+
+
+def tls_version(text: str) -> ssl.TLSVersion:
+    if text not in TLS_VERSIONS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(TLS_VERSIONS)}, got {text!r}")
+    return TLS_VERSIONS[text]
+
+
+def cipher_suites(text: str) -> list[str]:
+    """A comma-separated list of Go cipher suite names → OpenSSL names (TLS 1.3 names dropped)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GO_CIPHERS and n not in TLS13_SUITES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown cipher suite(s) {', '.join(unknown)} (Go crypto/tls names)")
+    return [GO_CIPHERS[n] for n in names if n in GO_CIPHERS]
+
+
+class _Extend(argparse.Action):
+    """pflag's StringSlice: repeated flags add to the list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), *values])  # type: ignore[misc]
+
+
 def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("engine metrics scraping (the reference's flags)")
     m.add_argument("--model-server-metrics-scheme", type=scheme, default="http", help="http or https")
@@ -84,6 +145,11 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
                        ("--cache-info-metric", "cache info (block_size, num_gpu_blocks labels; empty = off)")):
         m.add_argument(flag, type=metric_name, default=None, metavar="NAME[{LABEL=VALUE,...}]",
                        help=f"GIE's series for {what}, for endpoints without an engine-type label (default: vLLM's)")
+    s = parser.add_argument_group("ext_proc TLS (--secure-serving)")
+    s.add_argument("--tls-min-version", type=tls_version, default=None, metavar="|".join(TLS_VERSIONS),
+                   help="lowest TLS version accepted (epp never goes below TLS 1.2)")
+    s.add_argument("--tls-cipher-suites", type=cipher_suites, action=_Extend, default=[], metavar="NAME[,NAME...]",
+                   help="TLS ≤ 1.2 cipher suites allowed (Go crypto/tls names); TLS 1.3 suites are not configurable")
     t = parser.add_argument_group("metrics endpoint TLS")
     t.add_argument("--metrics-cert-dir", default="", metavar="DIR",
                    help="directory with tls.crt and tls.key: serve /metrics over TLS")
@@ -139,3 +205,24 @@ def metrics_ssl_context(args: argparse.Namespace, auth: bool) -> ssl.SSLContext 
     except (OSError, ssl.SSLError) as err:
         raise ValueError(f"metrics TLS: cannot load {cert_dir!r} / {ca_file!r}: {err}") from None
     return context
+
+
+def tls_options(args: argparse.Namespace) -> TlsOptions:
+    """``epp.extproc.tls.TlsOptions`` for the native transport (imported here: that module loads gRPC)."""
+    from epp.extproc.tls import TlsOptions
+
+    minimum = args.tls_min_version or ssl.TLSVersion.TLSv1_2
+    return TlsOptions(max(minimum, ssl.TLSVersion.TLSv1_2), tuple(args.tls_cipher_suites))
+
+
+def prepare_grpc_tls(args: argparse.Namespace) -> None:
+    """Before gRPC loads (it reads its cipher list once, at import): hand the suites to gRPC core and
+    refuse what grpc.aio cannot do. ``ValueError`` for a set-up it cannot honour."""
+    if not args.secure_serving or args.grpc_server == "native":
+        return
+    if args.tls_min_version == ssl.TLSVersion.TLSv1_3:
+        raise ValueError("--tls-min-version VersionTLS13 needs --grpc-server native: grpc.aio cannot raise its TLS minimum")
+    if args.tls_cipher_suites:
+        if "grpc" in sys.modules:
+            raise ValueError("--tls-cipher-suites must be applied before gRPC loads; this process already loaded it")
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = ":".join(args.tls_cipher_suites)

@@ -32,7 +32,7 @@ from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
-from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target
+from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target, tls_options
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -65,8 +65,10 @@ class PickerService:
         native = args.grpc_server == "native"
         credentials: grpc.ServerCredentials | ssl.SSLContext | None = None
         if args.secure_serving:
-            tls = server_ssl_context if native else server_credentials
-            credentials = tls(args.cert_path or None, args.enable_cert_reload)
+            if native:
+                credentials = server_ssl_context(args.cert_path or None, args.enable_cert_reload, tls_options(args))
+            else:
+                credentials = server_credentials(args.cert_path or None, args.enable_cert_reload)
         self.director = Director(
             self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
