@@ -65,6 +65,7 @@ class RoutingDecision:
     tokens: int = 0
     started: bool = False
     finished: bool = False
+    scores: dict[str, float] | None = None  # ip:port → primary-profile score, with --emit-endpoint-scores
 
     @property
     def destination(self) -> str:
@@ -96,9 +97,11 @@ class Director:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         parsers: RequestParsers | None = None,
+        emit_endpoint_scores: bool = False,
     ) -> None:
         self.datastore = datastore
         self.parsers = parsers or default_parsers()  # requestHandler.parsers: request bytes → LLMRequest
+        self.emit_endpoint_scores = emit_endpoint_scores
         self.scheduler = scheduler
         self.telemetry = telemetry
         self.saturation = saturation
@@ -129,6 +132,10 @@ class Director:
         picked = result.endpoints
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
         decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
+        if self.emit_endpoint_scores:
+            primary = result.profile_results.get(result.primary_profile)
+            if primary is not None:
+                decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
         decision.headers = self._upstream_headers(decision, original_headers)
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)

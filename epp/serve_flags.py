@@ -21,6 +21,8 @@
   change nothing) for ``--secure-serving``. The native transport applies both to its SSL context; for
   grpc.aio the suites go to gRPC core through ``GRPC_SSL_CIPHER_SUITES`` before gRPC loads, and TLS 1.3
   as minimum is refused there (grpc.aio cannot raise its minimum; use ``--grpc-server native``).
+* ``--emit-endpoint-scores``: every scored endpoint's total score of the primary profile in the
+  routing reply's ``envoy.lb`` metadata under ``x-gateway-destination-endpoint-scores``.
 * ``--allow-experimental-plugins``: accepted; epp ships no plugin upstream marks alpha, so nothing is gated.
 """
 
@@ -155,6 +157,8 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
                    help="directory with tls.crt and tls.key: serve /metrics over TLS")
     t.add_argument("--metrics-client-ca-file", default="", metavar="PEM",
                    help="CA bundle: /metrics requires client certificates it signed (needs --metrics-cert-dir)")
+    bool_flag(parser.add_argument_group("requests"), "--emit-endpoint-scores", False,
+              "add every scored endpoint's score to the routing metadata (envoy.lb x-gateway-destination-endpoint-scores)")
     bool_flag(parser.add_argument_group("configuration"), "--allow-experimental-plugins", False,
               "allow plugins upstream marks alpha (epp ships none, so this gates nothing)")
 

@@ -73,6 +73,7 @@ class PickerService:
             self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
             model_rewriter=self.source.model_rewriter, parsers=request_parsers(config, self.scheduler),
+            emit_endpoint_scores=args.emit_endpoint_scores,
         )
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)
