@@ -23,6 +23,8 @@
   as minimum is refused there (grpc.aio cannot raise its minimum; use ``--grpc-server native``).
 * ``--emit-endpoint-scores``: every scored endpoint's total score of the primary profile in the
   routing reply's ``envoy.lb`` metadata under ``x-gateway-destination-endpoint-scores``.
+* ``--enable-grpc-stream-metrics``: ``llm_d_epp_extproc_streams_inflight``,
+  ``…_stream_duration_seconds`` and ``…_streams_total{code}`` (``epp.extproc.stream_metrics``).
 * ``--allow-experimental-plugins``: accepted; epp ships no plugin upstream marks alpha, so nothing is gated.
 """
 
@@ -157,9 +159,12 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
                    help="directory with tls.crt and tls.key: serve /metrics over TLS")
     t.add_argument("--metrics-client-ca-file", default="", metavar="PEM",
                    help="CA bundle: /metrics requires client certificates it signed (needs --metrics-cert-dir)")
-    bool_flag(parser.add_argument_group("requests"), "--emit-endpoint-scores", False,
+    o = parser.add_argument_group("routing observability and plugins")
+    bool_flag(o, "--emit-endpoint-scores", False,
               "add every scored endpoint's score to the routing metadata (envoy.lb x-gateway-destination-endpoint-scores)")
-    bool_flag(parser.add_argument_group("configuration"), "--allow-experimental-plugins", False,
+    bool_flag(o, "--enable-grpc-stream-metrics", False,
+              "ext_proc stream metrics: in-flight gauge, hold-duration histogram, completions by gRPC code")
+    bool_flag(o, "--allow-experimental-plugins", False,
               "allow plugins upstream marks alpha (epp ships none, so this gates nothing)")
 
 

@@ -30,6 +30,7 @@ from epp.extproc.health import HealthService
 from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
+from epp.extproc.stream_metrics import StreamMetrics
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
 from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target, tls_options
@@ -81,8 +82,11 @@ class PickerService:
                                     registry=self.telemetry.registry, target=scrape_target(args),
                                     specs=engine_specs(args))
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
+        servicer = ExtProcServicer(self.director, args.max_body_bytes, self.limiter)
+        if args.enable_grpc_stream_metrics:
+            servicer.stream_metrics = StreamMetrics(self.telemetry.registry)
         self.server = PickerServer(
-            ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
+            servicer, health,
             port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
             max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
