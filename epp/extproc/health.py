@@ -18,9 +18,12 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from epp.extproc.h2.connection import CallError
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+GRPC_NOT_FOUND = 5
 LIVENESS = "liveness"
 READINESS_NAMES = frozenset({"", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor"})
 
@@ -93,7 +96,10 @@ class HealthCheckCall:
         return []
 
     def half_closed(self) -> list[bytes]:
-        return [health_pb2.HealthCheckResponse(status=self.health.status(self.service)).SerializeToString()]
+        status = self.health.status(self.service)
+        if status == SERVICE_UNKNOWN:
+            raise CallError(GRPC_NOT_FOUND, f"unknown service {self.service!r}")
+        return [health_pb2.HealthCheckResponse(status=status).SerializeToString()]
 
     def closed(self) -> None:
         pass
