@@ -4,7 +4,9 @@ Fields are merged per field across events, as the reference does, because some e
 and completion counts in different chunks. Chat/completions name them ``prompt_tokens`` /
 ``completion_tokens`` (+ ``prompt_tokens_details.cached_tokens``); the Responses API names them
 ``input_tokens`` / ``output_tokens`` (+ ``input_tokens_details.cached_tokens``) inside
-``response.usage`` of its ``response.completed`` event.
+``response.usage`` of its ``response.completed`` event. Anthropic's Messages API (``anthropic-parser``)
+uses ``input_tokens`` / ``output_tokens`` (+ ``cache_read_input_tokens``), streamed in ``message_start``'s
+``message.usage`` and ``message_delta``'s ``usage``, as upstream's anthropic parser reads them.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Usage:
         prompt = _count(data, "prompt_tokens", "input_tokens")
         completion = _count(data, "completion_tokens", "output_tokens")
         details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
-        cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
+        cached = _count(details, "cached_tokens") if isinstance(details, dict) else _count(data, "cache_read_input_tokens")
         if prompt is not None:
             self.prompt_tokens = prompt
         if completion is not None:
@@ -118,10 +120,11 @@ class SSEUsageReader:
 
 def _merge_event(usage: Usage, event: dict[str, Any]) -> None:
     if event.get("type") == "response.completed" or "usage" not in event:
-        response = event.get("response")
-        if isinstance(response, dict):
-            usage.merge(response.get("usage"))
-            return
+        for wrapper in ("response", "message"):  # Responses API; Anthropic's message_start
+            inner = event.get(wrapper)
+            if isinstance(inner, dict):
+                usage.merge(inner.get("usage"))
+                return
     usage.merge(event.get("usage"))
 
 

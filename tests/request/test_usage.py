@@ -88,3 +88,20 @@ def test_json_usage_of_non_json_is_empty() -> None:
 
 def test_as_dict_has_only_reported_counts() -> None:
     assert Usage(3, None, 1).as_dict() == {"prompt_tokens": 3, "cached_tokens": 1}
+
+
+# Anthropic Messages API (anthropic-parser): usage split over message_start and message_delta
+ANTHROPIC_STREAM = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":'
+    b'{"input_tokens":25,"cache_read_input_tokens":16,"output_tokens":1}}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"Hi"}}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_anthropic_stream_and_json(size: int) -> None:
+    assert feed_split(ANTHROPIC_STREAM, size).as_dict() == {"prompt_tokens": 25, "completion_tokens": 15, "cached_tokens": 16}
+    body = orjson.dumps({"type": "message", "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 4}})
+    assert usage_from_json(body).as_dict() == {"prompt_tokens": 7, "completion_tokens": 3, "cached_tokens": 4}
