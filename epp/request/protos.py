@@ -6,7 +6,10 @@ skips on decode:
 
 * ``vllm.grpc.engine`` (vLLM ``vllm/grpc/vllm_engine.proto``): ``GenerateRequest`` {request_id 1,
   tokenized 2, text 3, sampling_params 4, stream 5}, ``TokenizedInput`` {original_text 1, input_ids 2},
-  ``SamplingParams`` {max_tokens 8}, ``EmbedRequest`` {request_id 1, tokenized 2};
+  ``SamplingParams`` {max_tokens 8}, ``EmbedRequest`` {request_id 1, tokenized 2}; responses
+  ``GenerateResponse`` {chunk 1, complete 2}, ``GenerateStreamChunk`` {prompt_tokens 2, completion_tokens 3,
+  cached_tokens 4}, ``GenerateComplete`` {prompt_tokens 3, completion_tokens 4, cached_tokens 5},
+  ``EmbedResponse`` {prompt_tokens 2};
 * ``google.cloud.aiplatform.v1beta1`` ``ChatCompletionsRequest`` / ``RawPredictRequest`` /
   ``StreamRawPredictRequest`` {endpoint 1, http_body 2} and ``google.api.HttpBody`` {content_type 1, data 2}.
 """
@@ -45,11 +48,23 @@ def _build() -> dict[str, type[message.Message]]:
              ("stream", 5, _F.TYPE_BOOL, _OPT, ""))
     _message(vllm, "EmbedRequest", ("request_id", 1, _F.TYPE_STRING, _OPT, ""),
              ("tokenized", 2, _F.TYPE_MESSAGE, _OPT, ".vllm.grpc.engine.TokenizedInput"))
-    # `input` is a oneof upstream: declare it so WhichOneof tells text from tokens.
-    generate = vllm.message_type[2]
+    _message(vllm, "GenerateStreamChunk", ("prompt_tokens", 2, _F.TYPE_UINT32, _OPT, ""),
+             ("completion_tokens", 3, _F.TYPE_UINT32, _OPT, ""), ("cached_tokens", 4, _F.TYPE_UINT32, _OPT, ""))
+    _message(vllm, "GenerateComplete", ("prompt_tokens", 3, _F.TYPE_UINT32, _OPT, ""),
+             ("completion_tokens", 4, _F.TYPE_UINT32, _OPT, ""), ("cached_tokens", 5, _F.TYPE_UINT32, _OPT, ""))
+    _message(vllm, "GenerateResponse",
+             ("chunk", 1, _F.TYPE_MESSAGE, _OPT, ".vllm.grpc.engine.GenerateStreamChunk"),
+             ("complete", 2, _F.TYPE_MESSAGE, _OPT, ".vllm.grpc.engine.GenerateComplete"))
+    _message(vllm, "EmbedResponse", ("prompt_tokens", 2, _F.TYPE_UINT32, _OPT, ""))
+    # `input` and `response` are oneofs upstream: declared so WhichOneof tells the cases apart.
+    generate = next(m for m in vllm.message_type if m.name == "GenerateRequest")
     generate.oneof_decl.add(name="input")
     generate.field[1].oneof_index = 0
     generate.field[2].oneof_index = 0
+    response = next(m for m in vllm.message_type if m.name == "GenerateResponse")
+    response.oneof_decl.add(name="response")
+    for field in response.field:
+        field.oneof_index = 0
     pool.Add(vllm)
 
     vertex = descriptor_pb2.FileDescriptorProto(name="epp/vertex.proto", package="epp.vertex", syntax="proto3")
@@ -58,7 +73,8 @@ def _build() -> dict[str, type[message.Message]]:
              ("http_body", 2, _F.TYPE_MESSAGE, _OPT, ".epp.vertex.HttpBody"))
     pool.Add(vertex)
     names = ["vllm.grpc.engine.GenerateRequest", "vllm.grpc.engine.EmbedRequest", "vllm.grpc.engine.TokenizedInput",
-             "vllm.grpc.engine.SamplingParams", "epp.vertex.HttpBodyRequest", "epp.vertex.HttpBody"]
+             "vllm.grpc.engine.SamplingParams", "vllm.grpc.engine.GenerateResponse", "vllm.grpc.engine.EmbedResponse",
+             "epp.vertex.HttpBodyRequest", "epp.vertex.HttpBody"]
     return {n.rsplit(".", 1)[1]: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
 
 
@@ -67,6 +83,8 @@ GenerateRequest = _CLASSES["GenerateRequest"]
 EmbedRequest = _CLASSES["EmbedRequest"]
 TokenizedInput = _CLASSES["TokenizedInput"]
 SamplingParams = _CLASSES["SamplingParams"]
+GenerateResponse = _CLASSES["GenerateResponse"]
+EmbedResponse = _CLASSES["EmbedResponse"]
 # Vertex's ChatCompletions, RawPredict and StreamRawPredict requests share this shape.
 HttpBodyRequest = _CLASSES["HttpBodyRequest"]
 HttpBody = _CLASSES["HttpBody"]

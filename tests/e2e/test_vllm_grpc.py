@@ -5,6 +5,7 @@ which decodes the framed protobuf body and picks one of two gRPC model servers, 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from epp._util.proc import free_port
 from epp.envoy.config import Upstream
 from epp.envoy.stack import LocalGateway
 from tests.config.corpus import CORPUS
+from tests.conftest import wait_for
 
 CONFIG = CORPUS / ("llm-d__llm-d-router__config__charts__routerlib__templates___config.yaml__"
                    "default-plugins.yaml__modelServers-protocol-grpc.yaml")
@@ -40,6 +42,12 @@ class GrpcEngine:
         yield REPLY
 
 
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310
+        lines = [line for line in reply.read().decode().splitlines() if line.startswith(name)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 async def test_generate_is_parsed_and_routed_to_a_grpc_engine(tmp_path: Path) -> None:
     engines = [GrpcEngine(), GrpcEngine()]
     for engine in engines:
@@ -61,6 +69,10 @@ async def test_generate_is_parsed_and_routed_to_a_grpc_engine(tmp_path: Path) ->
             else:
                 raise AssertionError("a corrupt GenerateRequest was routed")
             assert refused.code() is not grpc.StatusCode.OK
+        # usage read from the gRPC response stream (GenerateComplete prompt 2, completion 1 per request)
+        url = f"http://127.0.0.1:{gateway.picker.metrics_port}/metrics"
+        await wait_for(lambda: _metric(url, "llm_d_epp_request_output_tokens_sum") == 4.0)
+        assert _metric(url, "llm_d_epp_request_input_tokens_sum") == 8.0
         served = [(e, r) for e in engines for r in e.received]
         assert len(served) == 4
         for engine, (body, metadata) in served:
