@@ -148,7 +148,8 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
                        ("--lora-info-metric", "LoRA info (vLLM label format; empty = off)"),
                        ("--cache-info-metric", "cache info (block_size, num_gpu_blocks labels; empty = off)")):
         m.add_argument(flag, type=metric_name, default=None, metavar="NAME[{LABEL=VALUE,...}]",
-                       help=f"GIE's series for {what}, for endpoints without an engine-type label (default: vLLM's)")
+                       help=f"GIE's series for {what}, for endpoints without an engine-type label; "
+                            "None = epp's per-engine table (vLLM's names for them)")
     s = parser.add_argument_group("ext_proc TLS (--secure-serving)")
     s.add_argument("--tls-min-version", type=tls_version, default=None, metavar="|".join(TLS_VERSIONS),
                    help="lowest TLS version accepted (epp never goes below TLS 1.2)")
