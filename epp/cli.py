@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from epp import __version__
+from epp._util.cli import pflag_booleans
 
 # (subcommand, module that defines ``configure_parser(parser)``, one-line help).
 # Modules are imported only to build their parser; heavy imports happen when a command runs.
@@ -48,9 +49,25 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
+    command, *rest = with_default_command(sys.argv[1:] if argv is None else argv) or [""]
+    sub_parser = _subcommand_parser(parser, command)
+    strays: list[str] = []
+    if sub_parser is not None:
+        rest, strays = pflag_booleans(sub_parser, rest)
+    args = parser.parse_args([command, *rest] if command else [])
+    for stray in strays:
+        print(f"epp: ignoring argument {stray!r}: a boolean flag takes its value as --flag={stray}, as pflag does",
+              file=sys.stderr)
     run = getattr(args, "run", None)
     if run is None:
         parser.print_help(sys.stderr)
         return 2
     return int(run(args) or 0)
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser | None:
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and command in choices:
+            return choices[command]  # type: ignore[no-any-return]
+    return None

@@ -71,3 +71,26 @@ def test_epp_serve_starts_with_every_flag_at_once(tmp_path: Path) -> None:
         picker.stop()
     log = (tmp_path / "epp.log").read_text()
     assert "epp ready" in log and "DEBUG" in log  # --zap-log-level=debug won over --log-level=info (later flag)
+
+
+def test_boolean_flags_never_take_the_next_argument_as_pflag() -> None:
+    """``--secure-serving false`` is --secure-serving=true plus a stray ``false`` the reference ignores:
+    epp does the same and says so, instead of silently reading it the other way round."""
+    from epp._util.cli import pflag_booleans
+    from epp.cli import _subcommand_parser
+
+    serve = _subcommand_parser(build_parser(), "serve")
+    assert serve is not None
+    argv, strays = pflag_booleans(serve, ["--secure-serving", "false", "--zap-devel", "--v", "3", "--tracing=false",
+                                          "--grpc-port", "9002", "--emit-endpoint-scores"])
+    assert strays == ["false"]
+    args = serve.parse_args(argv)
+    assert (args.secure_serving, args.zap_devel, args.verbosity, args.tracing, args.emit_endpoint_scores) == (
+        True, True, 3, False, True)
+
+
+def test_epp_main_warns_about_a_stray_boolean_value(capsys: pytest.CaptureFixture[str]) -> None:
+    from epp.cli import main
+
+    assert main(["serve", "--secure-serving", "false"]) == 2  # no endpoint source: exits before serving
+    assert "ignoring argument 'false': a boolean flag takes its value as --flag=false" in capsys.readouterr().err

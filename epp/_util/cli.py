@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from epp._util.duration import parse_duration
@@ -37,6 +37,30 @@ def go_bool(text: str) -> bool:
     if text in PFLAG_FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false (as Go's strconv.ParseBool), got {text!r}")
+
+
+def pflag_booleans(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """pflag never gives a boolean flag the next argument: ``--flag false`` is ``--flag`` (true) followed
+    by a stray positional ``false``, which the reference pickers ignore. Returns ``argv`` with such strays
+    removed (so argparse does not read them as the flag's value) and the strays, for a warning."""
+    booleans = {opt for action in parser._actions if action.type is go_bool for opt in action.option_strings}
+    out: list[str] = []
+    strays: list[str] = []
+    args = iter(argv)
+    for token in args:
+        out.append(token)
+        if token == "--":
+            out.extend(args)
+            break
+        if token in booleans:
+            following = next(args, None)
+            if following is None:
+                break
+            if following.startswith("-"):
+                out.append(following)
+            else:
+                strays.append(following)
+    return out, strays
 
 
 def duration(text: str) -> float:
