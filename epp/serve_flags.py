@@ -25,7 +25,7 @@
   routing reply's ``envoy.lb`` metadata under ``x-gateway-destination-endpoint-scores``.
 * ``--enable-grpc-stream-metrics``: ``llm_d_epp_extproc_streams_inflight``,
   ``…_stream_duration_seconds`` and ``…_streams_total{code}`` (``epp.extproc.stream_metrics``).
-* ``--allow-experimental-plugins``: accepted; epp ships no plugin upstream marks alpha, so nothing is gated.
+* ``--allow-experimental-plugins``: plugin types upstream marks alpha (``PluginType.alpha``) load only with it.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
     bool_flag(o, "--enable-grpc-stream-metrics", False,
               "ext_proc stream metrics: in-flight gauge, hold-duration histogram, completions by gRPC code")
     bool_flag(o, "--allow-experimental-plugins", False,
-              "allow plugins upstream marks alpha (epp ships none, so this gates nothing)")
+              "load plugin types upstream marks alpha (refused at start otherwise)")
 
 
 def scrape_target(args: argparse.Namespace) -> ScrapeTarget:

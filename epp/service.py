@@ -44,10 +44,11 @@ log = logging.getLogger("epp.serve")
 
 def load_policy(args: argparse.Namespace, clock: Clock) -> tuple[EndpointPickerConfig, Scheduler]:
     """``--config-text``, else ``--config-file`` (a path or preset name), else the default preset."""
+    allow = args.allow_experimental_plugins
     if args.config_text:
         config = parse_config_text(args.config_text)
-        return config, build_scheduler(config, clock=clock)
-    return load_config_and_scheduler(args.config_file or DEFAULT_POLICY, clock=clock)
+        return config, build_scheduler(config, clock=clock, allow_experimental=allow)
+    return load_config_and_scheduler(args.config_file or DEFAULT_POLICY, clock=clock, allow_experimental=allow)
 
 
 class PickerService:

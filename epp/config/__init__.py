@@ -57,12 +57,12 @@ def load_scheduler(source: str | Path, *, clock: Clock | None = None, rng: rando
 
 
 def load_config_and_scheduler(
-    source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None
+    source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None, allow_experimental: bool = True,
 ) -> tuple[EndpointPickerConfig, Scheduler]:
     """Both, for callers that also own other config sections (``epp serve``'s discovery)."""
     config = load_config(source)
     with _located(None if isinstance(source, str) and source in PRESETS else Path(source)):
-        scheduler = build_scheduler(config, clock=clock, rng=rng)
+        scheduler = build_scheduler(config, clock=clock, rng=rng, allow_experimental=allow_experimental)
         request_parsers(config, scheduler)  # a wrong requestHandler.parsers ref fails here, with the file name
         return config, scheduler
 

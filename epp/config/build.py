@@ -43,11 +43,16 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
 DEFAULT_PROFILE = "default"
 
 
-def _build_plugins(config: EndpointPickerConfig, registry: PluginRegistry, handle: PluginHandle) -> None:
+def _build_plugins(
+    config: EndpointPickerConfig, registry: PluginRegistry, handle: PluginHandle, allow_experimental: bool,
+) -> None:
     indexed = list(enumerate(config.plugins))
     for i, spec in indexed:
         if spec.type not in registry and spec.type not in EXTERNAL_PLUGIN_TYPES:
             raise ConfigError(f"plugins[{i}].type", f"unknown plugin type {spec.type!r} (known: {', '.join(registry.names())})")
+        if spec.type in registry and registry.get(spec.type).alpha and not allow_experimental:
+            raise ConfigError(f"plugins[{i}].type", f"plugin {spec.name!r} (type {spec.type!r}) has alpha stability; "
+                                                    "start epp with --allow-experimental-plugins to load it")
     # Producers first, so a consumer declared before its producer still finds it.
     ordered = sorted(
         (item for item in indexed if item[1].type in registry),
@@ -138,11 +143,13 @@ def build_scheduler(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     registry: PluginRegistry | None = None,
+    allow_experimental: bool = True,
 ) -> Scheduler:
     """Instantiate ``config``'s plugins and profiles. ``clock`` should be the datastore's clock and
-    ``rng`` a seeded generator when runs must be reproducible (replay, tests)."""
+    ``rng`` a seeded generator when runs must be reproducible (replay, tests). ``allow_experimental``
+    False refuses alpha plugin types (``epp serve`` without ``--allow-experimental-plugins``)."""
     handle = PluginHandle(clock or WallClock(), rng or random.Random(), reserved=frozenset(p.name for p in config.plugins))
-    _build_plugins(config, registry or builtin_registry(), handle)
+    _build_plugins(config, registry or builtin_registry(), handle, allow_experimental)
     if config.scheduling_profiles:
         profiles = {
             p.name: _profile(p.name, f"schedulingProfiles[{j}]", p.plugins, config, handle)
