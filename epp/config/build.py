@@ -33,7 +33,7 @@ from epp.scheduling.scheduler import Scheduler
 EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
-    "inflight-load-producer", "token-producer",
+    "token-producer",
     # flow control policies
     "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",
     "edf-ordering-policy", "slo-deadline-ordering-policy",

@@ -11,10 +11,12 @@ from epp.scheduling.plugins.filters import (
     header_based_testing,
     model_availability,
     owned_by,
+    prefix_cache_affinity,
     role,
     sglang_imbalance,
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
+from epp.scheduling.plugins.producers import inflight_load
 from epp.scheduling.plugins.profiles import single
 from epp.scheduling.plugins.response import served_verifier
 from epp.scheduling.plugins.scorers import (
@@ -38,6 +40,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # data producers (built first)
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
+    PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -47,6 +50,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_based_testing.HEADER_BASED_TESTING_FILTER, header_based_testing.factory),
     PluginType(sglang_imbalance.SGLANG_IMBALANCE_FILTER, sglang_imbalance.factory),
     PluginType(saturation.UTILIZATION_DETECTOR, saturation.factory),
+    PluginType(prefix_cache_affinity.PREFIX_CACHE_AFFINITY_FILTER, prefix_cache_affinity.factory),
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
     PluginType(running_requests.RUNNING_REQUESTS_SCORER, running_requests.factory),
