@@ -7,20 +7,27 @@ here registers itself on import.
 from __future__ import annotations
 
 from epp.scheduling import saturation
+from epp.scheduling.plugins.datalayer import dcgm, models
 from epp.scheduling.plugins.filters import (
+    endpoint_attribute,
     header_based_testing,
+    label_selector,
     model_availability,
     owned_by,
     prefix_cache_affinity,
     role,
     sglang_imbalance,
+    utilization,
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.producers import inflight_load
 from epp.scheduling.plugins.profiles import single
 from epp.scheduling.plugins.response import served_verifier
+from epp.scheduling.plugins.scorers import endpoint_attribute as endpoint_attribute_scorer
 from epp.scheduling.plugins.scorers import (
     active_request,
+    context_length_aware,
+    header_label_affinity,
     kv_cache,
     load_aware,
     lora_affinity,
@@ -41,6 +48,11 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
     PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
+    # data sources and extractors other than the engines' /metrics (polled by epp.metrics.sources)
+    PluginType(dcgm.DCGM_DATA_SOURCE, dcgm.source_factory, producer=True),
+    PluginType(dcgm.DCGM_EXTRACTOR, dcgm.extractor_factory, producer=True),
+    PluginType(models.MODELS_DATA_SOURCE, models.source_factory, producer=True),
+    PluginType(models.MODELS_DATA_EXTRACTOR, models.extractor_factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -51,6 +63,10 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(sglang_imbalance.SGLANG_IMBALANCE_FILTER, sglang_imbalance.factory),
     PluginType(saturation.UTILIZATION_DETECTOR, saturation.factory),
     PluginType(prefix_cache_affinity.PREFIX_CACHE_AFFINITY_FILTER, prefix_cache_affinity.factory),
+    PluginType(label_selector.LABEL_SELECTOR_FILTER, label_selector.factory),
+    PluginType(endpoint_attribute.ENDPOINT_ATTRIBUTE_FILTER, endpoint_attribute.factory),
+    PluginType(utilization.UTILIZATION_FILTER, utilization.factory),
+    PluginType(context_length_aware.CONTEXT_LENGTH_AWARE, context_length_aware.factory),  # filter and scorer
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
     PluginType(running_requests.RUNNING_REQUESTS_SCORER, running_requests.factory),
@@ -64,6 +80,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(no_hit_lru.NO_HIT_LRU_SCORER, no_hit_lru.factory),
     PluginType(sglang_cache_aware.SGLANG_CACHE_AWARE_SCORER, sglang_cache_aware.factory),
     PluginType(ttft_predictor.TTFT_PREDICTOR_SCORER, ttft_predictor.factory),
+    PluginType(endpoint_attribute_scorer.ENDPOINT_ATTRIBUTE_SCORER, endpoint_attribute_scorer.factory),
+    PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),
