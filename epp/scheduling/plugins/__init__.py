@@ -7,7 +7,7 @@ here registers itself on import.
 from __future__ import annotations
 
 from epp.scheduling import saturation
-from epp.scheduling.plugins.datalayer import dcgm, models
+from epp.scheduling.plugins.datalayer import dcgm, models, topology
 from epp.scheduling.plugins.filters import (
     endpoint_attribute,
     header_based_testing,
@@ -17,6 +17,7 @@ from epp.scheduling.plugins.filters import (
     prefix_cache_affinity,
     role,
     sglang_imbalance,
+    topology_affinity,
     utilization,
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
@@ -40,6 +41,7 @@ from epp.scheduling.plugins.scorers import (
     token_load,
     ttft_predictor,
 )
+from epp.scheduling.plugins.scorers import topology_affinity as topology_affinity_scorer
 from epp.scheduling.prefix import precise_producer, producer
 from epp.scheduling.registry import PluginType
 
@@ -53,6 +55,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(dcgm.DCGM_EXTRACTOR, dcgm.extractor_factory, producer=True),
     PluginType(models.MODELS_DATA_SOURCE, models.source_factory, producer=True),
     PluginType(models.MODELS_DATA_EXTRACTOR, models.extractor_factory, producer=True),
+    PluginType(topology.TOPOLOGY_EXTRACTOR, topology.extractor_factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -66,6 +69,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(label_selector.LABEL_SELECTOR_FILTER, label_selector.factory),
     PluginType(endpoint_attribute.ENDPOINT_ATTRIBUTE_FILTER, endpoint_attribute.factory),
     PluginType(utilization.UTILIZATION_FILTER, utilization.factory),
+    PluginType(topology_affinity.TOPOLOGY_AFFINITY_FILTER, topology_affinity.factory),
     PluginType(context_length_aware.CONTEXT_LENGTH_AWARE, context_length_aware.factory),  # filter and scorer
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
@@ -82,6 +86,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(ttft_predictor.TTFT_PREDICTOR_SCORER, ttft_predictor.factory),
     PluginType(endpoint_attribute_scorer.ENDPOINT_ATTRIBUTE_SCORER, endpoint_attribute_scorer.factory),
     PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
+    PluginType(topology_affinity_scorer.TOPOLOGY_AFFINITY_SCORER, topology_affinity_scorer.factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),
