@@ -117,6 +117,9 @@ class Director:
         if request.priority < 0 and self.saturation is not None and self.saturation.is_saturated(candidates):
             raise RequestError(429, "system is saturated; sheddable request dropped",
                                error_type="rate_limit_exceeded", code="saturated")
+        for admitter in self.scheduler.admitters:
+            if (refusal := admitter.admit(request, candidates)) is not None:
+                raise RequestError(429, refusal, error_type="rate_limit_exceeded", code="rejected")
         t0 = self.clock.now()
         try:
             result = self.scheduler.schedule(request, candidates)

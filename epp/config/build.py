@@ -6,7 +6,7 @@
 * no ``schedulingProfiles`` at all → one ``default`` profile with every declared filter, scorer
   (weight 1) and picker, so a plugins-only config still schedules;
 * the saturation detector is ``flowControl.saturationDetector``, else the first configured
-  ``utilization-detector``, else one with default parameters.
+  ``utilization-detector`` or ``concurrency-detector``, else a utilization detector with default parameters.
 
 Plugin types owned by other parts of epp (data layer, flow control policies) are accepted in
 ``plugins`` and kept on the config for their owners; any other unknown type is an error. Every
@@ -22,6 +22,7 @@ from epp.config.decode import ConfigError
 from epp.config.model import EndpointPickerConfig, PluginRef, PluginSpec
 from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
 from epp.scheduling.params import ParamError
+from epp.scheduling.plugins.admission.concurrency_detector import ConcurrencyDetector
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
@@ -111,7 +112,7 @@ def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> 
             raise ConfigError("flowControl.saturationDetector.pluginRef", f"{ref!r} is not a saturation detector")
         return plugin  # type: ignore[return-value]
     for plugin in handle.plugins.values():
-        if isinstance(plugin, UtilizationDetector):
+        if isinstance(plugin, (UtilizationDetector, ConcurrencyDetector)):
             return plugin
     return UtilizationDetector(handle.clock)
 

@@ -177,3 +177,10 @@ class ResponseComplete(Plugin, Protocol):
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """Called when the response has ended, with the engine's usage counts when it reported them."""
         ...
+
+
+@runtime_checkable
+class Admitter(Plugin, Protocol):
+    def admit(self, request: LLMRequest, endpoints: Sequence[EndpointState]) -> str | None:
+        """Before scheduling: None to let the request in, else why it is refused (answered 429)."""
+        ...

@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     RESPONSE_COMPLETE,
     RESPONSE_RECEIVED,
     RESPONSE_STREAMING,
+    Admitter,
     CycleState,
     DurationRecorder,
     Plugin,
@@ -80,6 +81,7 @@ class Scheduler:
         self.response_received_plugins = [p for p in self.plugins if isinstance(p, ResponseReceived)]
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
+        self.admitters = [p for p in self.plugins if isinstance(p, Admitter)]
         self._hook_failures: set[tuple[int, str]] = set()
         self._timers: dict[str, list[DurationRecorder]] | None = None
 

@@ -7,6 +7,7 @@ here registers itself on import.
 from __future__ import annotations
 
 from epp.scheduling import saturation
+from epp.scheduling.plugins.admission import concurrency_detector, probabilistic_admitter
 from epp.scheduling.plugins.datalayer import dcgm, models, topology
 from epp.scheduling.plugins.filters import (
     endpoint_attribute,
@@ -65,6 +66,9 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_based_testing.HEADER_BASED_TESTING_FILTER, header_based_testing.factory),
     PluginType(sglang_imbalance.SGLANG_IMBALANCE_FILTER, sglang_imbalance.factory),
     PluginType(saturation.UTILIZATION_DETECTOR, saturation.factory),
+    # admission
+    PluginType(concurrency_detector.CONCURRENCY_DETECTOR, concurrency_detector.factory),
+    PluginType(probabilistic_admitter.PROBABILISTIC_ADMITTER, probabilistic_admitter.factory),
     PluginType(prefix_cache_affinity.PREFIX_CACHE_AFFINITY_FILTER, prefix_cache_affinity.factory),
     PluginType(label_selector.LABEL_SELECTOR_FILTER, label_selector.factory),
     PluginType(endpoint_attribute.ENDPOINT_ATTRIBUTE_FILTER, endpoint_attribute.factory),
