@@ -20,7 +20,18 @@ import random
 from epp._util.clock import Clock, WallClock
 from epp.config.decode import ConfigError
 from epp.config.model import EndpointPickerConfig, PluginRef, PluginSpec
-from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
+from epp.scheduling.framework import (
+    Admitter,
+    Filter,
+    Picker,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    RequestProcessor,
+    ResponseComplete,
+    ResponseMetadata,
+    Scorer,
+)
 from epp.scheduling.params import ParamError
 from epp.scheduling.plugins.admission.concurrency_detector import ConcurrencyDetector
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
@@ -41,6 +52,9 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
 })
 
 DEFAULT_PROFILE = "default"
+REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete)
+"""Plugins that act on every request whatever the profile; upstream configs also list them in a profile,
+which is accepted and changes nothing."""
 
 
 def _build_plugins(config: EndpointPickerConfig, registry: PluginRegistry, handle: PluginHandle) -> None:
@@ -90,7 +104,7 @@ def _profile(name: str, path: str, refs: tuple[PluginRef, ...], config: Endpoint
                 raise ConfigError(f"{ref_path}.pluginRef", f"profile {name!r} already has picker {picker.typed_name.name!r}")
             picker = plugin
             used = True
-        if not used:
+        if not used and not isinstance(plugin, REQUEST_CONTROL):
             raise ConfigError(f"{ref_path}.pluginRef", f"{ref.plugin_ref!r} is not a filter, scorer or picker")
     return SchedulerProfile(name, picker or MaxScorePicker(rng=handle.child_rng()), filters, scorers)
 
