@@ -22,7 +22,7 @@ from epp.scheduling.plugins.filters import (
     utilization,
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
-from epp.scheduling.plugins.producers import inflight_load
+from epp.scheduling.plugins.producers import burst_prefix, inflight_load, mm_embeddings
 from epp.scheduling.plugins.profiles import single
 from epp.scheduling.plugins.requestcontrol import agent_identity, request_attribute_reporter
 from epp.scheduling.plugins.response import served_verifier
@@ -52,6 +52,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
     PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
+    PluginType(burst_prefix.BURST_PREFIX_CACHE_PRODUCER, burst_prefix.factory, producer=True),
+    PluginType(mm_embeddings.MM_EMBEDDINGS_CACHE_PRODUCER, mm_embeddings.producer_factory, producer=True),
     # data sources and extractors other than the engines' /metrics (polled by epp.metrics.sources)
     PluginType(dcgm.DCGM_DATA_SOURCE, dcgm.source_factory, producer=True),
     PluginType(dcgm.DCGM_EXTRACTOR, dcgm.extractor_factory, producer=True),
@@ -92,6 +94,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(endpoint_attribute_scorer.ENDPOINT_ATTRIBUTE_SCORER, endpoint_attribute_scorer.factory),
     PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
     PluginType(topology_affinity_scorer.TOPOLOGY_AFFINITY_SCORER, topology_affinity_scorer.factory),
+    PluginType(mm_embeddings.MM_EMBEDDINGS_CACHE_SCORER, mm_embeddings.scorer_factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),
