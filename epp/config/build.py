@@ -45,6 +45,7 @@ from epp.scheduling.scheduler import Scheduler
 EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
+    "multicluster-file-discovery",
     "token-producer",
     # flow control policies
     "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from epp.scheduling import saturation
 from epp.scheduling.plugins.admission import concurrency_detector, probabilistic_admitter
-from epp.scheduling.plugins.datalayer import dcgm, models, topology
+from epp.scheduling.plugins.datalayer import dcgm, models, multicluster_metrics, topology
 from epp.scheduling.plugins.filters import (
     endpoint_attribute,
     header_based_testing,
     label_selector,
+    multicluster_session_affinity,
     model_availability,
     owned_by,
     prefix_cache_affinity,
@@ -34,6 +35,8 @@ from epp.scheduling.plugins.scorers import (
     kv_cache,
     load_aware,
     lora_affinity,
+    multicluster_kv_cache,
+    multicluster_queue,
     no_hit_lru,
     prefix_cache,
     queue,
@@ -60,6 +63,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(models.MODELS_DATA_SOURCE, models.source_factory, producer=True),
     PluginType(models.MODELS_DATA_EXTRACTOR, models.extractor_factory, producer=True),
     PluginType(topology.TOPOLOGY_EXTRACTOR, topology.extractor_factory, producer=True),
+    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_DATA_SOURCE, multicluster_metrics.source_factory, producer=True),
+    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_EXTRACTOR, multicluster_metrics.extractor_factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -77,6 +82,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(endpoint_attribute.ENDPOINT_ATTRIBUTE_FILTER, endpoint_attribute.factory),
     PluginType(utilization.UTILIZATION_FILTER, utilization.factory),
     PluginType(topology_affinity.TOPOLOGY_AFFINITY_FILTER, topology_affinity.factory),
+    PluginType(multicluster_session_affinity.MULTICLUSTER_SESSION_AFFINITY_FILTER, multicluster_session_affinity.factory),
     PluginType(context_length_aware.CONTEXT_LENGTH_AWARE, context_length_aware.factory),  # filter and scorer
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
@@ -95,6 +101,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
     PluginType(topology_affinity_scorer.TOPOLOGY_AFFINITY_SCORER, topology_affinity_scorer.factory),
     PluginType(mm_embeddings.MM_EMBEDDINGS_CACHE_SCORER, mm_embeddings.scorer_factory),
+    PluginType(multicluster_queue.MULTICLUSTER_QUEUE_SCORER, multicluster_queue.factory),
+    PluginType(multicluster_kv_cache.MULTICLUSTER_KV_CACHE_SCORER, multicluster_kv_cache.factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),

@@ -29,7 +29,8 @@ def session_token(state: EndpointState) -> str:
     return base64.b64encode(f"{state.endpoint.namespace}/{state.name}".encode()).decode()
 
 
-def _decode(token: str) -> str | None:
+def decode_session_token(token: str) -> str | None:
+    """The ``<namespace>/<endpoint>`` a token names, None when it is not valid base64 text."""
     try:
         return base64.b64decode(token, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
@@ -42,7 +43,7 @@ class SessionAffinityScorer:
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         token = request.session_token or request.headers.get(SESSION_TOKEN_HEADER)
-        wanted = _decode(token) if token else None
+        wanted = decode_session_token(token) if token else None
         if wanted is None:
             return [0.0] * len(endpoints)
         return [1.0 if f"{e.endpoint.namespace}/{e.name}" == wanted else 0.0 for e in endpoints]
