@@ -16,7 +16,7 @@ from epp.request import LLMRequest
 from epp.request.headers import SESSION_TOKEN_HEADER
 from epp.scheduling.framework import CycleState, TypedName
 from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.plugins.scorers.session_affinity import decode_session_token, session_token
+from epp.scheduling.plugins.scorers.session_affinity import endpoint_key, session_endpoint, session_token
 from epp.scheduling.registry import PluginHandle
 
 MULTICLUSTER_SESSION_AFFINITY_FILTER = "multicluster-session-affinity-filter"
@@ -27,11 +27,10 @@ class MultiClusterSessionAffinityFilter:
         self.typed_name = TypedName(MULTICLUSTER_SESSION_AFFINITY_FILTER, name)
 
     def filter(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[EndpointState]:
-        token = request.session_token or request.headers.get(SESSION_TOKEN_HEADER)
-        wanted = decode_session_token(token) if token else None
+        wanted = session_endpoint(request)
         if wanted is None:
             return endpoints
-        kept = [e for e in endpoints if f"{e.endpoint.namespace}/{e.name}" == wanted]
+        kept = [e for e in endpoints if endpoint_key(e) == wanted]
         return kept or endpoints
 
     def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> dict[str, str]:
