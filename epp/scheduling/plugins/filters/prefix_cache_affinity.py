@@ -218,6 +218,9 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Prefi
     p = _resolve_throughput(name, p, explicit="peakPrefillThroughput" in params)
     if p.ttft_source == PREFILL_THROUGHPUT and p.max_ttft_penalty_ms > 0 and p.peak_prefill_throughput == 0:
         raise ParamError("peakPrefillThroughput", "must be > 0 when ttftSource is prefillThroughput")
+    if p.max_tokens_in_flight_penalty:
+        log.info("%s: maxTokensInFlightPenalty is the older, token form of the load gate (current llm-d: "
+                 "maxTTFTPenaltyMs with peakPrefillThroughput); both gates apply as configured", name)
     producer = resolve_producer(name, {}, PrefixScorerParams(p.prefix_match_info_producer_name), handle)
     load = find_inflight_load(handle, p.in_flight_load_producer_name, "inFlightLoadProducerName")
     uses_predictor = p.ttft_source == LATENCY_PREDICTOR and p.max_ttft_penalty_ms > 0
