@@ -33,6 +33,7 @@ from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
+from epp.metrics.sources import attribute_pollers
 from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target, tls_options
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -82,6 +83,8 @@ class PickerService:
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
                                     registry=self.telemetry.registry, target=scrape_target(args),
                                     specs=engine_specs(args))
+        self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
+                                                   args.refresh_metrics_interval)  # DCGM, /v1/models
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         servicer = ExtProcServicer(self.director, args.max_body_bytes, self.limiter)
         if args.enable_grpc_stream_metrics:
@@ -105,6 +108,8 @@ class PickerService:
         """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
         await stack.enter_async_context(self.source.running)
         await stack.enter_async_context(self.poller)
+        for poller in self.attribute_pollers:
+            await stack.enter_async_context(poller)
         for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
             register, start, stop = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
             if register is not None:

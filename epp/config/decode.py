@@ -134,7 +134,8 @@ def parse_quantity(text: str, path: str = "") -> int:
 
 
 def _bytes(value: object, path: str) -> int:
-    """A byte count: an integer or a Kubernetes quantity such as ``1Gi``."""
+    """A byte or request count: an integer or a Kubernetes quantity such as ``1Gi`` or ``1k`` (upstream
+    types ``maxBytes`` and ``maxRequests`` as resource.Quantity)."""
     if isinstance(value, str):
         return parse_quantity(value, path)
     return _count(value, path)
@@ -204,7 +205,7 @@ def _data_layer(value: object, path: str) -> DataLayerSpec:
 def _band(value: object, path: str) -> PriorityBandSpec:
     obj = _mapping(value, path, {"priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"})
     return PriorityBandSpec(
-        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _bytes),
         _opt(obj, "fairnessPolicyRef", path, _str), _opt(obj, "orderingPolicyRef", path, _str),
     )
 
@@ -220,7 +221,7 @@ def _flow_control(value: object, path: str) -> FlowControlSpec:
         if band.priority is None:
             raise ConfigError(_at(_at(_at(path, "priorityBands"), i), "priority"), "is required")
     return FlowControlSpec(
-        _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _bytes),
         _opt(obj, "defaultRequestTTL", path, _duration), _opt(obj, "noEndpointRequestTTL", path, _duration),
         _opt(obj, "defaultPriorityBand", path, _band), _opt(obj, "defaultNegativePriorityBand", path, _band),
         bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), _opt(obj, "saturationDetector", path, _ref),
