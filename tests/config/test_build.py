@@ -146,3 +146,13 @@ def test_alpha_plugin_types_need_allow_experimental() -> None:
                                           "start epp with --allow-experimental-plugins"):
         build_scheduler(config, registry=registry, allow_experimental=False)
     assert build_scheduler(config, registry=registry, allow_experimental=True).plugins
+
+
+def test_a_parser_listed_in_a_profile_is_accepted_as_upstream_does() -> None:
+    """GIE's integration-test config lists openai-parser among a profile's plugins; it changes nothing there."""
+    from epp.config import load_scheduler_text
+
+    scheduler = load_scheduler_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+                                    "plugins: [{type: openai-parser}, {type: queue-scorer}]\n"
+                                    "schedulingProfiles: [{name: default, plugins: [{pluginRef: openai-parser}, {pluginRef: queue-scorer}]}]\n")
+    assert [w.scorer.typed_name.type for w in scheduler.profiles["default"].scorers] == ["queue-scorer"]

@@ -216,3 +216,10 @@ def test_gie_data_section_is_the_data_layer_and_llm_d_multi_replica_fields_decod
     assert layer is not None and layer.cross_replica_sync_interval == 2.0 and layer.cross_replica_syncer == "metrics-data-source"
     with pytest.raises(ConfigError, match="^dataLayer.peerDiscovery.pluginRef: no plugin named 'peers'"):
         parse_config_text(llm_d + "  peerDiscovery: {pluginRef: peers}\n")
+
+
+def test_max_requests_reads_as_a_quantity_as_upstream_types_it() -> None:
+    config = parse_config_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nflowControl:\n  maxRequests: '1k'\n"
+                               "  priorityBands: [{priority: 1, maxRequests: '500'}]\n")
+    assert config.flow_control is not None
+    assert (config.flow_control.max_requests, config.flow_control.priority_bands[0].max_requests) == (1000, 500)
