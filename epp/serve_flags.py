@@ -3,7 +3,9 @@
 ``pkg/epp/server/options.go``):
 
 * ``--model-server-metrics-{scheme,path,port,https-insecure-skip-verify}``: where engine metrics are
-  scraped (``epp.metrics.poller.ScrapeTarget``); HTTPS certificates unverified by default, as in GIE.
+  scraped (``epp.metrics.poller.ScrapeTarget``); HTTPS certificates unverified by default, as in GIE. A
+  ``metrics-data-source`` plugin in the config (``scheme``, ``path``, ``insecureSkipVerify``, as the
+  charts render it) replaces the flags' scheme, path and verification, as it replaces GIE's default source.
 * GIE's metric-name flags ``--total-queued-requests-metric``, ``--total-running-requests-metric``,
   ``--kv-cache-usage-percentage-metric``, ``--lora-info-metric``, ``--cache-info-metric``
   (``name`` or ``name{label=value}``, quoted or not, as the GIE chart renders them; an empty LoRA or
@@ -43,9 +45,12 @@ from epp._util.cli import bool_flag, port
 from epp.config.decode import ConfigError, parse_quantity
 from epp.datastore.endpoint import DEFAULT_ENGINE
 from epp.metrics.engines import ENGINES, EngineSpec, Selector, parse_selector, with_legacy_names
+from epp.metrics.poller import SOURCE_TYPE as METRICS_SOURCE
 from epp.metrics.poller import ScrapeTarget
+from epp.scheduling.params import ParamError, decode_params
 
 if TYPE_CHECKING:
+    from epp.config.model import EndpointPickerConfig
     from epp.extproc.tls import TlsOptions
 
 METRIC_FLAGS = ("total_queued_requests_metric", "total_running_requests_metric", "kv_cache_usage_percentage_metric",
@@ -169,9 +174,30 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
               "load plugin types upstream marks alpha (refused at start otherwise)")
 
 
-def scrape_target(args: argparse.Namespace) -> ScrapeTarget:
-    return ScrapeTarget(args.model_server_metrics_scheme, args.model_server_metrics_path,
-                        args.model_server_metrics_port, args.model_server_metrics_https_insecure_skip_verify)
+@dataclass(frozen=True, slots=True)
+class MetricsSourceParams:
+    """``metrics-data-source`` parameters (upstream's defaults)."""
+
+    scheme: str = "http"
+    path: str = "/metrics"
+    insecure_skip_verify: bool = True
+
+
+def scrape_target(args: argparse.Namespace, config: EndpointPickerConfig | None = None) -> ScrapeTarget:
+    """The flags' target, or the config's ``metrics-data-source`` parameters when it declares one."""
+    port = args.model_server_metrics_port
+    declared = [(i, p) for i, p in enumerate(config.plugins if config else ()) if p.type == METRICS_SOURCE]
+    if not declared:
+        return ScrapeTarget(args.model_server_metrics_scheme, args.model_server_metrics_path, port,
+                            args.model_server_metrics_https_insecure_skip_verify)
+    i, spec = declared[0]
+    try:
+        params = decode_params(MetricsSourceParams, spec.parameters)
+        return ScrapeTarget(params.scheme, params.path, port, params.insecure_skip_verify)
+    except ParamError as err:
+        raise ConfigError(f"plugins[{i}].parameters" + (f".{err.key}" if err.key else ""), err.message) from None
+    except ValueError as err:  # ScrapeTarget's own checks (scheme, path)
+        raise ConfigError(f"plugins[{i}].parameters", str(err)) from None
 
 
 def engine_specs(args: argparse.Namespace) -> Mapping[str, EngineSpec]:

@@ -81,7 +81,7 @@ class PickerService:
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
-                                    registry=self.telemetry.registry, target=scrape_target(args),
+                                    registry=self.telemetry.registry, target=scrape_target(args, config),
                                     specs=engine_specs(args))
         self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
                                                    args.refresh_metrics_interval)  # DCGM, /v1/models

@@ -122,3 +122,26 @@ def test_bad_scrape_flags_are_usage_errors(argv: list[str]) -> None:
 def test_empty_required_metric_names_are_refused() -> None:
     with pytest.raises(ValueError, match="total-queued-requests-metric must name a metric"):
         engine_specs(serve_args("--total-queued-requests-metric="))
+
+
+async def test_a_metrics_data_source_in_the_config_sets_scheme_path_and_verification() -> None:
+    """As the llm-d chart renders it; the config's source replaces the flags' scheme and path."""
+    from epp.config import ConfigError, parse_config_text
+    from epp.serve_flags import scrape_target
+
+    head = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: metrics-data-source\n"
+    params = '  parameters: {scheme: "https", path: "/custom/metrics", insecureSkipVerify: true}\n'
+    args = serve_args("--model-server-metrics-path=/ignored")
+    target = scrape_target(args, parse_config_text(head + params))
+    assert (target.scheme, target.path, target.insecure_skip_verify) == ("https", "/custom/metrics", True)
+    async with page((DATA / "vllm.prom").read_text(), "/custom/metrics", tls=True) as port:
+        ds = Datastore()
+        ds.replace_all([Endpoint("e", "127.0.0.1", 1, metrics_port=port)])
+        async with MetricsPoller(ds, interval=0.02, target=target):
+            await wait_for(lambda: (s := ds.get("e")) is not None and s.metrics is not None)
+    default = scrape_target(args, parse_config_text(head))
+    assert (default.scheme, default.path) == ("http", "/metrics")  # upstream's defaults, not the flag's path
+    for bad, key in (("{scheme: ftp}", "plugins[0].parameters"), ("{verify: true}", "plugins[0].parameters.verify")):
+        with pytest.raises(ConfigError) as err:
+            scrape_target(args, parse_config_text(head + f"  parameters: {bad}\n"))
+        assert err.value.path == key
