@@ -94,3 +94,19 @@ def test_epp_main_warns_about_a_stray_boolean_value(capsys: pytest.CaptureFixtur
 
     assert main(["serve", "--secure-serving", "false"]) == 2  # no endpoint source: exits before serving
     assert "ignoring argument 'false': a boolean flag takes its value as --flag=false" in capsys.readouterr().err
+
+
+def test_alpha_multicluster_config_needs_allow_experimental_plugins() -> None:
+    """llm-d-router's multicluster example: its plugins are alpha upstream, so epp serve refuses them
+    unless --allow-experimental-plugins is given, as upstream's loader does."""
+    from epp._util.clock import WallClock
+    from epp.config import ConfigError
+    from epp.service import load_policy
+    from tests.config.corpus import CORPUS
+
+    config = str(CORPUS / "llm-d__llm-d-router__pkg__epp__framework__plugins__README.md__L40.yaml")
+    refused = build_parser().parse_args(["serve", "--config-file", config])
+    with pytest.raises(ConfigError, match="alpha stability; start epp with --allow-experimental-plugins"):
+        load_policy(refused, WallClock())
+    allowed = build_parser().parse_args(["serve", "--config-file", config, "--allow-experimental-plugins"])
+    assert load_policy(allowed, WallClock())[1].plugins
