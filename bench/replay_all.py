@@ -34,7 +34,7 @@ from typing import Any
 from epp.engine.config import EngineConfig
 from epp.replay.knee import Knee, find_knee, unloaded_scale
 from epp.replay.offline import ClusterSpec
-from epp.replay.plots import write_plots
+from epp.replay.plots import PlotContext, write_plots
 from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
 from epp.replay.targets import Loads, Verdict, evaluate
@@ -258,7 +258,8 @@ def main() -> int:
         body += trace_section(trace, total, search, summaries, labels, verdicts)
         plot_dir = args.out.with_suffix("") / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
-        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale])
+        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale],
+                    PlotContext(trace.name, search.bounds))
         body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent) if plot_dir.is_relative_to(HERE.parent) else plot_dir}/` (written by the script, not committed).", ""]
         raw[path.name] = {
             "knee": dataclasses.asdict(search.knee),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
+import signal
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ def run_live_job(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, s
 def _worker(
     index: int, trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, queue: multiprocessing.Queue[Any]
 ) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the parent handles it and kills the workers,
+    # which must not each print a KeyboardInterrupt traceback meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         outcome = run_one(trace, job, cluster, bounds, lambda n: queue.put(("progress", index, n)))
         queue.put(("done", index, outcome))
