@@ -138,7 +138,7 @@ class PipedProgress:
             self.console.print(
                 f"{self.jobs[index].label}: {done:,}/{self.total:,} requests ({step * 100 // PIPED_PROGRESS_STEPS}%), "
                 f"{finished}/{len(self.jobs)} runs done, {time.monotonic() - self.started:.0f} s",
-                highlight=False, markup=False,
+                highlight=False, markup=False, soft_wrap=True,
             )
 
 
@@ -176,7 +176,8 @@ def replay(args: argparse.Namespace) -> int:
             return 0
     jobs = [Job(policy, rate, args.seed, pickers) for policy in policies(args.policy) for rate in args.rate_scale]
     if not console.is_terminal:
-        console.print(f"{title}: {len(jobs)} run(s), {args.jobs if not args.live else 1} at a time", highlight=False)
+        console.print(f"{title}: {len(jobs)} run(s), {args.jobs if not args.live else 1} at a time",
+                      highlight=False, soft_wrap=True)
     piped = PipedProgress(console, jobs, len(trace.requests))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -91,8 +91,17 @@ def _common(summaries: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def pack(widths: Sequence[int], fixed: int, budget: int) -> list[list[int]]:
-    """Indices of value columns per stacked table: in order, as many as fit beside the ``fixed`` ones
-    within ``budget`` characters (at least one per table, so nothing is ever dropped)."""
+    """Indices of value columns per stacked table, in order: as few tables as fit beside the ``fixed``
+    columns within ``budget`` characters, with the columns spread evenly over them (no lonely last one)."""
+    count = len(_greedy(widths, fixed, budget))
+    even = fixed + -(-sum(w + CELL_OVERHEAD for w in widths) // count)
+    while len(tables := _greedy(widths, fixed, even)) > count:
+        even += 1
+    return tables
+
+
+def _greedy(widths: Sequence[int], fixed: int, budget: int) -> list[list[int]]:
+    """As many columns per table as fit (at least one, so nothing is ever dropped)."""
     tables: list[list[int]] = [[]]
     used = fixed
     for index, width in enumerate(widths):
@@ -112,9 +121,8 @@ def tables(title: str, summaries: Sequence[dict[str, Any]], width: int) -> Group
     values = _shown(VALUE_COLUMNS, summaries)
     widths = [c.width(summaries) for c in values]
     key_widths = [c.width(summaries) for c in keys]
-    # The policy name (possibly a config path) is the one column that may wrap, never below a readable width.
-    room_for_values = width - 1 - sum(w + CELL_OVERHEAD for w in key_widths[1:]) - max(widths) - CELL_OVERHEAD
-    key_widths[0] = max(MIN_POLICY_WIDTH, min(key_widths[0], room_for_values - CELL_OVERHEAD))
+    # The policy name (possibly a config path) is the one column that may wrap: at most a quarter of the line.
+    key_widths[0] = max(MIN_POLICY_WIDTH, min(key_widths[0], width // 4))
     fixed = 1 + sum(w + CELL_OVERHEAD for w in key_widths)
     heading = Text(title + ("" if not _common(summaries) else "\n" + ", ".join(_common(summaries))), style="bold")
     parts: list[Any] = [heading]
