@@ -120,3 +120,22 @@ def test_ctrl_c_ends_a_replay_with_one_line_and_no_traceback() -> None:
     assert replay.returncode == 130, err
     assert err.strip().splitlines()[-1] == "epp replay: interrupted"
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_without_matplotlib_out_fails_at_once_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", "random", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "pip install 'epp[replay]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_the_serving_commands_never_import_matplotlib() -> None:
+    code = ("import sys, epp.cli, epp.app, epp.service, epp.replay.app, epp.replay.cli; epp.cli.build_parser(); "
+            "sys.exit('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0
