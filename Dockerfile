@@ -6,7 +6,7 @@
 # a passwd lookup), nothing written outside /tmp (readOnlyRootFilesystem), no HEALTHCHECK
 # (Kubernetes probes the gRPC health service on port 9003 instead).
 #
-# Build: `make image IMAGE=registry.example.com/team/epp [TAG=...]` (docs/deploy.md, step 5).
+# Build: `make image IMAGE=registry.example.com/team/epp [TAG=...]` (docs/deploy.md, step 6).
 # Reproducible: every dependency is installed at the version pinned in constraints.txt. Slim: no
 # extras, so no plotting stack (`epp replay --out` plots need `pip install 'epp[replay]'`).
 

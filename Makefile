@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# `make image IMAGE=registry.example.com/team/epp` then `make image-push IMAGE=...` (docs/deploy.md, step 5)
+# `make image IMAGE=registry.example.com/team/epp` then `make image-push IMAGE=...` (docs/deploy.md, step 6)
 IMAGE ?= epp
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker

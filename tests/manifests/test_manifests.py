@@ -41,7 +41,7 @@ def test_minimal_example_is_picker_pool_gateway_and_route_only(rendered: Any) ->
 def test_an_own_kustomization_can_use_an_example_without_copying_it(
     needs_kubectl: None, tmp_path: Path
 ) -> None:
-    """docs/deploy.md step 5: a kustomization anywhere lists the example by a relative path and sets the image."""
+    """docs/deploy.md step 6: a kustomization anywhere lists the example by a relative path and sets the image."""
     example = os.path.relpath(MANIFESTS / "examples" / "minimal", tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
