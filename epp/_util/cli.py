@@ -110,16 +110,6 @@ def port(text: str) -> int:
     return int(text)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
-
-
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
