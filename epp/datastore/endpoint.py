@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
 ROLE_LABEL = "llm-d.ai/role"
+KV_EVENTS_PORT_LABEL = "epp/kv-events-port"
+"""Where the endpoint's engine publishes KV events, when not at the pool-wide port (several engines
+on one host)."""
 DEFAULT_ENGINE = "vllm"
 
 

@@ -55,6 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from zmq.utils.monitor import parse_monitor_message
 
 from epp.datastore import Endpoint
+from epp.datastore.endpoint import KV_EVENTS_PORT_LABEL
 from epp.kvevents.decode import (
     TOPIC_PREFIX,
     EventBatch,
@@ -68,8 +69,6 @@ from epp.scheduling.prefix.precise import SeqCheck
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5557
-PORT_LABEL = "epp/kv-events-port"
-"""An endpoint label naming its engine's events port (before the rank offset)."""
 _RANK = re.compile(r"-rank-(\d+)$")
 _END_SEQ = (-1).to_bytes(8, "big", signed=True)
 _YIELD_EVERY = 64
@@ -102,7 +101,7 @@ def data_parallel_rank(endpoint: Endpoint) -> int:
 
 def labelled_port(endpoint: Endpoint) -> int | None:
     """The endpoint's ``epp/kv-events-port`` label, if it holds a TCP port."""
-    text = endpoint.labels.get(PORT_LABEL, "")
+    text = endpoint.labels.get(KV_EVENTS_PORT_LABEL, "")
     return int(text) if text.isascii() and text.isdigit() and 0 < int(text) < 65536 else None
 
 
