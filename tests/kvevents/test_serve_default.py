@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
-from tests.kvevents.test_serve_precise import pick
+from tests.kvevents.test_serve_precise import pick, serve
 from tests.sim.conftest import SimProcess, run_sim
 from tests.sim.helpers import MODEL, post
 from tests.test_app import free_port, health_is
@@ -39,27 +38,9 @@ def engines() -> Iterator[list[tuple[SimProcess, int]]]:
 
 @pytest.fixture
 def picker(engines: list[tuple[SimProcess, int]]) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
     pool = ",".join(f"127.0.0.1:{sim.port}@{events}" for sim, events in engines)  # two engines, one host
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "epp", "serve", "--static-endpoints", pool, "--secure-serving=false",
-         "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]), "--grpc-health-port", str(ports["health"]),
-         "--metrics-port", str(ports["metrics"]), "--drain-timeout", "0s"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        yield proc, ports
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        print(proc.stdout.read())  # shown by pytest when the test failed
-        proc.stdout.close()
+    with serve("--static-endpoints", pool, "--drain-timeout", "0s") as running:  # and no config
+        yield running
 
 
 async def samples(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

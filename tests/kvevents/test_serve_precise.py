@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import grpc
@@ -52,14 +53,14 @@ def engines(kv_port: int) -> Iterator[tuple[int, int]]:
         yield a.port, b.port
 
 
-@pytest.fixture
-def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+@contextmanager
+def serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """``epp serve`` on free 127.0.0.1 ports with ``args``; stopped by PID, its output shown on failure."""
     ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "epp", "serve", "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in engines),
-         "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
-         "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
-         "--config-text", CONFIG.format(port=kv_port)],
+        [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--bind-address", "127.0.0.1",
+         "--grpc-port", str(ports["grpc"]), "--grpc-health-port", str(ports["health"]),
+         "--metrics-port", str(ports["metrics"]), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -75,6 +76,13 @@ def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.
         assert proc.stdout is not None
         print(proc.stdout.read())  # shown by pytest when the test failed
         proc.stdout.close()
+
+
+@pytest.fixture
+def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    pool = ",".join(f"127.0.0.1:{p}" for p in engines)
+    with serve("--static-endpoints", pool, "--config-text", CONFIG.format(port=kv_port)) as running:
+        yield running
 
 
 async def batches_received(metrics_port: int) -> float:
