@@ -131,7 +131,7 @@ def block_hash(value: object) -> int:
 def _hashes(value: object) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise KVEventDecodeError("block_hashes must be a list")
-    return tuple(block_hash(h) for h in value)
+    return tuple([h & _U64 if type(h) is int else block_hash(h) for h in value])  # ints: no call per hash
 
 
 def _optional_int(fields: Mapping[str, Any], name: str, default: int | None) -> int | None:
@@ -243,7 +243,7 @@ def decode_payload(topic: str, seq: int, payload: bytes) -> EventBatch:
         raise KVEventDecodeError("events must be a list")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
         raise KVEventDecodeError("data_parallel_rank must be an int")
-    events = tuple(e for e in map(decode_event, raw_events) if e is not None)
+    events = tuple([e for e in map(decode_event, raw_events) if e is not None])
     return EventBatch(topic, seq, float(ts), events, rank)
 
 
