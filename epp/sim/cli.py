@@ -81,8 +81,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_kv_events(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for KV-event flags that cannot work, before anything starts."""
+    if args.kv_events_replay_endpoint and not args.kv_events_endpoint:
+        raise ValueError("--kv-events-replay-endpoint needs --kv-events-endpoint")
+    try:
+        args.kv_events_topic.format(host="h", port=1, model="m")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--kv-events-topic may use only {{host}}, {{port}} and {{model}}: {exc!r}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     from epp.sim.server import SimOptions
+
+    _check_kv_events(args)
 
     engine = EngineConfig(
         profile=args.profile,

@@ -76,9 +76,20 @@ def test_redis_url_makes_the_index_shared_and_bad_parameters_name_their_key() ->
         ("{tokenizer: 'nope'}", "tokenizer"),
         ("{eventTimeout: 0}", "eventTimeout"),
         ("{kvEventsPort: 0}", "kvEventsPort"),
+        ("{kvEventsReplayPort: 70000}", "kvEventsReplayPort"),
         ("{redisMaxLen: 0}", "redisMaxLen"),
         ("{blockSize: 64}", "blockSize"),
     ):
         with pytest.raises(ConfigError) as err:
             load_scheduler_text(config(params))
         assert key in err.value.path
+
+
+def test_replay_rank_offset_and_young_window_parameters_reach_the_subscriber_and_index() -> None:
+    params = "{kvEventsPort: 6000, kvEventsReplayPort: 6100, kvEventsRankOffset: false, youngViewWindow: 1m}"
+    producer = next(p for p in load_scheduler_text(config(params)).plugins if isinstance(p, PrecisePrefixCacheProducer))
+    ranked = Endpoint("pod-rank-3", "10.0.0.1", 8003)
+    assert (producer.subscriber.events_port(ranked), producer.subscriber.replay_port(ranked)) == (6000, 6100)
+    assert producer.precise.young_window == 60.0
+    default = next(p for p in load_scheduler_text(config("{}")).plugins if isinstance(p, PrecisePrefixCacheProducer))
+    assert (default.subscriber.events_port(ranked), default.subscriber.replay_port(ranked)) == (5560, None)
