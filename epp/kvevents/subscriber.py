@@ -347,27 +347,34 @@ class KVEventSubscriber:
     async def _receive_replaying(
         self, sock: zmq.asyncio.Socket, endpoint: Endpoint, replay_url: str, follow: _Follow
     ) -> None:
-        """``_receive`` with backfills: on each (re)connection, and before a batch after a gap."""
+        """``_receive`` with backfills: on each (re)connection — as soon as it is known, or at the
+        latest before the first live batch after it is applied — and before a batch after a gap."""
         received = 0
         poll_ms = max(1, int(self._replay_timeout * 1000))
+        name = endpoint.name
         while True:
-            if follow.backfill_due and follow.connected:
-                follow.backfill_due = False
-                start = 0 if follow.last_seq is None else follow.last_seq + 1
-                await self._backfill(endpoint.name, replay_url, follow, start, None)
+            if follow.backfill_due and follow.connected:  # an idle engine: backfill without waiting for traffic
+                await self._catch_up(name, replay_url, follow)
             if not await sock.poll(poll_ms):
                 continue
             frames = await sock.recv_multipart()
+            if follow.backfill_due:  # a live batch is proof of the connection: what came before it, first
+                await self._catch_up(name, replay_url, follow)
             seq = int.from_bytes(frames[1], "big") if len(frames) == 3 and len(frames[1]) == 8 else None
             if seq is not None and follow.last_seq is not None and follow.skip_through is None:
                 if seq > follow.last_seq + 1:  # a gap
-                    await self._backfill(endpoint.name, replay_url, follow, follow.last_seq + 1, seq)
+                    await self._backfill(name, replay_url, follow, follow.last_seq + 1, seq)
                 elif 0 < seq <= follow.last_seq:  # a restarted publisher, joined after its first batches
-                    await self._backfill(endpoint.name, replay_url, follow, 0, seq)
-            self._handle(frames, lambda pod: endpoint.name, follow)
+                    await self._backfill(name, replay_url, follow, 0, seq)
+            self._handle(frames, lambda pod: name, follow)
             received += 1
             if received % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+    async def _catch_up(self, name: str, url: str, follow: _Follow) -> None:
+        """The (re)connection backfill: everything after the last batch seen (all, if none was)."""
+        follow.backfill_due = False
+        await self._backfill(name, url, follow, 0 if follow.last_seq is None else follow.last_seq + 1, None)
 
     async def _backfill(self, name: str, url: str, follow: _Follow, start: int, stop: int | None) -> None:
         """Ask the engine's replay socket for its buffered batches from ``start`` and apply those

@@ -101,6 +101,38 @@ async def test_a_late_subscriber_backfills_what_the_engine_cached_before_it_join
         await sub.stop()
 
 
+async def test_a_busy_engines_first_live_batch_waits_for_the_backfill(engine: Engine) -> None:
+    """Live batches may reach the subscriber before it notices the connection: what the engine sent
+    before them is still backfilled first, so the view starts at batch 0, not at the first live one."""
+    early, early_keys = stored("cached while epp was down " * 10)
+    engine.publisher.publish([early])
+    busy, _ = stored("traffic that keeps the engine publishing " * 6)
+
+    async def traffic() -> None:
+        while True:
+            engine.publisher.publish([busy])
+            await asyncio.sleep(0.005)
+
+    publishing = asyncio.get_running_loop().create_task(traffic())
+    index = PreciseIndex(VirtualClock(), BlockIndex(100))
+    registry = CollectorRegistry()
+    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay, registry=registry)
+    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
+    await sub.start()
+    try:
+        await until(lambda: (registry.get_sample_value("epp_kv_events_batches_total", {"result": "in-order"}) or 0) > 20,
+                    "live batches after the backfill")  # fmt: skip
+        index.routed("e", "r", early_keys, MODEL)
+        assert index.match(early_keys, ["e"]) == [len(early_keys)] and not index.young("e")
+        for result in ("baseline", "gap", "restart"):
+            assert registry.get_sample_value("epp_kv_events_batches_total", {"result": result}) is None
+    finally:
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+        await sub.stop()
+
+
 async def test_without_a_replay_socket_the_first_batch_is_a_baseline_and_the_view_is_young() -> None:
     engine = Engine()
     engine.publisher.publish([stored("missed " * 20)[0]])  # seq 0 goes by unseen
