@@ -30,7 +30,8 @@ def run_demo(engines: int, *, tls: bool = False, keep_dir: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="epp-demo-"))
     names = [f"engine-{letter}" for letter in string.ascii_lowercase[:engines]]
     console.print(f"Starting {engines} local engines, epp serve and Envoy (work dir {workdir}) …")
-    fleet = start_engines(names, MODEL)
+    # the report's "cached tokens" column is usage.prompt_tokens_details, which vLLM sends only with this flag
+    fleet = start_engines(names, MODEL, extra_args=["--enable-prompt-tokens-details"])
     try:
         # The least-inflight preset, not serve's default (gie-default): its choices can be explained from the
         # demo's own in-flight counts, which is what the report's "why" column does.
