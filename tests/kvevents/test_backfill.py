@@ -37,9 +37,20 @@ def test_events_ports_follow_the_label_and_the_data_parallel_rank() -> None:
     assert sub.events_port(bad) == 5557
 
 
+def ingested(registry: CollectorRegistry) -> float:
+    """Batches the subscriber handed to the index, whatever their sequence check said."""
+    return sum(
+        s.value for family in registry.collect() if family.name == "epp_kv_events_batches"
+        for s in family.samples if s.name.endswith("_total")
+    )  # fmt: skip
+
+
 def stored(prompt: str) -> tuple[BlockStored, list[int]]:
+    """A store as a real vLLM reports it — engine hashes of its own (sha256), not epp's keys — and the
+    keys epp computes for the prompt."""
     h = hashes(completion(prompt))
-    return BlockStored(tuple(h), None, tuple(SIM.encode(prompt)), 16, None), h
+    tokens = tuple(SIM.encode(prompt)[: 16 * len(h)])  # full blocks only, as an engine reports them
+    return BlockStored(tuple(k ^ 0x5EED for k in h), None, tokens, 16, None), h
 
 
 class Engine:
@@ -84,8 +95,8 @@ async def test_a_late_subscriber_backfills_what_the_engine_cached_before_it_join
     sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
     await sub.start()
     try:
-        await until(lambda: index.held_blocks("e") > 0, "the backfill")
-        index.routed("e", "r0", early_keys, MODEL)
+        await until(lambda: ingested(registry) >= 2, "the backfill")
+        index.routed("e", "r0", early_keys, MODEL)  # the first pick names the model: the backfill is keyed
         assert index.match(early_keys, ["e"]) == [len(early_keys)]
         assert index.feed_state("e") is FeedState.LIVE and not index.young("e")  # seen from batch 0
         later, later_keys = stored("published after the subscription " * 8)
@@ -137,9 +148,10 @@ async def test_without_a_replay_socket_the_first_batch_is_a_baseline_and_the_vie
     engine = Engine()
     engine.publisher.publish([stored("missed " * 20)[0]])  # seq 0 goes by unseen
     index = PreciseIndex(VirtualClock(), BlockIndex(100))
+    registry = CollectorRegistry()
     silent_replay = free_port()  # nothing answers there: given up on after the timeout
     sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=silent_replay,
-                            replay_timeout=0.2)  # fmt: skip
+                            replay_timeout=0.2, registry=registry)  # fmt: skip
     sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
     await sub.start()
     try:
@@ -147,7 +159,7 @@ async def test_without_a_replay_socket_the_first_batch_is_a_baseline_and_the_vie
         for _ in range(100):
             engine.publisher.publish([seen])
             await asyncio.sleep(0.05)
-            if index.held_blocks("e"):
+            if ingested(registry):
                 break
         index.routed("e", "r", keys, MODEL)
         assert index.match(keys, ["e"]) == [len(keys)]
@@ -162,11 +174,12 @@ async def test_sglangs_replay_replies_without_a_topic_backfill_too() -> None:
     early, keys = stored("sglang cached this first " * 10)
     engine.publisher.publish([early])
     index = PreciseIndex(VirtualClock(), BlockIndex(100))
-    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay)
+    registry = CollectorRegistry()
+    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay, registry=registry)
     sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
     await sub.start()
     try:
-        await until(lambda: index.held_blocks("e") > 0, "the backfill")
+        await until(lambda: ingested(registry) > 0, "the backfill")
         index.routed("e", "r", keys, MODEL)
         assert index.match(keys, ["e"]) == [len(keys)]
     finally:

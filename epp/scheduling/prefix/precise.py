@@ -62,7 +62,10 @@ can miss (only its output blocks are stored), which is why one miss is not enoug
 agreement lifts ``KEYS_MISMATCH``.
 
 **Model.** Root blocks are seeded with the topic's model (llm-d's ``kv@<pod>@<model>``); vLLM's default
-topic is empty, so then with the model of the latest request epp routed to the endpoint.
+topic is empty, so then with the model of the latest request epp routed to the endpoint. Events that
+arrive before the model is known (a backfill at start-up, traffic from elsewhere) wait, bounded by
+``max_blocks_per_endpoint``, and are applied in order once it is: from the first request routed
+there, or sooner from the model the engine's metrics name (``seed``, by the producer at lookup).
 
 A publisher restart (sequence going back) means a fresh engine with an empty cache: the view is
 cleared. Memory: about 150 bytes per held block (a dict entry per endpoint and a shared owner mask),
@@ -126,6 +129,8 @@ class _View:
     block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
     joined_at: float | None = None  # first batch seen was not the publisher's first: blocks may be unseen
     undecodable: bool = False  # the latest batch from this endpoint could not be decoded
+    deferred: deque[Stored | Removed] = field(default_factory=deque)  # events waiting for a model to seed them
+    deferred_blocks: int = 0
     probe_keys: dict[int, int] = field(default_factory=dict)  # key → probes watching it
     due: deque[_Probe] = field(default_factory=deque)  # probes whose first token came, oldest first
     groups: GroupFilter = field(default_factory=GroupFilter)  # which KV-cache groups hold full attention
@@ -194,6 +199,7 @@ class PreciseIndex:
         self.mismatch_after = mismatch_after
         self.max_probes = max_probes
         self._probes: dict[str, _Probe] = {}  # request id → probe waiting for its first token, oldest first
+        self.unseeded: set[str] = set()  # endpoints whose events wait for a model (``seed``)
         self._warned = False
         self._views: dict[str, _View] = {}
         self._owners: dict[int, int] = {}  # key → bit mask of endpoints holding it
@@ -223,21 +229,52 @@ class PreciseIndex:
         view.last_seq = seq
         view.undecodable = False
         view.awaiting_since = None
+        seeded = model is not None or view.model is not None
         for event in events:
             if not view.groups.keep(event):
                 continue
-            if isinstance(event, Stored):
-                self._stored(view, event, model)
-            elif isinstance(event, Removed):
-                self._removed(view, event.block_hashes)
-            elif isinstance(event, Cleared):
-                self._clear(view)
-                view.resync_until = None
+            if seeded or isinstance(event, Cleared):
+                self._apply(view, event, model)
+            else:
+                self._defer(view, event)
+                self.unseeded.add(endpoint)
         if len(view.held) + len(view.suspect) > self.max_blocks_per_endpoint:
             self._clear(view)
             self._start_resync(view, now)
             check = SeqCheck.OVERFLOW
         return check
+
+    def _apply(self, view: _View, event: KVEvent, model: str | None) -> None:
+        if isinstance(event, Stored):
+            self._stored(view, event, model)
+        elif isinstance(event, Removed):
+            self._removed(view, event.block_hashes)
+        else:
+            self._clear(view)
+            view.resync_until = None
+
+    def _defer(self, view: _View, event: Stored | Removed) -> None:
+        """Hold an event until the model that seeds root blocks is known (an empty topic, and no
+        request routed to the endpoint yet — e.g. a backfill at start-up); the oldest go first past
+        ``max_blocks_per_endpoint`` blocks."""
+        view.deferred.append(event)
+        view.deferred_blocks += len(event.block_hashes)
+        while view.deferred_blocks > self.max_blocks_per_endpoint:
+            view.deferred_blocks -= len(view.deferred.popleft().block_hashes)
+
+    def seed(self, endpoint: str, model: str) -> None:
+        """``endpoint``'s engine serves ``model`` (from its scraped metrics): key what waited for it."""
+        self.unseeded.discard(endpoint)
+        view = self._views.get(endpoint)
+        if view is not None and view.model is None:
+            view.model = model
+            self._apply_deferred(view)
+
+    def _apply_deferred(self, view: _View) -> None:
+        events, view.deferred = view.deferred, deque()
+        view.deferred_blocks = 0
+        for event in events:
+            self._apply(view, event, None)
 
     # -- key agreement ---------------------------------------------------------------------------
     def routed(self, endpoint: str, request_id: str, hashes: Sequence[int], model: str) -> None:
@@ -245,6 +282,9 @@ class PreciseIndex:
         will compute there: until the feed's keys are known to agree, watch for its blocks."""
         view = self._view(endpoint)
         view.model = model
+        if view.deferred:
+            self._apply_deferred(view)
+        self.unseeded.discard(endpoint)
         if view.agreed or not hashes:
             return
         keys = (hashes[0],) if len(hashes) == 1 else (hashes[0], hashes[-1])
@@ -421,6 +461,8 @@ class PreciseIndex:
         view.held.clear()
         view.suspect.clear()
         view.alias.clear()
+        view.deferred.clear()
+        view.deferred_blocks = 0
 
     def _start_resync(self, view: _View, now: float) -> None:
         view.suspect.update(view.held)
@@ -519,6 +561,7 @@ class PreciseIndex:
             view.awaiting_since = self.clock.now()
 
     def remove(self, endpoint: str) -> None:
+        self.unseeded.discard(endpoint)
         view = self._views.get(endpoint)
         if view is not None:
             self._reset_probes(view)

@@ -49,7 +49,7 @@ from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, prefill_target
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
 from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
@@ -116,6 +116,17 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks, self.chains)
 
+    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> tuple[PrefixMatch, list[int]]:
+        """``ApproxPrefixCacheProducer.match``, after telling the index which model each candidate
+        serves where its events still wait for one (vLLM's empty topic names none)."""
+        unseeded = self.precise.unseeded
+        if unseeded:
+            for state in endpoints:
+                name = state.endpoint.name
+                if name in unseeded and (model := served_model(state, request)) is not None:
+                    self.precise.seed(name, model)
+        return super().match(cycle, request, endpoints)
+
     def view_is_exact(self, endpoint_name: str) -> bool:
         """True while the endpoint's matches come from its engine's events (feed ``LIVE``: connected,
         in sequence, answering, keys agreeing); else they come from the approximate fallback."""
@@ -160,6 +171,15 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.subscriber.endpoint_removed(endpoint)
         super().endpoint_removed(endpoint)
+
+
+def served_model(state: EndpointState, request: LLMRequest) -> str | None:
+    """The model an endpoint's engine serves, from the ``model_name`` its metrics carry: the only one,
+    or the request's target among several; None before the first scrape."""
+    models = state.metrics.models if state.metrics is not None else frozenset()
+    if len(models) == 1:
+        return next(iter(models))
+    return request.target_model if request.target_model in models else None
 
 
 class _FeedStates(Collector):

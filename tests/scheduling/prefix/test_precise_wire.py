@@ -47,6 +47,21 @@ def test_a_captured_vllm_stream_is_found_by_the_prompts_token_ids(index: Precise
     assert index.feed_state("e") is FeedState.LIVE  # the lookup's first block was reported: keys agree
 
 
+def test_events_before_any_routed_request_wait_for_the_model_that_seeds_them(index: PreciseIndex) -> None:
+    """vLLM's empty topic names no model: a backfill (or traffic from elsewhere) that arrives before epp
+    routed anything there is keyed once a routed request says which model the engine serves."""
+    batches = [decode_message(frames(m)) for m in messages("vllm_events1")]
+    for batch in batches:
+        index.ingest("e", batch.seq, batch.events, None)
+    assert index.held_blocks("e") == 0  # waiting: sha256 engine hashes alone would match nothing
+    first = batches[0].events[0]
+    assert isinstance(first, Stored)
+    index.routed("e", "r", keys(list(first.token_ids), 128), MODEL)
+    assert index.held_blocks("e") == 11
+    assert index.match(keys(list(first.token_ids), 128), ["e"]) == [5]
+    assert index.feed_state("e") is FeedState.LIVE  # the routed prompt's blocks were reported: keys agree
+
+
 def test_captured_evictions_remove_what_was_stored(index: PreciseIndex) -> None:
     index.routed("e", "r", [1], MODEL)
     held = 0
