@@ -8,8 +8,8 @@ Two topologies, as llm-d deploys them:
   data-parallel rank (the ``-rank-<i>`` of its name: vLLM offsets each DP rank's publisher by its rank,
   and GIE names an endpoint per target port so), unless the endpoint's ``epp/kv-events-port`` label
   names its own (two engines on one host: ``--static-endpoints 10.0.0.1:8000@5557,10.0.0.1:8001@5558``
-  or the endpoints file's labels). Membership is followed through the
-  datastore-listener methods. A socket monitor reports the TCP connection, so a dead engine is known
+  or the endpoints file's labels). Membership is followed through the datastore-listener methods.
+  A socket monitor reports the TCP connection, so a dead engine is known
   at once (``DISCONNECTED``); ZMQ reconnects by itself (every 100 ms backing off to 2 s while nothing
   listens, one TCP attempt at a time). Every picker replica subscribes to every engine, so replicas
   hold the same precise view without sharing it. The socket says whose events they are, so every
@@ -21,10 +21,10 @@ Two topologies, as llm-d deploys them:
   asks the engine's replay ROUTER for every batch it still buffers from the one after the last seen
   (vLLM's protocol: a DEALER sends ``[b"", seq as 8 bytes big-endian]``; the engine answers ``[b"",
   topic, seq, payload]`` per buffered batch and ``[b"", b"", -1, b""]`` at the end — SGLang the same
-  without the topic frame), applies them in order, then
-  drops live batches the backfill already delivered. A sequence gap is backfilled the same way
-  before the batch after it is applied. An engine without a replay socket is given up on after
-  ``replay_timeout`` (once per connection).
+  without the topic frame), applies them in order — before any live batch — then drops the live
+  batches the backfill already delivered. A sequence gap, or a restarted publisher seen after its
+  first batches, is backfilled the same way before the batch after it is applied. An engine without
+  a replay socket is given up on after ``replay_timeout`` (once per connection).
 * ``bind``: one SUB bound to ``bind_endpoint`` that engines connect to; a batch's endpoint is the
   ``<host:port>`` of its topic ``kv@<host:port>@<model>``, matched against the endpoints' host:port.
   Batches from unknown publishers are dropped and counted. With several picker replicas an engine
