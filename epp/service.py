@@ -32,6 +32,7 @@ from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
+from epp.metrics.sources import attribute_pollers
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -75,6 +76,8 @@ class PickerService:
         health = HealthService(readiness=self.source.ready, leader_election=election)
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
                                     registry=self.telemetry.registry)
+        self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
+                                                   args.refresh_metrics_interval)  # DCGM, /v1/models
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         self.server = PickerServer(
             ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
@@ -93,6 +96,8 @@ class PickerService:
         """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
         await stack.enter_async_context(self.source.running)
         await stack.enter_async_context(self.poller)
+        for poller in self.attribute_pollers:
+            await stack.enter_async_context(poller)
         for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
             register, start, stop = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
             if register is not None:
