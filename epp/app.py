@@ -59,9 +59,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
                         "(2-3x less CPU per request; see README 'Transport')")
     p = parser.add_argument_group("pool without Kubernetes")
-    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
+    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[@EVENTS_PORT][,...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
-                        "instead of --pool-name / --endpoint-selector")
+                        "instead of --pool-name / --endpoint-selector. @EVENTS_PORT: where that engine "
+                        "publishes KV events (several engines on one host)")
     p.add_argument("--endpoints-file", default="", metavar="PATH",
                    help="llm-d endpoints file (YAML: endpoints: [{name, address, port, ...}]), like a "
                         "file-discovery plugin in the config; instead of the other sources")
