@@ -126,7 +126,7 @@ class PickerService:
         await self.metrics.start()
         stack.push_async_callback(self.metrics.stop)
         await self.server.start()
-        stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry)
+        stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry, shutdown.now)
         log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d (%s)",
                  self.source.name, self.server.port, self.server.health_port, self.metrics.port,
                  "Kubernetes token auth" if self.metrics_auth is not None else "no auth")

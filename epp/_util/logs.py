@@ -89,6 +89,7 @@ class LogSettings:
     level: int = logging.INFO
     stacktrace_level: int = logging.ERROR
     time_encoding: str | None = None
+    library_level: int | None = None  # grpc, aiohttp …; None: from the verbosity given beside the format
 
 
 def log_settings(args: argparse.Namespace) -> LogSettings:
@@ -98,7 +99,8 @@ def log_settings(args: argparse.Namespace) -> LogSettings:
     stack = getattr(args, "zap_stacktrace_level", None)
     if stack is None:
         stack = logging.WARNING if devel else logging.ERROR
-    return LogSettings(args.log_format, level, stack, getattr(args, "zap_time_encoding", None))
+    library = logging.NOTSET if args.verbosity >= LIBRARY_DEBUG_VERBOSITY else max(level, logging.INFO)
+    return LogSettings(args.log_format, level, stack, getattr(args, "zap_time_encoding", None), library)
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +110,8 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zap-encoder", dest="log_format", type=log_format, metavar="console|json", default=argparse.SUPPRESS,
                    help="the reference picker's name for --log-format (console = text)")
     g.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                   help="log verbosity: 1 warnings, 2 info, 3+ debug")
+                   help=f"log verbosity: 1 warnings, 2 info, 3+ debug, {LIBRARY_DEBUG_VERBOSITY}+ also libraries' "
+                        "debug lines (grpc, aiohttp, ...)")
     g.add_argument("--zap-log-level", "--log-level", dest="zap_log_level", type=zap_level, default=None,
                    metavar="LEVEL", help="debug|info|warn|error|panic or a verbosity number; overrides -v")
     g.add_argument("--zap-devel", type=_go_bool, nargs="?", const=True, default=False, metavar="BOOL",
@@ -192,6 +195,12 @@ def _encodable(value: object) -> object:
     return value
 
 
+# Libraries whose DEBUG output is about their own internals (grpc logs a line per RPC and event loop, in
+# Cython); they log at most INFO unless the operator asks for library debugging with -v 5 or more.
+LIBRARY_LOGGERS = ("grpc", "asyncio", "aiohttp", "kubernetes_asyncio", "urllib3", "hpack", "matplotlib", "PIL")
+LIBRARY_DEBUG_VERBOSITY = 5
+
+
 def level_for(verbosity: int) -> int:
     return logging.WARNING if verbosity < 2 else logging.INFO if verbosity == 2 else logging.DEBUG
 
@@ -211,4 +220,8 @@ def configure_logging(fmt: str | LogSettings, verbosity: int = 2, stream: TextIO
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.level)
+    library_level = settings.library_level if settings.library_level is not None else (
+        logging.NOTSET if verbosity >= LIBRARY_DEBUG_VERBOSITY else max(settings.level, logging.INFO))
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
     return handler
