@@ -67,7 +67,7 @@ class PickerService:
             tls = server_ssl_context if native else server_credentials
             credentials = tls(args.cert_path or None, args.enable_cert_reload)
         self.director = Director(
-            self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
+            self.datastore, self.scheduler, self.telemetry,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
             model_rewriter=self.source.model_rewriter,
         )
