@@ -246,7 +246,7 @@ class OfflineReplay:
         i = 0
         next_poll = 0.0
         interval = self.cluster.poll_interval
-        while i < n or heap or self._waiting():
+        while i < n or heap or (self._queues and self._waiting()):
             t_arrival = arrivals[i] if i < n else math.inf
             t_engine = heap[0][0] if heap else math.inf
             t = min(t_arrival, t_engine)
