@@ -86,11 +86,16 @@ class AdmissionPolicy(Protocol):
         """Requests held right now."""
         ...
 
+    @property
+    def waits_for_endpoints(self) -> bool:
+        """Whether a request that finds the pool empty waits for endpoints (flow control) instead of a 503."""
+        ...
+
     def admit(self, request: LLMRequest, body_size: int, candidates: Sequence[EndpointState],
               proceed: Proceed) -> Waiting | None: ...
 
-    def released(self) -> None:
-        """A routed request ended: capacity may have freed up."""
+    def released(self, request: LLMRequest, usage: Usage) -> None:
+        """A routed request ended (``usage`` as the engine reported it): capacity may have freed up."""
 
     def tick(self) -> None:
         """Time passed or metrics changed: expire deadlines, dispatch what now fits."""
@@ -101,6 +106,7 @@ class ShedSheddable:
     with 429 while the pool is saturated; everything else is scheduled at once. Holds nothing."""
 
     waiting = 0
+    waits_for_endpoints = False
 
     def __init__(self, saturation: Saturation | None) -> None:
         self.saturation = saturation
@@ -113,7 +119,7 @@ class ShedSheddable:
         else:
             proceed(None)
 
-    def released(self) -> None:
+    def released(self, request: LLMRequest, usage: Usage) -> None:
         pass
 
     def tick(self) -> None:
@@ -192,7 +198,7 @@ class Director:
         original_headers = dict(request.headers)
         try:
             body = self._apply_rewrite(request)
-            candidates = self.candidates(subset)
+            candidates = self._candidates_to_admit(subset)
         except RequestError as error:
             done(error)
             return None
@@ -255,6 +261,15 @@ class Director:
         self.telemetry.request_routed(request, 0)
         return decision
 
+    def _candidates_to_admit(self, subset: Sequence[object] | None) -> list[EndpointState]:
+        """The candidates, or none at all when the admission policy waits for endpoints to appear."""
+        try:
+            return self.candidates(subset)
+        except RequestError as error:
+            if error.code == "no_endpoints" and self.admission.waits_for_endpoints:
+                return []
+            raise
+
     def candidates(self, subset: Sequence[object] | None) -> list[EndpointState]:
         """Pool members, narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
         states = self.datastore.endpoints()
@@ -291,7 +306,7 @@ class Director:
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
-        self.admission.released()
+        self.admission.released(request, seen)
 
     @property
     def wants_response_metadata(self) -> bool:

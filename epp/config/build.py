@@ -5,8 +5,9 @@
 * one profile and no profile handler → ``single-profile-handler``; more than one handler → error;
 * no ``schedulingProfiles`` at all → one ``default`` profile with every declared filter, scorer
   (weight 1) and picker, so a plugins-only config still schedules;
-* the saturation detector is ``flowControl.saturationDetector``, else the first configured
-  ``utilization-detector``, else one with default parameters.
+* the saturation detector is ``flowControl.saturationDetector`` (a pluginRef, or a
+  ``utilization-detector``'s parameters inline, as is GIE's deprecated top-level ``saturationDetector:``),
+  else the first configured ``utilization-detector``, else one with default parameters.
 
 Plugin types owned by other parts of epp (data layer, flow control policies) are accepted in
 ``plugins`` and kept on the config for their owners; any other unknown type is an error. Every
@@ -26,7 +27,9 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginHandle, PluginRegistry, builtin_registry
-from epp.scheduling.saturation import SaturationDetector, UtilizationDetector
+from epp.flowcontrol.policies import FACTORIES as FLOW_CONTROL_POLICIES
+from epp.scheduling.params import decode_params
+from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
 
 # Types configs may declare that the scheduler does not build: their owners read them from the config.
@@ -34,9 +37,8 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
     "inflight-load-producer", "token-producer",
-    # flow control policies
-    "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",
-    "edf-ordering-policy", "slo-deadline-ordering-policy",
+    # flow control policies (built by epp.flowcontrol)
+    *FLOW_CONTROL_POLICIES,
 })
 
 DEFAULT_PROFILE = "default"
@@ -104,6 +106,11 @@ def _implicit_profile_refs(config: EndpointPickerConfig, handle: PluginHandle) -
 
 
 def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> SaturationDetector:
+    if config.saturation_detector is not None:  # inline parameters (GIE's deprecated top-level section)
+        try:
+            return UtilizationDetector(handle.clock, params=decode_params(UtilizationParams, config.saturation_detector))
+        except ParamError as err:
+            raise ConfigError(f"saturationDetector.{err.key}" if err.key else "saturationDetector", err.message) from None
     ref = config.flow_control.saturation_detector if config.flow_control else None
     if ref is not None:
         plugin: Plugin | None = handle.plugins.get(ref)

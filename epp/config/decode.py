@@ -30,6 +30,8 @@ T = TypeVar("T")
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _QUANTITY_FACTOR = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# GIE's SaturationDetector config (v1.x): the utilization detector's parameters.
+_UTILIZATION_KEYS = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold", "headroom"}
 _GATE = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]*)(?:=(true|false))?$")
 
 
@@ -119,12 +121,12 @@ def _bool(value: object, path: str) -> bool:
     return value
 
 
-def _bytes(value: object, path: str) -> int:
-    """A byte count: an integer or a Kubernetes quantity such as ``1Gi``."""
+def _quantity(value: object, path: str) -> int:
+    """A byte size or count: an integer or a Kubernetes quantity such as ``1Gi`` or ``1k``."""
     if isinstance(value, str):
         m = _QUANTITY.match(value.strip())
         if m is None:
-            raise ConfigError(path, f"must be a byte count such as 1073741824 or 1Gi, got {value!r}")
+            raise ConfigError(path, f"must be a count such as 1073741824, 1Gi or 1k, got {value!r}")
         return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
     return _count(value, path)
 
@@ -187,9 +189,18 @@ def _data_layer(value: object, path: str) -> DataLayerSpec:
 def _band(value: object, path: str) -> PriorityBandSpec:
     obj = _mapping(value, path, {"priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"})
     return PriorityBandSpec(
-        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _quantity), _opt(obj, "maxRequests", path, _quantity),
         _opt(obj, "fairnessPolicyRef", path, _str), _opt(obj, "orderingPolicyRef", path, _str),
     )
+
+
+def _detector(value: object, path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """``saturationDetector``: ``{pluginRef: name}``, or the default utilization detector's parameters inline."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, "must be a mapping")
+    if "pluginRef" in value:
+        return _ref(value, path), None
+    return None, dict(value)
 
 
 def _flow_control(value: object, path: str) -> FlowControlSpec:
@@ -202,11 +213,12 @@ def _flow_control(value: object, path: str) -> FlowControlSpec:
     for i, band in enumerate(bands):
         if band.priority is None:
             raise ConfigError(_at(_at(_at(path, "priorityBands"), i), "priority"), "is required")
+    detector = _opt(obj, "saturationDetector", path, _detector)
     return FlowControlSpec(
-        _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "maxBytes", path, _quantity), _opt(obj, "maxRequests", path, _quantity),
         _opt(obj, "defaultRequestTTL", path, _duration), _opt(obj, "noEndpointRequestTTL", path, _duration),
         _opt(obj, "defaultPriorityBand", path, _band), _opt(obj, "defaultNegativePriorityBand", path, _band),
-        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), _opt(obj, "saturationDetector", path, _ref),
+        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), detector[0] if detector else None,
         bool(_opt(obj, "enableEviction", path, _bool)),
     )
 
@@ -248,7 +260,7 @@ def decode_config(document: object) -> EndpointPickerConfig:
     """A parsed YAML document → ``EndpointPickerConfig``, or ``ConfigError``."""
     obj = _mapping(document, "", {
         "apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "dataLayer", "flowControl",
-        "requestHandler",
+        "requestHandler", "saturationDetector",
     })
     api_version = _str(obj.get("apiVersion"), "apiVersion")
     if api_version not in API_VERSIONS:
@@ -268,10 +280,19 @@ def decode_config(document: object) -> EndpointPickerConfig:
         if profile.name in profile_names:
             raise ConfigError(_at(_at("schedulingProfiles", i), "name"), f"duplicate profile name {profile.name!r}")
         profile_names.add(profile.name)
+    inline: dict[str, Any] | None = None
+    if obj.get("saturationDetector") is not None:  # GIE's deprecated top-level section: inline parameters only
+        inline = dict(_mapping(obj["saturationDetector"], "saturationDetector", _UTILIZATION_KEYS))
+    if isinstance(obj.get("flowControl"), Mapping) and obj["flowControl"].get("saturationDetector") is not None:
+        ref, params = _detector(obj["flowControl"]["saturationDetector"], "flowControl.saturationDetector")
+        if params is not None:
+            if inline is not None:
+                raise ConfigError("flowControl.saturationDetector", "give the detector once, here or at the top level")
+            inline = params
     config = EndpointPickerConfig(
         api_version, kind, _gates(obj.get("featureGates"), "featureGates"), plugins, profiles,
         _opt(obj, "dataLayer", "", _data_layer), _opt(obj, "flowControl", "", _flow_control),
-        _opt(obj, "requestHandler", "", _request_handler),
+        _opt(obj, "requestHandler", "", _request_handler), inline,
     )
     _check_refs(config)
     return config

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+API_VERSIONS = ("llm-d.ai/v1alpha1", "llm-d.ai/v1", "inference.networking.x-k8s.io/v1alpha1")
 KIND = "EndpointPickerConfig"
 
 
@@ -68,6 +68,7 @@ class FlowControlSpec:
     priority_bands: tuple[PriorityBandSpec, ...] = ()
     usage_limit_policy_plugin_ref: str | None = None
     saturation_detector: str | None = None
+    """``saturationDetector.pluginRef``; inline detector parameters land in the config's ``saturation_detector``."""
     enable_eviction: bool = False
 
 
@@ -86,6 +87,9 @@ class EndpointPickerConfig:
     data_layer: DataLayerSpec | None = None
     flow_control: FlowControlSpec | None = None
     request_handler: RequestHandlerSpec | None = None
+    saturation_detector: Mapping[str, Any] | None = None
+    """Parameters of the default ``utilization-detector`` given inline: GIE's deprecated top-level
+    ``saturationDetector:`` section, or ``flowControl.saturationDetector`` without a ``pluginRef``."""
 
     def gate(self, name: str, default: bool = False) -> bool:
         """A feature gate's value (``flowControl`` is off unless enabled)."""

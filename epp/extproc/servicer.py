@@ -10,8 +10,8 @@ ends that one stream with a gRPC status; the server and other streams carry on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp._util.logs import clip, fields
 from epp.director import Director
 from epp.extproc.h2.connection import GRPC_INTERNAL, GRPC_INVALID_ARGUMENT, CallError
-from epp.extproc.collect import ProtocolViolation
+from epp.extproc.collect import Deferred, ProtocolViolation
 from epp.extproc.limits import StreamLimiter, overloaded
 from epp.extproc.stream import RequestStream
 from epp.request import RequestError
@@ -38,7 +38,7 @@ class StreamHandler(Protocol):
 
     request_id: str
 
-    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
+    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]: ...
 
     def close(self) -> None: ...
 
@@ -70,7 +70,8 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
         """One stream on the native transport."""
         return NativeCall(self, self.new_stream())
 
-    def answer(self, stream: H, refusal: RequestError | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def answer(self, stream: H, refusal: RequestError | None,
+               message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]:
         """The replies to one message: ``refuse``'s answer for a stream ``admit`` turned away, else the handler's."""
         if refusal is not None:
             return self.refuse(stream, message, refusal)
@@ -90,6 +91,8 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
                     return
                 try:
                     replies, refusal = self.answer(stream, refusal, message), None
+                    if isinstance(replies, Deferred):  # flow control holds the request: wait for its answer
+                        replies = await replies.replies()
                 except ProtocolViolation as exc:
                     _violation(stream, exc)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}")
@@ -117,7 +120,7 @@ class NativeCall(Generic[H]):
         self.stream = stream
         self.refusal = servicer.admit(stream)
 
-    def message(self, data: memoryview) -> list[bytes]:
+    def message(self, data: memoryview) -> list[bytes] | Awaitable[list[bytes]]:
         try:
             replies = self.servicer.answer(self.stream, self.refusal, _parse(data))
         except (ProtocolViolation, DecodeError) as exc:
@@ -127,6 +130,17 @@ class NativeCall(Generic[H]):
             _internal(self.stream)
             raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         self.refusal = None
+        if isinstance(replies, Deferred):
+            return self._later(replies)
+        return [reply.SerializeToString() for reply in replies]
+
+    async def _later(self, deferred: Deferred[Any]) -> list[bytes]:
+        """The replies of a request flow control held, once it is let through or refused."""
+        try:
+            replies = await deferred.replies()
+        except Exception:
+            _internal(self.stream)
+            raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         return [reply.SerializeToString() for reply in replies]
 
     def half_closed(self) -> list[bytes]:
