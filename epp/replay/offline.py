@@ -253,9 +253,11 @@ class OfflineReplay:
             if t == math.inf:  # only held requests remain: the next poll may dispatch or expire them
                 t = next_poll
             if t >= next_poll:
-                tick = math.floor(t / interval) * interval
+                tick = max(next_poll, math.floor(t / interval) * interval)  # never below next_poll (float floor)
                 self._poll(tick)
                 next_poll = tick + interval
+                if heap and heap[0][0] < t:  # flow control dispatched at the tick: that engine's step comes first
+                    continue
             self.clock.advance_to(t)
             if t_engine <= t_arrival and heap:
                 self._horizon = min(t_arrival, next_poll) if self._queues else t_arrival
