@@ -7,17 +7,25 @@ A public trace's first ``--max-requests`` requests, every other one at priority 
    ``--knee-requests`` requests, priorities as above — gie-default does not look at them);
 2. gie-default at 2× that scale (it queues nothing in the picker: every request goes to an engine);
 3. ``--config`` (default: llm-d's flow-control guide configuration, ``bench/configs``) at the same
-   scale: requests wait in the picker's bands while the pool is saturated.
+   scale: requests wait in the picker's bands while the pool is saturated. The guide's
+   ``maxConcurrency: 132`` is "upstream's value for 8×Qwen3-32B on 16×H100 — calibrate for your
+   fleet" (guides/flow-control/tuning.md); ``--max-concurrency calibrate`` (default) derives it for this
+   fleet as the guide's ``tuning_wizard.py`` does: N = min(compute limit = Little's law at gie-default's
+   knee — throughput per engine × mean end-to-end latency —, memory limit = the KV-cache CLT bound over
+   the trace's input/output lengths, z = 2, 90 % paged-attention efficiency, prefix caching on), plus a
+   lookahead buffer B = min(⌈max_num_batched_tokens ÷ mean input⌉, ⌈0.15 N⌉). Nothing else in the
+   config changes.
 
 Prints per-band requests / completed / shed / TTFT p50 / p90 for both, the high band's TTFT p90 ratio
 (target ≤ 0.2), whether every request was answered or refused with a status, and the most requests and
 bytes the flow controller ever held next to the configuration's bound.
 
 ``--detector utilization`` replaces the config's saturation detector by GIE's ``utilization-detector``
-with its defaults (for configs whose detector plugin this build lacks).
+with its defaults.
 
     python bench/flowcontrol.py [--trace PATH] [--max-requests 2000] [--knee-requests 800] [--engines 8]
                                 [--config FILE] [--detector as-configured|utilization] [--knee SCALE]
+                                [--max-concurrency calibrate|as-configured|N]
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -71,6 +81,33 @@ def with_utilization_detector(config: Path, workdir: Path) -> Path:
     return out
 
 
+def wizard(throughput: float, latency: float, cluster: ClusterSpec, trace: Trace) -> tuple[int, str]:
+    """llm-d's tuning_wizard.py: gateway maxConcurrency = min(compute, memory) limit + lookahead buffer."""
+    compute = math.floor(throughput * latency)
+    isl = [r.prompt.length for r in trace.requests]
+    osl = [r.output_tokens for r in trace.requests]
+    isl_mean, isl_std, osl_mean, osl_std = statistics.mean(isl), statistics.pstdev(isl), statistics.mean(osl), statistics.pstdev(osl)
+    engine = cluster.engine
+    available = engine.total_gpu_blocks * engine.block_size * 0.90
+    mu = isl_mean + osl_mean / 2.0
+    sigma = math.sqrt(isl_std**2 + osl_std**2 / 3.0 + osl_mean**2 / 12.0)
+    b = 2.0 * sigma
+    memory = int(((-b + math.sqrt(b * b + 4 * mu * available)) / (2 * mu)) ** 2)
+    active = max(1, min(compute, memory))
+    buffer = max(1, min(math.ceil(engine.max_num_batched_tokens / max(1.0, isl_mean)), math.ceil(active * 0.15)))
+    why = (f"compute limit {compute} (Little's law: {throughput:.3f} req/s per engine × {latency:.2f} s), memory limit "
+           f"{memory} (ISL {isl_mean:.0f}±{isl_std:.0f}, OSL {osl_mean:.0f}±{osl_std:.0f}, "
+           f"{engine.total_gpu_blocks * engine.block_size} KV tokens), buffer {buffer}")
+    return active + buffer, why
+
+
+def calibrated(config: Path, max_concurrency: int, workdir: Path) -> Path:
+    text = re.sub(r"maxConcurrency: \d+", f"maxConcurrency: {max_concurrency}", config.read_text())
+    out = workdir / f"calibrated-{config.name}"
+    out.write_text(text)
+    return out
+
+
 def band_rows(summary: dict[str, Any]) -> str:
     rows = []
     for priority, band in summary["by_priority"].items():
@@ -90,6 +127,8 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=GUIDE)
     parser.add_argument("--detector", choices=("as-configured", "utilization"), default="as-configured")
     parser.add_argument("--knee", type=float, default=None, help="skip the knee search: gie-default's knee scale")
+    parser.add_argument("--max-concurrency", default="calibrate",
+                        help="concurrency-detector maxConcurrency: calibrate (tuning wizard), as-configured, or a number")
     parser.add_argument("--json", type=Path, default=None, help="also write the summaries here")
     args = parser.parse_args()
     cluster = ClusterSpec(engines=args.engines)
@@ -101,20 +140,31 @@ def main() -> int:
             print(f"{config}: flow control is not enabled (featureGates: [flowControl] and a flowControl section)")
             return 2
         knee = args.knee
+        small = two_bands(read_trace(args.trace, args.knee_requests))
         if knee is None:
-            small = two_bands(read_trace(args.trace, args.knee_requests))
             found = find_knee("gie-default", small.mean_rate, lambda s: run(small, "gie-default", s, cluster)[0]["ttft_p90"])
             if found.rate_scale is None:
                 print("gie-default is past its knee at every probed rate")
                 return 1
             knee = found.rate_scale
             print(f"gie-default knee: rate ×{knee:.3g} (TTFT p90 {found.unloaded_ttft_p90:.3f} s unloaded)")
+        if args.max_concurrency != "as-configured" and "maxConcurrency" in config.read_text():
+            if args.max_concurrency == "calibrate":
+                at_knee, driver = run(small, "gie-default", knee, cluster)
+                done = [r for r in driver.records if r.finish is not None]
+                span = max(r.finish for r in done) - min(r.arrival for r in driver.records)  # type: ignore[type-var]
+                latency = statistics.mean(r.finish - r.arrival for r in done)  # type: ignore[operator]
+                value, why = wizard(len(done) / span / args.engines, latency, cluster, small)
+                print(f"maxConcurrency {value} per engine (tuning wizard: {why})")
+            else:
+                value = int(args.max_concurrency)
+            config = calibrated(config, value, Path(tmp))
         trace = two_bands(read_trace(args.trace, args.max_requests))
         scale = 2 * knee
         print(f"{trace.name}: {len(trace.requests)} requests, bands {BANDS}, {args.engines} engines, rate ×{scale:.3g} "
               f"(2 × gie-default's knee)")
         summaries = {}
-        for policy in ("gie-default", str(config)):
+        for policy in ("gie-default", str(config)):  # noqa: B007
             summary, driver = run(trace, policy, scale, cluster)
             summaries[policy] = summary
             answered = summary["completed"] + summary["shed"] == summary["requests"]
