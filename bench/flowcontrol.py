@@ -171,6 +171,13 @@ def main() -> int:
             print(f"{Path(policy).name}: TTFT p90 {summary['ttft_p90']}, every request answered or refused: {answered}, "
                   f"replay {summary['wall_s']:.1f} s")
             print(band_rows(summary))
+            high = [r for r in driver.records if r.priority == BANDS[0] and r.first_token is not None and r.routed is not None]
+            if high:
+                wait = sorted(r.routed - r.arrival for r in high)  # type: ignore[operator]
+                engine = sorted(r.first_token - r.routed for r in high)  # type: ignore[operator]
+                print(f"  priority {BANDS[0]} TTFT split: picker wait p50 {wait[len(wait) // 2]:.3f} s p90 "
+                      f"{wait[int(len(wait) * 0.9)]:.3f} s; engine p50 {engine[len(engine) // 2]:.3f} s p90 "
+                      f"{engine[int(len(engine) * 0.9)]:.3f} s")
             admission = driver.directors[0].admission
             if isinstance(admission, FlowController):
                 reasons = sorted({r.shed for r in driver.records if r.shed is not None})

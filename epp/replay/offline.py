@@ -84,6 +84,8 @@ class RequestRecord:
     arrival: float
     prompt_tokens: int
     priority: int = 0
+    routed: float | None = None
+    """When the picker let the request go to its engine (later than ``arrival`` if flow control held it)."""
     engine: int = -1
     cached_tokens: int = 0
     output_tokens: int = 0
@@ -326,7 +328,7 @@ class OfflineReplay:
             record.shed = reason(outcome)
             director.reject(outcome, request.request_id, "/v1/completions", request)
             return
-        now = self.clock.now()
+        now = record.routed = self.clock.now()
         e = self._index[outcome.endpoints[0].name]
         tokens = request.prompt_token_ids or []
         try:
