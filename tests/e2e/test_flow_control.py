@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from epp.config import ConfigError, load_config_and_scheduler
@@ -86,9 +87,19 @@ async def test_queued_request_waits_then_gets_429_and_a_full_queue_answers_at_on
         assert time.monotonic() - started < 1.4  # refused at once, not after the TTL
         expired = await held
         waited = time.monotonic() - started
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{gateway.picker.metrics_port}/metrics") as reply:
+                metrics = await reply.text()
     assert expired.status == 429, expired.body
     assert expired.headers["x-llm-d-request-dropped-reason"] == "rejected-ttl-expired"
     assert expired.json()["error"]["code"] == "queue_ttl_expired"
     assert 1.5 <= waited < 10  # it waited in the picker for its whole TTL, then got an answer
+    def series(name: str, label: str) -> list[str]:
+        return [line for line in metrics.splitlines() if line.startswith(name + "{") and label in line]
+
+    for outcome in ("EvictedTTL", "RejectedCapacity"):  # llm-d's flow-control series
+        assert [line.rsplit(" ", 1)[1] for line in series("llm_d_epp_flow_control_requests_total", f'outcome="{outcome}"')] == ["1.0"]
+    assert [line.rsplit(" ", 1)[1] for line in series("llm_d_epp_flow_control_queue_size", 'priority="0"')] == ["0.0"]
+    assert "inference_extension_flow_control_request_queue_duration_seconds_bucket" in metrics
     log = (tmp_path / "epp.log").read_text()
     assert "reason=rejected-ttl-expired" in log and "reason=rejected-saturated" in log
