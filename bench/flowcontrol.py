@@ -44,7 +44,7 @@ from typing import Any
 
 from epp._util.clock import VirtualClock
 from epp.flowcontrol import FlowController, flow_control_settings
-from epp.config import load_config
+from epp.config import ConfigError, load_config, load_scheduler
 from epp.replay.knee import find_knee
 from epp.replay.offline import ClusterSpec, OfflineReplay
 from epp.replay.policies import resolve
@@ -135,7 +135,14 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         config = args.config if args.detector == "as-configured" else with_utilization_detector(args.config, Path(tmp))
-        settings = flow_control_settings(load_config(config))
+        try:
+            settings = flow_control_settings(load_config(config))
+            resolve(str(config))
+            load_scheduler(config)
+        except (ConfigError, ValueError) as exc:
+            print(f"cannot load {config}: {exc}\n(llm-d's guide needs concurrency-detector; --detector utilization "
+                  "runs it with GIE's utilization-detector instead)")
+            return 2
         if settings is None:
             print(f"{config}: flow control is not enabled (featureGates: [flowControl] and a flowControl section)")
             return 2
