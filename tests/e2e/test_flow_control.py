@@ -5,6 +5,7 @@ gRPC transports), while a full queue answers at once."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,10 @@ from epp.envoy.stack import LocalGateway
 from epp.flowcontrol import flow_control_settings
 from tests.e2e.harness import chat, post
 
-CONFIGS = Path(__file__).parent.parent / "flowcontrol" / "configs"
-# Corpus configs whose plugins come from another part of epp (branch ``plugins``): they must fail to load
-# here, and loudly, until that lands (strict: the test turns red once they load, to be moved up).
-ELSEWHERE = {"flow-control-guide.yaml": "concurrency-detector", "probabilistic-admitter-epp-config.yaml": "probabilistic-admitter"}
-LOADABLE = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in ELSEWHERE)
+CONFIGS = Path(__file__).parent.parent / "flowcontrol" / "configs"  # copied from ../shared/upstream-epp-configs
+# Plugin types of these configs that another part of epp builds (branch ``plugins``): until it is merged a
+# config needing one is skipped, naming it; any other load failure fails the test.
+ELSEWHERE = frozenset({"concurrency-detector", "probabilistic-admitter"})
 MODEL = "sim-model"
 
 # Every endpoint's metrics are stale after 1 ns, so the utilization detector reports saturation 1.0 and
@@ -40,12 +40,6 @@ flowControl:
 """
 
 
-@pytest.mark.parametrize("name", sorted(ELSEWHERE))
-def test_corpus_configs_of_other_parts_fail_loudly(name: str) -> None:
-    with pytest.raises(ConfigError, match=ELSEWHERE[name]):
-        load_config_and_scheduler(CONFIGS / name)
-
-
 @pytest.fixture(scope="module")
 def sims() -> Iterator[EngineFleet]:
     fleet = start_engines(["s1", "s2"], MODEL)
@@ -55,9 +49,16 @@ def sims() -> Iterator[EngineFleet]:
         fleet.stop()
 
 
-@pytest.mark.parametrize("config", LOADABLE, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 async def test_corpus_flow_control_config_routes_through_envoy(config: Path, sims: EngineFleet, tmp_path: Path) -> None:
-    assert flow_control_settings(load_config_and_scheduler(config)[0]) is not None  # flow control is on
+    try:
+        loaded, _ = load_config_and_scheduler(config)
+    except ConfigError as exc:
+        missing = re.search(r"unknown plugin type '([^']+)'", str(exc))
+        assert missing is not None and missing.group(1) in ELSEWHERE, exc
+        pytest.skip(f"{config.name} needs {missing.group(1)}, built on branch plugins")
+    if loaded.gate("flowControl"):
+        assert flow_control_settings(loaded) is not None
     with LocalGateway(sims.upstreams, tmp_path, picker_args=["--config-file", str(config)]) as gateway:
         replies = await asyncio.gather(*(post(gateway.envoy, chat(MODEL, f"question {i}", max_tokens=4)) for i in range(6)))
     assert [r.status for r in replies] == [200] * 6, [r.body[:200] for r in replies]
