@@ -2,9 +2,9 @@
 
 Built (no I/O, so every configuration error surfaces before anything listens): datastore → telemetry
 → config (``--config-file``/``--config-text``, else the reference default) → scheduler, attached to the
-datastore → endpoint source (``epp.discovery.sources``) → director → metrics poller → servers.
-``setup`` starts the source, the poller, plugins with background work, the metrics port and the gRPC
-servers in that order; the stack stops them in reverse (health NOT_SERVING first, new streams served
+datastore → endpoint source (``epp.discovery.sources``) → admission (``epp.flowcontrol``: flow control's
+queues, or shedding) → director → metrics poller → servers. ``setup`` starts the source, the poller,
+flow control's ticker, plugins with background work, the metrics port and the gRPC servers in that order; the stack stops them in reverse (health NOT_SERVING first, new streams served
 for ``--drain-timeout``, open ones given ``--shutdown-grace``).
 """
 
