@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from epp._util.clock import VirtualClock
-from epp.flowcontrol import FlowController, flow_control_settings
+from epp.flowcontrol.build import flow_control_settings
+from epp.flowcontrol.controller import FlowController
 from epp.config import ConfigError, load_config, load_scheduler
 from epp.replay.knee import find_knee
 from epp.replay.offline import ClusterSpec, OfflineReplay

@@ -29,7 +29,8 @@ from epp.datastore import Datastore
 from epp.director import Director
 from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
-from epp.flowcontrol import FlowController, build_admission
+from epp.flowcontrol.build import build_admission
+from epp.flowcontrol.controller import FlowController
 from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer

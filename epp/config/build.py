@@ -27,7 +27,6 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginHandle, PluginRegistry, builtin_registry
-from epp.flowcontrol.policies import FACTORIES as FLOW_CONTROL_POLICIES
 from epp.scheduling.params import decode_params
 from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
@@ -37,8 +36,9 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
     "inflight-load-producer", "token-producer",
-    # flow control policies (built by epp.flowcontrol)
-    *FLOW_CONTROL_POLICIES,
+    # flow control policies (built by epp.flowcontrol.build, which depends on this package, not the reverse)
+    "global-strict-fairness-policy", "round-robin-fairness-policy", "program-aware-fairness",
+    "fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy", "soft-reflective-ceiling-policy",
 })
 
 DEFAULT_PROFILE = "default"

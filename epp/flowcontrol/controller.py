@@ -33,7 +33,6 @@ replay at each metrics poll in virtual time.
 from __future__ import annotations
 
 import heapq
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +46,6 @@ from epp.director import Proceed
 from epp.flowcontrol.policies import FairnessPolicy, OrderingPolicy, UsageLimitPolicy
 from epp.request import LLMRequest, RequestError
 from epp.request.usage import Usage
-
-log = logging.getLogger(__name__)
 
 TTL_HEADER = "x-llm-d-inference-ttl"
 DEFAULT_REQUEST_TTL = 60.0  # controller/config.go defaultRequestTTL

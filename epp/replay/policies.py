@@ -10,7 +10,7 @@ from epp._util.clock import Clock
 from epp.config import ConfigError, EndpointPickerConfig, load_config, load_scheduler
 from epp.datastore import Datastore
 from epp.director import AdmissionPolicy
-from epp.flowcontrol import build_admission, flow_control_settings
+from epp.flowcontrol.build import build_admission, flow_control_settings
 from epp.scheduling import Scheduler
 from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
 

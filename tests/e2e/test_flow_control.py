@@ -16,7 +16,7 @@ import pytest
 from epp.config import ConfigError, load_config_and_scheduler
 from epp.demo.engines import EngineFleet, start_echo_engines, start_engines
 from epp.envoy.stack import LocalGateway
-from epp.flowcontrol import flow_control_settings
+from epp.flowcontrol.build import flow_control_settings
 from tests.e2e.harness import chat, post
 
 CONFIGS = Path(__file__).parent.parent / "flowcontrol" / "configs"  # copied from ../shared/upstream-epp-configs

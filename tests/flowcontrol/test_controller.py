@@ -13,7 +13,8 @@ from epp._util.clock import VirtualClock
 from epp.config import parse_config_text
 from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.director import Director, RoutingDecision
-from epp.flowcontrol import FlowController, flow_control_settings
+from epp.flowcontrol.build import flow_control_settings
+from epp.flowcontrol.controller import FlowController
 from epp.request import LLMRequest, RequestError
 from epp.request.parse import parse_request
 from epp.request.usage import Usage
@@ -262,3 +263,10 @@ def test_requests_are_parsed_with_priority_from_objectives() -> None:
     assert request.fairness_id == "default-flow"
     rig.director.submit(request, 10, None, lambda outcome: rig.outcomes.__setitem__("x", outcome))
     assert isinstance(rig.outcomes["x"], RoutingDecision)
+
+
+def test_config_accepts_exactly_the_flow_control_policy_types() -> None:
+    from epp.config import EXTERNAL_PLUGIN_TYPES
+    from epp.flowcontrol.policies import FACTORIES
+
+    assert set(FACTORIES) <= EXTERNAL_PLUGIN_TYPES  # every policy flow control builds is accepted in plugins:
