@@ -41,7 +41,6 @@ def tune_gc() -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.description = (
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."

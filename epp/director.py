@@ -146,6 +146,8 @@ class RoutingDecision:
     tokens: int = 0
     started: bool = False
     finished: bool = False
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
 
     @property
     def destination(self) -> str:
@@ -193,6 +195,8 @@ class Director:
         """Route a parsed request: ``done`` gets the decision or the refusal exactly once, now (returns
         None) or once admission lets the request through (returns its ``Waiting`` entry, to cancel it)."""
         started = self.clock.now()
+        for processor in self.scheduler.request_processors:
+            processor.process_request(request)
         if request.objective and self.objective_priority is not None:
             request.priority = self.objective_priority(request.objective)
         original_headers = dict(request.headers)
@@ -232,6 +236,9 @@ class Director:
 
     def _schedule(self, request: LLMRequest, candidates: list[EndpointState], started: float, body: bytes | None,
                   body_size: int, original_headers: Mapping[str, str]) -> RoutingDecision:
+        for admitter in self.scheduler.admitters:  # admitter plugins decide after admission (flow control) let it go
+            if (refusal := admitter.admit(request, candidates)) is not None:
+                raise RequestError(429, refusal, error_type="rate_limit_exceeded", code="rejected")
         t0 = self.clock.now()
         try:
             result = self.scheduler.schedule(request, candidates)
@@ -305,7 +312,10 @@ class Director:
         self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
-        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
+        usage_counts = seen.as_dict() if seen.known else {}
+        self.scheduler.response_complete(request, primary, usage_counts)
+        if self.scheduler.response_metadata_plugins:
+            decision.metadata = self.scheduler.response_metadata(request, primary, usage_counts)
         self.admission.released(request, seen)
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
 ROLE_LABEL = "llm-d.ai/role"
@@ -79,6 +80,9 @@ class EndpointState:
     scrape_error: str | None = None
     inflight_requests: int = 0
     inflight_tokens: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """Named values other data sources attach (DCGM ``GPUUtilization``, ``/v1/models`` ids …), keyed as
+    the reference's endpoint attributes so attribute filters and scorers find them by the same name."""
 
     @property
     def name(self) -> str:

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from epp._util.cli import non_negative_float, port
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.sim.faults import METRICS_FAULTS, FaultConfig
 
@@ -22,10 +23,9 @@ log = logging.getLogger("epp.sim")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     net = parser.add_argument_group("serving")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    net.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port; the log says which)")
+    net.add_argument("--port", type=port, default=8000, help="port to listen on (0 = any free port; the log says which)")
     net.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="base model name (seeds block hashes)")
     net.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
@@ -45,7 +45,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--max-loras", type=int, default=1, help="LoRA adapters resident on the GPU at once")
     eng.add_argument("--lora-load-seconds", type=float, default=0.02, help="cost of loading an adapter into a slot")
     eng.add_argument("--step-floor-ms", type=float, default=2.0, help="fixed cost of every engine step")
-    eng.add_argument("--time-scale", type=float, default=1.0,
+    eng.add_argument("--time-scale", type=non_negative_float, default=1.0,
                      help="wall seconds per simulated second (0.1 = 10x faster; 0 = as fast as possible)")  # fmt: skip
     eng.add_argument("--seed", type=int, default=0, help="seeds ids, latency jitter and faults")
     eng.add_argument("--latency-jitter", type=float, default=0.0, help="random +/- fraction on each step's duration")
@@ -115,7 +115,10 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start(args.host, args.port)
+    try:
+        await server.start(args.host, args.port)
+    except OSError as exc:  # port in use, address not on this host, no permission
+        raise SystemExit(f"epp sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     try:
         log.info(
             "epp sim listening on http://%s:%d (engine %s, models %s, profile %s, %d KV blocks of %d tokens)",

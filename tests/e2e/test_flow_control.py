@@ -5,7 +5,6 @@ gRPC transports), while a full queue answers at once."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,16 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from epp.config import ConfigError, load_config_and_scheduler
+from epp.config import load_config_and_scheduler
 from epp.demo.engines import EngineFleet, start_echo_engines, start_engines
 from epp.envoy.stack import LocalGateway
 from epp.flowcontrol.build import flow_control_settings
 from tests.e2e.harness import chat, post
 
 CONFIGS = Path(__file__).parent.parent / "flowcontrol" / "configs"  # copied from ../shared/upstream-epp-configs
-# Plugin types of these configs that another part of epp builds (branch ``plugins``): until it is merged a
-# config needing one is skipped, naming it; any other load failure fails the test.
-ELSEWHERE = frozenset({"concurrency-detector", "probabilistic-admitter"})
 MODEL = "sim-model"
 
 # Every endpoint's metrics are stale after 1 ns, so the utilization detector reports saturation 1.0 and
@@ -51,12 +47,7 @@ def sims() -> Iterator[EngineFleet]:
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 async def test_corpus_flow_control_config_routes_through_envoy(config: Path, sims: EngineFleet, tmp_path: Path) -> None:
-    try:
-        loaded, _ = load_config_and_scheduler(config)
-    except ConfigError as exc:
-        missing = re.search(r"unknown plugin type '([^']+)'", str(exc))
-        assert missing is not None and missing.group(1) in ELSEWHERE, exc
-        pytest.skip(f"{config.name} needs {missing.group(1)}, built on branch plugins")
+    loaded, _ = load_config_and_scheduler(config)
     if loaded.gate("flowControl"):
         assert flow_control_settings(loaded) is not None
     with LocalGateway(sims.upstreams, tmp_path, picker_args=["--config-file", str(config)]) as gateway:
