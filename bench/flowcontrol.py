@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
+
 from epp._util.clock import VirtualClock
 from epp.flowcontrol.build import flow_control_settings
 from epp.flowcontrol.controller import FlowController
@@ -54,7 +56,7 @@ from epp.replay.traces import Trace, read_trace
 
 HERE = Path(__file__).parent
 GUIDE = HERE / "configs" / "llm-d-flow-control-guide.yaml"
-TRACE = Path("/work/shared/traces/mooncake_fast25_conversation_first30min.jsonl")
+TRACE = TRACES_DIR / "mooncake_fast25_conversation_first30min.jsonl"  # python bench/fetch_traces.py
 BANDS = (100, 0)
 
 
@@ -148,7 +150,7 @@ def main() -> int:
             print(f"{config}: flow control is not enabled (featureGates: [flowControl] and a flowControl section)")
             return 2
         knee = args.knee
-        small = two_bands(read_trace(args.trace, args.knee_requests))
+        small = two_bands(read_trace(require(args.trace), args.knee_requests))
         if knee is None:
             found = find_knee("gie-default", small.mean_rate, lambda s: run(small, "gie-default", s, cluster)[0]["ttft_p90"])
             if found.rate_scale is None:
@@ -167,7 +169,7 @@ def main() -> int:
             else:
                 value = int(args.max_concurrency)
             config = calibrated(config, value, Path(tmp))
-        trace = two_bands(read_trace(args.trace, args.max_requests))
+        trace = two_bands(read_trace(require(args.trace), args.max_requests))
         scale = 2 * knee
         print(f"{trace.name}: {len(trace.requests)} requests, bands {BANDS}, {args.engines} engines, rate ×{scale:.3g} "
               f"(2 × gie-default's knee)")
