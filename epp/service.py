@@ -2,18 +2,20 @@
 
 Built (no I/O, so every configuration error surfaces before anything listens): datastore → telemetry
 → config (``--config-file``/``--config-text``, else the reference default) → scheduler, attached to the
-datastore → endpoint source (``epp.discovery.sources``) → director → metrics poller → servers.
-``setup`` starts the source, the poller, plugins with background work, the metrics port and the gRPC
-servers in that order; the stack stops them in reverse (health NOT_SERVING first, new streams served
+datastore → endpoint source (``epp.discovery.sources``) → admission (``epp.flowcontrol``: flow control's
+queues, or shedding) → director → metrics poller → servers. ``setup`` starts the source, the poller,
+flow control's ticker, plugins with background work, the metrics port and the gRPC servers in that order; the stack stops them in reverse (health NOT_SERVING first, new streams served
 for ``--drain-timeout``, open ones given ``--shutdown-grace``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from types import TracebackType
 
 import grpc
@@ -27,6 +29,8 @@ from epp.datastore import Datastore
 from epp.director import Director
 from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
+from epp.flowcontrol.build import build_admission
+from epp.flowcontrol.controller import FlowController
 from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
@@ -38,6 +42,7 @@ from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target, tl
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
+from epp.telemetry.flowcontrol import FlowControlMetrics
 from epp.telemetry.http import MetricsServer
 
 log = logging.getLogger("epp.serve")
@@ -50,6 +55,32 @@ def load_policy(args: argparse.Namespace, clock: Clock) -> tuple[EndpointPickerC
         config = parse_config_text(args.config_text)
         return config, build_scheduler(config, clock=clock, allow_experimental=allow)
     return load_config_and_scheduler(args.config_file or DEFAULT_POLICY, clock=clock, allow_experimental=allow)
+
+
+FLOW_TICK_SECONDS = 0.005
+"""How often flow control re-reads saturation and checks queue deadlines (it also dispatches at once
+whenever a request arrives or finishes); a tick with nothing queued costs one attribute read."""
+
+
+@contextlib.asynccontextmanager
+async def _ticking(controller: FlowController) -> AsyncIterator[None]:
+    """Tick ``controller`` while serving; on the way out every queued request is answered 503."""
+
+    async def loop() -> None:
+        while True:
+            if controller.waiting:
+                try:
+                    controller.tick()
+                except Exception:  # a failing detector must not stop dispatching for good
+                    log.exception("flow control tick failed")
+            await asyncio.sleep(FLOW_TICK_SECONDS)
+
+    task = asyncio.create_task(loop(), name="flow-control")
+    try:
+        yield
+    finally:
+        task.cancel()
+        controller.shutdown()
 
 
 class PickerService:
@@ -72,8 +103,12 @@ class PickerService:
                 credentials = server_ssl_context(args.cert_path or None, args.enable_cert_reload, tls_options(args))
             else:
                 credentials = server_credentials(args.cert_path or None, args.enable_cert_reload)
+        flow_metrics = FlowControlMetrics(self.telemetry.registry, args.pool_name, self.telemetry.model_labels,
+                                          self.telemetry.fairness_labels)
+        self.admission = build_admission(config, self.scheduler, self.datastore.endpoints, self.datastore.clock,
+                                         flow_metrics)
         self.director = Director(
-            self.datastore, self.scheduler, self.telemetry, saturation=self.scheduler.saturation_detector,
+            self.datastore, self.scheduler, self.telemetry, admission=self.admission,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
             model_rewriter=self.source.model_rewriter, parsers=request_parsers(config, self.scheduler),
             emit_endpoint_scores=args.emit_endpoint_scores,
@@ -108,6 +143,8 @@ class PickerService:
         """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
         await stack.enter_async_context(self.source.running)
         await stack.enter_async_context(self.poller)
+        if isinstance(self.admission, FlowController):
+            await stack.enter_async_context(_ticking(self.admission))
         for poller in self.attribute_pollers:
             await stack.enter_async_context(poller)
         for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)

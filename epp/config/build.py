@@ -5,8 +5,10 @@
 * one profile and no profile handler → ``single-profile-handler``; more than one handler → error;
 * no ``schedulingProfiles`` at all → one ``default`` profile with every declared filter, scorer
   (weight 1) and picker, so a plugins-only config still schedules;
-* the saturation detector is ``flowControl.saturationDetector``, else the first configured
-  ``utilization-detector`` or ``concurrency-detector``, else a utilization detector with default parameters.
+* the saturation detector is ``flowControl.saturationDetector`` (a pluginRef, or a
+  ``utilization-detector``'s parameters inline, as is GIE's deprecated top-level ``saturationDetector:``),
+  else the first configured ``utilization-detector`` or ``concurrency-detector``, else a
+  utilization detector with default parameters.
 
 Plugin types owned by other parts of epp (data layer, flow control policies) are accepted in
 ``plugins`` and kept on the config for their owners; any other unknown type is an error. Every
@@ -39,6 +41,7 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.registry import PluginHandle, PluginRegistry, builtin_registry
+from epp.scheduling.params import decode_params
 from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
 
@@ -48,9 +51,9 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
     "multicluster-file-discovery",
     "token-producer",
-    # flow control policies
-    "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",
-    "edf-ordering-policy", "slo-deadline-ordering-policy",
+    # flow control policies (built by epp.flowcontrol.build, which depends on this package, not the reverse)
+    "global-strict-fairness-policy", "round-robin-fairness-policy", "program-aware-fairness",
+    "fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy", "soft-reflective-ceiling-policy",
 })
 
 DEFAULT_PROFILE = "default"
@@ -126,6 +129,11 @@ def _implicit_profile_refs(config: EndpointPickerConfig, handle: PluginHandle) -
 
 
 def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> SaturationDetector:
+    if config.saturation_detector is not None:  # inline parameters (GIE's deprecated top-level section)
+        try:
+            return UtilizationDetector(handle.clock, params=decode_params(UtilizationParams, config.saturation_detector))
+        except ParamError as err:
+            raise ConfigError(f"saturationDetector.{err.key}" if err.key else "saturationDetector", err.message) from None
     ref = config.flow_control.saturation_detector if config.flow_control else None
     if ref is not None:
         plugin: Plugin | None = handle.plugins.get(ref)
@@ -135,22 +143,7 @@ def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> 
     for plugin in handle.plugins.values():
         if isinstance(plugin, (UtilizationDetector, ConcurrencyDetector)):
             return plugin
-    return UtilizationDetector(handle.clock, params=_legacy_thresholds(config))
-
-
-def _legacy_thresholds(config: EndpointPickerConfig) -> UtilizationParams:
-    """GIE v1.x's top-level ``saturationDetector`` thresholds as the default detector's parameters."""
-    legacy = config.saturation_thresholds
-    if legacy is None:
-        return UtilizationParams()
-    given = {
-        "queue_depth_threshold": legacy.queue_depth_threshold, "kv_cache_util_threshold": legacy.kv_cache_util_threshold,
-        "metrics_staleness_threshold": legacy.metrics_staleness_threshold,
-    }
-    try:
-        return UtilizationParams(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
-    except ParamError as err:
-        raise ConfigError(f"saturationDetector.{err.key}", err.message) from None
+    return UtilizationDetector(handle.clock, params=UtilizationParams())
 
 
 def build_scheduler(

@@ -24,7 +24,6 @@ from epp.config.model import (
     PluginSpec,
     PriorityBandSpec,
     RequestHandlerSpec,
-    SaturationThresholds,
     SchedulingProfileSpec,
 )
 from epp.scheduling.params import parse_duration
@@ -36,6 +35,8 @@ log = logging.getLogger("epp.config")
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _QUANTITY_FACTOR = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# GIE's SaturationDetector config (v1.x): the utilization detector's parameters.
+_UTILIZATION_KEYS = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold", "headroom"}
 _GATE = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]*)(?:=(true|false))?$")
 
 
@@ -210,6 +211,15 @@ def _band(value: object, path: str) -> PriorityBandSpec:
     )
 
 
+def _detector(value: object, path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """``saturationDetector``: ``{pluginRef: name}``, or the default utilization detector's parameters inline."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, "must be a mapping")
+    if "pluginRef" in value:
+        return _ref(value, path), None
+    return None, dict(value)
+
+
 def _flow_control(value: object, path: str) -> FlowControlSpec:
     obj = _mapping(value, path, {
         "maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL", "defaultPriorityBand",
@@ -220,11 +230,12 @@ def _flow_control(value: object, path: str) -> FlowControlSpec:
     for i, band in enumerate(bands):
         if band.priority is None:
             raise ConfigError(_at(_at(_at(path, "priorityBands"), i), "priority"), "is required")
+    detector = _opt(obj, "saturationDetector", path, _detector)
     return FlowControlSpec(
         _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _bytes),
         _opt(obj, "defaultRequestTTL", path, _duration), _opt(obj, "noEndpointRequestTTL", path, _duration),
         _opt(obj, "defaultPriorityBand", path, _band), _opt(obj, "defaultNegativePriorityBand", path, _band),
-        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), _opt(obj, "saturationDetector", path, _ref),
+        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), detector[0] if detector else None,
         bool(_opt(obj, "enableEviction", path, _bool)),
     )
 
@@ -238,25 +249,19 @@ def _request_handler(value: object, path: str) -> RequestHandlerSpec:
     return RequestHandlerSpec(tuple(parsers) + ((single,) if single and single not in parsers else ()))
 
 
-def _saturation_thresholds(obj: Mapping[str, Any], path: str) -> SaturationThresholds:
-    return SaturationThresholds(
-        _opt(obj, "queueDepthThreshold", path, _int), _opt(obj, "kvCacheUtilThreshold", path, _number),
-        _opt(obj, "metricsStalenessThreshold", path, _duration),
-    )
-
-
 def _deprecated_sections(
     obj: Mapping[str, Any], flow_control: FlowControlSpec | None, request_handler: RequestHandlerSpec | None,
-) -> tuple[FlowControlSpec | None, RequestHandlerSpec | None, SaturationThresholds | None]:
+) -> tuple[FlowControlSpec | None, RequestHandlerSpec | None, dict[str, Any] | None]:
     """Upstream's deprecated top-level fields, moved where upstream's loader moves them (the new field
-    wins when both are set), each with one warning:
+    wins when both are set), each with one warning, plus the detector parameters given inline:
 
     * ``parser: {pluginRef}`` → ``requestHandler.parsers`` (llm-d-router configloader.go);
     * ``saturationDetector: {pluginRef}`` → ``flowControl.saturationDetector`` (same);
     * GIE v1.x's ``saturationDetector: {queueDepthThreshold, kvCacheUtilThreshold,
-      metricsStalenessThreshold}`` → the default ``utilization-detector``'s parameters.
+      metricsStalenessThreshold}``, or ``flowControl.saturationDetector`` without a ``pluginRef`` →
+      the default ``utilization-detector``'s parameters (returned third).
     """
-    thresholds: SaturationThresholds | None = None
+    inline: dict[str, Any] | None = None
     parser = _opt(obj, "parser", "", _ref)
     if parser is not None:
         log.warning("config: top-level 'parser' is deprecated; use requestHandler.parsers (the new field wins if both are set)")
@@ -264,8 +269,7 @@ def _deprecated_sections(
             request_handler = RequestHandlerSpec((parser,))
     detector = obj.get("saturationDetector")
     if detector is not None:
-        keys = {"pluginRef", "queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"}
-        detector = _mapping(detector, "saturationDetector", keys)
+        detector = _mapping(detector, "saturationDetector", _UTILIZATION_KEYS | {"pluginRef"})
         log.warning("config: top-level 'saturationDetector' is deprecated; use flowControl.saturationDetector "
                     "(the new field wins if both are set)")
         ref = _opt(detector, "pluginRef", "saturationDetector", _str)
@@ -277,8 +281,15 @@ def _deprecated_sections(
             elif flow_control.saturation_detector is None:
                 flow_control = dataclasses.replace(flow_control, saturation_detector=ref)
         else:
-            thresholds = _saturation_thresholds(detector, "saturationDetector")
-    return flow_control, request_handler, thresholds
+            inline = dict(detector)
+    nested = obj.get("flowControl")
+    if isinstance(nested, Mapping) and nested.get("saturationDetector") is not None:
+        _, params = _detector(nested["saturationDetector"], "flowControl.saturationDetector")
+        if params is not None:
+            if inline is not None:
+                raise ConfigError("flowControl.saturationDetector", "give the detector once, here or at the top level")
+            inline = params
+    return flow_control, request_handler, inline
 
 
 def _check_refs(config: EndpointPickerConfig) -> None:
@@ -343,12 +354,12 @@ def decode_config(document: object) -> EndpointPickerConfig:
         if profile.name in profile_names:
             raise ConfigError(_at(_at("schedulingProfiles", i), "name"), f"duplicate profile name {profile.name!r}")
         profile_names.add(profile.name)
-    flow_control, request_handler, thresholds = _deprecated_sections(
+    flow_control, request_handler, inline = _deprecated_sections(
         obj, _opt(obj, "flowControl", "", _flow_control), _opt(obj, "requestHandler", "", _request_handler),
     )
     config = EndpointPickerConfig(
         api_version, kind, _gates(obj.get("featureGates"), "featureGates"), plugins, profiles,
-        _opt(obj, data_layer_key, "", _data_layer), flow_control, request_handler, thresholds,
+        _opt(obj, data_layer_key, "", _data_layer), flow_control, request_handler, inline,
     )
     _check_refs(config)
     return config

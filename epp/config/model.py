@@ -77,17 +77,8 @@ class FlowControlSpec:
     priority_bands: tuple[PriorityBandSpec, ...] = ()
     usage_limit_policy_plugin_ref: str | None = None
     saturation_detector: str | None = None
+    """``saturationDetector.pluginRef``; inline detector parameters land in the config's ``saturation_detector``."""
     enable_eviction: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SaturationThresholds:
-    """GIE v1.x's top-level ``saturationDetector`` (thresholds, no plugin): the default
-    ``utilization-detector`` with these parameters; None keeps epp's default."""
-
-    queue_depth_threshold: int | None = None
-    kv_cache_util_threshold: float | None = None
-    metrics_staleness_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +96,9 @@ class EndpointPickerConfig:
     data_layer: DataLayerSpec | None = None
     flow_control: FlowControlSpec | None = None
     request_handler: RequestHandlerSpec | None = None
-    saturation_thresholds: SaturationThresholds | None = None
+    saturation_detector: Mapping[str, Any] | None = None
+    """Parameters of the default ``utilization-detector`` given inline: GIE's deprecated top-level
+    ``saturationDetector:`` section, or ``flowControl.saturationDetector`` without a ``pluginRef``."""
 
     def gate(self, name: str, default: bool = False) -> bool:
         """A feature gate's value (``flowControl`` is off unless enabled)."""

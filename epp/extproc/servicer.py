@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,14 +22,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp._util.logs import clip, fields
 from epp.director import Director
 from epp.extproc.h2.connection import GRPC_INTERNAL, GRPC_INVALID_ARGUMENT, CallError
-
-GRPC_OK, GRPC_CANCELLED = 0, 1
-from epp.extproc.collect import ProtocolViolation
+from epp.extproc.collect import Deferred, ProtocolViolation
 from epp.extproc.limits import StreamLimiter, overloaded
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.extproc.stream import RequestStream
 from epp.request import RequestError
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+GRPC_OK, GRPC_CANCELLED = 0, 1
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class StreamHandler(Protocol):
 
     request_id: str
 
-    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
+    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]: ...
 
     def close(self) -> None: ...
 
@@ -75,7 +75,8 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
         """One stream on the native transport."""
         return NativeCall(self, self.new_stream())
 
-    def answer(self, stream: H, refusal: RequestError | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def answer(self, stream: H, refusal: RequestError | None,
+               message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]:
         """The replies to one message: ``refuse``'s answer for a stream ``admit`` turned away, else the handler's."""
         if refusal is not None:
             return self.refuse(stream, message, refusal)
@@ -98,6 +99,8 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
                     return
                 try:
                     replies, refusal = self.answer(stream, refusal, message), None
+                    if isinstance(replies, Deferred):  # flow control holds the request: wait for its answer
+                        replies = await replies.replies()
                 except ProtocolViolation as exc:
                     _violation(stream, exc)
                     code = grpc.StatusCode.INVALID_ARGUMENT
@@ -135,7 +138,7 @@ class NativeCall(Generic[H]):
         self.opened = metrics.started() if metrics is not None else 0.0
         self.code = GRPC_CANCELLED  # until the client half-closes or a message fails
 
-    def message(self, data: memoryview) -> list[bytes]:
+    def message(self, data: memoryview) -> list[bytes] | Awaitable[list[bytes]]:
         try:
             replies = self.servicer.answer(self.stream, self.refusal, _parse(data))
         except (ProtocolViolation, DecodeError) as exc:
@@ -147,6 +150,17 @@ class NativeCall(Generic[H]):
             self.code = GRPC_INTERNAL
             raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         self.refusal = None
+        if isinstance(replies, Deferred):
+            return self._later(replies)
+        return [reply.SerializeToString() for reply in replies]
+
+    async def _later(self, deferred: Deferred[Any]) -> list[bytes]:
+        """The replies of a request flow control held, once it is let through or refused."""
+        try:
+            replies = await deferred.replies()
+        except Exception:
+            _internal(self.stream)
+            raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         return [reply.SerializeToString() for reply in replies]
 
     def half_closed(self) -> list[bytes]:

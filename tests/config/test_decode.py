@@ -223,3 +223,33 @@ def test_max_requests_reads_as_a_quantity_as_upstream_types_it() -> None:
                                "  priorityBands: [{priority: 1, maxRequests: '500'}]\n")
     assert config.flow_control is not None
     assert (config.flow_control.max_requests, config.flow_control.priority_bands[0].max_requests) == (1000, 500)
+
+
+def test_flow_control_quantities_v1_and_inline_detectors() -> None:
+    from epp.config import load_scheduler_text
+    from epp.scheduling.saturation import UtilizationDetector
+
+    config = parse_config_text(textwrap.dedent("""\
+        apiVersion: llm-d.ai/v1
+        kind: EndpointPickerConfig
+        flowControl:
+          maxBytes: 10Gi
+          maxRequests: 1k
+          priorityBands:
+          - {priority: 100, maxRequests: "500"}
+          saturationDetector: {queueDepthThreshold: 7, metricsStalenessThreshold: 150ms}
+        """))
+    fc = config.flow_control
+    assert fc is not None and (fc.max_bytes, fc.max_requests) == (10 * 2**30, 1000)
+    assert fc.priority_bands[0].max_requests == 500 and fc.saturation_detector is None
+    assert config.saturation_detector == {"queueDepthThreshold": 7, "metricsStalenessThreshold": "150ms"}
+    detector = load_scheduler_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        "saturationDetector: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.5}\n").saturation_detector
+    assert isinstance(detector, UtilizationDetector)  # GIE's deprecated top-level section
+    assert (detector.params.queue_depth_threshold, detector.params.kv_cache_util_threshold) == (3, 0.5)
+    with pytest.raises(ConfigError, match=r"saturationDetector.queueDepth: unknown field"):
+        parse_config_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nsaturationDetector: {queueDepth: 3}\n")
+    with pytest.raises(ConfigError, match=r"saturationDetector.kvCacheUtilThreshold"):
+        load_scheduler_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\n"
+                            "saturationDetector: {kvCacheUtilThreshold: 2}\n")
