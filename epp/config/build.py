@@ -33,13 +33,14 @@ from epp.scheduling.scheduler import Scheduler
 EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
-    "inflight-load-producer", "token-producer",
+    "inflight-load-producer",
     # flow control policies
     "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",
     "edf-ordering-policy", "slo-deadline-ordering-policy",
 })
 
 DEFAULT_PROFILE = "default"
+TOKEN_PRODUCER_TYPES = frozenset({"token-producer", "tokenizer"})  # built before the producers that read them
 
 
 def _build_plugins(config: EndpointPickerConfig, registry: PluginRegistry, handle: PluginHandle) -> None:
@@ -50,7 +51,7 @@ def _build_plugins(config: EndpointPickerConfig, registry: PluginRegistry, handl
     # Producers first, so a consumer declared before its producer still finds it.
     ordered = sorted(
         (item for item in indexed if item[1].type in registry),
-        key=lambda item: not registry.get(item[1].type).producer,
+        key=lambda item: (not registry.get(item[1].type).producer, item[1].type not in TOKEN_PRODUCER_TYPES),
     )
     for i, spec in ordered:
         try:
