@@ -2,15 +2,18 @@
 per-endpoint fallback to an approximate index whenever an endpoint's event feed cannot be trusted.
 
 **Keys.** A block is keyed by the chained hash of its token ids (``chain_hashes(token_blocks(...),
-seed)``, seed = the LoRA adapter's name or else the model in the event topic), recomputed from
+seed)``, seed = the LoRA adapter's name or else the model in the event topic, plus the
+``cache_salt``), recomputed from
 ``BlockStored.token_ids`` and the parent block's key — the way llm-d's indexer maps engine keys to
 request keys. The request side hashes its prompt the same way (``tokens.engine_block_hashes``), so
 keys agree whatever hash function the engine uses (vLLM's sha256, SGLang's). Engine hashes are kept
 only where they differ from the key (an alias map, empty for ``epp sim`` whose hashes are these
 keys), to resolve later ``BlockRemoved`` and parent references. A store whose parent is unknown
 (events before we subscribed) is keyed by the engine hashes themselves: it matches nothing unless
-the engine hashes like epp, never something wrong. ``cache_salt`` is not in ``token_ids`` and is not
-distinguished.
+the engine hashes like epp, never something wrong. The rest of vLLM's per-block ``extra_keys``
+(multimodal identifiers, prompt-embedding digests) is hashed into the key (``block_extras``), so
+such blocks never match a text prompt with the same placeholder tokens. Only KV-cache groups of
+full attention are indexed (``GroupFilter``: hybrid models' sliding-window groups hold suffixes).
 
 **Counting.** A block stored twice (two requests computed it concurrently, or GPU and CPU copies)
 is held until both copies are removed. ``match`` counts, per endpoint, its leading blocks: the first
@@ -70,10 +73,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgpack
+
 from epp._util.clock import Clock
-from epp._util.hashing import chain_hashes, seed_hash, token_blocks
+from epp._util.hashing import chain_hashes, chain_hashes_with_extras, seed_hash, token_blocks
 from epp.datastore import Endpoint
-from epp.kvevents.decode import Cleared, KVEvent, Removed, Stored
+from epp.kvevents.decode import Cleared, GroupFilter, KVEvent, Removed, Stored
 from epp.scheduling.prefix.protocol import PrefixIndex
 
 log = logging.getLogger(__name__)
@@ -127,6 +132,7 @@ class _View:
     block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
     probe_keys: dict[int, int] = field(default_factory=dict)  # key → probes watching it
     due: deque[_Probe] = field(default_factory=deque)  # probes whose first token came, oldest first
+    groups: GroupFilter = field(default_factory=GroupFilter)  # which KV-cache groups hold full attention
 
 
 @dataclass(slots=True)
@@ -138,6 +144,28 @@ class _Probe:
     keys: tuple[int, ...]
     stores_at: int  # the view's ``stores`` when routed
     deadline: float = 0.0
+
+
+def block_extras(event: Stored) -> tuple[str | None, list[bytes | None] | None]:
+    """(cache_salt, per-block extra bytes) from a store's ``extra_keys``, as vLLM builds them
+    (``kv_cache_utils.generate_block_hash_extra_keys``): each block's keys are the LoRA name, then
+    multimodal identifiers, then ``cache_salt`` (first block of a prompt only), then prompt-embedding
+    digests. The LoRA name already seeds the chain and the salt seeds it too (as the request side
+    does, ``request_seed``), so only what remains — multimodal and embedding keys, which no text
+    request can reproduce — is hashed into the block, serialized with msgpack."""
+    if event.extra_keys is None:
+        return None, None
+    salt: str | None = None
+    extras: list[bytes | None] = []
+    for i, keys in enumerate(event.extra_keys):
+        rest = [k for k in keys or () if k != event.lora_name]
+        if i == 0 and event.parent_hash is None:
+            strings = [k for k in rest if isinstance(k, str)]
+            if strings:
+                salt = strings[-1]
+                rest.remove(salt)
+        extras.append(msgpack.packb(rest) if rest else None)
+    return salt, extras if any(extras) else None
 
 
 class PreciseIndex:
@@ -190,6 +218,8 @@ class PreciseIndex:
         view.last_seq = seq
         view.awaiting_since = None
         for event in events:
+            if not view.groups.keep(event):
+                continue
             if isinstance(event, Stored):
                 self._stored(view, event, model)
             elif isinstance(event, Removed):
@@ -340,16 +370,18 @@ class PreciseIndex:
         hashes = event.block_hashes
         if len(event.token_ids) != len(hashes) * event.block_size:
             return hashes
+        salt, extras = block_extras(event)
         if event.parent_hash is None:
             seed_name = event.lora_name or model or view.model
             if seed_name is None:
                 return hashes
-            parent = seed_hash(seed_name)
+            parent = seed_hash(seed_name + (salt or ""))
         else:
             parent = view.alias.get(event.parent_hash, event.parent_hash)
             if parent not in view.held and parent not in view.suspect:
                 return hashes
-        return chain_hashes(token_blocks(event.token_ids, event.block_size), parent)
+        blocks = token_blocks(event.token_ids, event.block_size)
+        return chain_hashes(blocks, parent) if extras is None else chain_hashes_with_extras(blocks, parent, extras)
 
     def _stored(self, view: _View, event: Stored, model: str | None) -> None:
         owners, bit = self._owners, view.bit
