@@ -16,9 +16,11 @@ llm-d configures tokenization and the KV-event index with nested objects (llm-d-
 * ``indexerConfig.kvBlockIndexConfig.inMemoryConfig.size`` → ``maxBlocksPerEndpoint``; metrics
   switches are unused (epp always exports its series); ``redisConfig`` and ``kvCacheBackendConfigs``
   are accepted and unused (epp shares its learned view through ``redisUrl``; all media count alike);
-* ``kvEventsConfig``: ``discoverPods: true`` → ``mode: connect`` on ``podDiscoveryConfig.socketPort``;
-  otherwise ``mode: bind`` on ``zmqEndpoint``; ``topicFilter`` as given (llm-d's default ``kv@``);
-  ``concurrency``, ``engineType``, ``tracing`` are unused (epp decodes vLLM and SGLang alike);
+* ``kvEventsConfig``: ``discoverPods`` (llm-d's default: true) → ``mode: connect`` on
+  ``podDiscoveryConfig.socketPort`` (5557); a ``zmqEndpoint`` without ``discoverPods`` (the centralized
+  form) or ``discoverPods: false`` → ``mode: bind`` on it; ``topicFilter`` when given (else epp's,
+  which in connect mode also takes llm-d's ``kv@`` topics); ``concurrency``, ``engineType``,
+  ``tracing`` are unused (epp decodes vLLM and SGLang alike);
 * ``speculativeIndexing``/``speculativeTTL``: unused — epp always learns its own picks in the fallback.
 
 ``sessionManager`` (llm-d's session-cache lookup) has no counterpart and is an error.
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 
 NESTED_KEYS = frozenset({"tokenProcessorConfig", "indexerConfig", "kvEventsConfig", "speculativeIndexing",
                          "speculativeTTL", "sessionManager"})  # fmt: skip
-LLMD_DEFAULT_TOPIC = "kv@"
 LLMD_DEFAULT_ENDPOINT = "tcp://*:5557"
 TOKEN_PRODUCER = "token-producer"
 LEGACY_TOKEN_PRODUCER = "tokenizer"
@@ -122,7 +123,7 @@ class KVEventsConfig:
     zmq_endpoint: str | None = None
     topic_filter: str | None = None
     concurrency: int | None = None
-    discover_pods: bool = False
+    discover_pods: bool | None = None
     pod_discovery_config: PodDiscoveryConfig | None = None
     engine_type: str | None = None
     tracing: bool | None = None
@@ -166,13 +167,14 @@ def split_llmd(params: Mapping[str, Any]) -> tuple[dict[str, Any], LlmdPrecisePa
         mapped["maxBlocksPerEndpoint"] = index.in_memory_config.size
     events = llmd.kv_events_config
     if events is not None:
-        if events.discover_pods:
+        if events.discover_pods or (events.discover_pods is None and events.zmq_endpoint is None):
             mapped["mode"] = "connect"
             mapped["kvEventsPort"] = (events.pod_discovery_config or PodDiscoveryConfig()).socket_port
         else:
             mapped["mode"] = "bind"
             mapped["bindEndpoint"] = (events.zmq_endpoint or LLMD_DEFAULT_ENDPOINT).replace("0.0.0.0", "*")
-        mapped["topicFilter"] = events.topic_filter if events.topic_filter is not None else LLMD_DEFAULT_TOPIC
+        if events.topic_filter is not None:
+            mapped["topicFilter"] = events.topic_filter
     return {**mapped, **flat}, llmd
 
 

@@ -118,6 +118,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         super().__init__(name, params.index_params(), index or precise)
         self.typed_name = TypedName(PRECISE_PREFIX_CACHE_PRODUCER, name)
         self.precise = precise
+        self.precise_params = params
         self.tokenizers = tokenizers
         self.subscriber = subscriber
         self._kind: str | None = None  # of the latest prompt_hashes: its keys' prompt kind, None for byte hashes
