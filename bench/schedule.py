@@ -14,8 +14,15 @@ bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
 (``Telemetry.instrument``: every plugin call timed for ``plugin_duration_seconds``, prefix matches
 observed), fed the same picks alternately so both see the same machine load, and prints the cpu p50s
 and the median per-pick difference.
+``--tokenizer DIR`` instead measures what tokenizing with a served model's own tokenizer (``DIR``: its
+folder, e.g. ``tests/data/vllm-0.32-cpu/tiny-llama``) adds to a ``default`` pick, against the same
+preset with ``tokenizer: sim`` fed the same requests alternately: chat requests (one of 32 system
+prompts, half the tokens, then a unique user turn) and completion requests (a unique prompt each
+pick, so nothing is reused), at 1K and 32K tokens of that tokenizer; then the cost of encoding a
+32K-token text once, uncached.
 
     python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
+    python bench/schedule.py --tokenizer tests/data/vllm-0.32-cpu/tiny-llama [--picks 1000]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
 from epp.config import load_scheduler
+from epp.scheduling.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 
@@ -114,8 +122,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--preset", action="append", help="preset or config file to time (repeatable)")
     parser.add_argument("--telemetry", action="store_true", help="also time with telemetry attached; print the ratio")
+    parser.add_argument("--tokenizer", metavar="DIR", help="time the default pick with this model folder's tokenizer against sim")
     args = parser.parse_args()
     policies: list[str] = args.preset or ["gie-default"]
+    if args.tokenizer:
+        tokenizer_cost(args)
+        return
     if args.telemetry:
         telemetry_overhead(args, policies[0])
         return
@@ -181,6 +193,107 @@ def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
             rounds = [paired_overhead(n, tokens, args.picks, args.seed, preset) for _ in range(args.rounds)]
             a, b, d = (min(r[k] for r in rounds) for k in range(3))
             print(f"{n:>9} {tokens // 1024:>6}K {a:>9.1f} {b:>13.1f} {d:>8.1f} {d / a:>7.1%}")
+
+
+def _default_with(tokenizer: str) -> Scheduler:
+    shipped = "tokenizer: auto"
+    assert shipped in PRESETS["default"]
+    text = PRESETS["default"].replace(shipped, f"tokenizer: '{tokenizer}'")
+    from epp.config import load_scheduler_text
+
+    return load_scheduler_text(text, clock=VirtualClock(), rng=random.Random(1))
+
+
+class _Words:
+    """Text of about ``n`` tokens of a tokenizer: random words of its own vocabulary, with punctuation
+    and line breaks, so the token count is what a real prompt of that length has."""
+
+    def __init__(self, folder: str, rng: random.Random) -> None:
+        from epp.tokenizer.hf import HFTokenizer
+
+        self.tokenizer = HFTokenizer.from_dir(folder)
+        vocab = self.tokenizer._backend.get_vocab()
+        self.words = sorted(w[1:] for w in vocab if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 3)
+        self.rng = rng
+        sample = self.text_of_words(2000)
+        self.tokens_per_word = len(self.tokenizer.encode(sample, False)) / 2000
+
+    def text_of_words(self, n: int) -> str:
+        rng, words = self.rng, self.words
+        out = []
+        for i in range(n):
+            out.append(rng.choice(words))
+            if i % 12 == 11:
+                out.append(rng.choice((".", ",", ".\n", ";")))
+        return " ".join(out)
+
+    def text(self, tokens: int) -> str:
+        return self.text_of_words(max(1, round(tokens / self.tokens_per_word)))
+
+
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, kind: RequestKind) -> tuple[float, float, float, int]:
+    """``default`` with ``tokenizer: sim`` and with ``folder``'s tokenizer, fed the same requests
+    alternately: (sim cpu p50, model cpu p50, median per-pick difference) in µs, and the prompts'
+    mean token count under the model's tokenizer."""
+    rng = random.Random(seed)
+    words = _Words(folder, rng)
+    sim, real = _default_with("sim"), _default_with(folder)
+    states = _states(endpoints, rng)
+    datastore = Datastore(VirtualClock())
+    for scheduler in (sim, real):
+        scheduler.attach(datastore)
+    for state in states:
+        datastore.upsert(state.endpoint)
+    systems = [words.text(tokens // 2) for _ in range(32)]
+    cpu: dict[int, list[int]] = {id(sim): [], id(real): []}
+    counted: list[int] = []
+    in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
+    for i in range(picks + 50):
+        if kind is RequestKind.CHAT_COMPLETIONS:
+            body = {"model": "m", "messages": [{"role": "system", "content": rng.choice(systems)},
+                                               {"role": "user", "content": words.text(tokens // 2)}]}  # fmt: skip
+        else:
+            body = {"model": "m", "prompt": words.text(tokens)}
+        if i % 50 == 0:
+            counted.append(len(words.tokenizer.encode(
+                words.tokenizer.render_chat(body["messages"]) if "messages" in body else body["prompt"])))  # fmt: skip
+        for scheduler in ((sim, real) if i % 2 else (real, sim)):
+            request = LLMRequest(f"r{i}", kind, "m", body=body)
+            c0 = time.thread_time_ns()
+            picked = scheduler.schedule(request, states).endpoints[0]
+            if i >= 50:
+                cpu[id(scheduler)].append(time.thread_time_ns() - c0)
+            in_flight.append((scheduler, request, picked))
+        while len(in_flight) > 2 * IN_FLIGHT:
+            scheduler, done, served = in_flight.pop(0)
+            scheduler.response_started(done, served)
+            scheduler.response_complete(done, served, {})
+    a, b = cpu[id(sim)], cpu[id(real)]
+    diffs = sorted(y - x for x, y in zip(a, b))
+    return statistics.median(a) / 1e3, statistics.median(b) / 1e3, diffs[len(diffs) // 2] / 1e3, round(statistics.mean(counted))
+
+
+def tokenizer_cost(args: argparse.Namespace) -> None:
+    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer}, µs; best of {args.rounds} rounds")
+    print(f"{'requests':>11} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
+    for tokens in (1024, 32768):
+        picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
+        for kind in (RequestKind.CHAT_COMPLETIONS, RequestKind.COMPLETIONS):
+            rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, kind) for _ in range(args.rounds)]
+            a, b, d = (min(r[k] for r in rounds) for k in range(3))
+            label = "chat" if kind is RequestKind.CHAT_COMPLETIONS else "completion"
+            print(f"{label:>11} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
+    words = _Words(args.tokenizer, random.Random(args.seed))
+    from epp.tokenizer.hf import HFTokenizer
+
+    cold = []
+    for _ in range(5):
+        fresh = HFTokenizer.from_dir(args.tokenizer)  # empty piece cache
+        text = words.text(32768)
+        c0 = time.thread_time_ns()
+        ids = fresh.encode(text, True)
+        cold.append(time.thread_time_ns() - c0)
+    print(f"encoding {len(ids)} tokens uncached: {min(cold) / 1e6:.1f} ms cpu (best of 5)")
 
 
 if __name__ == "__main__":

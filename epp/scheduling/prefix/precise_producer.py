@@ -59,7 +59,7 @@ from epp.scheduling.prefix.llmd import (
     pool_tokenizers,
     split_llmd,
 )
-from epp.scheduling.prefix.precise import PROMPT_KINDS, FeedState, PreciseIndex
+from epp.scheduling.prefix.precise import COMPLETION, PROMPT_KINDS, FeedState, PreciseIndex
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
@@ -154,8 +154,9 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
             return
         computes = prefill_target(result) or result.endpoints[0]  # where the prompt's KV is computed
         info = self.info(cycle, request, [computes])
-        if info.kind is not None:
-            self.precise.routed(computes.name, request.request_id, info.hashes, request.target_model, info.kind)
+        # byte hashes (tokenizer still loading) are no probe, but the model still seeds the engine's root blocks
+        hashes = info.hashes if info.kind is not None else ()
+        self.precise.routed(computes.name, request.request_id, hashes, request.target_model, info.kind or COMPLETION)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         self.precise.responded(request.request_id)
