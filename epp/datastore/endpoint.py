@@ -64,6 +64,11 @@ class EndpointMetrics:
     block_size: int | None = None
     num_gpu_blocks: int | None = None
     models: frozenset[str] = frozenset()
+    prompt_tokens: float | None = None
+    """The engine's cumulative prompt-token counter (``vllm:prompt_tokens_total``), if it exports one."""
+    cached_prompt_tokens: float | None = None
+    """Its cumulative prefix-cache-hit tokens (``vllm:prompt_tokens_cached_total``): what the default
+    vLLM reports without ``--enable-prompt-tokens-details``."""
 
 
 @dataclass(slots=True)

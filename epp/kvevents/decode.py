@@ -6,7 +6,9 @@ counting from 0 per publisher, and a msgpack batch ``[ts, [event, ...], data_par
 the same as a map ``{ts, events, data_parallel_rank}``). Events are msgspec tagged structs (vLLM
 ``vllm/distributed/kv_events.py``) in either encoding, read **by field name**:
 
-* a map with a ``type`` tag — vLLM since vllm-project/vllm#42892 (2026-06) and current SGLang::
+* a map with a ``type`` tag — vLLM since vllm-project/vllm#42892 (2026-06) and current SGLang (whose
+  ``BlockStored`` has ``block_hashes … lora_id, medium`` plus ``cache_salt`` and ``session_id``, and
+  whose batch is ``[ts, events, attn_dp_rank]``)::
 
     {"type": "BlockStored", "block_hashes": [...], "parent_block_hash": h | None, "token_ids": [...],
      "block_size": 16, "lora_id": None, "medium": "GPU", "lora_name": None, "extra_keys": [...],
@@ -73,6 +75,7 @@ class Stored:
     group_idx: int = 0
     spec_kind: str | None = None
     medium: str | None = None
+    cache_salt: str | None = None  # SGLang sends it as a field; vLLM inside the first block's extra keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,7 @@ def _stored(f: Mapping[str, Any]) -> Stored:
         group_idx=_optional_int(f, "group_idx", 0) or 0,
         spec_kind=_optional_str(f, "kv_cache_spec_kind"),
         medium=_optional_str(f, "medium"),
+        cache_salt=_optional_str(f, "cache_salt"),
     )
 
 
@@ -231,7 +235,7 @@ def decode_payload(topic: str, seq: int, payload: bytes) -> EventBatch:
     try:
         unpacked = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except (UnicodeDecodeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise KVEventDecodeError(f"undecodable payload: {err}") from None
+        raise KVEventDecodeError(f"payload is not msgpack: {type(err).__name__} {err}".rstrip()) from None
     ts, raw_events, rank = _batch(unpacked)
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise KVEventDecodeError("ts must be a number")

@@ -22,7 +22,7 @@ from epp.kvevents.decode import (
     decode_payload,
     parse_topic,
 )
-from epp.sim.kv_events import encode_batch
+from epp.sim.kv_events import WireFormat, encode_batch
 from tests.kvevents.captures import frames as capture_frames
 from tests.kvevents.captures import messages
 
@@ -92,19 +92,24 @@ def test_removals_under_eviction_name_their_medium_and_group() -> None:
     assert removed.block_hashes == (1838088580714201297,)
 
 
-def test_the_simulators_batches_decode_to_the_same_events() -> None:
+@pytest.mark.parametrize("wire", list(WireFormat))
+def test_the_simulators_batches_decode_to_the_same_events(wire: WireFormat) -> None:
     events = [
-        BlockStored((1, 2), None, tuple(range(32)), 16, "adapter"),
+        BlockStored((1, 2), None, tuple(range(32)), 16, "adapter", cache_salt="s"),
         BlockRemoved((1,)),
         AllBlocksCleared(),
     ]
-    batch = decode_message([b"kv@h:1@m", (3).to_bytes(8, "big"), encode_batch(12.5, events, {"adapter": 1})])
+    batch = decode_message([b"kv@h:1@m", (3).to_bytes(8, "big"), encode_batch(12.5, events, {"adapter": 1}, wire)])
     assert (batch.topic, batch.seq, batch.ts) == ("kv@h:1@m", 3, 12.5)
-    assert batch.events == (
-        Stored((1, 2), None, tuple(range(32)), 16, "adapter", medium="GPU"),
-        Removed((1,), medium="GPU"),
-        Cleared(),
+    stored, removed, cleared = batch.events
+    assert isinstance(stored, Stored) and isinstance(removed, Removed) and cleared == Cleared()
+    assert (stored.block_hashes, stored.parent_hash, stored.token_ids, stored.block_size, stored.lora_name) == (
+        (1, 2), None, tuple(range(32)), 16, None if wire is WireFormat.SGLANG else "adapter"
     )
+    assert (removed.block_hashes, removed.medium, stored.medium) == ((1,), "GPU", "GPU")
+    salt = {WireFormat.VLLM: (None, (("adapter", "s"), ("adapter",))), WireFormat.SGLANG: ("s", None),
+            WireFormat.ARRAY: (None, None)}  # fmt: skip
+    assert (stored.cache_salt, stored.extra_keys) == salt[wire]
 
 
 def test_older_short_arrays_still_decode() -> None:
@@ -126,6 +131,9 @@ def test_maps_are_read_by_name_and_unknown_fields_and_types_are_ignored() -> Non
     )
     assert decode_event({"type": "BlockStored", "block_hashes": [7], "token_ids": [1] * 16, "block_size": 16,
                          "extra_keys": [None]}).extra_keys is None  # fmt: skip
+    sglang = {"type": "BlockStored", "block_hashes": [7], "parent_block_hash": None, "token_ids": [1] * 16,
+              "block_size": 16, "lora_id": None, "medium": "CPU_PINNED", "cache_salt": "s", "session_id": "x"}  # fmt: skip
+    assert decode_event(sglang) == Stored((7,), None, (1,) * 16, 16, None, medium="CPU_PINNED", cache_salt="s")
     assert decode_event({"type": "SomethingNew", "block_hashes": "whatever"}) is None
     assert decode_event(["SomethingNew", 1, 2]) is None
 

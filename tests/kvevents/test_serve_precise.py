@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.extproc.builders import request_body, request_headers, set_headers
-from tests.sim.conftest import run_sim
+from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 from tests.conftest import wait_for
 from tests.test_app import free_port, health_is
@@ -47,7 +47,7 @@ def kv_port() -> int:
 
 @pytest.fixture
 def engines(kv_port: int) -> Iterator[tuple[int, int]]:
-    args = ("--kv-events-endpoint", f"tcp://127.0.0.1:{kv_port}", "--kv-cache-blocks", "256", "--time-scale", "0")
+    args = ("--kv-events-endpoint", f"tcp://127.0.0.1:{kv_port}", "--kv-events-topic", LLM_D_TOPIC, "--kv-cache-blocks", "256", "--time-scale", "0")
     with run_sim(*args) as a, run_sim(*args) as b:
         yield a.port, b.port
 

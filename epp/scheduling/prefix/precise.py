@@ -33,7 +33,17 @@ view, never a blind spot:
   since. vLLM sends no heartbeats and an idle engine is silent with an exact view, so silence counts
   only while events are due;
 * ``UNVERIFIED`` / ``KEYS_MISMATCH`` — events flow, but none has yet shown that the engine's blocks
-  and epp's prompt hashes agree (see *Key agreement*).
+  and epp's prompt hashes agree (see *Key agreement*);
+* ``UNDECODABLE`` — the latest batch could not be decoded (a wire format epp does not know); the
+  subscriber warns once per endpoint and counts the rest.
+
+**Joining a running engine.** The first batch a view sees is its *baseline*, whatever its sequence
+number: there is nothing to resynchronise yet. But an engine announces a block only when it computes
+it, so blocks it cached before the subscription (a hot system prompt, reused without being announced
+again) stay unknown. The subscriber backfills from vLLM's replay socket where one is configured (a
+backfill reaching the publisher's batch 0 leaves nothing unseen); otherwise a view that began
+mid-stream is *young* for ``young_window``, and a young LIVE endpoint matches the better of its
+precise view and the fallback's learned one.
 
 **Key agreement.** Keys only agree when epp tokenizes prompts exactly as the engine does (the
 producer's ``tokenizer``) and cuts blocks of the engine's size; with a mismatched tokenizer a LIVE
@@ -92,6 +102,7 @@ class FeedState(enum.Enum):
     SILENT = "silent"
     UNVERIFIED = "unverified"  # events flow; none has shown yet that the engine's keys agree with epp's
     KEYS_MISMATCH = "keys-mismatch"  # events flow, but never with blocks of prompts epp routed there
+    UNDECODABLE = "undecodable"  # the latest batch could not be decoded (an unknown wire format)
 
 
 CHAT = "chat"
@@ -110,7 +121,8 @@ class SeqCheck(enum.Enum):
     """What a batch's sequence number said about the feed."""
 
     IN_ORDER = "in-order"
-    GAP = "gap"  # events were lost (also: first batch seen was not seq 0)
+    BASELINE = "baseline"  # the first batch seen, from a publisher that had sent others before it
+    GAP = "gap"  # events were lost
     RESTART = "restart"  # sequence went back: a new publisher, the view was cleared
     OVERFLOW = "overflow"  # more blocks than allowed: removals were lost, the view was cleared
 
@@ -130,6 +142,8 @@ class _View:
     stores: int = 0  # Stored events ingested (probes look at whether any arrived since routing)
     misses: dict[str, int] = field(default_factory=dict)  # per kind: probes due while stores arrived, none theirs
     block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
+    joined_at: float | None = None  # first batch seen was not the publisher's first: blocks may be unseen
+    undecodable: bool = False  # the latest batch from this endpoint could not be decoded
     probe_keys: dict[int, int] = field(default_factory=dict)  # key → probes watching it
     due: deque[_Probe] = field(default_factory=deque)  # probes whose first token came, oldest first
     groups: GroupFilter = field(default_factory=GroupFilter)  # which KV-cache groups hold full attention
@@ -151,15 +165,15 @@ def block_extras(event: Stored) -> tuple[str | None, list[bytes | None] | None]:
     (``kv_cache_utils.generate_block_hash_extra_keys``): each block's keys are the LoRA name, then
     multimodal identifiers, then ``cache_salt`` (first block of a prompt only), then prompt-embedding
     digests. The LoRA name already seeds the chain and the salt seeds it too (as the request side
-    does, ``request_seed``), so only what remains — multimodal and embedding keys, which no text
+    does, ``request_seed``; SGLang names it in ``cache_salt``), so only what remains — multimodal and embedding keys, which no text
     request can reproduce — is hashed into the block, serialized with msgpack."""
     if event.extra_keys is None:
-        return None, None
-    salt: str | None = None
+        return event.cache_salt, None
+    salt: str | None = event.cache_salt
     extras: list[bytes | None] = []
     for i, keys in enumerate(event.extra_keys):
         rest = [k for k in keys or () if k != event.lora_name]
-        if i == 0 and event.parent_hash is None:
+        if i == 0 and event.parent_hash is None and event.cache_salt is None:
             strings = [k for k in rest if isinstance(k, str)]
             if strings:
                 salt = strings[-1]
@@ -181,12 +195,16 @@ class PreciseIndex:
         max_blocks_per_endpoint: int = 1_000_000,
         mismatch_after: int = 8,
         max_probes: int = 4096,
+        young_window: float = 300.0,
     ) -> None:
-        if event_timeout <= 0 or resync_window < 0 or min(max_blocks_per_endpoint, mismatch_after, max_probes) < 1:
+        if event_timeout <= 0 or min(resync_window, young_window) < 0 or min(
+            max_blocks_per_endpoint, mismatch_after, max_probes
+        ) < 1:
             raise ValueError(
-                "event_timeout must be positive, resync_window not negative, max blocks, mismatch_after and"
-                " max_probes at least 1"
+                "event_timeout must be positive, resync_window and young_window not negative, max blocks,"
+                " mismatch_after and max_probes at least 1"
             )
+        self.young_window = young_window
         self.clock = clock
         self.fallback = fallback
         self.event_timeout = event_timeout
@@ -207,15 +225,22 @@ class PreciseIndex:
         view = self._view(endpoint)
         now = self.clock.now()
         check = SeqCheck.IN_ORDER
-        if view.last_seq is not None and seq <= view.last_seq:
-            self._clear(view)
-            view.resync_until = None
-            self._reset_agreement(view)  # a fresh engine: perhaps another model or tokenizer
-            check = SeqCheck.RESTART
-        if seq != (0 if check is SeqCheck.RESTART or view.last_seq is None else view.last_seq + 1):
-            self._start_resync(view, now)
-            check = SeqCheck.GAP if check is SeqCheck.IN_ORDER else check
+        if view.last_seq is None:
+            if seq != 0 or view.undecodable:  # joined a running engine: a baseline, not a gap
+                view.joined_at = now
+                check = SeqCheck.BASELINE
+        else:
+            if seq <= view.last_seq:
+                self._clear(view)
+                view.resync_until = None
+                view.joined_at = None
+                self._reset_agreement(view)  # a fresh engine: perhaps another model or tokenizer
+                check = SeqCheck.RESTART
+            if seq != (0 if check is SeqCheck.RESTART else view.last_seq + 1):
+                self._start_resync(view, now)
+                check = SeqCheck.GAP if check is SeqCheck.IN_ORDER else check
         view.last_seq = seq
+        view.undecodable = False
         view.awaiting_since = None
         for event in events:
             if not view.groups.keep(event):
@@ -352,9 +377,26 @@ class PreciseIndex:
         self._view(endpoint).connected = connected
 
     def lost(self, endpoint: str) -> None:
-        """A batch from ``endpoint`` could not be decoded: treat it as a gap."""
+        """A batch from ``endpoint`` could not be decoded: the feed is ``UNDECODABLE`` until one can,
+        and what it carried is lost (a gap)."""
         view = self._view(endpoint)
-        self._start_resync(view, self.clock.now())
+        view.undecodable = True
+        if view.last_seq is not None:
+            self._start_resync(view, self.clock.now())
+
+    def young(self, endpoint: str) -> bool:
+        """Whether ``endpoint``'s view began mid-stream less than ``young_window`` ago: the engine may
+        hold blocks it reported before epp subscribed (and reuses without reporting again)."""
+        view = self._views.get(endpoint)
+        return view is not None and self._young(view, self.clock.now())
+
+    def _young(self, view: _View, now: float) -> bool:
+        if view.joined_at is None:
+            return False
+        if now - view.joined_at < self.young_window:
+            return True
+        view.joined_at = None
+        return False
 
     def _view(self, endpoint: str) -> _View:
         view = self._views.get(endpoint)
@@ -453,6 +495,8 @@ class PreciseIndex:
     def _state(self, view: _View, now: float, kind: str | None = None) -> FeedState:
         if view.connected is False:
             return FeedState.DISCONNECTED
+        if view.undecodable:
+            return FeedState.UNDECODABLE
         if view.last_seq is None:
             return FeedState.NO_EVENTS
         if view.resync_until is not None:
@@ -484,6 +528,7 @@ class PreciseIndex:
         out = [0] * len(endpoints)
         live: list[tuple[int, int]] = []
         others: list[int] = []
+        young: list[int] = []
         owners = self._owners
         for i, name in enumerate(endpoints):
             view = self._views.get(name)
@@ -496,10 +541,13 @@ class PreciseIndex:
             if state is FeedState.LIVE:
                 assert view is not None
                 live.append((i, view.bit))
+                if view.joined_at is not None and self._young(view, now):
+                    young.append(i)
             else:
                 others.append(i)
-        if others:
-            for i, count in zip(others, self.fallback.match(hashes, [endpoints[i] for i in others])):
+        learned = others + young
+        if learned:
+            for i, count in zip(learned, self.fallback.match(hashes, [endpoints[i] for i in learned])):
                 out[i] = count
         if live and hashes:
             active = 0
@@ -517,7 +565,7 @@ class PreciseIndex:
                         break
                 depth += 1
             for i, bit in live:
-                out[i] = stops.get(bit, depth)
+                out[i] = max(out[i], stops.get(bit, depth))  # a young view: the better of both
         return out
 
     def add(self, endpoint: str, hashes: Sequence[int]) -> None:

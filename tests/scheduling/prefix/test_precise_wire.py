@@ -72,6 +72,13 @@ def test_cache_salt_is_part_of_the_key_as_in_vllm(index: PreciseIndex) -> None:
     assert index.match(keys(toks, salt="s2"), ["e"]) == [0]
 
 
+def test_sglangs_cache_salt_field_keys_like_vllms_extra_key(index: PreciseIndex) -> None:
+    toks = list(range(2 * BS))
+    index.ingest("e", 0, [Stored((1, 2), None, tuple(toks), BS, None, cache_salt="s1")], MODEL)
+    assert index.match(keys(toks, salt="s1"), ["e"]) == [2]
+    assert index.match(keys(toks), ["e"]) == [0]
+
+
 def test_the_lora_name_in_extra_keys_seeds_like_the_adapter(index: PreciseIndex) -> None:
     toks = list(range(2 * BS))
     index.ingest("e", 0, [store(toks, [["sql", "s"], ["sql"]], lora="sql")], MODEL)
