@@ -17,16 +17,23 @@ template) and, when present, ``chat_template.jinja`` (preferred, as transformers
 **Cost.** Added tokens (``<|start_header_id|>``, ``<|eot_id|>`` …) are matched before any
 normalisation or pre-tokenisation, so the text between two of them encodes on its own. A prompt is
 cut there and each piece's ids are remembered (bounded by characters held): a system prompt or an
-earlier turn repeated by later requests is encoded once. This is checked at load time — the pieces'
-ids must equal whole-text encoding on probe strings and a rendered sample chat — and turned off for
-tokenizers where it would not hold (e.g. added tokens that strip neighbouring spaces).
+earlier turn repeated by later requests is encoded once. A long piece that is new but starts like a
+remembered one (a completion prompt with a shared preamble, a message that grew) reuses the ids of
+the shared part up to a pre-tokenizer word boundary found from the remembered encoding (checkpoints
+every ``_CHUNK`` characters, ``_MARGIN`` characters before the end of what is known to be shared, never
+inside a whitespace run) and encodes only the rest. Both are checked at load time — the ids must
+equal whole-text encoding on probe strings and a rendered sample chat — and turned off for tokenizers
+where they would not hold (added tokens that strip neighbouring spaces, a pre-tokenizer that marks
+the start of the text).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
                    "special_tokens_map.json")  # fmt: skip
 """The files of a model folder tokenization reads (all a Hugging Face download needs to fetch)."""
 
+_CHUNK = 512  # characters between reuse checkpoints of a long piece
+_MARGIN = 64  # a reused prefix ends at least this far before the end of the text known to be shared
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -135,6 +144,27 @@ def _parsed_call(call: Any) -> Any:
     return {**call, "function": {**function, "arguments": arguments}}
 
 
+@dataclass(slots=True)
+class _Piece:
+    """A remembered piece: its ids and, per full ``_CHUNK`` of text, (chained hash of the text up to
+    that checkpoint, token index and character offset of a word boundary before it) — or nothing
+    where the piece is too short to reuse from."""
+
+    ids: list[int]
+    marks: list[tuple[int, int, int]]
+
+
+def _chunk_hashes(text: str) -> list[int]:
+    """Chained hashes of ``text``'s full ``_CHUNK``-character chunks: equal leading hashes, equal prefixes
+    (confirmed by comparing the text before reuse)."""
+    out: list[int] = []
+    h = 0
+    for start in range(0, len(text) - _CHUNK + 1, _CHUNK):
+        h = hash((h, text[start : start + _CHUNK]))
+        out.append(h)
+    return out
+
+
 class HFTokenizer:
     """``encode`` and ``render_chat`` for one model folder (see the module docstring)."""
 
@@ -154,12 +184,17 @@ class HFTokenizer:
             alternatives = sorted(self._added, key=len, reverse=True)  # leftmost-longest, like the Rust matcher
             self._split = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
         self._around = self._special_frame()
-        self._pieces: dict[str, list[int]] = {}
+        self._pieces: dict[str, _Piece] = {}
+        self._marks: dict[int, tuple[str, int]] = {}  # checkpoint hash → (piece text, index in its marks)
         self._piece_chars = 0
         self._max_piece_chars = piece_cache_chars
+        self._reuse = True
+        if not self._reuse_holds():
+            self._reuse = False
         if not self._segmenting_holds():
             self._split = None
             self._around = None
+        self._forget()
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> HFTokenizer:
@@ -187,6 +222,8 @@ class HFTokenizer:
         missing = [p for p in parts[0::2] if p and p not in self._pieces]
         if missing:
             self._remember(dict.fromkeys(missing))
+            if any(p not in self._pieces for p in missing):  # more new text than the cache holds
+                return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
         ids: list[int] = []
         if add_special_tokens:
             assert self._around is not None
@@ -198,21 +235,80 @@ class HFTokenizer:
             elif part:
                 cached = pieces.pop(part)  # re-inserted: most recently used last
                 pieces[part] = cached
-                ids.extend(cached)
+                ids.extend(cached.ids)
         if add_special_tokens:
             assert self._around is not None
             ids.extend(self._around[1])
         return ids
 
     def _remember(self, texts: Mapping[str, None]) -> None:
-        encoded = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
-        for text, enc in zip(texts, encoded):
-            self._pieces[text] = enc.ids
+        short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]
+        for text, enc in zip(short, self._backend.encode_batch_fast(short, add_special_tokens=False) if short else ()):
+            self._pieces[text] = _Piece(enc.ids, [])
             self._piece_chars += len(text)
-        while self._piece_chars > self._max_piece_chars and len(self._pieces) > len(texts):
+        for text in texts:
+            if text not in self._pieces:
+                self._pieces[text] = self._encode_long(text)
+                self._piece_chars += len(text)
+        while self._piece_chars > self._max_piece_chars and self._pieces:
             oldest = next(iter(self._pieces))
             self._piece_chars -= len(oldest)
-            del self._pieces[oldest]
+            for h, _, _ in self._pieces.pop(oldest).marks:
+                if self._marks.get(h, ("",))[0] is oldest:
+                    del self._marks[h]
+
+    def _encode_long(self, text: str) -> _Piece:
+        """A long piece's ids, reusing the longest remembered piece it starts with (module docstring)."""
+        hashes = _chunk_hashes(text)
+        ids: list[int] = []
+        marks: list[tuple[int, int, int]] = []
+        start = 0
+        for k in range(len(hashes) - 1, -1, -1):
+            found = self._marks.get(hashes[k])
+            if found is None:
+                continue
+            source, index = found
+            end = (k + 1) * _CHUNK
+            piece = self._pieces.get(source)
+            if piece is not None and source[:end] == text[:end]:
+                _, tokens, start = piece.marks[index]
+                ids = piece.ids[:tokens]
+                marks = piece.marks[: index + 1]
+                break
+        enc = self._backend.encode(text[start:], add_special_tokens=False)
+        ids = ids + enc.ids
+        offsets, words = enc.offsets, enc.word_ids
+        starts = [o[0] + start for i, o in enumerate(offsets) if i == 0 or words[i] != words[i - 1]]
+        first_token = {o: i for i, o in enumerate(o[0] + start for o in offsets)}
+        for k in range(len(marks), len(hashes)):
+            limit = (k + 1) * _CHUNK - _MARGIN
+            at = bisect.bisect_right(starts, limit) - 1
+            while at > 0 and (starts[at] <= start or text[starts[at] - 1].isspace()):
+                at -= 1
+            if at <= 0 or starts[at] <= start:
+                break  # no boundary in the new part yet: later checkpoints reuse the earlier ones
+            marks.append((hashes[k], len(ids) - len(enc.ids) + first_token[starts[at]], starts[at]))
+        for index, (h, _, _) in enumerate(marks):
+            self._marks[h] = (text, index)
+        return _Piece(ids, marks)
+
+    def _forget(self) -> None:
+        self._pieces.clear()
+        self._marks.clear()
+        self._piece_chars = 0
+
+    def _reuse_holds(self) -> bool:
+        """Whether a piece encoded from a remembered prefix equals its whole-text encoding."""
+        words = "alpha beta, gamma delta;  epsilon\n zeta (eta) theta 42 iota.\n\nkappa lambda mu nu xi "
+        shared = words * (3 * _CHUNK // len(words))
+        for tail in ("omicron pi rho", " sigma\n\n tau", "\n  upsilon", "phi"):
+            for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
+                self._remember({shared: None})
+                got = self._encode_long(text).ids
+                self._forget()
+                if got != self._backend.encode(text, add_special_tokens=False).ids:
+                    return False
+        return True
 
     def _special_frame(self) -> tuple[list[int], list[int]] | None:
         """What the post-processor puts before and after a text (e.g. ``([bos], [])``), or None when
@@ -241,8 +337,6 @@ class HFTokenizer:
             for special in (False, True):
                 if self.encode(probe, special) != self._backend.encode(probe, add_special_tokens=special).ids:
                     return False
-        self._pieces.clear()
-        self._piece_chars = 0
         return True
 
     # -- chat -----------------------------------------------------------------------------------

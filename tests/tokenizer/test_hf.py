@@ -108,26 +108,49 @@ def test_cutting_at_added_tokens_equals_whole_text_encoding(parts: list[str], sp
     assert tiny.encode(text, special) == whole.encode(text, add_special_tokens=special).ids
 
 
+class _Spy:
+    """Stands in for the Rust tokenizer and records every text it is asked to encode."""
+
+    def __init__(self, backend: RustTokenizer) -> None:
+        self.backend = backend
+        self.texts: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def encode_batch_fast(self, texts: list[str], add_special_tokens: bool) -> Any:
+        self.texts.extend(texts)
+        return self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+    def encode(self, text: str, add_special_tokens: bool) -> Any:
+        self.texts.append(text)
+        return self.backend.encode(text, add_special_tokens=add_special_tokens)
+
+
 def test_a_shared_system_prompt_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = HFTokenizer.from_dir(MODEL_DIR)
-    encoded: list[str] = []
-    real = tiny._backend.encode_batch_fast
-
-    class Spy:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(tiny_backend, name)
-
-        def encode_batch_fast(self, texts: list[str], add_special_tokens: bool) -> Any:
-            encoded.extend(texts)
-            return real(texts, add_special_tokens=add_special_tokens)
-
-    tiny_backend = tiny._backend
-    monkeypatch.setattr(tiny, "_backend", Spy())
+    spy = _Spy(tiny._backend)
+    monkeypatch.setattr(tiny, "_backend", spy)
     system = {"role": "system", "content": "You answer questions about the standard library. " * 40}
     for question in ("What is os.path?", "What is shutil?"):
         tiny.encode(tiny.render_chat([system, {"role": "user", "content": question}]), add_special_tokens=False)
-    assert sum("You answer" in text for text in encoded) == 1
-    assert "\n\nWhat is shutil?" in encoded
+    assert sum("You answer" in text for text in spy.texts) == 1
+    assert "\n\nWhat is shutil?" in spy.texts
+
+
+def test_a_new_prompt_reuses_the_ids_of_the_preamble_it_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Completion prompts sharing a long preamble: the second one encodes only (about) its new part,
+    with exactly the ids of encoding it whole."""
+    tiny = HFTokenizer.from_dir(MODEL_DIR)
+    assert tiny._reuse
+    whole = RustTokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    spy = _Spy(tiny._backend)
+    monkeypatch.setattr(tiny, "_backend", spy)
+    preamble = "".join(f"Example {i}: the function returns the number of items in the list.\n" for i in range(60))
+    for question in ("Question: what does len() return?", "Question: and sorted()?\n\n  Answer:"):
+        text = preamble + question
+        assert tiny.encode(text) == whole.encode(text).ids
+    assert len(spy.texts[-1]) < 2 * 512  # only the tail after the last checkpoint was encoded again
 
 
 def test_segmenting_is_off_where_it_would_change_ids(tmp_path: Path) -> None:
@@ -140,3 +163,17 @@ def test_segmenting_is_off_where_it_would_change_ids(tmp_path: Path) -> None:
     text = "a <|eot_id|> b"
     assert stripping._split is None
     assert stripping.encode(text) == RustTokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids
+
+
+_WORDS = st.sampled_from(["the", " list", "  ", "\n", "\n\n", ".", ",", " items", "42", "é", "\t", " returns", "(x)", "'s"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_WORDS, min_size=300, max_size=700), st.lists(_WORDS, max_size=40), st.integers(0, 400))
+def test_reusing_a_remembered_prefix_equals_whole_text_encoding(shared: list[str], tail: list[str], cut: int) -> None:
+    tiny, whole = _pair()
+    first = "".join(shared)
+    second = "".join(shared[: len(shared) - cut]) + "".join(tail)
+    tiny._forget()
+    assert tiny.encode(first, False) == whole.encode(first, add_special_tokens=False).ids
+    assert tiny.encode(second, False) == whole.encode(second, add_special_tokens=False).ids

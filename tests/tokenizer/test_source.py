@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -81,19 +82,20 @@ def test_serving_loads_off_the_pick_path() -> None:
     """After ``start_background`` a model's first request does not wait for the file: it gets None
     (matched approximately) until the thread has loaded it."""
     loaded: list[Path] = []
+    release = threading.Event()
 
-    def slow_load(folder: Path) -> HFTokenizer:
-        time.sleep(0.2)
+    def blocked_load(folder: Path) -> HFTokenizer:
+        assert release.wait(30), "never released"
         loaded.append(folder)
         return HFTokenizer.from_dir(folder)
 
-    tokenizers = ModelTokenizers(fallback=SIM, load=slow_load)
+    tokenizers = ModelTokenizers(fallback=SIM, load=blocked_load)
     tokenizers.start_background()
-    started = time.perf_counter()
+    assert tokenizers.for_model(str(MODEL_DIR)) is None  # returned while the load is still blocked
     assert tokenizers.for_model(str(MODEL_DIR)) is None
-    assert time.perf_counter() - started < 0.1
     assert tokenizers.for_model("unknown-model") is SIM  # not found: known at once, no thread
-    deadline = time.monotonic() + 10
+    release.set()
+    deadline = time.monotonic() + 30
     while tokenizers.for_model(str(MODEL_DIR)) is None:
         assert time.monotonic() < deadline, "tokenizer never loaded"
         time.sleep(0.01)
