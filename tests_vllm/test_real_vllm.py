@@ -32,10 +32,13 @@ from epp.envoy.config import Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
 from epp.envoy.stack import local_config
+from epp.tokenizer.hf import HFTokenizer
 from tests_vllm.engines import Engine
 
 MODEL = str(Path(__file__).parents[1] / "tests" / "data" / "vllm-0.32-cpu" / "tiny-llama")
 SYSTEM = "You are a careful assistant that answers questions about the Python standard library. "
+TOKENIZER = HFTokenizer.from_dir(MODEL)
+ENGINE_BLOCK = 128  # vLLM's default block size on CPU
 
 
 @dataclass
@@ -50,8 +53,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(engines: list[Engine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
+def stack(engines: list[Engine], workdir: Path) -> Iterator[Stack]:
     endpoints = workdir / "endpoints.yaml"
     endpoints.write_text(
         "endpoints:\n" + "".join(
@@ -59,8 +61,7 @@ def stack(engines: list[Engine], tmp_path_factory: pytest.TempPathFactory) -> It
             for e in engines
         )
     )  # fmt: skip
-    picker = PickerProcess((), endpoints_file=endpoints, log_path=workdir / "epp.log",
-                           extra_args=["-v"], env=None)  # fmt: skip
+    picker = PickerProcess((), endpoints_file=endpoints, log_path=workdir / "epp.log")
     picker.start(timeout=60)
     upstreams = [Upstream("127.0.0.1", e.port) for e in engines]
     envoy = EnvoyProcess(local_config(picker.address, upstreams, workdir / "envoy"), workdir / "envoy")
@@ -78,8 +79,15 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric: str, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+
+
+def engine_ids(path: str, body: dict[str, Any]) -> list[int]:
+    """The prompt's token ids as the engine computes them (epp's tokenizer, checked against captures)."""
+    if path == "/v1/chat/completions":
+        return TOKENIZER.encode(TOKENIZER.render_chat(body["messages"], body), add_special_tokens=False)
+    return TOKENIZER.encode(body["prompt"])
 
 
 def epp_metrics(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -132,9 +140,12 @@ async def test_feeds_go_live_and_both_prompt_kinds_agree(stack: Stack) -> None:
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])
 async def test_repeated_prefixes_stay_on_one_engine_and_hit_its_cache(stack: Stack, kind: str) -> None:
-    prefix = f"[{kind} {time.time_ns()}] " + SYSTEM * 12  # about 200 tokens × 3: several 128-token blocks
+    prefix = f"[{kind} {time.time_ns()}] " + SYSTEM * 30  # about 500 tokens
     requests = [chat(prefix, f"Question {i}: what does module {i} do?") if kind == "chat"
                 else completion(prefix + f"\nQuestion {i}: what does module {i} do?") for i in range(8)]  # fmt: skip
+    a, b = engine_ids(*requests[1]), engine_ids(*requests[2])
+    shared_blocks = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y) // ENGINE_BLOCK
+    assert shared_blocks >= 3
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         first, _ = await send(http, stack, *requests[0])
         engine = next(e for e in stack.engines if e.hostport == first)
@@ -144,7 +155,7 @@ async def test_repeated_prefixes_stay_on_one_engine_and_hit_its_cache(stack: Sta
         served = [(await send(http, stack, *r))[0] for r in requests[1:]]
     assert served == [first] * len(served)
     hits = value(engine.metrics(), "vllm:prefix_cache_hits_total", engine="0", model_name=MODEL) - hits_before
-    assert hits >= len(served) * 3 * 128  # each repeat found at least three cached blocks on the engine
+    assert hits >= len(served) * shared_blocks * ENGINE_BLOCK  # each repeat found the shared blocks cached
     ratio = value(epp_metrics(stack), "inference_extension_prefix_indexer_hit_ratio_sum") - ratio_before
     assert ratio > len(served) * 0.5  # and epp's precise view saw them cached before picking
 

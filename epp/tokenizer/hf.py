@@ -49,6 +49,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 _CHUNK = 512  # characters between reuse checkpoints of a long piece
 _MARGIN = 64  # a reused prefix ends at least this far before the end of the text known to be shared
+_MAX_SEEN = 65536  # first chunks remembered to notice a recurring preamble
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -186,6 +187,7 @@ class HFTokenizer:
         self._around = self._special_frame()
         self._pieces: dict[str, _Piece] = {}
         self._marks: dict[int, tuple[str, int]] = {}  # checkpoint hash → (piece text, index in its marks)
+        self._seen: dict[int, None] = {}  # first-chunk hashes of long pieces encoded plainly, oldest first
         self._piece_chars = 0
         self._max_piece_chars = piece_cache_chars
         self._reuse = True
@@ -258,7 +260,11 @@ class HFTokenizer:
                     del self._marks[h]
 
     def _encode_long(self, text: str) -> _Piece:
-        """A long piece's ids, reusing the longest remembered piece it starts with (module docstring)."""
+        """A long piece's ids, reusing the longest remembered piece it starts with (module docstring).
+
+        Finding reuse points needs the encoding's offsets (about a fifth dearer than ids alone), so a
+        text whose first chunk was never seen before is encoded plainly and only noted: the second
+        text starting the same way records the points, the third and later reuse them."""
         hashes = _chunk_hashes(text)
         ids: list[int] = []
         marks: list[tuple[int, int, int]] = []
@@ -275,19 +281,24 @@ class HFTokenizer:
                 ids = piece.ids[:tokens]
                 marks = piece.marks[: index + 1]
                 break
+        if not marks and hashes[0] not in self._seen:
+            self._seen[hashes[0]] = None
+            if len(self._seen) > _MAX_SEEN:
+                del self._seen[next(iter(self._seen))]
+            return _Piece(self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids, [])
         enc = self._backend.encode(text[start:], add_special_tokens=False)
+        reused = len(ids)
         ids = ids + enc.ids
-        offsets, words = enc.offsets, enc.word_ids
-        starts = [o[0] + start for i, o in enumerate(offsets) if i == 0 or words[i] != words[i - 1]]
-        first_token = {o: i for i, o in enumerate(o[0] + start for o in offsets)}
+        words = enc.word_ids
+        begins = [b for b, _ in enc.offsets]  # character offsets in text[start:], one per token
         for k in range(len(marks), len(hashes)):
-            limit = (k + 1) * _CHUNK - _MARGIN
-            at = bisect.bisect_right(starts, limit) - 1
-            while at > 0 and (starts[at] <= start or text[starts[at] - 1].isspace()):
+            at = bisect.bisect_right(begins, (k + 1) * _CHUNK - _MARGIN - start) - 1
+            # back to the first token of a pre-tokenizer word that does not continue a whitespace run
+            while at > 0 and (words[at] == words[at - 1] or text[start + begins[at] - 1].isspace()):
                 at -= 1
-            if at <= 0 or starts[at] <= start:
+            if at <= 0:
                 break  # no boundary in the new part yet: later checkpoints reuse the earlier ones
-            marks.append((hashes[k], len(ids) - len(enc.ids) + first_token[starts[at]], starts[at]))
+            marks.append((hashes[k], reused + at, start + begins[at]))
         for index, (h, _, _) in enumerate(marks):
             self._marks[h] = (text, index)
         return _Piece(ids, marks)
@@ -295,6 +306,7 @@ class HFTokenizer:
     def _forget(self) -> None:
         self._pieces.clear()
         self._marks.clear()
+        self._seen.clear()
         self._piece_chars = 0
 
     def _reuse_holds(self) -> bool:
@@ -303,6 +315,7 @@ class HFTokenizer:
         shared = words * (3 * _CHUNK // len(words))
         for tail in ("omicron pi rho", " sigma\n\n tau", "\n  upsilon", "phi"):
             for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
+                self._seen[_chunk_hashes(shared)[0]] = None
                 self._remember({shared: None})
                 got = self._encode_long(text).ids
                 self._forget()

@@ -147,9 +147,10 @@ def test_a_new_prompt_reuses_the_ids_of_the_preamble_it_shares(monkeypatch: pyte
     spy = _Spy(tiny._backend)
     monkeypatch.setattr(tiny, "_backend", spy)
     preamble = "".join(f"Example {i}: the function returns the number of items in the list.\n" for i in range(60))
-    for question in ("Question: what does len() return?", "Question: and sorted()?\n\n  Answer:"):
+    for question in ("Question: what is it?", "Question: what does len() return?", "Question: and sorted()?\n\n  Answer:"):
         text = preamble + question
         assert tiny.encode(text) == whole.encode(text).ids
+    # the first is encoded plainly, the second records where the preamble's words start, the third reuses
     assert len(spy.texts[-1]) < 2 * 512  # only the tail after the last checkpoint was encoded again
 
 
@@ -175,5 +176,5 @@ def test_reusing_a_remembered_prefix_equals_whole_text_encoding(shared: list[str
     first = "".join(shared)
     second = "".join(shared[: len(shared) - cut]) + "".join(tail)
     tiny._forget()
-    assert tiny.encode(first, False) == whole.encode(first, add_special_tokens=False).ids
-    assert tiny.encode(second, False) == whole.encode(second, add_special_tokens=False).ids
+    for text in (first, first + " ", second):  # plainly, with reuse points, reusing them
+        assert tiny.encode(text, False) == whole.encode(text, add_special_tokens=False).ids
