@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -67,8 +68,24 @@ class Engine:
             proc_util.stop(proc, grace=20)
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+DEFAULT_EVENTS_PORT = 5557  # the issue's engine: `"endpoint": "tcp://*:5557"`, where epp looks by default
+
+
 def start_engines(python: str, workdir: Path, count: int = 2, timeout: float = 420.0) -> list[Engine]:
-    engines = [Engine(proc_util.free_port(), proc_util.free_port(), workdir / f"vllm-{i}.log") for i in range(count)]
+    """``count`` engines; the first publishes its events on 5557, as a default deployment does."""
+    if not _bindable(DEFAULT_EVENTS_PORT):
+        raise RuntimeError(f"port {DEFAULT_EVENTS_PORT} is taken on this host: the first engine publishes there")
+    events = [DEFAULT_EVENTS_PORT] + [proc_util.free_port() for _ in range(count - 1)]
+    engines = [Engine(proc_util.free_port(), events[i], workdir / f"vllm-{i}.log") for i in range(count)]
     try:
         for core, engine in enumerate(engines):
             engine.start(python, core % (os.cpu_count() or 1))

@@ -8,7 +8,9 @@ cannot both bind 5557, so the endpoints file gives each its events port (``epp/k
 
 Checked: every batch decodes and both feeds reach ``live``; chat and completion keys agree on the
 engines; repeated prefixes of both kinds stay on one engine, which then reports prefix-cache hits;
-epp's pool gauges follow the engines' own gauges under load.
+epp's pool gauges follow the engines' own gauges under load. And the issue's done-when, literally:
+a second ``epp serve`` with nothing but ``--static-endpoints`` in front of the first engine (events on
+5557, epp's default) decodes every batch, goes live, and finds repeated prefixes in the precise view.
 """
 
 from __future__ import annotations
@@ -192,3 +194,45 @@ async def test_pool_gauges_track_the_engines(stack: Stack) -> None:
     assert value(ours, "inference_pool_average_running_requests", name="") == 0
     kv = [value(e.metrics(), "vllm:kv_cache_usage_perc", engine="0", model_name=MODEL) for e in stack.engines]
     assert value(ours, "inference_pool_average_kv_cache_utilization", name="") == pytest.approx(sum(kv) / 2, abs=0.01)
+
+
+async def test_done_when_epp_serve_with_no_config_in_front_of_one_engine(engines: list[Engine], workdir: Path) -> None:
+    engine = engines[0]
+    assert engine.events_port == 5557
+    picker = PickerProcess([Upstream("127.0.0.1", engine.port)], log_path=workdir / "epp-single.log")
+    picker.start(timeout=60)
+    envoy = EnvoyProcess(local_config(picker.address, [Upstream("127.0.0.1", engine.port)], workdir / "envoy-single"),
+                         workdir / "envoy-single")  # fmt: skip
+    envoy.start()
+    single = Stack([engine], picker, envoy)
+    try:
+        metrics_url = f"http://127.0.0.1:{picker.metrics_port}/metrics"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            for i in range(20):
+                prefix = f"[done-when {time.time_ns()}] " + SYSTEM * 30
+                for request in (chat(prefix, "First question?"), chat(prefix, "Second question?"),
+                                completion(prefix + "\nFirst"), completion(prefix + "\nSecond")):  # fmt: skip
+                    await send(http, single, *request)
+                metrics = scrape(metrics_url)
+                if all(value(metrics, "epp_kv_events_key_agreement", endpoint=engine.hostport, kind=k, state="agreed") == 1
+                       for k in ("chat", "completion")):  # fmt: skip
+                    break
+            before = value(metrics, "inference_extension_prefix_indexer_hit_ratio_sum")
+            prefix = f"[done-when repeated {time.time_ns()}] " + SYSTEM * 30
+            await send(http, single, *chat(prefix, "Question zero?"))
+            await send(http, single, *completion(prefix + "\nQuestion zero?"))
+            await asyncio.sleep(1.0)  # their blocks reach epp
+            for i in range(1, 4):
+                await send(http, single, *chat(prefix, f"Question {i}?"))
+                await send(http, single, *completion(prefix + f"\nQuestion {i}?"))
+        metrics = scrape(metrics_url)
+        assert value(metrics, "epp_kv_events_feed_state", endpoint=engine.hostport, state="live") == 1
+        assert value(metrics, "epp_kv_events_batches_total", result="undecodable") == 0
+        assert value(metrics, "epp_kv_events_batches_total", result="in-order") > 0
+        for kind in ("chat", "completion"):
+            assert value(metrics, "epp_kv_events_key_agreement", endpoint=engine.hostport, kind=kind, state="agreed") == 1
+        # six repeats, each with at least three of its four-plus blocks found in the engine's reported view
+        assert value(metrics, "inference_extension_prefix_indexer_hit_ratio_sum") - before > 6 * 0.5
+    finally:
+        envoy.stop()
+        picker.stop()

@@ -111,10 +111,9 @@ def resolve_model_dir(
     looked.append(f"folder {os.path.abspath(model)!r}")
     discovery = discovery_dir or os.environ.get("LOCAL_TOKENIZER_DIR") or DEFAULT_DISCOVERY_DIR
     if Path(discovery).is_dir() and not os.path.isabs(model):
-        for candidate in (Path(discovery) / model,):
-            folder = _folder_of(candidate)
-            if folder is not None:
-                return folder
+        folder = _folder_of(Path(discovery) / model)
+        if folder is not None:
+            return folder
         if _HF_ID.match(model):
             folder = _from_hub_cache(model, Path(discovery))
             if folder is not None:

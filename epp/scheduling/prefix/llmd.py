@@ -36,7 +36,7 @@ from typing import Any
 
 from epp.scheduling.framework import TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.scheduling.registry import Factory, PluginHandle
 from epp.tokenizer.source import ModelTokenizers, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,9 @@ class TokenProducer:
         self.tokenizers = tokenizers
 
 
-def token_producer_factory(plugin_type: str):  # noqa: ANN201 - a registry Factory
+def token_producer_factory(plugin_type: str) -> Factory:
+    """The registry factory of ``plugin_type`` (``token-producer`` or its legacy name)."""
+
     def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> TokenProducer:
         p = decode_params(TokenProducerParams, params)
         if p.uds_tokenizer_config is not None and p.uds_tokenizer_config.socket_file:
