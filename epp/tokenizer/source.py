@@ -16,7 +16,7 @@ first sight of a model; loading a ``tokenizer.json`` takes tens to hundreds of m
 download longer), so once ``start_background()`` was called (``epp serve``) that happens on a thread and
 the model's requests are matched approximately until it is done; before that (replay, benches, tests)
 loading happens on first use, which keeps those runs deterministic. A model that cannot be found gets
-the fallback tokenizer (the simulator's), with one warning naming where epp looked. Model names come
+the fallback tokenizer (the simulator's), said once naming where epp looked. Model names come
 from clients: at most ``max_models`` are remembered, later unknown names get the fallback.
 """
 
@@ -232,8 +232,11 @@ class ModelTokenizers:
         return tokenizer
 
     def _missing(self, name: str, err: ValueError) -> object:
-        """One warning per model (models are bounded by ``max_models``); the fallback or ``_MISSING``."""
-        log.warning(
+        """The fallback or ``_MISSING``, said once per model (models are bounded by ``max_models``): a
+        warning when the model's requests lose the precise view; only a note when they get the
+        simulator's tokenizer, since with ``epp sim`` that is right and with a real engine the key
+        agreement check warns as soon as the engine's blocks show it is wrong."""
+        (log.info if self.fallback is not None else log.warning)(
             "%s; %s. Make the model's tokenizer files reachable (a folder, LOCAL_TOKENIZER_DIR or the"
             " Hugging Face cache) or set the precise-prefix-cache-producer's `tokenizer`.",
             err,

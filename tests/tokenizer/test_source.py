@@ -67,7 +67,7 @@ def test_offline_a_missing_model_says_where_it_looked(monkeypatch: pytest.Monkey
 
 def test_each_model_gets_its_own_and_unknown_ones_the_fallback_once(caplog: pytest.LogCaptureFixture) -> None:
     tokenizers = ModelTokenizers(fallback=SIM)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert tokenizers.for_model("sim-model") is SIM
         assert tokenizers.for_model("sim-model") is SIM
     assert len([r for r in caplog.records if "sim-model" in r.getMessage()]) == 1
