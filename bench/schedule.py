@@ -283,6 +283,20 @@ def tokenizer_cost(args: argparse.Namespace) -> None:
         ids = fresh.encode(text, True)
         cold.append(time.thread_time_ns() - c0)
     print(f"encoding {len(ids)} tokens uncached: {min(cold) / 1e6:.1f} ms cpu (best of 5)")
+    turns: list[dict[str, str]] = []
+    tokenizer = HFTokenizer.from_dir(args.tokenizer)
+    while len(tokenizer.encode(tokenizer.render_chat(turns), False) if turns else ()) < 32768:
+        turns += [{"role": "user", "content": words.text(512)}, {"role": "assistant", "content": words.text(512)}]
+        tokenizer.encode(tokenizer.render_chat(turns), False)  # the conversation so far, as earlier requests sent it
+    warm = []
+    for _ in range(5):
+        turns += [{"role": "user", "content": words.text(512)}]
+        c0 = time.thread_time_ns()
+        ids = tokenizer.encode(tokenizer.render_chat(turns), False)
+        warm.append(time.thread_time_ns() - c0)
+        turns += [{"role": "assistant", "content": words.text(512)}]
+    print(f"a {len(ids)}-token conversation whose earlier turns were seen, one new 512-token turn:"
+          f" {min(warm) / 1e6:.2f} ms cpu to render and encode (best of 5)")
 
 
 if __name__ == "__main__":

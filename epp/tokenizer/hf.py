@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,13 @@ from typing import Any
 import jinja2
 import jinja2.ext
 import jinja2.sandbox
-from tokenizers import Tokenizer as RustTokenizer
+
+# A pick encodes one prompt on the event loop's thread; the Rust library would hand even that to its
+# thread pool, which on a busy host costs more waiting than it saves (measured: bench/RESULTS.md).
+# Read when the library first encodes; an explicit setting is kept.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
                    "special_tokens_map.json")  # fmt: skip
