@@ -18,8 +18,9 @@ and the median per-pick difference.
 folder, e.g. ``tests/data/vllm-0.32-cpu/tiny-llama``) adds to a ``default`` pick, against the same
 preset with ``tokenizer: sim`` fed the same requests alternately: chat requests (one of 32 system
 prompts, half the tokens, then a unique user turn) and completion requests (a unique prompt each
-pick, so nothing is reused), at 1K and 32K tokens of that tokenizer; then the cost of encoding a
-32K-token text once, uncached.
+pick, so nothing is reused; or one of 32 preambles, half the tokens, then a unique tail), at 1K and
+32K tokens of that tokenizer; then the cost of encoding a 32K-token text once, uncached, and of a 32K
+conversation whose earlier turns were seen.
 
     python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
     python bench/schedule.py --tokenizer tests/data/vllm-0.32-cpu/tiny-llama [--picks 1000]
@@ -241,7 +242,10 @@ class _Words:
         return self.text_of_words(max(1, round(tokens / self.tokens_per_word)))
 
 
-def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, kind: RequestKind) -> tuple[float, float, float, int]:
+SHAPES = ("chat", "completion, shared preamble", "completion, unique")
+
+
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[float, float, float, int]:
     """``default`` with ``tokenizer: sim`` and with ``folder``'s tokenizer, fed the same requests
     alternately: (sim cpu p50, model cpu p50, median per-pick difference) in µs, and the prompts'
     mean token count under the model's tokenizer."""
@@ -250,11 +254,14 @@ def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: s
     systems = [words.text(tokens // 2) for _ in range(32)]
     bodies: list[dict[str, Any]] = []
     for _ in range(picks + 50):
-        if kind is RequestKind.CHAT_COMPLETIONS:
+        if shape == "chat":
             bodies.append({"model": "m", "messages": [{"role": "system", "content": rng.choice(systems)},
                                                       {"role": "user", "content": words.text(tokens // 2)}]})  # fmt: skip
+        elif shape == "completion, shared preamble":
+            bodies.append({"model": "m", "prompt": rng.choice(systems) + words.text(tokens // 2)})
         else:
             bodies.append({"model": "m", "prompt": words.text(tokens)})
+    kind = RequestKind.CHAT_COMPLETIONS if shape == "chat" else RequestKind.COMPLETIONS
     counted = [len(words.tokenizer.encode(words.tokenizer.render_chat(b["messages"]) if "messages" in b else b["prompt"]))
                for b in bodies[::50]]  # fmt: skip
     requests = (LLMRequest(f"r{i}", kind, "m", body=body) for i, body in enumerate(bodies))
@@ -264,14 +271,13 @@ def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: s
 
 def tokenizer_cost(args: argparse.Namespace) -> None:
     print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer}, µs; best of {args.rounds} rounds")
-    print(f"{'requests':>11} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
+    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
     for tokens in (1024, 32768):
         picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
-        for kind in (RequestKind.CHAT_COMPLETIONS, RequestKind.COMPLETIONS):
-            rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, kind) for _ in range(args.rounds)]
+        for shape in SHAPES:
+            rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, shape) for _ in range(args.rounds)]
             a, b, d = (min(r[k] for r in rounds) for k in range(3))
-            label = "chat" if kind is RequestKind.CHAT_COMPLETIONS else "completion"
-            print(f"{label:>11} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
+            print(f"{shape:>28} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
     words = _Words(args.tokenizer, random.Random(args.seed))
     from epp.tokenizer.hf import HFTokenizer
 

@@ -56,7 +56,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 
 _CHUNK = 512  # characters between reuse checkpoints of a long piece
 _MARGIN = 64  # a reused prefix ends at least this far before the end of the text known to be shared
-_MAX_SEEN = 65536  # first chunks remembered to notice a recurring preamble
+_MAX_SEEN = 65536  # chunk hashes remembered to notice text that recurs
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -194,7 +194,7 @@ class HFTokenizer:
         self._around = self._special_frame()
         self._pieces: dict[str, _Piece] = {}
         self._marks: dict[int, tuple[str, int]] = {}  # checkpoint hash → (piece text, index in its marks)
-        self._seen: dict[int, None] = {}  # first-chunk hashes of long pieces encoded plainly, oldest first
+        self._seen: dict[int, None] = {}  # chunk hashes of text encoded without reuse points, oldest first
         self._piece_chars = 0
         self._max_piece_chars = piece_cache_chars
         self._reuse = True
@@ -269,9 +269,11 @@ class HFTokenizer:
     def _encode_long(self, text: str) -> _Piece:
         """A long piece's ids, reusing the longest remembered piece it starts with (module docstring).
 
-        Finding reuse points needs the encoding's offsets (about a fifth dearer than ids alone), so a
-        text whose first chunk was never seen before is encoded plainly and only noted: the second
-        text starting the same way records the points, the third and later reuse them."""
+        Finding reuse points needs the encoding's offsets (about a fifth dearer than ids alone), so
+        the part after what is reused is encoded plainly unless its first chunk (in its place: the hash
+        is chained) was seen before: a unique tail costs no offsets; the second text continuing the same
+        way records points there, the third and later reuse them (a conversation resent with one more
+        turn reuses all but the newest turns)."""
         hashes = _chunk_hashes(text)
         ids: list[int] = []
         marks: list[tuple[int, int, int]] = []
@@ -288,11 +290,17 @@ class HFTokenizer:
                 ids = piece.ids[:tokens]
                 marks = piece.marks[: index + 1]
                 break
-        if not marks and hashes[0] not in self._seen:
-            self._seen[hashes[0]] = None
-            if len(self._seen) > _MAX_SEEN:
-                del self._seen[next(iter(self._seen))]
-            return _Piece(self._backend.encode_batch_fast([text], add_special_tokens=False)[0].ids, [])
+        after = hashes[len(marks)] if len(marks) < len(hashes) else None
+        if after is None or after not in self._seen:
+            if after is not None:
+                self._seen[after] = None
+                if len(self._seen) > _MAX_SEEN:
+                    del self._seen[next(iter(self._seen))]
+            tail = self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids
+            piece = _Piece(ids + tail, marks)
+            for index, (h, _, _) in enumerate(marks):
+                self._marks[h] = (text, index)
+            return piece
         enc = self._backend.encode(text[start:], add_special_tokens=False)
         reused = len(ids)
         ids = ids + enc.ids
@@ -322,7 +330,7 @@ class HFTokenizer:
         shared = words * (3 * _CHUNK // len(words))
         for tail in ("omicron pi rho", " sigma\n\n tau", "\n  upsilon", "phi"):
             for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
-                self._seen[_chunk_hashes(shared)[0]] = None
+                self._seen.update(dict.fromkeys(_chunk_hashes(shared)))
                 self._remember({shared: None})
                 got = self._encode_long(text).ids
                 self._forget()
