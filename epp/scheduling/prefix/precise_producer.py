@@ -11,10 +11,11 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
 * with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``);
-* an endpoint's feed is trusted only once its engine reports blocks of prompts epp routed there
-  (``PreciseIndex``'s key agreement): the producer reports each pick, first response bytes and end
-  (``routed``/``responded``/``finished``), and ``view_is_exact`` says which endpoints are matched
-  from engine events.
+* an endpoint's feed is trusted, per prompt kind (chat, completion), only once its engine reports
+  blocks of prompts of that kind epp routed there (``PreciseIndex``'s key agreement): the producer
+  reports each pick with its kind, first response bytes and end (``routed``/``responded``/
+  ``finished``), matches each request against the views agreed for its kind, and ``view_is_exact``
+  says which endpoints are matched from engine events (for some kind).
 
 Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`` 256 (or
 ``maxPrefixTokensToMatch``), ``lruCapacityPerServer`` 31250; ``mode`` ``connect`` (one SUB per
