@@ -50,13 +50,13 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
     "multicluster-file-discovery",
-    "token-producer",
     # flow control policies (built by epp.flowcontrol.build, which depends on this package, not the reverse)
     "global-strict-fairness-policy", "round-robin-fairness-policy", "program-aware-fairness",
     "fcfs-ordering-policy", "edf-ordering-policy", "slo-deadline-ordering-policy", "soft-reflective-ceiling-policy",
 })
 
 DEFAULT_PROFILE = "default"
+TOKEN_PRODUCER_TYPES = frozenset({"token-producer", "tokenizer"})  # built before the producers that read them
 REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete)
 """Plugins that act on every request whatever the profile; upstream configs also list them in a profile,
 which is accepted and changes nothing (request parsers too: GIE's own test configs list one)."""
@@ -75,7 +75,7 @@ def _build_plugins(
     # Producers first, so a consumer declared before its producer still finds it.
     ordered = sorted(
         (item for item in indexed if item[1].type in registry),
-        key=lambda item: not registry.get(item[1].type).producer,
+        key=lambda item: (not registry.get(item[1].type).producer, item[1].type not in TOKEN_PRODUCER_TYPES),
     )
     for i, spec in ordered:
         try:

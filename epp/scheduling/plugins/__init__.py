@@ -48,11 +48,13 @@ from epp.scheduling.plugins.scorers import (
     ttft_predictor,
 )
 from epp.scheduling.plugins.scorers import topology_affinity as topology_affinity_scorer
-from epp.scheduling.prefix import precise_producer, producer
+from epp.scheduling.prefix import llmd, precise_producer, producer
 from epp.scheduling.registry import PluginType
 
 BUILTIN_PLUGINS: tuple[PluginType, ...] = (
-    # data producers (built first)
+    # data producers (built first; token producers before the precise producer that reads them)
+    PluginType(llmd.TOKEN_PRODUCER, llmd.token_producer_factory(llmd.TOKEN_PRODUCER), producer=True),
+    PluginType(llmd.LEGACY_TOKEN_PRODUCER, llmd.token_producer_factory(llmd.LEGACY_TOKEN_PRODUCER), producer=True),
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
     PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
@@ -90,6 +92,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(running_requests.RUNNING_REQUESTS_SCORER, running_requests.factory),
     PluginType(kv_cache.KV_CACHE_UTILIZATION_SCORER, kv_cache.factory),
     PluginType(prefix_cache.PREFIX_CACHE_SCORER, prefix_cache.factory),
+    PluginType(prefix_cache.PRECISE_PREFIX_CACHE_SCORER, prefix_cache.precise_factory),
     PluginType(load_aware.LOAD_AWARE_SCORER, load_aware.factory),
     PluginType(active_request.ACTIVE_REQUEST_SCORER, active_request.factory),
     PluginType(token_load.TOKEN_LOAD_SCORER, token_load.factory),

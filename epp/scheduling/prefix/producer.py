@@ -87,6 +87,7 @@ class PrefixMatch:
 
     hashes: list[int]
     block_tokens: int
+    kind: str | None = None  # precise producer: the prompt kind whose engine keys these are (None: byte hashes)
     hits: dict[str, int] = field(default_factory=dict)
     aligned: tuple[list[EndpointState], list[int]] | None = None  # last endpoint list asked about
 
@@ -145,10 +146,14 @@ class ApproxPrefixCacheProducer:
         known = info.hits
         missing = [n for n in names if n not in known]
         if missing:
-            known.update(zip(missing, self.index.match(info.hashes, missing)))
+            known.update(zip(missing, self.lookup(info, missing)))
         counts = [known[n] for n in names]
         info.aligned = (endpoints, counts)
         return info, counts
+
+    def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
+        """The index's match for ``names`` (aligned); the precise producer matches per prompt kind."""
+        return self.index.match(info.hashes, names)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
         """Whether this endpoint's matches are what its engine caches now (False: what it was sent, some
