@@ -205,6 +205,7 @@ def _warn_sidecar(what: str) -> None:
 @dataclass(frozen=True, slots=True)
 class VllmRenderConfig:
     url: str | None = None
+    http: str | None = None  # the older spelling of ``url`` (llm-d-router's multimodal README still shows it)
     timeout: Duration | None = None
     mm_timeout: Duration | None = None
     messages_render_mode: str | None = None
@@ -226,7 +227,7 @@ class TokenProducerParams:
     estimate: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not self.model_name:
+        if not self.model_name and self.estimate is None:  # estimate mode counts tokens without a tokenizer
             raise ParamError("modelName", "must be specified")
         if self.vllm is not None and self.uds_tokenizer_config is not None and self.uds_tokenizer_config.socket_file:
             raise ParamError("", "only one of 'udsTokenizerConfig' or 'vllm' may be set")
@@ -249,9 +250,9 @@ def token_producer_factory(plugin_type: str) -> Factory:
         if p.uds_tokenizer_config is not None and p.uds_tokenizer_config.socket_file:
             _warn_sidecar(f"the tokenizer sidecar at {p.uds_tokenizer_config.socket_file}")
         elif p.vllm is not None or p.uds_tokenizer_config is None:  # llm-d's default backend is vLLM render
-            _warn_sidecar(f"vLLM's render endpoint at {(p.vllm and p.vllm.url) or 'http://localhost:8000'}")
+            _warn_sidecar(f"vLLM's render endpoint at {(p.vllm and (p.vllm.url or p.vllm.http)) or 'http://localhost:8000'}")
         if plugin_type == LEGACY_TOKEN_PRODUCER:
             log.info("plugin type %r is deprecated in llm-d; %r is its current name", LEGACY_TOKEN_PRODUCER, TOKEN_PRODUCER)
-        return TokenProducer(name, plugin_type, ModelTokenizers(fallback=None, model=p.model_name, allow_download=True))
+        return TokenProducer(name, plugin_type, ModelTokenizers(fallback=None, model=p.model_name or None, allow_download=True))
 
     return factory
