@@ -25,7 +25,7 @@ from epp.scheduling.plugins.filters import (
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.producers import burst_prefix, inflight_load, mm_embeddings
-from epp.scheduling.plugins.profiles import single
+from epp.scheduling.plugins.profiles import header, single
 from epp.scheduling.plugins.requestcontrol import agent_identity, request_attribute_reporter
 from epp.scheduling.plugins.response import served_verifier
 from epp.scheduling.plugins.scorers import endpoint_attribute as endpoint_attribute_scorer
@@ -114,6 +114,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(round_robin.ROUND_ROBIN_PICKER, round_robin.factory),
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
+    PluginType(header.HEADER_PROFILE_HANDLER, header.factory),
     # request control
     PluginType(agent_identity.AGENT_IDENTITY, agent_identity.factory),
     PluginType(request_attribute_reporter.REQUEST_ATTRIBUTE_REPORTER, request_attribute_reporter.factory),
