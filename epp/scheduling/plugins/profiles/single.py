@@ -1,17 +1,24 @@
-"""``single-profile-handler``: run the one configured profile once; its result is the decision."""
+"""``single-profile-handler``: run the one configured profile once; its result is the decision.
+
+It takes no parameters. Upstream's factory never reads them, so configs in the wild give it some
+(llm-d's discovery guide passes ``scorer``/``picker``); epp ignores them too, with one warning naming
+them, instead of refusing a config upstream runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import logging
 from typing import Any
 
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
-from epp.scheduling.params import NoParams, decode_params
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.registry import PluginHandle
 
 SINGLE_PROFILE_HANDLER = "single-profile-handler"
+
+log = logging.getLogger(__name__)
 
 
 class SingleProfileHandler:
@@ -39,5 +46,7 @@ class SingleProfileHandler:
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> SingleProfileHandler:
-    decode_params(NoParams, params)
+    if params:
+        log.warning("config: %s %r takes no parameters; ignoring %s (as upstream does)",
+                    SINGLE_PROFILE_HANDLER, name, ", ".join(sorted(params)))
     return SingleProfileHandler(name)
