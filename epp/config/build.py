@@ -34,6 +34,7 @@ from epp.scheduling.framework import (
     PreRequest,
     ProfileHandler,
     RequestProcessor,
+    Screener,
     ResponseComplete,
     ResponseMetadata,
     Scorer,
@@ -62,7 +63,7 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
 
 DEFAULT_PROFILE = "default"
 TOKEN_PRODUCER_TYPES = frozenset({"token-producer", "tokenizer"})  # built before the producers that read them
-REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete)
+REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete, Screener)
 """Plugins that act on every request whatever the profile; upstream configs also list them in a profile,
 which is accepted and changes nothing (request parsers too: GIE's own test configs list one)."""
 
