@@ -21,8 +21,9 @@ from typing import Any
 
 from epp.request import LLMRequest
 from epp.request.errors import RequestError
-from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
+from epp.scheduling.framework import TypedName
 from epp.scheduling.params import decode_params
+from epp.scheduling.plugins.profiles.single import OneProfilePerRequest
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.registry import PluginHandle
 
@@ -37,13 +38,13 @@ class HeaderProfileParams:
     default_profile: str = ""
 
 
-class HeaderProfileHandler:
+class HeaderProfileHandler(OneProfilePerRequest):
     def __init__(self, name: str = HEADER_PROFILE_HANDLER, header_name: str = "", default_profile: str = "") -> None:
         self.typed_name = TypedName(HEADER_PROFILE_HANDLER, name)
         self.header_name = header_name.strip().lower() or DEFAULT_HEADER.lower()
         self.default_profile = default_profile.strip() or DEFAULT_PROFILE
 
-    def _selection(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
+    def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
         """The profile this request runs; a ``RequestError`` when none of the configured ones fits."""
         if len(profiles) == 1:
             return next(iter(profiles))
@@ -65,24 +66,6 @@ class HeaderProfileHandler:
             error_type="service_unavailable",
             code="default_profile_not_configured",
         )
-
-    def pick_profiles(
-        self,
-        cycle: CycleState,
-        request: LLMRequest,
-        profiles: Mapping[str, SchedulerProfile],
-        results: Mapping[str, ProfileResult | None],
-    ) -> dict[str, SchedulerProfile]:
-        if results:
-            return {}
-        name = self._selection(request, profiles)
-        return {name: profiles[name]}
-
-    def process_results(
-        self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
-    ) -> SchedulingResult:
-        (name,) = results
-        return SchedulingResult(results, name)
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> HeaderProfileHandler:

@@ -21,9 +21,11 @@ SINGLE_PROFILE_HANDLER = "single-profile-handler"
 log = logging.getLogger(__name__)
 
 
-class SingleProfileHandler:
-    def __init__(self, name: str = SINGLE_PROFILE_HANDLER) -> None:
-        self.typed_name = TypedName(SINGLE_PROFILE_HANDLER, name)
+class OneProfilePerRequest:
+    """Base of handlers that run one profile per request: ``select`` names it, and its result is the decision."""
+
+    def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
+        raise NotImplementedError
 
     def pick_profiles(
         self,
@@ -34,15 +36,24 @@ class SingleProfileHandler:
     ) -> dict[str, SchedulerProfile]:
         if results:
             return {}
-        if len(profiles) != 1:
-            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
-        return dict(profiles)
+        name = self.select(request, profiles)
+        return {name: profiles[name]}
 
     def process_results(
         self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
     ) -> SchedulingResult:
         (name,) = results
         return SchedulingResult(results, name)
+
+
+class SingleProfileHandler(OneProfilePerRequest):
+    def __init__(self, name: str = SINGLE_PROFILE_HANDLER) -> None:
+        self.typed_name = TypedName(SINGLE_PROFILE_HANDLER, name)
+
+    def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
+        if len(profiles) != 1:
+            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
+        return next(iter(profiles))
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> SingleProfileHandler:
