@@ -67,3 +67,25 @@ def test_a_lone_profile_always_runs_whatever_the_header() -> None:
     text = EPD.replace("HANDLER_PARAMS", "").split("- name: prefill")[0]
     result = build_scheduler(parse_config_text(text)).schedule(make_request(headers={"epp-profile": "decode"}), ENDPOINTS)
     assert result.primary_profile == "encode" and [e.name for e in result.endpoints] == ["encode"]
+
+
+def test_through_the_ext_proc_stream_the_header_routes_and_a_bad_value_is_a_400() -> None:
+    from epp.datastore import Endpoint
+    from epp.extproc.stream import RequestStream
+    from tests.extproc.builders import CHAT_BODY, immediate, make_director, metadata_destination, request_body, request_headers
+
+    pool = {"10.0.0.1:8000": "encode", "10.0.0.2:8000": "prefill", "10.0.0.3:8000": "decode"}
+    director = make_director(*pool, config=EPD.replace("HANDLER_PARAMS", ""))
+    for hostport, role in pool.items():  # the pods' role labels, as discovery reports them
+        host, port = hostport.split(":")
+        director.datastore.upsert(Endpoint(hostport, host, int(port), labels={"llm-d.ai/role": role}))
+
+    def send(extra: dict[str, str]):  # type: ignore[no-untyped-def]
+        stream = RequestStream(director)
+        return [r for m in (request_headers(extra=extra), request_body(CHAT_BODY, eos=True)) for r in stream.handle(m)]
+
+    by_role = {role: hp for hp, role in pool.items()}
+    assert metadata_destination(send({"EPP-Profile": "prefill"})[0]) == by_role["prefill"]
+    assert metadata_destination(send({})[0]) == by_role["decode"]
+    status, _, error = immediate(send({"epp-profile": "verify"})[0])
+    assert status == 400 and "'verify'" in error["error"]["message"]
