@@ -55,6 +55,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
                         "there is none")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
+    g.add_argument("--workers", type=positive_int, default=1,
+                   help="picker processes sharing --grpc-port (SO_REUSEPORT), one per core the pod has; each is a "
+                        "replica with its own state (see README 'Several cores'); health and metrics ports serve "
+                        "their aggregate")
     g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
                         "(2-3x less CPU per request; see README 'Transport')")
@@ -126,12 +130,23 @@ def warn_unsupported(args: argparse.Namespace) -> list[str]:
     return named
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.verbosity)
     warn_unsupported(args)
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
         return 2
+    if args.workers > 1:
+        from epp.workers import supervise
+
+        return run_async(supervise(args))
     return run_async(serve(args))
 
 
@@ -148,5 +163,7 @@ async def serve(args: argparse.Namespace) -> int:
     async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
         await picker.setup(stack, shutdown)
         tune_gc()
+        if (ready := getattr(args, "ready", None)) is not None:  # a worker of ``--workers N`` tells its parent
+            ready(picker.server.health_port, picker.metrics.port)
 
     return await run_until_signal(setup, log)

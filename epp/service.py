@@ -78,15 +78,20 @@ class PickerService:
                                     registry=self.telemetry.registry)
         self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
                                                    args.refresh_metrics_interval)  # DCGM, /v1/models
+        # A worker of ``epp serve --workers N`` shares the ext_proc port with its siblings; its health and
+        # metrics ports are private to the parent (loopback, free ports), which serves the pod's aggregate.
+        worker = bool(getattr(args, "worker", False))
+        private = "127.0.0.1" if worker else None
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         self.server = PickerServer(
             ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
             port=args.grpc_port, health_port=args.grpc_health_port, host=args.bind_address or "[::]",
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
             max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
+            reuse_port=worker, health_host=private,
         )
         self.metrics_auth = KubeMetricsAuth(args.kubeconfig) if metrics_auth_enabled(args) else None
-        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None,
+        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=private or args.bind_address or None,
                                      auth=self.metrics_auth)
         self.drain_timeout: float = args.drain_timeout
         self.shutdown_grace: float = args.shutdown_grace

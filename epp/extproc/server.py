@@ -31,6 +31,8 @@ HEALTH_MAX_RPCS = 256
 # gRPC sets SO_REUSEPORT by default, so a second picker on a busy port binds "successfully" and the
 # kernel splits the gateway's connections between the two; without it the second one fails to start.
 NO_REUSEPORT = [("grpc.so_reuseport", 0)]
+# ``epp serve --workers N``: the parent checked the port is free, then its workers share it on purpose.
+REUSEPORT = [("grpc.so_reuseport", 1)]
 
 
 class PickerServer:
@@ -58,20 +60,26 @@ class PickerServer:
         health_on_main_port: bool = False,
         max_concurrent_rpcs: int | None = None,
         native: bool = False,
+        reuse_port: bool = False,
+        health_host: str | None = None,
     ) -> None:
-        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio."""
+        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio.
+        ``reuse_port`` lets sibling workers (``epp.workers``) share the ext_proc port; ``health_host`` (default
+        ``host``) is where the health port listens (a worker's is private to its parent, on loopback)."""
         self.servicer = servicer
         self.health = health
         self.host = host
         self.port = port
         self.health_port = health_port
+        self.health_host = health_host or host
+        self.reuse_port = reuse_port
         self.credentials = credentials
         self.health_on_main_port = health_on_main_port
         self.native = native
         self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                         *NO_REUSEPORT]
+                         *(REUSEPORT if reuse_port else NO_REUSEPORT)]
         self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._native: H2Server | None = None
@@ -80,15 +88,15 @@ class PickerServer:
     async def start(self) -> None:
         health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        with _bind_error(f"{self.host}:{self.health_port}", "health"):
-            self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
+        with _bind_error(f"{self.health_host}:{self.health_port}", "health"):
+            self.health_port = health.add_insecure_port(f"{self.health_host}:{self.health_port}")
         await health.start()
         try:
             if self.native:
                 assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
                                   max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
-                                  max_streams=self._max_rpcs)
+                                  max_streams=self._max_rpcs, reuse_port=self.reuse_port)
                 await native.start()
                 self._native, self.port = native, native.port
             else:
@@ -99,7 +107,7 @@ class PickerServer:
         self._health = health
         log.info("ext_proc server on %s:%d (%s, %s), health on %s:%d", self.host, self.port,
                  "native HTTP/2" if self.native else "grpc.aio",
-                 "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
+                 "TLS" if self.credentials is not None else "plaintext", self.health_host, self.health_port)
 
     async def _start_grpcio(self) -> None:
         main = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
