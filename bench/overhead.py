@@ -22,8 +22,9 @@ Configurations take turns within each size × concurrency cell, so slow drifts i
     python bench/overhead.py --pickers epp native=. --args native "--grpc-server native"   # two transports
     python bench/overhead.py --workers 1 2 --modes duplex          # epp serve --workers 2 (epp-w2) vs one
 With ``--workers`` each epp picker runs once per worker count (``NAME-wN`` for N > 1); its CPU is the parent's
-plus its workers'. Every Envoy then runs max(--workers) threads: each thread opens its own connection to the
-picker and the kernel spreads connections (not streams) over the workers.
+plus its workers'. Every Envoy runs ``--envoy-concurrency`` threads (default 1, or 4 × max(--workers)): each
+thread opens its own connection to the picker, and the kernel spreads connections (not streams) over the
+workers by a hash, so a few connections can land on one worker.
 Results are meaningful only side by side from one run: the machine is shared and noisy.
 """
 
@@ -249,7 +250,10 @@ def main() -> int:
     parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")
     parser.add_argument("--args", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="extra flags (one shell-quoted string) for the picker NAME only (repeat)")
+    parser.add_argument("--envoy-concurrency", type=int, default=0,
+                        help="Envoy worker threads (connections to each picker); 0 = 1, or 4 x max(--workers)")
     args = parser.parse_args()
+    envoy_threads = args.envoy_concurrency or (1 if max(args.workers) == 1 else 4 * max(args.workers))
     fleet = start_echo_engines(["engine"])
     engine = fleet.upstreams[0]
     pickers: dict[str, Picker] = {}
@@ -271,7 +275,7 @@ def main() -> int:
             for (name, mode), target in configs:
                 where = workdir / f"{name or 'none'}-{mode}"
                 config = local_config(target, [engine], where, **MODES[mode])  # type: ignore[arg-type]
-                envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error", concurrency=max(args.workers))
+                envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error", concurrency=envoy_threads)
                 envoys[(name, mode)].start()
             runs = asyncio.run(measure(envoys, pickers, engine, args))
         finally:
