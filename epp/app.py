@@ -146,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from epp.workers import supervise
 
+        if args.ha_enable_leader_election:  # every worker would campaign for the Lease on its own
+            log.error("--workers > 1 cannot be combined with --ha-enable-leader-election (active-passive); "
+                      "run one worker per replica, or drop leader election for active-active")
+            return 2
         return run_async(supervise(args))
     return run_async(serve(args))
 

@@ -47,6 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from epp._util.cli import SIGNALS
 from epp.extproc.health import HealthService
+from epp.extproc.server import HEALTH_MAX_RPCS, NO_REUSEPORT, bind_error
 from epp.telemetry.auth import KubeMetricsAuth
 
 log = logging.getLogger("epp.workers")
@@ -137,6 +138,7 @@ class Worker:
         self.health_port = 0
         self.metrics_port = 0
         self.serving = False
+        self.signalled = False
 
     @property
     def running(self) -> bool:
@@ -145,7 +147,7 @@ class Worker:
     async def start(self, args: argparse.Namespace) -> None:
         """Spawn and wait for the ready line; raises ``ChildProcessError`` with the exit code if it dies first."""
         self.health_port = self.metrics_port = 0
-        self.serving = False
+        self.serving = self.signalled = False
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "epp.workers", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches the parent only, which forwards it once
@@ -163,6 +165,7 @@ class Worker:
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(sig)
+            self.signalled = True
 
 
 class Supervisor:
@@ -192,15 +195,15 @@ class Supervisor:
         from epp.telemetry.http import MetricsServer
 
         host = self.args.bind_address or ""
-        holder = check_port_free(host, self.args.grpc_port)
-        health = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        if health.add_insecure_port(f"{host or '[::]'}:{self.args.grpc_health_port}") == 0:
-            raise OSError(f"cannot listen on the health port {self.args.grpc_health_port}: in use (another epp?)")
         auth = KubeMetricsAuth(self.args.kubeconfig) if _metrics_auth(self.args) else None
         metrics = MetricsServer(self, self.args.metrics_port, host=host or None, auth=auth, refresh=self.scrape)
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(holder.close)
+            stack.enter_context(check_port_free(host, self.args.grpc_port))  # held until every worker exited
+            health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
+            address = f"{host or '[::]'}:{self.args.grpc_health_port}"
+            with bind_error(address, "health"):
+                health.add_insecure_port(address)
             await health.start()
             stack.push_async_callback(health.stop, 0)
             if auth is not None:
@@ -209,14 +212,15 @@ class Supervisor:
             stack.push_async_callback(metrics.stop)
             tasks = [asyncio.create_task(self._keep(w)) for w in self.workers]
             poll = asyncio.create_task(self._poll())
+            failed = asyncio.create_task(self._failed.wait())
             log.info("epp serving with %d workers on ext_proc :%d, health :%d, metrics :%d", len(self.workers),
                      self.args.grpc_port, self.args.grpc_health_port, metrics.port)
-            await asyncio.wait([*tasks, asyncio.create_task(self._failed.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, failed], return_when=asyncio.FIRST_COMPLETED)
             if self._failed.is_set():
                 self.stop(signal.SIGTERM)
             await asyncio.gather(*tasks)
-            poll.cancel()
+            for task in (poll, failed):
+                task.cancel()
         log.info("stopped")
         return self.exit_code
 
@@ -243,7 +247,7 @@ class Supervisor:
                     return
             except TimeoutError:
                 worker.signal(signal.SIGKILL)
-            if self.stopping:  # the signal may have arrived while it started: it drains like the others
+            if self.stopping and not worker.signalled:  # stopped while it was being spawned: drain it too
                 worker.signal(signal.SIGTERM)
             assert worker.proc is not None
             code = await worker.proc.wait()

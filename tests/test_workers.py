@@ -135,3 +135,21 @@ async def test_workers_share_the_port_aggregate_health_and_metrics_restart_and_d
     with open(log_path) as log:
         text = log.read()
     assert "Traceback" not in text and "Fatal Python error" not in text, text
+
+
+def test_a_configuration_error_in_the_workers_ends_the_pod_with_exit_2(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--workers", "2", "--static-endpoints", "127.0.0.1:8001",
+         "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(free_port()),
+         "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--config-file", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "exited with 2 at start-up: stopping the pod" in done.stderr
+
+
+def test_workers_refuse_leader_election() -> None:
+    done = subprocess.run([sys.executable, "-m", "epp", "serve", "--workers", "2", "--ha-enable-leader-election",
+                           "--static-endpoints", "127.0.0.1:8001"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "cannot be combined with --ha-enable-leader-election" in done.stderr

@@ -88,7 +88,7 @@ class PickerServer:
     async def start(self) -> None:
         health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        with _bind_error(f"{self.health_host}:{self.health_port}", "health"):
+        with bind_error(f"{self.health_host}:{self.health_port}", "health"):
             self.health_port = health.add_insecure_port(f"{self.health_host}:{self.health_port}")
         await health.start()
         try:
@@ -115,7 +115,7 @@ class PickerServer:
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
         address = f"{self.host}:{self.port}"
-        with _bind_error(address, "ext_proc"):
+        with bind_error(address, "ext_proc"):
             if self.credentials is not None:
                 assert isinstance(self.credentials, grpc.ServerCredentials)
                 self.port = main.add_secure_port(address, self.credentials)
@@ -156,7 +156,7 @@ class PickerServer:
 
 
 @contextlib.contextmanager
-def _bind_error(address: str, role: str) -> Iterator[None]:
+def bind_error(address: str, role: str) -> Iterator[None]:
     """grpc's bind failure (a RuntimeError pointing at GRPC_VERBOSITY) as an OSError saying what to change."""
     try:
         yield
