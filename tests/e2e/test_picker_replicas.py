@@ -24,8 +24,8 @@ from epp.envoy.stack import local_config
 MODEL = "demo-model"
 REPLICAS = 3
 CLIENTS = 6
-RUN_S = 8.0
-KILL_AT_S = 3.0
+RUN_S = 6.0
+KILL_AT_S = 2.5
 
 
 @dataclass
