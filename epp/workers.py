@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epp._util.cli import SIGNALS
 from epp.extproc.health import HealthService
 from epp.extproc.server import HEALTH_MAX_RPCS, NO_REUSEPORT, bind_error
+from epp.serve_flags import metrics_ssl_context
 from epp.telemetry.auth import KubeMetricsAuth
 
 log = logging.getLogger("epp.workers")
@@ -176,7 +177,8 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(args.workers)]
         self.worker_args = argparse.Namespace(**{
             **vars(args), "workers": 1, "worker": True, "grpc_health_port": 0, "metrics_port": 0,
-            "metrics_endpoint_auth": False,  # private loopback port; the parent checks scrapers' tokens
+            # a private loopback port in plain HTTP; the parent checks scrapers' tokens and serves TLS
+            "metrics_endpoint_auth": False, "metrics_cert_dir": "", "metrics_client_ca_file": "",
         })
         self.health = HealthService(readiness=self.ready)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -196,7 +198,8 @@ class Supervisor:
 
         host = self.args.bind_address or ""
         auth = KubeMetricsAuth(self.args.kubeconfig) if _metrics_auth(self.args) else None
-        metrics = MetricsServer(self, self.args.metrics_port, host=host or None, auth=auth, refresh=self.scrape)
+        metrics = MetricsServer(self, self.args.metrics_port, host=host or None, auth=auth, refresh=self.scrape,
+                                ssl_context=metrics_ssl_context(self.args, auth is not None))
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(check_port_free(host, self.args.grpc_port))  # held until every worker exited
             health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)

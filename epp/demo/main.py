@@ -31,7 +31,8 @@ def run_demo(engines: int, *, policy: str, tls: bool = False, keep_dir: bool = F
     console.print(f"Starting {engines} local engines, epp serve and Envoy (work dir {workdir}) …")
     fleet = EngineFleet({}, [])
     try:
-        fleet = start_engines(names, MODEL)
+        # the report's "cached tokens" column is usage.prompt_tokens_details, which vLLM sends only with this flag
+        fleet = start_engines(names, MODEL, extra_args=["--enable-prompt-tokens-details"])
         gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", policy],
                                pickers=pickers)
         with gateway:

@@ -55,15 +55,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint(spec: str) -> Upstream:
-    ((host, port_number),) = parse_static_endpoints(spec)
+    ((host, port_number, *_),) = parse_static_endpoints(spec)  # a KV-events port (@N) is not for Envoy
     return Upstream(asyncio.run(resolve_host(host)), port_number)
 
 
 def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
     """The ``EnvoyConfig`` the flags describe; ``ValueError`` names the bad flag value."""
-    pool = tuple(dict.fromkeys(_endpoint(f"{h}:{p}") for h, p in parse_static_endpoints(args.static_endpoints)))
+    pool = tuple(dict.fromkeys(_endpoint(f"{t[0]}:{t[1]}") for t in parse_static_endpoints(args.static_endpoints)))
     try:
-        picker, *replicas = (_endpoint(f"{h}:{p}") for h, p in parse_static_endpoints(args.picker))
+        picker, *replicas = (_endpoint(f"{t[0]}:{t[1]}") for t in parse_static_endpoints(args.picker))
     except ValueError as exc:
         raise ValueError(f"--picker: {exc}".replace("static endpoint ", "")) from None
     routing = Routing(args.routing)

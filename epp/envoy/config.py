@@ -94,6 +94,8 @@ class EnvoyConfig:
     the client chooses the destination itself (so nothing strips its header). ``subset_hint`` makes the
     gateway send every request with the GIE subset hint (``envoy.lb.subset_hint`` metadata listing the
     ``IP[:PORT]`` values epp may pick from), as a gateway that narrows a pool per route would.
+    ``pool_http2`` speaks HTTP/2 to the model servers, as an InferencePool with ``appProtocol: h2c`` does
+    (gRPC model servers such as vLLM's gRPC API).
 
     ``picker_replicas`` adds further picker replicas to the ext_proc cluster (each stream stays on the
     replica it opened on; new streams go round robin). With replicas, Envoy health-checks every picker over
@@ -122,6 +124,7 @@ class EnvoyConfig:
     strip_client_destination: bool = True
     subset_hint: tuple[str, ...] | None = None
     listen_address: str = "127.0.0.1"
+    pool_http2: bool = False
     picker_replicas: tuple[Upstream, ...] = ()
     picker_health_interval_s: float = 1.0
 
@@ -315,18 +318,23 @@ def _static_endpoints(name: str, members: tuple[Upstream, ...]) -> dict[str, Any
     }
 
 
+def _http2() -> dict[str, Any]:
+    """Cluster option: talk HTTP/2 (prior knowledge) to the upstream hosts."""
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={"http2_protocol_options": {}},
+        )
+    }
+
+
 def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": PICKER_CLUSTER,
         "type": "STATIC",
         "connect_timeout": _duration(cfg.connect_timeout_s),
         # gRPC needs HTTP/2; without it every request fails with a protocol error (500).
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={"http2_protocol_options": {}},
-            )
-        },
+        "typed_extension_protocol_options": _http2(),
         "load_assignment": _static_endpoints(PICKER_CLUSTER, cfg.pickers),
     } | _picker_health(cfg)
     if cfg.picker_tls:
@@ -344,6 +352,8 @@ def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
 
 def _pool_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
     base: dict[str, Any] = {"name": POOL_CLUSTER, "connect_timeout": _duration(cfg.connect_timeout_s)}
+    if cfg.pool_http2:
+        base["typed_extension_protocol_options"] = _http2()
     if cfg.routing is Routing.ORIGINAL_DST:
         return base | {
             "type": "ORIGINAL_DST",

@@ -60,10 +60,14 @@ class PickerServer:
         health_on_main_port: bool = False,
         max_concurrent_rpcs: int | None = None,
         native: bool = False,
+        grpc_max_recv_bytes: int = 0,
+        grpc_max_send_bytes: int = 0,
         reuse_port: bool = False,
         health_host: str | None = None,
     ) -> None:
         """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio.
+        ``grpc_max_{recv,send}_bytes`` (``--grpc-max-*-msg-size``), when not 0, replace the per-message
+        limits derived from ``max_message_bytes`` (the native transport has one limit: the receive one).
         ``reuse_port`` lets sibling workers (``epp.workers``) share the ext_proc port; ``health_host`` (default
         ``host``) is where the health port listens (a worker's is private to its parent, on loopback)."""
         self.servicer = servicer
@@ -78,7 +82,9 @@ class PickerServer:
         self.native = native
         self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
-        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        self._recv_limit = grpc_max_recv_bytes or limit
+        self._options = [("grpc.max_receive_message_length", self._recv_limit),
+                         ("grpc.max_send_message_length", grpc_max_send_bytes or limit),
                          *(REUSEPORT if reuse_port else NO_REUSEPORT)]
         self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
@@ -95,7 +101,7 @@ class PickerServer:
             if self.native:
                 assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
-                                  max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+                                  max_message_bytes=self._recv_limit,
                                   max_streams=self._max_rpcs, reuse_port=self.reuse_port)
                 await native.start()
                 self._native, self.port = native, native.port

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from epp._util.cli import non_negative_float, port
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.sim.faults import METRICS_FAULTS, FaultConfig
+from epp.sim.kv_events import WireFormat
 
 if TYPE_CHECKING:
     from epp.sim.server import SimOptions
@@ -30,7 +31,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
     net.add_argument("--engine", choices=("vllm", "sglang"), default="vllm",
-                     help="metric names and owned_by to imitate")  # fmt: skip
+                     help="engine to imitate: metric names, KV-event fields, owned_by")  # fmt: skip
+    net.add_argument("--enable-prompt-tokens-details", action="store_true",
+                     help="report usage.prompt_tokens_details.cached_tokens (vLLM's flag; null without it)")  # fmt: skip
+    net.add_argument("--legacy-formats", action="store_true",
+                     help="imitate vLLM before 0.32: deprecated metric names (gpu_cache_usage_perc, gpu_prefix_cache_*,"
+                          " time_per_output_token_seconds) and usage.prompt_tokens_details always set")  # fmt: skip
     net.add_argument("--default-max-tokens", type=int, default=16, help="tokens generated when a request sets no max")
     eng = parser.add_argument_group("engine")
     eng.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="GPU/model latency profile")
@@ -54,9 +60,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--kv-events-endpoint",
         default=None,
         metavar="ZMQ",
-        help="publish vLLM KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)",
+        help="publish KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)",
     )
-    kv.add_argument("--kv-events-topic", default=None, help="ZMQ topic (default kv@<host:port>@<model>)")
+    kv.add_argument("--kv-events-topic", default="",
+                    help="ZMQ topic; {host}, {port} and {model} are filled in (llm-d's convention:"
+                         " 'kv@{host}:{port}@{model}'). Default: empty, as vLLM")  # fmt: skip
+    kv.add_argument("--kv-events-encoding", choices=("map", "array"), default="map",
+                    help="map: today's vLLM/SGLang (type-tagged maps, [ts, events, rank]); array: older engines'"
+                         " tagged arrays, [ts, events]")  # fmt: skip
+    kv.add_argument("--kv-events-replay-endpoint", default=None, metavar="ZMQ",
+                    help="serve vLLM's replay ROUTER here (e.g. tcp://*:5558): the last 10,000 batches on request")  # fmt: skip
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--fault-extra-latency", type=float, default=0.0, metavar="SECONDS",
                         help="wall seconds added before every inference request")  # fmt: skip
@@ -68,8 +81,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_kv_events(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for KV-event flags that cannot work, before anything starts."""
+    if args.kv_events_replay_endpoint and not args.kv_events_endpoint:
+        raise ValueError("--kv-events-replay-endpoint needs --kv-events-endpoint")
+    try:
+        args.kv_events_topic.format(host="h", port=1, model="m")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--kv-events-topic may use only {{host}}, {{port}} and {{model}}: {exc!r}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     from epp.sim.server import SimOptions
+
+    _check_kv_events(args)
 
     engine = EngineConfig(
         profile=args.profile,
@@ -96,8 +121,18 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         default_max_tokens=args.default_max_tokens,
         faults=FaultConfig(args.fault_extra_latency, args.fault_error_rate, args.fault_metrics, args.fault_crash_after),
         kv_events_endpoint=args.kv_events_endpoint,
+        kv_events_wire=_wire(args.engine, args.kv_events_encoding),
+        kv_events_replay_endpoint=args.kv_events_replay_endpoint,
+        prompt_tokens_details=args.enable_prompt_tokens_details or args.legacy_formats,
+        legacy_metrics=args.legacy_formats,
         kv_events_topic=args.kv_events_topic,
     )
+
+
+def _wire(engine: str, encoding: str) -> WireFormat:
+    if encoding == "array":
+        return WireFormat.ARRAY
+    return WireFormat.SGLANG if engine == "sglang" else WireFormat.VLLM
 
 
 def _crash() -> None:

@@ -3,6 +3,7 @@ auth (``epp.telemetry.auth``)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,11 +26,13 @@ class MetricsServer:
 
     def __init__(
         self, telemetry: HasRegistry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None,
-        refresh: Callable[[], Awaitable[None]] | None = None,
+        ssl_context: ssl.SSLContext | None = None, refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``host`` None listens on all interfaces; ``port`` 0 picks a free one (read ``port`` after start).
-        With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``).
-        ``refresh`` runs before each scrape is rendered (the workers' parent collects theirs)."""
+        With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``); with
+        ``ssl_context`` the port serves HTTPS (``--metrics-cert-dir``). ``refresh`` runs before each scrape
+        is rendered (the workers' parent collects theirs)."""
+        self.ssl_context = ssl_context
         self.telemetry = telemetry
         self.refresh = refresh
         self.auth = auth
@@ -42,7 +45,7 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:
