@@ -56,9 +56,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
                         "there is none")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
-    g.add_argument("--workers", type=positive_int, default=1,
+    g.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="picker processes sharing --grpc-port (SO_REUSEPORT), one per core the pod has; each is a "
-                        "replica with its own state (see README 'Several cores'); health and metrics ports serve "
+                        "replica with its own state (README 'Several cores and replicas'); health and metrics ports serve "
                         "their aggregate")
     g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
