@@ -1,8 +1,10 @@
 """Per-request glue between the protocol adapter and scheduling: no gRPC types here.
 
-``route`` turns a parsed request into a ``RoutingDecision`` (candidates → admission → scheduler →
-in-flight accounting → headers); ``finish`` ends it once (usage into metrics and scheduler hooks,
-in-flight released). Every refusal is a ``RequestError``; ``reject`` counts and logs it exactly once.
+``route`` turns a parsed request into a ``RoutingDecision`` (routable candidates → admission →
+scheduler → fallbacks → in-flight accounting → headers); ``finish`` ends it once (usage into metrics and
+scheduler hooks, in-flight released, its outcome into the endpoint's passive health). A failed request
+is never reported to plugins as a completion: they hear ``response_failed`` (``Failure``). Every
+refusal is a ``RequestError``; ``reject`` counts and logs it exactly once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
 from epp.request.usage import Usage
+from epp.scheduling.framework import SchedulingResult
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 
@@ -42,6 +45,27 @@ class Saturation(Protocol):
     """Admission input: is the pool too loaded to take sheddable (priority < 0) work?"""
 
     def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a routed request did not get a working answer. ``reason`` is short and fixed (``http-503``,
+    ``no-response``, ``failover``); ``endpoint_fault`` is whether it counts against the endpoint's health
+    (5xx, connect failure, reset, nothing at all) or only means nothing was computed (a 4xx answer)."""
+
+    reason: str
+    endpoint_fault: bool = True
+
+    @classmethod
+    def from_status(cls, status: int) -> Failure | None:
+        """The failure an HTTP status means, or None for a working answer (1xx-3xx)."""
+        if status < 400:
+            return None
+        return cls(f"http-{status}", endpoint_fault=status >= 500)
+
+
+NO_RESPONSE = Failure("no-response")
+FAILOVER = Failure("failover")  # the primary failed; the gateway's retry was answered by a fallback
 
 
 # Incoming model → (InferenceModelRewrite name, target model), or None when no rule applies.
@@ -94,7 +118,14 @@ class Director:
         subset_filter: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        fallbacks: int = 0,
     ) -> None:
+        """``fallbacks``: healthy endpoints added after the picker's own (next best by score) to the
+        destination list, for gateways that retry down the list (override_host); 0 leaves the list as
+        the picker made it (a single endpoint, which ORIGINAL_DST gateways require)."""
+        if fallbacks < 0:
+            raise ValueError("the number of fallback endpoints must not be negative")
+        self.fallbacks = fallbacks
         self.datastore = datastore
         self.scheduler = scheduler
         self.telemetry = telemetry
@@ -124,10 +155,13 @@ class Director:
             self.telemetry.scheduled(self.clock.now() - t0, request.target_model, None)
             raise
         picked = result.endpoints
+        if self.fallbacks:
+            picked = self._with_fallbacks(result)
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
         decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
         decision.headers = self._upstream_headers(decision, original_headers)
         self.datastore.request_started(picked[0].name, decision.tokens)
+        self.datastore.routed(picked[0])
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)
         if log.isEnabledFor(logging.DEBUG):
             rid, model = clip(request.request_id), clip(request.target_model)
@@ -140,26 +174,40 @@ class Director:
         states = self.datastore.endpoints()
         if not states:
             raise RequestError(500, "no pods available in datastore", error_type="server_error", code="no_endpoints")
-        decision = RoutingDecision(request, [self._rng.choice(states)], self.clock.now())
+        decision = RoutingDecision(request, [self._rng.choice(self.datastore.routable(states))], self.clock.now())
         decision.headers = {DESTINATION_HEADER: decision.destination}
         self.datastore.request_started(decision.endpoints[0].name, 0)
+        self.datastore.routed(decision.endpoints[0])
         self.telemetry.request_routed(request, 0)
         return decision
 
     def candidates(self, subset: Sequence[object] | None) -> list[EndpointState]:
-        """Pool members, narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
+        """Routable pool members (``Datastore.routable``: ejected endpoints out unless nothing else is left),
+        narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
         states = self.datastore.endpoints()
         if subset is None or not self.subset_filter:
             if not states:
                 raise no_endpoints("no endpoints available in the pool")
-            return states
+            return self.datastore.routable(states)
         if not subset:
             raise no_endpoints("the gateway's endpoint subset hint is empty")
         ips = {_ip_of(s) for s in subset if isinstance(s, str)}
         matched = [s for s in states if s.endpoint.address in ips]
         if not matched:
             raise no_endpoints("no pool endpoint matches the gateway's endpoint subset hint")
-        return matched
+        return self.datastore.routable(matched)
+
+    def _with_fallbacks(self, result: SchedulingResult) -> list[EndpointState]:
+        """The picker's endpoints, then up to ``fallbacks`` more of the profile's candidates, best
+        total score first (candidates were already routable)."""
+        picked = list(result.endpoints)
+        profile = result.profile_results.get(result.primary_profile)
+        if profile is None:
+            return picked
+        chosen = {id(e) for e in picked}
+        ranked = sorted(range(len(profile.candidates)), key=lambda i: -profile.totals[i] if i < len(profile.totals) else 0.0)
+        extra = [profile.candidates[i] for i in ranked if id(profile.candidates[i]) not in chosen]
+        return picked + extra[: self.fallbacks]
 
     # -- response phase -------------------------------------------------------------------------
     def response_started(self, decision: RoutingDecision) -> None:
@@ -170,18 +218,24 @@ class Director:
         decision.started = True
         self.scheduler.response_started(decision.request, decision.endpoints[0])
 
-    def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None) -> None:
+    def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None,
+               failure: Failure | None = None, *, judged: bool = True) -> None:
         """The request is over (response done, or the stream ended): release it once and record what was
-        seen. ResponseComplete plugins hear of every request, with empty usage when none was reported."""
+        seen. ResponseComplete plugins hear of every working answer, with empty usage when none was
+        reported; a ``failure`` goes to ResponseFailed plugins instead (nothing was computed) and, when
+        it is the endpoint's fault, to its passive health. ``judged=False``: the outcome is unknown."""
         if decision.finished:
             return
         decision.finished = True
         primary = decision.endpoints[0]
         request = decision.request
         self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
+        fault = failure.reason if failure is not None and failure.endpoint_fault else None
+        self.datastore.request_outcome(primary, fault, judged=judged)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
-        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
+        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {},
+                                         failure.reason if failure is not None else None)
 
     @property
     def wants_response_metadata(self) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from epp.datastore.health import EndpointHealth
+
 ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
 ROLE_LABEL = "llm-d.ai/role"
 DEFAULT_ENGINE = "vllm"
@@ -68,7 +70,8 @@ class EndpointMetrics:
 
 @dataclass(slots=True)
 class EndpointState:
-    """What the scheduler sees for one endpoint: identity, last metrics, staleness and epp's own load.
+    """What the scheduler sees for one endpoint: identity, last metrics, staleness, epp's own load and
+    its passive health (``epp.datastore.health``).
 
     Mutated only by the datastore and the director; scheduling plugins treat it as read-only.
     """
@@ -79,6 +82,7 @@ class EndpointState:
     scrape_error: str | None = None
     inflight_requests: int = 0
     inflight_tokens: int = 0
+    health: EndpointHealth = field(default_factory=lambda: EndpointHealth(0.0))
 
     @property
     def name(self) -> str:

@@ -177,3 +177,13 @@ class ResponseComplete(Plugin, Protocol):
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """Called when the response has ended, with the engine's usage counts when it reported them."""
         ...
+
+
+@runtime_checkable
+class ResponseFailed(Plugin, Protocol):
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """Called *instead of* ``response_complete`` when the request got no working answer from
+        ``endpoint`` (``reason``: ``http-503``, ``no-response``, ``failover``…): it computed and cached
+        nothing there, so release what was booked for it without learning from it — a fast failure is
+        not a fast completion. Plugins without this hook get ``response_complete`` with empty usage."""
+        ...

@@ -319,6 +319,7 @@ def test_plugin_response_headers_reach_the_client_and_the_token_pins_the_session
     for _ in range(8):  # without the token the max-score picker breaks the all-zero tie at random
         _, other = routed(director, headers={"x-session-token": headers["x-session-token"]})
         picks.add(other.decision.endpoints[0].name)
+        other.handle(response_headers())  # answered: closing it is no endpoint fault
         other.close()
     assert picks == {served.name}
 

@@ -101,6 +101,30 @@ class RadixTree:
         least = min(sizes.values())
         return [t for t, size in sizes.items() if size == least]
 
+    def withdraw(self, text: str, tenant: str, held: int) -> None:
+        """Undo ``insert(text, tenant)`` past the first ``held`` characters (what ``tenant`` matched before
+        the insert): it leaves the nodes on ``text``'s path that start there or deeper and that it owns
+        nothing below, deepest first; nodes nobody owns any more are pruned."""
+        node, i = self.root, 0
+        path: list[tuple[_Node, int]] = []
+        while i < len(text):
+            child = node.children.get(text[i])
+            if child is None:
+                break
+            shared = _shared(child.text, text, i)
+            path.append((child, i))
+            if shared < len(child.text):
+                break
+            node, i = child, i + shared
+        for node, start in reversed(path):
+            if start < held or tenant not in node.tenants or not self._is_leaf_for(node, tenant):
+                break
+            del node.tenants[tenant]
+            self.tenant_chars[tenant] -= len(node.text)
+            parent = node.parent
+            if not node.children and not node.tenants and parent is not None:
+                del parent.children[node.text[0]]
+
     def remove_tenant(self, tenant: str) -> None:
         """Forget a tenant everywhere (an endpoint left the pool)."""
         stack = [self.root]
