@@ -7,6 +7,12 @@ Everything runs on 127.0.0.1, at a bounded rate, and is stopped by PID when the 
 
     python bench/soak.py                 # 10 minutes
     python bench/soak.py --minutes 2 --rate 8
+
+``--closed-loop`` runs issue #16's engine-kill test instead: six clients in a closed loop, three engines,
+one SIGKILLed for 30 s of 150 then restarted, with and without the shipped Envoy retry policy, once per
+``--policy`` (a preset name; ``none`` = no config, epp's default), and prints the per-phase failure table:
+
+    nice -n 10 python bench/soak.py --closed-loop --policy none --policy gie-default
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import orjson
 
+from epp.soak import closed_loop
 from epp.soak.report import render
 from epp.soak.runner import SoakConfig, run_soak
 
@@ -34,7 +41,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=SoakConfig.seed)
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here as JSON")
+    parser.add_argument("--closed-loop", action="store_true", help="run the closed-loop engine-kill test instead")
+    parser.add_argument("--policy", action="append", default=None,
+                        help="closed loop: preset to run (repeatable; 'none' = no config); default: none")
+    parser.add_argument("--gateway", choices=("both", "no-retries", "retry-policy"), default="both",
+                        help="closed loop: which gateway set-ups to run")
     args = parser.parse_args()
+    if args.closed_loop:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+        return run_closed_loops(args)
     if not 0 < args.minutes <= 120 or not 0 < args.rate <= 200:
         parser.error("--minutes must be in (0, 120] and --rate in (0, 200]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -47,6 +62,24 @@ def main() -> int:
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(dataclasses.asdict(report), default=str, option=orjson.OPT_INDENT_2))
     return 0 if not report.unexplained else 1
+
+
+def run_closed_loops(args: argparse.Namespace) -> int:
+    """Each (policy, gateway) run in turn, each in its own work directory; one table at the end."""
+    retries = {"both": [False, True], "no-retries": [False], "retry-policy": [True]}[args.gateway]
+    reports = []
+    for policy in args.policy or ["none"]:
+        for retry in retries:
+            config = closed_loop.ClosedLoopConfig(policy=None if policy == "none" else policy, retries=retry)
+            with tempfile.TemporaryDirectory(prefix="epp-closed-loop-") as tmp:
+                report = asyncio.run(closed_loop.run_closed_loop(config, args.workdir or Path(tmp)))
+            reports.append(report)
+            print(closed_loop.render([report]), flush=True)
+    print("\n" + closed_loop.render(reports))
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps([dataclasses.asdict(r) for r in reports], default=str,
+                                           option=orjson.OPT_INDENT_2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,254 @@
+"""The closed-loop engine-kill test (issue #16): does a dead engine lose its traffic, and is work lost?
+
+Real Envoy → ``epp serve`` → ``engines`` ``epp sim`` processes on 127.0.0.1; ``clients`` clients each send
+the next request as soon as the previous one is answered (a closed loop: a dead engine that fails fast
+would otherwise *attract* traffic). One engine is SIGKILLed at ``kill_at`` seconds, started again
+``down_for`` seconds later, and the run ends at ``duration``. Two gateway set-ups:
+
+* ``retries=False``: the GIE reference gateway (ORIGINAL_DST on the destination header) with *no* route
+  retries — what epp alone achieves (passive health);
+* ``retries=True``: the shipped retry policy (``epp.envoy.config``: override_host + route retries down
+  epp's ``--fallback-endpoints`` list).
+
+The report has one row per phase (before, engine down, after) and epp's RSS and open descriptors after
+warm-up and at the end. Requests are non-streamed completions: a gateway can retry a request until its
+response starts, never a stream cut mid-way, so streams would measure the kill, not the routing.
+Everything is stopped by PID whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from epp.envoy.config import Routing
+from epp.envoy.picker import PickerProcess
+from epp.envoy.process import EnvoyProcess
+from epp.envoy.stack import local_config
+from epp.soak.engines import MODEL, SimEngine, start_engines
+from epp.soak.observe import open_fds, rss_bytes
+
+PHASES = ("before", "down", "after")
+FALLBACKS = 2
+
+
+@dataclass(frozen=True)
+class ClosedLoopConfig:
+    duration: float = 150.0
+    kill_at: float = 60.0
+    down_for: float = 30.0
+    clients: int = 6
+    engines: int = 3
+    policy: str | None = None  # --config-file preset; None: no config (epp's default)
+    retries: bool = False
+    time_scale: float = 0.1
+    max_tokens: int = 16
+    request_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.kill_at < self.kill_at + self.down_for < self.duration:
+            raise ValueError("need 0 < kill_at < kill_at + down_for < duration")
+        if self.clients < 1 or self.engines < 2:
+            raise ValueError("need at least one client and two engines")
+
+
+@dataclass
+class PhaseRow:
+    phase: str
+    sent: int = 0
+    failed: int = 0
+    causes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def success(self) -> float:
+        return 1.0 if self.sent == 0 else (self.sent - self.failed) / self.sent
+
+
+@dataclass
+class ClosedLoopReport:
+    config: ClosedLoopConfig
+    phases: list[PhaseRow]
+    rss_start: int
+    rss_end: int
+    fds_start: int
+    fds_end: int
+    killed_at: float
+    restarted_at: float
+    victim_health: dict[str, float] = field(default_factory=dict)
+    """The killed engine's ``epp_endpoint_health`` states and ``ejections_total`` at the end."""
+
+    @property
+    def sent(self) -> int:
+        return sum(p.sent for p in self.phases)
+
+    @property
+    def failed(self) -> int:
+        return sum(p.failed for p in self.phases)
+
+    @property
+    def success(self) -> float:
+        return 1.0 if self.sent == 0 else (self.sent - self.failed) / self.sent
+
+
+async def _one(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int) -> str | None:
+    """One completion; None when it succeeded, else why not."""
+    payload = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": False}
+    try:
+        async with session.post(url + "/v1/completions", data=orjson.dumps(payload),
+                                headers={"content-type": "application/json", "x-request-id": uuid.uuid4().hex}) as reply:
+            data = await reply.read()
+            if reply.status != 200:
+                return f"http-{reply.status}"
+        orjson.loads(data)["choices"]
+    except asyncio.TimeoutError:
+        return "client-timeout"
+    except aiohttp.ClientError as exc:
+        return f"connection:{type(exc).__name__}"
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "bad-response-body"
+    return None
+
+
+class ClosedLoop:
+    """Owns the processes of one run."""
+
+    def __init__(self, config: ClosedLoopConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.engines: list[SimEngine] = []
+        self.picker: PickerProcess | None = None
+        self.envoy: EnvoyProcess | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.engines = await asyncio.to_thread(start_engines, cfg.engines, self.workdir, cfg.time_scale)
+        upstreams = [e.upstream for e in self.engines]
+        args = [] if cfg.policy is None else ["--config-file", cfg.policy]
+        options: dict[str, object] = {"retries": 0}
+        if cfg.retries:
+            args += ["--fallback-endpoints", str(FALLBACKS)]
+            options = {"routing": Routing.OVERRIDE_HOST, "retries": FALLBACKS}
+        self.picker = PickerProcess(upstreams, extra_args=args, log_path=self.workdir / "epp.log")
+        await asyncio.to_thread(self.picker.start)
+        envoy_dir = self.workdir / "envoy"
+        envoy_dir.mkdir(exist_ok=True)
+        self.envoy = EnvoyProcess(local_config(self.picker.address, upstreams, envoy_dir, **options), envoy_dir)
+        await self.envoy.astart()  # spawned on this (main) thread: Envoy dies with the thread that spawned it
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        if self.picker is not None:
+            self.picker.stop()
+        for engine in self.engines:
+            engine.stop()
+
+    async def run(self) -> ClosedLoopReport:
+        cfg = self.config
+        assert self.envoy is not None and self.picker is not None
+        url, pid = self.envoy.url, self.picker.pid
+        rows = {name: PhaseRow(name) for name in PHASES}
+        victim = self.engines[0]
+        marks = {"killed": cfg.kill_at, "restarted": cfg.kill_at + cfg.down_for}
+        t0 = time.monotonic()
+
+        def phase(at: float) -> PhaseRow:
+            if at < marks["killed"]:
+                return rows["before"]
+            return rows["down"] if at < marks["restarted"] else rows["after"]
+
+        async def client(i: int, session: aiohttp.ClientSession) -> None:
+            n = 0
+            while (start := time.monotonic() - t0) < cfg.duration:
+                prompt = f"client {i} request {n} " + "lorem ipsum dolor " * (8 + n % 24)
+                cause = await _one(session, url, prompt, cfg.max_tokens)
+                row = phase(start)
+                row.sent += 1
+                if cause is not None:
+                    row.failed += 1
+                    row.causes[cause] += 1
+                n += 1
+
+        async def fault() -> None:
+            await asyncio.sleep(cfg.kill_at)
+            marks["killed"] = time.monotonic() - t0
+            await asyncio.to_thread(victim.stop, True)
+            await asyncio.sleep(max(0.0, cfg.kill_at + cfg.down_for - (time.monotonic() - t0)))
+            await asyncio.to_thread(victim.start)
+            marks["restarted"] = time.monotonic() - t0
+
+        async def warm_sample() -> tuple[int, int]:
+            await asyncio.sleep(min(cfg.kill_at / 2, 10.0))
+            return rss_bytes(pid), open_fds(pid)
+
+        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=cfg.clients)) as session:
+            warm = asyncio.create_task(warm_sample())
+            await asyncio.gather(fault(), *(client(i, session) for i in range(cfg.clients)))
+            rss_start, fds_start = await warm
+            victim_health = await self._health_of(session, victim)
+        return ClosedLoopReport(cfg, [rows[p] for p in PHASES], rss_start, rss_bytes(pid), fds_start, open_fds(pid),
+                                marks["killed"], marks["restarted"], victim_health)
+
+    async def _health_of(self, session: aiohttp.ClientSession, engine: SimEngine) -> dict[str, float]:
+        """``state`` → 0/1 and ``ejections`` for ``engine`` from epp's /metrics."""
+        assert self.picker is not None
+        async with session.get(f"http://127.0.0.1:{self.picker.metrics_port}/metrics") as reply:
+            text = await reply.text()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("endpoint") != engine.upstream.hostport:
+                    continue
+                if sample.name == "epp_endpoint_health":
+                    out[sample.labels["state"]] = sample.value
+                elif sample.name == "epp_endpoint_ejections_total":
+                    out["ejections"] = sample.value
+        return out
+
+
+async def run_closed_loop(config: ClosedLoopConfig, workdir: Path) -> ClosedLoopReport:
+    """Start everything, run, stop everything (by PID), return the report."""
+    loop = ClosedLoop(config, workdir)
+    try:
+        await loop.start()
+        return await loop.run()
+    finally:
+        loop.stop()
+
+
+def render(reports: list[ClosedLoopReport]) -> str:
+    """A markdown table: one row per (policy, gateway, phase), then the run's totals and epp's footprint."""
+    lines = [
+        "| policy | gateway | phase | requests | failed | success | causes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        policy = r.config.policy or "(no config)"
+        gateway = "retry policy" if r.config.retries else "no retries"
+        for p in [*r.phases, _total(r)]:
+            causes = ", ".join(f"{c} {n}" for c, n in p.causes.most_common()) or "-"
+            lines.append(f"| {policy} | {gateway} | {p.phase} | {p.sent} | {p.failed} | {100 * p.success:.2f}% | {causes} |")
+    lines += ["", "| policy | gateway | epp RSS MB (warm → end) | epp FDs (warm → end) |", "|---|---|---|---|"]
+    for r in reports:
+        lines.append(f"| {r.config.policy or '(no config)'} | {'retry policy' if r.config.retries else 'no retries'} "
+                     f"| {r.rss_start / 2**20:.1f} → {r.rss_end / 2**20:.1f} | {r.fds_start} → {r.fds_end} |")
+    return "\n".join(lines)
+
+
+def _total(report: ClosedLoopReport) -> PhaseRow:
+    total = PhaseRow("**all**")
+    for p in report.phases:
+        total.sent += p.sent
+        total.failed += p.failed
+        total.causes.update(p.causes)
+    return total
