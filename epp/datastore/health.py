@@ -31,7 +31,7 @@ class HealthState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class HealthParams:
-    """The ``--health-*`` flags. ``enabled=False`` keeps every endpoint routable (the reference's behaviour)."""
+    """The ``--endpoint-health*`` flags. ``enabled=False`` keeps every endpoint routable (the reference's behaviour)."""
 
     enabled: bool = True
     consecutive_failures: int = 3
@@ -42,13 +42,13 @@ class HealthParams:
 
     def __post_init__(self) -> None:
         if self.consecutive_failures < 1:
-            raise ValueError("--health-consecutive-failures must be at least 1")
+            raise ValueError("--endpoint-health-consecutive-failures must be at least 1")
         if not 0 < self.base_ejection <= self.max_ejection:
-            raise ValueError("--health-base-ejection-time must be positive and at most --health-max-ejection-time")
+            raise ValueError("--endpoint-health-base-ejection-time must be positive and at most --endpoint-health-max-ejection-time")
         if self.scrape_failure_window <= 0:
-            raise ValueError("--health-scrape-failure-window must be positive")
+            raise ValueError("--endpoint-health-scrape-failure-window must be positive")
         if not 0 <= self.max_ejection_percent <= 100:
-            raise ValueError("--health-max-ejection-percent must be in [0, 100]")
+            raise ValueError("--endpoint-health-max-ejection-percent must be in [0, 100]")
 
 
 @dataclass(slots=True)

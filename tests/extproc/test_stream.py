@@ -356,3 +356,44 @@ def test_served_endpoint_from_response_metadata_reaches_the_client(lb_metadata, 
     _, s = routed(make_director(*POOL, config=VERIFIER_CONFIG))
     (h,) = s.handle(response_headers(lb_metadata=lb_metadata))
     assert set_headers(h.response_headers.response)["x-conformance-test-served-endpoint"] == expected
+
+
+def test_a_5xx_answer_is_an_endpoint_fault_and_gets_no_plugin_headers() -> None:
+    director = make_director(*POOL, "10.0.0.3:8000", config=SESSION_AFFINITY)
+    for _ in range(10):  # every answer is a 503: some endpoint reaches 3 faults in a row
+        _, s = routed(director)
+        victim = s.decision.endpoints[0]
+        (reply,) = s.handle(response_headers(status=503, eos=True))
+        assert "x-session-token" not in set_headers(reply.response_headers.response)  # never pin a session to it
+        if victim.health.state.value == "ejected":
+            break
+    assert victim.health.state.value == "ejected" and victim.health.reason == "http-503"
+    assert victim.inflight_requests == 0
+
+
+def test_a_4xx_answer_is_no_endpoint_fault_but_plugins_hear_a_failure() -> None:
+    director, s = routed()
+    state = s.decision.endpoints[0]
+    state.health.failures = 2
+    s.handle(response_headers(status=400, eos=True))
+    assert state.health.failures == 0  # the engine answered: alive
+
+
+def test_a_stream_that_ends_before_any_response_is_a_fault_unless_no_response_was_expected() -> None:
+    _, s = routed()
+    s.close()
+    assert s.decision.endpoints[0].health.failures == 1
+    _, quiet = routed(mode=ProcessingMode.NONE)  # the gateway sends epp no response phase: nothing to judge
+    quiet.close()
+    assert quiet.decision.endpoints[0].health.failures == 0
+
+
+def test_an_answer_from_another_endpoint_than_the_primary_means_the_primary_failed() -> None:
+    _, s = routed()
+    primary = s.decision.endpoints[0]
+    other = next(hp for hp in POOL if hp != primary.hostport)
+    s.handle(response_headers(eos=True, lb_metadata={"x-gateway-destination-endpoint-served": other}))
+    assert primary.health.failures == 1
+    _, fine = routed()
+    fine.handle(response_headers(eos=True, lb_metadata={"x-gateway-destination-endpoint-served": fine.decision.endpoints[0].hostport}))
+    assert fine.decision.endpoints[0].health.failures == 0
