@@ -34,7 +34,9 @@ def run_demo(engines: int, *, tls: bool = False, keep_dir: bool = False) -> int:
     try:
         # The least-inflight preset, not serve's default (gie-default): its choices can be explained from the
         # demo's own in-flight counts, which is what the report's "why" column does.
-        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", POLICY])
+        # failover: Envoy retries a dead endpoint's request on epp's next pick (docs/health.md).
+        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", POLICY],
+                               failover=True)
         with gateway:
             console.print(f"  engines: {', '.join(f'{n}={u.hostport}' for n, u in fleet.members.items())}")
             console.print(f"  epp serve: ext_proc {gateway.picker.address.hostport} "

@@ -24,20 +24,19 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from epp.envoy.config import Routing
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
-from epp.envoy.stack import local_config
+from epp.envoy.stack import local_config, with_failover
 from epp.soak.engines import MODEL, SimEngine, start_engines
 from epp.soak.observe import open_fds, rss_bytes
 
 PHASES = ("before", "down", "after")
-FALLBACKS = 2
 
 
 @dataclass(frozen=True)
@@ -133,10 +132,9 @@ class ClosedLoop:
         self.engines = await asyncio.to_thread(start_engines, cfg.engines, self.workdir, cfg.time_scale)
         upstreams = [e.upstream for e in self.engines]
         args = [] if cfg.policy is None else ["--config-file", cfg.policy]
-        options: dict[str, object] = {"retries": 0}
+        options: dict[str, Any] = {"retries": 0}
         if cfg.retries:
-            args += ["--fallback-endpoints", str(FALLBACKS)]
-            options = {"routing": Routing.OVERRIDE_HOST, "retries": FALLBACKS}
+            args, options = with_failover(args, options)
         self.picker = PickerProcess(upstreams, extra_args=args, log_path=self.workdir / "epp.log")
         await asyncio.to_thread(self.picker.start)
         envoy_dir = self.workdir / "envoy"
