@@ -9,8 +9,9 @@ Everything runs on 127.0.0.1, at a bounded rate, and is stopped by PID when the 
     python bench/soak.py --minutes 2 --rate 8
 
 ``--closed-loop`` runs issue #16's engine-kill test instead: six clients in a closed loop, three engines,
-one SIGKILLed for 30 s of 150 then restarted, with and without the shipped Envoy retry policy, once per
-``--policy`` (a preset name; ``none`` = no config, epp's default), and prints the per-phase failure table:
+one SIGKILLed for 30 s of 150 then restarted (``--fault hang``: SIGSTOPped then resumed; ``--fault slow``:
+10x slower), with and without the shipped Envoy retry policy, once per ``--policy`` (a preset name;
+``none`` = no config, epp's default), and prints the per-phase failure table:
 
     nice -n 10 python bench/soak.py --closed-loop --policy none --policy gie-default
 """
@@ -46,6 +47,8 @@ def main() -> int:
                         help="closed loop: preset to run (repeatable; 'none' = no config); default: none")
     parser.add_argument("--gateway", choices=("both", "no-retries", "retry-policy"), default="both",
                         help="closed loop: which gateway set-ups to run")
+    parser.add_argument("--fault", action="append", choices=closed_loop.FAULTS, default=None,
+                        help="closed loop: how the engine breaks (repeatable; default: kill)")
     args = parser.parse_args()
     if args.closed_loop:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -65,16 +68,16 @@ def main() -> int:
 
 
 def run_closed_loops(args: argparse.Namespace) -> int:
-    """Each (policy, gateway) run in turn, each in its own work directory; one table at the end."""
+    """Each (policy, fault, gateway) run in turn, each in its own work directory; one table at the end."""
     retries = {"both": [False, True], "no-retries": [False], "retry-policy": [True]}[args.gateway]
     reports = []
-    for policy in args.policy or ["none"]:
-        for retry in retries:
-            config = closed_loop.ClosedLoopConfig(policy=None if policy == "none" else policy, retries=retry)
-            with tempfile.TemporaryDirectory(prefix="epp-closed-loop-") as tmp:
-                report = asyncio.run(closed_loop.run_closed_loop(config, args.workdir or Path(tmp)))
-            reports.append(report)
-            print(closed_loop.render([report]), flush=True)
+    runs = [(policy, fault, retry) for policy in args.policy or ["none"] for fault in args.fault or ["kill"] for retry in retries]
+    for policy, fault, retry in runs:
+        config = closed_loop.ClosedLoopConfig(policy=None if policy == "none" else policy, retries=retry, fault=fault)
+        with tempfile.TemporaryDirectory(prefix="epp-closed-loop-") as tmp:
+            report = asyncio.run(closed_loop.run_closed_loop(config, args.workdir or Path(tmp)))
+        reports.append(report)
+        print(closed_loop.render([report]), flush=True)
     print("\n" + closed_loop.render(reports))
     if args.json is not None:
         args.json.write_bytes(orjson.dumps([dataclasses.asdict(r) for r in reports], default=str,

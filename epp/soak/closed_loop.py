@@ -2,8 +2,11 @@
 
 Real Envoy → ``epp serve`` → ``engines`` ``epp sim`` processes on 127.0.0.1; ``clients`` clients each send
 the next request as soon as the previous one is answered (a closed loop: a dead engine that fails fast
-would otherwise *attract* traffic). One engine is SIGKILLed at ``kill_at`` seconds, started again
-``down_for`` seconds later, and the run ends at ``duration``. Two gateway set-ups:
+would otherwise *attract* traffic). At ``kill_at`` seconds one engine breaks for ``down_for`` seconds, then
+recovers; the run ends at ``duration``. ``fault`` says how it breaks: ``kill`` (SIGKILL, then started
+again), ``hang`` (SIGSTOP, then SIGCONT: neither requests nor ``/metrics`` answer, and the requests it
+holds must finish once it resumes — their work is not lost), or ``slow`` (restarted 10x slower, then
+back to normal speed). Two gateway set-ups:
 
 * ``retries=False``: the GIE reference gateway (ORIGINAL_DST on the destination header) with *no* route
   retries — what epp alone achieves (passive health);
@@ -19,6 +22,7 @@ Everything is stopped by PID whatever happens.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections import Counter
@@ -37,6 +41,9 @@ from epp.soak.engines import MODEL, SimEngine, start_engines
 from epp.soak.observe import open_fds, rss_bytes
 
 PHASES = ("before", "down", "after")
+FAULTS = ("kill", "hang", "slow")
+FOOTPRINT_EVERY = 15.0
+SLOW_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,12 @@ class ClosedLoopConfig:
     retries: bool = False
     time_scale: float = 0.1
     max_tokens: int = 16
-    request_timeout: float = 30.0
+    request_timeout: float = 60.0
+    fault: str = "kill"
 
     def __post_init__(self) -> None:
+        if self.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}")
         if not 0 < self.kill_at < self.kill_at + self.down_for < self.duration:
             raise ValueError("need 0 < kill_at < kill_at + down_for < duration")
         if self.clients < 1 or self.engines < 2:
@@ -65,6 +75,14 @@ class PhaseRow:
     sent: int = 0
     failed: int = 0
     causes: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    def latency(self, q: float) -> float:
+        """Quantile ``q`` of the successful requests' latencies, in seconds (0 without any)."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
     def success(self) -> float:
@@ -83,6 +101,8 @@ class ClosedLoopReport:
     restarted_at: float
     victim_health: dict[str, float] = field(default_factory=dict)
     """The killed engine's ``epp_endpoint_health`` states and ``ejections_total`` at the end."""
+    footprint: list[tuple[float, int, int]] = field(default_factory=list)
+    """(seconds, epp RSS bytes, epp open descriptors) every ``FOOTPRINT_EVERY`` seconds."""
 
     @property
     def sent(self) -> int:
@@ -174,28 +194,57 @@ class ClosedLoop:
                 if cause is not None:
                     row.failed += 1
                     row.causes[cause] += 1
+                else:
+                    row.latencies.append(time.monotonic() - t0 - start)
                 n += 1
 
         async def fault() -> None:
             await asyncio.sleep(cfg.kill_at)
             marks["killed"] = time.monotonic() - t0
-            await asyncio.to_thread(victim.stop, True)
+            await self._break(victim)
             await asyncio.sleep(max(0.0, cfg.kill_at + cfg.down_for - (time.monotonic() - t0)))
-            await asyncio.to_thread(victim.start)
+            await self._recover(victim)
             marks["restarted"] = time.monotonic() - t0
+
+        async def footprint() -> None:
+            while (now := time.monotonic() - t0) < cfg.duration:
+                samples.append((now, rss_bytes(pid), open_fds(pid)))
+                await asyncio.sleep(FOOTPRINT_EVERY)
 
         async def warm_sample() -> tuple[int, int]:
             await asyncio.sleep(min(cfg.kill_at / 2, 10.0))
             return rss_bytes(pid), open_fds(pid)
 
+        samples: list[tuple[float, int, int]] = []
+
         timeout = aiohttp.ClientTimeout(total=cfg.request_timeout)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=cfg.clients)) as session:
             warm = asyncio.create_task(warm_sample())
+            sampler = asyncio.create_task(footprint())
             await asyncio.gather(fault(), *(client(i, session) for i in range(cfg.clients)))
             rss_start, fds_start = await warm
+            await sampler
             victim_health = await self._health_of(session, victim)
         return ClosedLoopReport(cfg, [rows[p] for p in PHASES], rss_start, rss_bytes(pid), fds_start, open_fds(pid),
-                                marks["killed"], marks["restarted"], victim_health)
+                                marks["killed"], marks["restarted"], victim_health, samples)
+
+    async def _break(self, engine: SimEngine) -> None:
+        fault = self.config.fault
+        if fault == "kill":
+            await asyncio.to_thread(engine.stop, True)
+        elif fault == "hang":
+            engine.signal(signal.SIGSTOP)
+        else:
+            await engine.restart(["--time-scale", str(self.config.time_scale * SLOW_FACTOR)])
+
+    async def _recover(self, engine: SimEngine) -> None:
+        fault = self.config.fault
+        if fault == "kill":
+            await asyncio.to_thread(engine.start)
+        elif fault == "hang":
+            engine.signal(signal.SIGCONT)
+        else:
+            await engine.restart()
 
     async def _health_of(self, session: aiohttp.ClientSession, engine: SimEngine) -> dict[str, float]:
         """``state`` → 0/1 and ``ejections`` for ``engine`` from epp's /metrics."""
@@ -227,20 +276,30 @@ async def run_closed_loop(config: ClosedLoopConfig, workdir: Path) -> ClosedLoop
 def render(reports: list[ClosedLoopReport]) -> str:
     """A markdown table: one row per (policy, gateway, phase), then the run's totals and epp's footprint."""
     lines = [
-        "| policy | gateway | phase | requests | failed | success | causes |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | gateway | fault | phase | requests | failed | success | p50 / p99 s | causes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        policy = r.config.policy or "(no config)"
-        gateway = "retry policy" if r.config.retries else "no retries"
+        run = f"| {_policy(r)} | {_gateway(r)} | {r.config.fault}"
         for p in [*r.phases, _total(r)]:
             causes = ", ".join(f"{c} {n}" for c, n in p.causes.most_common()) or "-"
-            lines.append(f"| {policy} | {gateway} | {p.phase} | {p.sent} | {p.failed} | {100 * p.success:.2f}% | {causes} |")
-    lines += ["", "| policy | gateway | epp RSS MB (warm → end) | epp FDs (warm → end) |", "|---|---|---|---|"]
+            lines.append(f"{run} | {p.phase} | {p.sent} | {p.failed} | {100 * p.success:.2f}% "
+                         f"| {p.latency(0.5):.3f} / {p.latency(0.99):.3f} | {causes} |")
+    lines += ["", "| policy | gateway | fault | epp RSS MB every 15 s (from warm-up) | epp FDs (warm → end) |",
+              "|---|---|---|---|---|"]
     for r in reports:
-        lines.append(f"| {r.config.policy or '(no config)'} | {'retry policy' if r.config.retries else 'no retries'} "
-                     f"| {r.rss_start / 2**20:.1f} → {r.rss_end / 2**20:.1f} | {r.fds_start} → {r.fds_end} |")
+        rss = " ".join(f"{b / 2**20:.0f}" for _, b, _ in r.footprint) or "-"
+        lines.append(f"| {_policy(r)} | {_gateway(r)} | {r.config.fault} | {rss} → {r.rss_end / 2**20:.0f} "
+                     f"| {r.fds_start} → {r.fds_end} |")
     return "\n".join(lines)
+
+
+def _policy(report: ClosedLoopReport) -> str:
+    return report.config.policy or "(no config)"
+
+
+def _gateway(report: ClosedLoopReport) -> str:
+    return "retry policy" if report.config.retries else "no retries"
 
 
 def _total(report: ClosedLoopReport) -> PhaseRow:
@@ -249,4 +308,5 @@ def _total(report: ClosedLoopReport) -> PhaseRow:
         total.sent += p.sent
         total.failed += p.failed
         total.causes.update(p.causes)
+        total.latencies.extend(p.latencies)
     return total
