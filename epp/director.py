@@ -205,8 +205,8 @@ class Director:
         if profile is None:
             return picked
         chosen = {id(e) for e in picked}
-        ranked = sorted(range(len(profile.candidates)), key=lambda i: -profile.totals[i] if i < len(profile.totals) else 0.0)
-        extra = [profile.candidates[i] for i in ranked if id(profile.candidates[i]) not in chosen]
+        best_first = sorted(range(len(profile.totals)), key=profile.totals.__getitem__, reverse=True)
+        extra = [profile.candidates[i] for i in best_first if id(profile.candidates[i]) not in chosen]
         return picked + extra[: self.fallbacks]
 
     # -- response phase -------------------------------------------------------------------------
