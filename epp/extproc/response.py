@@ -46,6 +46,8 @@ class ResponseRelay:
         self._done = False
         self._answered = False
         self._failure: Failure | None = None
+        self.peer_done = False
+        """Set when the gateway ended the stream cleanly rather than cancelling it."""
         self._update_hold()
 
     def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None,
@@ -96,9 +98,10 @@ class ResponseRelay:
         return [messages.trailers_reply(response=True)]
 
     def close(self) -> None:
-        """The stream ended. Before any response, with Envoy set to send one (a response body mode), the
-        endpoint never answered (a hang cut by a timeout, a reset Envoy did not turn into a 5xx)."""
-        if not self._answered and self.mode != ProcessingMode.NONE:
+        """The stream ended. Ended cleanly by the gateway before any response, with Envoy set to send one
+        (a response body mode), the endpoint never answered. A cancelled stream is not judged: the client
+        leaving (Envoy resets the ext_proc stream) says nothing about the endpoint."""
+        if not self._answered and self.peer_done and self.mode != ProcessingMode.NONE:
             self._failure = NO_RESPONSE
         self._finish(completed=False)
 

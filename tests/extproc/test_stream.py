@@ -379,11 +379,16 @@ def test_a_4xx_answer_is_no_endpoint_fault_but_plugins_hear_a_failure() -> None:
     assert state.health.failures == 0  # the engine answered: alive
 
 
-def test_a_stream_that_ends_before_any_response_is_a_fault_unless_no_response_was_expected() -> None:
+def test_a_stream_the_gateway_ends_before_any_response_is_a_fault_unless_none_was_expected() -> None:
     _, s = routed()
+    s.peer_done()
     s.close()
     assert s.decision.endpoints[0].health.failures == 1
+    _, cancelled = routed()  # Envoy resets the stream when the client leaves: nothing to judge
+    cancelled.close()
+    assert cancelled.decision.endpoints[0].health.failures == 0
     _, quiet = routed(mode=ProcessingMode.NONE)  # the gateway sends epp no response phase: nothing to judge
+    quiet.peer_done()
     quiet.close()
     assert quiet.decision.endpoints[0].health.failures == 0
 
