@@ -23,7 +23,8 @@ CONSECUTIVE_FAILURES = 3
 
 @pytest.mark.parametrize("retries", [False, True], ids=["no-retries", "retry-policy"])
 async def test_a_killed_engine_loses_its_traffic_and_comes_back(tmp_path: Path, retries: bool) -> None:
-    config = ClosedLoopConfig(duration=12, kill_at=3, down_for=4, clients=CLIENTS, retries=retries)
+    # 8 s after the restart: time for a slow engine start on a busy box, a good scrape and a trial request
+    config = ClosedLoopConfig(duration=15, kill_at=3, down_for=4, clients=CLIENTS, retries=retries)
     report = await run_closed_loop(config, tmp_path)
     summary = render([report])
     print(summary)
