@@ -49,6 +49,10 @@ def main() -> int:
                         help="closed loop: which gateway set-ups to run")
     parser.add_argument("--fault", action="append", choices=closed_loop.FAULTS, default=None,
                         help="closed loop: how the engine breaks (repeatable; default: kill)")
+    parser.add_argument("--picker-arg", action="append", default=[],
+                        help="closed loop: extra epp serve flag, e.g. --picker-arg=--endpoint-health=false")
+    parser.add_argument("--picker-tree", type=Path, default=None,
+                        help="closed loop: run epp serve from this source tree (a baseline, e.g. /work/main)")
     args = parser.parse_args()
     if args.closed_loop:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -73,7 +77,8 @@ def run_closed_loops(args: argparse.Namespace) -> int:
     reports = []
     runs = [(policy, fault, retry) for policy in args.policy or ["none"] for fault in args.fault or ["kill"] for retry in retries]
     for policy, fault, retry in runs:
-        config = closed_loop.ClosedLoopConfig(policy=None if policy == "none" else policy, retries=retry, fault=fault)
+        config = closed_loop.ClosedLoopConfig(policy=None if policy == "none" else policy, retries=retry, fault=fault,
+                                              picker_args=tuple(args.picker_arg), picker_tree=args.picker_tree)
         with tempfile.TemporaryDirectory(prefix="epp-closed-loop-") as tmp:
             report = asyncio.run(closed_loop.run_closed_loop(config, args.workdir or Path(tmp)))
         reports.append(report)

@@ -22,6 +22,7 @@ Everything is stopped by PID whatever happens.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import uuid
@@ -59,6 +60,10 @@ class ClosedLoopConfig:
     max_tokens: int = 16
     request_timeout: float = 60.0
     fault: str = "kill"
+    picker_args: tuple[str, ...] = ()
+    """More ``epp serve`` flags (e.g. ``--endpoint-health=false`` for an ablation)."""
+    picker_tree: Path | None = None
+    """Run the picker from another source tree (a baseline such as the main branch before this work)."""
 
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
@@ -151,11 +156,13 @@ class ClosedLoop:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.engines = await asyncio.to_thread(start_engines, cfg.engines, self.workdir, cfg.time_scale)
         upstreams = [e.upstream for e in self.engines]
-        args = [] if cfg.policy is None else ["--config-file", cfg.policy]
+        args = ([] if cfg.policy is None else ["--config-file", cfg.policy]) + list(cfg.picker_args)
         options: dict[str, Any] = {"retries": 0}
         if cfg.retries:
             args, options = with_failover(args, options)
-        self.picker = PickerProcess(upstreams, extra_args=args, log_path=self.workdir / "epp.log")
+        tree = cfg.picker_tree
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+        self.picker = PickerProcess(upstreams, extra_args=args, log_path=self.workdir / "epp.log", cwd=tree, env=env)
         await asyncio.to_thread(self.picker.start)
         envoy_dir = self.workdir / "envoy"
         envoy_dir.mkdir(exist_ok=True)
@@ -295,7 +302,9 @@ def render(reports: list[ClosedLoopReport]) -> str:
 
 
 def _policy(report: ClosedLoopReport) -> str:
-    return report.config.policy or "(no config)"
+    cfg = report.config
+    extra = " ".join(cfg.picker_args) + (f" [epp from {cfg.picker_tree}]" if cfg.picker_tree else "")
+    return (cfg.policy or "(no config)") + (f" {extra.strip()}" if extra.strip() else "")
 
 
 def _gateway(report: ClosedLoopReport) -> str:
