@@ -100,7 +100,7 @@ def add_endpoint_health_flags(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--endpoint-health-max-ejection-time", type=duration, default="30s", metavar="DURATION",
                    help="longest ejection (and how long an endpoint must stay healthy to start over)")
     h.add_argument("--endpoint-health-scrape-failure-window", type=duration, default="2s", metavar="DURATION",
-                   help="/metrics failing (refused, hanging, garbage) for this long ejects an endpoint")
+                   help="/metrics refused or timing out for this long ejects an endpoint")
     h.add_argument("--endpoint-health-max-ejection-percent", type=float, default=50.0, metavar="PERCENT",
                    help="panic threshold: most endpoints ejected at once (always one of two or more, never the last)")
     h.add_argument("--fallback-endpoints", type=int, default=0, metavar="N",

@@ -5,7 +5,9 @@ scorers never see a dead endpoint at all (a dead engine fails requests in micros
 latency-based scorer it looks like the fastest, emptiest endpoint and *attracts* traffic):
 
 * ``consecutive_failures`` endpoint faults in a row (5xx, connect failure, reset, no response) eject it;
-  so does a scrape failure streak longer than ``scrape_failure_window`` (dead or hung ``/metrics``).
+  so does a streak of scrapes that could not connect or timed out (a dead or hung process) longer than
+  ``scrape_failure_window``. A ``/metrics`` that answers garbage or an HTTP error comes from a live
+  server (often a misconfigured path or engine type): its metrics go stale, the endpoint keeps serving.
 * An ejected endpoint stays out for ``base_ejection`` × 2^(ejections in a row), at most
   ``max_ejection``. It comes back as ``probing`` only after that time *and* a successful scrape since it
   was ejected (an endpoint never scraped, as in replay without a poller, needs only the time): probing
@@ -21,6 +23,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+
+
+# Scrape failure reasons (``epp.metrics.poller.ScrapeFailure``) that say the process is dead or hung.
+LIVENESS_FAILURES = frozenset({"connect", "timeout"})
 
 
 class HealthState(enum.Enum):
@@ -101,7 +107,8 @@ class HealthPolicy:
 
     def scrape_failed(self, health: EndpointHealth, reason: str, now: float, ejected: int, total: int) -> bool:
         health.scraped = True
-        if health.state is HealthState.EJECTED or now - health.since < self.params.scrape_failure_window:
+        if (reason not in LIVENESS_FAILURES or health.state is HealthState.EJECTED
+                or now - health.since < self.params.scrape_failure_window):
             return False
         return self._eject(health, f"scrape-{reason}", now, ejected, total)
 

@@ -121,8 +121,8 @@ class Datastore:
             self.health.scrape_succeeded(state.health, self.clock.now())
 
     def record_scrape_error(self, name: str, error: str, reason: str = "error") -> None:
-        """Keep the last good snapshot (it ages into staleness) and remember why the scrape failed;
-        a failure streak past the health window ejects the endpoint (``reason`` names it)."""
+        """Keep the last good snapshot (it ages into staleness) and remember why the scrape failed; a
+        streak of dead or hung scrapes (``reason`` connect / timeout) past the health window ejects it."""
         state = self._states.get(name)
         if state is not None:
             state.scrape_error = error

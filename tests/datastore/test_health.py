@@ -74,6 +74,15 @@ def test_a_scrape_failure_streak_longer_than_the_window_ejects() -> None:
     assert routable(ds) == ["e0", "e2"] and ds.get("e1").health.reason == "scrape-timeout"  # type: ignore[union-attr]
 
 
+def test_a_live_server_with_broken_metrics_keeps_serving() -> None:
+    ds, clock = pool(scrape_failure_window=2.0)
+    for _ in range(5):  # garbage or an HTTP error: the process answers, only its metrics are unusable
+        clock.advance(1.0)
+        ds.record_scrape_error("e1", "parse: no vllm:num_requests_waiting", "parse")
+        ds.record_scrape_error("e1", "HTTP 404", "http")
+    assert routable(ds) == ["e0", "e1", "e2"]
+
+
 @pytest.mark.parametrize(("n", "percent", "ejectable"), [(2, 50, 1), (3, 50, 1), (4, 50, 2), (3, 100, 2), (1, 100, 0), (5, 0, 1)])
 def test_the_panic_threshold_never_ejects_the_last_endpoints(n: int, percent: float, ejectable: int) -> None:
     ds, _ = pool(n, max_ejection_percent=percent)
