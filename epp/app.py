@@ -42,7 +42,6 @@ def tune_gc() -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.description = (
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
@@ -61,9 +60,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
                         "(2-3x less CPU per request; see README 'Transport')")
     p = parser.add_argument_group("pool without Kubernetes")
-    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
+    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[@EVENTS_PORT][,...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
-                        "instead of --pool-name / --endpoint-selector")
+                        "instead of --pool-name / --endpoint-selector. @EVENTS_PORT: where that engine "
+                        "publishes KV events (several engines on one host)")
     p.add_argument("--endpoints-file", default="", metavar="PATH",
                    help="llm-d endpoints file (YAML: endpoints: [{name, address, port, ...}]), like a "
                         "file-discovery plugin in the config; instead of the other sources")

@@ -88,6 +88,8 @@ class RoutingDecision:
     tokens: int = 0
     started: bool = False
     finished: bool = False
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
 
     @property
     def destination(self) -> str:
@@ -140,6 +142,8 @@ class Director:
     def route(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None = None) -> RoutingDecision:
         """Pick endpoints for a parsed request; raises ``RequestError`` for every refusal."""
         started = self.clock.now()
+        for processor in self.scheduler.request_processors:
+            processor.process_request(request)
         if request.objective and self.objective_priority is not None:
             request.priority = self.objective_priority(request.objective)
         original_headers = dict(request.headers)
@@ -148,6 +152,9 @@ class Director:
         if request.priority < 0 and self.saturation is not None and self.saturation.is_saturated(candidates):
             raise RequestError(429, "system is saturated; sheddable request dropped",
                                error_type="rate_limit_exceeded", code="saturated")
+        for admitter in self.scheduler.admitters:
+            if (refusal := admitter.admit(request, candidates)) is not None:
+                raise RequestError(429, refusal, error_type="rate_limit_exceeded", code="rejected")
         t0 = self.clock.now()
         try:
             result = self.scheduler.schedule(request, candidates)
@@ -234,8 +241,10 @@ class Director:
         self.datastore.request_outcome(primary, fault, judged=judged)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
-        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {},
-                                         failure.reason if failure is not None else None)
+        usage_counts = seen.as_dict() if seen.known else {}
+        self.scheduler.response_complete(request, primary, usage_counts, failure.reason if failure is not None else None)
+        if self.scheduler.response_metadata_plugins:
+            decision.metadata = self.scheduler.response_metadata(request, primary, usage_counts)
 
     @property
     def wants_response_metadata(self) -> bool:

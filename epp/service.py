@@ -32,6 +32,7 @@ from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
+from epp.metrics.sources import attribute_pollers
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -77,6 +78,8 @@ class PickerService:
         health = HealthService(readiness=self.source.ready, leader_election=election)
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
                                     registry=self.telemetry.registry)
+        self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
+                                                   args.refresh_metrics_interval)  # DCGM, /v1/models
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         self.server = PickerServer(
             ExtProcServicer(self.director, args.max_body_bytes, self.limiter), health,
@@ -95,6 +98,8 @@ class PickerService:
         """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
         await stack.enter_async_context(self.source.running)
         await stack.enter_async_context(self.poller)
+        for poller in self.attribute_pollers:
+            await stack.enter_async_context(poller)
         for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
             register, start, stop = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
             if register is not None:
@@ -111,7 +116,7 @@ class PickerService:
         await self.metrics.start()
         stack.push_async_callback(self.metrics.stop)
         await self.server.start()
-        stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry)
+        stack.push_async_callback(self.server.stop, self.shutdown_grace, self.drain_timeout, shutdown.hurry, shutdown.now)
         log.info("epp ready (%s discovery): ext_proc :%d, health :%d, metrics :%d (%s)",
                  self.source.name, self.server.port, self.server.health_port, self.metrics.port,
                  "Kubernetes token auth" if self.metrics_auth is not None else "no auth")

@@ -57,7 +57,8 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zap-encoder", dest="log_format", type=log_format, metavar="console|json", default=argparse.SUPPRESS,
                    help="the reference picker's name for --log-format (console = text)")
     g.add_argument("-v", "--v", dest="verbosity", type=int, default=2,
-                   help="log verbosity: 1 warnings, 2 info, 3+ debug")
+                   help=f"log verbosity: 1 warnings, 2 info, 3+ debug, {LIBRARY_DEBUG_VERBOSITY}+ also libraries' "
+                        "debug lines (grpc, aiohttp, ...)")
 
 
 class JsonFormatter(logging.Formatter):
@@ -94,6 +95,12 @@ def _encodable(value: object) -> object:
     return value
 
 
+# Libraries whose DEBUG output is about their own internals (grpc logs a line per RPC and event loop, in
+# Cython); they log at most INFO unless the operator asks for library debugging with -v 5 or more.
+LIBRARY_LOGGERS = ("grpc", "asyncio", "aiohttp", "kubernetes_asyncio", "urllib3", "hpack", "matplotlib", "PIL")
+LIBRARY_DEBUG_VERBOSITY = 5
+
+
 def level_for(verbosity: int) -> int:
     return logging.WARNING if verbosity < 2 else logging.INFO if verbosity == 2 else logging.DEBUG
 
@@ -110,4 +117,7 @@ def configure_logging(fmt: str, verbosity: int, stream: TextIO | None = None) ->
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_for(verbosity))
+    library_level = logging.NOTSET if verbosity >= LIBRARY_DEBUG_VERBOSITY else max(level_for(verbosity), logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
     return handler

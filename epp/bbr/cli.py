@@ -54,7 +54,6 @@ example:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _Formatter
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     add_serving_flags(
@@ -72,10 +71,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
               "with a model list: answer unknown models with 404 (false: let them through, only "
               "adding the base-model/engine headers for listed ones)")
     parser.set_defaults(run=run)
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the flag help, and the description/epilog layout kept as written."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +120,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
         await server.start()
-        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry)
+        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry, shutdown.now)
         if models_file is not None:
             watcher = ModelsFileWatcher(models_file, apply)
             stack.push_async_callback(cancel_and_wait, asyncio.create_task(watcher.run(args.models_reload_interval)))

@@ -6,7 +6,7 @@
 * no ``schedulingProfiles`` at all → one ``default`` profile with every declared filter, scorer
   (weight 1) and picker, so a plugins-only config still schedules;
 * the saturation detector is ``flowControl.saturationDetector``, else the first configured
-  ``utilization-detector``, else one with default parameters.
+  ``utilization-detector`` or ``concurrency-detector``, else a utilization detector with default parameters.
 
 Plugin types owned by other parts of epp (data layer, flow control policies) are accepted in
 ``plugins`` and kept on the config for their owners; any other unknown type is an error. Every
@@ -20,8 +20,20 @@ import random
 from epp._util.clock import Clock, WallClock
 from epp.config.decode import ConfigError
 from epp.config.model import EndpointPickerConfig, PluginRef, PluginSpec
-from epp.scheduling.framework import Filter, Picker, Plugin, ProfileHandler, Scorer
+from epp.scheduling.framework import (
+    Admitter,
+    Filter,
+    Picker,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    RequestProcessor,
+    ResponseComplete,
+    ResponseMetadata,
+    Scorer,
+)
 from epp.scheduling.params import ParamError
+from epp.scheduling.plugins.admission.concurrency_detector import ConcurrencyDetector
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
@@ -33,13 +45,17 @@ from epp.scheduling.scheduler import Scheduler
 EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
     "metrics-data-source", "core-metrics-extractor", "endpoint-notification-source", "file-discovery",
-    "inflight-load-producer", "token-producer",
+    "multicluster-file-discovery",
+    "token-producer",
     # flow control policies
     "global-strict-fairness-policy", "round-robin-fairness-policy", "fcfs-ordering-policy",
     "edf-ordering-policy", "slo-deadline-ordering-policy",
 })
 
 DEFAULT_PROFILE = "default"
+REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete)
+"""Plugins that act on every request whatever the profile; upstream configs also list them in a profile,
+which is accepted and changes nothing."""
 
 
 def _build_plugins(config: EndpointPickerConfig, registry: PluginRegistry, handle: PluginHandle) -> None:
@@ -89,7 +105,7 @@ def _profile(name: str, path: str, refs: tuple[PluginRef, ...], config: Endpoint
                 raise ConfigError(f"{ref_path}.pluginRef", f"profile {name!r} already has picker {picker.typed_name.name!r}")
             picker = plugin
             used = True
-        if not used:
+        if not used and not isinstance(plugin, REQUEST_CONTROL):
             raise ConfigError(f"{ref_path}.pluginRef", f"{ref.plugin_ref!r} is not a filter, scorer or picker")
     return SchedulerProfile(name, picker or MaxScorePicker(rng=handle.child_rng()), filters, scorers)
 
@@ -111,7 +127,7 @@ def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> 
             raise ConfigError("flowControl.saturationDetector.pluginRef", f"{ref!r} is not a saturation detector")
         return plugin  # type: ignore[return-value]
     for plugin in handle.plugins.values():
-        if isinstance(plugin, UtilizationDetector):
+        if isinstance(plugin, (UtilizationDetector, ConcurrencyDetector)):
             return plugin
     return UtilizationDetector(handle.clock)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from epp._util.clock import Clock, WallClock
 from epp.datastore.endpoint import Endpoint, EndpointMetrics, EndpointState
@@ -157,6 +157,12 @@ class Datastore:
 
     def _ejected(self) -> int:
         return sum(1 for s in self._states.values() if s.health.state is HealthState.EJECTED)
+
+    def update_attributes(self, name: str, values: Mapping[str, Any]) -> None:
+        """Merge named attributes from a data source other than the engine's ``/metrics`` (DCGM, models)."""
+        state = self._states.get(name)
+        if state is not None:
+            state.attributes.update(values)
 
     # -- in-flight load (director) -------------------------------------------------------------
     def request_started(self, name: str, tokens: int) -> None:

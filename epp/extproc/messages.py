@@ -54,6 +54,14 @@ def destination_metadata(destination: str) -> struct_pb2.Struct:
     return md
 
 
+def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
+    """Plugins' response metadata (namespace → key → value) as the reply's ``dynamic_metadata``."""
+    md = struct_pb2.Struct()
+    for namespace, values in metadata.items():
+        md.get_or_create_struct(namespace).update(values)
+    return md
+
+
 def request_headers_reply(
     headers: Mapping[str, str],
     destination: str | None = None,

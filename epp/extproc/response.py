@@ -91,11 +91,16 @@ class ResponseRelay:
         replies = self._emit(chunk, out, eos)
         if eos:
             self._finish(completed=True)
+            if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
+                replies[-1].dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
         return replies
 
     def trailers(self) -> Replies:
         self._finish(completed=True)
-        return [messages.trailers_reply(response=True)]
+        reply = messages.trailers_reply(response=True)
+        if self.decision.metadata:
+            reply.dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
+        return [reply]
 
     def close(self) -> None:
         """The stream ended. Ended cleanly by the gateway before any response, with Envoy set to send one

@@ -52,11 +52,13 @@ class EngineSpec:
     cache_info: LabelInfo | None = None
     block_size: Selector | None = None
     num_blocks: Selector | None = None
+    prompt_tokens: tuple[Selector, ...] = ()
+    cached_tokens: tuple[Selector, ...] = ()  # the first present wins, as for ``kv``
 
     @property
     def family_names(self) -> frozenset[str]:
         """Every sample name this spec reads: what the pre-filter keeps."""
-        names = {self.queue.name, self.running.name, *(s.name for s in self.kv)}
+        names = {self.queue.name, self.running.name, *(s.name for s in (*self.kv, *self.prompt_tokens, *self.cached_tokens))}
         if self.lora:
             names.add(self.lora)
         if self.cache_info:
@@ -79,6 +81,10 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType(
             kv=(Selector("vllm:kv_cache_usage_perc"), Selector("vllm:gpu_cache_usage_perc")),
             lora="vllm:lora_requests_info",
             cache_info=LabelInfo("vllm:cache_config_info", "block_size", "num_gpu_blocks"),
+            # vLLM 0.32 counts cached prompt tokens itself; older releases only as prefix-cache hits.
+            prompt_tokens=(Selector("vllm:prompt_tokens_total"),),
+            cached_tokens=(Selector("vllm:prompt_tokens_cached_total"), Selector("vllm:prefix_cache_hits_total"),
+                           Selector("vllm:gpu_prefix_cache_hits_total")),
         ),
         "sglang": EngineSpec(
             queue=Selector("sglang:num_queue_reqs"),
@@ -88,6 +94,9 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType(
             cache_info=LabelInfo("sglang:cache_config_info", "page_size", "num_pages"),
             block_size=Selector("sglang:page_size"),
             num_blocks=Selector("sglang:num_pages"),
+            prompt_tokens=(Selector("sglang:prompt_tokens_total"),),
+            cached_tokens=(Selector("sglang:cached_tokens_total", {"cache_source": "device"}),
+                           Selector("sglang:cached_tokens_total")),
         ),
         "trtllm-serve": EngineSpec(
             queue=Selector("trtllm_num_requests_waiting"),

@@ -172,7 +172,8 @@ def run_live_via(
     """Start fresh engines (cold caches), ``front`` over them, replay through its URL, stop everything."""
     started = time.perf_counter()
     engine = cluster.engine
-    sim_args = ["--profile", engine.profile, "--time-scale", str(spec.time_scale)]
+    # usage.prompt_tokens_details.cached_tokens (each record's cache hit) needs vLLM's flag, as with a real vLLM
+    sim_args = ["--profile", engine.profile, "--time-scale", str(spec.time_scale), "--enable-prompt-tokens-details"]
     if engine.num_gpu_blocks is not None:
         sim_args += ["--kv-cache-blocks", str(engine.num_gpu_blocks)]
     names = [f"engine-{i}" for i in range(cluster.engines)]

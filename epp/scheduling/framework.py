@@ -187,3 +187,26 @@ class ResponseFailed(Plugin, Protocol):
         nothing there, so release what was booked for it without learning from it — a fast failure is
         not a fast completion. Plugins without this hook get ``response_complete`` with empty usage."""
         ...
+
+
+@runtime_checkable
+class Admitter(Plugin, Protocol):
+    def admit(self, request: LLMRequest, endpoints: Sequence[EndpointState]) -> str | None:
+        """Before scheduling: None to let the request in, else why it is refused (answered 429)."""
+        ...
+
+
+@runtime_checkable
+class RequestProcessor(Plugin, Protocol):
+    def process_request(self, request: LLMRequest) -> None:
+        """Before admission: derive request fields from its headers (e.g. the fairness flow of an agent session)."""
+        ...
+
+
+@runtime_checkable
+class ResponseMetadata(Plugin, Protocol):
+    def response_metadata(
+        self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        """When the response has ended: dynamic metadata for the gateway, namespace → key → value."""
+        ...

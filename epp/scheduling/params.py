@@ -4,7 +4,8 @@ Keys are the reference's camelCase names (a field ``max_num_of_endpoints`` reads
 ``maxNumOfEndpoints``; ``field(metadata={"key": ...})`` overrides). An unknown key or a value of the
 wrong type raises ``ParamError`` naming the key, so a config error points at the exact field.
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``Duration`` (seconds;
-Go-style strings such as ``"200ms"``/``"1m30s"`` or a number of seconds), ``list[str]``, and ``X | None``.
+Go-style strings such as ``"200ms"``/``"1m30s"`` or a number of seconds), ``list[str]``, nested objects
+(``dict[str, Any]``, ``list[dict[str, Any]]``: the plugin checks their fields), and ``X | None``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def _convert(value: object, kind: Any) -> object:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("must be a list of strings")
         return list(value)
+    if typing.get_origin(kind) is dict:  # a nested object the plugin validates field by field itself
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping")
+        return dict(value)
+    if typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is dict:
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise ValueError("must be a list of mappings")
+        return [dict(v) for v in value]
     raise TypeError(f"unsupported parameter type {kind!r}")  # a programming error, not a config error
 
 

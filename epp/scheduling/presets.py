@@ -66,6 +66,30 @@ PRESETS: Mapping[str, str] = MappingProxyType({
         "  - {pluginRef: sglang-imbalance-filter}\n  - {pluginRef: sglang-cache-aware-scorer}\n"
         "  - {pluginRef: max-score-picker}\n",
     ),
+    # llm-d's current default, "sticky until saturated", as its optimized-baseline guide ships it
+    # (llm-d/llm-d guides/optimized-baseline/router/optimized-baseline.values.yaml): the in-flight-load
+    # and approximate prefix producers, prefix-cache-affinity-filter, token-load-scorer, the default
+    # max-score picker. Per parameter (docs/llm-d-default.md has the table):
+    # - maxPrefixTokensToMatch: the guide's rule "must match vLLM --max-model-len" (Llama-3.1-8B: 131072);
+    # - affinityThreshold 0.80, maxTTFTPenaltyMs 18000, ttftSource prefillThroughput: the filter's
+    #   defaults (llm-d-router pkg/epp/framework/plugins/scheduling/filter/prefixcacheaffinity/plugin.go,
+    #   README.md); 18000 ms is calibrate.sh's T_MAX_SECONDS default;
+    # - peakPrefillThroughput: the calibration rule (llm-d guides/recipes/router/calibration/README.md:
+    #   chunk tokens / median cold TTFT of one --max-num-batched-tokens chunk) applied to the H100
+    #   measurement epp ships (epp/engine/calibration data, shared/calibration): 8192 tokens of
+    #   Llama-3.1-8B in 270.53 ms → 30281 tokens/s (upstream's default 15928 is Qwen3-32B on 2×H100);
+    # - token-load-scorer queueThresholdTokens 4194304: the scorer's default
+    #   (llm-d-router pkg/epp/framework/plugins/scheduling/scorer/tokenload/README.md).
+    "llm-d-default": _config(
+        "- {type: inflight-load-producer}\n"
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 131072}}\n"
+        "- {type: prefix-cache-affinity-filter, parameters: {affinityThreshold: 0.80, maxTTFTPenaltyMs: 18000,"
+        " ttftSource: prefillThroughput, peakPrefillThroughput: 30281}}\n"
+        "- {type: token-load-scorer, parameters: {queueThresholdTokens: 4194304}}\n"
+        "- {type: max-score-picker}\n",
+        "  - {pluginRef: prefix-cache-affinity-filter}\n  - {pluginRef: token-load-scorer}\n"
+        "  - {pluginRef: max-score-picker}\n",
+    ),
 })
 
 DEFAULT_PRESET = "default"

@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     RESPONSE_COMPLETE,
     RESPONSE_RECEIVED,
     RESPONSE_STREAMING,
+    Admitter,
     CycleState,
     DurationRecorder,
     Plugin,
@@ -23,9 +24,11 @@ from epp.scheduling.framework import (
     PreRequest,
     ProfileHandler,
     ProfileResult,
+    RequestProcessor,
     ResponseComplete,
     ResponseFailed,
     ResponseHeaders,
+    ResponseMetadata,
     ResponseReceived,
     ResponseStarted,
     SchedulingResult,
@@ -81,6 +84,9 @@ class Scheduler:
         self.response_received_plugins = [p for p in self.plugins if isinstance(p, ResponseReceived)]
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
+        self.admitters = [p for p in self.plugins if isinstance(p, Admitter)]
+        self.request_processors = [p for p in self.plugins if isinstance(p, RequestProcessor)]
+        self.response_metadata_plugins = [p for p in self.plugins if isinstance(p, ResponseMetadata)]
         self._hook_failures: set[tuple[int, str]] = set()
         self._timers: dict[str, list[DurationRecorder]] | None = None
 
@@ -96,7 +102,8 @@ class Scheduler:
             PROFILE_PICKER: [self.handler], PROCESS_PROFILES_RESULTS: [self.handler],
             PRE_REQUEST: self.pre_request_plugins,
             RESPONSE_RECEIVED: [*self.response_header_plugins, *self.response_received_plugins],
-            RESPONSE_STREAMING: self.response_started_plugins, RESPONSE_COMPLETE: self.response_complete_plugins,
+            RESPONSE_STREAMING: self.response_started_plugins,
+            RESPONSE_COMPLETE: [*self.response_complete_plugins, *self.response_metadata_plugins],
         }
         self._timers = {point: [timer.recorder(point, p) for p in plugins] for point, plugins in hooks.items()}
 
@@ -187,6 +194,21 @@ class Scheduler:
                 p.response_complete(request, endpoint, {})
 
         self._run_hooks(self.response_complete_plugins, RESPONSE_COMPLETE, "ResponseComplete", request, call)
+
+    def response_metadata(
+        self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]
+    ) -> dict[str, dict[str, Any]]:
+        """Dynamic metadata the plugins report for an ended response (later plugins win per key); a
+        plugin that raises is logged and skipped like any hook."""
+        merged: dict[str, dict[str, Any]] = {}
+
+        def collect(plugin: ResponseMetadata) -> None:
+            for namespace, values in plugin.response_metadata(request, endpoint, usage).items():
+                merged.setdefault(namespace, {}).update(values)
+
+        self._run_hooks(self.response_metadata_plugins, RESPONSE_COMPLETE, "ResponseMetadata", request, collect,
+                        first_recorder=len(self.response_complete_plugins))  # their recorders follow ResponseComplete's
+        return merged
 
     def _run_hooks(
         self, plugins: Sequence[P], point: str, hook: str, request: LLMRequest, call: Callable[[P], object],

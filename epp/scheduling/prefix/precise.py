@@ -2,15 +2,18 @@
 per-endpoint fallback to an approximate index whenever an endpoint's event feed cannot be trusted.
 
 **Keys.** A block is keyed by the chained hash of its token ids (``chain_hashes(token_blocks(...),
-seed)``, seed = the LoRA adapter's name or else the model in the event topic), recomputed from
+seed)``, seed = the LoRA adapter's name or else the model in the event topic, plus the
+``cache_salt``), recomputed from
 ``BlockStored.token_ids`` and the parent block's key — the way llm-d's indexer maps engine keys to
 request keys. The request side hashes its prompt the same way (``tokens.engine_block_hashes``), so
 keys agree whatever hash function the engine uses (vLLM's sha256, SGLang's). Engine hashes are kept
 only where they differ from the key (an alias map, empty for ``epp sim`` whose hashes are these
 keys), to resolve later ``BlockRemoved`` and parent references. A store whose parent is unknown
 (events before we subscribed) is keyed by the engine hashes themselves: it matches nothing unless
-the engine hashes like epp, never something wrong. ``cache_salt`` is not in ``token_ids`` and is not
-distinguished.
+the engine hashes like epp, never something wrong. The rest of vLLM's per-block ``extra_keys``
+(multimodal identifiers, prompt-embedding digests) is hashed into the key (``block_extras``), so
+such blocks never match a text prompt with the same placeholder tokens. Only KV-cache groups of
+full attention are indexed (``GroupFilter``: hybrid models' sliding-window groups hold suffixes).
 
 **Counting.** A block stored twice (two requests computed it concurrently, or GPU and CPU copies)
 is held until both copies are removed. ``match`` counts, per endpoint, its leading blocks: the first
@@ -30,7 +33,17 @@ view, never a blind spot:
   since. vLLM sends no heartbeats and an idle engine is silent with an exact view, so silence counts
   only while events are due;
 * ``UNVERIFIED`` / ``KEYS_MISMATCH`` — events flow, but none has yet shown that the engine's blocks
-  and epp's prompt hashes agree (see *Key agreement*).
+  and epp's prompt hashes agree (see *Key agreement*);
+* ``UNDECODABLE`` — the latest batch could not be decoded (a wire format epp does not know); the
+  subscriber warns once per endpoint and counts the rest.
+
+**Joining a running engine.** The first batch a view sees is its *baseline*, whatever its sequence
+number: there is nothing to resynchronise yet. But an engine announces a block only when it computes
+it, so blocks it cached before the subscription (a hot system prompt, reused without being announced
+again) stay unknown. The subscriber backfills from vLLM's replay socket where one is configured (a
+backfill reaching the publisher's batch 0 leaves nothing unseen); otherwise a view that began
+mid-stream is *young* for ``young_window``, and a young LIVE endpoint matches the better of its
+precise view and the fallback's learned one.
 
 **Key agreement.** Keys only agree when epp tokenizes prompts exactly as the engine does (the
 producer's ``tokenizer``) and cuts blocks of the engine's size; with a mismatched tokenizer a LIVE
@@ -49,7 +62,10 @@ can miss (only its output blocks are stored), which is why one miss is not enoug
 agreement lifts ``KEYS_MISMATCH``.
 
 **Model.** Root blocks are seeded with the topic's model (llm-d's ``kv@<pod>@<model>``); vLLM's default
-topic is empty, so then with the model of the latest request epp routed to the endpoint.
+topic is empty, so then with the model of the latest request epp routed to the endpoint. Events that
+arrive before the model is known (a backfill at start-up, traffic from elsewhere) wait, bounded by
+``max_blocks_per_endpoint``, and are applied in order once it is: from the first request routed
+there, or sooner from the model the engine's metrics name (``seed``, by the producer at lookup).
 
 A publisher restart (sequence going back) means a fresh engine with an empty cache: the view is
 cleared. Memory: about 150 bytes per held block (a dict entry per endpoint and a shared owner mask),
@@ -64,10 +80,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgpack
+
 from epp._util.clock import Clock
-from epp._util.hashing import chain_hashes, seed_hash, token_blocks
+from epp._util.hashing import chain_hashes, chain_hashes_with_extras, seed_hash, token_blocks
 from epp.datastore import Endpoint
-from epp.kvevents.decode import Cleared, KVEvent, Removed, Stored
+from epp.kvevents.decode import Cleared, GroupFilter, KVEvent, Removed, Stored
 from epp.scheduling.prefix.protocol import PrefixIndex
 
 log = logging.getLogger(__name__)
@@ -81,13 +99,15 @@ class FeedState(enum.Enum):
     SILENT = "silent"
     UNVERIFIED = "unverified"  # events flow; none has shown yet that the engine's keys agree with epp's
     KEYS_MISMATCH = "keys-mismatch"  # events flow, but never with blocks of prompts epp routed there
+    UNDECODABLE = "undecodable"  # the latest batch could not be decoded (an unknown wire format)
 
 
 class SeqCheck(enum.Enum):
     """What a batch's sequence number said about the feed."""
 
     IN_ORDER = "in-order"
-    GAP = "gap"  # events were lost (also: first batch seen was not seq 0)
+    BASELINE = "baseline"  # the first batch seen, from a publisher that had sent others before it
+    GAP = "gap"  # events were lost
     RESTART = "restart"  # sequence went back: a new publisher, the view was cleared
     OVERFLOW = "overflow"  # more blocks than allowed: removals were lost, the view was cleared
 
@@ -107,8 +127,13 @@ class _View:
     stores: int = 0  # Stored events ingested (probes look at whether any arrived since routing)
     misses: int = 0  # probes that fell due while stores arrived, none of them the probe's
     block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
+    joined_at: float | None = None  # first batch seen was not the publisher's first: blocks may be unseen
+    undecodable: bool = False  # the latest batch from this endpoint could not be decoded
+    deferred: deque[Stored | Removed] = field(default_factory=deque)  # events waiting for a model to seed them
+    deferred_blocks: int = 0
     probe_keys: dict[int, int] = field(default_factory=dict)  # key → probes watching it
     due: deque[_Probe] = field(default_factory=deque)  # probes whose first token came, oldest first
+    groups: GroupFilter = field(default_factory=GroupFilter)  # which KV-cache groups hold full attention
 
 
 @dataclass(slots=True)
@@ -119,6 +144,28 @@ class _Probe:
     keys: tuple[int, ...]
     stores_at: int  # the view's ``stores`` when routed
     deadline: float = 0.0
+
+
+def block_extras(event: Stored) -> tuple[str | None, list[bytes | None] | None]:
+    """(cache_salt, per-block extra bytes) from a store's ``extra_keys``, as vLLM builds them
+    (``kv_cache_utils.generate_block_hash_extra_keys``): each block's keys are the LoRA name, then
+    multimodal identifiers, then ``cache_salt`` (first block of a prompt only), then prompt-embedding
+    digests. The LoRA name already seeds the chain and the salt seeds it too (as the request side
+    does, ``request_seed``; SGLang names it in ``cache_salt``), so only what remains — multimodal and embedding keys, which no text
+    request can reproduce — is hashed into the block, serialized with msgpack."""
+    if event.extra_keys is None:
+        return event.cache_salt, None
+    salt: str | None = event.cache_salt
+    extras: list[bytes | None] = []
+    for i, keys in enumerate(event.extra_keys):
+        rest = [k for k in keys or () if k != event.lora_name]
+        if i == 0 and event.parent_hash is None and event.cache_salt is None:
+            strings = [k for k in rest if isinstance(k, str)]
+            if strings:
+                salt = strings[-1]
+                rest.remove(salt)
+        extras.append(msgpack.packb(rest) if rest else None)
+    return salt, extras if any(extras) else None
 
 
 class PreciseIndex:
@@ -134,12 +181,16 @@ class PreciseIndex:
         max_blocks_per_endpoint: int = 1_000_000,
         mismatch_after: int = 8,
         max_probes: int = 4096,
+        young_window: float = 300.0,
     ) -> None:
-        if event_timeout <= 0 or resync_window < 0 or min(max_blocks_per_endpoint, mismatch_after, max_probes) < 1:
+        if event_timeout <= 0 or min(resync_window, young_window) < 0 or min(
+            max_blocks_per_endpoint, mismatch_after, max_probes
+        ) < 1:
             raise ValueError(
-                "event_timeout must be positive, resync_window not negative, max blocks, mismatch_after and"
-                " max_probes at least 1"
+                "event_timeout must be positive, resync_window and young_window not negative, max blocks,"
+                " mismatch_after and max_probes at least 1"
             )
+        self.young_window = young_window
         self.clock = clock
         self.fallback = fallback
         self.event_timeout = event_timeout
@@ -148,6 +199,7 @@ class PreciseIndex:
         self.mismatch_after = mismatch_after
         self.max_probes = max_probes
         self._probes: dict[str, _Probe] = {}  # request id → probe waiting for its first token, oldest first
+        self.unseeded: set[str] = set()  # endpoints whose events wait for a model (``seed``)
         self._warned = False
         self._views: dict[str, _View] = {}
         self._owners: dict[int, int] = {}  # key → bit mask of endpoints holding it
@@ -160,29 +212,69 @@ class PreciseIndex:
         view = self._view(endpoint)
         now = self.clock.now()
         check = SeqCheck.IN_ORDER
-        if view.last_seq is not None and seq <= view.last_seq:
-            self._clear(view)
-            view.resync_until = None
-            self._reset_agreement(view)  # a fresh engine: perhaps another model or tokenizer
-            check = SeqCheck.RESTART
-        if seq != (0 if check is SeqCheck.RESTART or view.last_seq is None else view.last_seq + 1):
-            self._start_resync(view, now)
-            check = SeqCheck.GAP if check is SeqCheck.IN_ORDER else check
-        view.last_seq = seq
-        view.awaiting_since = None
-        for event in events:
-            if isinstance(event, Stored):
-                self._stored(view, event, model)
-            elif isinstance(event, Removed):
-                self._removed(view, event.block_hashes)
-            elif isinstance(event, Cleared):
+        if view.last_seq is None:
+            if seq != 0 or view.undecodable:  # joined a running engine: a baseline, not a gap
+                view.joined_at = now
+                check = SeqCheck.BASELINE
+        else:
+            if seq <= view.last_seq:
                 self._clear(view)
                 view.resync_until = None
+                view.joined_at = None
+                self._reset_agreement(view)  # a fresh engine: perhaps another model or tokenizer
+                check = SeqCheck.RESTART
+            if seq != (0 if check is SeqCheck.RESTART else view.last_seq + 1):
+                self._start_resync(view, now)
+                check = SeqCheck.GAP if check is SeqCheck.IN_ORDER else check
+        view.last_seq = seq
+        view.undecodable = False
+        view.awaiting_since = None
+        seeded = model is not None or view.model is not None
+        for event in events:
+            if not view.groups.keep(event):
+                continue
+            if seeded or isinstance(event, Cleared):
+                self._apply(view, event, model)
+            else:
+                self._defer(view, event)
+                self.unseeded.add(endpoint)
         if len(view.held) + len(view.suspect) > self.max_blocks_per_endpoint:
             self._clear(view)
             self._start_resync(view, now)
             check = SeqCheck.OVERFLOW
         return check
+
+    def _apply(self, view: _View, event: KVEvent, model: str | None) -> None:
+        if isinstance(event, Stored):
+            self._stored(view, event, model)
+        elif isinstance(event, Removed):
+            self._removed(view, event.block_hashes)
+        else:
+            self._clear(view)
+            view.resync_until = None
+
+    def _defer(self, view: _View, event: Stored | Removed) -> None:
+        """Hold an event until the model that seeds root blocks is known (an empty topic, and no
+        request routed to the endpoint yet — e.g. a backfill at start-up); the oldest go first past
+        ``max_blocks_per_endpoint`` blocks."""
+        view.deferred.append(event)
+        view.deferred_blocks += len(event.block_hashes)
+        while view.deferred_blocks > self.max_blocks_per_endpoint:
+            view.deferred_blocks -= len(view.deferred.popleft().block_hashes)
+
+    def seed(self, endpoint: str, model: str) -> None:
+        """``endpoint``'s engine serves ``model`` (from its scraped metrics): key what waited for it."""
+        self.unseeded.discard(endpoint)
+        view = self._views.get(endpoint)
+        if view is not None and view.model is None:
+            view.model = model
+            self._apply_deferred(view)
+
+    def _apply_deferred(self, view: _View) -> None:
+        events, view.deferred = view.deferred, deque()
+        view.deferred_blocks = 0
+        for event in events:
+            self._apply(view, event, None)
 
     # -- key agreement ---------------------------------------------------------------------------
     def routed(self, endpoint: str, request_id: str, hashes: Sequence[int], model: str) -> None:
@@ -190,6 +282,9 @@ class PreciseIndex:
         will compute there: until the feed's keys are known to agree, watch for its blocks."""
         view = self._view(endpoint)
         view.model = model
+        if view.deferred:
+            self._apply_deferred(view)
+        self.unseeded.discard(endpoint)
         if view.agreed or not hashes:
             return
         keys = (hashes[0],) if len(hashes) == 1 else (hashes[0], hashes[-1])
@@ -275,9 +370,26 @@ class PreciseIndex:
         self._view(endpoint).connected = connected
 
     def lost(self, endpoint: str) -> None:
-        """A batch from ``endpoint`` could not be decoded: treat it as a gap."""
+        """A batch from ``endpoint`` could not be decoded: the feed is ``UNDECODABLE`` until one can,
+        and what it carried is lost (a gap)."""
         view = self._view(endpoint)
-        self._start_resync(view, self.clock.now())
+        view.undecodable = True
+        if view.last_seq is not None:
+            self._start_resync(view, self.clock.now())
+
+    def young(self, endpoint: str) -> bool:
+        """Whether ``endpoint``'s view began mid-stream less than ``young_window`` ago: the engine may
+        hold blocks it reported before epp subscribed (and reuses without reporting again)."""
+        view = self._views.get(endpoint)
+        return view is not None and self._young(view, self.clock.now())
+
+    def _young(self, view: _View, now: float) -> bool:
+        if view.joined_at is None:
+            return False
+        if now - view.joined_at < self.young_window:
+            return True
+        view.joined_at = None
+        return False
 
     def _view(self, endpoint: str) -> _View:
         view = self._views.get(endpoint)
@@ -293,16 +405,18 @@ class PreciseIndex:
         hashes = event.block_hashes
         if len(event.token_ids) != len(hashes) * event.block_size:
             return hashes
+        salt, extras = block_extras(event)
         if event.parent_hash is None:
             seed_name = event.lora_name or model or view.model
             if seed_name is None:
                 return hashes
-            parent = seed_hash(seed_name)
+            parent = seed_hash(seed_name + (salt or ""))
         else:
             parent = view.alias.get(event.parent_hash, event.parent_hash)
             if parent not in view.held and parent not in view.suspect:
                 return hashes
-        return chain_hashes(token_blocks(event.token_ids, event.block_size), parent)
+        blocks = token_blocks(event.token_ids, event.block_size)
+        return chain_hashes(blocks, parent) if extras is None else chain_hashes_with_extras(blocks, parent, extras)
 
     def _stored(self, view: _View, event: Stored, model: str | None) -> None:
         owners, bit = self._owners, view.bit
@@ -347,6 +461,8 @@ class PreciseIndex:
         view.held.clear()
         view.suspect.clear()
         view.alias.clear()
+        view.deferred.clear()
+        view.deferred_blocks = 0
 
     def _start_resync(self, view: _View, now: float) -> None:
         view.suspect.update(view.held)
@@ -367,6 +483,8 @@ class PreciseIndex:
     def _state(self, view: _View, now: float) -> FeedState:
         if view.connected is False:
             return FeedState.DISCONNECTED
+        if view.undecodable:
+            return FeedState.UNDECODABLE
         if view.last_seq is None:
             return FeedState.NO_EVENTS
         if view.resync_until is not None:
@@ -395,6 +513,7 @@ class PreciseIndex:
         out = [0] * len(endpoints)
         live: list[tuple[int, int]] = []
         others: list[int] = []
+        young: list[int] = []
         owners = self._owners
         for i, name in enumerate(endpoints):
             view = self._views.get(name)
@@ -407,10 +526,13 @@ class PreciseIndex:
             if state is FeedState.LIVE:
                 assert view is not None
                 live.append((i, view.bit))
+                if view.joined_at is not None and self._young(view, now):
+                    young.append(i)
             else:
                 others.append(i)
-        if others:
-            for i, count in zip(others, self.fallback.match(hashes, [endpoints[i] for i in others])):
+        learned = others + young
+        if learned:
+            for i, count in zip(learned, self.fallback.match(hashes, [endpoints[i] for i in learned])):
                 out[i] = count
         if live and hashes:
             active = 0
@@ -428,7 +550,7 @@ class PreciseIndex:
                         break
                 depth += 1
             for i, bit in live:
-                out[i] = stops.get(bit, depth)
+                out[i] = max(out[i], stops.get(bit, depth))  # a young view: the better of both
         return out
 
     def add(self, endpoint: str, hashes: Sequence[int]) -> None:
@@ -443,6 +565,7 @@ class PreciseIndex:
         self.fallback.discard(endpoint, hashes)
 
     def remove(self, endpoint: str) -> None:
+        self.unseeded.discard(endpoint)
         view = self._views.get(endpoint)
         if view is not None:
             self._reset_probes(view)

@@ -16,10 +16,13 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
 
 Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`` 256 (or
 ``maxPrefixTokensToMatch``), ``lruCapacityPerServer`` 31250; ``mode`` ``connect`` (one SUB per
-endpoint at ``<address>:kvEventsPort``, 5557) or ``bind`` (engines connect to ``bindEndpoint``,
-``tcp://*:5557``); ``topicFilter`` (connect: every topic, vLLM's default is empty; bind: ``kv@``);
-``tokenizer`` ``sim``; ``eventTimeout`` 5s,
-``resyncWindow`` 30s, ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
+endpoint at ``<address>:kvEventsPort``, 5557, plus the endpoint's data-parallel rank unless
+``kvEventsRankOffset`` is false; an endpoint's ``epp/kv-events-port`` label overrides the port) or
+``bind`` (engines connect to ``bindEndpoint``, ``tcp://*:5557``); ``kvEventsReplayPort`` none (vLLM's
+``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``KVEventSubscriber``); ``topicFilter``
+(connect: every topic, vLLM's default is empty; bind: ``kv@``); ``tokenizer`` ``sim``; ``eventTimeout``
+5s, ``resyncWindow`` 30s, ``youngViewWindow`` 5m (how long a view that joined a running engine also
+takes learned matches), ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
 ``epp:prefix-index``, ``redisMaxLen`` 20000. Series: the subscriber's, and
 ``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``).
 
@@ -46,7 +49,7 @@ from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, prefill_target
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
 from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
@@ -64,11 +67,14 @@ class PrecisePrefixParams:
     lru_capacity_per_server: int = 31250
     mode: str = SubscriberMode.CONNECT.value
     kv_events_port: int = DEFAULT_PORT
+    kv_events_rank_offset: bool = True
+    kv_events_replay_port: int | None = None
     bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}"
     topic_filter: str | None = None
     tokenizer: str = SIM_TOKENIZER
     event_timeout: Duration = Duration(5.0)
     resync_window: Duration = Duration(30.0)
+    young_view_window: Duration = Duration(300.0)
     max_blocks_per_endpoint: int = 1_000_000
     redis_url: str | None = None
     redis_stream: str = "epp:prefix-index"
@@ -78,8 +84,9 @@ class PrecisePrefixParams:
         modes = [m.value for m in SubscriberMode]
         if self.mode not in modes:
             raise ParamError("mode", f"must be one of {', '.join(modes)}")
-        if not 0 < self.kv_events_port < 65536:
-            raise ParamError("kvEventsPort", "must be a TCP port")
+        for key, port in (("kvEventsPort", self.kv_events_port), ("kvEventsReplayPort", self.kv_events_replay_port)):
+            if port is not None and not 0 < port < 65536:
+                raise ParamError(key, "must be a TCP port")
         if self.event_timeout <= 0:
             raise ParamError("eventTimeout", "must be positive")
         for key, value in (("maxBlocksPerEndpoint", self.max_blocks_per_endpoint), ("redisMaxLen", self.redis_max_len)):
@@ -108,6 +115,17 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks, self.chains)
+
+    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> tuple[PrefixMatch, list[int]]:
+        """``ApproxPrefixCacheProducer.match``, after telling the index which model each candidate
+        serves where its events still wait for one (vLLM's empty topic names none)."""
+        unseeded = self.precise.unseeded
+        if unseeded:
+            for state in endpoints:
+                name = state.endpoint.name
+                if name in unseeded and (model := served_model(state, request)) is not None:
+                    self.precise.seed(name, model)
+        return super().match(cycle, request, endpoints)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
         """True while the endpoint's matches come from its engine's events (feed ``LIVE``: connected,
@@ -162,6 +180,15 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         super().endpoint_removed(endpoint)
 
 
+def served_model(state: EndpointState, request: LLMRequest) -> str | None:
+    """The model an endpoint's engine serves, from the ``model_name`` its metrics carry: the only one,
+    or the request's target among several; None before the first scrape."""
+    models = state.metrics.models if state.metrics is not None else frozenset()
+    if len(models) == 1:
+        return next(iter(models))
+    return request.target_model if request.target_model in models else None
+
+
 class _FeedStates(Collector):
     """``epp_kv_events_feed_state{endpoint,state}``, read at scrape time (nothing on the pick path)."""
 
@@ -189,10 +216,12 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Preci
     precise = PreciseIndex(
         handle.clock, BlockIndex(p.lru_capacity_per_server), event_timeout=p.event_timeout,
         resync_window=p.resync_window, max_blocks_per_endpoint=p.max_blocks_per_endpoint,
+        young_window=p.young_view_window,
     )  # fmt: skip
     subscriber = KVEventSubscriber(
-        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter
-    )
+        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter,
+        rank_offset=p.kv_events_rank_offset, replay_port=p.kv_events_replay_port,
+    )  # fmt: skip
     shared = None
     if p.redis_url is not None:
         replica = f"{handle.child_rng().getrandbits(64):016x}"

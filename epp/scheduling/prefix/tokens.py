@@ -18,9 +18,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from epp._util.hashing import ChainMemo, chain_bytes, seed_hash, token_bytes
+from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
+from epp.scheduling.prefix.hashing import request_seed
 
 SIM_TOKENIZER = "sim"
 
@@ -93,14 +94,14 @@ def engine_block_hashes(
     request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
 ) -> list[int]:
     """Chained hashes of the prompt's full token blocks, seeded with the target model (a LoRA
-    adapter's name when the request targets one), as ``PreciseIndex`` keys engine blocks (``memo``:
+    adapter's name when the request targets one) and ``cache_salt``, as ``PreciseIndex`` keys engine blocks (``memo``:
     segments hashed recently are not hashed again).
 
     With the ``sim`` tokenizer a text prompt's packed token blocks *are* its NUL-padded UTF-8 bytes
     (a token is 4 bytes read little-endian, packed back little-endian), so the bytes are hashed
     directly: as cheap as the approximate producer's byte blocks, without a list of ints."""
     prompt = _prompt(request, tokenizer)
-    seed = seed_hash(request.target_model)
+    seed = request_seed(request)
     block_bytes = block_tokens * 4
     if isinstance(prompt, str) and isinstance(tokenizer, _SimTokenizer) and sys.byteorder == "little":
         data = prompt.encode("utf-8", errors="replace")

@@ -63,7 +63,8 @@ class PrefixCacheScorer:
         return [(1 - w) * h / total + w * min(1.0, h / scale) for h in hits]
 
 
-def _producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParams, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+def resolve_producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParams, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    """The prefix producer a consumer named ``name`` reads (see the module docstring), created when none is configured."""
     decoded = decode_params(PrefixIndexParams, index_params)
     wanted = own.prefix_match_info_producer_name
     if wanted is not None:
@@ -88,4 +89,4 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Prefi
     own_keys = {"prefixMatchInfoProducerName", "matchLengthWeight"}
     own = decode_params(PrefixScorerParams, {k: v for k, v in params.items() if k in own_keys})
     index_params = {k: v for k, v in params.items() if k not in own_keys}
-    return PrefixCacheScorer(_producer(name, index_params, own, handle), name, own.match_length_weight)
+    return PrefixCacheScorer(resolve_producer(name, index_params, own, handle), name, own.match_length_weight)
