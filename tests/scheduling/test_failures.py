@@ -16,6 +16,8 @@ from epp.config import load_scheduler
 from epp.datastore import EndpointMetrics
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
+from epp.scheduling.plugins.producers.burst_prefix import BurstPrefixCacheProducer
+from epp.scheduling.plugins.producers.mm_embeddings import MMEmbeddingsCacheProducer
 from epp.scheduling.plugins.scorers.no_hit_lru import NoHitLRUScorer
 from epp.scheduling.plugins.scorers.sglang_cache_aware import SGLangCacheAwareScorer
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
@@ -24,6 +26,7 @@ from epp.scheduling.presets import DEFAULT_PRESET
 from epp.scheduling.registry import PluginHandle
 from epp.scheduling.ttft import EndpointLedger, Flight, PrefixRecency
 from tests.conftest import make_request, make_state, make_states
+from tests.scheduling.plugins.test_cache_producers import burst_scheduler, chat_with
 
 
 def picked(endpoint_index: int, endpoints: list) -> SchedulingResult:  # type: ignore[type-arg]
@@ -106,3 +109,25 @@ def test_the_sglang_tree_withdraws_a_failed_prompt_but_keeps_what_the_endpoint_h
     tree = scorer.trees["m"]
     assert tree.tenant_chars["e0"] == 100
     assert tree.prefix_match("a" * 100 + "b" * 50, ["e0"]) == (100, "e0")
+
+
+def test_the_multimodal_cache_forgets_items_a_failed_request_sent() -> None:
+    producer = MMEmbeddingsCacheProducer()
+    endpoints = make_states(2)
+    producer.pre_request(CycleState(), chat_with("http://img/a", rid="ok"), picked(0, endpoints))  # type: ignore[arg-type]
+    producer.response_complete(chat_with(rid="ok"), endpoints[0], {})  # type: ignore[arg-type]
+    failed = chat_with("http://img/a", "http://img/b", rid="bad")
+    producer.pre_request(CycleState(), failed, picked(0, endpoints))  # type: ignore[arg-type]
+    producer.response_failed(failed, endpoints[0], "http-503")  # type: ignore[arg-type]
+    assert producer.matched(CycleState(), failed, endpoints) == (2, [1, 0])  # type: ignore[arg-type]  # a stays, b is gone
+
+
+def test_a_burst_does_not_follow_a_failed_placement() -> None:
+    scheduler, _ = burst_scheduler(k=-1)
+    endpoints = make_states(2)
+    producer = next(p for p in scheduler.plugins if isinstance(p, BurstPrefixCacheProducer))  # type: ignore[attr-defined]
+    request = make_request(prompt=b"q" * 1024)
+    first = scheduler.schedule(request, endpoints).endpoints[0]  # type: ignore[attr-defined]
+    assert producer.match(CycleState(), request, endpoints)[1] != [0, 0]  # the burst's next sample would follow it
+    scheduler.response_complete(request, first, {}, failure="http-503")  # type: ignore[attr-defined]
+    assert producer.match(CycleState(), request, endpoints)[1] == [0, 0]
