@@ -92,7 +92,7 @@ def add_endpoint_health_flags(parser: argparse.ArgumentParser) -> None:
     """Passive health / outlier detection (``epp.datastore.health``) and the fallback list."""
     h = parser.add_argument_group("endpoint health (passive outlier detection; docs/health.md)")
     bool_flag(h, "--endpoint-health", True,
-              "eject endpoints that fail requests (5xx, connect failure, reset, no response) or scrapes")
+              "eject endpoints that fail requests (5xx, connect failure, reset) or whose /metrics is refused or hangs")
     h.add_argument("--endpoint-health-consecutive-failures", type=int, default=3, metavar="N",
                    help="endpoint faults in a row that eject an endpoint")
     h.add_argument("--endpoint-health-base-ejection-time", type=duration, default="1s", metavar="DURATION",

@@ -50,8 +50,8 @@ class Saturation(Protocol):
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why a routed request did not get a working answer. ``reason`` is short and fixed (``http-503``,
-    ``no-response``, ``failover``); ``endpoint_fault`` is whether it counts against the endpoint's health
-    (5xx, connect failure, reset, nothing at all) or only means nothing was computed (a 4xx answer)."""
+    ``failover``); ``endpoint_fault`` is whether it counts against the endpoint's health (5xx, which
+    includes Envoy's own for a connect failure, reset or timeout) or only means nothing was computed (4xx)."""
 
     reason: str
     endpoint_fault: bool = True
@@ -64,7 +64,6 @@ class Failure:
         return cls(f"http-{status}", endpoint_fault=status >= 500)
 
 
-NO_RESPONSE = Failure("no-response")
 FAILOVER = Failure("failover")  # the primary failed; the gateway's retry was answered by a fallback
 
 

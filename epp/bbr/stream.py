@@ -57,9 +57,6 @@ class RouterStream(RequestCollector):
             return [messages.body_reply(response=True)]
         return [messages.trailers_reply(response=True)]
 
-    def peer_done(self) -> None:
-        """Nothing to learn from how the stream ended."""
-
     def close(self) -> None:
         """Nothing is held per request once the stream ends."""
 

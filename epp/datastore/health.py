@@ -4,7 +4,7 @@ Envoy's outlier detection, done in the picker so that every gateway flavour bene
 scorers never see a dead endpoint at all (a dead engine fails requests in microseconds; to a load- or
 latency-based scorer it looks like the fastest, emptiest endpoint and *attracts* traffic):
 
-* ``consecutive_failures`` endpoint faults in a row (5xx, connect failure, reset, no response) eject it;
+* ``consecutive_failures`` endpoint faults in a row (5xx, including Envoy's for a connect failure or reset) eject it;
   so does a streak of scrapes that could not connect or timed out (a dead or hung process) longer than
   ``scrape_failure_window``. A ``/metrics`` that answers garbage or an HTTP error comes from a live
   server (often a misconfigured path or engine type): its metrics go stale, the endpoint keeps serving.

@@ -2,8 +2,10 @@
 
 The response-headers answer carries the scheduler plugins' response headers (e.g. the session-affinity
 token) when Envoy sends response headers at all — not on a failed answer. The outcome is judged here:
-``:status`` ≥ 400 (Envoy's own 503/504 for connect failures, resets and timeouts included), or a stream
-that ends before any response when Envoy was configured to send one, is a ``Failure`` for the director. Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
+``:status`` ≥ 400 (Envoy's own 503/504 for connect failures, resets before the response and timeouts
+included: Envoy sends those local replies through ext_proc) is a ``Failure`` for the director. A stream
+that ends without any response is not judged: on the wire a client that left (Envoy cancels the stream)
+and a gateway that ended it look alike (grpc.aio may report either as a clean end). Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
 the unfinished last SSE line is kept for usage parsing. A plain JSON response is passed through at once
 too, while a bounded copy is kept for its ``usage``; it is held back until its end only when the model
 name must be rewritten back to the client's name (the reference byte-replaces ``"model":"<target>"``).
@@ -18,7 +20,7 @@ import orjson
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from epp.director import FAILOVER, NO_RESPONSE, Director, Failure, RoutingDecision
+from epp.director import FAILOVER, Director, Failure, RoutingDecision
 from epp.extproc import messages
 from epp.request import RequestError
 from epp.request.body import BodyBuffer
@@ -44,10 +46,7 @@ class ResponseRelay:
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
         self._holding = False
         self._done = False
-        self._answered = False
         self._failure: Failure | None = None
-        self.peer_done = False
-        """Set when the gateway ended the stream cleanly rather than cancelling it."""
         self._update_hold()
 
     def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None,
@@ -59,7 +58,6 @@ class ResponseRelay:
         content_type = headers.get("content-type", "")
         self.streaming = self.streaming or "text/event-stream" in content_type.lower()
         self._update_hold()
-        self._answered = True
         self._failure = Failure.from_status(_status(headers.get(":status", "")))
         if self._failure is None and served and served != self.decision.endpoints[0].hostport:
             self._failure = FAILOVER
@@ -103,11 +101,6 @@ class ResponseRelay:
         return [reply]
 
     def close(self) -> None:
-        """The stream ended. Ended cleanly by the gateway before any response, with Envoy set to send one
-        (a response body mode), the endpoint never answered. A cancelled stream is not judged: the client
-        leaving (Envoy resets the ext_proc stream) says nothing about the endpoint."""
-        if not self._answered and self.peer_done and self.mode != ProcessingMode.NONE:
-            self._failure = NO_RESPONSE
         self._finish(completed=False)
 
     @property

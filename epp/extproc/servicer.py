@@ -40,10 +40,6 @@ class StreamHandler(Protocol):
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
 
-    def peer_done(self) -> None:
-        """The gateway ended its side cleanly (no more messages), as opposed to cancelling the stream."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -91,7 +87,6 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
             while True:
                 message = await context.read()
                 if message is grpc.aio.EOF:
-                    stream.peer_done()
                     return
                 try:
                     replies, refusal = self.answer(stream, refusal, message), None
@@ -135,7 +130,6 @@ class NativeCall(Generic[H]):
         return [reply.SerializeToString() for reply in replies]
 
     def half_closed(self) -> list[bytes]:
-        self.stream.peer_done()
         return []
 
     def closed(self) -> None:

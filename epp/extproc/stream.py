@@ -88,11 +88,6 @@ class RequestStream(RequestCollector):
         """Bytes this stream holds for the client right now (request body, response copy, SSE line)."""
         return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
 
-    def peer_done(self) -> None:
-        """Envoy ended the stream cleanly: if no response came, none will (see ``ResponseRelay.close``)."""
-        if self._relay is not None:
-            self._relay.peer_done = True
-
     def close(self) -> None:
         """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
         if self._relay is not None:

@@ -183,7 +183,7 @@ class ResponseComplete(Plugin, Protocol):
 class ResponseFailed(Plugin, Protocol):
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """Called *instead of* ``response_complete`` when the request got no working answer from
-        ``endpoint`` (``reason``: ``http-503``, ``no-response``, ``failover``…): it computed and cached
+        ``endpoint`` (``reason``: ``http-503``, ``failover``…): it computed and cached
         nothing there, so release what was booked for it without learning from it — a fast failure is
         not a fast completion. Plugins without this hook get ``response_complete`` with empty usage."""
         ...

@@ -379,18 +379,11 @@ def test_a_4xx_answer_is_no_endpoint_fault_but_plugins_hear_a_failure() -> None:
     assert state.health.failures == 0  # the engine answered: alive
 
 
-def test_a_stream_the_gateway_ends_before_any_response_is_a_fault_unless_none_was_expected() -> None:
-    _, s = routed()
-    s.peer_done()
+def test_a_stream_that_ends_without_any_response_is_not_judged() -> None:
+    director, s = routed()  # e.g. the client left: Envoy cancels the ext_proc stream
     s.close()
-    assert s.decision.endpoints[0].health.failures == 1
-    _, cancelled = routed()  # Envoy resets the stream when the client leaves: nothing to judge
-    cancelled.close()
-    assert cancelled.decision.endpoints[0].health.failures == 0
-    _, quiet = routed(mode=ProcessingMode.NONE)  # the gateway sends epp no response phase: nothing to judge
-    quiet.peer_done()
-    quiet.close()
-    assert quiet.decision.endpoints[0].health.failures == 0
+    state = s.decision.endpoints[0]
+    assert state.health.failures == 0 and state.inflight_requests == 0
 
 
 def test_an_answer_from_another_endpoint_than_the_primary_means_the_primary_failed() -> None:

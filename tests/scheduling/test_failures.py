@@ -105,7 +105,7 @@ def test_the_sglang_tree_withdraws_a_failed_prompt_but_keeps_what_the_endpoint_h
     scorer.response_complete(first, endpoints[0], {})
     failed = LLMRequest(request_id="r2", kind=RequestKind.COMPLETIONS, model="m", prompt_bytes=b"a" * 100 + b"b" * 50)
     scorer.pre_request(CycleState(), failed, picked(0, endpoints))
-    scorer.response_failed(failed, endpoints[0], "no-response")
+    scorer.response_failed(failed, endpoints[0], "http-504")
     tree = scorer.trees["m"]
     assert tree.tenant_chars["e0"] == 100
     assert tree.prefix_match("a" * 100 + "b" * 50, ["e0"]) == (100, "e0")
