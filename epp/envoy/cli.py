@@ -54,13 +54,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint(spec: str) -> Upstream:
-    ((host, port_number),) = parse_static_endpoints(spec)
+    ((host, port_number, _),) = parse_static_endpoints(spec)  # (host, port, KV-events port)
     return Upstream(asyncio.run(resolve_host(host)), port_number)
 
 
 def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
     """The ``EnvoyConfig`` the flags describe; ``ValueError`` names the bad flag value."""
-    pool = tuple(dict.fromkeys(_endpoint(f"{h}:{p}") for h, p in parse_static_endpoints(args.static_endpoints)))
+    pool = tuple(dict.fromkeys(_endpoint(f"{h}:{p}") for h, p, _ in parse_static_endpoints(args.static_endpoints)))
     try:
         picker = _endpoint(args.picker)
     except ValueError as exc:
