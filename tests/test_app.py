@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import socket
@@ -60,8 +61,14 @@ def test_bad_flag_values_are_usage_errors(argv: list[str], capsys: pytest.Captur
     assert info.value.code == 2
 
 
-def test_go_bool() -> None:
-    assert [go_bool(v) for v in ("true", "1", "F", "false")] == [True, True, False, False]
+def test_go_bool_is_strconv_parse_bool() -> None:
+    """Booleans as pflag parses them: Go's strconv.ParseBool spellings, nothing else."""
+    ok = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+          "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+    assert {v: go_bool(v) for v in ok} == ok
+    for bad in ("yes", "no", "tRuE", "", " true", "2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            go_bool(bad)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import difflib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from epp._util.duration import parse_duration
@@ -29,6 +29,10 @@ from epp._util.logs import add_logging_flags
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+PFLAG_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+PFLAG_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
 
 class EppArgumentParser(argparse.ArgumentParser):
@@ -76,13 +80,37 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def go_bool(text: str) -> bool:
-    """Go flag booleans: ``--flag``, ``--flag=true``, ``--flag=false`` (also 1/0, t/f)."""
-    value = text.strip().lower()
-    if value in ("1", "t", "true", "yes"):
+    """A boolean flag value exactly as pflag reads it (Go's ``strconv.ParseBool``): ``--flag`` alone,
+    ``--flag=true|false``, 1/0, t/f, T/F, TRUE/FALSE, True/False; anything else is a usage error."""
+    if text in PFLAG_TRUE:
         return True
-    if value in ("0", "f", "false", "no"):
+    if text in PFLAG_FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false (as Go's strconv.ParseBool), got {text!r}")
+
+
+def pflag_booleans(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """pflag never gives a boolean flag the next argument: ``--flag false`` is ``--flag`` (true) followed
+    by a stray positional ``false``, which the reference pickers ignore. Returns ``argv`` with such strays
+    removed (so argparse does not read them as the flag's value) and the strays, for a warning."""
+    booleans = {opt for action in parser._actions if action.type is go_bool for opt in action.option_strings}
+    out: list[str] = []
+    strays: list[str] = []
+    args = iter(argv)
+    for token in args:
+        out.append(token)
+        if token == "--":
+            out.extend(args)
+            break
+        if token in booleans:
+            following = next(args, None)
+            if following is None:
+                break
+            if following.startswith("-"):
+                out.append(following)
+            else:
+                strays.append(following)
+    return out, strays
 
 
 def duration(text: str) -> float:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, run_async, run_until_signal
 from epp._util.lifecycle import cancel_and_wait
-from epp._util.logs import configure_logging
+from epp._util.logs import configure_logging, log_settings
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -74,7 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.verbosity)
+    configure_logging(log_settings(args))
     if args.max_body_bytes < 1:
         log.error("--max-body-bytes must be positive")
         return 2

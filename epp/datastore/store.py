@@ -108,6 +108,11 @@ class Datastore:
         kept = [s for s in states if policy.routable(s.health, now)]
         return kept if kept else states
 
+    def routable_endpoints(self) -> list[EndpointState]:
+        """``routable`` over the whole pool: what flow control measures saturation on, so an ejected
+        engine's stale metrics neither hold the queue nor count as room."""
+        return self.routable(self.endpoints())
+
     def __len__(self) -> int:
         return len(self._states)
 

@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from epp._util.proc import free_port
-from epp.envoy.config import EnvoyConfig, Routing, Upstream
+from epp.envoy.config import FALLBACK_ENDPOINTS, EnvoyConfig, Routing, Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
-
-
-FALLBACK_ENDPOINTS = 2
 
 
 def with_failover(picker_args: Sequence[str], envoy_options: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

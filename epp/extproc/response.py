@@ -24,7 +24,7 @@ from epp.director import FAILOVER, Director, Failure, RoutingDecision
 from epp.extproc import messages
 from epp.request import RequestError
 from epp.request.body import BodyBuffer
-from epp.request.usage import SSEUsageReader, Usage, usage_from_json
+from epp.request.usage import GrpcUsageReader, SSEUsageReader, Usage, usage_from_json
 
 RESPONSE_MARK_HEADER = "x-went-into-resp-headers"
 
@@ -40,7 +40,7 @@ class ResponseRelay:
         self.mode = mode
         self.streaming = decision.request.stream
         self.size = 0
-        self._reader = SSEUsageReader()
+        self._reader: SSEUsageReader | GrpcUsageReader = SSEUsageReader()
         self._copy: BodyBuffer | None = BodyBuffer(buffer_limit)
         # Swapping changes lengths: only where Envoy lets us fix content-length (buffered) or drops it (duplex).
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
@@ -55,8 +55,11 @@ class ResponseRelay:
         ``served``: the endpoint the gateway says answered. Another than the primary means the primary
         failed and a retry went down the fallback list: the primary is told it failed (``failover``)."""
         headers = messages.header_dict(message.headers)
-        content_type = headers.get("content-type", "")
-        self.streaming = self.streaming or "text/event-stream" in content_type.lower()
+        content_type = headers.get("content-type", "").lower()
+        if content_type.startswith("application/grpc"):  # vLLM's gRPC API: framed protobuf, read as it streams
+            self._reader = GrpcUsageReader()
+            self.streaming = True
+        self.streaming = self.streaming or "text/event-stream" in content_type
         self._update_hold()
         self._failure = Failure.from_status(_status(headers.get(":status", "")))
         if self._failure is None and served and served != self.decision.endpoints[0].hostport:

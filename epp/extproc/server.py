@@ -58,8 +58,12 @@ class PickerServer:
         health_on_main_port: bool = False,
         max_concurrent_rpcs: int | None = None,
         native: bool = False,
+        grpc_max_recv_bytes: int = 0,
+        grpc_max_send_bytes: int = 0,
     ) -> None:
-        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio."""
+        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio.
+        ``grpc_max_{recv,send}_bytes`` (``--grpc-max-*-msg-size``), when not 0, replace the per-message
+        limits derived from ``max_message_bytes`` (the native transport has one limit: the receive one)."""
         self.servicer = servicer
         self.health = health
         self.host = host
@@ -70,8 +74,9 @@ class PickerServer:
         self.native = native
         self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
-        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                         *NO_REUSEPORT]
+        self._recv_limit = grpc_max_recv_bytes or limit
+        self._options = [("grpc.max_receive_message_length", self._recv_limit),
+                         ("grpc.max_send_message_length", grpc_max_send_bytes or limit), *NO_REUSEPORT]
         self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._native: H2Server | None = None
@@ -87,7 +92,7 @@ class PickerServer:
             if self.native:
                 assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
-                                  max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+                                  max_message_bytes=self._recv_limit,
                                   max_streams=self._max_rpcs)
                 await native.start()
                 self._native, self.port = native, native.port

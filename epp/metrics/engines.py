@@ -10,7 +10,7 @@ fallback only applies when the current name is missing, so it cannot shadow a cu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from epp.datastore.endpoint import DEFAULT_ENGINE
@@ -128,3 +128,47 @@ def engine_kind(engine: str) -> str:
 
 def spec_for(engine: str) -> EngineSpec:
     return ENGINES[engine_kind(engine)]
+
+
+def parse_selector(text: str) -> Selector | None:
+    """GIE's metric flag syntax, ``name`` or ``name{label=value,...}``, as its chart renders it: the whole
+    value and each label value may be quoted. Empty (``""``) is None: the metric is not read."""
+    spec = text.strip().strip("'\"").strip()
+    if not spec:
+        return None
+    name, brace, rest = spec.partition("{")
+    labels: dict[str, str] = {}
+    if brace:
+        if not rest.endswith("}"):
+            raise ValueError(f"metric {text!r}: labels must end with '}}'")
+        for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"metric {text!r}: label {pair!r} is not key=value")
+            labels[key.strip()] = value.strip().strip("'\"")
+    name = name.strip()
+    if not name or "}" in name:
+        raise ValueError(f"metric {text!r} has no name")
+    return Selector(name, labels)
+
+
+def with_legacy_names(
+    base: EngineSpec, *, queue: Selector | None = None, running: Selector | None = None, kv: Selector | None = None,
+    lora: Selector | None | bool = False, cache_info: Selector | None | bool = False,
+) -> EngineSpec:
+    """``base`` with GIE's metric-name flags applied (``--total-queued-requests-metric`` …): given
+    selectors replace the spec's; ``lora``/``cache_info`` None disable them (an empty flag value),
+    False leaves them alone. The cache info gauge keeps vLLM's label names (block_size, num_gpu_blocks)."""
+    spec = base
+    if queue is not None:
+        spec = replace(spec, queue=queue)
+    if running is not None:
+        spec = replace(spec, running=running)
+    if kv is not None:
+        spec = replace(spec, kv=(kv,))
+    if lora is not False:
+        spec = replace(spec, lora=lora.name if isinstance(lora, Selector) else None)
+    if cache_info is not False:
+        info = LabelInfo(cache_info.name, "block_size", "num_gpu_blocks") if isinstance(cache_info, Selector) else None
+        spec = replace(spec, cache_info=info)
+    return spec

@@ -123,7 +123,7 @@ class _Client:
             await asyncio.sleep(LOAD_POLL_SECONDS)
 
     async def replay(self, requests: list[TraceRequest], rate_scale: float) -> tuple[list[RequestRecord], tuple[int, ...]]:
-        records = [RequestRecord(r.arrival / rate_scale, r.prompt.length) for r in requests]
+        records = [RequestRecord(r.arrival / rate_scale, r.prompt.length, r.priority) for r in requests]
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             before = [done for _, done in await self.scrape(session)]
             self.t0 = time.monotonic()

@@ -381,9 +381,10 @@ def test_a_4xx_answer_is_no_endpoint_fault_but_plugins_hear_a_failure() -> None:
 
 def test_a_stream_that_ends_without_any_response_is_not_judged() -> None:
     director, s = routed()  # e.g. the client left: Envoy cancels the ext_proc stream
-    s.close()
     state = s.decision.endpoints[0]
-    assert state.health.failures == 0 and state.inflight_requests == 0
+    state.health.failures = 2
+    s.close()
+    assert state.health.failures == 2 and state.inflight_requests == 0  # neither a fault nor a success
 
 
 def test_an_answer_from_another_endpoint_than_the_primary_means_the_primary_failed() -> None:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 def default_with(producer: str) -> str:
     """The ``default`` preset with its producer's transport settings replaced by ``producer``."""
-    shipped = "mode: connect, kvEventsPort: 5557, tokenizer: sim"
+    shipped = "mode: connect, kvEventsPort: 5557, tokenizer: auto"
     assert shipped in PRESETS["default"]
     return PRESETS["default"].replace(shipped, producer)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -68,6 +68,38 @@ def test_requests_an_engine_cannot_hold_are_shed_not_fatal() -> None:
     assert summary["shed"] == summary["shed_too_long"] == 1  # the engine's refusal, not the scheduler's
 
 
+class Outcomes:
+    """A ResponseComplete/ResponseFailed plugin that records how each request ended."""
+
+    typed_name = TypedName("outcomes", "outcomes")
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.completed.append(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        self.failed.append((request.request_id, reason))
+
+
+def test_an_engine_refusal_reaches_the_plugins_as_a_failure_not_a_completion() -> None:
+    """``epp sim`` answers a request its engine refuses with 400: replay tells the director the same, so
+    no plugin learns a fast completion from it, and the endpoint is not blamed (a 4xx is the request's fault)."""
+    outcomes = Outcomes()
+    profile = SchedulerProfile("p", MaxScorePicker(), scorers=[WeightedScorer(SeenMetrics())])
+    scheduler = Scheduler({"p": profile}, SingleProfileHandler(), plugins=[outcomes])
+    trace = unique_trace(3) + [TraceRequest(1.0, SegmentPrompt(((0, 5000),)), 4)]
+    clock = VirtualClock()
+    driver = OfflineReplay(trace, [scheduler], ClusterSpec(engines=1, engine=EngineConfig(num_gpu_blocks=64)), clock)
+    run = driver.run()
+    assert run.records[-1].shed is not None
+    assert outcomes.completed == ["0", "1", "2"] and outcomes.failed == [("3", "http-400")]
+    (state,) = driver.datastores[0].endpoints()
+    assert state.inflight_requests == 0 and state.health.failures == 0
+
+
 class SeenMetrics:
     """A scorer that records the engine metrics snapshot the scheduler saw at each request."""
 
@@ -121,3 +153,21 @@ def test_cache_aware_policy_keeps_a_shared_prefix_on_one_engine() -> None:
     engines_per_group = [{r.engine for r in run.records[g::4]} for g in range(4)]
     assert all(len(e) == 1 for e in engines_per_group)
     assert hit_ratio(run.records) == pytest.approx(28 * 2048 / (32 * 2112), rel=0.01)
+
+
+def test_overload_sheds_only_sheddable_requests_as_serve_does() -> None:
+    """Issue #17: replay runs serve's admission — when the pool is saturated, priority −1 requests get
+    serve's 429 and nothing else is refused; by_priority counts it per band."""
+    trace = [TraceRequest(i * 0.002, SegmentPrompt(((i * 10_000, 2048),)), 64, priority=-(i % 2)) for i in range(400)]
+    driver = replay(trace, "gie-default", ClusterSpec(engines=2))
+    run = driver.run()
+    shed = [r for r in run.records if r.shed is not None]
+    assert shed and all(r.priority == -1 and r.shed == "saturated" for r in shed)
+    assert all(r.finish is not None for r in run.records if r.priority == 0)
+    bands = summarize(run, "gie-default", 1.0, 0.0, 0.0)["by_priority"]
+    assert list(bands) == ["0", "-1"]
+    assert bands["0"]["requests"] == bands["0"]["completed"] == 200 and bands["0"]["shed"] == 0
+    assert bands["-1"]["shed"] == len(shed) and bands["-1"]["completed"] == 200 - len(shed)
+    assert bands["0"]["ttft_p50"] <= bands["0"]["ttft_p90"]
+    assert driver.recorders[0].rejected == {(-1, "saturated"): len(shed)}  # the director recorded each refusal
+    assert all(s.inflight_requests == 0 for s in driver.datastores[0].endpoints())

@@ -55,7 +55,13 @@ agreement is proof; it holds until the publisher restarts. A routed prompt's pro
 ``event_timeout`` after its first response bytes (``responded``: its prefill is over, its blocks are
 stored); if by then the engine reported other stores but not the probe's, it is a miss, and after
 ``mismatch_after`` misses without any agreement the feed is ``KEYS_MISMATCH`` (logged once, naming the
-``tokenizer`` parameter). Probes are inconclusive — never a miss — when the engine stored nothing since
+``tokenizer`` parameter).
+
+Agreement is tracked **per prompt kind** (``CHAT``: rendered by a chat template; ``COMPLETION``: text
+or token ids as sent): a tokenizer can be right for completions and wrong for chat (another template,
+a BOS rule), and then only chat requests of that endpoint are matched in the fallback; a kind that
+agreed is never zeroed by the other's mismatch. ``feed_state(endpoint)`` without a kind summarises
+(``LIVE`` when some kind agrees); ``key_agreement`` gives each kind's state. Probes are inconclusive — never a miss — when the engine stored nothing since
 (prefix caching off publishes nothing at all), for prompts shorter than one block (no probe), and for
 requests that ended without a response; a prompt the engine already cached before epp subscribed
 can miss (only its output blocks are stored), which is why one miss is not enough, and a later
@@ -102,6 +108,18 @@ class FeedState(enum.Enum):
     UNDECODABLE = "undecodable"  # the latest batch could not be decoded (an unknown wire format)
 
 
+CHAT = "chat"
+COMPLETION = "completion"
+PROMPT_KINDS = (CHAT, COMPLETION)
+"""Prompt kinds whose keys agree or not independently (see *Key agreement*)."""
+
+
+class KeyAgreement(enum.Enum):
+    AGREED = "agreed"
+    UNVERIFIED = "unverified"
+    MISMATCH = "mismatch"
+
+
 class SeqCheck(enum.Enum):
     """What a batch's sequence number said about the feed."""
 
@@ -123,9 +141,9 @@ class _View:
     resync_until: float | None = None
     connected: bool | None = None  # None: unknown (a bound socket cannot tell per endpoint)
     model: str | None = None  # of the latest routed request: seeds root blocks of model-less topics
-    agreed: bool = False  # the engine reported a block of a prompt epp hashed: keys agree
+    agreed: set[str] = field(default_factory=set)  # prompt kinds whose blocks the engine reported: keys agree
     stores: int = 0  # Stored events ingested (probes look at whether any arrived since routing)
-    misses: int = 0  # probes that fell due while stores arrived, none of them the probe's
+    misses: dict[str, int] = field(default_factory=dict)  # per kind: probes due while stores arrived, none theirs
     block_size: int | None = None  # of the latest Stored event (named in the mismatch warning)
     joined_at: float | None = None  # first batch seen was not the publisher's first: blocks may be unseen
     undecodable: bool = False  # the latest batch from this endpoint could not be decoded
@@ -141,6 +159,7 @@ class _Probe:
     """A routed prompt's first and last full block keys, watched for in the engine's stores."""
 
     endpoint: str
+    kind: str
     keys: tuple[int, ...]
     stores_at: int  # the view's ``stores`` when routed
     deadline: float = 0.0
@@ -200,7 +219,7 @@ class PreciseIndex:
         self.max_probes = max_probes
         self._probes: dict[str, _Probe] = {}  # request id → probe waiting for its first token, oldest first
         self.unseeded: set[str] = set()  # endpoints whose events wait for a model (``seed``)
-        self._warned = False
+        self._warned: set[str] = set()  # kinds whose mismatch was logged
         self._views: dict[str, _View] = {}
         self._owners: dict[int, int] = {}  # key → bit mask of endpoints holding it
         self._free_bits: list[int] = []
@@ -277,25 +296,28 @@ class PreciseIndex:
             self._apply(view, event, None)
 
     # -- key agreement ---------------------------------------------------------------------------
-    def routed(self, endpoint: str, request_id: str, hashes: Sequence[int], model: str) -> None:
-        """epp sent ``endpoint`` request ``request_id`` (prompt keys ``hashes``, for ``model``), which it
-        will compute there: until the feed's keys are known to agree, watch for its blocks."""
+    def routed(
+        self, endpoint: str, request_id: str, hashes: Sequence[int], model: str, kind: str = COMPLETION
+    ) -> None:
+        """epp sent ``endpoint`` request ``request_id`` (prompt keys ``hashes`` of prompt ``kind``, for
+        ``model``), which it will compute there: until that kind's keys are known to agree, watch for
+        its blocks."""
         view = self._view(endpoint)
         view.model = model
         if view.deferred:
             self._apply_deferred(view)
         self.unseeded.discard(endpoint)
-        if view.agreed or not hashes:
+        if kind in view.agreed or not hashes:
             return
         keys = (hashes[0],) if len(hashes) == 1 else (hashes[0], hashes[-1])
         owners, bit = self._owners, view.bit
         if any(owners.get(k, 0) & bit for k in keys):  # reported already (computed for another request)
-            self._agree(view)
+            self._agree(view, kind)
             return
         self._drop_probe(self._probes.pop(request_id, None))
         while len(self._probes) >= self.max_probes:
             self._drop_probe(self._probes.pop(next(iter(self._probes))))
-        self._probes[request_id] = _Probe(endpoint, keys, view.stores)
+        self._probes[request_id] = _Probe(endpoint, kind, keys, view.stores)
         for k in keys:
             view.probe_keys[k] = view.probe_keys.get(k, 0) + 1
 
@@ -306,7 +328,7 @@ class PreciseIndex:
         if probe is None:
             return
         view = self._views.get(probe.endpoint)
-        if view is None or view.agreed or view.last_seq is None:  # agreed, or publishing nothing: moot
+        if view is None or probe.kind in view.agreed or view.last_seq is None:  # agreed, or publishing nothing
             self._drop_probe(probe)
             return
         probe.deadline = self.clock.now() + self.event_timeout
@@ -333,38 +355,63 @@ class PreciseIndex:
         while view.due and view.due[0].deadline <= now:
             probe = view.due.popleft()
             self._drop_probe(probe)
-            if view.stores > probe.stores_at:  # the engine stored blocks since, none of this prompt's
-                view.misses += 1
-        if view.misses >= self.mismatch_after and not self._warned:
-            self._warned = True
-            log.warning(
-                "KV events from endpoint %s never hold blocks of the prompts epp routed there (%d checked;"
-                " the engine reports blocks of %s tokens): epp's token ids differ from the engine's. Set"
-                " precise-prefix-cache-producer's `tokenizer` parameter to one matching the served model and"
-                " chat template (and blockSizeTokens to the engine's block size); until then such endpoints"
-                " are matched in the approximate index.",
-                probe.endpoint, view.misses, view.block_size,
-            )
+            if view.stores > probe.stores_at and probe.kind not in view.agreed:  # stores since, none of this prompt's
+                misses = view.misses[probe.kind] = view.misses.get(probe.kind, 0) + 1
+                if misses >= self.mismatch_after and probe.kind not in self._warned:
+                    self._warned.add(probe.kind)
+                    log.warning(
+                        "KV events from endpoint %s never hold blocks of the %s prompts epp routed there (%d"
+                        " checked; the engine reports blocks of %s tokens): epp's token ids for %s requests"
+                        " differ from the engine's. Check the precise-prefix-cache-producer's `tokenizer`"
+                        " (the served model's tokenizer and chat template; `auto` resolves it from the model"
+                        " name) and blockSizeTokens (the engine's block size); until then such requests are"
+                        " matched in the approximate index.",
+                        probe.endpoint, probe.kind, misses, view.block_size, probe.kind,
+                    )  # fmt: skip
 
-    def _agree(self, view: _View) -> None:
-        view.agreed = True
-        self._reset_probes(view)
+    def _agree(self, view: _View, kind: str) -> None:
+        view.agreed.add(kind)
+        view.misses.pop(kind, None)
+        self._reset_probes(view, kind)
 
     def _reset_agreement(self, view: _View) -> None:
-        view.agreed = False
-        view.misses = 0
+        view.agreed.clear()
+        view.misses.clear()
         self._reset_probes(view)
 
-    def _reset_probes(self, view: _View) -> None:
-        view.probe_keys.clear()
-        view.due.clear()
-        for request_id in [r for r, p in self._probes.items() if self._views.get(p.endpoint) is view]:
+    def _reset_probes(self, view: _View, kind: str | None = None) -> None:
+        """Forget the view's probes (of one kind, if given)."""
+        for request_id in [r for r, p in self._probes.items()
+                           if self._views.get(p.endpoint) is view and kind in (None, p.kind)]:  # fmt: skip
             del self._probes[request_id]
+        if kind is None:
+            view.probe_keys.clear()
+            view.due.clear()
+            return
+        kept = deque(p for p in view.due if p.kind != kind)
+        view.due.clear()
+        view.probe_keys.clear()
+        view.due.extend(kept)
+        for probe in (*kept, *(p for p in self._probes.values() if self._views.get(p.endpoint) is view)):
+            for k in probe.keys:
+                view.probe_keys[k] = view.probe_keys.get(k, 0) + 1
 
-    def agreed(self, endpoint: str) -> bool:
-        """Whether ``endpoint``'s engine has shown that its block keys agree with epp's."""
+    def agreed(self, endpoint: str, kind: str | None = None) -> bool:
+        """Whether ``endpoint``'s engine has shown that its block keys agree with epp's (for prompts of
+        ``kind``; any kind if None)."""
         view = self._views.get(endpoint)
-        return view is not None and view.agreed
+        return view is not None and (bool(view.agreed) if kind is None else kind in view.agreed)
+
+    def key_agreement(self, endpoint: str, kind: str) -> KeyAgreement:
+        """Whether prompts of ``kind`` are known to hash like ``endpoint``'s engine."""
+        view = self._views.get(endpoint)
+        if view is None:
+            return KeyAgreement.UNVERIFIED
+        if view.due and view.due[0].deadline <= self.clock.now():
+            self._expire(view, self.clock.now())
+        if kind in view.agreed:
+            return KeyAgreement.AGREED
+        return KeyAgreement.MISMATCH if view.misses.get(kind, 0) >= self.mismatch_after else KeyAgreement.UNVERIFIED
 
     def set_connected(self, endpoint: str, connected: bool) -> None:
         self._view(endpoint).connected = connected
@@ -429,8 +476,8 @@ class PreciseIndex:
                 view.alias[engine_hash] = key
         view.stores += 1
         view.block_size = event.block_size
-        if view.probe_keys and not view.agreed and not view.probe_keys.keys().isdisjoint(keys):
-            self._agree(view)
+        if view.probe_keys and not view.probe_keys.keys().isdisjoint(keys):
+            self._agree_probed(view, set(keys))
 
     def _removed(self, view: _View, hashes: Iterable[int]) -> None:
         for engine_hash in hashes:
@@ -476,11 +523,18 @@ class PreciseIndex:
         view.alias = {h: k for h, k in view.alias.items() if k in view.held}
         view.resync_until = None
 
-    def feed_state(self, endpoint: str) -> FeedState:
-        view = self._views.get(endpoint)
-        return FeedState.NO_EVENTS if view is None else self._state(view, self.clock.now())
+    def _agree_probed(self, view: _View, stored: set[int]) -> None:
+        """Stored keys hit probes: their kinds agree."""
+        probes = [*view.due, *(p for p in self._probes.values() if self._views.get(p.endpoint) is view)]
+        for kind in {p.kind for p in probes if not stored.isdisjoint(p.keys)}:
+            self._agree(view, kind)
 
-    def _state(self, view: _View, now: float) -> FeedState:
+    def feed_state(self, endpoint: str, kind: str | None = None) -> FeedState:
+        """The feed's state for prompts of ``kind``; without a kind, ``LIVE`` when some kind agrees."""
+        view = self._views.get(endpoint)
+        return FeedState.NO_EVENTS if view is None else self._state(view, self.clock.now(), kind)
+
+    def _state(self, view: _View, now: float, kind: str | None = None) -> FeedState:
         if view.connected is False:
             return FeedState.DISCONNECTED
         if view.undecodable:
@@ -493,11 +547,12 @@ class PreciseIndex:
             self._end_resync(view)
         if view.awaiting_since is not None and now - view.awaiting_since > self.event_timeout:
             return FeedState.SILENT
-        if view.agreed:
+        if (kind in view.agreed) if kind is not None else view.agreed:
             return FeedState.LIVE
         if view.due and view.due[0].deadline <= now:
             self._expire(view, now)
-        return FeedState.KEYS_MISMATCH if view.misses >= self.mismatch_after else FeedState.UNVERIFIED
+        misses = view.misses.get(kind, 0) if kind is not None else max(view.misses.values(), default=0)
+        return FeedState.KEYS_MISMATCH if misses >= self.mismatch_after else FeedState.UNVERIFIED
 
     def held_blocks(self, endpoint: str) -> int:
         view = self._views.get(endpoint)
@@ -508,7 +563,9 @@ class PreciseIndex:
         return sum(map(self.held_blocks, self._views)) + self.fallback.entries()
 
     # -- PrefixIndex ---------------------------------------------------------------------------
-    def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
+    def match(self, hashes: Sequence[int], endpoints: Sequence[str], kind: str = COMPLETION) -> list[int]:
+        """``PrefixIndex.match`` for a prompt of ``kind``: engine views whose keys agree for that kind,
+        the fallback for the others."""
         now = self.clock.now()
         out = [0] * len(endpoints)
         live: list[tuple[int, int]] = []
@@ -517,11 +574,11 @@ class PreciseIndex:
         owners = self._owners
         for i, name in enumerate(endpoints):
             view = self._views.get(name)
-            state = None if view is None else self._state(view, now)
+            state = None if view is None else self._state(view, now, kind)
             if state is FeedState.UNVERIFIED or state is FeedState.KEYS_MISMATCH:
                 assert view is not None
                 if hashes and owners.get(hashes[0], 0) & view.bit:  # it reported this prompt's first block
-                    self._agree(view)
+                    self._agree(view, kind)
                     state = FeedState.LIVE
             if state is FeedState.LIVE:
                 assert view is not None
