@@ -17,6 +17,7 @@ from typing import Final
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
 from epp._util.logs import configure_logging, log_settings
+from epp.datastore.health import HealthParams
 from epp.discovery.kube_setup import add_kubernetes_flags
 from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
 
@@ -87,9 +88,41 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     bool_flag(r, "--disable-endpoint-subset-filter", False, "ignore the gateway's envoy.lb.subset_hint endpoint subset")
     r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
                    help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
+    add_endpoint_health_flags(parser)
     add_reference_compat_flags(parser)
     add_upstream_flags(parser)
     parser.set_defaults(run=run)
+
+
+def add_endpoint_health_flags(parser: argparse.ArgumentParser) -> None:
+    """Passive health / outlier detection (``epp.datastore.health``) and the fallback list."""
+    h = parser.add_argument_group("endpoint health (passive outlier detection; docs/health.md)")
+    bool_flag(h, "--endpoint-health", True,
+              "eject endpoints that fail requests (5xx, connect failure, reset) or whose /metrics is refused or hangs")
+    h.add_argument("--endpoint-health-consecutive-failures", type=int, default=3, metavar="N",
+                   help="endpoint faults in a row that eject an endpoint")
+    h.add_argument("--endpoint-health-base-ejection-time", type=duration, default="1s", metavar="DURATION",
+                   help="first ejection's length; doubles with each ejection in a row")
+    h.add_argument("--endpoint-health-max-ejection-time", type=duration, default="30s", metavar="DURATION",
+                   help="longest ejection (and how long an endpoint must stay healthy to start over)")
+    h.add_argument("--endpoint-health-scrape-failure-window", type=duration, default="2s", metavar="DURATION",
+                   help="/metrics refused or timing out for this long ejects an endpoint")
+    h.add_argument("--endpoint-health-max-ejection-percent", type=float, default=50.0, metavar="PERCENT",
+                   help="panic threshold: most endpoints ejected at once (always one of two or more, never the last)")
+    h.add_argument("--fallback-endpoints", type=int, default=0, metavar="N",
+                   help="add N next-best healthy endpoints to x-gateway-destination-endpoint (comma list) for a "
+                        "gateway that retries down the list (Envoy override_host + retry policy); keep 0 for "
+                        "ORIGINAL_DST gateways, which accept a single address only")
+
+
+def health_params(args: argparse.Namespace) -> HealthParams:
+    """The ``--endpoint-health*`` flags; ``ValueError`` names a bad one."""
+    return HealthParams(
+        enabled=args.endpoint_health, consecutive_failures=args.endpoint_health_consecutive_failures,
+        base_ejection=args.endpoint_health_base_ejection_time, max_ejection=args.endpoint_health_max_ejection_time,
+        scrape_failure_window=args.endpoint_health_scrape_failure_window,
+        max_ejection_percent=args.endpoint_health_max_ejection_percent,
+    )  # fmt: skip
 
 
 # Reference-picker flags epp accepts so existing manifests start unchanged, but whose feature it does not

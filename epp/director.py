@@ -2,10 +2,12 @@
 (``epp.replay.offline`` in virtual time, live through serve): no gRPC types, no wall clock, no I/O here.
 
 ``submit`` turns a parsed request into a ``RoutingDecision`` (objective priority → model rewrite →
-candidates → admission → scheduler → in-flight accounting → headers) or a ``RequestError``, handed to
-its ``done`` callback; ``finish`` ends a routed request once (usage into the recorder and the scheduler's
-hooks, in-flight released, admission told). Every refusal is a ``RequestError``; ``reject`` counts and
-logs it exactly once.
+routable candidates → admission → scheduler → fallbacks → in-flight accounting → headers) or a
+``RequestError``, handed to its ``done`` callback; ``finish`` ends a routed request once with its outcome
+(usage into the recorder and the scheduler's hooks, in-flight released, the outcome into the endpoint's
+passive health, admission told). A failed request is never reported to plugins as a completion: they
+hear ``response_failed`` (``Failure``). Every refusal is a ``RequestError``; ``reject`` counts and logs
+it exactly once.
 
 Three narrow interfaces are injected, so both drivers run this same code: a ``RequestRecorder``
 (Prometheus telemetry in serve, the replay's per-band tally offline), an ``AdmissionPolicy`` (shed
@@ -30,6 +32,7 @@ from epp.request import LLMRequest, RequestError
 from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
 from epp.request.parsers import RequestParsers, default_parsers
 from epp.request.usage import Usage
+from epp.scheduling.framework import SchedulingResult
 from epp.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,26 @@ class Saturation(Protocol):
     """Admission input: is the pool too loaded to take sheddable (priority < 0) work?"""
 
     def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a routed request did not get a working answer. ``reason`` is short and fixed (``http-503``,
+    ``failover``); ``endpoint_fault`` is whether it counts against the endpoint's health (5xx, which
+    includes Envoy's own for a connect failure, reset or timeout) or only means nothing was computed (4xx)."""
+
+    reason: str
+    endpoint_fault: bool = True
+
+    @classmethod
+    def from_status(cls, status: int) -> Failure | None:
+        """The failure an HTTP status means, or None for a working answer (1xx-3xx)."""
+        if status < 400:
+            return None
+        return cls(f"http-{status}", endpoint_fault=status >= 500)
+
+
+FAILOVER = Failure("failover")  # the primary failed; the gateway's retry was answered by a fallback
 
 
 class RequestRecorder(Protocol):
@@ -182,7 +205,14 @@ class Director:
         rng: random.Random | None = None,
         parsers: RequestParsers | None = None,
         emit_endpoint_scores: bool = False,
+        fallbacks: int = 0,
     ) -> None:
+        """``fallbacks``: healthy endpoints added after the picker's own (next best by score) to the
+        destination list, for gateways that retry down the list (override_host); 0 leaves the list as
+        the picker made it (a single endpoint, which ORIGINAL_DST gateways require)."""
+        if fallbacks < 0:
+            raise ValueError("the number of fallback endpoints must not be negative")
+        self.fallbacks = fallbacks
         self.datastore = datastore
         self.parsers = parsers or default_parsers()  # requestHandler.parsers: request bytes → LLMRequest
         self.emit_endpoint_scores = emit_endpoint_scores
@@ -252,6 +282,8 @@ class Director:
             self.telemetry.scheduled(self.clock.now() - t0, request.target_model, None)
             raise
         picked = result.endpoints
+        if self.fallbacks:
+            picked = self._with_fallbacks(result)
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
         decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
         if self.emit_endpoint_scores:
@@ -260,6 +292,7 @@ class Director:
                 decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
         decision.headers = self._upstream_headers(decision, original_headers)
         self.datastore.request_started(picked[0].name, decision.tokens)
+        self.datastore.routed(picked[0])
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)
         if log.isEnabledFor(logging.DEBUG):
             rid, model = clip(request.request_id), clip(request.target_model)
@@ -272,9 +305,10 @@ class Director:
         states = self.datastore.endpoints()
         if not states:
             raise RequestError(500, "no pods available in datastore", error_type="server_error", code="no_endpoints")
-        decision = RoutingDecision(request, [self._rng.choice(states)], self.clock.now())
+        decision = RoutingDecision(request, [self._rng.choice(self.datastore.routable(states))], self.clock.now())
         decision.headers = {DESTINATION_HEADER: decision.destination}
         self.datastore.request_started(decision.endpoints[0].name, 0)
+        self.datastore.routed(decision.endpoints[0])
         self.telemetry.request_routed(request, 0)
         return decision
 
@@ -288,19 +322,32 @@ class Director:
             raise
 
     def candidates(self, subset: Sequence[object] | None) -> list[EndpointState]:
-        """Pool members, narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
+        """Routable pool members (``Datastore.routable``: ejected endpoints out unless nothing else is left),
+        narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
         states = self.datastore.endpoints()
         if subset is None or not self.subset_filter:
             if not states:
                 raise no_endpoints("no endpoints available in the pool")
-            return states
+            return self.datastore.routable(states)
         if not subset:
             raise no_endpoints("the gateway's endpoint subset hint is empty")
         ips = {_ip_of(s) for s in subset if isinstance(s, str)}
         matched = [s for s in states if s.endpoint.address in ips]
         if not matched:
             raise no_endpoints("no pool endpoint matches the gateway's endpoint subset hint")
-        return matched
+        return self.datastore.routable(matched)
+
+    def _with_fallbacks(self, result: SchedulingResult) -> list[EndpointState]:
+        """The picker's endpoints, then up to ``fallbacks`` more of the profile's candidates, best
+        total score first (candidates were already routable)."""
+        picked = list(result.endpoints)
+        profile = result.profile_results.get(result.primary_profile)
+        if profile is None:
+            return picked
+        chosen = {id(e) for e in picked}
+        best_first = sorted(range(len(profile.totals)), key=profile.totals.__getitem__, reverse=True)
+        extra = [profile.candidates[i] for i in best_first if id(profile.candidates[i]) not in chosen]
+        return picked + extra[: self.fallbacks]
 
     # -- response phase -------------------------------------------------------------------------
     def response_started(self, decision: RoutingDecision) -> None:
@@ -311,19 +358,25 @@ class Director:
         decision.started = True
         self.scheduler.response_started(decision.request, decision.endpoints[0])
 
-    def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None) -> None:
+    def finish(self, decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None,
+               failure: Failure | None = None, *, judged: bool = True) -> None:
         """The request is over (response done, or the stream ended): release it once and record what was
-        seen. ResponseComplete plugins hear of every request, with empty usage when none was reported."""
+        seen. ResponseComplete plugins hear of every working answer, with empty usage when none was
+        reported; a ``failure`` goes to ResponseFailed plugins instead (nothing was computed) and, when
+        it is the endpoint's fault, to its passive health. ``judged=False``: the outcome is unknown.
+        Admission is told in every case: a failed request frees its capacity too."""
         if decision.finished:
             return
         decision.finished = True
         primary = decision.endpoints[0]
         request = decision.request
         self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
+        fault = failure.reason if failure is not None and failure.endpoint_fault else None
+        self.datastore.request_outcome(primary, fault, judged=judged)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
         usage_counts = seen.as_dict() if seen.known else {}
-        self.scheduler.response_complete(request, primary, usage_counts)
+        self.scheduler.response_complete(request, primary, usage_counts, failure.reason if failure is not None else None)
         if self.scheduler.response_metadata_plugins:
             decision.metadata = self.scheduler.response_metadata(request, primary, usage_counts)
         self.admission.released(request, seen)

@@ -22,7 +22,7 @@ import grpc
 
 from epp import __version__
 from epp._util.cli import Shutdown
-from epp.app import DEFAULT_POLICY, metrics_auth_enabled
+from epp.app import DEFAULT_POLICY, health_params, metrics_auth_enabled
 from epp._util.clock import Clock
 from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text, request_parsers
 from epp.datastore import Datastore
@@ -88,7 +88,9 @@ class PickerService:
     configuration; after ``async with`` the bound ports are on ``server`` and ``metrics``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.datastore = Datastore(staleness_threshold=args.metrics_staleness_threshold)
+        if args.fallback_endpoints < 0:
+            raise ValueError("--fallback-endpoints must not be negative")
+        self.datastore = Datastore(staleness_threshold=args.metrics_staleness_threshold, health=health_params(args))
         self.telemetry = Telemetry(self.datastore, pool_name=args.pool_name, build_ref=__version__)
         config, self.scheduler = load_policy(args, self.datastore.clock)
         # Plugins with per-endpoint state (prefix index, LRUs) follow membership from here on: removed
@@ -105,13 +107,13 @@ class PickerService:
                 credentials = server_credentials(args.cert_path or None, args.enable_cert_reload)
         flow_metrics = FlowControlMetrics(self.telemetry.registry, args.pool_name, self.telemetry.model_labels,
                                           self.telemetry.fairness_labels)
-        self.admission = build_admission(config, self.scheduler, self.datastore.endpoints, self.datastore.clock,
+        self.admission = build_admission(config, self.scheduler, self.datastore.routable_endpoints, self.datastore.clock,
                                          flow_metrics)
         self.director = Director(
             self.datastore, self.scheduler, self.telemetry, admission=self.admission,
             subset_filter=not args.disable_endpoint_subset_filter, objective_priority=self.source.objective_priority,
             model_rewriter=self.source.model_rewriter, parsers=request_parsers(config, self.scheduler),
-            emit_endpoint_scores=args.emit_endpoint_scores,
+            emit_endpoint_scores=args.emit_endpoint_scores, fallbacks=args.fallback_endpoints,
         )
         election = args.ha_enable_leader_election and self.source.name == "kubernetes"
         health = HealthService(readiness=self.source.ready, leader_election=election)

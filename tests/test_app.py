@@ -77,7 +77,10 @@ def test_go_bool_is_strconv_parse_bool() -> None:
      (["--static-endpoints", "10.0.0.1:0"], "port must be"),
      (["--endpoints-file", "/nonexistent/endpoints.yaml"], "/nonexistent/endpoints.yaml: cannot read"),
      (["--endpoints-file", "e.yaml", "--static-endpoints", "10.0.0.1:80"], "conflicting endpoint sources"),
-     (["--max-concurrent-streams", "0", "--static-endpoints", "127.0.0.1:1"], "must be positive")],
+     (["--max-concurrent-streams", "0", "--static-endpoints", "127.0.0.1:1"], "must be positive"),
+     (["--endpoint-health-max-ejection-percent", "120", "--static-endpoints", "127.0.0.1:1"],
+      "--endpoint-health-max-ejection-percent must be in [0, 100]"),
+     (["--fallback-endpoints", "-1", "--static-endpoints", "127.0.0.1:1"], "--fallback-endpoints must not be negative")],
 )
 def test_serve_refuses_bad_configuration(extra: list[str], message: str) -> None:
     proc = subprocess.run(

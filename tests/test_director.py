@@ -95,6 +95,23 @@ def test_fallback_list_from_a_multi_endpoint_picker() -> None:
     assert store.get("10.0.0.2:8000").inflight_requests == 1
 
 
+def test_fallback_endpoints_extend_a_single_pick_with_the_next_best_healthy_ones() -> None:
+    store = make_store("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000")
+    for hp, busy in (("10.0.0.1:8000", 3), ("10.0.0.2:8000", 1), ("10.0.0.3:8000", 2)):
+        for _ in range(busy):
+            store.request_started(hp, 0)
+    for _ in range(3):  # 10.0.0.4 (idle, the best score) is ejected: never a pick nor a fallback
+        store.request_outcome(store.get("10.0.0.4:8000"), "http-503")  # type: ignore[arg-type]
+    profile = SchedulerProfile("default", MaxScorePicker(rng=random.Random(0)), scorers=[WeightedScorer(ActiveRequestScorer())])
+    d = make_director(store, Scheduler({"default": profile}, SingleProfileHandler()), fallbacks=2)
+    decision = d.route(chat(), 10)
+    assert decision.destination == "10.0.0.2:8000,10.0.0.3:8000,10.0.0.1:8000"
+    assert decision.headers[DESTINATION_HEADER] == decision.destination
+    assert store.get("10.0.0.2:8000").inflight_requests == 2  # only the primary is charged
+    with pytest.raises(ValueError, match="fallback"):
+        make_director(store, fallbacks=-1)
+
+
 @pytest.mark.parametrize(
     ("subset", "allowed"),
     [

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from epp.cli import build_parser
@@ -44,10 +45,11 @@ def serve_args(*extra: str):  # type: ignore[no-untyped-def]
 
 
 async def route(port: int) -> str:
-    """One chat request over real gRPC; returns the destination epp named."""
+    """One chat request over real gRPC from a gateway that sends epp no response phase (response body
+    mode NONE: the end of the stream says nothing of the outcome); returns the destination epp named."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=10)
-        await call.write(request_headers())
+        await call.write(request_headers(response_mode=ProcessingMode.NONE))
         await call.write(request_body(LONG_CHAT, eos=True))
         head = await call.read()
         await call.read()  # the body

@@ -5,6 +5,7 @@ scheduling only reads.
 """
 
 from epp.datastore.endpoint import Endpoint, EndpointMetrics, EndpointState
+from epp.datastore.health import HealthParams, HealthState
 from epp.datastore.store import Datastore, DatastoreListener
 
-__all__ = ["Datastore", "DatastoreListener", "Endpoint", "EndpointMetrics", "EndpointState"]
+__all__ = ["Datastore", "DatastoreListener", "Endpoint", "EndpointMetrics", "EndpointState", "HealthParams", "HealthState"]

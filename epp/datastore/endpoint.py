@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from epp.datastore.health import EndpointHealth
+
 ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
 ROLE_LABEL = "llm-d.ai/role"
 KV_EVENTS_PORT_LABEL = "epp/kv-events-port"
@@ -77,7 +79,8 @@ class EndpointMetrics:
 
 @dataclass(slots=True)
 class EndpointState:
-    """What the scheduler sees for one endpoint: identity, last metrics, staleness and epp's own load.
+    """What the scheduler sees for one endpoint: identity, last metrics, staleness, epp's own load and
+    its passive health (``epp.datastore.health``).
 
     Mutated only by the datastore and the director; scheduling plugins treat it as read-only.
     """
@@ -91,6 +94,7 @@ class EndpointState:
     attributes: dict[str, Any] = field(default_factory=dict)
     """Named values other data sources attach (DCGM ``GPUUtilization``, ``/v1/models`` ids …), keyed as
     the reference's endpoint attributes so attribute filters and scorers find them by the same name."""
+    health: EndpointHealth = field(default_factory=lambda: EndpointHealth(0.0))
 
     @property
     def name(self) -> str:

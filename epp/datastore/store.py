@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from epp._util.clock import Clock, WallClock
 from epp.datastore.endpoint import Endpoint, EndpointMetrics, EndpointState
+from epp.datastore.health import EndpointHealth, HealthParams, HealthPolicy, HealthState
+
+log = logging.getLogger(__name__)
 
 
 class DatastoreListener(Protocol):
@@ -21,12 +25,15 @@ class Datastore:
     """Endpoints by name, their latest metrics, and whether discovery has completed a first sync.
 
     Staleness is judged against the injected clock: a snapshot older than ``staleness_threshold``
-    seconds is stale, and so is an endpoint never scraped.
+    seconds is stale, and so is an endpoint never scraped. Passive health (``health``) is fed by the
+    poller's scrapes and the director's request outcomes; ``routable`` is what may take new requests.
     """
 
-    def __init__(self, clock: Clock | None = None, staleness_threshold: float = 2.0) -> None:
+    def __init__(self, clock: Clock | None = None, staleness_threshold: float = 2.0,
+                 health: HealthParams | None = None) -> None:
         self.clock: Clock = clock or WallClock()
         self.staleness_threshold = staleness_threshold
+        self.health = HealthPolicy(health)
         self._states: dict[str, EndpointState] = {}
         self._listeners: list[DatastoreListener] = []
         self._synced = False
@@ -45,7 +52,7 @@ class Datastore:
         """Add an endpoint or replace its identity; metrics and counters survive a label change."""
         state = self._states.get(endpoint.name)
         if state is None:
-            self._states[endpoint.name] = EndpointState(endpoint)
+            self._states[endpoint.name] = EndpointState(endpoint, health=EndpointHealth(self.clock.now()))
             for listener in self._listeners:
                 listener.endpoint_added(endpoint)
         elif state.endpoint != endpoint:
@@ -92,6 +99,20 @@ class Datastore:
             state.stale = m is None or now - m.scraped_at > limit
         return states
 
+    def routable(self, states: list[EndpointState]) -> list[EndpointState]:
+        """Those of ``states`` that may take a new request (not ejected, no trial under way); never
+        empty when ``states`` is not: with nothing routable every one is (the panic rule, last line)."""
+        policy, now = self.health, self.clock.now()
+        if not policy.params.enabled:
+            return states
+        kept = [s for s in states if policy.routable(s.health, now)]
+        return kept if kept else states
+
+    def routable_endpoints(self) -> list[EndpointState]:
+        """``routable`` over the whole pool: what flow control measures saturation on, so an ejected
+        engine's stale metrics neither hold the queue nor count as room."""
+        return self.routable(self.endpoints())
+
     def __len__(self) -> int:
         return len(self._states)
 
@@ -102,12 +123,45 @@ class Datastore:
             state.metrics = metrics
             state.scrape_error = None
             state.stale = False
+            self.health.scrape_succeeded(state.health, self.clock.now())
 
-    def record_scrape_error(self, name: str, error: str) -> None:
-        """Keep the last good snapshot (it ages into staleness) and remember why the scrape failed."""
+    def record_scrape_error(self, name: str, error: str, reason: str = "error") -> None:
+        """Keep the last good snapshot (it ages into staleness) and remember why the scrape failed; a
+        streak of dead or hung scrapes (``reason`` connect / timeout) past the health window ejects it."""
         state = self._states.get(name)
         if state is not None:
             state.scrape_error = error
+            if self.health.scrape_failed(state.health, reason, self.clock.now(), self._ejected(), len(self._states)):
+                self._log_ejection(state)
+
+    # -- passive health (director) ---------------------------------------------------------------
+    def request_outcome(self, state: EndpointState, fault: str | None, *, judged: bool = True) -> bool:
+        """``state``'s request ended: ``fault`` names an endpoint fault (5xx, reset, no response), None a
+        working answer; ``judged=False`` when nothing can be told (the client left). True if it ejected
+        the endpoint. Ignored for an endpoint no longer in the pool."""
+        if self._states.get(state.name) is not state:
+            return False
+        health, now = state.health, self.clock.now()
+        if not judged:
+            self.health.request_ended(health)
+        elif fault is None:
+            self.health.request_succeeded(health, now)
+        elif self.health.request_failed(health, fault, now, self._ejected(), len(self._states)):
+            self._log_ejection(state)
+            return True
+        return False
+
+    def _log_ejection(self, state: EndpointState) -> None:
+        h = state.health
+        log.warning("endpoint %s ejected (%s) for %.1fs, ejection %d", state.name, h.reason,
+                    h.ejected_until - h.ejected_at, h.ejections)
+
+    def routed(self, state: EndpointState) -> None:
+        """A request goes to ``state`` first: a probing endpoint's one trial is under way."""
+        self.health.routed(state.health)
+
+    def _ejected(self) -> int:
+        return sum(1 for s in self._states.values() if s.health.state is HealthState.EJECTED)
 
     def update_attributes(self, name: str, values: Mapping[str, Any]) -> None:
         """Merge named attributes from a data source other than the engine's ``/metrics`` (DCGM, models)."""

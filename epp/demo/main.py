@@ -33,8 +33,9 @@ def run_demo(engines: int, *, policy: str, tls: bool = False, keep_dir: bool = F
     try:
         # the report's "cached tokens" column is usage.prompt_tokens_details, which vLLM sends only with this flag
         fleet = start_engines(names, MODEL, extra_args=["--enable-prompt-tokens-details"])
+        # failover: Envoy retries a dead endpoint's request on epp's next pick (docs/health.md).
         gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", policy],
-                               pickers=pickers)
+                               pickers=pickers, failover=True)
         with gateway:
             console.print(f"  engines: {', '.join(f'{n}={u.hostport}' for n, u in fleet.members.items())}")
             for picker in gateway.pickers:

@@ -78,7 +78,8 @@ def render(
         table.add_column(column, overflow="fold")
     for index, outcome in enumerate(sorted(outcomes, key=lambda o: o.sent_at), start=1):
         entry = entries.get(outcome.request.request_id)
-        picked = fleet.name_of(entry.destination) if entry and entry.destination else None
+        # the first address is epp's pick; the rest (fail-over list) are where Envoy retries
+        picked = fleet.name_of(entry.destination.split(",")[0]) if entry and entry.destination else None
         engine = served.get(outcome.request.request_id)
         mark = "" if engine is None else " ✓" if picked == engine else f" ✗ (epp picked {picked or '-'})"
         timing = f"{outcome.latency_ms:.0f}"

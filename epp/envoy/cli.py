@@ -15,11 +15,11 @@ from pathlib import Path
 
 from epp._util.cli import bool_flag, duration, port
 from epp.discovery.static import parse_static_endpoints, resolve_host
-from epp.envoy.config import BodyMode, EnvoyConfig, Routing, Upstream, to_yaml
+from epp.envoy.config import FALLBACK_ENDPOINTS, BodyMode, EnvoyConfig, Routing, Upstream, to_yaml
 
 EPILOG = """\
 example (the picker and Envoy on one host, two engines):
-  epp serve --static-endpoints 10.0.0.5:8000,10.0.0.6:8000 &
+  epp serve --static-endpoints 10.0.0.5:8000,10.0.0.6:8000 --fallback-endpoints 2 &
   epp envoy-config --static-endpoints 10.0.0.5:8000,10.0.0.6:8000 > envoy.yaml
   envoy -c envoy.yaml          # then: curl localhost:8080/v1/completions -d '{"model": ...}'
 """
@@ -46,6 +46,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     bool_flag(parser, "--failure-mode-allow", False,
               "when the picker is unreachable, route round-robin instead of answering 500 (needs override-host; "
               "request bodies are then BUFFERED, the mode where Envoy 1.40 can fail open)")
+    parser.add_argument("--retries", type=int, default=FALLBACK_ENDPOINTS, metavar="N",
+                        help="retry a connect failure, a reset or a 503 up to N times; with override-host each retry "
+                             "takes the next endpoint of epp's list, so run `epp serve --fallback-endpoints N` "
+                             "(docs/health.md); 0 = no retry policy")
     parser.add_argument("--route-timeout", type=duration, default="300s", metavar="DURATION",
                         help="longest upstream response (0 = none, for very long generations)")
     parser.add_argument("--access-log", default="/dev/stdout", metavar="PATH",
@@ -67,6 +71,8 @@ def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
     except ValueError as exc:
         raise ValueError(f"--picker: {exc}".replace("static endpoint ", "")) from None
     routing = Routing(args.routing)
+    if args.retries < 0:
+        raise ValueError("--retries must not be negative")
     if args.failure_mode_allow and routing is not Routing.OVERRIDE_HOST:
         raise ValueError("--failure-mode-allow needs --routing override-host (ORIGINAL_DST has no fallback host)")
     # Envoy 1.40 fails open in FULL_DUPLEX_STREAMED only before the first body chunk went out; BUFFERED
@@ -76,16 +82,25 @@ def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
         request_body_mode=body, listen_port=args.listen_port, admin_port=args.admin_port, picker=picker, access_log_path=args.access_log,
         picker_tls=args.picker_tls, routing=routing, pool=pool, failure_mode_allow=args.failure_mode_allow,
         route_timeout_s=args.route_timeout, listen_address=args.listen_address, picker_replicas=tuple(replicas),
+        retries=args.retries,
     )
+
+
+def _header(config: EnvoyConfig) -> str:
+    """The comment above the bootstrap: how to check it, and the picker flag its retry policy relies on."""
+    lines = ["# Envoy bootstrap for epp, rendered by `epp envoy-config` (check: envoy --mode validate -c FILE)"]
+    if config.retries and config.routing is Routing.OVERRIDE_HOST:
+        lines.append(f"# Retries walk epp's destination list: run `epp serve ... --fallback-endpoints {config.retries}`")
+    return "".join(line + "\n" for line in lines)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        text = to_yaml(config_from_args(args))
+        config = config_from_args(args)
     except ValueError as exc:
         print(f"epp envoy-config: {exc}", file=sys.stderr)
         return 2
-    header = "# Envoy bootstrap for epp, rendered by `epp envoy-config` (check: envoy --mode validate -c FILE)\n"
+    text, header = to_yaml(config), _header(config)
     if args.output is None:
         sys.stdout.write(header + text)
     else:

@@ -82,6 +82,11 @@ class Upstream:
         return f"{self.host}:{self.port}"
 
 
+FALLBACK_ENDPOINTS = 2
+"""The shipped fail-over depth: Envoy retries this many times, down the list ``epp serve
+--fallback-endpoints FALLBACK_ENDPOINTS`` appends (``epp.envoy.stack.with_failover``, ``epp envoy-config``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EnvoyConfig:
     """Everything that varies between deployments of the gateway in front of epp.
@@ -90,6 +95,9 @@ class EnvoyConfig:
     trailers, response headers, response body full duplex), fail-closed. ``message_timeout_s`` bounds one
     ext_proc exchange; ``route_timeout_s`` bounds a whole upstream response (0 disables it, as long
     generations need). ``pool`` lists the members for ``Routing.OVERRIDE_HOST`` and is ignored otherwise.
+    ``retries`` > 0 adds the fail-over ``retry_policy`` (on by default: with ``Routing.OVERRIDE_HOST``
+    and ``epp serve --fallback-endpoints N`` it walks epp's list, ``retries=N`` being enough; with
+    ORIGINAL_DST it retries the same address, harmless); 0 configures no retries.
     ``picker=None`` leaves ext_proc out entirely: the baseline gateway benchmarks compare against, where
     the client chooses the destination itself (so nothing strips its header). ``subset_hint`` makes the
     gateway send every request with the GIE subset hint (``envoy.lb.subset_hint`` metadata listing the
@@ -119,7 +127,7 @@ class EnvoyConfig:
     message_timeout_s: float = 30.0
     grpc_timeout_s: float = 10.0
     route_timeout_s: float = 300.0
-    retries: int = 2
+    retries: int = FALLBACK_ENDPOINTS
     connect_timeout_s: float = 1.0
     strip_client_destination: bool = True
     subset_hint: tuple[str, ...] | None = None
@@ -271,14 +279,27 @@ def _http_filters(cfg: EnvoyConfig) -> list[dict[str, Any]]:
     return filters
 
 
+# Envoy's default cluster circuit breaker allows 3 retries in flight at once: with a dead primary, more
+# concurrent requests than that fail with UO (retry overflow) instead of going down epp's fallback list.
+MAX_CONCURRENT_RETRIES = 1024
+
+
+def retry_policy(retries: int) -> dict[str, Any]:
+    """The fail-over policy: retry a connect failure, a reset before the response started, or a 503
+    (Envoy's own, or an engine's) up to ``retries`` times. With override_host each retry takes the next
+    host of epp's ``x-gateway-destination-endpoint`` list (``epp serve --fallback-endpoints``), then the
+    fallback policy; with ORIGINAL_DST it can only retry the same address."""
+    return {
+        "retry_on": "connect-failure,reset,retriable-status-codes",
+        "retriable_status_codes": [503],
+        "num_retries": retries,
+    }
+
+
 def _route(cfg: EnvoyConfig) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": POOL_CLUSTER, "timeout": _duration(cfg.route_timeout_s)}
     if cfg.retries > 0:
-        action["retry_policy"] = {
-            "retry_on": "connect-failure,reset,retriable-status-codes",
-            "retriable_status_codes": [503],
-            "num_retries": cfg.retries,
-        }
+        action["retry_policy"] = retry_policy(cfg.retries)
     return {"match": {"prefix": "/"}, "route": action}
 
 
@@ -352,6 +373,8 @@ def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
 
 def _pool_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
     base: dict[str, Any] = {"name": POOL_CLUSTER, "connect_timeout": _duration(cfg.connect_timeout_s)}
+    if cfg.retries > 0:
+        base["circuit_breakers"] = {"thresholds": [{"max_retries": MAX_CONCURRENT_RETRIES}]}
     if cfg.pool_http2:
         base["typed_extension_protocol_options"] = _http2()
     if cfg.routing is Routing.ORIGINAL_DST:

@@ -12,9 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from epp._util.proc import free_port
-from epp.envoy.config import EnvoyConfig, Upstream
+from epp.envoy.config import FALLBACK_ENDPOINTS, EnvoyConfig, Routing, Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
+
+
+def with_failover(picker_args: Sequence[str], envoy_options: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The shipped fail-over set-up: epp adds its ``FALLBACK_ENDPOINTS`` next-best healthy endpoints to the
+    destination list, and Envoy routes with override_host and retries down that list (a request whose
+    endpoint died under it is answered by the next one)."""
+    args = [*picker_args, "--fallback-endpoints", str(FALLBACK_ENDPOINTS)]
+    return args, {**envoy_options, "routing": Routing.OVERRIDE_HOST, "retries": FALLBACK_ENDPOINTS}
 
 
 def local_config(picker: Upstream | None, pool: Sequence[Upstream], workdir: Path, **options: Any) -> EnvoyConfig:
@@ -30,7 +38,8 @@ def local_config(picker: Upstream | None, pool: Sequence[Upstream], workdir: Pat
 
 
 class LocalGateway:
-    """Picker + Envoy over ``upstreams``; ``picker_args`` go to ``epp serve``, ``envoy_options`` to ``EnvoyConfig``.
+    """Picker + Envoy over ``upstreams``; ``picker_args`` go to ``epp serve``, ``envoy_options`` to ``EnvoyConfig``;
+    ``failover`` applies ``with_failover`` (override_host, retries down epp's fallback list).
 
     ``pickers`` > 1 runs that many ``epp serve`` replicas (with ``--health-checking``) in one health-checked
     ext_proc cluster; ``picker`` is the first.
@@ -44,8 +53,11 @@ class LocalGateway:
         picker_tls: bool = False,
         picker_args: Sequence[str] = (),
         pickers: int = 1,
+        failover: bool = False,
         **envoy_options: Any,
     ) -> None:
+        if failover:
+            picker_args, envoy_options = with_failover(picker_args, envoy_options)
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         args = [*picker_args, "--health-checking"] if pickers > 1 else list(picker_args)

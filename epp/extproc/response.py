@@ -1,7 +1,11 @@
 """The response half of an ext_proc stream: relay the engine's answer, count its usage, release the request.
 
 The response-headers answer carries the scheduler plugins' response headers (e.g. the session-affinity
-token) when Envoy sends response headers at all. Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
+token) when Envoy sends response headers at all — not on a failed answer. The outcome is judged here:
+``:status`` ≥ 400 (Envoy's own 503/504 for connect failures, resets before the response and timeouts
+included: Envoy sends those local replies through ext_proc) is a ``Failure`` for the director. A stream
+that ends without any response is not judged: on the wire a client that left (Envoy cancels the stream)
+and a gateway that ended it look alike (grpc.aio may report either as a clean end). Streams (``"stream": true`` or ``text/event-stream``) are answered chunk by chunk as they arrive; only
 the unfinished last SSE line is kept for usage parsing. A plain JSON response is passed through at once
 too, while a bounded copy is kept for its ``usage``; it is held back until its end only when the model
 name must be rewritten back to the client's name (the reference byte-replaces ``"model":"<target>"``).
@@ -16,7 +20,7 @@ import orjson
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from epp.director import Director, RoutingDecision
+from epp.director import FAILOVER, Director, Failure, RoutingDecision
 from epp.extproc import messages
 from epp.request import RequestError
 from epp.request.body import BodyBuffer
@@ -42,19 +46,28 @@ class ResponseRelay:
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
         self._holding = False
         self._done = False
+        self._failure: Failure | None = None
         self._update_hold()
 
-    def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None) -> Replies:
-        """``metadata``: the gateway's response-phase ``filter_metadata`` (for ResponseReceived plugins)."""
-        content_type = messages.header_dict(message.headers).get("content-type", "").lower()
+    def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None,
+                served: str | None = None) -> Replies:
+        """``metadata``: the gateway's response-phase ``filter_metadata`` (for ResponseReceived plugins);
+        ``served``: the endpoint the gateway says answered. Another than the primary means the primary
+        failed and a retry went down the fallback list: the primary is told it failed (``failover``)."""
+        headers = messages.header_dict(message.headers)
+        content_type = headers.get("content-type", "").lower()
         if content_type.startswith("application/grpc"):  # vLLM's gRPC API: framed protobuf, read as it streams
             self._reader = GrpcUsageReader()
             self.streaming = True
         self.streaming = self.streaming or "text/event-stream" in content_type
         self._update_hold()
-        reply = messages.response_headers_reply(
-            {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision, metadata)}
-        )
+        self._failure = Failure.from_status(_status(headers.get(":status", "")))
+        if self._failure is None and served and served != self.decision.endpoints[0].hostport:
+            self._failure = FAILOVER
+        added = {RESPONSE_MARK_HEADER: "true"}
+        if self._failure is None:
+            added.update(self.director.response_headers(self.decision, metadata))
+        reply = messages.response_headers_reply(added)
         if message.end_of_stream:
             self._finish(completed=True)
         return [reply]
@@ -136,7 +149,13 @@ class ResponseRelay:
             usage = usage_from_json(self._copy.getvalue())
         else:
             usage = Usage()
-        self.director.finish(self.decision, usage, self.size if completed else None)
+        judged = completed or self._failure is not None
+        self.director.finish(self.decision, usage, self.size if completed else None, self._failure, judged=judged)
+
+
+def _status(value: str) -> int:
+    """``:status`` as a number; an absent or odd one counts as a working answer (0)."""
+    return int(value) if value.isdigit() else 0
 
 
 def _model_swaps(decision: RoutingDecision) -> list[tuple[bytes, bytes]]:

@@ -24,7 +24,7 @@ from epp.extproc.collect import BUFFERED_MODES, Deferred, Phase, ProtocolViolati
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
-from epp.request.headers import REQUEST_ID_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import LB_METADATA_NAMESPACE, REQUEST_ID_HEADER, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.parse import request_path
 
 __all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]
@@ -65,10 +65,12 @@ class RequestStream(RequestCollector):
             raise ProtocolViolation(f"{kind} received while {self.phase.value}")
         assert self._relay is not None
         if kind == "response_headers":
-            metadata = None
-            if self.director.wants_response_metadata and message.HasField("metadata_context"):
-                metadata = messages.filter_metadata(message.metadata_context)
-            return self._relay.headers(message.response_headers, metadata)
+            metadata, served = None, None
+            if message.HasField("metadata_context"):
+                served = _served(message)
+                if self.director.wants_response_metadata:
+                    metadata = messages.filter_metadata(message.metadata_context)
+            return self._relay.headers(message.response_headers, metadata, served)
         if kind == "response_body":
             return self._relay.body(message.response_body)
         return self._relay.trailers()
@@ -99,8 +101,8 @@ class RequestStream(RequestCollector):
             self.director.finish(self.decision)
 
     def _release_unanswered(self, outcome: RoutingDecision | RequestError) -> None:
-        if isinstance(outcome, RoutingDecision):
-            self.director.finish(outcome)
+        if isinstance(outcome, RoutingDecision):  # dispatched after the client left: never sent anywhere
+            self.director.finish(outcome, judged=False)
 
     # -- request phase (hooks of RequestCollector) ----------------------------------------------
     def missing_request_id(self) -> str:
@@ -182,3 +184,13 @@ class RequestStream(RequestCollector):
             self._subset = [part for part in value.string_value.split(",") if part.strip()]
         else:
             self._subset = []  # present but unusable: treated like an empty hint
+
+
+def _served(message: pb.ProcessingRequest) -> str | None:
+    """The endpoint the gateway reports having used (``envoy.lb`` / ``…-served``, override_host's
+    ``selected_host_key``), if it reports one."""
+    namespaces = message.metadata_context.filter_metadata
+    if LB_METADATA_NAMESPACE not in namespaces:
+        return None
+    value = namespaces[LB_METADATA_NAMESPACE].fields.get(SERVED_KEY)
+    return value.string_value if value is not None and value.WhichOneof("kind") == "string_value" else None

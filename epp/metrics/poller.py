@@ -209,7 +209,7 @@ class MetricsPoller(AsyncService):
         return b"".join(chunks).decode("utf-8", errors="replace")
 
     def _failed(self, endpoint: Endpoint, failure: ScrapeFailure) -> None:
-        self._datastore.record_scrape_error(endpoint.name, str(failure))
+        self._datastore.record_scrape_error(endpoint.name, str(failure), failure.reason)
         self._errors.labels(SOURCE_TYPE, failure.reason).inc()
         if self._failing.get(endpoint.name) != failure.reason:
             self._failing[endpoint.name] = failure.reason

@@ -46,7 +46,7 @@ from functools import partial
 
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
-from epp.director import AdmissionPolicy, Director, RoutingDecision, ShedSheddable
+from epp.director import AdmissionPolicy, Director, Failure, RoutingDecision, ShedSheddable
 from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
@@ -335,7 +335,8 @@ class OfflineReplay:
             self.engines[e].add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
         except ValueError as exc:
             record.shed = f"engine refused: {exc}"
-            director.finish(outcome)  # a failed request: released, hooks told, no usage
+            # ``epp sim`` answers an engine refusal 400 (sim/server.py): a failure the endpoint is not blamed for
+            director.finish(outcome, failure=Failure("http-400", endpoint_fault=False))
             return
         record.engine = e
         self._stats[e] = None

@@ -30,7 +30,7 @@ class Policy:
 
     def admission(self, scheduler: Scheduler, datastore: Datastore) -> AdmissionPolicy:
         """What ``epp serve`` admits with under this config: flow control's queues, or shedding."""
-        return build_admission(self.config, scheduler, datastore.endpoints, datastore.clock)
+        return build_admission(self.config, scheduler, datastore.routable_endpoints, datastore.clock)
 
 
 def known_policies() -> list[str]:

@@ -180,6 +180,16 @@ class ResponseComplete(Plugin, Protocol):
 
 
 @runtime_checkable
+class ResponseFailed(Plugin, Protocol):
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """Called *instead of* ``response_complete`` when the request got no working answer from
+        ``endpoint`` (``reason``: ``http-503``, ``failover``…): it computed and cached
+        nothing there, so release what was booked for it without learning from it — a fast failure is
+        not a fast completion. Plugins without this hook get ``response_complete`` with empty usage."""
+        ...
+
+
+@runtime_checkable
 class Admitter(Plugin, Protocol):
     def admit(self, request: LLMRequest, endpoints: Sequence[EndpointState]) -> str | None:
         """Before scheduling: None to let the request in, else why it is refused (answered 429)."""

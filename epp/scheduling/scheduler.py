@@ -26,6 +26,7 @@ from epp.scheduling.framework import (
     ProfileResult,
     RequestProcessor,
     ResponseComplete,
+    ResponseFailed,
     ResponseHeaders,
     ResponseMetadata,
     ResponseReceived,
@@ -188,13 +189,20 @@ class Scheduler:
             lambda p: p.response_started(request, endpoint),
         )
 
-    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int],
+                          failure: str | None = None) -> None:
         """The response has ended. Callers call it once per scheduled request, also when usage is unknown
-        (empty ``usage``), so plugins tracking requests in flight can release them."""
-        self._run_hooks(
-            self.response_complete_plugins, RESPONSE_COMPLETE, "ResponseComplete", request,
-            lambda p: p.response_complete(request, endpoint, usage),
-        )
+        (empty ``usage``), so plugins tracking requests in flight can release them. With ``failure`` (the
+        request got no working answer) ResponseFailed plugins hear ``response_failed`` instead."""
+        def call(p: ResponseComplete) -> None:
+            if failure is None:
+                p.response_complete(request, endpoint, usage)
+            elif isinstance(p, ResponseFailed):
+                p.response_failed(request, endpoint, failure)
+            else:
+                p.response_complete(request, endpoint, {})
+
+        self._run_hooks(self.response_complete_plugins, RESPONSE_COMPLETE, "ResponseComplete", request, call)
 
     def response_metadata(
         self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]

@@ -61,6 +61,12 @@ class SimEngine:
                 raise RuntimeError(f"engine {self.name} did not start; see {self.log_path}")
             time.sleep(0.05)
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the running engine (e.g. SIGSTOP / SIGCONT: a hung engine that later resumes)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError(f"engine {self.name} is not running")
+        self._proc.send_signal(sig)
+
     def stop(self, hard: bool = False) -> None:
         """SIGKILL (a crash) when ``hard``, else SIGTERM; waits for the exit."""
         proc, self._proc = self._proc, None

@@ -26,6 +26,7 @@ from epp.request.usage import Usage
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry.plugins import PluginTimings
+from epp.telemetry.health import HealthCollector
 from epp.telemetry.histogram import FastHistogram, HistogramView
 from epp.telemetry.pool import PoolCollector
 from epp.telemetry.prefix import PrefixTelemetry
@@ -176,6 +177,7 @@ class Telemetry:
             Gauge(name, "Build information.", ("commit", "build_ref"), registry=r).labels(commit, build_ref).set(1)
         if datastore is not None:
             r.register(PoolCollector(datastore, pool_name))
+            r.register(HealthCollector(datastore))
         self.plugin_timings = PluginTimings(r)
         self.prefix = PrefixTelemetry(r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

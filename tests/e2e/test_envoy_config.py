@@ -27,8 +27,13 @@ def test_printed_config_routes_through_the_picker(
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("# Envoy bootstrap for epp")
+    assert "--fallback-endpoints 2`" in printed.splitlines()[1]  # the retry policy walks epp's fallback list
+    bootstrap = yaml.safe_load(printed)
+    route = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert route["retry_policy"]["num_retries"] == 2
     config = config_from_args(build_parser().parse_args(argv))
-    with EnvoyProcess(config, tmp_path, bootstrap=yaml.safe_load(printed)) as envoy:
+    with EnvoyProcess(config, tmp_path, bootstrap=bootstrap) as envoy:
         replies = asyncio.run(_send_four(envoy))
         entries = logged(envoy, [r.request_id for r in replies])
     for reply in replies:
@@ -47,3 +52,12 @@ def test_bad_values_are_reported_not_rendered(capsys: pytest.CaptureFixture[str]
     assert main(["envoy-config", "--static-endpoints", "10.0.0.1:80", "--routing", "original-dst",
                  "--failure-mode-allow"]) == 2
     assert "--failure-mode-allow needs --routing override-host" in capsys.readouterr().err
+    assert main(["envoy-config", "--static-endpoints", "10.0.0.1:80", "--retries", "-1"]) == 2
+    assert "--retries must not be negative" in capsys.readouterr().err
+
+
+def test_no_retries_means_no_retry_policy_and_no_fallback_advice(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["envoy-config", "--static-endpoints", "10.0.0.1:80", "--retries", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "retry_policy" not in printed and "max_retries" not in printed
+    assert "--fallback-endpoints" not in printed

@@ -154,3 +154,20 @@ def test_picker_replicas_make_a_health_checked_cluster_with_stream_retries() -> 
                                       "--picker", "10.0.0.2:9002,10.0.0.3:9002"])
     config = config_from_args(args)
     assert config.pickers == (Upstream("10.0.0.2", 9002), Upstream("10.0.0.3", 9002))
+
+
+def route_action(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+
+
+@pytest.mark.parametrize("routing", list(Routing))
+def test_the_fail_over_retry_policy_is_on_by_default_and_lifts_the_retry_circuit_breaker(routing: Routing) -> None:
+    bootstrap = render(make(routing=routing))
+    policy = route_action(bootstrap)["retry_policy"]
+    assert policy["retry_on"] == "connect-failure,reset,retriable-status-codes" and policy["retriable_status_codes"] == [503]
+    assert policy["num_retries"] == 2
+    # Envoy's default allows 3 retries in flight: more concurrent fail-overs would be answered UO 503
+    assert clusters(bootstrap)["pool"]["circuit_breakers"]["thresholds"][0]["max_retries"] >= 1000
+    off = render(make(routing=routing, retries=0))
+    assert "retry_policy" not in route_action(off) and "circuit_breakers" not in clusters(off)["pool"]

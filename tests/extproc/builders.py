@@ -70,11 +70,12 @@ def chunked(body: bytes, size: int, empty_final: bool = False) -> list[pb.Proces
 
 
 def response_headers(
-    content_type: str = "application/json", eos: bool = False, lb_metadata: dict[str, object] | None = None
+    content_type: str = "application/json", eos: bool = False, lb_metadata: dict[str, object] | None = None,
+    status: int = 200,
 ) -> pb.ProcessingRequest:
     """``lb_metadata``: the ``envoy.lb`` namespace Envoy forwards in the response phase (e.g. the served endpoint)."""
     hmap = base_pb2.HeaderMap(headers=[
-        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+        base_pb2.HeaderValue(key=":status", raw_value=str(status).encode()),
         base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode()),
     ])
     msg = pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=hmap, end_of_stream=eos))

@@ -319,6 +319,7 @@ def test_plugin_response_headers_reach_the_client_and_the_token_pins_the_session
     for _ in range(8):  # without the token the max-score picker breaks the all-zero tie at random
         _, other = routed(director, headers={"x-session-token": headers["x-session-token"]})
         picks.add(other.decision.endpoints[0].name)
+        other.handle(response_headers())  # answered: closing it is no endpoint fault
         other.close()
     assert picks == {served.name}
 
@@ -355,3 +356,43 @@ def test_served_endpoint_from_response_metadata_reaches_the_client(lb_metadata, 
     _, s = routed(make_director(*POOL, config=VERIFIER_CONFIG))
     (h,) = s.handle(response_headers(lb_metadata=lb_metadata))
     assert set_headers(h.response_headers.response)["x-conformance-test-served-endpoint"] == expected
+
+
+def test_a_5xx_answer_is_an_endpoint_fault_and_gets_no_plugin_headers() -> None:
+    director = make_director(*POOL, "10.0.0.3:8000", config=SESSION_AFFINITY)
+    for _ in range(10):  # every answer is a 503: some endpoint reaches 3 faults in a row
+        _, s = routed(director)
+        victim = s.decision.endpoints[0]
+        (reply,) = s.handle(response_headers(status=503, eos=True))
+        assert "x-session-token" not in set_headers(reply.response_headers.response)  # never pin a session to it
+        if victim.health.state.value == "ejected":
+            break
+    assert victim.health.state.value == "ejected" and victim.health.reason == "http-503"
+    assert victim.inflight_requests == 0
+
+
+def test_a_4xx_answer_is_no_endpoint_fault_but_plugins_hear_a_failure() -> None:
+    director, s = routed()
+    state = s.decision.endpoints[0]
+    state.health.failures = 2
+    s.handle(response_headers(status=400, eos=True))
+    assert state.health.failures == 0  # the engine answered: alive
+
+
+def test_a_stream_that_ends_without_any_response_is_not_judged() -> None:
+    director, s = routed()  # e.g. the client left: Envoy cancels the ext_proc stream
+    state = s.decision.endpoints[0]
+    state.health.failures = 2
+    s.close()
+    assert state.health.failures == 2 and state.inflight_requests == 0  # neither a fault nor a success
+
+
+def test_an_answer_from_another_endpoint_than_the_primary_means_the_primary_failed() -> None:
+    _, s = routed()
+    primary = s.decision.endpoints[0]
+    other = next(hp for hp in POOL if hp != primary.hostport)
+    s.handle(response_headers(eos=True, lb_metadata={"x-gateway-destination-endpoint-served": other}))
+    assert primary.health.failures == 1
+    _, fine = routed()
+    fine.handle(response_headers(eos=True, lb_metadata={"x-gateway-destination-endpoint-served": fine.decision.endpoints[0].hostport}))
+    assert fine.decision.endpoints[0].health.failures == 0

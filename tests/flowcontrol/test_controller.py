@@ -12,7 +12,7 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp.config import parse_config_text
 from epp.datastore import Datastore, Endpoint, EndpointState
-from epp.director import Director, RoutingDecision
+from epp.director import Director, Failure, RoutingDecision
 from epp.flowcontrol.build import flow_control_settings
 from epp.flowcontrol.controller import FlowController
 from epp.request import LLMRequest, RequestError
@@ -59,7 +59,9 @@ class Rig:
         self.store.mark_synced()
         settings = flow_control_settings(parse_config_text(HEAD + flow_control))
         assert settings is not None
-        self.controller = FlowController(settings, InFlightDetector(per_endpoint), self.store.endpoints, self.clock)
+        # the pool flow control measures, as serve and replay wire it: the routable (not ejected) endpoints
+        self.controller = FlowController(settings, InFlightDetector(per_endpoint), self.store.routable_endpoints,
+                                         self.clock)
         self.director = Director(self.store, build_preset("least-inflight"), Telemetry(self.store),
                                  admission=self.controller, clock=self.clock, rng=random.Random(0))
         self.outcomes: dict[str, RoutingDecision | RequestError] = {}
@@ -78,10 +80,10 @@ class Rig:
 
         return self.director.submit(request, len(body), None, done)
 
-    def finish(self, rid: str, usage: Usage | None = None) -> None:
+    def finish(self, rid: str, usage: Usage | None = None, failure: Failure | None = None) -> None:
         decision = self.outcomes[rid]
         assert isinstance(decision, RoutingDecision)
-        self.director.finish(decision, usage)
+        self.director.finish(decision, usage, failure=failure)
 
     def routed(self) -> list[str]:
         return [rid for rid in self.order if isinstance(self.outcomes[rid], RoutingDecision)]
@@ -100,6 +102,22 @@ def test_requests_wait_while_saturated_and_go_in_priority_order() -> None:
     rig.finish("high")
     assert rig.routed() == ["a", "b", "high", "low1", "low2"]
     assert rig.controller.waiting == 0 and rig.controller.queued_bytes == 0
+
+
+def test_a_failed_request_frees_its_capacity_and_an_ejected_endpoint_is_no_room() -> None:
+    """Issue #16 with flow control: saturation is measured over the endpoints a request may go to (an
+    ejected one is no room for the queue), and a failed request releases its slot like a completed one."""
+    rig = Rig("flowControl: {}\n", endpoints=2, per_endpoint=1)
+    dead = rig.store.endpoints()[1]
+    for _ in range(3):  # --endpoint-health-consecutive-failures
+        rig.store.request_outcome(dead, "http-503")
+    assert rig.store.routable_endpoints() == [rig.store.endpoints()[0]]
+    assert rig.send("a") is None
+    assert rig.send("b") is not None  # the one routable endpoint is full: b waits, not piled onto it
+    rig.finish("a", failure=Failure("http-503"))
+    assert rig.routed() == ["a", "b"] and rig.controller.waiting == 0
+    routed_b = rig.outcomes["b"]
+    assert isinstance(routed_b, RoutingDecision) and routed_b.endpoints[0].name == "10.0.0.1:8000"
 
 
 def test_full_band_sheds_with_429_and_empty_pool_with_503() -> None:

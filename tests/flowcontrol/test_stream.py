@@ -66,8 +66,11 @@ def test_dispatched_but_never_answered_is_released() -> None:
     stream, deferred = held_stream(r)
     r.finish("busy")  # dispatched: routed and counted in flight, but the transport never sent the answer
     assert deferred.ready and sum(s.inflight_requests for s in r.store.endpoints()) == 1
+    (state,) = r.store.endpoints()
+    state.health.failures = 2
     stream.close()
     assert sum(s.inflight_requests for s in r.store.endpoints()) == 0
+    assert state.health.failures == 2  # never sent: no success (nor fault) for the endpoint's health
 
 
 def test_without_flow_control_the_answer_is_immediate() -> None:

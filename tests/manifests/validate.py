@@ -59,6 +59,7 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "RateLimitPolicy": (crossrefs.check_policy_targets,),
     "TokenRateLimitPolicy": (crossrefs.check_policy_targets,),
     "EnvoyExtensionPolicy": (crossrefs.check_policy_targets, dataplane.check_extension_policy),
+    "BackendTrafficPolicy": (crossrefs.check_policy_targets,),
     "EnvoyFilter": (crossrefs.check_policy_targets, dataplane.check_envoy_filter),
     "DestinationRule": (dataplane.check_destination_rule,),
     "Deployment": (podrefs.check_workload,),

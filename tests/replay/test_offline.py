@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -66,6 +66,38 @@ def test_requests_an_engine_cannot_hold_are_shed_not_fatal() -> None:
     assert all(r.finish is not None for r in run.records[:3])
     summary = summarize(run, "default", 1.0, 0.0, 0.0)
     assert summary["shed"] == summary["shed_too_long"] == 1  # the engine's refusal, not the scheduler's
+
+
+class Outcomes:
+    """A ResponseComplete/ResponseFailed plugin that records how each request ended."""
+
+    typed_name = TypedName("outcomes", "outcomes")
+
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.completed.append(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        self.failed.append((request.request_id, reason))
+
+
+def test_an_engine_refusal_reaches_the_plugins_as_a_failure_not_a_completion() -> None:
+    """``epp sim`` answers a request its engine refuses with 400: replay tells the director the same, so
+    no plugin learns a fast completion from it, and the endpoint is not blamed (a 4xx is the request's fault)."""
+    outcomes = Outcomes()
+    profile = SchedulerProfile("p", MaxScorePicker(), scorers=[WeightedScorer(SeenMetrics())])
+    scheduler = Scheduler({"p": profile}, SingleProfileHandler(), plugins=[outcomes])
+    trace = unique_trace(3) + [TraceRequest(1.0, SegmentPrompt(((0, 5000),)), 4)]
+    clock = VirtualClock()
+    driver = OfflineReplay(trace, [scheduler], ClusterSpec(engines=1, engine=EngineConfig(num_gpu_blocks=64)), clock)
+    run = driver.run()
+    assert run.records[-1].shed is not None
+    assert outcomes.completed == ["0", "1", "2"] and outcomes.failed == [("3", "http-400")]
+    (state,) = driver.datastores[0].endpoints()
+    assert state.inflight_requests == 0 and state.health.failures == 0
 
 
 class SeenMetrics:

@@ -65,6 +65,8 @@ def test_every_plugin_call_is_timed_under_both_names_with_the_reference_buckets(
             ("Scorer", "prefix-cache-scorer", "prefix-cache-scorer"): 4,
             ("Picker", "max-score-picker", "max-score-picker"): 4,
             ("PreRequest", "approx-prefix-cache-producer", "approx-prefix-cache-producer"): 4,
+            # releases what PreRequest booked (undone instead when the request fails)
+            ("ResponseComplete", "approx-prefix-cache-producer", "approx-prefix-cache-producer"): 4,
         }
         assert les(families, family)[: len(PLUGIN_LE)] == PLUGIN_LE
         total = sample(families, family, "_sum", extension_point="Scorer", plugin_type="prefix-cache-scorer")

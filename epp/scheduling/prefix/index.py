@@ -187,6 +187,17 @@ class BlockIndex:
             skip[write] = (self._keys[chosen_w] != keys_w) | (self._owners[chosen_w] != owners_w)
             keys, owners, gens, tries = keys[skip], owners[skip], gens[skip], tries[skip] + 1
 
+    def discard(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """Expire ``endpoint``'s entries for these blocks (generation 0 is expired for every owner)."""
+        slot = self._slot_of.get(endpoint)
+        if slot is None or not hashes:
+            return
+        _, _, pos = self._lookup(hashes)
+        mine = pos[self._owners[pos] == slot]
+        if len(mine):
+            self._version += 1
+            self._entry_gens[mine] = 0
+
     def remove(self, endpoint: str) -> None:
         """Forget an endpoint: its entries expire at once and its slot is reused later."""
         slot = self._slot_of.pop(endpoint, None)

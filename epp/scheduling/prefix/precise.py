@@ -617,6 +617,10 @@ class PreciseIndex:
         if view is not None and view.awaiting_since is None:
             view.awaiting_since = self.clock.now()
 
+    def discard(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """Only the fallback learnt from ``add``; the engine's events never report a failed request."""
+        self.fallback.discard(endpoint, hashes)
+
     def remove(self, endpoint: str) -> None:
         self.unseeded.discard(endpoint)
         view = self._views.get(endpoint)

@@ -181,6 +181,13 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         self.precise.responded(request.request_id)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        super().response_complete(request, endpoint, usage)
+        self.precise.finished(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """Nothing was computed: the approximate fallback forgets the blocks, and the key-agreement
+        probe is inconclusive (the engine will report no blocks for it)."""
+        super().response_failed(request, endpoint, reason)
         self.precise.finished(request.request_id)
 
     def register_metrics(self, registry: CollectorRegistry) -> None:

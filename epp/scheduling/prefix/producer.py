@@ -28,6 +28,7 @@ from typing import Any
 from epp._util.hashing import ChainMemo
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
+from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.prefix.hashing import prompt_block_hashes
@@ -108,6 +109,9 @@ class ApproxPrefixCacheProducer:
         self.chains = ChainMemo()
         """Recently hashed prompt segments: a prompt repeating earlier ones is hashed once per segment."""
         self.match_observer: PrefixMatchObserver | None = None
+        self.added: Bookings[list[tuple[str, list[int]]]] = Bookings()
+        """Per request in flight, the blocks ``pre_request`` added that each endpoint did not hold: a
+        failed request cached nothing, so they are discarded again."""
 
     def _block_tokens(self, endpoints: list[EndpointState]) -> int:
         if self.params.auto_tune and endpoints:
@@ -166,13 +170,24 @@ class ApproxPrefixCacheProducer:
             return
         info = self.info(cycle, request, chosen)
         hashes = info.hashes
-        if self.match_observer is not None:
-            info, matched = self.match(cycle, request, chosen[:1])  # the cycle's lookup when scorers made it
-            self.match_observer(matched[0], info.total, info.block_tokens)
-        self.index.add(chosen[0].name, hashes)
         prefill = prefill_target(result)
-        if prefill is not None:
-            self.index.add(prefill.name, hashes)
+        targets = [chosen[0]] if prefill is None else [chosen[0], prefill]
+        _, matched = self.match(cycle, request, targets)  # the cycle's lookup when scorers made it
+        if self.match_observer is not None:
+            self.match_observer(matched[0], info.total, info.block_tokens)
+        booked = [(t.name, hashes[held:]) for t, held in zip(targets, matched) if held < len(hashes)]
+        if booked:
+            self.added.put(request.request_id, booked)
+        for target in targets:
+            self.index.add(target.name, hashes)
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.added.pop(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """The blocks this request was the first to send each endpoint are not cached there."""
+        for name, hashes in self.added.pop(request.request_id) or ():
+            self.index.discard(name, hashes)
 
     def entries(self) -> int:
         return self.index.entries()

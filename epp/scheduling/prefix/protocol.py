@@ -25,6 +25,10 @@ class PrefixIndex(Protocol):
         """Record that ``endpoint`` was sent (and so will cache) these blocks."""
         ...
 
+    def discard(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """``endpoint`` does not hold these blocks after all (the request that ``add`` recorded failed)."""
+        ...
+
     def remove(self, endpoint: str) -> None:
         """Forget everything about ``endpoint``."""
         ...

@@ -77,29 +77,46 @@ class RadixTree:
     def prefix_match(self, text: str, tenants: Collection[str]) -> tuple[int, str | None]:
         """(matched characters, tenant) for the deepest node on ``text``'s path that one of ``tenants``
         passed through; the most recently inserting such tenant wins. Nothing → (0, None)."""
+        for candidate, _, matched in reversed(self._path(text)):
+            owners = [(t, candidate.tenants[t]) for t in tenants if t in candidate.tenants]
+            if owners:
+                return matched, max(owners, key=lambda o: o[1])[0]
+        return 0, None
+
+    def _path(self, text: str) -> list[tuple[_Node, int, int]]:
+        """The nodes ``text`` walks through from the root, each with where it starts in ``text`` and how far
+        the text agrees with it (the last one may agree only in part)."""
         node, i = self.root, 0
-        path: list[tuple[_Node, int]] = []
+        path: list[tuple[_Node, int, int]] = []
         while i < len(text):
             child = node.children.get(text[i])
             if child is None:
                 break
             shared = _shared(child.text, text, i)
-            i += shared
-            path.append((child, i))
+            path.append((child, i, i + shared))
             if shared < len(child.text):
                 break
-            node = child
-        for candidate, matched in reversed(path):
-            owners = [(t, candidate.tenants[t]) for t in tenants if t in candidate.tenants]
-            if owners:
-                return matched, max(owners, key=lambda o: o[1])[0]
-        return 0, None
+            node, i = child, i + shared
+        return path
 
     def smallest_tenants(self, tenants: Collection[str]) -> list[str]:
         """The tenants (of those given) owning the fewest characters; unknown tenants own none."""
         sizes = {t: self.tenant_chars.get(t, 0) for t in tenants}
         least = min(sizes.values())
         return [t for t, size in sizes.items() if size == least]
+
+    def withdraw(self, text: str, tenant: str, held: int) -> None:
+        """Undo ``insert(text, tenant)`` past the first ``held`` characters (what ``tenant`` matched before
+        the insert): it leaves the nodes on ``text``'s path that start there or deeper and that it owns
+        nothing below, deepest first; nodes nobody owns any more are pruned."""
+        for node, start, _ in reversed(self._path(text)):
+            if start < held or tenant not in node.tenants or not self._is_leaf_for(node, tenant):
+                break
+            del node.tenants[tenant]
+            self.tenant_chars[tenant] -= len(node.text)
+            parent = node.parent
+            if not node.children and not node.tenants and parent is not None:
+                del parent.children[node.text[0]]
 
     def remove_tenant(self, tenant: str) -> None:
         """Forget a tenant everywhere (an endpoint left the pool)."""

@@ -146,6 +146,10 @@ class SharedPrefixIndex:
             self._count(self._entries, "dropped")
         self._wake.set()
 
+    def discard(self, endpoint: str, hashes: Sequence[int]) -> None:
+        """Local only: peers that already took the entry keep it until their LRU ages it out."""
+        self.local.discard(endpoint, hashes)
+
     def remove(self, endpoint: str) -> None:
         self.local.remove(endpoint)
 

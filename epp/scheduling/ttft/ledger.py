@@ -125,6 +125,23 @@ class EndpointLedger:
             if now > self._scraped_at:
                 self._finishes.append((flight.routed_at, now))
 
+    def abandoned(self, request_id: str) -> None:
+        """``request_id`` failed without an answer (connect failure, 5xx, reset): forget it without the
+        lessons ``finished`` draws — it says nothing about the prefills routed before it, and its own
+        predicted prefill leaves the backlog (work the engine never did)."""
+        flight = self.pending.pop(request_id, None)
+        if flight is not None:
+            self.busy_until -= flight.prefill_seconds
+            for later in self.pending.values():
+                if later.routed_at >= flight.routed_at:
+                    later.eta -= flight.prefill_seconds
+        else:
+            flight = self.decoding.pop(request_id, None)
+        if flight is None:
+            return
+        self.version += 1
+        self._drop(flight)
+
     def observe_scrape(self, scraped_at: float, sequences: int, typical_cold_seconds: float) -> None:
         """A scrape (taken at ``scraped_at``) counted ``sequences`` (running + waiting) in the engine: book
         the rise in foreign sequences since the previous scrape as foreign prefill work, each

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 
 class PrefixRecency:
-    __slots__ = ("_held", "_limit", "_marks", "_requests", "_stride", "written")
+    __slots__ = ("_fresh", "_held", "_limit", "_marks", "_requests", "_stride", "written")
 
     def __init__(self, stride: int = 64, limit: int = 65536) -> None:
         if stride < 1 or limit < 1:
@@ -34,6 +34,8 @@ class PrefixRecency:
         self._held: dict[int, int] = {}
         """Block hash → requests in flight holding it."""
         self._requests: dict[str, list[int]] = {}
+        self._fresh: dict[str, list[int]] = {}
+        """Request → the keys it marked for the first time (``forget`` unmarks them)."""
         self.written = 0
 
     def __len__(self) -> int:
@@ -52,13 +54,31 @@ class PrefixRecency:
         for key in keys:
             held[key] = held.get(key, 0) + 1
         self._requests[request_id] = keys
+        fresh = [k for k in keys if k not in self._marks]
+        if fresh:
+            self._fresh[request_id] = fresh
         self._mark(keys)
 
     def release(self, request_id: str) -> None:
         """The request is over: its prefix is now only cached, at the most recent end of the LRU."""
+        keys = self._unhold(request_id)
+        if keys is not None:
+            self._mark(keys)
+
+    def forget(self, request_id: str) -> None:
+        """The request failed before the engine computed anything: it holds nothing any more, and the
+        blocks it was the first to mark are not cached here (no mark left for them)."""
+        fresh = self._fresh.get(request_id, ())
+        self._unhold(request_id)
+        for key in fresh:
+            if key not in self._held:
+                self._marks.pop(key, None)
+
+    def _unhold(self, request_id: str) -> list[int] | None:
+        self._fresh.pop(request_id, None)
         keys = self._requests.pop(request_id, None)
         if keys is None:
-            return
+            return None
         held = self._held
         for key in keys:
             n = held[key] - 1
@@ -66,7 +86,7 @@ class PrefixRecency:
                 held[key] = n
             else:
                 del held[key]
-        self._mark(keys)
+        return keys
 
     def written_since(self, hashes: Sequence[int], matched: int) -> int | None:
         """Tokens written since the first ``matched`` blocks of ``hashes`` were last in use here (0 while

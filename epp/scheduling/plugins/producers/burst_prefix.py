@@ -29,6 +29,7 @@ import xxhash
 from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
+from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch
@@ -77,6 +78,9 @@ class BurstPrefixCacheProducer(ApproxPrefixCacheProducer):
         self.clock = clock
         self.window = params.window_duration_ms / 1000.0
         self._placed: deque[_Placement] = deque()
+        self._placed_by: Bookings[_Placement] = Bookings()
+        """Each request in flight's placement: a failed request's is withdrawn (no sample may follow it
+        to an endpoint that did not take it)."""
         self._assigned_key = f"burst-assigned/{name}"
         log.info("%s: epp assigns bursts online within the %d ms window (no hold; holding requests is flow "
                  "control's): a group's first request goes by the other scorers, the rest follow it",
@@ -135,7 +139,17 @@ class BurstPrefixCacheProducer(ApproxPrefixCacheProducer):
             return
         hashes = self.info(cycle, request, chosen).hashes
         if hashes:
-            self._placed.append(_Placement(self.clock.now(), _group(request), tuple(hashes), chosen[0].name))
+            placement = _Placement(self.clock.now(), _group(request), tuple(hashes), chosen[0].name)
+            self._placed.append(placement)
+            self._placed_by.put(request.request_id, placement)
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self._placed_by.pop(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        placement = self._placed_by.pop(request.request_id)
+        if placement is not None:
+            self._placed = deque(p for p in self._placed if p is not placement)
 
     def entries(self) -> int:
         return len(self._placed)

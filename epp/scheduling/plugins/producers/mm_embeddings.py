@@ -24,6 +24,7 @@ import xxhash
 
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
+from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.registry import PluginHandle
@@ -74,6 +75,8 @@ class MMEmbeddingsCacheProducer:
         self.capacity = self.params.capacity
         self._caches: dict[str, OrderedDict[int, None]] = {}
         self._key = f"mm-items/{name}"
+        self._added: Bookings[tuple[str, list[int]]] = Bookings()
+        """Per request in flight: the endpoint and the items it was the first to send there."""
 
     def items(self, cycle: CycleState, request: LLMRequest) -> frozenset[int]:
         found = cycle.get(self._key)
@@ -96,11 +99,26 @@ class MMEmbeddingsCacheProducer:
         if not items or not target:
             return
         cache = self._caches.setdefault(target[0].name, OrderedDict())
+        fresh = [item for item in items if item not in cache]
+        if fresh:
+            self._added.put(request.request_id, (target[0].name, fresh))
         for item in items:
             cache[item] = None
             cache.move_to_end(item)
         while len(cache) > self.capacity:
             cache.popitem(last=False)
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self._added.pop(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """A failed request encoded nothing: the items it was the first to send are not cached there."""
+        booked = self._added.pop(request.request_id)
+        if booked is not None:
+            name, fresh = booked
+            cache = self._caches.get(name, {})
+            for item in fresh:
+                cache.pop(item, None)
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         return None

@@ -5,10 +5,12 @@ producer configured → every request is cold). For a cold request the candidate
 they last received a cold request — never first (in candidate order), then oldest — and scored
 1 − rank/(n − 1), so the first gets 1 and the last 0 (a lone candidate gets 1). A warm request scores
 0.5 everywhere, leaving the choice to the other scorers. Once a cold request's pick is final the
-chosen endpoint (and the ``prefill`` profile's pick) becomes the most recently used. ``lruSize`` (1024)
-bounds the endpoints remembered. ``prefixMatchInfoProducerName`` names the prefix producer whose match
-decides coldness (llm-d: e.g. a ``precise-prefix-cache-producer``); without it the configured
-``approx-prefix-cache-producer`` is read. Not metric-based: staleness does not apply.
+chosen endpoint (and the ``prefill`` profile's pick) becomes the most recently used — unless the request
+fails (nothing was cached there): then it goes back to never used, or to least recently used if it had
+been used before. ``lruSize`` (1024) bounds the endpoints remembered. ``prefixMatchInfoProducerName``
+names the prefix producer whose match decides coldness (llm-d: e.g. a ``precise-prefix-cache-producer``);
+without it the configured ``approx-prefix-cache-producer`` is read. Not metric-based: staleness does not
+apply.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
+from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.plugins.scorers._common import NEUTRAL
@@ -52,6 +55,8 @@ class NoHitLRUScorer:
         self._lru_size = lru_size
         self._used: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._cold_key = f"cold/{name}"
+        self._touched: Bookings[list[tuple[str, bool]]] = Bookings()
+        """Per cold request in flight: the endpoints it made most recent, and whether each was used before."""
 
     def _producer(self) -> ApproxPrefixCacheProducer | None:
         if self._named_producer is not None:
@@ -84,16 +89,31 @@ class NoHitLRUScorer:
     def pre_request(self, cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
         if not cycle.get(self._cold_key) or not result.endpoints:
             return
-        self._touch(result.endpoints[0].name)
+        names = [result.endpoints[0].name]
         prefill = result.profile_results.get(PREFILL_PROFILE)
         if prefill is not None and prefill.endpoints and result.primary_profile != PREFILL_PROFILE:
-            self._touch(prefill.endpoints[0].name)
+            names.append(prefill.endpoints[0].name)
+        self._touched.put(request.request_id, [(name, self._touch(name)) for name in names])
 
-    def _touch(self, name: str) -> None:
-        self._used.pop(name, None)
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self._touched.pop(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        for name, was_used in self._touched.pop(request.request_id) or ():
+            if name not in self._used:
+                continue
+            if was_used:
+                self._used.move_to_end(name, last=False)
+            else:
+                del self._used[name]
+
+    def _touch(self, name: str) -> bool:
+        """Make ``name`` the most recently used; whether it had been used before."""
+        was_used = self._used.pop(name, False) is None
         self._used[name] = None
         if len(self._used) > self._lru_size:
             self._used.popitem(last=False)
+        return was_used
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         """New endpoints are simply never used yet."""

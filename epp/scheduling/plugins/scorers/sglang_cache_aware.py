@@ -8,7 +8,8 @@ For a request with prompt text t (UTF-8 decoded prompt bytes):
 * rate > ``cacheThreshold`` → score 1 for that node's most recent candidate, 0 for the others;
 * otherwise → score 1 for the candidate(s) owning the fewest tree characters (most room), 0 others.
 
-Once the pick is final the prompt is inserted for the chosen endpoint. Every ``evictionIntervalSecs``
+Once the pick is final the prompt is inserted for the chosen endpoint (withdrawn again if the request
+fails: nothing was cached there). Every ``evictionIntervalSecs``
 (clock-driven, checked on insert) each endpoint's tree share is cut back to ``maxTreeSize``
 characters, least recently used leaves first. Removed endpoints leave the tree.
 
@@ -29,6 +30,7 @@ from typing import Any
 from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
+from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.radix_tree import RadixTree
@@ -56,6 +58,8 @@ class SGLangCacheAwareScorer:
         self.clock = clock
         self.params = params or CacheAwareParams()
         self.trees: dict[str, RadixTree] = {}
+        self._inserted: Bookings[tuple[RadixTree, str, str, int]] = Bookings()
+        """Per request in flight: (tree, text, endpoint, characters the endpoint already held)."""
         self._last_eviction = clock.now()
         self._text_key = f"text/{name}"
 
@@ -83,12 +87,24 @@ class SGLangCacheAwareScorer:
         if not result.endpoints:
             return
         tree = self.trees.setdefault(request.target_model, RadixTree(self.clock))
-        tree.insert(self._text(cycle, request), result.endpoints[0].name)
+        text, name = self._text(cycle, request), result.endpoints[0].name
+        held, _ = tree.prefix_match(text, (name,))
+        tree.insert(text, name)
+        self._inserted.put(request.request_id, (tree, text, name, held))
         now = self.clock.now()
         if now - self._last_eviction >= self.params.eviction_interval_secs:
             self._last_eviction = now
             for t in self.trees.values():
                 t.evict(self.params.max_tree_size)
+
+    def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self._inserted.pop(request.request_id)
+
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        booked = self._inserted.pop(request.request_id)
+        if booked is not None:
+            tree, text, name, held = booked
+            tree.withdraw(text, name, held)
 
     def endpoint_added(self, endpoint: Endpoint) -> None:
         """A new endpoint owns nothing yet, which already makes it the emptiest."""

@@ -245,6 +245,16 @@ class TTFTPredictorScorer:
         if recency is not None:
             recency.release(request.request_id)
 
+    def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
+        """Nothing ran: the flight leaves the ledger without re-anchoring its backlog (a dead engine's
+        instant failures must not make it look idle) and its prefix was never cached there."""
+        ledger = self.ledgers.get(endpoint.name)
+        if ledger is not None:
+            ledger.abandoned(request.request_id)
+        recency = self.recency.get(endpoint.name)
+        if recency is not None:
+            recency.forget(request.request_id)
+
     # -- datastore listener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
         """Ledgers are created on first use."""
