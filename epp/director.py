@@ -66,6 +66,8 @@ class RoutingDecision:
     finished: bool = False
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
+    removed_headers: list[str] = field(default_factory=list)
+    """Client headers a plugin dropped (e.g. a forged prefill-host header): removed upstream too."""
 
     @property
     def destination(self) -> str:
@@ -134,6 +136,7 @@ class Director:
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
         decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
         decision.headers = self._upstream_headers(decision, original_headers)
+        decision.removed_headers = [n for n in original_headers if n not in request.headers and not n.startswith(":")]
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)
         if log.isEnabledFor(logging.DEBUG):

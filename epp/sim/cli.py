@@ -31,6 +31,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
     net.add_argument("--engine", choices=("vllm", "sglang"), default="vllm",
                      help="metric names and owned_by to imitate")  # fmt: skip
+    net.add_argument("--role", choices=("prefill", "decode", "both"), default="both",
+                     help="disaggregation role: decode and both engines run the prefill named by the "
+                          "x-prefiller-host-port header on that engine first, then decode with its KV")  # fmt: skip
     net.add_argument("--default-max-tokens", type=int, default=16, help="tokens generated when a request sets no max")
     eng = parser.add_argument_group("engine")
     eng.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="GPU/model latency profile")
@@ -97,6 +100,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         faults=FaultConfig(args.fault_extra_latency, args.fault_error_rate, args.fault_metrics, args.fault_crash_after),
         kv_events_endpoint=args.kv_events_endpoint,
         kv_events_topic=args.kv_events_topic,
+        role=args.role,
     )
 
 
@@ -118,10 +122,11 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.start(args.host, args.port)
     try:
         log.info(
-            "epp sim listening on http://%s:%d (engine %s, models %s, profile %s, %d KV blocks of %d tokens)",
+            "epp sim listening on http://%s:%d (engine %s, role %s, models %s, profile %s, %d KV blocks of %d tokens)",
             args.host,
             server.port,
             options.engine,
+            options.role,
             ",".join(options.model_names),
             args.profile,
             server.core.num_gpu_blocks,
