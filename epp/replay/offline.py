@@ -13,6 +13,12 @@ A discrete-event loop over three kinds of event, in time order:
   scheduler's response-started hooks, as ``epp serve`` calls them on an endpoint's first response
   bytes; finishes → ``request_finished`` and the response-complete hooks) and the engine starts its
   next step;
+- a disaggregated request (``ClusterSpec.roles``; the picker wrote the prefill header, as for the
+  routing sidecar in ``epp serve``) first runs on its prefill engine with ``max_tokens`` 1; when that
+  prefill finishes, the decode engine receives the prompt's KV (``EngineCore.receive_kv``) and the
+  request joins it. The KV transfer itself takes no time here (an optimistic bound: NIXL over RDMA moves
+  a long prompt's KV in milliseconds, over TCP it can take far longer). With roles, steps are not fused:
+  a decode request can join an engine at any prefill's end, not only at an arrival;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production.
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field, replace
 
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.datastore.endpoint import ROLE_LABEL
 from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
@@ -48,6 +55,7 @@ from epp.replay.kv_feed import KVEventFeed
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.scheduling import Scheduler
+from epp.sim.sidecar import prefill_target
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""
@@ -55,12 +63,18 @@ POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """The simulated cluster: ``engines`` identical engines built from ``engine``."""
+    """The simulated cluster: ``engines`` identical engines built from ``engine``; ``roles`` (one per
+    engine: prefill, decode, both) label them ``llm-d.ai/role``, empty for an aggregated pool."""
 
     engines: int = 8
     engine: EngineConfig = field(default_factory=EngineConfig)
     poll_interval: float = POLL_INTERVAL
     staleness_threshold: float = 2.0
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.roles and len(self.roles) != self.engines:
+            raise ValueError(f"{len(self.roles)} roles for {self.engines} engines")
 
     def kv_tokens(self) -> int:
         """The whole cluster's KV cache in tokens."""
@@ -80,6 +94,9 @@ class RequestRecord:
     finish: float | None = None
     shed: str | None = None
     """Why the request never reached an engine (scheduler's 429/503 reason, or the engine's refusal)."""
+    prefill_engine: int = -1
+    """The engine that ran the prefill of a disaggregated request (-1: aggregated); its prefix hit is
+    ``cached_tokens`` (the decode engine's hit is the KV it received)."""
 
 
 @dataclass(slots=True)
@@ -111,6 +128,8 @@ class _InFlight:
     index: int
     request: LLMRequest
     replica: int
+    decode: int = -1
+    """For a prefill in flight: the engine its decode goes to."""
 
 
 def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
@@ -153,8 +172,14 @@ class OfflineReplay:
         self.cluster = cluster
         self.arrivals = [r.arrival / rate_scale for r in requests]
         self.clock = clock
-        self.endpoints = [Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000) for i in range(cluster.engines)]
+        self.endpoints = [
+            Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000, labels={ROLE_LABEL: cluster.roles[i]} if cluster.roles else {})
+            for i in range(cluster.engines)
+        ]
         self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}
+        self._by_hostport = {endpoint.hostport: i for i, endpoint in enumerate(self.endpoints)}
+        self._fuse = not cluster.roles
+        self._delivering = -1
         self.datastores = [Datastore(self.clock, cluster.staleness_threshold) for _ in self.schedulers]
         for datastore in self.datastores:
             for endpoint in self.endpoints:
@@ -198,8 +223,8 @@ class OfflineReplay:
             self.clock.advance_to(t)
             if heap and heap[0][0] <= t_arrival:
                 _, e = heapq.heappop(heap)
-                self._deliver(e)
-                self._step(e, t, arrivals[i] if i < n else math.inf)
+                self._deliver(e, t_arrival)
+                self._step(e, t, t_arrival)
             else:
                 self._arrive(i, t, arrivals[i + 1] if i + 1 < n else math.inf)
                 i += 1
@@ -253,23 +278,52 @@ class OfflineReplay:
             return
         name = result.endpoints[0].name
         e = self._index[name]
-        engine = self.engines[e]
+        prefill = prefill_target("decode", request.headers)
+        p = self._by_hostport[prefill] if prefill is not None else -1
         try:
-            engine.add_request(EngineRequest(request_id, tokens, trace_request.output_tokens, now))
+            if p >= 0:
+                self.engines[p].add_request(EngineRequest(f"{request_id}/prefill", tokens, 1, now))
+            else:
+                self.engines[e].add_request(EngineRequest(request_id, tokens, trace_request.output_tokens, now))
         except ValueError as exc:
             record.shed = f"engine refused: {exc}"
             return
         record.engine = e
-        self._stats[e] = None
         datastore.request_started(name, len(tokens))
-        self._inflight[request_id] = _InFlight(index, request, replica)
-        if self._pending[e] is None:
+        if p >= 0:
+            record.prefill_engine = p
+            self._inflight[f"{request_id}/prefill"] = _InFlight(index, request, replica, decode=e)
+            self._wake(p, now, horizon)
+        else:
+            self._inflight[request_id] = _InFlight(index, request, replica)
+            self._wake(e, now, horizon)
+
+    def _wake(self, e: int, now: float, horizon: float) -> None:
+        """Engine ``e`` got a request: its state changed, and if it was idle it starts a step now."""
+        self._stats[e] = None
+        if self._pending[e] is None and e != self._delivering:  # the one delivering steps right after
             self._step(e, now, horizon)
+
+    def _prefilled(self, flight: _InFlight, now: float, horizon: float) -> None:
+        """A disaggregated request's prefill finished: its KV moves to the decode engine, which takes it."""
+        trace_request = self.requests[flight.index]
+        tokens = flight.request.prompt_token_ids or []
+        decode = self.engines[flight.decode]
+        decode.receive_kv(tokens)
+        try:
+            decode.add_request(EngineRequest(flight.request.request_id, tokens, trace_request.output_tokens, now))
+        except ValueError as exc:  # cannot happen for a prompt the prefill engine took (same config); kept honest
+            record = self.records[flight.index]
+            record.shed = f"engine refused: {exc}"
+            self.datastores[flight.replica].request_finished(self.endpoints[flight.decode].name, record.prompt_tokens)
+            return
+        self._inflight[flight.request.request_id] = _InFlight(flight.index, flight.request, flight.replica)
+        self._wake(flight.decode, now, horizon)
 
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
         engine = self.engines[e]
-        out = engine.step(now, horizon)
+        out = engine.step(now, horizon if self._fuse else None)
         self._stats[e] = None
         if self.kv_feed is not None:
             self._pending_events[e] = engine.take_kv_events()
@@ -287,21 +341,35 @@ class OfflineReplay:
             self._pending_events[e] = []
             self.kv_feed.publish(self.endpoints[e].name, now, events)
 
-    def _deliver(self, e: int) -> None:
+    def _deliver(self, e: int, horizon: float) -> None:
         self._publish(e, self.clock.now())
         outputs = self._pending[e] or []
         self._pending[e] = None
+        self._delivering = e
+        try:
+            self._deliver_outputs(e, outputs, horizon)
+        finally:
+            self._delivering = -1
+
+    def _deliver_outputs(self, e: int, outputs: list[RequestOutput], horizon: float) -> None:
         name = self.endpoints[e].name
         for out in outputs:
             flight = self._inflight.get(out.request_id)
             if flight is None:
                 continue
             record = self.records[flight.index]
+            if flight.decode >= 0:  # the prefill half of a disaggregated request
+                record.cached_tokens = out.num_cached_tokens
+                if out.finished:
+                    del self._inflight[out.request_id]
+                    self._prefilled(flight, self.clock.now(), horizon)
+                continue
             scheduler, datastore = self.schedulers[flight.replica], self.datastores[flight.replica]
             state = datastore.get(name)
             if out.first_token:
                 record.first_token = out.first_token_time
-                record.cached_tokens = out.num_cached_tokens
+                if record.prefill_engine < 0:
+                    record.cached_tokens = out.num_cached_tokens
                 if state is not None:
                     scheduler.response_started(flight.request, state)
             if out.finished:

@@ -25,6 +25,8 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("p90", "ttft_p90", "{:.3f}"),
     ("p99", "ttft_p99", "{:.3f}"),
     ("TPOT p50", "tpot_p50", "{:.4f}"),
+    ("p90", "tpot_p90", "{:.4f}"),
+    ("P/D", "disaggregated", "{:,}"),
     ("E2E p90", "e2e_p90", "{:.2f}"),
     ("tok/s", "throughput_tok_s", "{:,.0f}"),
     ("imbalance", "imbalance", "{:.2f}"),
