@@ -42,6 +42,7 @@ from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
 from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.plugins.datalayer.topology import PEER_ENDPOINT
 from epp.scheduling.plugins.profiles.deciders import PREFIX_BASED_PD_DECIDER, Decider
+from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.registry import PluginHandle
 
@@ -165,19 +166,11 @@ class DisaggHeadersHandler:
         set_disagg_headers(request, result, self.stages.prefill, self.stages.encode)
 
 
-class DataParallelProfileHandler:
+class DataParallelProfileHandler(SingleProfileHandler):
+    """Runs its one profile as ``single-profile-handler`` does; only the result handling differs."""
+
     def __init__(self, name: str = DATA_PARALLEL_PROFILE_HANDLER) -> None:
         self.typed_name = TypedName(DATA_PARALLEL_PROFILE_HANDLER, name)
-
-    def pick_profiles(
-        self, cycle: CycleState, request: LLMRequest, profiles: Mapping[str, SchedulerProfile],
-        results: Mapping[str, ProfileResult | None],
-    ) -> dict[str, SchedulerProfile]:
-        if results:
-            return {}
-        if len(profiles) != 1:
-            raise ValueError(f"{DATA_PARALLEL_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
-        return dict(profiles)
 
     def process_results(
         self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
