@@ -15,7 +15,7 @@ On 8 simulated engines of one hardware profile (``llama-3.1-8b-h100``), with llm
 Prints a Markdown report (the section appended to bench/RESULTS.md). The P/D model's assumptions are in
 ``epp.replay.offline`` (KV transfer takes no time: optimistic for P/D).
 
-    python bench/pd.py [--trace FILE] [--max-requests N] [--thresholds 16,256,1024,4096] [--jobs J]
+    python bench/pd.py [--trace FILE] [--max-requests N] [--thresholds 16,256,1024,4096] [--jobs J] [--rate-scale X]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=2000)
     parser.add_argument("--thresholds", default="16,256,1024,4096")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--rate-scale", type=float, default=None, help="run at this rate instead of the aggregated knee")
     args = parser.parse_args(argv)
     trace = read_trace(str(args.trace), args.max_requests or None)
     thresholds = [int(t) for t in args.thresholds.split(",")]
@@ -74,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  knee probe ×{scale:.3g}: TTFT p90 {outcome.summary['ttft_p90']}", file=sys.stderr)
         return outcome.summary["ttft_p90"]  # type: ignore[no-any-return]
 
-    knee = find_knee("aggregated", trace.mean_rate, probe)
-    scale = knee.rate_scale or unloaded_scale(trace.mean_rate)
+    if args.rate_scale is None:
+        knee = find_knee("aggregated", trace.mean_rate, probe)
+        scale = knee.rate_scale or unloaded_scale(trace.mean_rate)
+        where = (f"aggregated knee ×{scale:.3g} ({knee.rate_rps or trace.mean_rate * scale:.2f} req/s; "
+                 f"unloaded TTFT p90 {knee.unloaded_ttft_p90:.3f} s)")
+    else:
+        scale = args.rate_scale
+        where = f"rate ×{scale:g} ({trace.mean_rate * scale:.2f} req/s)"
     with tempfile.TemporaryDirectory() as tmp:
         policies = [("always", str(ALWAYS_CONFIG))] + [(f"prefix ≥{t}", threshold_config(Path(tmp), t)) for t in thresholds]
         aggregated = run_one(trace, Job(str(PREFIX_CONFIG), scale), AGGREGATED, bounds, lambda n: None)
@@ -83,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes: list[Outcome] = run_jobs(trace, jobs, DISAGGREGATED, bounds, args.jobs, lambda i, n: None)
     rows = [("8 aggregated", "—", aggregated)] + [("4 P + 4 D", name, o) for (name, _), o in zip(policies, outcomes)]
     n = len(trace.requests)
-    print(f"**{args.trace.name}**, first {n:,} requests, 8 × {ENGINE.profile}; aggregated knee ×{scale:.3g} "
-          f"({knee.rate_rps or trace.mean_rate * scale:.2f} req/s; unloaded TTFT p90 {knee.unloaded_ttft_p90:.3f} s).\n")
+    print(f"**{args.trace.name}**, first {n:,} requests, 8 × {ENGINE.profile}; {where}.\n")
     print("| engines | decider | disaggregated | hit | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | E2E p90 | shed |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for engines, decider, o in rows:
