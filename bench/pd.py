@@ -15,7 +15,7 @@ On 8 simulated engines of one hardware profile (``llama-3.1-8b-h100``), with llm
 Prints a Markdown report (the section appended to bench/RESULTS.md). The P/D model's assumptions are in
 ``epp.replay.offline`` (KV transfer takes no time: optimistic for P/D).
 
-    python bench/pd.py [--trace FILE] [--max-requests N] [--thresholds 16,256,1024,4096] [--jobs J] [--rate-scale X]
+    python bench/pd.py [--trace FILE] [--max-requests N] [--thresholds 16,256,1024,4096] [--jobs J] [--rate-scale X] [--prefill-engines P]
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ PREFIX_CONFIG = HERE / "pd" / "pd-prefix.yaml"
 ALWAYS_CONFIG = HERE / "pd" / "pd-always.yaml"
 ENGINE = EngineConfig(profile="llama-3.1-8b-h100")
 AGGREGATED = ClusterSpec(engines=8, engine=ENGINE)
-DISAGGREGATED = ClusterSpec(engines=8, engine=ENGINE, roles=("prefill",) * 4 + ("decode",) * 4)
 
 
 def threshold_config(directory: Path, tokens: int) -> str:
@@ -64,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=2000)
     parser.add_argument("--thresholds", default="16,256,1024,4096")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--prefill-engines", type=int, default=4, help="of the 8 engines, how many prefill (the rest decode)")
     parser.add_argument("--rate-scale", type=float, default=None, help="run at this rate instead of the aggregated knee")
     args = parser.parse_args(argv)
     trace = read_trace(str(args.trace), args.max_requests or None)
     thresholds = [int(t) for t in args.thresholds.split(",")]
+    prefills = args.prefill_engines
+    disaggregated = ClusterSpec(engines=8, engine=ENGINE, roles=("prefill",) * prefills + ("decode",) * (8 - prefills))
     bounds = trace_bounds(trace, AGGREGATED)
 
     def probe(scale: float) -> float | None:
@@ -87,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         policies = [("always", str(ALWAYS_CONFIG))] + [(f"prefix ≥{t}", threshold_config(Path(tmp), t)) for t in thresholds]
         aggregated = run_one(trace, Job(str(PREFIX_CONFIG), scale), AGGREGATED, bounds, lambda n: None)
         jobs = [Job(spec, scale) for _, spec in policies]
-        outcomes: list[Outcome] = run_jobs(trace, jobs, DISAGGREGATED, bounds, args.jobs, lambda i, n: None)
-    rows = [("8 aggregated", "—", aggregated)] + [("4 P + 4 D", name, o) for (name, _), o in zip(policies, outcomes)]
+        outcomes: list[Outcome] = run_jobs(trace, jobs, disaggregated, bounds, args.jobs, lambda i, n: None)
+    rows = [("8 aggregated", "—", aggregated)] + [(f"{prefills} P + {8 - prefills} D", name, o) for (name, _), o in zip(policies, outcomes)]
     n = len(trace.requests)
     print(f"**{args.trace.name}**, first {n:,} requests, 8 × {ENGINE.profile}; {where}.\n")
     print("| engines | decider | disaggregated | hit | TTFT p50 | TTFT p90 | TPOT p50 | TPOT p90 | E2E p90 | shed |")
