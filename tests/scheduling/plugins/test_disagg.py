@@ -151,3 +151,18 @@ schedulingProfiles:
     req = request(b"x")
     result = sched.schedule(req, [make_state("d1", address="10.0.2.1", port=8001)])
     assert req.headers["x-data-parallel-host-port"] == "10.0.2.1:8001" and result.endpoints[0].name == "d1"
+
+
+def test_decisions_are_counted_as_llm_d_counts_them() -> None:
+    from prometheus_client import generate_latest
+
+    from epp.telemetry import Telemetry
+
+    sched = config("prefix-based-pd-decider 16")
+    telemetry = Telemetry()
+    telemetry.instrument(sched)
+    sched.schedule(request(b"x" * 400), POOL)
+    sched.schedule(request(b"y" * 8), POOL)
+    text = generate_latest(telemetry.registry).decode()
+    assert 'llm_d_inference_scheduler_disagg_decision_total{decision_type="prefill-decode",model_name="m"} 1.0' in text
+    assert 'llm_d_inference_scheduler_disagg_decision_total{decision_type="decode-only",model_name="m"} 1.0' in text

@@ -31,7 +31,7 @@ to the picked rank's own port, which the pod also serves (Istio ≥ 1.28.1 route
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,16 @@ DISAGG_HEADERS_HANDLER = "disagg-headers-handler"
 PREFILL_HEADER_HANDLER = "prefill-header-handler"
 DATA_PARALLEL_PROFILE_HANDLER = "data-parallel-profile-handler"
 DECODE, PREFILL, ENCODE = "decode", "prefill", "encode"
+
+DecisionObserver = Callable[[str, str], None]
+"""Told (target model, decision type) once per request: ``decode-only``, ``prefill-decode``,
+``encode-decode`` or ``encode-prefill-decode`` (llm-d's ``disagg_decision_total`` values)."""
+
+
+def decision_type(encoded: bool, prefilled: bool) -> str:
+    if encoded:
+        return "encode-prefill-decode" if prefilled else "encode-decode"
+    return "prefill-decode" if prefilled else "decode-only"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,8 @@ class DisaggProfileHandler:
         self.prefill_decider = prefill_decider
         self.encode_decider = encode_decider
         self._evaluated = f"disagg-evaluated/{name}"
+        self.decision_observer: DecisionObserver | None = None
+        """Set by telemetry: hears every request's decision."""
 
     def pick_profiles(
         self, cycle: CycleState, request: LLMRequest, profiles: Mapping[str, SchedulerProfile],
@@ -138,6 +150,9 @@ class DisaggProfileHandler:
             if decider is not None and decider.disaggregate(cycle, request, decode):
                 cycle[PEER_ENDPOINT] = decode
                 return {stage: profiles[stage]}
+        if self.decision_observer is not None:
+            self.decision_observer(request.target_model, decision_type(
+                results.get(stages.encode) is not None, results.get(stages.prefill) is not None))
         return {}
 
     def process_results(
