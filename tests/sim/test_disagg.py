@@ -4,7 +4,12 @@ first (as llm-d's sidecar does), receives its KV, then decodes; both engines' me
 from __future__ import annotations
 
 import aiohttp
+import msgpack
+import zmq
+import zmq.asyncio
 
+from epp._util.hashing import chain_hashes, seed_hash, token_blocks
+from epp.engine import tokenizer
 from epp.engine.block_pool import BlockStored
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore
@@ -57,3 +62,35 @@ async def test_an_unreachable_prefill_engine_is_a_clear_502() -> None:
                               headers={"x-llm-d-prefiller-host-port": "127.0.0.1:9"}) as resp:
                 assert resp.status == 502
                 assert "prefill engine 127.0.0.1:9 unreachable" in (await resp.json())["error"]["message"]
+
+
+async def test_the_decode_engine_publishes_the_received_kv_as_block_stored() -> None:
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    try:
+        with run_sim("--time-scale", "0", "--role", "prefill") as prefill, \
+                run_sim("--time-scale", "0", "--role", "decode", "--kv-events-endpoint", f"tcp://127.0.0.1:{port}") as decode:
+            async with aiohttp.ClientSession() as s:
+                frames = prompt = None
+                for attempt in range(50):  # a connecting PUB drops messages until the subscription arrives
+                    prompt = f"{attempt:04d}" + "k" * 252  # 64 tokens = 4 full blocks
+                    body = {"model": MODEL, "prompt": prompt, "max_tokens": 1}
+                    async with s.post(f"{decode.url}/v1/completions", json=body,
+                                      headers={"x-prefiller-host-port": f"127.0.0.1:{prefill.port}"}) as resp:
+                        assert resp.status == 200
+                    if await sub.poll(100):
+                        frames = await sub.recv_multipart()
+                        break
+                assert frames is not None and prompt is not None, "no KV event received"
+                # every request found its 3 leading blocks already there: the KV came from the prefill engine
+                assert (await scrape(s, decode.url))["vllm:prefix_cache_hits_total"] == 48 * (attempt + 1)
+    finally:
+        sub.close()
+        ctx.term()
+    _, events = msgpack.unpackb(frames[2])
+    tag, hashes, *_ = events[0]
+    tokens = tokenizer.encode(prompt)
+    assert tag == "BlockStored" and hashes == chain_hashes(token_blocks(tokens, 16), seed_hash(MODEL))
