@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from epp.engine.config import EngineConfig
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 from epp.replay.knee import find_knee, unloaded_scale
 from epp.replay.offline import ClusterSpec, RequestRecord
 from epp.replay.runner import Job, Outcome, run_jobs, run_one, trace_bounds
@@ -35,6 +36,7 @@ from epp.replay.summary import percentile
 from epp.replay.traces import read_trace
 
 HERE = Path(__file__).resolve().parent
+TRACE = TRACES_DIR / "mooncake_fast25_conversation_first30min.jsonl"  # python bench/fetch_traces.py
 PREFIX_CONFIG = HERE / "pd" / "pd-prefix.yaml"
 ALWAYS_CONFIG = HERE / "pd" / "pd-always.yaml"
 ENGINE = EngineConfig(profile="llama-3.1-8b-h100")
@@ -59,14 +61,15 @@ def fmt(value: Any, spec: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trace", type=Path, default=Path("/work/shared/traces/mooncake_fast25_conversation_first30min.jsonl"))
+    parser.add_argument("--trace", type=Path, default=TRACE,
+                        help="the conversation trace (default: traces/ in the repository, from bench/fetch_traces.py)")
     parser.add_argument("--max-requests", type=int, default=2000)
     parser.add_argument("--thresholds", default="16,256,1024,4096")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--prefill-engines", type=int, default=4, help="of the 8 engines, how many prefill (the rest decode)")
     parser.add_argument("--rate-scale", type=float, default=None, help="run at this rate instead of the aggregated knee")
     args = parser.parse_args(argv)
-    trace = read_trace(str(args.trace), args.max_requests or None)
+    trace = read_trace(str(require(args.trace)), args.max_requests or None)
     thresholds = [int(t) for t in args.thresholds.split(",")]
     prefills = args.prefill_engines
     disaggregated = ClusterSpec(engines=8, engine=ENGINE, roles=("prefill",) * prefills + ("decode",) * (8 - prefills))

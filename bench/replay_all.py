@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from epp.engine.config import EngineConfig
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 from epp.replay.knee import Knee, find_knee, unloaded_scale
 from epp.replay.offline import ClusterSpec
-from epp.replay.plots import write_plots
+from epp.replay.plots import PlotContext, write_plots
 from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
 from epp.replay.targets import Loads, Verdict, evaluate
@@ -215,7 +216,8 @@ def verdict_lines(per_trace: dict[str, list[Verdict]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=Path, default=Path("/work/shared/traces"))
+    parser.add_argument("--traces", type=Path, default=TRACES_DIR,
+                        help="directory of traces (default traces/: python bench/fetch_traces.py fills it)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per trace (its head; 0 = all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
@@ -224,7 +226,7 @@ def main() -> int:
     limit = args.max_requests or None
 
     files = sorted(
-        (p for p in args.traces.iterdir() if p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz")),
+        (p for p in require(args.traces).iterdir() if p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz")),
         key=lambda p: -p.stat().st_size,  # biggest first: the knee searches finish together
     )
     started = time.perf_counter()
@@ -258,7 +260,8 @@ def main() -> int:
         body += trace_section(trace, total, search, summaries, labels, verdicts)
         plot_dir = args.out.with_suffix("") / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
-        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale])
+        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale],
+                    PlotContext(trace.name, search.bounds))
         body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent) if plot_dir.is_relative_to(HERE.parent) else plot_dir}/` (written by the script, not committed).", ""]
         raw[path.name] = {
             "knee": dataclasses.asdict(search.knee),

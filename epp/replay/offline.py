@@ -2,26 +2,30 @@
 
 A discrete-event loop over three kinds of event, in time order:
 
-- an arrival: the request is scheduled exactly as ``epp serve`` would (``Scheduler.schedule`` over
-  ``Datastore.endpoints()``, in-flight counters via ``request_started``) and handed to its engine;
-  with several picker replicas (``epp.replay.replicas``) arrivals go to them in turn, each replica
-  with its own datastore (same engine snapshots, its own in-flight counters), and the request's
-  later hooks go to the replica that picked it;
+- an arrival: the request goes through ``epp serve``'s own request path, the ``Director`` (admission
+  — shedding sheddable requests when saturated, or flow control's queues —, scheduler, in-flight
+  counters, every hook) and, once routed, to its engine; with several picker replicas
+  (``epp.replay.replicas``) arrivals go to them in turn, each replica with its own director and
+  datastore (same engine snapshots, its own in-flight counters), and the request's later hooks go to
+  the replica that picked it;
 - an engine's step end: its KV-cache events are published to the scheduler plugins that consume
   them (``epp.replay.kv_feed``, at the step end as vLLM publishes after a step; engines produce
   events only when some plugin consumes them), its outputs are delivered (first tokens → the
-  scheduler's response-started hooks, as ``epp serve`` calls them on an endpoint's first response
-  bytes; finishes → ``request_finished`` and the response-complete hooks) and the engine starts its
-  next step;
-- a disaggregated request (``ClusterSpec.roles``; the picker wrote the prefill header, as for the
-  routing sidecar in ``epp serve``) first runs on its prefill engine with ``max_tokens`` 1; when that
-  prefill finishes, the decode engine receives the prompt's KV (``EngineCore.receive_kv``) and the
-  request joins it. The KV transfer itself takes no time here (an optimistic bound: NIXL over RDMA moves
-  a long prompt's KV in milliseconds, over TCP it can take far longer). With roles, steps are not fused:
-  a decode request can join an engine at any prefill's end, not only at an arrival;
+  director's ``response_started``, as ``epp serve`` calls it on an endpoint's first response bytes;
+  finishes → the director's ``finish``, which releases in-flight counters, runs the response-complete
+  hooks and lets flow control dispatch what waits) and the engine starts its next step;
+- a disaggregated request (``ClusterSpec.roles``; the picker wrote the prefill header into the
+  decision's headers, as for the routing sidecar in ``epp serve``) first runs on its prefill engine
+  with ``max_tokens`` 1; when that prefill finishes, the decode engine receives the prompt's KV
+  (``EngineCore.receive_kv``) and the request joins it. The director sees only the decode request, as
+  in ``epp serve`` where the sidecar runs the prefill: its first token and finish come from the decode
+  engine. The KV transfer itself takes no time here (an optimistic bound: NIXL over RDMA moves a long
+  prompt's KV in milliseconds, over TCP it can take far longer). With roles, steps are not fused: a
+  decode request can join an engine at any prefill's end, not only at an arrival;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
-  state exactly as stale as in production.
+  state exactly as stale as in production; then each director's admission ``tick`` (queue deadlines,
+  dispatch on the fresh metrics).
 
 Each request carries both its token ids (what token-aware plugins hash, e.g. the prefix scorer) and
 the text those ids decode to with the simulator's tokenizer (what text-based plugins see, e.g. the
@@ -32,19 +36,26 @@ that event is processed is the state at the tick. Engine steps are given the nex
 horizon, so runs of pure decode are fused into one event (``EngineCore.step``): an engine's state
 can therefore run ahead of a poll tick by at most the fused run, never past the next arrival, the only
 moment anyone reads it. For the same reason a fused run's KV events are published together at its end.
+With flow control a held request can also be dispatched at a poll or when another request finishes, so
+the horizon is then the next poll as well: a dispatched request waits behind a fused run for at most one
+poll interval.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from epp._util.clock import VirtualClock
-from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.datastore.endpoint import ROLE_LABEL
+from epp.director import AdmissionPolicy, Director, RoutingDecision, ShedSheddable
 from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
@@ -54,6 +65,7 @@ from epp.kvevents.consumer import kv_event_sinks
 from epp.replay.kv_feed import KVEventFeed
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
+from epp.request.usage import Usage
 from epp.scheduling import Scheduler
 from epp.sim.sidecar import prefill_target
 
@@ -87,13 +99,16 @@ class RequestRecord:
 
     arrival: float
     prompt_tokens: int
+    priority: int = 0
+    routed: float | None = None
+    """When the picker let the request go to its engine (later than ``arrival`` if flow control held it)."""
     engine: int = -1
     cached_tokens: int = 0
     output_tokens: int = 0
     first_token: float | None = None
     finish: float | None = None
     shed: str | None = None
-    """Why the request never reached an engine (scheduler's 429/503 reason, or the engine's refusal)."""
+    """Why the request never reached an engine (the picker's refusal, or the engine's)."""
     prefill_engine: int = -1
     """The engine that ran the prefill of a disaggregated request (-1: aggregated); its prefix hit is
     ``cached_tokens`` (the decode engine's hit is the KV it received)."""
@@ -126,10 +141,44 @@ class RunResult:
 @dataclass(slots=True)
 class _InFlight:
     index: int
-    request: LLMRequest
+    decision: RoutingDecision
     replica: int
     decode: int = -1
     """For a prefill in flight: the engine its decode goes to."""
+
+
+Admission = Callable[[Scheduler, Datastore], AdmissionPolicy]
+"""Builds one replica's admission policy (as ``epp serve`` does from its config)."""
+
+
+class ReplayRecorder:
+    """The director's ``RequestRecorder`` offline: requests routed and refused, per priority band
+    (the replay summary reads latencies from the run's records; this is what the picker saw)."""
+
+    def __init__(self) -> None:
+        self.routed: Counter[int] = Counter()
+        self.rejected: Counter[tuple[int, str]] = Counter()
+
+    def scheduled(self, duration: float, target_model: str, endpoint: EndpointState | None) -> None:
+        pass
+
+    def request_routed(self, request: LLMRequest, body_bytes: int) -> None:
+        self.routed[request.priority] += 1
+
+    def request_rejected(self, model: str, target_model: str, error: RequestError,
+                         request: LLMRequest | None = None) -> None:
+        self.rejected[(request.priority if request is not None else 0, reason(error))] += 1
+
+    def request_finished(self, request: LLMRequest, duration: float, response_bytes: int | None, usage: Usage) -> None:
+        pass
+
+    def model_rewritten(self, rewrite_name: str, model: str, target_model: str) -> None:
+        pass
+
+
+def reason(error: RequestError) -> str:
+    """A refusal as a record's ``shed`` value: the dropped-reason, else the error code, else the status."""
+    return error.reason or error.code or str(error.status)
 
 
 def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
@@ -162,7 +211,10 @@ class OfflineReplay:
         rate_scale: float = 1.0,
         load_samples: int = 400,
         progress: Callable[[int], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission`` builds each replica's admission policy (default: ``epp serve``'s, shedding
+        sheddable requests while the scheduler's saturation detector says the pool is saturated)."""
         if rate_scale <= 0:
             raise ValueError("rate scale must be positive")
         if not schedulers:
@@ -179,12 +231,17 @@ class OfflineReplay:
         self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}
         self._by_hostport = {endpoint.hostport: i for i, endpoint in enumerate(self.endpoints)}
         self._fuse = not cluster.roles
-        self._delivering = -1
         self.datastores = [Datastore(self.clock, cluster.staleness_threshold) for _ in self.schedulers]
         for datastore in self.datastores:
             for endpoint in self.endpoints:
                 datastore.upsert(endpoint)
             datastore.mark_synced()
+        self.recorders = [ReplayRecorder() for _ in self.schedulers]
+        self.directors = [
+            Director(datastore, scheduler, recorder, admission=admission(scheduler, datastore) if admission else None,
+                     clock=clock, rng=random.Random(i))
+            for i, (datastore, scheduler, recorder) in enumerate(zip(self.datastores, self.schedulers, self.recorders))
+        ]
         sinks = kv_event_sinks(p for s in self.schedulers for p in s.plugins)
         self.kv_feed = KVEventFeed(sinks, self.endpoints, cluster.engine.model) if sinks else None
         self.engines = [
@@ -192,7 +249,7 @@ class OfflineReplay:
             for i in range(cluster.engines)
         ]
         self.models = frozenset({cluster.engine.model})
-        self.records = [RequestRecord(a, r.prompt.length) for a, r in zip(self.arrivals, requests)]
+        self.records = [RequestRecord(a, r.prompt.length, r.priority) for a, r in zip(self.arrivals, requests)]
         self.load: list[LoadSample] = []
         span = self.arrivals[-1] if self.arrivals else 0.0
         self._sample_every = span / load_samples if load_samples else math.inf
@@ -204,6 +261,10 @@ class OfflineReplay:
         # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
         self._stats: list[EngineStats | None] = [None] * cluster.engines
         self._heap: list[tuple[float, int]] = []
+        self._horizon = math.inf  # the next moment a request may arrive at an engine
+        # an admission policy that holds requests (flow control) may dispatch one at any poll
+        self._queues = any(not isinstance(d.admission, ShedSheddable) for d in self.directors)
+        self._delivering = -1  # the engine whose outputs are being delivered (stepped right after)
 
     def run(self) -> RunResult:
         started = time.perf_counter()
@@ -213,20 +274,28 @@ class OfflineReplay:
         i = 0
         next_poll = 0.0
         interval = self.cluster.poll_interval
-        while i < n or heap:
+        while i < n or heap or (self._queues and self._waiting()):
             t_arrival = arrivals[i] if i < n else math.inf
-            t = min(t_arrival, heap[0][0]) if heap else t_arrival
+            t_engine = heap[0][0] if heap else math.inf
+            t = min(t_arrival, t_engine)
+            if t == math.inf:  # only held requests remain: the next poll may dispatch or expire them
+                t = next_poll
             if t >= next_poll:
-                tick = math.floor(t / interval) * interval
+                tick = max(next_poll, math.floor(t / interval) * interval)  # never below next_poll (float floor)
                 self._poll(tick)
                 next_poll = tick + interval
+                if heap and heap[0][0] < t:  # flow control dispatched at the tick: that engine's step comes first
+                    continue
             self.clock.advance_to(t)
-            if heap and heap[0][0] <= t_arrival:
+            if t_engine <= t_arrival and heap:
+                self._horizon = min(t_arrival, next_poll) if self._queues else t_arrival
                 _, e = heapq.heappop(heap)
-                self._deliver(e, t_arrival)
-                self._step(e, t, t_arrival)
-            else:
-                self._arrive(i, t, arrivals[i + 1] if i + 1 < n else math.inf)
+                self._deliver(e)
+                self._step(e, t, self._horizon)
+            elif i < n:
+                t_next = arrivals[i + 1] if i + 1 < n else math.inf
+                self._horizon = min(t_next, next_poll) if self._queues else t_next
+                self._arrive(i, t)
                 i += 1
                 if self._progress is not None and (i % 256 == 0 or i == n):
                     self._progress(i)
@@ -238,6 +307,9 @@ class OfflineReplay:
         return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started, batches)
 
     # -- events ------------------------------------------------------------------------------------
+
+    def _waiting(self) -> bool:
+        return any(d.admission.waiting for d in self.directors)
 
     def _poll(self, tick: float) -> None:
         loads = []
@@ -253,72 +325,78 @@ class OfflineReplay:
         if tick >= self._next_sample:
             self.load.append(LoadSample(tick, tuple(loads)))
             self._next_sample = tick + self._sample_every
+        self.clock.advance_to(max(tick, self.clock.now()))
+        for director in self.directors:
+            director.admission.tick()
 
-    def _arrive(self, index: int, now: float, horizon: float) -> None:
+    def _arrive(self, index: int, now: float) -> None:
         trace_request = self.requests[index]
-        record = self.records[index]
         tokens = trace_request.prompt.tokens()
-        request_id = str(index)
+        prompt = decode(tokens).encode()
         request = LLMRequest(
-            request_id=request_id,
+            request_id=str(index),
             kind=RequestKind.COMPLETIONS,
             model=trace_request.model or self.cluster.engine.model,
-            prompt_bytes=decode(tokens).encode(),
+            prompt_bytes=prompt,
             prompt_token_ids=tokens,
             max_tokens=trace_request.output_tokens,
             user=trace_request.session,
             priority=trace_request.priority,
         )
-        replica = index % len(self.schedulers)
-        datastore = self.datastores[replica]
-        try:
-            result = self.schedulers[replica].schedule(request, datastore.endpoints())
-        except RequestError as exc:
-            record.shed = exc.reason or str(exc.status)
+        replica = index % len(self.directors)
+        self.directors[replica].submit(request, len(prompt), None, partial(self._routed, index, replica, request))
+
+    def _routed(self, index: int, replica: int, request: LLMRequest, outcome: RoutingDecision | RequestError) -> None:
+        """The director's answer for one request, now or when flow control dispatched it."""
+        record = self.records[index]
+        director = self.directors[replica]
+        if isinstance(outcome, RequestError):
+            record.shed = reason(outcome)
+            director.reject(outcome, request.request_id, "/v1/completions", request)
             return
-        name = result.endpoints[0].name
-        e = self._index[name]
-        prefill = prefill_target("decode", request.headers)
-        p = self._by_hostport[prefill] if prefill is not None else -1
+        now = record.routed = self.clock.now()
+        e = self._index[outcome.endpoints[0].name]
+        prefill = prefill_target("decode", outcome.headers)
+        p = self._by_hostport.get(prefill, -1) if prefill is not None else -1
+        tokens = request.prompt_token_ids or []
         try:
             if p >= 0:
-                self.engines[p].add_request(EngineRequest(f"{request_id}/prefill", tokens, 1, now))
+                self.engines[p].add_request(EngineRequest(f"{request.request_id}/prefill", tokens, 1, now))
             else:
-                self.engines[e].add_request(EngineRequest(request_id, tokens, trace_request.output_tokens, now))
+                self.engines[e].add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
         except ValueError as exc:
             record.shed = f"engine refused: {exc}"
+            director.finish(outcome)  # a failed request: released, hooks told, no usage
             return
         record.engine = e
-        datastore.request_started(name, len(tokens))
         if p >= 0:
             record.prefill_engine = p
-            self._inflight[f"{request_id}/prefill"] = _InFlight(index, request, replica, decode=e)
-            self._wake(p, now, horizon)
+            self._inflight[f"{request.request_id}/prefill"] = _InFlight(index, outcome, replica, decode=e)
+            self._wake(p, now)
         else:
-            self._inflight[request_id] = _InFlight(index, request, replica)
-            self._wake(e, now, horizon)
+            self._inflight[request.request_id] = _InFlight(index, outcome, replica)
+            self._wake(e, now)
 
-    def _wake(self, e: int, now: float, horizon: float) -> None:
+    def _wake(self, e: int, now: float) -> None:
         """Engine ``e`` got a request: its state changed, and if it was idle it starts a step now."""
         self._stats[e] = None
         if self._pending[e] is None and e != self._delivering:  # the one delivering steps right after
-            self._step(e, now, horizon)
+            self._step(e, now, self._horizon)
 
-    def _prefilled(self, flight: _InFlight, now: float, horizon: float) -> None:
+    def _prefilled(self, flight: _InFlight, now: float) -> None:
         """A disaggregated request's prefill finished: its KV moves to the decode engine, which takes it."""
-        trace_request = self.requests[flight.index]
-        tokens = flight.request.prompt_token_ids or []
+        request = flight.decision.request
+        tokens = request.prompt_token_ids or []
         decode = self.engines[flight.decode]
         decode.receive_kv(tokens)
         try:
-            decode.add_request(EngineRequest(flight.request.request_id, tokens, trace_request.output_tokens, now))
+            decode.add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
         except ValueError as exc:  # cannot happen for a prompt the prefill engine took (same config); kept honest
-            record = self.records[flight.index]
-            record.shed = f"engine refused: {exc}"
-            self.datastores[flight.replica].request_finished(self.endpoints[flight.decode].name, record.prompt_tokens)
+            self.records[flight.index].shed = f"engine refused: {exc}"
+            self.directors[flight.replica].finish(flight.decision)
             return
-        self._inflight[flight.request.request_id] = _InFlight(flight.index, flight.request, flight.replica)
-        self._wake(flight.decode, now, horizon)
+        self._inflight[request.request_id] = _InFlight(flight.index, flight.decision, flight.replica)
+        self._wake(flight.decode, now)
 
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
@@ -341,46 +419,36 @@ class OfflineReplay:
             self._pending_events[e] = []
             self.kv_feed.publish(self.endpoints[e].name, now, events)
 
-    def _deliver(self, e: int, horizon: float) -> None:
+    def _deliver(self, e: int) -> None:
         self._publish(e, self.clock.now())
         outputs = self._pending[e] or []
         self._pending[e] = None
         self._delivering = e
         try:
-            self._deliver_outputs(e, outputs, horizon)
+            self._deliver_outputs(outputs)
         finally:
             self._delivering = -1
 
-    def _deliver_outputs(self, e: int, outputs: list[RequestOutput], horizon: float) -> None:
-        name = self.endpoints[e].name
+    def _deliver_outputs(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
             flight = self._inflight.get(out.request_id)
             if flight is None:
                 continue
             record = self.records[flight.index]
-            if flight.decode >= 0:  # the prefill half of a disaggregated request
+            if flight.decode >= 0:  # the prefill half of a disaggregated request: the director never sees it
                 record.cached_tokens = out.num_cached_tokens
                 if out.finished:
                     del self._inflight[out.request_id]
-                    self._prefilled(flight, self.clock.now(), horizon)
+                    self._prefilled(flight, self.clock.now())
                 continue
-            scheduler, datastore = self.schedulers[flight.replica], self.datastores[flight.replica]
-            state = datastore.get(name)
+            director = self.directors[flight.replica]
             if out.first_token:
                 record.first_token = out.first_token_time
                 if record.prefill_engine < 0:
                     record.cached_tokens = out.num_cached_tokens
-                if state is not None:
-                    scheduler.response_started(flight.request, state)
+                director.response_started(flight.decision)
             if out.finished:
                 record.finish = out.finish_time
                 record.output_tokens = out.num_output_tokens
                 del self._inflight[out.request_id]
-                datastore.request_finished(name, record.prompt_tokens)
-                if state is not None:
-                    usage = {
-                        "prompt_tokens": out.num_prompt_tokens,
-                        "completion_tokens": out.num_output_tokens,
-                        "cached_tokens": out.num_cached_tokens,
-                    }
-                    scheduler.response_complete(flight.request, state, usage)
+                director.finish(flight.decision, Usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens))

@@ -25,11 +25,12 @@ PRESETS: Mapping[str, str] = MappingProxyType({
     # prefill on the calibrated H100 latency model) plus 8× the prefill work it adds, random among
     # near-equals. The producer matches up to 128K prompt tokens so the prediction sees the whole hit.
     # Per endpoint it reads what the engine cached from its KV events (vLLM's default publisher,
-    # tcp://<pod>:5557) once they prove to agree with epp's token keys; otherwise it falls back to an
+    # tcp://<pod>:5557) once they prove to agree with epp's token keys (prompts tokenized with the served
+    # model's own tokenizer and chat template, found from the model name); otherwise it falls back to an
     # index learned from picks that remembers twice what an engine can cache, and the predictor
     # discounts what was evicted since.
     "default": _config(
-        "- {type: precise-prefix-cache-producer, parameters: {mode: connect, kvEventsPort: 5557, tokenizer: sim,"
+        "- {type: precise-prefix-cache-producer, parameters: {mode: connect, kvEventsPort: 5557, tokenizer: auto,"
         " maxPrefixTokensToMatch: 131072, lruCapacityPerServer: 62500}}\n"
         "- {type: ttft-predictor-scorer, parameters: {profile: llama-3.1-8b-h100, workWeight: 8}}\n"
         "- {type: max-score-picker}\n",

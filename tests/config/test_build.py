@@ -131,3 +131,28 @@ def test_load_from_file_and_unknown_source(tmp_path: Path) -> None:
     path.write_text(HEAD + "plugins: {}\n")
     with pytest.raises(ConfigError, match=r"^plugins: must be a list \(in .*epp\.yaml\)$"):
         load_config(path)
+
+
+def test_alpha_plugin_types_need_allow_experimental() -> None:
+    """Upstream's loader refuses alpha-stability plugins unless --allow-experimental-plugins is set."""
+    from epp.config import ConfigError, build_scheduler, parse_config_text
+    from epp.scheduling.plugins import BUILTIN_PLUGINS
+    from epp.scheduling.plugins.scorers import queue
+    from epp.scheduling.registry import PluginRegistry, PluginType
+
+    registry = PluginRegistry([*BUILTIN_PLUGINS, PluginType("alpha-scorer", queue.factory, alpha=True)])
+    config = parse_config_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {name: a, type: alpha-scorer}\n")
+    with pytest.raises(ConfigError, match=r"^plugins\[0\].type: plugin 'a' \(type 'alpha-scorer'\) has alpha stability; "
+                                          "start epp with --allow-experimental-plugins"):
+        build_scheduler(config, registry=registry, allow_experimental=False)
+    assert build_scheduler(config, registry=registry, allow_experimental=True).plugins
+
+
+def test_a_parser_listed_in_a_profile_is_accepted_as_upstream_does() -> None:
+    """GIE's integration-test config lists openai-parser among a profile's plugins; it changes nothing there."""
+    from epp.config import load_scheduler_text
+
+    scheduler = load_scheduler_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+                                    "plugins: [{type: openai-parser}, {type: queue-scorer}]\n"
+                                    "schedulingProfiles: [{name: default, plugins: [{pluginRef: openai-parser}, {pluginRef: queue-scorer}]}]\n")
+    assert [w.scorer.typed_name.type for w in scheduler.profiles["default"].scorers] == ["queue-scorer"]

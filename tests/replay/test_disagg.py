@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from epp._util.clock import VirtualClock
+from epp.director import RoutingDecision
 from epp.replay.cli import _roles
 from epp.replay.offline import ClusterSpec, OfflineReplay, RunResult
 from epp.replay.policies import resolve
 from epp.replay.summary import summarize
 from epp.replay.traces import SegmentPrompt, TraceRequest
+from epp.request.usage import Usage
 
 CONFIGS = Path(__file__).parents[1] / "config" / "upstream_pd"
 SIM_PD = str(CONFIGS / "llm-d__llm-d-router__deploy__config__sim-pd-epp-config.yaml")  # prefix decider, 16 tokens
@@ -44,6 +46,7 @@ def test_long_uncached_prompts_prefill_remotely_and_a_repeat_stays_on_its_decode
     assert sum(s.prefix_cache_hits for s in decode_stats) >= 5 * (1024 - 16)
     assert sum(s.generation_tokens_total for s in decode_stats) == 5 * 8
     assert all(s.inflight_requests == 0 for s in driver.datastores[0].endpoints())
+    assert driver.recorders[0].routed[0] == 5  # the director routed each request once: the prefill half is not its
     summary = summarize(result, "sim-pd", 1.0, 0, 0)
     assert summary["disaggregated"] == 4 and summary["tpot_p90"] is not None
 
@@ -61,3 +64,28 @@ def test_roles_flag() -> None:
             _roles(bad)
     with pytest.raises(ValueError, match="3 roles for 4 engines"):
         ClusterSpec(engines=4, roles=("decode",) * 3)
+
+
+def test_the_director_hears_each_disaggregated_request_start_and_finish_once_from_its_decode_engine() -> None:
+    """As in ``epp serve``, where the sidecar runs the prefill: the picker's hooks see the decode request only."""
+    trace = [TraceRequest(float(i), SegmentPrompt(((1_000_000 * (i + 1), 1024),)), 8) for i in range(3)]
+    clock = VirtualClock()
+    driver = OfflineReplay(trace, [resolve(SIM_PD).build(clock, 0)], ClusterSpec(engines=4, roles=ROLES), clock)
+    director = driver.directors[0]
+    heard: list[tuple[str, str, str]] = []
+    started, finish = director.response_started, director.finish
+
+    def on_started(decision: RoutingDecision) -> None:
+        heard.append(("started", decision.request.request_id, decision.endpoints[0].name))
+        started(decision)
+
+    def on_finish(decision: RoutingDecision, usage: Usage | None = None, response_bytes: int | None = None) -> None:
+        heard.append(("finish", decision.request.request_id, decision.endpoints[0].name))
+        finish(decision, usage, response_bytes)
+
+    director.response_started, director.finish = on_started, on_finish  # type: ignore[method-assign]
+    driver.run()
+    for i, record in enumerate(driver.records):
+        assert record.prefill_engine in (0, 1)
+        decode = f"engine-{record.engine}"
+        assert [h for h in heard if h[1] == str(i)] == [("started", str(i), decode), ("finish", str(i), decode)]

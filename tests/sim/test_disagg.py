@@ -4,7 +4,6 @@ first (as llm-d's sidecar does), receives its KV, then decodes; both engines' me
 from __future__ import annotations
 
 import aiohttp
-import msgpack
 import zmq
 import zmq.asyncio
 
@@ -14,6 +13,7 @@ from epp.engine.block_pool import BlockStored
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore
 from epp.engine.request import EngineRequest
+from epp.kvevents.decode import Stored, decode_message
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, scrape, sse
 
@@ -69,7 +69,7 @@ async def test_the_decode_engine_publishes_the_received_kv_as_block_stored() -> 
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     port = sub.bind_to_random_port("tcp://127.0.0.1")
-    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's default topic is empty
     try:
         with run_sim("--time-scale", "0", "--role", "prefill") as prefill, \
                 run_sim("--time-scale", "0", "--role", "decode", "--kv-events-endpoint", f"tcp://127.0.0.1:{port}") as decode:
@@ -90,7 +90,7 @@ async def test_the_decode_engine_publishes_the_received_kv_as_block_stored() -> 
     finally:
         sub.close()
         ctx.term()
-    _, events = msgpack.unpackb(frames[2])
-    tag, hashes, *_ = events[0]
+    stored = decode_message(frames).events[0]
     tokens = tokenizer.encode(prompt)
-    assert tag == "BlockStored" and hashes == chain_hashes(token_blocks(tokens, 16), seed_hash(MODEL))
+    assert isinstance(stored, Stored)
+    assert stored.block_hashes == tuple(chain_hashes(token_blocks(tokens, 16), seed_hash(MODEL)))

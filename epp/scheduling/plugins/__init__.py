@@ -6,6 +6,7 @@ here registers itself on import.
 
 from __future__ import annotations
 
+from epp.request.parsers import PARSER_PLUGINS
 from epp.scheduling import saturation
 from epp.scheduling.plugins.admission import concurrency_detector, probabilistic_admitter
 from epp.scheduling.plugins.datalayer import dcgm, models, multicluster_metrics, topology
@@ -47,11 +48,13 @@ from epp.scheduling.plugins.scorers import (
     ttft_predictor,
 )
 from epp.scheduling.plugins.scorers import topology_affinity as topology_affinity_scorer
-from epp.scheduling.prefix import precise_producer, producer
+from epp.scheduling.prefix import llmd, precise_producer, producer
 from epp.scheduling.registry import PluginType
 
 BUILTIN_PLUGINS: tuple[PluginType, ...] = (
-    # data producers (built first)
+    # data producers (built first; token producers before the precise producer that reads them)
+    PluginType(llmd.TOKEN_PRODUCER, llmd.token_producer_factory(llmd.TOKEN_PRODUCER), producer=True),
+    PluginType(llmd.LEGACY_TOKEN_PRODUCER, llmd.token_producer_factory(llmd.LEGACY_TOKEN_PRODUCER), producer=True),
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
     PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
@@ -63,8 +66,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(models.MODELS_DATA_SOURCE, models.source_factory, producer=True),
     PluginType(models.MODELS_DATA_EXTRACTOR, models.extractor_factory, producer=True),
     PluginType(topology.TOPOLOGY_EXTRACTOR, topology.extractor_factory, producer=True),
-    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_DATA_SOURCE, multicluster_metrics.source_factory, producer=True),
-    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_EXTRACTOR, multicluster_metrics.extractor_factory, producer=True),
+    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_DATA_SOURCE, multicluster_metrics.source_factory, producer=True, alpha=True),
+    PluginType(multicluster_metrics.MULTICLUSTER_METRICS_EXTRACTOR, multicluster_metrics.extractor_factory, producer=True, alpha=True),
     # disaggregation deciders: built before the profile handler that names them
     PluginType(deciders.ALWAYS_DISAGG_PD_DECIDER, deciders.always_pd_factory, producer=True),
     PluginType(deciders.PREFIX_BASED_PD_DECIDER, deciders.prefix_based_factory, producer=True),
@@ -86,13 +89,14 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(endpoint_attribute.ENDPOINT_ATTRIBUTE_FILTER, endpoint_attribute.factory),
     PluginType(utilization.UTILIZATION_FILTER, utilization.factory),
     PluginType(topology_affinity.TOPOLOGY_AFFINITY_FILTER, topology_affinity.factory),
-    PluginType(multicluster_session_affinity.MULTICLUSTER_SESSION_AFFINITY_FILTER, multicluster_session_affinity.factory),
+    PluginType(multicluster_session_affinity.MULTICLUSTER_SESSION_AFFINITY_FILTER, multicluster_session_affinity.factory, alpha=True),
     PluginType(context_length_aware.CONTEXT_LENGTH_AWARE, context_length_aware.factory),  # filter and scorer
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
     PluginType(running_requests.RUNNING_REQUESTS_SCORER, running_requests.factory),
     PluginType(kv_cache.KV_CACHE_UTILIZATION_SCORER, kv_cache.factory),
     PluginType(prefix_cache.PREFIX_CACHE_SCORER, prefix_cache.factory),
+    PluginType(prefix_cache.PRECISE_PREFIX_CACHE_SCORER, prefix_cache.precise_factory),
     PluginType(load_aware.LOAD_AWARE_SCORER, load_aware.factory),
     PluginType(active_request.ACTIVE_REQUEST_SCORER, active_request.factory),
     PluginType(token_load.TOKEN_LOAD_SCORER, token_load.factory),
@@ -105,8 +109,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
     PluginType(topology_affinity_scorer.TOPOLOGY_AFFINITY_SCORER, topology_affinity_scorer.factory),
     PluginType(mm_embeddings.MM_EMBEDDINGS_CACHE_SCORER, mm_embeddings.scorer_factory),
-    PluginType(multicluster_queue.MULTICLUSTER_QUEUE_SCORER, multicluster_queue.factory),
-    PluginType(multicluster_kv_cache.MULTICLUSTER_KV_CACHE_SCORER, multicluster_kv_cache.factory),
+    PluginType(multicluster_queue.MULTICLUSTER_QUEUE_SCORER, multicluster_queue.factory, alpha=True),
+    PluginType(multicluster_kv_cache.MULTICLUSTER_KV_CACHE_SCORER, multicluster_kv_cache.factory, alpha=True),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),
@@ -124,4 +128,6 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(request_attribute_reporter.REQUEST_ATTRIBUTE_REPORTER, request_attribute_reporter.factory),
     # response phase
     PluginType(served_verifier.DESTINATION_ENDPOINT_SERVED_VERIFIER, served_verifier.factory),
+    # request parsers (requestHandler.parsers; epp.request.parsers)
+    *PARSER_PLUGINS,
 )

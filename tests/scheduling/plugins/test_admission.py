@@ -9,7 +9,7 @@ import pytest
 
 from epp.config import ConfigError, load_scheduler_text
 from epp.datastore import EndpointMetrics, EndpointState
-from epp.director import Director
+from epp.director import Director, ShedSheddable
 from epp.request import RequestError
 from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.admission.concurrency_detector import ConcurrencyDetector, ConcurrencyParams
@@ -93,7 +93,7 @@ def test_director_answers_429_from_an_admitter_and_admits_the_protected() -> Non
                                     "- {type: utilization-detector, parameters: {queueDepthThreshold: 999999999, kvCacheUtilThreshold: 1.0}}\n"
                                     "flowControl:\n  saturationDetector: {pluginRef: utilization-detector}\n",
                                     clock=store.clock, rng=random.Random(2))
-    d = Director(store, scheduler, Telemetry(store), clock=store.clock, saturation=scheduler.saturation_detector,
+    d = Director(store, scheduler, Telemetry(store), clock=store.clock, admission=ShedSheddable(scheduler.saturation_detector),
                  objective_priority={"batch": -1}.__getitem__)
     with pytest.raises(RequestError) as info:
         d.route(chat(headers={"x-llm-d-inference-objective": "batch"}), 10)
