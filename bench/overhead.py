@@ -20,6 +20,11 @@ Configurations take turns within each size × concurrency cell, so slow drifts i
     python bench/overhead.py --pickers before=/tmp/before epp minimal --modes duplex --rounds 3
     python bench/overhead.py --requests 200 --sizes 1024 --concurrency 1
     python bench/overhead.py --pickers epp native=. --args native "--grpc-server native"   # two transports
+    python bench/overhead.py --workers 1 2 --modes duplex          # epp serve --workers 2 (epp-w2) vs one
+With ``--workers`` each epp picker runs once per worker count (``NAME-wN`` for N > 1); its CPU is the parent's
+plus its workers'. Every Envoy runs ``--envoy-concurrency`` threads (default 1, or 4 × max(--workers)): each
+thread opens its own connection to the picker, and the kernel spreads connections (not streams) over the
+workers by a hash, so a few connections can land on one worker.
 Results are meaningful only side by side from one run: the machine is shared and noisy.
 """
 
@@ -65,7 +70,7 @@ class Picker(Protocol):
     def address(self) -> Upstream: ...
     @property
     def pid(self) -> int: ...
-    def start(self) -> None: ...
+    def start(self, timeout: float = ...) -> None: ...
     def stop(self) -> object: ...
 
 
@@ -83,32 +88,40 @@ class MinimalPicker:
         assert self._proc is not None
         return self._proc.pid
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, str(MINIMAL), "--port", str(self.address.port), "--destination", self.engine.hostport,
              "--api", self.api],
             stdout=subprocess.PIPE,
         )
-        proc_util.read_line(self._proc, timeout=30)
+        proc_util.read_line(self._proc, timeout=timeout)
 
     def stop(self) -> object:
         proc, self._proc = self._proc, None
         return None if proc is None else proc_util.stop(proc)
 
 
-def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Path) -> Picker:
+def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Path, name: str) -> Picker:
     """``epp``, ``minimal``, ``minimal-iterator`` or ``NAME=PATH`` (epp serve from the source tree at PATH)."""
     if spec == "minimal":
         return MinimalPicker(engine, "read-write")
     if spec == "minimal-iterator":
         return MinimalPicker(engine, "iterator")
     if spec == "epp":
-        return PickerProcess([engine], extra_args=picker_args, log_path=workdir / "epp.log")
-    name, sep, tree = spec.partition("=")
+        return PickerProcess([engine], extra_args=picker_args, log_path=workdir / f"{name}.log")
+    _, sep, tree = spec.partition("=")
     if not sep or not (Path(tree) / "epp" / "__init__.py").is_file():
         raise SystemExit(f"--pickers {spec!r}: expected epp, minimal, minimal-iterator or NAME=PATH to an epp source tree")
     env = os.environ | {"PYTHONPATH": str(Path(tree).resolve())}
     return PickerProcess([engine], extra_args=picker_args, log_path=workdir / f"{name}.log", cwd=Path(tree), env=env)
+
+
+def worker_variants(spec: str, workers: list[int]) -> list[tuple[str, list[str]]]:
+    """(name, extra flags) per ``--workers`` count for an epp picker; the minimal pickers run once."""
+    if spec.startswith("minimal"):
+        return [(spec, [])]
+    name = picker_name(spec)
+    return [(name if n == 1 else f"{name}-w{n}", [] if n == 1 else ["--workers", str(n)]) for n in workers]
 
 
 def picker_name(spec: str) -> str:
@@ -193,12 +206,12 @@ async def measure(
                         headers[DESTINATION_HEADER] = engine.hostport
                     await load(url, body, concurrency, args.warmup, headers)
                     pid = pickers[name].pid if name else None
-                    cpu0 = proc_util.cpu_seconds(pid) if pid else 0.0
+                    cpu0 = proc_util.tree_cpu_seconds(pid) if pid else 0.0
                     latencies, elapsed, errors = await load(url, body, concurrency, total // args.rounds, headers)
                     run = cell[(name, mode)]
                     run.latencies_ms += latencies
                     run.elapsed_s += elapsed
-                    run.picker_cpu_s += proc_util.cpu_seconds(pid) - cpu0 if pid else 0.0
+                    run.picker_cpu_s += proc_util.tree_cpu_seconds(pid) - cpu0 if pid else 0.0
                     run.errors += errors
             runs.extend(cell.values())
             print(f"  done {size:>7} B c={concurrency}", file=sys.stderr)
@@ -232,10 +245,15 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
     parser.add_argument("--pickers", nargs="+", default=["epp"],
                         help="epp | minimal | minimal-iterator | NAME=PATH (epp serve from another source tree)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="epp serve --workers counts, each epp picker run once per count (NAME-wN), side by side")
     parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")
     parser.add_argument("--args", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="extra flags (one shell-quoted string) for the picker NAME only (repeat)")
+    parser.add_argument("--envoy-concurrency", type=int, default=0,
+                        help="Envoy worker threads (connections to each picker); 0 = 1, or 4 x max(--workers)")
     args = parser.parse_args()
+    envoy_threads = args.envoy_concurrency or (1 if max(args.workers) == 1 else 4 * max(args.workers))
     fleet = start_echo_engines(["engine"])
     engine = fleet.upstreams[0]
     pickers: dict[str, Picker] = {}
@@ -248,14 +266,16 @@ def main() -> int:
             if unknown := set(own) - {picker_name(spec) for spec in args.pickers}:
                 raise SystemExit(f"--args names no picker in --pickers: {sorted(unknown)}")
             for spec in args.pickers:
-                picker = make_picker(spec, engine, args.picker_arg + own.get(picker_name(spec), []), workdir)
-                pickers[picker_name(spec)] = picker
-                picker.start()
-                configs += [((picker_name(spec), mode), picker.address) for mode in args.modes]
+                for name, workers in worker_variants(spec, args.workers):
+                    flags = args.picker_arg + own.get(picker_name(spec), []) + workers
+                    picker = make_picker(spec, engine, flags, workdir, name)
+                    pickers[name] = picker
+                    picker.start(timeout=120.0)  # workers start side by side on a busy machine
+                    configs += [((name, mode), picker.address) for mode in args.modes]
             for (name, mode), target in configs:
                 where = workdir / f"{name or 'none'}-{mode}"
                 config = local_config(target, [engine], where, **MODES[mode])  # type: ignore[arg-type]
-                envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error")
+                envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error", concurrency=envoy_threads)
                 envoys[(name, mode)].start()
             runs = asyncio.run(measure(envoys, pickers, engine, args))
         finally:

@@ -56,6 +56,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "true without discovery uses --kubeconfig / in-cluster config and fails at start if "
                         "there is none")
     bool_flag(g, "--health-checking", False, "also serve the gRPC health service on --grpc-port")
+    g.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="picker processes sharing --grpc-port (SO_REUSEPORT), one per core the pod has; each is a "
+                        "replica with its own state (README 'Several cores and replicas'); health and metrics ports serve "
+                        "their aggregate")
     g.add_argument("--grpc-server", choices=("grpcio", "native"), default="grpcio",
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
                         "(2-3x less CPU per request; see README 'Transport')")
@@ -129,6 +133,13 @@ def warn_unsupported(args: argparse.Namespace) -> list[str]:
     return named
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(log_settings(args))
     warn_unsupported(args)
@@ -140,6 +151,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if args.workers > 1:
+        from epp.workers import supervise
+
+        if args.ha_enable_leader_election:  # every worker would campaign for the Lease on its own
+            log.error("--workers > 1 cannot be combined with --ha-enable-leader-election (active-passive); "
+                      "run one worker per replica, or drop leader election for active-active")
+            return 2
+        return run_async(supervise(args))
     return run_async(serve(args))
 
 
@@ -156,5 +175,7 @@ async def serve(args: argparse.Namespace) -> int:
     async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
         await picker.setup(stack, shutdown)
         tune_gc()
+        if (ready := getattr(args, "ready", None)) is not None:  # a worker of ``--workers N`` tells its parent
+            ready(picker.server.health_port, picker.metrics.port)
 
     return await run_until_signal(setup, log)

@@ -120,6 +120,10 @@ class PickerService:
                                     specs=engine_specs(args))
         self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
                                                    args.refresh_metrics_interval)  # DCGM, /v1/models
+        # A worker of ``epp serve --workers N`` shares the ext_proc port with its siblings; its health and
+        # metrics ports are private to the parent (loopback, free ports), which serves the pod's aggregate.
+        worker = bool(getattr(args, "worker", False))
+        private = "127.0.0.1" if worker else None
         self.limiter = StreamLimiter(args.max_concurrent_streams, args.max_body_bytes, registry=self.telemetry.registry)
         servicer = ExtProcServicer(self.director, args.max_body_bytes, self.limiter)
         if args.enable_grpc_stream_metrics:
@@ -130,9 +134,10 @@ class PickerService:
             credentials=credentials, max_message_bytes=args.max_body_bytes, health_on_main_port=args.health_checking,
             max_concurrent_rpcs=args.max_concurrent_streams * GRPC_BACKSTOP_FACTOR, native=native,
             grpc_max_recv_bytes=args.grpc_max_recv_msg_size, grpc_max_send_bytes=args.grpc_max_send_msg_size,
+            reuse_port=worker, health_host=private,
         )
         self.metrics_auth = KubeMetricsAuth(args.kubeconfig) if metrics_auth_enabled(args) else None
-        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=args.bind_address or None,
+        self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=private or args.bind_address or None,
                                      auth=self.metrics_auth,
                                      ssl_context=metrics_ssl_context(args, self.metrics_auth is not None))
         self.drain_timeout: float = args.drain_timeout

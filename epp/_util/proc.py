@@ -101,3 +101,17 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used by ``pid`` so far, from ``/proc/PID/stat`` (Linux only)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` of ``pid`` plus its live children's (``epp serve --workers N``: the parent and its
+    workers; a child that exited in between is not counted, so measure with no restarts)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:  # field 4 of stat: the parent's pid
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+    return total

@@ -2,6 +2,8 @@
 
 * a profile plugin that is a scorer and has no weight weighs 1;
 * a profile without a picker gets a ``max-score-picker`` (one endpoint);
+* a profile handler listed in a profile does nothing there (one warning): upstream's
+  ``SchedulerProfile.AddPlugins`` keeps only filters, scorers and pickers and skips it silently;
 * one profile and no profile handler → ``single-profile-handler``; more than one handler → error;
 * no ``schedulingProfiles`` at all → one ``default`` profile with every declared filter, scorer
   (weight 1) and picker, so a plugins-only config still schedules;
@@ -17,6 +19,7 @@ error is a ``ConfigError`` naming the field.
 
 from __future__ import annotations
 
+import logging
 import random
 
 from epp._util.clock import Clock, WallClock
@@ -31,6 +34,7 @@ from epp.scheduling.framework import (
     PreRequest,
     ProfileHandler,
     RequestProcessor,
+    Screener,
     ResponseComplete,
     ResponseMetadata,
     Scorer,
@@ -45,6 +49,8 @@ from epp.scheduling.params import decode_params
 from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
 
+log = logging.getLogger(__name__)
+
 # Types configs may declare that the scheduler does not build: their owners read them from the config.
 EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
     # data layer (metrics poller, discovery)
@@ -57,7 +63,7 @@ EXTERNAL_PLUGIN_TYPES: frozenset[str] = frozenset({
 
 DEFAULT_PROFILE = "default"
 TOKEN_PRODUCER_TYPES = frozenset({"token-producer", "tokenizer"})  # built before the producers that read them
-REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete)
+REQUEST_CONTROL = (Admitter, RequestProcessor, ResponseMetadata, PreRequest, ResponseComplete, Screener)
 """Plugins that act on every request whatever the profile; upstream configs also list them in a profile,
 which is accepted and changes nothing (request parsers too: GIE's own test configs list one)."""
 
@@ -101,7 +107,9 @@ def _profile(name: str, path: str, refs: tuple[PluginRef, ...], config: Endpoint
         if ref.weight is not None and ref.weight < 0:
             raise ConfigError(f"{ref_path}.weight", "must not be negative")
         if isinstance(plugin, ProfileHandler):
-            raise ConfigError(f"{ref_path}.pluginRef", f"{ref.plugin_ref!r} is a profile handler, not a profile plugin")
+            log.warning("config: %s.pluginRef %r is a profile handler; it has no effect in a profile (ignored, as upstream does)",
+                        ref_path, ref.plugin_ref)
+            continue
         used = False
         if isinstance(plugin, Filter):
             filters.append(plugin)

@@ -21,11 +21,19 @@ def _engines(text: str) -> int:
     return int(text)
 
 
+def _pickers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 4:
+        raise argparse.ArgumentTypeError(f"must be a number from 1 to 4, got {text!r}")
+    return int(text)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", type=_engines, default=3, help="number of local engines (1-8)")
     parser.add_argument("--policy", default=DEFAULT_POLICY, metavar="PRESET|CONFIG.yaml",
                         help="routing policy epp serve runs: a preset (default, gie-default, least-inflight, "
                              "random, ...) or an EndpointPickerConfig file")
+    parser.add_argument("--pickers", type=_pickers, default=1,
+                        help="epp serve replicas (1-4) in one gRPC-health-checked ext_proc cluster")
     parser.add_argument("--tls", action="store_true", help="run epp with TLS (self-signed), as in production")
     parser.add_argument("--keep-dir", action="store_true", help="keep the work directory (configs, logs)")
     parser.set_defaults(run=run)
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"epp demo: {exc}", file=sys.stderr)
         return 2
     try:
-        return run_demo(args.engines, policy=policy, tls=args.tls, keep_dir=args.keep_dir)
+        return run_demo(args.engines, policy=policy, tls=args.tls, keep_dir=args.keep_dir, pickers=args.pickers)
     except KeyboardInterrupt:
         print("epp demo: interrupted; stopped Envoy, epp and the engines", file=sys.stderr)
         return 130

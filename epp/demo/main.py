@@ -23,7 +23,7 @@ async def _send(url: str) -> list[Outcome]:
         return await DemoClient(session, url).run_sample()
 
 
-def run_demo(engines: int, *, policy: str, tls: bool = False, keep_dir: bool = False) -> int:
+def run_demo(engines: int, *, policy: str, tls: bool = False, keep_dir: bool = False, pickers: int = 1) -> int:
     """Start, send, report, stop; the work directory goes too unless ``keep_dir`` (also on Ctrl-C)."""
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="epp-demo-"))
@@ -33,11 +33,13 @@ def run_demo(engines: int, *, policy: str, tls: bool = False, keep_dir: bool = F
     try:
         # the report's "cached tokens" column is usage.prompt_tokens_details, which vLLM sends only with this flag
         fleet = start_engines(names, MODEL, extra_args=["--enable-prompt-tokens-details"])
-        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", policy])
+        gateway = LocalGateway(fleet.upstreams, workdir, picker_tls=tls, picker_args=["--config-file", policy],
+                               pickers=pickers)
         with gateway:
             console.print(f"  engines: {', '.join(f'{n}={u.hostport}' for n, u in fleet.members.items())}")
-            console.print(f"  epp serve: ext_proc {gateway.picker.address.hostport} "
-                          f"({'TLS' if tls else 'plaintext'}, policy {policy}), pid {gateway.picker.pid}")  # fmt: skip
+            for picker in gateway.pickers:
+                console.print(f"  epp serve: ext_proc {picker.address.hostport} "
+                              f"({'TLS' if tls else 'plaintext'}, policy {policy}), pid {picker.pid}")  # fmt: skip
             console.print(f"  Envoy {gateway.url} (admin :{gateway.envoy.config.admin_port}), pid {gateway.envoy.pid}")
             console.print("Sending sample traffic through Envoy …\n")
             outcomes = asyncio.run(_send(gateway.url))

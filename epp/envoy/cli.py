@@ -31,8 +31,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static-endpoints", required=True, metavar="HOST:PORT[,HOST:PORT...]",
                         help="the model servers, as given to `epp serve --static-endpoints` (names are resolved now: "
                              "Envoy's pool needs IP addresses)")
-    parser.add_argument("--picker", default="127.0.0.1:9002", metavar="HOST:PORT",
-                        help="where `epp serve` listens (its --grpc-port)")
+    parser.add_argument("--picker", default="127.0.0.1:9002", metavar="HOST:PORT[,HOST:PORT...]",
+                        help="where `epp serve` listens (its --grpc-port); several replicas comma-separated make a "
+                             "gRPC-health-checked cluster (run them with --health-checking)")
     bool_flag(parser, "--picker-tls", True,
               "talk TLS to the picker, accepting its self-signed certificate (false for `epp serve "
               "--secure-serving=false`)")
@@ -54,15 +55,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint(spec: str) -> Upstream:
-    ((host, port_number),) = parse_static_endpoints(spec)
+    ((host, port_number, *_),) = parse_static_endpoints(spec)  # a KV-events port (@N) is not for Envoy
     return Upstream(asyncio.run(resolve_host(host)), port_number)
 
 
 def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
     """The ``EnvoyConfig`` the flags describe; ``ValueError`` names the bad flag value."""
-    pool = tuple(dict.fromkeys(_endpoint(f"{h}:{p}") for h, p in parse_static_endpoints(args.static_endpoints)))
+    pool = tuple(dict.fromkeys(_endpoint(f"{t[0]}:{t[1]}") for t in parse_static_endpoints(args.static_endpoints)))
     try:
-        picker = _endpoint(args.picker)
+        picker, *replicas = (_endpoint(f"{t[0]}:{t[1]}") for t in parse_static_endpoints(args.picker))
     except ValueError as exc:
         raise ValueError(f"--picker: {exc}".replace("static endpoint ", "")) from None
     routing = Routing(args.routing)
@@ -74,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> EnvoyConfig:
     return EnvoyConfig(
         request_body_mode=body, listen_port=args.listen_port, admin_port=args.admin_port, picker=picker, access_log_path=args.access_log,
         picker_tls=args.picker_tls, routing=routing, pool=pool, failure_mode_allow=args.failure_mode_allow,
-        route_timeout_s=args.route_timeout, listen_address=args.listen_address,
+        route_timeout_s=args.route_timeout, listen_address=args.listen_address, picker_replicas=tuple(replicas),
     )
 
 

@@ -96,6 +96,12 @@ class EnvoyConfig:
     ``IP[:PORT]`` values epp may pick from), as a gateway that narrows a pool per route would.
     ``pool_http2`` speaks HTTP/2 to the model servers, as an InferencePool with ``appProtocol: h2c`` does
     (gRPC model servers such as vLLM's gRPC API).
+
+    ``picker_replicas`` adds further picker replicas to the ext_proc cluster (each stream stays on the
+    replica it opened on; new streams go round robin). With replicas, Envoy health-checks every picker over
+    gRPC on its ext_proc port (``grpc.health.v1``, service ``envoy.service.ext_proc.v3.ExternalProcessor``:
+    run ``epp serve --health-checking``), ejects one after a single connect failure, and retries opening a
+    stream on another replica, so a replica that dies costs only the streams it held.
     """
 
     listen_port: int
@@ -119,6 +125,12 @@ class EnvoyConfig:
     subset_hint: tuple[str, ...] | None = None
     listen_address: str = "127.0.0.1"
     pool_http2: bool = False
+    picker_replicas: tuple[Upstream, ...] = ()
+    picker_health_interval_s: float = 1.0
+
+    @property
+    def pickers(self) -> tuple[Upstream, ...]:
+        return () if self.picker is None else (self.picker, *self.picker_replicas)
 
     def __post_init__(self) -> None:
         if self.routing is Routing.OVERRIDE_HOST and not self.pool:
@@ -127,6 +139,8 @@ class EnvoyConfig:
             raise ValueError("a response body mode needs response headers sent to epp")
         if self.picker is None and self.strip_client_destination:
             raise ValueError("without a picker the client must set the destination: strip_client_destination=False")
+        if self.picker is None and self.picker_replicas:
+            raise ValueError("picker replicas need a first picker")
 
 
 def _duration(seconds: float) -> str:
@@ -164,7 +178,7 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
         "typed_config": _typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={
-                "envoy_grpc": {"cluster_name": PICKER_CLUSTER},
+                "envoy_grpc": {"cluster_name": PICKER_CLUSTER} | _stream_retry(cfg),
                 "timeout": _duration(cfg.grpc_timeout_s),
             },
             failure_mode_allow=cfg.failure_mode_allow,
@@ -172,6 +186,39 @@ def _ext_proc_filter(cfg: EnvoyConfig) -> dict[str, Any]:
             processing_mode=_processing_mode(cfg),
             metadata_options=_metadata_options(cfg),
         ),
+    }
+
+
+def _stream_retry(cfg: EnvoyConfig) -> dict[str, Any]:
+    """With several pickers, a stream that cannot open on one (it just died) opens on another."""
+    if not cfg.picker_replicas:
+        return {}
+    return {"retry_policy": {"retry_on": "connect-failure,refused-stream,unavailable,reset", "num_retries": 2}}
+
+
+def _picker_health(cfg: EnvoyConfig) -> dict[str, Any]:
+    """Active gRPC health checks and one-failure ejection for a cluster of several pickers."""
+    if not cfg.picker_replicas:
+        return {}
+    interval = _duration(cfg.picker_health_interval_s)
+    return {
+        "health_checks": [{
+            "timeout": _duration(min(1.0, cfg.picker_health_interval_s)),
+            "interval": interval,
+            "no_traffic_interval": interval,  # Envoy's default (60 s) would leave a dead idle replica listed
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 2,
+            "grpc_health_check": {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"},
+        }],
+        # A refused connection ejects the replica at once, before the next health check notices.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},  # never send to a replica known dead
     }
 
 
@@ -281,15 +328,15 @@ def _http2() -> dict[str, Any]:
     }
 
 
-def _picker_cluster(cfg: EnvoyConfig, picker: Upstream) -> dict[str, Any]:
+def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": PICKER_CLUSTER,
         "type": "STATIC",
         "connect_timeout": _duration(cfg.connect_timeout_s),
         # gRPC needs HTTP/2; without it every request fails with a protocol error (500).
         "typed_extension_protocol_options": _http2(),
-        "load_assignment": _static_endpoints(PICKER_CLUSTER, (picker,)),
-    }
+        "load_assignment": _static_endpoints(PICKER_CLUSTER, cfg.pickers),
+    } | _picker_health(cfg)
     if cfg.picker_tls:
         # Like the GIE reference: encrypt, but accept epp's self-signed certificate (no validation context).
         cluster["transport_socket"] = {
@@ -349,7 +396,7 @@ def render(cfg: EnvoyConfig) -> dict[str, Any]:
         "admin": {"address": _address("127.0.0.1", cfg.admin_port)},
         "static_resources": {
             "listeners": [_listener(cfg)],
-            "clusters": [_pool_cluster(cfg)] + ([] if cfg.picker is None else [_picker_cluster(cfg, cfg.picker)]),
+            "clusters": [_pool_cluster(cfg)] + ([] if cfg.picker is None else [_picker_cluster(cfg)]),
         },
     }
 

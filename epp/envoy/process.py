@@ -69,8 +69,12 @@ class EnvoyProcess:
         log_level: str = "warning",
         flush_interval_ms: int = 100,
         bootstrap: Mapping[str, Any] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        """``concurrency``: Envoy worker threads; each opens its own connection to the picker, so a picker with
+        ``--workers N`` (connections spread by SO_REUSEPORT) needs N or more to use all its workers."""
         self.config = config
+        self._concurrency = concurrency
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.config_path = workdir / "envoy.yaml"
@@ -99,7 +103,7 @@ class EnvoyProcess:
             "-c",
             str(self.config_path),
             "--concurrency",
-            "1",
+            str(self._concurrency),
             "--log-level",
             self._log_level,
             # The file access log is flushed on this interval (Envoy's default is much longer).

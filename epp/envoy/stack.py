@@ -30,7 +30,11 @@ def local_config(picker: Upstream | None, pool: Sequence[Upstream], workdir: Pat
 
 
 class LocalGateway:
-    """Picker + Envoy over ``upstreams``; ``picker_args`` go to ``epp serve``, ``envoy_options`` to ``EnvoyConfig``."""
+    """Picker + Envoy over ``upstreams``; ``picker_args`` go to ``epp serve``, ``envoy_options`` to ``EnvoyConfig``.
+
+    ``pickers`` > 1 runs that many ``epp serve`` replicas (with ``--health-checking``) in one health-checked
+    ext_proc cluster; ``picker`` is the first.
+    """
 
     def __init__(
         self,
@@ -39,12 +43,18 @@ class LocalGateway:
         *,
         picker_tls: bool = False,
         picker_args: Sequence[str] = (),
+        pickers: int = 1,
         **envoy_options: Any,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.picker = PickerProcess(upstreams, tls=picker_tls, extra_args=picker_args, log_path=workdir / "epp.log")
-        config = local_config(self.picker.address, upstreams, workdir, picker_tls=picker_tls, **envoy_options)
+        args = [*picker_args, "--health-checking"] if pickers > 1 else list(picker_args)
+        self.pickers = [PickerProcess(upstreams, tls=picker_tls, extra_args=args,
+                                      log_path=workdir / ("epp.log" if i == 0 else f"epp-{i + 1}.log"))
+                        for i in range(pickers)]
+        self.picker = self.pickers[0]
+        config = local_config(self.picker.address, upstreams, workdir, picker_tls=picker_tls,
+                              picker_replicas=tuple(p.address for p in self.pickers[1:]), **envoy_options)
         self.envoy = EnvoyProcess(config, workdir)
 
     @property
@@ -56,16 +66,21 @@ class LocalGateway:
         return Path(self.envoy.config.access_log_path)
 
     def start(self) -> None:
-        self.picker.start()
+        started: list[PickerProcess] = []
         try:
+            for picker in self.pickers:
+                picker.start()
+                started.append(picker)
             self.envoy.start()
         except BaseException:
-            self.picker.stop()
+            for picker in started:
+                picker.stop()
             raise
 
     def stop(self) -> None:
         self.envoy.stop()
-        self.picker.stop()
+        for picker in self.pickers:
+            picker.stop()
 
     def __enter__(self) -> LocalGateway:
         self.start()

@@ -31,6 +31,8 @@ HEALTH_MAX_RPCS = 256
 # gRPC sets SO_REUSEPORT by default, so a second picker on a busy port binds "successfully" and the
 # kernel splits the gateway's connections between the two; without it the second one fails to start.
 NO_REUSEPORT = [("grpc.so_reuseport", 0)]
+# ``epp serve --workers N``: the parent checked the port is free, then its workers share it on purpose.
+REUSEPORT = [("grpc.so_reuseport", 1)]
 
 
 class PickerServer:
@@ -60,15 +62,21 @@ class PickerServer:
         native: bool = False,
         grpc_max_recv_bytes: int = 0,
         grpc_max_send_bytes: int = 0,
+        reuse_port: bool = False,
+        health_host: str | None = None,
     ) -> None:
         """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio.
         ``grpc_max_{recv,send}_bytes`` (``--grpc-max-*-msg-size``), when not 0, replace the per-message
-        limits derived from ``max_message_bytes`` (the native transport has one limit: the receive one)."""
+        limits derived from ``max_message_bytes`` (the native transport has one limit: the receive one).
+        ``reuse_port`` lets sibling workers (``epp.workers``) share the ext_proc port; ``health_host`` (default
+        ``host``) is where the health port listens (a worker's is private to its parent, on loopback)."""
         self.servicer = servicer
         self.health = health
         self.host = host
         self.port = port
         self.health_port = health_port
+        self.health_host = health_host or host
+        self.reuse_port = reuse_port
         self.credentials = credentials
         self.health_on_main_port = health_on_main_port
         self.native = native
@@ -76,7 +84,8 @@ class PickerServer:
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
         self._recv_limit = grpc_max_recv_bytes or limit
         self._options = [("grpc.max_receive_message_length", self._recv_limit),
-                         ("grpc.max_send_message_length", grpc_max_send_bytes or limit), *NO_REUSEPORT]
+                         ("grpc.max_send_message_length", grpc_max_send_bytes or limit),
+                         *(REUSEPORT if reuse_port else NO_REUSEPORT)]
         self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._native: H2Server | None = None
@@ -85,15 +94,15 @@ class PickerServer:
     async def start(self) -> None:
         health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        with _bind_error(f"{self.host}:{self.health_port}", "health"):
-            self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
+        with bind_error(f"{self.health_host}:{self.health_port}", "health"):
+            self.health_port = health.add_insecure_port(f"{self.health_host}:{self.health_port}")
         await health.start()
         try:
             if self.native:
                 assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
                                   max_message_bytes=self._recv_limit,
-                                  max_streams=self._max_rpcs)
+                                  max_streams=self._max_rpcs, reuse_port=self.reuse_port)
                 await native.start()
                 self._native, self.port = native, native.port
             else:
@@ -104,7 +113,7 @@ class PickerServer:
         self._health = health
         log.info("ext_proc server on %s:%d (%s, %s), health on %s:%d", self.host, self.port,
                  "native HTTP/2" if self.native else "grpc.aio",
-                 "TLS" if self.credentials is not None else "plaintext", self.host, self.health_port)
+                 "TLS" if self.credentials is not None else "plaintext", self.health_host, self.health_port)
 
     async def _start_grpcio(self) -> None:
         main = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
@@ -112,7 +121,7 @@ class PickerServer:
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
         address = f"{self.host}:{self.port}"
-        with _bind_error(address, "ext_proc"):
+        with bind_error(address, "ext_proc"):
             if self.credentials is not None:
                 assert isinstance(self.credentials, grpc.ServerCredentials)
                 self.port = main.add_secure_port(address, self.credentials)
@@ -153,7 +162,7 @@ class PickerServer:
 
 
 @contextlib.contextmanager
-def _bind_error(address: str, role: str) -> Iterator[None]:
+def bind_error(address: str, role: str) -> Iterator[None]:
     """grpc's bind failure (a RuntimeError pointing at GRPC_VERBOSITY) as an OSError saying what to change."""
     try:
         yield

@@ -187,6 +187,13 @@ class Admitter(Plugin, Protocol):
 
 
 @runtime_checkable
+class Screener(Plugin, Protocol):
+    def screen(self, request: LLMRequest, endpoints: list[EndpointState]) -> list[EndpointState]:
+        """Once per request, before any profile: the candidates every profile may see (none answers 503)."""
+        ...
+
+
+@runtime_checkable
 class RequestProcessor(Plugin, Protocol):
     def process_request(self, request: LLMRequest) -> None:
         """Before admission: derive request fields from its headers (e.g. the fairness flow of an agent session)."""

@@ -30,6 +30,7 @@ from epp.scheduling.framework import (
     ResponseMetadata,
     ResponseReceived,
     ResponseStarted,
+    Screener,
     SchedulingResult,
 )
 from epp.scheduling.profile import SchedulerProfile
@@ -84,6 +85,7 @@ class Scheduler:
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
         self.admitters = [p for p in self.plugins if isinstance(p, Admitter)]
+        self.screeners = [p for p in self.plugins if isinstance(p, Screener)]
         self.request_processors = [p for p in self.plugins if isinstance(p, RequestProcessor)]
         self.response_metadata_plugins = [p for p in self.plugins if isinstance(p, ResponseMetadata)]
         self._hook_failures: set[tuple[int, str]] = set()
@@ -121,6 +123,13 @@ class Scheduler:
                 503, "no endpoints available to serve the request", error_type="service_unavailable",
                 code="no_endpoints", reason="rejected-no-endpoints",
             )
+        for screener in self.screeners:
+            candidates = screener.screen(request, candidates)
+            if not candidates:
+                raise RequestError(
+                    503, f"no endpoint left after screener {screener.typed_name.name!r}", error_type="service_unavailable",
+                    code="no_endpoints", reason="rejected-no-endpoints",
+                )
         cycle = CycleState() if cycle is None else cycle
         results: dict[str, ProfileResult | None] = {}
         handler, timers = self.handler, self._timers

@@ -4,29 +4,37 @@ auth (``epp.telemetry.auth``)."""
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from epp.telemetry.metrics import Telemetry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 if TYPE_CHECKING:
     from epp.telemetry.auth import KubeMetricsAuth
+
+
+class HasRegistry(Protocol):
+    """A ``Telemetry`` or ``epp serve --workers``' parent (whose registry holds its workers' merged metrics)."""
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
 
 class MetricsServer:
     """Owns the aiohttp runner for the metrics port; ``start`` binds, ``stop`` closes the listener."""
 
     def __init__(
-        self, telemetry: Telemetry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        self, telemetry: HasRegistry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None, refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``host`` None listens on all interfaces; ``port`` 0 picks a free one (read ``port`` after start).
         With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``); with
-        ``ssl_context`` the port serves HTTPS (``--metrics-cert-dir``)."""
+        ``ssl_context`` the port serves HTTPS (``--metrics-cert-dir``). ``refresh`` runs before each scrape
+        is rendered (the workers' parent collects theirs)."""
         self.ssl_context = ssl_context
         self.telemetry = telemetry
+        self.refresh = refresh
         self.auth = auth
         self.host = host
         self.port = port
@@ -57,5 +65,7 @@ class MetricsServer:
             verdict = await self.auth.check(request.headers.get(hdrs.AUTHORIZATION), request.method, request.path)
             if verdict.status != 200:
                 return web.Response(status=verdict.status, text=verdict.message + "\n")
+        if self.refresh is not None:
+            await self.refresh()
         body = generate_latest(self.telemetry.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -52,3 +52,14 @@ def test_ctrl_c_stops_everything_and_removes_the_work_dir(tmp_path: Path) -> Non
     assert demo.returncode == 130, out + err
     assert err.strip().splitlines() == ["epp demo: interrupted; stopped Envoy, epp and the engines"], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.e2e
+def test_demo_with_several_pickers_serves_every_request() -> None:
+    env = os.environ | {"COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "epp", "demo", "--engines", "2", "--pickers", "2"],
+                          capture_output=True, text=True, timeout=180, env=env, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("epp serve: ext_proc") == 2
+    sent = len(opening_requests()) + 1 + len(burst_requests())
+    assert len(re.findall(r"engine-[ab] ✓", done.stdout)) == sent and "✗" not in done.stdout

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from epp.envoy.config import DESTINATION_HEADER, BodyMode, EnvoyConfig, Routing, Upstream, render, to_yaml
+from epp.cli import build_parser
+from epp.envoy.cli import config_from_args
 from epp.envoy.process import find_envoy
 
 PICKER = Upstream("127.0.0.1", 9002)
@@ -39,7 +41,8 @@ COMBINATIONS = [
     {"routing": routing, "request_body_mode": request, "response_body_mode": response}
     for routing, request, response in itertools.product(
         Routing, [BodyMode.FULL_DUPLEX_STREAMED, BodyMode.BUFFERED], list(BodyMode))
-] + [{"picker_tls": True}, {"failure_mode_allow": True, "routing": Routing.OVERRIDE_HOST}]  # fmt: skip
+] + [{"picker_tls": True}, {"failure_mode_allow": True, "routing": Routing.OVERRIDE_HOST},
+      {"picker_replicas": (Upstream("127.0.0.1", 9012),), "picker_tls": True}]  # fmt: skip
 
 
 def test_every_combination_passes_envoy_validation(tmp_path: Path) -> None:
@@ -129,3 +132,25 @@ def test_override_host_reports_the_served_endpoint_to_epp() -> None:
 def test_inconsistent_configs_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make(**options)
+
+
+def test_picker_replicas_make_a_health_checked_cluster_with_stream_retries() -> None:
+    single = clusters(render(make()))["epp"]
+    assert "health_checks" not in single and "outlier_detection" not in single  # one picker: nothing to choose
+    replicas = (Upstream("127.0.0.1", 9012), Upstream("127.0.0.1", 9022))
+    bootstrap = render(make(picker_replicas=replicas))
+    cluster = clusters(bootstrap)["epp"]
+    members = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [m["endpoint"]["address"]["socket_address"]["port_value"] for m in members] == [9002, 9012, 9022]
+    (check,) = cluster["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"}
+    assert check["unhealthy_threshold"] == 1 and check["no_traffic_interval"] == check["interval"]
+    assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 1
+    grpc_service = ext_proc(bootstrap)["grpc_service"]["envoy_grpc"]
+    assert "connect-failure" in grpc_service["retry_policy"]["retry_on"]
+    with pytest.raises(ValueError, match="first picker"):
+        make(picker=None, strip_client_destination=False, picker_replicas=replicas)
+    args = build_parser().parse_args(["envoy-config", "--static-endpoints", "10.0.0.1:8000",
+                                      "--picker", "10.0.0.2:9002,10.0.0.3:9002"])
+    config = config_from_args(args)
+    assert config.pickers == (Upstream("10.0.0.2", 9002), Upstream("10.0.0.3", 9002))

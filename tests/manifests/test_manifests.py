@@ -251,7 +251,7 @@ def test_cel_property_escaping_follows_kubernetes() -> None:
 
 
 def test_components_are_not_rendered_alone() -> None:
-    components = {"components/leader-election", "components/routing", "overlays/kuadrant", "overlays/simulated", "observability"}
+    components = {"components/leader-election", "components/active-active", "components/routing", "overlays/kuadrant", "overlays/simulated", "observability"}
     assert not components & set(TOP_LEVEL)
     assert all((MANIFESTS / c / "kustomization.yaml").exists() for c in components)
 
@@ -289,3 +289,17 @@ def test_container_args_parse_with_the_real_cli(rendered: Any, subcommand: str) 
         except SystemExit as exit_:  # argparse reports bad flags by exiting
             pytest.fail(f"epp rejects {args}: exit {exit_.code}")
         assert parsed.command == subcommand
+
+
+def test_active_active_component(needs_kubectl: None, tmp_path: Path) -> None:
+    overlay = os.path.relpath(MANIFESTS / "overlays" / "envoy-gateway", tmp_path)
+    component = os.path.relpath(MANIFESTS / "components" / "active-active", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{overlay}]\ncomponents: [{component}]\n")
+    objects = render(tmp_path)
+    deployment = one(objects, "Deployment", "llm-pool-epp")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 3
+    assert "--workers=2" in container["args"] and container["resources"]["requests"]["cpu"] == "2"
+    assert build_parser().parse_args(container["args"]).workers == 2  # the flag epp serve accepts
+    assert "--ha-enable-leader-election" not in container["args"]  # every replica serves
+    assert one(objects, "PodDisruptionBudget", "llm-pool-epp")["spec"]["maxUnavailable"] == 1

@@ -23,8 +23,10 @@ class H2Server:
     """
 
     def __init__(self, router: Router, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 max_message_bytes: int, max_streams: int | None = None) -> None:
+                 max_message_bytes: int, max_streams: int | None = None, reuse_port: bool = False) -> None:
+        """``reuse_port``: share the port with sibling ``epp serve --workers`` processes (SO_REUSEPORT)."""
         self.router = router
+        self.reuse_port = reuse_port
         self.max_streams = max_streams or DEFAULT_MAX_STREAMS
         self.host = host
         self.port = port
@@ -49,11 +51,11 @@ class H2Server:
         loop = asyncio.get_running_loop()
         host = self.host.strip("[]")
         if host in ("", "::"):
-            self._server = await loop.create_server(self._connection, sock=_dual_stack_socket(self.port),
+            self._server = await loop.create_server(self._connection, sock=_dual_stack_socket(self.port, self.reuse_port),
                                                     ssl=self.ssl_context)
         else:
             self._server = await loop.create_server(self._connection, host, self.port, ssl=self.ssl_context,
-                                                    reuse_address=True)
+                                                    reuse_address=True, reuse_port=self.reuse_port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float, now: asyncio.Event | None = None) -> None:
@@ -75,7 +77,7 @@ class H2Server:
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
 
-def _dual_stack_socket(port: int) -> socket.socket:
+def _dual_stack_socket(port: int, reuse_port: bool = False) -> socket.socket:
     """One listening socket for IPv4 and IPv6 (like gRPC's ``[::]``), IPv4 only where IPv6 is missing."""
     try:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -85,6 +87,8 @@ def _dual_stack_socket(port: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         address = ("0.0.0.0", port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     sock.setblocking(False)
     return sock

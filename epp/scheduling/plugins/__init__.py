@@ -25,8 +25,8 @@ from epp.scheduling.plugins.filters import (
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.producers import burst_prefix, inflight_load, mm_embeddings
-from epp.scheduling.plugins.profiles import deciders, disagg, single
-from epp.scheduling.plugins.requestcontrol import agent_identity, request_attribute_reporter
+from epp.scheduling.plugins.profiles import deciders, disagg, header, single
+from epp.scheduling.plugins.requestcontrol import agent_identity, disaggregatedset_rollout, request_attribute_reporter
 from epp.scheduling.plugins.response import served_verifier
 from epp.scheduling.plugins.scorers import endpoint_attribute as endpoint_attribute_scorer
 from epp.scheduling.plugins.scorers import (
@@ -118,6 +118,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(round_robin.ROUND_ROBIN_PICKER, round_robin.factory),
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
+    PluginType(header.HEADER_PROFILE_HANDLER, header.factory),
     PluginType(disagg.DISAGG_PROFILE_HANDLER, disagg.disagg_factory),
     PluginType(disagg.PD_PROFILE_HANDLER, disagg.pd_factory),
     PluginType(disagg.DATA_PARALLEL_PROFILE_HANDLER, disagg.data_parallel_factory),
@@ -126,6 +127,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # request control
     PluginType(agent_identity.AGENT_IDENTITY, agent_identity.factory),
     PluginType(request_attribute_reporter.REQUEST_ATTRIBUTE_REPORTER, request_attribute_reporter.factory),
+    PluginType(disaggregatedset_rollout.DISAGGREGATEDSET_ROLLOUT_SCREENER, disaggregatedset_rollout.factory),
     # response phase
     PluginType(served_verifier.DESTINATION_ENDPOINT_SERVED_VERIFIER, served_verifier.factory),
     # request parsers (requestHandler.parsers; epp.request.parsers)
