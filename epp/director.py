@@ -173,6 +173,8 @@ class RoutingDecision:
     scores: dict[str, float] | None = None  # ip:port → primary-profile score, with --emit-endpoint-scores
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
+    removed_headers: list[str] = field(default_factory=list)
+    """Client headers a plugin dropped (e.g. a forged prefill-host header): removed upstream too."""
 
     @property
     def destination(self) -> str:
@@ -291,6 +293,7 @@ class Director:
             if primary is not None:
                 decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
         decision.headers = self._upstream_headers(decision, original_headers)
+        decision.removed_headers = [n for n in original_headers if n not in request.headers and not n.startswith(":")]
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.datastore.routed(picked[0])
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)

@@ -184,7 +184,7 @@ def build_scheduler(
     else:
         raise ConfigError("schedulingProfiles", f"{len(profiles)} profiles need a profile handler plugin")
     if isinstance(handler, SingleProfileHandler) and len(profiles) != 1:
-        raise ConfigError("schedulingProfiles", f"single-profile-handler needs exactly one profile, got {len(profiles)}")
+        raise ConfigError("schedulingProfiles", f"{handler.typed_name.type} needs exactly one profile, got {len(profiles)}")
     return Scheduler(
         profiles, handler, plugins=list(handle.plugins.values()),
         saturation_detector=_saturation_detector(config, handle),

@@ -9,9 +9,10 @@ a step is in flight join the next step, exactly as in vLLM's busy loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from epp._util.hashing import seed_hash
+from epp._util.hashing import chain_hashes, seed_hash, token_blocks
 from epp.engine.block_pool import BlockPool, KVCacheEvent
 from epp.engine.config import EngineConfig
 from epp.engine.kv_cache_manager import KVCacheManager
@@ -119,6 +120,31 @@ class EngineCore:
         self.scheduler.remove(request)
         request.status = RequestStatus.FINISHED_ABORTED
         return True
+
+    def receive_kv(self, prompt_token_ids: Sequence[int], lora: str | None = None) -> int:
+        """The prompt's KV arrived from a prefill engine (disaggregated serving, as vLLM's KV connector
+        on a decode instance): its full blocks become cached here, so the request that follows finds them
+        as a prefix hit and prefills only the last partial block. Blocks already cached are refreshed, not
+        copied; without free blocks for the rest the transfer stops at what fits (the request recomputes
+        the remainder). Emits ``BlockStored`` like any newly cached block. Returns the tokens now cached."""
+        if not self.pool.enable_caching:
+            return 0
+        seed = self._model_seed if lora is None else seed_hash(lora)
+        hashes = chain_hashes(token_blocks(list(prompt_token_ids), self.block_size), seed)
+        pool = self.pool
+        blocks = []
+        for block_hash in hashes:
+            block = pool.get_cached_block(block_hash)
+            if block is None:
+                if pool.num_free_blocks == 0:
+                    break
+                block = pool.get_new_blocks(1)[0]
+            else:
+                pool.touch([block])
+            blocks.append(block)
+        pool.cache_full_blocks(blocks, hashes, 0, len(blocks), prompt_token_ids, self.block_size, lora)
+        pool.free_blocks(reversed(blocks))
+        return len(blocks) * self.block_size
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)

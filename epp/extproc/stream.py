@@ -144,10 +144,12 @@ class RequestStream(RequestCollector):
         if decision.body is not None:
             headers["content-length"] = str(len(decision.body))
         if self.request_mode in BUFFERED_MODES:
-            return [messages.buffered_body_reply(headers, decision.destination, decision.body, scores=decision.scores)]
+            return [messages.buffered_body_reply(headers, decision.destination, decision.body,
+                                                 decision.removed_headers, scores=decision.scores)]
         out = decision.body if decision.body is not None else body
         return [
-            messages.request_headers_reply(headers, decision.destination, scores=decision.scores),
+            messages.request_headers_reply(headers, decision.destination, remove=decision.removed_headers,
+                                           scores=decision.scores),
             *messages.streamed_body(out, end_of_stream),
         ]
 

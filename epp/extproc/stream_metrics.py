@@ -3,8 +3,9 @@
 ``extproc_streams_total{code}`` under the ``llm_d_epp`` subsystem). ``code`` is the gRPC status name as
 grpc-go spells it (``OK``, ``Canceled``, ``InvalidArgument`` …), so dashboards built on them keep working.
 
-One difference: grpc.aio hands the servicer a client's cancellation (RST_STREAM) as a plain end of
-stream, so on that transport such streams count as ``OK``; the native transport counts them ``Canceled``.
+One difference: grpc.aio often hands the servicer a client's cancellation (RST_STREAM) as a plain end of
+stream (when the reset reaches it before the servicer's task is cancelled), so on that transport such
+streams may count as ``OK``; the native transport always counts them ``Canceled``.
 """
 
 from __future__ import annotations

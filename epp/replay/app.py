@@ -67,7 +67,10 @@ def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
     if profile not in PROFILES:
         raise ReplayError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     engine = EngineConfig(profile=profile, num_gpu_blocks=args.num_gpu_blocks, seed=args.seed)
-    return ClusterSpec(engines=args.engines, engine=engine)
+    roles = args.roles or ()
+    if roles and len(roles) != args.engines:
+        raise ReplayError(f"--roles counts sum to {len(roles)}, --engines is {args.engines}")
+    return ClusterSpec(engines=args.engines, engine=engine, roles=roles)
 
 
 def policies(names: list[str] | None) -> list[str]:
@@ -146,6 +149,8 @@ def replay(args: argparse.Namespace) -> int:
     console = _console(stderr=True)
     if args.live and args.find_knee:
         raise ReplayError("--find-knee runs offline only")
+    if args.live and args.roles:
+        raise ReplayError("--roles runs offline only (live replay starts aggregated epp sim engines)")
     if args.time_scale <= 0:
         raise ReplayError("--time-scale must be positive")
     pickers = replicas(args)
@@ -162,6 +167,8 @@ def replay(args: argparse.Namespace) -> int:
     title = (
         f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, "
         f"{cluster.engines} × {cluster.engine.profile}" + (f", {pickers.label}" if pickers.label else "")
+        + (", roles " + ",".join(f"{r}:{cluster.roles.count(r)}" for r in dict.fromkeys(cluster.roles))
+           if cluster.roles else "")
     )
     results: dict[str, Any] = {}
     if args.find_knee:

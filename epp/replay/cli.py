@@ -31,6 +31,19 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    """``prefill:4,decode:4`` → one role per engine, in that order."""
+    roles: list[str] = []
+    for part in text.split(","):
+        role, sep, count = part.strip().partition(":")
+        if role not in ("prefill", "decode", "both") or not sep or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: want ROLE:N with ROLE prefill, decode or both")
+        roles += [role] * int(count)
+    if not any(r in ("decode", "both") for r in roles):
+        raise argparse.ArgumentTypeError("no engine can decode: give decode or both engines")
+    return tuple(roles)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -46,6 +59,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a scheduler preset, 'default' or an EndpointPickerConfig file; repeat to compare (default: every preset)",
     )
     parser.add_argument("--engines", type=_positive_int, default=8, help="simulated engines (default 8)")
+    parser.add_argument(
+        "--roles", type=_roles, default=None, metavar="ROLE:N[,ROLE:N...]",
+        help="disaggregation roles of the engines (prefill, decode, both; counts sum to --engines), e.g. "
+             "prefill:4,decode:4; engines are labelled llm-d.ai/role and a disaggregated request runs its "
+             "prefill on the prefill engine first (offline only; default: aggregated)",
+    )
     parser.add_argument("--profile", default=None, help="engine model/GPU profile (default llama-3.1-8b-h100)")
     parser.add_argument(
         "--num-gpu-blocks", type=_positive_int, default=None,

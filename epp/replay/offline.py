@@ -14,6 +14,14 @@ A discrete-event loop over three kinds of event, in time order:
   director's ``response_started``, as ``epp serve`` calls it on an endpoint's first response bytes;
   finishes → the director's ``finish``, which releases in-flight counters, runs the response-complete
   hooks and lets flow control dispatch what waits) and the engine starts its next step;
+- a disaggregated request (``ClusterSpec.roles``; the picker wrote the prefill header into the
+  decision's headers, as for the routing sidecar in ``epp serve``) first runs on its prefill engine
+  with ``max_tokens`` 1; when that prefill finishes, the decode engine receives the prompt's KV
+  (``EngineCore.receive_kv``) and the request joins it. The director sees only the decode request, as
+  in ``epp serve`` where the sidecar runs the prefill: its first token and finish come from the decode
+  engine. The KV transfer itself takes no time here (an optimistic bound: NIXL over RDMA moves a long
+  prompt's KV in milliseconds, over TCP it can take far longer). With roles, steps are not fused: a
+  decode request can join an engine at any prefill's end, not only at an arrival;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production; then each director's admission ``tick`` (queue deadlines,
@@ -46,6 +54,7 @@ from functools import partial
 
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
+from epp.datastore.endpoint import ROLE_LABEL
 from epp.director import AdmissionPolicy, Director, Failure, RoutingDecision, ShedSheddable
 from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import EngineConfig
@@ -58,6 +67,7 @@ from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.usage import Usage
 from epp.scheduling import Scheduler
+from epp.sim.sidecar import prefill_target
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""
@@ -65,12 +75,18 @@ POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """The simulated cluster: ``engines`` identical engines built from ``engine``."""
+    """The simulated cluster: ``engines`` identical engines built from ``engine``; ``roles`` (one per
+    engine: prefill, decode, both) label them ``llm-d.ai/role``, empty for an aggregated pool."""
 
     engines: int = 8
     engine: EngineConfig = field(default_factory=EngineConfig)
     poll_interval: float = POLL_INTERVAL
     staleness_threshold: float = 2.0
+    roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.roles and len(self.roles) != self.engines:
+            raise ValueError(f"{len(self.roles)} roles for {self.engines} engines")
 
     def kv_tokens(self) -> int:
         """The whole cluster's KV cache in tokens."""
@@ -93,6 +109,9 @@ class RequestRecord:
     finish: float | None = None
     shed: str | None = None
     """Why the request never reached an engine (the picker's refusal, or the engine's)."""
+    prefill_engine: int = -1
+    """The engine that ran the prefill of a disaggregated request (-1: aggregated); its prefix hit is
+    ``cached_tokens`` (the decode engine's hit is the KV it received)."""
 
 
 @dataclass(slots=True)
@@ -124,6 +143,8 @@ class _InFlight:
     index: int
     decision: RoutingDecision
     replica: int
+    decode: int = -1
+    """For a prefill in flight: the engine its decode goes to."""
 
 
 Admission = Callable[[Scheduler, Datastore], AdmissionPolicy]
@@ -203,8 +224,13 @@ class OfflineReplay:
         self.cluster = cluster
         self.arrivals = [r.arrival / rate_scale for r in requests]
         self.clock = clock
-        self.endpoints = [Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000) for i in range(cluster.engines)]
+        self.endpoints = [
+            Endpoint(f"engine-{i}", f"10.0.0.{i + 1}", 8000, labels={ROLE_LABEL: cluster.roles[i]} if cluster.roles else {})
+            for i in range(cluster.engines)
+        ]
         self._index = {endpoint.name: i for i, endpoint in enumerate(self.endpoints)}
+        self._by_hostport = {endpoint.hostport: i for i, endpoint in enumerate(self.endpoints)}
+        self._fuse = not cluster.roles
         self.datastores = [Datastore(self.clock, cluster.staleness_threshold) for _ in self.schedulers]
         for datastore in self.datastores:
             for endpoint in self.endpoints:
@@ -330,24 +356,53 @@ class OfflineReplay:
             return
         now = record.routed = self.clock.now()
         e = self._index[outcome.endpoints[0].name]
+        prefill = prefill_target("decode", outcome.headers)
+        p = self._by_hostport.get(prefill, -1) if prefill is not None else -1
         tokens = request.prompt_token_ids or []
         try:
-            self.engines[e].add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
+            if p >= 0:
+                self.engines[p].add_request(EngineRequest(f"{request.request_id}/prefill", tokens, 1, now))
+            else:
+                self.engines[e].add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
         except ValueError as exc:
             record.shed = f"engine refused: {exc}"
             # ``epp sim`` answers an engine refusal 400 (sim/server.py): a failure the endpoint is not blamed for
             director.finish(outcome, failure=Failure("http-400", endpoint_fault=False))
             return
         record.engine = e
+        if p >= 0:
+            record.prefill_engine = p
+            self._inflight[f"{request.request_id}/prefill"] = _InFlight(index, outcome, replica, decode=e)
+            self._wake(p, now)
+        else:
+            self._inflight[request.request_id] = _InFlight(index, outcome, replica)
+            self._wake(e, now)
+
+    def _wake(self, e: int, now: float) -> None:
+        """Engine ``e`` got a request: its state changed, and if it was idle it starts a step now."""
         self._stats[e] = None
-        self._inflight[request.request_id] = _InFlight(index, outcome, replica)
-        if self._pending[e] is None and e != self._delivering:
+        if self._pending[e] is None and e != self._delivering:  # the one delivering steps right after
             self._step(e, now, self._horizon)
+
+    def _prefilled(self, flight: _InFlight, now: float) -> None:
+        """A disaggregated request's prefill finished: its KV moves to the decode engine, which takes it."""
+        request = flight.decision.request
+        tokens = request.prompt_token_ids or []
+        decode = self.engines[flight.decode]
+        decode.receive_kv(tokens)
+        try:
+            decode.add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
+        except ValueError as exc:  # cannot happen for a prompt the prefill engine took (same config); kept honest
+            self.records[flight.index].shed = f"engine refused: {exc}"
+            self.directors[flight.replica].finish(flight.decision, failure=Failure("http-400", endpoint_fault=False))
+            return
+        self._inflight[request.request_id] = _InFlight(flight.index, flight.decision, flight.replica)
+        self._wake(flight.decode, now)
 
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
         engine = self.engines[e]
-        out = engine.step(now, horizon)
+        out = engine.step(now, horizon if self._fuse else None)
         self._stats[e] = None
         if self.kv_feed is not None:
             self._pending_events[e] = engine.take_kv_events()
@@ -370,19 +425,31 @@ class OfflineReplay:
         outputs = self._pending[e] or []
         self._pending[e] = None
         self._delivering = e
+        try:
+            self._deliver_outputs(outputs)
+        finally:
+            self._delivering = -1
+
+    def _deliver_outputs(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
             flight = self._inflight.get(out.request_id)
             if flight is None:
                 continue
             record = self.records[flight.index]
+            if flight.decode >= 0:  # the prefill half of a disaggregated request: the director never sees it
+                record.cached_tokens = out.num_cached_tokens
+                if out.finished:
+                    del self._inflight[out.request_id]
+                    self._prefilled(flight, self.clock.now())
+                continue
             director = self.directors[flight.replica]
             if out.first_token:
                 record.first_token = out.first_token_time
-                record.cached_tokens = out.num_cached_tokens
+                if record.prefill_engine < 0:
+                    record.cached_tokens = out.num_cached_tokens
                 director.response_started(flight.decision)
             if out.finished:
                 record.finish = out.finish_time
                 record.output_tokens = out.num_output_tokens
                 del self._inflight[out.request_id]
                 director.finish(flight.decision, Usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens))
-        self._delivering = -1

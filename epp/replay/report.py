@@ -62,21 +62,28 @@ VALUE_COLUMNS: tuple[Column, ...] = (
     Column("TTFT p90", "ttft_p90", _ms, "ms"),
     Column("TTFT p99", "ttft_p99", _ms, "ms"),
     Column("TPOT p50", "tpot_p50", _ms, "ms"),
+    Column("TPOT p90", "tpot_p90", _ms, "ms"),
+    Column("P/D", "disaggregated", "{:,}".format, "requests"),
     Column("E2E p90", "e2e_p90", "{:,.2f}".format, "s"),
     Column("tok/s", "throughput_tok_s", "{:,.0f}".format, "output"),
     Column("imbalance", "imbalance", "{:.2f}".format, "max/mean"),
     Column("KV batches", "kv_event_batches", "{:,}".format),
 )  # wall_s (the replay's own run time) is in summary.json and the progress lines, not a policy's result
-# Shown only when some run differs from this value: otherwise the column repeats what the heading says.
-_QUIET_DEFAULTS = {"replicas": 1, "prefix_view": "own", "kv_event_batches": 0, "shed": 0}
+# Shown only when some run differs from this value (None, not measured, counts as it): otherwise the column
+# repeats what the heading says.
+_QUIET_DEFAULTS = {"replicas": 1, "prefix_view": "own", "kv_event_batches": 0, "shed": 0, "disaggregated": 0}
+# Shown with another column: the decode-side TPOT tail is what disaggregation moves, so it joins the P/D count.
+_SHOWN_WITH = {"tpot_p90": "disaggregated"}
 # The same for every run of one trace on one cluster: stated once, in the heading.
 _TRACE_KEYS = (("ideal_hit_ratio", "ideal hit {:.1%}"),
                ("capacity_hit_ratio", "capacity-bound hit {:.1%}"))
 
 
 def _shown(columns: Sequence[Column], summaries: Sequence[dict[str, Any]]) -> list[Column]:
-    return [c for c in columns
-            if c.key not in _QUIET_DEFAULTS or any(s[c.key] != _QUIET_DEFAULTS[c.key] for s in summaries)]
+    def quiet(key: str) -> bool:
+        return key in _QUIET_DEFAULTS and all(s.get(key) in (None, _QUIET_DEFAULTS[key]) for s in summaries)
+
+    return [c for c in columns if not quiet(_SHOWN_WITH.get(c.key, c.key))]
 
 
 def _common(summaries: Sequence[dict[str, Any]]) -> list[str]:

@@ -26,3 +26,9 @@ SESSION_TOKEN_HEADER: Final = "x-session-token"
 OBJECTIVE_HEADERS: Final = ("x-llm-d-inference-objective", "x-gateway-inference-objective")
 FAIRNESS_HEADERS: Final = ("x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id")
 MODEL_REWRITE_HEADERS: Final = ("x-llm-d-model-name-rewrite", "x-gateway-model-name-rewrite")
+# Disaggregation (llm-d pkg/common/routing): where the routing sidecar on the decode pod sends the prefill
+# (``ip:port``) and the encoders (comma-separated ``ip:port`` list). The picker writes the current name and
+# the pre-rename alias with the same value; the sidecar trusts the alias first.
+PREFILL_HEADERS: Final = ("x-llm-d-prefiller-host-port", "x-prefiller-host-port")
+ENCODER_HEADERS: Final = ("x-llm-d-encoder-hosts-ports", "x-encoder-hosts-ports")
+DATA_PARALLEL_HEADER: Final = "x-data-parallel-host-port"

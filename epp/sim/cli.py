@@ -32,6 +32,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
     net.add_argument("--engine", choices=("vllm", "sglang"), default="vllm",
                      help="engine to imitate: metric names, KV-event fields, owned_by")  # fmt: skip
+    net.add_argument("--role", choices=("prefill", "decode", "both"), default="both",
+                     help="disaggregation role: decode and both engines run the prefill named by the "
+                          "x-prefiller-host-port header on that engine first, then decode with its KV")  # fmt: skip
     net.add_argument("--enable-prompt-tokens-details", action="store_true",
                      help="report usage.prompt_tokens_details.cached_tokens (vLLM's flag; null without it)")  # fmt: skip
     net.add_argument("--legacy-formats", action="store_true",
@@ -126,6 +129,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         prompt_tokens_details=args.enable_prompt_tokens_details or args.legacy_formats,
         legacy_metrics=args.legacy_formats,
         kv_events_topic=args.kv_events_topic,
+        role=args.role,
     )
 
 
@@ -156,10 +160,11 @@ async def _serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"epp sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     try:
         log.info(
-            "epp sim listening on http://%s:%d (engine %s, models %s, profile %s, %d KV blocks of %d tokens)",
+            "epp sim listening on http://%s:%d (engine %s, role %s, models %s, profile %s, %d KV blocks of %d tokens)",
             args.host,
             server.port,
             options.engine,
+            options.role,
             ",".join(options.model_names),
             args.profile,
             server.core.num_gpu_blocks,

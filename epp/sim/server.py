@@ -32,6 +32,7 @@ from epp.sim.engine_loop import EngineLoop
 from epp.sim.faults import FaultConfig, Faults
 from epp.sim.kv_events import KVEventPublisher, WireFormat
 from epp.sim.metrics import SimMetrics
+from epp.sim.sidecar import PrefillClient, prefill_target
 
 log = logging.getLogger("epp.sim")
 
@@ -55,6 +56,8 @@ class SimOptions:
     prompt_tokens_details: bool = False
     """``usage.prompt_tokens_details`` (vLLM's ``--enable-prompt-tokens-details``); null without it."""
     legacy_metrics: bool = False
+    role: str = "both"
+    """Disaggregation role (llm-d.ai/role): decode and both engines run a sidecar's remote prefill."""
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -82,6 +85,7 @@ class SimServer:
         self._publisher: KVEventPublisher | None = None
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
+        self._prefill = PrefillClient()
         self._replay_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -131,6 +135,7 @@ class SimServer:
             await self._runner.cleanup()
         if self._publisher is not None:
             self._publisher.close()
+        await self._prefill.close()
 
     async def _serve_replay(self, publisher: KVEventPublisher) -> None:
         """vLLM's publisher thread polls its replay socket every 0.1 s; so does this task."""
@@ -176,9 +181,13 @@ class SimServer:
                 raise RequestError(
                     500, "injected fault: internal server error", error_type="InternalServerError", code="500"
                 )
-            parsed = protocol.parse(kind, await _json(request), self.options.default_max_tokens)
+            body = await _json(request)
+            parsed = protocol.parse(kind, body, self.options.default_max_tokens)
             lora = self._resolve_model(parsed.model)
             rid = self._request_id()
+            if (prefill := prefill_target(self.options.role, request.headers)) is not None:
+                await self._prefill.prefill(prefill, request.path, body, request.headers.get("x-request-id", rid))
+                self.core.receive_kv(parsed.prompt_token_ids, lora)
             try:
                 outputs = self.loop.submit(rid, parsed.prompt_token_ids, parsed.max_tokens, lora, parsed.cache_salt)
             except ValueError as exc:

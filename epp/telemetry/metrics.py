@@ -23,12 +23,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.request.usage import Usage
+from epp.scheduling.plugins.profiles.disagg import DisaggProfileHandler
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry.plugins import PluginTimings
 from epp.telemetry.health import HealthCollector
 from epp.telemetry.histogram import FastHistogram, HistogramView
 from epp.telemetry.pool import PoolCollector
+from epp.telemetry.disagg import DisaggTelemetry
 from epp.telemetry.prefix import PrefixTelemetry
 
 _DURATION_BUCKETS = (
@@ -180,14 +182,18 @@ class Telemetry:
             r.register(HealthCollector(datastore))
         self.plugin_timings = PluginTimings(r)
         self.prefix = PrefixTelemetry(r)
+        self.disagg = DisaggTelemetry(r, self.model_labels)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def instrument(self, scheduler: Scheduler) -> None:
-        """Time the scheduler's plugin calls and observe its prefix producers' matches."""
+        """Time the scheduler's plugin calls and observe its prefix producers' matches and its
+        disaggregation decisions."""
         scheduler.instrument(self.plugin_timings)
         for plugin in scheduler.plugins:
             if isinstance(plugin, ApproxPrefixCacheProducer):
                 self.prefix.track(plugin)
+        if isinstance(scheduler.handler, DisaggProfileHandler):
+            self.disagg.track(scheduler.handler)
 
     def _pair(self, twin: Twin, labels: tuple[str, ...]) -> tuple[Any, Any]:
         """Both children of ``twin`` for llm-d ``labels``, resolved once per label set: ``labels()``

@@ -56,6 +56,17 @@ def test_wide_terminals_get_one_table_and_quiet_columns_are_left_out() -> None:
     assert sum(line.startswith("┏") for line in lines) == 1
     text = "\n".join(lines)
     assert "replicas" not in text and "KV batches" not in text and "shed" not in text
+    assert "P/D" not in text and "TPOT p90" not in text  # nothing disaggregated: no P/D columns
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_disaggregated_runs_show_the_pd_count_and_the_tpot_tail(width: int) -> None:
+    runs = [summary("aggregated", disaggregated=0, tpot_p90=0.0562),
+            summary("pd-always", disaggregated=1_500, tpot_p90=0.108)]
+    lines = render(runs, width)
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= width, text
+    assert "P/D" in text and "1,500" in text and "TPOT p90" in text and "56.2" in text and "108" in text
 
 
 def test_pack_puts_at_least_one_column_in_each_table() -> None:

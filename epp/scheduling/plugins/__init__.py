@@ -25,7 +25,7 @@ from epp.scheduling.plugins.filters import (
 )
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.producers import burst_prefix, inflight_load, mm_embeddings
-from epp.scheduling.plugins.profiles import header, single
+from epp.scheduling.plugins.profiles import deciders, disagg, header, single
 from epp.scheduling.plugins.requestcontrol import agent_identity, disaggregatedset_rollout, request_attribute_reporter
 from epp.scheduling.plugins.response import served_verifier
 from epp.scheduling.plugins.scorers import endpoint_attribute as endpoint_attribute_scorer
@@ -68,6 +68,10 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(topology.TOPOLOGY_EXTRACTOR, topology.extractor_factory, producer=True),
     PluginType(multicluster_metrics.MULTICLUSTER_METRICS_DATA_SOURCE, multicluster_metrics.source_factory, producer=True, alpha=True),
     PluginType(multicluster_metrics.MULTICLUSTER_METRICS_EXTRACTOR, multicluster_metrics.extractor_factory, producer=True, alpha=True),
+    # disaggregation deciders: built before the profile handler that names them
+    PluginType(deciders.ALWAYS_DISAGG_PD_DECIDER, deciders.always_pd_factory, producer=True),
+    PluginType(deciders.PREFIX_BASED_PD_DECIDER, deciders.prefix_based_factory, producer=True),
+    PluginType(deciders.ALWAYS_DISAGG_MULTIMODAL_DECIDER, deciders.multimodal_factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -115,6 +119,11 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
     PluginType(header.HEADER_PROFILE_HANDLER, header.factory),
+    PluginType(disagg.DISAGG_PROFILE_HANDLER, disagg.disagg_factory),
+    PluginType(disagg.PD_PROFILE_HANDLER, disagg.pd_factory),
+    PluginType(disagg.DATA_PARALLEL_PROFILE_HANDLER, disagg.data_parallel_factory),
+    PluginType(disagg.DISAGG_HEADERS_HANDLER, disagg.headers_factory_for(disagg.DISAGG_HEADERS_HANDLER)),
+    PluginType(disagg.PREFILL_HEADER_HANDLER, disagg.headers_factory_for(disagg.PREFILL_HEADER_HANDLER)),
     # request control
     PluginType(agent_identity.AGENT_IDENTITY, agent_identity.factory),
     PluginType(request_attribute_reporter.REQUEST_ATTRIBUTE_REPORTER, request_attribute_reporter.factory),

@@ -52,7 +52,7 @@ class SingleProfileHandler(OneProfilePerRequest):
 
     def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
         if len(profiles) != 1:
-            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
+            raise ValueError(f"{self.typed_name.type} needs exactly one profile, got {len(profiles)}")
         return next(iter(profiles))
 
 

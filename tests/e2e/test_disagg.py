@@ -1,0 +1,86 @@
+"""Prefill/decode disaggregation through a real Envoy: ``epp serve`` with llm-d's sim P/D config over two
+``epp sim`` engines labelled prefill and decode. The decode engine serves every request; a long uncached
+prompt has its prefill run on the prefill engine first (its metrics show it), a short or cached one stays on
+the decode engine, and a prefill header forged by the client never reaches the sidecar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from epp.envoy.config import Upstream
+from epp.envoy.picker import PickerProcess
+from epp.envoy.process import EnvoyProcess
+from epp.envoy.stack import local_config
+from tests.e2e.harness import post
+from tests.sim.conftest import SimProcess, run_sim
+from tests.sim.helpers import MODEL, scrape
+
+SIM_PD_CONFIG = Path(__file__).parents[1] / "config" / "upstream_pd" / "llm-d__llm-d-router__deploy__config__sim-pd-epp-config.yaml"
+
+
+@pytest.fixture(scope="module")
+def pd_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EnvoyProcess, SimProcess, SimProcess]]:
+    workdir = tmp_path_factory.mktemp("disagg")
+    with run_sim("--time-scale", "0", "--role", "prefill", "--served-model-name", MODEL) as prefill, \
+            run_sim("--time-scale", "0", "--role", "decode", "--served-model-name", MODEL) as decode:
+        members = workdir / "endpoints.yaml"
+        members.write_text(
+            "endpoints:\n"
+            f"  - {{name: prefill-0, address: \"127.0.0.1\", port: \"{prefill.port}\", labels: {{llm-d.ai/role: prefill}}}}\n"
+            f"  - {{name: decode-0, address: \"127.0.0.1\", port: \"{decode.port}\", labels: {{llm-d.ai/role: decode}}}}\n"
+        )
+        picker = PickerProcess((), endpoints_file=members, extra_args=["--config-file", str(SIM_PD_CONFIG)],
+                               log_path=workdir / "epp.log")
+        upstreams = [Upstream("127.0.0.1", prefill.port), Upstream("127.0.0.1", decode.port)]
+        envoy = EnvoyProcess(local_config(picker.address, upstreams, workdir), workdir)
+        picker.start()
+        try:
+            envoy.start()
+            try:
+                yield envoy, prefill, decode
+            finally:
+                envoy.stop()
+        finally:
+            picker.stop()
+
+
+async def counters(sim: SimProcess) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s:
+        return await scrape(s, sim.url)
+
+
+async def test_long_prompt_prefills_on_the_prefill_engine_and_decodes_on_the_decode_engine(
+    pd_stack: tuple[EnvoyProcess, SimProcess, SimProcess],
+) -> None:
+    envoy, prefill, decode = pd_stack
+    before_p, before_d = await counters(prefill), await counters(decode)
+    prompt = "disaggregate this long prompt please " * 20  # ~190 estimated tokens, none cached
+    reply = await post(envoy, {"model": MODEL, "prompt": prompt, "max_tokens": 4}, path="/v1/completions")
+    assert reply.status == 200, reply.body
+    assert reply.json()["usage"]["completion_tokens"] == 4
+    after_p, after_d = await counters(prefill), await counters(decode)
+    prefilled = after_p["vllm:prompt_tokens_total"] - before_p["vllm:prompt_tokens_total"]
+    assert prefilled > 100 and after_p["vllm:generation_tokens_total"] - before_p["vllm:generation_tokens_total"] == 1
+    assert after_d["vllm:generation_tokens_total"] - before_d["vllm:generation_tokens_total"] == 4
+    assert after_d["vllm:prefix_cache_hits_total"] - before_d["vllm:prefix_cache_hits_total"] >= prefilled - 16
+
+    # The same prompt again: the decode engine holds it, so the decider keeps it there (no second prefill).
+    reply = await post(envoy, {"model": MODEL, "prompt": prompt, "max_tokens": 4}, path="/v1/completions")
+    assert reply.status == 200
+    assert (await counters(prefill))["vllm:prompt_tokens_total"] == after_p["vllm:prompt_tokens_total"]
+
+
+async def test_short_prompt_stays_on_decode_and_a_forged_prefill_header_is_dropped(
+    pd_stack: tuple[EnvoyProcess, SimProcess, SimProcess],
+) -> None:
+    envoy, prefill, _ = pd_stack
+    before = (await counters(prefill))["vllm:prompt_tokens_total"]
+    forged = {"x-prefiller-host-port": "127.0.0.1:9", "x-llm-d-prefiller-host-port": "127.0.0.1:9"}
+    reply = await post(envoy, {"model": MODEL, "prompt": "hi there", "max_tokens": 2}, path="/v1/completions",
+                       headers=forged)
+    assert reply.status == 200, reply.body  # the decode engine never tried 127.0.0.1:9
+    assert (await counters(prefill))["vllm:prompt_tokens_total"] == before
