@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from epp.engine.config import PROFILES
 from epp.replay.synthetic import WORKLOADS
 
 
@@ -47,7 +48,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a scheduler preset, 'default' or an EndpointPickerConfig file; repeat to compare (default: every preset)",
     )
     parser.add_argument("--engines", type=_positive_int, default=8, help="simulated engines (default 8)")
-    parser.add_argument("--profile", default=None, help="engine model/GPU profile (default llama-3.1-8b-h100)")
+    parser.add_argument(
+        "--profile", default=None, metavar="PROFILE|PROFILE:N,...",
+        help="engine model/GPU profile for every engine (default llama-3.1-8b-h100), or a mix such as "
+        "llama-3.1-8b-h100:4,llama-3.2-1b-h100:4 (counts sum to --engines; no policy is told which engine "
+        f"runs which). Known: {', '.join(PROFILES)}",
+    )
     parser.add_argument(
         "--num-gpu-blocks", type=_positive_int, default=None,
         help="KV blocks per engine (default: derived from the profile's memory)",

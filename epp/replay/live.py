@@ -172,13 +172,14 @@ def run_live_via(
     """Start fresh engines (cold caches), ``front`` over them, replay through its URL, stop everything."""
     started = time.perf_counter()
     engine = cluster.engine
-    sim_args = ["--profile", engine.profile, "--time-scale", str(spec.time_scale)]
+    sim_args = ["--time-scale", str(spec.time_scale)]
     if engine.num_gpu_blocks is not None:
         sim_args += ["--kv-cache-blocks", str(engine.num_gpu_blocks)]
     names = [f"engine-{i}" for i in range(cluster.engines)]
     with tempfile.TemporaryDirectory(prefix="epp-replay-live-") as tmp:
         workdir = spec.workdir or Path(tmp)
-        fleet = start_engines(names, engine.model, extra_args=sim_args)
+        profiles = [["--profile", cluster.engine_config(i).profile] for i in range(cluster.engines)]
+        fleet = start_engines(names, engine.model, extra_args=sim_args, engine_args=profiles)
         try:
             with front(fleet, workdir) as url:
                 client = _Client(url, engine.model, spec, fleet, prompt)
