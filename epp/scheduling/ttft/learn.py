@@ -66,6 +66,13 @@ MAX_OPEN_GROUPS = 512
 """Observations waiting for their requests' outcomes, per endpoint; older ones are dropped."""
 WARMUP = 20
 """Own observations after which an endpoint's estimate is its own alone; before, it leans on the pool's."""
+ERROR_WEIGHT = 0.05
+"""Weight of each observation in the moving mean squared errors that blend own and pool fits."""
+SCALE_WEIGHT = 0.05
+MAX_LOG_SCALE = math.log(8)
+"""An endpoint's speed relative to the pool: moving mean and variance of log ratios (plain for its
+first 20), each ratio clipped to 8× either way."""
+POOL_PUBLISH = 16
 BIAS_WEIGHT = 0.1
 RESET_BIAS = 0.3
 """Mean relative error (over ~10 observations) that means the engine changed: start learning afresh."""
@@ -201,22 +208,88 @@ class _Started:
 
 
 class PoolModel:
-    """The same two models fitted to every endpoint's observations: what an endpoint with few of its
-    own is assumed to be like. Without it a pool faster than the prior would send everything to the
-    first endpoints that proved fast, and never learn that the others are just as fast."""
+    """The same two models fitted to every endpoint's observations. ``version`` moves every
+    ``POOL_PUBLISH`` updates, so a pool-wide change re-derives every endpoint's estimate now and then
+    instead of at every observation (the pick path caches per endpoint until its estimate changes)."""
 
-    __slots__ = ("decode", "prefill", "version")
+    __slots__ = ("_updates", "decode", "prefill", "version")
 
     def __init__(self, forgetting: float) -> None:
         self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
         self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
         self.version = 0
+        self._updates = 0
+
+    def updated(self) -> None:
+        self._updates += 1
+        if self._updates % POOL_PUBLISH == 0 or self._updates <= POOL_PUBLISH:
+            self.version += 1
+
+
+class _Track:
+    """One of an endpoint's two models (prefill or decode): its own RLS fit; its speed relative to the
+    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction); and how well its own
+    fit and the scaled pool fit predicted its observations before learning from them (moving mean
+    squared relative errors)."""
+
+    __slots__ = ("err_own", "err_pool", "log_mean", "log_var", "own", "seen")
+
+    def __init__(self, prior: Sequence[float], forgetting: float) -> None:
+        self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
+        self.log_mean = self.log_var = 0.0
+        self.err_own = self.err_pool = 1.0
+        self.seen = 0
+
+    def scale(self) -> float:
+        """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
+        moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
+        of differing by noise, one that is really faster or slower is told apart within a few requests."""
+        if not self.seen:
+            return 1.0
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        standard_error = math.sqrt(self.log_var * weight / (2 - weight))
+        excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
+        return math.exp(math.copysign(excess, self.log_mean))
+
+    def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float) -> None:
+        raw = max(pool.predict(x), 1e-6)
+        if self.own.updates >= WARMUP:
+            self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
+            self.err_pool += (_relative(y, self.scale() * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+        self.seen += 1
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
+        deviation = ratio - self.log_mean
+        self.log_mean += deviation * weight
+        self.log_var = (1 - weight) * (self.log_var + weight * deviation * deviation)
+        self.own.update(x, y)
+        pool.update(x, y)
+
+    def theta(self, pool: RecursiveLeastSquares) -> list[float]:
+        """The pool's coefficients × this endpoint's scale, moved towards its own fit only as far as its
+        own fit has been predicting it better (weight 2 × (1 − own error ÷ pool error) in [0, 1]; 0
+        until ``WARMUP`` own observations)."""
+        scale = self.scale()
+        w = 0.0
+        if self.own.updates >= WARMUP and self.err_pool > 0:
+            w = min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
+        return [w * a + (1 - w) * scale * b for a, b in zip(self.own.theta, pool.theta)]
+
+
+def _relative(observed: float, predicted: float) -> float:
+    return (observed - predicted) / max(observed, predicted, 1e-3)
 
 
 class EndpointLearner:
     """One endpoint's prefill and decode models and the bookkeeping that turns its requests' events into
-    observations. Its ``estimate`` is its own fit blended with the pool's, the own share growing
-    linearly to 1 at ``WARMUP`` own observations; ``estimate`` is the same object until it changes."""
+    observations.
+
+    Its ``estimate`` shares what the pool learned: the pool's fit scaled by this endpoint's measured
+    speed, blended with the endpoint's own fit in proportion to how well each has been predicting it.
+    In a pool of one kind the pool's fit (eight times the data) wins and endpoints differ only by their
+    measured scale, so estimation noise does not split requests that belong together; where an
+    endpoint's shape differs (another model, another GPU) its own fit predicts better and takes over.
+    ``estimate`` is the same object until it changes."""
 
     __slots__ = (
         "_estimate", "_groups", "_key", "_last_first_token", "_queue", "_started", "budget", "decode", "pool",
@@ -225,8 +298,8 @@ class EndpointLearner:
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
         self.budget = budget
-        self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
-        self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
+        self.prefill = _Track(PRIOR_PREFILL, forgetting)
+        self.decode = _Track(PRIOR_DECODE, forgetting)
         self.pool = pool or PoolModel(forgetting)
         self.version = 0
         self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
@@ -238,21 +311,17 @@ class EndpointLearner:
 
     @property
     def estimate(self) -> LatencyEstimate:
-        own = min(self.prefill.updates, self.decode.updates)
-        key = self.version if own >= WARMUP else (self.version, self.pool.version)
+        key = (self.version, self.pool.version)
         if key != self._key:
             self._key = key
-            w = own / WARMUP if own < WARMUP else 1.0
             pool = self.pool
-            self._estimate = LatencyEstimate(
-                *(w * a + (1 - w) * b for a, b in zip(self.prefill.theta, pool.prefill.theta)),
-                *(w * a + (1 - w) * b for a, b in zip(self.decode.theta, pool.decode.theta)),
-            )
+            self._estimate = LatencyEstimate(*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode))
         return self._estimate
 
     @property
     def observations(self) -> int:
-        return self.prefill.updates
+        """Prefill observations learned from."""
+        return self.prefill.own.updates
 
     # -- events -----------------------------------------------------------------------------------
     def routed(self, request_id: str, now: float, prompt: int, cached: int, decodes: int, context: int,
@@ -350,14 +419,12 @@ class EndpointLearner:
 
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
-        self.prefill.update(x, seconds)
-        self.pool.prefill.update(x, seconds)
+        self.prefill.observe(self.pool.prefill, x, seconds)
         self._changed()
 
     def observe_decode(self, z: Sequence[float], seconds: float) -> None:
         """One decode-step observation on ``[1, sequences / 100, context / 1e5]``."""
-        self.decode.update(z, seconds)
-        self.pool.decode.update(z, seconds)
+        self.decode.observe(self.pool.decode, z, seconds)
         self._changed()
 
     def _drop(self, group: _Group) -> None:
@@ -366,7 +433,7 @@ class EndpointLearner:
 
     def _changed(self) -> None:
         self.version += 1
-        self.pool.version += 1
+        self.pool.updated()
 
 
 class LatencyLearner:

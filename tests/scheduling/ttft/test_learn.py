@@ -100,7 +100,7 @@ def test_failed_and_unreported_requests_teach_nothing() -> None:
     learner.routed("ok", 60.0, 5000, 0, 0, 0, streamed=True)
     learner.started("ok", 60.5, 0, 0)
     learner.finished("ok", 61.0, {"completion_tokens": 20}, 0, 0)
-    assert learner.observations == 1 and learner.prefill.theta[1] > PRIOR_PREFILL[1]  # only the slow success
+    assert learner.observations == 1 and learner.estimate.per_token > PRIOR_PREFILL[1]  # only the slow success
 
 
 def test_a_request_sharing_the_previous_ones_iteration_is_not_read_as_free() -> None:
