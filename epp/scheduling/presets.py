@@ -68,6 +68,29 @@ PRESETS: Mapping[str, str] = MappingProxyType({
     ),
 })
 
+LLM_D_PREDICTED_LATENCY = _config(
+    # llm-d's predicted-latency routing as its guide ships it (llm-d guides/predicted-latency-routing/
+    # router/predicted-latency.values.yaml, pluginsCustomConfig predicted-latency-plugins.yaml; the copy in
+    # ../shared/upstream-epp-configs), the sidecar predictor replaced by epp's own (predicted-latency-
+    # producer: epp.scheduling.plugins.predicted_latency). Per parameter:
+    # - maxPrefixTokensToMatch 262144: the guide's value (sized there for 256K-context prompts);
+    # - predicted-latency-producer: no parameters in the guide, so llm-d-router's DefaultConfig
+    #   (dataproducer/predictedlatency: sloBufferFactor 1, contextTTL 5m, streamingMode false);
+    # - loose-affinity-filter: affinityThreshold 0.8, ttftSource latencyPredictor, maxTTFTPenaltyMs 5000
+    #   (the guide's);
+    # - latency-scorer: no parameters, so its README defaults (ttftWeight 0.8, tpotWeight 0.2, least);
+    # - weighted-random-picker: defaults.
+    "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 262144}}\n"
+    "- {type: predicted-latency-producer}\n"
+    "- {type: prefix-cache-affinity-filter, name: loose-affinity-filter, parameters: {affinityThreshold: 0.8,"
+    " ttftSource: latencyPredictor, maxTTFTPenaltyMs: 5000}}\n"
+    "- {type: latency-scorer}\n"
+    "- {type: weighted-random-picker}\n",
+    "  - {pluginRef: loose-affinity-filter}\n  - {pluginRef: latency-scorer}\n  - {pluginRef: weighted-random-picker}\n",
+)
+"""The ``llm-d-predicted-latency`` preset. It needs ``prefix-cache-affinity-filter`` (issue #19's drop-in
+plugins); PRESETS names it once that plugin is built in."""
+
 DEFAULT_PRESET = "default"
 
 

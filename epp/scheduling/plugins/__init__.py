@@ -14,6 +14,7 @@ from epp.scheduling.plugins.filters import (
     role,
     sglang_imbalance,
 )
+from epp.scheduling.plugins import predicted_latency
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.profiles import single
 from epp.scheduling.plugins.response import served_verifier
@@ -38,6 +39,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # data producers (built first)
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
+    PluginType(predicted_latency.PREDICTED_LATENCY_PRODUCER, predicted_latency.producer_factory, producer=True),
     # filters
     PluginType(model_availability.MODEL_AVAILABILITY_FILTER, model_availability.factory),
     PluginType(owned_by.OWNED_BY_FILTER, owned_by.factory),
@@ -47,6 +49,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_based_testing.HEADER_BASED_TESTING_FILTER, header_based_testing.factory),
     PluginType(sglang_imbalance.SGLANG_IMBALANCE_FILTER, sglang_imbalance.factory),
     PluginType(saturation.UTILIZATION_DETECTOR, saturation.factory),
+    PluginType(predicted_latency.SLO_HEADROOM_TIER_FILTER, predicted_latency.tier_filter_factory),
     # scorers
     PluginType(queue.QUEUE_SCORER, queue.factory),
     PluginType(running_requests.RUNNING_REQUESTS_SCORER, running_requests.factory),
@@ -60,6 +63,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(no_hit_lru.NO_HIT_LRU_SCORER, no_hit_lru.factory),
     PluginType(sglang_cache_aware.SGLANG_CACHE_AWARE_SCORER, sglang_cache_aware.factory),
     PluginType(ttft_predictor.TTFT_PREDICTOR_SCORER, ttft_predictor.factory),
+    PluginType(predicted_latency.LATENCY_SCORER, predicted_latency.latency_scorer_factory),
+    PluginType(predicted_latency.PREDICTED_LATENCY_SCORER, predicted_latency.predicted_latency_scorer_factory),
     # pickers
     PluginType(max_score.MAX_SCORE_PICKER, max_score.factory),
     PluginType(random_picker.RANDOM_PICKER, random_picker.factory),
@@ -67,6 +72,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(round_robin.ROUND_ROBIN_PICKER, round_robin.factory),
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
+    # request control (the director asks admitters before scheduling, once it has that extension point)
+    PluginType(predicted_latency.LATENCY_SLO_ADMITTER, predicted_latency.admitter_factory),
     # response phase
     PluginType(served_verifier.DESTINATION_ENDPOINT_SERVED_VERIFIER, served_verifier.factory),
 )

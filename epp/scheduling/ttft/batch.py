@@ -90,22 +90,26 @@ class BatchPredictor:
         the scalar predictor's own code."""
         p = self.predictor
         load = p.decode_load(state, ledger)
-        n, ctx = load.sequences, load.context_tokens
+        n = load.sequences
+        ints = (n, load.context_tokens, load.capacity_tokens, load.foreign_waiting, max(MIN_CHUNK, p.budget - n),
+                len(ledger.pending))
         learner = p.learner[name]
+        return self._cost(name, (ledger, ledger.version, state.metrics, state.stale, load, ints, (), learner, learner.estimate))
+
+    def _cost(self, name: str, row: _Row) -> _Row:
+        """``row`` with the terms its endpoint's learned latency gives (its decode load kept): all a new
+        estimate needs, so learning does not make a pick re-derive the endpoint's load."""
+        ledger, load, learner = row[0], row[4], row[7]
         cost = learner.estimate
+        n, ctx = load.sequences, load.context_tokens
         step = cost.decode_step_seconds(n, ctx)
-        mean_output = ledger.mean_output_tokens(p.default_output_tokens)
-        chunk_max = max(MIN_CHUNK, p.budget - n)
+        mean_output = ledger.mean_output_tokens(self.predictor.default_output_tokens)
         per_step = cost.per_step + cost.batch_seconds(n, ctx)
-        row = (
-            ledger, ledger.version, state.metrics, state.stale, load,
-            (n, ctx, load.capacity_tokens, load.foreign_waiting, chunk_max, len(ledger.pending)),
-            (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, ledger.newest_eta(),
-             per_step, cost.per_token, cost.per_pair),
-            learner, cost,
-        )  # fmt: skip
-        self._rows[name] = row
-        return row
+        floats = (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, ledger.newest_eta(),
+                  per_step, cost.per_token, cost.per_pair)
+        fresh = (*row[:6], floats, learner, cost)
+        self._rows[name] = fresh
+        return fresh
 
     def _arrays(
         self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
@@ -123,10 +127,11 @@ class BatchPredictor:
             row = rows.get(name)
             if (
                 row is None or row[0] is not ledger or row[1] != ledger.version
-                or row[2] is not state.metrics or row[3] != state.stale
-                or row[7] is not learners.get(name) or row[8] is not row[7].estimate
+                or row[2] is not state.metrics or row[3] != state.stale or row[7] is not learners.get(name)
             ):  # fmt: skip
                 row = self._row(name, state, ledger)
+            elif row[8] is not row[7].estimate:
+                row = self._cost(name, row)
             if row is not aligned[i]:
                 aligned[i] = row
                 ints[i] = row[5]

@@ -72,7 +72,9 @@ SCALE_WEIGHT = 0.05
 MAX_LOG_SCALE = math.log(8)
 """An endpoint's speed relative to the pool: moving mean and variance of log ratios (plain for its
 first 20), each ratio clipped to 8× either way."""
-POOL_PUBLISH = 16
+PUBLISH_CHANGE = 0.02
+PUBLISH_EVERY = 32
+"""Relative change of a coefficient below which an estimate is kept as it is (prediction noise is larger)."""
 BIAS_WEIGHT = 0.1
 RESET_BIAS = 0.3
 """Mean relative error (over ~10 observations) that means the engine changed: start learning afresh."""
@@ -208,22 +210,36 @@ class _Started:
 
 
 class PoolModel:
-    """The same two models fitted to every endpoint's observations. ``version`` moves every
-    ``POOL_PUBLISH`` updates, so a pool-wide change re-derives every endpoint's estimate now and then
-    instead of at every observation (the pick path caches per endpoint until its estimate changes)."""
+    """The same two models fitted to every endpoint's observations. ``version`` moves only when a
+    coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
+    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY``: every endpoint's estimate is
+    re-derived from the pool's now and then, not at each observation anywhere (the pick path caches
+    per endpoint until its estimate changes)."""
 
-    __slots__ = ("_updates", "decode", "prefill", "version")
+    __slots__ = ("_published", "_since", "decode", "prefill", "updates", "version")
 
     def __init__(self, forgetting: float) -> None:
         self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
         self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
         self.version = 0
-        self._updates = 0
+        self.updates = 0
+        self._since = 0
+        self._published = [*PRIOR_PREFILL, *PRIOR_DECODE]
 
     def updated(self) -> None:
-        self._updates += 1
-        if self._updates % POOL_PUBLISH == 0 or self._updates <= POOL_PUBLISH:
+        self.updates += 1
+        self._since += 1
+        if self.updates > PUBLISH_EVERY and self._since < PUBLISH_EVERY:
+            return
+        current = [*self.prefill.theta, *self.decode.theta]
+        if _moved(self._published, current):
+            self._published = current
+            self._since = 0
             self.version += 1
+
+
+def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
+    return any(abs(a - b) > PUBLISH_CHANGE * max(abs(b), 1e-9) for b, a in zip(before, after))
 
 
 class _Track:
@@ -292,8 +308,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_key", "_last_first_token", "_queue", "_started", "budget", "decode", "pool",
-        "prefill", "version",
+        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "budget", "decode",
+        "pool", "prefill", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -303,7 +319,7 @@ class EndpointLearner:
         self.pool = pool or PoolModel(forgetting)
         self.version = 0
         self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
-        self._key: object = None
+        self._seen = self._pool_seen = -1  # the versions the estimate was derived at
         self._queue: dict[str, _Booked] = {}
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
@@ -311,11 +327,14 @@ class EndpointLearner:
 
     @property
     def estimate(self) -> LatencyEstimate:
-        key = (self.version, self.pool.version)
-        if key != self._key:
-            self._key = key
-            pool = self.pool
-            self._estimate = LatencyEstimate(*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode))
+        pool = self.pool
+        if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
+            self._seen, self._pool_seen = self.version, pool.version
+            fresh = [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
+            old = self._estimate
+            if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
+                       old.decode_per_context], fresh):
+                self._estimate = LatencyEstimate(*fresh)
         return self._estimate
 
     @property

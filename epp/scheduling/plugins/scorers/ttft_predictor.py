@@ -267,7 +267,8 @@ class TTFTPredictorScorer:
         self.predictor.forget(endpoint.name)
 
 
-def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+def find_prefix_producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    """``wanted`` by name, else the first configured prefix producer, else one created (named after ``name``)."""
     if wanted is not None:
         found = handle.plugins.get(wanted)
         if not isinstance(found, ApproxPrefixCacheProducer):
@@ -284,4 +285,4 @@ def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPref
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> TTFTPredictorScorer:
     p = decode_params(TTFTPredictorParams, params)
-    return TTFTPredictorScorer(_producer(name, p.prefix_match_info_producer_name, handle), handle.clock, name, p)
+    return TTFTPredictorScorer(find_prefix_producer(name, p.prefix_match_info_producer_name, handle), handle.clock, name, p)
