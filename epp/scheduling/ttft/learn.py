@@ -33,11 +33,17 @@ own usage (``prompt_tokens``, ``cached_tokens``) replaces epp's estimates of the
 
 Estimator: RLS on relative error (each row scaled by ``1 / max(prediction, observation, 1 ms)``, which
 also bounds any single outlier's pull), forgetting factor λ (default 0.99: the last ~100 observations
-count, so a drifting engine is followed within about that many requests), coefficients kept ≥ 0 and
-each diagonal of the covariance capped at its prior's so unexcited directions do not wind up while
-forgetting. Cost per update: O(d²) for d = 3 features (three 3×3 products, ~60 multiplications), in
-Python about 10 µs; per request one prefill share and one decode update — nothing on the pick path
-except reading the current coefficients (``LatencyEstimate``, rebuilt only when they change).
+count), coefficients kept ≥ 0, each diagonal of the covariance capped at its prior's so unexcited
+directions do not wind up while forgetting, and the covariance reset to the prior's when the recent
+errors all lean one way (an engine that changed is re-learned in tens of requests, not hundreds).
+Endpoints share what the pool learned (``PoolModel``, the same fit over every endpoint's observations):
+an endpoint's estimate is the pool's fit times its own measured speed, moved to its own fit only as
+far as that predicts it better (``_Track``) — endpoints of one kind then agree instead of differing by
+estimation noise, and one of another kind is told apart within a few requests. Cost per observation:
+two RLS updates (own and pool), O(d²) each for d = 3 (~60 multiplications; in Python ~10 µs each);
+per request one prefill share and one decode observation. The pick path only reads the coefficients
+(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's at most
+every ``PUBLISH_EVERY`` observations).
 
 The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
 tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
