@@ -55,6 +55,8 @@ ALL_POLICIES = (DEFAULT, BASELINE, REFERENCE, *sorted(set(PRESETS) - {DEFAULT, B
 PAST_KNEE = 2**0.25
 ENGINES = 8
 HERE = Path(__file__).resolve().parent
+QUICK = False
+"""``--quick``: run ×1 and the knee only (no middle, past-knee or unloaded runs), for a loaded machine."""
 LEVERS = (
     "What moves a miss (from the analysis in bench/RESULTS.md, \"Default policy\"): hit ÷ capacity — "
     "`default` already reads the engines' KV events (its precise view knows what was evicted), so the "
@@ -114,7 +116,7 @@ def plan(search: KneeSearch, mean_rate: float, policies: Sequence[str]) -> list[
     """Every policy at every load level, default unloaded; minus what the knee search already ran."""
     levels = load_levels(search.knee.rate_scale)
     jobs = [Job(p, r) for p in policies for r in levels if not (p == BASELINE and r in search.reused)]
-    return [*jobs, Job(DEFAULT, unloaded_scale(mean_rate))]
+    return jobs if QUICK else [*jobs, Job(DEFAULT, unloaded_scale(mean_rate))]
 
 
 def executor(workers: int) -> Executor:
@@ -126,9 +128,13 @@ def executor(workers: int) -> Executor:
 
 
 def load_levels(knee: float | None) -> dict[float, str]:
-    """Rate scale → label: ×1, the geometric middle up to the knee, the knee, just past it."""
+    """Rate scale → label: ×1, the geometric middle up to the knee, the knee, just past it (``QUICK``:
+    ×1 and the knee only)."""
     levels = {1.0: "×1"}
     if knee is None:
+        return levels
+    if QUICK:
+        levels[knee] = "knee"
         return levels
     if max(knee, 1 / knee) > 1.5:
         levels[math.sqrt(knee)] = "between"
@@ -239,7 +245,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--quick", action="store_true", help="only ×1 and the knee (no middle, past-knee, unloaded runs)")
     args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
     limit = args.max_requests or None
     profile = args.profile
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
