@@ -134,10 +134,10 @@ def test_ties_are_broken_at_random() -> None:
 def test_the_work_weight_grows_with_the_mean_queue() -> None:
     _, scorer, clock = build()
     endpoints = pool(4, clock)
-    assert scorer.work_weight(endpoints, clock.now()) == 8.0
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0
     for i in range(8):  # 8 queued requests over 4 endpoints: a mean queue of 2
         scorer.ledgers[endpoints[i % 2].name].routed(f"q{i}", _flight(clock.now(), 1.0))
-    assert scorer.work_weight(endpoints, clock.now()) == 8.0 * 3
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0 * 3
 
 
 def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
@@ -154,14 +154,15 @@ def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
 def test_a_long_queue_on_the_warm_endpoint_moves_a_request_unless_every_queue_is_long(
     congested: bool, stays: bool
 ) -> None:
-    """30 s of work queued on the warm endpoint outweighs the ~1.3 s a 30K-token hit saves, ×(1 + λ), on
-    an idle pool; when every endpoint has a queue, λ grows and the hit (less work for everyone) wins."""
+    """10 s of work queued on the warm endpoint outweighs the ~1.2 s a 30K-token hit saves (at the
+    learner's prior), ×(1 + λ), on an idle pool; when every endpoint has a queue, λ grows (2 × (1 + 6.5))
+    and the hit (less work for everyone) wins."""
     scheduler, scorer, clock = build()
     endpoints = pool(2, clock)
     doc = list(range(30_000))
     warm = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
     scheduler.response_complete(request("first", doc + [1]), warm, {})
-    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 30.0))
+    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 10.0))
     if congested:
         for e in endpoints:
             for i in range(6):
