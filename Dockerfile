@@ -5,6 +5,10 @@
 # Built for a restricted pod: numeric non-root UID (so runAsNonRoot can be verified without
 # a passwd lookup), nothing written outside /tmp (readOnlyRootFilesystem), no HEALTHCHECK
 # (Kubernetes probes the gRPC health service on port 9003 instead).
+#
+# Build: `make image IMAGE=registry.example.com/team/epp [TAG=...]` (docs/deploy.md, step 6).
+# Reproducible: every dependency is installed at the version pinned in constraints.txt. Slim: no
+# extras, so no plotting stack (`epp replay --out` plots need `pip install 'epp[replay]'`).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 
@@ -13,9 +17,9 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY epp ./epp
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python -m pip wheel --no-cache-dir --constraint constraints.txt --wheel-dir /wheels .
 
 # --- runtime: install only the wheels; no compilers, no source tree -----------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -23,13 +27,12 @@ LABEL org.opencontainers.image.title="epp" \
       org.opencontainers.image.description="Python endpoint picker for LLM inference (Gateway API Inference Extension drop-in)" \
       org.opencontainers.image.licenses="Apache-2.0"
 # pip compiles bytecode at install time, so the interpreter never needs to write .pyc files;
-# HOME and MPLCONFIGDIR point the few libraries that want a cache directory at /tmp.
+# HOME points the few libraries that want a cache directory at /tmp.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib
+    HOME=/tmp
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m pip install --no-cache-dir --no-index --find-links=/wheels /wheels/epp-*.whl
 WORKDIR /tmp

@@ -50,10 +50,11 @@ from epp.replay.offline import ClusterSpec
 from epp.replay.runner import trace_bounds
 from epp.replay.summary import summarize
 from epp.replay.synthetic import SharedPrefixParams, shared_prefix
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 from epp.replay.traces import Trace, read_trace
 from epp.replay.traces.model import SegmentPrompt, TraceRequest
 
-TRACES = Path("/work/shared/traces")
+TRACES = TRACES_DIR  # python bench/fetch_traces.py
 MOONCAKE = "mooncake_fast25_conversation_first30min.jsonl"
 READY_TIMEOUT = 60.0
 _ALPHABET = [chr(c) for c in range(0x21, 0x7F)]  # printable ASCII without space: 94 symbols
@@ -284,7 +285,7 @@ def main() -> int:
     sp = SharedPrefixParams(groups=16, prompts_per_group=12, system_len=2048, question_len=128, output_len=64, rate=8.0)
     workloads = [Workload("synthetic shared-prefix (16 groups × 12, 2048-token system prompts)", shared_prefix(sp, seed=0), 1.0, args.sp_time_scale)]
     if not args.skip_mooncake:
-        trace = read_trace(args.traces / MOONCAKE, args.requests)
+        trace = read_trace(require(args.traces / MOONCAKE), args.requests)
         workloads.insert(0, Workload(f"Mooncake conversation, first {args.requests}", trace, args.rate_scale, args.time_scale))
     chosen = [r for r in routers() if not args.only or any(o in r.name for o in args.only)]
     started = time.monotonic()

@@ -1,8 +1,7 @@
 """Issue #10's routing targets, side by side in one run: every preset on every public trace.
 
-For each trace in ``--traces`` (default ``bench/traces``, the public traces copied into the repository;
-``--match`` keeps those whose name contains a string), its first ``--max-requests`` requests (bounds on
-the same subset):
+For each trace in ``--traces`` (``--match`` keeps those whose name contains a string), its first
+``--max-requests`` requests (bounds on the same subset):
 
 1. the knee of ``gie-default`` (``epp.replay.knee``, as ``epp replay --find-knee gie-default``): the
    rate scale where its TTFT p90 reaches twice its unloaded value;
@@ -39,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from epp.engine.config import EngineConfig
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 from epp.replay.knee import Knee, find_knee, unloaded_scale
 from epp.replay.offline import ClusterSpec, parse_profiles
-from epp.replay.plots import write_plots
+from epp.replay.plots import PlotContext, write_plots
 from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
 from epp.replay.targets import Loads, Verdict, evaluate, versus
@@ -237,7 +237,8 @@ def verdict_lines(per_trace: dict[str, list[Verdict]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=Path, default=HERE / "traces")
+    parser.add_argument("--traces", type=Path, default=TRACES_DIR,
+                        help="directory of traces (default traces/: python bench/fetch_traces.py fills it)")
     parser.add_argument("--match", action="append", default=None, help="only traces whose file name contains this")
     parser.add_argument("--profile", default="llama-3.1-8b-h100", help="engine profile, or a mix p:4,q:4 (8 engines)")
     parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets (default: all)")
@@ -261,7 +262,7 @@ def main() -> int:
         parser.error(str(exc))
 
     files = sorted(
-        (p for p in args.traces.iterdir() if (p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz"))
+        (p for p in require(args.traces).iterdir() if (p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz"))
          and (not args.match or any(m in p.name for m in args.match))),
         key=lambda p: -p.stat().st_size,  # biggest first: the knee searches finish together
     )
@@ -301,7 +302,8 @@ def main() -> int:
         body += trace_section(trace, total, search, summaries, labels, verdicts, spec.kv_tokens())
         plot_dir = args.out.with_suffix("") / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
-        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale])
+        write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale],
+                    PlotContext(trace.name, search.bounds))
         body += [f"Plots of the knee runs: `{plot_dir.relative_to(HERE.parent) if plot_dir.is_relative_to(HERE.parent) else plot_dir}/` (written by the script, not committed).", ""]
         raw[path.name] = {
             "knee": dataclasses.asdict(search.knee),

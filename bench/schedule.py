@@ -15,14 +15,24 @@ bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
 (``Telemetry.instrument``: every plugin call timed for ``plugin_duration_seconds``, prefix matches
 observed), fed the same picks alternately so both see the same machine load, and prints the cpu p50s
 and the median per-pick difference.
+``--tokenizer DIR`` instead measures what tokenizing with a served model's own tokenizer (``DIR``: its
+folder, e.g. ``tests/data/vllm-0.32-cpu/tiny-llama``) adds to a ``default`` pick, against the same
+preset with ``tokenizer: sim`` fed the same requests alternately: chat requests (one of 32 system
+prompts, half the tokens, then a unique user turn) and completion requests (a unique prompt each
+pick, so nothing is reused; or one of 32 preambles, half the tokens, then a unique tail), at 1K and
+32K tokens of that tokenizer; then the cost of encoding a 32K-token text once, uncached, and of a 32K
+conversation whose earlier turns were seen.
 
     python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
+    python bench/schedule.py --tokenizer tests/data/vllm-0.32-cpu/tiny-llama [--picks 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterable
+from typing import Any
 import statistics
 import time
 import tracemalloc
@@ -32,6 +42,7 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
 from epp.config import load_scheduler
+from epp.scheduling.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 
@@ -118,8 +129,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--preset", action="append", help="preset or config file to time (repeatable)")
     parser.add_argument("--telemetry", action="store_true", help="also time with telemetry attached; print the ratio")
+    parser.add_argument("--tokenizer", metavar="DIR", help="time the default pick with this model folder's tokenizer against sim")
     args = parser.parse_args()
     policies: list[str] = args.preset or ["gie-default"]
+    if args.tokenizer:
+        tokenizer_cost(args)
+        return
     if args.telemetry:
         telemetry_overhead(args, policies[0])
         return
@@ -150,30 +165,38 @@ def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: 
     plain = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
     timed = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
     Telemetry().instrument(timed)
-    states = _states(endpoints, rng)
+    prompts = _prompts(tokens, rng)
+    requests = (LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+                for i in range(picks + 200))  # fmt: skip
+    return _alternate(plain, timed, _states(endpoints, rng), requests, warmup=200)
+
+
+def _alternate(a: Scheduler, b: Scheduler, states: list[EndpointState], requests: Iterable[LLMRequest],
+               warmup: int) -> tuple[float, float, float]:  # fmt: skip
+    """Feed every request to both schedulers, which one first alternating, so both see the same
+    machine load; requests complete ``IN_FLIGHT`` picks later. (a's cpu p50, b's cpu p50, median of the
+    per-pick differences b − a) in µs, leaving out the first ``warmup`` requests."""
     datastore = Datastore(VirtualClock())
-    for scheduler in (plain, timed):
+    for scheduler in (a, b):
         scheduler.attach(datastore)
     for state in states:
         datastore.upsert(state.endpoint)
-    prompts = _prompts(tokens, rng)
-    cpu: dict[int, list[int]] = {id(plain): [], id(timed): []}
+    cpu: dict[int, list[int]] = {id(a): [], id(b): []}
     in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
-    for i in range(picks + 200):
-        for scheduler in ((plain, timed) if i % 2 else (timed, plain)):
-            request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+    for i, request in enumerate(requests):
+        for scheduler in ((a, b) if i % 2 else (b, a)):
             c0 = time.thread_time_ns()
             picked = scheduler.schedule(request, states).endpoints[0]
-            if i >= 200:
+            if i >= warmup:
                 cpu[id(scheduler)].append(time.thread_time_ns() - c0)
             in_flight.append((scheduler, request, picked))
         while len(in_flight) > 2 * IN_FLIGHT:
             scheduler, done, served = in_flight.pop(0)
             scheduler.response_started(done, served)
             scheduler.response_complete(done, served, {})
-    a, b = cpu[id(plain)], cpu[id(timed)]
-    diffs = sorted(y - x for x, y in zip(a, b))
-    return statistics.median(a) / 1e3, statistics.median(b) / 1e3, diffs[len(diffs) // 2] / 1e3
+    x, y = cpu[id(a)], cpu[id(b)]
+    diffs = sorted(q - p for p, q in zip(x, y))
+    return statistics.median(x) / 1e3, statistics.median(y) / 1e3, diffs[len(diffs) // 2] / 1e3
 
 
 def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
@@ -185,6 +208,105 @@ def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
             rounds = [paired_overhead(n, tokens, args.picks, args.seed, preset) for _ in range(args.rounds)]
             a, b, d = (min(r[k] for r in rounds) for k in range(3))
             print(f"{n:>9} {tokens // 1024:>6}K {a:>9.1f} {b:>13.1f} {d:>8.1f} {d / a:>7.1%}")
+
+
+def _default_with(tokenizer: str) -> Scheduler:
+    shipped = "tokenizer: auto"
+    assert shipped in PRESETS["default"]
+    text = PRESETS["default"].replace(shipped, f"tokenizer: '{tokenizer}'")
+    from epp.config import load_scheduler_text
+
+    return load_scheduler_text(text, clock=VirtualClock(), rng=random.Random(1))
+
+
+class _Words:
+    """Text of about ``n`` tokens of a tokenizer: random words of its own vocabulary, with punctuation
+    and line breaks, so the token count is what a real prompt of that length has."""
+
+    def __init__(self, folder: str, rng: random.Random) -> None:
+        from epp.tokenizer.hf import HFTokenizer
+
+        self.tokenizer = HFTokenizer.from_dir(folder)
+        vocab = self.tokenizer._backend.get_vocab()
+        self.words = sorted(w[1:] for w in vocab if w.startswith("Ġ") and w[1:].isalpha() and len(w) > 3)
+        self.rng = rng
+        sample = self.text_of_words(2000)
+        self.tokens_per_word = len(self.tokenizer.encode(sample, False)) / 2000
+
+    def text_of_words(self, n: int) -> str:
+        rng, words = self.rng, self.words
+        out = []
+        for i in range(n):
+            out.append(rng.choice(words))
+            if i % 12 == 11:
+                out.append(rng.choice((".", ",", ".\n", ";")))
+        return " ".join(out)
+
+    def text(self, tokens: int) -> str:
+        return self.text_of_words(max(1, round(tokens / self.tokens_per_word)))
+
+
+SHAPES = ("chat", "completion, shared preamble", "completion, unique")
+
+
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[float, float, float, int]:
+    """``default`` with ``tokenizer: sim`` and with ``folder``'s tokenizer, fed the same requests
+    alternately: (sim cpu p50, model cpu p50, median per-pick difference) in µs, and the prompts'
+    mean token count under the model's tokenizer."""
+    rng = random.Random(seed)
+    words = _Words(folder, rng)
+    systems = [words.text(tokens // 2) for _ in range(32)]
+    bodies: list[dict[str, Any]] = []
+    for _ in range(picks + 50):
+        if shape == "chat":
+            bodies.append({"model": "m", "messages": [{"role": "system", "content": rng.choice(systems)},
+                                                      {"role": "user", "content": words.text(tokens // 2)}]})  # fmt: skip
+        elif shape == "completion, shared preamble":
+            bodies.append({"model": "m", "prompt": rng.choice(systems) + words.text(tokens // 2)})
+        else:
+            bodies.append({"model": "m", "prompt": words.text(tokens)})
+    kind = RequestKind.CHAT_COMPLETIONS if shape == "chat" else RequestKind.COMPLETIONS
+    counted = [len(words.tokenizer.encode(words.tokenizer.render_chat(b["messages"]) if "messages" in b else b["prompt"]))
+               for b in bodies[::50]]  # fmt: skip
+    requests = (LLMRequest(f"r{i}", kind, "m", body=body) for i, body in enumerate(bodies))
+    result = _alternate(_default_with("sim"), _default_with(folder), _states(endpoints, rng), requests, warmup=50)
+    return (*result, round(statistics.mean(counted)))
+
+
+def tokenizer_cost(args: argparse.Namespace) -> None:
+    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer}, µs; best of {args.rounds} rounds")
+    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
+    for tokens in (1024, 32768):
+        picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
+        for shape in SHAPES:
+            rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, shape) for _ in range(args.rounds)]
+            a, b, d = (min(r[k] for r in rounds) for k in range(3))
+            print(f"{shape:>28} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
+    words = _Words(args.tokenizer, random.Random(args.seed))
+    from epp.tokenizer.hf import HFTokenizer
+
+    cold = []
+    for _ in range(5):
+        fresh = HFTokenizer.from_dir(args.tokenizer)  # empty piece cache
+        text = words.text(32768)
+        c0 = time.thread_time_ns()
+        ids = fresh.encode(text, True)
+        cold.append(time.thread_time_ns() - c0)
+    print(f"encoding {len(ids)} tokens uncached: {min(cold) / 1e6:.1f} ms cpu (best of 5)")
+    turns: list[dict[str, str]] = []
+    tokenizer = HFTokenizer.from_dir(args.tokenizer)
+    while len(tokenizer.encode(tokenizer.render_chat(turns), False) if turns else ()) < 32768:
+        turns += [{"role": "user", "content": words.text(512)}, {"role": "assistant", "content": words.text(512)}]
+        tokenizer.encode(tokenizer.render_chat(turns), False)  # the conversation so far, as earlier requests sent it
+    warm = []
+    for _ in range(5):
+        turns += [{"role": "user", "content": words.text(512)}]
+        c0 = time.thread_time_ns()
+        ids = tokenizer.encode(tokenizer.render_chat(turns), False)
+        warm.append(time.thread_time_ns() - c0)
+        turns += [{"role": "assistant", "content": words.text(512)}]
+    print(f"a {len(ids)}-token conversation whose earlier turns were seen, one new 512-token turn:"
+          f" {min(warm) / 1e6:.2f} ms cpu to render and encode (best of 5)")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore
 from epp.engine.driver import run_virtual
 from epp.engine.request import EngineRequest
 
-TRACE = Path("/work/shared/traces/azure_llm_2023_conv.csv")
+TRACE = TRACES_DIR / "azure_llm_2023_conv.csv"  # python bench/fetch_traces.py
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=8)
     parser.add_argument("--trace", type=Path, default=TRACE)
     args = parser.parse_args()
+    require(args.trace)  # before the HTTP half, not minutes into the run
     asyncio.run(_http(args.requests, args.concurrency))
     _virtual(args.trace, args.engines)
 

@@ -16,8 +16,9 @@ from types import MappingProxyType
 from typing import Final
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
-from epp._util.logs import configure_logging
+from epp._util.logs import configure_logging, log_settings
 from epp.discovery.kube_setup import add_kubernetes_flags
+from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
 
 log = logging.getLogger("epp.serve")
 
@@ -41,7 +42,6 @@ def tune_gc() -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.description = (
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
@@ -60,9 +60,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                    help="ext_proc transport: grpc.aio, or the experimental native HTTP/2 server "
                         "(2-3x less CPU per request; see README 'Transport')")
     p = parser.add_argument_group("pool without Kubernetes")
-    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[,HOST:PORT...]",
+    p.add_argument("--static-endpoints", default="", metavar="HOST:PORT[@EVENTS_PORT][,...]",
                    help="fixed pool of model-server endpoints (hostnames are resolved once at start); "
-                        "instead of --pool-name / --endpoint-selector")
+                        "instead of --pool-name / --endpoint-selector. @EVENTS_PORT: where that engine "
+                        "publishes KV events (several engines on one host)")
     p.add_argument("--endpoints-file", default="", metavar="PATH",
                    help="llm-d endpoints file (YAML: endpoints: [{name, address, port, ...}]), like a "
                         "file-discovery plugin in the config; instead of the other sources")
@@ -83,6 +84,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--max-concurrent-streams", type=int, default=DEFAULT_MAX_STREAMS,
                    help="most requests in flight through epp; more get an immediate 503 (memory stays bounded)")
     add_reference_compat_flags(parser)
+    add_upstream_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -113,10 +115,10 @@ def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
     bool_flag(g, "--enable-pprof", False, "Go pprof endpoints: not applicable to epp, warns when true")
     g.add_argument("--refresh-prometheus-metrics-interval", type=duration, default="5s", metavar="DURATION",
                    help="accepted for compatibility: epp computes pool gauges when /metrics is scraped")
-    g.add_argument("--grpc-max-recv-msg-size", type=int, default=0, metavar="BYTES",
-                   help="accepted for compatibility: the receive limit follows --max-body-bytes")
-    g.add_argument("--grpc-max-send-msg-size", type=int, default=0, metavar="BYTES",
-                   help="accepted for compatibility: epp sends bodies in chunks of at most 62,000 bytes")
+    g.add_argument("--grpc-max-recv-msg-size", type=message_size, default=0, metavar="SIZE",
+                   help="largest ext_proc gRPC message received (10MiB, 25MB, bytes); 0 = --max-body-bytes + framing")
+    g.add_argument("--grpc-max-send-msg-size", type=message_size, default=0, metavar="SIZE",
+                   help="largest ext_proc gRPC message sent; 0 = --max-body-bytes + framing")
 
 
 def warn_unsupported(args: argparse.Namespace) -> list[str]:
@@ -128,10 +130,15 @@ def warn_unsupported(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.verbosity)
+    configure_logging(log_settings(args))
     warn_unsupported(args)
     if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
         log.error("--max-body-bytes and --max-concurrent-streams must be positive")
+        return 2
+    try:
+        prepare_grpc_tls(args)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     return run_async(serve(args))
 

@@ -1,8 +1,16 @@
-"""Per-request glue between the protocol adapter and scheduling: no gRPC types here.
+"""The one request lifecycle, driven by ``epp serve`` (``epp.extproc``) and by ``epp replay``
+(``epp.replay.offline`` in virtual time, live through serve): no gRPC types, no wall clock, no I/O here.
 
-``route`` turns a parsed request into a ``RoutingDecision`` (candidates → admission → scheduler →
-in-flight accounting → headers); ``finish`` ends it once (usage into metrics and scheduler hooks,
-in-flight released). Every refusal is a ``RequestError``; ``reject`` counts and logs it exactly once.
+``submit`` turns a parsed request into a ``RoutingDecision`` (objective priority → model rewrite →
+candidates → admission → scheduler → in-flight accounting → headers) or a ``RequestError``, handed to
+its ``done`` callback; ``finish`` ends a routed request once (usage into the recorder and the scheduler's
+hooks, in-flight released, admission told). Every refusal is a ``RequestError``; ``reject`` counts and
+logs it exactly once.
+
+Three narrow interfaces are injected, so both drivers run this same code: a ``RequestRecorder``
+(Prometheus telemetry in serve, the replay's per-band tally offline), an ``AdmissionPolicy`` (shed
+sheddable requests when saturated, as GIE does; or llm-d's flow control, which holds a request until
+the pool has room and then calls back), and a ``Clock`` (wall or virtual).
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
+from epp.request.parsers import RequestParsers, default_parsers
 from epp.request.usage import Usage
 from epp.scheduling.scheduler import Scheduler
-from epp.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,81 @@ class Saturation(Protocol):
     """Admission input: is the pool too loaded to take sheddable (priority < 0) work?"""
 
     def is_saturated(self, endpoints: Sequence[EndpointState]) -> bool: ...
+
+
+class RequestRecorder(Protocol):
+    """What the director reports at each step of a request's life (``epp.telemetry.Telemetry`` in serve)."""
+
+    def scheduled(self, duration: float, target_model: str, endpoint: EndpointState | None) -> None: ...
+
+    def request_routed(self, request: LLMRequest, body_bytes: int) -> None: ...
+
+    def request_rejected(self, model: str, target_model: str, error: RequestError,
+                         request: LLMRequest | None = None) -> None: ...
+
+    def request_finished(self, request: LLMRequest, duration: float, response_bytes: int | None, usage: Usage) -> None: ...
+
+    def model_rewritten(self, rewrite_name: str, model: str, target_model: str) -> None: ...
+
+
+Proceed = Callable[["RequestError | None"], None]
+"""Admission's answer for one request: None to schedule it now, else the refusal."""
+
+
+class Waiting(Protocol):
+    """A request an admission policy holds (a flow-control queue entry)."""
+
+    def cancel(self) -> None:
+        """The client gave up: drop the request; ``proceed`` is never called for it."""
+
+
+class AdmissionPolicy(Protocol):
+    """Decides when a request may be scheduled. ``admit`` calls ``proceed`` exactly once: at once (and
+    returns None), or later from ``released``/``tick`` (and returns the ``Waiting`` entry)."""
+
+    @property
+    def waiting(self) -> int:
+        """Requests held right now."""
+        ...
+
+    @property
+    def waits_for_endpoints(self) -> bool:
+        """Whether a request that finds the pool empty waits for endpoints (flow control) instead of a 503."""
+        ...
+
+    def admit(self, request: LLMRequest, body_size: int, candidates: Sequence[EndpointState],
+              proceed: Proceed) -> Waiting | None: ...
+
+    def released(self, request: LLMRequest, usage: Usage) -> None:
+        """A routed request ended (``usage`` as the engine reported it): capacity may have freed up."""
+
+    def tick(self) -> None:
+        """Time passed or metrics changed: expire deadlines, dispatch what now fits."""
+
+
+class ShedSheddable:
+    """GIE's admission (and llm-d's without flow control): a sheddable request (priority < 0) is refused
+    with 429 while the pool is saturated; everything else is scheduled at once. Holds nothing."""
+
+    waiting = 0
+    waits_for_endpoints = False
+
+    def __init__(self, saturation: Saturation | None) -> None:
+        self.saturation = saturation
+
+    def admit(self, request: LLMRequest, body_size: int, candidates: Sequence[EndpointState],
+              proceed: Proceed) -> None:
+        if request.priority < 0 and self.saturation is not None and self.saturation.is_saturated(candidates):
+            proceed(RequestError(429, "system is saturated; sheddable request dropped",
+                                 error_type="rate_limit_exceeded", code="saturated"))
+        else:
+            proceed(None)
+
+    def released(self, request: LLMRequest, usage: Usage) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
 
 
 # Incoming model → (InferenceModelRewrite name, target model), or None when no rule applies.
@@ -64,6 +147,9 @@ class RoutingDecision:
     tokens: int = 0
     started: bool = False
     finished: bool = False
+    scores: dict[str, float] | None = None  # ip:port → primary-profile score, with --emit-endpoint-scores
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
 
     @property
     def destination(self) -> str:
@@ -86,19 +172,23 @@ class Director:
         self,
         datastore: Datastore,
         scheduler: Scheduler,
-        telemetry: Telemetry,
+        telemetry: RequestRecorder,
         *,
-        saturation: Saturation | None = None,
+        admission: AdmissionPolicy | None = None,
         objective_priority: Callable[[str], int] | None = None,
         model_rewriter: ModelRewriter | None = None,
         subset_filter: bool = True,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        parsers: RequestParsers | None = None,
+        emit_endpoint_scores: bool = False,
     ) -> None:
         self.datastore = datastore
+        self.parsers = parsers or default_parsers()  # requestHandler.parsers: request bytes → LLMRequest
+        self.emit_endpoint_scores = emit_endpoint_scores
         self.scheduler = scheduler
         self.telemetry = telemetry
-        self.saturation = saturation
+        self.admission: AdmissionPolicy = admission or ShedSheddable(scheduler.saturation_detector)
         self.objective_priority = objective_priority
         self.model_rewriter = model_rewriter
         self.subset_filter = subset_filter
@@ -106,17 +196,55 @@ class Director:
         self._rng = rng or random.Random()
 
     # -- request phase --------------------------------------------------------------------------
-    def route(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None = None) -> RoutingDecision:
-        """Pick endpoints for a parsed request; raises ``RequestError`` for every refusal."""
+    def submit(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None,
+               done: Callable[[RoutingDecision | RequestError], None]) -> Waiting | None:
+        """Route a parsed request: ``done`` gets the decision or the refusal exactly once, now (returns
+        None) or once admission lets the request through (returns its ``Waiting`` entry, to cancel it)."""
         started = self.clock.now()
+        for processor in self.scheduler.request_processors:
+            processor.process_request(request)
         if request.objective and self.objective_priority is not None:
             request.priority = self.objective_priority(request.objective)
         original_headers = dict(request.headers)
-        body = self._apply_rewrite(request)
-        candidates = self.candidates(subset)
-        if request.priority < 0 and self.saturation is not None and self.saturation.is_saturated(candidates):
-            raise RequestError(429, "system is saturated; sheddable request dropped",
-                               error_type="rate_limit_exceeded", code="saturated")
+        try:
+            body = self._apply_rewrite(request)
+            candidates = self._candidates_to_admit(subset)
+        except RequestError as error:
+            done(error)
+            return None
+        immediate = True
+
+        def proceed(refusal: RequestError | None) -> None:
+            if refusal is not None:
+                done(refusal)
+                return
+            try:  # a request that waited is scheduled over the pool as it is now
+                pool = candidates if immediate else self.candidates(subset)
+                done(self._schedule(request, pool, started, body, body_size, original_headers))
+            except RequestError as error:
+                done(error)
+
+        waiting = self.admission.admit(request, len(body) if body is not None else body_size, candidates, proceed)
+        immediate = False
+        return waiting
+
+    def route(self, request: LLMRequest, body_size: int, subset: Sequence[object] | None = None) -> RoutingDecision:
+        """``submit`` for callers that cannot wait (tests, benches): raises ``RequestError`` for every
+        refusal, and ``RuntimeError`` if the admission policy would hold the request."""
+        outcome: list[RoutingDecision | RequestError] = []
+        waiting = self.submit(request, body_size, subset, outcome.append)
+        if waiting is not None:
+            waiting.cancel()
+            raise RuntimeError("the admission policy queued the request; use submit()")
+        if isinstance(outcome[0], RequestError):
+            raise outcome[0]
+        return outcome[0]
+
+    def _schedule(self, request: LLMRequest, candidates: list[EndpointState], started: float, body: bytes | None,
+                  body_size: int, original_headers: Mapping[str, str]) -> RoutingDecision:
+        for admitter in self.scheduler.admitters:  # admitter plugins decide after admission (flow control) let it go
+            if (refusal := admitter.admit(request, candidates)) is not None:
+                raise RequestError(429, refusal, error_type="rate_limit_exceeded", code="rejected")
         t0 = self.clock.now()
         try:
             result = self.scheduler.schedule(request, candidates)
@@ -126,6 +254,10 @@ class Director:
         picked = result.endpoints
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
         decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
+        if self.emit_endpoint_scores:
+            primary = result.profile_results.get(result.primary_profile)
+            if primary is not None:
+                decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
         decision.headers = self._upstream_headers(decision, original_headers)
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)
@@ -145,6 +277,15 @@ class Director:
         self.datastore.request_started(decision.endpoints[0].name, 0)
         self.telemetry.request_routed(request, 0)
         return decision
+
+    def _candidates_to_admit(self, subset: Sequence[object] | None) -> list[EndpointState]:
+        """The candidates, or none at all when the admission policy waits for endpoints to appear."""
+        try:
+            return self.candidates(subset)
+        except RequestError as error:
+            if error.code == "no_endpoints" and self.admission.waits_for_endpoints:
+                return []
+            raise
 
     def candidates(self, subset: Sequence[object] | None) -> list[EndpointState]:
         """Pool members, narrowed by the gateway's subset hint (matched on IP only, every port qualifies)."""
@@ -181,7 +322,11 @@ class Director:
         self.datastore.request_finished(primary.name, decision.tokens, started_on=primary)
         seen = usage or Usage()
         self.telemetry.request_finished(request, self.clock.now() - decision.started_at, response_bytes, seen)
-        self.scheduler.response_complete(request, primary, seen.as_dict() if seen.known else {})
+        usage_counts = seen.as_dict() if seen.known else {}
+        self.scheduler.response_complete(request, primary, usage_counts)
+        if self.scheduler.response_metadata_plugins:
+            decision.metadata = self.scheduler.response_metadata(request, primary, usage_counts)
+        self.admission.released(request, seen)
 
     @property
     def wants_response_metadata(self) -> bool:

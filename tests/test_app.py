@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import socket
@@ -60,8 +61,14 @@ def test_bad_flag_values_are_usage_errors(argv: list[str], capsys: pytest.Captur
     assert info.value.code == 2
 
 
-def test_go_bool() -> None:
-    assert [go_bool(v) for v in ("true", "1", "F", "false")] == [True, True, False, False]
+def test_go_bool_is_strconv_parse_bool() -> None:
+    """Booleans as pflag parses them: Go's strconv.ParseBool spellings, nothing else."""
+    ok = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+          "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+    assert {v: go_bool(v) for v in ok} == ok
+    for bad in ("yes", "no", "tRuE", "", " true", "2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            go_bool(bad)
 
 
 @pytest.mark.parametrize(
@@ -238,3 +245,52 @@ def test_reference_flags_are_accepted_and_unsupported_ones_named() -> None:
         "--refresh-prometheus-metrics-interval", "5s", "--grpc-max-recv-msg-size", "4194304",
     ])
     assert warn_unsupported(args) == ["enable_pprof"]
+
+
+async def test_second_ctrl_c_stops_at_once_cancelling_open_streams(
+    serve_process: tuple[subprocess.Popen[str], dict[str, int]],
+) -> None:
+    proc, ports = serve_process
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['health']}") as hch, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
+        health = health_pb2_grpc.HealthStub(hch)
+        await wait_for(lambda: health_is(health, health_pb2.HealthCheckResponse.SERVING, proc), 30, "SERVING")
+        call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=60)
+        await call.write(request_headers())  # open: the picker waits for the body (10m drain, 60s grace)
+        proc.send_signal(signal.SIGINT)
+        await wait_for(lambda: health_is(health, health_pb2.HealthCheckResponse.NOT_SERVING, proc), 30, "NOT_SERVING")
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        await wait_for(lambda: proc.poll() is not None, 15, "exit after the second Ctrl-C")
+        assert time.monotonic() - stopped_at < 15  # neither the 10 min drain nor the 60 s grace
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call.read()
+    assert proc.returncode == 0
+    assert proc.stdout is not None
+    log = proc.stdout.read()
+    assert "press Ctrl-C again to stop now" in log and "second Ctrl-C: stopping now" in log
+    assert "Traceback" not in log
+
+
+def test_a_second_picker_on_a_busy_grpc_port_fails_instead_of_sharing_it(
+    serve_process: tuple[subprocess.Popen[str], dict[str, int]],
+) -> None:
+    first, ports = serve_process
+    wait_until = time.monotonic() + 30
+    while not _listening(ports["grpc"]):
+        assert first.poll() is None and time.monotonic() < wait_until, "the first epp serve did not start"
+        time.sleep(0.1)
+    second = subprocess.run(
+        [sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:8001", "--secure-serving=false",
+         "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]), "--grpc-health-port", str(free_port()),
+         "--metrics-port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"cannot listen on 127.0.0.1:{ports['grpc']} for ext_proc: the port is in use" in second.stderr
+    assert first.poll() is None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

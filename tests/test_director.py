@@ -10,7 +10,7 @@ import pytest
 
 from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, Endpoint, EndpointState
-from epp.director import DESTINATION_HEADER, MODEL_NAME_HEADER, Director
+from epp.director import DESTINATION_HEADER, MODEL_NAME_HEADER, Director, ShedSheddable
 from epp.discovery.rewrites import ModelRewrites, parse_rules
 from epp.request import LLMRequest, RequestError
 from epp.request.parse import parse_request
@@ -158,7 +158,7 @@ class FixedSaturation:
 )
 def test_only_negative_priority_is_shed_when_saturated(objective: str | None, saturated: bool, shed: bool) -> None:
     sat = FixedSaturation(saturated)
-    d = make_director(make_store("10.0.0.1:8000"), saturation=sat, objective_priority={"sheddable": -1, "critical": 10}.__getitem__)
+    d = make_director(make_store("10.0.0.1:8000"), admission=ShedSheddable(sat), objective_priority={"sheddable": -1, "critical": 10}.__getitem__)
     req = chat(headers={"x-llm-d-inference-objective": objective} if objective else None)
     if shed:
         with pytest.raises(RequestError) as info:

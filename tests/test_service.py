@@ -18,7 +18,9 @@ from epp.discovery.sources import SourceError
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from epp.service import PickerService
+from tests.conftest import wait_for
 from tests.extproc.builders import request_body, request_headers, set_headers
+from tests.metrics.test_sources import DCGM, Page, serving
 
 # Nothing listens on these: metrics scrapes fail (endpoints go stale), which scheduling tolerates.
 POOL = {"a": 1, "b": 2, "c": 3}
@@ -104,3 +106,25 @@ async def test_plugin_and_prefix_metrics_are_served_after_picks_over_grpc() -> N
     assert samples[("inference_extension_prefix_indexer_hit_ratio_count", ())] == 2
     assert samples[("inference_extension_prefix_indexer_hit_ratio_sum", ())] == 1.0  # 0 cold, then 1
     assert samples[("inference_extension_prefix_indexer_size", ())] > 0
+
+
+async def test_llm_d_default_sticks_a_repeated_prompt_over_grpc() -> None:
+    async with PickerService(serve_args("--static-endpoints", "127.0.0.1:40001,127.0.0.1:40002",
+                                        "--config-file", "llm-d-default")) as picker:
+        first = await route(picker.server.port)
+        assert [await route(picker.server.port) for _ in range(3)] == [first] * 3
+
+
+async def test_a_dcgm_source_in_the_config_fills_gpu_utilization_while_serving(tmp_path: Path) -> None:
+    page = Page(DCGM.replace('pod="vllm-a"', 'pod="127.0.0.1:40001"'))
+    async with serving("/metrics", page) as dcgm_port:
+        config = tmp_path / "epp.yaml"
+        config.write_text(
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
+            f"- {{type: dcgm-data-source, name: dcgm, parameters: {{port: {dcgm_port}, interval: 50ms}}}}\n"
+            "- {type: dcgm-extractor}\n- {type: random-picker}\n")
+        async with PickerService(serve_args("--static-endpoints", "127.0.0.1:40001", "--config-file", str(config))) as picker:
+            state = picker.datastore.get("127.0.0.1:40001")
+            assert state is not None
+            await wait_for(lambda: "GPUUtilization" in state.attributes)
+            assert state.attributes["GPUUtilization"] == pytest.approx(0.82)

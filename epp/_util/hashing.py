@@ -34,6 +34,19 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
+def chain_hashes_with_extras(blocks: Sequence[bytes], seed: int, extras: Sequence[bytes | None]) -> list[int]:
+    """``chain_hashes`` where block *i* also hashes ``extras[i]`` (serialized extra keys: multimodal
+    identifiers, prompt-embedding digests) when given, as vLLM's block hash covers them: a block with
+    extras never keys like the same tokens without them, nor do its descendants."""
+    out: list[int] = []
+    digest, pack = xxhash.xxh64_intdigest, _LE64.pack
+    parent = seed
+    for block, extra in zip(blocks, extras, strict=True):
+        parent = digest(block + pack(parent) + extra) if extra else digest(block + pack(parent))
+        out.append(parent)
+    return out
+
+
 def text_blocks(data: bytes, block_bytes: int, *, keep_partial: bool = False) -> list[bytes]:
     """Split ``data`` into blocks of ``block_bytes``; a trailing partial block is dropped unless asked for."""
     end = len(data) if keep_partial else len(data) - len(data) % block_bytes

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, run_async, run_until_signal
 from epp._util.lifecycle import cancel_and_wait
-from epp._util.logs import configure_logging
+from epp._util.logs import configure_logging, log_settings
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -54,7 +54,6 @@ example:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _Formatter
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     add_serving_flags(
@@ -74,12 +73,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the flag help, and the description/epilog layout kept as written."""
-
-
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_format, args.verbosity)
+    configure_logging(log_settings(args))
     if args.max_body_bytes < 1:
         log.error("--max-body-bytes must be positive")
         return 2
@@ -125,7 +120,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
         await server.start()
-        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry)
+        stack.push_async_callback(server.stop, args.shutdown_grace, args.drain_timeout, shutdown.hurry, shutdown.now)
         if models_file is not None:
             watcher = ModelsFileWatcher(models_file, apply)
             stack.push_async_callback(cancel_and_wait, asyncio.create_task(watcher.run(args.models_reload_interval)))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from epp._util.clock import Clock
-from epp.config.build import EXTERNAL_PLUGIN_TYPES, build_scheduler, plugin_specs
+from epp.config.build import EXTERNAL_PLUGIN_TYPES, build_scheduler, plugin_specs, request_parsers
 from epp.config.decode import ConfigError, decode_config, parse_config_text
 from epp.config.model import EndpointPickerConfig
 from epp.scheduling.presets import PRESETS
@@ -32,6 +32,7 @@ __all__ = [
     "load_scheduler_text",
     "parse_config_text",
     "plugin_specs",
+    "request_parsers",
 ]
 
 
@@ -56,12 +57,14 @@ def load_scheduler(source: str | Path, *, clock: Clock | None = None, rng: rando
 
 
 def load_config_and_scheduler(
-    source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None
+    source: str | Path, *, clock: Clock | None = None, rng: random.Random | None = None, allow_experimental: bool = True,
 ) -> tuple[EndpointPickerConfig, Scheduler]:
     """Both, for callers that also own other config sections (``epp serve``'s discovery)."""
     config = load_config(source)
     with _located(None if isinstance(source, str) and source in PRESETS else Path(source)):
-        return config, build_scheduler(config, clock=clock, rng=rng)
+        scheduler = build_scheduler(config, clock=clock, rng=rng, allow_experimental=allow_experimental)
+        request_parsers(config, scheduler)  # a wrong requestHandler.parsers ref fails here, with the file name
+        return config, scheduler
 
 
 def load_scheduler_text(text: str, *, clock: Clock | None = None, rng: random.Random | None = None) -> Scheduler:

@@ -4,6 +4,8 @@ so a bad config fails at start with a message that points at the line to fix."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -12,6 +14,7 @@ import yaml
 
 from epp.config.model import (
     API_VERSIONS,
+    DEPRECATED_API_VERSIONS,
     KIND,
     DataLayerSpec,
     DataSourceSpec,
@@ -27,9 +30,13 @@ from epp.scheduling.params import parse_duration
 
 T = TypeVar("T")
 
+log = logging.getLogger("epp.config")
+
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|K|M|G|T|k)?$")
 _QUANTITY_FACTOR = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+# GIE's SaturationDetector config (v1.x): the utilization detector's parameters.
+_UTILIZATION_KEYS = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold", "headroom"}
 _GATE = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]*)(?:=(true|false))?$")
 
 
@@ -119,13 +126,19 @@ def _bool(value: object, path: str) -> bool:
     return value
 
 
+def parse_quantity(text: str, path: str = "") -> int:
+    """A whole Kubernetes quantity such as ``1Gi``, ``500M`` or ``1024`` → an integer."""
+    m = _QUANTITY.match(text.strip())
+    if m is None:
+        raise ConfigError(path, f"must be a byte count such as 1073741824 or 1Gi, got {text!r}")
+    return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
+
+
 def _bytes(value: object, path: str) -> int:
-    """A byte count: an integer or a Kubernetes quantity such as ``1Gi``."""
+    """A byte or request count: an integer or a Kubernetes quantity such as ``1Gi`` or ``1k`` (upstream
+    types ``maxBytes`` and ``maxRequests`` as resource.Quantity)."""
     if isinstance(value, str):
-        m = _QUANTITY.match(value.strip())
-        if m is None:
-            raise ConfigError(path, f"must be a byte count such as 1073741824 or 1Gi, got {value!r}")
-        return int(m.group(1)) * _QUANTITY_FACTOR[m.group(2)]
+        return parse_quantity(value, path)
     return _count(value, path)
 
 
@@ -171,7 +184,9 @@ def _gates(value: object, path: str) -> dict[str, bool]:
 
 
 def _data_layer(value: object, path: str) -> DataLayerSpec:
-    obj = _mapping(value, path, {"sources", "discovery", "injectDefaults"})
+    obj = _mapping(value, path, {
+        "sources", "discovery", "injectDefaults", "peerDiscovery", "crossReplicaSyncerPluginRef", "crossReplicaSyncInterval",
+    })
     sources = []
     for i, item in enumerate(_list(obj.get("sources"), _at(path, "sources"))):
         src_path = _at(_at(path, "sources"), i)
@@ -181,15 +196,28 @@ def _data_layer(value: object, path: str) -> DataLayerSpec:
         )
         sources.append(DataSourceSpec(_str(src.get("pluginRef"), _at(src_path, "pluginRef")), extractors))
     inject = _opt(obj, "injectDefaults", path, _bool)
-    return DataLayerSpec(tuple(sources), _opt(obj, "discovery", path, _ref), True if inject is None else inject)
+    return DataLayerSpec(
+        tuple(sources), _opt(obj, "discovery", path, _ref), True if inject is None else inject,
+        _opt(obj, "peerDiscovery", path, _ref), _opt(obj, "crossReplicaSyncerPluginRef", path, _str),
+        _opt(obj, "crossReplicaSyncInterval", path, _duration),
+    )
 
 
 def _band(value: object, path: str) -> PriorityBandSpec:
     obj = _mapping(value, path, {"priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"})
     return PriorityBandSpec(
-        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "priority", path, _int), _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _bytes),
         _opt(obj, "fairnessPolicyRef", path, _str), _opt(obj, "orderingPolicyRef", path, _str),
     )
+
+
+def _detector(value: object, path: str) -> tuple[str | None, dict[str, Any] | None]:
+    """``saturationDetector``: ``{pluginRef: name}``, or the default utilization detector's parameters inline."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, "must be a mapping")
+    if "pluginRef" in value:
+        return _ref(value, path), None
+    return None, dict(value)
 
 
 def _flow_control(value: object, path: str) -> FlowControlSpec:
@@ -202,18 +230,66 @@ def _flow_control(value: object, path: str) -> FlowControlSpec:
     for i, band in enumerate(bands):
         if band.priority is None:
             raise ConfigError(_at(_at(_at(path, "priorityBands"), i), "priority"), "is required")
+    detector = _opt(obj, "saturationDetector", path, _detector)
     return FlowControlSpec(
-        _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _count),
+        _opt(obj, "maxBytes", path, _bytes), _opt(obj, "maxRequests", path, _bytes),
         _opt(obj, "defaultRequestTTL", path, _duration), _opt(obj, "noEndpointRequestTTL", path, _duration),
         _opt(obj, "defaultPriorityBand", path, _band), _opt(obj, "defaultNegativePriorityBand", path, _band),
-        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), _opt(obj, "saturationDetector", path, _ref),
+        bands, _opt(obj, "usageLimitPolicyPluginRef", path, _str), detector[0] if detector else None,
         bool(_opt(obj, "enableEviction", path, _bool)),
     )
 
 
 def _request_handler(value: object, path: str) -> RequestHandlerSpec:
-    obj = _mapping(value, path, {"parsers"})
-    return RequestHandlerSpec(tuple(_ref(p, _at(_at(path, "parsers"), i)) for i, p in enumerate(_list(obj.get("parsers"), _at(path, "parsers")))))
+    """``parsers: [{pluginRef}]``; the single ``parser: {pluginRef}`` form is accepted too and comes
+    after the list (upstream's types had both at different times)."""
+    obj = _mapping(value, path, {"parsers", "parser"})
+    parsers = [_ref(p, _at(_at(path, "parsers"), i)) for i, p in enumerate(_list(obj.get("parsers"), _at(path, "parsers")))]
+    single = _opt(obj, "parser", path, _ref)
+    return RequestHandlerSpec(tuple(parsers) + ((single,) if single and single not in parsers else ()))
+
+
+def _deprecated_sections(
+    obj: Mapping[str, Any], flow_control: FlowControlSpec | None, request_handler: RequestHandlerSpec | None,
+) -> tuple[FlowControlSpec | None, RequestHandlerSpec | None, dict[str, Any] | None]:
+    """Upstream's deprecated top-level fields, moved where upstream's loader moves them (the new field
+    wins when both are set), each with one warning, plus the detector parameters given inline:
+
+    * ``parser: {pluginRef}`` → ``requestHandler.parsers`` (llm-d-router configloader.go);
+    * ``saturationDetector: {pluginRef}`` → ``flowControl.saturationDetector`` (same);
+    * GIE v1.x's ``saturationDetector: {queueDepthThreshold, kvCacheUtilThreshold,
+      metricsStalenessThreshold}``, or ``flowControl.saturationDetector`` without a ``pluginRef`` →
+      the default ``utilization-detector``'s parameters (returned third).
+    """
+    inline: dict[str, Any] | None = None
+    parser = _opt(obj, "parser", "", _ref)
+    if parser is not None:
+        log.warning("config: top-level 'parser' is deprecated; use requestHandler.parsers (the new field wins if both are set)")
+        if request_handler is None or not request_handler.parsers:
+            request_handler = RequestHandlerSpec((parser,))
+    detector = obj.get("saturationDetector")
+    if detector is not None:
+        detector = _mapping(detector, "saturationDetector", _UTILIZATION_KEYS | {"pluginRef"})
+        log.warning("config: top-level 'saturationDetector' is deprecated; use flowControl.saturationDetector "
+                    "(the new field wins if both are set)")
+        ref = _opt(detector, "pluginRef", "saturationDetector", _str)
+        if ref is not None:
+            if len(detector) > 1:
+                raise ConfigError("saturationDetector", "give either pluginRef or thresholds, not both")
+            if flow_control is None:
+                flow_control = FlowControlSpec(saturation_detector=ref)
+            elif flow_control.saturation_detector is None:
+                flow_control = dataclasses.replace(flow_control, saturation_detector=ref)
+        else:
+            inline = dict(detector)
+    nested = obj.get("flowControl")
+    if isinstance(nested, Mapping) and nested.get("saturationDetector") is not None:
+        _, params = _detector(nested["saturationDetector"], "flowControl.saturationDetector")
+        if params is not None:
+            if inline is not None:
+                raise ConfigError("flowControl.saturationDetector", "give the detector once, here or at the top level")
+            inline = params
+    return flow_control, request_handler, inline
 
 
 def _check_refs(config: EndpointPickerConfig) -> None:
@@ -237,6 +313,9 @@ def _check_refs(config: EndpointPickerConfig) -> None:
         for i, band in enumerate(fc.priority_bands):
             refs.append((f"flowControl.priorityBands[{i}].fairnessPolicyRef", band.fairness_policy_ref))
             refs.append((f"flowControl.priorityBands[{i}].orderingPolicyRef", band.ordering_policy_ref))
+    if config.data_layer is not None:
+        refs.append(("dataLayer.peerDiscovery.pluginRef", config.data_layer.peer_discovery))
+        refs.append(("dataLayer.crossReplicaSyncerPluginRef", config.data_layer.cross_replica_syncer))
     if config.request_handler is not None:
         refs.extend((f"requestHandler.parsers[{i}].pluginRef", p) for i, p in enumerate(config.request_handler.parsers))
     for path, ref in refs:
@@ -249,10 +328,17 @@ def decode_config(document: object) -> EndpointPickerConfig:
     obj = _mapping(document, "", {
         "apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "dataLayer", "flowControl",
         "requestHandler",
+        # deprecated / GIE v1.x spellings, moved into the sections above
+        "data", "parser", "saturationDetector",
     })
     api_version = _str(obj.get("apiVersion"), "apiVersion")
     if api_version not in API_VERSIONS:
         raise ConfigError("apiVersion", f"must be one of {', '.join(API_VERSIONS)}, got {api_version!r}")
+    if api_version in DEPRECATED_API_VERSIONS:
+        log.warning("config: apiVersion %s is deprecated; use llm-d.ai/v1alpha1", api_version)
+    if "data" in obj and "dataLayer" in obj:
+        raise ConfigError("data", "give dataLayer or GIE's older name data, not both")
+    data_layer_key = "data" if "data" in obj else "dataLayer"
     kind = _str(obj.get("kind"), "kind")
     if kind != KIND:
         raise ConfigError("kind", f"must be {KIND}, got {kind!r}")
@@ -268,10 +354,12 @@ def decode_config(document: object) -> EndpointPickerConfig:
         if profile.name in profile_names:
             raise ConfigError(_at(_at("schedulingProfiles", i), "name"), f"duplicate profile name {profile.name!r}")
         profile_names.add(profile.name)
+    flow_control, request_handler, inline = _deprecated_sections(
+        obj, _opt(obj, "flowControl", "", _flow_control), _opt(obj, "requestHandler", "", _request_handler),
+    )
     config = EndpointPickerConfig(
         api_version, kind, _gates(obj.get("featureGates"), "featureGates"), plugins, profiles,
-        _opt(obj, "dataLayer", "", _data_layer), _opt(obj, "flowControl", "", _flow_control),
-        _opt(obj, "requestHandler", "", _request_handler),
+        _opt(obj, data_layer_key, "", _data_layer), flow_control, request_handler, inline,
     )
     _check_refs(config)
     return config

@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
+API_VERSIONS = (
+    "llm-d.ai/v1alpha1", "llm-d.ai/v1", "inference.networking.x-k8s.io/v1alpha1",
+    # GIE's first config group (before v1.0); its docs still show it, so accept it with a warning.
+    "config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1",
+)
+DEPRECATED_API_VERSIONS = frozenset(API_VERSIONS[2:])
 KIND = "EndpointPickerConfig"
 
 
@@ -46,6 +51,10 @@ class DataLayerSpec:
     sources: tuple[DataSourceSpec, ...] = ()
     discovery: str | None = None
     inject_defaults: bool = True
+    # llm-d's multi-replica fields: decoded and reference-checked; no epp part reads them yet.
+    peer_discovery: str | None = None
+    cross_replica_syncer: str | None = None
+    cross_replica_sync_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,7 @@ class FlowControlSpec:
     priority_bands: tuple[PriorityBandSpec, ...] = ()
     usage_limit_policy_plugin_ref: str | None = None
     saturation_detector: str | None = None
+    """``saturationDetector.pluginRef``; inline detector parameters land in the config's ``saturation_detector``."""
     enable_eviction: bool = False
 
 
@@ -86,6 +96,9 @@ class EndpointPickerConfig:
     data_layer: DataLayerSpec | None = None
     flow_control: FlowControlSpec | None = None
     request_handler: RequestHandlerSpec | None = None
+    saturation_detector: Mapping[str, Any] | None = None
+    """Parameters of the default ``utilization-detector`` given inline: GIE's deprecated top-level
+    ``saturationDetector:`` section, or ``flowControl.saturationDetector`` without a ``pluginRef``."""
 
     def gate(self, name: str, default: bool = False) -> bool:
         """A feature gate's value (``flowControl`` is off unless enabled)."""

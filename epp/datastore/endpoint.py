@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 ENGINE_TYPE_LABELS = ("llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type")
 ROLE_LABEL = "llm-d.ai/role"
+KV_EVENTS_PORT_LABEL = "epp/kv-events-port"
+"""Where the endpoint's engine publishes KV events, when not at the pool-wide port (several engines
+on one host)."""
 DEFAULT_ENGINE = "vllm"
 
 
@@ -64,6 +68,11 @@ class EndpointMetrics:
     block_size: int | None = None
     num_gpu_blocks: int | None = None
     models: frozenset[str] = frozenset()
+    prompt_tokens: float | None = None
+    """The engine's cumulative prompt-token counter (``vllm:prompt_tokens_total``), if it exports one."""
+    cached_prompt_tokens: float | None = None
+    """Its cumulative prefix-cache-hit tokens (``vllm:prompt_tokens_cached_total``): what the default
+    vLLM reports without ``--enable-prompt-tokens-details``."""
 
 
 @dataclass(slots=True)
@@ -79,6 +88,9 @@ class EndpointState:
     scrape_error: str | None = None
     inflight_requests: int = 0
     inflight_tokens: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """Named values other data sources attach (DCGM ``GPUUtilization``, ``/v1/models`` ids …), keyed as
+    the reference's endpoint attributes so attribute filters and scorers find them by the same name."""
 
     @property
     def name(self) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from epp._util.clock import Clock, WallClock
 from epp.datastore.endpoint import Endpoint, EndpointMetrics, EndpointState
@@ -108,6 +108,12 @@ class Datastore:
         state = self._states.get(name)
         if state is not None:
             state.scrape_error = error
+
+    def update_attributes(self, name: str, values: Mapping[str, Any]) -> None:
+        """Merge named attributes from a data source other than the engine's ``/metrics`` (DCGM, models)."""
+        state = self._states.get(name)
+        if state is not None:
+            state.attributes.update(values)
 
     # -- in-flight load (director) -------------------------------------------------------------
     def request_started(self, name: str, tokens: int) -> None:

@@ -1,9 +1,11 @@
 """Turn the demo's outcomes and Envoy's access log into a table: who served each request, and why.
 
-epp does not report its reasons per request, so the "why" column is reconstructed from what the demo's
-policy (the least-inflight preset: fewest in flight, random among equals) looks at: how many of the demo's own requests each engine
-was serving when the request was sent (the demo is the only traffic). For the requests that share a
-system prompt the table also says whether they met on the same engine, where a prefix cache would help.
+epp does not report its reasons per request, so the "why" column shows what the picker could see: how
+many of the demo's own requests each engine was serving when the request was sent (the demo is the only
+traffic), and for the requests that share a system prompt whether they met on the engine that already
+cached it (the "cached tokens" column is what that engine reported in ``usage``). With the least-inflight
+preset (fewest in flight, random among equals) the in-flight counts alone explain each choice, so the
+column says which rule applied.
 """
 
 from __future__ import annotations
@@ -32,29 +34,41 @@ def _short(name: str) -> str:
     return name.rsplit("-", 1)[-1]
 
 
-def why(outcome: Outcome, outcomes: list[Outcome], served: dict[str, str], names: list[str]) -> str:
+LEAST_INFLIGHT = "least-inflight"
+
+
+def _least_busy_rule(busy: Counter[str], engine: str, names: list[str]) -> str:
+    least = min(busy.values())
+    if busy[engine] > least:
+        return " → not least busy in this view (epp counted differently)"
+    if sum(1 for n in names if busy[n] == least) > 1:
+        return " → tie, random among least busy"
+    return " → least busy"
+
+
+def why(outcome: Outcome, outcomes: list[Outcome], served: dict[str, str], names: list[str], policy: str) -> str:
     engine = served.get(outcome.request.request_id)
     if engine is None:
         return "not routed (see status)"
     busy = _busy(outcome.sent_at, outcomes, served, names, outcome)
-    load = " ".join(f"{_short(n)}={busy[n]}" for n in names)
-    least = min(busy.values())
-    if busy[engine] > least:
-        reason = f"{load} → not least busy in this view (epp counted differently)"
-    elif sum(1 for n in names if busy[n] == least) > 1:
-        reason = f"{load} → tie, random among least busy"
-    else:
-        reason = f"{load} → least busy"
+    reason = " ".join(f"{_short(n)}={busy[n]}" for n in names)
+    if policy == LEAST_INFLIGHT:
+        reason += _least_busy_rule(busy, engine, names)
     group = outcome.request.prefix_group
     if group is not None:
         earlier = [o for o in outcomes if o.request.prefix_group == group and o.sent_at < outcome.sent_at]
-        if earlier:
-            same = served.get(earlier[0].request.request_id) == engine
-            reason += "; same engine as the first shared-prompt request" if same else "; prefix not a factor"
+        if not earlier:
+            reason += "; first with this system prompt"
+        elif served.get(earlier[0].request.request_id) == engine:
+            reason += "; same engine as the first with this system prompt: its prefix is cached there"
+        else:
+            reason += "; another engine than the first with this system prompt: prefix not reused"
     return reason
 
 
-def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: EngineFleet, console: Console) -> None:
+def render(
+    outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: EngineFleet, console: Console, policy: str
+) -> None:
     names = list(fleet.members)
     served = {
         rid: name for rid, e in entries.items() if e.upstream and (name := fleet.name_of(e.upstream)) is not None
@@ -73,13 +87,14 @@ def render(outcomes: list[Outcome], entries: dict[str, AccessLogEntry], fleet: E
         table.add_row(
             str(index), outcome.request.label, outcome.error or str(outcome.status),
             f"{engine or '-'}{mark}", timing, "-" if outcome.cached_tokens is None else str(outcome.cached_tokens),
-            why(outcome, outcomes, served, names),
+            why(outcome, outcomes, served, names, policy),
         )  # fmt: skip
     console.print(table)
     counts = Counter(served.values())
     console.print("Requests per engine: " + ", ".join(f"{n}={counts[n]}" for n in names))
+    cached = sum(o.cached_tokens or 0 for o in outcomes)
     console.print(
-        "The demo runs epp with the least-inflight preset (random among equals; `epp serve` defaults to the "
-        "TTFT-predicting `default` policy); the in-flight counts above are the demo's own view at send time, so "
-        "they approximate what epp saw."
+        f"Policy: {policy}. The in-flight counts above are the demo's own view at send time, so they approximate "
+        f"what epp saw; cached tokens ({cached:,} in all) are what the engines reported reusing from their prefix "
+        "cache. Try `epp demo --policy least-inflight` or `--policy random` to compare."
     )

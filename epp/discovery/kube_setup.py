@@ -31,7 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from epp._util.cli import bool_flag
+from epp._util.cli import bool_flag, seconds
 from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, Resource, load_api_client
@@ -64,9 +64,12 @@ def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kubeconfig", default="",
                        help="kubeconfig file; default $KUBECONFIG, then in-cluster, then ~/.kube/config")
     bool_flag(group, "--ha-enable-leader-election", False, "active-passive HA: only the Lease holder reports ready")
-    group.add_argument("--ha-lease-duration", type=float, default=15.0, help="seconds (default 15)")
-    group.add_argument("--ha-renew-deadline", type=float, default=10.0, help="seconds (default 10)")
-    group.add_argument("--ha-retry-period", type=float, default=2.0, help="seconds (default 2)")
+    group.add_argument("--ha-lease-duration", type=seconds, default="15s", metavar="DURATION",
+                       help="how long a Lease holds without renewal (Go duration, or bare seconds)")
+    group.add_argument("--ha-renew-deadline", type=seconds, default="10s", metavar="DURATION",
+                       help="how long the leader keeps retrying a renewal before giving up the lead")
+    group.add_argument("--ha-retry-period", type=seconds, default="2s", metavar="DURATION",
+                       help="wait between attempts to acquire or renew the Lease")
 
 
 def _namespace(args: argparse.Namespace) -> str:

@@ -31,6 +31,8 @@ from epp.discovery.static import StaticDiscovery
 
 log = logging.getLogger(__name__)
 
+MULTICLUSTER_FILE_DISCOVERY = "multicluster-file-discovery"
+
 
 class SourceError(ValueError):
     """No endpoint source, several, or one that is misconfigured."""
@@ -98,9 +100,14 @@ def _config_file_discovery(config: EndpointPickerConfig) -> dict[str, object] | 
                         FILE_DISCOVERY, declared[0].name)
         return None
     spec = next((p for p in config.plugins if p.name == ref), None)
-    if spec is None or spec.type != FILE_DISCOVERY:
+    if spec is None or spec.type not in (FILE_DISCOVERY, MULTICLUSTER_FILE_DISCOVERY):
         kind = "undeclared" if spec is None else f"of type {spec.type!r}"
-        raise SourceError(f"dataLayer.discovery.pluginRef: {ref!r} is {kind}; epp serve supports {FILE_DISCOVERY!r} here")
+        raise SourceError(f"dataLayer.discovery.pluginRef: {ref!r} is {kind}; epp serve supports {FILE_DISCOVERY!r} "
+                          f"and {MULTICLUSTER_FILE_DISCOVERY!r} here")
+    if spec.type == MULTICLUSTER_FILE_DISCOVERY:
+        log.info("%s: each entry of %s is a remote cluster's gateway, routed to as one endpoint (alpha; a hub "
+                 "needs the other clusters' gateways reachable and, for the multicluster scorers, their pickers' "
+                 "pool metrics; addresses must be IP literals here)", MULTICLUSTER_FILE_DISCOVERY, spec.parameters.get("path"))
     return dict(spec.parameters)
 
 

@@ -37,6 +37,8 @@ class BlockStored:
     block_size: int
     lora_name: str | None
     medium: str = "GPU"
+    cache_salt: str | None = None
+    """The request's salt when the run starts at its first block (vLLM hashes it into that block)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class BlockPool:
         token_ids: Sequence[int],
         block_size: int,
         lora_name: str | None,
+        cache_salt: str | None = None,
     ) -> None:
         """Register ``blocks[start:end]`` under their hashes. A hash already cached in another block
         (two requests computed the same prefix concurrently) keeps the first block."""
@@ -133,10 +136,10 @@ class BlockPool:
                 if run_start < 0:
                     run_start = i
             elif run_start >= 0:
-                self._stored(block_hashes, run_start, i, token_ids, block_size, lora_name)
+                self._stored(block_hashes, run_start, i, token_ids, block_size, lora_name, cache_salt)
                 run_start = -1
         if run_start >= 0:
-            self._stored(block_hashes, run_start, end, token_ids, block_size, lora_name)
+            self._stored(block_hashes, run_start, end, token_ids, block_size, lora_name, cache_salt)
 
     def _stored(
         self,
@@ -146,11 +149,15 @@ class BlockPool:
         token_ids: Sequence[int],
         block_size: int,
         lora_name: str | None,
+        cache_salt: str | None,
     ) -> None:
         if self.enable_events:
             parent = block_hashes[start - 1] if start > 0 else None
             tokens = tuple(token_ids[start * block_size : end * block_size])
-            self._events.append(BlockStored(tuple(block_hashes[start:end]), parent, tokens, block_size, lora_name))
+            salt = cache_salt if start == 0 else None
+            self._events.append(
+                BlockStored(tuple(block_hashes[start:end]), parent, tokens, block_size, lora_name, cache_salt=salt)
+            )
 
     def free_blocks(self, ordered: Iterable[KVCacheBlock]) -> None:
         """Drop one reference each; blocks reaching zero join the free queue in the given order

@@ -103,7 +103,10 @@ class EngineCore:
                 f"prompt ({request.num_tokens} tokens) + max_tokens ({request.max_tokens}) exceeds "
                 f"max_model_len {self.max_model_len}"
             )
-        seed = self._model_seed if request.lora is None else seed_hash(request.lora)
+        if request.lora is None and not request.cache_salt:
+            seed = self._model_seed
+        else:
+            seed = seed_hash((request.lora or self.config.model) + (request.cache_salt or ""))
         request.init_hashes(self.block_size, seed)
         self._requests[request.request_id] = request
         self.scheduler.add_request(request)

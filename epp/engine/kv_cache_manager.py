@@ -84,7 +84,8 @@ class KVCacheManager:
         num_full = min(num_full, len(request.block_hashes))
         if num_full > start:
             self.pool.cache_full_blocks(
-                blocks, request.block_hashes, start, num_full, request.all_token_ids, self.block_size, request.lora
+                blocks, request.block_hashes, start, num_full, request.all_token_ids, self.block_size, request.lora,
+                request.cache_salt,
             )
             self._num_cached_blocks[rid] = num_full
 

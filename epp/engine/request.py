@@ -39,6 +39,7 @@ class EngineRequest:
         "max_tokens",
         "arrival_time",
         "lora",
+        "cache_salt",
         "all_token_ids",
         "num_prompt_tokens",
         "num_computed_tokens",
@@ -59,6 +60,7 @@ class EngineRequest:
         max_tokens: int,
         arrival_time: float,
         lora: str | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError("prompt must have at least one token")
@@ -69,6 +71,9 @@ class EngineRequest:
         self.max_tokens = max_tokens
         self.arrival_time = arrival_time
         self.lora = lora
+        self.cache_salt = cache_salt
+        """vLLM's per-request ``cache_salt``: hashed into the first block, so only requests with the
+        same salt share cached blocks."""
         self.all_token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.all_token_ids)
         self.num_computed_tokens = 0

@@ -13,8 +13,11 @@ this class owns header reading, mode reading, body buffering with the size limit
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -39,8 +42,76 @@ class ProtocolViolation(Exception):
 class Phase(enum.Enum):
     HEADERS = "awaiting request headers"
     BODY = "collecting request body"
+    ADMITTING = "waiting for admission (flow control)"
     ROUTED = "routed"
     REJECTED = "answered with an immediate response"
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class Deferred(Generic[T]):
+    """Replies that wait for an outcome decided later (flow control holds the request until the pool has
+    room). The transport awaits ``replies()``; if the stream is cancelled meanwhile (the client or Envoy
+    gave up), ``waiting`` is cancelled and nothing is answered. ``resolve`` delivers the outcome."""
+
+    __slots__ = ("_answer", "_outcome", "_ready", "_future", "waiting", "_abandoned")
+
+    def __init__(self, answer: Callable[[T], Replies]) -> None:
+        self._answer = answer
+        self._ready = False
+        self._outcome: T | None = None
+        self._future: asyncio.Future[None] | None = None
+        self.waiting: Cancellable | None = None
+        self._abandoned = False
+
+    def abandon(self, release: Callable[[T], None]) -> None:
+        """The stream ended before the replies were sent: cancel the wait, or ``release`` an outcome
+        that arrived but was never answered (e.g. a routed request that must not stay in flight)."""
+        if self._abandoned:
+            return
+        self._abandoned = True
+        if self._ready:
+            release(self._outcome)  # type: ignore[arg-type]
+        elif self.waiting is not None:
+            self.waiting.cancel()
+
+    def resolve(self, outcome: T) -> None:
+        self._outcome, self._ready = outcome, True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def then(self, more: Callable[[Replies], Replies]) -> Deferred[T]:
+        """Post-process the replies once they exist."""
+        answer = self._answer
+        self._answer = lambda outcome: more(answer(outcome))
+        return self
+
+    def now(self) -> Replies:
+        """The replies of a resolved outcome (answered once: the stream cannot abandon it any more)."""
+        assert self._ready and not self._abandoned
+        self._abandoned = True
+        return self._answer(self._outcome)  # type: ignore[arg-type]
+
+    async def replies(self) -> Replies:
+        if not self._ready:
+            self._future = asyncio.get_running_loop().create_future()
+            try:
+                await self._future
+            except asyncio.CancelledError:
+                if not self._ready and self.waiting is not None and not self._abandoned:
+                    self._abandoned = True
+                    self.waiting.cancel()
+                raise
+        return self.now()
 
 
 class RequestCollector:
@@ -67,7 +138,7 @@ class RequestCollector:
     def route_headers_only(self) -> Replies:
         raise NotImplementedError
 
-    def route_body(self, end_of_stream: bool) -> Replies:
+    def route_body(self, end_of_stream: bool) -> Replies | Deferred[Any]:
         """Route on ``self.body``; ``end_of_stream`` is false when trailers, not a data frame, ended it."""
         raise NotImplementedError
 
@@ -76,7 +147,7 @@ class RequestCollector:
         raise NotImplementedError
 
     # -- request messages -----------------------------------------------------------------------
-    def handle_request(self, kind: str, message: pb.ProcessingRequest) -> Replies | None:
+    def handle_request(self, kind: str, message: pb.ProcessingRequest) -> Replies | Deferred[Any] | None:
         """Replies to a request-phase message, or ``None`` when ``kind`` belongs to the response phase."""
         if kind == "request_headers":
             return self._request_headers(message)
@@ -105,7 +176,7 @@ class RequestCollector:
         self.headers = messages.header_dict(message.request_headers.headers)
         self.request_id = self.headers.get(REQUEST_ID_HEADER) or self.missing_request_id()
 
-    def _request_body(self, body: pb.HttpBody) -> Replies:
+    def _request_body(self, body: pb.HttpBody) -> Replies | Deferred[Any]:
         if self.phase is not Phase.BODY:
             raise ProtocolViolation(f"request_body received while {self.phase.value}")
         try:
@@ -117,15 +188,20 @@ class RequestCollector:
             return self.route_body(end_of_stream=True)
         return []
 
-    def _request_trailers(self) -> Replies:
+    def _request_trailers(self) -> Replies | Deferred[Any]:
         if self.phase is Phase.BODY:  # trailers end a body whose last data frame had no end_of_stream
             replies = self.route_body(end_of_stream=False)
-            if self.phase is Phase.ROUTED:  # after an immediate response Envoy expects nothing more
-                replies.append(messages.trailers_reply(response=False))
-            return replies
+            if isinstance(replies, Deferred):
+                return replies.then(self._trailers_once_routed)
+            return self._trailers_once_routed(replies)
         if self.phase is Phase.ROUTED:
             return [messages.trailers_reply(response=False)]
         raise ProtocolViolation(f"request_trailers received while {self.phase.value}")
+
+    def _trailers_once_routed(self, replies: Replies) -> Replies:
+        if self.phase is Phase.ROUTED:  # after an immediate response Envoy expects nothing more
+            replies.append(messages.trailers_reply(response=False))
+        return replies
 
     def _body_mode_error(self) -> RequestError:
         mode = ProcessingMode.BodySendMode.Name(self.request_mode)

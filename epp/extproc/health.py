@@ -4,8 +4,9 @@ The reference picker (without leader election) reports any service name — ``""
 ``readiness``, ``inference-extension``, ``envoy.service.ext_proc.v3.ExternalProcessor`` or anything
 else — SERVING exactly when it is ready; probes configured with a different name therefore never
 get SERVICE_UNKNOWN. With leader election, ``liveness`` is always SERVING (a standby is healthy, not
-to be restarted), the readiness names follow readiness (synced and leader), and other names are
-SERVICE_UNKNOWN. Draining forces the readiness names to NOT_SERVING so load balancers stop sending
+to be restarted), the readiness names follow readiness (synced and leader), and ``Check`` of any other
+name fails with gRPC status NOT_FOUND, as upstream's health server answers (``Watch`` streams
+SERVICE_UNKNOWN, as grpc's health protocol specifies). Draining forces the readiness names to NOT_SERVING so load balancers stop sending
 before we stop.
 """
 
@@ -17,9 +18,12 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from epp.extproc.h2.connection import CallError
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+GRPC_NOT_FOUND = 5
 LIVENESS = "liveness"
 READINESS_NAMES = frozenset({"", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor"})
 
@@ -51,7 +55,10 @@ class HealthService(health_pb2_grpc.HealthServicer):
     async def Check(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        return health_pb2.HealthCheckResponse(status=self.status(request.service))
+        status = self.status(request.service)
+        if status == SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
@@ -89,7 +96,10 @@ class HealthCheckCall:
         return []
 
     def half_closed(self) -> list[bytes]:
-        return [health_pb2.HealthCheckResponse(status=self.health.status(self.service)).SerializeToString()]
+        status = self.health.status(self.service)
+        if status == SERVICE_UNKNOWN:
+            raise CallError(GRPC_NOT_FOUND, f"unknown service {self.service!r}")
+        return [health_pb2.HealthCheckResponse(status=status).SerializeToString()]
 
     def closed(self) -> None:
         pass

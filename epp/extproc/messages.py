@@ -16,7 +16,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
 from epp.request import RequestError
-from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE
+from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE, SCORES_KEY
 
 MAX_CHUNK_BYTES = 62_000
 
@@ -47,10 +47,23 @@ def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> p
     )
 
 
-def destination_metadata(destination: str) -> struct_pb2.Struct:
-    """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header."""
+def destination_metadata(destination: str, scores: Mapping[str, float] | None = None) -> struct_pb2.Struct:
+    """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header. With
+    ``scores`` (``--emit-endpoint-scores``) also ``x-gateway-destination-endpoint-scores``: ``{ip:port: score}``
+    for every endpoint the primary profile scored, picked or not."""
     md = struct_pb2.Struct()
-    md.get_or_create_struct(LB_METADATA_NAMESPACE)[DESTINATION_HEADER] = destination
+    lb = md.get_or_create_struct(LB_METADATA_NAMESPACE)
+    lb[DESTINATION_HEADER] = destination
+    if scores is not None:
+        lb.get_or_create_struct(SCORES_KEY).update(scores)
+    return md
+
+
+def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
+    """Plugins' response metadata (namespace → key → value) as the reply's ``dynamic_metadata``."""
+    md = struct_pb2.Struct()
+    for namespace, values in metadata.items():
+        md.get_or_create_struct(namespace).update(values)
     return md
 
 
@@ -59,12 +72,13 @@ def request_headers_reply(
     destination: str | None = None,
     clear_route_cache: bool = True,
     remove: Iterable[str] = (),
+    scores: Mapping[str, float] | None = None,
 ) -> pb.ProcessingResponse:
     """Answer to ``request_headers``: set/remove headers (+ routing metadata when a destination is given)."""
     common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=clear_route_cache)
     reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
+        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
     return reply
 
 
@@ -74,7 +88,8 @@ def continue_request_headers() -> pb.ProcessingResponse:
 
 
 def buffered_body_reply(
-    headers: Mapping[str, str], destination: str | None, body: bytes | None, remove: Iterable[str] = ()
+    headers: Mapping[str, str], destination: str | None, body: bytes | None, remove: Iterable[str] = (),
+    scores: Mapping[str, float] | None = None,
 ) -> pb.ProcessingResponse:
     """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body.
 
@@ -85,7 +100,7 @@ def buffered_body_reply(
         common.body_mutation.body = body
     reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination))
+        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
     return reply
 
 

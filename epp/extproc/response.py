@@ -20,7 +20,7 @@ from epp.director import Director, RoutingDecision
 from epp.extproc import messages
 from epp.request import RequestError
 from epp.request.body import BodyBuffer
-from epp.request.usage import SSEUsageReader, Usage, usage_from_json
+from epp.request.usage import GrpcUsageReader, SSEUsageReader, Usage, usage_from_json
 
 RESPONSE_MARK_HEADER = "x-went-into-resp-headers"
 
@@ -36,7 +36,7 @@ class ResponseRelay:
         self.mode = mode
         self.streaming = decision.request.stream
         self.size = 0
-        self._reader = SSEUsageReader()
+        self._reader: SSEUsageReader | GrpcUsageReader = SSEUsageReader()
         self._copy: BodyBuffer | None = BodyBuffer(buffer_limit)
         # Swapping changes lengths: only where Envoy lets us fix content-length (buffered) or drops it (duplex).
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
@@ -46,8 +46,11 @@ class ResponseRelay:
 
     def headers(self, message: pb.HttpHeaders, metadata: Mapping[str, Any] | None = None) -> Replies:
         """``metadata``: the gateway's response-phase ``filter_metadata`` (for ResponseReceived plugins)."""
-        content_type = messages.header_dict(message.headers).get("content-type", "")
-        self.streaming = self.streaming or "text/event-stream" in content_type.lower()
+        content_type = messages.header_dict(message.headers).get("content-type", "").lower()
+        if content_type.startswith("application/grpc"):  # vLLM's gRPC API: framed protobuf, read as it streams
+            self._reader = GrpcUsageReader()
+            self.streaming = True
+        self.streaming = self.streaming or "text/event-stream" in content_type
         self._update_hold()
         reply = messages.response_headers_reply(
             {RESPONSE_MARK_HEADER: "true", **self.director.response_headers(self.decision, metadata)}
@@ -76,11 +79,16 @@ class ResponseRelay:
         replies = self._emit(chunk, out, eos)
         if eos:
             self._finish(completed=True)
+            if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
+                replies[-1].dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
         return replies
 
     def trailers(self) -> Replies:
         self._finish(completed=True)
-        return [messages.trailers_reply(response=True)]
+        reply = messages.trailers_reply(response=True)
+        if self.decision.metadata:
+            reply.dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
+        return [reply]
 
     def close(self) -> None:
         self._finish(completed=False)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 # Probes are short Check calls; Watch streams live forever, so their number needs a cap too.
 HEALTH_MAX_RPCS = 256
+# gRPC sets SO_REUSEPORT by default, so a second picker on a busy port binds "successfully" and the
+# kernel splits the gateway's connections between the two; without it the second one fails to start.
+NO_REUSEPORT = [("grpc.so_reuseport", 0)]
 
 
 class PickerServer:
@@ -54,8 +58,12 @@ class PickerServer:
         health_on_main_port: bool = False,
         max_concurrent_rpcs: int | None = None,
         native: bool = False,
+        grpc_max_recv_bytes: int = 0,
+        grpc_max_send_bytes: int = 0,
     ) -> None:
-        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio."""
+        """``credentials``: an ``ssl.SSLContext`` for the native transport, grpc credentials for grpc.aio.
+        ``grpc_max_{recv,send}_bytes`` (``--grpc-max-*-msg-size``), when not 0, replace the per-message
+        limits derived from ``max_message_bytes`` (the native transport has one limit: the receive one)."""
         self.servicer = servicer
         self.health = health
         self.host = host
@@ -66,22 +74,25 @@ class PickerServer:
         self.native = native
         self.max_message_bytes = max_message_bytes
         limit = max_message_bytes + MESSAGE_OVERHEAD_BYTES
-        self._options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        self._recv_limit = grpc_max_recv_bytes or limit
+        self._options = [("grpc.max_receive_message_length", self._recv_limit),
+                         ("grpc.max_send_message_length", grpc_max_send_bytes or limit), *NO_REUSEPORT]
         self._max_rpcs = max_concurrent_rpcs
         self._main: grpc.aio.Server | None = None
         self._native: H2Server | None = None
         self._health: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        health = grpc.aio.server(maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
+        health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-        self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
+        with _bind_error(f"{self.host}:{self.health_port}", "health"):
+            self.health_port = health.add_insecure_port(f"{self.host}:{self.health_port}")
         await health.start()
         try:
             if self.native:
                 assert self.credentials is None or isinstance(self.credentials, ssl.SSLContext)
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
-                                  max_message_bytes=self.max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+                                  max_message_bytes=self._recv_limit,
                                   max_streams=self._max_rpcs)
                 await native.start()
                 self._native, self.port = native, native.port
@@ -101,11 +112,12 @@ class PickerServer:
         if self.health_on_main_port:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, main)
         address = f"{self.host}:{self.port}"
-        if self.credentials is not None:
-            assert isinstance(self.credentials, grpc.ServerCredentials)
-            self.port = main.add_secure_port(address, self.credentials)
-        else:
-            self.port = main.add_insecure_port(address)
+        with _bind_error(address, "ext_proc"):
+            if self.credentials is not None:
+                assert isinstance(self.credentials, grpc.ServerCredentials)
+                self.port = main.add_secure_port(address, self.credentials)
+            else:
+                self.port = main.add_insecure_port(address)
         await main.start()
         self._main = main
 
@@ -116,8 +128,11 @@ class PickerServer:
             return HealthCheckCall(self.health)
         return None
 
-    async def stop(self, grace: float, drain: float = 0.0, hurry: asyncio.Event | None = None) -> None:
-        """NOT_SERVING now; keep serving for ``drain`` s (or until ``hurry`` is set); then stop with ``grace``."""
+    async def stop(
+        self, grace: float, drain: float = 0.0, hurry: asyncio.Event | None = None, now: asyncio.Event | None = None
+    ) -> None:
+        """NOT_SERVING now; keep serving for ``drain`` s (or until ``hurry`` is set); then stop with ``grace``
+        (cut to none when ``now`` is set: an operator's second Ctrl-C)."""
         self.health.drain()
         if (self._main is not None or self._native is not None) and drain > 0:
             log.info("draining: health NOT_SERVING, still serving new streams for %.1fs", drain)
@@ -126,12 +141,36 @@ class PickerServer:
                 await asyncio.wait_for(waiter, drain)
         if self._native is not None:
             log.info("no longer accepting streams; open ones have up to %.1fs to finish", grace)
-            await self._native.stop(grace)
+            await self._native.stop(grace, now)
             self._native = None
         if self._main is not None:
             log.info("no longer accepting streams; open ones have up to %.1fs to finish", grace)
-            await self._main.stop(grace)
+            await _stop_grpc(self._main, grace, now)
             self._main = None
         if self._health is not None:
             await self._health.stop(0)
             self._health = None
+
+
+@contextlib.contextmanager
+def _bind_error(address: str, role: str) -> Iterator[None]:
+    """grpc's bind failure (a RuntimeError pointing at GRPC_VERBOSITY) as an OSError saying what to change."""
+    try:
+        yield
+    except RuntimeError:
+        raise OSError(f"cannot listen on {address} for {role}: the port is in use (another epp?) or the address "
+                      "is not on this host") from None
+
+
+async def _stop_grpc(server: grpc.aio.Server, grace: float, now: asyncio.Event | None) -> None:
+    """``server.stop(grace)``, restarted with no grace once ``now`` is set (a smaller grace wins)."""
+    graceful = asyncio.ensure_future(server.stop(0 if now is not None and now.is_set() else grace))
+    if now is None or now.is_set():
+        await graceful
+        return
+    cut = asyncio.ensure_future(now.wait())
+    await asyncio.wait({graceful, cut}, return_when=asyncio.FIRST_COMPLETED)
+    cut.cancel()
+    if not graceful.done():
+        await server.stop(0)
+    await graceful

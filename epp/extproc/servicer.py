@@ -9,9 +9,10 @@ ends that one stream with a gRPC status; the server and other streams carry on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -21,11 +22,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from epp._util.logs import clip, fields
 from epp.director import Director
 from epp.extproc.h2.connection import GRPC_INTERNAL, GRPC_INVALID_ARGUMENT, CallError
-from epp.extproc.collect import ProtocolViolation
+from epp.extproc.collect import Deferred, ProtocolViolation
 from epp.extproc.limits import StreamLimiter, overloaded
+from epp.extproc.stream_metrics import StreamMetrics
 from epp.extproc.stream import RequestStream
 from epp.request import RequestError
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
+
+GRPC_OK, GRPC_CANCELLED = 0, 1
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class StreamHandler(Protocol):
 
     request_id: str
 
-    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]: ...
+    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]: ...
 
     def close(self) -> None: ...
 
@@ -55,6 +59,7 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
 
     def __init__(self, new_stream: Callable[[], H]) -> None:
         self.new_stream = new_stream
+        self.stream_metrics: StreamMetrics | None = None  # --enable-grpc-stream-metrics
 
     def admit(self, stream: H) -> RequestError | None:
         """None to serve ``stream``; otherwise the error to answer it with."""
@@ -70,7 +75,8 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
         """One stream on the native transport."""
         return NativeCall(self, self.new_stream())
 
-    def answer(self, stream: H, refusal: RequestError | None, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def answer(self, stream: H, refusal: RequestError | None,
+               message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]:
         """The replies to one message: ``refuse``'s answer for a stream ``admit`` turned away, else the handler's."""
         if refusal is not None:
             return self.refuse(stream, message, refusal)
@@ -83,22 +89,34 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
         iterator plus ``yield``, which wrap every message in generator machinery)."""
         stream = self.new_stream()
         refusal = self.admit(stream)
+        code = grpc.StatusCode.UNKNOWN  # until the stream ends one of the known ways
+        opened = self.stream_metrics.started() if self.stream_metrics is not None else 0.0
         try:
             while True:
                 message = await context.read()
                 if message is grpc.aio.EOF:
+                    code = grpc.StatusCode.OK
                     return
                 try:
                     replies, refusal = self.answer(stream, refusal, message), None
+                    if isinstance(replies, Deferred):  # flow control holds the request: wait for its answer
+                        replies = await replies.replies()
                 except ProtocolViolation as exc:
                     _violation(stream, exc)
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}")
+                    code = grpc.StatusCode.INVALID_ARGUMENT
+                    await context.abort(code, f"ext_proc protocol violation: {exc}")
                 except Exception:
                     _internal(stream)
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error in the ext_proc server")
+                    code = grpc.StatusCode.INTERNAL
+                    await context.abort(code, "internal error in the ext_proc server")
                 for reply in replies:
                     await context.write(reply)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
+            if self.stream_metrics is not None:
+                self.stream_metrics.finished(opened, code)
             self.release(stream)
             try:
                 stream.close()
@@ -110,29 +128,49 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):
 class NativeCall(Generic[H]):
     """One ext_proc stream on the native transport: message bytes in, serialized replies out."""
 
-    __slots__ = ("servicer", "stream", "refusal")
+    __slots__ = ("servicer", "stream", "refusal", "opened", "code")
 
     def __init__(self, servicer: StreamServicer[H], stream: H) -> None:
         self.servicer = servicer
         self.stream = stream
         self.refusal = servicer.admit(stream)
+        metrics = servicer.stream_metrics
+        self.opened = metrics.started() if metrics is not None else 0.0
+        self.code = GRPC_CANCELLED  # until the client half-closes or a message fails
 
-    def message(self, data: memoryview) -> list[bytes]:
+    def message(self, data: memoryview) -> list[bytes] | Awaitable[list[bytes]]:
         try:
             replies = self.servicer.answer(self.stream, self.refusal, _parse(data))
         except (ProtocolViolation, DecodeError) as exc:
             _violation(self.stream, exc)
+            self.code = GRPC_INVALID_ARGUMENT
             raise CallError(GRPC_INVALID_ARGUMENT, f"ext_proc protocol violation: {exc}") from None
         except Exception:
             _internal(self.stream)
+            self.code = GRPC_INTERNAL
             raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         self.refusal = None
+        if isinstance(replies, Deferred):
+            return self._later(replies)
+        return [reply.SerializeToString() for reply in replies]
+
+    async def _later(self, deferred: Deferred[Any]) -> list[bytes]:
+        """The replies of a request flow control held, once it is let through or refused."""
+        try:
+            replies = await deferred.replies()
+        except Exception:
+            _internal(self.stream)
+            raise CallError(GRPC_INTERNAL, "internal error in the ext_proc server") from None
         return [reply.SerializeToString() for reply in replies]
 
     def half_closed(self) -> list[bytes]:
+        if self.code == GRPC_CANCELLED:
+            self.code = GRPC_OK
         return []
 
     def closed(self) -> None:
+        if self.servicer.stream_metrics is not None:
+            self.servicer.stream_metrics.finished(self.opened, self.code)
         self.servicer.release(self.stream)
         self.stream.close()
 

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.director import Director, RoutingDecision
 from epp.extproc import messages
-from epp.extproc.collect import BUFFERED_MODES, Phase, ProtocolViolation, Replies, RequestCollector
+from epp.extproc.collect import BUFFERED_MODES, Deferred, Phase, ProtocolViolation, Replies, RequestCollector
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
 from epp.request.headers import REQUEST_ID_HEADER, SUBSET_KEY, SUBSET_NAMESPACE
-from epp.request.parse import parse_request, request_path
+from epp.request.parse import request_path
 
-__all__ = ["Phase", "ProtocolViolation", "RequestStream"]
+__all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]
 
 
 class RequestStream(RequestCollector):
@@ -47,8 +48,9 @@ class RequestStream(RequestCollector):
         self._generated_id = False
         self._subset: list[object] | None = None
         self._relay: ResponseRelay | None = None
+        self._pending: Deferred[RoutingDecision | RequestError] | None = None
 
-    def handle(self, message: pb.ProcessingRequest) -> Replies:
+    def handle(self, message: pb.ProcessingRequest) -> Replies | Deferred[Any]:
         kind = message.WhichOneof("request")
         if kind is None:
             raise ProtocolViolation("ProcessingRequest carries no headers, body or trailers")
@@ -87,11 +89,18 @@ class RequestStream(RequestCollector):
         return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
 
     def close(self) -> None:
-        """The gRPC stream ended (normally, by cancellation or error): release the routed request once."""
+        """The gRPC stream ended (normally, by cancellation or error): release the routed request once,
+        or take a request still waiting for admission out of its queue."""
+        if self._pending is not None:
+            self._pending.abandon(self._release_unanswered)
         if self._relay is not None:
             self._relay.close()
         elif self.decision is not None:
             self.director.finish(self.decision)
+
+    def _release_unanswered(self, outcome: RoutingDecision | RequestError) -> None:
+        if isinstance(outcome, RoutingDecision):
+            self.director.finish(outcome)
 
     # -- request phase (hooks of RequestCollector) ----------------------------------------------
     def missing_request_id(self) -> str:
@@ -107,24 +116,36 @@ class RequestStream(RequestCollector):
         self._routed(decision)
         return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
 
-    def route_body(self, end_of_stream: bool) -> Replies:
+    def route_body(self, end_of_stream: bool) -> Replies | Deferred:
         body = self.body.getvalue()
-        request: LLMRequest | None = None
         try:
-            request = parse_request(self.request_id, self.headers, body)
-            decision = self.director.route(request, len(body), self._subset)
+            request = self.director.parsers.parse(self.request_id, self.headers, body)
         except RequestError as error:
-            return self.reject(error, request)
+            return self.reject(error)
+        pending: Deferred[RoutingDecision | RequestError] = Deferred(
+            lambda outcome: self._answer(request, outcome, body, end_of_stream))
+        self.phase = Phase.ADMITTING
+        pending.waiting = self.director.submit(request, len(body), self._subset, pending.resolve)
+        if pending.ready:
+            return pending.now()
+        self._pending = pending
+        return pending
+
+    def _answer(self, request: LLMRequest, outcome: RoutingDecision | RequestError, body: bytes,
+                end_of_stream: bool) -> Replies:
+        if isinstance(outcome, RequestError):
+            return self.reject(outcome, request)
+        decision = outcome
         self._routed(decision)
         self.body = BodyBuffer(self.body.limit)  # forwarded below: do not hold it for the whole response
         headers = self._upstream_headers(decision)
         if decision.body is not None:
             headers["content-length"] = str(len(decision.body))
         if self.request_mode in BUFFERED_MODES:
-            return [messages.buffered_body_reply(headers, decision.destination, decision.body)]
+            return [messages.buffered_body_reply(headers, decision.destination, decision.body, scores=decision.scores)]
         out = decision.body if decision.body is not None else body
         return [
-            messages.request_headers_reply(headers, decision.destination),
+            messages.request_headers_reply(headers, decision.destination, scores=decision.scores),
             *messages.streamed_body(out, end_of_stream),
         ]
 

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -104,16 +105,26 @@ def server_credentials(cert_path: str | None, reload: bool = False) -> grpc.Serv
     return grpc.dynamic_ssl_server_credentials(grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)
 
 
-def server_ssl_context(cert_path: str | None, reload: bool = False) -> ssl.SSLContext:
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """``--tls-min-version`` and ``--tls-cipher-suites`` (OpenSSL names; empty = OpenSSL's defaults).
+    Cipher suites restrict TLS ≤ 1.2 only; TLS 1.3's are not configurable, as upstream says."""
+
+    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    ciphers: tuple[str, ...] = ()
+
+
+def server_ssl_context(cert_path: str | None, reload: bool = False, options: TlsOptions | None = None) -> ssl.SSLContext:
     """``--secure-serving`` for the native HTTP/2 transport: the same pairs as ``server_credentials``,
     ALPN ``h2``. With ``reload`` each new handshake checks the directory and switches to a fresh context
     when the files changed (OpenSSL's server-name callback runs on every handshake, with or without SNI)."""
+    options = options or TlsOptions()
     if not cert_path:
         key, cert = self_signed_pair()
         log.info("serving TLS with a generated self-signed certificate (ECDSA P-256)")
-        return _ssl_context(key, cert)
+        return _ssl_context(key, cert, options)
     directory = CertDirectory(cert_path)
-    current = _ssl_context(*directory.load())
+    current = _ssl_context(*directory.load(), options)
     if not reload:
         return current
     state = {"context": current}
@@ -121,7 +132,7 @@ def server_ssl_context(cert_path: str | None, reload: bool = False) -> ssl.SSLCo
     def on_handshake(sock: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         if directory.changed():
             try:
-                state["context"] = _ssl_context(*directory.load())
+                state["context"] = _ssl_context(*directory.load(), options)
                 log.info("reloaded TLS certificate from %s", directory.path)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("certificate reload failed, keeping the previous one: %s", exc)
@@ -131,11 +142,13 @@ def server_ssl_context(cert_path: str | None, reload: bool = False) -> ssl.SSLCo
     return current
 
 
-def _ssl_context(key_pem: bytes, cert_pem: bytes) -> ssl.SSLContext:
-    """A TLS ≥ 1.2 server context with ALPN h2; ``ssl`` loads key pairs from files only, so they pass
-    through a private temporary directory that is removed at once."""
+def _ssl_context(key_pem: bytes, cert_pem: bytes, options: TlsOptions) -> ssl.SSLContext:
+    """A server context with ALPN h2 (TLS ≥ 1.2 unless ``options`` say more); ``ssl`` loads key pairs
+    from files only, so they pass through a private temporary directory that is removed at once."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = max(options.minimum_version, ssl.TLSVersion.TLSv1_2)
+    if options.ciphers:
+        context.set_ciphers(":".join(options.ciphers))
     context.set_alpn_protocols(["h2"])
     with tempfile.TemporaryDirectory(prefix="epp-tls-") as tmp:
         cert_file, key_file = Path(tmp) / CERT_FILE, Path(tmp) / KEY_FILE

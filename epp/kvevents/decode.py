@@ -1,31 +1,63 @@
 """Engine KV-cache event messages (vLLM's ``ZmqEventPublisher``, SGLang's copy of it) → plain records.
 
-A message is three ZMQ frames ``[topic, seq, payload]``: the topic (llm-d's convention
-``kv@<host:port>@<model>``), an 8-byte big-endian sequence number counting from 0 per publisher, and
-a msgpack ``[ts, [event, ...], data_parallel_rank?]``. Events are msgspec ``array_like`` tagged
-structs, fields in declaration order (vLLM ``vllm/distributed/kv_events.py``), trailing defaulted
-fields omitted::
+A message is three ZMQ frames ``[topic, seq, payload]``: the topic (vLLM's default is the empty
+string; llm-d's convention is ``kv@<host:port>@<model>``), an 8-byte big-endian sequence number
+counting from 0 per publisher, and a msgpack batch ``[ts, [event, ...], data_parallel_rank?]`` (or
+the same as a map ``{ts, events, data_parallel_rank}``). Events are msgspec tagged structs (vLLM
+``vllm/distributed/kv_events.py``) in either encoding, read **by field name**:
+
+* a map with a ``type`` tag — vLLM since vllm-project/vllm#42892 (2026-06) and current SGLang (whose
+  ``BlockStored`` has ``block_hashes … lora_id, medium`` plus ``cache_salt`` and ``session_id``, and
+  whose batch is ``[ts, events, attn_dp_rank]``)::
+
+    {"type": "BlockStored", "block_hashes": [...], "parent_block_hash": h | None, "token_ids": [...],
+     "block_size": 16, "lora_id": None, "medium": "GPU", "lora_name": None, "extra_keys": [...],
+     "group_idx": 0, "kv_cache_spec_kind": "full_attention"}
+
+* a tagged array, fields in declaration order (older vLLM/SGLang, llm-d's indexer)::
 
     ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
      extra_keys, group_idx, kv_cache_spec_kind, kv_cache_spec_sliding_window]
     ["BlockRemoved", block_hashes, medium, group_idx]
     ["AllBlocksCleared"]
 
-Older engines send fewer trailing fields (no ``medium``/``lora_name``). Block hashes are ints or
-(newer vLLM) bytes; both become unsigned 64-bit ints (bytes: their last 8, as llm-d does). Events of a
-KV-cache group other than 0 (hybrid models' sliding-window groups) are skipped: full-attention blocks
-are what prefix reuse needs. Anything malformed raises ``KVEventDecodeError``.
+Fields left at their default may be omitted (msgspec ``omit_defaults``; older engines lack the
+trailing ones); unknown fields and unknown event types are ignored, so a newer engine's additions
+never stop the feed. Block hashes are ints (vLLM's default) or 32-byte digests
+(``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``); both become unsigned 64-bit ints, a digest by its last 8
+bytes big-endian — exactly vLLM's int form of the same hash. ``extra_keys`` (one entry per block: the
+LoRA name, multimodal identifiers, ``cache_salt`` on the first block, prompt-embedding digests) enter
+vLLM's block hash, so they are kept for the index to key blocks by (``block_extras``).
+
+Events are not filtered here: which KV-cache groups hold full-attention blocks is learned per feed
+(``GroupFilter``). Anything malformed raises ``KVEventDecodeError``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 TOPIC_PREFIX = "kv@"
+TAG_KEY = "type"  # msgspec's default tag field
 _U64 = (1 << 64) - 1
+
+STORED_FIELDS = (
+    "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name",
+    "extra_keys", "group_idx", "kv_cache_spec_kind", "kv_cache_spec_sliding_window",
+)  # fmt: skip
+REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
+_FIELDS = {"BlockStored": STORED_FIELDS, "BlockRemoved": REMOVED_FIELDS, "AllBlocksCleared": ()}
+
+FULL_ATTENTION_KINDS = frozenset({"full_attention", "mla_attention"})
+"""``kv_cache_spec_kind`` values whose blocks hold a whole prefix (sliding-window, Mamba and
+chunked-local groups keep only a suffix, useless for prefix reuse)."""
+
+ExtraKeys = tuple[object, ...] | None
+"""One block's extra hash keys as vLLM sends them (arrays become tuples), or None."""
 
 
 class KVEventDecodeError(ValueError):
@@ -39,11 +71,18 @@ class Stored:
     token_ids: tuple[int, ...]
     block_size: int
     lora_name: str | None
+    extra_keys: tuple[ExtraKeys, ...] | None = None
+    group_idx: int = 0
+    spec_kind: str | None = None
+    medium: str | None = None
+    cache_salt: str | None = None  # SGLang sends it as a field; vLLM inside the first block's extra keys
 
 
 @dataclass(frozen=True, slots=True)
 class Removed:
     block_hashes: tuple[int, ...]
+    group_idx: int = 0
+    medium: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +99,13 @@ class EventBatch:
     seq: int
     ts: float
     events: tuple[KVEvent, ...]
+    dp_rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """``kv@<pod>@<model>``; parts are None when the topic does not follow the convention."""
+    """``kv@<pod>@<model>``; parts are None when the topic does not follow the convention (vLLM's
+    default topic is empty)."""
 
     pod: str | None
     model: str | None
@@ -90,57 +131,152 @@ def block_hash(value: object) -> int:
 def _hashes(value: object) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise KVEventDecodeError("block_hashes must be a list")
-    return tuple(block_hash(h) for h in value)
+    return tuple([h & _U64 if type(h) is int else block_hash(h) for h in value])  # ints: no call per hash
 
 
-def _group(fields: list[Any], index: int) -> int:
-    group = fields[index] if len(fields) > index else None
-    return 0 if group is None else int(group)
+def _optional_int(fields: Mapping[str, Any], name: str, default: int | None) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KVEventDecodeError(f"{name} must be an int")
+    return value
+
+
+def _optional_str(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise KVEventDecodeError(f"{name} must be a string")
+    return value
+
+
+def _frozen(value: object) -> object:
+    """msgpack arrays → tuples, recursively, so extra keys compare and hash by value."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _extra_keys(value: object, blocks: int) -> tuple[ExtraKeys, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != blocks:
+        raise KVEventDecodeError("extra_keys must be a list with one entry per block")
+    out: list[ExtraKeys] = []
+    for entry in value:
+        if entry is not None and not isinstance(entry, list):
+            raise KVEventDecodeError("each extra_keys entry must be an array or None")
+        out.append(None if not entry else tuple(_frozen(v) for v in entry))
+    return tuple(out) if any(e is not None for e in out) else None
+
+
+def _stored(f: Mapping[str, Any]) -> Stored:
+    if "block_hashes" not in f or "token_ids" not in f or "block_size" not in f:
+        raise KVEventDecodeError("BlockStored needs block_hashes, token_ids and block_size")
+    tokens, size = f["token_ids"], f["block_size"]
+    if not isinstance(tokens, list) or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise KVEventDecodeError("BlockStored needs token_ids and a positive block_size")
+    hashes = _hashes(f["block_hashes"])
+    parent = f.get("parent_block_hash")
+    return Stored(
+        block_hashes=hashes,
+        parent_hash=None if parent is None else block_hash(parent),
+        token_ids=tuple(tokens),
+        block_size=size,
+        lora_name=_optional_str(f, "lora_name"),
+        extra_keys=_extra_keys(f.get("extra_keys"), len(hashes)),
+        group_idx=_optional_int(f, "group_idx", 0) or 0,
+        spec_kind=_optional_str(f, "kv_cache_spec_kind"),
+        medium=_optional_str(f, "medium"),
+        cache_salt=_optional_str(f, "cache_salt"),
+    )
+
+
+def _removed(f: Mapping[str, Any]) -> Removed:
+    if "block_hashes" not in f:
+        raise KVEventDecodeError("BlockRemoved needs block_hashes")
+    return Removed(_hashes(f["block_hashes"]), _optional_int(f, "group_idx", 0) or 0, _optional_str(f, "medium"))
+
+
+def _tagged(raw: object) -> tuple[str, Mapping[str, Any]]:
+    """(tag, fields by name) of a tagged map or a tagged array."""
+    if isinstance(raw, dict):
+        tag = raw.get(TAG_KEY)
+        if not isinstance(tag, str):
+            raise KVEventDecodeError(f"an event map needs a string {TAG_KEY!r} tag")
+        return tag, raw
+    if isinstance(raw, list) and raw and isinstance(raw[0], str):
+        tag = raw[0]
+        return tag, dict(zip(_FIELDS.get(tag, ()), raw[1:], strict=False))
+    raise KVEventDecodeError("an event must be a tagged map or a tagged array")
 
 
 def decode_event(raw: object) -> KVEvent | None:
-    """One event, or None for an event this index ignores (unknown tag, other KV-cache group)."""
-    if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
-        raise KVEventDecodeError("an event must be a tagged array")
-    tag, fields = raw[0], raw[1:]
-    try:
-        if tag == "BlockStored":
-            if len(fields) < 4:
-                raise KVEventDecodeError("BlockStored has too few fields")
-            if _group(fields, 8) != 0:
-                return None
-            tokens, size = fields[2], fields[3]
-            if not isinstance(tokens, list) or not isinstance(size, int) or size < 1:
-                raise KVEventDecodeError("BlockStored needs token_ids and a positive block_size")
-            lora_name = fields[6] if len(fields) > 6 and isinstance(fields[6], str) else None
-            parent = None if fields[1] is None else block_hash(fields[1])
-            return Stored(_hashes(fields[0]), parent, tuple(tokens), size, lora_name)
-        if tag == "BlockRemoved":
-            if not fields:
-                raise KVEventDecodeError("BlockRemoved has too few fields")
-            return Removed(_hashes(fields[0])) if _group(fields, 2) == 0 else None
-        if tag == "AllBlocksCleared":
-            return Cleared()
-    except (TypeError, ValueError) as err:
-        if isinstance(err, KVEventDecodeError):
-            raise
-        raise KVEventDecodeError(f"bad {tag}: {err}") from None
+    """One event (a tagged map or array), or None for an event type this index does not use."""
+    tag, fields = _tagged(raw)
+    if tag == "BlockStored":
+        return _stored(fields)
+    if tag == "BlockRemoved":
+        return _removed(fields)
+    if tag == "AllBlocksCleared":
+        return Cleared()
     return None
 
 
-def decode_message(frames: list[bytes]) -> EventBatch:
+def _batch(payload: object) -> tuple[object, object, object]:
+    """(ts, events, data_parallel_rank) of an array or map batch."""
+    if isinstance(payload, list) and len(payload) >= 2:
+        return payload[0], payload[1], payload[2] if len(payload) > 2 else None
+    if isinstance(payload, dict) and "ts" in payload and "events" in payload:
+        return payload["ts"], payload["events"], payload.get("data_parallel_rank")
+    raise KVEventDecodeError("payload must be [ts, [events...], dp_rank?] or {ts, events, data_parallel_rank}")
+
+
+def decode_payload(topic: str, seq: int, payload: bytes) -> EventBatch:
+    """One msgpack batch (as published, or as vLLM's replay socket returns it) → ``EventBatch``."""
+    try:
+        unpacked = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (UnicodeDecodeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise KVEventDecodeError(f"payload is not msgpack: {type(err).__name__} {err}".rstrip()) from None
+    ts, raw_events, rank = _batch(unpacked)
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise KVEventDecodeError("ts must be a number")
+    if not isinstance(raw_events, list):
+        raise KVEventDecodeError("events must be a list")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise KVEventDecodeError("data_parallel_rank must be an int")
+    events = tuple([e for e in map(decode_event, raw_events) if e is not None])
+    return EventBatch(topic, seq, float(ts), events, rank)
+
+
+def decode_message(frames: Sequence[bytes]) -> EventBatch:
     """``[topic, seq, payload]`` → ``EventBatch``; raises ``KVEventDecodeError``."""
     if len(frames) != 3 or len(frames[1]) != 8:
         raise KVEventDecodeError("a message must be [topic, 8-byte seq, payload]")
     try:
         topic = frames[0].decode()
-        payload = msgpack.unpackb(frames[2], raw=False, strict_map_key=False)
-    except (UnicodeDecodeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
-        raise KVEventDecodeError(f"undecodable payload: {err}") from None
-    if not isinstance(payload, list) or len(payload) < 2 or not isinstance(payload[1], list):
-        raise KVEventDecodeError("payload must be [ts, [events...]]")
-    ts = payload[0]
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise KVEventDecodeError("ts must be a number")
-    events = tuple(e for e in (decode_event(raw) for raw in payload[1]) if e is not None)
-    return EventBatch(topic, int.from_bytes(frames[1], "big"), float(ts), events)
+    except UnicodeDecodeError as err:
+        raise KVEventDecodeError(f"topic is not UTF-8: {err}") from None
+    return decode_payload(topic, int.from_bytes(frames[1], "big"), frames[2])
+
+
+@dataclass(slots=True)
+class GroupFilter:
+    """Which KV-cache groups of one feed hold full-attention blocks, learned from its stores.
+
+    A store names its group's kind (``kv_cache_spec_kind``); removals name only the group. Groups
+    seen with a full-attention kind are kept, groups seen with another kind are skipped, and a group
+    never described (older engines send no kind) is kept only if it is group 0 — what every engine
+    that does not send kinds uses for full attention."""
+
+    full: set[int] = field(default_factory=lambda: {0})
+    partial: set[int] = field(default_factory=set)
+
+    def keep(self, event: KVEvent) -> bool:
+        if isinstance(event, Cleared):
+            return True
+        group = event.group_idx
+        if isinstance(event, Stored) and event.spec_kind is not None:
+            full = event.spec_kind in FULL_ATTENTION_KINDS
+            (self.full if full else self.partial).add(group)
+            (self.partial if full else self.full).discard(group)
+            return full
+        return group in self.full and group not in self.partial

@@ -10,7 +10,7 @@ fallback only applies when the current name is missing, so it cannot shadow a cu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from epp.datastore.endpoint import DEFAULT_ENGINE
@@ -52,11 +52,13 @@ class EngineSpec:
     cache_info: LabelInfo | None = None
     block_size: Selector | None = None
     num_blocks: Selector | None = None
+    prompt_tokens: tuple[Selector, ...] = ()
+    cached_tokens: tuple[Selector, ...] = ()  # the first present wins, as for ``kv``
 
     @property
     def family_names(self) -> frozenset[str]:
         """Every sample name this spec reads: what the pre-filter keeps."""
-        names = {self.queue.name, self.running.name, *(s.name for s in self.kv)}
+        names = {self.queue.name, self.running.name, *(s.name for s in (*self.kv, *self.prompt_tokens, *self.cached_tokens))}
         if self.lora:
             names.add(self.lora)
         if self.cache_info:
@@ -79,6 +81,10 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType(
             kv=(Selector("vllm:kv_cache_usage_perc"), Selector("vllm:gpu_cache_usage_perc")),
             lora="vllm:lora_requests_info",
             cache_info=LabelInfo("vllm:cache_config_info", "block_size", "num_gpu_blocks"),
+            # vLLM 0.32 counts cached prompt tokens itself; older releases only as prefix-cache hits.
+            prompt_tokens=(Selector("vllm:prompt_tokens_total"),),
+            cached_tokens=(Selector("vllm:prompt_tokens_cached_total"), Selector("vllm:prefix_cache_hits_total"),
+                           Selector("vllm:gpu_prefix_cache_hits_total")),
         ),
         "sglang": EngineSpec(
             queue=Selector("sglang:num_queue_reqs"),
@@ -88,6 +94,9 @@ ENGINES: Mapping[str, EngineSpec] = MappingProxyType(
             cache_info=LabelInfo("sglang:cache_config_info", "page_size", "num_pages"),
             block_size=Selector("sglang:page_size"),
             num_blocks=Selector("sglang:num_pages"),
+            prompt_tokens=(Selector("sglang:prompt_tokens_total"),),
+            cached_tokens=(Selector("sglang:cached_tokens_total", {"cache_source": "device"}),
+                           Selector("sglang:cached_tokens_total")),
         ),
         "trtllm-serve": EngineSpec(
             queue=Selector("trtllm_num_requests_waiting"),
@@ -119,3 +128,47 @@ def engine_kind(engine: str) -> str:
 
 def spec_for(engine: str) -> EngineSpec:
     return ENGINES[engine_kind(engine)]
+
+
+def parse_selector(text: str) -> Selector | None:
+    """GIE's metric flag syntax, ``name`` or ``name{label=value,...}``, as its chart renders it: the whole
+    value and each label value may be quoted. Empty (``""``) is None: the metric is not read."""
+    spec = text.strip().strip("'\"").strip()
+    if not spec:
+        return None
+    name, brace, rest = spec.partition("{")
+    labels: dict[str, str] = {}
+    if brace:
+        if not rest.endswith("}"):
+            raise ValueError(f"metric {text!r}: labels must end with '}}'")
+        for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"metric {text!r}: label {pair!r} is not key=value")
+            labels[key.strip()] = value.strip().strip("'\"")
+    name = name.strip()
+    if not name or "}" in name:
+        raise ValueError(f"metric {text!r} has no name")
+    return Selector(name, labels)
+
+
+def with_legacy_names(
+    base: EngineSpec, *, queue: Selector | None = None, running: Selector | None = None, kv: Selector | None = None,
+    lora: Selector | None | bool = False, cache_info: Selector | None | bool = False,
+) -> EngineSpec:
+    """``base`` with GIE's metric-name flags applied (``--total-queued-requests-metric`` …): given
+    selectors replace the spec's; ``lora``/``cache_info`` None disable them (an empty flag value),
+    False leaves them alone. The cache info gauge keeps vLLM's label names (block_size, num_gpu_blocks)."""
+    spec = base
+    if queue is not None:
+        spec = replace(spec, queue=queue)
+    if running is not None:
+        spec = replace(spec, running=running)
+    if kv is not None:
+        spec = replace(spec, kv=(kv,))
+    if lora is not False:
+        spec = replace(spec, lora=lora.name if isinstance(lora, Selector) else None)
+    if cache_info is not False:
+        info = LabelInfo(cache_info.name, "block_size", "num_gpu_blocks") if isinstance(cache_info, Selector) else None
+        spec = replace(spec, cache_info=info)
+    return spec

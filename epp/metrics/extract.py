@@ -69,13 +69,15 @@ class EngineExtractor:
         running = _required(samples, spec.running)
         kv = 0.0
         if spec.kv:
-            found = next((v for v in (_latest(samples, s) for s in spec.kv) if v is not None), None)
+            found = _first(samples, spec.kv)
             if found is None:
                 raise MetricsError(f"missing KV usage family (looked for {', '.join(s.name for s in spec.kv)})")
             kv = found
         active, waiting, max_lora = _lora(samples.get(spec.lora, ())) if spec.lora else (frozenset(), frozenset(), None)
         block_size, num_blocks = _cache_shape(samples, spec)
         return EndpointMetrics(
+            prompt_tokens=_first(samples, spec.prompt_tokens),
+            cached_prompt_tokens=_first(samples, spec.cached_tokens),
             scraped_at=scraped_at,
             waiting=int(queue),
             running=int(running),
@@ -141,6 +143,11 @@ def _latest(samples: Mapping[str, Sequence[Sample]], selector: Selector) -> floa
     return None if best is None else _finite(selector.name, best.value)
 
 
+def _first(samples: Mapping[str, Sequence[Sample]], selectors: Sequence[Selector]) -> float | None:
+    """The value of the first of ``selectors`` that matches a series; None when none does."""
+    return next((v for v in (_latest(samples, s) for s in selectors) if v is not None), None)
+
+
 def _required(samples: Mapping[str, Sequence[Sample]], selector: Selector) -> float:
     value = _latest(samples, selector)
     if value is None:
@@ -151,7 +158,7 @@ def _required(samples: Mapping[str, Sequence[Sample]], selector: Selector) -> fl
 
 def _int_label(name: str, labels: Mapping[str, str], key: str) -> int | None:
     raw = labels.get(key, "").strip()
-    if not raw:
+    if not raw or raw == "None":  # vLLM writes an unset config value as "None"
         return None
     if not (raw.isascii() and raw.isdigit()):
         raise MetricsError(f"{name}: label {key}={raw!r} is not a non-negative integer")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
 from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore, Endpoint
-from epp.metrics.engines import ENGINES, engine_kind
+from epp.metrics.engines import ENGINES, EngineSpec, engine_kind
 from epp.metrics.extract import EngineExtractor, MetricsError
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,30 @@ class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeTarget:
+    """Where each endpoint's metrics page is: GIE's ``--model-server-metrics-{scheme,path,port,
+    https-insecure-skip-verify}``. ``port`` 0 means the endpoint's metrics port, else its serving port;
+    HTTPS certificates are not verified unless ``insecure_skip_verify`` is False (GIE's default is true:
+    model servers mostly serve self-signed certificates)."""
+
+    scheme: str = "http"
+    path: str = "/metrics"
+    port: int = 0
+    insecure_skip_verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"metrics scheme must be http or https, got {self.scheme!r}")
+        if not self.path.startswith("/"):
+            raise ValueError(f"metrics path must start with '/', got {self.path!r}")
+
+    def url(self, endpoint: Endpoint) -> str:
+        """``scheme://address:port/path``, IPv6 addresses bracketed."""
+        host = endpoint.hostport.rpartition(":")[0]
+        return f"{self.scheme}://{host}:{self.port or endpoint.metrics_port or endpoint.port}{self.path}"
 
 
 class ScrapeFailure(Exception):
@@ -58,13 +84,18 @@ class MetricsPoller(AsyncService):
         interval: float = 0.050,
         timeout: float = 1.0,
         registry: CollectorRegistry | None = None,
+        target: ScrapeTarget | None = None,
+        specs: Mapping[str, EngineSpec] = ENGINES,
     ) -> None:
+        """``target``: scheme, path and port of the pages (default ``http://…/metrics``); ``specs``: the
+        series read per engine kind (default ``ENGINES``; GIE's metric-name flags replace the default kind's)."""
         if interval <= 0 or timeout <= 0:
             raise ValueError(f"interval ({interval}) and timeout ({timeout}) must be positive")
         self._datastore = datastore
         self._interval = interval
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._extractors = {name: EngineExtractor(spec) for name, spec in ENGINES.items()}
+        self.target = target or ScrapeTarget()
+        self._extractors = {name: EngineExtractor(spec) for name, spec in specs.items()}
         self._errors = Counter(
             "llm_d_epp_datalayer_poll_errors_total",
             "Failed engine /metrics scrapes, by data-source type and failure reason.",
@@ -81,7 +112,9 @@ class MetricsPoller(AsyncService):
     async def start(self) -> None:
         if self._state is not _State.NEW:
             raise RuntimeError(f"MetricsPoller is {self._state.value}; it can be started once")
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=self._timeout)
+        verify = self.target.scheme == "https" and not self.target.insecure_skip_verify
+        connector = aiohttp.TCPConnector(limit=0, ssl=True if verify else False)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         self._state = _State.RUNNING
         self._datastore.add_listener(self)
 
@@ -182,8 +215,5 @@ class MetricsPoller(AsyncService):
             self._failing[endpoint.name] = failure.reason
             log.warning("metrics scrape of %s (%s) failing: %s", endpoint.name, self.url(endpoint), failure)
 
-    @staticmethod
-    def url(endpoint: Endpoint) -> str:
-        """``http://address:(metrics_port or port)/metrics``, IPv6 addresses bracketed."""
-        host = endpoint.hostport.rpartition(":")[0]
-        return f"http://{host}:{endpoint.metrics_port or endpoint.port}/metrics"
+    def url(self, endpoint: Endpoint) -> str:
+        return self.target.url(endpoint)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from epp.replay import report
 from epp.replay.knee import Knee, find_knee
 from epp.replay.live import LiveSpec
 from epp.replay.offline import ClusterSpec, parse_profiles
-from epp.replay.plots import write_plots
+from epp.replay.plots import PlotContext, require_matplotlib, write_plots
 from epp.replay.policies import resolve
 from epp.replay.replicas import Replicas
 from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_live_job, run_one, trace_bounds
@@ -26,7 +28,8 @@ from epp.replay.traces import Trace, TraceError, read_trace
 from epp.scheduling.presets import PRESETS
 
 MAX_ISSUES_SHOWN = 10
-TABLE_WIDTH = 200
+PIPED_WIDTH = 120  # output going to a file or a pipe: the widest terminal the tables are laid out for
+PIPED_PROGRESS_STEPS = 4  # a line per run at 25 %, 50 %, 75 % and done when no live bar can be drawn
 
 
 class ReplayError(Exception):
@@ -112,11 +115,32 @@ def run_knee(
 
 
 def _console(stderr: bool) -> Console:
-    """Rich console; a wide one when redirected to a file, so the table is never squeezed."""
+    """Rich console; redirected to a file (and no ``COLUMNS``), tables are laid out for 120 columns."""
     console = Console(stderr=stderr)
-    if not console.is_terminal:
-        console.width = max(console.width, TABLE_WIDTH)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
     return console
+
+
+class PipedProgress:
+    """Progress as plain lines for logs and pipes, where a live bar cannot redraw: each run reports at
+    every quarter of its requests, so a minutes-long replay is never silent."""
+
+    def __init__(self, console: Console, jobs: list[Job], total: int) -> None:
+        self.console, self.jobs, self.total = console, jobs, max(total, 1)
+        self.reported = [0] * len(jobs)
+        self.started = time.monotonic()
+
+    def update(self, index: int, done: int) -> None:
+        step = min(PIPED_PROGRESS_STEPS, done * PIPED_PROGRESS_STEPS // self.total)
+        if step > self.reported[index]:
+            self.reported[index] = step
+            finished = sum(r == PIPED_PROGRESS_STEPS for r in self.reported)
+            self.console.print(
+                f"{self.jobs[index].label}: {done:,}/{self.total:,} requests ({step * 100 // PIPED_PROGRESS_STEPS}%), "
+                f"{finished}/{len(self.jobs)} runs done, {time.monotonic() - self.started:.0f} s",
+                highlight=False, markup=False, soft_wrap=True,
+            )
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -131,6 +155,10 @@ def replay(args: argparse.Namespace) -> int:
     bounds = trace_bounds(trace, cluster)
     out: Path | None = args.out
     if out is not None:
+        try:
+            require_matplotlib()  # now, not after minutes of replay
+        except RuntimeError as exc:
+            raise ReplayError(str(exc)) from None
         out.mkdir(parents=True, exist_ok=True)
     title = (
         f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, {cluster.label}"
@@ -148,30 +176,39 @@ def replay(args: argparse.Namespace) -> int:
                 print(json.dumps(results["knee"], indent=2))
             return 0
     jobs = [Job(policy, rate, args.seed, pickers) for policy in policies(args.policy) for rate in args.rate_scale]
+    if not console.is_terminal:
+        console.print(f"{title}: {len(jobs)} run(s), {args.jobs if not args.live else 1} at a time",
+                      highlight=False, soft_wrap=True)
+    piped = PipedProgress(console, jobs, len(trace.requests))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,
     ) as bar:
         tasks = [bar.add_task(job.label, total=len(trace.requests)) for job in jobs]
+
+        def progress(index: int, done: int) -> None:
+            bar.update(tasks[index], completed=done)
+            if not console.is_terminal:
+                piped.update(index, done)
+
         try:
             if args.live:
                 spec = LiveSpec(args.time_scale, out / "live" if out is not None else None)
                 outcomes = []
-                for task, job in zip(tasks, jobs):
+                for index, job in enumerate(jobs):
                     outcomes.append(run_live_job(trace, job, cluster, bounds, spec))
-                    bar.update(task, completed=len(trace.requests))
+                    progress(index, len(trace.requests))
             else:
-                outcomes = run_jobs(
-                    trace, jobs, cluster, bounds, args.jobs, lambda i, n: bar.update(tasks[i], completed=n)
-                )
+                outcomes = run_jobs(trace, jobs, cluster, bounds, args.jobs, progress)
         except RunError as exc:
             raise ReplayError(str(exc)) from None
     summaries = [o.summary for o in outcomes]
-    (console if args.json else _console(stderr=False)).print(report.table(title, summaries))
+    target = console if args.json else _console(stderr=False)
+    target.print(report.tables(title, summaries, target.width))
     if out is not None:
         report.write_summary(out, summaries)
-        write_plots(out, [(o.job.label, o.run) for o in outcomes])
-        console.print(f"wrote {out}/summary.json and plots")
+        plots = write_plots(out, [(o.job.label, o.run) for o in outcomes], PlotContext(trace.name, bounds))
+        console.print(f"wrote {out}/summary.json" + (f" and {len(plots)} plots" if plots else ""))
     if args.json:
         sys.stdout.write(report.dumps(summaries) + "\n")
     return 0

@@ -40,7 +40,6 @@ def _positive_int(text: str) -> int:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
     parser.add_argument("trace", nargs="?", help="Mooncake JSONL, epp JSONL or Azure CSV (optionally .gz)")
     parser.add_argument(
@@ -103,3 +102,6 @@ def run(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         print(f"epp replay: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # worker processes ignore SIGINT and are killed by the runner on the way out
+        print("epp replay: interrupted", file=sys.stderr)
+        return 130

@@ -2,7 +2,8 @@
 
 Each engine step's events become one message exactly as ``epp sim`` publishes it on ZMQ (topic
 ``kv@<host:port>@<model>``, an 8-byte sequence number counting from 0 per engine, the msgpack batch
-of ``epp.sim.kv_events.encode_batch``) and are decoded by ``epp.kvevents.decode.decode_message``, the
+of ``epp.sim.kv_events.encode_batch`` in today's vLLM encoding: tagged maps, ``[ts, events, rank]``)
+and are decoded by ``epp.kvevents.decode.decode_message``, the
 subscriber's decoder: an encoding or decoding bug shows in replay as it would in production, instead
 of being skipped by handing the engine's event objects over directly. The batch then goes to every
 sink, as each picker replica's own subscription would receive it; the ZMQ transport itself is the

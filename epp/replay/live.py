@@ -123,7 +123,7 @@ class _Client:
             await asyncio.sleep(LOAD_POLL_SECONDS)
 
     async def replay(self, requests: list[TraceRequest], rate_scale: float) -> tuple[list[RequestRecord], tuple[int, ...]]:
-        records = [RequestRecord(r.arrival / rate_scale, r.prompt.length) for r in requests]
+        records = [RequestRecord(r.arrival / rate_scale, r.prompt.length, r.priority) for r in requests]
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             before = [done for _, done in await self.scrape(session)]
             self.t0 = time.monotonic()
@@ -172,7 +172,9 @@ def run_live_via(
     """Start fresh engines (cold caches), ``front`` over them, replay through its URL, stop everything."""
     started = time.perf_counter()
     engine = cluster.engine
-    sim_args = ["--time-scale", str(spec.time_scale)]
+    # usage.prompt_tokens_details.cached_tokens (each record's cache hit) needs vLLM's flag, as with a real vLLM;
+    # each engine's --profile comes with its own arguments below (a mix is one profile per engine)
+    sim_args = ["--time-scale", str(spec.time_scale), "--enable-prompt-tokens-details"]
     if engine.num_gpu_blocks is not None:
         sim_args += ["--kv-cache-blocks", str(engine.num_gpu_blocks)]
     names = [f"engine-{i}" for i in range(cluster.engines)]

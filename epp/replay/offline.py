@@ -2,20 +2,22 @@
 
 A discrete-event loop over three kinds of event, in time order:
 
-- an arrival: the request is scheduled exactly as ``epp serve`` would (``Scheduler.schedule`` over
-  ``Datastore.endpoints()``, in-flight counters via ``request_started``) and handed to its engine;
-  with several picker replicas (``epp.replay.replicas``) arrivals go to them in turn, each replica
-  with its own datastore (same engine snapshots, its own in-flight counters), and the request's
-  later hooks go to the replica that picked it;
+- an arrival: the request goes through ``epp serve``'s own request path, the ``Director`` (admission
+  — shedding sheddable requests when saturated, or flow control's queues —, scheduler, in-flight
+  counters, every hook) and, once routed, to its engine; with several picker replicas
+  (``epp.replay.replicas``) arrivals go to them in turn, each replica with its own director and
+  datastore (same engine snapshots, its own in-flight counters), and the request's later hooks go to
+  the replica that picked it;
 - an engine's step end: its KV-cache events are published to the scheduler plugins that consume
   them (``epp.replay.kv_feed``, at the step end as vLLM publishes after a step; engines produce
   events only when some plugin consumes them), its outputs are delivered (first tokens → the
-  scheduler's response-started hooks, as ``epp serve`` calls them on an endpoint's first response
-  bytes; finishes → ``request_finished`` and the response-complete hooks) and the engine starts its
-  next step;
+  director's ``response_started``, as ``epp serve`` calls it on an endpoint's first response bytes;
+  finishes → the director's ``finish``, which releases in-flight counters, runs the response-complete
+  hooks and lets flow control dispatch what waits) and the engine starts its next step;
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
-  state exactly as stale as in production.
+  state exactly as stale as in production; then each director's admission ``tick`` (queue deadlines,
+  dispatch on the fresh metrics).
 
 Each request carries both its token ids (what token-aware plugins hash, e.g. the prefix scorer) and
 the text those ids decode to with the simulator's tokenizer (what text-based plugins see, e.g. the
@@ -26,6 +28,9 @@ that event is processed is the state at the tick. Engine steps are given the nex
 horizon, so runs of pure decode are fused into one event (``EngineCore.step``): an engine's state
 can therefore run ahead of a poll tick by at most the fused run, never past the next arrival, the only
 moment anyone reads it. For the same reason a fused run's KV events are published together at its end.
+With flow control a held request can also be dispatched at a poll or when another request finishes, so
+the horizon is then the next poll as well: a dispatched request waits behind a fused run for at most one
+poll interval.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ from __future__ import annotations
 import heapq
 from itertools import groupby
 import math
+import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from epp._util.clock import VirtualClock
-from epp.datastore import Datastore, Endpoint, EndpointMetrics
+from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
+from epp.director import AdmissionPolicy, Director, RoutingDecision, ShedSheddable
 from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import PROFILES, EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
@@ -48,6 +57,7 @@ from epp.kvevents.consumer import kv_event_sinks
 from epp.replay.kv_feed import KVEventFeed
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
+from epp.request.usage import Usage
 from epp.scheduling import Scheduler
 
 POLL_INTERVAL = 0.05
@@ -111,13 +121,16 @@ class RequestRecord:
 
     arrival: float
     prompt_tokens: int
+    priority: int = 0
+    routed: float | None = None
+    """When the picker let the request go to its engine (later than ``arrival`` if flow control held it)."""
     engine: int = -1
     cached_tokens: int = 0
     output_tokens: int = 0
     first_token: float | None = None
     finish: float | None = None
     shed: str | None = None
-    """Why the request never reached an engine (scheduler's 429/503 reason, or the engine's refusal)."""
+    """Why the request never reached an engine (the picker's refusal, or the engine's)."""
 
 
 @dataclass(slots=True)
@@ -147,8 +160,42 @@ class RunResult:
 @dataclass(slots=True)
 class _InFlight:
     index: int
-    request: LLMRequest
+    decision: RoutingDecision
     replica: int
+
+
+Admission = Callable[[Scheduler, Datastore], AdmissionPolicy]
+"""Builds one replica's admission policy (as ``epp serve`` does from its config)."""
+
+
+class ReplayRecorder:
+    """The director's ``RequestRecorder`` offline: requests routed and refused, per priority band
+    (the replay summary reads latencies from the run's records; this is what the picker saw)."""
+
+    def __init__(self) -> None:
+        self.routed: Counter[int] = Counter()
+        self.rejected: Counter[tuple[int, str]] = Counter()
+
+    def scheduled(self, duration: float, target_model: str, endpoint: EndpointState | None) -> None:
+        pass
+
+    def request_routed(self, request: LLMRequest, body_bytes: int) -> None:
+        self.routed[request.priority] += 1
+
+    def request_rejected(self, model: str, target_model: str, error: RequestError,
+                         request: LLMRequest | None = None) -> None:
+        self.rejected[(request.priority if request is not None else 0, reason(error))] += 1
+
+    def request_finished(self, request: LLMRequest, duration: float, response_bytes: int | None, usage: Usage) -> None:
+        pass
+
+    def model_rewritten(self, rewrite_name: str, model: str, target_model: str) -> None:
+        pass
+
+
+def reason(error: RequestError) -> str:
+    """A refusal as a record's ``shed`` value: the dropped-reason, else the error code, else the status."""
+    return error.reason or error.code or str(error.status)
 
 
 def snapshot(stats: EngineStats, scraped_at: float, models: frozenset[str]) -> EndpointMetrics:
@@ -181,7 +228,10 @@ class OfflineReplay:
         rate_scale: float = 1.0,
         load_samples: int = 400,
         progress: Callable[[int], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission`` builds each replica's admission policy (default: ``epp serve``'s, shedding
+        sheddable requests while the scheduler's saturation detector says the pool is saturated)."""
         if rate_scale <= 0:
             raise ValueError("rate scale must be positive")
         if not schedulers:
@@ -198,13 +248,19 @@ class OfflineReplay:
             for endpoint in self.endpoints:
                 datastore.upsert(endpoint)
             datastore.mark_synced()
+        self.recorders = [ReplayRecorder() for _ in self.schedulers]
+        self.directors = [
+            Director(datastore, scheduler, recorder, admission=admission(scheduler, datastore) if admission else None,
+                     clock=clock, rng=random.Random(i))
+            for i, (datastore, scheduler, recorder) in enumerate(zip(self.datastores, self.schedulers, self.recorders))
+        ]
         sinks = kv_event_sinks(p for s in self.schedulers for p in s.plugins)
         self.kv_feed = KVEventFeed(sinks, self.endpoints, cluster.engine.model) if sinks else None
         self.engines = [
             EngineCore(replace(cluster.engine_config(i), enable_kv_events=bool(sinks))) for i in range(cluster.engines)
         ]
         self.models = frozenset({cluster.engine.model})
-        self.records = [RequestRecord(a, r.prompt.length) for a, r in zip(self.arrivals, requests)]
+        self.records = [RequestRecord(a, r.prompt.length, r.priority) for a, r in zip(self.arrivals, requests)]
         self.load: list[LoadSample] = []
         span = self.arrivals[-1] if self.arrivals else 0.0
         self._sample_every = span / load_samples if load_samples else math.inf
@@ -216,6 +272,10 @@ class OfflineReplay:
         # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
         self._stats: list[EngineStats | None] = [None] * cluster.engines
         self._heap: list[tuple[float, int]] = []
+        self._horizon = math.inf  # the next moment a request may arrive at an engine
+        # an admission policy that holds requests (flow control) may dispatch one at any poll
+        self._queues = any(not isinstance(d.admission, ShedSheddable) for d in self.directors)
+        self._delivering = -1  # the engine whose outputs are being delivered (stepped right after)
 
     def run(self) -> RunResult:
         started = time.perf_counter()
@@ -225,20 +285,28 @@ class OfflineReplay:
         i = 0
         next_poll = 0.0
         interval = self.cluster.poll_interval
-        while i < n or heap:
+        while i < n or heap or (self._queues and self._waiting()):
             t_arrival = arrivals[i] if i < n else math.inf
-            t = min(t_arrival, heap[0][0]) if heap else t_arrival
+            t_engine = heap[0][0] if heap else math.inf
+            t = min(t_arrival, t_engine)
+            if t == math.inf:  # only held requests remain: the next poll may dispatch or expire them
+                t = next_poll
             if t >= next_poll:
-                tick = math.floor(t / interval) * interval
+                tick = max(next_poll, math.floor(t / interval) * interval)  # never below next_poll (float floor)
                 self._poll(tick)
                 next_poll = tick + interval
+                if heap and heap[0][0] < t:  # flow control dispatched at the tick: that engine's step comes first
+                    continue
             self.clock.advance_to(t)
-            if heap and heap[0][0] <= t_arrival:
+            if t_engine <= t_arrival and heap:
+                self._horizon = min(t_arrival, next_poll) if self._queues else t_arrival
                 _, e = heapq.heappop(heap)
                 self._deliver(e)
-                self._step(e, t, arrivals[i] if i < n else math.inf)
-            else:
-                self._arrive(i, t, arrivals[i + 1] if i + 1 < n else math.inf)
+                self._step(e, t, self._horizon)
+            elif i < n:
+                t_next = arrivals[i + 1] if i + 1 < n else math.inf
+                self._horizon = min(t_next, next_poll) if self._queues else t_next
+                self._arrive(i, t)
                 i += 1
                 if self._progress is not None and (i % 256 == 0 or i == n):
                     self._progress(i)
@@ -250,6 +318,9 @@ class OfflineReplay:
         return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started, batches)
 
     # -- events ------------------------------------------------------------------------------------
+
+    def _waiting(self) -> bool:
+        return any(d.admission.waiting for d in self.directors)
 
     def _poll(self, tick: float) -> None:
         loads = []
@@ -265,44 +336,50 @@ class OfflineReplay:
         if tick >= self._next_sample:
             self.load.append(LoadSample(tick, tuple(loads)))
             self._next_sample = tick + self._sample_every
+        self.clock.advance_to(max(tick, self.clock.now()))
+        for director in self.directors:
+            director.admission.tick()
 
-    def _arrive(self, index: int, now: float, horizon: float) -> None:
+    def _arrive(self, index: int, now: float) -> None:
         trace_request = self.requests[index]
-        record = self.records[index]
         tokens = trace_request.prompt.tokens()
-        request_id = str(index)
+        prompt = decode(tokens).encode()
         request = LLMRequest(
-            request_id=request_id,
+            request_id=str(index),
             kind=RequestKind.COMPLETIONS,
             model=trace_request.model or self.cluster.engine.model,
-            prompt_bytes=decode(tokens).encode(),
+            prompt_bytes=prompt,
             prompt_token_ids=tokens,
             max_tokens=trace_request.output_tokens,
             stream=True,  # first tokens are delivered as they happen, as a streamed response's are
             user=trace_request.session,
             priority=trace_request.priority,
         )
-        replica = index % len(self.schedulers)
-        datastore = self.datastores[replica]
-        try:
-            result = self.schedulers[replica].schedule(request, datastore.endpoints())
-        except RequestError as exc:
-            record.shed = exc.reason or str(exc.status)
+        replica = index % len(self.directors)
+        self.directors[replica].submit(request, len(prompt), None, partial(self._routed, index, replica, request))
+
+    def _routed(self, index: int, replica: int, request: LLMRequest, outcome: RoutingDecision | RequestError) -> None:
+        """The director's answer for one request, now or when flow control dispatched it."""
+        record = self.records[index]
+        director = self.directors[replica]
+        if isinstance(outcome, RequestError):
+            record.shed = reason(outcome)
+            director.reject(outcome, request.request_id, "/v1/completions", request)
             return
-        name = result.endpoints[0].name
-        e = self._index[name]
-        engine = self.engines[e]
+        now = record.routed = self.clock.now()
+        e = self._index[outcome.endpoints[0].name]
+        tokens = request.prompt_token_ids or []
         try:
-            engine.add_request(EngineRequest(request_id, tokens, trace_request.output_tokens, now))
+            self.engines[e].add_request(EngineRequest(request.request_id, tokens, request.max_tokens or 0, now))
         except ValueError as exc:
             record.shed = f"engine refused: {exc}"
+            director.finish(outcome)  # a failed request: released, hooks told, no usage
             return
         record.engine = e
         self._stats[e] = None
-        datastore.request_started(name, len(tokens))
-        self._inflight[request_id] = _InFlight(index, request, replica)
-        if self._pending[e] is None:
-            self._step(e, now, horizon)
+        self._inflight[request.request_id] = _InFlight(index, outcome, replica)
+        if self._pending[e] is None and e != self._delivering:
+            self._step(e, now, self._horizon)
 
     def _step(self, e: int, now: float, horizon: float) -> None:
         """Start engine ``e``'s next iteration at ``now``; an idle engine waits for its next request."""
@@ -329,28 +406,20 @@ class OfflineReplay:
         self._publish(e, self.clock.now())
         outputs = self._pending[e] or []
         self._pending[e] = None
-        name = self.endpoints[e].name
+        self._delivering = e
         for out in outputs:
             flight = self._inflight.get(out.request_id)
             if flight is None:
                 continue
             record = self.records[flight.index]
-            scheduler, datastore = self.schedulers[flight.replica], self.datastores[flight.replica]
-            state = datastore.get(name)
+            director = self.directors[flight.replica]
             if out.first_token:
                 record.first_token = out.first_token_time
                 record.cached_tokens = out.num_cached_tokens
-                if state is not None:
-                    scheduler.response_started(flight.request, state)
+                director.response_started(flight.decision)
             if out.finished:
                 record.finish = out.finish_time
                 record.output_tokens = out.num_output_tokens
                 del self._inflight[out.request_id]
-                datastore.request_finished(name, record.prompt_tokens)
-                if state is not None:
-                    usage = {
-                        "prompt_tokens": out.num_prompt_tokens,
-                        "completion_tokens": out.num_output_tokens,
-                        "cached_tokens": out.num_cached_tokens,
-                    }
-                    scheduler.response_complete(flight.request, state, usage)
+                director.finish(flight.decision, Usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens))
+        self._delivering = -1

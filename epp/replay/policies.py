@@ -7,7 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from epp._util.clock import Clock
-from epp.config import ConfigError, load_config, load_scheduler
+from epp.config import ConfigError, EndpointPickerConfig, load_config, load_scheduler
+from epp.datastore import Datastore
+from epp.director import AdmissionPolicy
+from epp.flowcontrol.build import build_admission, flow_control_settings
 from epp.scheduling import Scheduler
 from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
 
@@ -23,6 +26,11 @@ class Policy:
 
     label: str
     build: Callable[[Clock, int], Scheduler]
+    config: EndpointPickerConfig
+
+    def admission(self, scheduler: Scheduler, datastore: Datastore) -> AdmissionPolicy:
+        """What ``epp serve`` admits with under this config: flow control's queues, or shedding."""
+        return build_admission(self.config, scheduler, datastore.endpoints, datastore.clock)
 
 
 def known_policies() -> list[str]:
@@ -34,7 +42,8 @@ def resolve(spec: str) -> Policy:
     unknown name raises ValueError naming what is wrong (checked now, before any run starts)."""
     source = DEFAULT_PRESET if spec == DEFAULT else spec
     try:
-        load_config(source)
+        config = load_config(source)
+        flow_control_settings(config)
     except ConfigError as exc:
         raise ValueError(f"policy {spec!r}: {exc}") from None
-    return Policy(spec, lambda clock, seed: load_scheduler(source, clock=clock, rng=random.Random(seed)))
+    return Policy(spec, lambda clock, seed: load_scheduler(source, clock=clock, rng=random.Random(seed)), config)

@@ -7,10 +7,12 @@ threaded process is unsafe), get the trace pickled, and report progress and thei
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue as queue_module
+import signal
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -69,7 +71,8 @@ def run_one(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, progre
     policy = resolve(job.policy)
     clock = VirtualClock()
     schedulers, view = job.replicas.build(policy, clock, job.seed)
-    run = OfflineReplay(trace.requests, schedulers, cluster, clock, job.rate_scale, progress=progress).run()
+    run = OfflineReplay(trace.requests, schedulers, cluster, clock, job.rate_scale, progress=progress,
+                        admission=policy.admission).run()
     summary = summarize(
         run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity, replicas=job.replicas.count, prefix_view=view
     )
@@ -85,11 +88,22 @@ def run_live_job(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, s
 def _worker(
     index: int, trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, queue: multiprocessing.Queue[Any]
 ) -> None:
+    # Workers start with SIGINT ignored (``_sigint_ignored``): a terminal's Ctrl-C reaches the whole process
+    # group, the parent handles it and kills the workers, which must not each print a traceback meanwhile.
     try:
         outcome = run_one(trace, job, cluster, bounds, lambda n: queue.put(("progress", index, n)))
         queue.put(("done", index, outcome))
     except Exception:  # report it to the parent, which owns the error
         queue.put(("error", index, traceback.format_exc()))
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class RunError(Exception):
@@ -112,7 +126,8 @@ def run_jobs(
             while todo and len(running) < workers:
                 index, job = todo.pop(0)
                 worker = ctx.Process(target=_worker, args=(index, trace, job, cluster, bounds, queue), daemon=True)
-                worker.start()
+                with _sigint_ignored():  # inherited by the child from birth: no traceback mid-import on Ctrl-C
+                    worker.start()
                 running[index] = worker
             try:
                 kind, index, payload = queue.get(timeout=1.0)

@@ -33,7 +33,11 @@ SUMMARY_KEYS = (
     "imbalance",
     "kv_event_batches",
     "wall_s",
+    "by_priority",
 )
+
+BAND_KEYS = ("requests", "completed", "shed", "ttft_p50", "ttft_p90")
+"""Keys of each ``by_priority`` band (the object is keyed by priority as a string, highest first)."""
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -63,6 +67,30 @@ def too_long(record: RequestRecord) -> bool:
     """Refused by the engine because prompt + output exceed its ``max_model_len``: the trace's doing,
     not the scheduler's (offline replay says so in the shed reason; live mode only sees an HTTP status)."""
     return record.shed is not None and "max_model_len" in record.shed
+
+
+def _ttfts(records: Sequence[RequestRecord]) -> list[float]:
+    return sorted(r.first_token - r.arrival for r in records if r.first_token is not None and r.finish is not None)
+
+
+def by_priority(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Per priority band: how many requests, completed, shed (refused by the picker or the engine), and
+    TTFT p50/p90 of the completed ones. Keys are priorities as strings (JSON keys), highest band first."""
+    bands: dict[int, list[RequestRecord]] = {}
+    for record in records:
+        bands.setdefault(record.priority, []).append(record)
+    out = {}
+    for priority in sorted(bands, reverse=True):
+        band = bands[priority]
+        ttft = _ttfts(band)
+        out[str(priority)] = {
+            "requests": len(band),
+            "completed": len(ttft),
+            "shed": sum(1 for r in band if r.shed is not None),
+            "ttft_p50": percentile(ttft, 50),
+            "ttft_p90": percentile(ttft, 90),
+        }
+    return out
 
 
 def summarize(
@@ -102,4 +130,5 @@ def summarize(
         "imbalance": imbalance(run.dispatched),
         "kv_event_batches": run.kv_event_batches,
         "wall_s": run.wall_s,
+        "by_priority": by_priority(records),
     }

@@ -12,6 +12,8 @@ REQUEST_ID_HEADER: Final = "x-request-id"
 # Where the request goes: the header and the dynamic metadata carry the same value.
 DESTINATION_HEADER: Final = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE: Final = "envoy.lb"
+# envoy.lb key of every scored endpoint's total score, with --emit-endpoint-scores (llm-d-router)
+SCORES_KEY: Final = "x-gateway-destination-endpoint-scores"
 # The endpoint that actually served the request, reported by the gateway in the response phase (same namespace).
 SERVED_KEY: Final = "x-gateway-destination-endpoint-served"
 # The gateway's endpoint subset hint: metadata namespace and key.

@@ -66,11 +66,24 @@ def parse_request(request_id: str, headers: Mapping[str, str], body: bytes) -> L
     if kind is RequestKind.OTHER:
         data = _try_object(body)
     else:
-        data = _load_object(body)
-        model = data.get("model")
-        if not isinstance(model, str) or not model:
-            raise RequestError(400, "model not found in request body", code="model_not_found")
-        fields = _extract(kind, data)
+        data = load_object(body)
+        require_model(data)
+        fields = extract_fields(kind, data)
+    return envelope(request_id, headers, path, kind, data, fields)
+
+
+def require_model(data: dict[str, Any]) -> None:
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError(400, "model not found in request body", code="model_not_found")
+
+
+def envelope(
+    request_id: str, headers: Mapping[str, str], path: str, kind: RequestKind, data: dict[str, Any] | None,
+    fields: Mapping[str, Any],
+) -> LLMRequest:
+    """The request around parsed body fields: the model (body, then rewrite headers), objective,
+    fairness id and session token from the headers — the same for every parser."""
     model = data.get("model") if isinstance(data, dict) else None
     rewrite = first_header(headers, MODEL_REWRITE_HEADERS)
     return LLMRequest(
@@ -88,7 +101,7 @@ def parse_request(request_id: str, headers: Mapping[str, str], body: bytes) -> L
     )
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
+def load_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise RequestError(400, "request body is empty; expected a JSON object", code="invalid_body")
     try:
@@ -111,7 +124,7 @@ def _try_object(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _extract(kind: RequestKind, data: dict[str, Any]) -> dict[str, Any]:
+def extract_fields(kind: RequestKind, data: dict[str, Any]) -> dict[str, Any]:
     """The routing-relevant fields of an inference body (prompt bytes, token ids, limits, flags)."""
     fields: dict[str, Any] = {
         "stream": data.get("stream") is True,
@@ -123,14 +136,20 @@ def _extract(kind: RequestKind, data: dict[str, Any]) -> dict[str, Any]:
         messages = data.get("messages")
         if messages is not None and not isinstance(messages, list):
             raise RequestError(400, "'messages' must be a list", code="invalid_body")
-        fields["prompt_bytes"] = _dumps(messages or [])
+        fields["prompt_bytes"] = dumps(messages or [])
     elif kind is RequestKind.COMPLETIONS:
         fields.update(_prompt_fields(data.get("prompt")))
     elif kind is RequestKind.RESPONSES:
         parts = [{"instructions": data.get("instructions")}, {"tools": data.get("tools")}, {"input": data.get("input")}]
-        fields["prompt_bytes"] = _dumps(parts)
+        fields["prompt_bytes"] = dumps(parts)
     elif kind is RequestKind.EMBEDDINGS:
-        fields["prompt_bytes"] = _dumps(data.get("input"))
+        fields["prompt_bytes"] = dumps(data.get("input"))
+    elif kind is RequestKind.MESSAGES:
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(400, "'messages' must be a non-empty list", code="invalid_body")
+        # system and tools lead the engine's prompt, so they lead the hashed bytes too
+        fields["prompt_bytes"] = dumps([{"system": data.get("system")}, {"tools": data.get("tools")}, {"messages": messages}])
     return fields
 
 
@@ -143,13 +162,13 @@ def _prompt_fields(prompt: object) -> dict[str, Any]:
             return {"prompt_token_ids": list(prompt)}
         if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
             return {"prompt_token_ids": [t for p in prompt for t in p]}
-        return {"prompt_bytes": _dumps(prompt)}
+        return {"prompt_bytes": dumps(prompt)}
     if prompt is None:
         return {}
     raise RequestError(400, "'prompt' must be a string, a list of strings or token ids", code="invalid_body")
 
 
-def _dumps(value: object) -> bytes:
+def dumps(value: object) -> bytes:
     """Compact JSON with sorted keys: equal content gives equal bytes whatever the client's key order.
 
     orjson reads 1024 levels of nesting but writes only 254, so a deep (hostile) prompt is a 400 here.

@@ -13,6 +13,7 @@ class RequestKind(enum.Enum):
     CHAT_COMPLETIONS = "chat_completions"
     RESPONSES = "responses"
     EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"  # Anthropic /v1/messages (anthropic-parser)
     OTHER = "other"
 
 

@@ -4,7 +4,9 @@ Fields are merged per field across events, as the reference does, because some e
 and completion counts in different chunks. Chat/completions name them ``prompt_tokens`` /
 ``completion_tokens`` (+ ``prompt_tokens_details.cached_tokens``); the Responses API names them
 ``input_tokens`` / ``output_tokens`` (+ ``input_tokens_details.cached_tokens``) inside
-``response.usage`` of its ``response.completed`` event.
+``response.usage`` of its ``response.completed`` event. Anthropic's Messages API (``anthropic-parser``)
+uses ``input_tokens`` / ``output_tokens`` (+ ``cache_read_input_tokens``), streamed in ``message_start``'s
+``message.usage`` and ``message_delta``'s ``usage``, as upstream's anthropic parser reads them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from google.protobuf.message import DecodeError
 
 # An SSE line longer than this is not a usage event; skipping it bounds memory on hostile streams.
 MAX_SSE_LINE_BYTES = 1024 * 1024
@@ -46,7 +49,7 @@ class Usage:
         prompt = _count(data, "prompt_tokens", "input_tokens")
         completion = _count(data, "completion_tokens", "output_tokens")
         details = data.get("prompt_tokens_details") or data.get("input_tokens_details")
-        cached = _count(details, "cached_tokens") if isinstance(details, dict) else None
+        cached = _count(details, "cached_tokens") if isinstance(details, dict) else _count(data, "cache_read_input_tokens")
         if prompt is not None:
             self.prompt_tokens = prompt
         if completion is not None:
@@ -116,12 +119,69 @@ class SSEUsageReader:
             _merge_event(self.usage, event)
 
 
+class GrpcUsageReader:
+    """Usage of a gRPC response stream (vLLM's ``VllmEngine/Generate`` and ``/Embed``): length-prefixed
+    protobuf frames read as they arrive, counts taken from each ``GenerateStreamChunk`` /
+    ``GenerateComplete`` / ``EmbedResponse`` that reports any (as upstream's vllmgrpc parser does). A frame
+    longer than ``MAX_SSE_LINE_BYTES`` is skipped unread, so memory stays bounded; compressed frames too."""
+
+    __slots__ = ("usage", "_buffer", "_skip")
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self._buffer = b""
+        self._skip = 0  # bytes of an oversized or compressed frame still to pass over
+
+    def feed(self, chunk: bytes) -> None:
+        if self._skip:
+            taken = min(self._skip, len(chunk))
+            self._skip -= taken
+            chunk = chunk[taken:]
+        data = self._buffer + chunk if self._buffer else chunk
+        pos = 0
+        while len(data) - pos >= 5:
+            compressed, length = data[pos], int.from_bytes(data[pos + 1:pos + 5], "big")
+            if compressed or length > MAX_SSE_LINE_BYTES:
+                available = len(data) - pos - 5
+                self._skip = max(0, length - available)
+                pos = min(len(data), pos + 5 + length)
+                continue
+            if len(data) - pos - 5 < length:
+                break
+            self._message(data[pos + 5:pos + 5 + length])
+            pos += 5 + length
+        self._buffer = data[pos:]
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buffer)
+
+    def close(self) -> None:
+        self._buffer = b""
+
+    def _message(self, payload: bytes) -> None:
+        from epp.request import protos  # protobuf descriptors: only loaded once a gRPC response is seen
+
+        try:
+            reply: Any = protos.GenerateResponse.FromString(payload)
+            which = reply.WhichOneof("response")
+            counts: Any = getattr(reply, which) if which else protos.EmbedResponse.FromString(payload)
+        except DecodeError:
+            return
+        prompt = counts.prompt_tokens
+        completion = getattr(counts, "completion_tokens", 0)
+        if prompt or completion:
+            self.usage.merge({"prompt_tokens": prompt, "completion_tokens": completion,
+                              "prompt_tokens_details": {"cached_tokens": getattr(counts, "cached_tokens", 0)}})
+
+
 def _merge_event(usage: Usage, event: dict[str, Any]) -> None:
     if event.get("type") == "response.completed" or "usage" not in event:
-        response = event.get("response")
-        if isinstance(response, dict):
-            usage.merge(response.get("usage"))
-            return
+        for wrapper in ("response", "message"):  # Responses API; Anthropic's message_start
+            inner = event.get(wrapper)
+            if isinstance(inner, dict):
+                usage.merge(inner.get("usage"))
+                return
     usage.merge(event.get("usage"))
 
 

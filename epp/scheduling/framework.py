@@ -177,3 +177,33 @@ class ResponseComplete(Plugin, Protocol):
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """Called when the response has ended, with the engine's usage counts when it reported them."""
         ...
+
+
+@runtime_checkable
+class Admitter(Plugin, Protocol):
+    def admit(self, request: LLMRequest, endpoints: Sequence[EndpointState]) -> str | None:
+        """Before scheduling: None to let the request in, else why it is refused (answered 429)."""
+        ...
+
+
+@runtime_checkable
+class Screener(Plugin, Protocol):
+    def screen(self, request: LLMRequest, endpoints: list[EndpointState]) -> list[EndpointState]:
+        """Once per request, before any profile: the candidates every profile may see (none answers 503)."""
+        ...
+
+
+@runtime_checkable
+class RequestProcessor(Plugin, Protocol):
+    def process_request(self, request: LLMRequest) -> None:
+        """Before admission: derive request fields from its headers (e.g. the fairness flow of an agent session)."""
+        ...
+
+
+@runtime_checkable
+class ResponseMetadata(Plugin, Protocol):
+    def response_metadata(
+        self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        """When the response has ended: dynamic metadata for the gateway, namespace → key → value."""
+        ...

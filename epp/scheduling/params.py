@@ -4,7 +4,10 @@ Keys are the reference's camelCase names (a field ``max_num_of_endpoints`` reads
 ``maxNumOfEndpoints``; ``field(metadata={"key": ...})`` overrides). An unknown key or a value of the
 wrong type raises ``ParamError`` naming the key, so a config error points at the exact field.
 Supported field types: ``bool``, ``int``, ``float`` (ints accepted), ``str``, ``Duration`` (seconds;
-Go-style strings such as ``"200ms"``/``"1m30s"`` or a number of seconds), ``list[str]``, and ``X | None``.
+Go-style strings such as ``"200ms"``/``"1m30s"`` or a number of seconds), ``list[str]``, ``dict[str, str]``,
+nested objects the plugin checks itself (``dict[str, Any]``, ``list[dict[str, Any]]``), ``Mapping[str, Any]``
+(any mapping, for blobs accepted and not read), a nested parameters dataclass (decoded strictly, its errors
+named by dotted path such as ``kvEventsConfig.zmqEndpoint``), and ``X | None``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,24 @@ def _convert(value: object, kind: Any) -> object:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("must be a list of strings")
         return list(value)
+    if typing.get_origin(kind) is dict and typing.get_args(kind) == (str, str):
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ValueError("must be a mapping of strings to strings")
+        return dict(value)
+    if typing.get_origin(kind) is dict:  # a nested object the plugin validates field by field itself
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping")
+        return dict(value)
+    if typing.get_origin(kind) is list and typing.get_origin(typing.get_args(kind)[0]) is dict:
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise ValueError("must be a list of mappings")
+        return [dict(v) for v in value]
+    if typing.get_origin(kind) is Mapping:
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping")
+        return value
+    if dataclasses.is_dataclass(kind):
+        return decode_params(kind, value)  # type: ignore[arg-type]
     raise TypeError(f"unsupported parameter type {kind!r}")  # a programming error, not a config error
 
 
@@ -104,6 +125,8 @@ def decode_params(spec: type[T], raw: Mapping[str, Any] | None) -> T:
             raise ParamError(str(key), f"unknown parameter (known: {known})")
         try:
             values[field.name] = _convert(value, hints[field.name])
+        except ParamError as err:  # from a nested parameters object
+            raise ParamError(f"{key}.{err.key}" if err.key else key, err.message) from None
         except ValueError as err:
             raise ParamError(key, str(err)) from None
     try:

@@ -25,11 +25,12 @@ PRESETS: Mapping[str, str] = MappingProxyType({
     # prefill, each endpoint's latency learned online from its own requests) plus 2× the prefill work it adds, random among
     # near-equals. The producer matches up to 128K prompt tokens so the prediction sees the whole hit.
     # Per endpoint it reads what the engine cached from its KV events (vLLM's default publisher,
-    # tcp://<pod>:5557) once they prove to agree with epp's token keys; otherwise it falls back to an
+    # tcp://<pod>:5557) once they prove to agree with epp's token keys (prompts tokenized with the served
+    # model's own tokenizer and chat template, found from the model name); otherwise it falls back to an
     # index learned from picks that remembers twice what an engine can cache, and the predictor
     # discounts what was evicted since.
     "default": _config(
-        "- {type: precise-prefix-cache-producer, parameters: {mode: connect, kvEventsPort: 5557, tokenizer: sim,"
+        "- {type: precise-prefix-cache-producer, parameters: {mode: connect, kvEventsPort: 5557, tokenizer: auto,"
         " maxPrefixTokensToMatch: 131072, lruCapacityPerServer: 62500}}\n"
         "- {type: ttft-predictor-scorer, parameters: {workWeight: 2}}\n"
         "- {type: max-score-picker}\n",
@@ -64,6 +65,30 @@ PRESETS: Mapping[str, str] = MappingProxyType({
         " maxTreeSize: 67108864}}\n"
         "- {type: max-score-picker}\n",
         "  - {pluginRef: sglang-imbalance-filter}\n  - {pluginRef: sglang-cache-aware-scorer}\n"
+        "  - {pluginRef: max-score-picker}\n",
+    ),
+    # llm-d's current default, "sticky until saturated", as its optimized-baseline guide ships it
+    # (llm-d/llm-d guides/optimized-baseline/router/optimized-baseline.values.yaml): the in-flight-load
+    # and approximate prefix producers, prefix-cache-affinity-filter, token-load-scorer, the default
+    # max-score picker. Per parameter (docs/llm-d-default.md has the table):
+    # - maxPrefixTokensToMatch: the guide's rule "must match vLLM --max-model-len" (Llama-3.1-8B: 131072);
+    # - affinityThreshold 0.80, maxTTFTPenaltyMs 18000, ttftSource prefillThroughput: the filter's
+    #   defaults (llm-d-router pkg/epp/framework/plugins/scheduling/filter/prefixcacheaffinity/plugin.go,
+    #   README.md); 18000 ms is calibrate.sh's T_MAX_SECONDS default;
+    # - peakPrefillThroughput: the calibration rule (llm-d guides/recipes/router/calibration/README.md:
+    #   chunk tokens / median cold TTFT of one --max-num-batched-tokens chunk) applied to the H100
+    #   measurement epp ships (epp/engine/calibration data, shared/calibration): 8192 tokens of
+    #   Llama-3.1-8B in 270.53 ms → 30281 tokens/s (upstream's default 15928 is Qwen3-32B on 2×H100);
+    # - token-load-scorer queueThresholdTokens 4194304: the scorer's default
+    #   (llm-d-router pkg/epp/framework/plugins/scheduling/scorer/tokenload/README.md).
+    "llm-d-default": _config(
+        "- {type: inflight-load-producer}\n"
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 131072}}\n"
+        "- {type: prefix-cache-affinity-filter, parameters: {affinityThreshold: 0.80, maxTTFTPenaltyMs: 18000,"
+        " ttftSource: prefillThroughput, peakPrefillThroughput: 30281}}\n"
+        "- {type: token-load-scorer, parameters: {queueThresholdTokens: 4194304}}\n"
+        "- {type: max-score-picker}\n",
+        "  - {pluginRef: prefix-cache-affinity-filter}\n  - {pluginRef: token-load-scorer}\n"
         "  - {pluginRef: max-score-picker}\n",
     ),
 })

@@ -55,11 +55,13 @@ class PluginHandle:
 @dataclass(frozen=True, slots=True)
 class PluginType:
     """A registry row. ``producer`` types are built before the others, so consumers declared earlier
-    in a config still find them."""
+    in a config still find them. ``alpha`` types (upstream's alpha stability level) load only with
+    ``--allow-experimental-plugins``, as upstream's loader demands."""
 
     name: str
     factory: Factory
     producer: bool = False
+    alpha: bool = False
 
 
 class PluginRegistry:

@@ -16,6 +16,7 @@ from epp.scheduling.framework import (
     RESPONSE_COMPLETE,
     RESPONSE_RECEIVED,
     RESPONSE_STREAMING,
+    Admitter,
     CycleState,
     DurationRecorder,
     Plugin,
@@ -23,10 +24,13 @@ from epp.scheduling.framework import (
     PreRequest,
     ProfileHandler,
     ProfileResult,
+    RequestProcessor,
     ResponseComplete,
     ResponseHeaders,
+    ResponseMetadata,
     ResponseReceived,
     ResponseStarted,
+    Screener,
     SchedulingResult,
 )
 from epp.scheduling.profile import SchedulerProfile
@@ -80,6 +84,10 @@ class Scheduler:
         self.response_received_plugins = [p for p in self.plugins if isinstance(p, ResponseReceived)]
         self.response_started_plugins = [p for p in self.plugins if isinstance(p, ResponseStarted)]
         self.saturation_detector = saturation_detector
+        self.admitters = [p for p in self.plugins if isinstance(p, Admitter)]
+        self.screeners = [p for p in self.plugins if isinstance(p, Screener)]
+        self.request_processors = [p for p in self.plugins if isinstance(p, RequestProcessor)]
+        self.response_metadata_plugins = [p for p in self.plugins if isinstance(p, ResponseMetadata)]
         self._hook_failures: set[tuple[int, str]] = set()
         self._timers: dict[str, list[DurationRecorder]] | None = None
 
@@ -95,7 +103,8 @@ class Scheduler:
             PROFILE_PICKER: [self.handler], PROCESS_PROFILES_RESULTS: [self.handler],
             PRE_REQUEST: self.pre_request_plugins,
             RESPONSE_RECEIVED: [*self.response_header_plugins, *self.response_received_plugins],
-            RESPONSE_STREAMING: self.response_started_plugins, RESPONSE_COMPLETE: self.response_complete_plugins,
+            RESPONSE_STREAMING: self.response_started_plugins,
+            RESPONSE_COMPLETE: [*self.response_complete_plugins, *self.response_metadata_plugins],
         }
         self._timers = {point: [timer.recorder(point, p) for p in plugins] for point, plugins in hooks.items()}
 
@@ -114,6 +123,13 @@ class Scheduler:
                 503, "no endpoints available to serve the request", error_type="service_unavailable",
                 code="no_endpoints", reason="rejected-no-endpoints",
             )
+        for screener in self.screeners:
+            candidates = screener.screen(request, candidates)
+            if not candidates:
+                raise RequestError(
+                    503, f"no endpoint left after screener {screener.typed_name.name!r}", error_type="service_unavailable",
+                    code="no_endpoints", reason="rejected-no-endpoints",
+                )
         cycle = CycleState() if cycle is None else cycle
         results: dict[str, ProfileResult | None] = {}
         handler, timers = self.handler, self._timers
@@ -179,6 +195,21 @@ class Scheduler:
             self.response_complete_plugins, RESPONSE_COMPLETE, "ResponseComplete", request,
             lambda p: p.response_complete(request, endpoint, usage),
         )
+
+    def response_metadata(
+        self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]
+    ) -> dict[str, dict[str, Any]]:
+        """Dynamic metadata the plugins report for an ended response (later plugins win per key); a
+        plugin that raises is logged and skipped like any hook."""
+        merged: dict[str, dict[str, Any]] = {}
+
+        def collect(plugin: ResponseMetadata) -> None:
+            for namespace, values in plugin.response_metadata(request, endpoint, usage).items():
+                merged.setdefault(namespace, {}).update(values)
+
+        self._run_hooks(self.response_metadata_plugins, RESPONSE_COMPLETE, "ResponseMetadata", request, collect,
+                        first_recorder=len(self.response_complete_plugins))  # their recorders follow ResponseComplete's
+        return merged
 
     def _run_hooks(
         self, plugins: Sequence[P], point: str, hook: str, request: LLMRequest, call: Callable[[P], object],

@@ -12,8 +12,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from epp._util.cli import non_negative_float, port
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.sim.faults import METRICS_FAULTS, FaultConfig
+from epp.sim.kv_events import WireFormat
 
 if TYPE_CHECKING:
     from epp.sim.server import SimOptions
@@ -22,15 +24,19 @@ log = logging.getLogger("epp.sim")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     net = parser.add_argument_group("serving")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    net.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port; the log says which)")
+    net.add_argument("--port", type=port, default=8000, help="port to listen on (0 = any free port; the log says which)")
     net.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="base model name (seeds block hashes)")
     net.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
     net.add_argument("--engine", choices=("vllm", "sglang"), default="vllm",
-                     help="metric names and owned_by to imitate")  # fmt: skip
+                     help="engine to imitate: metric names, KV-event fields, owned_by")  # fmt: skip
+    net.add_argument("--enable-prompt-tokens-details", action="store_true",
+                     help="report usage.prompt_tokens_details.cached_tokens (vLLM's flag; null without it)")  # fmt: skip
+    net.add_argument("--legacy-formats", action="store_true",
+                     help="imitate vLLM before 0.32: deprecated metric names (gpu_cache_usage_perc, gpu_prefix_cache_*,"
+                          " time_per_output_token_seconds) and usage.prompt_tokens_details always set")  # fmt: skip
     net.add_argument("--default-max-tokens", type=int, default=16, help="tokens generated when a request sets no max")
     eng = parser.add_argument_group("engine")
     eng.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE, help="GPU/model latency profile")
@@ -45,7 +51,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--max-loras", type=int, default=1, help="LoRA adapters resident on the GPU at once")
     eng.add_argument("--lora-load-seconds", type=float, default=0.02, help="cost of loading an adapter into a slot")
     eng.add_argument("--step-floor-ms", type=float, default=2.0, help="fixed cost of every engine step")
-    eng.add_argument("--time-scale", type=float, default=1.0,
+    eng.add_argument("--time-scale", type=non_negative_float, default=1.0,
                      help="wall seconds per simulated second (0.1 = 10x faster; 0 = as fast as possible)")  # fmt: skip
     eng.add_argument("--seed", type=int, default=0, help="seeds ids, latency jitter and faults")
     eng.add_argument("--latency-jitter", type=float, default=0.0, help="random +/- fraction on each step's duration")
@@ -54,9 +60,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--kv-events-endpoint",
         default=None,
         metavar="ZMQ",
-        help="publish vLLM KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)",
+        help="publish KV events on ZMQ PUB (tcp://*:5557 binds, tcp://host:port connects)",
     )
-    kv.add_argument("--kv-events-topic", default=None, help="ZMQ topic (default kv@<host:port>@<model>)")
+    kv.add_argument("--kv-events-topic", default="",
+                    help="ZMQ topic; {host}, {port} and {model} are filled in (llm-d's convention:"
+                         " 'kv@{host}:{port}@{model}'). Default: empty, as vLLM")  # fmt: skip
+    kv.add_argument("--kv-events-encoding", choices=("map", "array"), default="map",
+                    help="map: today's vLLM/SGLang (type-tagged maps, [ts, events, rank]); array: older engines'"
+                         " tagged arrays, [ts, events]")  # fmt: skip
+    kv.add_argument("--kv-events-replay-endpoint", default=None, metavar="ZMQ",
+                    help="serve vLLM's replay ROUTER here (e.g. tcp://*:5558): the last 10,000 batches on request")  # fmt: skip
     faults = parser.add_argument_group("fault injection")
     faults.add_argument("--fault-extra-latency", type=float, default=0.0, metavar="SECONDS",
                         help="wall seconds added before every inference request")  # fmt: skip
@@ -68,8 +81,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_kv_events(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` for KV-event flags that cannot work, before anything starts."""
+    if args.kv_events_replay_endpoint and not args.kv_events_endpoint:
+        raise ValueError("--kv-events-replay-endpoint needs --kv-events-endpoint")
+    try:
+        args.kv_events_topic.format(host="h", port=1, model="m")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"--kv-events-topic may use only {{host}}, {{port}} and {{model}}: {exc!r}") from None
+
+
 def options_from_args(args: argparse.Namespace) -> SimOptions:
     from epp.sim.server import SimOptions
+
+    _check_kv_events(args)
 
     engine = EngineConfig(
         profile=args.profile,
@@ -96,8 +121,18 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         default_max_tokens=args.default_max_tokens,
         faults=FaultConfig(args.fault_extra_latency, args.fault_error_rate, args.fault_metrics, args.fault_crash_after),
         kv_events_endpoint=args.kv_events_endpoint,
+        kv_events_wire=_wire(args.engine, args.kv_events_encoding),
+        kv_events_replay_endpoint=args.kv_events_replay_endpoint,
+        prompt_tokens_details=args.enable_prompt_tokens_details or args.legacy_formats,
+        legacy_metrics=args.legacy_formats,
         kv_events_topic=args.kv_events_topic,
     )
+
+
+def _wire(engine: str, encoding: str) -> WireFormat:
+    if encoding == "array":
+        return WireFormat.ARRAY
+    return WireFormat.SGLANG if engine == "sglang" else WireFormat.VLLM
 
 
 def _crash() -> None:
@@ -115,7 +150,10 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start(args.host, args.port)
+    try:
+        await server.start(args.host, args.port)
+    except OSError as exc:  # port in use, address not on this host, no permission
+        raise SystemExit(f"epp sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     try:
         log.info(
             "epp sim listening on http://%s:%d (engine %s, models %s, profile %s, %d KV blocks of %d tokens)",

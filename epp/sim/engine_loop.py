@@ -43,12 +43,12 @@ class EngineLoop:
         return self._end
 
     def submit(
-        self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None
+        self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None, cache_salt: str | None = None
     ) -> asyncio.Queue[RequestOutput]:
         """Queue a request arriving now; its outputs will appear on the returned queue. Raises
         ``ValueError`` when the engine refuses it (too long, unknown adapter)."""
         arrival = self.now()
-        self.core.add_request(EngineRequest(request_id, prompt, max_tokens, arrival, lora))
+        self.core.add_request(EngineRequest(request_id, prompt, max_tokens, arrival, lora, cache_salt))
         self._last_arrival = max(self._last_arrival, arrival)
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._queues[request_id] = queue

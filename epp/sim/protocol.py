@@ -25,6 +25,7 @@ class ParsedRequest:
     max_tokens: int
     stream: bool
     include_usage: bool
+    cache_salt: str | None = None
 
 
 def _positive_int(body: Mapping[str, Any], *names: str) -> int | None:
@@ -88,15 +89,24 @@ def parse(kind: str, body: Any, default_max_tokens: int) -> ParsedRequest:
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise bad_request("stream must be a boolean and stream_options an object")
     include_usage = bool(options.get("include_usage", False))
-    return ParsedRequest(kind, model, ids, max_tokens or default_max_tokens, stream, stream and include_usage)
+    salt = body.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise bad_request("cache_salt must be a non-empty string")
+    return ParsedRequest(kind, model, ids, max_tokens or default_max_tokens, stream, stream and include_usage, salt)
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, details: bool) -> dict[str, Any]:
+    """vLLM 0.32's usage object: ``prompt_tokens_details`` is null unless the engine runs with
+    ``--enable-prompt-tokens-details`` (``details``)."""
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": max(cached_tokens, 0)},
+        "prompt_tokens_details": (
+            {"cached_tokens": max(cached_tokens, 0), "created_cache_tokens": None, "multimodal_tokens": None}
+            if details else None
+        ),
+        "completion_tokens_details": None,
     }
 
 

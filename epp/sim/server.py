@@ -30,7 +30,7 @@ from epp.request import RequestError
 from epp.sim import protocol
 from epp.sim.engine_loop import EngineLoop
 from epp.sim.faults import FaultConfig, Faults
-from epp.sim.kv_events import KVEventPublisher, default_topic
+from epp.sim.kv_events import KVEventPublisher, WireFormat
 from epp.sim.metrics import SimMetrics
 
 log = logging.getLogger("epp.sim")
@@ -48,8 +48,13 @@ class SimOptions:
     default_max_tokens: int = 16
     faults: FaultConfig = field(default_factory=FaultConfig)
     kv_events_endpoint: str | None = None
-    kv_events_topic: str | None = None
-    """Defaults to ``kv@<host:port>@<model>``."""
+    kv_events_topic: str = ""
+    """vLLM's default, empty; ``{host}``, ``{port}`` and ``{model}`` are filled in."""
+    kv_events_wire: WireFormat = WireFormat.VLLM
+    kv_events_replay_endpoint: str | None = None
+    prompt_tokens_details: bool = False
+    """``usage.prompt_tokens_details`` (vLLM's ``--enable-prompt-tokens-details``); null without it."""
+    legacy_metrics: bool = False
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -65,7 +70,8 @@ class SimServer:
         self.options = options
         self.core = EngineCore(options.engine_config)
         self.metrics = SimMetrics(
-            self.core, engine=options.engine, model_name=options.model_names[0], wall_time=wall_time
+            self.core, engine=options.engine, model_name=options.model_names[0], wall_time=wall_time,
+            legacy=options.legacy_metrics,
         )
         self.faults = Faults(options.faults, options.engine_config.seed)
         self.loop = EngineLoop(self.core, time_scale=options.time_scale, clock=clock, on_step=self._on_step)
@@ -76,6 +82,7 @@ class SimServer:
         self._publisher: KVEventPublisher | None = None
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self.port = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -102,22 +109,34 @@ class SimServer:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         if self.options.kv_events_endpoint:
             lora_ids = {name: i + 1 for i, name in enumerate(self.options.engine_config.lora_adapters)}
-            topic = self.options.kv_events_topic or default_topic(f"{host}:{self.port}", self.options.model_names[0])
+            topic = self.options.kv_events_topic.format(host=host, port=self.port, model=self.options.model_names[0])
             self._publisher = KVEventPublisher(
-                self.options.kv_events_endpoint, topic, lora_ids=lora_ids, wall_time=self._wall_time
+                self.options.kv_events_endpoint, topic, lora_ids=lora_ids, wall_time=self._wall_time,
+                wire=self.options.kv_events_wire, replay_endpoint=self.options.kv_events_replay_endpoint,
             )
+            log.info("KV events on %s (topic %r)", self.options.kv_events_endpoint, topic)
+            if self.options.kv_events_replay_endpoint:
+                log.info("KV-event replay on %s", self._publisher.replay_endpoint)
+                self._replay_task = asyncio.create_task(self._serve_replay(self._publisher), name="kv-replay")
         self._task = asyncio.create_task(self.loop.run(), name="engine-loop")
 
     async def stop(self) -> None:
         """Stop the engine loop, then the listener (waiting briefly for handlers), then the socket."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._replay_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
         if self._publisher is not None:
             self._publisher.close()
+
+    async def _serve_replay(self, publisher: KVEventPublisher) -> None:
+        """vLLM's publisher thread polls its replay socket every 0.1 s; so does this task."""
+        while True:
+            publisher.serve_replay()
+            await asyncio.sleep(0.05)
 
     # -- engine side -------------------------------------------------------------------------------
 
@@ -133,7 +152,7 @@ class SimServer:
                 metrics.itl.observe((end - last[o.request_id]) / n, n)
             if o.finished:
                 metrics.e2e.observe(end - o.arrival_time)
-                metrics.num_success += 1
+                metrics.request_finished(o)
                 last.pop(o.request_id, None)
             else:
                 last[o.request_id] = end
@@ -161,7 +180,7 @@ class SimServer:
             lora = self._resolve_model(parsed.model)
             rid = self._request_id()
             try:
-                outputs = self.loop.submit(rid, parsed.prompt_token_ids, parsed.max_tokens, lora)
+                outputs = self.loop.submit(rid, parsed.prompt_token_ids, parsed.max_tokens, lora, parsed.cache_salt)
             except ValueError as exc:
                 raise protocol.bad_request(str(exc)) from exc
         except RequestError as err:
@@ -180,7 +199,7 @@ class SimServer:
                     if o.finished:
                         finished = True
                         break
-                usage = protocol.usage(prompt_tokens, o.num_output_tokens, o.num_cached_tokens)
+                usage = protocol.usage(prompt_tokens, o.num_output_tokens, o.num_cached_tokens, self.options.prompt_tokens_details)
                 body = protocol.response_body(kind, public_id, created, parsed.model, "".join(texts), usage)
                 return web.Response(body=orjson.dumps(body), content_type="application/json")
             response = web.StreamResponse(headers=_SSE_HEADERS)
@@ -201,7 +220,7 @@ class SimServer:
                 )
                 await response.write(_sse(chunk))
             if parsed.include_usage:
-                usage = protocol.usage(prompt_tokens, o.num_output_tokens, o.num_cached_tokens)
+                usage = protocol.usage(prompt_tokens, o.num_output_tokens, o.num_cached_tokens, self.options.prompt_tokens_details)
                 await response.write(_sse(protocol.usage_chunk(kind, public_id, created, parsed.model, usage)))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()

@@ -3,6 +3,7 @@ auth (``epp.telemetry.auth``)."""
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -18,10 +19,13 @@ class MetricsServer:
     """Owns the aiohttp runner for the metrics port; ``start`` binds, ``stop`` closes the listener."""
 
     def __init__(
-        self, telemetry: Telemetry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None
+        self, telemetry: Telemetry, port: int, host: str | None = None, auth: KubeMetricsAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``host`` None listens on all interfaces; ``port`` 0 picks a free one (read ``port`` after start).
-        With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``)."""
+        With ``auth`` every request needs a verdict of 200 from it (a started ``KubeMetricsAuth``); with
+        ``ssl_context`` the port serves HTTPS (``--metrics-cert-dir``)."""
+        self.ssl_context = ssl_context
         self.telemetry = telemetry
         self.auth = auth
         self.host = host
@@ -33,7 +37,7 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:

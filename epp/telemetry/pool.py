@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from statistics import fmean, pstdev
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from epp.datastore import Datastore
+from epp.datastore import Datastore, EndpointState
 
 _SERIES = (  # (what, how it is computed from the fresh endpoints' values, help)
     ("kv_cache_utilization", lambda m: m.kv_usage, "KV-cache usage (0..1)"),
@@ -32,7 +32,7 @@ class PoolCollector(Collector):
         self.datastore = datastore
         self.pool_name = pool_name
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         states = self.datastore.endpoints()
         fresh = [s.metrics for s in states if not s.stale and s.metrics is not None]
         name = self.pool_name
@@ -58,3 +58,22 @@ class PoolCollector(Collector):
                 if not s.stale and s.metrics is not None:
                     per_endpoint.add_metric((name, s.name), s.metrics.waiting)
             yield per_endpoint
+        yield from _engine_token_counters(states, name)
+
+
+def _engine_token_counters(states: Sequence[EndpointState], pool: str) -> Iterator[CounterMetricFamily]:
+    """Each endpoint's prompt and cached-prompt token counters as its engine last reported them:
+    prefix-cache hits per engine even when responses carry no ``usage.prompt_tokens_details`` (vLLM's
+    default), so ``rate(cached) / rate(prompt)`` is the pool's hit ratio."""
+    families = (
+        ("epp_engine_prompt_tokens", "Prompt tokens the engine processed (its own counter).", "prompt_tokens"),
+        ("epp_engine_prompt_tokens_cached", "Prompt tokens the engine served from its prefix cache (its own"
+         " counter: vllm:prompt_tokens_cached_total, sglang:cached_tokens_total).", "cached_prompt_tokens"),
+    )  # fmt: skip
+    for metric, doc, field in families:
+        family = CounterMetricFamily(metric, doc, labels=("name", "endpoint"))
+        for s in states:
+            value = None if s.metrics is None else getattr(s.metrics, field)
+            if value is not None:
+                family.add_metric((pool, s.name), value)
+        yield family

@@ -9,7 +9,7 @@ import logging
 import orjson
 import pytest
 
-from epp._util.logs import JSON, TEXT, add_logging_flags, clip, configure_logging, fields
+from epp._util.logs import JSON, TEXT, add_logging_flags, clip, configure_logging, fields, log_settings
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -75,3 +75,57 @@ def test_clip_bounds_length_and_removes_control_characters() -> None:
     assert clip("a\nb\r\x1bc\x7f") == "a?b??c?"
     long = clip("x" * 1000)
     assert long.startswith("x" * 128) and long.endswith("...(+872)") and len(long) < 140
+
+
+# -- the reference's zap flags ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "level"), [
+    ([], logging.INFO), (["-v", "4"], logging.DEBUG), (["--zap-log-level", "error"], logging.ERROR),
+    (["--zap-log-level=debug", "-v", "1"], logging.DEBUG), (["--log-level", "warn"], logging.WARNING),
+    (["--zap-log-level", "5"], logging.DEBUG), (["--zap-log-level", "2"], logging.INFO),
+    (["--zap-devel"], logging.DEBUG), (["--zap-devel", "--zap-log-level", "info"], logging.INFO),
+    (["--zap-devel=false"], logging.INFO),
+])
+def test_zap_log_level_devel_and_v(argv: list[str], level: int) -> None:
+    assert log_settings(parse(argv)).level == level
+
+
+@pytest.mark.parametrize("argv", [["--zap-log-level", "loud"], ["--zap-log-level", "0"], ["--zap-time-encoding", "unix"],
+                                  ["--zap-stacktrace-level", "sometimes"], ["--zap-devel=yes"]])
+def test_bad_zap_values_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(argv)
+
+
+@pytest.mark.parametrize(("encoding", "check"), [
+    ("epoch", lambda ts: isinstance(ts, float) and ts > 1.7e9),
+    ("millis", lambda ts: isinstance(ts, float) and ts > 1.7e12),
+    ("nano", lambda ts: isinstance(ts, int) and ts > 1.7e18),
+    ("iso8601", lambda ts: ts.endswith("+00:00") and "." in ts),
+    ("rfc3339", lambda ts: ts.endswith("+00:00") and "." not in ts),
+    ("rfc3339nano", lambda ts: ts.endswith("+00:00") and len(ts.split(".")[1]) == 12),
+])
+def test_zap_time_encoding(encoding: str, check: object, restore_root: logging.Logger) -> None:
+    out = io.StringIO()
+    configure_logging(log_settings(parse(["--zap-encoder", "json", "--zap-time-encoding", encoding])), stream=out)
+    logging.getLogger("epp.test").info("x")
+    assert check(orjson.loads(out.getvalue())["ts"])  # type: ignore[operator]
+
+
+def _logged_traceback(argv: list[str]) -> list[bool]:
+    out = io.StringIO()
+    configure_logging(log_settings(parse(["--zap-encoder", "json", *argv])), stream=out)
+    log = logging.getLogger("epp.test")
+    for method in (log.warning, log.error):
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            method("failed", exc_info=True)
+    return ["stacktrace" in orjson.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_zap_stacktrace_level_decides_which_records_keep_their_traceback(restore_root: logging.Logger) -> None:
+    assert _logged_traceback([]) == [False, True]  # default: error
+    assert _logged_traceback(["--zap-stacktrace-level", "panic"]) == [False, False]
+    assert _logged_traceback(["--zap-stacktrace-level=info"]) == [True, True]
+    assert _logged_traceback(["--zap-devel"]) == [True, True]  # development mode: from warn on

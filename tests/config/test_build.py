@@ -16,7 +16,7 @@ from epp.scheduling.presets import PRESETS, build_preset
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.saturation import UtilizationDetector
 from tests.config.test_decode import FULL, GIE_SAMPLE
-from tests.conftest import make_request, make_state
+from tests.conftest import make_request, make_state, make_states
 
 HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
 
@@ -85,8 +85,6 @@ BAD = [
     ("plugins: [{type: random-picker}, {type: max-score-picker}]\n"
      "schedulingProfiles: [{name: p, plugins: [{pluginRef: random-picker}, {pluginRef: max-score-picker}]}]\n",
      "schedulingProfiles[0].plugins[1].pluginRef", "already has picker"),
-    ("plugins: [{type: single-profile-handler}]\nschedulingProfiles: [{name: p, plugins: [{pluginRef: single-profile-handler}]}]\n",
-     "schedulingProfiles[0].plugins[0].pluginRef", "profile handler"),
     ("schedulingProfiles: [{name: a}, {name: b}]\n", "schedulingProfiles", "need a profile handler"),
     ("plugins: [{type: single-profile-handler}, {name: h2, type: single-profile-handler}]\n", "plugins", "more than one profile handler"),
     ("plugins: [{type: single-profile-handler}]\nschedulingProfiles: [{name: a}, {name: b}]\n", "schedulingProfiles", "exactly one"),
@@ -131,3 +129,47 @@ def test_load_from_file_and_unknown_source(tmp_path: Path) -> None:
     path.write_text(HEAD + "plugins: {}\n")
     with pytest.raises(ConfigError, match=r"^plugins: must be a list \(in .*epp\.yaml\)$"):
         load_config(path)
+
+
+def test_alpha_plugin_types_need_allow_experimental() -> None:
+    """Upstream's loader refuses alpha-stability plugins unless --allow-experimental-plugins is set."""
+    from epp.config import ConfigError, build_scheduler, parse_config_text
+    from epp.scheduling.plugins import BUILTIN_PLUGINS
+    from epp.scheduling.plugins.scorers import queue
+    from epp.scheduling.registry import PluginRegistry, PluginType
+
+    registry = PluginRegistry([*BUILTIN_PLUGINS, PluginType("alpha-scorer", queue.factory, alpha=True)])
+    config = parse_config_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {name: a, type: alpha-scorer}\n")
+    with pytest.raises(ConfigError, match=r"^plugins\[0\].type: plugin 'a' \(type 'alpha-scorer'\) has alpha stability; "
+                                          "start epp with --allow-experimental-plugins"):
+        build_scheduler(config, registry=registry, allow_experimental=False)
+    assert build_scheduler(config, registry=registry, allow_experimental=True).plugins
+
+
+def test_a_parser_listed_in_a_profile_is_accepted_as_upstream_does() -> None:
+    """GIE's integration-test config lists openai-parser among a profile's plugins; it changes nothing there."""
+    from epp.config import load_scheduler_text
+
+    scheduler = load_scheduler_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+                                    "plugins: [{type: openai-parser}, {type: queue-scorer}]\n"
+                                    "schedulingProfiles: [{name: default, plugins: [{pluginRef: openai-parser}, {pluginRef: queue-scorer}]}]\n")
+    assert [w.scorer.typed_name.type for w in scheduler.profiles["default"].scorers] == ["queue-scorer"]
+
+
+def test_profile_handler_in_a_profile_and_its_parameters_are_ignored_with_warnings_as_upstream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # llm-d's discovery guide: single-profile-handler given scorer/picker and listed in the profile.
+    # Upstream's factory never reads the parameters and AddPlugins skips a profile handler; so does epp.
+    text = (
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
+        "plugins:\n- {name: kv, type: kv-cache-utilization-scorer}\n- {name: rp, type: random-picker}\n"
+        "- {name: single, type: single-profile-handler, parameters: {scorer: kv, picker: rp}}\n"
+        "schedulingProfiles: [{name: default, plugins: [{pluginRef: single}]}]\n"
+    )
+    with caplog.at_level("WARNING"):
+        scheduler = load_scheduler_text(text)
+    assert "ignoring picker, scorer" in caplog.text and "no effect in a profile" in caplog.text
+    profile = scheduler.profiles["default"]
+    assert isinstance(profile.picker, MaxScorePicker) and not profile.scorers and not profile.filters
+    assert len(scheduler.schedule(make_request(), make_states(2)).endpoints) == 1

@@ -137,3 +137,119 @@ def test_duplicate_keys_and_bad_yaml_are_errors() -> None:
         parse_config_text("apiVersion: [unclosed\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         parse_config_text("- just a list\n")
+
+
+# -- upstream's other spellings: llm-d.ai/v1, deprecated top-level fields, GIE's `data` ----------------------
+
+def _upstream(extra: str, api_version: str = "llm-d.ai/v1") -> str:
+    return f"apiVersion: {api_version}\nkind: EndpointPickerConfig\nplugins:\n- {{type: queue-scorer}}\n" \
+           "- {type: utilization-detector}\n- {name: p, type: openai-parser}\n" + textwrap.dedent(extra)
+
+
+def test_llm_d_v1_and_deprecated_api_versions_load(caplog: pytest.LogCaptureFixture) -> None:
+    assert parse_config_text(_upstream("")).api_version == "llm-d.ai/v1"
+    with caplog.at_level("WARNING", "epp.config"):
+        parse_config_text(_upstream("", "config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "config: apiVersion config.apix.gateway-api-inference-extension.sigs.k8s.io/v1alpha1 is deprecated; use llm-d.ai/v1alpha1"]
+
+
+def test_top_level_parser_moves_to_request_handler_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", "epp.config"):
+        config = parse_config_text(_upstream("parser: {pluginRef: p}\n"))
+    assert config.request_handler is not None and config.request_handler.parsers == ("p",)
+    assert len(caplog.records) == 1 and "top-level 'parser' is deprecated" in caplog.records[0].getMessage()
+    both = parse_config_text(_upstream("parser: {pluginRef: nope}\nrequestHandler: {parsers: [{pluginRef: p}]}\n"))
+    assert both.request_handler is not None and both.request_handler.parsers == ("p",)
+    single = parse_config_text(_upstream("requestHandler: {parser: {pluginRef: p}}\n"))
+    assert single.request_handler is not None and single.request_handler.parsers == ("p",)
+    with pytest.raises(ConfigError, match="^requestHandler.parsers\\[0\\].pluginRef: no plugin named 'nope'"):
+        parse_config_text(_upstream("parser: {pluginRef: nope}\n"))
+
+
+def test_saturation_detector_plugin_ref_moves_to_flow_control_unless_set(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", "epp.config"):
+        config = parse_config_text(_upstream("saturationDetector: {pluginRef: utilization-detector}\n"))
+    assert config.flow_control is not None and config.flow_control.saturation_detector == "utilization-detector"
+    assert len(caplog.records) == 1 and "top-level 'saturationDetector' is deprecated" in caplog.records[0].getMessage()
+    config = parse_config_text(_upstream(
+        "saturationDetector: {pluginRef: queue-scorer}\nflowControl: {saturationDetector: {pluginRef: utilization-detector}}\n"))
+    assert config.flow_control is not None and config.flow_control.saturation_detector == "utilization-detector"
+    with pytest.raises(ConfigError, match="^saturationDetector: give either pluginRef or thresholds"):
+        parse_config_text(_upstream("saturationDetector: {pluginRef: utilization-detector, queueDepthThreshold: 3}\n"))
+
+
+def test_gie_saturation_thresholds_become_the_default_detectors_parameters() -> None:
+    from epp.config import load_scheduler_text
+    from epp.scheduling.saturation import UtilizationDetector
+
+    text = """\
+    apiVersion: inference.networking.x-k8s.io/v1alpha1
+    kind: EndpointPickerConfig
+    plugins: [{type: queue-scorer}]
+    saturationDetector: {queueDepthThreshold: 9, kvCacheUtilThreshold: 0.5, metricsStalenessThreshold: 150ms}
+    """
+    detector = load_scheduler_text(textwrap.dedent(text)).saturation_detector
+    assert isinstance(detector, UtilizationDetector)
+    assert (detector.params.queue_depth_threshold, detector.params.kv_cache_util_threshold,
+            detector.params.metrics_staleness_threshold) == (9, 0.5, 0.15)
+    with pytest.raises(ConfigError, match="^saturationDetector.kvCacheUtilThreshold: must be in"):
+        load_scheduler_text(textwrap.dedent(text).replace("0.5", "1.5"))
+    with pytest.raises(ConfigError, match="^saturationDetector.queueDepth: unknown field"):
+        load_scheduler_text(textwrap.dedent(text).replace("queueDepthThreshold", "queueDepth"))
+
+
+def test_gie_data_section_is_the_data_layer_and_llm_d_multi_replica_fields_decode() -> None:
+    text = """\
+    apiVersion: inference.networking.x-k8s.io/v1alpha1
+    kind: EndpointPickerConfig
+    plugins: [{type: metrics-data-source}, {type: core-metrics-extractor}]
+    data:
+      sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+    """
+    config = parse_config_text(textwrap.dedent(text))
+    assert config.data_layer is not None and config.data_layer.sources[0].extractors == ("core-metrics-extractor",)
+    with pytest.raises(ConfigError, match="^data: give dataLayer"):
+        parse_config_text(textwrap.dedent(text) + "dataLayer: {}\n")
+    llm_d = textwrap.dedent(text).replace("data:", "dataLayer:") + "  crossReplicaSyncInterval: 2s\n  crossReplicaSyncerPluginRef: metrics-data-source\n"
+    layer = parse_config_text(llm_d).data_layer
+    assert layer is not None and layer.cross_replica_sync_interval == 2.0 and layer.cross_replica_syncer == "metrics-data-source"
+    with pytest.raises(ConfigError, match="^dataLayer.peerDiscovery.pluginRef: no plugin named 'peers'"):
+        parse_config_text(llm_d + "  peerDiscovery: {pluginRef: peers}\n")
+
+
+def test_max_requests_reads_as_a_quantity_as_upstream_types_it() -> None:
+    config = parse_config_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nflowControl:\n  maxRequests: '1k'\n"
+                               "  priorityBands: [{priority: 1, maxRequests: '500'}]\n")
+    assert config.flow_control is not None
+    assert (config.flow_control.max_requests, config.flow_control.priority_bands[0].max_requests) == (1000, 500)
+
+
+def test_flow_control_quantities_v1_and_inline_detectors() -> None:
+    from epp.config import load_scheduler_text
+    from epp.scheduling.saturation import UtilizationDetector
+
+    config = parse_config_text(textwrap.dedent("""\
+        apiVersion: llm-d.ai/v1
+        kind: EndpointPickerConfig
+        flowControl:
+          maxBytes: 10Gi
+          maxRequests: 1k
+          priorityBands:
+          - {priority: 100, maxRequests: "500"}
+          saturationDetector: {queueDepthThreshold: 7, metricsStalenessThreshold: 150ms}
+        """))
+    fc = config.flow_control
+    assert fc is not None and (fc.max_bytes, fc.max_requests) == (10 * 2**30, 1000)
+    assert fc.priority_bands[0].max_requests == 500 and fc.saturation_detector is None
+    assert config.saturation_detector == {"queueDepthThreshold": 7, "metricsStalenessThreshold": "150ms"}
+    detector = load_scheduler_text(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        "saturationDetector: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.5}\n").saturation_detector
+    assert isinstance(detector, UtilizationDetector)  # GIE's deprecated top-level section
+    assert (detector.params.queue_depth_threshold, detector.params.kv_cache_util_threshold) == (3, 0.5)
+    with pytest.raises(ConfigError, match=r"saturationDetector.queueDepth: unknown field"):
+        parse_config_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\nsaturationDetector: {queueDepth: 3}\n")
+    with pytest.raises(ConfigError, match=r"saturationDetector.kvCacheUtilThreshold"):
+        load_scheduler_text("apiVersion: llm-d.ai/v1\nkind: EndpointPickerConfig\n"
+                            "saturationDetector: {kvCacheUtilThreshold: 2}\n")

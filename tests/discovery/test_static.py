@@ -16,11 +16,24 @@ from epp.discovery.static import StaticDiscovery, parse_static_endpoints
     ],
 )
 def test_parse(spec: str, expected: list[tuple[str, int]]) -> None:
-    assert parse_static_endpoints(spec) == expected
+    assert parse_static_endpoints(spec) == [(*e, None) for e in expected]
+
+
+def test_an_events_port_per_endpoint_becomes_its_label() -> None:
+    assert parse_static_endpoints("10.0.0.1:8000@5557,[fd00::1]:8001@5558") == [
+        ("10.0.0.1", 8000, 5557), ("fd00::1", 8001, 5558)
+    ]
+
+
+async def test_events_ports_label_the_endpoints() -> None:
+    store = Datastore()
+    endpoints = await StaticDiscovery("127.0.0.1:8000@5557,127.0.0.1:8001").start(store)
+    assert [e.labels for e in endpoints] == [{"epp/kv-events-port": "5557"}, {}]
 
 
 @pytest.mark.parametrize("spec", ["", ",", "10.0.0.1", "10.0.0.1:", ":8000", "10.0.0.1:x", "10.0.0.1:70000",
-                                  "fd00::1:8000", "[fd00::1]8000"])
+                                  "fd00::1:8000", "[fd00::1]8000", "10.0.0.1:8000@", "10.0.0.1:8000@x",
+                                  "10.0.0.1:8000@70000"])
 def test_parse_rejects(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_static_endpoints(spec)

@@ -322,18 +322,25 @@ async def test_health_with_leader_election(native: bool) -> None:
     ready = {"value": False}
     health = HealthService(lambda: ready["value"], leader_election=True)
     server = PickerServer(ExtProcServicer(make_director(*POOL)), health, port=0, health_port=0, host="127.0.0.1",
-                          native=native)
+                          native=native, health_on_main_port=True)
     await server.start()
     try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as main_channel:  # --health-checking
+            with pytest.raises(grpc.aio.AioRpcError) as on_main:
+                await health_pb2_grpc.HealthStub(main_channel).Check(health_pb2.HealthCheckRequest(service="x"), timeout=10)
+            assert on_main.value.code() is grpc.StatusCode.NOT_FOUND
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
 
             async def status(name: str) -> int:
                 return (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)).status
 
-            assert [await status(n) for n in ("liveness", "readiness", "inference-extension", "other")] == [
-                SERVING, NOT_SERVING, NOT_SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
+            assert [await status(n) for n in ("liveness", "readiness", "inference-extension")] == [
+                SERVING, NOT_SERVING, NOT_SERVING,
             ]
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:  # upstream's health server: NOT_FOUND
+                await status("other")
+            assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
             ready["value"] = True  # became leader
             assert [await status(n) for n in ("liveness", "readiness", "")] == [SERVING, SERVING, SERVING]
     finally:

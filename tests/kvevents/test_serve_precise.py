@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import grpc
@@ -18,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.extproc.builders import request_body, request_headers, set_headers
-from tests.sim.conftest import run_sim
+from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 from tests.conftest import wait_for
 from tests.test_app import free_port, health_is
@@ -47,19 +48,19 @@ def kv_port() -> int:
 
 @pytest.fixture
 def engines(kv_port: int) -> Iterator[tuple[int, int]]:
-    args = ("--kv-events-endpoint", f"tcp://127.0.0.1:{kv_port}", "--kv-cache-blocks", "256", "--time-scale", "0")
+    args = ("--kv-events-endpoint", f"tcp://127.0.0.1:{kv_port}", "--kv-events-topic", LLM_D_TOPIC, "--kv-cache-blocks", "256", "--time-scale", "0")
     with run_sim(*args) as a, run_sim(*args) as b:
         yield a.port, b.port
 
 
-@pytest.fixture
-def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+@contextmanager
+def serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """``epp serve`` on free 127.0.0.1 ports with ``args``; stopped by PID, its output shown on failure."""
     ports = {"grpc": free_port(), "health": free_port(), "metrics": free_port()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "epp", "serve", "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in engines),
-         "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", str(ports["grpc"]),
-         "--grpc-health-port", str(ports["health"]), "--metrics-port", str(ports["metrics"]),
-         "--config-text", CONFIG.format(port=kv_port)],
+        [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--bind-address", "127.0.0.1",
+         "--grpc-port", str(ports["grpc"]), "--grpc-health-port", str(ports["health"]),
+         "--metrics-port", str(ports["metrics"]), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -75,6 +76,13 @@ def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.
         assert proc.stdout is not None
         print(proc.stdout.read())  # shown by pytest when the test failed
         proc.stdout.close()
+
+
+@pytest.fixture
+def picker(engines: tuple[int, int], kv_port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    pool = ",".join(f"127.0.0.1:{p}" for p in engines)
+    with serve("--static-endpoints", pool, "--config-text", CONFIG.format(port=kv_port)) as running:
+        yield running
 
 
 async def batches_received(metrics_port: int) -> float:

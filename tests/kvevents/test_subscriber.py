@@ -23,7 +23,7 @@ from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import FeedState, PreciseIndex
 from epp.scheduling.prefix.tokens import engine_block_hashes, load_tokenizer
 from epp.sim.kv_events import encode_batch
-from tests.sim.conftest import run_sim
+from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 
 SIM = load_tokenizer("sim")
@@ -84,7 +84,9 @@ async def pub_ctx() -> AsyncIterator[zmq.asyncio.Context]:
     ctx.destroy(linger=0)
 
 
-async def test_connect_mode_follows_one_publisher_per_endpoint(clock: VirtualClock, pub_ctx: zmq.asyncio.Context) -> None:
+async def test_connect_mode_follows_one_publisher_per_endpoint(
+    clock: VirtualClock, pub_ctx: zmq.asyncio.Context, caplog: pytest.LogCaptureFixture
+) -> None:
     pub = Publisher(pub_ctx)
     index = PreciseIndex(clock, BlockIndex(1000), resync_window=30.0)
     registry = CollectorRegistry()
@@ -115,8 +117,15 @@ async def test_connect_mode_follows_one_publisher_per_endpoint(clock: VirtualClo
         assert registry.get_sample_value("epp_kv_events_batches_total", {"result": "gap"}) == 1
         await pub.send(AllBlocksCleared())
         await until(lambda: index.feed_state("e1") is FeedState.LIVE, "AllBlocksCleared to end the resync")
-        await pub.send(payload=b"\xc1 not msgpack")
-        await until(lambda: index.feed_state("e1") is FeedState.RESYNCING, "an undecodable batch")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                await pub.send(payload=b"\xc1 not msgpack")
+            await until(lambda: registry.get_sample_value("epp_kv_events_batches_total", {"result": "undecodable"}) == 3,
+                        "three undecodable batches")  # fmt: skip
+        assert index.feed_state("e1") is FeedState.UNDECODABLE
+        assert len([r for r in caplog.records if "cannot be decoded" in r.getMessage()]) == 1  # warned once
+        await pub.send(AllBlocksCleared())
+        await until(lambda: index.feed_state("e1") is FeedState.LIVE, "a decodable batch (clearing the view)")
         assert registry.get_sample_value("epp_kv_events_connected", {"endpoint": "e1"}) == 1
         pub.sock.close(linger=0)  # the engine dies
         await until(lambda: index.feed_state("e1") is FeedState.DISCONNECTED, "the disconnect")
@@ -138,7 +147,7 @@ async def test_real_engines_hits_follow_serving_eviction_and_death(clock: Virtua
     await sub.start()
     bound = sub.bound_endpoint
     assert bound is not None and bound.startswith("tcp://127.0.0.1:")
-    args = ("--kv-events-endpoint", bound, "--kv-cache-blocks", "64", "--time-scale", "0")
+    args = ("--kv-events-endpoint", bound, "--kv-events-topic", LLM_D_TOPIC, "--kv-cache-blocks", "64", "--time-scale", "0")
     try:
         with run_sim(*args) as sim_a, run_sim(*args) as sim_b:
             for name, sim in (("a", sim_a), ("b", sim_b)):

@@ -28,14 +28,14 @@ from epp.scheduling.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
 from epp.sim.kv_events import encode_event
 from tests.kvevents.test_subscriber import until
-from tests.sim.conftest import run_sim
+from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 
 pytestmark = pytest.mark.e2e
 
 def default_with(producer: str) -> str:
     """The ``default`` preset with its producer's transport settings replaced by ``producer``."""
-    shipped = "mode: connect, kvEventsPort: 5557, tokenizer: sim"
+    shipped = "mode: connect, kvEventsPort: 5557, tokenizer: auto"
     assert shipped in PRESETS["default"]
     return PRESETS["default"].replace(shipped, producer)
 
@@ -75,7 +75,7 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
     try:
         bound = producer.subscriber.bound_endpoint
         assert bound is not None
-        args = ("--kv-events-endpoint", bound, "--kv-cache-blocks", "256", "--time-scale", "0")
+        args = ("--kv-events-endpoint", bound, "--kv-events-topic", LLM_D_TOPIC, "--kv-cache-blocks", "256", "--time-scale", "0")
         # the second engine's topic names another model than the one clients ask for, so its blocks
         # are keyed under another root: like a real engine's token ids against the sim tokenizer
         foreign = ("--served-model-name", "other-name", "--served-model-name", MODEL)

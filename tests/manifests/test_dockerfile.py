@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,23 @@ def test_wheels_are_built_in_the_first_stage_only() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", "tests", "manifests", "bench"} <= ignored
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[ <>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_image_installs_the_pinned_versions_and_no_plotting_stack() -> None:
+    steps = instructions()
+    copies = " ".join(args for kw, args in steps if kw == "COPY")
+    runs = [args for kw, args in steps if kw == "RUN"]
+    assert "constraints.txt" in copies and "--constraint constraints.txt" in runs[0]
+    assert runs[0].rstrip().endswith(" .")  # the project without extras: replay's matplotlib stays out
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {_name(line): line.split("==", 1)[1] for line in (REPO / "constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    runtime = {_name(r) for r in project["dependencies"]}
+    assert "matplotlib" not in runtime and "matplotlib" in {_name(r) for r in project["optional-dependencies"]["replay"]}
+    assert runtime - set(pins) == set(), "regenerate constraints.txt: make constraints"
+    extras = {_name(r) for name in ("test", "replay") for r in project["optional-dependencies"][name]}
+    assert extras - set(pins) == set(), "regenerate constraints.txt: make constraints"

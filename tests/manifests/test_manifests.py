@@ -4,6 +4,7 @@ least-privilege RBAC, explicit fail-closed picker, the agreed quotas)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,40 @@ from epp.cli import SUBCOMMANDS, build_parser, with_default_command
 from tests.manifests.cel_rules import CelRunner, escape_property
 from tests.manifests.conftest import FIXTURES, find, one
 from tests.manifests.crossrefs import selector_matches
-from tests.manifests.validate import MANIFESTS, Validator, kustomizations
+from tests.manifests.validate import MANIFESTS, Validator, kustomizations, render
 
 TOP_LEVEL = [str(p.relative_to(MANIFESTS)) for p in kustomizations()]
-WORKLOAD_RENDERS = ["overlays/envoy-gateway", "overlays/istio", "examples/envoy-gateway-demo", "examples/istio-demo"]
+WORKLOAD_RENDERS = ["overlays/envoy-gateway", "overlays/istio", "examples/envoy-gateway-demo", "examples/istio-demo",
+                    "examples/minimal"]
 
 
 def test_every_expected_kustomization_is_discovered() -> None:
     assert {"base", "overlays/envoy-gateway", "overlays/istio", "examples/envoy-gateway-demo", "examples/istio-demo",
-            "cluster/envoy-gateway", "cluster/kuadrant"} <= set(TOP_LEVEL)
+            "examples/minimal", "cluster/envoy-gateway", "cluster/kuadrant"} <= set(TOP_LEVEL)
+
+
+def test_minimal_example_is_picker_pool_gateway_and_route_only(rendered: Any) -> None:
+    objects = rendered("examples/minimal")
+    kinds = {o["kind"] for o in objects}
+    # Custom resources only from the CRDs of docs/deploy.md steps 1-2: no Kuadrant, no Prometheus Operator.
+    assert kinds == {"Gateway", "HTTPRoute", "InferencePool", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                     "ClusterRoleBinding", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy"}
+    (route,) = find(objects, "HTTPRoute")
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == one(objects, "InferencePool")["metadata"]["name"]
+
+
+def test_an_own_kustomization_can_use_an_example_without_copying_it(
+    needs_kubectl: None, tmp_path: Path
+) -> None:
+    """docs/deploy.md step 6: a kustomization anywhere lists the example by a relative path and sets the image."""
+    example = os.path.relpath(MANIFESTS / "examples" / "minimal", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n- {example}\nimages:\n- name: epp\n  newName: registry.example.com/team/epp\n  newTag: 1.2.3\n"
+    )
+    objects = render(tmp_path)
+    images = {c["image"] for o in find(objects, "Deployment") for c in o["spec"]["template"]["spec"]["containers"]}
+    assert images == {"registry.example.com/team/epp:1.2.3"}
 
 
 @pytest.mark.parametrize("relative", TOP_LEVEL)

@@ -25,15 +25,25 @@ def page(name: str) -> str:
         pytest.param(
             "vllm", "vllm.prom",
             EndpointMetrics(7.0, waiting=3, running=12, kv_usage=0.4375, active_loras=frozenset({"sql-lora", "tweet-lora"}),
-                            waiting_loras=frozenset({"chat-lora"}), max_lora=4, block_size=16, num_gpu_blocks=74272, models=LLAMA),
+                            waiting_loras=frozenset({"chat-lora"}), max_lora=4, block_size=16, num_gpu_blocks=74272, models=LLAMA,
+                            prompt_tokens=2531829, cached_prompt_tokens=1216279),
             id="vllm-current",
         ),
         pytest.param(
             # Two data-parallel engines: as in the reference, the first series (engine 0) wins.
             "vllm", "vllm_dp2.prom",
             EndpointMetrics(7.0, waiting=3, running=12, kv_usage=0.4375, active_loras=frozenset({"sql-lora", "tweet-lora"}),
-                            waiting_loras=frozenset({"chat-lora"}), max_lora=4, block_size=16, num_gpu_blocks=74272, models=LLAMA),
+                            waiting_loras=frozenset({"chat-lora"}), max_lora=4, block_size=16, num_gpu_blocks=74272, models=LLAMA,
+                            prompt_tokens=6625039, cached_prompt_tokens=974060),
             id="vllm-dp2-first-series",
+        ),
+        pytest.param(
+            # A real vLLM 0.32 page (../shared/engines/vllm-0.32-cpu/captures/vllm_metrics.txt): 36-label
+            # cache_config_info with "None" values, prompt_tokens_cached_total, no gpu_* names.
+            "vllm", "vllm_0_32.prom",
+            EndpointMetrics(7.0, waiting=0, running=0, kv_usage=0.0, block_size=128, num_gpu_blocks=16384,
+                            models=frozenset({"tiny-llama"}), prompt_tokens=3243, cached_prompt_tokens=1792),
+            id="vllm-0.32-captured",
         ),
         pytest.param(
             "vllm", "vllm_legacy.prom",
@@ -51,7 +61,7 @@ def page(name: str) -> str:
         pytest.param(
             "sglang", "sglang.prom",
             EndpointMetrics(7.0, waiting=2, running=17, kv_usage=0.21, block_size=1, num_gpu_blocks=196352,
-                            models=frozenset({"Qwen/Qwen3-32B"})),
+                            models=frozenset({"Qwen/Qwen3-32B"}), prompt_tokens=9.1823e07),
             id="sglang-page-gauges",
         ),
         pytest.param(
@@ -150,3 +160,16 @@ def test_bad_pages_raise_metrics_error(text: str, message: str) -> None:
 
 def test_good_minimal_page_maps() -> None:
     assert extract("vllm", GOOD) == EndpointMetrics(7.0, waiting=1, running=2, kv_usage=0.5)
+
+
+def test_none_labels_of_vllm_0_32s_cache_config_info_are_absent_values() -> None:
+    """vLLM writes an unset config value as the string "None" (num_gpu_blocks before profiling)."""
+    text = page("vllm_0_32.prom").replace('num_gpu_blocks="16384"', 'num_gpu_blocks="None"')
+    snapshot = extract("vllm", text)
+    assert (snapshot.block_size, snapshot.num_gpu_blocks) == (128, None)
+
+
+def test_older_vllm_counts_cached_prompt_tokens_as_prefix_cache_hits() -> None:
+    text = "\n".join(line for line in page("vllm_0_32.prom").splitlines() if "prompt_tokens_cached" not in line)
+    text = text.replace(" 1792.0", " 1700.0")  # the hits counter's value, told apart from the removed one's
+    assert extract("vllm", text).cached_prompt_tokens == 1700

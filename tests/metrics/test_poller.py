@@ -179,5 +179,6 @@ def test_rejects_non_positive_interval() -> None:
 
 
 def test_url_uses_metrics_port_and_brackets_ipv6() -> None:
-    assert MetricsPoller.url(Endpoint("x", "10.0.0.1", 8000)) == "http://10.0.0.1:8000/metrics"
-    assert MetricsPoller.url(Endpoint("x", "fd00::1", 8000, metrics_port=9090)) == "http://[fd00::1]:9090/metrics"
+    poller = MetricsPoller(Datastore())
+    assert poller.url(Endpoint("x", "10.0.0.1", 8000)) == "http://10.0.0.1:8000/metrics"
+    assert poller.url(Endpoint("x", "fd00::1", 8000, metrics_port=9090)) == "http://[fd00::1]:9090/metrics"

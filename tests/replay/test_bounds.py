@@ -49,11 +49,15 @@ def test_capacity_on_a_tiny_lru_by_hand() -> None:
     assert capacity_hit_ratio(c, 100) == ideal_hit_ratio(c) == pytest.approx(20 / 40)
 
 
-def test_mooncake_synthetic_matches_trace_readme() -> None:
-    path = Path("/work/shared/traces/mooncake_fast25_synthetic_trace.jsonl")
-    if not path.exists():
-        pytest.skip("public traces not available")
-    trace = read_trace(path)
+DATA = Path(__file__).parent / "data"
+
+
+def test_mooncake_excerpt_matches_the_independent_trace_stats_script() -> None:
+    """The first 1,000 requests of the public Mooncake synthetic trace (tests/replay/data/README.md); the
+    expected ratios are what the trace folder's stdlib ``trace_stats.py`` computes for the same lines."""
+    trace = read_trace(DATA / "mooncake_fast25_synthetic_first1000.jsonl.gz")
+    assert len(trace.requests) == 1000
     c = chains(trace.requests, 512)
-    assert ideal_hit_ratio(c) == pytest.approx(0.651, abs=5e-4)
-    assert capacity_hit_ratio(c, 10_000) == pytest.approx(0.432, abs=5e-4)
+    assert ideal_hit_ratio(c) == pytest.approx(0.17264979001073108, rel=1e-12)
+    assert capacity_hit_ratio(c, 1000) == pytest.approx(0.010369860232722145, rel=1e-12)
+    assert capacity_hit_ratio(c, 4000) == pytest.approx(0.04866322216876465, rel=1e-12)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +114,51 @@ def test_a_mixed_pool_replays_deterministically_by_seed(capsys: pytest.CaptureFi
     first = run(3)
     assert run(3) == first
     assert run(4) != first
+def test_progress_is_printed_when_not_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", "least-inflight", "--engines", "2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "1 run(s), 2 at a time" in captured.err
+    assert "least-inflight ×1: 12/12 requests (100%), 1/1 runs done" in captured.err
+    assert "TTFT p50" in captured.out and "ms" in captured.out
+
+
+def test_ctrl_c_ends_a_replay_with_one_line_and_no_traceback() -> None:
+    # Sent to the whole process group, as a terminal's Ctrl-C is: the worker processes get it too.
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "epp", "replay", "--synthetic", "shared-prefix", "--sp-groups", "64",
+         "--policy", "default", "--policy", "gie-default", "--jobs", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert replay.stderr is not None
+        assert "run(s), 2 at a time" in replay.stderr.readline()  # runs are starting
+        time.sleep(2.0)  # the workers are up and replaying
+        os.killpg(replay.pid, signal.SIGINT)
+        out, err = replay.communicate(timeout=60)
+    finally:
+        if replay.poll() is None:
+            os.killpg(replay.pid, signal.SIGKILL)
+            replay.wait()
+    assert replay.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "epp replay: interrupted"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_without_matplotlib_out_fails_at_once_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", "random", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "pip install 'epp[replay]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_the_serving_commands_never_import_matplotlib() -> None:
+    code = ("import sys, epp.cli, epp.app, epp.service, epp.replay.app, epp.replay.cli; epp.cli.build_parser(); "
+            "sys.exit('matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60, check=False).returncode == 0

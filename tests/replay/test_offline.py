@@ -121,3 +121,21 @@ def test_cache_aware_policy_keeps_a_shared_prefix_on_one_engine() -> None:
     engines_per_group = [{r.engine for r in run.records[g::4]} for g in range(4)]
     assert all(len(e) == 1 for e in engines_per_group)
     assert hit_ratio(run.records) == pytest.approx(28 * 2048 / (32 * 2112), rel=0.01)
+
+
+def test_overload_sheds_only_sheddable_requests_as_serve_does() -> None:
+    """Issue #17: replay runs serve's admission — when the pool is saturated, priority −1 requests get
+    serve's 429 and nothing else is refused; by_priority counts it per band."""
+    trace = [TraceRequest(i * 0.002, SegmentPrompt(((i * 10_000, 2048),)), 64, priority=-(i % 2)) for i in range(400)]
+    driver = replay(trace, "gie-default", ClusterSpec(engines=2))
+    run = driver.run()
+    shed = [r for r in run.records if r.shed is not None]
+    assert shed and all(r.priority == -1 and r.shed == "saturated" for r in shed)
+    assert all(r.finish is not None for r in run.records if r.priority == 0)
+    bands = summarize(run, "gie-default", 1.0, 0.0, 0.0)["by_priority"]
+    assert list(bands) == ["0", "-1"]
+    assert bands["0"]["requests"] == bands["0"]["completed"] == 200 and bands["0"]["shed"] == 0
+    assert bands["-1"]["shed"] == len(shed) and bands["-1"]["completed"] == 200 - len(shed)
+    assert bands["0"]["ttft_p50"] <= bands["0"]["ttft_p90"]
+    assert driver.recorders[0].rejected == {(-1, "saturated"): len(shed)}  # the director recorded each refusal
+    assert all(s.inflight_requests == 0 for s in driver.datastores[0].endpoints())

@@ -16,6 +16,10 @@ import pytest
 
 from epp._util.proc import spawn
 
+LLM_D_TOPIC = "kv@{host}:{port}@{model}"
+"""llm-d's topic convention: a picker that binds one socket for every engine (``mode: bind``) tells
+engines apart by it. vLLM's (and the simulator's) default topic is empty."""
+
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -61,5 +65,6 @@ def run_sim(*args: str, timeout: float = 20.0) -> Iterator[SimProcess]:
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimProcess]:
     """A small fast engine shared by a module's tests: few KV blocks so eviction is reachable."""
-    with run_sim("--kv-cache-blocks", "400", "--time-scale", "0.05", "--lora", "adapter-a") as proc:
+    with run_sim("--kv-cache-blocks", "400", "--time-scale", "0.05", "--lora", "adapter-a",
+                 "--enable-prompt-tokens-details") as proc:  # fmt: skip
         yield proc

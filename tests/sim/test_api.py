@@ -21,13 +21,15 @@ async def test_completion_usage_and_prefix_hit_on_repeat(sim: SimProcess) -> Non
         assert first["choices"][0]["text"] == tokenizer.FILLER_TEXT[:28]
         n = len(tokenizer.encode(prompt))
         assert first["usage"] == {"prompt_tokens": n, "total_tokens": n + 7, "completion_tokens": 7,
-                                  "prompt_tokens_details": {"cached_tokens": 0}}  # fmt: skip
+                                  "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": None,
+                                                            "multimodal_tokens": None},
+                                  "completion_tokens_details": None}  # fmt: skip
         _, again = await post(s, f"{sim.url}/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": 7})
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == (n - 1) // 16 * 16
         after = await scrape(s, sim.url)
     assert after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"] == 2 * n
     assert after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"] == (n - 1) // 16 * 16
-    assert after["vllm:gpu_prefix_cache_hits_total"] == after["vllm:prefix_cache_hits_total"]
+    assert after["vllm:prompt_tokens_cached_total"] == after["vllm:prefix_cache_hits_total"]
     assert after["vllm:prompt_tokens_total"] - before["vllm:prompt_tokens_total"] == 2 * n
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 14
     assert after["vllm:e2e_request_latency_seconds_count"] - before["vllm:e2e_request_latency_seconds_count"] == 2

@@ -133,3 +133,18 @@ def test_bad_flags_exit_with_a_message() -> None:
         [sys.executable, "-m", "epp", "sim", "--fault-error-rate", "2"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 2 and "error rate" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--kv-events-topic", "kv@{pod}@{model}"], "may use only {host}, {port} and {model}"),
+        (["--kv-events-replay-endpoint", "tcp://*:5558"], "needs --kv-events-endpoint"),
+    ],
+)
+def test_bad_kv_event_flags_exit_with_a_message(flags: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "epp", "sim", *flags], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
 import hpack
@@ -44,9 +44,11 @@ class CallError(Exception):
 
 class Call(Protocol):
     """One gRPC call. ``message``/``half_closed`` return serialized replies (or raise ``CallError``);
-    after ``half_closed`` the call ends with status OK. ``closed`` is called exactly once, however it ended."""
+    ``message`` may instead return an awaitable of them (an answer that waits, e.g. for flow control):
+    it is awaited in a task, cancelled if the stream ends first. After ``half_closed`` the call ends
+    with status OK. ``closed`` is called exactly once, however it ended."""
 
-    def message(self, data: memoryview) -> Sequence[bytes]: ...
+    def message(self, data: memoryview) -> Sequence[bytes] | Awaitable[Sequence[bytes]]: ...
 
     def half_closed(self) -> Sequence[bytes]: ...
 
@@ -57,7 +59,7 @@ Router = Callable[[bytes], "Call | None"]  # :path → a new call, or None for a
 
 
 class _Stream:
-    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "need", "replied", "remote_done")
+    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "need", "replied", "remote_done", "later")
 
     def __init__(self, stream_id: int, call: Call, send_window: int) -> None:
         self.id = stream_id
@@ -69,6 +71,7 @@ class _Stream:
         self.need = 5  # bytes ``inbox`` must hold before the next message can be complete
         self.replied = False  # response HEADERS sent
         self.remote_done = False  # client sent END_STREAM
+        self.later: asyncio.Task[None] | None = None  # an answer the call is still waiting for
 
 
 class ConnectionError_(Exception):
@@ -269,8 +272,27 @@ class H2Connection(asyncio.Protocol):
                 break
             start = pos + 5
             pos = start + length
-            self._send(stream, stream.call.message(data[start:pos]))
+            replies = stream.call.message(data[start:pos])
+            if type(replies) is list:
+                self._send(stream, replies)
+            else:
+                stream.later = asyncio.get_running_loop().create_task(self._answer_later(stream, replies))  # type: ignore[arg-type]
         return pos
+
+    async def _answer_later(self, stream: _Stream, replies: Awaitable[Sequence[bytes]]) -> None:
+        try:
+            out = await replies
+        except CallError as exc:
+            self._fail(stream, exc)
+        except Exception:
+            log.exception("internal error in the call on stream %d", stream.id)
+            self._fail(stream, CallError(GRPC_INTERNAL, "internal error in the endpoint picker"))
+        else:
+            if stream.id in self.streams:
+                self._send(stream, out)
+        finally:
+            stream.later = None
+        self._flush()
 
     def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
         block = self._unpadded(flags, payload)
@@ -424,6 +446,8 @@ class H2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is None:
             return
         self._blocked.pop(stream.id, None)
+        if stream.later is not None:  # the answer is no longer wanted (e.g. a request still queued)
+            stream.later.cancel()
         try:
             stream.call.closed()
         except Exception:

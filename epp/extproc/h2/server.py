@@ -56,7 +56,8 @@ class H2Server:
                                                     reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float, now: asyncio.Event | None = None) -> None:
+        """Stop accepting, let open streams finish within ``grace`` (or until ``now`` is set), close the rest."""
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -64,8 +65,10 @@ class H2Server:
         for connection in list(self.connections):
             connection.drain()
         if self.connections:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+            waiters = [asyncio.ensure_future(self._idle.wait())] + ([asyncio.ensure_future(now.wait())] if now else [])
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
         for connection in list(self.connections):
             connection.close()
         with contextlib.suppress(TimeoutError):

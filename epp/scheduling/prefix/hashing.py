@@ -16,11 +16,17 @@ from epp.request import LLMRequest
 BYTES_PER_TOKEN = 4
 
 
+def request_seed(request: LLMRequest) -> int:
+    """The chain's root for ``request``: its target model (a LoRA adapter's name when it targets one)
+    and its ``cache_salt``, which vLLM hashes into the first block (so into every block after it)."""
+    salt = request.body.get("cache_salt") if request.body else None
+    return seed_hash(request.target_model + (salt if isinstance(salt, str) else ""))
+
+
 def prompt_block_hashes(
     request: LLMRequest, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
 ) -> list[int]:
-    salt = request.body.get("cache_salt") if request.body else None
-    seed = seed_hash(request.target_model + (salt if isinstance(salt, str) else ""))
+    seed = request_seed(request)
     if request.prompt_token_ids is not None:  # token_blocks' bytes, contiguous: uint32 ids, 4 bytes each
         return chain_bytes(token_bytes(request.prompt_token_ids[: block_tokens * max_blocks]), block_tokens * 4, seed, memo)
     block_bytes = block_tokens * BYTES_PER_TOKEN

@@ -3,25 +3,34 @@
 The same contract as ``approx-prefix-cache-producer`` (it is one, so ``prefix-cache-scorer`` reads it
 through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), with four differences:
 
-* prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``; ``tokenizer``
-  selects the tokenizer — it must match the served model for real engines);
+* prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``) with the served
+  model's own tokenizer and chat template (``tokenizer``, default ``auto``: found from the request's
+  model name as the engine finds it, see ``tokens``); while a model's tokenizer is loading its requests
+  are matched in the approximate fallback;
 * the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
 * with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``);
-* an endpoint's feed is trusted only once its engine reports blocks of prompts epp routed there
-  (``PreciseIndex``'s key agreement): the producer reports each pick, first response bytes and end
-  (``routed``/``responded``/``finished``), and ``view_is_exact`` says which endpoints are matched
-  from engine events.
+* an endpoint's feed is trusted, per prompt kind (chat, completion), only once its engine reports
+  blocks of prompts of that kind epp routed there (``PreciseIndex``'s key agreement): the producer
+  reports each pick with its kind, first response bytes and end (``routed``/``responded``/
+  ``finished``), matches each request against the views agreed for its kind, and ``view_is_exact``
+  says which endpoints are matched from engine events (for some kind).
 
 Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`` 256 (or
 ``maxPrefixTokensToMatch``), ``lruCapacityPerServer`` 31250; ``mode`` ``connect`` (one SUB per
-endpoint at ``<address>:kvEventsPort``, 5557) or ``bind`` (engines connect to ``bindEndpoint``,
-``tcp://*:5557``); ``topicFilter`` (connect: every topic, vLLM's default is empty; bind: ``kv@``);
-``tokenizer`` ``sim``; ``eventTimeout`` 5s,
-``resyncWindow`` 30s, ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
+endpoint at ``<address>:kvEventsPort``, 5557, plus the endpoint's data-parallel rank unless
+``kvEventsRankOffset`` is false; an endpoint's ``epp/kv-events-port`` label overrides the port) or
+``bind`` (engines connect to ``bindEndpoint``, ``tcp://*:5557``); ``kvEventsReplayPort`` none (vLLM's
+``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``KVEventSubscriber``); ``topicFilter``
+(connect: every topic, vLLM's default is empty; bind: ``kv@``); ``tokenizer`` ``auto`` (or the
+``token-producer`` plugin's, or llm-d's ``indexerConfig.tokenizersPoolConfig``: see ``llmd``, whose
+nested ``tokenProcessorConfig`` / ``indexerConfig`` / ``kvEventsConfig`` forms are accepted too);
+``eventTimeout`` 5s, ``resyncWindow`` 30s, ``youngViewWindow`` 5m (how long a view that joined a running
+engine also takes learned matches), ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
 ``epp:prefix-index``, ``redisMaxLen`` 20000. Series: the subscriber's, and
-``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``).
+``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``) and
+``epp_kv_events_key_agreement{endpoint,kind,state}`` (per prompt kind: agreed, unverified, mismatch).
 
 The subscriber and the Redis tasks need the event loop: whoever runs the picker calls
 ``register_metrics(registry)``, awaits ``start()`` before serving and ``stop()`` at shutdown (``epp
@@ -44,13 +53,23 @@ from epp.kvevents.subscriber import DEFAULT_PORT, KVEventSubscriber, SubscriberM
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.scheduling.prefix.hashing import prompt_block_hashes
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, prefill_target
+from epp.scheduling.prefix.llmd import (
+    LEGACY_TOKEN_PRODUCER,
+    TOKEN_PRODUCER,
+    TokenizersPoolConfig,
+    TokenProducer,
+    pool_tokenizers,
+    split_llmd,
+)
+from epp.scheduling.prefix.precise import COMPLETION, PROMPT_KINDS, FeedState, PreciseIndex
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
-from epp.scheduling.prefix.tokens import SIM_TOKENIZER, Tokenizer, engine_block_hashes, load_tokenizer
+from epp.scheduling.prefix.tokens import SIM, AUTO_TOKENIZER, TokenizerSource, engine_block_hashes, load_tokenizers, prompt_kind
 from epp.scheduling.registry import PluginHandle
+from epp.tokenizer.source import ModelTokenizers
 
 PRECISE_PREFIX_CACHE_PRODUCER = "precise-prefix-cache-producer"
 
@@ -64,11 +83,14 @@ class PrecisePrefixParams:
     lru_capacity_per_server: int = 31250
     mode: str = SubscriberMode.CONNECT.value
     kv_events_port: int = DEFAULT_PORT
+    kv_events_rank_offset: bool = True
+    kv_events_replay_port: int | None = None
     bind_endpoint: str = f"tcp://*:{DEFAULT_PORT}"
     topic_filter: str | None = None
-    tokenizer: str = SIM_TOKENIZER
+    tokenizer: str | None = None  # None: the token-producer's, llm-d's pool config's, else ``auto``
     event_timeout: Duration = Duration(5.0)
     resync_window: Duration = Duration(30.0)
+    young_view_window: Duration = Duration(300.0)
     max_blocks_per_endpoint: int = 1_000_000
     redis_url: str | None = None
     redis_stream: str = "epp:prefix-index"
@@ -78,8 +100,9 @@ class PrecisePrefixParams:
         modes = [m.value for m in SubscriberMode]
         if self.mode not in modes:
             raise ParamError("mode", f"must be one of {', '.join(modes)}")
-        if not 0 < self.kv_events_port < 65536:
-            raise ParamError("kvEventsPort", "must be a TCP port")
+        for key, port in (("kvEventsPort", self.kv_events_port), ("kvEventsReplayPort", self.kv_events_replay_port)):
+            if port is not None and not 0 < port < 65536:
+                raise ParamError(key, "must be a TCP port")
         if self.event_timeout <= 0:
             raise ParamError("eventTimeout", "must be positive")
         for key, value in (("maxBlocksPerEndpoint", self.max_blocks_per_endpoint), ("redisMaxLen", self.redis_max_len)):
@@ -97,17 +120,47 @@ class PrecisePrefixParams:
 
 class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
     def __init__(
-        self, name: str, params: PrecisePrefixParams, precise: PreciseIndex, tokenizer: Tokenizer,
+        self, name: str, params: PrecisePrefixParams, precise: PreciseIndex, tokenizers: TokenizerSource,
         subscriber: KVEventSubscriber, index: PrefixIndex | None = None,
     ) -> None:
         super().__init__(name, params.index_params(), index or precise)
         self.typed_name = TypedName(PRECISE_PREFIX_CACHE_PRODUCER, name)
         self.precise = precise
-        self.tokenizer = tokenizer
+        self.precise_params = params
+        self.tokenizers = tokenizers
         self.subscriber = subscriber
+        self._kind: str | None = None  # of the latest prompt_hashes: its keys' prompt kind, None for byte hashes
+
+    def _hashes(self, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
+        """The prompt's engine keys, tagged with its kind; while the model's tokenizer is not available,
+        approximate byte hashes, tagged with no kind (matched in the fallback only)."""
+        info = super()._hashes(request, endpoints)
+        info.kind = self._kind
+        return info
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
-        return engine_block_hashes(request, self.tokenizer, block_tokens, max_blocks, self.chains)
+        tokenizer = SIM if request.prompt_token_ids is not None else self.tokenizers.for_model(request.target_model)
+        if tokenizer is None:
+            self._kind = None
+            return prompt_block_hashes(request, block_tokens, max_blocks, self.chains)
+        self._kind = prompt_kind(request)
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, self.chains)
+
+    def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
+        if info.kind is None:
+            return self.precise.fallback.match(info.hashes, names)
+        return self.precise.match(info.hashes, names, info.kind)
+
+    def match(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> tuple[PrefixMatch, list[int]]:
+        """``ApproxPrefixCacheProducer.match``, after telling the index which model each candidate
+        serves where its events still wait for one (vLLM's empty topic names none)."""
+        unseeded = self.precise.unseeded
+        if unseeded:
+            for state in endpoints:
+                name = state.endpoint.name
+                if name in unseeded and (model := served_model(state, request)) is not None:
+                    self.precise.seed(name, model)
+        return super().match(cycle, request, endpoints)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
         """True while the endpoint's matches come from its engine's events (feed ``LIVE``: connected,
@@ -119,8 +172,10 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         if not result.endpoints:
             return
         computes = prefill_target(result) or result.endpoints[0]  # where the prompt's KV is computed
-        hashes = self.info(cycle, request, [computes]).hashes
-        self.precise.routed(computes.name, request.request_id, hashes, request.target_model)
+        info = self.info(cycle, request, [computes])
+        # byte hashes (tokenizer still loading) are no probe, but the model still seeds the engine's root blocks
+        hashes = info.hashes if info.kind is not None else ()
+        self.precise.routed(computes.name, request.request_id, hashes, request.target_model, info.kind or COMPLETION)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         self.precise.responded(request.request_id)
@@ -137,6 +192,10 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
             self.index.register_metrics(registry)
 
     async def start(self) -> None:
+        if isinstance(self.tokenizers, ModelTokenizers):
+            self.tokenizers.start_background()  # serving: never load a tokenizer on the pick path
+            if self.tokenizers.model is not None:
+                self.tokenizers.for_model(self.tokenizers.model)  # a pinned model starts loading now
         await self.subscriber.start()
         if isinstance(self.index, SharedPrefixIndex):
             await self.index.start()
@@ -155,8 +214,18 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         super().endpoint_removed(endpoint)
 
 
+def served_model(state: EndpointState, request: LLMRequest) -> str | None:
+    """The model an endpoint's engine serves, from the ``model_name`` its metrics carry: the only one,
+    or the request's target among several; None before the first scrape."""
+    models = state.metrics.models if state.metrics is not None else frozenset()
+    if len(models) == 1:
+        return next(iter(models))
+    return request.target_model if request.target_model in models else None
+
+
 class _FeedStates(Collector):
-    """``epp_kv_events_feed_state{endpoint,state}``, read at scrape time (nothing on the pick path)."""
+    """``epp_kv_events_feed_state{endpoint,state}`` and ``epp_kv_events_key_agreement{endpoint,kind,state}``,
+    read at scrape time (nothing on the pick path)."""
 
     def __init__(self, precise: PreciseIndex, subscriber: KVEventSubscriber) -> None:
         self._precise = precise
@@ -168,26 +237,51 @@ class _FeedStates(Collector):
             "1 for each endpoint's KV-event feed state; only 'live' feeds are matched from engine events.",
             labels=["endpoint", "state"],
         )
+        agreement = GaugeMetricFamily(
+            "epp_kv_events_key_agreement",
+            "1 for each endpoint's and prompt kind's key agreement: whether epp's token ids for chat or"
+            " completion prompts were seen to match the engine's blocks (only agreed kinds use engine events).",
+            labels=["endpoint", "kind", "state"],
+        )
         for name in sorted(self._subscriber.endpoints):
             family.add_metric([name, self._precise.feed_state(name).value], 1)
+            for kind in PROMPT_KINDS:
+                agreement.add_metric([name, kind, self._precise.key_agreement(name, kind).value], 1)
         yield family
+        yield agreement
+
+
+def _tokenizers(p: PrecisePrefixParams, pool: TokenizersPoolConfig | None, handle: PluginHandle) -> TokenizerSource:
+    """The explicit ``tokenizer``, else llm-d's pool config, else a token-producer plugin's, else ``auto``."""
+    if p.tokenizer is None and pool is not None:
+        return pool_tokenizers(pool)
+    if p.tokenizer is None:
+        for plugin_type in (TOKEN_PRODUCER, LEGACY_TOKEN_PRODUCER):
+            producer = handle.by_type(plugin_type)
+            if isinstance(producer, TokenProducer):
+                return producer.tokenizers
+    try:
+        return load_tokenizers(p.tokenizer or AUTO_TOKENIZER)
+    except ValueError as err:
+        raise ParamError("tokenizer", str(err)) from None
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> PrecisePrefixCacheProducer:
-    p = decode_params(PrecisePrefixParams, params)
-    try:
-        tokenizer = load_tokenizer(p.tokenizer)
-    except ValueError as err:
-        raise ParamError("tokenizer", str(err)) from None
+    flat, llmd = split_llmd(params)
+    p = decode_params(PrecisePrefixParams, flat)
+    pool = llmd.indexer_config.tokenizers_pool_config if llmd and llmd.indexer_config else None
+    tokenizers = _tokenizers(p, pool, handle)
     precise = PreciseIndex(
         handle.clock, BlockIndex(p.lru_capacity_per_server), event_timeout=p.event_timeout,
         resync_window=p.resync_window, max_blocks_per_endpoint=p.max_blocks_per_endpoint,
+        young_window=p.young_view_window,
     )  # fmt: skip
     subscriber = KVEventSubscriber(
-        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter
-    )
+        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter,
+        rank_offset=p.kv_events_rank_offset, replay_port=p.kv_events_replay_port,
+    )  # fmt: skip
     shared = None
     if p.redis_url is not None:
         replica = f"{handle.child_rng().getrandbits(64):016x}"
         shared = SharedPrefixIndex(precise, p.redis_url, replica, stream=p.redis_stream, max_len=p.redis_max_len)
-    return PrecisePrefixCacheProducer(name, p, precise, tokenizer, subscriber, shared)
+    return PrecisePrefixCacheProducer(name, p, precise, tokenizers, subscriber, shared)

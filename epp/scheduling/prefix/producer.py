@@ -12,12 +12,15 @@ prompt is recorded; ``entries()`` is the index size.
 Parameters (GIE names): ``blockSizeTokens`` 16, ``maxPrefixBlocksToMatch`` 256 (or llm-d's
 ``maxPrefixTokensToMatch``, divided by the block size), ``lruCapacityPerServer`` 31250, ``autoTune``
 true (block size taken from the first candidate's reported ``block_size``). The deprecated
-character-based ``blockSize`` alone is an error, as in GIE. Unlike GIE, autoTune does not resize the
+character-based ``blockSize`` alone becomes ``blockSize / 4`` tokens (GIE's averageCharactersPerToken)
+with one warning, so GIE v1.x configs keep loading where GIE itself now refuses them; beside
+``blockSizeTokens`` it is ignored, as in GIE. Unlike GIE, autoTune does not resize the
 per-endpoint capacity from ``num_gpu_blocks``: the index is one table sized up front.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +35,8 @@ from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.registry import PluginHandle
 
+log = logging.getLogger("epp.scheduling.prefix")
+
 APPROX_PREFIX_CACHE_PRODUCER = "approx-prefix-cache-producer"
 PREFILL_PROFILE = "prefill"
 
@@ -39,18 +44,32 @@ PrefixMatchObserver = Callable[[int, int, int], None]
 """(matched blocks on the chosen endpoint, prompt blocks hashed, tokens per block)."""
 
 
+DEFAULT_BLOCK_SIZE_TOKENS = 16
+CHARACTERS_PER_TOKEN = 4  # GIE's averageCharactersPerToken
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixIndexParams:
     auto_tune: bool = True
-    block_size_tokens: int = 16
+    block_size_tokens: int = None  # type: ignore[assignment]  # resolved in __post_init__ (blockSize or the default)
     block_size: int | None = None
     max_prefix_blocks_to_match: int = 256
     max_prefix_tokens_to_match: int | None = None
     lru_capacity_per_server: int = 31250
 
     def __post_init__(self) -> None:
-        if self.block_size is not None:
-            raise ParamError("blockSize", "is deprecated (characters); use blockSizeTokens")
+        if self.block_size is not None and self.block_size < 1:
+            raise ParamError("blockSize", "must be at least 1")
+        if self.block_size_tokens is None:
+            tokens = DEFAULT_BLOCK_SIZE_TOKENS
+            if self.block_size is not None:
+                tokens = max(1, self.block_size // CHARACTERS_PER_TOKEN)
+                log.warning("prefix cache: blockSize (%d characters) is deprecated; using blockSizeTokens %d "
+                            "(%d characters per token); set blockSizeTokens instead", self.block_size, tokens,
+                            CHARACTERS_PER_TOKEN)
+            object.__setattr__(self, "block_size_tokens", tokens)
+        elif self.block_size is not None:
+            log.warning("prefix cache: deprecated blockSize ignored; blockSizeTokens %d is used", self.block_size_tokens)
         for key, value in (
             ("blockSizeTokens", self.block_size_tokens),
             ("maxPrefixBlocksToMatch", self.max_prefix_blocks_to_match),
@@ -68,6 +87,7 @@ class PrefixMatch:
 
     hashes: list[int]
     block_tokens: int
+    kind: str | None = None  # precise producer: the prompt kind whose engine keys these are (None: byte hashes)
     hits: dict[str, int] = field(default_factory=dict)
     aligned: tuple[list[EndpointState], list[int]] | None = None  # last endpoint list asked about
 
@@ -126,10 +146,14 @@ class ApproxPrefixCacheProducer:
         known = info.hits
         missing = [n for n in names if n not in known]
         if missing:
-            known.update(zip(missing, self.index.match(info.hashes, missing)))
+            known.update(zip(missing, self.lookup(info, missing)))
         counts = [known[n] for n in names]
         info.aligned = (endpoints, counts)
         return info, counts
+
+    def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
+        """The index's match for ``names`` (aligned); the precise producer matches per prompt kind."""
+        return self.index.match(info.hashes, names)
 
     def view_is_exact(self, endpoint_name: str) -> bool:
         """Whether this endpoint's matches are what its engine caches now (False: what it was sent, some

@@ -2,13 +2,22 @@
 
 The precise prefix index is keyed by chained hashes of token-id blocks (what engines report in
 ``BlockStored.token_ids``). The request side must produce the same token ids the engine will: token
-ids the request carries are used as they are; text is tokenized by a pluggable ``Tokenizer``.
+ids the request carries are used as they are; text is tokenized by a ``Tokenizer`` — chat messages
+rendered by the model's chat template and encoded without the tokenizer's special tokens, completion
+prompts encoded with them (vLLM's defaults; a request's ``add_special_tokens`` overrides both).
 
-The default (``sim``) is the simulator's stand-in tokenizer and chat template
-(``epp.engine.tokenizer``), which matches ``epp sim`` exactly. **With a real vLLM or SGLang engine a
-tokenizer matching the served model (and its chat template) must be configured** (``tokenizer:
-"package.module:factory"``); with a mismatched tokenizer the hashes never match, every endpoint
-shows zero precise hits, and scoring falls back to load alone.
+Which tokenizer (the ``tokenizer`` parameter, ``load_tokenizers``):
+
+* ``auto`` (default) — per request, the served model's own tokenizer, found from the model name the
+  way the engine finds it (``epp.tokenizer.source``); a model epp cannot find gets the ``sim`` one,
+  with one warning;
+* ``sim`` — the simulator's stand-in tokenizer and chat template (``epp.engine.tokenizer``), which
+  matches ``epp sim`` exactly;
+* a model folder or Hugging Face id — that model's tokenizer for every request;
+* ``package.module:factory`` — a zero-argument callable returning a ``Tokenizer``.
+
+With a mismatched tokenizer the hashes never match; the precise index notices (key agreement, per
+prompt kind) and matches those requests in its approximate fallback.
 """
 
 from __future__ import annotations
@@ -18,40 +27,72 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, cast
 
-from epp._util.hashing import ChainMemo, chain_bytes, seed_hash, token_bytes
+from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
+from epp.scheduling.prefix.hashing import request_seed
+from epp.scheduling.prefix.precise import CHAT, COMPLETION
 
 SIM_TOKENIZER = "sim"
+AUTO_TOKENIZER = "auto"
 
 
 class Tokenizer(Protocol):
     """What the request side needs from a tokenizer: text → ids, chat messages → prompt text."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str: ...
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
+        """The prompt text of ``messages``; ``options`` is the request body (``add_generation_prompt``,
+        ``tools``, ``chat_template_kwargs`` …). Raises ``ValueError`` for what the engine rejects."""
+        ...
+
+
+class TokenizerSource(Protocol):
+    """The tokenizer of each served model."""
+
+    def for_model(self, model: str) -> Tokenizer | None:
+        """``model``'s tokenizer; None while it is not available yet (then the request is matched
+        approximately)."""
+        ...
 
 
 class _SimTokenizer:
     """``epp.engine.tokenizer`` behind the protocol (so it can be swapped like any other)."""
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return sim_tokenizer.encode(text)
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
         return sim_tokenizer.render_chat(messages)
 
 
+SIM = _SimTokenizer()
+
+
+class FixedTokenizer:
+    """One tokenizer for every model."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def for_model(self, model: str) -> Tokenizer:
+        return self.tokenizer
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
-    """``sim``, or ``package.module:factory`` naming a zero-argument callable returning a
-    ``Tokenizer`` (e.g. a wrapper around a Hugging Face tokenizer loaded from local files).
+    """``sim``, ``package.module:factory`` naming a zero-argument callable returning a ``Tokenizer``,
+    or a model folder / Hugging Face id (found locally or in the offline cache, never downloaded here).
     Raises ``ValueError`` with the reason when the spec cannot be loaded."""
     if spec == SIM_TOKENIZER:
-        return _SimTokenizer()
+        return SIM
     module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"must be {SIM_TOKENIZER!r} or 'package.module:factory', got {spec!r}")
+    if not sep:
+        from epp.tokenizer.source import load_model_tokenizer
+
+        return load_model_tokenizer(spec)
+    if not module_name or not attr:
+        raise ValueError(f"must be {AUTO_TOKENIZER!r}, {SIM_TOKENIZER!r}, a model folder or id, or 'package.module:factory', got {spec!r}")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
@@ -62,50 +103,68 @@ def load_tokenizer(spec: str) -> Tokenizer:
     return cast(Tokenizer, made)
 
 
-def _prompt(request: LLMRequest, tokenizer: Tokenizer) -> str | list[int]:
-    """The prompt as the engine will see it: text still to tokenize, or token ids."""
+def load_tokenizers(spec: str) -> TokenizerSource:
+    """``load_tokenizer``'s specs for every model, or ``auto``: each model's own (``ModelTokenizers``)."""
+    if spec == AUTO_TOKENIZER:
+        from epp.tokenizer.source import ModelTokenizers
+
+        return ModelTokenizers(fallback=SIM)
+    return FixedTokenizer(load_tokenizer(spec))
+
+
+def prompt_kind(request: LLMRequest) -> str:
+    """``CHAT`` for a prompt a chat template renders, else ``COMPLETION`` (key agreement is per kind)."""
+    if request.prompt_token_ids is None and request.kind is RequestKind.CHAT_COMPLETIONS:
+        return CHAT
+    return COMPLETION
+
+
+def _prompt(request: LLMRequest, tokenizer: Tokenizer) -> tuple[str, bool] | list[int]:
+    """The prompt as the engine will see it: text still to tokenize (and whether the tokenizer's
+    special tokens are added), or token ids."""
     if request.prompt_token_ids is not None:
         return request.prompt_token_ids
     body = request.body or {}
+    special = body.get("add_special_tokens")
     try:
         if request.kind is RequestKind.CHAT_COMPLETIONS and isinstance(body.get("messages"), list):
-            return tokenizer.render_chat(body["messages"])
+            return tokenizer.render_chat(body["messages"], body), special is True
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return prompt
+            return prompt, special is not False
         if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
-    except ValueError:  # a malformed chat message: the engine will reject it too
+    except ValueError:  # a malformed chat message or a template error: the engine will reject it too
         return []
-    return request.prompt_bytes.decode("utf-8", errors="replace") if request.prompt_bytes else []
+    return (request.prompt_bytes.decode("utf-8", errors="replace"), special is not False) if request.prompt_bytes else []
 
 
 def prompt_token_ids(request: LLMRequest, tokenizer: Tokenizer) -> list[int]:
     """The token ids the engine will see for ``request``; [] when it has no usable prompt (then
     nothing matches, which is the honest answer)."""
     prompt = _prompt(request, tokenizer)
-    return tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+    return tokenizer.encode(*prompt) if isinstance(prompt, tuple) else prompt
 
 
 def engine_block_hashes(
     request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
 ) -> list[int]:
     """Chained hashes of the prompt's full token blocks, seeded with the target model (a LoRA
-    adapter's name when the request targets one), as ``PreciseIndex`` keys engine blocks (``memo``:
+    adapter's name when the request targets one) and ``cache_salt``, as ``PreciseIndex`` keys engine blocks (``memo``:
     segments hashed recently are not hashed again).
 
     With the ``sim`` tokenizer a text prompt's packed token blocks *are* its NUL-padded UTF-8 bytes
     (a token is 4 bytes read little-endian, packed back little-endian), so the bytes are hashed
     directly: as cheap as the approximate producer's byte blocks, without a list of ints."""
     prompt = _prompt(request, tokenizer)
-    seed = seed_hash(request.target_model)
+    seed = request_seed(request)
     block_bytes = block_tokens * 4
-    if isinstance(prompt, str) and isinstance(tokenizer, _SimTokenizer) and sys.byteorder == "little":
-        data = prompt.encode("utf-8", errors="replace")
+    if isinstance(prompt, tuple) and isinstance(tokenizer, _SimTokenizer) and sys.byteorder == "little":
+        data = prompt[0].encode("utf-8", errors="replace")
         data += b"\0" * (-len(data) % 4)
     else:
-        tokens = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        tokens = tokenizer.encode(*prompt) if isinstance(prompt, tuple) else prompt
         data = token_bytes(tokens[: block_tokens * max_blocks])
     return chain_bytes(data[: block_bytes * max_blocks], block_bytes, seed, memo)

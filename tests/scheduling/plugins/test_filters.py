@@ -33,6 +33,17 @@ def test_model_availability_keeps_servers_of_the_model_or_adapter_and_the_unknow
     assert names(f.filter(CycleState(), make_request(model="qwen", target_model="qwen"), endpoints[:3])) == ["other"]
 
 
+def test_model_availability_reads_v1_models_ids_from_the_models_data_source() -> None:
+    listed = make_state("listed")
+    listed.attributes["model_ids"] = frozenset({"tiny-llama"})
+    scraped = make_state("scraped", metrics=EndpointMetrics(0.0))
+    scraped.attributes["model_ids"] = frozenset({"qwen"})
+    f = ModelAvailabilityFilter()
+    endpoints = [listed, scraped, make_state("never-scraped")]
+    assert names(f.filter(CycleState(), make_request(model="tiny-llama"), endpoints)) == ["listed", "never-scraped"]
+    assert names(f.filter(CycleState(), make_request(model="qwen"), endpoints)) == ["scraped", "never-scraped"]
+
+
 @pytest.mark.parametrize(("owned_by", "expected"), [(None, ["v", "s", "t"]), ("sglang", ["s"]), ("VLLM", ["v"]), ("tgi", [])])
 def test_owned_by_filter(owned_by: str | None, expected: list[str]) -> None:
     endpoints = [

@@ -53,3 +53,21 @@ def test_without_a_producer_every_request_is_cold_and_lru_is_bounded() -> None:
         cycle_for(scorer, None, endpoints, PROMPT, pick=pick)
     assert list(scorer._used) == ["e1", "e2"]
     assert cycle_for(scorer, None, endpoints[:1], PROMPT, pick=0) == [1.0]
+
+
+def test_named_producer_decides_coldness_and_an_unknown_name_is_an_error() -> None:
+    from epp.scheduling.params import ParamError
+    from epp.scheduling.plugins.scorers.no_hit_lru import factory
+
+    handle = PluginHandle()
+    default = ApproxPrefixCacheProducer()  # the type-default producer never sees the traffic below
+    named = ApproxPrefixCacheProducer("precise")
+    handle.add(default)
+    handle.add(named)
+    scorer = factory("lru", {"prefixMatchInfoProducerName": "precise"}, handle)
+    endpoints = make_states(3)
+    cycle_for(scorer, named, endpoints, PROMPT, pick=0)
+    # warm according to the named producer, although the default one has never seen the prompt
+    assert cycle_for(scorer, named, endpoints, PROMPT, pick=1) == [0.5, 0.5, 0.5]
+    with pytest.raises(ParamError, match="prefixMatchInfoProducerName"):
+        factory("lru2", {"prefixMatchInfoProducerName": "missing"}, handle)

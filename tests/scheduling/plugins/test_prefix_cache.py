@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
 
 from epp.datastore import EndpointMetrics
 from epp.scheduling.framework import CycleState
-from epp.scheduling.params import ParamError
+from epp.scheduling.params import ParamError, decode_params
 from epp.scheduling.plugins.scorers import prefix_cache
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
@@ -102,5 +103,24 @@ def test_factory_creates_shares_or_rejects_producers() -> None:
         prefix_cache.factory("prefix3", {"blockSizeTokens": 32}, handle)
     with pytest.raises(ParamError, match="prefixMatchInfoProducerName"):
         prefix_cache.factory("p4", {"prefixMatchInfoProducerName": "precise-prefix-cache-producer"}, handle)
-    with pytest.raises(ParamError, match="blockSize: is deprecated"):
-        prefix_cache.factory("p5", {"blockSize": 64}, PluginHandle())
+    with pytest.raises(ParamError, match="blockSize: must be at least 1"):
+        prefix_cache.factory("p5", {"blockSize": 0}, PluginHandle())
+
+
+def test_deprecated_character_block_size_becomes_tokens_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """GIE v1.x configs give ``blockSize`` in characters; GIE's 4 characters per token converts it, and
+    ``blockSizeTokens`` wins when both are given."""
+    with caplog.at_level(logging.WARNING, "epp.scheduling.prefix"):
+        scorer = prefix_cache.factory("p", {"blockSize": 64}, PluginHandle())
+    assert scorer.producer.params.block_size_tokens == 16
+    assert [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()] == [
+        "prefix cache: blockSize (64 characters) is deprecated; using blockSizeTokens 16 (4 characters per token); "
+        "set blockSizeTokens instead"]
+    assert prefix_cache.factory("p", {"blockSize": 6}, PluginHandle()).producer.params.block_size_tokens == 1
+    both = approx_producer_params({"blockSize": 64, "blockSizeTokens": 32})
+    assert both.block_size_tokens == 32
+    assert approx_producer_params({}).block_size_tokens == 16
+
+
+def approx_producer_params(raw: dict[str, int]) -> PrefixIndexParams:
+    return decode_params(PrefixIndexParams, raw)

@@ -143,7 +143,7 @@ def test_all_blocks_cleared_ends_a_resync_at_once(index: PreciseIndex) -> None:
     assert index.feed_state("a") is FeedState.LIVE
 
 
-def test_a_publisher_restart_clears_the_view_and_joining_late_is_a_gap(index: PreciseIndex, clock: VirtualClock) -> None:
+def test_a_publisher_restart_clears_the_view_and_a_later_jump_is_a_gap(index: PreciseIndex, clock: VirtualClock) -> None:
     a = Feed(index, "a")
     t = tokens(1, 2)
     a.send(stored(t))
@@ -155,11 +155,29 @@ def test_a_publisher_restart_clears_the_view_and_joining_late_is_a_gap(index: Pr
     assert index.match(keys(t), ["a"]) == [0]
     assert index.match(keys(tokens(3, 1)), ["a"]) == [1]
     assert index.feed_state("a") is FeedState.LIVE
+    assert a.send(seq=7) is SeqCheck.GAP
+    assert index.feed_state("a") is FeedState.RESYNCING
+
+
+def test_joining_a_running_engine_is_a_baseline_and_a_young_view_takes_the_better_match(
+    index: PreciseIndex, clock: VirtualClock
+) -> None:
     b = Feed(index, "b")
-    assert b.send(stored(t), seq=4) is SeqCheck.GAP
-    assert index.feed_state("b") is FeedState.RESYNCING
-    clock.advance(31.0)
-    assert index.match(keys(t), ["b"]) == [2]  # stored after joining: kept
+    t, old = tokens(1, 2), keys(tokens(2, 3))
+    assert b.send(stored(t), seq=4) is SeqCheck.BASELINE
+    assert index.feed_state("b") is FeedState.UNVERIFIED  # not RESYNCING: nothing to resynchronise
+    assert index.match(keys(t), ["b"]) == [2]  # stored after joining, and keys agree: LIVE
+    assert index.feed_state("b") is FeedState.LIVE and index.young("b")
+    index.add("b", old)  # epp routed a prompt whose blocks the engine cached before we subscribed
+    assert index.match(old, ["b"]) == [3]  # young: the learned match counts
+    assert index.match(keys(t), ["b"]) == [2]
+    clock.advance(index.young_window)
+    b.send()  # the engine answered the pick: LIVE, not SILENT
+    assert not index.young("b")
+    assert index.match(old, ["b"]) == [0]  # grown up: only what the engine reported
+    c = Feed(index, "c")
+    c.send(stored(t))  # seq 0: the whole stream is seen, never young
+    assert not index.young("c")
 
 
 def test_more_blocks_than_allowed_means_lost_removals(index: PreciseIndex) -> None:
@@ -215,10 +233,18 @@ def test_removing_an_endpoint_forgets_it_everywhere_and_reuses_its_bit(index: Pr
     assert index.match(keys(tokens(2, 1)), ["c"]) == [1]
 
 
-def test_undecodable_batches_count_as_a_gap(index: PreciseIndex) -> None:
-    Feed(index, "a").send(stored(tokens(1, 1)))
+def test_an_undecodable_batch_is_its_own_state_then_a_gap(index: PreciseIndex) -> None:
+    a = Feed(index, "a")
+    a.send(stored(tokens(1, 1)))
     index.lost("a")
-    assert index.feed_state("a") is FeedState.RESYNCING
+    assert index.feed_state("a") is FeedState.UNDECODABLE
+    a.seq += 1  # the lost batch's number
+    assert a.send() is SeqCheck.GAP
+    assert index.feed_state("a") is FeedState.RESYNCING  # its events are lost
+    index.lost("b")  # nothing decodable yet
+    assert index.feed_state("b") is FeedState.UNDECODABLE
+    assert index.ingest("b", 0, [], MODEL) is SeqCheck.BASELINE  # something before it was lost
+    assert index.young("b")
 
 
 def test_bad_settings_are_rejected(clock: VirtualClock) -> None:

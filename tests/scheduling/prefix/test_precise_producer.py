@@ -7,7 +7,7 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
 from epp.config.decode import ConfigError
-from epp.datastore import Datastore, Endpoint
+from epp.datastore import Datastore, Endpoint, EndpointMetrics
 from epp.kvevents.decode import Stored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
@@ -76,9 +76,46 @@ def test_redis_url_makes_the_index_shared_and_bad_parameters_name_their_key() ->
         ("{tokenizer: 'nope'}", "tokenizer"),
         ("{eventTimeout: 0}", "eventTimeout"),
         ("{kvEventsPort: 0}", "kvEventsPort"),
+        ("{kvEventsReplayPort: 70000}", "kvEventsReplayPort"),
         ("{redisMaxLen: 0}", "redisMaxLen"),
         ("{blockSize: 64}", "blockSize"),
     ):
         with pytest.raises(ConfigError) as err:
             load_scheduler_text(config(params))
         assert key in err.value.path
+
+
+def test_replay_rank_offset_and_young_window_parameters_reach_the_subscriber_and_index() -> None:
+    params = "{kvEventsPort: 6000, kvEventsReplayPort: 6100, kvEventsRankOffset: false, youngViewWindow: 1m}"
+    producer = next(p for p in load_scheduler_text(config(params)).plugins if isinstance(p, PrecisePrefixCacheProducer))
+    ranked = Endpoint("pod-rank-3", "10.0.0.1", 8003)
+    assert (producer.subscriber.events_port(ranked), producer.subscriber.replay_port(ranked)) == (6000, 6100)
+    assert producer.precise.young_window == 60.0
+    default = next(p for p in load_scheduler_text(config("{}")).plugins if isinstance(p, PrecisePrefixCacheProducer))
+    assert (default.subscriber.events_port(ranked), default.subscriber.replay_port(ranked)) == (5560, None)
+
+
+async def test_events_without_a_model_are_keyed_by_the_model_the_engines_metrics_name() -> None:
+    """vLLM's empty topic names no model and nothing was routed to e1 yet: its scraped metrics say
+    which model it serves, so its reported blocks count at the first lookup, not only after a pick."""
+    clock = VirtualClock()
+    scheduler = load_scheduler_text(config(), clock=clock)
+    producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+    datastore = Datastore(clock)
+    scheduler.attach(datastore)
+    for i in range(2):
+        datastore.upsert(Endpoint(f"e{i}", "127.0.0.1", 8000 + i))
+        datastore.update_metrics(f"e{i}", EndpointMetrics(clock.now(), models=frozenset({MODEL})))
+    await producer.start()
+    try:
+        request = chat("A system prompt every request shares. " * 6)
+        tokens = prompt_token_ids(request, load_tokenizer("sim"))
+        full = len(tokens) // 16 * 16
+        engine_hashes = tuple(h ^ 0x5EED for h in producer.prompt_hashes(request, 16, 256))  # sha256 in vLLM
+        producer.precise.ingest("e1", 0, [Stored(engine_hashes, None, tuple(tokens[:full]), 16, None)], None)
+        assert producer.precise.held_blocks("e1") == 0 and producer.precise.unseeded == {"e1"}
+        result = scheduler.schedule(request, list(datastore.endpoints()))
+        assert result.endpoints[0].name == "e1"
+        assert producer.precise.feed_state("e1") is FeedState.LIVE and not producer.precise.unseeded
+    finally:
+        await producer.stop()

@@ -50,10 +50,10 @@ def test_block_hashes_are_the_engines_chain_seeded_with_the_target_model() -> No
 
 
 class _Upper:
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text.upper()]
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
         return "|".join(str(m.get("content")) for m in messages)
 
 

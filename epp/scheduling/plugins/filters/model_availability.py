@@ -1,7 +1,8 @@
 """``model-availability-filter``: only endpoints that serve the requested model or LoRA adapter.
 
-An endpoint qualifies when the target model is among the models it reports (``/v1/models``), or among
-its active or waiting LoRA adapters. An endpoint that reports neither models nor LoRA data is kept:
+An endpoint qualifies when the target model is among the models it reports (its metrics' model labels,
+and its ``/v1/models`` ids when a ``models-data-source`` is configured), or among its active or waiting
+LoRA adapters. An endpoint that reports neither models nor LoRA data is kept:
 no information is not evidence that it cannot serve. Nothing left → the scheduler answers 429
 (all filtered), so a request for a model the pool does not serve fails fast instead of 404-ing on an
 engine.
@@ -16,6 +17,7 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
 from epp.scheduling.params import NoParams, decode_params
+from epp.scheduling.plugins.datalayer.models import MODEL_IDS_ATTRIBUTE
 from epp.scheduling.registry import PluginHandle
 
 MODEL_AVAILABILITY_FILTER = "model-availability-filter"
@@ -23,9 +25,13 @@ MODEL_AVAILABILITY_FILTER = "model-availability-filter"
 
 def serves(state: EndpointState, model: str) -> bool:
     m = state.metrics
-    if m is None or (not m.models and m.max_lora is None and not m.active_loras and not m.waiting_loras):
+    listed: frozenset[str] = state.attributes.get(MODEL_IDS_ATTRIBUTE, frozenset())  # models-data-source
+    if m is None:
+        return not listed or model in listed
+    models = m.models | listed
+    if not models and m.max_lora is None and not m.active_loras and not m.waiting_loras:
         return True
-    return model in m.models or model in m.active_loras or model in m.waiting_loras
+    return model in models or model in m.active_loras or model in m.waiting_loras
 
 
 class ModelAvailabilityFilter:

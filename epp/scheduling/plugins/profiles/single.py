@@ -1,22 +1,31 @@
-"""``single-profile-handler``: run the one configured profile once; its result is the decision."""
+"""``single-profile-handler``: run the one configured profile once; its result is the decision.
+
+It takes no parameters. Upstream's factory never reads them, so configs in the wild give it some
+(llm-d's discovery guide passes ``scorer``/``picker``); epp ignores them too, with one warning naming
+them, instead of refusing a config upstream runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import logging
 from typing import Any
 
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
-from epp.scheduling.params import NoParams, decode_params
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.registry import PluginHandle
 
 SINGLE_PROFILE_HANDLER = "single-profile-handler"
 
+log = logging.getLogger(__name__)
 
-class SingleProfileHandler:
-    def __init__(self, name: str = SINGLE_PROFILE_HANDLER) -> None:
-        self.typed_name = TypedName(SINGLE_PROFILE_HANDLER, name)
+
+class OneProfilePerRequest:
+    """Base of handlers that run one profile per request: ``select`` names it, and its result is the decision."""
+
+    def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
+        raise NotImplementedError
 
     def pick_profiles(
         self,
@@ -27,9 +36,8 @@ class SingleProfileHandler:
     ) -> dict[str, SchedulerProfile]:
         if results:
             return {}
-        if len(profiles) != 1:
-            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
-        return dict(profiles)
+        name = self.select(request, profiles)
+        return {name: profiles[name]}
 
     def process_results(
         self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
@@ -38,6 +46,18 @@ class SingleProfileHandler:
         return SchedulingResult(results, name)
 
 
+class SingleProfileHandler(OneProfilePerRequest):
+    def __init__(self, name: str = SINGLE_PROFILE_HANDLER) -> None:
+        self.typed_name = TypedName(SINGLE_PROFILE_HANDLER, name)
+
+    def select(self, request: LLMRequest, profiles: Mapping[str, SchedulerProfile]) -> str:
+        if len(profiles) != 1:
+            raise ValueError(f"{SINGLE_PROFILE_HANDLER} needs exactly one profile, got {len(profiles)}")
+        return next(iter(profiles))
+
+
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> SingleProfileHandler:
-    decode_params(NoParams, params)
+    if params:
+        log.warning("config: %s %r takes no parameters; ignoring %s (as upstream does)",
+                    SINGLE_PROFILE_HANDLER, name, ", ".join(sorted(params)))
     return SingleProfileHandler(name)

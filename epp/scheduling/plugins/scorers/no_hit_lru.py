@@ -6,7 +6,9 @@ they last received a cold request — never first (in candidate order), then old
 1 − rank/(n − 1), so the first gets 1 and the last 0 (a lone candidate gets 1). A warm request scores
 0.5 everywhere, leaving the choice to the other scorers. Once a cold request's pick is final the
 chosen endpoint (and the ``prefill`` profile's pick) becomes the most recently used. ``lruSize`` (1024)
-bounds the endpoints remembered. Not metric-based: staleness does not apply.
+bounds the endpoints remembered. ``prefixMatchInfoProducerName`` names the prefix producer whose match
+decides coldness (llm-d: e.g. a ``precise-prefix-cache-producer``); without it the configured
+``approx-prefix-cache-producer`` is read. Not metric-based: staleness does not apply.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class NoHitLRUParams:
     lru_size: int = 1024
     prefix_plugin_type: str | None = None  # accepted for llm-d config compatibility; unused there too
     prefix_plugin_name: str | None = None  # likewise
+    prefix_match_info_producer_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.lru_size < 1:
@@ -39,14 +42,20 @@ class NoHitLRUParams:
 
 
 class NoHitLRUScorer:
-    def __init__(self, handle: PluginHandle, name: str = NO_HIT_LRU_SCORER, lru_size: int = 1024) -> None:
+    def __init__(
+        self, handle: PluginHandle, name: str = NO_HIT_LRU_SCORER, lru_size: int = 1024,
+        producer: ApproxPrefixCacheProducer | None = None,
+    ) -> None:
         self.typed_name = TypedName(NO_HIT_LRU_SCORER, name)
         self._handle = handle
+        self._named_producer = producer
         self._lru_size = lru_size
         self._used: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._cold_key = f"cold/{name}"
 
     def _producer(self) -> ApproxPrefixCacheProducer | None:
+        if self._named_producer is not None:
+            return self._named_producer
         # Resolved at use, not at build: the scorer that creates the producer may come later in the config.
         found = self._handle.by_type(APPROX_PREFIX_CACHE_PRODUCER)
         return found if isinstance(found, ApproxPrefixCacheProducer) else None
@@ -94,4 +103,12 @@ class NoHitLRUScorer:
 
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> NoHitLRUScorer:
-    return NoHitLRUScorer(handle, name, decode_params(NoHitLRUParams, params).lru_size)
+    p = decode_params(NoHitLRUParams, params)
+    producer = None
+    if p.prefix_match_info_producer_name is not None:
+        # Producers are built before scorers, so a named one must exist by now.
+        found = handle.plugins.get(p.prefix_match_info_producer_name)
+        if not isinstance(found, ApproxPrefixCacheProducer):
+            raise ParamError("prefixMatchInfoProducerName", f"no prefix producer plugin named {p.prefix_match_info_producer_name!r}")
+        producer = found
+    return NoHitLRUScorer(handle, name, p.lru_size, producer)

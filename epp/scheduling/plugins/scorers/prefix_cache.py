@@ -10,6 +10,10 @@ else the configured ``approx-prefix-cache-producer``, else one this scorer creat
 indexer parameters (GIE's ``blockSizeTokens``, ``maxPrefixBlocksToMatch``, ``lruCapacityPerServer``,
 ``autoTune``). Indexer parameters on the scorer when a producer is configured are an error rather
 than silently ignored.
+
+``precise-prefix-cache-scorer`` is llm-d's deprecated all-in-one form (``tokenProcessorConfig``,
+``indexerConfig``, ``kvEventsConfig``): it builds a ``precise-prefix-cache-producer`` from those
+parameters (``llmd`` maps them) and scores from it exactly as this scorer does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
 from epp.scheduling.params import ParamError, decode_params
+from epp.scheduling.prefix import precise_producer
 from epp.scheduling.prefix.producer import (
     APPROX_PREFIX_CACHE_PRODUCER,
     ApproxPrefixCacheProducer,
@@ -30,6 +35,7 @@ from epp.scheduling.prefix.producer import (
 from epp.scheduling.registry import PluginHandle
 
 PREFIX_CACHE_SCORER = "prefix-cache-scorer"
+PRECISE_PREFIX_CACHE_SCORER = "precise-prefix-cache-scorer"
 MATCH_LENGTH_SCALE_TOKENS = 8192
 
 
@@ -45,9 +51,10 @@ class PrefixScorerParams:
 
 class PrefixCacheScorer:
     def __init__(
-        self, producer: ApproxPrefixCacheProducer, name: str = PREFIX_CACHE_SCORER, match_length_weight: float = 0.0
+        self, producer: ApproxPrefixCacheProducer, name: str = PREFIX_CACHE_SCORER, match_length_weight: float = 0.0,
+        plugin_type: str = PREFIX_CACHE_SCORER,
     ) -> None:
-        self.typed_name = TypedName(PREFIX_CACHE_SCORER, name)
+        self.typed_name = TypedName(plugin_type, name)
         self.producer = producer
         self.match_length_weight = match_length_weight
 
@@ -63,7 +70,8 @@ class PrefixCacheScorer:
         return [(1 - w) * h / total + w * min(1.0, h / scale) for h in hits]
 
 
-def _producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParams, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+def resolve_producer(name: str, index_params: Mapping[str, Any], own: PrefixScorerParams, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    """The prefix producer a consumer named ``name`` reads (see the module docstring), created when none is configured."""
     decoded = decode_params(PrefixIndexParams, index_params)
     wanted = own.prefix_match_info_producer_name
     if wanted is not None:
@@ -88,4 +96,11 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Prefi
     own_keys = {"prefixMatchInfoProducerName", "matchLengthWeight"}
     own = decode_params(PrefixScorerParams, {k: v for k, v in params.items() if k in own_keys})
     index_params = {k: v for k, v in params.items() if k not in own_keys}
-    return PrefixCacheScorer(_producer(name, index_params, own, handle), name, own.match_length_weight)
+    return PrefixCacheScorer(resolve_producer(name, index_params, own, handle), name, own.match_length_weight)
+
+
+def precise_factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> PrefixCacheScorer:
+    """llm-d's ``precise-prefix-cache-scorer``: its own precise producer, named ``<name>-producer``."""
+    producer = precise_producer.factory(f"{name}-producer", params, handle)
+    handle.add(producer)
+    return PrefixCacheScorer(producer, name, plugin_type=PRECISE_PREFIX_CACHE_SCORER)

@@ -26,7 +26,7 @@ SESSION_AFFINITY_SCORER = "session-affinity-scorer"
 
 def session_token(state: EndpointState) -> str:
     """The token that names ``state``'s endpoint."""
-    return base64.b64encode(f"{state.endpoint.namespace}/{state.name}".encode()).decode()
+    return base64.b64encode(endpoint_key(state).encode()).decode()
 
 
 def _decode(token: str) -> str | None:
@@ -36,16 +36,25 @@ def _decode(token: str) -> str | None:
         return None
 
 
+def session_endpoint(request: LLMRequest) -> str | None:
+    """The ``<namespace>/<endpoint name>`` the request's session token names, None without a valid one."""
+    token = request.session_token or request.headers.get(SESSION_TOKEN_HEADER)
+    return _decode(token) if token else None
+
+
+def endpoint_key(state: EndpointState) -> str:
+    return f"{state.endpoint.namespace}/{state.name}"
+
+
 class SessionAffinityScorer:
     def __init__(self, name: str = SESSION_AFFINITY_SCORER) -> None:
         self.typed_name = TypedName(SESSION_AFFINITY_SCORER, name)
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
-        token = request.session_token or request.headers.get(SESSION_TOKEN_HEADER)
-        wanted = _decode(token) if token else None
+        wanted = session_endpoint(request)
         if wanted is None:
             return [0.0] * len(endpoints)
-        return [1.0 if f"{e.endpoint.namespace}/{e.name}" == wanted else 0.0 for e in endpoints]
+        return [1.0 if endpoint_key(e) == wanted else 0.0 for e in endpoints]
 
     def response_headers(self, request: LLMRequest, endpoint: EndpointState) -> dict[str, str]:
         return {SESSION_TOKEN_HEADER: session_token(endpoint)}

@@ -1,0 +1,1 @@
+"""Admission plugins: decide, before scheduling, whether a request may enter at all."""

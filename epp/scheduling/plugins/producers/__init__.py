@@ -1,0 +1,1 @@
+"""Request-lifecycle data producers: state other plugins read during a pick."""

@@ -1,0 +1,1 @@
+"""Request-control plugins: request headers in, attributes and metadata out; no endpoint choice."""

@@ -1,0 +1,429 @@
+"""A model folder's tokenizer and chat template, applied the way vLLM applies them.
+
+The folder is what vLLM loads: ``tokenizer.json`` (encoded by Hugging Face's Rust ``tokenizers``,
+the same code transformers' fast tokenizers run), ``tokenizer_config.json`` (special tokens, the chat
+template) and, when present, ``chat_template.jinja`` (preferred, as transformers does) or
+``chat_template.json``. Rules that decide the token ids, all as vLLM 0.32 does:
+
+* **chat** (``/v1/chat/completions``): the template is rendered with ``jinja2`` in transformers'
+  sandboxed environment (``trim_blocks``, ``lstrip_blocks``, ``tojson``, ``raise_exception``,
+  ``strftime_now``) with ``messages``, ``tools``, ``documents``, ``add_generation_prompt`` (default
+  true), the special tokens (``bos_token`` …) and the request's ``chat_template_kwargs``; text parts of
+  a list ``content`` are joined with newlines; then the text is encoded **without** the tokenizer's
+  special tokens (``add_special_tokens`` defaults to false for chat: the template writes the BOS);
+* **completion** (``/v1/completions``): the prompt is encoded **with** them (the post-processor adds
+  the BOS), unless the request says ``add_special_tokens: false``.
+
+**Cost.** Added tokens (``<|start_header_id|>``, ``<|eot_id|>`` …) are matched before any
+normalisation or pre-tokenisation, so the text between two of them encodes on its own. A prompt is
+cut there and each piece's ids are remembered (bounded by characters held): a system prompt or an
+earlier turn repeated by later requests is encoded once. A long piece that is new but starts like a
+remembered one (a completion prompt with a shared preamble, a message that grew) reuses the ids of
+the shared part up to a pre-tokenizer word boundary found from the remembered encoding (checkpoints
+every ``_CHUNK`` characters, ``_MARGIN`` characters before the end of what is known to be shared, never
+inside a whitespace run) and encodes only the rest. Both are checked at load time — the ids must
+equal whole-text encoding on probe strings and a rendered sample chat — and turned off for tokenizers
+where they would not hold (added tokens that strip neighbouring spaces, a pre-tokenizer that marks
+the start of the text).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+# A pick encodes one prompt on the event loop's thread; the Rust library would hand even that to its
+# thread pool, which on a busy host costs more waiting than it saves (measured: bench/RESULTS.md).
+# Read when the library first encodes; an explicit setting is kept.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                   "special_tokens_map.json")  # fmt: skip
+"""The files of a model folder tokenization reads (all a Hugging Face download needs to fetch)."""
+
+_CHUNK = 512  # characters between reuse checkpoints of a long piece
+_MARGIN = 64  # a reused prefix ends at least this far before the end of the text known to be shared
+_MAX_SEEN = 65536  # chunk hashes remembered to notice text that recurs
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class ChatTemplateError(ValueError):
+    """The chat cannot be rendered (no template, a template error, malformed messages)."""
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:  # fmt: skip
+    """transformers' ``tojson`` filter: no HTML escaping, unlike jinja2's built-in one."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token from tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _templates(folder: Path, config: Mapping[str, Any]) -> dict[str, str]:
+    """Named chat templates: ``chat_template.jinja`` beats ``tokenizer_config.json``'s (a string or a
+    list of ``{name, template}``), which beats ``chat_template.json``."""
+    jinja_file = folder / "chat_template.jinja"
+    if jinja_file.is_file():
+        return {"default": jinja_file.read_text(encoding="utf-8")}
+    raw = config.get("chat_template")
+    if raw is None:
+        raw = _read_json(folder / "chat_template.json").get("chat_template")
+    if isinstance(raw, str):
+        return {"default": raw}
+    if isinstance(raw, list):
+        return {t["name"]: t["template"] for t in raw if isinstance(t, Mapping) and isinstance(t.get("name"), str)
+                and isinstance(t.get("template"), str)}  # fmt: skip
+    return {}
+
+
+def _content_text(content: Any) -> Any:
+    """vLLM's "string" content format: a list of parts becomes their texts joined by newlines."""
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, Mapping) and p.get("type") in ("text", "input_text")]
+        return "\n".join(t for t in texts if isinstance(t, str))
+    return content
+
+
+def _conversation(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """Messages as vLLM hands them to the template: text content, tool-call arguments parsed."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise ChatTemplateError("each message needs a string 'role'")
+        m = dict(message)
+        if "content" in m:
+            m["content"] = _content_text(m["content"])
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            m["tool_calls"] = [_parsed_call(c) for c in calls]
+        out.append(m)
+    return out
+
+
+def _parsed_call(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A remembered piece: its ids and, per full ``_CHUNK`` of text, (chained hash of the text up to
+    that checkpoint, token index and character offset of a word boundary before it) — or nothing
+    where the piece is too short to reuse from."""
+
+    ids: list[int]
+    marks: list[tuple[int, int, int]]
+
+
+def _chunk_hashes(text: str) -> list[int]:
+    """Chained hashes of ``text``'s full ``_CHUNK``-character chunks: equal leading hashes, equal prefixes
+    (confirmed by comparing the text before reuse)."""
+    out: list[int] = []
+    h = 0
+    for start in range(0, len(text) - _CHUNK + 1, _CHUNK):
+        h = hash((h, text[start : start + _CHUNK]))
+        out.append(h)
+    return out
+
+
+class HFTokenizer:
+    """``encode`` and ``render_chat`` for one model folder (see the module docstring)."""
+
+    def __init__(self, backend: RustTokenizer, config: Mapping[str, Any], templates: Mapping[str, str],
+                 name: str = "", *, piece_cache_chars: int = 16_000_000) -> None:  # fmt: skip
+        self.name = name
+        self._backend = backend
+        self._templates = dict(templates)
+        self._env = _environment()
+        self._compiled: dict[str, jinja2.Template] = {}
+        self._special = {k: t for k in _SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
+        decoder = backend.get_added_tokens_decoder()
+        self._added = {t.content: i for i, t in decoder.items()}
+        plain = all(not (t.normalized or t.lstrip or t.rstrip or t.single_word) for t in decoder.values())
+        self._split: re.Pattern[str] | None = None
+        if plain and self._added:
+            alternatives = sorted(self._added, key=len, reverse=True)  # leftmost-longest, like the Rust matcher
+            self._split = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+        self._around = self._special_frame()
+        self._pieces: dict[str, _Piece] = {}
+        self._marks: dict[int, tuple[str, int]] = {}  # checkpoint hash → (piece text, index in its marks)
+        self._seen: dict[int, None] = {}  # chunk hashes of text encoded without reuse points, oldest first
+        self._piece_chars = 0
+        self._max_piece_chars = piece_cache_chars
+        self._reuse = True
+        if not self._reuse_holds():
+            self._reuse = False
+        if not self._segmenting_holds():
+            self._split = None
+            self._around = None
+        self._forget()
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> HFTokenizer:
+        """Load ``folder``; ``ValueError`` with the reason when it holds no usable tokenizer."""
+        path = Path(folder)
+        tokenizer_file = path / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise ValueError(f"{path} has no tokenizer.json (only fast tokenizers are supported)")
+        try:
+            backend = RustTokenizer.from_file(str(tokenizer_file))
+            config = _read_json(path / "tokenizer_config.json")
+            for key, value in _read_json(path / "special_tokens_map.json").items():
+                config.setdefault(key, value)
+            templates = _templates(path, config)
+        except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for a bad file
+            raise ValueError(f"cannot load the tokenizer in {path}: {err}") from None
+        return cls(backend, config, templates, str(path))
+
+    # -- encoding -------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The token ids of ``text``, with the post-processor's special tokens (BOS) if asked."""
+        if self._split is None or (add_special_tokens and self._around is None):
+            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        parts = self._split.split(text)  # text, added token, text, added token, …, text
+        missing = [p for p in parts[0::2] if p and p not in self._pieces]
+        if missing:
+            self._remember(dict.fromkeys(missing))
+            if any(p not in self._pieces for p in missing):  # more new text than the cache holds
+                return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        ids: list[int] = []
+        if add_special_tokens:
+            assert self._around is not None
+            ids.extend(self._around[0])
+        pieces, added = self._pieces, self._added
+        for i, part in enumerate(parts):
+            if i % 2:
+                ids.append(added[part])
+            elif part:
+                cached = pieces.pop(part)  # re-inserted: most recently used last
+                pieces[part] = cached
+                ids.extend(cached.ids)
+        if add_special_tokens:
+            assert self._around is not None
+            ids.extend(self._around[1])
+        return ids
+
+    def _remember(self, texts: Mapping[str, None]) -> None:
+        short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]
+        for text, enc in zip(short, self._backend.encode_batch_fast(short, add_special_tokens=False) if short else ()):
+            self._pieces[text] = _Piece(enc.ids, [])
+            self._piece_chars += len(text)
+        for text in texts:
+            if text not in self._pieces:
+                self._pieces[text] = self._encode_long(text)
+                self._piece_chars += len(text)
+        while self._piece_chars > self._max_piece_chars and self._pieces:
+            oldest = next(iter(self._pieces))
+            self._piece_chars -= len(oldest)
+            for h, _, _ in self._pieces.pop(oldest).marks:
+                if self._marks.get(h, ("",))[0] is oldest:
+                    del self._marks[h]
+
+    def _encode_long(self, text: str) -> _Piece:
+        """A long piece's ids, reusing the longest remembered piece it starts with (module docstring).
+
+        Finding reuse points needs the encoding's offsets (about a fifth dearer than ids alone), so
+        the part after what is reused is encoded plainly unless its first chunk (in its place: the hash
+        is chained) was seen before: a unique tail costs no offsets; the second text continuing the same
+        way records points there, the third and later reuse them (a conversation resent with one more
+        turn reuses all but the newest turns)."""
+        hashes = _chunk_hashes(text)
+        ids: list[int] = []
+        marks: list[tuple[int, int, int]] = []
+        start = 0
+        for k in range(len(hashes) - 1, -1, -1):
+            found = self._marks.get(hashes[k])
+            if found is None:
+                continue
+            source, index = found
+            end = (k + 1) * _CHUNK
+            piece = self._pieces.get(source)
+            if piece is not None and source[:end] == text[:end]:
+                _, tokens, start = piece.marks[index]
+                ids = piece.ids[:tokens]
+                marks = piece.marks[: index + 1]
+                break
+        after = hashes[len(marks)] if len(marks) < len(hashes) else None
+        if after is None or after not in self._seen:
+            if after is not None:
+                self._seen[after] = None
+                if len(self._seen) > _MAX_SEEN:
+                    del self._seen[next(iter(self._seen))]
+            tail = self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids
+            piece = _Piece(ids + tail, marks)
+            for index, (h, _, _) in enumerate(marks):
+                self._marks[h] = (text, index)
+            return piece
+        enc = self._backend.encode(text[start:], add_special_tokens=False)
+        reused = len(ids)
+        ids = ids + enc.ids
+        words = enc.word_ids
+        begins = [b for b, _ in enc.offsets]  # character offsets in text[start:], one per token
+        for k in range(len(marks), len(hashes)):
+            at = bisect.bisect_right(begins, (k + 1) * _CHUNK - _MARGIN - start) - 1
+            # back to the first token of a pre-tokenizer word that does not continue a whitespace run
+            while at > 0 and (words[at] == words[at - 1] or text[start + begins[at] - 1].isspace()):
+                at -= 1
+            if at <= 0:
+                break  # no boundary in the new part yet: later checkpoints reuse the earlier ones
+            marks.append((hashes[k], reused + at, start + begins[at]))
+        for index, (h, _, _) in enumerate(marks):
+            self._marks[h] = (text, index)
+        return _Piece(ids, marks)
+
+    def _forget(self) -> None:
+        self._pieces.clear()
+        self._marks.clear()
+        self._seen.clear()
+        self._piece_chars = 0
+
+    def _reuse_holds(self) -> bool:
+        """Whether a piece encoded from a remembered prefix equals its whole-text encoding."""
+        words = "alpha beta, gamma delta;  epsilon\n zeta (eta) theta 42 iota.\n\nkappa lambda mu nu xi "
+        shared = words * (3 * _CHUNK // len(words))
+        for tail in ("omicron pi rho", " sigma\n\n tau", "\n  upsilon", "phi"):
+            for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
+                self._seen.update(dict.fromkeys(_chunk_hashes(shared)))
+                self._remember({shared: None})
+                got = self._encode_long(text).ids
+                self._forget()
+                if got != self._backend.encode(text, add_special_tokens=False).ids:
+                    return False
+        return True
+
+    def _special_frame(self) -> tuple[list[int], list[int]] | None:
+        """What the post-processor puts before and after a text (e.g. ``([bos], [])``), or None when
+        it is not a plain frame."""
+        probe = "frame probe"
+        bare = self._backend.encode(probe, add_special_tokens=False).ids
+        framed = self._backend.encode(probe, add_special_tokens=True).ids
+        for start in range(len(framed) - len(bare) + 1):
+            if framed[start : start + len(bare)] == bare:
+                return framed[:start], framed[start + len(bare) :]
+        return None
+
+    def _segmenting_holds(self) -> bool:
+        """Whether cutting at added tokens gives whole-text ids, on probes and a rendered chat."""
+        if self._split is None:
+            return True
+        probes = [f"Hi {t} there\n\n  x{t}{t}y\t {t}\n" for t in list(self._added)[:8]]
+        try:
+            probes.append(self.render_chat([
+                {"role": "system", "content": " You are helpful.\n"}, {"role": "user", "content": "Hello  there!\n\n"},
+                {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "x"}
+            ], {}))  # fmt: skip
+        except ChatTemplateError:
+            pass
+        for probe in probes:
+            for special in (False, True):
+                if self.encode(probe, special) != self._backend.encode(probe, add_special_tokens=special).ids:
+                    return False
+        return True
+
+    # -- chat -----------------------------------------------------------------------------------
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._templates)
+
+    def _template(self, name_or_source: str | None, tools: Any) -> jinja2.Template:
+        if name_or_source is not None and name_or_source not in self._templates:
+            source = name_or_source  # a template given in the request
+        elif name_or_source is not None:
+            source = self._templates[name_or_source]
+        elif tools and "tool_use" in self._templates:
+            source = self._templates["tool_use"]
+        elif "default" in self._templates:
+            source = self._templates["default"]
+        elif len(self._templates) == 1:
+            source = next(iter(self._templates.values()))
+        else:
+            raise ChatTemplateError(f"model {self.name or '?'} has no chat template")
+        compiled = self._compiled.get(source)
+        if compiled is None:
+            try:
+                compiled = self._compiled[source] = self._env.from_string(source)
+            except jinja2.exceptions.TemplateError as err:
+                raise ChatTemplateError(f"chat template does not compile: {err}") from None
+        return compiled
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
+        """The chat prompt text; ``options`` is the request body (``add_generation_prompt``,
+        ``continue_final_message``, ``tools``, ``documents``, ``chat_template``,
+        ``chat_template_kwargs``). Raises ``ChatTemplateError``."""
+        options = options or {}
+        conversation = _conversation(messages)
+        tools = options.get("tools")
+        template = self._template(options.get("chat_template") if isinstance(options.get("chat_template"), str) else None, tools)
+        kwargs = options.get("chat_template_kwargs")
+        continue_final = bool(options.get("continue_final_message", False))
+        variables: dict[str, Any] = {
+            **self._special, **(kwargs if isinstance(kwargs, Mapping) else {}),
+            "messages": conversation, "tools": tools, "documents": options.get("documents"),
+            "add_generation_prompt": bool(options.get("add_generation_prompt", not continue_final)),
+        }  # fmt: skip
+        try:
+            rendered = template.render(**variables)
+        except (jinja2.exceptions.TemplateError, TypeError, KeyError, AttributeError, ValueError) as err:
+            raise ChatTemplateError(f"chat template failed: {err}") from None
+        if continue_final and conversation:
+            rendered = _cut_after_final(rendered, conversation[-1].get("content"))
+        return rendered
+
+
+def _cut_after_final(rendered: str, final: Any) -> str:
+    """transformers' ``continue_final_message``: end the prompt right after the last message's text."""
+    if not isinstance(final, str) or not final:
+        return rendered
+    for text in (final, final.strip()):
+        at = rendered.rfind(text)
+        if at >= 0:
+            return rendered[: at + len(text)]
+    raise ChatTemplateError("continue_final_message: the final message is not in the rendered prompt")
+
