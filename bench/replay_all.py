@@ -1,18 +1,24 @@
 """Issue #10's routing targets, side by side in one run: every preset on every public trace.
 
-For each trace in ``--traces`` (its first ``--max-requests`` requests; bounds on the same subset):
+For each trace in ``--traces`` (``--match`` keeps those whose name contains a string), its first
+``--max-requests`` requests (bounds on the same subset):
 
 1. the knee of ``gie-default`` (``epp.replay.knee``, as ``epp replay --find-knee gie-default``): the
    rate scale where its TTFT p90 reaches twice its unloaded value;
 2. every preset at ×1, between ×1 and the knee (geometric middle), at the knee and just past it
    (×2^¼), plus ``default`` unloaded (the p90 floor no load goes below), on 8 engines of
-   ``llama-3.1-8b-h100``; gie-default's runs at scales its knee search already probed are reused;
-3. the targets (``epp.replay.targets``) for ``default``, met or not, with the numbers behind a miss.
+   ``--profile`` (``llama-3.1-8b-h100``, or a mix ``p:4,q:4`` as ``epp replay`` takes it; no policy is
+   told which); ``--policies`` narrows the presets; gie-default's runs at scales its knee search
+   already probed are reused;
+3. the targets (``epp.replay.targets``) for ``default``, met or not, with the numbers behind a miss;
+   with ``llm-d-default`` among the policies also issue #15's against it (TTFT p90 ≤ 0.85× at the knee,
+   ≤ 1.05× at every rate from ×1 to the knee).
 
 Writes ``--out`` (``bench/replay.md``) and, in the folder of that name without ``.md``,
 ``summary.json`` and plots of the knee runs under ``<trace>/``. ``--check`` exits 1 when a target is missed (vacuous ones do not count).
 
-    python bench/replay_all.py [--traces DIR] [--max-requests N] [--jobs J] [--check]
+    python bench/replay_all.py [--traces DIR] [--match S ...] [--profile P] [--policies A,B] [--max-requests N]
+                               [--jobs J] [--out FILE] [--check]
 """
 
 from __future__ import annotations
@@ -34,20 +40,23 @@ from typing import Any
 from epp.engine.config import EngineConfig
 from fetch_traces import TRACES_DIR, require  # bench/ is on sys.path when run as a script
 from epp.replay.knee import Knee, find_knee, unloaded_scale
-from epp.replay.offline import ClusterSpec
+from epp.replay.offline import ClusterSpec, parse_profiles
 from epp.replay.plots import PlotContext, write_plots
 from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
-from epp.replay.targets import Loads, Verdict, evaluate
+from epp.replay.targets import Loads, Verdict, evaluate, versus
 from epp.replay.traces import Trace, read_trace
 from epp.scheduling.presets import PRESETS
 
 BASELINE = "gie-default"
 REFERENCE = "round-robin"
-POLICIES = (DEFAULT, BASELINE, REFERENCE, *sorted(set(PRESETS) - {DEFAULT, BASELINE, REFERENCE}))
+LLM_D = "llm-d-default"
+ALL_POLICIES = (DEFAULT, BASELINE, REFERENCE, *sorted(set(PRESETS) - {DEFAULT, BASELINE, REFERENCE}))
 PAST_KNEE = 2**0.25
-CLUSTER = ClusterSpec(engines=8, engine=EngineConfig(profile="llama-3.1-8b-h100"))
+ENGINES = 8
 HERE = Path(__file__).resolve().parent
+QUICK = False
+"""``--quick``: run ×1 and the knee only (no middle, past-knee or unloaded runs), for a loaded machine."""
 LEVERS = (
     "What moves a miss (from the analysis in bench/RESULTS.md, \"Default policy\"): hit ÷ capacity — "
     "`default` already reads the engines' KV events (its precise view knows what was evicted), so the "
@@ -69,24 +78,32 @@ class KneeSearch:
 
 
 @functools.lru_cache(maxsize=None)
-def load(path: Path, max_requests: int | None) -> tuple[Trace, Bounds]:
+def cluster(profile: str) -> ClusterSpec:
+    """``ENGINES`` engines of ``profile`` (``--profile``'s syntax: one profile, or a mix)."""
+    profiles = parse_profiles(profile, ENGINES)
+    mixed = profiles if len(set(profiles)) > 1 else ()
+    return ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]), profiles=mixed)
+
+
+@functools.lru_cache(maxsize=None)
+def load(path: Path, max_requests: int | None, profile: str) -> tuple[Trace, Bounds]:
     """The trace's head and its bounds, read once per process (workers serve many runs of one trace)."""
     trace = read_trace(path, max_requests)
-    return trace, trace_bounds(trace, CLUSTER)
+    return trace, trace_bounds(trace, cluster(profile))
 
 
-def run_task(path: Path, max_requests: int | None, job: Job) -> Outcome:
-    trace, bounds = load(path, max_requests)
-    return run_one(trace, job, CLUSTER, bounds, lambda n: None)
+def run_task(path: Path, max_requests: int | None, profile: str, job: Job) -> Outcome:
+    trace, bounds = load(path, max_requests, profile)
+    return run_one(trace, job, cluster(profile), bounds, lambda n: None)
 
 
-def search_knee(path: Path, max_requests: int | None) -> KneeSearch:
+def search_knee(path: Path, max_requests: int | None, profile: str) -> KneeSearch:
     """gie-default's knee on one trace, its probes in sequence (one worker per trace)."""
-    trace, bounds = load(path, max_requests)
+    trace, bounds = load(path, max_requests, profile)
     probed: dict[float, Outcome] = {}
 
     def probe(scale: float) -> float | None:
-        probed[scale] = run_task(path, max_requests, Job(BASELINE, scale))
+        probed[scale] = run_task(path, max_requests, profile, Job(BASELINE, scale))
         p90: float | None = probed[scale].summary["ttft_p90"]
         return p90
 
@@ -95,11 +112,11 @@ def search_knee(path: Path, max_requests: int | None) -> KneeSearch:
     return KneeSearch(knee, bounds, {s: o for s, o in probed.items() if s in keep})
 
 
-def plan(search: KneeSearch, mean_rate: float) -> list[Job]:
-    """Every preset at every load level, default unloaded; minus what the knee search already ran."""
+def plan(search: KneeSearch, mean_rate: float, policies: Sequence[str]) -> list[Job]:
+    """Every policy at every load level, default unloaded; minus what the knee search already ran."""
     levels = load_levels(search.knee.rate_scale)
-    jobs = [Job(p, r) for p in POLICIES for r in levels if not (p == BASELINE and r in search.reused)]
-    return [*jobs, Job(DEFAULT, unloaded_scale(mean_rate))]
+    jobs = [Job(p, r) for p in policies for r in levels if not (p == BASELINE and r in search.reused)]
+    return jobs if QUICK else [*jobs, Job(DEFAULT, unloaded_scale(mean_rate))]
 
 
 def executor(workers: int) -> Executor:
@@ -111,9 +128,13 @@ def executor(workers: int) -> Executor:
 
 
 def load_levels(knee: float | None) -> dict[float, str]:
-    """Rate scale → label: ×1, the geometric middle up to the knee, the knee, just past it."""
+    """Rate scale → label: ×1, the geometric middle up to the knee, the knee, just past it (``QUICK``:
+    ×1 and the knee only)."""
     levels = {1.0: "×1"}
     if knee is None:
+        return levels
+    if QUICK:
+        levels[knee] = "knee"
         return levels
     if max(knee, 1 / knee) > 1.5:
         levels[math.sqrt(knee)] = "between"
@@ -156,7 +177,7 @@ def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) ->
         "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     gie = {s["rate_scale"]: s["ttft_p90"] for s in summaries if s["policy"] == BASELINE}
-    for s in sorted(summaries, key=lambda s: (s["rate_scale"], POLICIES.index(s["policy"]))):
+    for s in sorted(summaries, key=lambda s: (s["rate_scale"], ALL_POLICIES.index(s["policy"]))):
         cap = s["capacity_hit_ratio"]
         hit_cap = s["hit_ratio"] / cap if cap and s["hit_ratio"] is not None else None
         p90 = s["ttft_p90"]
@@ -173,7 +194,7 @@ def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) ->
 
 def trace_section(
     trace: Trace, total: int, search: KneeSearch, summaries: list[dict[str, Any]], labels: dict[float, str],
-    verdicts: list[Verdict],
+    verdicts: list[Verdict], kv_tokens: int,
 ) -> list[str]:
     subset = f"first {len(trace.requests):,} of {total:,} requests" if len(trace.requests) < total else f"all {total:,} requests"
     vacuous = "" if search.bounds.capacity else (
@@ -185,7 +206,7 @@ def trace_section(
         "",
         f"{subset}, {trace.duration:,.0f} s at ×1 ({trace.mean_rate:.2f} req/s). Bounds on this subset: "
         f"ideal (unlimited cache) {search.bounds.ideal:.1%}, capacity (one LRU as large as the cluster's "
-        f"{CLUSTER.kv_tokens():,} KV tokens) {search.bounds.capacity:.1%}.{vacuous} {knee_text(search.knee, trace)}",
+        f"{kv_tokens:,} KV tokens) {search.bounds.capacity:.1%}.{vacuous} {knee_text(search.knee, trace)}",
         "",
         f"Targets for `{DEFAULT}`:",
         "",
@@ -218,28 +239,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=Path, default=TRACES_DIR,
                         help="directory of traces (default traces/: python bench/fetch_traces.py fills it)")
+    parser.add_argument("--match", action="append", default=None, help="only traces whose file name contains this")
+    parser.add_argument("--profile", default="llama-3.1-8b-h100", help="engine profile, or a mix p:4,q:4 (8 engines)")
+    parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets (default: all)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per trace (its head; 0 = all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--quick", action="store_true", help="only ×1 and the knee (no middle, past-knee, unloaded runs)")
     args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
     limit = args.max_requests or None
+    profile = args.profile
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in ALL_POLICIES]
+    if unknown or DEFAULT not in policies or BASELINE not in policies:
+        parser.error(f"--policies must name presets incl. {DEFAULT} and {BASELINE}; unknown: {unknown}")
+    try:
+        spec = cluster(profile)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     files = sorted(
-        (p for p in require(args.traces).iterdir() if p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz")),
+        (p for p in require(args.traces).iterdir() if (p.suffix in (".jsonl", ".csv") or p.name.endswith(".gz"))
+         and (not args.match or any(m in p.name for m in args.match))),
         key=lambda p: -p.stat().st_size,  # biggest first: the knee searches finish together
     )
+    if not files:
+        parser.error(f"no trace in {args.traces} matches {args.match}")
     started = time.perf_counter()
     searches: dict[Path, KneeSearch] = {}
     runs: dict[Path, list[Future[Outcome]]] = {}
     with executor(args.jobs) as pool:
         # knee searches first; each trace's runs are queued as soon as its knee is known
-        knees = {pool.submit(search_knee, path, limit): path for path in files}
+        knees = {pool.submit(search_knee, path, limit, profile): path for path in files}
         for done in as_completed(knees):
             path = knees[done]
             searches[path] = done.result()
-            jobs = plan(searches[path], load(path, limit)[0].mean_rate)
-            runs[path] = [pool.submit(run_task, path, limit, job) for job in jobs]
+            jobs = plan(searches[path], load(path, limit, profile)[0].mean_rate, policies)
+            runs[path] = [pool.submit(run_task, path, limit, profile, job) for job in jobs]
             print(f"{path.name}: knee at {time.perf_counter() - started:.0f} s, {len(jobs)} runs queued", flush=True)
         outcomes = {path: [f.result() for f in futures] for path, futures in runs.items()}
 
@@ -248,16 +287,19 @@ def main() -> int:
     per_trace: dict[str, list[Verdict]] = {}
     for path in sorted(files, key=lambda p: p.name):
         search = searches[path]
-        trace = load(path, limit)[0]
+        trace = load(path, limit, profile)[0]
         labels = load_levels(search.knee.rate_scale)
         unloaded = unloaded_scale(trace.mean_rate)
         labels[unloaded] = "unloaded"
         mine = outcomes[path] + list(search.reused.values())
         summaries = [o.summary for o in mine]
-        verdicts = evaluate(summaries, Loads(search.knee.rate_scale, unloaded), DEFAULT, BASELINE, REFERENCE)
+        loads = Loads(search.knee.rate_scale, unloaded)
+        verdicts = evaluate(summaries, loads, DEFAULT, BASELINE, REFERENCE)
+        if LLM_D in policies:
+            verdicts += versus(summaries, loads, DEFAULT, LLM_D)
         per_trace[trace.name] = verdicts
         total = len(read_trace(path, None).requests)
-        body += trace_section(trace, total, search, summaries, labels, verdicts)
+        body += trace_section(trace, total, search, summaries, labels, verdicts, spec.kv_tokens())
         plot_dir = args.out.with_suffix("") / path.name.removesuffix(".gz").rsplit(".", 1)[0]
         plot_dir.mkdir(parents=True, exist_ok=True)
         write_plots(plot_dir, [(o.job.label, o.run) for o in mine if o.job.rate_scale == search.knee.rate_scale],
@@ -279,8 +321,9 @@ def main() -> int:
         + (f"**Each trace is cut to its first {limit:,} requests** (bounds, knee and runs on that subset) "
            "so the whole script runs in ~15 min; full traces give other knees (bench/RESULTS.md). "
            if limit else "Full traces. ")
-        + f"{CLUSTER.engines} simulated engines `{CLUSTER.engine.profile}` (calibrated H100 latency model, "
-        "vLLM-shaped scheduler and prefix cache), metrics polled every 50 ms of virtual time, seed 0. "
+        + f"Simulated engines {spec.label} (calibrated H100 latency model, "
+        "vLLM-shaped scheduler and prefix cache; no policy is told the profile), metrics polled every 50 ms "
+        "of virtual time, seed 0. "
         f"`{DEFAULT}` is what `epp serve` runs without a config (docs/routing.md). Loads come from "
         f"`{BASELINE}`'s knee (TTFT p90 = 2 × its unloaded p90). Hit = cached ÷ prompt tokens as the engines "
         "saw them; capacity bound = one LRU cache as large as the whole cluster's KV cache, in trace order.",

@@ -5,7 +5,8 @@ or an EndpointPickerConfig file; repeat it to compare policies side by side, rou
 8/64/256 endpoints with fresh metrics, for 1K- and 32K-token text prompts (4 bytes per token) drawn from a
 pool of shared prefixes so the prefix index sees hits and misses. Each request completes (response
 hooks called) 64 picks after it was scheduled, so plugins that track requests in flight stay at a
-steady state. Times ``Scheduler.schedule`` end to end, PreRequest index update included, and prints p50/p99 in microseconds, best of ``--rounds`` rounds (the machine is shared: the
+steady state; streamed, 1 ms of virtual time apart, each completing with usage, so a plugin that learns
+from responses (the default's latency learner) learns during the run. Times ``Scheduler.schedule`` end to end, PreRequest index update included, and prints p50/p99 in microseconds, best of ``--rounds`` rounds (the machine is shared: the
 best round is the one least disturbed by other tenants; all rounds run identical work). Then fills a ``BlockIndex`` to capacity and reports its
 bytes per live (block, endpoint) entry, from ``nbytes`` and from tracemalloc.
 
@@ -70,13 +71,15 @@ def _prompts(tokens: int, rng: random.Random, shared: int = 32) -> list[bytes]:
 
 
 IN_FLIGHT = 64
+USAGE = {"completion_tokens": 16}
 
 
 def pick_latency(endpoints: int, tokens: int, picks: int, seed: int, preset: str = "gie-default") -> tuple[float, float, float, float]:
     """(wall p50, wall p99, thread-CPU p50, thread-CPU p99) in µs. CPU time leaves out the time the
     process sat preempted by other tenants, so it is the cost of the code itself."""
     rng = random.Random(seed)
-    scheduler = load_scheduler(preset, clock=VirtualClock(), rng=random.Random(seed))
+    clock = VirtualClock()
+    scheduler = load_scheduler(preset, clock=clock, rng=random.Random(seed))
     states = _states(endpoints, rng)
     datastore = Datastore(VirtualClock())
     scheduler.attach(datastore)  # as serve does: the prefix index reserves endpoint slots at discovery
@@ -86,7 +89,8 @@ def pick_latency(endpoints: int, tokens: int, picks: int, seed: int, preset: str
     wall, cpu = [], []
     in_flight: list[tuple[LLMRequest, EndpointState]] = []
     for i in range(picks + 200):
-        request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
+        request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)], stream=True)
+        clock.advance(0.001)  # 1,000 picks/s: requests end with a duration a latency learner can use
         t0, c0 = time.perf_counter(), time.thread_time()
         picked = scheduler.schedule(request, states).endpoints[0]
         if i >= 200:  # warm-up: let the index fill a little first
@@ -96,7 +100,7 @@ def pick_latency(endpoints: int, tokens: int, picks: int, seed: int, preset: str
         if len(in_flight) > IN_FLIGHT:
             done, served = in_flight.pop(0)
             scheduler.response_started(done, served)
-            scheduler.response_complete(done, served, {})
+            scheduler.response_complete(done, served, USAGE)  # a success: learners learn from it
     wall.sort()
     cpu.sort()
     p50, p99 = len(wall) // 2, int(len(wall) * 0.99)

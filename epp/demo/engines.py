@@ -67,17 +67,20 @@ def _healthy(upstream: Upstream) -> bool:
 
 
 def start_engines(
-    names: Sequence[str], model: str, timeout: float = 30.0, extra_args: Sequence[str] = ()
+    names: Sequence[str], model: str, timeout: float = 30.0, extra_args: Sequence[str] = (),
+    engine_args: Sequence[Sequence[str]] = (),
 ) -> EngineFleet:
     """One ``epp sim`` process per name serving ``model`` on a free port, once every ``/health`` answers.
-    ``extra_args`` go to every ``epp sim`` (e.g. ``--profile``, ``--time-scale``)."""
+    ``extra_args`` go to every ``epp sim`` (e.g. ``--time-scale``), ``engine_args[i]`` to the i-th only
+    (e.g. its ``--profile``)."""
     fleet = EngineFleet({}, [])
     try:
         for seed, name in enumerate(names):
             upstream = Upstream("127.0.0.1", proc_util.free_port())
             fleet.processes.append(proc_util.spawn(
                 [sys.executable, "-m", "epp", "sim", "--host", upstream.host, "--port", str(upstream.port),
-                 "--served-model-name", model, "--seed", str(seed), *extra_args],
+                 "--served-model-name", model, "--seed", str(seed), *extra_args,
+                 *(engine_args[seed] if engine_args else ())],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
             fleet.members[name] = upstream

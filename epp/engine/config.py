@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from epp.engine.calibration import H100, Calibration
@@ -23,10 +23,43 @@ class ModelProfile:
     """bf16 parameters × 2: read once per iteration."""
     bandwidth: float
     """Effective HBM bytes/s (80 % of peak: what paged-attention kernels sustain)."""
+    linear_scale: float = 1.0
+    attention_scale: float = 1.0
+    """Multipliers on the fitted per-token and per-token-pair prefill costs, for a profile derived from
+    another model's measurements (1: the calibration's own model)."""
 
     @property
     def kv_bytes_per_token(self) -> int:
         return self.calibration.kv_bytes_per_token
+
+
+_8B = H100["llama-3.1-8b"]
+_70B_TP = 4
+_70B_PARAMS, _8B_PARAMS = 70.55e9, 8.03e9
+_TP_OVERHEAD = 1.15
+"""Tensor-parallel all-reduces (two per layer) on top of each GPU's share of the work."""
+_70B_WEIGHT_BYTES = int(2 * _70B_PARAMS / _70B_TP)
+"""bf16 weights per GPU."""
+LLAMA_70B_H100_TP4 = ModelProfile(
+    "llama-3.1-70b-h100-tp4",
+    replace(
+        _8B,
+        # 80 layers × 8 KV heads × 128 dims × (K, V) × 2 bytes, a quarter of the heads on each GPU
+        kv_bytes_per_token=80 * 8 * 128 * 2 * 2 // _70B_TP,
+        free_gpu_bytes_after_weights=_8B.free_gpu_bytes_after_weights + 16_060_000_000 - _70B_WEIGHT_BYTES,
+    ),
+    _70B_WEIGHT_BYTES,
+    0.8 * H100_BANDWIDTH,
+    # GEMM FLOPs per token scale with the parameters, shared by four GPUs
+    linear_scale=_70B_PARAMS / _8B_PARAMS / _70B_TP * _TP_OVERHEAD,
+    # attention per token pair scales with layers × hidden size (80 × 8192 vs 32 × 4096)
+    attention_scale=(80 * 8192) / (32 * 4096) / _70B_TP * _TP_OVERHEAD,
+)
+"""A 70B-class engine no single H100 holds: Llama-3.1-70B shape, tensor-parallel over four H100s, its
+costs derived from the 8B's H100 measurements (no 70B was measured): per GPU a quarter of the weights
+and of the KV heads, the fitted prefill coefficients scaled by the work per GPU plus 15 % for the
+all-reduces. Per token about 2.5× slower to prefill than the 8B (2.2× per decode step), so replay's
+engines span faster (1B) and slower (70B) than the 8B."""
 
 
 PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
@@ -37,6 +70,7 @@ PROFILES: Mapping[str, ModelProfile] = MappingProxyType(
         "llama-3.2-1b-h100": ModelProfile(
             "llama-3.2-1b-h100", H100["llama-3.2-1b"], 2_471_000_000, 0.8 * H100_BANDWIDTH
         ),
+        LLAMA_70B_H100_TP4.name: LLAMA_70B_H100_TP4,
     }
 )
 DEFAULT_PROFILE = "llama-3.1-8b-h100"
@@ -97,8 +131,13 @@ class EngineConfig:
 
     def latency_model(self) -> LatencyModel:
         profile = self.model_profile
+        fit = fit_prefill(profile.calibration)
+        fit = replace(
+            fit, linear_s_per_token=fit.linear_s_per_token * profile.linear_scale,
+            attention_s_per_pair=fit.attention_s_per_pair * profile.attention_scale,
+        )
         return LatencyModel(
-            fit_prefill(profile.calibration),
+            fit,
             weight_bytes=profile.weight_bytes,
             kv_bytes_per_token=profile.kv_bytes_per_token,
             bandwidth=profile.bandwidth,

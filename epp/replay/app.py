@@ -14,11 +14,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
+from epp.engine.config import DEFAULT_PROFILE, EngineConfig
 from epp.replay import report
 from epp.replay.knee import Knee, find_knee
 from epp.replay.live import LiveSpec
-from epp.replay.offline import ClusterSpec
+from epp.replay.offline import ClusterSpec, parse_profiles
 from epp.replay.plots import PlotContext, require_matplotlib, write_plots
 from epp.replay.policies import resolve
 from epp.replay.replicas import Replicas
@@ -63,14 +63,16 @@ def load_trace(args: argparse.Namespace, console: Console) -> Trace:
 
 
 def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
-    profile = args.profile or DEFAULT_PROFILE
-    if profile not in PROFILES:
-        raise ReplayError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    engine = EngineConfig(profile=profile, num_gpu_blocks=args.num_gpu_blocks, seed=args.seed)
+    try:
+        profiles = parse_profiles(args.profile or DEFAULT_PROFILE, args.engines)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    engine = EngineConfig(profile=profiles[0], num_gpu_blocks=args.num_gpu_blocks, seed=args.seed)
     roles = args.roles or ()
     if roles and len(roles) != args.engines:
         raise ReplayError(f"--roles counts sum to {len(roles)}, --engines is {args.engines}")
-    return ClusterSpec(engines=args.engines, engine=engine, roles=roles)
+    return ClusterSpec(engines=args.engines, engine=engine, profiles=profiles if len(set(profiles)) > 1 else (),
+                       roles=roles)
 
 
 def policies(names: list[str] | None) -> list[str]:
@@ -165,8 +167,8 @@ def replay(args: argparse.Namespace) -> int:
             raise ReplayError(str(exc)) from None
         out.mkdir(parents=True, exist_ok=True)
     title = (
-        f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, "
-        f"{cluster.engines} × {cluster.engine.profile}" + (f", {pickers.label}" if pickers.label else "")
+        f"{trace.name}: {len(trace.requests):,} requests over {trace.duration:,.0f} s, {cluster.label}"
+        + (f", {pickers.label}" if pickers.label else "")
         + (", roles " + ",".join(f"{r}:{cluster.roles.count(r)}" for r in dict.fromkeys(cluster.roles))
            if cluster.roles else "")
     )

@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from epp.engine.config import PROFILES
 from epp.replay.synthetic import WORKLOADS
 
 
@@ -65,7 +66,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
              "prefill:4,decode:4; engines are labelled llm-d.ai/role and a disaggregated request runs its "
              "prefill on the prefill engine first (offline only; default: aggregated)",
     )
-    parser.add_argument("--profile", default=None, help="engine model/GPU profile (default llama-3.1-8b-h100)")
+    parser.add_argument(
+        "--profile", default=None, metavar="PROFILE|PROFILE:N,...",
+        help="engine model/GPU profile for every engine (default llama-3.1-8b-h100), or a mix such as "
+        "llama-3.1-8b-h100:4,llama-3.2-1b-h100:4 (counts sum to --engines; no policy is told which engine "
+        f"runs which). Known: {', '.join(PROFILES)}",
+    )
     parser.add_argument(
         "--num-gpu-blocks", type=_positive_int, default=None,
         help="KV blocks per engine (default: derived from the profile's memory)",

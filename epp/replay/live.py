@@ -172,14 +172,16 @@ def run_live_via(
     """Start fresh engines (cold caches), ``front`` over them, replay through its URL, stop everything."""
     started = time.perf_counter()
     engine = cluster.engine
-    # usage.prompt_tokens_details.cached_tokens (each record's cache hit) needs vLLM's flag, as with a real vLLM
-    sim_args = ["--profile", engine.profile, "--time-scale", str(spec.time_scale), "--enable-prompt-tokens-details"]
+    # usage.prompt_tokens_details.cached_tokens (each record's cache hit) needs vLLM's flag, as with a real vLLM;
+    # each engine's --profile comes with its own arguments below (a mix is one profile per engine)
+    sim_args = ["--time-scale", str(spec.time_scale), "--enable-prompt-tokens-details"]
     if engine.num_gpu_blocks is not None:
         sim_args += ["--kv-cache-blocks", str(engine.num_gpu_blocks)]
     names = [f"engine-{i}" for i in range(cluster.engines)]
     with tempfile.TemporaryDirectory(prefix="epp-replay-live-") as tmp:
         workdir = spec.workdir or Path(tmp)
-        fleet = start_engines(names, engine.model, extra_args=sim_args)
+        profiles = [["--profile", cluster.engine_config(i).profile] for i in range(cluster.engines)]
+        fleet = start_engines(names, engine.model, extra_args=sim_args, engine_args=profiles)
         try:
             with front(fleet, workdir) as url:
                 client = _Client(url, engine.model, spec, fleet, prompt)

@@ -44,6 +44,7 @@ poll interval.
 from __future__ import annotations
 
 import heapq
+from itertools import groupby
 import math
 import random
 import time
@@ -57,7 +58,7 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.datastore.endpoint import ROLE_LABEL
 from epp.director import AdmissionPolicy, Director, Failure, RoutingDecision, ShedSheddable
 from epp.engine.block_pool import KVCacheEvent
-from epp.engine.config import EngineConfig
+from epp.engine.config import PROFILES, EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
 from epp.engine.request import EngineRequest
 from epp.engine.tokenizer import decode
@@ -75,22 +76,57 @@ POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """The simulated cluster: ``engines`` identical engines built from ``engine``; ``roles`` (one per
-    engine: prefill, decode, both) label them ``llm-d.ai/role``, empty for an aggregated pool."""
+    """The simulated cluster: ``engines`` engines built from ``engine``, engine ``i`` on ``profiles[i]``
+    when given (a mixed pool; the policy is never told which), else all on ``engine.profile``; ``roles``
+    (one per engine: prefill, decode, both) label them ``llm-d.ai/role``, empty for an aggregated pool."""
 
     engines: int = 8
     engine: EngineConfig = field(default_factory=EngineConfig)
     poll_interval: float = POLL_INTERVAL
     staleness_threshold: float = 2.0
+    profiles: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.profiles and len(self.profiles) != self.engines:
+            raise ValueError(f"{len(self.profiles)} engine profiles for {self.engines} engines")
         if self.roles and len(self.roles) != self.engines:
             raise ValueError(f"{len(self.roles)} roles for {self.engines} engines")
 
+    def engine_config(self, i: int) -> EngineConfig:
+        """Engine ``i``'s configuration (its own seed, its profile)."""
+        profile = self.profiles[i] if self.profiles else self.engine.profile
+        return replace(self.engine, profile=profile, seed=self.engine.seed + i)
+
     def kv_tokens(self) -> int:
         """The whole cluster's KV cache in tokens."""
-        return self.engines * self.engine.total_gpu_blocks * self.engine.block_size
+        return sum(c.total_gpu_blocks * c.block_size for c in map(self.engine_config, range(self.engines)))
+
+    @property
+    def label(self) -> str:
+        """``8 × p`` or ``4 × p + 4 × q`` (in engine order)."""
+        profiles = self.profiles or (self.engine.profile,) * self.engines
+        return " + ".join(f"{len(list(run))} × {profile}" for profile, run in groupby(profiles))
+
+
+def parse_profiles(text: str, engines: int) -> tuple[str, ...]:
+    """``--profile``: one profile for every engine, or a mix ``p:4,q:4`` (counts summing to ``engines``,
+    engines assigned in that order); per engine, ValueError naming what is wrong."""
+    if ":" not in text and "," not in text:
+        names = [text] * engines
+    else:
+        names = []
+        for part in text.split(","):
+            profile, sep, count = part.strip().partition(":")
+            if not sep or not count.strip().isdigit() or int(count) < 1:
+                raise ValueError(f"--profile {text!r}: each part must be profile:count, got {part!r}")
+            names += [profile.strip()] * int(count)
+        if len(names) != engines:
+            raise ValueError(f"--profile {text!r}: counts sum to {len(names)}, not to --engines {engines}")
+    for name in dict.fromkeys(names):
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return tuple(names)
 
 
 @dataclass(slots=True)
@@ -245,8 +281,7 @@ class OfflineReplay:
         sinks = kv_event_sinks(p for s in self.schedulers for p in s.plugins)
         self.kv_feed = KVEventFeed(sinks, self.endpoints, cluster.engine.model) if sinks else None
         self.engines = [
-            EngineCore(replace(cluster.engine, seed=cluster.engine.seed + i, enable_kv_events=bool(sinks)))
-            for i in range(cluster.engines)
+            EngineCore(replace(cluster.engine_config(i), enable_kv_events=bool(sinks))) for i in range(cluster.engines)
         ]
         self.models = frozenset({cluster.engine.model})
         self.records = [RequestRecord(a, r.prompt.length, r.priority) for a, r in zip(self.arrivals, requests)]
@@ -340,6 +375,7 @@ class OfflineReplay:
             prompt_bytes=prompt,
             prompt_token_ids=tokens,
             max_tokens=trace_request.output_tokens,
+            stream=True,  # first tokens are delivered as they happen, as a streamed response's are
             user=trace_request.session,
             priority=trace_request.priority,
         )

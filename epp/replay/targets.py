@@ -10,6 +10,9 @@ A policy (``default``) is held against a cache-aware baseline (``gie-default``) 
 - no request shed by the scheduler (the public traces carry no priorities that would ask for it);
   requests the engine refuses as longer than ``max_model_len`` are the trace's, not counted.
 
+Issue #15 adds llm-d's sticky-until-saturated default as a second baseline (``versus``): TTFT p90 ≤
+0.85 × its at the knee and ≤ 1.05 × at every rate from ×1 to the knee.
+
 Each verdict carries the numbers that explain a miss, from the trace and the engines: the capacity and
 ideal bounds and the best hit ratio any policy reached; the policy's unloaded TTFT p90 (pure prefill
 time with its own hits, no queueing), which no load can go below, against the limit it must meet.
@@ -27,6 +30,7 @@ HIT_OF_CAPACITY = 0.95
 P90_OF_BASELINE_AT_KNEE = 0.7
 P90_OF_BASELINE_ANY_RATE = 1.05
 P90_OF_ROUND_ROBIN_AT_KNEE = 0.15
+P90_OF_PEER_AT_KNEE = 0.85
 MAX_IMBALANCE = 1.5
 
 Summary = dict[str, Any]
@@ -123,12 +127,14 @@ def _p90(
     return Verdict(target, at, value, limit, met, why)
 
 
-def _worst_p90(runs: _Runs, policy: str, baseline: str, loads: Loads) -> Verdict:
-    """The largest p90 ratio over every rate both policies ran at."""
-    target = f"TTFT p90 ÷ {baseline}, worst rate"
+def _worst_p90(runs: _Runs, policy: str, baseline: str, loads: Loads, up_to: float | None = None) -> Verdict:
+    """The largest p90 ratio over every rate both policies ran at (at most ``up_to``, when given)."""
+    target = f"TTFT p90 ÷ {baseline}, worst rate" + (" up to the knee" if up_to is not None else "")
     limit = f"≤ {P90_OF_BASELINE_ANY_RATE:g}"
     pairs: list[tuple[float, float, float, float]] = []  # (ratio, rate, mine, theirs)
     for rate in runs.rates(policy):
+        if up_to is not None and (rate > up_to or rate < 1.0):
+            continue
         mine, theirs = runs.get(policy, rate), runs.get(baseline, rate)
         if mine is not None and theirs is not None and mine["ttft_p90"] is not None and theirs["ttft_p90"]:
             pairs.append((mine["ttft_p90"] / theirs["ttft_p90"], rate, mine["ttft_p90"], theirs["ttft_p90"]))
@@ -176,4 +182,15 @@ def evaluate(
         _imbalance(runs, policy, 1.0, "×1"),
         _imbalance(runs, policy, loads.knee, knee_at),
         _shed(runs, policy),
+    ]
+
+
+def versus(summaries: Sequence[Summary], loads: Loads, policy: str, peer: str) -> list[Verdict]:
+    """Issue #15's targets against a second baseline: TTFT p90 at its knee, and the worst rate from ×1
+    to the knee (the gie-default knee: ``loads.knee``)."""
+    runs = _Runs(summaries)
+    knee_at = "no knee" if loads.knee is None else _label(loads.knee, loads)
+    return [
+        _p90(runs, policy, peer, loads.knee, knee_at, P90_OF_PEER_AT_KNEE, loads),
+        _worst_p90(runs, policy, peer, loads, up_to=loads.knee if loads.knee is not None else 1.0),
     ]

@@ -22,7 +22,7 @@ def _config(plugins: str, profile: str) -> str:
 
 PRESETS: Mapping[str, str] = MappingProxyType({
     # epp's default: the endpoint with the smallest predicted time to first token (queue wait + uncached
-    # prefill on the calibrated H100 latency model) plus 8× the prefill work it adds, random among
+    # prefill, each endpoint's latency learned online from its own requests) plus 2× the prefill work it adds, random among
     # near-equals. The producer matches up to 128K prompt tokens so the prediction sees the whole hit.
     # Per endpoint it reads what the engine cached from its KV events (vLLM's default publisher,
     # tcp://<pod>:5557) once they prove to agree with epp's token keys (prompts tokenized with the served
@@ -32,7 +32,7 @@ PRESETS: Mapping[str, str] = MappingProxyType({
     "default": _config(
         "- {type: precise-prefix-cache-producer, parameters: {mode: connect, kvEventsPort: 5557, tokenizer: auto,"
         " maxPrefixTokensToMatch: 131072, lruCapacityPerServer: 62500}}\n"
-        "- {type: ttft-predictor-scorer, parameters: {profile: llama-3.1-8b-h100, workWeight: 8}}\n"
+        "- {type: ttft-predictor-scorer, parameters: {workWeight: 2}}\n"
         "- {type: max-score-picker}\n",
         "  - {pluginRef: ttft-predictor-scorer}\n  - {pluginRef: max-score-picker}\n",
     ),
@@ -90,6 +90,26 @@ PRESETS: Mapping[str, str] = MappingProxyType({
         "- {type: max-score-picker}\n",
         "  - {pluginRef: prefix-cache-affinity-filter}\n  - {pluginRef: token-load-scorer}\n"
         "  - {pluginRef: max-score-picker}\n",
+    ),
+    "llm-d-predicted-latency": _config(
+        # llm-d's predicted-latency routing as its guide ships it (llm-d guides/predicted-latency-routing/
+        # router/predicted-latency.values.yaml, pluginsCustomConfig predicted-latency-plugins.yaml; the copy in
+        # ../shared/upstream-epp-configs), the sidecar predictor replaced by epp's own (predicted-latency-
+        # producer: epp.scheduling.plugins.predicted_latency). Per parameter:
+        # - maxPrefixTokensToMatch 262144: the guide's value (sized there for 256K-context prompts);
+        # - predicted-latency-producer: no parameters in the guide, so llm-d-router's DefaultConfig
+        #   (dataproducer/predictedlatency: sloBufferFactor 1, contextTTL 5m, streamingMode false);
+        # - loose-affinity-filter: affinityThreshold 0.8, ttftSource latencyPredictor, maxTTFTPenaltyMs 5000
+        #   (the guide's);
+        # - latency-scorer: no parameters, so its README defaults (ttftWeight 0.8, tpotWeight 0.2, least);
+        # - weighted-random-picker: defaults.
+        "- {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 262144}}\n"
+        "- {type: predicted-latency-producer}\n"
+        "- {type: prefix-cache-affinity-filter, name: loose-affinity-filter, parameters: {affinityThreshold: 0.8,"
+        " ttftSource: latencyPredictor, maxTTFTPenaltyMs: 5000}}\n"
+        "- {type: latency-scorer}\n"
+        "- {type: weighted-random-picker}\n",
+        "  - {pluginRef: loose-affinity-filter}\n  - {pluginRef: latency-scorer}\n  - {pluginRef: weighted-random-picker}\n",
     ),
 })
 

@@ -55,6 +55,9 @@ def test_malformed_lines_are_listed_with_line_numbers(tmp_path: Path, capsys: py
     [
         (["--policy", "nope"], "policy 'nope': 'nope' is neither a preset"),
         (["--profile", "tpu"], "unknown profile 'tpu'"),
+        (["--profile", "llama-3.1-8b-h100:4,tpu:4"], "unknown profile 'tpu'"),
+        (["--profile", "llama-3.1-8b-h100:4,llama-3.2-1b-h100:3"], "counts sum to 7, not to --engines 8"),
+        (["--profile", "llama-3.1-8b-h100:four"], "each part must be profile:count"),
         ([], "give a TRACE file or --synthetic KIND"),
     ],
 )
@@ -91,6 +94,26 @@ def test_a_config_file_is_a_policy(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"policy '{config}'" in capsys.readouterr().err
 
 
+MIX = "llama-3.1-8b-h100:1,llama-3.2-1b-h100:2,llama-3.1-70b-h100-tp4:1"
+
+
+def test_a_mixed_pool_replays_deterministically_by_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--profile p:n,...`` builds a mixed pool (the title says which; no policy is told), and the same
+    seed gives the same run, number for number."""
+    def run(seed: int) -> list[dict[str, object]]:
+        argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", "default", "--engines", "4",
+                "--profile", MIX, "--seed", str(seed), "--jobs", "1", "--json"]
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert "1 × llama-3.1-8b-h100 + 2 × llama-3.2-1b-h100 + 1 × llama-3.1-70b-h100-tp4" in captured.out + captured.err
+        summaries: list[dict[str, object]] = json.loads(captured.out[captured.out.index("["):])
+        for s in summaries:
+            s.pop("wall_s")
+        return summaries
+
+    first = run(3)
+    assert run(3) == first
+    assert run(4) != first
 def test_progress_is_printed_when_not_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["replay", "--synthetic", "shared-prefix", *SMALL, "--policy", "least-inflight", "--engines", "2"]
     assert main(argv) == 0

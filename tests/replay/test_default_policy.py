@@ -11,8 +11,11 @@ from epp.replay.synthetic import SharedPrefixParams, shared_prefix
 
 # 16 system prompts of 6K tokens on 4 engines whose KV holds 64K tokens each: spreading every group
 # over every engine (round-robin) cannot keep them cached; keeping groups together can. 16 req/s of
-# mostly cold 6K prefills is most of what round-robin's engines can do.
-WORKLOAD = SharedPrefixParams(groups=16, prompts_per_group=12, system_len=6000, question_len=200, output_len=32, rate=16.0)
+# mostly cold 6K prefills is most of what round-robin's engines can do. 24 prompts a group: with 12, the
+# 16 unavoidable cold prefills were 8 % of the requests and the p90 sat on the edge of the four next
+# slowest, so one request's fate decided it; here it measures the warm majority. The default's latency
+# is learned online (no profile given), from the first requests on.
+WORKLOAD = SharedPrefixParams(groups=16, prompts_per_group=24, system_len=6000, question_len=200, output_len=32, rate=16.0)
 CLUSTER = ClusterSpec(engines=4, engine=EngineConfig(num_gpu_blocks=4000))
 
 
@@ -32,4 +35,4 @@ def test_default_beats_round_robin_on_ttft_p90_under_load() -> None:
     default_p90, default_hits = run("default")
     rr_p90, rr_hits = run("round-robin")
     assert default_hits > rr_hits
-    assert default_p90 < 0.5 * rr_p90
+    assert default_p90 < 0.2 * rr_p90

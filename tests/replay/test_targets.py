@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from epp.replay.targets import Loads, Verdict, evaluate
+from epp.replay.targets import Loads, Verdict, evaluate, versus
 
 KNEE = 2.8
 UNLOADED = 0.01
@@ -99,3 +99,16 @@ def test_without_a_knee_the_knee_targets_are_not_judged() -> None:
     verdicts = evaluate([r for r in passing() if r["rate_scale"] != KNEE], Loads(None, UNLOADED))
     at_knee = [v for v in verdicts if v.at == "no knee"]
     assert len(at_knee) == 4 and all(v.met is None for v in at_knee)
+
+
+def test_against_llm_d_the_knee_and_every_rate_up_to_it_count_but_not_past_it() -> None:
+    runs = [
+        summary("default", 1.0, 1.0), summary("llm-d-default", 1.0, 1.0),  # equal: 1.0 ≤ 1.05
+        summary("default", KNEE, 1.6), summary("llm-d-default", KNEE, 2.0),  # 0.8 ≤ 0.85
+        summary("default", KNEE * 1.2, 9.0), summary("llm-d-default", KNEE * 1.2, 3.0),  # past the knee: ignored
+    ]
+    at_knee, worst = versus(runs, Loads(KNEE, UNLOADED), "default", "llm-d-default")
+    assert (at_knee.value, at_knee.met) == (pytest.approx(0.8), True)
+    assert (worst.value, worst.met) == (pytest.approx(1.0), True) and worst.target.endswith("up to the knee")
+    at_knee, worst = versus(replace(runs, "default", 1.0, ttft_p90=1.1), Loads(KNEE, UNLOADED), "default", "llm-d-default")
+    assert worst.met is False and "1.100 s vs llm-d-default 1.000 s" in worst.why

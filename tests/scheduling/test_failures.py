@@ -67,6 +67,8 @@ def test_the_ttft_scorer_drops_a_failed_flight_and_keeps_the_others_pending() ->
     scheduler.response_complete(requests[2], state, {}, failure="http-503")
     ledger = scorer.ledgers["e0"]
     assert list(ledger.pending) == ["r0", "r1"]  # r2 failing says nothing about r0 and r1
+    booked = scorer.learner["e0"]._queue  # noqa: SLF001  (what waits to teach a latency)
+    assert list(booked) == ["r0", "r1"]  # r2's timing is no latency sample
 
 
 def test_a_failed_request_cached_nothing_in_the_prefix_index() -> None:

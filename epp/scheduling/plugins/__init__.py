@@ -23,6 +23,7 @@ from epp.scheduling.plugins.filters import (
     topology_affinity,
     utilization,
 )
+from epp.scheduling.plugins import predicted_latency
 from epp.scheduling.plugins.pickers import max_score, random_picker, round_robin, weighted_random
 from epp.scheduling.plugins.producers import burst_prefix, inflight_load, mm_embeddings
 from epp.scheduling.plugins.profiles import deciders, disagg, header, single
@@ -57,6 +58,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(llmd.LEGACY_TOKEN_PRODUCER, llmd.token_producer_factory(llmd.LEGACY_TOKEN_PRODUCER), producer=True),
     PluginType(producer.APPROX_PREFIX_CACHE_PRODUCER, producer.factory, producer=True),
     PluginType(precise_producer.PRECISE_PREFIX_CACHE_PRODUCER, precise_producer.factory, producer=True),
+    PluginType(predicted_latency.PREDICTED_LATENCY_PRODUCER, predicted_latency.producer_factory, producer=True),
     PluginType(inflight_load.INFLIGHT_LOAD_PRODUCER, inflight_load.factory, producer=True),
     PluginType(burst_prefix.BURST_PREFIX_CACHE_PRODUCER, burst_prefix.factory, producer=True),
     PluginType(mm_embeddings.MM_EMBEDDINGS_CACHE_PRODUCER, mm_embeddings.producer_factory, producer=True),
@@ -81,6 +83,7 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(header_based_testing.HEADER_BASED_TESTING_FILTER, header_based_testing.factory),
     PluginType(sglang_imbalance.SGLANG_IMBALANCE_FILTER, sglang_imbalance.factory),
     PluginType(saturation.UTILIZATION_DETECTOR, saturation.factory),
+    PluginType(predicted_latency.SLO_HEADROOM_TIER_FILTER, predicted_latency.tier_filter_factory),
     # admission
     PluginType(concurrency_detector.CONCURRENCY_DETECTOR, concurrency_detector.factory),
     PluginType(probabilistic_admitter.PROBABILISTIC_ADMITTER, probabilistic_admitter.factory),
@@ -105,6 +108,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(no_hit_lru.NO_HIT_LRU_SCORER, no_hit_lru.factory),
     PluginType(sglang_cache_aware.SGLANG_CACHE_AWARE_SCORER, sglang_cache_aware.factory),
     PluginType(ttft_predictor.TTFT_PREDICTOR_SCORER, ttft_predictor.factory),
+    PluginType(predicted_latency.LATENCY_SCORER, predicted_latency.latency_scorer_factory),
+    PluginType(predicted_latency.PREDICTED_LATENCY_SCORER, predicted_latency.predicted_latency_scorer_factory),
     PluginType(endpoint_attribute_scorer.ENDPOINT_ATTRIBUTE_SCORER, endpoint_attribute_scorer.factory),
     PluginType(header_label_affinity.HEADER_LABEL_AFFINITY_SCORER, header_label_affinity.factory),
     PluginType(topology_affinity_scorer.TOPOLOGY_AFFINITY_SCORER, topology_affinity_scorer.factory),
@@ -118,6 +123,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     PluginType(round_robin.ROUND_ROBIN_PICKER, round_robin.factory),
     # profile handlers
     PluginType(single.SINGLE_PROFILE_HANDLER, single.factory),
+    # request control (the director asks admitters before scheduling, once it has that extension point)
+    PluginType(predicted_latency.LATENCY_SLO_ADMITTER, predicted_latency.admitter_factory),
     PluginType(header.HEADER_PROFILE_HANDLER, header.factory),
     PluginType(disagg.DISAGG_PROFILE_HANDLER, disagg.disagg_factory),
     PluginType(disagg.PD_PROFILE_HANDLER, disagg.pd_factory),

@@ -8,9 +8,11 @@ gie-default's CPU per pick at 64 endpoints. Here:
   load (last scrape + ledger) and the time-free parts of its backlog — is cached per endpoint and
   recomputed only when its metrics object, staleness or ledger ``version`` changed: between scrapes a
   pick recomputes only the endpoints booked or answered since the previous pick;
-* the arithmetic runs as numpy over endpoints (``PrefillCost.prefill_seconds_array``), with the scalar predictor's
-  float operations in the same order, so every element equals ``TTFTPredictor.predict`` bit for bit
-  (``tests/scheduling/ttft/test_batch.py`` compares them on random states).
+  and when its learned latency (``EndpointLearner.estimate``) changed;
+* the arithmetic runs as numpy over endpoints, with the scalar predictor's float operations
+  (``LatencyEstimate.prefill_seconds``) in the same order, so every element equals
+  ``TTFTPredictor.predict`` bit for bit (``tests/scheduling/ttft/test_batch.py`` compares them on
+  random states).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from epp.datastore import EndpointMetrics, EndpointState
-from epp.scheduling.ttft.cost import Floats, Ints
+from epp.scheduling.ttft.learn import MIN_CHUNK, EndpointLearner, LatencyEstimate
 from epp.scheduling.ttft.ledger import EndpointLedger
 from epp.scheduling.ttft.predictor import DecodeLoad, Prediction, TTFTPredictor, surviving_tokens
+
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +54,17 @@ class Predictions:
         )  # fmt: skip
 
 
-_Row = tuple[EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...]]
+_Row = tuple[
+    EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...],
+    EndpointLearner, LatencyEstimate,
+]
 """(ledger, its version, metrics, stale) the row was derived from; the decode load; what the arithmetic
 reads of it: (sequences, context, capacity, foreign waiting, chunk cap, pending requests) and (mean
-output tokens, ``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time, the decodes'
-read seconds, ``EndpointLedger.newest_eta``)."""
+output tokens, ``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time,
+``EndpointLedger.newest_eta``, seconds per prefill iteration next to the decodes, per 1K tokens, per
+1M token pairs); the learner and the estimate the coefficients came from."""
 _INTS = 6
-_FLOATS = 8  # lengths of the two tuples
+_FLOATS = 10  # lengths of the two tuples
 
 
 class BatchPredictor:
@@ -80,23 +90,33 @@ class BatchPredictor:
         the scalar predictor's own code."""
         p = self.predictor
         load = p.decode_load(state, ledger)
+        n = load.sequences
+        ints = (n, load.context_tokens, load.capacity_tokens, load.foreign_waiting, max(MIN_CHUNK, p.budget - n),
+                len(ledger.pending))
+        learner = p.learner[name]
+        return self._cost(name, (ledger, ledger.version, state.metrics, state.stale, load, ints, (), learner, learner.estimate))
+
+    def _cost(self, name: str, row: _Row) -> _Row:
+        """``row`` with the terms its endpoint's learned latency gives (its decode load kept): all a new
+        estimate needs, so learning does not make a pick re-derive the endpoint's load."""
+        ledger, load, learner = row[0], row[4], row[7]
+        cost = learner.estimate
         n, ctx = load.sequences, load.context_tokens
-        step = p.cost.decode_step_seconds(n, ctx)
-        mean_output = ledger.mean_output_tokens(p.default_output_tokens)
-        chunk_max, read_seconds = p.cost.walk_terms(n, ctx)
-        row = (
-            ledger, ledger.version, state.metrics, state.stale, load,
-            (n, ctx, load.capacity_tokens, load.foreign_waiting, chunk_max, len(ledger.pending)),
-            (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, read_seconds, ledger.newest_eta()),
-        )  # fmt: skip
-        self._rows[name] = row
-        return row
+        step = cost.decode_step_seconds(n, ctx)
+        mean_output = ledger.mean_output_tokens(self.predictor.default_output_tokens)
+        per_step = cost.per_step + cost.batch_seconds(n, ctx)
+        floats = (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, ledger.newest_eta(),
+                  per_step, cost.per_token, cost.per_pair)
+        fresh = (*row[:6], floats, learner, cost)
+        self._rows[name] = fresh
+        return fresh
 
     def _arrays(
         self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """The candidates' rows as (ints, floats) arrays, each row checked and recomputed if stale."""
         rows = self._rows
+        learners = self.predictor.learner.endpoints
         if list(names) != self._names:
             self._names = list(names)
             self._aligned = [None] * len(names)
@@ -107,9 +127,11 @@ class BatchPredictor:
             row = rows.get(name)
             if (
                 row is None or row[0] is not ledger or row[1] != ledger.version
-                or row[2] is not state.metrics or row[3] != state.stale
+                or row[2] is not state.metrics or row[3] != state.stale or row[7] is not learners.get(name)
             ):  # fmt: skip
                 row = self._row(name, state, ledger)
+            elif row[8] is not row[7].estimate:
+                row = self._cost(name, row)
             if row is not aligned[i]:
                 aligned[i] = row
                 ints[i] = row[5]
@@ -130,7 +152,7 @@ class BatchPredictor:
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         ints, floats = self._arrays(names, states, ledgers)
         n, ctx, capacity, foreign, chunk_max, _ = ints.T
-        mean_output, busy_until, head_eta, overrun, half_step, drain, read_seconds, _ = floats.T
+        mean_output, busy_until, head_eta, overrun, half_step, drain, _, per_step, per_token, per_pair = floats.T
         cached = list(matched_tokens)
         for i, since in written_since.items():
             cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
@@ -143,7 +165,9 @@ class BatchPredictor:
         cached_tokens = done[0]
         # The engine recomputes at least the prompt's last token, in whole blocks.
         np.maximum(0, np.minimum(cached_tokens, (prompt - 1) // block * block, out=cached_tokens), out=cached_tokens)
-        prefill, cold = self.predictor.cost.prefill_seconds_array(prompt - done, done, n, chunk_max, read_seconds)
+        new = prompt - done  # at least 1: at most prompt − 1 tokens are cached
+        steps = -(-new // chunk_max)
+        prefill, cold = per_step * steps + per_token * (new / 1000) + per_pair * (new * (done + new / 2) / 1e6)
         backlog = busy_until - now
         backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
         wait = backlog + half_step
@@ -159,7 +183,7 @@ class BatchPredictor:
         """Σ ``EndpointLedger.queued(now)`` over the candidates of the ``predict`` just made (``ledgers``
         aligned with them): every pending request counts while the oldest one's first token is still
         ahead, none once the newest one's has passed; only a ledger with ``now`` in between is asked."""
-        pending, oldest, newest = self._ints[:, 5], self._floats[:, 2], self._floats[:, 7]
+        pending, oldest, newest = self._ints[:, 5], self._floats[:, 2], self._floats[:, 6]
         total = int(pending[oldest > now].sum())
         for i in np.flatnonzero((oldest <= now) & (newest > now)).tolist():
             total += ledgers[i].queued(now)

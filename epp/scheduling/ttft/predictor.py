@@ -3,8 +3,8 @@
     ttft = wait + prefill + kv_wait
 
 * ``prefill`` — this prompt's uncached tokens (``prompt − cached``) chunked through the engine's token
-  budget next to the decodes it will find there, timed by the calibrated latency model
-  (``PrefillCost``). ``cached`` is the prefix index's match times the chance it is still in the
+  budget next to the decodes it will find there, timed by what this endpoint's requests taught
+  (``LatencyLearner``: per endpoint, no GPU or model assumed). ``cached`` is the prefix index's match times the chance it is still in the
   engine's cache: 1 while a request holding it is in flight; once released, LRU eviction reaches it
   as the tokens written since (``PrefixRecency``) approach the KV space running sequences leave free.
   With r = written / free, the expected share still cached is ``clip(1.5 − r, 0, 1)``, between what
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epp.datastore import EndpointState
-from epp.scheduling.ttft.cost import PrefillCost
+from epp.scheduling.ttft.learn import LatencyLearner
 from epp.scheduling.ttft.ledger import EndpointLedger
 
 
@@ -72,16 +72,27 @@ def surviving_tokens(matched_tokens: int, written_since: int | None, load: Decod
 
 
 class TTFTPredictor:
-    def __init__(self, cost: PrefillCost, block_size: int, default_output_tokens: int) -> None:
-        self.cost = cost
+    """``learner``: each endpoint's latency; ``budget``: the engines' token budget per iteration (vLLM's
+    ``max_num_batched_tokens``); ``kv_capacity_tokens``: assumed when an engine does not report its
+    KV cache size."""
+
+    def __init__(
+        self, learner: LatencyLearner, block_size: int, default_output_tokens: int, kv_capacity_tokens: int
+    ) -> None:
+        self.learner = learner
         self.block_size = block_size
         self.default_output_tokens = default_output_tokens
+        self.kv_capacity_tokens = kv_capacity_tokens
+
+    @property
+    def budget(self) -> int:
+        return self.learner.budget
 
     def decode_load(self, state: EndpointState, ledger: EndpointLedger) -> DecodeLoad:
         m = None if state.stale else state.metrics
         if m is None:
-            return DecodeLoad(len(ledger), ledger.context_tokens, self.cost.kv_capacity_tokens, 0)
-        capacity = m.num_gpu_blocks * m.block_size if m.num_gpu_blocks and m.block_size else self.cost.kv_capacity_tokens
+            return DecodeLoad(len(ledger), ledger.context_tokens, self.kv_capacity_tokens, 0)
+        capacity = m.num_gpu_blocks * m.block_size if m.num_gpu_blocks and m.block_size else self.kv_capacity_tokens
         unseen, unseen_tokens = ledger.routed_after(m.scraped_at)
         sequences = m.running + m.waiting + unseen
         context = int(m.kv_usage * capacity) + unseen_tokens
@@ -101,13 +112,14 @@ class TTFTPredictor:
         to write since that prefix was last sent there (None: unknown, trust the index)."""
         prompt = max(1, prompt_tokens)
         load = self.decode_load(state, ledger)
-        cost = self.cost
+        cost = self.learner.estimate(state.endpoint.name)
         n, ctx = load.sequences, load.context_tokens
         cached = surviving_tokens(matched_tokens, written_since, load)
         # The engine recomputes at least the prompt's last token, in whole blocks.
         cached = max(0, min(cached, (prompt - 1) // self.block_size * self.block_size))
-        prefill = cost.prefill_seconds(prompt - cached, cached, n, ctx)
-        cold = cost.prefill_seconds(prompt, 0, n, ctx) if cached else prefill
+        budget = self.budget
+        prefill = cost.prefill_seconds(prompt - cached, cached, n, ctx, budget)
+        cold = cost.prefill_seconds(prompt, 0, n, ctx, budget) if cached else prefill
         step = cost.decode_step_seconds(n, ctx)
         wait = ledger.backlog(now) + step / 2
         if load.foreign_waiting:

@@ -28,7 +28,7 @@ kind: EndpointPickerConfig
 plugins:
 - {type: approx-prefix-cache-producer, parameters: {maxPrefixTokensToMatch: 65536}}
 - type: ttft-predictor-scorer
-  parameters: {profile: llama-3.2-1b-h100, blockSize: 16, maxNumBatchedTokens: 4096, stepFloor: 3ms,
+  parameters: {kvCapacityTokens: 300000, blockSize: 16, maxNumBatchedTokens: 4096, forgettingFactor: 0.98,
                tieTolerance: 1ms, workWeight: 2, requestTimeout: 5m, defaultOutputTokens: 100}
 - {type: max-score-picker}
 """
@@ -52,14 +52,14 @@ def pool(n: int, clock: VirtualClock) -> list[EndpointState]:
 
 def request(rid: str, tokens: list[int], max_tokens: int = 64) -> LLMRequest:
     return LLMRequest(request_id=rid, kind=RequestKind.COMPLETIONS, model="m", prompt_token_ids=tokens,
-                      max_tokens=max_tokens)
+                      max_tokens=max_tokens, stream=True)
 
 
 def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> None:
     scheduler, scorer, _ = build(text=CONFIG)
     p = scorer.params
-    assert (p.profile, p.max_num_batched_tokens, p.step_floor, p.tie_tolerance, p.work_weight) == (
-        "llama-3.2-1b-h100", 4096, 0.003, 0.001, 2.0)
+    assert (p.kv_capacity_tokens, p.max_num_batched_tokens, p.forgetting_factor, p.tie_tolerance, p.work_weight) == (
+        300000, 4096, 0.98, 0.001, 2.0)
     assert p.request_timeout == 300.0 and p.default_output_tokens == 100
     producers = [q for q in scheduler.plugins if isinstance(q, ApproxPrefixCacheProducer)]
     assert producers == [scorer.producer]  # one producer: the prompt is hashed once per cycle
@@ -70,7 +70,8 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
 @pytest.mark.parametrize(
     ("params", "path"),
     [
-        ("{profile: gpt-9-tpu}", "plugins[0].parameters.profile"),
+        ("{profile: llama-3.1-8b-h100}", "plugins[0].parameters.profile"),  # learned, no longer configured
+        ("{forgettingFactor: 1.5}", "plugins[0].parameters.forgettingFactor"),
         ("{workWeight: -1}", "plugins[0].parameters.workWeight"),
         ("{tieTolerance: 0}", "plugins[0].parameters.tieTolerance"),
         ("{maxNumBatchedTokens: 0}", "plugins[0].parameters.maxNumBatchedTokens"),
@@ -133,10 +134,10 @@ def test_ties_are_broken_at_random() -> None:
 def test_the_work_weight_grows_with_the_mean_queue() -> None:
     _, scorer, clock = build()
     endpoints = pool(4, clock)
-    assert scorer.work_weight(endpoints, clock.now()) == 8.0
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0
     for i in range(8):  # 8 queued requests over 4 endpoints: a mean queue of 2
         scorer.ledgers[endpoints[i % 2].name].routed(f"q{i}", _flight(clock.now(), 1.0))
-    assert scorer.work_weight(endpoints, clock.now()) == 8.0 * 3
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0 * 3
 
 
 def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
@@ -153,14 +154,15 @@ def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
 def test_a_long_queue_on_the_warm_endpoint_moves_a_request_unless_every_queue_is_long(
     congested: bool, stays: bool
 ) -> None:
-    """30 s of work queued on the warm endpoint outweighs the ~1.3 s a 30K-token hit saves, ×(1 + λ), on
-    an idle pool; when every endpoint has a queue, λ grows and the hit (less work for everyone) wins."""
+    """10 s of work queued on the warm endpoint outweighs the ~1.2 s a 30K-token hit saves (at the
+    learner's prior), ×(1 + λ), on an idle pool; when every endpoint has a queue, λ grows (2 × (1 + 6.5))
+    and the hit (less work for everyone) wins."""
     scheduler, scorer, clock = build()
     endpoints = pool(2, clock)
     doc = list(range(30_000))
     warm = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
     scheduler.response_complete(request("first", doc + [1]), warm, {})
-    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 30.0))
+    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), 10.0))
     if congested:
         for e in endpoints:
             for i in range(6):
@@ -266,7 +268,10 @@ def test_scores_equal_the_one_endpoint_at_a_time_scorer_through_random_traffic(s
                 done, served = in_flight.pop(rng.randrange(len(in_flight)))
                 if rng.random() < 0.8:
                     scheduler.response_started(done, served)
-                scheduler.response_complete(done, served, {})
+                clock.advance(rng.uniform(0, 0.05))
+                usage = {"completion_tokens": rng.randrange(1, 100)} if rng.random() < 0.7 else {}  # else failed
+                scheduler.response_complete(done, served, usage)
+    assert sum(e.observations for e in scorer.learner.endpoints.values()) > 10  # the coefficients moved too
 
 
 def test_a_replica_sees_the_prefill_another_replica_started_and_goes_elsewhere() -> None:

@@ -7,22 +7,15 @@ import math
 import random
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
 from epp.datastore import EndpointMetrics, EndpointState
-from epp.scheduling.ttft import (
-    BatchPredictor,
-    EndpointLedger,
-    EngineShape,
-    Flight,
-    PrefillCost,
-    TTFTPredictor,
-)
+from epp.scheduling.ttft import BatchPredictor, EndpointLedger, Flight, LatencyLearner, TTFTPredictor
 from tests.conftest import make_state
 
 NOW = 1000.0
-SHAPES = [EngineShape(), EngineShape("llama-3.2-1b-h100", block_size=32, max_num_batched_tokens=2048)]
+CAPACITY = 467_232
+SHAPES = [(16, 8192), (32, 256)]  # (block size, token budget): 256 < the decodes of some states
 
 
 def _metrics(rng: random.Random, capacity: int) -> EndpointMetrics | None:
@@ -75,14 +68,25 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
         assert batch.queued(ledgers, at) == sum(ledger.queued(at) for ledger in ledgers)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.profile)
+def _teach(rng: random.Random, learner: LatencyLearner, name: str) -> None:
+    """A random observation: this endpoint's coefficients move (and, while it warms up, every
+    endpoint's blend with the pool does)."""
+    endpoint = learner[name]
+    if rng.random() < 0.5:
+        endpoint.observe_prefill((rng.randrange(1, 4), rng.uniform(0, 20), rng.uniform(0, 400)), rng.uniform(0, 2))
+    else:
+        endpoint.observe_decode((1.0, rng.uniform(0, 3), rng.uniform(0, 20)), rng.uniform(0.001, 0.1))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("seed", range(6))
-def test_batch_predictions_equal_the_scalar_predictor_on_random_states(shape: EngineShape, seed: int) -> None:
+def test_batch_predictions_equal_the_scalar_predictor_on_random_states(shape: tuple[int, int], seed: int) -> None:
     rng = random.Random(seed)
-    cost = PrefillCost(shape)
-    batch = BatchPredictor(TTFTPredictor(cost, shape.block_size, rng.choice([1, 256, 1000])))
+    block_size, budget = shape
+    learner = LatencyLearner(budget)
+    batch = BatchPredictor(TTFTPredictor(learner, block_size, rng.choice([1, 256, 1000]), CAPACITY))
     names = [f"e{i}" for i in range(rng.randrange(1, 40))]
-    states = [_state(rng, name, cost.kv_capacity_tokens) for name in names]
+    states = [_state(rng, name, CAPACITY) for name in names]
     ledgers = [EndpointLedger() for _ in names]
     serial = [0]
     picked = list(range(len(names)))
@@ -92,32 +96,20 @@ def test_batch_predictions_equal_the_scalar_predictor_on_random_states(shape: En
             if change < 0.3:
                 _move(rng, ledgers[i], serial)
             elif change < 0.4:
-                states[i].metrics = _metrics(rng, cost.kv_capacity_tokens)  # a scrape
+                states[i].metrics = _metrics(rng, CAPACITY)  # a scrape
             elif change < 0.45:
                 states[i].stale = not states[i].stale
             elif change < 0.47:
                 ledgers[i] = EndpointLedger()  # a replaced ledger (the endpoint came back)
             elif change < 0.48:
                 batch.forget(name)
+            elif change < 0.6:
+                _teach(rng, learner, name)
+            elif change < 0.61:
+                learner.remove(name)  # the endpoint left and came back: its learning starts over
         if rng.random() < 0.5:  # the same candidates again (rows kept as arrays), else any subset, any order
             picked = rng.sample(range(len(names)), rng.randrange(1, len(names) + 1))
         _assert_equal(batch, [states[i] for i in picked], [ledgers[i] for i in picked], rng)
-
-
-def test_the_chunk_walk_arrays_equal_the_scalar_walk_including_tiny_chunks() -> None:
-    rng = random.Random(7)
-    cost = PrefillCost(EngineShape(max_num_batched_tokens=512))
-    new = np.array([rng.randrange(1, 20000) for _ in range(200)], dtype=np.int64)
-    cached = np.array([rng.randrange(0, 50000) for _ in range(200)], dtype=np.int64)
-    decodes = np.array([rng.choice([0, 1, rng.randrange(600)]) for _ in range(200)], dtype=np.int64)  # > budget: 16
-    context = np.array([rng.randrange(0, 10**6) for _ in range(200)], dtype=np.int64)
-    terms = [cost.walk_terms(int(d), int(c)) for d, c in zip(decodes, context)]
-    chunk_max = np.array([t[0] for t in terms], dtype=np.int64)
-    read_seconds = np.array([t[1] for t in terms])
-    walked = cost.prefill_seconds_array(new, cached, decodes, chunk_max, read_seconds)
-    for i in range(200):
-        assert walked[i] == cost.prefill_seconds(int(new[i]), int(cached[i]), int(decodes[i]), int(context[i]))
-    assert not math.isinf(float(walked.max()))
 
 
 def _random_ledger_walks(rng: random.Random) -> Iterator[EndpointLedger]:

@@ -9,8 +9,10 @@ costs later requests the prefill it adds, and more so the more requests queue �
 throughput cache hits buy matters more than which queue is shortest (λ = 0 with ``workWeight`` 0: pure
 TTFT).
 
-The prediction (``epp.scheduling.ttft``) uses the calibrated latency model of ``profile`` with the
-pool's engine knobs, the prefix producer's per-cycle match (``prefixMatchInfoProducerName``, else the
+The prediction (``epp.scheduling.ttft``) uses each endpoint's latency as learned online from its own
+requests (``LatencyLearner``: recursive least squares with forgetting on the first tokens and
+inter-token times of requests that succeeded; no GPU, model or profile is assumed), the prefix
+producer's per-cycle match (``prefixMatchInfoProducerName``, else the
 configured prefix producer — approximate or ``precise-prefix-cache-producer`` —, else one this scorer
 creates matching up to 128K tokens: a prediction needs the whole hit, not GIE's 4K-token default), the
 last scrape, and this plugin's own
@@ -19,10 +21,10 @@ the request with its predicted prefill on the chosen endpoint, ResponseStarted (
 ≈ first token) moves it from prefill to decode, ResponseComplete releases it; requests older than
 ``requestTimeout`` are forgotten.
 
-Parameters: ``profile`` (``llama-3.1-8b-h100``; see ``epp.engine.config.PROFILES``), ``blockSize`` 16,
-``maxNumBatchedTokens`` 8192, ``stepFloor`` 2ms, ``gpuMemoryUtilization`` 0.9 (the engines' vLLM
-settings: chunk size, per-iteration overhead, KV capacity when an engine does not report it),
-``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
+Parameters: ``blockSize`` 16, ``maxNumBatchedTokens`` 8192 (the engines' vLLM settings: KV block and
+prefill chunk size), ``kvCapacityTokens`` 500000 (assumed for an engine that reports no KV cache
+size), ``forgettingFactor`` 0.99 (the learner's memory: about the last 1 / (1 − λ) requests per
+endpoint), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
 ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
 (discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
@@ -50,11 +52,10 @@ from epp.scheduling.registry import PluginHandle
 from epp.scheduling.ttft import (
     BatchPredictor,
     EndpointLedger,
-    EngineShape,
     Flight,
+    LatencyLearner,
     Prediction,
     Predictions,
-    PrefillCost,
     PrefixRecency,
     TTFTPredictor,
 )
@@ -68,11 +69,10 @@ COLD_MEAN_WEIGHT = 1 / 32
 
 @dataclass(frozen=True, slots=True)
 class TTFTPredictorParams:
-    profile: str = "llama-3.1-8b-h100"
     block_size: int = 16
     max_num_batched_tokens: int = 8192
-    step_floor: Duration = Duration(0.002)
-    gpu_memory_utilization: float = 0.9
+    kv_capacity_tokens: int = 500_000
+    forgetting_factor: float = 0.99
     default_output_tokens: int = 256
     tie_tolerance: Duration = Duration(0.002)
     work_weight: float = 0.0
@@ -83,26 +83,18 @@ class TTFTPredictorParams:
     def __post_init__(self) -> None:
         for key, value in (
             ("blockSize", self.block_size), ("maxNumBatchedTokens", self.max_num_batched_tokens),
-            ("defaultOutputTokens", self.default_output_tokens),
+            ("defaultOutputTokens", self.default_output_tokens), ("kvCapacityTokens", self.kv_capacity_tokens),
         ):
             if value < 1:
                 raise ParamError(key, "must be at least 1")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ParamError("gpuMemoryUtilization", "must be in (0, 1]")
+        if not 0.5 <= self.forgetting_factor <= 1.0:
+            raise ParamError("forgettingFactor", "must be in [0.5, 1]")
         if self.work_weight < 0:
             raise ParamError("workWeight", "must not be negative")
         if self.tie_tolerance <= 0:
             raise ParamError("tieTolerance", "must be positive")
         if self.request_timeout <= 0:
             raise ParamError("requestTimeout", "must be positive")
-
-    def shape(self) -> EngineShape:
-        try:
-            return EngineShape(
-                self.profile, self.block_size, self.max_num_batched_tokens, self.step_floor, self.gpu_memory_utilization
-            )
-        except ValueError as err:
-            raise ParamError("profile", str(err)) from None
 
 
 class TTFTPredictorScorer:
@@ -114,7 +106,10 @@ class TTFTPredictorScorer:
         self.params = p = params or TTFTPredictorParams()
         self.producer = producer
         self.clock = clock
-        self.predictor = BatchPredictor(TTFTPredictor(PrefillCost(p.shape()), p.block_size, p.default_output_tokens))
+        self.learner = LatencyLearner(p.max_num_batched_tokens, p.forgetting_factor)
+        self.predictor = BatchPredictor(
+            TTFTPredictor(self.learner, p.block_size, p.default_output_tokens, p.kv_capacity_tokens)
+        )
         self.estimate_eviction = p.estimate_eviction
         """True/False: always/never; None (auto): for endpoints whose prefix view is not exact."""
         self.ledgers: dict[str, EndpointLedger] = {}
@@ -159,7 +154,9 @@ class TTFTPredictorScorer:
         self.observe_scrapes(endpoints, ledgers)
         for name, ledger in [(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff]:
             recency = self.recency.get(name)
+            learner = self.learner[name]
             for request_id in ledger.expire(cutoff):
+                learner.forget(request_id)  # no outcome: it teaches nothing
                 if recency is not None:
                     recency.release(request_id)
         since: dict[int, int] = {}
@@ -228,32 +225,48 @@ class TTFTPredictorScorer:
         self._picks += 1  # the plain mean until there are enough picks for the moving one
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
-        self._ledger(chosen.name).routed(request.request_id, flight)
+        ledger = self._ledger(chosen.name)
+        load = self.predictor.predictor.decode_load(chosen, ledger)
+        self.learner[chosen.name].routed(
+            request.request_id, flight.routed_at, prompt, prediction.cached_tokens, load.sequences,
+            load.context_tokens, request.stream,
+        )
+        ledger.routed(request.request_id, flight)
         hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
         self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
-            ledger.started(request.request_id, self.clock.now())
+            now = self.clock.now()
+            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
+            ledger.started(request.request_id, now)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        """The response ended; ``usage`` empty when the engine reported none (a failure, or a stream
+        without usage): the learner learns only from requests with reported completion tokens."""
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
-            ledger.finished(request.request_id, self.clock.now())
+            now = self.clock.now()
+            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens)
+            ledger.finished(request.request_id, now)
         recency = self.recency.get(endpoint.name)
         if recency is not None:
             recency.release(request.request_id)
 
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """Nothing ran: the flight leaves the ledger without re-anchoring its backlog (a dead engine's
-        instant failures must not make it look idle) and its prefix was never cached there."""
+        instant failures must not make it look idle), its prefix was never cached there, and its timing
+        is no latency sample."""
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             ledger.abandoned(request.request_id)
         recency = self.recency.get(endpoint.name)
         if recency is not None:
             recency.forget(request.request_id)
+        self.learner[endpoint.name].forget(request.request_id)  # a failure teaches no latency
 
     # -- datastore listener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
@@ -262,10 +275,12 @@ class TTFTPredictorScorer:
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.ledgers.pop(endpoint.name, None)
         self.recency.pop(endpoint.name, None)
+        self.learner.remove(endpoint.name)
         self.predictor.forget(endpoint.name)
 
 
-def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+def find_prefix_producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+    """``wanted`` by name, else the first configured prefix producer, else one created (named after ``name``)."""
     if wanted is not None:
         found = handle.plugins.get(wanted)
         if not isinstance(found, ApproxPrefixCacheProducer):
@@ -282,4 +297,4 @@ def _producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPref
 
 def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> TTFTPredictorScorer:
     p = decode_params(TTFTPredictorParams, params)
-    return TTFTPredictorScorer(_producer(name, p.prefix_match_info_producer_name, handle), handle.clock, name, p)
+    return TTFTPredictorScorer(find_prefix_producer(name, p.prefix_match_info_producer_name, handle), handle.clock, name, p)

@@ -1,0 +1,485 @@
+"""Each endpoint's latency, learned online from what its requests show: no GPU, model or profile known.
+
+Two linear models per endpoint, each fitted by recursive least squares (RLS) with exponential
+forgetting (``RecursiveLeastSquares``):
+
+* **prefill** — seconds to compute ``new`` uncached prompt tokens on top of ``cached`` ones, on features
+  ``[steps, new / 1e3, new · (cached + new/2) / 1e6]``: a cost per engine iteration (``steps`` = chunks
+  of at most the token budget; launch, sampler, one pass over the weights), a cost per token (the
+  weights' GEMMs) and a cost per (new × context) token pair (attention; summed over the chunks this is
+  exactly ``new · (cached + new/2)``, whatever the chunking);
+* **decode step** — seconds of one iteration while ``n`` sequences holding ``ctx`` KV tokens decode, on
+  ``[1, n / 100, ctx / 1e5]``: the batch effect. Every prefill iteration carries those decodes too, so
+  a prefill next to them costs ``steps × (n and ctx terms)`` more.
+
+What it observes (``EndpointLearner``), all on the request path epp already runs (ext_proc stream or
+replay, same hooks):
+
+* **first tokens** — the engine admits first-come first-served, so when a request's first token arrives
+  at ``t``, it and every request routed to the endpoint before it have prefilled, and their prefill ran
+  from ``max(previous first token, first routed)`` to ``t``: one observation of their summed features
+  (steps counted over their summed tokens: requests that share iterations share their cost). A first
+  token that arrives within ``MERGE_GAP`` of the previous one from a request already waiting then was
+  prefilled in the same iteration: it joins that observation instead of being read as free. The time
+  the decodes spend in those iterations (current decode model × steps) is taken out first.
+* **ends** — a streamed request's mean inter-token time, ``(end − first token) / (completion − 1)``,
+  observes the decode step at the mean load seen at its first token and at its end.
+
+Only what succeeded is learned: an observation is applied once every request in it has completed with
+reported usage (``completion_tokens`` ≥ 1); a group with a failed, unreported or forgotten member is
+dropped — a failed request is never a fast success. A non-streamed request's first bytes are its
+whole response, so it never times a prefill (it still counts in the FCFS order it holds). The engine's
+own usage (``prompt_tokens``, ``cached_tokens``) replaces epp's estimates of the features when reported.
+
+Estimator: RLS on relative error (each row scaled by ``1 / max(prediction, observation, 1 ms)``, which
+also bounds any single outlier's pull), forgetting factor λ (default 0.99: the last ~100 observations
+count), coefficients kept ≥ 0, each diagonal of the covariance capped at its prior's so unexcited
+directions do not wind up while forgetting, and the covariance reset to the prior's when the recent
+errors all lean one way (an engine that changed is re-learned in tens of requests, not hundreds).
+Endpoints share what the pool learned (``PoolModel``, the same fit over every endpoint's observations):
+an endpoint's estimate is the pool's fit times its own measured speed, moved to its own fit only as
+far as that predicts it better (``_Track``) — endpoints of one kind then agree instead of differing by
+estimation noise, and one of another kind is told apart within a few requests. Cost per observation:
+two RLS updates (own and pool), O(d²) each for d = 3 (~60 multiplications; in Python ~10 µs each);
+per request one prefill share and one decode observation. The pick path only reads the coefficients
+(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's at most
+every ``PUBLISH_EVERY`` observations).
+
+The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
+tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
+about a tenth of one observation), so an endpoint's first few completed requests already dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+PRIOR_PREFILL = (0.008, 0.025, 0.001)
+"""Seconds per iteration, per 1K uncached tokens, per 1M (new × context) token pairs."""
+PRIOR_DECODE = (0.008, 0.001, 0.003)
+"""Seconds per decode iteration: fixed, per 100 decoding sequences, per 100K KV tokens they hold."""
+PRIOR_SPREAD = 3.0
+"""Prior standard deviation of each coefficient, in multiples of its prior value."""
+FORGETTING = 0.99
+MERGE_GAP = 0.001
+"""First tokens this close together come from one engine iteration (a decode step is several ms)."""
+MIN_CHUNK = 16
+"""Prefill tokens per iteration when decodes use up the whole budget (keeps the estimate finite)."""
+MAX_OPEN_GROUPS = 512
+"""Observations waiting for their requests' outcomes, per endpoint; older ones are dropped."""
+WARMUP = 20
+"""Own observations after which an endpoint's estimate is its own alone; before, it leans on the pool's."""
+ERROR_WEIGHT = 0.05
+"""Weight of each observation in the moving mean squared errors that blend own and pool fits."""
+SCALE_WEIGHT = 0.05
+MAX_LOG_SCALE = math.log(8)
+"""An endpoint's speed relative to the pool: moving mean and variance of log ratios (plain for its
+first 20), each ratio clipped to 8× either way."""
+PUBLISH_CHANGE = 0.02
+PUBLISH_EVERY = 32
+"""Relative change of a coefficient below which an estimate is kept as it is (prediction noise is larger)."""
+BIAS_WEIGHT = 0.1
+RESET_BIAS = 0.3
+"""Mean relative error (over ~10 observations) that means the engine changed: start learning afresh."""
+
+
+class RecursiveLeastSquares:
+    """``y ≈ θ·x`` by exponentially weighted recursive least squares, on relative error, with θ ≥ 0.
+
+    Forgetting alone follows a sudden change slowly (after N steady observations the gain is about
+    1 − λ, and the relative-error scaling caps each observation's pull), so a run of same-signed
+    errors — their moving mean (weight ``BIAS_WEIGHT``) beyond ``RESET_BIAS`` — resets the covariance to
+    the prior's: the estimate re-converges from where it is as fast as it first converged."""
+
+    __slots__ = ("_bias", "_cap", "forgetting", "p", "resets", "theta", "updates")
+
+    def __init__(self, prior: Sequence[float], spread: float = PRIOR_SPREAD, forgetting: float = FORGETTING) -> None:
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError("forgetting factor must be in (0, 1]")
+        self.theta = list(prior)
+        d = len(prior)
+        self._cap = [(spread * max(v, 1e-9)) ** 2 for v in prior]
+        self.p = [[self._cap[i] if i == j else 0.0 for j in range(d)] for i in range(d)]
+        self.forgetting = forgetting
+        self.updates = 0
+        self.resets = 0
+        self._bias = 0.0
+
+    def predict(self, x: Sequence[float]) -> float:
+        return sum(t * v for t, v in zip(self.theta, x))
+
+    def update(self, x: Sequence[float], y: float) -> None:
+        """One observation; O(d²)."""
+        d = len(self.theta)
+        scale = 1.0 / max(self.predict(x), y, 1e-3)
+        xs = [v * scale for v in x]
+        ys = y * scale
+        p, lam = self.p, self.forgetting
+        px = [sum(p[i][j] * xs[j] for j in range(d)) for i in range(d)]
+        denom = lam + sum(xs[i] * px[i] for i in range(d))
+        gain = [v / denom for v in px]
+        error = ys - sum(t * v for t, v in zip(self.theta, xs))
+        self._bias += (error - self._bias) * BIAS_WEIGHT
+        if abs(self._bias) > RESET_BIAS:
+            self._bias = 0.0
+            self.resets += 1
+            for i in range(d):
+                for j in range(d):
+                    p[i][j] = self._cap[i] if i == j else 0.0
+            px = [p[i][i] * xs[i] for i in range(d)]
+            denom = lam + sum(xs[i] * px[i] for i in range(d))
+            gain = [v / denom for v in px]
+        self.theta = [max(0.0, t + g * error) for t, g in zip(self.theta, gain)]
+        for i in range(d):
+            row = p[i]
+            for j in range(d):
+                row[j] = (row[j] - gain[i] * px[j]) / lam
+        # Forgetting inflates directions no observation excites: cap each variance at its prior's.
+        shrink = [min(1.0, math.sqrt(self._cap[i] / p[i][i])) if p[i][i] > 0 else 1.0 for i in range(d)]
+        if any(s < 1.0 for s in shrink):
+            for i in range(d):
+                for j in range(d):
+                    p[i][j] *= shrink[i] * shrink[j]
+        self.updates += 1
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyEstimate:
+    """One endpoint's current coefficients (see the module docstring for their units)."""
+
+    per_step: float
+    per_token: float
+    per_pair: float
+    decode_fixed: float
+    decode_per_sequence: float
+    decode_per_context: float
+
+    def batch_seconds(self, decodes: int, context: int) -> float:
+        """What ``decodes`` sequences holding ``context`` tokens add to every iteration."""
+        return self.decode_per_sequence * (decodes / 100) + self.decode_per_context * (context / 1e5)
+
+    def prefill_seconds(self, new: int, cached: int, decodes: int, context: int, budget: int) -> float:
+        """``new`` tokens over ``cached`` ones, in chunks of the budget the decodes leave, each chunk an
+        iteration that also carries the decodes (same operations, same order as ``BatchPredictor``)."""
+        if new <= 0:
+            return 0.0
+        chunk_max = max(MIN_CHUNK, budget - decodes)
+        steps = -(-new // chunk_max)
+        per_step = self.per_step + self.batch_seconds(decodes, context)
+        return per_step * steps + self.per_token * (new / 1000) + self.per_pair * (new * (cached + new / 2) / 1e6)
+
+    def decode_step_seconds(self, decodes: int, context: int) -> float:
+        """One pure-decode iteration (0 when nothing decodes)."""
+        if decodes <= 0:
+            return 0.0
+        return self.decode_fixed + self.batch_seconds(decodes, context)
+
+
+def prefill_features(new: int, cached: int, steps: int) -> tuple[float, float, float]:
+    return (float(steps), new / 1000, new * (cached + new / 2) / 1e6)
+
+
+@dataclass(slots=True)
+class _Booked:
+    """A request routed here whose first token has not come yet."""
+
+    routed_at: float
+    prompt: int
+    cached: int
+    decodes: int
+    context: int
+    streamed: bool
+
+
+@dataclass(slots=True)
+class _Group:
+    """Requests whose prefill one first-token interval timed; learned once all of them succeeded."""
+
+    start: float
+    end: float
+    members: dict[str, _Booked] = field(default_factory=dict)
+    unresolved: int = 0
+    failed: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _Started:
+    group: _Group
+    first_token: float | None
+    """This request's own first token (streamed only); None when swept in by a later one."""
+    decodes: int
+    context: int
+
+
+class PoolModel:
+    """The same two models fitted to every endpoint's observations. ``version`` moves only when a
+    coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
+    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY``: every endpoint's estimate is
+    re-derived from the pool's now and then, not at each observation anywhere (the pick path caches
+    per endpoint until its estimate changes)."""
+
+    __slots__ = ("_published", "_since", "decode", "prefill", "updates", "version")
+
+    def __init__(self, forgetting: float) -> None:
+        self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
+        self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
+        self.version = 0
+        self.updates = 0
+        self._since = 0
+        self._published = [*PRIOR_PREFILL, *PRIOR_DECODE]
+
+    def updated(self) -> None:
+        self.updates += 1
+        self._since += 1
+        if self.updates > PUBLISH_EVERY and self._since < PUBLISH_EVERY:
+            return
+        current = [*self.prefill.theta, *self.decode.theta]
+        if _moved(self._published, current):
+            self._published = current
+            self._since = 0
+            self.version += 1
+
+
+def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
+    return any(abs(a - b) > PUBLISH_CHANGE * max(abs(b), 1e-9) for b, a in zip(before, after))
+
+
+class _Track:
+    """One of an endpoint's two models (prefill or decode): its own RLS fit; its speed relative to the
+    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction); and how well its own
+    fit and the scaled pool fit predicted its observations before learning from them (moving mean
+    squared relative errors)."""
+
+    __slots__ = ("err_own", "err_pool", "log_mean", "log_var", "own", "seen")
+
+    def __init__(self, prior: Sequence[float], forgetting: float) -> None:
+        self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
+        self.log_mean = self.log_var = 0.0
+        self.err_own = self.err_pool = 1.0
+        self.seen = 0
+
+    def scale(self) -> float:
+        """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
+        moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
+        of differing by noise, one that is really faster or slower is told apart within a few requests."""
+        if not self.seen:
+            return 1.0
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        standard_error = math.sqrt(self.log_var * weight / (2 - weight))
+        excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
+        return math.exp(math.copysign(excess, self.log_mean))
+
+    def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float) -> None:
+        raw = max(pool.predict(x), 1e-6)
+        if self.own.updates >= WARMUP:
+            self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
+            self.err_pool += (_relative(y, self.scale() * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+        self.seen += 1
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
+        deviation = ratio - self.log_mean
+        self.log_mean += deviation * weight
+        self.log_var = (1 - weight) * (self.log_var + weight * deviation * deviation)
+        self.own.update(x, y)
+        pool.update(x, y)
+
+    def theta(self, pool: RecursiveLeastSquares) -> list[float]:
+        """The pool's coefficients × this endpoint's scale, moved towards its own fit only as far as its
+        own fit has been predicting it better (weight 2 × (1 − own error ÷ pool error) in [0, 1]; 0
+        until ``WARMUP`` own observations)."""
+        scale = self.scale()
+        w = 0.0
+        if self.own.updates >= WARMUP and self.err_pool > 0:
+            w = min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
+        return [w * a + (1 - w) * scale * b for a, b in zip(self.own.theta, pool.theta)]
+
+
+def _relative(observed: float, predicted: float) -> float:
+    return (observed - predicted) / max(observed, predicted, 1e-3)
+
+
+class EndpointLearner:
+    """One endpoint's prefill and decode models and the bookkeeping that turns its requests' events into
+    observations.
+
+    Its ``estimate`` shares what the pool learned: the pool's fit scaled by this endpoint's measured
+    speed, blended with the endpoint's own fit in proportion to how well each has been predicting it.
+    In a pool of one kind the pool's fit (eight times the data) wins and endpoints differ only by their
+    measured scale, so estimation noise does not split requests that belong together; where an
+    endpoint's shape differs (another model, another GPU) its own fit predicts better and takes over.
+    ``estimate`` is the same object until it changes."""
+
+    __slots__ = (
+        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "budget", "decode",
+        "pool", "prefill", "version",
+    )  # fmt: skip
+
+    def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
+        self.budget = budget
+        self.prefill = _Track(PRIOR_PREFILL, forgetting)
+        self.decode = _Track(PRIOR_DECODE, forgetting)
+        self.pool = pool or PoolModel(forgetting)
+        self.version = 0
+        self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
+        self._seen = self._pool_seen = -1  # the versions the estimate was derived at
+        self._queue: dict[str, _Booked] = {}
+        self._started: dict[str, _Started] = {}
+        self._groups: deque[_Group] = deque()
+        self._last_first_token = float("-inf")
+
+    @property
+    def estimate(self) -> LatencyEstimate:
+        pool = self.pool
+        if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
+            self._seen, self._pool_seen = self.version, pool.version
+            fresh = [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
+            old = self._estimate
+            if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
+                       old.decode_per_context], fresh):
+                self._estimate = LatencyEstimate(*fresh)
+        return self._estimate
+
+    @property
+    def observations(self) -> int:
+        """Prefill observations learned from."""
+        return self.prefill.own.updates
+
+    # -- events -----------------------------------------------------------------------------------
+    def routed(self, request_id: str, now: float, prompt: int, cached: int, decodes: int, context: int,
+               streamed: bool) -> None:
+        """Booked here: ``cached`` is the predicted hit; (``decodes``, ``context``) the predicted load."""
+        self.forget(request_id)
+        self._queue[request_id] = _Booked(now, prompt, cached, decodes, context, streamed)
+
+    def started(self, request_id: str, now: float, decodes: int, context: int) -> None:
+        """First response bytes of ``request_id``: it and everything routed before it have prefilled."""
+        queue = self._queue
+        if request_id not in queue or not queue[request_id].streamed:
+            return  # not booked here, or a non-streamed response (its first bytes are its end)
+        members: list[tuple[str, _Booked]] = []
+        while queue:
+            rid = next(iter(queue))
+            members.append((rid, queue.pop(rid)))
+            if rid == request_id:
+                break
+        first_routed = members[0][1].routed_at
+        last = self._groups[-1] if self._groups else None
+        if (last is not None and not last.closed and now - self._last_first_token <= MERGE_GAP
+                and first_routed < self._last_first_token):
+            group = last
+            group.end = max(group.end, now)
+        else:
+            if last is not None:
+                last.closed = True
+                self._settle()
+            group = _Group(max(self._last_first_token, first_routed), now)
+            self._groups.append(group)
+            if len(self._groups) > MAX_OPEN_GROUPS:
+                self._drop(self._groups.popleft())
+        for rid, booked in members:
+            group.members[rid] = booked
+            group.unresolved += 1
+            self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
+        self._last_first_token = max(self._last_first_token, now)
+
+    def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
+        """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
+        self._queue.pop(request_id, None)  # ended without a first byte: it timed nothing
+        started = self._started.pop(request_id, None)
+        if started is None:
+            return
+        group = started.group
+        completion = usage.get("completion_tokens", 0)
+        ok = completion >= 1
+        booked = group.members.get(request_id)
+        if booked is not None:
+            group.unresolved -= 1
+            if not ok:
+                group.failed = True
+            else:
+                prompt = usage.get("prompt_tokens", booked.prompt)
+                cached = usage.get("cached_tokens", booked.cached)
+                booked.prompt, booked.cached = prompt, min(cached, max(0, prompt - 1))
+        if now > group.end + MERGE_GAP:
+            group.closed = True
+        if ok and started.first_token is not None and completion >= 2:
+            itl = (now - started.first_token) / (completion - 1)
+            n = (started.decodes + decodes) / 2
+            ctx = (started.context + context) / 2
+            self.observe_decode((1.0, n / 100, ctx / 1e5), itl)
+        self._settle()
+
+    def forget(self, request_id: str) -> None:
+        """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
+        self._queue.pop(request_id, None)
+        started = self._started.pop(request_id, None)
+        if started is not None and request_id in started.group.members:
+            started.group.failed = True
+            started.group.unresolved -= 1
+            self._settle()
+
+    # -- learning ---------------------------------------------------------------------------------
+    def _settle(self) -> None:
+        """Learn from (or drop) the oldest closed groups whose requests have all ended."""
+        groups = self._groups
+        while groups and groups[0].closed and groups[0].unresolved <= 0:
+            group = groups.popleft()
+            if not group.failed:
+                self._learn(group)
+
+    def _learn(self, group: _Group) -> None:
+        members = list(group.members.values())
+        new = sum(max(1, b.prompt - b.cached) for b in members)
+        pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members)
+        decodes = round(sum(b.decodes for b in members) / len(members))
+        context = round(sum(b.context for b in members) / len(members))
+        steps = -(-new // max(MIN_CHUNK, self.budget - decodes))
+        x = (float(steps), new / 1000, pairs / 1e6)
+        seconds = group.end - group.start - steps * self.estimate.batch_seconds(decodes, context)
+        self.observe_prefill(x, max(0.0, seconds))
+
+    def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
+        """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
+        self.prefill.observe(self.pool.prefill, x, seconds)
+        self._changed()
+
+    def observe_decode(self, z: Sequence[float], seconds: float) -> None:
+        """One decode-step observation on ``[1, sequences / 100, context / 1e5]``."""
+        self.decode.observe(self.pool.decode, z, seconds)
+        self._changed()
+
+    def _drop(self, group: _Group) -> None:
+        for rid in group.members:
+            self._started.pop(rid, None)
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.pool.updated()
+
+
+class LatencyLearner:
+    """``EndpointLearner`` per endpoint name, created on first use."""
+
+    __slots__ = ("budget", "endpoints", "forgetting", "pool")
+
+    def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
+        self.budget = budget
+        self.forgetting = forgetting
+        self.pool = PoolModel(forgetting)
+        self.endpoints: dict[str, EndpointLearner] = {}
+
+    def __getitem__(self, name: str) -> EndpointLearner:
+        learner = self.endpoints.get(name)
+        if learner is None:
+            learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
+        return learner
+
+    def estimate(self, name: str) -> LatencyEstimate:
+        return self[name].estimate
+
+    def remove(self, name: str) -> None:
+        self.endpoints.pop(name, None)
