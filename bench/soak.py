@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--picker-arg", action="append", default=[],
                         help="closed loop: extra epp serve flag, e.g. --picker-arg=--endpoint-health=false")
     parser.add_argument("--picker-tree", type=Path, default=None,
-                        help="closed loop: run epp serve from this source tree (a baseline, e.g. /work/main)")
+                        help="closed loop: run epp serve from this source tree (a baseline, e.g. a checkout of main)")
     args = parser.parse_args()
     if args.closed_loop:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

@@ -7,7 +7,7 @@ client could choose its own upstream whenever epp does not overwrite the header,
 an access log that records where each request went, and an admin port for readiness and stats.
 
 Two routing flavours are supported (see ``Routing``); the facts behind every knob are in
-``/work/shared/design/envoy-extproc.md``.
+``../shared/design/envoy-extproc.md`` (beside the repository).
 """
 
 from __future__ import annotations

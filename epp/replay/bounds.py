@@ -7,7 +7,7 @@
   evicted last.
 
 Both are token-weighted (a partial tail block counts its real length) and chain blocks by prefix,
-as ``/work/shared/traces/trace_stats.py`` does, so Mooncake numbers match the trace README.
+as ``../shared/traces/trace_stats.py`` does, so Mooncake numbers match the trace README.
 """
 
 from __future__ import annotations
