@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -23,18 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from epp.kvevents.decode import decode_message  # noqa: E402
 from tests.kvevents.captures import frames, messages  # noqa: E402
 
+from metrics_parse import per_call_us  # noqa: E402  (bench/ is on sys.path when run as a script; best of 5)
+
 ENGINES, STEPS_PER_SECOND = 100, 50
-
-
-def per_call_us(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(5):  # best of 5: least disturbed by the machine's other tenants
-        start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        best = min(best, (time.perf_counter() - start) / repeat)
-    return best * 1e6
 
 
 def main() -> None:
