@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,15 +124,17 @@ def test_progress_is_printed_when_not_on_a_terminal(capsys: pytest.CaptureFixtur
 
 def test_ctrl_c_ends_a_replay_with_one_line_and_no_traceback() -> None:
     # Sent to the whole process group, as a terminal's Ctrl-C is: the worker processes get it too.
+    # Four runs, two at a time: the interrupt lands while the first two replay and two more wait, however
+    # slow the machine (a fixed sleep let a busy machine finish first).
     replay = subprocess.Popen(
         [sys.executable, "-m", "epp", "replay", "--synthetic", "shared-prefix", "--sp-groups", "64",
-         "--policy", "default", "--policy", "gie-default", "--jobs", "2"],
+         "--policy", "default", "--policy", "gie-default", "--rate-scale", "1,2", "--jobs", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         assert replay.stderr is not None
         assert "run(s), 2 at a time" in replay.stderr.readline()  # runs are starting
-        time.sleep(2.0)  # the workers are up and replaying
+        assert "requests (" in replay.stderr.readline()  # the first progress line: the workers are replaying
         os.killpg(replay.pid, signal.SIGINT)
         out, err = replay.communicate(timeout=60)
     finally:
