@@ -39,7 +39,7 @@ def engines() -> Iterator[list[tuple[SimProcess, int]]]:
 @pytest.fixture
 def picker(engines: list[tuple[SimProcess, int]]) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
     pool = ",".join(f"127.0.0.1:{sim.port}@{events}" for sim, events in engines)  # two engines, one host
-    with serve("--static-endpoints", pool, "--drain-timeout", "0s") as running:  # and no config
+    with serve("--static-endpoints", pool) as running:  # and no config
         yield running
 
 

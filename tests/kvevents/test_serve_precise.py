@@ -60,7 +60,7 @@ def serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "epp", "serve", "--secure-serving=false", "--bind-address", "127.0.0.1",
          "--grpc-port", str(ports["grpc"]), "--grpc-health-port", str(ports["health"]),
-         "--metrics-port", str(ports["metrics"]), *args],
+         "--metrics-port", str(ports["metrics"]), "--drain-timeout", "0s", *args],  # stop at once: nothing to drain
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
