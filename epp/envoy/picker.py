@@ -84,6 +84,9 @@ class PickerProcess:
             "--grpc-health-port", str(self.health_port),
             "--metrics-port", str(self.metrics_port),
             "--bind-address", self.host,
+            # Local stacks stop Envoy before the picker, so a drain would only make every stop wait out
+            # the 5 s grace; whoever tests draining passes its own --drain-timeout (later flags win).
+            "--drain-timeout", "0s",
             *self.extra_args,
         ]  # fmt: skip
 
