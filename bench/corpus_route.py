@@ -17,17 +17,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from epp._util.proc import free_port
 from epp.demo.engines import EngineFleet, start_engines
 from epp.envoy.config import Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
 from epp.envoy.stack import local_config
+from epp.scheduling.plugins.filters.header_based_testing import HEADER_BASED_TESTING_FILTER, SELECTION_HEADER
 from tests.e2e.harness import Reply, chat, logged, post
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SIM_ARGS = ("--time-scale", "0")
 PICKER_START_S = 15.0
+# Nothing is in flight once a config's requests are answered: skip the 30 s drain a Kubernetes rollout needs.
+QUICK_EXIT = ("--drain-timeout", "0s", "--shutdown-grace", "1s")
 
 
 @dataclass(frozen=True)
@@ -36,55 +41,85 @@ class Outcome:
     pool: str  # "agg" or "pd"
     ok: bool
     detail: str  # served engines, or why it failed
-    seconds: float
 
 
 def needs_roles(config: Path) -> bool:
-    """P/D (and E/P/D) configs select engines by their ``llm-d.ai/role`` label; every one names prefill."""
-    return "prefill" in config.read_text(encoding="utf-8")
+    """P/D (and E/P/D) configs select engines by their ``llm-d.ai/role`` label; every one names prefill
+    (or, in a doc example, selects `role: decode`)."""
+    text = config.read_text(encoding="utf-8")
+    return "prefill" in text or "role: decode" in text
+
+
+def role_labels(role: str) -> dict[str, str]:
+    """The labels a P/D engine carries in the deployments these configs come from: llm-d's role label, the
+    bare ``role`` of llm-d-router's docs, and a DisaggregatedSet's name/revision/role (its rollout README)."""
+    return {"llm-d.ai/role": role, "role": role, "disaggregatedset.x-k8s.io/name": "my-set",
+            "disaggregatedset.x-k8s.io/revision": "r1", "disaggregatedset.x-k8s.io/role": role}
 
 
 def _endpoints_file(path: Path, fleet: EngineFleet, roles: dict[str, str]) -> Path:
-    lines = ["endpoints:"]
-    for name, upstream in fleet.members.items():
-        labels = f", labels: {{llm-d.ai/role: {roles[name]}}}" if name in roles else ""
-        lines.append(f"  - {{name: {name}, address: \"{upstream.host}\", port: \"{upstream.port}\"{labels}}}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    endpoints = [{"name": name, "address": upstream.host, "port": str(upstream.port),
+                  **({"labels": role_labels(roles[name])} if name in roles else {})}
+                 for name, upstream in fleet.members.items()]
+    path.write_text(yaml.safe_dump({"endpoints": endpoints}), encoding="utf-8")
     return path
 
 
-async def _send(envoy: EnvoyProcess) -> list[Reply]:
+def with_file_discovery(config: Path, members: Path, workdir: Path) -> Path | None:
+    """A config whose ``dataLayer.discovery`` is a ``file-discovery`` plugin brings its own endpoint source
+    (a path in the pod, e.g. /etc/epp/endpoints.yaml): a copy pointing it at ``members``, else None."""
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    discovery = ((document.get("dataLayer") or {}).get("discovery") or {}).get("pluginRef")
+    plugins = [p for p in document.get("plugins") or [] if p.get("type") == "file-discovery"
+               and (p.get("name") or p["type"]) == discovery]
+    if not plugins:
+        return None
+    plugins[0].setdefault("parameters", {})["path"] = str(members)
+    copy = workdir / config.name
+    copy.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return copy
+
+
+def request_headers(config: Path, members: EngineFleet) -> dict[str, str]:
+    """What a client of this config sends: GIE's conformance config routes only where its test header says."""
+    if HEADER_BASED_TESTING_FILTER in config.read_text(encoding="utf-8"):
+        return {SELECTION_HEADER: next(iter(members.upstreams)).hostport}
+    return {}
+
+
+async def _send(envoy: EnvoyProcess, headers: dict[str, str]) -> list[Reply]:
     completion = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4}
     return [
-        await post(envoy, chat(MODEL, "hello there", max_tokens=4)),
-        await post(envoy, completion, path="/v1/completions"),
+        await post(envoy, chat(MODEL, "hello there", max_tokens=4), headers=headers),
+        await post(envoy, completion, path="/v1/completions", headers=headers),
     ]
 
 
 def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy: EnvoyProcess,
-               grpc_port: int, workdir: Path) -> Outcome:
-    started = time.monotonic()
+               grpc_port: int, workdir: Path, headers: dict[str, str]) -> Outcome:
     log = workdir / f"{config.stem[-80:]}.log"
-    picker = PickerProcess((), endpoints_file=members, log_path=log,
-                           extra_args=["--config-file", str(config), "--allow-experimental-plugins"])
+    discovering = with_file_discovery(config, members, workdir)
+    picker = PickerProcess((), endpoints_file=None if discovering else members, log_path=log,
+                           extra_args=["--config-file", str(discovering or config), "--allow-experimental-plugins",
+                                       *QUICK_EXIT])
     picker.grpc_port = grpc_port  # the port the long-lived Envoy calls
     try:
         try:
             picker.start(timeout=PICKER_START_S)
         except RuntimeError as err:
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            return Outcome(config.name, pool, False, f"{err}: {' '.join(tail)[:200]}", time.monotonic() - started)
-        replies = asyncio.run(_send(envoy))
+            return Outcome(config.name, pool, False, f"{err}: {' '.join(tail)[:200]}")
+        replies = asyncio.run(_send(envoy, headers))
         bad = [r for r in replies if r.status != 200]
         if bad:
             detail = "; ".join(f"HTTP {r.status} {r.body[:120]!r}" for r in bad)
-            return Outcome(config.name, pool, False, detail, time.monotonic() - started)
+            return Outcome(config.name, pool, False, detail)
         entries = logged(envoy, [r.request_id for r in replies])
         served = sorted({fleet.name_of(e.upstream) or e.upstream for e in entries.values()})
         ok = len(entries) == len(replies) and all(fleet.name_of(e.upstream) for e in entries.values())
-        return Outcome(config.name, pool, ok, "served by " + ",".join(served), time.monotonic() - started)
+        return Outcome(config.name, pool, ok, "served by " + ",".join(served))
     except Exception as err:  # noqa: BLE001 — one config's failure is a row of the table, not the end of the run
-        return Outcome(config.name, pool, False, f"{type(err).__name__}: {err}"[:240], time.monotonic() - started)
+        return Outcome(config.name, pool, False, f"{type(err).__name__}: {err}"[:240])
     finally:
         picker.stop()
 
@@ -112,8 +147,10 @@ def route_all(configs: list[Path]) -> list[Outcome]:
         stack.callback(envoy.stop)
         for config in configs:
             pool = "pd" if needs_roles(config) else "agg"
-            outcome = _route_one(config, pool, pools[pool], everyone, envoy, grpc_port, workdir)
-            print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.seconds:4.1f}s {pool:3s} {config.name}\n"
+            started = time.monotonic()
+            outcome = _route_one(config, pool, pools[pool], everyone, envoy, grpc_port, workdir,
+                                 request_headers(config, fleet if pool == "agg" else pd))
+            print(f"{'ok  ' if outcome.ok else 'FAIL'} {time.monotonic() - started:4.1f}s {pool:3s} {config.name}\n"
                   f"            {outcome.detail}", flush=True)
             outcomes.append(outcome)
     return outcomes
