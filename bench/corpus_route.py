@@ -21,6 +21,7 @@ import yaml
 
 from epp._util.proc import free_port
 from epp.demo.engines import EngineFleet, start_engines
+from epp.discovery.sources import MULTICLUSTER_FILE_DISCOVERY
 from epp.envoy.config import Upstream
 from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
@@ -41,6 +42,15 @@ class Outcome:
     pool: str  # "agg" or "pd"
     ok: bool
     detail: str  # served engines, or why it failed
+    warnings: tuple[str, ...] = ()  # what epp said it could not have or do (the picker log's WARNINGs)
+
+
+def logged_warnings(log: Path) -> tuple[str, ...]:
+    """The distinct WARNING messages of an ``epp serve`` log (fallbacks, deprecations), without timestamps."""
+    if not log.exists():
+        return ()
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return tuple(dict.fromkeys(line.split(" WARNING ", 1)[1] for line in lines if " WARNING " in line))
 
 
 def needs_roles(config: Path) -> bool:
@@ -65,12 +75,16 @@ def _endpoints_file(path: Path, fleet: EngineFleet, roles: dict[str, str]) -> Pa
     return path
 
 
+FILE_DISCOVERIES = ("file-discovery", MULTICLUSTER_FILE_DISCOVERY)
+
+
 def with_file_discovery(config: Path, members: Path, workdir: Path) -> Path | None:
-    """A config whose ``dataLayer.discovery`` is a ``file-discovery`` plugin brings its own endpoint source
-    (a path in the pod, e.g. /etc/epp/endpoints.yaml): a copy pointing it at ``members``, else None."""
+    """A config whose ``dataLayer.discovery`` is a file discovery brings its own endpoint source (a path in
+    the pod, e.g. /etc/epp/endpoints.yaml): a copy pointing it at ``members``, else None. A multicluster hub's
+    file lists remote clusters' gateways; here the local engines stand in for them (one "cluster" each)."""
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     discovery = ((document.get("dataLayer") or {}).get("discovery") or {}).get("pluginRef")
-    plugins = [p for p in document.get("plugins") or [] if p.get("type") == "file-discovery"
+    plugins = [p for p in document.get("plugins") or [] if p.get("type") in FILE_DISCOVERIES
                and (p.get("name") or p["type"]) == discovery]
     if not plugins:
         return None
@@ -117,7 +131,7 @@ def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy
         entries = logged(envoy, [r.request_id for r in replies])
         served = sorted({fleet.name_of(e.upstream) or e.upstream for e in entries.values()})
         ok = len(entries) == len(replies) and all(fleet.name_of(e.upstream) for e in entries.values())
-        return Outcome(config.name, pool, ok, "served by " + ",".join(served))
+        return Outcome(config.name, pool, ok, "served by " + ",".join(served), logged_warnings(log))
     except Exception as err:  # noqa: BLE001 — one config's failure is a row of the table, not the end of the run
         return Outcome(config.name, pool, False, f"{type(err).__name__}: {err}"[:240])
     finally:
@@ -152,5 +166,7 @@ def route_all(configs: list[Path]) -> list[Outcome]:
                                  request_headers(config, fleet if pool == "agg" else pd))
             print(f"{'ok  ' if outcome.ok else 'FAIL'} {time.monotonic() - started:4.1f}s {pool:3s} {config.name}\n"
                   f"            {outcome.detail}", flush=True)
+            for warning in outcome.warnings:
+                print(f"            warned: {warning[:200]}", flush=True)
             outcomes.append(outcome)
     return outcomes
