@@ -1,11 +1,12 @@
 """``bench/corpus.py --route``: every loadable real upstream config routes a chat and a completion request
 through a real Envoy → ``epp serve --config-file <config>`` → ``epp sim`` engines.
 
-The engines start once: an aggregated pair and a prefill/decode pair (``llm-d.ai/role`` labels from an
-endpoints file, as tests/e2e/test_disagg.py does). One Envoy fronts all four and keeps running; per config
-only ``epp serve`` is (re)started on the same gRPC port, over the pair the config needs (P/D when the config
-mentions prefill). Alpha plugins are loaded (``--allow-experimental-plugins``), as a deployment of those
-configs must. Every process is stopped by PID.
+The engines start once: an aggregated pair and a prefill/decode pair (role labels from an endpoints file,
+as tests/e2e/test_disagg.py does). One Envoy fronts all four and keeps running; per config only ``epp serve``
+is (re)started on the same gRPC port, over the pair the config needs (``needs_roles``). A file-discovery
+config is pointed at the run's endpoints file; alpha plugins are loaded (``--allow-experimental-plugins``),
+as a deployment of those configs must. A pass: both requests answer 200, each served (Envoy's access log) by
+an engine of the config's pair. Every process is stopped by PID.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def logged_warnings(log: Path) -> tuple[str, ...]:
 
 
 def needs_roles(config: Path) -> bool:
-    """P/D (and E/P/D) configs select engines by their ``llm-d.ai/role`` label; every one names prefill
-    (or, in a doc example, selects `role: decode`)."""
+    """P/D (and E/P/D) configs select engines by their role label; every one names prefill (or, in a doc
+    example, selects ``role: decode``)."""
     text = config.read_text(encoding="utf-8")
     return "prefill" in text or "role: decode" in text
 
@@ -110,7 +111,8 @@ async def _send(envoy: EnvoyProcess, headers: dict[str, str]) -> list[Reply]:
 
 
 def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy: EnvoyProcess,
-               grpc_port: int, workdir: Path, headers: dict[str, str]) -> Outcome:
+               grpc_port: int, workdir: Path) -> Outcome:
+    """``fleet`` is the config's pair, ``members`` its endpoints file; ``envoy`` calls ``grpc_port``."""
     log = workdir / f"{config.stem[-80:]}.log"
     discovering = with_file_discovery(config, members, workdir)
     picker = PickerProcess((), endpoints_file=None if discovering else members, log_path=log,
@@ -122,8 +124,9 @@ def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy
             picker.start(timeout=PICKER_START_S)
         except RuntimeError as err:
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            return Outcome(config.name, pool, False, f"{err}: {' '.join(tail)[:200]}")
-        replies = asyncio.run(_send(envoy, headers))
+            started_up = str(err).split("; log:", 1)[0]  # the log is in a temporary folder: quote its last line
+            return Outcome(config.name, pool, False, f"{started_up}: {' '.join(tail)[:240]}")
+        replies = asyncio.run(_send(envoy, request_headers(config, fleet)))
         bad = [r for r in replies if r.status != 200]
         if bad:
             detail = "; ".join(f"HTTP {r.status} {r.body[:120]!r}" for r in bad)
@@ -152,8 +155,8 @@ def route_all(configs: list[Path]) -> list[Outcome]:
         pd = EngineFleet({**prefill.members, **decode.members}, [])
         everyone = EngineFleet({**fleet.members, **pd.members}, [])
         pools = {
-            "agg": _endpoints_file(workdir / "agg.yaml", fleet, {}),
-            "pd": _endpoints_file(workdir / "pd.yaml", pd, {"prefill-0": "prefill", "decode-0": "decode"}),
+            "agg": (fleet, _endpoints_file(workdir / "agg.yaml", fleet, {})),
+            "pd": (pd, _endpoints_file(workdir / "pd.yaml", pd, {"prefill-0": "prefill", "decode-0": "decode"})),
         }
         grpc_port = free_port()
         envoy = EnvoyProcess(local_config(Upstream("127.0.0.1", grpc_port), everyone.upstreams, workdir), workdir)
@@ -162,8 +165,8 @@ def route_all(configs: list[Path]) -> list[Outcome]:
         for config in configs:
             pool = "pd" if needs_roles(config) else "agg"
             started = time.monotonic()
-            outcome = _route_one(config, pool, pools[pool], everyone, envoy, grpc_port, workdir,
-                                 request_headers(config, fleet if pool == "agg" else pd))
+            members, endpoints = pools[pool]
+            outcome = _route_one(config, pool, endpoints, members, envoy, grpc_port, workdir)
             print(f"{'ok  ' if outcome.ok else 'FAIL'} {time.monotonic() - started:4.1f}s {pool:3s} {config.name}\n"
                   f"            {outcome.detail}", flush=True)
             for warning in outcome.warnings:
