@@ -43,12 +43,16 @@ class AttributePoller(MetricsPoller):
         p = self.params
         if p.scheme != "https":
             return True
-        context = ssl.create_default_context(cafile=p.ca_cert_path)
+        try:
+            context = ssl.create_default_context(cafile=p.ca_cert_path)
+            if p.client_cert_path is not None:
+                context.load_cert_chain(p.client_cert_path, p.client_key_path)
+        except OSError as err:  # ssl's FileNotFoundError names no file: say which parameter points where
+            raise OSError(f"{self.source.typed_name}: https scraping: caCertPath {p.ca_cert_path!r}, clientCertPath "
+                          f"{p.client_cert_path!r}, clientKeyPath {p.client_key_path!r}: {err}") from err
         if p.insecure_skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if p.client_cert_path is not None:
-            context.load_cert_chain(p.client_cert_path, p.client_key_path)
         return context
 
     def url(self, endpoint: Endpoint) -> str:  # type: ignore[override]

@@ -108,3 +108,16 @@ async def test_pollers_write_attributes_and_keep_the_last_good_value_on_garbage(
         finally:
             for p in pollers:
                 await p.stop()
+
+
+async def test_a_missing_ca_file_for_https_scraping_is_named_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.crt"
+    path = tmp_path / "epp.yaml"
+    path.write_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
+                    f"- {{type: dcgm-data-source, name: dcgm-source, parameters: {{scheme: https, caCertPath: {missing}}}}}\n"
+                    "- {type: dcgm-extractor}\n"
+                    "dataLayer:\n  sources:\n  - pluginRef: dcgm-source\n    extractors: [{pluginRef: dcgm-extractor}]\n")
+    config = load_config(path)
+    pollers = attribute_pollers(config, build_scheduler(config).plugins, Datastore(), interval=0.05)
+    with pytest.raises(OSError, match=f"dcgm-source.*caCertPath '{missing}'"):
+        await pollers[0].start()
