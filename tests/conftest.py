@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
 from collections.abc import Awaitable, Callable
 
 from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
+
+
+def pytest_configure() -> None:
+    """Take Ctrl-C as a terminal delivers it, whoever started the suite. A shell's background job (and
+    some CI runners) start it with SIGINT ignored, an ignored signal stays ignored across exec, and then
+    the Ctrl-C tests' ``epp demo``/``epp replay`` subprocesses would never see the signal they test."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_state(
