@@ -25,11 +25,19 @@ replay, same hooks):
 * **ends** — a streamed request's mean inter-token time, ``(end − first token) / (completion − 1)``,
   observes the decode step at the mean load seen at its first token and at its end.
 
-Only what succeeded is learned: an observation is applied once every request in it has completed with
-reported usage (``completion_tokens`` ≥ 1); a group with a failed, unreported or forgotten member is
-dropped — a failed request is never a fast success. A non-streamed request's first bytes are its
-whole response, so it never times a prefill (it still counts in the FCFS order it holds). The engine's
-own usage (``prompt_tokens``, ``cached_tokens``) replaces epp's estimates of the features when reported.
+An observation is applied as soon as its interval is closed — when any later event on the endpoint
+comes more than ``MERGE_GAP`` after its first token — not when its requests complete: a prefill's
+timing is known at its first token, and waiting for streams to end (seconds to minutes of decode)
+left a cold or changed endpoint mispredicted for that long (on a burst, the whole run: 1B synthetic
+at ×14.7, TTFT p90 0.76 s → 0.42 s). Only what succeeded is learned: a group with a member that failed,
+ended without reported usage (``completion_tokens`` ≥ 1) or was forgotten before the group closed is
+dropped — a failed request is never a fast success (an error page is its whole response: it ends, and
+fails the group, before any later first token can close it; the ext_proc relay does not report an
+error status's body as a first token at all). A member that fails after its group was learned had
+prefilled (a later request's first token came after it, first-come first-served), so the lesson
+stands. A non-streamed request's first bytes are its whole response, so it never times a prefill (it
+still counts in the FCFS order it holds). Where the engine's usage (``prompt_tokens``,
+``cached_tokens``) is in before the group closes, it replaces epp's estimates of the features.
 
 Estimator: RLS on relative error (each row scaled by ``1 / max(prediction, observation, 1 ms)``, which
 also bounds any single outlier's pull), forgetting factor λ (default 0.99: the last ~100 observations
@@ -74,10 +82,12 @@ WARMUP = 20
 """Own observations after which an endpoint's estimate is its own alone; before, it leans on the pool's."""
 ERROR_WEIGHT = 0.05
 """Weight of each observation in the moving mean squared errors that blend own and pool fits."""
-SCALE_WEIGHT = 0.05
+SCALE_DECAY = 0.95
+SCALE_WINDOW = 48
 MAX_LOG_SCALE = math.log(8)
-"""An endpoint's speed relative to the pool: moving mean and variance of log ratios (plain for its
-first 20), each ratio clipped to 8× either way."""
+"""An endpoint's speed relative to the pool: the weighted mean and variance of log(observed ÷ the pool's
+current prediction) over its last ``SCALE_WINDOW`` observations, each weighted ``SCALE_DECAY`` ** age
+(a memory of ~20), each ratio clipped to 8× either way."""
 PUBLISH_CHANGE = 0.02
 PUBLISH_EVERY = 32
 """Relative change of a coefficient below which an estimate is kept as it is (prediction noise is larger)."""
@@ -196,12 +206,11 @@ class _Booked:
 
 @dataclass(slots=True)
 class _Group:
-    """Requests whose prefill one first-token interval timed; learned once all of them succeeded."""
+    """Requests whose prefill one first-token interval timed; learned once closed, unless one failed."""
 
     start: float
     end: float
     members: dict[str, _Booked] = field(default_factory=dict)
-    unresolved: int = 0
     failed: bool = False
     closed: bool = False
 
@@ -249,41 +258,57 @@ def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
 
 
 class _Track:
-    """One of an endpoint's two models (prefill or decode): its own RLS fit; its speed relative to the
-    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction); and how well its own
+    """One of an endpoint's two models (prefill or decode): its own RLS fit; its last observations, from
+    which its speed relative to the pool's *current* fit is derived (``scale``); and how well its own
     fit and the scaled pool fit predicted its observations before learning from them (moving mean
     squared relative errors)."""
 
-    __slots__ = ("err_own", "err_pool", "log_mean", "log_var", "own", "seen")
+    __slots__ = ("_scale", "err_own", "err_pool", "own", "recent")
 
     def __init__(self, prior: Sequence[float], forgetting: float) -> None:
         self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
-        self.log_mean = self.log_var = 0.0
         self.err_own = self.err_pool = 1.0
-        self.seen = 0
+        self.recent: deque[tuple[Sequence[float], float]] = deque(maxlen=SCALE_WINDOW)
+        self._scale: tuple[int, int, float] = (-1, -1, 1.0)  # (own updates, pool updates) it was derived at
 
-    def scale(self) -> float:
-        """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
-        moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
-        of differing by noise, one that is really faster or slower is told apart within a few requests."""
-        if not self.seen:
-            return 1.0
-        weight = max(1 / self.seen, SCALE_WEIGHT)
-        standard_error = math.sqrt(self.log_var * weight / (2 - weight))
-        excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
-        return math.exp(math.copysign(excess, self.log_mean))
+    def scale(self, pool: RecursiveLeastSquares) -> float:
+        """The endpoint's speed relative to the pool's current fit: the weighted mean log ratio of its
+        recent observations to what the pool predicts for them now, counted only beyond two standard
+        errors (soft threshold) — endpoints of one kind share the pool's estimate exactly instead of
+        differing by noise, one that is really faster or slower is told apart within a few requests.
+        Re-derived against the pool as it is now (O(window · d), only when either side learned): a
+        ratio kept from when the pool still held its prior would be stale once the pool has learned
+        (a slow engine seen first against the prior then looked as fast as the pool's fast ones)."""
+        key = (self.own.updates, pool.updates)
+        if self._scale[:2] == key:
+            return self._scale[2]
+        total = total_sq = mean = second = 0.0
+        weight = 1.0
+        theta = pool.theta
+        for x, y in reversed(self.recent):
+            raw = max(sum(t * v for t, v in zip(theta, x)), 1e-6)
+            ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
+            total += weight
+            total_sq += weight * weight
+            mean += weight * ratio
+            second += weight * ratio * ratio
+            weight *= SCALE_DECAY
+        value = 1.0
+        if total:
+            mean /= total
+            variance = max(0.0, second / total - mean * mean)
+            standard_error = math.sqrt(variance * total_sq) / total  # √(v / effective sample size)
+            excess = max(0.0, abs(mean) - 2 * standard_error)
+            value = math.exp(math.copysign(excess, mean))
+        self._scale = (key[0], key[1], value)
+        return value
 
     def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float) -> None:
-        raw = max(pool.predict(x), 1e-6)
         if self.own.updates >= WARMUP:
+            raw = max(pool.predict(x), 1e-6)
             self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
-            self.err_pool += (_relative(y, self.scale() * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
-        self.seen += 1
-        weight = max(1 / self.seen, SCALE_WEIGHT)
-        ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
-        deviation = ratio - self.log_mean
-        self.log_mean += deviation * weight
-        self.log_var = (1 - weight) * (self.log_var + weight * deviation * deviation)
+            self.err_pool += (_relative(y, self.scale(pool) * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+        self.recent.append((x, y))
         self.own.update(x, y)
         pool.update(x, y)
 
@@ -291,7 +316,7 @@ class _Track:
         """The pool's coefficients × this endpoint's scale, moved towards its own fit only as far as its
         own fit has been predicting it better (weight 2 × (1 − own error ÷ pool error) in [0, 1]; 0
         until ``WARMUP`` own observations)."""
-        scale = self.scale()
+        scale = self.scale(pool)
         w = 0.0
         if self.own.updates >= WARMUP and self.err_pool > 0:
             w = min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
@@ -353,6 +378,7 @@ class EndpointLearner:
                streamed: bool) -> None:
         """Booked here: ``cached`` is the predicted hit; (``decodes``, ``context``) the predicted load."""
         self.forget(request_id)
+        self._close(now)
         self._queue[request_id] = _Booked(now, prompt, cached, decodes, context, streamed)
 
     def started(self, request_id: str, now: float, decodes: int, context: int) -> None:
@@ -382,7 +408,6 @@ class EndpointLearner:
                 self._drop(self._groups.popleft())
         for rid, booked in members:
             group.members[rid] = booked
-            group.unresolved += 1
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
 
@@ -396,16 +421,14 @@ class EndpointLearner:
         completion = usage.get("completion_tokens", 0)
         ok = completion >= 1
         booked = group.members.get(request_id)
-        if booked is not None:
-            group.unresolved -= 1
+        if booked is not None and not group.closed:
             if not ok:
                 group.failed = True
             else:
                 prompt = usage.get("prompt_tokens", booked.prompt)
                 cached = usage.get("cached_tokens", booked.cached)
                 booked.prompt, booked.cached = prompt, min(cached, max(0, prompt - 1))
-        if now > group.end + MERGE_GAP:
-            group.closed = True
+        self._close(now)
         if ok and started.first_token is not None and completion >= 2:
             itl = (now - started.first_token) / (completion - 1)
             n = (started.decodes + decodes) / 2
@@ -417,16 +440,21 @@ class EndpointLearner:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
         self._queue.pop(request_id, None)
         started = self._started.pop(request_id, None)
-        if started is not None and request_id in started.group.members:
+        if started is not None and request_id in started.group.members and not started.group.closed:
             started.group.failed = True
-            started.group.unresolved -= 1
-            self._settle()
 
     # -- learning ---------------------------------------------------------------------------------
-    def _settle(self) -> None:
-        """Learn from (or drop) the oldest closed groups whose requests have all ended."""
+    def _close(self, now: float) -> None:
+        """Past ``MERGE_GAP`` after the newest group's first token no later one can join it: learn it."""
         groups = self._groups
-        while groups and groups[0].closed and groups[0].unresolved <= 0:
+        if groups and not groups[-1].closed and now > groups[-1].end + MERGE_GAP:
+            groups[-1].closed = True
+            self._settle()
+
+    def _settle(self) -> None:
+        """Learn from (or drop) the closed groups, oldest first."""
+        groups = self._groups
+        while groups and groups[0].closed:
             group = groups.popleft()
             if not group.failed:
                 self._learn(group)
