@@ -15,9 +15,13 @@ predicted cost of what is still pending — later if the engine ran slower than 
 faster. A completion without a first token (a caller that cannot see first bytes) is a late signal and
 can only shorten the backlog. Until the first token comes, a request past its predicted first token is
 taken to have missed the cache hit it was predicted (the usual reason a prefill overruns): everything
-queued moves out by the difference, so an endpoint stuck on a long prompt does not look idle; the
-backlog still drains with time, so a caller that only reports completions (first bytes of a
-non-streamed response come at its end) does not pin it either. Entries older than the expiry cut-off are forgotten, so a lost request
+queued moves out by the difference, so an endpoint stuck on a long prompt does not look idle. A
+streamed request still silent past even its cold prefill says the engine runs slower than predicted
+(an unknown engine still being learned, a batch heavier than thought, a KV cache full): the work queued
+behind it is stretched by the same factor, ``(now − its start) ÷ its cold prefill``, at most
+``MAX_SLOWNESS`` — a slow engine loses traffic while it is slow, not only after its next first token.
+A non-streamed head's first bytes come at its end, so its silence says nothing: that backlog still
+drains with time, and a caller that only reports completions does not pin the endpoint. Entries older than the expiry cut-off are forgotten, so a lost request
 never pins load on an endpoint.
 
 Other routers (another epp replica, a client bypassing epp) send the engine work this ledger never sees
@@ -38,13 +42,16 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 
+MAX_SLOWNESS = 4.0
+"""How far an overdue streamed head stretches the work queued behind it (see the module docstring)."""
+
 
 @dataclass(slots=True)
 class Flight:
     """One request in flight on the endpoint. ``prefill_seconds`` is its predicted prefill there,
     ``cold_seconds`` the same without any cache hit; ``output_tokens`` is what it may generate (its
     ``max_tokens``, or an assumed length when the client set none). ``eta`` is its predicted first
-    token, set when it is booked."""
+    token, set when it is booked; ``streamed``: its first bytes are its first token (not its end)."""
 
     routed_at: float
     prefill_seconds: float
@@ -53,6 +60,7 @@ class Flight:
     output_tokens: int
     eta: float = 0.0
     started_at: float | None = None
+    streamed: bool = True
 
     @property
     def context_tokens(self) -> int:
@@ -70,7 +78,7 @@ class EndpointLedger:
     is not past it (a check the scorer makes per endpoint per pick)."""
 
     __slots__ = (
-        "_etas", "_finishes", "_foreign", "_scraped_at", "busy_until", "context_tokens", "decoding",
+        "_etas", "_finishes", "_foreign", "_foreign_work", "_scraped_at", "busy_until", "context_tokens", "decoding",
         "oldest", "output_tokens", "pending", "version",
     )  # fmt: skip
 
@@ -84,6 +92,8 @@ class EndpointLedger:
         self.oldest = float("inf")
         self._etas: tuple[int, list[float]] = (-1, [])
         self._foreign = 0
+        self._foreign_work = 0.0
+        """Foreign prefill seconds booked since the last re-anchor (which forgets them)."""
         self._scraped_at = float("-inf")
         self._finishes: deque[tuple[float, float]] = deque()
         """(routed, finished) of requests that ended after the last scrape seen: they were in the engine
@@ -160,6 +170,7 @@ class EndpointLedger:
         if arrived > 0 and typical_cold_seconds > 0:
             self.version += 1
             self.busy_until = max(self.busy_until, scraped_at) + arrived * typical_cold_seconds
+            self._foreign_work += arrived * typical_cold_seconds
 
     def expire(self, cutoff: float) -> list[str]:
         """Forget requests routed before ``cutoff`` (oldest first; both stages are in routing order);
@@ -185,20 +196,32 @@ class EndpointLedger:
     # -- reads ------------------------------------------------------------------------------------
     def backlog(self, now: float) -> float:
         """Predicted seconds of prefill work queued ahead of a request arriving ``now``."""
-        busy_until, head_eta, overrun = self.backlog_terms()
-        backlog = busy_until - now
-        if head_eta < now:  # overdue: assume it found nothing cached, so everything queued moves out
-            backlog += overrun
-        return max(0.0, backlog)
+        busy_until, head_eta, overrun, head_start, per_cold, behind = self.backlog_terms()
+        if head_eta >= now:
+            return max(0.0, busy_until - now)
+        # overdue: assume it found nothing cached, so everything queued moves out; past even that, a
+        # streamed head stretches the work queued behind it by how much slower the engine runs
+        rest = head_eta + overrun - now
+        if not per_cold:
+            return max(0.0, busy_until - head_eta + rest)
+        slowness = min(MAX_SLOWNESS, max(1.0, (now - head_start) * per_cold))
+        return behind * slowness + max(0.0, rest)
 
-    def backlog_terms(self) -> tuple[float, float, float]:
+    def backlog_terms(self) -> tuple[float, float, float, float, float, float]:
         """What ``backlog`` reads, independent of time (so it can be cached per ``version`` and evaluated
-        for many endpoints at once): ``busy_until``, the oldest pending request's predicted first token
-        (inf when none is pending) and what it adds if overdue (cold minus predicted prefill)."""
+        for many endpoints at once): ``busy_until``; the oldest pending request's predicted first token
+        (inf when none is pending), what it adds if overdue (cold minus predicted prefill), when its
+        prefill was predicted to start, 1 ÷ its cold prefill (0 if not streamed: no slowness read), and
+        the predicted work queued behind it (the later pending requests' and the foreign work booked
+        since the last re-anchor). O(pending requests)."""
         if not self.pending:
-            return self.busy_until, float("inf"), 0.0
-        head = next(iter(self.pending.values()))
-        return self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds
+            return self.busy_until, float("inf"), 0.0, 0.0, 0.0, 0.0
+        flights = iter(self.pending.values())
+        head = next(flights)
+        per_cold = 1.0 / max(head.cold_seconds, 1e-6) if head.streamed else 0.0
+        behind = sum(f.prefill_seconds for f in flights) + self._foreign_work if per_cold else 0.0
+        return (self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds, head.eta - head.prefill_seconds,
+                per_cold, behind)
 
     def newest_eta(self) -> float:
         """The newest pending request's predicted first token (-inf when none is pending): with the
@@ -261,6 +284,7 @@ class EndpointLedger:
             t += flight.prefill_seconds
             flight.eta = t
         self.busy_until = t
+        self._foreign_work = 0.0
 
     def _pending_seconds(self) -> float:
         return sum(f.prefill_seconds for f in self.pending.values())

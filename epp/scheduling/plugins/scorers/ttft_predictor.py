@@ -221,7 +221,8 @@ class TTFTPredictorScorer:
             prediction = self.predict(cycle, request, [chosen])[0]
         output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
         prompt = request.estimated_prompt_tokens
-        flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output)
+        flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output,
+                        streamed=request.stream)
         self._picks += 1  # the plain mean until there are enough picks for the moving one
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
