@@ -82,12 +82,10 @@ WARMUP = 20
 """Own observations after which an endpoint's estimate is its own alone; before, it leans on the pool's."""
 ERROR_WEIGHT = 0.05
 """Weight of each observation in the moving mean squared errors that blend own and pool fits."""
-SCALE_DECAY = 0.95
-SCALE_WINDOW = 48
+SCALE_WEIGHT = 0.05
 MAX_LOG_SCALE = math.log(8)
-"""An endpoint's speed relative to the pool: the weighted mean and variance of log(observed ÷ the pool's
-current prediction) over its last ``SCALE_WINDOW`` observations, each weighted ``SCALE_DECAY`` ** age
-(a memory of ~20), each ratio clipped to 8× either way."""
+"""An endpoint's speed relative to the pool: moving mean and variance of log ratios (plain for its
+first 20), each ratio clipped to 8× either way."""
 PUBLISH_CHANGE = 0.02
 PUBLISH_EVERY = 32
 """Relative change of a coefficient below which an estimate is kept as it is (prediction noise is larger)."""
@@ -258,57 +256,64 @@ def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
 
 
 class _Track:
-    """One of an endpoint's two models (prefill or decode): its own RLS fit; its last observations, from
-    which its speed relative to the pool's *current* fit is derived (``scale``); and how well its own
-    fit and the scaled pool fit predicted its observations before learning from them (moving mean
-    squared relative errors)."""
+    """One of an endpoint's two models (prefill or decode): its own RLS fit; its speed relative to the
+    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction), kept relative to the
+    pool's *current* fit (``_rebase``); and how well its own fit and the scaled pool fit predicted its
+    observations before learning from them (moving mean squared relative errors)."""
 
-    __slots__ = ("_scale", "err_own", "err_pool", "own", "recent")
+    __slots__ = ("_basis", "err_own", "err_pool", "log_mean", "log_var", "own", "seen", "x_mean")
 
     def __init__(self, prior: Sequence[float], forgetting: float) -> None:
         self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
+        self.log_mean = self.log_var = 0.0
         self.err_own = self.err_pool = 1.0
-        self.recent: deque[tuple[Sequence[float], float]] = deque(maxlen=SCALE_WINDOW)
-        self._scale: tuple[int, int, float] = (-1, -1, 1.0)  # (own updates, pool updates) it was derived at
+        self.seen = 0
+        self.x_mean = [0.0] * len(prior)
+        """The moving mean of its feature vectors (same weights as ``log_mean``)."""
+        self._basis: list[float] | None = None
+        """The pool coefficients ``log_mean`` is relative to."""
+
+    def _rebase(self, pool: RecursiveLeastSquares) -> None:
+        """Keep ``log_mean`` relative to the pool's current fit: when the pool moved, shift it by how much
+        the pool's prediction of the endpoint's mean features moved (O(d)). A ratio kept against an older
+        fit goes stale as the pool learns — a slow engine measured against the prior then looked as fast
+        as the pool's fast ones."""
+        theta = pool.theta
+        basis = self._basis
+        if basis is theta:
+            return
+        if basis is not None:
+            before = sum(b * x for b, x in zip(basis, self.x_mean))
+            after = sum(t * x for t, x in zip(theta, self.x_mean))
+            if before > 0 and after > 0:
+                self.log_mean += math.log(before / after)
+        self._basis = theta
 
     def scale(self, pool: RecursiveLeastSquares) -> float:
-        """The endpoint's speed relative to the pool's current fit: the weighted mean log ratio of its
-        recent observations to what the pool predicts for them now, counted only beyond two standard
-        errors (soft threshold) — endpoints of one kind share the pool's estimate exactly instead of
-        differing by noise, one that is really faster or slower is told apart within a few requests.
-        Re-derived against the pool as it is now (O(window · d), only when either side learned): a
-        ratio kept from when the pool still held its prior would be stale once the pool has learned
-        (a slow engine seen first against the prior then looked as fast as the pool's fast ones)."""
-        key = (self.own.updates, pool.updates)
-        if self._scale[:2] == key:
-            return self._scale[2]
-        total = total_sq = mean = second = 0.0
-        weight = 1.0
-        theta = pool.theta
-        for x, y in reversed(self.recent):
-            raw = max(sum(t * v for t, v in zip(theta, x)), 1e-6)
-            ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
-            total += weight
-            total_sq += weight * weight
-            mean += weight * ratio
-            second += weight * ratio * ratio
-            weight *= SCALE_DECAY
-        value = 1.0
-        if total:
-            mean /= total
-            variance = max(0.0, second / total - mean * mean)
-            standard_error = math.sqrt(variance * total_sq) / total  # √(v / effective sample size)
-            excess = max(0.0, abs(mean) - 2 * standard_error)
-            value = math.exp(math.copysign(excess, mean))
-        self._scale = (key[0], key[1], value)
-        return value
+        """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
+        moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
+        of differing by noise, one that is really faster or slower is told apart within a few requests."""
+        if not self.seen:
+            return 1.0
+        self._rebase(pool)
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        standard_error = math.sqrt(self.log_var * weight / (2 - weight))
+        excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
+        return math.exp(math.copysign(excess, self.log_mean))
 
     def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float) -> None:
+        raw = max(pool.predict(x), 1e-6)
         if self.own.updates >= WARMUP:
-            raw = max(pool.predict(x), 1e-6)
             self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
             self.err_pool += (_relative(y, self.scale(pool) * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
-        self.recent.append((x, y))
+        self._rebase(pool)
+        self.seen += 1
+        weight = max(1 / self.seen, SCALE_WEIGHT)
+        ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
+        deviation = ratio - self.log_mean
+        self.log_mean += deviation * weight
+        self.log_var = (1 - weight) * (self.log_var + weight * deviation * deviation)
+        self.x_mean = [m + (v - m) * weight for m, v in zip(self.x_mean, x)]
         self.own.update(x, y)
         pool.update(x, y)
 
