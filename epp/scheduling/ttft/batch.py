@@ -69,9 +69,16 @@ _FLOATS = 13  # lengths of the two tuples
 
 class BatchPredictor:
     """Keeps a row per endpoint (see ``_Row``) and, for the candidate list of the last pick, those rows
-    as arrays: the next pick with the same candidates rewrites only the rows that changed."""
+    as arrays together with what each was derived from, as lists aligned with the candidates (ledger
+    objects and versions, metrics objects, staleness, learner versions): the next pick with the same
+    candidates compares those lists whole (C-speed; equal lists are the common case between scrapes)
+    and walks only the ones that differ, so a pick rewrites only the rows that changed without a
+    Python-level check per endpoint."""
 
-    __slots__ = ("_aligned", "_floats", "_ints", "_names", "_rows", "predictor")
+    __slots__ = (
+        "_aligned", "_floats", "_generation", "_ints", "_learned", "_learners", "_ledgers", "_metrics", "_names",
+        "_pool_version", "_rows", "_stale", "_versions", "predictor",
+    )  # fmt: skip
 
     def __init__(self, predictor: TTFTPredictor) -> None:
         self.predictor = predictor
@@ -80,10 +87,19 @@ class BatchPredictor:
         self._aligned: list[_Row | None] = []
         self._ints = np.zeros((0, _INTS), dtype=np.int64)
         self._floats = np.zeros((0, _FLOATS), dtype=np.float64)
+        self._ledgers: list[EndpointLedger] = []
+        self._versions: list[int] = []
+        self._metrics: list[EndpointMetrics | None] = []
+        self._stale: list[bool] = []
+        self._learners: list[EndpointLearner] = []
+        self._learned: list[int] = []
+        self._pool_version = -1
+        self._generation = -1
 
     def forget(self, name: str) -> None:
-        """The endpoint is gone: drop its cached row."""
+        """The endpoint is gone: drop its cached row (and the aligned candidate list)."""
         self._rows.pop(name, None)
+        self._names = []
 
     def _row(self, name: str, state: EndpointState, ledger: EndpointLedger) -> _Row:
         """Everything about the endpoint that does not depend on the request or the time, computed with
@@ -115,27 +131,57 @@ class BatchPredictor:
     def _arrays(
         self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """The candidates' rows as (ints, floats) arrays, each row checked and recomputed if stale."""
-        rows = self._rows
-        learners = self.predictor.learner.endpoints
-        if list(names) != self._names:
+        """The candidates' rows as (ints, floats) arrays, the stale ones recomputed (see the class)."""
+        learner = self.predictor.learner
+        versions = [ledger.version for ledger in ledgers]
+        metrics = [state.metrics for state in states]
+        stale = [state.stale for state in states]
+        ledgers = list(ledgers)
+        if names != self._names or learner.generation != self._generation:
             self._names = list(names)
+            self._generation = learner.generation
             self._aligned = [None] * len(names)
             self._ints = np.zeros((len(names), _INTS), dtype=np.int64)
             self._floats = np.zeros((len(names), _FLOATS), dtype=np.float64)
-        aligned, ints, floats = self._aligned, self._ints, self._floats
-        for i, (name, state, ledger) in enumerate(zip(names, states, ledgers)):
-            row = rows.get(name)
-            if (
-                row is None or row[0] is not ledger or row[1] != ledger.version
-                or row[2] is not state.metrics or row[3] != state.stale or row[7] is not learners.get(name)
-            ):  # fmt: skip
-                row = self._row(name, state, ledger)
-            elif row[8] is not row[7].estimate:
-                row = self._cost(name, row)
-            if row is not aligned[i]:
+            self._learners = [learner[name] for name in names]
+            self._learned = [-1] * len(names)
+            self._pool_version = -1
+            redo: set[int] = set(range(len(names)))
+        else:
+            redo = set()
+            if versions != self._versions:
+                redo.update(i for i, (a, b) in enumerate(zip(versions, self._versions)) if a != b)
+            if metrics != self._metrics:  # identical objects compare without __eq__
+                redo.update(i for i, (a, b) in enumerate(zip(metrics, self._metrics)) if a is not b)
+            if stale != self._stale:
+                redo.update(i for i, (a, b) in enumerate(zip(stale, self._stale)) if a != b)
+            if ledgers != self._ledgers:  # ledgers compare by identity
+                redo.update(i for i, (a, b) in enumerate(zip(ledgers, self._ledgers)) if a is not b)
+        self._versions, self._metrics, self._stale, self._ledgers = versions, metrics, stale, ledgers
+        # a learned estimate can change when its endpoint learned, or (for every endpoint) when the pool did
+        learners = self._learners
+        learned = [endpoint.version for endpoint in learners]
+        pool_version = learner.pool.version
+        if pool_version != self._pool_version:
+            recost = range(len(names))
+        elif learned != self._learned:
+            recost = [i for i, (a, b) in enumerate(zip(learned, self._learned)) if a != b]
+        else:
+            recost = []
+        self._learned, self._pool_version = learned, pool_version
+        rows, aligned, ints, floats = self._rows, self._aligned, self._ints, self._floats
+        for i in redo:
+            row = self._row(names[i], states[i], ledgers[i])
+            aligned[i] = row
+            ints[i] = row[5]
+            floats[i] = row[6]
+        for i in recost:
+            if i in redo:
+                continue
+            row = aligned[i] or rows[names[i]]
+            if row[8] is not learners[i].estimate:
+                row = self._cost(names[i], row)
                 aligned[i] = row
-                ints[i] = row[5]
                 floats[i] = row[6]
         return ints, floats
 

@@ -225,24 +225,28 @@ class _Started:
 class PoolModel:
     """The same two models fitted to every endpoint's observations. ``version`` moves only when a
     coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
-    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY``: every endpoint's estimate is
-    re-derived from the pool's now and then, not at each observation anywhere (the pick path caches
-    per endpoint until its estimate changes)."""
+    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY`` observations or four per member
+    endpoint, whichever is more: every endpoint's estimate is re-derived from the pool's now and then,
+    not at each observation anywhere (the pick path caches per endpoint until its estimate changes), and
+    that re-derivation, which costs in proportion to the endpoints, stays a constant cost per
+    observation (64 endpoints: once per 256). An endpoint's own observations re-derive its own estimate
+    at once, against the pool's current fit."""
 
-    __slots__ = ("_published", "_since", "decode", "prefill", "updates", "version")
+    __slots__ = ("_published", "_since", "decode", "members", "prefill", "updates", "version")
 
     def __init__(self, forgetting: float) -> None:
         self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
         self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
         self.version = 0
         self.updates = 0
+        self.members = 0
         self._since = 0
         self._published = [*PRIOR_PREFILL, *PRIOR_DECODE]
 
     def updated(self) -> None:
         self.updates += 1
         self._since += 1
-        if self.updates > PUBLISH_EVERY and self._since < PUBLISH_EVERY:
+        if self.updates > PUBLISH_EVERY and self._since < max(PUBLISH_EVERY, 4 * self.members):
             return
         current = [*self.prefill.theta, *self.decode.theta]
         if _moved(self._published, current):
@@ -383,7 +387,6 @@ class EndpointLearner:
                streamed: bool) -> None:
         """Booked here: ``cached`` is the predicted hit; (``decodes``, ``context``) the predicted load."""
         self.forget(request_id)
-        self._close(now)
         self._queue[request_id] = _Booked(now, prompt, cached, decodes, context, streamed)
 
     def started(self, request_id: str, now: float, decodes: int, context: int) -> None:
@@ -497,22 +500,27 @@ class EndpointLearner:
 class LatencyLearner:
     """``EndpointLearner`` per endpoint name, created on first use."""
 
-    __slots__ = ("budget", "endpoints", "forgetting", "pool")
+    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool")
 
     def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
         self.budget = budget
         self.forgetting = forgetting
         self.pool = PoolModel(forgetting)
         self.endpoints: dict[str, EndpointLearner] = {}
+        self.generation = 0
+        """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
 
     def __getitem__(self, name: str) -> EndpointLearner:
         learner = self.endpoints.get(name)
         if learner is None:
             learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
+            self.pool.members += 1
         return learner
 
     def estimate(self, name: str) -> LatencyEstimate:
         return self[name].estimate
 
     def remove(self, name: str) -> None:
-        self.endpoints.pop(name, None)
+        if self.endpoints.pop(name, None) is not None:
+            self.generation += 1
+            self.pool.members -= 1
