@@ -163,7 +163,7 @@ class BatchPredictor:
         learned = [endpoint.version for endpoint in learners]
         pool_version = learner.pool.version
         if pool_version != self._pool_version:
-            recost = range(len(names))
+            recost: Sequence[int] = range(len(names))
         elif learned != self._learned:
             recost = [i for i, (a, b) in enumerate(zip(learned, self._learned)) if a != b]
         else:

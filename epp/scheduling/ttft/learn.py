@@ -45,17 +45,18 @@ count), coefficients kept ≥ 0, each diagonal of the covariance capped at its p
 directions do not wind up while forgetting, and the covariance reset to the prior's when the recent
 errors all lean one way (an engine that changed is re-learned in tens of requests, not hundreds).
 Endpoints share what the pool learned (``PoolModel``, the same fit over every endpoint's observations):
-an endpoint's estimate is the pool's fit times its own measured speed, moved to its own fit only as
-far as that predicts it better (``_Track``) — endpoints of one kind then agree instead of differing by
-estimation noise, and one of another kind is told apart within a few requests. Cost per observation:
-two RLS updates (own and pool), O(d²) each for d = 3 (~60 multiplications; in Python ~10 µs each);
-per request one prefill share and one decode observation. The pick path only reads the coefficients
-(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's at most
-every ``PUBLISH_EVERY`` observations).
+an endpoint's estimate is the pool's fit times its own measured speed (kept relative to the pool's
+current fit), moved to its own fit only as far as that predicts it better (``_Track``) — endpoints of
+one kind then agree instead of differing by estimation noise, and one of another kind is told apart
+within a few requests. Cost per observation: two RLS updates (own and pool), O(d²) each for d = 3
+(~60 multiplications; in Python ~10 µs each) and an O(d) re-basing of the speed; per request one
+prefill share and one decode observation. The pick path only reads the coefficients
+(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's republished
+to every endpoint at most once per ``PUBLISH_EVERY`` observations or 4 per endpoint).
 
 The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
 tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
-about a tenth of one observation), so an endpoint's first few completed requests already dominate.
+about a tenth of one observation), so an endpoint's first few first tokens already dominate.
 """
 
 from __future__ import annotations
