@@ -36,6 +36,7 @@ All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,7 +44,7 @@ from typing import Any, cast
 import numpy as np
 
 from epp._util.clock import Clock
-from epp.datastore import Endpoint, EndpointState
+from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.params import Duration, ParamError, decode_params
@@ -118,6 +119,7 @@ class TTFTPredictorScorer:
         """Moving mean of the cold prefill of this scorer's picks: what a foreign request is assumed to cost."""
         self._picks = 0
         self._key = f"ttft/{name}"
+        self._scrapes_seen: list[EndpointMetrics | None] = []
 
     def _ledger(self, name: str) -> EndpointLedger:
         ledger = self.ledgers.get(name)
@@ -174,7 +176,13 @@ class TTFTPredictorScorer:
 
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
-        sent there since the previous one (``EndpointLedger.observe_scrape``)."""
+        sent there since the previous one (``EndpointLedger.observe_scrape``). Between scrapes every
+        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call."""
+        metrics = [None if state.stale else state.metrics for state in endpoints]
+        seen = self._scrapes_seen
+        if len(metrics) == len(seen) and all(map(operator.is_, metrics, seen)):
+            return
+        self._scrapes_seen = metrics
         typical = self.typical_cold_seconds
         for state, ledger in zip(endpoints, ledgers):
             m = state.metrics
