@@ -102,7 +102,9 @@ def server_credentials(cert_path: str | None, reload: bool = False) -> grpc.Serv
         log.info("reloaded TLS certificate from %s", directory.path)
         return grpc.ssl_server_certificate_configuration([(new_key, new_cert)])
 
-    return grpc.dynamic_ssl_server_credentials(grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)
+    # grpc documents None from the fetcher as "keep the current certificate"; grpc-stubs omits the None
+    return grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
