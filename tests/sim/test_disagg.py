@@ -146,3 +146,24 @@ async def test_a_failing_encoder_is_the_answer_and_a_prefill_gets_the_encoder_ou
     # the prefill engine ran the prompt (media placeholders included) but not the encoder: ec_transfer_params
     assert 576 < p["vllm:prompt_tokens_total"] < 2 * 576 and p["vllm:generation_tokens_total"] == 1
     assert d["vllm:generation_tokens_total"] == 3 and d["vllm:prefix_cache_hits_total"] >= 576
+
+
+def test_media_items_are_placeholder_tokens_before_the_text_and_deduplicated_by_url_for_the_encoders() -> None:
+    from epp.sim.protocol import MEDIA_ITEM_TOKENS, parse
+    from epp.sim.sidecar import encoder_body, fanout_items
+
+    text_only = parse("chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, 4)
+    assert text_only.media == () and text_only.prompt_token_ids == tokenizer.encode(tokenizer.render_chat(
+        [{"role": "user", "content": "hi"}]))
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    body = media_chat("http://img/a.png", "http://img/b.png", "http://img/a.png")
+    body["messages"][0]["content"].append(audio)  # type: ignore[index]
+    parsed = parse("chat", body, 4)
+    a, b, a_again, inline = parsed.media
+    assert a.tokens == a_again.tokens != b.tokens and len(a.tokens) == MEDIA_ITEM_TOKENS and inline.url == ""
+    text = tokenizer.encode(tokenizer.render_chat(body["messages"]))  # type: ignore[arg-type]
+    assert parsed.prompt_token_ids == [t for item in parsed.media for t in item.tokens] + text
+    assert [i.url for i in fanout_items(parsed.media)] == ["http://img/a.png", "http://img/b.png", ""]
+    sent = encoder_body({**body, "stream": True, "stream_options": {"include_usage": True}}, b)
+    assert sent["messages"] == [{"role": "user", "content": [b.part]}]
+    assert (sent["max_tokens"], sent["stream"], "stream_options" in sent) == (1, False, False)
