@@ -134,11 +134,10 @@ def test_ties_are_broken_at_random() -> None:
 def test_the_work_weight_grows_with_the_mean_queue() -> None:
     _, scorer, clock = build()
     endpoints = pool(4, clock)
-    base = scorer.params.work_weight  # the default preset's
-    assert base > 0 and scorer.work_weight(endpoints, clock.now()) == base
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0
     for i in range(8):  # 8 queued requests over 4 endpoints: a mean queue of 2
         scorer.ledgers[endpoints[i % 2].name].routed(f"q{i}", _flight(clock.now(), 1.0))
-    assert scorer.work_weight(endpoints, clock.now()) == base * 3
+    assert scorer.work_weight(endpoints, clock.now()) == 2.0 * 3
 
 
 def test_a_warm_endpoint_keeps_a_follow_up_while_idle() -> None:
