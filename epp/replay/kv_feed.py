@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from epp.datastore import Endpoint
 from epp.engine.block_pool import KVCacheEvent
 from epp.kvevents.decode import decode_message, parse_topic
-from epp.kvevents.subscriber import KVEventSink
+from epp.contracts.kv_events import KVEventSink
 from epp.sim.kv_events import default_topic, frames
 
 

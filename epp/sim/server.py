@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from epp._util.clock import Clock
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, StepOutput
 from epp.request import RequestError

@@ -12,7 +12,7 @@ from epp.datastore import EndpointMetrics
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
-from epp.scheduling.presets import PRESETS, build_preset
+from epp.config.presets import PRESETS, build_preset
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.saturation import UtilizationDetector
 from tests.config.test_decode import FULL, GIE_SAMPLE
@@ -136,7 +136,7 @@ def test_alpha_plugin_types_need_allow_experimental() -> None:
     from epp.config import ConfigError, build_scheduler, parse_config_text
     from epp.scheduling.plugins import BUILTIN_PLUGINS
     from epp.scheduling.plugins.scorers import queue
-    from epp.scheduling.registry import PluginRegistry, PluginType
+    from epp.plugin.registry import PluginRegistry, PluginType
 
     registry = PluginRegistry([*BUILTIN_PLUGINS, PluginType("alpha-scorer", queue.factory, alpha=True)])
     config = parse_config_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {name: a, type: alpha-scorer}\n")

@@ -9,13 +9,10 @@ from typing import Any
 import msgpack
 import pytest
 
+from epp.contracts.kv_events import Cleared, GroupFilter, Removed, Stored
 from epp.engine.block_pool import AllBlocksCleared, BlockRemoved, BlockStored
 from epp.kvevents.decode import (
-    Cleared,
-    GroupFilter,
     KVEventDecodeError,
-    Removed,
-    Stored,
     Topic,
     decode_event,
     decode_message,

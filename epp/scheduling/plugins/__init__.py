@@ -1,6 +1,6 @@
 """The plugins epp ships, one per module, and the table that names them (``BUILTIN_PLUGINS``).
 
-``epp.scheduling.registry.builtin_registry()`` turns the table into a registry instance; nothing
+``builtin_registry()`` turns the table into a registry instance; nothing
 here registers itself on import.
 """
 
@@ -50,7 +50,7 @@ from epp.scheduling.plugins.scorers import (
 )
 from epp.scheduling.plugins.scorers import topology_affinity as topology_affinity_scorer
 from epp.scheduling.prefix import llmd, precise_producer, producer
-from epp.scheduling.registry import PluginType
+from epp.plugin.registry import PluginRegistry, PluginType
 
 BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # data producers (built first; token producers before the precise producer that reads them)
@@ -140,3 +140,8 @@ BUILTIN_PLUGINS: tuple[PluginType, ...] = (
     # request parsers (requestHandler.parsers; epp.request.parsers)
     *PARSER_PLUGINS,
 )
+
+
+def builtin_registry() -> PluginRegistry:
+    """Every plugin epp ships, under the reference's type names."""
+    return PluginRegistry(BUILTIN_PLUGINS)

@@ -95,5 +95,5 @@ async def test_the_documented_hub_config_loads_discovers_and_polls(tmp_path: Pat
     source = select_source(args(), config, datastore, CollectorRegistry())
     async with source.running:
         assert sorted(s.name for s in datastore.endpoints()) == ["cluster-a", "cluster-b"]
-    (poller,) = attribute_pollers(config, scheduler.plugins, datastore, interval=0.05)
+    (poller,) = attribute_pollers(config.source_extractors(), scheduler.plugins, datastore, interval=0.05)
     assert poller.url(Endpoint("cluster-a", "10.1.0.1", 80)) == "https://10.1.0.1:80/metrics"

@@ -16,9 +16,9 @@ from typing import Any
 
 from epp.datastore import Endpoint
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.plugins.datalayer.http_source import HttpSourceParams, SourcePlugin
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.metrics.http_source import HttpSourceParams, SourcePlugin
+from epp.plugin.registry import PluginHandle
 
 MODELS_DATA_SOURCE = "models-data-source"
 MODELS_DATA_EXTRACTOR = "models-data-extractor"

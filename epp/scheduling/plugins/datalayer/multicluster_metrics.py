@@ -20,9 +20,9 @@ from typing import Any
 from epp.datastore import Endpoint
 from epp.metrics.extract import MetricsError, parse_line
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.plugins.datalayer.http_source import HttpSourceParams, SourcePlugin
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.metrics.http_source import HttpSourceParams, SourcePlugin
+from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_METRICS_DATA_SOURCE = "multicluster-metrics-data-source"
 MULTICLUSTER_METRICS_EXTRACTOR = "multicluster-metrics-extractor"

@@ -37,8 +37,8 @@ from prometheus_client.registry import Collector
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 DISAGGREGATEDSET_ROLLOUT_SCREENER = "disaggregatedset-rollout-screener"
 DEFAULT_REVISION_LABEL = "disaggregatedset.x-k8s.io/revision"
