@@ -54,8 +54,9 @@ class DataLayer:
         fails to start stops the ones started before it, and the error propagates."""
         for source in self.needs.tokenizer_sources:
             source.start_background()
+        parts: list[KVEventSubscriber | RedisReplicator] = [*self.subscribers, *self.replicators]
         try:
-            for part in (*self.subscribers, *self.replicators):
+            for part in parts:
                 await part.start()
                 self._started.append(part)
         except BaseException:
