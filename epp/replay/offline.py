@@ -68,7 +68,7 @@ from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.usage import Usage
 from epp.scheduling import Scheduler
-from epp.sim.sidecar import prefill_target
+from epp.request.headers import prefill_target
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""

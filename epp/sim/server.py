@@ -30,9 +30,11 @@ from epp.request import RequestError
 from epp.sim import protocol
 from epp.sim.engine_loop import EngineLoop
 from epp.sim.faults import FaultConfig, Faults
-from epp.sim.kv_events import KVEventPublisher, WireFormat
+from epp.kvevents.encode import WireFormat
+from epp.sim.kv_events import KVEventPublisher
 from epp.sim.metrics import SimMetrics
-from epp.sim.sidecar import PrefillClient, prefill_target
+from epp.request.headers import prefill_target
+from epp.sim.sidecar import PrefillClient
 
 log = logging.getLogger("epp.sim")
 

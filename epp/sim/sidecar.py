@@ -19,23 +19,11 @@ from typing import Any
 import aiohttp
 
 from epp.request import RequestError
-from epp.request.headers import PREFILL_HEADERS
 
 log = logging.getLogger("epp.sim")
 
 ROLES = ("prefill", "decode", "both")
 PREFILL_TIMEOUT_SECONDS = 600.0
-
-
-def prefill_target(role: str, headers: Any) -> str | None:
-    """The prefill engine's ``host:port`` this request asks for, None when it runs aggregated."""
-    if role == "prefill":
-        return None
-    for name in reversed(PREFILL_HEADERS):  # the pre-rename alias first, as the sidecar trusts it
-        value = headers.get(name)
-        if value:
-            return str(value).strip()
-    return None
 
 
 def prefill_body(body: dict[str, Any]) -> dict[str, Any]:

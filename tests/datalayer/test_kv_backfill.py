@@ -18,7 +18,8 @@ from epp.contracts.datalayer import SubscriberMode
 from epp.datalayer.kv_events import KVEventSubscriber
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import PreciseIndex
-from epp.sim.kv_events import KVEventPublisher, WireFormat
+from epp.kvevents.encode import WireFormat
+from epp.sim.kv_events import KVEventPublisher
 from tests.datalayer.test_kv_events import SIM, completion, hashes, until
 from tests.sim.helpers import MODEL
 from tests.test_app import free_port

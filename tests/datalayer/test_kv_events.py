@@ -25,7 +25,7 @@ from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise import PreciseIndex
 from epp.scheduling.prefix.tokens import engine_block_hashes
 from epp.tokenizer.load import load_tokenizer
-from epp.sim.kv_events import encode_batch
+from epp.kvevents.encode import encode_batch
 from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 

@@ -19,7 +19,7 @@ from epp.kvevents.decode import (
     decode_payload,
     parse_topic,
 )
-from epp.sim.kv_events import WireFormat, encode_batch
+from epp.kvevents.encode import WireFormat, encode_batch
 from tests.kvevents.captures import frames as capture_frames
 from tests.kvevents.captures import messages
 

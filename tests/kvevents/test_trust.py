@@ -27,7 +27,7 @@ from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from epp.tokenizer.load import load_tokenizer
 from epp.config.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
-from epp.sim.kv_events import encode_event
+from epp.kvevents.encode import encode_event
 from tests.datalayer.test_kv_events import until
 from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
