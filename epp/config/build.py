@@ -45,7 +45,7 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.plugin.registry import PluginHandle, PluginRegistry
-from epp.scheduling.plugins import builtin_registry
+from epp.config.plugins import builtin_registry
 from epp.plugin.params import decode_params
 from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler

@@ -2,7 +2,7 @@
 
 A source plugin says where to fetch (``scheme``, ``path``, ``port`` override, TLS options, ``interval``);
 an extractor plugin turns one fetched body for one endpoint into named attributes. Both are plain
-objects (plugins in ``epp.scheduling.plugins.datalayer``): ``epp.metrics.sources``, which owns this
+objects (plugins in ``epp.metrics.plugins``): ``epp.metrics.sources``, which owns this
 contract, does the polling.
 """
 

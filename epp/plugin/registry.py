@@ -1,6 +1,6 @@
 """Plugin types by name: the one table configs are built from.
 
-A ``PluginRegistry`` is an ordinary object built at start-up (``epp.scheduling.plugins.builtin_registry()``); nothing
+A ``PluginRegistry`` is an ordinary object built at start-up (``epp.config.plugins.builtin_registry()``); nothing
 registers itself at import time and there is no global map. A factory takes the instance name, the
 raw ``parameters`` mapping from the config and a ``PluginHandle``, decodes its parameters strictly
 (``epp.plugin.params``) and returns the plugin.

@@ -134,7 +134,7 @@ def test_load_from_file_and_unknown_source(tmp_path: Path) -> None:
 def test_alpha_plugin_types_need_allow_experimental() -> None:
     """Upstream's loader refuses alpha-stability plugins unless --allow-experimental-plugins is set."""
     from epp.config import ConfigError, build_scheduler, parse_config_text
-    from epp.scheduling.plugins import BUILTIN_PLUGINS
+    from epp.config.plugins import BUILTIN_PLUGINS
     from epp.scheduling.plugins.scorers import queue
     from epp.plugin.registry import PluginRegistry, PluginType
 

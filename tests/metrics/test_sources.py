@@ -15,8 +15,8 @@ from aiohttp import web
 from epp.config import load_config, build_scheduler
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.sources import AttributePoller, attribute_pollers
-from epp.scheduling.plugins.datalayer.dcgm import DcgmExtractor
-from epp.scheduling.plugins.datalayer.models import ModelsExtractor
+from epp.metrics.plugins.dcgm import DcgmExtractor
+from epp.metrics.plugins.models import ModelsExtractor
 from tests.conftest import wait_for
 
 DATA = Path(__file__).parent / "data"

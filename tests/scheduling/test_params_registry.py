@@ -9,7 +9,7 @@ import pytest
 from epp.plugin.params import Duration, ParamError, decode_params, parse_duration
 from epp.scheduling.plugins.scorers.queue import QueueScorer
 from epp.plugin.registry import PluginHandle, PluginRegistry, PluginType
-from epp.scheduling.plugins import builtin_registry
+from epp.config.plugins import builtin_registry
 
 
 @dataclass(frozen=True)

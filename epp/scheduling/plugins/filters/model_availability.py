@@ -17,7 +17,7 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
 from epp.plugin.params import NoParams, decode_params
-from epp.scheduling.plugins.datalayer.models import MODEL_IDS_ATTRIBUTE
+from epp.contracts.attributes import MODEL_IDS_ATTRIBUTE
 from epp.plugin.registry import PluginHandle
 
 MODEL_AVAILABILITY_FILTER = "model-availability-filter"

@@ -12,7 +12,7 @@ from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
 from epp.plugin.params import NoParams, decode_params
 from epp.scheduling.plugins.attributes import attribute
-from epp.scheduling.plugins.datalayer.multicluster_metrics import KV_CACHE_ATTRIBUTE
+from epp.contracts.attributes import KV_CACHE_ATTRIBUTE
 from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_KV_CACHE_SCORER = "multicluster-kv-cache-utilization-scorer"
