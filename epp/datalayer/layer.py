@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from prometheus_client import CollectorRegistry
 
+from epp._util.lifecycle import AsyncService
 from epp.contracts.datalayer import DataNeeds
 from epp.datalayer.feed_states import FeedStates
 from epp.datalayer.kv_events import KVEventSubscriber
@@ -13,7 +12,7 @@ from epp.datalayer.shared_prefix import RedisReplicator
 from epp.datastore import Datastore
 
 
-class DataLayer:
+class DataLayer(AsyncService):
     """One KV-event subscriber per ``KVEventFeed``, one Redis replicator per ``SharedIndexFeed``, and
     background loading for the tokenizer sources, for one scheduler's ``DataNeeds``.
 
@@ -68,12 +67,3 @@ class DataLayer:
         started, self._started = self._started, []
         for part in reversed(started):
             await part.stop()
-
-    async def __aenter__(self) -> DataLayer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from epp.datalayer.shared_prefix import RedisReplicator
 from epp.datastore import Endpoint
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.replicated import ReplicatedPrefixIndex
+from tests.datalayer.test_kv_events import until
 
 pytestmark = pytest.mark.e2e
 STREAM = "test:prefix"
@@ -108,14 +108,6 @@ async def replicas(server: RedisServer) -> AsyncIterator[Replicas]:
     yield made
     for replicator in made.started:
         await replicator.stop()
-
-
-async def until(predicate: Callable[[], bool], what: str, tries: int = 250) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def chain(tag: int, n: int = 4) -> list[int]:
