@@ -37,7 +37,7 @@ DATA_PARALLEL_HEADER: Final = "x-data-parallel-host-port"
 def prefill_target(role: str, headers: Any) -> str | None:
     """The prefill engine's ``host:port`` a request reaching an engine of ``role`` asks for (what llm-d's
     routing sidecar reads; the simulator and offline replay act on it), None when it runs aggregated."""
-    if role == "prefill":
+    if role in ("prefill", "encode"):
         return None
     for name in reversed(PREFILL_HEADERS):  # the pre-rename alias first, as the sidecar trusts it
         value = headers.get(name)
