@@ -7,10 +7,11 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
   model's own tokenizer and chat template (``tokenizer``, default ``auto``: found from the request's
   model name as the engine finds it, see ``tokens``); while a model's tokenizer is loading its requests
   are matched in the approximate fallback;
-* the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
+* the index is a ``PreciseIndex`` fed by the data layer's KV-event subscriber, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
-* with ``redisUrl`` the learned part is shared by all replicas (``ReplicatedPrefixIndex``, replicated by the data layer through Redis);
+* with ``redisUrl`` the learned part is shared by all replicas (a ``ReplicatedPrefixIndex``, which the
+  data layer replicates through Redis);
 * an endpoint's feed is trusted, per prompt kind (chat, completion), only once its engine reports
   blocks of prompts of that kind epp routed there (``PreciseIndex``'s key agreement): the producer
   reports each pick with its kind, first response bytes and end (``routed``/``responded``/
@@ -22,13 +23,13 @@ Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`
 endpoint at ``<address>:kvEventsPort``, 5557, plus the endpoint's data-parallel rank unless
 ``kvEventsRankOffset`` is false; an endpoint's ``epp/kv-events-port`` label overrides the port) or
 ``bind`` (engines connect to ``bindEndpoint``, ``tcp://*:5557``); ``kvEventsReplayPort`` none (vLLM's
-``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``KVEventSubscriber``); ``topicFilter``
+``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``epp.datalayer.kv_events``); ``topicFilter``
 (connect: every topic, vLLM's default is empty; bind: ``kv@``); ``tokenizer`` ``auto`` (or the
 ``token-producer`` plugin's, or llm-d's ``indexerConfig.tokenizersPoolConfig``: see ``llmd``, whose
 nested ``tokenProcessorConfig`` / ``indexerConfig`` / ``kvEventsConfig`` forms are accepted too);
 ``eventTimeout`` 5s, ``resyncWindow`` 30s, ``youngViewWindow`` 5m (how long a view that joined a running
 engine also takes learned matches), ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
-``epp:prefix-index``, ``redisMaxLen`` 20000. Series: the subscriber's, and
+``epp:prefix-index``, ``redisMaxLen`` 20000. Series (the data layer's): the subscriber's, and
 ``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``) and
 ``epp_kv_events_key_agreement{endpoint,kind,state}`` (per prompt kind: agreed, unverified, mismatch).
 
