@@ -111,10 +111,12 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> I
     offsets = range(0, n, MAX_CHUNK_BYTES) if n else range(1)
     last = offsets[-1]
     for start in offsets:
-        chunk = pb.StreamedBodyResponse(body=body[start:start + MAX_CHUNK_BYTES], end_of_stream=end_of_stream and start == last)
-        common = pb.CommonResponse()
-        common.body_mutation.streamed_response.CopyFrom(chunk)
-        yield pb.ProcessingResponse(**{field: pb.BodyResponse(response=common)})
+        reply = pb.ProcessingResponse()
+        # Filled in place: a chunk built apart and CopyFrom'd into place copied its 62 KB a second time.
+        streamed = getattr(reply, field).response.body_mutation.streamed_response
+        streamed.body = body[start:start + MAX_CHUNK_BYTES]
+        streamed.end_of_stream = end_of_stream and start == last
+        yield reply
 
 
 def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingResponse:

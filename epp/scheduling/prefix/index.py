@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from epp._util.hashing import hash_array
 from epp.datastore import Endpoint
 
 WAYS = 32
@@ -110,7 +111,7 @@ class BlockIndex:
         last = self._last
         if last is not None and last[0] is hashes and last[1] == self._version:
             return last[2], last[3], last[4]
-        h = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))  # 2× faster than asarray for big ints
+        h = hash_array(hashes)
         rows, pos = self._key_hits(h)
         self._last = (hashes, self._version, h, rows, pos)
         return h, rows, pos
