@@ -8,7 +8,14 @@ import random
 import pytest
 
 from epp._util import hashing
-from epp._util.hashing import ChainMemo, chain_hashes, hash_array, text_blocks, token_blocks, token_bytes
+from epp._util.hashing import (
+    ChainMemo,
+    chain_hashes,
+    hash_array,
+    text_blocks,
+    token_blocks,
+    token_bytes,
+)
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 
