@@ -17,7 +17,7 @@ from epp.datastore import EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix import hashing, tokens
 from epp.scheduling.prefix.hashing import prompt_block_hashes, request_seed
-from epp.scheduling.prefix.index import WAYS, BlockIndex
+from epp.scheduling.prefix.index import _TAGGED_FROM, WAYS, BlockIndex
 from epp.scheduling.prefix.tokens import SIM, engine_block_hashes
 from epp.scheduling.scheduler import Scheduler
 from tests.conftest import make_request, make_state
@@ -179,9 +179,13 @@ def test_block_index_key_hits_equal_a_slot_by_slot_scan() -> None:
     for name in ("a", "b", "c"):
         index.add(name, [rng.getrandbits(64) for _ in range(1500)])
     stored = index._keys[index._keys != 0]
-    probe = np.array([*rng.sample(stored.tolist(), 400), *(rng.getrandbits(64) for _ in range(400))], dtype=np.uint64)
-    rows, pos = index._key_hits(probe)
-    expected = [(r, int(b) * WAYS + w) for r, b in enumerate(probe % index._buckets)
-                for w in range(WAYS) if index._keys[int(b) * WAYS + w] == probe[r]]
-    assert list(zip(rows.tolist(), pos.tolist())) == expected
-    assert len(expected) >= 400
+    hits = rng.sample(stored.tolist(), 700)
+    # Keys that share a stored key's tag (top 16 bits) and bucket but differ: tag matches, key misses.
+    near = [(k + int(index._buckets) * 2**20) % 2**64 for k in hits[:300]]
+    for n in (_TAGGED_FROM - 1, _TAGGED_FROM + 500):  # both lookup paths
+        probe = np.array([*hits, *near, *(rng.getrandbits(64) for _ in range(n))][:n], dtype=np.uint64)
+        rows, pos = index._key_hits(probe)
+        expected = [(r, int(b) * WAYS + w) for r, b in enumerate(probe % index._buckets)
+                    for w in range(WAYS) if index._keys[int(b) * WAYS + w] == probe[r]]
+        assert list(zip(rows.tolist(), pos.tolist())) == expected
+        assert len(expected) >= 700
