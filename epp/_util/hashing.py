@@ -123,15 +123,17 @@ class ChainMemo:
         step = block_bytes * self._segment_blocks
         end = len(data) - len(data) % block_bytes
         view = memoryview(data)
-        digest = xxhash.xxh3_128_intdigest
+        digest, startswith = xxhash.xxh3_128_intdigest, data.startswith
         out = BlockHashes()
         arrays: list[U64] = []
         parent = seed
         for start in range(0, end, step):
-            stop = min(start + step, end)
+            stop = start + step if start + step <= end else end
             key = (block_bytes, parent, digest(view[start:stop]))
             entry = memo.pop(key, None)
-            if entry is None or len(entry[0]) != stop - start or not data.startswith(entry[0], start):
+            # The digest picks the entry; the bytes decide (same length, since the digest covers it
+            # only probabilistically: a shorter remembered segment would be a prefix, not a match).
+            if entry is None or len(entry[0]) != stop - start or not startswith(entry[0], start):
                 segment = data[start:stop]
                 hashes = chain_hashes(text_blocks(segment, block_bytes), parent)
                 entry = (segment, hashes, np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
