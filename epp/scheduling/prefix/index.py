@@ -2,7 +2,7 @@
 
 One table shared by all endpoints, built for a small, measured footprint (16 bytes per slot, 1.6
 slots per entry of capacity: ~26 bytes per cached (block, endpoint) entry when every endpoint is at
-capacity, ≤ 51 just after the endpoint slots double; ``bench/schedule.py`` measures it) and for
+capacity, ≤ 47 just after the endpoint slots double; ``bench/schedule.py`` measures it) and for
 lookups that cost a fixed handful of vectorised numpy operations whatever the number of endpoints:
 
 * Entries are ``(block hash, endpoint slot, generation)`` triples in a set-associative table: a hash
