@@ -19,8 +19,10 @@ from epp.scheduling.prefix import hashing, tokens
 from epp.scheduling.prefix.hashing import prompt_block_hashes, request_seed
 from epp.scheduling.prefix.index import _TAGGED_FROM, WAYS, BlockIndex
 from epp.scheduling.prefix.tokens import SIM, engine_block_hashes
+from epp.scheduling.framework import SchedulingResult
 from epp.scheduling.scheduler import Scheduler
 from tests.conftest import make_request, make_state
+from tests.extproc.builders import make_director
 
 # Two approximate producers with the same block size and reach (e.g. one per scorer, as configs copied
 # from several guides end up with), each read by its own prefix-cache-scorer, plus the TTFT predictor
@@ -189,3 +191,21 @@ def test_block_index_key_hits_equal_a_slot_by_slot_scan() -> None:
                     for w in range(WAYS) if index._keys[int(b) * WAYS + w] == probe[r]]
         assert list(zip(rows.tolist(), pos.tolist())) == expected
         assert len(expected) >= 700
+
+
+def test_a_routed_request_no_longer_holds_its_hashes() -> None:
+    """The hashes are shared within the scheduling cycle; a request in flight for minutes must not keep
+    ~56 KB of them (220 KB prompt) alive."""
+    director = make_director("10.0.0.1:8000", "10.0.0.2:8000", config=TWO_PRODUCERS)
+    req = chat("r1", "a long prompt " * 400)
+    seen: list[int] = []
+    real = director.scheduler.schedule
+
+    def schedule(request: LLMRequest, candidates: list[EndpointState]) -> SchedulingResult:
+        result = real(request, candidates)
+        seen.append(len(request.block_hashes))
+        return result
+
+    director.scheduler.schedule = schedule  # type: ignore[method-assign]
+    decision = director.route(req, 0)
+    assert seen == [1] and decision.request is req and req.block_hashes == {}
