@@ -37,7 +37,9 @@ GENERATIONS = 8
 _SLOTS_PER_ENTRY = 1.6  # table slots per entry of full capacity: a bucket overflows with p < 1e-3
 _MIN_ENDPOINTS = 8
 
-_TAGGED_FROM = 1024  # blocks (64 KB of text) from which a lookup compares tags first: below it the gathered keys fit the CPU caches and one pass wins
+# Blocks (64 KB of text) from which a lookup compares slot tags before keys: below it the gathered keys
+# fit the CPU caches and one pass over them wins (measured: tags lose up to ~500 blocks, win from ~1,000).
+_TAGGED_FROM = 1024
 U64 = npt.NDArray[np.uint64]
 Ints = npt.NDArray[np.intp]
 
