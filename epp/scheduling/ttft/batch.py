@@ -62,9 +62,9 @@ _Row = tuple[
 reads of it: (sequences, context, capacity, foreign waiting, chunk cap, pending requests) and (mean
 output tokens, ``EndpointLedger.backlog_terms``' first 3, half a decode step, the KV drain time,
 ``EndpointLedger.newest_eta``, seconds per prefill iteration next to the decodes, per 1K tokens, per
-1M token pairs, ``backlog_terms``' last 3); the learner and the estimate the coefficients came from."""
+1M token pairs, ``backlog_terms``' last 4); the learner and the estimate the coefficients came from."""
 _INTS = 6
-_FLOATS = 13  # lengths of the two tuples
+_FLOATS = 14  # lengths of the two tuples
 
 
 class BatchPredictor:
@@ -121,9 +121,9 @@ class BatchPredictor:
         step = cost.decode_step_seconds(n, ctx)
         mean_output = ledger.mean_output_tokens(self.predictor.default_output_tokens)
         per_step = cost.per_step + cost.batch_seconds(n, ctx)
-        busy_until, head_eta, overrun, head_start, per_cold, behind = ledger.backlog_terms()
-        floats = (mean_output, busy_until, head_eta, overrun, step / 2, mean_output / 2 * step, ledger.newest_eta(),
-                  per_step, cost.per_token, cost.per_pair, head_start, per_cold, behind)
+        busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind = ledger.backlog_terms()
+        floats = (mean_output, busy_until, head_eta, busy_cold, step / 2, mean_output / 2 * step, ledger.newest_eta(),
+                  per_step, cost.per_token, cost.per_pair, head_cold_eta, head_start, per_cold, behind)
         fresh = (*row[:6], floats, learner, cost)
         self._rows[name] = fresh
         return fresh
@@ -199,8 +199,8 @@ class BatchPredictor:
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         ints, floats = self._arrays(names, states, ledgers)
         n, ctx, capacity, foreign, chunk_max, _ = ints.T
-        (mean_output, busy_until, head_eta, overrun, half_step, drain, _, per_step, per_token, per_pair, head_start,
-         per_cold, behind) = floats.T
+        (mean_output, busy_until, head_eta, busy_cold, half_step, drain, _, per_step, per_token, per_pair, head_cold_eta,
+         head_start, per_cold, behind) = floats.T
         cached = list(matched_tokens)
         for i, since in written_since.items():
             cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
@@ -216,14 +216,13 @@ class BatchPredictor:
         new = prompt - done  # at least 1: at most prompt − 1 tokens are cached
         steps = -(-new // chunk_max)
         prefill, cold = per_step * steps + per_token * (new / 1000) + per_pair * (new * (done + new / 2) / 1e6)
-        backlog = np.maximum(0.0, busy_until - now)
-        late = np.flatnonzero(head_eta < now)
-        if len(late):  # EndpointLedger.backlog's overdue branch, same operations, on the overdue rows only
-            eta, inv = head_eta[late], per_cold[late]
-            rest = eta + overrun[late] - now
-            slowness = np.minimum(MAX_SLOWNESS, np.maximum(1.0, (now - head_start[late]) * inv))
-            backlog[late] = np.where(inv != 0.0, behind[late] * slowness + np.maximum(0.0, rest),
-                                     np.maximum(0.0, busy_until[late] - eta + rest))
+        # EndpointLedger.backlog, same operations; every term is finite where it is computed
+        late = head_eta < now
+        backlog = np.maximum(0.0, np.where(late, busy_cold, busy_until) - now)
+        stretched = late & (per_cold != 0.0)
+        if np.count_nonzero(stretched):
+            slowness = np.minimum(MAX_SLOWNESS, np.maximum(1.0, (now - head_start) * per_cold))
+            backlog = np.where(stretched, behind * slowness + np.maximum(0.0, head_cold_eta - now), backlog)
         wait = backlog + half_step
         wait = wait + foreign * cold  # without foreign requests this adds 0.0 to a non-negative wait: exact
         overflow = ctx + prompt - capacity

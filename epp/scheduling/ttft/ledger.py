@@ -196,31 +196,32 @@ class EndpointLedger:
     # -- reads ------------------------------------------------------------------------------------
     def backlog(self, now: float) -> float:
         """Predicted seconds of prefill work queued ahead of a request arriving ``now``."""
-        busy_until, head_eta, overrun, head_start, per_cold, behind = self.backlog_terms()
+        busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind = self.backlog_terms()
         if head_eta >= now:
             return max(0.0, busy_until - now)
         # overdue: assume it found nothing cached, so everything queued moves out; past even that, a
         # streamed head stretches the work queued behind it by how much slower the engine runs
-        rest = head_eta + overrun - now
         if not per_cold:
-            return max(0.0, busy_until - head_eta + rest)
+            return max(0.0, busy_cold - now)
         slowness = min(MAX_SLOWNESS, max(1.0, (now - head_start) * per_cold))
-        return behind * slowness + max(0.0, rest)
+        return behind * slowness + max(0.0, head_cold_eta - now)
 
-    def backlog_terms(self) -> tuple[float, float, float, float, float, float]:
+    def backlog_terms(self) -> tuple[float, float, float, float, float, float, float]:
         """What ``backlog`` reads, independent of time (so it can be cached per ``version`` and evaluated
         for many endpoints at once): ``busy_until``; the oldest pending request's predicted first token
-        (inf when none is pending), what it adds if overdue (cold minus predicted prefill), when its
-        prefill was predicted to start, 1 ÷ its cold prefill (0 if not streamed: no slowness read), and
-        the predicted work queued behind it (the later pending requests' and the foreign work booked
-        since the last re-anchor). O(pending requests)."""
+        (inf when none is pending); both moved out by what it adds if overdue (cold minus predicted
+        prefill); when its prefill was predicted to start; 1 ÷ its cold prefill (0 if not streamed: no
+        slowness read); and the predicted work queued behind it (the later pending requests' and the
+        foreign work booked since the last re-anchor). Finite wherever the batch computes with them
+        (no inf − inf). O(pending requests)."""
         if not self.pending:
-            return self.busy_until, float("inf"), 0.0, 0.0, 0.0, 0.0
+            return self.busy_until, float("inf"), self.busy_until, float("inf"), 0.0, 0.0, 0.0
         flights = iter(self.pending.values())
         head = next(flights)
+        overrun = head.cold_seconds - head.prefill_seconds
         per_cold = 1.0 / max(head.cold_seconds, 1e-6) if head.streamed else 0.0
         behind = sum(f.prefill_seconds for f in flights) + self._foreign_work if per_cold else 0.0
-        return (self.busy_until, head.eta, head.cold_seconds - head.prefill_seconds, head.eta - head.prefill_seconds,
+        return (self.busy_until, head.eta, self.busy_until + overrun, head.eta + overrun, head.eta - head.prefill_seconds,
                 per_cold, behind)
 
     def newest_eta(self) -> float:
