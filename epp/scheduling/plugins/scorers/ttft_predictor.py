@@ -212,7 +212,7 @@ class TTFTPredictorScorer:
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
 
-    def _booked(self, cycle: CycleState, name: str) -> Prediction | None:
+    def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
         booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
         for names, predictions in reversed(booked):
@@ -225,7 +225,7 @@ class TTFTPredictorScorer:
         if not result.endpoints:
             return
         chosen = result.endpoints[0]
-        prediction = self._booked(cycle, chosen.name)
+        prediction = self.booked(cycle, chosen.name)
         if prediction is None:  # chosen by a profile this scorer is not part of
             prediction = self.predict(cycle, request, [chosen])[0]
         output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
