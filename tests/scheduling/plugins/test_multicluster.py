@@ -14,13 +14,20 @@ from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.discovery.sources import select_source
 from epp.metrics.sources import attribute_pollers
 from epp.scheduling.framework import CycleState
-from epp.scheduling.plugins.datalayer.multicluster_metrics import MultiClusterMetricsExtractor, MultiClusterExtractorParams
-from epp.scheduling.plugins.filters.multicluster_session_affinity import MultiClusterSessionAffinityFilter
-from epp.scheduling.plugins.scorers.multicluster_kv_cache import MultiClusterKVCacheScorer
+from epp.scheduling.plugins.datalayer.multicluster_metrics import (
+    MultiClusterExtractorParams,
+    MultiClusterMetricsExtractor,
+)
+from epp.scheduling.plugins.filters.multicluster_session_affinity import (
+    MultiClusterSessionAffinityFilter,
+)
+from epp.scheduling.plugins.scorers.multicluster_kv_cache import (
+    MultiClusterKVCacheScorer,
+)
 from epp.scheduling.plugins.scorers.multicluster_queue import MultiClusterQueueScorer
 from epp.scheduling.plugins.scorers.session_affinity import session_token
 from tests.conftest import make_request, make_state
-from tests.discovery.test_sources import args
+from tests.discovery.test_sources import flags
 
 HUB = """apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
@@ -92,7 +99,7 @@ async def test_the_documented_hub_config_loads_discovers_and_polls(tmp_path: Pat
     config = parse_config_text(HUB.replace("PATH", str(path)))
     scheduler = build_scheduler(config)
     datastore = Datastore()
-    source = select_source(args(), config, datastore, CollectorRegistry())
+    source = select_source(flags(), config, datastore, CollectorRegistry())
     async with source.running:
         assert sorted(s.name for s in datastore.endpoints()) == ["cluster-a", "cluster-b"]
     (poller,) = attribute_pollers(config, scheduler.plugins, datastore, interval=0.05)
