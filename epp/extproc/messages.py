@@ -1,5 +1,9 @@
 """Building ext_proc ``ProcessingResponse`` messages; the only module that knows their protobuf shape.
 
+A routed request's answer (headers, ``envoy.lb`` metadata, body) is decided in one place,
+``epp.director.RoutingDecision.answer``; ``routing_replies`` only puts that ``RoutingAnswer`` into the
+reply shapes of the stream's body mode.
+
 Header values always go in ``raw_value`` (Envoy ignores ``value`` for mutations and forwards an empty
 header). Bodies sent back in FULL_DUPLEX_STREAMED mode are split into ``streamed_response`` chunks of
 at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
@@ -8,7 +12,7 @@ at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -16,7 +20,10 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
 from epp.request import RequestError
-from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE, SCORES_KEY
+from epp.request.headers import DROPPED_REASON_HEADER
+
+if TYPE_CHECKING:
+    from epp.director import RoutingAnswer
 
 MAX_CHUNK_BYTES = 62_000
 
@@ -47,20 +54,9 @@ def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> p
     )
 
 
-def destination_metadata(destination: str, scores: Mapping[str, float] | None = None) -> struct_pb2.Struct:
-    """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header. With
-    ``scores`` (``--emit-endpoint-scores``) also ``x-gateway-destination-endpoint-scores``: ``{ip:port: score}``
-    for every endpoint the primary profile scored, picked or not."""
-    md = struct_pb2.Struct()
-    lb = md.get_or_create_struct(LB_METADATA_NAMESPACE)
-    lb[DESTINATION_HEADER] = destination
-    if scores is not None:
-        lb.get_or_create_struct(SCORES_KEY).update(scores)
-    return md
-
-
-def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
-    """Plugins' response metadata (namespace → key → value) as the reply's ``dynamic_metadata``."""
+def dynamic_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
+    """Namespace → key → value (nested mappings become nested structs) as a reply's ``dynamic_metadata``:
+    the routing answer's ``envoy.lb``, or plugins' response metadata."""
     md = struct_pb2.Struct()
     for namespace, values in metadata.items():
         md.get_or_create_struct(namespace).update(values)
@@ -69,16 +65,14 @@ def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Str
 
 def request_headers_reply(
     headers: Mapping[str, str],
-    destination: str | None = None,
-    clear_route_cache: bool = True,
     remove: Iterable[str] = (),
-    scores: Mapping[str, float] | None = None,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
-    """Answer to ``request_headers``: set/remove headers (+ routing metadata when a destination is given)."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=clear_route_cache)
+    """Answer to ``request_headers``: set/remove headers, clear the route cache, attach ``metadata``."""
+    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
     reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
-    if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
+    if metadata:
+        reply.dynamic_metadata.CopyFrom(dynamic_metadata(metadata))
     return reply
 
 
@@ -88,20 +82,31 @@ def continue_request_headers() -> pb.ProcessingResponse:
 
 
 def buffered_body_reply(
-    headers: Mapping[str, str], destination: str | None, body: bytes | None, remove: Iterable[str] = (),
-    scores: Mapping[str, float] | None = None,
+    headers: Mapping[str, str], body: bytes | None = None, remove: Iterable[str] = (),
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
-    """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body.
-
-    Without a destination (the body-based router) no routing metadata is attached.
-    """
+    """BUFFERED mode: the body answer carries the header mutation, ``metadata`` and, if rewritten, the new body."""
     common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
     if body is not None:
         common.body_mutation.body = body
     reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
-    if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
+    if metadata:
+        reply.dynamic_metadata.CopyFrom(dynamic_metadata(metadata))
     return reply
+
+
+def routing_replies(answer: RoutingAnswer, body: bytes | None, buffered: bool,
+                    end_of_stream: bool = True) -> list[pb.ProcessingResponse]:
+    """The replies that send a routed request on. ``body``: the request body as received, or None for a
+    body-less request (answered on its headers). BUFFERED: one body answer with the header mutation, the
+    metadata and any replacement body. FULL_DUPLEX_STREAMED: the headers answer, then the body (the
+    replacement, else as received) as streamed chunks."""
+    if body is None:
+        return [request_headers_reply(answer.headers, answer.remove, answer.metadata)]
+    if buffered:
+        return [buffered_body_reply(answer.headers, answer.body, answer.remove, answer.metadata)]
+    out = answer.body if answer.body is not None else body
+    return [request_headers_reply(answer.headers, answer.remove, answer.metadata), *streamed_body(out, end_of_stream)]
 
 
 def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> Iterator[pb.ProcessingResponse]:

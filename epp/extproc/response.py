@@ -93,14 +93,14 @@ class ResponseRelay:
         if eos:
             self._finish(completed=True)
             if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
-                replies[-1].dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
+                replies[-1].dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
         return replies
 
     def trailers(self) -> Replies:
         self._finish(completed=True)
         reply = messages.trailers_reply(response=True)
         if self.decision.metadata:
-            reply.dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
+            reply.dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
         return [reply]
 
     def close(self) -> None:

@@ -20,11 +20,23 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.director import Director, RoutingDecision
 from epp.extproc import messages
-from epp.extproc.collect import BUFFERED_MODES, Deferred, Phase, ProtocolViolation, Replies, RequestCollector
+from epp.extproc.collect import (
+    BUFFERED_MODES,
+    Deferred,
+    Phase,
+    ProtocolViolation,
+    Replies,
+    RequestCollector,
+)
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
-from epp.request.headers import LB_METADATA_NAMESPACE, REQUEST_ID_HEADER, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import (
+    LB_METADATA_NAMESPACE,
+    SERVED_KEY,
+    SUBSET_KEY,
+    SUBSET_NAMESPACE,
+)
 from epp.request.parse import request_path
 
 __all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]
@@ -45,7 +57,7 @@ class RequestStream(RequestCollector):
         self.director = director
         self.decision: RoutingDecision | None = None
         self._new_request_id = new_request_id
-        self._generated_id = False
+        self._generated_id: str | None = None  # the id made up for a request without x-request-id
         self._subset: list[object] | None = None
         self._relay: ResponseRelay | None = None
         self._pending: Deferred[RoutingDecision | RequestError] | None = None
@@ -106,8 +118,8 @@ class RequestStream(RequestCollector):
 
     # -- request phase (hooks of RequestCollector) ----------------------------------------------
     def missing_request_id(self) -> str:
-        self._generated_id = True
-        return self._new_request_id()
+        self._generated_id = self._new_request_id()
+        return self._generated_id
 
     def route_headers_only(self) -> Replies:
         request = LLMRequest(self.request_id, RequestKind.OTHER, "", path=request_path(self.headers), headers=self.headers)
@@ -116,7 +128,7 @@ class RequestStream(RequestCollector):
         except RequestError as error:
             return self.reject(error, request)
         self._routed(decision)
-        return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
+        return messages.routing_replies(decision.answer(self._generated_id), None, buffered=False)
 
     def route_body(self, end_of_stream: bool) -> Replies | Deferred:
         body = self.body.getvalue()
@@ -137,32 +149,15 @@ class RequestStream(RequestCollector):
                 end_of_stream: bool) -> Replies:
         if isinstance(outcome, RequestError):
             return self.reject(outcome, request)
-        decision = outcome
-        self._routed(decision)
+        self._routed(outcome)
         self.body = BodyBuffer(self.body.limit)  # forwarded below: do not hold it for the whole response
-        headers = self._upstream_headers(decision)
-        if decision.body is not None:
-            headers["content-length"] = str(len(decision.body))
-        if self.request_mode in BUFFERED_MODES:
-            return [messages.buffered_body_reply(headers, decision.destination, decision.body,
-                                                 decision.removed_headers, scores=decision.scores)]
-        out = decision.body if decision.body is not None else body
-        return [
-            messages.request_headers_reply(headers, decision.destination, remove=decision.removed_headers,
-                                           scores=decision.scores),
-            *messages.streamed_body(out, end_of_stream),
-        ]
+        return messages.routing_replies(outcome.answer(self._generated_id), body,
+                                        buffered=self.request_mode in BUFFERED_MODES, end_of_stream=end_of_stream)
 
     def _routed(self, decision: RoutingDecision) -> None:
         self.decision = decision
         self.phase = Phase.ROUTED
         self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit)
-
-    def _upstream_headers(self, decision: RoutingDecision) -> dict[str, str]:
-        headers = dict(decision.headers)
-        if self._generated_id:
-            headers[REQUEST_ID_HEADER] = self.request_id
-        return headers
 
     def reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
         self.phase = Phase.REJECTED

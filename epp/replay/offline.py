@@ -392,7 +392,7 @@ class OfflineReplay:
             return
         now = record.routed = self.clock.now()
         e = self._index[outcome.endpoints[0].name]
-        prefill = prefill_target("decode", outcome.headers)
+        prefill = prefill_target("decode", outcome.answer().headers)  # what the engine would be sent
         p = self._by_hostport.get(prefill, -1) if prefill is not None else -1
         tokens = request.prompt_token_ids or []
         try:
