@@ -148,7 +148,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def bool_flag(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:  # noqa: A002
+def bool_flag(group: argparse._ActionsContainer, name: str, default: bool, help: str) -> None:  # noqa: A002
     """A Go-style boolean flag: bare ``--name`` means true, ``--name=false`` works too."""
     group.add_argument(name, type=go_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 

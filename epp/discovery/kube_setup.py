@@ -20,6 +20,7 @@ liveness should stay SERVING regardless (gie-facts A10). :func:`build_runtime` r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -197,7 +198,7 @@ class KubernetesRuntime(AsyncService):
             what = f"{resource.plural}.{resource.group}"
             reflector = Reflector(
                 self._api, resource, handler, timing=self.objective_timing,
-                on_relist=lambda reason, w=what: self.metrics.relisted(w, reason),
+                on_relist=functools.partial(self.metrics.relisted, what),
             )
             self._spawn(reflector.run(), what)
 

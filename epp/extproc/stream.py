@@ -130,7 +130,7 @@ class RequestStream(RequestCollector):
         self._routed(decision)
         return messages.routing_replies(decision.answer(self._generated_id), None, buffered=False)
 
-    def route_body(self, end_of_stream: bool) -> Replies | Deferred:
+    def route_body(self, end_of_stream: bool) -> Replies | Deferred[Any]:
         body = self.body.getvalue()
         try:
             request = self.director.parsers.parse(self.request_id, self.headers, body)

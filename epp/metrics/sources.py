@@ -55,7 +55,7 @@ class AttributePoller(MetricsPoller):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def url(self, endpoint: Endpoint) -> str:  # type: ignore[override]
+    def url(self, endpoint: Endpoint) -> str:
         host = endpoint.hostport.rpartition(":")[0]
         return f"{self.params.scheme}://{host}:{self.params.port or endpoint.port}{self.params.path}"
 

@@ -103,7 +103,7 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
                 for i in range(8):  # eight routed prompts whose blocks the engine reports under other keys
                     stores = producer.precise.held_blocks("bad")
                     await route(scheduler, states["bad"], completion(f"b{i}", f"Prompt {i} for the other engine. " * 8), http)
-                    await until(lambda: producer.precise.held_blocks("bad") > stores, "the engine's stores")
+                    await until(lambda: producer.precise.held_blocks("bad") > stores, "the engine's stores")  # noqa: B023
                     clock.advance(5.1)  # past eventTimeout after the first token
                 assert producer.precise.feed_state("bad") is FeedState.KEYS_MISMATCH
                 assert not producer.view_is_exact("bad")

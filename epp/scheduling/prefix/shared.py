@@ -85,7 +85,7 @@ class SharedPrefixIndex:
         self._members: set[str] = set()
         self._last_id = "0-0"
         self._wake = asyncio.Event()
-        self._client: redis.Redis | None = None
+        self._client: redis.Redis[bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._entries: Counter | None = None
         self._errors: Counter | None = None
@@ -125,7 +125,7 @@ class SharedPrefixIndex:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._client.aclose()
+                await self._client.aclose()  # type: ignore[attr-defined]  # redis>=5 API; types-redis stops at 4.6
 
     @property
     def pending(self) -> int:
@@ -176,7 +176,7 @@ class SharedPrefixIndex:
                     pipe = self._client.pipeline(transaction=False)
                     for endpoint, packed in batch:
                         fields: dict[str, str | bytes] = {"r": self.replica_id, "e": endpoint, "h": packed}
-                        pipe.xadd(self.stream, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+                        pipe.xadd(self.stream, fields, maxlen=self.max_len, approximate=True)
                     await pipe.execute()
                 except (RedisError, OSError) as err:
                     self._queue.extendleft(reversed(batch))

@@ -79,7 +79,7 @@ async def test_engine_captures_agree_with_the_auto_tokenizer_for_both_kinds() ->
     for message in messages("vllm_events1"):  # seq 0: the completion's blocks, 1: the chat's, 2: its output
         batch = decode_message(frames(message))
         producer.precise.ingest("vllm", batch.seq, batch.events, served)
-    for kind, request in requests.items():
+    for request in requests.values():
         hashes = producer.prompt_hashes(request, 128, 64)  # the engine's block size (CPU default)
         assert len(hashes) == 5  # 644 and 660 tokens: five full 128-token blocks each
         assert producer.precise.match(hashes, ["vllm", "other"], producer._kind) == [5, 0]

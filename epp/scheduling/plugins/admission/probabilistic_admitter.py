@@ -51,7 +51,8 @@ def pool_saturation(endpoints: Sequence[EndpointState], queue_depth: float, kv_u
 
 
 def rejection_probability(saturation: float, power: float, k: float) -> float:
-    return min(saturation ** power * k, 1.0)
+    scaled: float = saturation ** power * k  # float ** float is typed Any (a negative base gives complex)
+    return min(scaled, 1.0)
 
 
 class ProbabilisticAdmitter:

@@ -90,7 +90,7 @@ class InFlightLoadProducer:
                 log.warning("%s: no prefix producer named %r; in-flight tokens get no cache discount",
                             self.typed_name.name, wanted)
             self._prefix = found[0] if found else None
-        return self._prefix or None
+        return self._prefix if isinstance(self._prefix, ApproxPrefixCacheProducer) else None
 
     def current_request_tokens(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[int]:
         """Uncached prompt tokens (plus the output estimate) ``request`` would add to each endpoint."""

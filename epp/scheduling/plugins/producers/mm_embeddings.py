@@ -114,9 +114,11 @@ class MMEmbeddingsCacheProducer:
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """A failed request encoded nothing: the items it was the first to send are not cached there."""
         booked = self._added.pop(request.request_id)
-        if booked is not None:
-            name, fresh = booked
-            cache = self._caches.get(name, {})
+        if booked is None:
+            return
+        name, fresh = booked
+        cache = self._caches.get(name)
+        if cache is not None:
             for item in fresh:
                 cache.pop(item, None)
 

@@ -35,7 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import DATA_PARALLEL_HEADER, ENCODER_HEADERS, PREFILL_HEADERS
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName

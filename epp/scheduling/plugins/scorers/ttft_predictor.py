@@ -206,7 +206,8 @@ class TTFTPredictorScorer:
 
     def _booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
-        for names, predictions in reversed(cycle.get(self._key, [])):
+        booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
+        for names, predictions in reversed(booked):
             if name in names:
                 return predictions[names.index(name)]
         return None
