@@ -1,4 +1,5 @@
-"""The response half of an ext_proc stream: relay the engine's answer, count its usage, release the request.
+"""The response half of an ext_proc stream: relay the engine's answer, read its usage and outcome for the stream
+that releases the request.
 
 The response-headers answer carries the scheduler plugins' response headers (e.g. the session-affinity
 token) when Envoy sends response headers at all — not on a failed answer. The outcome is judged here:
@@ -13,7 +14,7 @@ name must be rewritten back to the client's name (the reference byte-replaces ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,10 +33,14 @@ Replies = list[pb.ProcessingResponse]
 
 
 class ResponseRelay:
-    """Response-phase handling for one routed request; ``close`` (or the end of the body) finishes it once."""
+    """Response-phase handling for one routed request. It relays and reads the response; the request is
+    released by its stream (``end``, called when the response ends: ``RequestStream._release``), which
+    asks ``outcome`` for what the response showed."""
 
-    def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int) -> None:
+    def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int,
+                 end: Callable[[bool], None]) -> None:
         self.director = director
+        self._end = end
         self.decision = decision
         self.mode = mode
         self.streaming = decision.request.stream
@@ -45,7 +50,6 @@ class ResponseRelay:
         # Swapping changes lengths: only where Envoy lets us fix content-length (buffered) or drops it (duplex).
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
         self._holding = False
-        self._done = False
         self._failure: Failure | None = None
         self._update_hold()
 
@@ -69,7 +73,7 @@ class ResponseRelay:
             added.update(self.director.response_headers(self.decision, metadata))
         reply = messages.response_headers_reply(added)
         if message.end_of_stream:
-            self._finish(completed=True)
+            self._end(True)
         return [reply]
 
     def body(self, message: pb.HttpBody) -> Replies:
@@ -91,20 +95,17 @@ class ResponseRelay:
                 out = self._swap(out)
         replies = self._emit(chunk, out, eos)
         if eos:
-            self._finish(completed=True)
+            self._end(True)
             if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
                 replies[-1].dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
         return replies
 
     def trailers(self) -> Replies:
-        self._finish(completed=True)
+        self._end(True)
         reply = messages.trailers_reply(response=True)
         if self.decision.metadata:
             reply.dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
         return [reply]
-
-    def close(self) -> None:
-        self._finish(completed=False)
 
     @property
     def buffered_bytes(self) -> int:
@@ -138,10 +139,9 @@ class ResponseRelay:
                 data = data.replace(target, client)
         return data
 
-    def _finish(self, completed: bool) -> None:
-        if self._done:
-            return
-        self._done = True
+    def outcome(self, completed: bool) -> tuple[Usage, int | None, Failure | None]:
+        """What the response showed, read once when the request is released: the usage it reported, its
+        size when it ``completed`` (else None), and its failure (an error status, or a failover)."""
         if self.streaming:
             self._reader.close()
             usage = self._reader.usage
@@ -149,8 +149,7 @@ class ResponseRelay:
             usage = usage_from_json(self._copy.getvalue())
         else:
             usage = Usage()
-        judged = completed or self._failure is not None
-        self.director.finish(self.decision, usage, self.size if completed else None, self._failure, judged=judged)
+        return usage, self.size if completed else None, self._failure
 
 
 def _status(value: str) -> int:

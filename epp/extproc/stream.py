@@ -43,7 +43,10 @@ __all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]
 
 
 class RequestStream(RequestCollector):
-    """One request's life on the picker: collect, parse, route, relay the response, release."""
+    """The exchange of one ext_proc stream: one request's life on the picker (collect, parse, route, relay
+    the response, release). It holds the request's state (phase, routing decision, the admission wait,
+    the response relay) and is the one place the request is released (``_release``, on the response's
+    end or the stream's close, whichever comes first)."""
 
     component = "the endpoint picker"
 
@@ -103,18 +106,31 @@ class RequestStream(RequestCollector):
         return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
 
     def close(self) -> None:
-        """The gRPC stream ended (normally, by cancellation or error): release the routed request once,
-        or take a request still waiting for admission out of its queue."""
-        if self._pending is not None:
-            self._pending.abandon(self._release_unanswered)
-        if self._relay is not None:
-            self._relay.close()
-        elif self.decision is not None:
-            self.director.finish(self.decision)
+        """The gRPC stream ended (normally, by cancellation or error). A request still waiting for
+        admission leaves its queue; one that flow control dispatched after the client left was never sent
+        anywhere and is released unjudged; a routed one is released with what its response showed."""
+        pending = self._pending
+        if self.phase is Phase.ADMITTING and pending is not None:
+            if not pending.ready:
+                if pending.waiting is not None:
+                    pending.waiting.cancel()
+                return
+            if isinstance(pending.outcome, RoutingDecision):
+                self.decision = pending.outcome
+        self._release(completed=False)
 
-    def _release_unanswered(self, outcome: RoutingDecision | RequestError) -> None:
-        if isinstance(outcome, RoutingDecision):  # dispatched after the client left: never sent anywhere
-            self.director.finish(outcome, judged=False)
+    def _release(self, completed: bool) -> None:
+        """Finish the routed request: the one place this stream lets it go. ``RoutingDecision.finished``
+        (set by ``Director.finish``) is the only release-once guard: the response's end, trailers and the
+        stream's close may each ask, the first one counts. ``completed``: the response ended normally."""
+        decision = self.decision
+        if decision is None or decision.finished:
+            return
+        if self._relay is None:  # dispatched but never answered: no outcome to judge
+            self.director.finish(decision, judged=False)
+            return
+        usage, size, failure = self._relay.outcome(completed)
+        self.director.finish(decision, usage, size, failure, judged=completed or failure is not None)
 
     # -- request phase (hooks of RequestCollector) ----------------------------------------------
     def missing_request_id(self) -> str:
@@ -157,7 +173,7 @@ class RequestStream(RequestCollector):
     def _routed(self, decision: RoutingDecision) -> None:
         self.decision = decision
         self.phase = Phase.ROUTED
-        self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit)
+        self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit, self._release)
 
     def reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
         self.phase = Phase.REJECTED

@@ -338,6 +338,23 @@ def test_no_response_phase_finishes_when_the_stream_closes() -> None:
     assert reg.get_sample_value("inference_objective_response_sizes_count", labels) is None
 
 
+def test_the_first_end_releases_the_request_and_later_ends_change_nothing() -> None:
+    """The response's end, its trailers and the stream's close each ask to release: the first counts,
+    with the usage and size it saw (the exchange's one release-once guard)."""
+    director, s = routed()
+    name = s.decision.endpoints[0].name
+    s.handle(response_headers())
+    s.handle(response_body(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5}}', eos=True))
+    assert s.decision.finished and director.datastore.get(name).inflight_requests == 0
+    s.handle(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+    s.close()
+    reg = director.telemetry.registry
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
+    assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 5
+    assert director.datastore.get(name).inflight_requests == 0
+
+
 VERIFIER_CONFIG = (
     "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
     "plugins:\n- {type: destination-endpoint-served-verifier}\n- {type: max-score-picker}\n"
