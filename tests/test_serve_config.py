@@ -44,12 +44,11 @@ def test_every_section_is_frozen() -> None:
         "config.routing", "config.discovery", "config.discovery.kubernetes", "config.discovery.kubernetes.lease",
         "config.health", "config.logging",
     }
-    for path, section in sections:
+    for _, section in sections:
         first = dataclasses.fields(section)[0].name  # type: ignore[arg-type]
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(dataclasses.FrozenInstanceError, match=first):
             setattr(section, first, getattr(section, first))
-        assert type(section).__hash__ is not None, path  # frozen dataclasses hash by value
-    assert hash(config) == hash(parse("--static-endpoints", "127.0.0.1:8000", "--pool-name", "p"))
+    assert config == parse("--static-endpoints", "127.0.0.1:8000", "--pool-name", "p")  # a value: same flags, equal
 
 
 def test_flags_arrive_resolved() -> None:
