@@ -14,7 +14,7 @@ name must be rewritten back to the client's name (the reference byte-replaces ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -33,14 +33,15 @@ Replies = list[pb.ProcessingResponse]
 
 
 class ResponseRelay:
-    """Response-phase handling for one routed request. It relays and reads the response; the request is
-    released by its stream (``end``, called when the response ends: ``RequestStream._release``), which
-    asks ``outcome`` for what the response showed."""
+    """Response-phase handling for one routed request. It relays and reads the response; its stream
+    releases the request once ``ended`` (``RequestStream._release``), asking ``outcome`` for what the
+    response showed. (It holds no reference back to the stream: a cycle per request would wait for the
+    tuned-down garbage collector.)"""
 
-    def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int,
-                 end: Callable[[bool], None]) -> None:
+    def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int) -> None:
         self.director = director
-        self._end = end
+        self.ended = False
+        """The response is over (end of stream on its headers or body, or its trailers)."""
         self.decision = decision
         self.mode = mode
         self.streaming = decision.request.stream
@@ -71,10 +72,8 @@ class ResponseRelay:
         added = {RESPONSE_MARK_HEADER: "true"}
         if self._failure is None:
             added.update(self.director.response_headers(self.decision, metadata))
-        reply = messages.response_headers_reply(added)
-        if message.end_of_stream:
-            self._end(True)
-        return [reply]
+        self.ended = self.ended or message.end_of_stream
+        return [messages.response_headers_reply(added)]
 
     def body(self, message: pb.HttpBody) -> Replies:
         chunk, eos = message.body, message.end_of_stream
@@ -93,19 +92,12 @@ class ResponseRelay:
                 out = self._swap(self._copy.getvalue())
             else:
                 out = self._swap(out)
-        replies = self._emit(chunk, out, eos)
-        if eos:
-            self._end(True)
-            if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
-                replies[-1].dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
-        return replies
+        self.ended = self.ended or eos
+        return self._emit(chunk, out, eos)
 
     def trailers(self) -> Replies:
-        self._end(True)
-        reply = messages.trailers_reply(response=True)
-        if self.decision.metadata:
-            reply.dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
-        return [reply]
+        self.ended = True
+        return [messages.trailers_reply(response=True)]
 
     @property
     def buffered_bytes(self) -> int:

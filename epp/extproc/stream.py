@@ -85,10 +85,21 @@ class RequestStream(RequestCollector):
                 served = _served(message)
                 if self.director.wants_response_metadata:
                     metadata = messages.filter_metadata(message.metadata_context)
-            return self._relay.headers(message.response_headers, metadata, served)
+            return self._answered(self._relay.headers(message.response_headers, metadata, served), ending=False)
         if kind == "response_body":
-            return self._relay.body(message.response_body)
-        return self._relay.trailers()
+            return self._answered(self._relay.body(message.response_body), message.response_body.end_of_stream)
+        return self._answered(self._relay.trailers(), ending=True)
+
+    def _answered(self, replies: Replies, ending: bool) -> Replies:
+        """Release the request once the response is over; the body's last answer and the trailers' answer
+        carry the plugins' response metadata (e.g. request-attribute-reporter's cost), which the release
+        produced."""
+        assert self._relay is not None and self.decision is not None
+        if self._relay.ended:
+            self._release(completed=True)
+            if ending and replies and self.decision.metadata:
+                replies[-1].dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
+        return replies
 
     def refuse(self, message: pb.ProcessingRequest, error: RequestError) -> Replies:
         """Answer the stream's first message with ``error`` (e.g. epp overloaded) without routing it.
@@ -173,7 +184,7 @@ class RequestStream(RequestCollector):
     def _routed(self, decision: RoutingDecision) -> None:
         self.decision = decision
         self.phase = Phase.ROUTED
-        self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit, self._release)
+        self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit)
 
     def reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
         self.phase = Phase.REJECTED
