@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gc
+import weakref
 
 import orjson
 import pytest
@@ -353,6 +355,24 @@ def test_the_first_end_releases_the_request_and_later_ends_change_nothing() -> N
     assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
     assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 5
     assert director.datastore.get(name).inflight_requests == 0
+
+
+@pytest.mark.parametrize("response", [True, False])
+def test_a_finished_stream_is_freed_by_reference_counting_alone(response: bool) -> None:
+    """No per-request reference cycle: serve tunes the collector down (gen-0 threshold 50,000), so a
+    cycle per stream would hold each request's buffers until a late collection (RSS grows under load)."""
+    director, s = routed()
+    if response:
+        s.handle(response_headers())
+        s.handle(response_body(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5}}', eos=True))
+    s.close()
+    gone = weakref.ref(s)
+    gc.disable()
+    try:
+        del s
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 VERIFIER_CONFIG = (
