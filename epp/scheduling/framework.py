@@ -113,6 +113,9 @@ class SchedulingResult:
 
     profile_results: dict[str, ProfileResult | None]
     primary_profile: str
+    port: int | None = None
+    """The port every pick is sent to instead of its own, when the profile handler rewrites it
+    (``data-parallel-profile-handler``'s ``primaryPort``: DP ranks behind one pod port)."""
 
     @property
     def endpoints(self) -> list[EndpointState]:
