@@ -375,7 +375,7 @@ schedulingProfiles:
     ranks = [e.hostport for e in decision.endpoints]
     assert sorted(ranks) == ["10.0.0.1:8001", "[fd00::2]:8002"]
     primary = {"10.0.0.1:8001": "10.0.0.1:8000", "[fd00::2]:8002": "[fd00::2]:8000"}
-    assert decision.headers[DESTINATION_HEADER] == ",".join(primary[r] for r in ranks)
-    assert decision.headers["x-data-parallel-host-port"] == ranks[0]
+    assert decision.answer().headers[DESTINATION_HEADER] == ",".join(primary[r] for r in ranks)
+    assert decision.answer().headers["x-data-parallel-host-port"] == ranks[0]
     state = store.get(decision.endpoints[0].name)
     assert state is not None and state.inflight_requests == 1
