@@ -13,21 +13,9 @@ import logging
 from types import MappingProxyType
 from typing import Final
 
-from epp._util.cli import (
-    add_serving_flags,
-    bool_flag,
-    duration,
-    go_bool,
-    port,
-    run_async,
-)
+from epp._util.cli import add_serving_flags, bool_flag, duration, go_bool, port, run_async
 from epp._util.logs import configure_logging, log_settings
-from epp.serve_config import (
-    DEFAULT_MAX_STREAMS,
-    DEFAULT_POLICY,
-    ServeConfig,
-    prepare_grpc_tls,
-)
+from epp.serve_config import DEFAULT_MAX_STREAMS, DEFAULT_POLICY, ServeConfig, prepare_grpc_tls
 from epp.serve_flags import add_kubernetes_flags, add_upstream_flags, message_size
 
 log = logging.getLogger("epp.serve")

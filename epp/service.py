@@ -23,24 +23,18 @@ import grpc
 from epp import __version__
 from epp._util.cli import Shutdown, run_until_signal
 from epp._util.clock import Clock
-from epp.config import (
-    EndpointPickerConfig,
-    build_scheduler,
-    load_config_and_scheduler,
-    parse_config_text,
-    request_parsers,
-)
+from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text, request_parsers
 from epp.datastore import Datastore
 from epp.director import Director
 from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
+from epp.flowcontrol.build import build_admission
+from epp.flowcontrol.controller import FlowController
 from epp.extproc.limits import GRPC_BACKSTOP_FACTOR, StreamLimiter
 from epp.extproc.server import PickerServer
 from epp.extproc.servicer import ExtProcServicer
 from epp.extproc.stream_metrics import StreamMetrics
 from epp.extproc.tls import TlsOptions, server_credentials, server_ssl_context
-from epp.flowcontrol.build import build_admission
-from epp.flowcontrol.controller import FlowController
 from epp.metrics import MetricsPoller
 from epp.metrics.sources import attribute_pollers
 from epp.scheduling.scheduler import Scheduler

@@ -10,9 +10,9 @@ import grpc
 import orjson
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from epp.cli import build_parser
 from epp.discovery.sources import SourceError

@@ -32,12 +32,7 @@ from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, Resource, load_api_client
 from epp.discovery.kubernetes import PoolDiscovery
-from epp.discovery.leader import (
-    LeaderElector,
-    LeaseTiming,
-    default_identity,
-    lease_name,
-)
+from epp.discovery.leader import LeaderElector, LeaseTiming, default_identity, lease_name
 from epp.discovery.objectives import ObjectiveIndex, objective_resources
 from epp.discovery.pods import PoolSpec, PoolSpecError, parse_selector, validate_ports
 from epp.discovery.reflector import Reflector, ReflectorHandler, ReflectorTiming

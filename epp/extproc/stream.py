@@ -20,23 +20,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.director import Director, RoutingDecision
 from epp.extproc import messages
-from epp.extproc.collect import (
-    BUFFERED_MODES,
-    Deferred,
-    Phase,
-    ProtocolViolation,
-    Replies,
-    RequestCollector,
-)
+from epp.extproc.collect import BUFFERED_MODES, Deferred, Phase, ProtocolViolation, Replies, RequestCollector
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
-from epp.request.headers import (
-    LB_METADATA_NAMESPACE,
-    SERVED_KEY,
-    SUBSET_KEY,
-    SUBSET_NAMESPACE,
-)
+from epp.request.headers import LB_METADATA_NAMESPACE, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.parse import request_path
 
 __all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]

@@ -6,12 +6,12 @@ releases the Lease) before exiting — what a pod does on a rolling update.
 """
 
 from __future__ import annotations
+from epp.cli import build_parser
 
 import asyncio
 import signal
 import sys
 
-from epp.cli import build_parser
 from epp.datastore import Datastore
 from epp.discovery.kube_setup import build_runtime
 from epp.serve_config import ServeConfig

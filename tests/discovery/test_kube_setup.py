@@ -1,16 +1,13 @@
 """Flags → runtime: exclusivity, defaults, validation errors ``epp serve`` reports before it starts."""
 
 from __future__ import annotations
+from epp.cli import build_parser
+
 
 import pytest
 
-from epp.cli import build_parser
 from epp.datastore import Datastore
-from epp.discovery.kube_setup import (
-    DiscoveryConfigError,
-    KubernetesFlags,
-    build_runtime,
-)
+from epp.discovery.kube_setup import DiscoveryConfigError, KubernetesFlags, build_runtime
 from epp.serve_config import ServeConfig
 
 

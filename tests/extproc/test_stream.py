@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import gc
-import weakref
 
 import orjson
 import pytest
+import weakref
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 
 from epp.datastore import EndpointState

@@ -17,12 +17,7 @@ from epp.cli import build_parser
 from epp.datastore import Datastore, Endpoint
 from epp.extproc.tls import self_signed_pair
 from epp.metrics import MetricsPoller
-from epp.serve_config import (
-    EngineMetricsConfig,
-    ServeConfig,
-    engine_specs,
-    scrape_target,
-)
+from epp.serve_config import EngineMetricsConfig, ServeConfig, engine_specs, scrape_target
 from tests.conftest import wait_for
 
 DATA = Path(__file__).parent / "data"

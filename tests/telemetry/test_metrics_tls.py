@@ -3,11 +3,11 @@ required when a CA is given, and upstream's refusals of unauthenticated or incom
 
 from __future__ import annotations
 
-import dataclasses
 import ssl
 from pathlib import Path
 
 import aiohttp
+import dataclasses
 import pytest
 
 from epp.cli import build_parser

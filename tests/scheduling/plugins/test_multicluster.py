@@ -14,16 +14,9 @@ from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.discovery.sources import select_source
 from epp.metrics.sources import attribute_pollers
 from epp.scheduling.framework import CycleState
-from epp.scheduling.plugins.datalayer.multicluster_metrics import (
-    MultiClusterExtractorParams,
-    MultiClusterMetricsExtractor,
-)
-from epp.scheduling.plugins.filters.multicluster_session_affinity import (
-    MultiClusterSessionAffinityFilter,
-)
-from epp.scheduling.plugins.scorers.multicluster_kv_cache import (
-    MultiClusterKVCacheScorer,
-)
+from epp.scheduling.plugins.datalayer.multicluster_metrics import MultiClusterMetricsExtractor, MultiClusterExtractorParams
+from epp.scheduling.plugins.filters.multicluster_session_affinity import MultiClusterSessionAffinityFilter
+from epp.scheduling.plugins.scorers.multicluster_kv_cache import MultiClusterKVCacheScorer
 from epp.scheduling.plugins.scorers.multicluster_queue import MultiClusterQueueScorer
 from epp.scheduling.plugins.scorers.session_affinity import session_token
 from tests.conftest import make_request, make_state
