@@ -46,7 +46,7 @@ from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
 from epp.replay.targets import Loads, Verdict, evaluate, versus
 from epp.replay.traces import Trace, read_trace
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 
 BASELINE = "gie-default"
 REFERENCE = "round-robin"

@@ -15,6 +15,7 @@ from typing import Final
 
 from epp._util.cli import add_serving_flags, bool_flag, duration, go_bool, port, run_async
 from epp._util.logs import configure_logging, log_settings
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
 from epp.serve_config import DEFAULT_MAX_STREAMS, DEFAULT_POLICY, ServeConfig, prepare_grpc_tls
 from epp.serve_flags import add_kubernetes_flags, add_upstream_flags, message_size
 
@@ -26,7 +27,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
     )
-    g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
+    g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s",
+                          max_body_bytes=DEFAULT_MAX_BODY_BYTES)
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     g.add_argument("--metrics-endpoint-auth", type=auto_bool, nargs="?", const=True, default="auto",
                    metavar="BOOL|auto",

@@ -39,13 +39,13 @@ from epp.discovery.sources import SourceFlags
 from epp.metrics.engines import ENGINES, EngineSpec, Selector, with_legacy_names
 from epp.metrics.poller import SOURCE_TYPE as METRICS_SOURCE
 from epp.metrics.poller import ScrapeTarget
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.serve_flags import METRIC_FLAGS, MetricName
 
 if TYPE_CHECKING:
     from epp.config.model import EndpointPickerConfig
 
-DEFAULT_POLICY = "default"  # epp's preset (epp.scheduling.presets.DEFAULT_PRESET): minimum predicted TTFT
+DEFAULT_POLICY = "default"  # epp's preset (epp.config.presets.DEFAULT_PRESET): minimum predicted TTFT
 DEFAULT_MAX_STREAMS = 10_000
 
 

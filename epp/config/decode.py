@@ -26,7 +26,7 @@ from epp.config.model import (
     RequestHandlerSpec,
     SchedulingProfileSpec,
 )
-from epp.scheduling.params import parse_duration
+from epp.plugin.params import parse_duration
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from epp._util.cli import non_negative_float, port
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.sim.faults import METRICS_FAULTS, FaultConfig
-from epp.sim.kv_events import WireFormat
+from epp.kvevents.encode import WireFormat
 from epp.sim.sidecar import ROLES
 
 if TYPE_CHECKING:

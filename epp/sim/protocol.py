@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.request import RequestError
 
 CHAT = "chat"

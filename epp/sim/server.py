@@ -23,22 +23,18 @@ import orjson
 from aiohttp import web
 
 from epp._util.clock import Clock
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, StepOutput
 from epp.request import RequestError
 from epp.sim import protocol
 from epp.sim.engine_loop import EngineLoop
 from epp.sim.faults import FaultConfig, Faults
-from epp.sim.kv_events import KVEventPublisher, WireFormat
+from epp.kvevents.encode import WireFormat
+from epp.sim.kv_events import KVEventPublisher
 from epp.sim.metrics import SimMetrics
-from epp.sim.sidecar import (
-    EC_TRANSFER_PARAMS,
-    SidecarClient,
-    encoder_targets,
-    fanout_items,
-    prefill_target,
-)
+from epp.request.headers import prefill_target
+from epp.sim.sidecar import EC_TRANSFER_PARAMS, SidecarClient, encoder_targets, fanout_items
 
 log = logging.getLogger("epp.sim")
 

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from epp.request import RequestError
-from epp.request.headers import ENCODER_HEADERS, PREFILL_HEADERS
+from epp.request.headers import ENCODER_HEADERS
 from epp.sim.protocol import MediaItem
 
 log = logging.getLogger("epp.sim")
@@ -39,17 +39,6 @@ ROLES = ("prefill", "decode", "both", "encode")
 PREFILL_TIMEOUT_SECONDS = 600.0
 EC_TRANSFER_PARAMS = "ec_transfer_params"
 CHAT_PATH = "/v1/chat/completions"
-
-
-def prefill_target(role: str, headers: Any) -> str | None:
-    """The prefill engine's ``host:port`` this request asks for, None when it runs aggregated."""
-    if role in ("prefill", "encode"):
-        return None
-    for name in reversed(PREFILL_HEADERS):  # the pre-rename alias first, as the sidecar trusts it
-        value = headers.get(name)
-        if value:
-            return str(value).strip()
-    return None
 
 
 def encoder_targets(role: str, headers: Any) -> list[str]:

@@ -7,13 +7,14 @@ import aiohttp
 import zmq
 import zmq.asyncio
 
+from epp.contracts.kv_events import Stored
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.engine.block_pool import BlockStored
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore
 from epp.engine.request import EngineRequest
-from epp.kvevents.decode import Stored, decode_message
+from epp.kvevents.decode import decode_message
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, scrape, sse
 

@@ -26,8 +26,8 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 MM_EMBEDDINGS_CACHE_PRODUCER = "mm-embeddings-cache-producer"
 MM_EMBEDDINGS_CACHE_SCORER = "mm-embeddings-cache-scorer"

@@ -40,12 +40,12 @@ from typing import Any
 from epp.request import LLMRequest
 from epp.request.headers import DATA_PARALLEL_HEADER, ENCODER_HEADERS, PREFILL_HEADERS
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.datalayer.topology import PEER_ENDPOINT
 from epp.scheduling.plugins.profiles.deciders import PREFIX_BASED_PD_DECIDER, Decider
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

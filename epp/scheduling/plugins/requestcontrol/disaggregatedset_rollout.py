@@ -37,9 +37,9 @@ from prometheus_client.registry import Collector
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 from epp.scheduling.plugins.filters.label_selector import label_equals, label_exists, label_in
-from epp.scheduling.registry import PluginHandle
 
 DISAGGREGATEDSET_ROLLOUT_SCREENER = "disaggregatedset-rollout-screener"
 DEFAULT_REVISION_LABEL = "disaggregatedset.x-k8s.io/revision"
