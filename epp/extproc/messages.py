@@ -43,24 +43,47 @@ def filter_metadata(metadata: base_pb2.Metadata) -> dict[str, Any]:
 
 def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> pb.HeaderMutation:
     """Set ``headers`` (overwriting) and drop the ``remove`` names (e.g. client-sent copies of routing headers)."""
-    return pb.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")), append_action=_OVERWRITE
-            )
-            for k, v in headers.items()
-        ],
-        remove_headers=list(remove),
-    )
+    mutation = pb.HeaderMutation()
+    _fill_headers(mutation, headers, remove)
+    return mutation
+
+
+def _fill_headers(mutation: pb.HeaderMutation, headers: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+    """``header_mutation`` written into the reply's own message: building it apart and copying it in
+    (constructor arguments copy) cost ~4× as much per request."""
+    mutation.SetInParent()  # present even when empty, as constructing it made it
+    add = mutation.set_headers.add
+    for k, v in headers.items():
+        option = add()
+        option.header.key = k
+        option.header.raw_value = v.encode("latin-1", "replace")
+        option.append_action = _OVERWRITE
+    if remove:
+        mutation.remove_headers.extend(remove)
 
 
 def dynamic_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
-    """Namespace → key → value (nested mappings become nested structs) as a reply's ``dynamic_metadata``:
+    """Namespace → key → value (nested mappings become nested structs) as a ``dynamic_metadata`` struct:
     the routing answer's ``envoy.lb``, or plugins' response metadata."""
     md = struct_pb2.Struct()
-    for namespace, values in metadata.items():
-        md.get_or_create_struct(namespace).update(values)
+    _fill_metadata(md, metadata)
     return md
+
+
+def _fill_metadata(target: struct_pb2.Struct, metadata: Mapping[str, Mapping[str, Any]]) -> None:
+    """``dynamic_metadata`` written into the reply's own struct through the raw ``fields`` maps (the
+    ``Struct`` helpers are pure Python): strings (the destination) directly, mappings (the scores) and
+    other values through ``Struct.update``."""
+    for namespace, values in metadata.items():
+        struct = target.fields[namespace].struct_value
+        struct.SetInParent()  # present even when empty, as get_or_create_struct made it
+        for key, value in values.items():
+            if isinstance(value, str):
+                struct.fields[key].string_value = value
+            elif isinstance(value, Mapping):
+                struct.fields[key].struct_value.update(value)
+            else:
+                struct.update({key: value})
 
 
 def request_headers_reply(
@@ -69,10 +92,12 @@ def request_headers_reply(
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
     """Answer to ``request_headers``: set/remove headers, clear the route cache, attach ``metadata``."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
-    reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+    reply = pb.ProcessingResponse()
+    common = reply.request_headers.response
+    common.clear_route_cache = True
+    _fill_headers(common.header_mutation, headers, remove)
     if metadata:
-        reply.dynamic_metadata.CopyFrom(dynamic_metadata(metadata))
+        _fill_metadata(reply.dynamic_metadata, metadata)
     return reply
 
 
@@ -86,12 +111,14 @@ def buffered_body_reply(
     metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
     """BUFFERED mode: the body answer carries the header mutation, ``metadata`` and, if rewritten, the new body."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
+    reply = pb.ProcessingResponse()
+    common = reply.request_body.response
+    common.clear_route_cache = True
+    _fill_headers(common.header_mutation, headers, remove)
     if body is not None:
         common.body_mutation.body = body
-    reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
     if metadata:
-        reply.dynamic_metadata.CopyFrom(dynamic_metadata(metadata))
+        _fill_metadata(reply.dynamic_metadata, metadata)
     return reply
 
 
@@ -116,10 +143,12 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> I
     offsets = range(0, n, MAX_CHUNK_BYTES) if n else range(1)
     last = offsets[-1]
     for start in offsets:
-        chunk = pb.StreamedBodyResponse(body=body[start:start + MAX_CHUNK_BYTES], end_of_stream=end_of_stream and start == last)
-        common = pb.CommonResponse()
-        common.body_mutation.streamed_response.CopyFrom(chunk)
-        yield pb.ProcessingResponse(**{field: pb.BodyResponse(response=common)})
+        reply = pb.ProcessingResponse()
+        # Filled in place: a chunk built apart and CopyFrom'd into place copied its 62 KB a second time.
+        streamed = getattr(reply, field).response.body_mutation.streamed_response
+        streamed.body = body[start:start + MAX_CHUNK_BYTES]
+        streamed.end_of_stream = end_of_stream and start == last
+        yield reply
 
 
 def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingResponse:
@@ -137,8 +166,9 @@ def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingRespon
 
 
 def response_headers_reply(headers: Mapping[str, str]) -> pb.ProcessingResponse:
-    common = pb.CommonResponse(header_mutation=header_mutation(headers))
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+    reply = pb.ProcessingResponse()
+    _fill_headers(reply.response_headers.response.header_mutation, headers)
+    return reply
 
 
 def trailers_reply(response: bool) -> pb.ProcessingResponse:
