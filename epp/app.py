@@ -20,6 +20,7 @@ from epp._util.logs import configure_logging, log_settings
 from epp.datastore.health import HealthParams
 from epp.discovery.kube_setup import add_kubernetes_flags
 from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
+from epp.shared.serve import add_shared_state_flags
 
 log = logging.getLogger("epp.serve")
 
@@ -91,6 +92,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_endpoint_health_flags(parser)
     add_reference_compat_flags(parser)
     add_upstream_flags(parser)
+    add_shared_state_flags(parser)
     parser.set_defaults(run=run)
 
 

@@ -39,6 +39,7 @@ from epp.extproc.tls import server_credentials, server_ssl_context
 from epp.metrics import MetricsPoller
 from epp.metrics.sources import attribute_pollers
 from epp.serve_flags import engine_specs, metrics_ssl_context, scrape_target, tls_options
+from epp.shared.serve import shared_state
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
@@ -142,6 +143,7 @@ class PickerService:
         self.metrics = MetricsServer(self.telemetry, args.metrics_port, host=private or args.bind_address or None,
                                      auth=self.metrics_auth,
                                      ssl_context=metrics_ssl_context(args, self.metrics_auth is not None))
+        self.shared_state = shared_state(args, self.scheduler.plugins, self.datastore.clock, self.telemetry.registry)
         self.drain_timeout: float = args.drain_timeout
         self.shutdown_grace: float = args.shutdown_grace
         self._stack = contextlib.AsyncExitStack()
@@ -161,6 +163,8 @@ class PickerService:
             if start is not None and stop is not None:
                 await start()
                 stack.push_async_callback(stop)
+        if self.shared_state is not None:  # after the plugins whose state it moves; stopped before them
+            await stack.enter_async_context(self.shared_state)
         if self.metrics_auth is not None:
             try:
                 await stack.enter_async_context(self.metrics_auth)

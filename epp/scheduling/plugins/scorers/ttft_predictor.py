@@ -32,11 +32,15 @@ precise one only for endpoints whose KV-event feed is not live and which are mat
 
 All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, identical to
 ``TTFTPredictor.predict`` per endpoint).
+
+Active-active replicas share their ledgers (``export_shared`` / ``import_shared``, moved between
+replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each replica
+predicts with its own requests exactly and the others' as they last reported them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -59,6 +63,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
+from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
@@ -268,6 +273,37 @@ class TTFTPredictorScorer:
             recency.forget(request.request_id)
         self.learner[endpoint.name].forget(request.request_id)  # a failure teaches no latency
 
+    # -- shared state (active-active replicas) ----------------------------------------------------
+    def export_shared(self, now: float) -> dict[str, Any]:
+        """This replica's own work in flight per busy endpoint, as ``[prefill seconds queued, requests
+        without a first token, requests, KV context tokens, output tokens]`` (JSON-ready)."""
+        loads: dict[str, list[float | int]] = {}
+        for name, ledger in self.ledgers.items():
+            if len(ledger):
+                loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
+                               ledger.context_tokens, ledger.output_tokens]
+        return {LEDGER_KEY: loads}
+
+    def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
+        """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
+        becomes each ledger's ``remote`` (their backlog drained by its age); an empty list (no peer, or
+        the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
+        totals: dict[str, list[float]] = {}
+        for age, payload in peers:
+            loads = payload.get(LEDGER_KEY)
+            if not isinstance(loads, dict):
+                continue
+            for name, row in loads.items():
+                if name not in self.ledgers or not _load_row(row):
+                    continue
+                total = totals.setdefault(name, [0.0, 0, 0, 0, 0])
+                total[0] += max(0.0, row[0] - max(0.0, age))
+                for i in range(1, 5):
+                    total[i] += row[i]
+        for name, ledger in self.ledgers.items():
+            t = totals.get(name)
+            ledger.set_remote(RemoteLoad(t[0], now, int(t[1]), int(t[2]), int(t[3]), int(t[4])) if t else NO_REMOTE)
+
     # -- datastore listener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
         """Ledgers are created on first use."""
@@ -277,6 +313,17 @@ class TTFTPredictorScorer:
         self.recency.pop(endpoint.name, None)
         self.learner.remove(endpoint.name)
         self.predictor.forget(endpoint.name)
+
+
+LEDGER_KEY = "ledger"
+
+
+def _load_row(row: object) -> bool:
+    """A well-formed ``export_shared`` row: five non-negative finite numbers."""
+    return (
+        isinstance(row, list) and len(row) == 5
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12 for v in row)
+    )  # fmt: skip
 
 
 def find_prefix_producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
