@@ -137,3 +137,27 @@ def test_exports_are_drained_by_their_age_and_ignored_past_the_ttl() -> None:
     assert two.seen[-1] == [(0.1, 1), (0.1, 3)]
     exchange.tick(1.5)  # a gap longer than the ttl: the exports of t=0.2 are dead
     assert one.seen[-1] == []
+
+
+def test_a_replica_predicts_with_the_latency_learned_by_the_best_informed_replica() -> None:
+    clock = VirtualClock(0.0)
+    sched, scorer = build(clock, 0)
+    sched.schedule(request("r", [1] * 100), pool(1, clock))
+    learner = scorer.learner["e0"]
+    own = learner.estimate
+    taught = [60, 0.02, 0.05, 0.002, 0.01, 0.002, 0.004]
+    scorer.import_shared([(0.0, {"learned": {"e0": [3, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}}),  # knows less than the best
+                          (0.0, {"learned": {"e0": taught, "e9": taught}}),
+                          (0.0, {"learned": {"e0": [99, -1.0, 0, 0, 0, 0, 0]}})], clock.now())  # malformed  # fmt: skip
+    adopted = learner.estimate
+    assert (adopted.per_step, adopted.per_token, adopted.decode_per_context) == (0.02, 0.05, 0.004)
+    assert learner.own_estimate is own  # its own learning goes on, and is what it exports
+    assert scorer.export_shared(clock.now())["learned"] == {}  # nothing learned here yet: nothing to teach
+    scorer.import_shared([(0.0, {"learned": {"e0": taught}})], clock.now())
+    assert learner.estimate is adopted  # unchanged: the same object, so cached predictions stay
+    for _ in range(60):  # once it has learned more than the peer (or its memory's worth), its own rules
+        learner.observe_prefill((1.0, 1.0, 0.1), 0.04)
+    scorer.import_shared([(0.0, {"learned": {"e0": taught}})], clock.now())
+    assert learner.estimate is learner.own_estimate
+    exported = scorer.export_shared(clock.now())["learned"]["e0"]
+    assert exported[0] == 60 and exported[1:] != taught[1:]

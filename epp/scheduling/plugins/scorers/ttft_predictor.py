@@ -33,15 +33,16 @@ precise one only for endpoints whose KV-event feed is not live and which are mat
 All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, identical to
 ``TTFTPredictor.predict`` per endpoint).
 
-Active-active replicas share their ledgers (``export_shared`` / ``import_shared``, moved between
-replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each replica
-predicts with its own requests exactly and the others' as they last reported them.
+Active-active replicas share their ledgers and learned latency (``export_shared`` / ``import_shared``,
+moved between replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each
+replica predicts with its own requests exactly and the others' as they last reported them, and with
+the latency learned by the replica that has seen most of an endpoint while it has seen little itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from typing import Any, cast
 
 import numpy as np
@@ -57,6 +58,7 @@ from epp.scheduling.ttft import (
     BatchPredictor,
     EndpointLedger,
     Flight,
+    LatencyEstimate,
     LatencyLearner,
     Prediction,
     Predictions,
@@ -275,14 +277,19 @@ class TTFTPredictorScorer:
 
     # -- shared state (active-active replicas) ----------------------------------------------------
     def export_shared(self, now: float) -> dict[str, Any]:
-        """This replica's own work in flight per busy endpoint, as ``[prefill seconds queued, requests
-        without a first token, requests, KV context tokens, output tokens]`` (JSON-ready)."""
+        """JSON-ready: this replica's own work in flight per busy endpoint, as ``[prefill seconds queued,
+        requests without a first token, requests, KV context tokens, output tokens]``, and its own
+        learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
         loads: dict[str, list[float | int]] = {}
         for name, ledger in self.ledgers.items():
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
-        return {LEDGER_KEY: loads}
+        learned: dict[str, list[float | int]] = {}
+        for name, learner in self.learner.endpoints.items():
+            if learner.observations:
+                learned[name] = [learner.observations, *astuple(learner.own_estimate)]
+        return {LEDGER_KEY: loads, LEARNED_KEY: learned}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
         """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
@@ -303,6 +310,25 @@ class TTFTPredictorScorer:
         for name, ledger in self.ledgers.items():
             t = totals.get(name)
             ledger.set_remote(RemoteLoad(t[0], now, int(t[1]), int(t[2]), int(t[3]), int(t[4])) if t else NO_REMOTE)
+        self._adopt_learned(peers)
+
+    def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
+        """Per endpoint, predict with the latency learned by the replica that has seen most of it, while
+        this one has seen less than the learner's memory (1 / (1 − forgettingFactor) observations): a
+        replica that just started, or sees 1/N of the traffic, predicts as well as the best informed."""
+        memory = 1 / max(1e-9, 1 - self.params.forgetting_factor)
+        best: dict[str, list[float]] = {}
+        for _, payload in peers:
+            learned = payload.get(LEARNED_KEY)
+            if not isinstance(learned, dict):
+                continue
+            for name, row in learned.items():
+                if _learned_row(row) and row[0] > best.get(name, [0])[0]:
+                    best[name] = row
+        for name, learner in self.learner.endpoints.items():
+            row = best.get(name)
+            own = learner.observations
+            learner.adopt(LatencyEstimate(*row[1:]) if row is not None and row[0] > own and own < memory else None)
 
     # -- datastore listener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
@@ -318,12 +344,24 @@ class TTFTPredictorScorer:
 LEDGER_KEY = "ledger"
 
 
-def _load_row(row: object) -> bool:
-    """A well-formed ``export_shared`` row: five non-negative finite numbers."""
+LEARNED_KEY = "learned"
+
+
+def _numbers(row: object, length: int) -> bool:
     return (
-        isinstance(row, list) and len(row) == 5
+        isinstance(row, list) and len(row) == length
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12 for v in row)
     )  # fmt: skip
+
+
+def _load_row(row: object) -> bool:
+    """A well-formed ledger row of ``export_shared``: five non-negative finite numbers."""
+    return _numbers(row, 5)
+
+
+def _learned_row(row: object) -> bool:
+    """A well-formed learned-latency row: observations and the six ``LatencyEstimate`` coefficients."""
+    return _numbers(row, 1 + len(fields(LatencyEstimate)))
 
 
 def find_prefix_producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:
