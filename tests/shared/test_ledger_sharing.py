@@ -47,13 +47,13 @@ def test_the_other_replicas_backlog_queues_with_this_ones_and_drains_from_when_i
     ledger.routed("a", flight(10.0, 1.0))  # own work until 11.0
     assert ledger.backlog(10.0) == pytest.approx(1.0)
     version = ledger.version
-    ledger.set_remote(RemoteLoad(seconds=2.0, at=10.0, pending=2, requests=3))
+    ledger.set_remote(RemoteLoad(seconds=2.0, at=10.0, pending=2, requests=3, intervals=((10.0, 2.0),)))
     assert ledger.version > version  # cached predictions are recomputed
     assert ledger.backlog(10.0) == pytest.approx(3.0)
     assert ledger.backlog(10.5) == pytest.approx(2.5)
     assert ledger.own_backlog(10.5) == pytest.approx(0.5)  # what it reports: never the others' work
     version = ledger.version
-    ledger.set_remote(RemoteLoad(seconds=2.0, at=10.0, pending=2, requests=3))
+    ledger.set_remote(RemoteLoad(seconds=2.0, at=10.0, pending=2, requests=3, intervals=((10.0, 2.0),)))
     assert ledger.version == version  # unchanged totals keep the cache
     ledger.set_remote(NO_REMOTE)
     assert ledger.backlog(10.0) == pytest.approx(1.0)
@@ -61,9 +61,20 @@ def test_the_other_replicas_backlog_queues_with_this_ones_and_drains_from_when_i
 
 def test_an_idle_ledger_takes_the_remote_backlog_from_when_it_was_reported() -> None:
     ledger = EndpointLedger()
-    ledger.set_remote(RemoteLoad(seconds=0.4, at=5.0, requests=1))
+    ledger.set_remote(RemoteLoad(seconds=0.4, at=5.0, requests=1, intervals=((5.0, 0.4),)))
     assert ledger.backlog(5.1) == pytest.approx(0.3)
     assert ledger.backlog(6.0) == 0.0
+
+
+def test_prefills_booked_unaware_of_each_other_run_back_to_back_and_new_bookings_queue_behind() -> None:
+    ledger = EndpointLedger()
+    ledger.routed("a", flight(10.0, 1.0))
+    ledger.set_remote(RemoteLoad(seconds=1.0, at=10.0, pending=1, requests=1, intervals=((10.0, 1.0),)))
+    assert ledger.backlog(10.0) == pytest.approx(2.0)  # one engine: one after the other, not side by side
+    assert ledger.backlog(11.5) == pytest.approx(0.5)
+    ledger.routed("b", flight(10.5, 1.0))
+    assert ledger.pending["b"].eta == pytest.approx(13.0)  # after this epp's and the other's known work
+    assert ledger.backlog(10.5) == pytest.approx(2.5)
 
 
 def test_the_other_replicas_requests_are_not_booked_again_as_foreign_work() -> None:
@@ -104,7 +115,7 @@ def test_malformed_peer_exports_are_ignored() -> None:
     scorer.import_shared([(0.0, {"ledger": {"e0": [1.0, 1, 1, 10, 10]}}), (0.0, {"ledger": "x"}),
                           (0.0, {"ledger": {"e0": ["1", 1, 1, 1, 1], "unknown": [1.0, 1, 1, 1, 1]}}),
                           (0.0, {"ledger": {"e0": [1.0, 1, 1, 1]}}), (0.0, {})], clock.now())  # fmt: skip
-    assert scorer.ledgers["e0"].remote == RemoteLoad(1.0, clock.now(), 1, 1, 10, 10)
+    assert scorer.ledgers["e0"].remote == RemoteLoad(1.0, clock.now(), 1, 1, 10, 10, ((clock.now(), 1.0),))
     assert "unknown" not in scorer.ledgers
     scorer.import_shared([], clock.now())  # no peers (or Redis away): back to local state
     assert scorer.ledgers["e0"].remote is NO_REMOTE

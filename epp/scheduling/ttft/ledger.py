@@ -31,18 +31,22 @@ epp routes later queue behind it) at the typical cold prefill of this epp's own 
 re-anchors only what this epp has pending. With no other router the count never rises and nothing is
 booked.
 
-Active-active replicas of epp each keep their own ledger and publish its totals per endpoint (shared
-state, ``epp.shared``); each ledger then holds what the other replicas last reported (``RemoteLoad``,
-a few tens of milliseconds old). Their prefill backlog queues with this epp's own (``backlog`` adds
-it, drained from when it was reported), their requests count as this epp's own when a scrape is
-compared (so they are not booked again as foreign), and a replica reports only its own work
-(``own_backlog``), never what it heard from the others.
+Active-active replicas of epp each keep their own ledger and publish it per endpoint (shared state,
+``epp.shared``): totals and the predicted prefill intervals of their pending requests. Each ledger then
+holds what the other replicas last reported (``RemoteLoad``, a few tens of milliseconds old). The engine
+runs everyone's prefills one after the other, so the backlog is the fluid queue over the union of this
+epp's and the others' intervals in start order (two replicas that booked the same slot unaware of each
+other end up back to back, not overlapping); a new booking starts after the others' known work; their
+requests count as this epp's own when a scrape is compared (so they are not booked again as foreign);
+and a replica reports only its own work, never what it heard from the others.
 """
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -51,7 +55,7 @@ class RemoteLoad:
     """What the other replicas have in flight on one endpoint, summed, as of ``at`` (this epp's clock):
     ``seconds`` of predicted prefill still queued, ``pending`` requests without a first token,
     ``requests`` in flight, the KV ``context_tokens`` they hold and the ``output_tokens`` they may
-    generate."""
+    generate; ``intervals``: their queued prefills as (start, seconds), in start order."""
 
     seconds: float = 0.0
     at: float = float("-inf")
@@ -59,6 +63,15 @@ class RemoteLoad:
     requests: int = 0
     context_tokens: int = 0
     output_tokens: int = 0
+    intervals: tuple[tuple[float, float], ...] = ()
+
+
+def queue_end(intervals: Iterable[tuple[float, float]]) -> float:
+    """When a server that takes work in start order ends ``intervals`` ((start, seconds), sorted)."""
+    busy = float("-inf")
+    for start, seconds in intervals:
+        busy = max(busy, start) + seconds
+    return busy
 
 
 NO_REMOTE = RemoteLoad()
@@ -124,7 +137,10 @@ class EndpointLedger:
             self.finished(request_id, flight.routed_at)  # a reused id: the old one is over
         self.version += 1
         self.oldest = min(self.oldest, flight.routed_at)
-        self.busy_until = max(self.busy_until, flight.routed_at) + flight.prefill_seconds
+        start = max(self.busy_until, flight.routed_at)
+        if self.remote.intervals:  # behind the others' known work too
+            start = max(start, self.backlog_terms()[0])
+        self.busy_until = start + flight.prefill_seconds
         flight.eta = self.busy_until
         self.pending[request_id] = flight
         self.context_tokens += flight.context_tokens
@@ -228,13 +244,16 @@ class EndpointLedger:
         """What ``backlog`` reads, independent of time (so it can be cached per ``version`` and evaluated
         for many endpoints at once): ``busy_until``, the oldest pending request's predicted first token
         (inf when none is pending) and what it adds if overdue (cold minus predicted prefill). The other
-        replicas' backlog queues with this epp's: from when it was reported, after what this epp had
-        queued then (a fluid queue fed by two sources ends when their summed work does)."""
+        replicas' prefills queue with this epp's, in start order (module docstring)."""
         busy_until, head_eta, overrun = self._own_terms()
-        remote = self.remote
-        if remote.seconds > 0:
-            busy_until = max(busy_until, remote.at) + remote.seconds
+        remote = self.remote.intervals
+        if remote:
+            busy_until = max(busy_until, queue_end(heapq.merge(self.own_intervals(), remote)))
         return busy_until, head_eta, overrun
+
+    def own_intervals(self) -> list[tuple[float, float]]:
+        """This epp's pending prefills as (predicted start, seconds): what it reports to the others."""
+        return [(f.eta - f.prefill_seconds, f.prefill_seconds) for f in self.pending.values()]
 
     def _own_terms(self) -> tuple[float, float, float]:
         if not self.pending:

@@ -65,7 +65,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
-from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad
+from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
@@ -281,35 +281,54 @@ class TTFTPredictorScorer:
         requests without a first token, requests, KV context tokens, output tokens]``, and its own
         learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
         loads: dict[str, list[float | int]] = {}
+        queues: dict[str, list[list[float]]] = {}
         for name, ledger in self.ledgers.items():
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
+                intervals = ledger.own_intervals()
+                if len(intervals) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
+                    head = intervals[: len(intervals) - MAX_INTERVALS + 1]
+                    intervals = [(head[0][0], sum(s for _, s in head)), *intervals[len(head):]]
+                if intervals:
+                    queues[name] = [[round(start - now, 6), round(seconds, 6)] for start, seconds in intervals]
         learned: dict[str, list[float | int]] = {}
         for name, learner in self.learner.endpoints.items():
             if learner.observations:
                 learned[name] = [learner.observations, *astuple(learner.own_estimate)]
-        return {LEDGER_KEY: loads, LEARNED_KEY: learned}
+        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
         """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
         becomes each ledger's ``remote`` (their backlog drained by its age); an empty list (no peer, or
         the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
         totals: dict[str, list[float]] = {}
+        intervals: dict[str, list[tuple[float, float]]] = {}
         for age, payload in peers:
-            loads = payload.get(LEDGER_KEY)
+            loads, queues = payload.get(LEDGER_KEY), payload.get(QUEUE_KEY)
             if not isinstance(loads, dict):
                 continue
+            taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
             for name, row in loads.items():
                 if name not in self.ledgers or not _load_row(row):
                     continue
-                total = totals.setdefault(name, [0.0, 0, 0, 0, 0])
-                total[0] += max(0.0, row[0] - max(0.0, age))
-                for i in range(1, 5):
-                    total[i] += row[i]
+                total = totals.setdefault(name, [0, 0, 0, 0])
+                for i in range(4):
+                    total[i] += row[i + 1]
+                queue = queues.get(name) if isinstance(queues, dict) else None
+                mine = intervals.setdefault(name, [])
+                if isinstance(queue, list) and all(_interval(q) for q in queue):
+                    mine.extend((taken + start, seconds) for start, seconds in queue)
+                elif row[0] > 0:  # a peer that reports no intervals: its backlog, as one block from then
+                    mine.append((taken, row[0]))
         for name, ledger in self.ledgers.items():
             t = totals.get(name)
-            ledger.set_remote(RemoteLoad(t[0], now, int(t[1]), int(t[2]), int(t[3]), int(t[4])) if t else NO_REMOTE)
+            if t is None:
+                ledger.set_remote(NO_REMOTE)
+                continue
+            queued = tuple(sorted(intervals[name]))
+            seconds = max(0.0, queue_end(queued) - now) if queued else 0.0
+            ledger.set_remote(RemoteLoad(seconds, now, int(t[0]), int(t[1]), int(t[2]), int(t[3]), queued))
         self._adopt_learned(peers)
 
     def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
@@ -345,6 +364,18 @@ LEDGER_KEY = "ledger"
 
 
 LEARNED_KEY = "learned"
+QUEUE_KEY = "queue"
+MAX_INTERVALS = 64
+"""Pending prefills reported per endpoint; older ones are merged into one block (same queue end)."""
+
+
+def _interval(item: object) -> bool:
+    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0], finite."""
+    return (
+        isinstance(item, list) and len(item) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e9 for v in item)
+        and item[1] >= 0
+    )  # fmt: skip
 
 
 def _numbers(row: object, length: int) -> bool:
