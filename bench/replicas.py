@@ -6,7 +6,7 @@ engine's KV events by replay). Per policy, five runs of the same trace on the sa
 
 * 1 replica;
 * N replicas, each with its own learned prefix view (what active-active epp does without Redis);
-* N replicas sharing one learned view (what ``SharedPrefixIndex`` over Redis converges to);
+* N replicas sharing one learned view (what ``ReplicatedPrefixIndex`` over Redis converges to);
 * N replicas, each with a precise view built from engine KV events (``<policy>+precise``);
 * N replicas of the policy itself sharing state (``--shared-state``: prefix view, TTFT ledger and
   learned latency, exchanged every 25 ms of virtual time as ``epp serve --shared-state-url`` does).
@@ -41,7 +41,7 @@ from epp.replay.offline import ClusterSpec
 from epp.replay.replicas import Replicas
 from epp.replay.runner import Job, run_jobs, trace_bounds
 from epp.replay.traces import read_trace
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 
 APPROX, PRECISE, SCORER = "approx-prefix-cache-producer", "precise-prefix-cache-producer", "prefix-cache-scorer"
 

@@ -13,7 +13,7 @@ from epp.config import load_scheduler
 from epp.datastore import EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
-from epp.scheduling.presets import DEFAULT_PRESET
+from epp.config.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft import EndpointLedger, Flight
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad

@@ -22,13 +22,13 @@ from epp.config import load_scheduler
 from epp.datastore import EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
-from epp.scheduling.presets import DEFAULT_PRESET
+from epp.config.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft.ledger import NO_REMOTE
 from epp.shared import participants
 from epp.shared.redis_state import RedisSharedState
 from tests.conftest import make_state, wait_for
-from tests.scheduling.prefix.test_shared import RedisServer, server  # noqa: F401 (fixture)
+from tests.datalayer.test_shared_prefix import RedisServer, server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 PREFIX = "test:shared"

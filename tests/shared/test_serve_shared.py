@@ -16,7 +16,7 @@ from epp.service import PickerService
 from epp.shared.redis_state import RedisSharedState
 from tests.conftest import wait_for
 from tests.extproc.builders import request_body, request_headers
-from tests.scheduling.prefix.test_shared import RedisServer, server  # noqa: F401 (fixture)
+from tests.datalayer.test_shared_prefix import RedisServer, server  # noqa: F401 (fixture)
 from tests.test_service import LONG_CHAT, route, serve_args
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,41 @@
+"""The tokenizer contract the request side depends on, apart from any implementation.
+
+Scheduling's prefix producers hash the token ids an engine will cache; they need only these two
+protocols. Implementations: ``epp.tokenizer.hf`` (a model folder's own), ``epp.tokenizer.load``'s
+``sim`` stand-in (the simulator's), ``epp.tokenizer.source.ModelTokenizers`` (one per served model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["BackgroundLoading", "Tokenizer", "TokenizerSource"]
+
+
+class Tokenizer(Protocol):
+    """What the request side needs from a tokenizer: text → ids, chat messages → prompt text."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
+        """The prompt text of ``messages``; ``options`` is the request body (``add_generation_prompt``,
+        ``tools``, ``chat_template_kwargs`` …). Raises ``ValueError`` for what the engine rejects."""
+        ...
+
+
+class TokenizerSource(Protocol):
+    """The tokenizer of each served model."""
+
+    def for_model(self, model: str) -> Tokenizer | None:
+        """``model``'s tokenizer; None while it is not available yet (then the request is matched
+        approximately)."""
+        ...
+
+
+@runtime_checkable
+class BackgroundLoading(Protocol):
+    """A ``TokenizerSource`` that can move its loading off the pick path once serving starts (the
+    data layer calls ``start_background`` at start; replay and tests keep loading inline, deterministic)."""
+
+    def start_background(self) -> None: ...
