@@ -148,8 +148,15 @@ class RedisSharedState(AsyncService):
                 await client.aclose()  # type: ignore[attr-defined]  # types-redis 4.6 predates aclose
 
     async def _run(self) -> None:
+        failing = False
         while self._task is not None:  # stop() clears it: redis-py may swallow a cancellation mid-call
-            ok = await self.exchange()
+            try:
+                ok = await self.exchange()
+                failing = False
+            except Exception:  # a plugin's export or import failed: keep serving, say so once
+                if not failing:
+                    log.exception("shared state: exchange failed; retrying every %g s", self.retry_interval)
+                failing, ok = True, False
             await asyncio.sleep(self.period if ok else self.retry_interval)
 
     # -- one round -----------------------------------------------------------------------------------

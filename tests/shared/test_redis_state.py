@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 import redis.asyncio as redis
@@ -25,7 +25,7 @@ from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.config.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft.ledger import NO_REMOTE
-from epp.shared import participants
+from epp.shared import PeerExport, participants
 from epp.shared.redis_state import RedisSharedState
 from tests.conftest import make_state, wait_for
 from tests.datalayer.test_shared_prefix import RedisServer, server  # noqa: F401 (fixture)
@@ -185,3 +185,32 @@ async def test_a_killed_replicas_state_expires_after_the_ttl(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_failing_plugin_is_logged_once_and_the_exchange_goes_on(
+    server: RedisServer, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    class Flaky:
+        def __init__(self) -> None:
+            self.broken = True
+            self.imports = 0
+
+        def export_shared(self, now: float) -> dict[str, object]:
+            if self.broken:
+                raise RuntimeError("bug")
+            return {}
+
+        def import_shared(self, peers: Sequence[PeerExport], now: float) -> None:
+            self.imports += 1
+
+    flaky = Flaky()
+    shared = RedisSharedState(server.url, {"flaky": flaky}, WallClock(), prefix=PREFIX, period=0.02,
+                              retry_interval=0.02)  # fmt: skip
+    await shared.start()
+    try:
+        await asyncio.sleep(0.2)  # several failed rounds
+        assert len([r for r in caplog.records if "exchange failed" in r.getMessage()]) == 1
+        flaky.broken = False
+        await wait_for(lambda: flaky.imports > 2, timeout=10, what="exchanges resume")
+    finally:
+        await shared.stop()
