@@ -97,8 +97,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--shared-state", action="store_true",
-        help="replicas share what epp serve --shared-state-url shares: the prefix view and the TTFT in-flight "
-             "ledger, exchanged every --shared-state-period of virtual time; needs --replicas ≥ 2",
+        help="replicas share what epp serve --shared-state-url shares: the prefix view, the TTFT in-flight "
+             "ledger and learned latency, exchanged every --shared-state-period of virtual time; needs --replicas ≥ 2",
     )
     parser.add_argument(
         "--shared-state-period", type=duration, default=DEFAULT_PERIOD, metavar="DURATION",

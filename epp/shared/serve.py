@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 def add_shared_state_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("shared state between active-active replicas (docs/active-active.md)")
     g.add_argument("--shared-state-url", default="", metavar="redis://HOST:PORT/DB",
-                   help="Redis/Valkey through which replicas (pods and --workers) share their in-flight load per "
-                        "endpoint, so N replicas predict like one; unset: each replica routes on its own state")
+                   help="Redis/Valkey through which replicas (pods and --workers) share their in-flight load and "
+                        "learned latency per endpoint, so N replicas predict like one; unset: each replica routes on its own state")
     g.add_argument("--shared-state-period", type=duration, default=DEFAULT_PERIOD, metavar="DURATION",
                    help=f"how often a replica publishes its state and reads the others' (one pipelined round "
                         f"trip; default {DEFAULT_PERIOD * 1000:g}ms)")
