@@ -168,35 +168,46 @@ def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: 
     prompts = _prompts(tokens, rng)
     requests = (LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
                 for i in range(picks + 200))  # fmt: skip
-    return _alternate(plain, timed, _states(endpoints, rng), requests, warmup=200)
+    (a, _, _), (b, d, _) = _alternate([plain, timed], _states(endpoints, rng), requests, warmup=200)
+    return a, b, d
 
 
-def _alternate(a: Scheduler, b: Scheduler, states: list[EndpointState], requests: Iterable[LLMRequest],
-               warmup: int) -> tuple[float, float, float]:  # fmt: skip
-    """Feed every request to both schedulers, which one first alternating, so both see the same
-    machine load; requests complete ``IN_FLIGHT`` picks later. (a's cpu p50, b's cpu p50, median of the
-    per-pick differences b − a) in µs, leaving out the first ``warmup`` requests."""
+def _alternate(schedulers: list[Scheduler], states: list[EndpointState], requests: Iterable[LLMRequest],
+               warmup: int) -> list[tuple[float, float, float]]:  # fmt: skip
+    """Feed every request to all schedulers, which one first rotating, so all see the same machine
+    load; requests start and complete ``IN_FLIGHT`` picks later. Per scheduler, leaving out the first
+    ``warmup`` requests: (cpu p50 of a pick, median of the per-pick differences against the first
+    scheduler, cpu p50 of the response hooks — what a plugin defers past the pick) in µs."""
     datastore = Datastore(VirtualClock())
-    for scheduler in (a, b):
+    for scheduler in schedulers:
         scheduler.attach(datastore)
     for state in states:
         datastore.upsert(state.endpoint)
-    cpu: dict[int, list[int]] = {id(a): [], id(b): []}
-    in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
-    for i, request in enumerate(requests):
-        for scheduler in ((a, b) if i % 2 else (b, a)):
+    cpu: list[list[int]] = [[] for _ in schedulers]
+    after: list[list[int]] = [[] for _ in schedulers]
+    in_flight: list[tuple[int, LLMRequest, EndpointState]] = []
+    n = len(schedulers)
+    listed = list(requests)
+    for i, request in enumerate(listed):
+        last = i == len(listed) - 1  # then every request in flight ends
+        for k in [(i + j) % n for j in range(n)]:
             c0 = time.thread_time_ns()
-            picked = scheduler.schedule(request, states).endpoints[0]
+            picked = schedulers[k].schedule(request, states).endpoints[0]
             if i >= warmup:
-                cpu[id(scheduler)].append(time.thread_time_ns() - c0)
-            in_flight.append((scheduler, request, picked))
-        while len(in_flight) > 2 * IN_FLIGHT:
-            scheduler, done, served = in_flight.pop(0)
-            scheduler.response_started(done, served)
-            scheduler.response_complete(done, served, {})
-    x, y = cpu[id(a)], cpu[id(b)]
-    diffs = sorted(q - p for p, q in zip(x, y))
-    return statistics.median(x) / 1e3, statistics.median(y) / 1e3, diffs[len(diffs) // 2] / 1e3
+                cpu[k].append(time.thread_time_ns() - c0)
+            in_flight.append((k, request, picked))
+        while len(in_flight) > n * IN_FLIGHT or (in_flight and last):
+            k, done, served = in_flight.pop(0)
+            c0 = time.thread_time_ns()
+            schedulers[k].response_started(done, served)
+            schedulers[k].response_complete(done, served, {})
+            if int(done.request_id[1:]) >= warmup:
+                after[k].append(time.thread_time_ns() - c0)
+    out = []
+    for k in range(n):
+        diffs = sorted(q - p for p, q in zip(cpu[0], cpu[k]))
+        out.append((statistics.median(cpu[k]) / 1e3, diffs[len(diffs) // 2] / 1e3, statistics.median(after[k] or [0]) / 1e3))
+    return out
 
 
 def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
@@ -249,9 +260,32 @@ class _Words:
 SHAPES = ("chat", "completion, shared preamble", "completion, unique")
 
 
-def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[float, float, float, int]:
-    """``default`` with ``tokenizer: sim`` and with ``folder``'s tokenizer, fed the same requests
-    alternately: (sim cpu p50, model cpu p50, median per-pick difference) in µs, and the prompts'
+def _eager(scheduler: Scheduler) -> Scheduler:
+    """``scheduler`` with its precise producer tokenizing and hashing each prompt whole at the pick
+    (``engine_block_hashes``, no lazy tail): how the pick worked before prompts were read lazily."""
+    from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
+    from epp.scheduling.prefix.tokens import engine_block_hashes
+
+    for plugin in scheduler.plugins:
+        if isinstance(plugin, PrecisePrefixCacheProducer):
+            def blocks(request: LLMRequest, block_tokens: int, max_blocks: int, p: PrecisePrefixCacheProducer = plugin) -> tuple[list[int], None]:
+                hashes, tail = PrecisePrefixCacheProducer.prompt_blocks(p, request, block_tokens, max_blocks)
+                tokenizer = p.tokenizers.for_model(request.target_model)
+                if tail is None or tokenizer is None:
+                    return hashes, None
+                return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, p.chains), None
+
+            plugin.prompt_blocks = blocks  # type: ignore[method-assign]
+    return scheduler
+
+
+TOKENIZER_RUNS = ("sim", "model, whole", "model, lazy")
+
+
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[list[tuple[float, float, float]], int]:
+    """``default`` with ``tokenizer: sim``, and with ``folder``'s tokenizer reading each prompt whole
+    at the pick (before) and lazily (now), fed the same requests in turn: per run (cpu p50 of a pick,
+    median per-pick difference against sim, cpu p50 of the response hooks) in µs, and the prompts'
     mean token count under the model's tokenizer."""
     rng = random.Random(seed)
     words = _Words(folder, rng)
@@ -269,19 +303,24 @@ def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: s
     counted = [len(words.tokenizer.encode(words.tokenizer.render_chat(b["messages"]) if "messages" in b else b["prompt"]))
                for b in bodies[::50]]  # fmt: skip
     requests = (LLMRequest(f"r{i}", kind, "m", body=body) for i, body in enumerate(bodies))
-    result = _alternate(_default_with("sim"), _default_with(folder), _states(endpoints, rng), requests, warmup=50)
-    return (*result, round(statistics.mean(counted)))
+    runs = [_default_with("sim"), _eager(_default_with(folder)), _default_with(folder)]
+    return _alternate(runs, _states(endpoints, rng), requests, warmup=50), round(statistics.mean(counted))
 
 
 def tokenizer_cost(args: argparse.Namespace) -> None:
-    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer}, µs; best of {args.rounds} rounds")
-    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
+    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer} (prompts read whole"
+          f" at the pick, as before / lazily), µs; best of {args.rounds} rounds. Δ: median per-pick difference"
+          f" against sim; hooks: cpu p50 of a request's response hooks (where the lazy reader finishes the prompt)")
+    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'whole p50':>9} {'whole Δ':>8} {'lazy p50':>8} {'lazy Δ':>8}"
+          f" {'whole hooks':>11} {'lazy hooks':>10}")
     for tokens in (1024, 32768):
         picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
         for shape in SHAPES:
             rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, shape) for _ in range(args.rounds)]
-            a, b, d = (min(r[k] for r in rounds) for k in range(3))
-            print(f"{shape:>28} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
+            best = [[min(r[0][run][k] for r in rounds) for k in range(3)] for run in range(len(TOKENIZER_RUNS))]
+            (sim, _, _), (whole, whole_d, whole_h), (lazy, lazy_d, lazy_h) = best
+            print(f"{shape:>28} {rounds[0][1]:>7} {sim:>8.0f} {whole:>9.0f} {whole_d:>8.0f} {lazy:>8.0f} {lazy_d:>8.0f}"
+                  f" {whole_h:>11.0f} {lazy_h:>10.0f}")
     words = _Words(args.tokenizer, random.Random(args.seed))
     from epp.tokenizer.hf import HFTokenizer
 

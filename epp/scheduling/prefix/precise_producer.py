@@ -64,10 +64,10 @@ from epp.scheduling.prefix.llmd import (
     split_llmd,
 )
 from epp.scheduling.prefix.precise import COMPLETION, PROMPT_KINDS, FeedState, PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, HashTail, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.shared import SharedPrefixIndex
-from epp.scheduling.prefix.tokens import SIM, AUTO_TOKENIZER, TokenizerSource, engine_block_hashes, load_tokenizers, prompt_kind
+from epp.scheduling.prefix.tokens import SIM, AUTO_TOKENIZER, TokenizerSource, engine_block_stream, load_tokenizers, prompt_kind
 from epp.scheduling.registry import PluginHandle
 from epp.tokenizer.source import ModelTokenizers
 
@@ -138,13 +138,24 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         info.kind = self._kind
         return info
 
-    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+    def prompt_blocks(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> tuple[list[int], HashTail | None]:
+        """Engine keys, computed only as far as lookups need them where the tokenizer streams
+        (``tokens.engine_block_stream``); byte hashes while the model's tokenizer is not available."""
         tokenizer = SIM if request.prompt_token_ids is not None else self.tokenizers.for_model(request.target_model)
         if tokenizer is None:
             self._kind = None
-            return prompt_block_hashes(request, block_tokens, max_blocks, self.chains)
+            return prompt_block_hashes(request, block_tokens, max_blocks, self.chains), None
         self._kind = prompt_kind(request)
-        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, self.chains)
+        return engine_block_stream(request, tokenizer, block_tokens, max_blocks, self.chains)
+
+    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+        """All of ``prompt_blocks``' keys."""
+        hashes, tail = self.prompt_blocks(request, block_tokens, max_blocks)
+        if tail is None:
+            return hashes
+        info = PrefixMatch(hashes, block_tokens, tail=tail)
+        info.finish()
+        return info.hashes
 
     def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
         if info.kind is None:
@@ -178,6 +189,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         self.precise.routed(computes.name, request.request_id, hashes, request.target_model, info.kind or COMPLETION)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        super().response_started(request, endpoint)
         self.precise.responded(request.request_id)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
@@ -46,6 +46,32 @@ class Tokenizer(Protocol):
         """The prompt text of ``messages``; ``options`` is the request body (``add_generation_prompt``,
         ``tools``, ``chat_template_kwargs`` …). Raises ``ValueError`` for what the engine rejects."""
         ...
+
+
+class TokenReader(Protocol):
+    """A text's token ids read front to back (``epp.tokenizer.hf.TokenStream``)."""
+
+    done: bool
+
+    def read(self, min_tokens: int) -> bytes:
+        """At least ``min_tokens`` more ids as packed uint32 (fewer only at the end); b"" at the end."""
+        ...
+
+    def tokens_left(self) -> int:
+        """About how many ids are still to read."""
+        ...
+
+    def read_all(self) -> bytes:
+        """All the ids not read yet."""
+        ...
+
+
+@runtime_checkable
+class StreamingTokenizer(Tokenizer, Protocol):
+    """A tokenizer that can encode a text front to back on demand, so a prompt's ids are computed
+    only as far as the prefix index needs them."""
+
+    def stream(self, text: str, add_special_tokens: bool = True) -> TokenReader: ...
 
 
 class TokenizerSource(Protocol):
@@ -168,3 +194,61 @@ def engine_block_hashes(
         tokens = tokenizer.encode(*prompt) if isinstance(prompt, tuple) else prompt
         data = token_bytes(tokens[: block_tokens * max_blocks])
     return chain_bytes(data[: block_bytes * max_blocks], block_bytes, seed, memo)
+
+
+class BlockHashTail:
+    """The rest of a prompt's engine block hashes, computed as the prefix index asks for them
+    (``PrefixMatch.tail``): a prompt whose first blocks no endpoint holds is hashed — and tokenized —
+    only that far on the pick path. Equal to ``engine_block_hashes`` once read to the end."""
+
+    __slots__ = ("_block_bytes", "_memo", "_parent", "_pending", "_room", "_stream")
+
+    def __init__(self, stream: TokenReader, seed: int, block_tokens: int, max_blocks: int, memo: ChainMemo | None) -> None:
+        self._stream = stream
+        self._parent = seed
+        self._block_bytes = block_tokens * 4
+        self._room = max_blocks
+        self._memo = memo
+        self._pending = b""  # ids read past the last full block
+
+    @property
+    def done(self) -> bool:
+        return self._room == 0 or (self._stream.done and len(self._pending) < self._block_bytes)
+
+    def next(self, blocks: int) -> list[int]:
+        """At least ``blocks`` more hashes (fewer only at the prompt's end or the block limit)."""
+        if self.done:
+            return []
+        bb = self._block_bytes
+        want = min(blocks, self._room) * bb - len(self._pending)
+        if blocks >= self._room:
+            data = self._pending + self._stream.read_all()
+        else:
+            data = self._pending + self._stream.read(max(1, -(-want // 4)))
+        full = min(len(data) // bb, blocks, self._room) * bb  # what was asked: the rest waits in pending
+        hashes = chain_bytes(data[:full], bb, self._parent, self._memo) if full else []
+        self._pending = data[full:]
+        self._room -= len(hashes)
+        if hashes:
+            self._parent = hashes[-1]
+        return hashes
+
+    def estimated_blocks(self) -> int:
+        """Blocks still to come, estimated from the text left (``TokenReader.tokens_left``)."""
+        if self.done:
+            return 0
+        left = len(self._pending) // 4 + self._stream.tokens_left()
+        return min(self._room, left // (self._block_bytes // 4))
+
+
+def engine_block_stream(
+    request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
+) -> tuple[list[int], BlockHashTail | None]:
+    """``engine_block_hashes`` read lazily where the tokenizer can stream a text prompt: no hashes yet
+    and the tail that computes them; otherwise all of them and no tail."""
+    if isinstance(tokenizer, _SimTokenizer) or not isinstance(tokenizer, StreamingTokenizer):
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None
+    prompt = _prompt(request, tokenizer)
+    if not isinstance(prompt, tuple):
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None
+    return [], BlockHashTail(tokenizer.stream(*prompt), request_seed(request), block_tokens, max_blocks, memo)
