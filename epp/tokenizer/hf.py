@@ -62,6 +62,7 @@ _MARGIN = 64  # a reused prefix ends at least this far before the end of the tex
 _MAX_SEEN = 65536  # chunk hashes remembered to notice text that recurs
 _WINDOW = 768  # characters a stream encodes per step of a long piece (about 120-190 tokens)
 _WINDOW_MARGIN = 16  # a stream's cut is at least this far before the end of the window it encoded
+_CACHED_READ = 2048  # ids a stream read may add from its caches past what was asked
 _WINDOW_CACHE_CHARS = 4_000_000  # characters of windows remembered (with their ids: about 7 MB)
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -266,15 +267,31 @@ class TokenStream:
         return round(rest * rate)
 
     def read(self, min_tokens: int) -> bytes:
-        """At least ``min_tokens`` more ids (fewer only at the end of the text); b"" once all were read."""
+        """At least ``min_tokens`` more ids (fewer only at the end of the text), and then, up to four
+        times as many (at least ``_CACHED_READ``), those that cost no encoding (added tokens, remembered
+        pieces and windows); b"" once all were read."""
         out: list[bytes] = []
         got = 0
-        while got < min_tokens and not self.done:
+        most = max(4 * min_tokens, _CACHED_READ)
+        while not self.done and (got < min_tokens or (got < most and self._next_is_remembered())):
             chunk = self._step()
             out.append(chunk)
             got += len(chunk) // 4
         self._tokens += got
         return b"".join(out)
+
+    def _next_is_remembered(self) -> bool:
+        owner, parts, i = self._owner, self._parts, self._i
+        assert parts is not None
+        if i < 0 or i >= len(parts) or i % 2:
+            return i != -2  # a frame or an added token; -2: the whole text, unencoded
+        part, pos = parts[i], self._pos
+        if pos == 0 and (not part or part in owner._pieces):
+            return True
+        if pos == 0 and len(part) <= 2 * owner._window:
+            return False
+        window = part[pos : pos + owner._window]
+        return (window, pos + len(window) >= len(part)) in owner._windows
 
     def read_all(self) -> bytes:
         """All the ids not read yet: the rest of the piece being read in one call (no window cuts, no

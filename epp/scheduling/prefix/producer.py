@@ -152,6 +152,8 @@ class ApproxPrefixCacheProducer:
         self.added: Bookings[list[tuple[str, list[int]]]] = Bookings()
         """Per request in flight, the blocks ``pre_request`` added that each endpoint did not hold: a
         failed request cached nothing, so they are discarded again."""
+        self.tail_learned: list[Callable[[str, list[str], list[int]], None]] = []
+        """Told (request id, endpoints, the prompt's hashes) when ``learn_tail`` completed a prompt."""
         self.tails: Bookings[tuple[PrefixMatch, list[str]]] = Bookings(TAIL_LIMIT)
         """Per request in flight whose prompt was hashed lazily, its match and the endpoints to learn
         the rest for (``learn_tail``); each holds its prompt's text until then."""
@@ -259,6 +261,8 @@ class ApproxPrefixCacheProducer:
         self.added.put(request_id, [(name, booked.get(name, []) + new) for name in names])
         for name in names:
             self.index.add(name, info.hashes)
+        for listener in self.tail_learned:
+            listener(request_id, names, info.hashes)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
         self.learn_tail(request.request_id)

@@ -216,7 +216,8 @@ class BlockHashTail:
         return self._room == 0 or (self._stream.done and len(self._pending) < self._block_bytes)
 
     def next(self, blocks: int) -> list[int]:
-        """At least ``blocks`` more hashes (fewer only at the prompt's end or the block limit)."""
+        """At least ``blocks`` more hashes (fewer only at the prompt's end or the block limit), more
+        where the stream read more (what its caches held)."""
         if self.done:
             return []
         bb = self._block_bytes
@@ -225,7 +226,7 @@ class BlockHashTail:
             data = self._pending + self._stream.read_all()
         else:
             data = self._pending + self._stream.read(max(1, -(-want // 4)))
-        full = min(len(data) // bb, blocks, self._room) * bb  # what was asked: the rest waits in pending
+        full = min(len(data) // bb, self._room) * bb  # all that was read: hashing costs far less than reading
         hashes = chain_bytes(data[:full], bb, self._parent, self._memo) if full else []
         self._pending = data[full:]
         self._room -= len(hashes)

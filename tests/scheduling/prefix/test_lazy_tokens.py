@@ -88,8 +88,7 @@ def test_a_new_prompt_is_read_one_window_and_learned_whole_at_its_first_response
     request = completion(SENTENCE * 200, "first")  # about 2,000 tokens: 125 blocks of 16
     whole = engine_block_hashes(request, HFTokenizer.from_dir(TINY), 16, 8192)
     info, held = producer.match(CycleState(), request, states)
-    assert held == [0, 0, 0, 0] and len(info.hashes) == 1  # the first block: no endpoint holds it
-    assert producer.precise.fallback is not None
+    assert held == [0, 0, 0, 0] and 0 < len(info.hashes) <= 16  # one window (~130 tokens): no endpoint holds its blocks
     assert abs(info.total - len(whole)) <= 4  # the rest estimated from the text
     result = scheduler.schedule(request, states)
     chosen = result.endpoints[0]
@@ -123,3 +122,34 @@ def test_a_response_that_never_said_it_started_still_teaches_the_whole_prompt() 
     chosen = scheduler.schedule(request, states).endpoints[0]
     scheduler.response_complete(request, chosen, {"prompt_tokens": 1})
     assert max(producer.precise.fallback.match(whole, [s.endpoint.name for s in states])) == len(whole)
+
+
+def test_the_ttft_scorer_holds_the_whole_prompt_once_its_rest_is_learned() -> None:
+    """The eviction estimate marks the prompt's last block; lazily hashed, that block is known only
+    after the first response, and the scorer's recency hears of it then."""
+    from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
+
+    config = (f"{HEADER}plugins:\n- {{type: precise-prefix-cache-producer, name: kv, parameters: {{mode: bind,"
+              f" bindEndpoint: 'tcp://127.0.0.1:0', tokenizer: '{TINY}'}}}}\n"
+              "- {type: ttft-predictor-scorer, parameters: {prefixMatchInfoProducerName: kv}}\n- {type: max-score-picker}\n"
+              "schedulingProfiles:\n- name: default\n  plugins:\n  - {pluginRef: ttft-predictor-scorer}\n"
+              "  - {pluginRef: max-score-picker}\n")  # fmt: skip
+    clock = VirtualClock()
+    scheduler = load_scheduler_text(config, clock=clock)
+    scorer = next(p for p in scheduler.plugins if isinstance(p, TTFTPredictorScorer))
+    datastore = Datastore(clock)
+    scheduler.attach(datastore)
+    states = []
+    for i in range(2):
+        endpoint = Endpoint(f"e{i}", "127.0.0.1", 8000 + i)
+        datastore.upsert(endpoint)
+        states.append(EndpointState(endpoint, EndpointMetrics(scraped_at=0.0), stale=False))
+    request = completion(SENTENCE * 200, "long")
+    whole = engine_block_hashes(request, HFTokenizer.from_dir(TINY), 16, 8192)
+    chosen = scheduler.schedule(request, states).endpoints[0]
+    recency = scorer.recency[chosen.name]
+    assert recency.written_since(whole, len(whole)) is None  # the pick read one window: the end is unmarked
+    scheduler.response_started(request, chosen)
+    assert recency.written_since(whole, len(whole)) == 0  # held: the request is in flight
+    scheduler.response_complete(request, chosen, {"prompt_tokens": 2000, "completion_tokens": 1})
+    assert recency.written_since(whole, len(whole)) == 0  # released, nothing written since
