@@ -17,11 +17,13 @@ observed), fed the same picks alternately so both see the same machine load, and
 and the median per-pick difference.
 ``--tokenizer DIR`` instead measures what tokenizing with a served model's own tokenizer (``DIR``: its
 folder, e.g. ``tests/data/vllm-0.32-cpu/tiny-llama``) adds to a ``default`` pick, against the same
-preset with ``tokenizer: sim`` fed the same requests alternately: chat requests (one of 32 system
+preset with ``tokenizer: sim`` fed the same requests in turn, twice: reading each prompt whole at the
+pick (as epp did before prompts were read lazily) and lazily (now; the rest of the prompt is read in
+the response hooks, timed apart): chat requests (one of 32 system
 prompts, half the tokens, then a unique user turn) and completion requests (a unique prompt each
 pick, so nothing is reused; or one of 32 preambles, half the tokens, then a unique tail), at 1K and
 32K tokens of that tokenizer; then the cost of encoding a 32K-token text once, uncached, and of a 32K
-conversation whose earlier turns were seen.
+conversation whose earlier turns were seen, whole and read lazily up to the new turn's first window.
 
     python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
     python bench/schedule.py --tokenizer tests/data/vllm-0.32-cpu/tiny-llama [--picks 1000]
@@ -346,6 +348,17 @@ def tokenizer_cost(args: argparse.Namespace) -> None:
         turns += [{"role": "assistant", "content": words.text(512)}]
     print(f"a {len(ids)}-token conversation whose earlier turns were seen, one new 512-token turn:"
           f" {min(warm) / 1e6:.2f} ms cpu to render and encode (best of 5)")
+    lazy = []
+    for _ in range(5):
+        seen = len(tokenizer.encode(tokenizer.render_chat(turns), False))  # the conversation so far, as sent
+        turns += [{"role": "user", "content": words.text(512)}]
+        c0 = time.thread_time_ns()
+        stream = tokenizer.stream(tokenizer.render_chat(turns), False)
+        read = len(stream.read(seen)) // 4  # through the seen turns, then one window of the new one
+        lazy.append(time.thread_time_ns() - c0)
+        turns += [{"role": "assistant", "content": words.text(512)}]
+    print(f"the same, read lazily as the pick reads it (the seen turns, then the new turn's first window,"
+          f" {read} tokens): {min(lazy) / 1e6:.2f} ms cpu to render and read (best of 5)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ inside a whitespace run) and encodes only the rest. Both are checked at load tim
 equal whole-text encoding on probe strings and a rendered sample chat — and turned off for tokenizers
 where they would not hold (added tokens that strip neighbouring spaces, a pre-tokenizer that marks
 the start of the text).
+
+**Reading lazily** (``stream``, what the precise producer uses): a prompt's ids front to back, only
+as far as the reader asks — the prefix index stops at the first block no endpoint holds, so a new
+prompt costs one window of encoding on the pick path instead of all of it. Long pieces are cut at
+pre-tokenizer words proven not to change the ids (``TokenStream``); windows are remembered by their
+text (``_WINDOW_CACHE_CHARS`` characters, about 7 MB), so a long preamble is encoded once.
 """
 
 from __future__ import annotations

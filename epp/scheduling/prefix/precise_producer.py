@@ -6,7 +6,9 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
 * prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``) with the served
   model's own tokenizer and chat template (``tokenizer``, default ``auto``: found from the request's
   model name as the engine finds it, see ``tokens``); while a model's tokenizer is loading its requests
-  are matched in the approximate fallback;
+  are matched in the approximate fallback. A prompt is tokenized on the pick path only while some
+  endpoint holds all its blocks so far (``tokens.engine_block_stream``); the rest is hashed at its
+  first response, when the fallback learns it (the engine holds it only then, too);
 * the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;

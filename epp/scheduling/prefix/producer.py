@@ -210,15 +210,20 @@ class ApproxPrefixCacheProducer:
         return self.index.match(info.hashes, names)
 
     def _grown_lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
-        """``lookup``, growing the hashes while some endpoint holds all of them: by a quarter each time
-        (at least one step of the tokenizer's stream), so a prompt is tokenized little past where the
-        endpoints' caches end, and a long one that they hold costs a few dozen lookups."""
+        """``lookup``, growing the hashes while some endpoint holds all of them. Each growth reads what
+        the tokenizer's caches hold for free and then new text for 1, 2, 4 … blocks (a window of the
+        tokenizer's stream at least), so a prompt is encoded little past where the endpoints' caches end
+        and a long one they hold costs a few lookups."""
+        step = 1
+        if not info.hashes and info.grow(step):  # nothing to look up yet
+            step = 2
         counts = self.lookup(info, names)
         while info.tail is not None:
             known = len(info.hashes)
             open_ = [i for i, held in enumerate(counts) if held >= known]
-            if not open_ or not info.grow(max(1, known // 4)):
+            if not open_ or not info.grow(step):
                 break
+            step *= 2
             for i, held in zip(open_, self.lookup(info, [names[i] for i in open_])):
                 counts[i] = held
         return counts

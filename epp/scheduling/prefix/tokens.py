@@ -16,6 +16,10 @@ Which tokenizer (the ``tokenizer`` parameter, ``load_tokenizers``):
 * a model folder or Hugging Face id — that model's tokenizer for every request;
 * ``package.module:factory`` — a zero-argument callable returning a ``Tokenizer``.
 
+A tokenizer that can ``stream`` (the served model's) is read lazily (``engine_block_stream``): the
+producer hashes a prompt's blocks only while some endpoint holds all of them, and the rest when the
+request's first response arrives (``ApproxPrefixCacheProducer.learn_tail``).
+
 With a mismatched tokenizer the hashes never match; the precise index notices (key agreement, per
 prompt kind) and matches those requests in its approximate fallback.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.engine import tokenizer as sim_tokenizer
@@ -66,7 +70,6 @@ class TokenReader(Protocol):
         ...
 
 
-@runtime_checkable
 class StreamingTokenizer(Tokenizer, Protocol):
     """A tokenizer that can encode a text front to back on demand, so a prompt's ids are computed
     only as far as the prefix index needs them."""
@@ -247,9 +250,10 @@ def engine_block_stream(
 ) -> tuple[list[int], BlockHashTail | None]:
     """``engine_block_hashes`` read lazily where the tokenizer can stream a text prompt: no hashes yet
     and the tail that computes them; otherwise all of them and no tail."""
-    if isinstance(tokenizer, _SimTokenizer) or not isinstance(tokenizer, StreamingTokenizer):
-        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None
+    if isinstance(tokenizer, _SimTokenizer) or not callable(getattr(tokenizer, "stream", None)):  # not isinstance:
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None  # slow on a Protocol
     prompt = _prompt(request, tokenizer)
     if not isinstance(prompt, tuple):
         return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None
-    return [], BlockHashTail(tokenizer.stream(*prompt), request_seed(request), block_tokens, max_blocks, memo)
+    stream = cast(StreamingTokenizer, tokenizer).stream(*prompt)
+    return [], BlockHashTail(stream, request_seed(request), block_tokens, max_blocks, memo)

@@ -153,3 +153,31 @@ def test_the_ttft_scorer_holds_the_whole_prompt_once_its_rest_is_learned() -> No
     assert recency.written_since(whole, len(whole)) == 0  # held: the request is in flight
     scheduler.response_complete(request, chosen, {"prompt_tokens": 2000, "completion_tokens": 1})
     assert recency.written_since(whole, len(whole)) == 0  # released, nothing written since
+
+
+_PROMPTS = [SENTENCE * 30, SENTENCE * 30 + "A different ending. " * 20, "Another start. " * 90, SENTENCE * 12]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(range(len(_PROMPTS))), st.integers(0, 200)), max_size=8),
+       st.sampled_from(range(len(_PROMPTS))), st.booleans())  # fmt: skip
+def test_lazy_matches_equal_whole_matches(held: list[tuple[int, int, int]], asked: int, is_chat: bool) -> None:
+    """Endpoints holding any prefixes of related prompts (shared starts, one extending another): the
+    lazily hashed prompt's matches are the whole prompt's, and it is read little past the longest."""
+    _, producer, states = _setup()
+    tokenizer = HFTokenizer.from_dir(TINY)
+
+    def request(i: int, rid: str) -> LLMRequest:
+        return chat([_PROMPTS[i]], rid) if is_chat else completion(_PROMPTS[i], rid)
+
+    for endpoint, prompt, blocks in held:
+        hashes = engine_block_hashes(request(prompt, "x"), tokenizer, 16, 8192)[:blocks]
+        producer.index.add(f"e{endpoint}", hashes)
+    names = [s.endpoint.name for s in states]
+    whole = engine_block_hashes(request(asked, "x"), tokenizer, 16, 8192)
+    expected = producer.index.match(whole, names)
+    info, got = producer.match(CycleState(), request(asked, "r"), states)
+    assert got == expected
+    assert info.hashes == whole[: len(info.hashes)]
+    # read to the end, or at most twice the longest match and a window (~8 blocks) or two
+    assert len(info.hashes) == len(whole) or len(info.hashes) <= 2 * max(expected) + 16
