@@ -170,16 +170,16 @@ def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: 
     prompts = _prompts(tokens, rng)
     requests = (LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
                 for i in range(picks + 200))  # fmt: skip
-    (a, _, _), (b, d, _) = _alternate([plain, timed], _states(endpoints, rng), requests, warmup=200)
+    (a, _, _, _), (b, d, _, _) = _alternate([plain, timed], _states(endpoints, rng), requests, warmup=200)
     return a, b, d
 
 
 def _alternate(schedulers: list[Scheduler], states: list[EndpointState], requests: Iterable[LLMRequest],
-               warmup: int) -> list[tuple[float, float, float]]:  # fmt: skip
+               warmup: int) -> list[tuple[float, float, float, float]]:  # fmt: skip
     """Feed every request to all schedulers, which one first rotating, so all see the same machine
     load; requests start and complete ``IN_FLIGHT`` picks later. Per scheduler, leaving out the first
     ``warmup`` requests: (cpu p50 of a pick, median of the per-pick differences against the first
-    scheduler, cpu p50 of the response hooks — what a plugin defers past the pick) in µs."""
+    scheduler, cpu p50 of the response hooks — what a plugin defers past the pick, cpu p99 of a pick) in µs."""
     datastore = Datastore(VirtualClock())
     for scheduler in schedulers:
         scheduler.attach(datastore)
@@ -208,7 +208,9 @@ def _alternate(schedulers: list[Scheduler], states: list[EndpointState], request
     out = []
     for k in range(n):
         diffs = sorted(q - p for p, q in zip(cpu[0], cpu[k]))
-        out.append((statistics.median(cpu[k]) / 1e3, diffs[len(diffs) // 2] / 1e3, statistics.median(after[k] or [0]) / 1e3))
+        p99 = sorted(cpu[k])[int(len(cpu[k]) * 0.99)]
+        out.append((statistics.median(cpu[k]) / 1e3, diffs[len(diffs) // 2] / 1e3, statistics.median(after[k] or [0]) / 1e3,
+                    p99 / 1e3))
     return out
 
 
@@ -284,11 +286,11 @@ def _eager(scheduler: Scheduler) -> Scheduler:
 TOKENIZER_RUNS = ("sim", "model, whole", "model, lazy")
 
 
-def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[list[tuple[float, float, float]], int]:
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[list[tuple[float, float, float, float]], int]:
     """``default`` with ``tokenizer: sim``, and with ``folder``'s tokenizer reading each prompt whole
     at the pick (before) and lazily (now), fed the same requests in turn: per run (cpu p50 of a pick,
-    median per-pick difference against sim, cpu p50 of the response hooks) in µs, and the prompts'
-    mean token count under the model's tokenizer."""
+    median per-pick difference against sim, cpu p50 of the response hooks, cpu p99 of a pick) in µs,
+    and the prompts' mean token count under the model's tokenizer."""
     rng = random.Random(seed)
     words = _Words(folder, rng)
     systems = [words.text(tokens // 2) for _ in range(32)]
@@ -314,15 +316,15 @@ def tokenizer_cost(args: argparse.Namespace) -> None:
           f" at the pick, as before / lazily), µs; best of {args.rounds} rounds. Δ: median per-pick difference"
           f" against sim; hooks: cpu p50 of a request's response hooks (where the lazy reader finishes the prompt)")
     print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'whole p50':>9} {'whole Δ':>8} {'lazy p50':>8} {'lazy Δ':>8}"
-          f" {'whole hooks':>11} {'lazy hooks':>10}")
+          f" {'whole hooks':>11} {'lazy hooks':>10} {'whole p99':>9} {'lazy p99':>8}")
     for tokens in (1024, 32768):
         picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
         for shape in SHAPES:
             rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, shape) for _ in range(args.rounds)]
-            best = [[min(r[0][run][k] for r in rounds) for k in range(3)] for run in range(len(TOKENIZER_RUNS))]
-            (sim, _, _), (whole, whole_d, whole_h), (lazy, lazy_d, lazy_h) = best
+            best = [[min(r[0][run][k] for r in rounds) for k in range(4)] for run in range(len(TOKENIZER_RUNS))]
+            (sim, _, _, _), (whole, whole_d, whole_h, whole_99), (lazy, lazy_d, lazy_h, lazy_99) = best
             print(f"{shape:>28} {rounds[0][1]:>7} {sim:>8.0f} {whole:>9.0f} {whole_d:>8.0f} {lazy:>8.0f} {lazy_d:>8.0f}"
-                  f" {whole_h:>11.0f} {lazy_h:>10.0f}")
+                  f" {whole_h:>11.0f} {lazy_h:>10.0f} {whole_99:>9.0f} {lazy_99:>8.0f}")
     words = _Words(args.tokenizer, random.Random(args.seed))
     from epp.tokenizer.hf import HFTokenizer
 
