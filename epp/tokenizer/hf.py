@@ -39,6 +39,7 @@ import bisect
 import json
 import os
 import re
+import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -227,6 +228,15 @@ def _streamable(backend: RustTokenizer) -> bool:
     )  # fmt: skip
 
 
+def _unpacked(data: bytes) -> list[int]:
+    """``token_bytes`` undone."""
+    ids = array(_U32)
+    ids.frombytes(data)
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return ids.tolist()
+
+
 class TokenStream:
     """One text's token ids, encoded front to back as the reader asks for more, as packed uint32
     (``epp._util.hashing.token_bytes``' layout): a reader that needs only the start — the prefix
@@ -244,7 +254,7 @@ class TokenStream:
     Windows are remembered by their text (bounded by characters held), so a long preamble shared by
     many prompts is encoded once: the windows of two texts agree while the texts do."""
 
-    __slots__ = ("_chars", "_i", "_owner", "_part_tokens", "_parts", "_pos", "_read_chars", "_special", "_tokens", "done")
+    __slots__ = ("_chars", "_i", "_owner", "_part_read", "_parts", "_pos", "_read_chars", "_special", "_tokens", "done")
 
     def __init__(self, owner: HFTokenizer, text: str, add_special_tokens: bool) -> None:
         self._owner = owner
@@ -254,7 +264,7 @@ class TokenStream:
         self._tokens = 0
         self._i = -1  # -1: the post-processor's leading ids are still to come
         self._pos = 0  # characters of parts[i] read
-        self._part_tokens = 0  # ids of parts[i] read
+        self._part_read: list[bytes] = []  # ids of parts[i] read so far
         self.done = False
         whole = not owner._stream_ok or (add_special_tokens and owner._around is None) or (
             owner._split is None and bool(owner._added))  # fmt: skip
@@ -301,17 +311,18 @@ class TokenStream:
 
     def read_all(self) -> bytes:
         """All the ids not read yet: the rest of the piece being read in one call (no window cuts, no
-        offsets: about a quarter cheaper), the pieces after it whole and remembered (long ones too, so
-        a later prompt repeating one — an earlier turn — finds it in one lookup)."""
+        offsets: about a quarter cheaper), the pieces after it whole; all remembered as pieces (long ones
+        too, so a later prompt repeating one — an earlier turn — finds it in one lookup)."""
         parts, owner = self._parts, self._owner
         assert parts is not None
         out: list[bytes] = []
         if 0 <= self._i < len(parts) and self._i % 2 == 0 and self._pos:
             part = parts[self._i]
-            if self._pos <= len(part) // 2:  # little was read: remember the piece whole, as if unread
-                out.append(token_bytes(owner._piece_ids(part)[self._part_tokens :]))
-            else:
-                out.append(token_bytes(owner._backend.encode_batch_fast([part[self._pos :]], add_special_tokens=False)[0].ids))
+            rest = token_bytes(owner._backend.encode_batch_fast([part[self._pos :]], add_special_tokens=False)[0].ids)
+            out.append(rest)
+            self._part_read.append(rest)
+            owner._keep_piece(part, _unpacked(b"".join(self._part_read)))  # a later prompt repeating it: one lookup
+            self._part_read = []
             self._read_chars += len(part) - self._pos
             self._i += 1
             self._pos = 0
@@ -350,11 +361,13 @@ class TokenStream:
             return token_bytes(owner._piece_ids(part)) if part else b""
         ids, used = owner._window_ids(part, self._pos)
         self._pos += used
-        self._part_tokens = (self._part_tokens if used < self._pos else 0) + len(ids) // 4
         self._read_chars += used
         if self._pos >= len(part):
             self._i += 1
             self._pos = 0
+            self._part_read = []
+        else:
+            self._part_read.append(ids)
         return ids
 
 
@@ -506,6 +519,16 @@ class HFTokenizer:
             if text not in self._pieces:
                 self._pieces[text] = self._encode_long(text)
                 self._piece_chars += len(text)
+        self._trim_pieces()
+
+    def _keep_piece(self, text: str, ids: list[int]) -> None:
+        """Remember a piece a stream read (its ids known, no reuse points)."""
+        if text not in self._pieces:
+            self._pieces[text] = _Piece(ids, [])
+            self._piece_chars += len(text)
+            self._trim_pieces()
+
+    def _trim_pieces(self) -> None:
         while self._piece_chars > self._max_piece_chars and self._pieces:
             oldest = next(iter(self._pieces))
             self._piece_chars -= len(oldest)
