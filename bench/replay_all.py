@@ -46,7 +46,7 @@ from epp.replay.policies import DEFAULT
 from epp.replay.runner import Bounds, Job, Outcome, run_one, trace_bounds
 from epp.replay.targets import Loads, Verdict, evaluate, versus
 from epp.replay.traces import Trace, read_trace
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 
 BASELINE = "gie-default"
 REFERENCE = "round-robin"
@@ -77,7 +77,7 @@ class KneeSearch:
     """gie-default's probe outcomes at scales the table needs (unloaded, ×1, the knee)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cluster(profile: str) -> ClusterSpec:
     """``ENGINES`` engines of ``profile`` (``--profile``'s syntax: one profile, or a mix)."""
     profiles = parse_profiles(profile, ENGINES)
@@ -85,7 +85,7 @@ def cluster(profile: str) -> ClusterSpec:
     return ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]), profiles=mixed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(path: Path, max_requests: int | None, profile: str) -> tuple[Trace, Bounds]:
     """The trace's head and its bounds, read once per process (workers serve many runs of one trace)."""
     trace = read_trace(path, max_requests)

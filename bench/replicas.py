@@ -6,7 +6,7 @@ engine's KV events by replay). Per policy, four runs of the same trace on the sa
 
 * 1 replica;
 * N replicas, each with its own learned prefix view (what active-active epp does without Redis);
-* N replicas sharing one learned view (what ``SharedPrefixIndex`` over Redis converges to);
+* N replicas sharing one learned view (what ``ReplicatedPrefixIndex`` over Redis converges to);
 * N replicas, each with a precise view built from engine KV events (``<policy>+precise``).
 
 The first three runs use the policy with an approximate prefix producer, the last with a precise
@@ -38,7 +38,7 @@ from epp.replay.offline import ClusterSpec
 from epp.replay.replicas import Replicas
 from epp.replay.runner import Job, run_jobs, trace_bounds
 from epp.replay.traces import read_trace
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 
 APPROX, PRECISE, SCORER = "approx-prefix-cache-producer", "precise-prefix-cache-producer", "prefix-cache-scorer"
 

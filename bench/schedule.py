@@ -44,7 +44,7 @@ from epp.datastore import Datastore, Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
 from epp.config import load_scheduler
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
 

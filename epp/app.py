@@ -19,11 +19,12 @@ from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_b
 from epp._util.logs import configure_logging, log_settings
 from epp.datastore.health import HealthParams
 from epp.discovery.kube_setup import add_kubernetes_flags
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
 from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
 
 log = logging.getLogger("epp.serve")
 
-DEFAULT_POLICY = "default"  # epp's preset (epp.scheduling.presets.DEFAULT_PRESET): minimum predicted TTFT
+DEFAULT_POLICY = "default"  # epp's preset (epp.config.presets.DEFAULT_PRESET): minimum predicted TTFT
 DEFAULT_MAX_STREAMS = 10_000
 GC_GEN0_THRESHOLD = 50_000
 
@@ -47,7 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "Run the endpoint picker: an Envoy ext_proc gRPC server that tells the gateway which model-server "
         "endpoint serves each request (header x-gateway-destination-endpoint + envoy.lb metadata)."
     )
-    g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s")
+    g = add_serving_flags(parser, grpc_port=9002, health_port=9003, secure=True, drain="30s",
+                          max_body_bytes=DEFAULT_MAX_BODY_BYTES)
     g.add_argument("--metrics-port", type=port, default=9090, help="Prometheus /metrics port")
     g.add_argument("--metrics-endpoint-auth", type=auto_bool, nargs="?", const=True, default="auto",
                    metavar="BOOL|auto",

@@ -175,10 +175,14 @@ class RoutingDecision:
     """Dynamic metadata plugins reported when the response ended (namespace → key → value)."""
     removed_headers: list[str] = field(default_factory=list)
     """Client headers a plugin dropped (e.g. a forged prefill-host header): removed upstream too."""
+    port: int | None = None
+    """Send to this port of each picked endpoint's address instead of its own (``SchedulingResult.port``)."""
 
     @property
     def destination(self) -> str:
-        return ",".join(e.hostport for e in self.endpoints)
+        if self.port is None:
+            return ",".join(e.hostport for e in self.endpoints)
+        return ",".join(e.endpoint.with_port(self.port) for e in self.endpoints)
 
     @property
     def target_model(self) -> str:
@@ -287,7 +291,8 @@ class Director:
         if self.fallbacks:
             picked = self._with_fallbacks(result)
         self.telemetry.scheduled(self.clock.now() - t0, request.target_model, picked[0])
-        decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens)
+        decision = RoutingDecision(request, picked, started, body=body, tokens=request.estimated_prompt_tokens,
+                                   port=result.port)
         if self.emit_endpoint_scores:
             primary = result.profile_results.get(result.primary_profile)
             if primary is not None:

@@ -47,7 +47,7 @@ from epp.datastore.endpoint import DEFAULT_ENGINE
 from epp.metrics.engines import ENGINES, EngineSpec, Selector, parse_selector, with_legacy_names
 from epp.metrics.poller import SOURCE_TYPE as METRICS_SOURCE
 from epp.metrics.poller import ScrapeTarget
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 
 if TYPE_CHECKING:
     from epp.config.model import EndpointPickerConfig

@@ -27,6 +27,7 @@ from epp._util.clock import Clock
 from epp.config import EndpointPickerConfig, build_scheduler, load_config_and_scheduler, parse_config_text, request_parsers
 from epp.datastore import Datastore
 from epp.director import Director
+from epp.datalayer import DataLayer
 from epp.discovery.sources import select_source
 from epp.extproc.health import HealthService
 from epp.flowcontrol.build import build_admission
@@ -96,6 +97,8 @@ class PickerService:
         # Plugins with per-endpoint state (prefix index, LRUs) follow membership from here on: removed
         # endpoints are purged, and index slots are reserved at discovery instead of inside a pick.
         self.scheduler.attach(self.datastore)
+        self.data_layer = DataLayer(self.scheduler.data_needs)  # the plugins' feeds, opened at setup
+        self.data_layer.attach(self.datastore)
         self.telemetry.instrument(self.scheduler)  # plugin_duration_seconds, prefix_indexer_*
         self.source = select_source(args, config, self.datastore, self.telemetry.registry)
         native = args.grpc_server == "native"
@@ -120,7 +123,7 @@ class PickerService:
         self.poller = MetricsPoller(self.datastore, interval=args.refresh_metrics_interval,
                                     registry=self.telemetry.registry, target=scrape_target(args, config),
                                     specs=engine_specs(args))
-        self.attribute_pollers = attribute_pollers(config, self.scheduler.plugins, self.datastore,
+        self.attribute_pollers = attribute_pollers(config.source_extractors(), self.scheduler.plugins, self.datastore,
                                                    args.refresh_metrics_interval)  # DCGM, /v1/models
         # A worker of ``epp serve --workers N`` shares the ext_proc port with its siblings; its health and
         # metrics ports are private to the parent (loopback, free ports), which serves the pod's aggregate.
@@ -154,13 +157,10 @@ class PickerService:
             await stack.enter_async_context(_ticking(self.admission))
         for poller in self.attribute_pollers:
             await stack.enter_async_context(poller)
-        for plugin in self.scheduler.plugins:  # plugins with background work (precise-prefix-cache-producer)
-            register, start, stop = (getattr(plugin, a, None) for a in ("register_metrics", "start", "stop"))
-            if register is not None:
-                register(self.telemetry.registry)
-            if start is not None and stop is not None:
-                await start()
-                stack.push_async_callback(stop)
+        for plugin in self.scheduler.metrics_exporters:
+            plugin.register_metrics(self.telemetry.registry)
+        self.data_layer.register_metrics(self.telemetry.registry)
+        await stack.enter_async_context(self.data_layer)  # KV-event subscriptions, Redis replication
         if self.metrics_auth is not None:
             try:
                 await stack.enter_async_context(self.metrics_auth)

@@ -126,8 +126,10 @@ def _bind_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[str
     host = host.strip("[]")
     if host in ("", "::"):
         return socket.AF_INET6, ("::", port)
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    return info[0], info[4][:2]
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    address, bound_port = sockaddr[0], sockaddr[1]
+    assert isinstance(address, str) and isinstance(bound_port, int), sockaddr  # IP families: (host, port, ...)
+    return family, (address, bound_port)
 
 
 class Worker:
@@ -183,7 +185,7 @@ class Supervisor:
         self.health = HealthService(readiness=self.ready)
         self.registry = CollectorRegistry(auto_describe=False)
         self.merged = _Merged()
-        self.registry.register(self.merged)  # type: ignore[arg-type]
+        self.registry.register(self.merged)
         self.stopping = False
         self.exit_code = 0
         self._restarts: list[float] = []

@@ -19,7 +19,7 @@ from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -333,3 +333,30 @@ def test_a_failing_response_complete_plugin_neither_raises_nor_keeps_the_request
     d.finish(decision, Usage(5, 7, 0), 100)
     state = store.get("10.0.0.1:8000")
     assert state is not None and state.inflight_requests == 0
+
+
+def test_data_parallel_primary_port_is_the_destination_and_the_rank_stays_accounted() -> None:
+    """llm-d's data-parallel-profile-handler: Envoy is sent to the pod's primary port (every pick, fallbacks
+    too), the sidecar there reads the picked rank from x-data-parallel-host-port; in-flight stays on the rank."""
+    from epp.config import load_scheduler_text
+
+    scheduler = load_scheduler_text("""apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- {type: queue-scorer}
+- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
+- {type: data-parallel-profile-handler, parameters: {primaryPort: 8000}}
+schedulingProfiles:
+- {name: default, plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]}
+""")
+    store = make_store("10.0.0.1:8001", "[fd00::2]:8002")
+    d = make_director(store, scheduler)
+    req = chat()
+    decision = d.route(req, 100)
+    ranks = [e.hostport for e in decision.endpoints]
+    assert sorted(ranks) == ["10.0.0.1:8001", "[fd00::2]:8002"]
+    primary = {"10.0.0.1:8001": "10.0.0.1:8000", "[fd00::2]:8002": "[fd00::2]:8000"}
+    assert decision.headers[DESTINATION_HEADER] == ",".join(primary[r] for r in ranks)
+    assert decision.headers["x-data-parallel-host-port"] == ranks[0]
+    state = store.get(decision.endpoints[0].name)
+    assert state is not None and state.inflight_requests == 1

@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 
 from epp._util.duration import parse_duration
 from epp._util.logs import add_logging_flags
-from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -148,7 +147,7 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def bool_flag(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:  # noqa: A002
+def bool_flag(group: argparse._ActionsContainer, name: str, default: bool, help: str) -> None:  # noqa: A002
     """A Go-style boolean flag: bare ``--name`` means true, ``--name=false`` works too."""
     group.add_argument(name, type=go_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
@@ -160,10 +159,12 @@ def add_serving_flags(
     health_port: int,
     secure: bool,
     drain: str,
+    max_body_bytes: int,
     health_help: str = "gRPC health port (plaintext)",
     secure_help: str = "serve ext_proc over TLS (--secure-serving=false for plaintext)",
 ) -> argparse._ArgumentGroup:
-    """The ext_proc server's flags (ports, TLS, drain, body limit, logging); returns the group for more."""
+    """The ext_proc server's flags (ports, TLS, drain, body limit, logging); returns the group for more.
+    ``max_body_bytes`` is the caller's default limit (``epp.request.body``: ``_util`` knows no request)."""
     g = parser.add_argument_group("serving")
     g.add_argument("--grpc-port", type=port, default=grpc_port, help="ext_proc gRPC port")
     g.add_argument("--grpc-health-port", type=port, default=health_port, help=health_help)
@@ -178,7 +179,7 @@ def add_serving_flags(
     g.add_argument("--shutdown-grace", type=duration, default="90s", metavar="DURATION",
                    help="after the drain period: how long streams still open may take to finish before they are "
                         "cancelled (keep drain + grace below the pod's terminationGracePeriodSeconds)")
-    g.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+    g.add_argument("--max-body-bytes", type=int, default=max_body_bytes,
                    help="largest request body accepted; larger bodies get 413")
     add_logging_flags(parser)
     return g

@@ -136,7 +136,7 @@ def _timestamp(created: float, encoding: str | None) -> str | float | int:
         return created * 1000.0
     if encoding == "nano":
         return int(created * 1e9)
-    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
     if encoding == "rfc3339":
         return moment.isoformat(timespec="seconds")
     if encoding == "rfc3339nano":

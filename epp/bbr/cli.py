@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, run_async, run_until_signal
 from epp._util.lifecycle import cancel_and_wait
 from epp._util.logs import configure_logging, log_settings
+from epp.request.body import DEFAULT_MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from epp.bbr.catalog import ModelEntry
@@ -57,7 +58,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     add_serving_flags(
-        parser, grpc_port=9004, health_port=9005, secure=False, drain="10s",
+        parser, grpc_port=9004, health_port=9005, secure=False, drain="10s", max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         health_help="gRPC health port (plaintext; every service name, including \"\", is SERVING while up)",
         secure_help="serve ext_proc over TLS (default plaintext h2c: the router runs in-cluster next to the gateway)",
     )

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.bbr.router import BodyRouter, RouteHeaders
 from epp.extproc import messages
-from epp.extproc.collect import BUFFERED_MODES, DUPLEX, Phase, ProtocolViolation, Replies, RequestCollector
+from epp.extproc.collect import BUFFERED_MODES, DUPLEX, Deferred, Phase, ProtocolViolation, Replies, RequestCollector
 from epp.request import RequestError
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 from epp.request.parse import request_path
@@ -37,7 +38,7 @@ class RouterStream(RequestCollector):
         super().__init__(max_body_bytes)
         self.router = router
 
-    def handle(self, message: pb.ProcessingRequest) -> Replies:
+    def handle(self, message: pb.ProcessingRequest) -> Replies | Deferred[Any]:
         kind = message.WhichOneof("request")
         if kind is None:
             raise ProtocolViolation("ProcessingRequest carries no headers, body or trailers")

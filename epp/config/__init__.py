@@ -1,7 +1,7 @@
 """EndpointPickerConfig: the reference's YAML format, decoded strictly and built into a ``Scheduler``.
 
 ``load_scheduler(source)`` accepts a preset name (``gie-default``, ``least-queue`` …, see
-``epp.scheduling.presets``) or a path to a YAML file; ``load_scheduler_text`` takes YAML text (for
+``epp.config.presets``) or a path to a YAML file; ``load_scheduler_text`` takes YAML text (for
 ``--config-text``). ``load_config``/``parse_config_text`` stop at the typed config, for the parts that
 own ``dataLayer``, ``flowControl`` and ``requestHandler``.
 """
@@ -17,7 +17,7 @@ from epp._util.clock import Clock
 from epp.config.build import EXTERNAL_PLUGIN_TYPES, build_scheduler, plugin_specs, request_parsers
 from epp.config.decode import ConfigError, decode_config, parse_config_text
 from epp.config.model import EndpointPickerConfig
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
 
 __all__ = [

@@ -39,13 +39,14 @@ from epp.scheduling.framework import (
     ResponseMetadata,
     Scorer,
 )
-from epp.scheduling.params import ParamError
+from epp.plugin.params import ParamError
 from epp.scheduling.plugins.admission.concurrency_detector import ConcurrencyDetector
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
-from epp.scheduling.registry import PluginHandle, PluginRegistry, builtin_registry
-from epp.scheduling.params import decode_params
+from epp.plugin.registry import PluginHandle, PluginRegistry
+from epp.config.plugins import builtin_registry
+from epp.plugin.params import decode_params
 from epp.scheduling.saturation import SaturationDetector, UtilizationDetector, UtilizationParams
 from epp.scheduling.scheduler import Scheduler
 
@@ -145,9 +146,9 @@ def _saturation_detector(config: EndpointPickerConfig, handle: PluginHandle) -> 
     ref = config.flow_control.saturation_detector if config.flow_control else None
     if ref is not None:
         plugin: Plugin | None = handle.plugins.get(ref)
-        if not (hasattr(plugin, "is_saturated") and hasattr(plugin, "saturation")):
+        if not isinstance(plugin, SaturationDetector):
             raise ConfigError("flowControl.saturationDetector.pluginRef", f"{ref!r} is not a saturation detector")
-        return plugin  # type: ignore[return-value]
+        return plugin
     for plugin in handle.plugins.values():
         if isinstance(plugin, (UtilizationDetector, ConcurrencyDetector)):
             return plugin
@@ -187,7 +188,7 @@ def build_scheduler(
         raise ConfigError("schedulingProfiles", f"{handler.typed_name.type} needs exactly one profile, got {len(profiles)}")
     return Scheduler(
         profiles, handler, plugins=list(handle.plugins.values()),
-        saturation_detector=_saturation_detector(config, handle),
+        saturation_detector=_saturation_detector(config, handle), data_needs=handle.needs,
     )
 
 

@@ -26,7 +26,7 @@ from epp.config.model import (
     RequestHandlerSpec,
     SchedulingProfileSpec,
 )
-from epp.scheduling.params import parse_duration
+from epp.plugin.params import parse_duration
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ class ConfigError(ValueError):
         self.message = message
 
 
-class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type stubs
+class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
 
 

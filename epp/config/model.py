@@ -103,3 +103,7 @@ class EndpointPickerConfig:
     def gate(self, name: str, default: bool = False) -> bool:
         """A feature gate's value (``flowControl`` is off unless enabled)."""
         return self.feature_gates.get(name, default)
+
+    def source_extractors(self) -> dict[str, tuple[str, ...]]:
+        """``dataLayer.sources``: each listed source plugin's name → the extractor names it feeds."""
+        return {s.plugin_ref: s.extractors for s in (self.data_layer.sources if self.data_layer else ())}

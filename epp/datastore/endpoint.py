@@ -34,8 +34,12 @@ class Endpoint:
     @property
     def hostport(self) -> str:
         """``ip:port`` as Envoy expects it in ``x-gateway-destination-endpoint`` (IPv6 bracketed)."""
+        return self.with_port(self.port)
+
+    def with_port(self, port: int) -> str:
+        """``hostport`` for another port of the same address (a pod's primary port behind its DP ranks)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return f"{host}:{port}"
 
     @property
     def engine(self) -> str:

@@ -42,7 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def policy_argument(spec: str) -> str:
     """``spec`` checked now (a typo fails before anything starts); a file becomes an absolute path."""
     from epp.config import ConfigError, load_config
-    from epp.scheduling.presets import PRESETS
+    from epp.config.presets import PRESETS
 
     try:
         load_config(spec)

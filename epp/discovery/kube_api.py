@@ -176,7 +176,7 @@ async def load_api_client(kubeconfig: str = "") -> ApiClient:
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     try:
         if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            load_incluster_config(client_configuration=configuration)
+            load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # unannotated
         else:
             if path and not os.path.isfile(path):
                 raise KubeConfigError(f"kubeconfig {path}: no such file")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -202,7 +203,7 @@ class KubernetesRuntime(AsyncService):
             what = f"{resource.plural}.{resource.group}"
             reflector = Reflector(
                 self._api, resource, handler, timing=self.objective_timing,
-                on_relist=lambda reason, w=what: self.metrics.relisted(w, reason),
+                on_relist=functools.partial(self.metrics.relisted, what),
             )
             self._spawn(reflector.run(), what)
 

@@ -31,7 +31,7 @@ from typing import Any
 from epp.datastore import Datastore, Endpoint
 from epp.discovery.kube_api import JSON, KubeApi, Resource
 from epp.discovery.pods import PodInfo, PoolSpec, PoolSpecError, pod_endpoints, pod_info, pool_spec_from_object
-from epp.discovery.reflector import Reflector, ReflectorTiming
+from epp.discovery.reflector import Reflector, ReflectorHandler, ReflectorTiming
 from epp.discovery.telemetry import DiscoveryMetrics
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,14 @@ class PoolDiscovery:
         finally:
             await self._stop_pods()
 
-    def _reflector(self, resource: Resource, handler: Any, **selectors: str) -> Reflector:
+    def _reflector(self, resource: Resource, handler: ReflectorHandler, *,
+                   label_selector: str = "", field_selector: str = "") -> Reflector:
         name = resource.plural
         return Reflector(
             self.api, resource, handler, timing=self.timing,
             on_reachable=lambda up: self.metrics.reachable(name, up),
             on_relist=lambda reason: self.metrics.relisted(name, reason),
-            **selectors, **self._options,
+            label_selector=label_selector, field_selector=field_selector, **self._options,
         )
 
     def _start_pods(self, spec: PoolSpec, reason: str) -> None:

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 
 from epp._util.hashing import chain_hashes, token_blocks
-from epp.engine.tokenizer import FILLER_TOKEN_IDS
+from epp.engine.filler import FILLER_TOKEN_IDS
 
 
 class RequestStatus(enum.IntEnum):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +48,8 @@ def find_envoy() -> str:
 
 def _admin_get(port: int, path: str, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:  # noqa: S310
-        return reply.read().decode()
+        body: bytes = reply.read()
+        return body.decode()
 
 
 class EnvoyProcess:
@@ -174,7 +176,7 @@ class EnvoyProcess:
 
     def stats(self, pattern: str = "") -> dict[str, int]:
         """Counters and gauges from the admin ``/stats`` page, optionally filtered by a regex."""
-        query = f"?filter={urllib.request.quote(pattern)}" if pattern else ""
+        query = f"?filter={urllib.parse.quote(pattern)}" if pattern else ""
         values: dict[str, int] = {}
         for line in _admin_get(self.config.admin_port, f"/stats{query}").splitlines():
             name, sep, value = line.partition(": ")

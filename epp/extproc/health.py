@@ -28,7 +28,7 @@ LIVENESS = "liveness"
 READINESS_NAMES = frozenset({"", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor"})
 
 
-class HealthService(health_pb2_grpc.HealthServicer):
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # *_pb2_grpc modules are untyped
     """``Check`` evaluates readiness per call; ``Watch`` re-evaluates every ``poll_interval`` seconds
     and sends a message whenever the status changes (and once at the start)."""
 
@@ -53,7 +53,9 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self._changed.set()
 
     async def Check(  # noqa: N802
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
     ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status == SERVICE_UNKNOWN:
@@ -61,7 +63,9 @@ class HealthService(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(  # noqa: N802
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:

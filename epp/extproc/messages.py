@@ -150,7 +150,7 @@ def immediate_reply(error: RequestError) -> pb.ProcessingResponse:
     details = "epp_" + (error.reason or error.code or str(error.status)).replace("-", "_")
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=header_mutation(headers),
             body=error.to_json(),
             details=details,

@@ -118,7 +118,7 @@ class RequestStream(RequestCollector):
         self._routed(decision)
         return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
 
-    def route_body(self, end_of_stream: bool) -> Replies | Deferred:
+    def route_body(self, end_of_stream: bool) -> Replies | Deferred[Any]:
         body = self.body.getvalue()
         try:
             request = self.director.parsers.parse(self.request_id, self.headers, body)

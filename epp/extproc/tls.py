@@ -32,7 +32,7 @@ KEY_FILE = "tls.key"
 def self_signed_pair(common_name: str = "epp", now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
     """(private key PEM, certificate PEM) for ``common_name``, localhost and 127.0.0.1."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     san = x509.SubjectAlternativeName(
         [x509.DNSName(common_name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -102,7 +102,9 @@ def server_credentials(cert_path: str | None, reload: bool = False) -> grpc.Serv
         log.info("reloaded TLS certificate from %s", directory.path)
         return grpc.ssl_server_certificate_configuration([(new_key, new_cert)])
 
-    return grpc.dynamic_ssl_server_credentials(grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)
+    # grpc documents None from the fetcher as "keep the current certificate"; grpc-stubs omits the None
+    return grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration([(key, cert)]), fetch)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

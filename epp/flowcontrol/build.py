@@ -39,7 +39,7 @@ from epp.flowcontrol.policies import (
     SoftReflectiveCeiling,
     StaticUsageLimit,
 )
-from epp.scheduling.params import ParamError
+from epp.plugin.params import ParamError
 from epp.scheduling.scheduler import Scheduler
 
 FLOW_CONTROL_GATE = "flowControl"

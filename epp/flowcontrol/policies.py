@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 
 SLO_TTFT_HEADERS = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
 
@@ -62,6 +62,9 @@ class Queue(Protocol):
     def head(self) -> Item | None: ...
 
     def __len__(self) -> int: ...
+
+
+QueueT = TypeVar("QueueT", bound=Queue)  # pick returns one of the caller's own queues, with its own type
 
 
 # -- ordering ------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ _ORDERING: dict[str, OrderingKey] = {FCFS: _fcfs, EDF: _edf, SLO_DEADLINE: _slo_
 class FairnessPolicy(Protocol):
     typed_name: TypedName
 
-    def pick(self, queues: Sequence[Queue], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> Queue | None:
+    def pick(self, queues: Sequence[QueueT], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> QueueT | None:
         """The non-empty queue to serve next; ``queues`` are the band's flows in the order they appeared,
         ``state`` this band's own scratch space (one policy may serve several bands)."""
         ...
@@ -130,8 +133,8 @@ class GlobalStrict:
     def __init__(self, name: str) -> None:
         self.typed_name = TypedName(GLOBAL_STRICT, name)
 
-    def pick(self, queues: Sequence[Queue], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> Queue | None:
-        best: Queue | None = None
+    def pick(self, queues: Sequence[QueueT], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> QueueT | None:
+        best: QueueT | None = None
         best_key: tuple[float, ...] = ()
         for queue in queues:
             head = queue.head()
@@ -156,7 +159,7 @@ class RoundRobin:
     def __init__(self, name: str) -> None:
         self.typed_name = TypedName(ROUND_ROBIN, name)
 
-    def pick(self, queues: Sequence[Queue], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> Queue | None:
+    def pick(self, queues: Sequence[QueueT], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> QueueT | None:
         if not queues:
             return None
         start = 0
@@ -237,7 +240,7 @@ class ProgramAware:
             state.anchor = now
         return state
 
-    def pick(self, queues: Sequence[Queue], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> Queue | None:
+    def pick(self, queues: Sequence[QueueT], ordering: OrderingPolicy, now: float, state: dict[str, Any]) -> QueueT | None:
         self._sweep(now)
         live = [(q, h) for q in queues if (h := q.head()) is not None]
         if not live:

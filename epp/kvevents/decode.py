@@ -30,16 +30,18 @@ LoRA name, multimodal identifiers, ``cache_salt`` on the first block, prompt-emb
 vLLM's block hash, so they are kept for the index to key blocks by (``block_extras``).
 
 Events are not filtered here: which KV-cache groups hold full-attention blocks is learned per feed
-(``GroupFilter``). Anything malformed raises ``KVEventDecodeError``.
+(``epp.contracts.kv_events.GroupFilter``). Anything malformed raises ``KVEventDecodeError``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from epp.contracts.kv_events import Cleared, ExtraKeys, KVEvent, Removed, Stored
 
 TOPIC_PREFIX = "kv@"
 TAG_KEY = "type"  # msgspec's default tag field
@@ -52,45 +54,8 @@ STORED_FIELDS = (
 REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
 _FIELDS = {"BlockStored": STORED_FIELDS, "BlockRemoved": REMOVED_FIELDS, "AllBlocksCleared": ()}
 
-FULL_ATTENTION_KINDS = frozenset({"full_attention", "mla_attention"})
-"""``kv_cache_spec_kind`` values whose blocks hold a whole prefix (sliding-window, Mamba and
-chunked-local groups keep only a suffix, useless for prefix reuse)."""
-
-ExtraKeys = tuple[object, ...] | None
-"""One block's extra hash keys as vLLM sends them (arrays become tuples), or None."""
-
-
 class KVEventDecodeError(ValueError):
     """A message that is not a KV-event batch."""
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    block_hashes: tuple[int, ...]
-    parent_hash: int | None
-    token_ids: tuple[int, ...]
-    block_size: int
-    lora_name: str | None
-    extra_keys: tuple[ExtraKeys, ...] | None = None
-    group_idx: int = 0
-    spec_kind: str | None = None
-    medium: str | None = None
-    cache_salt: str | None = None  # SGLang sends it as a field; vLLM inside the first block's extra keys
-
-
-@dataclass(frozen=True, slots=True)
-class Removed:
-    block_hashes: tuple[int, ...]
-    group_idx: int = 0
-    medium: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cleared:
-    pass
-
-
-KVEvent = Stored | Removed | Cleared
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,27 +221,3 @@ def decode_message(frames: Sequence[bytes]) -> EventBatch:
     except UnicodeDecodeError as err:
         raise KVEventDecodeError(f"topic is not UTF-8: {err}") from None
     return decode_payload(topic, int.from_bytes(frames[1], "big"), frames[2])
-
-
-@dataclass(slots=True)
-class GroupFilter:
-    """Which KV-cache groups of one feed hold full-attention blocks, learned from its stores.
-
-    A store names its group's kind (``kv_cache_spec_kind``); removals name only the group. Groups
-    seen with a full-attention kind are kept, groups seen with another kind are skipped, and a group
-    never described (older engines send no kind) is kept only if it is group 0 — what every engine
-    that does not send kinds uses for full attention."""
-
-    full: set[int] = field(default_factory=lambda: {0})
-    partial: set[int] = field(default_factory=set)
-
-    def keep(self, event: KVEvent) -> bool:
-        if isinstance(event, Cleared):
-            return True
-        group = event.group_idx
-        if isinstance(event, Stored) and event.spec_kind is not None:
-            full = event.spec_kind in FULL_ATTENTION_KINDS
-            (self.full if full else self.partial).add(group)
-            (self.partial if full else self.full).discard(group)
-            return full
-        return group in self.full and group not in self.partial

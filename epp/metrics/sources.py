@@ -10,15 +10,14 @@ only the URL, the TLS options and what is done with a body differ. Failures are 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from epp.config import EndpointPickerConfig
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.poller import MetricsPoller, ScrapeFailure, _State
-from epp.scheduling.framework import Plugin
-from epp.scheduling.plugins.datalayer.http_source import Extractor, HttpSource, HttpSourceParams
+from epp.metrics.http_source import Extractor, HttpSource, HttpSourceParams
+from epp.plugin.typed_name import Plugin
 
 
 class AttributePoller(MetricsPoller):
@@ -55,7 +54,7 @@ class AttributePoller(MetricsPoller):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def url(self, endpoint: Endpoint) -> str:  # type: ignore[override]
+    def url(self, endpoint: Endpoint) -> str:
         host = endpoint.hostport.rpartition(":")[0]
         return f"{self.params.scheme}://{host}:{self.params.port or endpoint.port}{self.params.path}"
 
@@ -76,12 +75,12 @@ class AttributePoller(MetricsPoller):
 
 
 def attribute_pollers(
-    config: EndpointPickerConfig, plugins: Sequence[Plugin], datastore: Datastore, interval: float
+    listed: Mapping[str, Sequence[str]], plugins: Sequence[Plugin], datastore: Datastore, interval: float
 ) -> list[AttributePoller]:
-    """A poller per configured HTTP source, fed by the extractors ``dataLayer.sources`` lists for it, or
-    (without that section) by every configured extractor of the source's kind."""
+    """A poller per configured HTTP source, fed by the extractors ``listed`` names for it (the config's
+    ``dataLayer.sources``: source name → extractor names), or (a source not listed) by every configured
+    extractor of the source's kind."""
     by_name = {p.typed_name.name: p for p in plugins}
-    listed = {s.plugin_ref: s.extractors for s in (config.data_layer.sources if config.data_layer else ())}
     pollers = []
     for plugin in plugins:
         if not isinstance(plugin, HttpSource):

@@ -25,7 +25,7 @@ from epp.replay.replicas import Replicas
 from epp.replay.runner import Bounds, Job, RunError, run_jobs, run_live_job, run_one, trace_bounds
 from epp.replay.synthetic import WORKLOADS
 from epp.replay.traces import Trace, TraceError, read_trace
-from epp.scheduling.presets import PRESETS
+from epp.config.presets import PRESETS
 
 MAX_ISSUES_SHOWN = 10
 PIPED_WIDTH = 120  # output going to a file or a pipe: the widest terminal the tables are laid out for

@@ -2,7 +2,7 @@
 
 Each engine step's events become one message exactly as ``epp sim`` publishes it on ZMQ (topic
 ``kv@<host:port>@<model>``, an 8-byte sequence number counting from 0 per engine, the msgpack batch
-of ``epp.sim.kv_events.encode_batch`` in today's vLLM encoding: tagged maps, ``[ts, events, rank]``)
+of ``epp.kvevents.encode.encode_batch`` in today's vLLM encoding: tagged maps, ``[ts, events, rank]``)
 and are decoded by ``epp.kvevents.decode.decode_message``, the
 subscriber's decoder: an encoding or decoding bug shows in replay as it would in production, instead
 of being skipped by handing the engine's event objects over directly. The batch then goes to every
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from epp.datastore import Endpoint
 from epp.engine.block_pool import KVCacheEvent
 from epp.kvevents.decode import decode_message, parse_topic
-from epp.kvevents.subscriber import KVEventSink
-from epp.sim.kv_events import default_topic, frames
+from epp.contracts.kv_events import KVEventSink
+from epp.kvevents.encode import default_topic, frames
 
 
 class KVEventFeed:

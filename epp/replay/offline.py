@@ -61,14 +61,14 @@ from epp.engine.block_pool import KVCacheEvent
 from epp.engine.config import PROFILES, EngineConfig
 from epp.engine.core import EngineCore, EngineStats, RequestOutput
 from epp.engine.request import EngineRequest
-from epp.engine.tokenizer import decode
-from epp.kvevents.consumer import kv_event_sinks
+from epp._util.byte_tokenizer import decode
+from epp.contracts.datalayer import kv_event_views
 from epp.replay.kv_feed import KVEventFeed
 from epp.replay.traces.model import TraceRequest
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.usage import Usage
 from epp.scheduling import Scheduler
-from epp.sim.sidecar import prefill_target
+from epp.request.headers import prefill_target
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""
@@ -278,7 +278,7 @@ class OfflineReplay:
                      clock=clock, rng=random.Random(i))
             for i, (datastore, scheduler, recorder) in enumerate(zip(self.datastores, self.schedulers, self.recorders))
         ]
-        sinks = kv_event_sinks(p for s in self.schedulers for p in s.plugins)
+        sinks = kv_event_views(s.data_needs for s in self.schedulers)
         self.kv_feed = KVEventFeed(sinks, self.endpoints, cluster.engine.model) if sinks else None
         self.engines = [
             EngineCore(replace(cluster.engine_config(i), enable_kv_events=bool(sinks))) for i in range(cluster.engines)

@@ -12,7 +12,7 @@ from epp.datastore import Datastore
 from epp.director import AdmissionPolicy
 from epp.flowcontrol.build import build_admission, flow_control_settings
 from epp.scheduling import Scheduler
-from epp.scheduling.presets import DEFAULT_PRESET, PRESETS
+from epp.config.presets import DEFAULT_PRESET, PRESETS
 
 DEFAULT = "default"
 """``epp serve``'s policy when no config is given: ``DEFAULT_PRESET`` (the ``default`` preset, which

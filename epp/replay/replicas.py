@@ -11,7 +11,7 @@ scheduler code as a single replica, instead of a separate driver:
   balancer in front of them would (``OfflineReplay``); each gets its own datastore copy, fed the
   same engine snapshots at every poll, for its own in-flight bookkeeping.
 * ``shared_prefix_view``: the replicas' prefix producers use one index, so each sees every replica's
-  picks — the state ``SharedPrefixIndex`` converges to through Redis, without its few milliseconds of
+  picks — the state ``ReplicatedPrefixIndex`` converges to through Redis, without its few milliseconds of
   replication lag (an upper bound on what sharing buys). Only prefix producers' indexes are shared
   (``approx-prefix-cache-producer`` and the learned fallback of ``precise-prefix-cache-producer``);
   other learned state (SGLang's radix tree, TTFT ledgers, LRU scorers) stays per replica, as it does

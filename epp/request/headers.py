@@ -6,7 +6,7 @@ typo in one copy would silently break routing, so every module imports them from
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 # Where the request goes: the header and the dynamic metadata carry the same value.
@@ -32,3 +32,15 @@ MODEL_REWRITE_HEADERS: Final = ("x-llm-d-model-name-rewrite", "x-gateway-model-n
 PREFILL_HEADERS: Final = ("x-llm-d-prefiller-host-port", "x-prefiller-host-port")
 ENCODER_HEADERS: Final = ("x-llm-d-encoder-hosts-ports", "x-encoder-hosts-ports")
 DATA_PARALLEL_HEADER: Final = "x-data-parallel-host-port"
+
+
+def prefill_target(role: str, headers: Any) -> str | None:
+    """The prefill engine's ``host:port`` a request reaching an engine of ``role`` asks for (what llm-d's
+    routing sidecar reads; the simulator and offline replay act on it), None when it runs aggregated."""
+    if role in ("prefill", "encode"):
+        return None
+    for name in reversed(PREFILL_HEADERS):  # the pre-rename alias first, as the sidecar trusts it
+        value = headers.get(name)
+        if value:
+            return str(value).strip()
+    return None

@@ -33,9 +33,9 @@ from epp.request.errors import RequestError
 from epp.request.parse import envelope, extract_fields, load_object, parse_request, request_path, require_model
 from epp.request import protos
 from epp.request.types import LLMRequest, RequestKind
-from epp.scheduling.framework import TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.registry import PluginHandle, PluginType
+from epp.plugin.typed_name import TypedName
+from epp.plugin.params import NoParams, decode_params
+from epp.plugin.registry import PluginHandle, PluginType
 
 OPENAI_PARSER = "openai-parser"
 ANTHROPIC_PARSER = "anthropic-parser"

@@ -1,5 +1,9 @@
 """Plugin contracts, after GIE's ``framework/interface/scheduling``: one small protocol per extension point.
 
+Optional capabilities are protocols too, and this is the one place they are declared: the scheduler
+classifies its plugins once, when it is built (``Scheduler.__init__``), and every caller uses those
+lists — nothing probes a plugin with ``hasattr`` or ``getattr``.
+
 Scores are lists aligned with the endpoint list a scorer was given (no per-call dicts on the hot path),
 each value meant to lie in [0, 1]; the profile clamps and weights them.
 """
@@ -11,21 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from epp.datastore import EndpointState
+from epp.plugin.typed_name import Plugin as Plugin
+from epp.plugin.typed_name import TypedName as TypedName
 from epp.request import LLMRequest
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from epp.datastore import Endpoint
     from epp.scheduling.profile import SchedulerProfile
-
-
-@dataclass(frozen=True, slots=True)
-class TypedName:
-    """A plugin's type (its registry key, e.g. ``queue-scorer``) and instance name (defaults to the type)."""
-
-    type: str
-    name: str
-
-    def __str__(self) -> str:
-        return self.name if self.name == self.type else f"{self.name}/{self.type}"
 
 
 class CycleState(dict[str, Any]):
@@ -34,12 +32,6 @@ class CycleState(dict[str, Any]):
     Producers (e.g. the prefix matcher) write under their plugin name so a scorer and the PreRequest
     hook that follows can reuse work instead of hashing the prompt twice.
     """
-
-
-@runtime_checkable
-class Plugin(Protocol):
-    @property
-    def typed_name(self) -> TypedName: ...
 
 
 # Extension-point names as the reference reports them in ``plugin_duration_seconds{extension_point}``.
@@ -113,6 +105,9 @@ class SchedulingResult:
 
     profile_results: dict[str, ProfileResult | None]
     primary_profile: str
+    port: int | None = None
+    """The port every pick is sent to instead of its own, when the profile handler rewrites it
+    (``data-parallel-profile-handler``'s ``primaryPort``: DP ranks behind one pod port)."""
 
     @property
     def endpoints(self) -> list[EndpointState]:
@@ -216,4 +211,21 @@ class ResponseMetadata(Plugin, Protocol):
         self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]
     ) -> Mapping[str, Mapping[str, Any]]:
         """When the response has ended: dynamic metadata for the gateway, namespace → key → value."""
+        ...
+
+
+@runtime_checkable
+class MembershipListener(Plugin, Protocol):
+    """Keeps per-endpoint state (a prefix index, an LRU): told about membership so removed endpoints are
+    purged (``Scheduler.attach`` subscribes it to the datastore)."""
+
+    def endpoint_added(self, endpoint: Endpoint) -> None: ...
+
+    def endpoint_removed(self, endpoint: Endpoint) -> None: ...
+
+
+@runtime_checkable
+class MetricsExporter(Plugin, Protocol):
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export the plugin's own series to ``registry`` (the composition root calls it once, at start)."""
         ...

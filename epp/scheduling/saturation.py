@@ -16,18 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from epp._util.clock import Clock
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import Duration, ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 UTILIZATION_DETECTOR = "utilization-detector"
 
 
+@runtime_checkable
 class SaturationDetector(Protocol):
     """What admission needs to know about the pool."""
 

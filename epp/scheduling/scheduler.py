@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from epp.contracts.datalayer import DataNeeds
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
 from epp.scheduling.framework import (
@@ -19,6 +20,8 @@ from epp.scheduling.framework import (
     Admitter,
     CycleState,
     DurationRecorder,
+    MembershipListener,
+    MetricsExporter,
     Plugin,
     PluginTimer,
     PreRequest,
@@ -71,6 +74,7 @@ class Scheduler:
         *,
         plugins: Sequence[Plugin] = (),
         saturation_detector: SaturationDetector | None = None,
+        data_needs: DataNeeds | None = None,
     ) -> None:
         if not profiles:
             raise ValueError("a scheduler needs at least one profile")
@@ -89,6 +93,10 @@ class Scheduler:
         self.screeners = [p for p in self.plugins if isinstance(p, Screener)]
         self.request_processors = [p for p in self.plugins if isinstance(p, RequestProcessor)]
         self.response_metadata_plugins = [p for p in self.plugins if isinstance(p, ResponseMetadata)]
+        self.membership_listeners = [p for p in self.plugins if isinstance(p, MembershipListener)]
+        self.metrics_exporters = [p for p in self.plugins if isinstance(p, MetricsExporter)]
+        self.data_needs = data_needs if data_needs is not None else DataNeeds()
+        """The feeds the plugins asked the data layer for (``epp.datalayer.DataLayer`` opens them)."""
         self._hook_failures: set[tuple[int, str]] = set()
         self._timers: dict[str, list[DurationRecorder]] | None = None
 
@@ -112,9 +120,8 @@ class Scheduler:
     def attach(self, datastore: Datastore) -> None:
         """Subscribe plugins that keep per-endpoint state (prefix index, LRUs, trees) to membership
         changes, so removed endpoints are purged."""
-        for plugin in self.plugins:
-            if hasattr(plugin, "endpoint_added") and hasattr(plugin, "endpoint_removed"):
-                datastore.add_listener(plugin)  # type: ignore[arg-type]
+        for plugin in self.membership_listeners:
+            datastore.add_listener(plugin)
 
     def schedule(
         self, request: LLMRequest, candidates: list[EndpointState], cycle: CycleState | None = None

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from epp._util.cli import non_negative_float, port
 from epp.engine.config import DEFAULT_PROFILE, PROFILES, EngineConfig
 from epp.sim.faults import METRICS_FAULTS, FaultConfig
-from epp.sim.kv_events import WireFormat
+from epp.kvevents.encode import WireFormat
+from epp.sim.sidecar import ROLES
 
 if TYPE_CHECKING:
     from epp.sim.server import SimOptions
@@ -32,9 +33,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="name clients use for the base model (repeatable; default: --model)")  # fmt: skip
     net.add_argument("--engine", choices=("vllm", "sglang"), default="vllm",
                      help="engine to imitate: metric names, KV-event fields, owned_by")  # fmt: skip
-    net.add_argument("--role", choices=("prefill", "decode", "both"), default="both",
-                     help="disaggregation role: decode and both engines run the prefill named by the "
-                          "x-prefiller-host-port header on that engine first, then decode with its KV")  # fmt: skip
+    net.add_argument("--role", choices=ROLES, default="both",
+                     help="disaggregation role: decode and both engines send a multimodal request's media to the "
+                          "encode engines named by x-encoder-hosts-ports (else encode it themselves), run the "
+                          "prefill named by x-prefiller-host-port there, then decode with its KV; an encode "
+                          "engine only encodes")  # fmt: skip
     net.add_argument("--enable-prompt-tokens-details", action="store_true",
                      help="report usage.prompt_tokens_details.cached_tokens (vLLM's flag; null without it)")  # fmt: skip
     net.add_argument("--legacy-formats", action="store_true",

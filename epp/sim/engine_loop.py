@@ -43,11 +43,13 @@ class EngineLoop:
         return self._end
 
     def submit(
-        self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None, cache_salt: str | None = None
+        self, request_id: str, prompt: list[int], max_tokens: int, lora: str | None, cache_salt: str | None = None,
+        arrival: float | None = None,
     ) -> asyncio.Queue[RequestOutput]:
-        """Queue a request arriving now; its outputs will appear on the returned queue. Raises
-        ``ValueError`` when the engine refuses it (too long, unknown adapter)."""
-        arrival = self.now()
+        """Queue a request arriving now (or, for its latency metrics, at the earlier engine time ``arrival``:
+        work done for it before, such as its media encoding); its outputs will appear on the returned
+        queue. Raises ``ValueError`` when the engine refuses it (too long, unknown adapter)."""
+        arrival = self.now() if arrival is None else min(arrival, self.now())
         self.core.add_request(EngineRequest(request_id, prompt, max_tokens, arrival, lora, cache_salt))
         self._last_arrival = max(self._last_arrival, arrival)
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()

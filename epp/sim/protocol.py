@@ -1,12 +1,20 @@
-"""OpenAI request parsing and response bodies, shaped like vLLM's OpenAI-compatible server."""
+"""OpenAI request parsing and response bodies, shaped like vLLM's OpenAI-compatible server.
+
+Multimodal chat parts (``image_url``, ``audio_url``, ``video_url``, ``input_audio``: the types llm-d's
+sidecar fans out to encoders) are a cost model, not a model: each item becomes ``MEDIA_ITEM_TOKENS``
+placeholder tokens derived from its URL (or inline data), placed before the text so a conversation that
+re-sends its image keeps a cacheable prefix, as vLLM's multimodal hashes keep one.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.request import RequestError
 
 CHAT = "chat"
@@ -15,6 +23,41 @@ COMPLETIONS = "completions"
 
 def bad_request(message: str) -> RequestError:
     return RequestError(400, message, error_type="BadRequestError", code="400")
+
+
+MEDIA_TYPES = ("image_url", "audio_url", "video_url", "input_audio")
+MEDIA_ITEM_TOKENS = 576
+"""Placeholder tokens per media item: LLaVA-1.5's 24 × 24 patches of a 336-pixel image."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaItem:
+    """One multimodal content part: ``url`` (empty for inline data) and the part as the client sent it."""
+
+    part: Mapping[str, Any]
+    url: str
+    tokens: tuple[int, ...]
+
+
+def media_item(part: Mapping[str, Any]) -> MediaItem:
+    kind = part["type"]
+    value = part.get(kind)
+    url = value.get("url") if isinstance(value, Mapping) and kind != "input_audio" else None
+    url = url if isinstance(url, str) else ""
+    identity = url.encode() if url else repr(sorted(value.items()) if isinstance(value, Mapping) else value).encode()
+    digest = hashlib.shake_128(identity).digest(4 * MEDIA_ITEM_TOKENS)
+    return MediaItem(part, url, tuple(array("I", digest)))
+
+
+def media_items(messages: Any) -> list[MediaItem]:
+    """The media parts of chat ``messages``, in order (none for anything malformed: parsing reports that)."""
+    items = []
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, Mapping) and part.get("type") in MEDIA_TYPES:
+                items.append(media_item(part))
+    return items
 
 
 @dataclass(slots=True)
@@ -26,6 +69,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     cache_salt: str | None = None
+    media: tuple[MediaItem, ...] = ()
 
 
 def _positive_int(body: Mapping[str, Any], *names: str) -> int | None:
@@ -76,8 +120,12 @@ def parse(kind: str, body: Any, default_max_tokens: int) -> ParsedRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model must be a non-empty string")
+    media: tuple[MediaItem, ...] = ()
     if kind == CHAT:
         ids = chat_prompt(body.get("messages"))
+        media = tuple(media_items(body.get("messages")))
+        if media:
+            ids = [t for item in media for t in item.tokens] + ids
         max_tokens = _positive_int(body, "max_completion_tokens", "max_tokens")
     else:
         if "prompt" not in body:
@@ -92,7 +140,7 @@ def parse(kind: str, body: Any, default_max_tokens: int) -> ParsedRequest:
     salt = body.get("cache_salt")
     if salt is not None and (not isinstance(salt, str) or not salt):
         raise bad_request("cache_salt must be a non-empty string")
-    return ParsedRequest(kind, model, ids, max_tokens or default_max_tokens, stream, stream and include_usage, salt)
+    return ParsedRequest(kind, model, ids, max_tokens or default_max_tokens, stream, stream and include_usage, salt, media)
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int, details: bool) -> dict[str, Any]:

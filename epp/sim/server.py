@@ -23,16 +23,18 @@ import orjson
 from aiohttp import web
 
 from epp._util.clock import Clock
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore, StepOutput
 from epp.request import RequestError
 from epp.sim import protocol
 from epp.sim.engine_loop import EngineLoop
 from epp.sim.faults import FaultConfig, Faults
-from epp.sim.kv_events import KVEventPublisher, WireFormat
+from epp.kvevents.encode import WireFormat
+from epp.sim.kv_events import KVEventPublisher
 from epp.sim.metrics import SimMetrics
-from epp.sim.sidecar import PrefillClient, prefill_target
+from epp.request.headers import prefill_target
+from epp.sim.sidecar import EC_TRANSFER_PARAMS, SidecarClient, encoder_targets, fanout_items
 
 log = logging.getLogger("epp.sim")
 
@@ -57,7 +59,8 @@ class SimOptions:
     """``usage.prompt_tokens_details`` (vLLM's ``--enable-prompt-tokens-details``); null without it."""
     legacy_metrics: bool = False
     role: str = "both"
-    """Disaggregation role (llm-d.ai/role): decode and both engines run a sidecar's remote prefill."""
+    """Disaggregation role (llm-d.ai/role): decode and both engines run a sidecar's remote encode and prefill;
+    an encode engine only encodes (its requests' prompts are the media items it is sent)."""
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -85,7 +88,8 @@ class SimServer:
         self._publisher: KVEventPublisher | None = None
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
-        self._prefill = PrefillClient()
+        self._sidecar = SidecarClient()
+        self._internal: set[str] = set()  # local encoder work: engine time, not a request of the API
         self._replay_task: asyncio.Task[None] | None = None
         self.port = 0
 
@@ -135,7 +139,7 @@ class SimServer:
             await self._runner.cleanup()
         if self._publisher is not None:
             self._publisher.close()
-        await self._prefill.close()
+        await self._sidecar.close()
 
     async def _serve_replay(self, publisher: KVEventPublisher) -> None:
         """vLLM's publisher thread polls its replay socket every 0.1 s; so does this task."""
@@ -148,7 +152,12 @@ class SimServer:
     def _on_step(self, out: StepOutput, end: float) -> None:
         metrics = self.metrics
         last = self._last_token
+        internal = self._internal
         for o in out.outputs:
+            if o.request_id in internal:
+                if o.finished:
+                    internal.discard(o.request_id)
+                continue
             n = len(o.new_token_ids)
             if o.first_token:
                 metrics.ttft.observe(end - o.arrival_time)
@@ -185,11 +194,24 @@ class SimServer:
             parsed = protocol.parse(kind, body, self.options.default_max_tokens)
             lora = self._resolve_model(parsed.model)
             rid = self._request_id()
-            if (prefill := prefill_target(self.options.role, request.headers)) is not None:
-                await self._prefill.prefill(prefill, request.path, body, request.headers.get("x-request-id", rid))
+            role, headers = self.options.role, request.headers
+            request_id = headers.get("x-request-id", rid)
+            encoded = not parsed.media or role == "encode" or bool(body.get(EC_TRANSFER_PARAMS))
+            if not encoded and (encoders := encoder_targets(role, headers)):
+                await self._sidecar.encode(encoders, body, fanout_items(parsed.media), request_id)
+                body = {**body, EC_TRANSFER_PARAMS: {"encoders": encoders}}  # the outputs move with the request
+                encoded = True
+            if (prefill := prefill_target(role, headers)) is not None:
+                await self._sidecar.prefill(prefill, request.path, body, request_id)
                 self.core.receive_kv(parsed.prompt_token_ids, lora)
+                encoded = True  # the prefill engine encoded what the encoders had not
+            arrival = None
+            if not encoded:  # vLLM runs the encoder in the request's own steps: its TTFT includes it
+                arrival = self.loop.now()
+                await self._encode_here(parsed.media, lora)
             try:
-                outputs = self.loop.submit(rid, parsed.prompt_token_ids, parsed.max_tokens, lora, parsed.cache_salt)
+                outputs = self.loop.submit(rid, parsed.prompt_token_ids, parsed.max_tokens, lora, parsed.cache_salt,
+                                           arrival)
             except ValueError as exc:
                 raise protocol.bad_request(str(exc)) from exc
         except RequestError as err:
@@ -240,6 +262,24 @@ class SimServer:
             elif faults.request_finished():
                 log.error("fault injection: crashing after %d requests", faults.config.crash_after)
                 asyncio.get_running_loop().call_later(0.05, self._crash)  # let the response flush
+
+    async def _encode_here(self, media: tuple[protocol.MediaItem, ...], lora: str | None) -> None:
+        """Run the vision/audio encoder on this engine: as much engine time as prefilling the items'
+        placeholder tokens once, in a separate cache namespace so it never passes for the prompt's own
+        prefill. The work shows in the engine's load and step times, not as an API request."""
+        rid = "encoder-" + self._request_id()
+        tokens = [t for item in media for t in item.tokens]
+        try:
+            outputs = self.loop.submit(rid, tokens, 1, lora, cache_salt=rid)
+        except ValueError as exc:
+            raise protocol.bad_request(str(exc)) from exc
+        self._internal.add(rid)
+        try:
+            while not (await outputs.get()).finished:
+                pass
+        finally:
+            self._internal.discard(rid)
+            self.loop.abort(rid)
 
     def _resolve_model(self, model: str) -> str | None:
         if model in self.options.model_names:

@@ -132,7 +132,7 @@ async def _one(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens
             if reply.status != 200:
                 return f"http-{reply.status}"
         orjson.loads(data)["choices"]
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "client-timeout"
     except aiohttp.ClientError as exc:
         return f"connection:{type(exc).__name__}"

@@ -67,7 +67,7 @@ async def sample_loop(pid_of: Callable[[], int | None], metrics_url: str, t0: fl
                         text = await reply.text()
                     buckets, gauges = parse_metrics(text)
                     out.append(Sample(now, pid, rss_bytes(pid), open_fds(pid), buckets, gauges))
-                except (OSError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, OSError, aiohttp.ClientError, ValueError):
                     pass  # epp restarting: no sample this tick
             await asyncio.sleep(max(0.0, period - (time.monotonic() - t0 - now)))
 

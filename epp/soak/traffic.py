@@ -110,7 +110,7 @@ async def send(session: aiohttp.ClientSession, url: str, gateway: str, mix: Requ
             outcome.status = reply.status
             data = await reply.read()
         outcome.cause = _judge(shape, expected, reply.status, data)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome.cause = "client-timeout"
     except aiohttp.ClientError as exc:
         outcome.cause = f"connection:{type(exc).__name__}"
@@ -133,7 +133,7 @@ async def probe(session: aiohttp.ClientSession, url: str, gateway: str, max_toke
                 streaming.set()
                 data += chunk
         outcome.cause = _judge(shape, 200, reply.status, data)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome.cause = "client-timeout"
     except aiohttp.ClientError as exc:
         outcome.cause = f"connection:{type(exc).__name__}"

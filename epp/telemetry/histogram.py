@@ -68,7 +68,8 @@ class HistogramView(Collector):
         self.source = source
         self.project = project
         self.scale = scale
-        self._les = [floatToGoString(b * scale) for b in source.bounds] + ["+Inf"]
+        # prometheus_client's own `le` formatting, so the twin's buckets read as the library's; it is unannotated
+        self._les = [floatToGoString(b * scale) for b in source.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)

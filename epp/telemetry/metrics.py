@@ -239,7 +239,8 @@ class Telemetry:
         for child in self._pair(self.running, labels):
             child.dec()
         self.duration.histogram.observe(labels, duration)
-        observed = [(self.response_sizes, response_bytes), (self.cached_tokens, usage.cached_tokens)]
+        observed: list[tuple[HistogramTwin, float | None]] = [
+            (self.response_sizes, response_bytes), (self.cached_tokens, usage.cached_tokens)]
         if usage.prompt_tokens:  # token counts of 0 are not recorded (reference)
             observed.append((self.input_tokens, usage.prompt_tokens))
         if usage.completion_tokens:

@@ -8,15 +8,15 @@ threshold), as the reference does; the ready count is every member.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from statistics import fmean, pstdev
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from epp.datastore import Datastore, EndpointState
+from epp.datastore import Datastore, EndpointMetrics, EndpointState
 
-_SERIES = (  # (what, how it is computed from the fresh endpoints' values, help)
+_SERIES: tuple[tuple[str, Callable[[EndpointMetrics], float], str], ...] = (  # (what, how it is computed, help)
     ("kv_cache_utilization", lambda m: m.kv_usage, "KV-cache usage (0..1)"),
     ("queue_size", lambda m: m.waiting, "waiting requests"),
     ("running_requests", lambda m: m.running, "running requests"),

@@ -54,7 +54,7 @@ class PrefixTelemetry(Collector):
             if total_blocks > 0:
                 ratio(matched_blocks / total_blocks)
 
-        producer.match_observer = observe
+        producer.add_match_observer(observe)
         self.producers.append(producer)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

@@ -103,9 +103,8 @@ def _token_text(value: Any) -> str | None:
     """A special token from tokenizer_config.json: a string or an AddedToken dict."""
     if isinstance(value, str):
         return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
+    content = value.get("content") if isinstance(value, Mapping) else None
+    return content if isinstance(content, str) else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, cast
 from epp.tokenizer.hf import TOKENIZER_FILES, HFTokenizer
 
 if TYPE_CHECKING:
-    from epp.scheduling.prefix.tokens import Tokenizer
+    from epp.tokenizer.protocol import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,11 @@ class ModelTokenizers:
         self._lock = threading.Lock()
 
     def start_background(self) -> None:
-        """From now on load on a thread (the pick path never waits for a file or the hub)."""
+        """From now on load on a thread (the pick path never waits for a file or the hub); a pinned
+        model starts loading now."""
         self._background = True
+        if self.model is not None:
+            self.for_model(self.model)
 
     def preload(self) -> None:
         """Load the pinned model now: a config that names its model fails at start, not later."""

@@ -8,7 +8,7 @@ import pytest
 def test_module_tables_are_read_only() -> None:
     from epp.discovery.kubernetes import POOL_VERSIONS
     from epp.envoy.config import ACCESS_LOG_FIELDS
-    from epp.scheduling.presets import PRESETS
+    from epp.config.presets import PRESETS
     from epp.telemetry.metrics import ERROR_CODES
 
     for table in (POOL_VERSIONS, ACCESS_LOG_FIELDS, PRESETS, ERROR_CODES):

@@ -12,7 +12,7 @@ from epp.datastore import EndpointMetrics
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
-from epp.scheduling.presets import PRESETS, build_preset
+from epp.config.presets import PRESETS, build_preset
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.scheduling.saturation import UtilizationDetector
 from tests.config.test_decode import FULL, GIE_SAMPLE
@@ -134,9 +134,9 @@ def test_load_from_file_and_unknown_source(tmp_path: Path) -> None:
 def test_alpha_plugin_types_need_allow_experimental() -> None:
     """Upstream's loader refuses alpha-stability plugins unless --allow-experimental-plugins is set."""
     from epp.config import ConfigError, build_scheduler, parse_config_text
-    from epp.scheduling.plugins import BUILTIN_PLUGINS
+    from epp.config.plugins import BUILTIN_PLUGINS
     from epp.scheduling.plugins.scorers import queue
-    from epp.scheduling.registry import PluginRegistry, PluginType
+    from epp.plugin.registry import PluginRegistry, PluginType
 
     registry = PluginRegistry([*BUILTIN_PLUGINS, PluginType("alpha-scorer", queue.factory, alpha=True)])
     config = parse_config_text("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- {name: a, type: alpha-scorer}\n")

@@ -84,3 +84,42 @@ async def test_short_prompt_stays_on_decode_and_a_forged_prefill_header_is_dropp
                        headers=forged)
     assert reply.status == 200, reply.body  # the decode engine never tried 127.0.0.1:9
     assert (await counters(prefill))["vllm:prompt_tokens_total"] == before
+
+
+SIM_EPD_CONFIG = SIM_PD_CONFIG.with_name("llm-d__llm-d-router__deploy__config__sim-e-p-d-epp-config.yaml")
+
+
+async def test_a_multimodal_request_is_encoded_on_the_encode_engine(tmp_path: Path) -> None:
+    """llm-d's sim E/P/D config through Envoy: the multimodal decider sends the image to the encode-labelled
+    engine (the decode engine's sidecar fans it out), a text-only request never reaches it."""
+    with run_sim("--time-scale", "0", "--role", "encode", "--served-model-name", MODEL) as encode, \
+            run_sim("--time-scale", "0", "--role", "prefill", "--served-model-name", MODEL) as prefill, \
+            run_sim("--time-scale", "0", "--role", "decode", "--served-model-name", MODEL) as decode:
+        sims = {"encode-0": ("encode", encode), "prefill-0": ("prefill", prefill), "decode-0": ("decode", decode)}
+        members = tmp_path / "endpoints.yaml"
+        members.write_text("endpoints:\n" + "".join(
+            f"  - {{name: {name}, address: \"127.0.0.1\", port: \"{sim.port}\", labels: {{llm-d.ai/role: {role}}}}}\n"
+            for name, (role, sim) in sims.items()))
+        picker = PickerProcess((), endpoints_file=members, extra_args=["--config-file", str(SIM_EPD_CONFIG)],
+                               log_path=tmp_path / "epp.log")
+        upstreams = [Upstream("127.0.0.1", sim.port) for _, sim in sims.values()]
+        envoy = EnvoyProcess(local_config(picker.address, upstreams, tmp_path), tmp_path)
+        picker.start()
+        try:
+            envoy.start()
+            try:
+                text = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+                reply = await post(envoy, text)
+                assert reply.status == 200, reply.body
+                assert (await counters(encode))["vllm:e2e_request_latency_seconds_count"] == 0
+                image = {"type": "image_url", "image_url": {"url": "http://img/cat.png"}}
+                content = [{"type": "text", "text": "what is this?"}, image]
+                reply = await post(envoy, {**text, "messages": [{"role": "user", "content": content}]})
+                assert reply.status == 200, reply.body
+                e, d = await counters(encode), await counters(decode)
+                assert e["vllm:e2e_request_latency_seconds_count"] == 1 and e["vllm:prompt_tokens_total"] >= 576
+                assert d["vllm:e2e_request_latency_seconds_count"] == 2 and d["vllm:generation_tokens_total"] == 4
+            finally:
+                envoy.stop()
+        finally:
+            picker.stop()

@@ -14,7 +14,7 @@ from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
 from epp.datastore import Datastore, Endpoint
 from epp.director import Director
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.telemetry import Telemetry
 
 DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED

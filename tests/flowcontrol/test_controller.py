@@ -18,7 +18,7 @@ from epp.flowcontrol.controller import FlowController
 from epp.request import LLMRequest, RequestError
 from epp.request.parse import parse_request
 from epp.request.usage import Usage
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.telemetry import Telemetry
 
 HEAD = """apiVersion: llm-d.ai/v1

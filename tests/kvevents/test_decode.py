@@ -9,20 +9,17 @@ from typing import Any
 import msgpack
 import pytest
 
+from epp.contracts.kv_events import Cleared, GroupFilter, Removed, Stored
 from epp.engine.block_pool import AllBlocksCleared, BlockRemoved, BlockStored
 from epp.kvevents.decode import (
-    Cleared,
-    GroupFilter,
     KVEventDecodeError,
-    Removed,
-    Stored,
     Topic,
     decode_event,
     decode_message,
     decode_payload,
     parse_topic,
 )
-from epp.sim.kv_events import WireFormat, encode_batch
+from epp.kvevents.encode import WireFormat, encode_batch
 from tests.kvevents.captures import frames as capture_frames
 from tests.kvevents.captures import messages
 

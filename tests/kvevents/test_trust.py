@@ -18,16 +18,17 @@ from prometheus_client import CollectorRegistry
 
 from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
+from epp.datalayer import DataLayer
 from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.engine.block_pool import BlockStored
 from epp.request import LLMRequest, RequestKind
-from epp.scheduling.prefix.precise import FeedState
+from epp.contracts.kv_events import FeedState
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
-from epp.scheduling.prefix.tokens import load_tokenizer
-from epp.scheduling.presets import PRESETS
+from epp.tokenizer.load import load_tokenizer
+from epp.config.presets import PRESETS
 from epp.scheduling.scheduler import Scheduler
-from epp.sim.kv_events import encode_event
-from tests.kvevents.test_subscriber import until
+from epp.kvevents.encode import encode_event
+from tests.datalayer.test_kv_events import until
 from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 
@@ -68,12 +69,14 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
     )
     producer = producer_of(scheduler)
     registry = CollectorRegistry()
-    producer.register_metrics(registry)
+    data = DataLayer(scheduler.data_needs)
+    data.register_metrics(registry)
     datastore = Datastore(clock)
     scheduler.attach(datastore)
-    await producer.start()
+    data.attach(datastore)
+    await data.start()
     try:
-        bound = producer.subscriber.bound_endpoint
+        bound = data.subscribers[0].bound_endpoint
         assert bound is not None
         args = ("--kv-events-endpoint", bound, "--kv-events-topic", LLM_D_TOPIC, "--kv-cache-blocks", "256", "--time-scale", "0")
         # the second engine's topic names another model than the one clients ask for, so its blocks
@@ -103,7 +106,7 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
                 for i in range(8):  # eight routed prompts whose blocks the engine reports under other keys
                     stores = producer.precise.held_blocks("bad")
                     await route(scheduler, states["bad"], completion(f"b{i}", f"Prompt {i} for the other engine. " * 8), http)
-                    await until(lambda: producer.precise.held_blocks("bad") > stores, "the engine's stores")
+                    await until(lambda: producer.precise.held_blocks("bad") > stores, "the engine's stores")  # noqa: B023
                     clock.advance(5.1)  # past eventTimeout after the first token
                 assert producer.precise.feed_state("bad") is FeedState.KEYS_MISMATCH
                 assert not producer.view_is_exact("bad")
@@ -115,7 +118,7 @@ async def test_sim_events_through_real_zmq_are_trusted_and_foreign_keys_are_not(
                 warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "KV events" in r.getMessage()]
                 assert len(warnings) == 1 and "`tokenizer`" in warnings[0] and "bad" in warnings[0]
     finally:
-        await producer.stop()
+        await data.stop()
 
 
 @pytest.fixture
@@ -135,10 +138,12 @@ async def test_connect_mode_takes_vllms_default_publisher_with_an_empty_topic(pu
     clock = VirtualClock()
     scheduler = load_scheduler_text(default_with(f"kvEventsPort: {port}, resyncWindow: 0"), clock=clock)
     producer = producer_of(scheduler)
+    data = DataLayer(scheduler.data_needs)
     datastore = Datastore(clock)
     scheduler.attach(datastore)
+    data.attach(datastore)
     datastore.upsert(Endpoint("vllm", "127.0.0.1", 8000))
-    await producer.start()
+    await data.start()
     try:
         await until(lambda: producer.precise.feed_state("vllm") is FeedState.NO_EVENTS, "the TCP connection")
         state = next(iter(datastore.endpoints()))
@@ -158,4 +163,4 @@ async def test_connect_mode_takes_vllms_default_publisher_with_an_empty_topic(pu
         assert hits == [info.total] == [full // 16]
     finally:
         pub.close(linger=0)
-        await producer.stop()
+        await data.stop()

@@ -157,10 +157,11 @@ def check_route(index: Index, route: dict[str, Any]) -> Iterator[Problem]:
             yield Problem(where, f"parent Gateway {parent['name']!r} does not exist")
             continue
         listeners = gateway["spec"]["listeners"]
-        if "sectionName" in parent and parent["sectionName"] not in {l["name"] for l in listeners}:
+        if "sectionName" in parent and parent["sectionName"] not in {listener["name"] for listener in listeners}:
             yield Problem(where, f"Gateway {parent['name']!r} has no listener {parent['sectionName']!r}")
         if namespace_of(gateway) != ns and all(
-            ((l.get("allowedRoutes") or {}).get("namespaces") or {}).get("from", "Same") == "Same" for l in listeners
+            ((listener.get("allowedRoutes") or {}).get("namespaces") or {}).get("from", "Same") == "Same"
+            for listener in listeners
         ):
             yield Problem(where, f"Gateway {parent['name']!r} only accepts routes from its own namespace")
     for rule in route["spec"].get("rules") or []:
@@ -196,7 +197,7 @@ def check_policy_targets(index: Index, policy: dict[str, Any]) -> Iterator[Probl
             continue
         section = ref.get("sectionName")
         if section:
-            names = {l["name"] for l in target["spec"].get("listeners") or []} | {
+            names = {listener["name"] for listener in target["spec"].get("listeners") or []} | {
                 r.get("name") for r in target["spec"].get("rules") or []
             }
             if section not in names:

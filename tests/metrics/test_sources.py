@@ -15,8 +15,8 @@ from aiohttp import web
 from epp.config import load_config, build_scheduler
 from epp.datastore import Datastore, Endpoint
 from epp.metrics.sources import AttributePoller, attribute_pollers
-from epp.scheduling.plugins.datalayer.dcgm import DcgmExtractor
-from epp.scheduling.plugins.datalayer.models import ModelsExtractor
+from epp.metrics.plugins.dcgm import DcgmExtractor
+from epp.metrics.plugins.models import ModelsExtractor
 from tests.conftest import wait_for
 
 DATA = Path(__file__).parent / "data"
@@ -88,7 +88,7 @@ async def test_pollers_write_attributes_and_keep_the_last_good_value_on_garbage(
         scheduler = build_scheduler(config)
         ds = Datastore()
         ds.upsert(Endpoint("vllm-a-rank-0", "127.0.0.1", models_port))
-        pollers = attribute_pollers(config, scheduler.plugins, ds, interval=0.05)
+        pollers = attribute_pollers(config.source_extractors(), scheduler.plugins, ds, interval=0.05)
         assert sorted(p.source.typed_name.name for p in pollers) == ["dcgm-source", "models-data-source"]
         assert all(isinstance(p, AttributePoller) for p in pollers)
         for p in pollers:
@@ -118,6 +118,6 @@ async def test_a_missing_ca_file_for_https_scraping_is_named_at_start(tmp_path: 
                     "- {type: dcgm-extractor}\n"
                     "dataLayer:\n  sources:\n  - pluginRef: dcgm-source\n    extractors: [{pluginRef: dcgm-extractor}]\n")
     config = load_config(path)
-    pollers = attribute_pollers(config, build_scheduler(config).plugins, Datastore(), interval=0.05)
+    pollers = attribute_pollers(config.source_extractors(), build_scheduler(config).plugins, Datastore(), interval=0.05)
     with pytest.raises(OSError, match=f"dcgm-source.*caCertPath '{missing}'"):
         await pollers[0].start()

@@ -6,16 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from epp.contracts.kv_events import FeedState
 from epp._util.clock import VirtualClock
 from epp.engine.config import EngineConfig
-from epp.kvevents.consumer import kv_event_sinks
+from epp.contracts.datalayer import kv_event_views
 from epp.replay.offline import ClusterSpec, OfflineReplay
 from epp.replay.policies import resolve
 from epp.replay.replicas import Replicas
 from epp.replay.traces import SegmentPrompt, TraceRequest
 from epp.request import LLMRequest, RequestKind
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.tokens import SIM_TOKENIZER, engine_block_hashes, load_tokenizer
+from epp.scheduling.prefix.precise import PreciseIndex
+from epp.scheduling.prefix.tokens import engine_block_hashes
+from epp.tokenizer.load import SIM_TOKENIZER, load_tokenizer
 
 PRECISE = """\
 apiVersion: llm-d.ai/v1alpha1
@@ -51,7 +53,7 @@ def run_precise(tmp_path: Path, replicas: int) -> tuple[OfflineReplay, list[Prec
     clock = VirtualClock()
     schedulers, _ = Replicas(replicas).build(resolve(str(config)), clock, 0)
     driver = OfflineReplay(trace(), schedulers, CLUSTER, clock)
-    indexes = kv_event_sinks(p for s in schedulers for p in s.plugins)
+    indexes = kv_event_views(s.data_needs for s in schedulers)
     assert len(indexes) == replicas and all(isinstance(i, PreciseIndex) for i in indexes)
     return driver, [i for i in indexes if isinstance(i, PreciseIndex)]
 

@@ -10,7 +10,8 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp.cli import main
 from epp.datastore import EndpointState
-from epp.kvevents.decode import KVEvent
+from epp.contracts.datalayer import DataNeeds, KVEventFeed
+from epp.contracts.kv_events import KVEvent, SeqCheck
 from epp.replay.offline import ClusterSpec, OfflineReplay
 from epp.replay.policies import resolve
 from epp.replay.replicas import Replicas
@@ -19,7 +20,6 @@ from epp.request import LLMRequest
 from epp.scheduling import CycleState, SchedulerProfile, TypedName
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
-from epp.scheduling.prefix.precise import SeqCheck
 from epp.scheduling.profile import WeightedScorer
 from epp.scheduling.scheduler import Scheduler
 
@@ -106,12 +106,11 @@ def test_bad_replica_specs_are_refused(count: int, shared: bool, message: str) -
 
 
 class RecordingSink:
-    """A plugin that opts into KV events through the consumer seam and records when batches arrive."""
+    """A KV-event sink (what the precise producer asks the data layer to feed) that records when batches arrive."""
 
     typed_name = TypedName("recording-sink", "recording-sink")
 
     def __init__(self, clock: VirtualClock) -> None:
-        self.precise = self
         self.clock = clock
         self.batches: list[tuple[float, str, int, str | None]] = []
 
@@ -128,7 +127,8 @@ def test_events_arrive_when_the_engine_step_ends_with_dense_sequence_numbers() -
     clock = VirtualClock()
     sink = RecordingSink(clock)
     profile = SchedulerProfile("p", MaxScorePicker())
-    schedulers = [Scheduler({"p": profile}, SingleProfileHandler(), plugins=[sink]) for _ in range(2)]
+    needs = DataNeeds(kv_event_feeds=[KVEventFeed(sink)])  # type: ignore[arg-type]  # a sink, no trust states
+    schedulers = [Scheduler({"p": profile}, SingleProfileHandler(), plugins=[sink], data_needs=needs) for _ in range(2)]
     cluster = ClusterSpec(engines=1)
     driver = OfflineReplay(unique(3, 1.0, output=40), schedulers, cluster, clock)
     result = driver.run()

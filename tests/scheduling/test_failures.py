@@ -22,8 +22,8 @@ from epp.scheduling.plugins.scorers.no_hit_lru import NoHitLRUScorer
 from epp.scheduling.plugins.scorers.sglang_cache_aware import SGLangCacheAwareScorer
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.presets import DEFAULT_PRESET
-from epp.scheduling.registry import PluginHandle
+from epp.config.presets import DEFAULT_PRESET
+from epp.plugin.registry import PluginHandle
 from epp.scheduling.ttft import EndpointLedger, Flight, PrefixRecency
 from tests.conftest import make_request, make_state, make_states
 from tests.scheduling.plugins.test_cache_producers import burst_scheduler, chat_with

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from epp.scheduling.params import Duration, ParamError, decode_params, parse_duration
+from epp.plugin.params import Duration, ParamError, decode_params, parse_duration
 from epp.scheduling.plugins.scorers.queue import QueueScorer
-from epp.scheduling.registry import PluginHandle, PluginRegistry, PluginType, builtin_registry
+from epp.plugin.registry import PluginHandle, PluginRegistry, PluginType
+from epp.config.plugins import builtin_registry
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from epp.scheduling.framework import CycleState, TypedName
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
 from tests.conftest import make_request, make_state, make_states

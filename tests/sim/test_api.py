@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
+from epp.engine.filler import FILLER_TEXT
 from tests.sim.conftest import SimProcess
 from tests.sim.helpers import MODEL, post, scrape, sse
 
@@ -18,7 +19,7 @@ async def test_completion_usage_and_prefix_hit_on_repeat(sim: SimProcess) -> Non
         assert status == 200
         assert first["object"] == "text_completion" and first["id"].startswith("cmpl-")
         assert first["choices"][0]["finish_reason"] == "length"
-        assert first["choices"][0]["text"] == tokenizer.FILLER_TEXT[:28]
+        assert first["choices"][0]["text"] == FILLER_TEXT[:28]
         n = len(tokenizer.encode(prompt))
         assert first["usage"] == {"prompt_tokens": n, "total_tokens": n + 7, "completion_tokens": 7,
                                   "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": None,

@@ -7,13 +7,14 @@ import aiohttp
 import zmq
 import zmq.asyncio
 
+from epp.contracts.kv_events import Stored
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.engine.block_pool import BlockStored
 from epp.engine.config import EngineConfig
 from epp.engine.core import EngineCore
 from epp.engine.request import EngineRequest
-from epp.kvevents.decode import Stored, decode_message
+from epp.kvevents.decode import decode_message
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, scrape, sse
 
@@ -94,3 +95,76 @@ async def test_the_decode_engine_publishes_the_received_kv_as_block_stored() -> 
     tokens = tokenizer.encode(prompt)
     assert isinstance(stored, Stored)
     assert stored.block_hashes == tuple(chain_hashes(token_blocks(tokens, 16), seed_hash(MODEL)))
+
+
+def media_chat(*urls: str) -> dict[str, object]:
+    parts: list[dict[str, object]] = [{"type": "text", "text": "what is in these pictures?"}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return {"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 3}
+
+
+async def test_encoders_take_the_media_and_the_decode_engine_skips_the_encode_cost() -> None:
+    """E/P/D: with x-encoder-hosts-ports the decode engine's sidecar sends each distinct media item to an
+    encode engine (round robin) and skips encoding; without it the engine encodes the media itself, which
+    costs it engine time (its TTFT) and prompt tokens, but never counts as a request of its API."""
+    with run_sim("--time-scale", "0", "--role", "encode") as enc0, \
+            run_sim("--time-scale", "0", "--role", "encode") as enc1, \
+            run_sim("--time-scale", "0", "--role", "decode") as decode, \
+            run_sim("--time-scale", "0", "--role", "both") as alone:
+        async with aiohttp.ClientSession() as s:
+            body = media_chat("http://img/a.png", "http://img/b.png", "http://img/a.png")
+            encoders = {"x-encoder-hosts-ports": f"127.0.0.1:{enc0.port},127.0.0.1:{enc1.port}"}
+            async with s.post(f"{decode.url}/v1/chat/completions", json=body, headers=encoders) as resp:
+                assert resp.status == 200 and (await resp.json())["usage"]["completion_tokens"] == 3
+            async with s.post(f"{alone.url}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+            e0, e1 = await scrape(s, enc0.url), await scrape(s, enc1.url)
+            d, a = await scrape(s, decode.url), await scrape(s, alone.url)
+    for e in (e0, e1):  # a and b, once each (the repeated URL is encoded once)
+        assert e["vllm:e2e_request_latency_seconds_count"] == 1 and e["vllm:generation_tokens_total"] == 1
+        assert e["vllm:prompt_tokens_total"] >= 576
+    assert d["vllm:e2e_request_latency_seconds_count"] == a["vllm:e2e_request_latency_seconds_count"] == 1
+    assert a["vllm:prompt_tokens_total"] >= d["vllm:prompt_tokens_total"] + 3 * 576  # encoded its three items itself
+    assert a["vllm:time_to_first_token_seconds_sum"] > d["vllm:time_to_first_token_seconds_sum"]
+
+
+async def test_a_failing_encoder_is_the_answer_and_a_prefill_gets_the_encoder_outputs() -> None:
+    with run_sim("--time-scale", "0", "--role", "encode") as enc, \
+            run_sim("--time-scale", "0", "--role", "prefill") as prefill, \
+            run_sim("--time-scale", "0", "--role", "decode") as decode:
+        async with aiohttp.ClientSession() as s:
+            body = media_chat("http://img/a.png")
+            async with s.post(f"{decode.url}/v1/chat/completions", json=body,
+                              headers={"x-encoder-hosts-ports": "127.0.0.1:9"}) as resp:
+                assert resp.status == 502
+                assert "encode engine 127.0.0.1:9 unreachable" in (await resp.json())["error"]["message"]
+            headers = {"x-llm-d-encoder-hosts-ports": f"127.0.0.1:{enc.port}",
+                       "x-llm-d-prefiller-host-port": f"127.0.0.1:{prefill.port}"}
+            async with s.post(f"{decode.url}/v1/chat/completions", json=body, headers=headers) as resp:
+                assert resp.status == 200
+            e, p, d = await scrape(s, enc.url), await scrape(s, prefill.url), await scrape(s, decode.url)
+    assert e["vllm:e2e_request_latency_seconds_count"] == 1
+    # the prefill engine ran the prompt (media placeholders included) but not the encoder: ec_transfer_params
+    assert 576 < p["vllm:prompt_tokens_total"] < 2 * 576 and p["vllm:generation_tokens_total"] == 1
+    assert d["vllm:generation_tokens_total"] == 3 and d["vllm:prefix_cache_hits_total"] >= 576
+
+
+def test_media_items_are_placeholder_tokens_before_the_text_and_deduplicated_by_url_for_the_encoders() -> None:
+    from epp.sim.protocol import MEDIA_ITEM_TOKENS, parse
+    from epp.sim.sidecar import encoder_body, fanout_items
+
+    text_only = parse("chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, 4)
+    assert text_only.media == () and text_only.prompt_token_ids == tokenizer.encode(tokenizer.render_chat(
+        [{"role": "user", "content": "hi"}]))
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    body = media_chat("http://img/a.png", "http://img/b.png", "http://img/a.png")
+    body["messages"][0]["content"].append(audio)  # type: ignore[index]
+    parsed = parse("chat", body, 4)
+    a, b, a_again, inline = parsed.media
+    assert a.tokens == a_again.tokens != b.tokens and len(a.tokens) == MEDIA_ITEM_TOKENS and inline.url == ""
+    text = tokenizer.encode(tokenizer.render_chat(body["messages"]))  # type: ignore[arg-type]
+    assert parsed.prompt_token_ids == [t for item in parsed.media for t in item.tokens] + text
+    assert [i.url for i in fanout_items(parsed.media)] == ["http://img/a.png", "http://img/b.png", ""]
+    sent = encoder_body({**body, "stream": True, "stream_options": {"include_usage": True}}, b)
+    assert sent["messages"] == [{"role": "user", "content": [b.part]}]
+    assert (sent["max_tokens"], sent["stream"], "stream_options" in sent) == (1, False, False)

@@ -12,9 +12,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from epp.contracts.kv_events import Stored
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
-from epp.engine import tokenizer
-from epp.kvevents.decode import Stored, decode_message
+from epp._util import byte_tokenizer as tokenizer
+from epp.kvevents.decode import decode_message
 from tests.kvevents.captures import messages
 from tests.sim.conftest import run_sim
 from tests.sim.helpers import MODEL, post

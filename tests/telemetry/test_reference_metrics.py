@@ -19,7 +19,7 @@ from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
 from epp.telemetry import Telemetry
@@ -48,7 +48,7 @@ def test_every_plugin_call_is_timed_under_both_names_with_the_reference_buckets(
     scheduler = build_preset("gie-default", clock=VirtualClock(), rng=random.Random(1))
     t.instrument(scheduler)
     states = make_states(3)
-    for i in range(4):
+    for _ in range(4):
         request = make_request(prompt=b"p" * 640)
         picked = scheduler.schedule(request, states).endpoints[0]
         scheduler.response_complete(request, picked, {})

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer as RustTokenizer
 
-from epp.kvevents.decode import Stored, decode_message
+from epp.contracts.kv_events import Stored
+from epp.kvevents.decode import decode_message
 from epp.tokenizer.hf import ChatTemplateError, HFTokenizer
 from tests.kvevents.captures import frames, messages
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from epp.scheduling.prefix.tokens import SIM
+from epp.tokenizer.load import SIM
 from epp.tokenizer.hf import HFTokenizer
 from epp.tokenizer.source import ModelTokenizers, TokenizerNotFound, resolve_model_dir
 

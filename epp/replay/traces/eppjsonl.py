@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from epp.engine.tokenizer import encode, render_chat
+from epp._util.byte_tokenizer import encode, render_chat
 from epp.replay.traces.model import TokenPrompt, TraceRequest
 from epp.replay.traces.tokens import UINT32_LIMIT
 

@@ -57,9 +57,9 @@ from typing import Any
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorParams, TTFTPredictorScorer, find_prefix_producer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

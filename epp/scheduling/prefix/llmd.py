@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
-from epp.scheduling.registry import Factory, PluginHandle
+from epp.plugin.params import Duration, ParamError, decode_params
+from epp.plugin.registry import Factory, PluginHandle
 from epp.tokenizer.source import ModelTokenizers, resolve_model_dir
 
 log = logging.getLogger(__name__)

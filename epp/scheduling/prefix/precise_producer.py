@@ -9,10 +9,11 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
   are matched in the approximate fallback. A prompt is tokenized on the pick path only while some
   endpoint holds all its blocks so far (``tokens.engine_block_stream``); the rest is hashed at its
   first response, when the fallback learns it (the engine holds it only then, too);
-* the index is a ``PreciseIndex`` fed by a ``KVEventSubscriber``, falling back per endpoint to an
+* the index is a ``PreciseIndex`` fed by the data layer's KV-event subscriber, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
-* with ``redisUrl`` the learned part is shared by all replicas (``SharedPrefixIndex``);
+* with ``redisUrl`` the learned part is shared by all replicas (a ``ReplicatedPrefixIndex``, which the
+  data layer replicates through Redis);
 * an endpoint's feed is trusted, per prompt kind (chat, completion), only once its engine reports
   blocks of prompts of that kind epp routed there (``PreciseIndex``'s key agreement): the producer
   reports each pick with its kind, first response bytes and end (``routed``/``responded``/
@@ -24,37 +25,36 @@ Parameters: ``blockSizeTokens`` 16, ``autoTune`` true, ``maxPrefixBlocksToMatch`
 endpoint at ``<address>:kvEventsPort``, 5557, plus the endpoint's data-parallel rank unless
 ``kvEventsRankOffset`` is false; an endpoint's ``epp/kv-events-port`` label overrides the port) or
 ``bind`` (engines connect to ``bindEndpoint``, ``tcp://*:5557``); ``kvEventsReplayPort`` none (vLLM's
-``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``KVEventSubscriber``); ``topicFilter``
+``replay_endpoint`` port, e.g. 5558: backfill on connect, see ``epp.datalayer.kv_events``); ``topicFilter``
 (connect: every topic, vLLM's default is empty; bind: ``kv@``); ``tokenizer`` ``auto`` (or the
 ``token-producer`` plugin's, or llm-d's ``indexerConfig.tokenizersPoolConfig``: see ``llmd``, whose
 nested ``tokenProcessorConfig`` / ``indexerConfig`` / ``kvEventsConfig`` forms are accepted too);
 ``eventTimeout`` 5s, ``resyncWindow`` 30s, ``youngViewWindow`` 5m (how long a view that joined a running
 engine also takes learned matches), ``maxBlocksPerEndpoint`` 1000000; ``redisUrl`` none, ``redisStream``
-``epp:prefix-index``, ``redisMaxLen`` 20000. Series: the subscriber's, and
+``epp:prefix-index``, ``redisMaxLen`` 20000. Series (the data layer's): the subscriber's, and
 ``epp_kv_events_feed_state{endpoint,state}`` (1 for each endpoint's current ``FeedState``) and
 ``epp_kv_events_key_agreement{endpoint,kind,state}`` (per prompt kind: agreed, unverified, mismatch).
 
-The subscriber and the Redis tasks need the event loop: whoever runs the picker calls
-``register_metrics(registry)``, awaits ``start()`` before serving and ``stop()`` at shutdown (``epp
-serve`` does so for every plugin exposing them), after ``Scheduler.attach(datastore)`` so the
-subscriber follows membership.
+The plugin owns no socket and no task: its factory records a ``KVEventFeed`` (the subscription's
+settings and the ``PreciseIndex`` it feeds), with ``redisUrl`` a ``SharedIndexFeed`` for the learned
+part, and its tokenizer source on the handle's ``DataNeeds``; the data layer (``epp.datalayer``)
+opens, exports and stops them, started by whoever runs the picker (``epp serve``), and offline replay
+feeds the same index from its simulated engines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from epp.datastore import Endpoint, EndpointState
-from epp.kvevents.subscriber import DEFAULT_PORT, KVEventSubscriber, SubscriberMode
+from epp.contracts.datalayer import DEFAULT_KV_EVENTS_PORT as DEFAULT_PORT
+from epp.contracts.datalayer import KVEventFeed, SharedIndexFeed, SubscriberMode
+from epp.contracts.kv_events import COMPLETION, FeedState
+from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.llmd import (
@@ -65,13 +65,15 @@ from epp.scheduling.prefix.llmd import (
     pool_tokenizers,
     split_llmd,
 )
-from epp.scheduling.prefix.precise import COMPLETION, PROMPT_KINDS, FeedState, PreciseIndex
+from epp.scheduling.prefix.precise import PreciseIndex
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, HashTail, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
-from epp.scheduling.prefix.shared import SharedPrefixIndex
-from epp.scheduling.prefix.tokens import SIM, AUTO_TOKENIZER, TokenizerSource, engine_block_stream, load_tokenizers, prompt_kind
-from epp.scheduling.registry import PluginHandle
-from epp.tokenizer.source import ModelTokenizers
+from epp.scheduling.prefix.replicated import ReplicatedPrefixIndex
+from epp.scheduling.prefix.tokens import engine_block_stream, prompt_kind
+from epp.tokenizer.load import AUTO_TOKENIZER, SIM, load_tokenizers
+from epp.tokenizer.protocol import TokenizerSource
+from epp.plugin.registry import PluginHandle
+from epp.tokenizer.protocol import BackgroundLoading
 
 PRECISE_PREFIX_CACHE_PRODUCER = "precise-prefix-cache-producer"
 
@@ -123,14 +125,13 @@ class PrecisePrefixParams:
 class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
     def __init__(
         self, name: str, params: PrecisePrefixParams, precise: PreciseIndex, tokenizers: TokenizerSource,
-        subscriber: KVEventSubscriber, index: PrefixIndex | None = None,
+        index: PrefixIndex | None = None,
     ) -> None:
         super().__init__(name, params.index_params(), index or precise)
         self.typed_name = TypedName(PRECISE_PREFIX_CACHE_PRODUCER, name)
         self.precise = precise
         self.precise_params = params
         self.tokenizers = tokenizers
-        self.subscriber = subscriber
         self._kind: str | None = None  # of the latest prompt_hashes: its keys' prompt kind, None for byte hashes
 
     def _hashes(self, request: LLMRequest, endpoints: list[EndpointState]) -> PrefixMatch:
@@ -204,36 +205,6 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         super().response_failed(request, endpoint, reason)
         self.precise.finished(request.request_id)
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Export the subscriber's (and the shared index's) series and the feed states; call before
-        ``start``."""
-        self.subscriber.register_metrics(registry)
-        registry.register(_FeedStates(self.precise, self.subscriber))
-        if isinstance(self.index, SharedPrefixIndex):
-            self.index.register_metrics(registry)
-
-    async def start(self) -> None:
-        if isinstance(self.tokenizers, ModelTokenizers):
-            self.tokenizers.start_background()  # serving: never load a tokenizer on the pick path
-            if self.tokenizers.model is not None:
-                self.tokenizers.for_model(self.tokenizers.model)  # a pinned model starts loading now
-        await self.subscriber.start()
-        if isinstance(self.index, SharedPrefixIndex):
-            await self.index.start()
-
-    async def stop(self) -> None:
-        if isinstance(self.index, SharedPrefixIndex):
-            await self.index.stop()
-        await self.subscriber.stop()
-
-    def endpoint_added(self, endpoint: Endpoint) -> None:
-        super().endpoint_added(endpoint)
-        self.subscriber.endpoint_added(endpoint)
-
-    def endpoint_removed(self, endpoint: Endpoint) -> None:
-        self.subscriber.endpoint_removed(endpoint)
-        super().endpoint_removed(endpoint)
-
 
 def served_model(state: EndpointState, request: LLMRequest) -> str | None:
     """The model an endpoint's engine serves, from the ``model_name`` its metrics carry: the only one,
@@ -242,34 +213,6 @@ def served_model(state: EndpointState, request: LLMRequest) -> str | None:
     if len(models) == 1:
         return next(iter(models))
     return request.target_model if request.target_model in models else None
-
-
-class _FeedStates(Collector):
-    """``epp_kv_events_feed_state{endpoint,state}`` and ``epp_kv_events_key_agreement{endpoint,kind,state}``,
-    read at scrape time (nothing on the pick path)."""
-
-    def __init__(self, precise: PreciseIndex, subscriber: KVEventSubscriber) -> None:
-        self._precise = precise
-        self._subscriber = subscriber
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "epp_kv_events_feed_state",
-            "1 for each endpoint's KV-event feed state; only 'live' feeds are matched from engine events.",
-            labels=["endpoint", "state"],
-        )
-        agreement = GaugeMetricFamily(
-            "epp_kv_events_key_agreement",
-            "1 for each endpoint's and prompt kind's key agreement: whether epp's token ids for chat or"
-            " completion prompts were seen to match the engine's blocks (only agreed kinds use engine events).",
-            labels=["endpoint", "kind", "state"],
-        )
-        for name in sorted(self._subscriber.endpoints):
-            family.add_metric([name, self._precise.feed_state(name).value], 1)
-            for kind in PROMPT_KINDS:
-                agreement.add_metric([name, kind, self._precise.key_agreement(name, kind).value], 1)
-        yield family
-        yield agreement
 
 
 def _tokenizers(p: PrecisePrefixParams, pool: TokenizersPoolConfig | None, handle: PluginHandle) -> TokenizerSource:
@@ -297,12 +240,14 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Preci
         resync_window=p.resync_window, max_blocks_per_endpoint=p.max_blocks_per_endpoint,
         young_window=p.young_view_window,
     )  # fmt: skip
-    subscriber = KVEventSubscriber(
-        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint, topic_filter=p.topic_filter,
-        rank_offset=p.kv_events_rank_offset, replay_port=p.kv_events_replay_port,
-    )  # fmt: skip
+    handle.needs.kv_event_feeds.append(KVEventFeed(
+        precise, SubscriberMode(p.mode), port=p.kv_events_port, bind_endpoint=p.bind_endpoint,
+        topic_filter=p.topic_filter, rank_offset=p.kv_events_rank_offset, replay_port=p.kv_events_replay_port,
+    ))  # fmt: skip
+    if isinstance(tokenizers, BackgroundLoading):
+        handle.needs.tokenizer_sources.append(tokenizers)  # serving: never load a tokenizer on the pick path
     shared = None
     if p.redis_url is not None:
-        replica = f"{handle.child_rng().getrandbits(64):016x}"
-        shared = SharedPrefixIndex(precise, p.redis_url, replica, stream=p.redis_stream, max_len=p.redis_max_len)
-    return PrecisePrefixCacheProducer(name, p, precise, tokenizers, subscriber, shared)
+        shared = ReplicatedPrefixIndex(precise, f"{handle.child_rng().getrandbits(64):016x}")
+        handle.needs.shared_indexes.append(SharedIndexFeed(shared, p.redis_url, p.redis_stream, p.redis_max_len))
+    return PrecisePrefixCacheProducer(name, p, precise, tokenizers, shared)

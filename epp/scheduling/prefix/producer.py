@@ -5,7 +5,7 @@ It hashes the prompt once per scheduling cycle (``prompt_block_hashes``), looks 
 the prompt for the chosen endpoint and for the ``prefill`` profile's pick, if any, as GIE does.
 Removed endpoints are purged through the datastore-listener methods.
 
-Telemetry hooks (GIE's ``prefix_indexer_*`` metrics): ``match_observer``, when set, hears at PreRequest
+Telemetry hooks (GIE's ``prefix_indexer_*`` metrics): observers added with ``add_match_observer`` hear at PreRequest
 how many leading blocks the chosen endpoint already held out of the prompt's hashed blocks, before the
 prompt is recorded; ``entries()`` is the index size.
 
@@ -30,11 +30,11 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.protocol import PrefixIndex
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger("epp.scheduling.prefix")
 
@@ -148,7 +148,7 @@ class ApproxPrefixCacheProducer:
         self._key = f"prefix-match/{name}"
         self.chains = ChainMemo()
         """Recently hashed prompt segments: a prompt repeating earlier ones is hashed once per segment."""
-        self.match_observer: PrefixMatchObserver | None = None
+        self._match_observers: list[PrefixMatchObserver] = []
         self.added: Bookings[list[tuple[str, list[int]]]] = Bookings()
         """Per request in flight, the blocks ``pre_request`` added that each endpoint did not hold: a
         failed request cached nothing, so they are discarded again."""
@@ -228,6 +228,10 @@ class ApproxPrefixCacheProducer:
                 counts[i] = held
         return counts
 
+    def add_match_observer(self, observer: PrefixMatchObserver) -> None:
+        """Tell ``observer`` at every PreRequest how much of the prompt the chosen endpoint already held."""
+        self._match_observers.append(observer)
+
     def view_is_exact(self, endpoint_name: str) -> bool:
         """Whether this endpoint's matches are what its engine caches now (False: what it was sent, some
         of which it may have evicted since)."""
@@ -242,8 +246,8 @@ class ApproxPrefixCacheProducer:
         prefill = prefill_target(result)
         targets = [chosen[0]] if prefill is None else [chosen[0], prefill]
         _, matched = self.match(cycle, request, targets)  # the cycle's lookup when scorers made it
-        if self.match_observer is not None:
-            self.match_observer(matched[0], info.total, info.block_tokens)
+        for observe in self._match_observers:
+            observe(matched[0], info.total, info.block_tokens)
         booked = [(t.name, hashes[held:]) for t, held in zip(targets, matched) if held < len(hashes)]
         if booked:
             self.added.put(request.request_id, booked)

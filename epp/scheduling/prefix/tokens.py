@@ -6,12 +6,12 @@ ids the request carries are used as they are; text is tokenized by a ``Tokenizer
 rendered by the model's chat template and encoded without the tokenizer's special tokens, completion
 prompts encoded with them (vLLM's defaults; a request's ``add_special_tokens`` overrides both).
 
-Which tokenizer (the ``tokenizer`` parameter, ``load_tokenizers``):
+Which tokenizer (the ``tokenizer`` parameter, ``epp.tokenizer.load.load_tokenizers``):
 
 * ``auto`` (default) — per request, the served model's own tokenizer, found from the model name the
   way the engine finds it (``epp.tokenizer.source``); a model epp cannot find gets the ``sim`` one,
   with one warning;
-* ``sim`` — the simulator's stand-in tokenizer and chat template (``epp.engine.tokenizer``), which
+* ``sim`` — the simulator's stand-in tokenizer and chat template (``epp._util.byte_tokenizer``), which
   matches ``epp sim`` exactly;
 * a model folder or Hugging Face id — that model's tokenizer for every request;
 * ``package.module:factory`` — a zero-argument callable returning a ``Tokenizer``.
@@ -26,119 +26,15 @@ prompt kind) and matches those requests in its approximate fallback.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import cast
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
-from epp.engine import tokenizer as sim_tokenizer
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.hashing import request_seed
-from epp.scheduling.prefix.precise import CHAT, COMPLETION
-
-SIM_TOKENIZER = "sim"
-AUTO_TOKENIZER = "auto"
-
-
-class Tokenizer(Protocol):
-    """What the request side needs from a tokenizer: text → ids, chat messages → prompt text."""
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
-
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
-        """The prompt text of ``messages``; ``options`` is the request body (``add_generation_prompt``,
-        ``tools``, ``chat_template_kwargs`` …). Raises ``ValueError`` for what the engine rejects."""
-        ...
-
-
-class TokenReader(Protocol):
-    """A text's token ids read front to back (``epp.tokenizer.hf.TokenStream``)."""
-
-    done: bool
-
-    def read(self, min_tokens: int) -> bytes:
-        """At least ``min_tokens`` more ids as packed uint32 (fewer only at the end); b"" at the end."""
-        ...
-
-    def tokens_left(self) -> int:
-        """About how many ids are still to read."""
-        ...
-
-    def read_all(self) -> bytes:
-        """All the ids not read yet."""
-        ...
-
-
-class StreamingTokenizer(Tokenizer, Protocol):
-    """A tokenizer that can encode a text front to back on demand, so a prompt's ids are computed
-    only as far as the prefix index needs them."""
-
-    def stream(self, text: str, add_special_tokens: bool = True) -> TokenReader: ...
-
-
-class TokenizerSource(Protocol):
-    """The tokenizer of each served model."""
-
-    def for_model(self, model: str) -> Tokenizer | None:
-        """``model``'s tokenizer; None while it is not available yet (then the request is matched
-        approximately)."""
-        ...
-
-
-class _SimTokenizer:
-    """``epp.engine.tokenizer`` behind the protocol (so it can be swapped like any other)."""
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return sim_tokenizer.encode(text)
-
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> str:
-        return sim_tokenizer.render_chat(messages)
-
-
-SIM = _SimTokenizer()
-
-
-class FixedTokenizer:
-    """One tokenizer for every model."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def for_model(self, model: str) -> Tokenizer:
-        return self.tokenizer
-
-
-def load_tokenizer(spec: str) -> Tokenizer:
-    """``sim``, ``package.module:factory`` naming a zero-argument callable returning a ``Tokenizer``,
-    or a model folder / Hugging Face id (found locally or in the offline cache, never downloaded here).
-    Raises ``ValueError`` with the reason when the spec cannot be loaded."""
-    if spec == SIM_TOKENIZER:
-        return SIM
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        from epp.tokenizer.source import load_model_tokenizer
-
-        return load_model_tokenizer(spec)
-    if not module_name or not attr:
-        raise ValueError(f"must be {AUTO_TOKENIZER!r}, {SIM_TOKENIZER!r}, a model folder or id, or 'package.module:factory', got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load tokenizer {spec!r}: {err}") from None
-    made = factory()
-    if not callable(getattr(made, "encode", None)) or not callable(getattr(made, "render_chat", None)):
-        raise ValueError(f"tokenizer {spec!r} must provide encode(text) and render_chat(messages)")
-    return cast(Tokenizer, made)
-
-
-def load_tokenizers(spec: str) -> TokenizerSource:
-    """``load_tokenizer``'s specs for every model, or ``auto``: each model's own (``ModelTokenizers``)."""
-    if spec == AUTO_TOKENIZER:
-        from epp.tokenizer.source import ModelTokenizers
-
-        return ModelTokenizers(fallback=SIM)
-    return FixedTokenizer(load_tokenizer(spec))
+from epp.contracts.kv_events import CHAT, COMPLETION
+from epp.tokenizer.load import SimTokenizer
+from epp.tokenizer.protocol import StreamingTokenizer, Tokenizer, TokenReader
 
 
 def prompt_kind(request: LLMRequest) -> str:
@@ -190,7 +86,7 @@ def engine_block_hashes(
     prompt = _prompt(request, tokenizer)
     seed = request_seed(request)
     block_bytes = block_tokens * 4
-    if isinstance(prompt, tuple) and isinstance(tokenizer, _SimTokenizer) and sys.byteorder == "little":
+    if isinstance(prompt, tuple) and isinstance(tokenizer, SimTokenizer) and sys.byteorder == "little":
         data = prompt[0].encode("utf-8", errors="replace")
         data += b"\0" * (-len(data) % 4)
     else:
@@ -250,7 +146,7 @@ def engine_block_stream(
 ) -> tuple[list[int], BlockHashTail | None]:
     """``engine_block_hashes`` read lazily where the tokenizer can stream a text prompt: no hashes yet
     and the tail that computes them; otherwise all of them and no tail."""
-    if isinstance(tokenizer, _SimTokenizer) or not callable(getattr(tokenizer, "stream", None)):  # not isinstance:
+    if isinstance(tokenizer, SimTokenizer) or not callable(getattr(tokenizer, "stream", None)):  # not isinstance:
         return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None  # slow on a Protocol
     prompt = _prompt(request, tokenizer)
     if not isinstance(prompt, tuple):

@@ -146,7 +146,6 @@ async def test_messages_split_and_batched_across_frames(served: Served) -> None:
 
 
 async def test_small_peer_windows_park_data_until_window_update(served: Served) -> None:
-    calls = served.calls
     client = await served.connect({wire.SETTINGS_INITIAL_WINDOW_SIZE: 10})
     await client.until(wire.SETTINGS)
     client.open(1)
@@ -173,7 +172,6 @@ def _chunks(data: bytes, size: int) -> list[bytes]:
 
 
 async def test_padded_headers_with_continuation(served: Served) -> None:
-    calls = served.calls
     client = await served.connect()
     block = client.encoder.encode([(b":method", b"POST"), (b":path", PATH), (b"x-long", b"v" * 300)])
     padded = bytes([4]) + block[:100] + b"\0" * 4

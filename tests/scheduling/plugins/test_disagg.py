@@ -141,16 +141,31 @@ def test_bad_parameters_name_the_field(params: str, where: str) -> None:
                             "schedulingProfiles:\n- {name: decode, plugins: [{pluginRef: decode-filter}]}\n")
 
 
-def test_data_parallel_handler_writes_the_rank_header() -> None:
-    sched = load_scheduler_text(HEAD + """plugins:
-- {type: decode-filter}
-- {type: data-parallel-profile-handler, parameters: {primaryPort: 8000}}
+def data_parallel(params: str) -> Scheduler:
+    return load_scheduler_text(HEAD + f"""plugins:
+- {{type: decode-filter}}
+- {{type: data-parallel-profile-handler{params}}}
 schedulingProfiles:
-- {name: default, plugins: [{pluginRef: decode-filter}]}
+- {{name: default, plugins: [{{pluginRef: decode-filter}}]}}
 """)
+
+
+def test_data_parallel_handler_writes_the_rank_and_sends_to_the_primary_port() -> None:
     req = request(b"x")
-    result = sched.schedule(req, [make_state("d1", address="10.0.2.1", port=8001)])
+    result = data_parallel(", parameters: {primaryPort: 9000}").schedule(
+        req, [make_state("d1", address="10.0.2.1", port=8001)])
     assert req.headers["x-data-parallel-host-port"] == "10.0.2.1:8001" and result.endpoints[0].name == "d1"
+    assert result.port == 9000
+
+
+@pytest.mark.parametrize(("params", "port"), [("", 8000), (", parameters: {primaryPort: 0}", None)])
+def test_data_parallel_primary_port_defaults_to_8000_and_0_keeps_the_rank_port(params: str, port: int | None) -> None:
+    assert data_parallel(params).schedule(request(b"x"), [make_state("d1", port=8001)]).port == port
+
+
+def test_data_parallel_primary_port_out_of_range_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="primaryPort"):
+        data_parallel(", parameters: {primaryPort: 70000}")
 
 
 def test_decisions_are_counted_as_llm_d_counts_them() -> None:

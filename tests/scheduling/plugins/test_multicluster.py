@@ -14,7 +14,7 @@ from epp.datastore import Datastore, Endpoint, EndpointState
 from epp.discovery.sources import select_source
 from epp.metrics.sources import attribute_pollers
 from epp.scheduling.framework import CycleState
-from epp.scheduling.plugins.datalayer.multicluster_metrics import MultiClusterMetricsExtractor, MultiClusterExtractorParams
+from epp.metrics.plugins.multicluster_metrics import MultiClusterMetricsExtractor, MultiClusterExtractorParams
 from epp.scheduling.plugins.filters.multicluster_session_affinity import MultiClusterSessionAffinityFilter
 from epp.scheduling.plugins.scorers.multicluster_kv_cache import MultiClusterKVCacheScorer
 from epp.scheduling.plugins.scorers.multicluster_queue import MultiClusterQueueScorer
@@ -95,5 +95,5 @@ async def test_the_documented_hub_config_loads_discovers_and_polls(tmp_path: Pat
     source = select_source(args(), config, datastore, CollectorRegistry())
     async with source.running:
         assert sorted(s.name for s in datastore.endpoints()) == ["cluster-a", "cluster-b"]
-    (poller,) = attribute_pollers(config, scheduler.plugins, datastore, interval=0.05)
+    (poller,) = attribute_pollers(config.source_extractors(), scheduler.plugins, datastore, interval=0.05)
     assert poller.url(Endpoint("cluster-a", "10.1.0.1", 80)) == "https://10.1.0.1:80/metrics"

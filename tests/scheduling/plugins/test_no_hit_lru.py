@@ -5,7 +5,7 @@ import pytest
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
 from epp.scheduling.plugins.scorers.no_hit_lru import NoHitLRUScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 from tests.conftest import make_request, make_states
 
 PROMPT = b"p" * 640
@@ -56,7 +56,7 @@ def test_without_a_producer_every_request_is_cold_and_lru_is_bounded() -> None:
 
 
 def test_named_producer_decides_coldness_and_an_unknown_name_is_an_error() -> None:
-    from epp.scheduling.params import ParamError
+    from epp.plugin.params import ParamError
     from epp.scheduling.plugins.scorers.no_hit_lru import factory
 
     handle = PluginHandle()

@@ -9,12 +9,12 @@ import pytest
 
 from epp.datastore import EndpointMetrics
 from epp.scheduling.framework import CycleState
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.scorers import prefix_cache
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams
-from epp.scheduling.presets import build_preset
-from epp.scheduling.registry import PluginHandle
+from epp.config.presets import build_preset
+from epp.plugin.registry import PluginHandle
 from tests.conftest import make_request, make_state, make_states
 
 SYSTEM = b"You are a helpful assistant. " * 20  # 580 bytes: 9 blocks of 64

@@ -16,7 +16,7 @@ from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
 from epp.scheduling.plugins.filters.prefix_cache_affinity import AffinityParams, PrefixCacheAffinityFilter
 from epp.scheduling.plugins.producers.inflight_load import InFlightLoad, InFlightLoadParams, InFlightLoadProducer
 from epp.scheduling.plugins.scorers.token_load import TokenLoadScorer
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from tests.conftest import make_request, make_state
 

@@ -9,7 +9,7 @@ from epp.datastore import Datastore
 from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.scorers.sglang_cache_aware import CacheAwareParams, SGLangCacheAwareScorer
 from epp.scheduling.prefix.radix_tree import RadixTree
-from epp.scheduling.presets import build_preset
+from epp.config.presets import build_preset
 from tests.conftest import make_request, make_states
 
 

@@ -12,12 +12,12 @@ from epp._util.clock import VirtualClock
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
 from epp.config import ConfigError, load_scheduler, load_scheduler_text
 from epp.datastore import Datastore, EndpointMetrics, EndpointState
-from epp.kvevents.decode import Stored
+from epp.contracts.kv_events import Stored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.presets import DEFAULT_PRESET
+from epp.config.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft import EndpointLedger, Flight, PrefixRecency
 from tests.conftest import make_state

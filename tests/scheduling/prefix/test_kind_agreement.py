@@ -8,13 +8,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from epp.contracts.kv_events import CHAT, COMPLETION, FeedState, KeyAgreement
 from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
+from epp.datalayer import DataLayer
 from epp.datastore import Datastore, Endpoint
 from epp.kvevents.decode import decode_message
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import CHAT, COMPLETION, FeedState, KeyAgreement, PreciseIndex
+from epp.scheduling.prefix.precise import PreciseIndex
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from tests.kvevents.captures import frames, messages
 from tests.scheduling.prefix.test_precise_index import MODEL, Feed, keys, stored, tokens
@@ -69,6 +71,8 @@ async def test_engine_captures_agree_with_the_auto_tokenizer_for_both_kinds() ->
     producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
     datastore = Datastore(clock)
     scheduler.attach(datastore)
+    data = DataLayer(scheduler.data_needs)  # not started: only its feed-state series are read
+    data.attach(datastore)
     datastore.upsert(Endpoint("vllm", "127.0.0.1", 8000))
     datastore.upsert(Endpoint("other", "127.0.0.2", 8000))
     served = str(TINY)  # vLLM without --served-model-name: the model's name is its folder
@@ -79,12 +83,12 @@ async def test_engine_captures_agree_with_the_auto_tokenizer_for_both_kinds() ->
     for message in messages("vllm_events1"):  # seq 0: the completion's blocks, 1: the chat's, 2: its output
         batch = decode_message(frames(message))
         producer.precise.ingest("vllm", batch.seq, batch.events, served)
-    for kind, request in requests.items():
+    for request in requests.values():
         hashes = producer.prompt_hashes(request, 128, 64)  # the engine's block size (CPU default)
         assert len(hashes) == 5  # 644 and 660 tokens: five full 128-token blocks each
         assert producer.precise.match(hashes, ["vllm", "other"], producer._kind) == [5, 0]
     assert producer.precise.key_agreement("vllm", CHAT) is KeyAgreement.AGREED
     assert producer.precise.key_agreement("vllm", COMPLETION) is KeyAgreement.AGREED
     registry = CollectorRegistry()
-    producer.register_metrics(registry)
+    data.register_metrics(registry)
     assert registry.get_sample_value("epp_kv_events_key_agreement", {"endpoint": "vllm", "kind": "chat", "state": "agreed"}) == 1

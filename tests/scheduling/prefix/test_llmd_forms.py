@@ -10,7 +10,7 @@ import pytest
 
 from epp.config import load_scheduler_text
 from epp.config.decode import ConfigError
-from epp.kvevents.subscriber import SubscriberMode
+from epp.contracts.datalayer import SubscriberMode
 from epp.scheduling.prefix.llmd import TokenProducer
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
 from epp.scheduling.scheduler import Scheduler
@@ -38,7 +38,9 @@ def test_the_deprecated_all_in_one_scorer_with_a_uds_pool(caplog: pytest.LogCapt
         scheduler = load_scheduler_text((CONFIGS / "precise-prefix-cache-routing.yaml").read_text())
     producer = precise(scheduler)
     assert producer.params.block_size_tokens == 64
-    assert producer.subscriber.mode is SubscriberMode.CONNECT and producer.precise_params.kv_events_port == 5556  # discoverPods
+    (feed,) = scheduler.data_needs.kv_event_feeds
+    assert feed.view is producer.precise
+    assert feed.mode is SubscriberMode.CONNECT and producer.precise_params.kv_events_port == 5556  # discoverPods
     assert producer.precise_params.topic_filter == "kv@"
     assert isinstance(producer.tokenizers, ModelTokenizers) and producer.tokenizers.model == "Qwen/Qwen3-32B"
     assert any("tokenizer-uds.socket" in r.getMessage() for r in caplog.records)  # not called: said once
@@ -56,7 +58,7 @@ def test_token_producer_configs_pin_the_model(name: str, mode: SubscriberMode) -
     producer = precise(scheduler)
     token_producer = next(p for p in scheduler.plugins if isinstance(p, TokenProducer))
     assert producer.tokenizers is token_producer.tokenizers
-    assert producer.subscriber.mode is mode
+    assert [f.mode for f in scheduler.data_needs.kv_event_feeds] == [mode]
     assert producer.precise_params.bind_endpoint == "tcp://*:5557" and producer.precise_params.kv_events_port == 5557
 
 

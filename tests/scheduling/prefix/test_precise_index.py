@@ -7,9 +7,9 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
 from epp.datastore import Endpoint
-from epp.kvevents.decode import Cleared, Removed, Stored
+from epp.contracts.kv_events import Cleared, FeedState, Removed, SeqCheck, Stored
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex, SeqCheck
+from epp.scheduling.prefix.precise import PreciseIndex
 
 MODEL = "m"
 BS = 4

@@ -7,14 +7,15 @@ import pytest
 from epp._util.clock import VirtualClock
 from epp.config import load_scheduler_text
 from epp.config.decode import ConfigError
+from epp.datalayer import DataLayer
 from epp.datastore import Datastore, Endpoint, EndpointMetrics
-from epp.kvevents.decode import Stored
+from epp.contracts.kv_events import FeedState, Stored
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer
-from epp.scheduling.prefix.precise import FeedState
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
-from epp.scheduling.prefix.shared import SharedPrefixIndex
-from epp.scheduling.prefix.tokens import load_tokenizer, prompt_token_ids
+from epp.scheduling.prefix.replicated import ReplicatedPrefixIndex
+from epp.scheduling.prefix.tokens import prompt_token_ids
+from epp.tokenizer.load import load_tokenizer
 
 MODEL = "m"
 HEADER = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\n"
@@ -44,9 +45,11 @@ async def test_the_scorer_reads_engine_reported_blocks_and_picks_record_for_the_
     assert producer.typed_name.type == "precise-prefix-cache-producer"
     datastore = Datastore(clock)
     scheduler.attach(datastore)
+    data = DataLayer(scheduler.data_needs)
+    data.attach(datastore)
     for i in range(3):
         datastore.upsert(Endpoint(f"e{i}", "127.0.0.1", 8000 + i))
-    await producer.start()
+    await data.start()
     try:
         request = chat("Tell me about prefix caching. " * 6)
         tokens = prompt_token_ids(request, load_tokenizer("sim"))
@@ -64,13 +67,15 @@ async def test_the_scorer_reads_engine_reported_blocks_and_picks_record_for_the_
         datastore.remove("e2")
         assert producer.index.match(hashes, ["e2"]) == [0]
     finally:
-        await producer.stop()
+        await data.stop()
 
 
 def test_redis_url_makes_the_index_shared_and_bad_parameters_name_their_key() -> None:
     scheduler = load_scheduler_text(config("{redisUrl: 'redis://127.0.0.1:1/0'}"))
     producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
-    assert isinstance(producer.index, SharedPrefixIndex) and producer.index.local is producer.precise
+    assert isinstance(producer.index, ReplicatedPrefixIndex) and producer.index.local is producer.precise
+    (shared,) = scheduler.data_needs.shared_indexes  # the data layer replicates it through Redis
+    assert shared.outbox is producer.index and shared.url == "redis://127.0.0.1:1/0"
     for params, key in (
         ("{mode: both}", "mode"),
         ("{tokenizer: 'nope'}", "tokenizer"),
@@ -87,12 +92,14 @@ def test_redis_url_makes_the_index_shared_and_bad_parameters_name_their_key() ->
 
 def test_replay_rank_offset_and_young_window_parameters_reach_the_subscriber_and_index() -> None:
     params = "{kvEventsPort: 6000, kvEventsReplayPort: 6100, kvEventsRankOffset: false, youngViewWindow: 1m}"
-    producer = next(p for p in load_scheduler_text(config(params)).plugins if isinstance(p, PrecisePrefixCacheProducer))
+    scheduler = load_scheduler_text(config(params))
+    producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+    (subscriber,) = DataLayer(scheduler.data_needs).subscribers
     ranked = Endpoint("pod-rank-3", "10.0.0.1", 8003)
-    assert (producer.subscriber.events_port(ranked), producer.subscriber.replay_port(ranked)) == (6000, 6100)
+    assert (subscriber.events_port(ranked), subscriber.replay_port(ranked)) == (6000, 6100)
     assert producer.precise.young_window == 60.0
-    default = next(p for p in load_scheduler_text(config("{}")).plugins if isinstance(p, PrecisePrefixCacheProducer))
-    assert (default.subscriber.events_port(ranked), default.subscriber.replay_port(ranked)) == (5560, None)
+    (default,) = DataLayer(load_scheduler_text(config("{}")).data_needs).subscribers
+    assert (default.events_port(ranked), default.replay_port(ranked)) == (5560, None)
 
 
 async def test_events_without_a_model_are_keyed_by_the_model_the_engines_metrics_name() -> None:
@@ -103,10 +110,12 @@ async def test_events_without_a_model_are_keyed_by_the_model_the_engines_metrics
     producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
     datastore = Datastore(clock)
     scheduler.attach(datastore)
+    data = DataLayer(scheduler.data_needs)
+    data.attach(datastore)
     for i in range(2):
         datastore.upsert(Endpoint(f"e{i}", "127.0.0.1", 8000 + i))
         datastore.update_metrics(f"e{i}", EndpointMetrics(clock.now(), models=frozenset({MODEL})))
-    await producer.start()
+    await data.start()
     try:
         request = chat("A system prompt every request shares. " * 6)
         tokens = prompt_token_ids(request, load_tokenizer("sim"))
@@ -118,4 +127,4 @@ async def test_events_without_a_model_are_keyed_by_the_model_the_engines_metrics
         assert result.endpoints[0].name == "e1"
         assert producer.precise.feed_state("e1") is FeedState.LIVE and not producer.precise.unseeded
     finally:
-        await producer.stop()
+        await data.stop()

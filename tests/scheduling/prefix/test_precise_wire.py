@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from epp.contracts.kv_events import FeedState, Removed, Stored
 from epp._util.clock import VirtualClock
-from epp.kvevents.decode import Removed, Stored, decode_message
+from epp.kvevents.decode import decode_message
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.tokens import engine_block_hashes, load_tokenizer
+from epp.scheduling.prefix.precise import PreciseIndex
+from epp.scheduling.prefix.tokens import engine_block_hashes
+from epp.tokenizer.load import load_tokenizer
 from tests.kvevents.captures import frames, messages
 
 MODEL = "tiny-llama"

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from epp._util.hashing import chain_hashes, seed_hash, token_blocks
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 from epp.request import LLMRequest, RequestKind
-from epp.scheduling.prefix.tokens import engine_block_hashes, load_tokenizer, prompt_token_ids
+from epp.scheduling.prefix.tokens import engine_block_hashes, prompt_token_ids
+from epp.tokenizer.load import load_tokenizer
 from epp.sim.protocol import chat_prompt
 
 SIM = load_tokenizer("sim")

@@ -23,9 +23,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.producers.inflight_load import InFlightLoadProducer, find_inflight_load
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

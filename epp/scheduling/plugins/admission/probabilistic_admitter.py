@@ -22,8 +22,8 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 PROBABILISTIC_ADMITTER = "probabilistic-admitter"
 
@@ -51,7 +51,8 @@ def pool_saturation(endpoints: Sequence[EndpointState], queue_depth: float, kv_u
 
 
 def rejection_probability(saturation: float, power: float, k: float) -> float:
-    return min(saturation ** power * k, 1.0)
+    scaled: float = saturation ** power * k  # float ** float is typed Any (a negative base gives complex)
+    return min(scaled, 1.0)
 
 
 class ProbabilisticAdmitter:

@@ -1,3 +1,2 @@
-"""Data-layer plugins: what a config declares about data sources other than the engine's ``/metrics``
-(where to fetch, how often) and the pure extractors that turn a fetched page into endpoint attributes.
-The fetching itself lives in ``epp.metrics.sources``, started by the composition root."""
+"""Data-layer plugins that serve scheduling directly: the topology extractor and the peer-topology rules
+its consumers share. HTTP data sources and their extractors live in ``epp.metrics.plugins``."""

@@ -19,9 +19,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.attributes import attribute
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 ENDPOINT_ATTRIBUTE_FILTER = "endpoint-attribute-filter"
 

@@ -15,8 +15,8 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.plugin.registry import PluginHandle
 
 HEADER_BASED_TESTING_FILTER = "header-based-testing-filter"
 SELECTION_HEADER = "test-epp-endpoint-selection"

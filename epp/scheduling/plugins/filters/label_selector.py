@@ -16,12 +16,27 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 LABEL_SELECTOR_FILTER = "label-selector-filter"
 
 Requirement = Callable[[Mapping[str, str]], bool]
+
+
+def label_equals(key: str, value: str, want: bool = True) -> Requirement:
+    """``key=value`` (``want``) or ``key!=value``: a missing label is not equal."""
+    return lambda labels: (labels.get(key) == value) == want
+
+
+def label_in(key: str, allowed: frozenset[str], want: bool = True) -> Requirement:
+    """``key in (...)`` (``want``) or ``key notin (...)``: a missing label is in no set."""
+    return lambda labels: (labels.get(key) in allowed) == want
+
+
+def label_exists(key: str, want: bool = True) -> Requirement:
+    """``key`` (``want``) or ``!key``."""
+    return lambda labels: (key in labels) == want
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +48,10 @@ class SelectorParams:
 def requirements(params: SelectorParams) -> list[Requirement]:
     """The selector as predicates over a label map; ParamError names a malformed requirement."""
     reqs: list[Requirement] = []
-    for key, value in params.match_labels.items():
+    for label, value in params.match_labels.items():
         if not isinstance(value, str):
-            raise ParamError(f"matchLabels.{key}", "must be a string")
-        reqs.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            raise ParamError(f"matchLabels.{label}", "must be a string")
+        reqs.append(label_equals(label, value))
     for i, expr in enumerate(params.match_expressions):
         where = f"matchExpressions[{i}]"
         unknown = set(expr) - {"key", "operator", "values"}
@@ -51,15 +66,11 @@ def requirements(params: SelectorParams) -> list[Requirement]:
         if op in ("In", "NotIn"):
             if not allowed:
                 raise ParamError(f"{where}.values", f"must not be empty for {op}")
-            if op == "In":
-                reqs.append(lambda labels, k=key, a=allowed: labels.get(k) in a)
-            else:
-                reqs.append(lambda labels, k=key, a=allowed: labels.get(k) not in a)
+            reqs.append(label_in(key, allowed, want=op == "In"))
         elif op in ("Exists", "DoesNotExist"):
             if allowed:
                 raise ParamError(f"{where}.values", f"must be empty for {op}")
-            want = op == "Exists"
-            reqs.append(lambda labels, k=key, w=want: (k in labels) == w)
+            reqs.append(label_exists(key, want=op == "Exists"))
         else:
             raise ParamError(f"{where}.operator", "must be one of In, NotIn, Exists, DoesNotExist")
     return reqs

@@ -16,9 +16,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.plugins.datalayer.models import MODEL_IDS_ATTRIBUTE
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.contracts.attributes import MODEL_IDS_ATTRIBUTE
+from epp.plugin.registry import PluginHandle
 
 MODEL_AVAILABILITY_FILTER = "model-availability-filter"
 

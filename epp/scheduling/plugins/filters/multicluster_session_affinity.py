@@ -15,9 +15,9 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import SESSION_TOKEN_HEADER
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
+from epp.plugin.params import NoParams, decode_params
 from epp.scheduling.plugins.scorers.session_affinity import endpoint_key, session_endpoint, session_token
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_SESSION_AFFINITY_FILTER = "multicluster-session-affinity-filter"
 

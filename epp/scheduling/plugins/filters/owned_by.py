@@ -13,8 +13,8 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.plugin.registry import PluginHandle
 
 OWNED_BY_FILTER = "owned-by-filter"
 

@@ -34,11 +34,11 @@ from typing import Any, Protocol, runtime_checkable
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.producers.inflight_load import InFlightLoadProducer, find_inflight_load, inflight_tokens
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixScorerParams, resolve_producer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 SGLANG_IMBALANCE_FILTER = "sglang-imbalance-filter"
 

@@ -16,9 +16,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import decode_params
+from epp.plugin.params import decode_params
 from epp.scheduling.plugins.datalayer.topology import TopologyExtractor, find_extractor, level, parse_level
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 TOPOLOGY_AFFINITY_FILTER = "topology-affinity-filter"
 

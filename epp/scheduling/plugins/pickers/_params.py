@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epp.scheduling.params import ParamError
+from epp.plugin.params import ParamError
 
 
 @dataclass(frozen=True, slots=True)

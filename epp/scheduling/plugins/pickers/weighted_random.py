@@ -13,10 +13,10 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState
-from epp.scheduling.params import decode_params
+from epp.plugin.params import decode_params
 from epp.scheduling.plugins.pickers._base import RandomizedPickerBase
 from epp.scheduling.plugins.pickers._params import PickerParams
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 WEIGHTED_RANDOM_PICKER = "weighted-random-picker"
 

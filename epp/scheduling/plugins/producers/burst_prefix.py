@@ -31,9 +31,9 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, Plugin, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class InFlightLoadProducer:
                 log.warning("%s: no prefix producer named %r; in-flight tokens get no cache discount",
                             self.typed_name.name, wanted)
             self._prefix = found[0] if found else None
-        return self._prefix or None
+        return self._prefix if isinstance(self._prefix, ApproxPrefixCacheProducer) else None
 
     def current_request_tokens(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[int]:
         """Uncached prompt tokens (plus the output estimate) ``request`` would add to each endpoint."""

@@ -26,8 +26,8 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 MM_EMBEDDINGS_CACHE_PRODUCER = "mm-embeddings-cache-producer"
 MM_EMBEDDINGS_CACHE_SCORER = "mm-embeddings-cache-scorer"
@@ -114,9 +114,11 @@ class MMEmbeddingsCacheProducer:
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """A failed request encoded nothing: the items it was the first to send are not cached there."""
         booked = self._added.pop(request.request_id)
-        if booked is not None:
-            name, fresh = booked
-            cache = self._caches.get(name, {})
+        if booked is None:
+            return
+        name, fresh = booked
+        cache = self._caches.get(name)
+        if cache is not None:
             for item in fresh:
                 cache.pop(item, None)
 

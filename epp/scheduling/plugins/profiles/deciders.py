@@ -22,11 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, ParamError, decode_params
+from epp.plugin.params import NoParams, ParamError, decode_params
 from epp.scheduling.plugins.producers.mm_embeddings import media_items
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixScorerParams, resolve_producer
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 ALWAYS_DISAGG_PD_DECIDER = "always-disagg-pd-decider"
 PREFIX_BASED_PD_DECIDER = "prefix-based-pd-decider"

@@ -22,10 +22,12 @@ parameters, ``deciderPluginName`` defaulting to ``prefix-based-pd-decider``; its
 plugin that writes the same headers (``prefillProfile``, ``encodeProfile``); configs that still list it
 beside the profile handler get the headers written twice with the same value.
 
-``data-parallel-profile-handler`` runs its one profile and writes the pick into
-``x-data-parallel-host-port`` for the rank-routing sidecar; ``primaryPort`` (default 8000, upstream
-rewrites the destination to that port of the same pod) is validated and logged: epp sends the request
-to the picked rank's own port, which the pod also serves (Istio ≥ 1.28.1 routes DP ranks natively).
+``data-parallel-profile-handler`` (deprecated upstream for ``single-profile-handler`` with Istio ≥ 1.28.1)
+runs its one profile, writes the picked rank's ``ip:port`` into ``x-data-parallel-host-port`` for the
+rank-routing sidecar, and sends the request to the same pod's ``primaryPort`` (default 8000) where that
+sidecar listens: every pick's port is rewritten, fallbacks included, as llm-d-router's
+``pkg/epp/framework/plugins/scheduling/profilehandler/dataparallel/dp_profile_handler.go`` does.
+``primaryPort: 0`` (upstream accepts it unvalidated and would send to port 0) keeps each rank's own port.
 """
 
 from __future__ import annotations
@@ -35,16 +37,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import DATA_PARALLEL_HEADER, ENCODER_HEADERS, PREFILL_HEADERS
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.datalayer.topology import PEER_ENDPOINT
 from epp.scheduling.plugins.profiles.deciders import PREFIX_BASED_PD_DECIDER, Decider
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import SchedulerProfile
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,9 @@ class DisaggHeadersHandler:
 class DataParallelProfileHandler(SingleProfileHandler):
     """Runs its one profile as ``single-profile-handler`` does; only the result handling differs."""
 
-    def __init__(self, name: str = DATA_PARALLEL_PROFILE_HANDLER) -> None:
+    def __init__(self, name: str = DATA_PARALLEL_PROFILE_HANDLER, primary_port: int = 8000) -> None:
         self.typed_name = TypedName(DATA_PARALLEL_PROFILE_HANDLER, name)
+        self.primary_port = primary_port or None  # 0: each rank's own port
 
     def process_results(
         self, cycle: CycleState, request: LLMRequest, results: dict[str, ProfileResult | None]
@@ -193,7 +195,7 @@ class DataParallelProfileHandler(SingleProfileHandler):
         (name, result), = results.items()
         if result is not None and result.endpoints:
             request.headers = {**request.headers, DATA_PARALLEL_HEADER: result.endpoints[0].endpoint.hostport}
-        return SchedulingResult(results, name)
+        return SchedulingResult(results, name, port=self.primary_port)
 
 
 def _nested(params: DisaggParams) -> tuple[StageNames, DeciderNames]:
@@ -268,7 +270,7 @@ class DataParallelParams:
 
 def data_parallel_factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> DataParallelProfileHandler:
     p = decode_params(DataParallelParams, params)
-    log.warning("%s: deprecated upstream (Istio >= 1.28.1 routes data-parallel ranks); epp writes %s and sends "
-                "the request to the picked rank's own port, not primaryPort %d", name, DATA_PARALLEL_HEADER,
-                p.primary_port)
-    return DataParallelProfileHandler(name)
+    log.warning("%s: deprecated upstream, use single-profile-handler with Istio >= 1.28.1; epp writes the picked "
+                "rank into %s and sends the request to %s", name, DATA_PARALLEL_HEADER,
+                f"the pod's primaryPort {p.primary_port}" if p.primary_port else "the rank's own port (primaryPort 0)")
+    return DataParallelProfileHandler(name, p.primary_port)

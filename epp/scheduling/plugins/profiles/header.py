@@ -22,10 +22,10 @@ from typing import Any
 from epp.request import LLMRequest
 from epp.request.errors import RequestError
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import decode_params
+from epp.plugin.params import decode_params
 from epp.scheduling.plugins.profiles.single import OneProfilePerRequest
 from epp.scheduling.profile import SchedulerProfile
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 HEADER_PROFILE_HANDLER = "header-profile-handler"
 DEFAULT_HEADER = "EPP-Profile"

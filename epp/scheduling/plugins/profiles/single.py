@@ -14,7 +14,7 @@ from typing import Any
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
 from epp.scheduling.profile import SchedulerProfile
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 SINGLE_PROFILE_HANDLER = "single-profile-handler"
 

@@ -17,8 +17,8 @@ from typing import Any
 from epp.request import LLMRequest
 from epp.request.headers import FAIRNESS_HEADERS
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import decode_params
+from epp.plugin.registry import PluginHandle
 
 AGENT_IDENTITY = "agent-identity"
 DEFAULT_SESSION_HEADERS = ("x-claude-code-session-id", "x-session-affinity", "session-id", "session_id")

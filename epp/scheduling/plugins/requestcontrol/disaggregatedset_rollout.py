@@ -37,8 +37,9 @@ from prometheus_client.registry import Collector
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
+from epp.scheduling.plugins.filters.label_selector import label_equals, label_exists, label_in
 
 DISAGGREGATEDSET_ROLLOUT_SCREENER = "disaggregatedset-rollout-screener"
 DEFAULT_REVISION_LABEL = "disaggregatedset.x-k8s.io/revision"
@@ -72,18 +73,15 @@ def parse_label_selector(text: str) -> LabelPredicate:
         if m is None or (m.group(1) and (m.group(3) or m.group(5))):
             raise ValueError(f"term {term.strip()!r} is not a label requirement")
         negate, key, op, value, set_op, values = m.groups()
-        if op in ("=", "=="):
-            checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
-        elif op == "!=":
-            checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        if op in ("=", "==", "!="):
+            checks.append(label_equals(key, value, want=op != "!="))
         elif set_op is not None:
             allowed = frozenset(v.strip() for v in values.split(",") if v.strip())
             if not allowed:
                 raise ValueError(f"term {term.strip()!r} needs at least one value")
-            want = set_op == "in"
-            checks.append(lambda labels, k=key, a=allowed, w=want: (labels.get(k) in a) == w if k in labels else not w)
+            checks.append(label_in(key, allowed, want=set_op == "in"))
         else:
-            checks.append(lambda labels, k=key, n=bool(negate): (k in labels) != n)
+            checks.append(label_exists(key, want=not negate))
     return lambda labels: all(check(labels) for check in checks)
 
 

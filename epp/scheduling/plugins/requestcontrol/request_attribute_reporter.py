@@ -22,8 +22,8 @@ import cel
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import LB_METADATA_NAMESPACE, SERVED_KEY
 from epp.scheduling.framework import TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.plugin.registry import PluginHandle
 
 DESTINATION_ENDPOINT_SERVED_VERIFIER: Final = "destination-endpoint-served-verifier"
 RESULT_HEADER: Final = "x-conformance-test-served-endpoint"

@@ -20,8 +20,8 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import ParamError, decode_params
+from epp.plugin.registry import PluginHandle
 
 CONTEXT_LENGTH_AWARE = "context-length-aware"
 DEFAULT_LABEL = "llm-d.ai/context-length-range"

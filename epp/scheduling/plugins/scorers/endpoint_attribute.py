@@ -17,10 +17,10 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.attributes import attribute
 from epp.scheduling.plugins.filters.endpoint_attribute import check_producer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 ENDPOINT_ATTRIBUTE_SCORER = "endpoint-attribute-scorer"
 LOWER_IS_BETTER = "linear_lower_is_better"

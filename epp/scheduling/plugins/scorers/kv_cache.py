@@ -11,9 +11,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
+from epp.plugin.params import NoParams, decode_params
 from epp.scheduling.plugins.scorers._common import NEUTRAL
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 KV_CACHE_UTILIZATION_SCORER = "kv-cache-utilization-scorer"
 

@@ -10,10 +10,10 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
+from epp.plugin.params import NoParams, decode_params
 from epp.scheduling.plugins.attributes import attribute
-from epp.scheduling.plugins.datalayer.multicluster_metrics import KV_CACHE_ATTRIBUTE
-from epp.scheduling.registry import PluginHandle
+from epp.contracts.attributes import KV_CACHE_ATTRIBUTE
+from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_KV_CACHE_SCORER = "multicluster-kv-cache-utilization-scorer"
 

@@ -11,10 +11,10 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
+from epp.plugin.params import NoParams, decode_params
 from epp.scheduling.plugins.attributes import attribute
-from epp.scheduling.plugins.datalayer.multicluster_metrics import QUEUE_SIZE_ATTRIBUTE
-from epp.scheduling.registry import PluginHandle
+from epp.contracts.attributes import QUEUE_SIZE_ATTRIBUTE
+from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_QUEUE_SCORER = "multicluster-queue-scorer"
 

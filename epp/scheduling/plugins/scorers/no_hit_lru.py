@@ -24,10 +24,10 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.scorers._common import NEUTRAL
 from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, PREFILL_PROFILE, ApproxPrefixCacheProducer
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 NO_HIT_LRU_SCORER = "no-hit-lru-scorer"
 

@@ -25,14 +25,14 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import ParamError, decode_params
+from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix import precise_producer
 from epp.scheduling.prefix.producer import (
     APPROX_PREFIX_CACHE_PRODUCER,
     ApproxPrefixCacheProducer,
     PrefixIndexParams,
 )
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 PREFIX_CACHE_SCORER = "prefix-cache-scorer"
 PRECISE_PREFIX_CACHE_SCORER = "precise-prefix-cache-scorer"

@@ -18,8 +18,8 @@ from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import SESSION_TOKEN_HEADER
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.params import NoParams, decode_params
+from epp.plugin.registry import PluginHandle
 
 SESSION_AFFINITY_SCORER = "session-affinity-scorer"
 

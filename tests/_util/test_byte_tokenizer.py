@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from epp.engine import tokenizer
+from epp._util import byte_tokenizer as tokenizer
 
 
 @given(st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",))))

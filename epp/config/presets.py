@@ -120,6 +120,6 @@ def build_preset(name: str, *, clock: Clock | None = None, rng: random.Random | 
     """The named preset as a ``Scheduler`` (ValueError naming the known presets if unknown)."""
     if name not in PRESETS:
         raise ValueError(f"unknown policy preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    from epp.config import load_scheduler_text  # the config layer sits above scheduling
+    from epp.config import load_scheduler_text  # the package imports this module: resolve at call time
 
     return load_scheduler_text(PRESETS[name], clock=clock, rng=rng)

@@ -14,15 +14,18 @@ import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry
 
+from epp.contracts.kv_events import FeedState
 from epp._util.clock import VirtualClock
 from epp.datastore import Endpoint
 from epp.engine.block_pool import AllBlocksCleared, BlockRemoved, BlockStored, KVCacheEvent
-from epp.kvevents.subscriber import KVEventSubscriber, SubscriberMode
+from epp.contracts.datalayer import SubscriberMode
+from epp.datalayer.kv_events import KVEventSubscriber
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.scheduling.prefix.tokens import engine_block_hashes, load_tokenizer
-from epp.sim.kv_events import encode_batch
+from epp.scheduling.prefix.precise import PreciseIndex
+from epp.scheduling.prefix.tokens import engine_block_hashes
+from epp.tokenizer.load import load_tokenizer
+from epp.kvevents.encode import encode_batch
 from tests.sim.conftest import LLM_D_TOPIC, run_sim
 from tests.sim.helpers import MODEL, post
 
@@ -244,7 +247,7 @@ async def test_a_large_pool_without_publishers_is_followed_and_past_the_socket_l
     """libzmq's default context allows 1,023 sockets (340 endpoints at three each); beyond the
     subscriber's own limit (here shrunk to 4 endpoints' worth) endpoints stay unsubscribed —
     NO_EVENTS, matched in the fallback — with one warning, not one per endpoint, and no crash."""
-    from epp.kvevents import subscriber as module
+    from epp.datalayer import kv_events as module
 
     port = free_tcp_port()  # nothing listens there: engines that publish nothing
     index = PreciseIndex(clock, BlockIndex(100))

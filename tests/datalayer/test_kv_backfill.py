@@ -10,14 +10,17 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from epp.contracts.kv_events import FeedState
 from epp._util.clock import VirtualClock
 from epp.datastore import Endpoint
 from epp.engine.block_pool import BlockStored
-from epp.kvevents.subscriber import KVEventSubscriber, SubscriberMode
+from epp.contracts.datalayer import SubscriberMode
+from epp.datalayer.kv_events import KVEventSubscriber
 from epp.scheduling.prefix.index import BlockIndex
-from epp.scheduling.prefix.precise import FeedState, PreciseIndex
-from epp.sim.kv_events import KVEventPublisher, WireFormat
-from tests.kvevents.test_subscriber import SIM, completion, hashes, until
+from epp.scheduling.prefix.precise import PreciseIndex
+from epp.kvevents.encode import WireFormat
+from epp.sim.kv_events import KVEventPublisher
+from tests.datalayer.test_kv_events import SIM, completion, hashes, until
 from tests.sim.helpers import MODEL
 from tests.test_app import free_port
 

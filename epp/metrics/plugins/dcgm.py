@@ -21,10 +21,10 @@ from typing import Any
 
 from epp.datastore import Endpoint
 from epp.metrics.extract import MetricsError, parse_line
-from epp.scheduling.framework import TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.plugins.datalayer.http_source import HttpSourceParams, SourcePlugin, pod_name
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.typed_name import TypedName
+from epp.plugin.params import NoParams, decode_params
+from epp.metrics.http_source import HttpSourceParams, SourcePlugin, pod_name
+from epp.plugin.registry import PluginHandle
 
 log = logging.getLogger(__name__)
 

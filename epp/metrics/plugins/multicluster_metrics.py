@@ -17,17 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from epp.contracts.attributes import KV_CACHE_ATTRIBUTE, QUEUE_SIZE_ATTRIBUTE
 from epp.datastore import Endpoint
 from epp.metrics.extract import MetricsError, parse_line
-from epp.scheduling.framework import TypedName
-from epp.scheduling.params import ParamError, decode_params
-from epp.scheduling.plugins.datalayer.http_source import HttpSourceParams, SourcePlugin
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.typed_name import TypedName
+from epp.plugin.params import ParamError, decode_params
+from epp.metrics.http_source import HttpSourceParams, SourcePlugin
+from epp.plugin.registry import PluginHandle
 
 MULTICLUSTER_METRICS_DATA_SOURCE = "multicluster-metrics-data-source"
 MULTICLUSTER_METRICS_EXTRACTOR = "multicluster-metrics-extractor"
-KV_CACHE_ATTRIBUTE = "multicluster.kv_cache_utilization"
-QUEUE_SIZE_ATTRIBUTE = "multicluster.queue_size"
 _SPEC = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?$')
 _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"]*)"\s*')
 

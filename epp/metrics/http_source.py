@@ -2,7 +2,8 @@
 
 A source plugin says where to fetch (``scheme``, ``path``, ``port`` override, TLS options, ``interval``);
 an extractor plugin turns one fetched body for one endpoint into named attributes. Both are plain
-objects: ``epp.metrics.sources`` does the polling.
+objects (plugins in ``epp.metrics.plugins``): ``epp.metrics.sources``, which owns this
+contract, does the polling.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from epp.datastore import Endpoint
-from epp.scheduling.framework import Plugin, TypedName
-from epp.scheduling.params import Duration, ParamError
+from epp.plugin.params import Duration, ParamError
+from epp.plugin.typed_name import Plugin, TypedName
 
 RANK_SUFFIX = "-rank-"
 

@@ -1,5 +1,8 @@
 """A stand-in tokenizer: fast, deterministic and exactly reversible, so ``/detokenize`` works.
 
+It is the simulator's tokenizer (``epp sim``), and the picker's ``sim`` tokenizer that matches it, so it
+lives below both: the engine may import only ``epp._util``.
+
 A token is 4 bytes of the UTF-8 text read as a little-endian uint32 (≈4 characters per token, the
 same estimate GIE uses for prompt length). The tail is padded with NUL bytes, which ``decode`` drops:
 equal text prefixes give equal token prefixes (up to the last full 4-byte group), which is what
@@ -71,7 +74,3 @@ def render_chat(messages: Sequence[Mapping[str, Any]]) -> str:
     parts.append("<|assistant|>\n")
     return "".join(parts)
 
-
-FILLER_TEXT = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor ut "
-"""What every engine generates, cycling: 80 characters, so exactly 20 tokens."""
-FILLER_TOKEN_IDS: tuple[int, ...] = tuple(encode(FILLER_TEXT))

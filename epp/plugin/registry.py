@@ -1,9 +1,9 @@
 """Plugin types by name: the one table configs are built from.
 
-A ``PluginRegistry`` is an ordinary object built at start-up (``builtin_registry()``); nothing
+A ``PluginRegistry`` is an ordinary object built at start-up (``epp.config.plugins.builtin_registry()``); nothing
 registers itself at import time and there is no global map. A factory takes the instance name, the
 raw ``parameters`` mapping from the config and a ``PluginHandle``, decodes its parameters strictly
-(``epp.scheduling.params``) and returns the plugin.
+(``epp.plugin.params``) and returns the plugin.
 """
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epp._util.clock import Clock, WallClock
-from epp.scheduling.framework import Plugin
+from epp.contracts.datalayer import DataNeeds
+from epp.plugin.typed_name import Plugin
 
 Factory = Callable[[str, Mapping[str, Any], "PluginHandle"], Plugin]
 
 
 @dataclass(slots=True)
 class PluginHandle:
-    """What a factory may use besides its parameters: injected time and randomness, and the plugins
-    built so far (so a scorer can find the data producer it reads from, or create it)."""
+    """What a factory may use besides its parameters: injected time and randomness, the plugins
+    built so far (so a scorer can find the data producer it reads from, or create it), and the record
+    of data-layer feeds (``needs``) through which a plugin gets engine data without owning any I/O."""
 
     clock: Clock = field(default_factory=WallClock)
     rng: random.Random = field(default_factory=random.Random)
     plugins: dict[str, Plugin] = field(default_factory=dict)
     reserved: frozenset[str] = frozenset()  # names the config declares, not all built yet
+    needs: DataNeeds = field(default_factory=DataNeeds)
+    """Feeds the plugins ask the data layer for (KV events, replication): recorded, never opened here."""
 
     def child_rng(self) -> random.Random:
         """An independent generator per plugin, derived from the handle's seed: runs are reproducible
@@ -92,9 +96,3 @@ class PluginRegistry:
         handle.add(plugin)
         return plugin
 
-
-def builtin_registry() -> PluginRegistry:
-    """Every plugin epp ships, under the reference's type names."""
-    from epp.scheduling.plugins import BUILTIN_PLUGINS
-
-    return PluginRegistry(BUILTIN_PLUGINS)

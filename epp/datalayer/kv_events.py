@@ -1,4 +1,5 @@
-"""ZMQ SUB sockets that feed engine KV-cache events into a ``KVEventSink`` (the precise prefix index).
+"""ZMQ SUB sockets that feed engine KV-cache events into a ``KVEventSink`` (the precise prefix index):
+the data layer opens one ``KVEventSubscriber`` per ``KVEventFeed`` a plugin asked for.
 
 Two topologies, as llm-d deploys them:
 
@@ -45,7 +46,6 @@ import contextlib
 import enum
 import logging
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,16 +59,16 @@ from epp.datastore.endpoint import KV_EVENTS_PORT_LABEL
 from epp.kvevents.decode import (
     TOPIC_PREFIX,
     EventBatch,
-    KVEvent,
     KVEventDecodeError,
     decode_message,
     parse_topic,
 )
-from epp.scheduling.prefix.precise import SeqCheck
+from epp.contracts.datalayer import DEFAULT_KV_EVENTS_PORT as DEFAULT_PORT
+from epp.contracts.datalayer import SubscriberMode
+from epp.contracts.kv_events import KVEventSink
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 5557
 _RANK = re.compile(r"-rank-(\d+)$")
 _END_SEQ = (-1).to_bytes(8, "big", signed=True)
 _YIELD_EVERY = 64
@@ -78,19 +78,6 @@ MAX_SOCKETS = 3 * 8192 + 64
 """ZMQ sockets this subscriber's context may open: three per connect-mode endpoint (SUB, its monitor
 pair), so 8,192 endpoints; libzmq's default (1,023) stops at 340. Past it, or past the process's file
 limit, an endpoint is left unsubscribed (warned once) and matched in the approximate fallback."""
-
-
-class KVEventSink(Protocol):
-    def ingest(self, endpoint: str, seq: int, events: Iterable[KVEvent], model: str | None) -> SeqCheck: ...
-
-    def set_connected(self, endpoint: str, connected: bool) -> None: ...
-
-    def lost(self, endpoint: str) -> None: ...
-
-
-class SubscriberMode(enum.Enum):
-    CONNECT = "connect"
-    BIND = "bind"
 
 
 def data_parallel_rank(endpoint: Endpoint) -> int:

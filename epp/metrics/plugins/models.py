@@ -14,16 +14,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from epp.contracts.attributes import MODEL_IDS_ATTRIBUTE, MODELS_ATTRIBUTE
 from epp.datastore import Endpoint
-from epp.scheduling.framework import TypedName
-from epp.scheduling.params import NoParams, decode_params
-from epp.scheduling.plugins.datalayer.http_source import HttpSourceParams, SourcePlugin
-from epp.scheduling.registry import PluginHandle
+from epp.plugin.typed_name import TypedName
+from epp.plugin.params import NoParams, decode_params
+from epp.metrics.http_source import HttpSourceParams, SourcePlugin
+from epp.plugin.registry import PluginHandle
 
 MODELS_DATA_SOURCE = "models-data-source"
 MODELS_DATA_EXTRACTOR = "models-data-extractor"
-MODELS_ATTRIBUTE = "models"
-MODEL_IDS_ATTRIBUTE = "model_ids"
 
 
 class ModelsExtractor:
