@@ -267,10 +267,9 @@ class TokenStream:
         self.done = False
         whole = not owner._stream_ok or (add_special_tokens and owner._around is None) or (
             owner._split is None and bool(owner._added))  # fmt: skip
-        self._parts: list[str] | None = None if whole else (owner._split.split(text) if owner._split else [text])
+        self._parts = [text] if whole or owner._split is None else owner._split.split(text)
         if whole:
-            self._parts = [text]
-            self._i = -2  # one whole encode
+            self._i = -2  # one ``HFTokenizer.encode`` (its piece cache still applies)
 
     def tokens_left(self) -> int:
         """About how many ids are still to read: the rest of the text at the rate seen so far (4
@@ -297,7 +296,6 @@ class TokenStream:
 
     def _next_is_remembered(self) -> bool:
         owner, parts, i = self._owner, self._parts, self._i
-        assert parts is not None
         if i < 0 or i >= len(parts) or i % 2:
             return i != -2  # a frame or an added token; -2: the whole text, unencoded
         part, pos = parts[i], self._pos
@@ -313,7 +311,6 @@ class TokenStream:
         offsets: about a quarter cheaper), the pieces after it whole; all remembered as pieces (long ones
         too, so a later prompt repeating one — an earlier turn — finds it in one lookup)."""
         parts, owner = self._parts, self._owner
-        assert parts is not None
         out: list[bytes] = []
         if 0 <= self._i < len(parts) and self._i % 2 == 0 and self._pos:
             part = parts[self._i]
@@ -339,11 +336,10 @@ class TokenStream:
 
     def _step(self) -> bytes:
         owner, parts = self._owner, self._parts
-        assert parts is not None
         if self._i == -2:
             self.done = True
             self._read_chars = self._chars
-            return token_bytes(owner._backend.encode(parts[0], add_special_tokens=self._special).ids)
+            return token_bytes(owner.encode(parts[0], self._special))
         if self._i == -1:
             self._i = 0
             return token_bytes(owner._around[0]) if self._special and owner._around else b""
