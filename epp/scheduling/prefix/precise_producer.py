@@ -192,7 +192,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         self.precise.routed(computes.name, request.request_id, hashes, request.target_model, info.kind or COMPLETION)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
-        super().response_started(request, endpoint)
+        self.learn_tail(request.request_id)
         self.precise.responded(request.request_id)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:

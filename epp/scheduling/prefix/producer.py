@@ -258,7 +258,8 @@ class ApproxPrefixCacheProducer:
 
     def learn_tail(self, request_id: str) -> None:
         """The rest of a prompt hashed lazily at the pick (``PrefixMatch``): its engines now hold it
-        (its prefill is over), so the index learns it, off the pick path, and a failure forgets it too."""
+        (its prefill is over), so the index learns it, off the pick path, and a failure forgets it too.
+        Called at the first response by producers that read lazily, else at completion."""
         pending = self.tails.pop(request_id)
         if pending is None:
             return
@@ -272,9 +273,6 @@ class ApproxPrefixCacheProducer:
             self.index.add(name, info.hashes)
         for listener in self.tail_learned:
             listener(request_id, names, info.hashes)
-
-    def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
-        self.learn_tail(request.request_id)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         self.learn_tail(request.request_id)  # a response that never said it started
