@@ -287,6 +287,8 @@ class Director:
         except RequestError:
             self.telemetry.scheduled(self.clock.now() - t0, request.target_model, None)
             raise
+        finally:  # the cycle (PreRequest hooks included) is over: a routed request must not hold its hashes
+            request.block_hashes.clear()
         picked = result.endpoints
         if self.fallbacks:
             picked = self._with_fallbacks(result)

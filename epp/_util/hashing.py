@@ -12,8 +12,11 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+import numpy.typing as npt
 import xxhash
 
+U64 = npt.NDArray[np.uint64]
 _LE64 = struct.Struct("<Q")
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
 
@@ -61,6 +64,32 @@ def token_blocks(tokens: Sequence[int], block_size: int) -> list[bytes]:
     return [fmt.pack(*tokens[i : i + block_size]) for i in range(0, full, block_size)]
 
 
+class BlockHashes(list[int]):
+    """A prompt's chained block hashes (a plain list of ints) that also carries them as a uint64 array
+    once someone has built it: the approximate index looks hashes up as an array, and converting
+    3,520 Python ints costs ~85 µs per lookup, so a memoized prompt's array is assembled from its
+    segments' arrays instead (``ChainMemo``) and built at most once per list."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, hashes: Iterable[int] = (), array: U64 | None = None) -> None:
+        super().__init__(hashes)
+        self._array = array
+
+    def array(self) -> U64:
+        """The hashes as a uint64 array (built on first use, then kept: the list must not change)."""
+        if self._array is None or len(self._array) != len(self):
+            self._array = np.fromiter(self, dtype=np.uint64, count=len(self))
+        return self._array
+
+
+def hash_array(hashes: Sequence[int]) -> U64:
+    """``hashes`` as a uint64 array: a ``BlockHashes``'s own, else converted (2× faster than asarray for big ints)."""
+    if isinstance(hashes, BlockHashes):
+        return hashes.array()
+    return np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+
+
 class ChainMemo:
     """``chain_hashes(text_blocks(data, block_bytes), seed)`` for long prompts that share prefixes.
 
@@ -68,10 +97,12 @@ class ChainMemo:
     8,192 hash calls. Prompts mostly repeat what came before (system prompts, earlier chat turns):
     here the data is cut into segments of ``segment_blocks`` blocks, and a segment's hashes are a
     pure function of (block size, the hash before it, its bytes), remembered for the ``capacity``
-    most recently used segments. A repeated segment costs one dict lookup (hashing and comparing its
-    bytes in C) instead of ``segment_blocks`` Python-level hash calls; results are identical by
-    construction. Memory: about ``capacity`` × (segment bytes + 45 bytes per block): 15 MB by default
-    with 64-byte blocks.
+    most recently used segments. A repeated segment costs one xxh3-128 digest of its bytes (the dict
+    key, with the block size and the hash before it) and one comparison with the bytes remembered
+    (so a digest collision is a miss, never a wrong answer) instead of ``segment_blocks`` Python-level
+    hash calls; results are identical by construction. Keying by digest instead of the bytes
+    themselves spares Python's SipHash of every segment (220 KB: ~100 µs → ~25 µs). Memory: about
+    ``capacity`` × (segment bytes + 53 bytes per block): 16 MB by default with 64-byte blocks.
     """
 
     __slots__ = ("_capacity", "_memo", "_segment_blocks")
@@ -81,35 +112,47 @@ class ChainMemo:
             raise ValueError("segment_blocks and capacity must be at least 1")
         self._segment_blocks = segment_blocks
         self._capacity = capacity
-        self._memo: dict[tuple[int, int, bytes], list[int]] = {}
+        self._memo: dict[tuple[int, int, int], tuple[bytes, list[int], U64]] = {}
 
     def __len__(self) -> int:
         return len(self._memo)
 
-    def chain(self, data: bytes, block_bytes: int, seed: int) -> list[int]:
+    def chain(self, data: bytes, block_bytes: int, seed: int) -> BlockHashes:
         """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed``."""
         memo = self._memo
         step = block_bytes * self._segment_blocks
         end = len(data) - len(data) % block_bytes
-        out: list[int] = []
+        view = memoryview(data)
+        digest, startswith = xxhash.xxh3_128_intdigest, data.startswith
+        out = BlockHashes()
+        arrays: list[U64] = []
         parent = seed
         for start in range(0, end, step):
-            segment = data[start : min(start + step, end)]
-            key = (block_bytes, parent, segment)
-            hashes = memo.pop(key, None)
-            if hashes is None:
+            stop = start + step if start + step <= end else end
+            key = (block_bytes, parent, digest(view[start:stop]))
+            entry = memo.pop(key, None)
+            # The digest picks the entry; the bytes decide (same length, since the digest covers it
+            # only probabilistically: a shorter remembered segment would be a prefix, not a match).
+            if entry is None or len(entry[0]) != stop - start or not startswith(entry[0], start):
+                segment = data[start:stop]
                 hashes = chain_hashes(text_blocks(segment, block_bytes), parent)
+                entry = (segment, hashes, np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
                 if len(memo) >= self._capacity:
                     del memo[next(iter(memo))]  # least recently used
-            memo[key] = hashes
-            out.extend(hashes)
-            parent = hashes[-1]
+            memo[key] = entry
+            out += entry[1]
+            arrays.append(entry[2])
+            parent = entry[1][-1]
+        if arrays:
+            out._array = np.concatenate(arrays)
         return out
 
 
-def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> list[int]:
+def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> BlockHashes:
     """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
-    return chain_hashes(text_blocks(data, block_bytes), seed) if memo is None else memo.chain(data, block_bytes, seed)
+    if memo is None:
+        return BlockHashes(chain_hashes(text_blocks(data, block_bytes), seed))
+    return memo.chain(data, block_bytes, seed)
 
 
 def token_bytes(tokens: Sequence[int]) -> bytes:

@@ -36,15 +36,23 @@ def filter_metadata(metadata: base_pb2.Metadata) -> dict[str, Any]:
 
 def header_mutation(headers: Mapping[str, str], remove: Iterable[str] = ()) -> pb.HeaderMutation:
     """Set ``headers`` (overwriting) and drop the ``remove`` names (e.g. client-sent copies of routing headers)."""
-    return pb.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")), append_action=_OVERWRITE
-            )
-            for k, v in headers.items()
-        ],
-        remove_headers=list(remove),
-    )
+    mutation = pb.HeaderMutation()
+    _fill_headers(mutation, headers, remove)
+    return mutation
+
+
+def _fill_headers(mutation: pb.HeaderMutation, headers: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+    """``header_mutation`` written into the reply's own message: building it apart and copying it in
+    (constructor arguments copy) cost ~4× as much per request."""
+    mutation.SetInParent()  # present even when empty, as constructing it made it
+    add = mutation.set_headers.add
+    for k, v in headers.items():
+        option = add()
+        option.header.key = k
+        option.header.raw_value = v.encode("latin-1", "replace")
+        option.append_action = _OVERWRITE
+    if remove:
+        mutation.remove_headers.extend(remove)
 
 
 def destination_metadata(destination: str, scores: Mapping[str, float] | None = None) -> struct_pb2.Struct:
@@ -52,11 +60,17 @@ def destination_metadata(destination: str, scores: Mapping[str, float] | None = 
     ``scores`` (``--emit-endpoint-scores``) also ``x-gateway-destination-endpoint-scores``: ``{ip:port: score}``
     for every endpoint the primary profile scored, picked or not."""
     md = struct_pb2.Struct()
-    lb = md.get_or_create_struct(LB_METADATA_NAMESPACE)
-    lb[DESTINATION_HEADER] = destination
-    if scores is not None:
-        lb.get_or_create_struct(SCORES_KEY).update(scores)
+    _fill_destination(md, destination, scores)
     return md
+
+
+def _fill_destination(metadata: struct_pb2.Struct, destination: str, scores: Mapping[str, float] | None) -> None:
+    """``destination_metadata`` written into the reply's own ``dynamic_metadata`` through the raw
+    ``fields`` maps (the ``Struct`` helpers are pure Python)."""
+    lb = metadata.fields[LB_METADATA_NAMESPACE].struct_value
+    lb.fields[DESTINATION_HEADER].string_value = destination
+    if scores is not None:
+        lb.fields[SCORES_KEY].struct_value.update(scores)
 
 
 def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
@@ -75,10 +89,12 @@ def request_headers_reply(
     scores: Mapping[str, float] | None = None,
 ) -> pb.ProcessingResponse:
     """Answer to ``request_headers``: set/remove headers (+ routing metadata when a destination is given)."""
-    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=clear_route_cache)
-    reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+    reply = pb.ProcessingResponse()
+    common = reply.request_headers.response
+    common.clear_route_cache = clear_route_cache
+    _fill_headers(common.header_mutation, headers, remove)
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
+        _fill_destination(reply.dynamic_metadata, destination, scores)
     return reply
 
 
@@ -95,12 +111,14 @@ def buffered_body_reply(
 
     Without a destination (the body-based router) no routing metadata is attached.
     """
-    common = pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
+    reply = pb.ProcessingResponse()
+    common = reply.request_body.response
+    common.clear_route_cache = True
+    _fill_headers(common.header_mutation, headers, remove)
     if body is not None:
         common.body_mutation.body = body
-    reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
     if destination is not None:
-        reply.dynamic_metadata.CopyFrom(destination_metadata(destination, scores))
+        _fill_destination(reply.dynamic_metadata, destination, scores)
     return reply
 
 
@@ -111,10 +129,12 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> I
     offsets = range(0, n, MAX_CHUNK_BYTES) if n else range(1)
     last = offsets[-1]
     for start in offsets:
-        chunk = pb.StreamedBodyResponse(body=body[start:start + MAX_CHUNK_BYTES], end_of_stream=end_of_stream and start == last)
-        common = pb.CommonResponse()
-        common.body_mutation.streamed_response.CopyFrom(chunk)
-        yield pb.ProcessingResponse(**{field: pb.BodyResponse(response=common)})
+        reply = pb.ProcessingResponse()
+        # Filled in place: a chunk built apart and CopyFrom'd into place copied its 62 KB a second time.
+        streamed = getattr(reply, field).response.body_mutation.streamed_response
+        streamed.body = body[start:start + MAX_CHUNK_BYTES]
+        streamed.end_of_stream = end_of_stream and start == last
+        yield reply
 
 
 def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingResponse:
@@ -132,8 +152,9 @@ def body_reply(response: bool, body: bytes | None = None) -> pb.ProcessingRespon
 
 
 def response_headers_reply(headers: Mapping[str, str]) -> pb.ProcessingResponse:
-    common = pb.CommonResponse(header_mutation=header_mutation(headers))
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common))
+    reply = pb.ProcessingResponse()
+    _fill_headers(reply.response_headers.response.header_mutation, headers)
+    return reply
 
 
 def trailers_reply(response: bool) -> pb.ProcessingResponse:

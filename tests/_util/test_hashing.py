@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from epp._util.hashing import ChainMemo, chain_hashes, text_blocks, token_blocks, token_bytes
+from epp._util import hashing
+from epp._util.hashing import (
+    ChainMemo,
+    chain_hashes,
+    hash_array,
+    text_blocks,
+    token_blocks,
+    token_bytes,
+)
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 
@@ -40,4 +49,19 @@ def test_prompt_hashes_with_a_memo_equal_those_without(tokens: bool) -> None:
         request = LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=token_bytes(ids),
                              prompt_token_ids=ids if tokens else None)
         limit = rng.choice([16, 256, 8192])
-        assert prompt_block_hashes(request, 16, limit, memo) == prompt_block_hashes(request, 16, limit)
+        fresh = dataclasses.replace(request, block_hashes={})  # not the request's own hashes from the first call
+        assert prompt_block_hashes(request, 16, limit, memo) == prompt_block_hashes(fresh, 16, limit)
+
+
+def test_memo_digest_collisions_are_misses_and_arrays_equal_the_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments are keyed by a digest of their bytes; two segments with one digest are told apart by
+    their bytes, and each chain's uint64 array holds exactly its hashes."""
+    monkeypatch.setattr(hashing.xxhash, "xxh3_128_intdigest", lambda data: 0)  # every segment collides
+    rng = random.Random(8)
+    memo = ChainMemo(segment_blocks=2, capacity=8)
+    for _ in range(100):
+        data = rng.choice([b"a" * 300, b"b" * 300, rng.randbytes(300)])[: rng.randrange(300)]
+        chained = memo.chain(data, 16, 3)
+        assert chained == chain_hashes(text_blocks(data, 16), 3)
+        assert chained.array().tolist() == chained
+        assert hash_array(chained) is chained.array() and hash_array(list(chained)).tolist() == chained

@@ -31,7 +31,7 @@ from typing import cast
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.request import LLMRequest, RequestKind
-from epp.scheduling.prefix.hashing import request_seed
+from epp.scheduling.prefix.hashing import hashed_once, request_seed
 from epp.contracts.kv_events import CHAT, COMPLETION
 from epp.tokenizer.load import SimTokenizer
 from epp.tokenizer.protocol import StreamingTokenizer, Tokenizer, TokenReader
@@ -82,9 +82,20 @@ def engine_block_hashes(
 
     With the ``sim`` tokenizer a text prompt's packed token blocks *are* its NUL-padded UTF-8 bytes
     (a token is 4 bytes read little-endian, packed back little-endian), so the bytes are hashed
-    directly: as cheap as the approximate producer's byte blocks, without a list of ints."""
-    prompt = _prompt(request, tokenizer)
+    directly: as cheap as the approximate producer's byte blocks, without a list of ints. Tokenized and
+    hashed once per request and tokenizer (``hashed_once``)."""
     seed = request_seed(request)
+    return hashed_once(
+        request, ("engine", id(tokenizer), block_tokens, max_blocks, seed),
+        (tokenizer, request.body, request.prompt_token_ids, request.prompt_bytes),
+        lambda: _engine_block_hashes(request, tokenizer, block_tokens, max_blocks, seed, memo),
+    )
+
+
+def _engine_block_hashes(
+    request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, seed: int, memo: ChainMemo | None
+) -> list[int]:
+    prompt = _prompt(request, tokenizer)
     block_bytes = block_tokens * 4
     if isinstance(prompt, tuple) and isinstance(tokenizer, SimTokenizer) and sys.byteorder == "little":
         data = prompt[0].encode("utf-8", errors="replace")
