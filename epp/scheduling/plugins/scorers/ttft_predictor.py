@@ -125,6 +125,14 @@ class TTFTPredictorScorer:
         """Moving mean of the cold prefill of this scorer's picks: what a foreign request is assumed to cost."""
         self._picks = 0
         self._key = f"ttft/{name}"
+        producer.tail_learned.append(self._tail_learned)
+
+    def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
+        """A prompt hashed lazily at the pick is known whole now: its held prefix is all of it."""
+        for name in endpoints:
+            recency = self.recency.get(name)
+            if recency is not None:
+                recency.extend(request_id, hashes)
 
     def _ledger(self, name: str) -> EndpointLedger:
         ledger = self.ledgers.get(name)
