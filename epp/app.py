@@ -1,46 +1,26 @@
 """``epp serve``: flags (the reference picker's names and defaults) and the process around the picker.
 
-``epp.service.PickerService`` builds and starts the parts; this module parses flags, runs it until
-SIGTERM/SIGINT through the shared serve loop (health NOT_SERVING first, new streams still served for
-``--drain-timeout``, then open streams get ``--shutdown-grace``) and tunes the garbage collector once
-everything is up.
+This module defines the flags and turns them, once, into a frozen ``epp.serve_config.ServeConfig``;
+``epp.service.serve`` builds and starts the parts from it and runs them until SIGTERM/SIGINT through the
+shared serve loop (health NOT_SERVING first, new streams still served for ``--drain-timeout``, then open
+streams get ``--shutdown-grace``); ``epp.workers.supervise`` runs ``--workers N`` of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import logging
 from types import MappingProxyType
 from typing import Final
 
-from epp._util.cli import Shutdown, add_serving_flags, bool_flag, duration, go_bool, port, run_async, run_until_signal
+from epp._util.cli import add_serving_flags, bool_flag, duration, go_bool, port, run_async
 from epp._util.logs import configure_logging, log_settings
-from epp.datastore.health import HealthParams
-from epp.discovery.kube_setup import add_kubernetes_flags
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
-from epp.serve_flags import add_upstream_flags, message_size, prepare_grpc_tls
+from epp.serve_config import DEFAULT_MAX_STREAMS, DEFAULT_POLICY, ServeConfig, prepare_grpc_tls
+from epp.serve_flags import add_kubernetes_flags, add_upstream_flags, message_size
+from epp.shared.serve import add_shared_state_flags
 
 log = logging.getLogger("epp.serve")
-
-DEFAULT_POLICY = "default"  # epp's preset (epp.config.presets.DEFAULT_PRESET): minimum predicted TTFT
-DEFAULT_MAX_STREAMS = 10_000
-GC_GEN0_THRESHOLD = 50_000
-
-
-def tune_gc() -> None:
-    """Freeze start-up objects out of the collector's sight and collect young objects less often.
-
-    Every ext_proc stream allocates a burst of short-lived protobuf messages and request objects; at
-    CPython's default gen-0 threshold (700) collections took ≈12 % of the picker's busy CPU, mostly
-    re-scanning long-lived objects (modules, descriptors, the config). Cycles are still collected,
-    in bigger batches (bench/RESULTS.md, "Cutting the picker's cost").
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +73,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_endpoint_health_flags(parser)
     add_reference_compat_flags(parser)
     add_upstream_flags(parser)
+    add_shared_state_flags(parser)
     parser.set_defaults(run=run)
 
 
@@ -117,16 +98,6 @@ def add_endpoint_health_flags(parser: argparse.ArgumentParser) -> None:
                         "ORIGINAL_DST gateways, which accept a single address only")
 
 
-def health_params(args: argparse.Namespace) -> HealthParams:
-    """The ``--endpoint-health*`` flags; ``ValueError`` names a bad one."""
-    return HealthParams(
-        enabled=args.endpoint_health, consecutive_failures=args.endpoint_health_consecutive_failures,
-        base_ejection=args.endpoint_health_base_ejection_time, max_ejection=args.endpoint_health_max_ejection_time,
-        scrape_failure_window=args.endpoint_health_scrape_failure_window,
-        max_ejection_percent=args.endpoint_health_max_ejection_percent,
-    )  # fmt: skip
-
-
 # Reference-picker flags epp accepts so existing manifests start unchanged, but whose feature it does not
 # have: flag → the value that needs no feature (setting anything else logs one warning at start).
 UNSUPPORTED_FLAGS: Final = MappingProxyType({
@@ -137,14 +108,6 @@ UNSUPPORTED_FLAGS: Final = MappingProxyType({
 def auto_bool(text: str) -> bool | None:
     """A Go-style boolean, or ``auto`` (None): the flag's value follows from the other flags."""
     return None if text.strip().lower() == "auto" else go_bool(text)
-
-
-def metrics_auth_enabled(args: argparse.Namespace) -> bool:
-    """``--metrics-endpoint-auth``: as given, else on exactly when Kubernetes discovery gives epp a
-    kube-apiserver to review tokens with (the reference's default is true; it always has one)."""
-    if args.metrics_endpoint_auth is not None:
-        return bool(args.metrics_endpoint_auth)
-    return bool(args.pool_name or args.endpoint_selector)
 
 
 def add_reference_compat_flags(parser: argparse.ArgumentParser) -> None:
@@ -176,41 +139,20 @@ def positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``epp serve``: the flags become one ``ServeConfig`` here (a bad flag exits 2 before anything
+    starts), then one picker serves, or ``--workers N`` of them under a supervisor."""
     configure_logging(log_settings(args))
     warn_unsupported(args)
-    if args.max_body_bytes < 1 or args.max_concurrent_streams < 1:
-        log.error("--max-body-bytes and --max-concurrent-streams must be positive")
-        return 2
     try:
-        prepare_grpc_tls(args)
+        config = ServeConfig.from_args(args)
+        prepare_grpc_tls(config.serving)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    if args.workers > 1:
+    if config.serving.workers > 1:
         from epp.workers import supervise
 
-        if args.ha_enable_leader_election:  # every worker would campaign for the Lease on its own
-            log.error("--workers > 1 cannot be combined with --ha-enable-leader-election (active-passive); "
-                      "run one worker per replica, or drop leader election for active-active")
-            return 2
-        return run_async(supervise(args))
-    return run_async(serve(args))
+        return run_async(supervise(config))
+    from epp.service import serve
 
-
-async def serve(args: argparse.Namespace) -> int:
-    """Build (bad configuration exits 2 before anything listens), then serve until SIGTERM/SIGINT."""
-    from epp.service import PickerService
-
-    try:
-        picker = PickerService(args)
-    except (ValueError, OSError) as exc:
-        log.error("%s", exc)
-        return 2
-
-    async def setup(stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
-        await picker.setup(stack, shutdown)
-        tune_gc()
-        if (ready := getattr(args, "ready", None)) is not None:  # a worker of ``--workers N`` tells its parent
-            ready(picker.server.health_port, picker.metrics.port)
-
-    return await run_until_signal(setup, log)
+    return run_async(serve(config))

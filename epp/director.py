@@ -29,7 +29,16 @@ from epp._util.clock import Clock, WallClock
 from epp._util.logs import clip, fields
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
-from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, MODEL_NAME_HEADER, SERVED_KEY, SUBSET_KEY
+from epp.request.headers import (
+    DESTINATION_HEADER,
+    DROPPED_REASON_HEADER,
+    LB_METADATA_NAMESPACE,
+    MODEL_NAME_HEADER,
+    REQUEST_ID_HEADER,
+    SCORES_KEY,
+    SERVED_KEY,
+    SUBSET_KEY,
+)
 from epp.request.parsers import RequestParsers, default_parsers
 from epp.request.usage import Usage
 from epp.scheduling.framework import SchedulingResult
@@ -154,18 +163,38 @@ class ShedSheddable:
 ModelRewriter = Callable[[str], "tuple[str, str] | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class RoutingAnswer:
+    """What the gateway is told for one routed request, built only by ``RoutingDecision.answer``.
+
+    ``headers``: request headers to set upstream: those plugins added or changed, the destination
+    (``x-gateway-destination-endpoint``: the primary, then any fallbacks, comma-separated), the target
+    model name, a generated request id, and ``content-length`` when the body was replaced. ``metadata``:
+    the dynamic metadata (namespace → key → value): ``envoy.lb``'s copy of the destination, which must
+    equal the header (override_host reads the metadata, ORIGINAL_DST the header), plus every scored
+    endpoint's score with ``--emit-endpoint-scores``. ``remove``: client headers a plugin dropped.
+    ``body``: the replacement request body (model rewrite), else None.
+    """
+
+    headers: dict[str, str]
+    metadata: dict[str, dict[str, Any]]
+    remove: tuple[str, ...] = ()
+    body: bytes | None = None
+
+
 @dataclass(slots=True)
 class RoutingDecision:
     """Where one request goes. ``endpoints[0]`` is the primary, the rest a fallback list in order.
 
-    ``body`` is set only when the request body had to change (model rewrite); ``headers`` are the
-    request headers to set upstream, destination included.
+    ``body`` is set only when the request body had to change (model rewrite); ``plugin_headers`` are the
+    request headers plugins added or changed (system headers excepted). ``answer`` turns the decision
+    into what the gateway is told.
     """
 
     request: LLMRequest
     endpoints: list[EndpointState]
     started_at: float
-    headers: dict[str, str] = field(default_factory=dict)
+    plugin_headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     tokens: int = 0
     started: bool = False
@@ -183,6 +212,24 @@ class RoutingDecision:
         if self.port is None:
             return ",".join(e.hostport for e in self.endpoints)
         return ",".join(e.endpoint.with_port(self.port) for e in self.endpoints)
+
+    def answer(self, generated_request_id: str | None = None) -> RoutingAnswer:
+        """The routing answer: the destination header and its ``envoy.lb`` metadata twin (with the scores)
+        come from here only, so they cannot disagree. ``generated_request_id``: the id the picker made up
+        for a request without ``x-request-id``, passed upstream so the engine logs the same id."""
+        destination = self.destination
+        headers = dict(self.plugin_headers)
+        headers[DESTINATION_HEADER] = destination
+        if self.request.target_model:
+            headers[MODEL_NAME_HEADER] = self.request.target_model
+        if generated_request_id is not None:
+            headers[REQUEST_ID_HEADER] = generated_request_id
+        if self.body is not None:
+            headers["content-length"] = str(len(self.body))
+        lb: dict[str, Any] = {DESTINATION_HEADER: destination}
+        if self.scores is not None:
+            lb[SCORES_KEY] = dict(self.scores)
+        return RoutingAnswer(headers, {LB_METADATA_NAMESPACE: lb}, tuple(self.removed_headers), self.body)
 
     @property
     def target_model(self) -> str:
@@ -299,7 +346,7 @@ class Director:
             primary = result.profile_results.get(result.primary_profile)
             if primary is not None:
                 decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
-        decision.headers = self._upstream_headers(decision, original_headers)
+        decision.plugin_headers = self._plugin_headers(request, original_headers)
         decision.removed_headers = [n for n in original_headers if n not in request.headers and not n.startswith(":")]
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.datastore.routed(picked[0])
@@ -316,7 +363,6 @@ class Director:
         if not states:
             raise RequestError(500, "no pods available in datastore", error_type="server_error", code="no_endpoints")
         decision = RoutingDecision(request, [self._rng.choice(self.datastore.routable(states))], self.clock.now())
-        decision.headers = {DESTINATION_HEADER: decision.destination}
         self.datastore.request_started(decision.endpoints[0].name, 0)
         self.datastore.routed(decision.endpoints[0])
         self.telemetry.request_routed(request, 0)
@@ -430,16 +476,13 @@ class Director:
             raise RequestError(400, "request body is nested too deeply to rewrite its model",
                                code="invalid_body") from None
 
-    def _upstream_headers(self, decision: RoutingDecision, original: Mapping[str, str]) -> dict[str, str]:
-        """Destination and model name, plus any header a plugin added or changed (system headers excepted)."""
-        headers = {
-            name: value for name, value in decision.request.headers.items()
+    @staticmethod
+    def _plugin_headers(request: LLMRequest, original: Mapping[str, str]) -> dict[str, str]:
+        """Headers a plugin added or changed (system headers excepted: the answer sets those)."""
+        return {
+            name: value for name, value in request.headers.items()
             if original.get(name) != value and name not in SYSTEM_HEADERS and not name.startswith(":")
         }
-        headers[DESTINATION_HEADER] = decision.destination
-        if decision.request.target_model:
-            headers[MODEL_NAME_HEADER] = decision.request.target_model
-        return headers
 
 
 def _ip_of(hostport: str) -> str:

@@ -1,5 +1,6 @@
 """``epp serve`` flags that the reference pickers' charts pass, beyond the core serving flags of
-``epp.app``, each with its upstream meaning (GIE v1.5.0 ``cmd/epp/runner``, llm-d-router
+``epp.app``, and their value parsers; ``epp.serve_config`` turns the parsed flags into the typed
+configuration. Each with its upstream meaning (GIE v1.5.0 ``cmd/epp/runner``, llm-d-router
 ``pkg/epp/server/options.go``):
 
 * ``--model-server-metrics-{scheme,path,port,https-insecure-skip-verify}``: where engine metrics are
@@ -33,25 +34,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import ssl
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from epp._util.cli import bool_flag, port
+from epp._util.cli import bool_flag, port, seconds
 from epp.config.decode import ConfigError, parse_quantity
-from epp.datastore.endpoint import DEFAULT_ENGINE
-from epp.metrics.engines import ENGINES, EngineSpec, Selector, parse_selector, with_legacy_names
-from epp.metrics.poller import SOURCE_TYPE as METRICS_SOURCE
-from epp.metrics.poller import ScrapeTarget
-from epp.plugin.params import ParamError, decode_params
-
-if TYPE_CHECKING:
-    from epp.config.model import EndpointPickerConfig
-    from epp.extproc.tls import TlsOptions
+from epp.discovery.kubernetes import POOL_VERSIONS
+from epp.metrics.engines import Selector, parse_selector
 
 METRIC_FLAGS = ("total_queued_requests_metric", "total_running_requests_metric", "kv_cache_usage_percentage_metric",
                 "lora_info_metric", "cache_info_metric")
@@ -174,91 +163,24 @@ def add_upstream_flags(parser: argparse.ArgumentParser) -> None:
               "load plugin types upstream marks alpha (refused at start otherwise)")
 
 
-@dataclass(frozen=True, slots=True)
-class MetricsSourceParams:
-    """``metrics-data-source`` parameters (upstream's defaults)."""
-
-    scheme: str = "http"
-    path: str = "/metrics"
-    insecure_skip_verify: bool = True
-
-
-def scrape_target(args: argparse.Namespace, config: EndpointPickerConfig | None = None) -> ScrapeTarget:
-    """The flags' target, or the config's ``metrics-data-source`` parameters when it declares one."""
-    port = args.model_server_metrics_port
-    declared = [(i, p) for i, p in enumerate(config.plugins if config else ()) if p.type == METRICS_SOURCE]
-    if not declared:
-        return ScrapeTarget(args.model_server_metrics_scheme, args.model_server_metrics_path, port,
-                            args.model_server_metrics_https_insecure_skip_verify)
-    i, spec = declared[0]
-    try:
-        params = decode_params(MetricsSourceParams, spec.parameters)
-        return ScrapeTarget(params.scheme, params.path, port, params.insecure_skip_verify)
-    except ParamError as err:
-        raise ConfigError(f"plugins[{i}].parameters" + (f".{err.key}" if err.key else ""), err.message) from None
-    except ValueError as err:  # ScrapeTarget's own checks (scheme, path)
-        raise ConfigError(f"plugins[{i}].parameters", str(err)) from None
-
-
-def engine_specs(args: argparse.Namespace) -> Mapping[str, EngineSpec]:
-    """``ENGINES`` with the metric-name flags applied to the default engine kind."""
-    given = {name: getattr(args, name) for name in METRIC_FLAGS if getattr(args, name, None) is not None}
-    if not given:
-        return ENGINES
-    required = {"total_queued_requests_metric": "queue", "total_running_requests_metric": "running",
-                "kv_cache_usage_percentage_metric": "kv"}
-    changes: dict[str, object] = {}
-    for name, value in given.items():
-        if name in required:
-            if value.selector is None:
-                raise ValueError(f"--{name.replace('_', '-')} must name a metric")
-            changes[required[name]] = value.selector
-        else:
-            changes["lora" if name == "lora_info_metric" else "cache_info"] = value.selector
-    specs = dict(ENGINES)
-    specs[DEFAULT_ENGINE] = with_legacy_names(ENGINES[DEFAULT_ENGINE], **changes)  # type: ignore[arg-type]
-    return specs
-
-
-def metrics_ssl_context(args: argparse.Namespace, auth: bool) -> ssl.SSLContext | None:
-    """The metrics port's TLS context, or None for plain HTTP; ``ValueError`` for upstream's refusals.
-    ``auth``: whether token auth guards /metrics (``--metrics-endpoint-auth`` resolved)."""
-    cert_dir, ca_file = args.metrics_cert_dir, args.metrics_client_ca_file
-    if not cert_dir and not ca_file:
-        return None
-    if ca_file and not cert_dir:
-        raise ValueError('"metrics-client-ca-file" requires "metrics-cert-dir"')
-    if not ca_file and not auth:
-        raise ValueError('"metrics-cert-dir" enables metrics TLS without authentication; set "metrics-client-ca-file" '
-                         'or "metrics-endpoint-auth"')
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
-        if ca_file:
-            context.load_verify_locations(cafile=ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as err:
-        raise ValueError(f"metrics TLS: cannot load {cert_dir!r} / {ca_file!r}: {err}") from None
-    return context
-
-
-def tls_options(args: argparse.Namespace) -> TlsOptions:
-    """``epp.extproc.tls.TlsOptions`` for the native transport (imported here: that module loads gRPC)."""
-    from epp.extproc.tls import TlsOptions
-
-    minimum = args.tls_min_version or ssl.TLSVersion.TLSv1_2
-    return TlsOptions(max(minimum, ssl.TLSVersion.TLSv1_2), tuple(args.tls_cipher_suites))
-
-
-def prepare_grpc_tls(args: argparse.Namespace) -> None:
-    """Before gRPC loads (it reads its cipher list once, at import): hand the suites to gRPC core and
-    refuse what grpc.aio cannot do. ``ValueError`` for a set-up it cannot honour."""
-    if not args.secure_serving or args.grpc_server == "native":
-        return
-    if args.tls_min_version == ssl.TLSVersion.TLSv1_3:
-        raise ValueError("--tls-min-version VersionTLS13 needs --grpc-server native: grpc.aio cannot raise its TLS minimum")
-    if args.tls_cipher_suites:
-        if "grpc" in sys.modules:
-            raise ValueError("--tls-cipher-suites must be applied before gRPC loads; this process already loaded it")
-        os.environ["GRPC_SSL_CIPHER_SUITES"] = ":".join(args.tls_cipher_suites)
+def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
+    """The reference picker's discovery and HA flags (gie-facts D2); ``epp.discovery.kube_setup`` consumes
+    them as ``KubernetesFlags``."""
+    group = parser.add_argument_group("Kubernetes discovery")
+    group.add_argument("--pool-name", default="", help="InferencePool to serve (or use --endpoint-selector)")
+    group.add_argument("--pool-namespace", default="", help="namespace of the pool; default $NAMESPACE, else default")
+    group.add_argument("--pool-group", default="inference.networking.k8s.io", choices=sorted(POOL_VERSIONS),
+                       help="API group of the InferencePool (v1, or the older x-k8s.io v1alpha2)")
+    group.add_argument("--endpoint-selector", default="",
+                       help="pool-less mode: label selector of model-server pods (k=v,k2=v2)")
+    group.add_argument("--endpoint-target-ports", default="",
+                       help="pool-less mode: comma list of 1-8 model-server ports")
+    group.add_argument("--kubeconfig", default="",
+                       help="kubeconfig file; default $KUBECONFIG, then in-cluster, then ~/.kube/config")
+    bool_flag(group, "--ha-enable-leader-election", False, "active-passive HA: only the Lease holder reports ready")
+    group.add_argument("--ha-lease-duration", type=seconds, default="15s", metavar="DURATION",
+                       help="how long a Lease holds without renewal (Go duration, or bare seconds)")
+    group.add_argument("--ha-renew-deadline", type=seconds, default="10s", metavar="DURATION",
+                       help="how long the leader keeps retrying a renewal before giving up the lead")
+    group.add_argument("--ha-retry-period", type=seconds, default="2s", metavar="DURATION",
+                       help="wait between attempts to acquire or renew the Lease")

@@ -18,13 +18,13 @@ The parent (this module's ``supervise``):
 - forwards SIGTERM/SIGINT to every worker (each drains as a single ``epp serve`` does) and exits when all
   have stopped. Workers exit when the parent dies (their stdin, the parent's pipe, reaches EOF).
 
-A worker is ``python -m epp.workers``: its parsed flags arrive pickled on stdin; it serves health and
-metrics on free loopback ports and prints them as one JSON line on stdout once it serves.
+A worker is ``python -m epp.workers``: its ``ServeConfig`` (the parent's, ``for_worker()``) arrives
+pickled on stdin; it serves health and metrics on free loopback ports and prints them as one JSON line
+on stdout once it serves.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -45,10 +45,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from epp._util.cli import SIGNALS
+from epp._util.cli import SIGNALS, run_async
+from epp._util.logs import configure_logging
 from epp.extproc.health import HealthService
 from epp.extproc.server import HEALTH_MAX_RPCS, NO_REUSEPORT, bind_error
-from epp.serve_flags import metrics_ssl_context
+from epp.serve_config import ServeConfig, metrics_ssl_context
 from epp.telemetry.auth import KubeMetricsAuth
 
 log = logging.getLogger("epp.workers")
@@ -68,7 +69,8 @@ SUMMED_GAUGES = frozenset({
     "epp_extproc_stream_buffer_limit_bytes",
 })
 # Connection gauges (1 = connected): the pod is connected only when every worker is.
-MIN_GAUGES = frozenset({"epp_kv_events_connected", "epp_prefix_shared_connected", "epp_discovery_api_reachable"})
+MIN_GAUGES = frozenset({"epp_kv_events_connected", "epp_prefix_shared_connected", "epp_shared_state_connected",
+                        "epp_discovery_api_reachable"})
 
 
 def merge_metrics(texts: Iterable[str]) -> list[Metric]:
@@ -147,7 +149,7 @@ class Worker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None and self.health_port > 0
 
-    async def start(self, args: argparse.Namespace) -> None:
+    async def start(self, config: ServeConfig) -> None:
         """Spawn and wait for the ready line; raises ``ChildProcessError`` with the exit code if it dies first."""
         self.health_port = self.metrics_port = 0
         self.serving = self.signalled = False
@@ -156,7 +158,7 @@ class Worker:
             start_new_session=True,  # a terminal's Ctrl-C reaches the parent only, which forwards it once
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(pickle.dumps(args))
+        self.proc.stdin.write(pickle.dumps(config))
         await self.proc.stdin.drain()  # stdin stays open: its EOF tells the worker the parent is gone
         line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
         if not line:
@@ -174,14 +176,10 @@ class Worker:
 class Supervisor:
     """The parent process of ``epp serve --workers N`` (see the module docstring)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.workers = [Worker(i) for i in range(args.workers)]
-        self.worker_args = argparse.Namespace(**{
-            **vars(args), "workers": 1, "worker": True, "grpc_health_port": 0, "metrics_port": 0,
-            # a private loopback port in plain HTTP; the parent checks scrapers' tokens and serves TLS
-            "metrics_endpoint_auth": False, "metrics_cert_dir": "", "metrics_client_ca_file": "",
-        })
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.workers = [Worker(i) for i in range(config.serving.workers)]
+        self.worker_config = config.for_worker()
         self.health = HealthService(readiness=self.ready)
         self.registry = CollectorRegistry(auto_describe=False)
         self.merged = _Merged()
@@ -198,15 +196,16 @@ class Supervisor:
     async def run(self) -> int:
         from epp.telemetry.http import MetricsServer
 
-        host = self.args.bind_address or ""
-        auth = KubeMetricsAuth(self.args.kubeconfig) if _metrics_auth(self.args) else None
-        metrics = MetricsServer(self, self.args.metrics_port, host=host or None, auth=auth, refresh=self.scrape,
-                                ssl_context=metrics_ssl_context(self.args, auth is not None))
+        serving, metrics_config = self.config.serving, self.config.metrics
+        host = serving.bind_address
+        auth = KubeMetricsAuth(metrics_config.kubeconfig) if metrics_config.auth else None
+        metrics = MetricsServer(self, metrics_config.port, host=host or None, auth=auth, refresh=self.scrape,
+                                ssl_context=metrics_ssl_context(metrics_config))
         async with contextlib.AsyncExitStack() as stack:
-            stack.enter_context(check_port_free(host, self.args.grpc_port))  # held until every worker exited
+            stack.enter_context(check_port_free(host, serving.grpc_port))  # held until every worker exited
             health = grpc.aio.server(options=NO_REUSEPORT, maximum_concurrent_rpcs=HEALTH_MAX_RPCS)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
-            address = f"{host or '[::]'}:{self.args.grpc_health_port}"
+            address = f"{host or '[::]'}:{serving.grpc_health_port}"
             with bind_error(address, "health"):
                 health.add_insecure_port(address)
             await health.start()
@@ -219,7 +218,7 @@ class Supervisor:
             poll = asyncio.create_task(self._poll())
             failed = asyncio.create_task(self._failed.wait())
             log.info("epp serving with %d workers on ext_proc :%d, health :%d, metrics :%d", len(self.workers),
-                     self.args.grpc_port, self.args.grpc_health_port, metrics.port)
+                     serving.grpc_port, serving.grpc_health_port, metrics.port)
             await asyncio.wait([*tasks, failed], return_when=asyncio.FIRST_COMPLETED)
             if self._failed.is_set():
                 self.stop(signal.SIGTERM)
@@ -242,7 +241,7 @@ class Supervisor:
         """Run ``worker`` until the pod stops, restarting it when it dies."""
         while not self.stopping:
             try:
-                await worker.start(self.worker_args)
+                await worker.start(self.worker_config)
             except ChildProcessError as exc:
                 code = exc.args[0]
                 if self.stopping:
@@ -288,12 +287,6 @@ class Supervisor:
         self.merged.families = merge_metrics(t for t in texts if t)
 
 
-def _metrics_auth(args: argparse.Namespace) -> bool:
-    from epp.app import metrics_auth_enabled
-
-    return metrics_auth_enabled(args)
-
-
 async def _serving(port: int) -> bool:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
@@ -311,9 +304,9 @@ async def _fetch(session: aiohttp.ClientSession, port: int) -> str:
     return ""
 
 
-async def supervise(args: argparse.Namespace) -> int:
+async def supervise(config: ServeConfig) -> int:
     """``epp serve --workers N`` (N > 1): run the parent until SIGTERM/SIGINT; its exit code."""
-    supervisor = Supervisor(args)
+    supervisor = Supervisor(config)
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, supervisor.stop, sig)
@@ -335,18 +328,21 @@ def _exit_when_parent_gone() -> None:
 
 
 def worker_main() -> int:
-    """A worker: flags from stdin, serve, report the private ports on stdout once serving."""
-    from epp.app import run
+    """A worker: its configuration from stdin, serve, report the private ports on stdout once serving.
+    gRPC's cipher suites are already in the environment the parent set (``prepare_grpc_tls``)."""
+    from epp.service import serve
 
-    args: argparse.Namespace = pickle.load(sys.stdin.buffer)
+    config = pickle.load(sys.stdin.buffer)
+    if not isinstance(config, ServeConfig):
+        raise TypeError(f"a worker expects a ServeConfig on stdin, got {type(config).__name__}")
+    configure_logging(config.logging)
     threading.Thread(target=_exit_when_parent_gone, daemon=True, name="parent-watch").start()
 
     def ready(health_port: int, metrics_port: int) -> None:
         sys.stdout.buffer.write(orjson.dumps({"health_port": health_port, "metrics_port": metrics_port}) + b"\n")
         sys.stdout.flush()
 
-    args.ready = ready
-    return run(args)
+    return run_async(serve(config, ready))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_route_sets_destination_model_and_inflight() -> None:
     req = chat()
     decision = d.route(req, 100)
     assert decision.destination == "10.0.0.1:8000"
-    assert decision.headers == {DESTINATION_HEADER: "10.0.0.1:8000", MODEL_NAME_HEADER: "m"}
+    assert decision.answer().headers == {DESTINATION_HEADER: "10.0.0.1:8000", MODEL_NAME_HEADER: "m"}
     assert decision.body is None
     state = store.get("10.0.0.1:8000")
     assert state is not None and state.inflight_requests == 1 and state.inflight_tokens == req.estimated_prompt_tokens
@@ -90,7 +90,7 @@ def test_fallback_list_from_a_multi_endpoint_picker() -> None:
     d = make_director(store, Scheduler({"default": profile}, SingleProfileHandler()))
     decision = d.route(chat(), 10)
     assert decision.destination == "10.0.0.3:8000,10.0.0.2:8000,10.0.0.1:8000"
-    assert decision.headers[DESTINATION_HEADER] == decision.destination
+    assert decision.answer().headers[DESTINATION_HEADER] == decision.destination
     assert store.get("10.0.0.3:8000").inflight_requests == 1  # only the primary is charged
     assert store.get("10.0.0.2:8000").inflight_requests == 1
 
@@ -106,10 +106,29 @@ def test_fallback_endpoints_extend_a_single_pick_with_the_next_best_healthy_ones
     d = make_director(store, Scheduler({"default": profile}, SingleProfileHandler()), fallbacks=2)
     decision = d.route(chat(), 10)
     assert decision.destination == "10.0.0.2:8000,10.0.0.3:8000,10.0.0.1:8000"
-    assert decision.headers[DESTINATION_HEADER] == decision.destination
+    assert decision.answer().headers[DESTINATION_HEADER] == decision.destination
     assert store.get("10.0.0.2:8000").inflight_requests == 2  # only the primary is charged
     with pytest.raises(ValueError, match="fallback"):
         make_director(store, fallbacks=-1)
+
+
+def test_the_answer_names_the_destination_identically_in_the_header_and_envoy_lb() -> None:
+    """Header and metadata come from one builder: fallbacks, scores, a generated id and a rewritten body."""
+    store = make_store("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000")
+    store.request_started("10.0.0.1:8000", 0)
+    profile = SchedulerProfile("default", MaxScorePicker(rng=random.Random(0)), scorers=[WeightedScorer(ActiveRequestScorer())])
+    d = make_director(store, Scheduler({"default": profile}, SingleProfileHandler()), fallbacks=1,
+                      emit_endpoint_scores=True)
+    decision = d.route(chat(), 10)
+    decision.body = b'{"model":"m"}'
+    answer = decision.answer("generated-id")
+    lb = answer.metadata["envoy.lb"]
+    assert answer.headers[DESTINATION_HEADER] == lb[DESTINATION_HEADER] == decision.destination
+    assert decision.destination.count(",") == 1
+    assert set(lb["x-gateway-destination-endpoint-scores"]) == {"10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"}
+    assert answer.headers["x-request-id"] == "generated-id" and answer.headers["content-length"] == "13"
+    assert answer.body == decision.body and answer.remove == ()
+    assert list(answer.metadata) == ["envoy.lb"]
 
 
 @pytest.mark.parametrize(
@@ -190,7 +209,7 @@ def test_model_rewrite_header_rewrites_body() -> None:
     d = make_director(make_store("10.0.0.1:8000"))
     decision = d.route(chat(headers={"x-llm-d-model-name-rewrite": "m-v2"}), 10)
     assert decision.target_model == "m-v2"
-    assert decision.headers[MODEL_NAME_HEADER] == "m-v2"
+    assert decision.answer().headers[MODEL_NAME_HEADER] == "m-v2"
     assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
 
 
@@ -211,7 +230,7 @@ def test_rewrite_rule_applies_without_header_and_is_counted() -> None:
     decision = d.route(chat(), 10)
     assert decision.target_model == "m-v2"
     assert decision.body is not None and orjson.loads(decision.body)["model"] == "m-v2"
-    assert decision.headers[MODEL_NAME_HEADER] == "m-v2"
+    assert decision.answer().headers[MODEL_NAME_HEADER] == "m-v2"
     labels = {"model_rewrite_name": "canary", "model_name": "m", "target_model": "m-v2"}
     assert sample(d, "inference_extension_model_rewrite_decisions_total", labels) == 1
     assert d.route(chat(headers={"x-llm-d-model-name-rewrite": "hdr"}), 10).target_model == "hdr"  # header first
@@ -235,7 +254,7 @@ def test_plugin_headers_are_emitted_but_system_headers_are_not() -> None:
     scheduler = Scheduler(preset.profiles, preset.handler, pre_request=[HeaderPlugin()])
     d = make_director(make_store("10.0.0.1:8000"), scheduler)
     decision = d.route(chat(headers={"x-custom": "keep-as-is"}), 10)
-    assert decision.headers == {
+    assert decision.answer().headers == {
         DESTINATION_HEADER: "10.0.0.1:8000", MODEL_NAME_HEADER: "m", "x-prefiller-host-port": "10.0.0.9:8000",
     }
 
@@ -356,7 +375,7 @@ schedulingProfiles:
     ranks = [e.hostport for e in decision.endpoints]
     assert sorted(ranks) == ["10.0.0.1:8001", "[fd00::2]:8002"]
     primary = {"10.0.0.1:8001": "10.0.0.1:8000", "[fd00::2]:8002": "[fd00::2]:8000"}
-    assert decision.headers[DESTINATION_HEADER] == ",".join(primary[r] for r in ranks)
-    assert decision.headers["x-data-parallel-host-port"] == ranks[0]
+    assert decision.answer().headers[DESTINATION_HEADER] == ",".join(primary[r] for r in ranks)
+    assert decision.answer().headers["x-data-parallel-host-port"] == ranks[0]
     state = store.get(decision.endpoints[0].name)
     assert state is not None and state.inflight_requests == 1

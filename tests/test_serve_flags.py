@@ -100,12 +100,14 @@ def test_alpha_multicluster_config_needs_allow_experimental_plugins() -> None:
     unless --allow-experimental-plugins is given, as upstream's loader does."""
     from epp._util.clock import WallClock
     from epp.config import ConfigError
+    from epp.serve_config import ServeConfig
     from epp.service import load_policy
     from tests.config.corpus import CORPUS
 
     config = str(CORPUS / "llm-d__llm-d-router__pkg__epp__framework__plugins__README.md__L40.yaml")
-    refused = build_parser().parse_args(["serve", "--config-file", config])
+    refused = ServeConfig.from_args(build_parser().parse_args(["serve", "--config-file", config])).policy
     with pytest.raises(ConfigError, match="alpha stability; start epp with --allow-experimental-plugins"):
         load_policy(refused, WallClock())
-    allowed = build_parser().parse_args(["serve", "--config-file", config, "--allow-experimental-plugins"])
+    allowed = ServeConfig.from_args(build_parser().parse_args(["serve", "--config-file", config,
+                                                               "--allow-experimental-plugins"])).policy
     assert load_policy(allowed, WallClock())[1].plugins

@@ -18,6 +18,7 @@ from epp.cli import build_parser
 from epp.discovery.sources import SourceError
 from epp.scheduling.prefix.index import BlockIndex
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
+from epp.serve_config import ServeConfig
 from epp.service import PickerService
 from tests.conftest import wait_for
 from tests.extproc.builders import request_body, request_headers, set_headers
@@ -37,11 +38,12 @@ def write_endpoints(path: Path, names: list[str]) -> None:
     tmp.replace(path)
 
 
-def serve_args(*extra: str):  # type: ignore[no-untyped-def]
-    return build_parser().parse_args([
+def serve_args(*extra: str) -> ServeConfig:
+    """The configuration of ``epp serve`` with these flags, on loopback and free ports, in plaintext."""
+    return ServeConfig.from_args(build_parser().parse_args([
         "serve", "--secure-serving=false", "--bind-address", "127.0.0.1", "--grpc-port", "0",
         "--grpc-health-port", "0", "--metrics-port", "0", *extra,
-    ])
+    ]))
 
 
 async def route(port: int) -> str:

@@ -67,7 +67,7 @@ class RouterStream(RequestCollector):
     def route_body(self, end_of_stream: bool) -> Replies:
         body = self.body.getvalue()
         if self.request_mode in BUFFERED_MODES:
-            return self._route(body, lambda out: [messages.buffered_body_reply(out.set, None, None, out.remove)])
+            return self._route(body, lambda out: [messages.buffered_body_reply(out.set, remove=out.remove)])
         return self._route(body, lambda out: [
             messages.request_headers_reply(out.set, remove=out.remove),
             *messages.streamed_body(body, end_of_stream),

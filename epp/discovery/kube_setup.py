@@ -1,10 +1,8 @@
-"""Flags and wiring for Kubernetes discovery, objectives and leader election (for ``epp serve``).
+"""Wiring for Kubernetes discovery, objectives and leader election (for ``epp serve``).
 
-How the composition root wires it (``epp/app.py``)::
+How the composition root wires it (``epp.discovery.sources``, from ``epp.serve_config``)::
 
-    add_kubernetes_flags(parser)                       # in configure_parser
-    ...
-    runtime = build_from_args(args, datastore, registry=prometheus_registry)
+    runtime = build_runtime(config.discovery.kubernetes, datastore, registry=prometheus_registry)
     if runtime is None:                                 # neither --pool-name nor --endpoint-selector
         ...                                             # use static/file discovery instead
     async with runtime:                                 # loads kubeconfig, starts watches (+ election)
@@ -15,28 +13,25 @@ How the composition root wires it (``epp/app.py``)::
     # leaving the block releases the Lease first, then stops the watches
 
 ``runtime.ready`` is ``datastore.synced`` and, with ``--ha-enable-leader-election``, ``is_leader``;
-liveness should stay SERVING regardless (gie-facts A10). :func:`build_from_args` raises
-:class:`DiscoveryConfigError` (a ``ValueError``) for contradictory or malformed flags; report it with
-``parser.error``.
+liveness should stay SERVING regardless (gie-facts A10). :func:`build_runtime` raises
+:class:`DiscoveryConfigError` (a ``ValueError``) for contradictory or malformed flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from epp._util.cli import bool_flag, seconds
 from epp._util.lifecycle import AsyncService
 from epp.datastore import Datastore
 from epp.discovery.kube_api import KubeApi, Resource, load_api_client
-from epp.discovery.kubernetes import POOL_VERSIONS, PoolDiscovery
+from epp.discovery.kubernetes import PoolDiscovery
 from epp.discovery.leader import LeaderElector, LeaseTiming, default_identity, lease_name
 from epp.discovery.objectives import ObjectiveIndex, objective_resources
 from epp.discovery.pods import PoolSpec, PoolSpecError, parse_selector, validate_ports
@@ -51,62 +46,57 @@ class DiscoveryConfigError(ValueError):
     """The discovery flags contradict each other or do not parse."""
 
 
-def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the reference picker's discovery and HA flags (gie-facts D2) to ``parser``."""
-    group = parser.add_argument_group("Kubernetes discovery")
-    group.add_argument("--pool-name", default="", help="InferencePool to serve (or use --endpoint-selector)")
-    group.add_argument("--pool-namespace", default="", help="namespace of the pool; default $NAMESPACE, else default")
-    group.add_argument("--pool-group", default="inference.networking.k8s.io", choices=sorted(POOL_VERSIONS),
-                       help="API group of the InferencePool (v1, or the older x-k8s.io v1alpha2)")
-    group.add_argument("--endpoint-selector", default="",
-                       help="pool-less mode: label selector of model-server pods (k=v,k2=v2)")
-    group.add_argument("--endpoint-target-ports", default="",
-                       help="pool-less mode: comma list of 1-8 model-server ports")
-    group.add_argument("--kubeconfig", default="",
-                       help="kubeconfig file; default $KUBECONFIG, then in-cluster, then ~/.kube/config")
-    bool_flag(group, "--ha-enable-leader-election", False, "active-passive HA: only the Lease holder reports ready")
-    group.add_argument("--ha-lease-duration", type=seconds, default="15s", metavar="DURATION",
-                       help="how long a Lease holds without renewal (Go duration, or bare seconds)")
-    group.add_argument("--ha-renew-deadline", type=seconds, default="10s", metavar="DURATION",
-                       help="how long the leader keeps retrying a renewal before giving up the lead")
-    group.add_argument("--ha-retry-period", type=seconds, default="2s", metavar="DURATION",
-                       help="wait between attempts to acquire or renew the Lease")
+@dataclass(frozen=True, slots=True)
+class KubernetesFlags:
+    """The reference picker's discovery and HA flags (gie-facts D2; defined in ``epp.serve_flags``), as given:
+    ``build_runtime`` checks them. ``pool_namespace`` is resolved (``--pool-namespace``, else ``$NAMESPACE``,
+    else ``default``); ``lease`` applies only with ``leader_election``."""
+
+    pool_name: str = ""
+    pool_namespace: str = "default"
+    pool_group: str = "inference.networking.k8s.io"
+    endpoint_selector: str = ""
+    endpoint_target_ports: str = ""
+    kubeconfig: str = ""
+    leader_election: bool = False
+    lease: LeaseTiming = field(default_factory=LeaseTiming)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether these flags name a Kubernetes source (a pool, or pods by selector)."""
+        return bool(self.pool_name or self.endpoint_selector)
 
 
-def _namespace(args: argparse.Namespace) -> str:
-    return str(args.pool_namespace or os.environ.get("NAMESPACE") or "default")
-
-
-def build_from_args(
-    args: argparse.Namespace,
+def build_runtime(
+    flags: KubernetesFlags,
     datastore: Datastore,
     *,
     registry: CollectorRegistry | None = None,
     timing: ReflectorTiming | None = None,
     identity: str | None = None,
 ) -> KubernetesRuntime | None:
-    """A :class:`KubernetesRuntime` for the parsed flags, or ``None`` when no Kubernetes source is set."""
-    if args.pool_name and args.endpoint_selector:
+    """A :class:`KubernetesRuntime` for the flags, or ``None`` when they set no Kubernetes source."""
+    if flags.pool_name and flags.endpoint_selector:
         raise DiscoveryConfigError("--pool-name and --endpoint-selector are mutually exclusive")
-    if not args.pool_name and not args.endpoint_selector:
-        if args.endpoint_target_ports:
+    if not flags.enabled:
+        if flags.endpoint_target_ports:
             raise DiscoveryConfigError("--endpoint-target-ports needs --endpoint-selector")
         return None
     static_spec = None
-    if args.endpoint_selector:
+    if flags.endpoint_selector:
         try:
-            ports = validate_ports(p for p in args.endpoint_target_ports.split(",") if p.strip())
-            static_spec = PoolSpec(selector=parse_selector(args.endpoint_selector), target_ports=ports)
+            ports = validate_ports(p for p in flags.endpoint_target_ports.split(",") if p.strip())
+            static_spec = PoolSpec(selector=parse_selector(flags.endpoint_selector), target_ports=ports)
         except PoolSpecError as err:
             raise DiscoveryConfigError(str(err)) from None
     lease = None
-    if args.ha_enable_leader_election:
-        lease = LeaseTiming(args.ha_lease_duration, args.ha_renew_deadline, args.ha_retry_period)
+    if flags.leader_election:
+        lease = flags.lease
         if not lease.retry_period < lease.renew_deadline < lease.lease_duration:
             raise DiscoveryConfigError("need --ha-retry-period < --ha-renew-deadline < --ha-lease-duration")
     return KubernetesRuntime(
-        datastore, _namespace(args), pool_name=args.pool_name, pool_group=args.pool_group,
-        static_spec=static_spec, kubeconfig=args.kubeconfig, lease_timing=lease,
+        datastore, flags.pool_namespace, pool_name=flags.pool_name, pool_group=flags.pool_group,
+        static_spec=static_spec, kubeconfig=flags.kubeconfig, lease_timing=lease,
         registry=registry, timing=timing, identity=identity,
     )
 

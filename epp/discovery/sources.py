@@ -14,19 +14,17 @@ picker that silently preferred one source over another would route to the wrong 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from epp.config import EndpointPickerConfig, plugin_specs
 from epp.datastore import Datastore
-from epp.director import ModelRewriter
 from epp.discovery.file import FILE_DISCOVERY, FileDiscovery
-from epp.discovery.kube_setup import build_from_args
+from epp.discovery.kube_setup import KubernetesFlags, build_runtime
 from epp.discovery.static import StaticDiscovery
 
 log = logging.getLogger(__name__)
@@ -34,8 +32,22 @@ log = logging.getLogger(__name__)
 MULTICLUSTER_FILE_DISCOVERY = "multicluster-file-discovery"
 
 
+# Incoming model → (InferenceModelRewrite name, target model), or None when no rule applies.
+ModelRewriter = Callable[[str], "tuple[str, str] | None"]
+
+
 class SourceError(ValueError):
     """No endpoint source, several, or one that is misconfigured."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFlags:
+    """The flags that name an endpoint source (``epp.serve_config`` builds them from ``epp serve``'s)."""
+
+    static_endpoints: str = ""
+    endpoints_file: str = ""
+    watch_endpoints_file: bool = True
+    kubernetes: KubernetesFlags = field(default_factory=KubernetesFlags)
 
 
 @dataclass
@@ -55,16 +67,16 @@ class EndpointSource:
 
 
 def select_source(
-    args: argparse.Namespace, config: EndpointPickerConfig, datastore: Datastore, registry: CollectorRegistry
+    flags: SourceFlags, config: EndpointPickerConfig, datastore: Datastore, registry: CollectorRegistry
 ) -> EndpointSource:
     """The one source the flags and config name; raises ``SourceError`` (or the source's ``ValueError``)."""
     config_file = _config_file_discovery(config)
     named = [
         flag for flag, given in (
-            ("--pool-name", bool(args.pool_name)),
-            ("--endpoint-selector", bool(args.endpoint_selector)),
-            ("--static-endpoints", bool(args.static_endpoints)),
-            ("--endpoints-file", bool(args.endpoints_file)),
+            ("--pool-name", bool(flags.kubernetes.pool_name)),
+            ("--endpoint-selector", bool(flags.kubernetes.endpoint_selector)),
+            ("--static-endpoints", bool(flags.static_endpoints)),
+            ("--endpoints-file", bool(flags.endpoints_file)),
             ("dataLayer.discovery in the config", config_file is not None),
         ) if given
     ]
@@ -74,16 +86,16 @@ def select_source(
             f"{what}: pass exactly one of --pool-name, --endpoint-selector, --static-endpoints, --endpoints-file, "
             "or a file-discovery plugin referenced by dataLayer.discovery in the config"
         )
-    if args.pool_name or args.endpoint_selector:
-        kube = build_from_args(args, datastore, registry=registry)
+    if flags.kubernetes.enabled:
+        kube = build_runtime(flags.kubernetes, datastore, registry=registry)
         assert kube is not None
         return EndpointSource("kubernetes", kube, lambda: kube.ready, kube.objective_priority,
                               model_rewriter=kube.model_rewrite)
-    if args.static_endpoints:
-        return EndpointSource("static", _static(StaticDiscovery(args.static_endpoints), datastore),
+    if flags.static_endpoints:
+        return EndpointSource("static", _static(StaticDiscovery(flags.static_endpoints), datastore),
                               lambda: datastore.synced)
-    if args.endpoints_file:
-        files = FileDiscovery(args.endpoints_file, datastore, reload=args.watch_endpoints_file)
+    if flags.endpoints_file:
+        files = FileDiscovery(flags.endpoints_file, datastore, reload=flags.watch_endpoints_file)
     else:
         assert config_file is not None
         files = FileDiscovery.from_parameters(config_file, datastore)

@@ -56,10 +56,11 @@ T = TypeVar("T")
 
 class Deferred(Generic[T]):
     """Replies that wait for an outcome decided later (flow control holds the request until the pool has
-    room). The transport awaits ``replies()``; if the stream is cancelled meanwhile (the client or Envoy
-    gave up), ``waiting`` is cancelled and nothing is answered. ``resolve`` delivers the outcome."""
+    room). The transport awaits ``replies()``; ``resolve`` delivers the outcome. What a stream that ends
+    first leaves behind (the ``waiting`` queue entry, or an outcome that was never answered) is released
+    by the stream's exchange when it closes (``RequestStream.close``), not here."""
 
-    __slots__ = ("_answer", "_outcome", "_ready", "_future", "waiting", "_abandoned")
+    __slots__ = ("_answer", "_outcome", "_ready", "_future", "waiting")
 
     def __init__(self, answer: Callable[[T], Replies]) -> None:
         self._answer = answer
@@ -67,18 +68,6 @@ class Deferred(Generic[T]):
         self._outcome: T | None = None
         self._future: asyncio.Future[None] | None = None
         self.waiting: Cancellable | None = None
-        self._abandoned = False
-
-    def abandon(self, release: Callable[[T], None]) -> None:
-        """The stream ended before the replies were sent: cancel the wait, or ``release`` an outcome
-        that arrived but was never answered (e.g. a routed request that must not stay in flight)."""
-        if self._abandoned:
-            return
-        self._abandoned = True
-        if self._ready:
-            release(self._outcome)  # type: ignore[arg-type]
-        elif self.waiting is not None:
-            self.waiting.cancel()
 
     def resolve(self, outcome: T) -> None:
         self._outcome, self._ready = outcome, True
@@ -89,6 +78,12 @@ class Deferred(Generic[T]):
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def outcome(self) -> T:
+        """The resolved outcome (only once ``ready``)."""
+        assert self._ready
+        return self._outcome  # type: ignore[return-value]
+
     def then(self, more: Callable[[Replies], Replies]) -> Deferred[T]:
         """Post-process the replies once they exist."""
         answer = self._answer
@@ -96,21 +91,14 @@ class Deferred(Generic[T]):
         return self
 
     def now(self) -> Replies:
-        """The replies of a resolved outcome (answered once: the stream cannot abandon it any more)."""
-        assert self._ready and not self._abandoned
-        self._abandoned = True
-        return self._answer(self._outcome)  # type: ignore[arg-type]
+        """The replies of a resolved outcome."""
+        return self._answer(self.outcome)
 
     async def replies(self) -> Replies:
+        """Wait for the outcome, then its replies; a cancelled wait (the stream ended) just propagates."""
         if not self._ready:
             self._future = asyncio.get_running_loop().create_future()
-            try:
-                await self._future
-            except asyncio.CancelledError:
-                if not self._ready and self.waiting is not None and not self._abandoned:
-                    self._abandoned = True
-                    self.waiting.cancel()
-                raise
+            await self._future
         return self.now()
 
 

@@ -1,5 +1,9 @@
 """Building ext_proc ``ProcessingResponse`` messages; the only module that knows their protobuf shape.
 
+A routed request's answer (headers, ``envoy.lb`` metadata, body) is decided in one place,
+``epp.director.RoutingDecision.answer``; ``routing_replies`` only puts that ``RoutingAnswer`` into the
+reply shapes of the stream's body mode.
+
 Header values always go in ``raw_value`` (Envoy ignores ``value`` for mutations and forwards an empty
 header). Bodies sent back in FULL_DUPLEX_STREAMED mode are split into ``streamed_response`` chunks of
 at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
@@ -8,7 +12,7 @@ at most ``MAX_CHUNK_BYTES``, the last one carrying ``end_of_stream``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -16,7 +20,10 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
 from epp.request import RequestError
-from epp.request.headers import DESTINATION_HEADER, DROPPED_REASON_HEADER, LB_METADATA_NAMESPACE, SCORES_KEY
+from epp.request.headers import DROPPED_REASON_HEADER
+
+if TYPE_CHECKING:
+    from epp.director import RoutingAnswer
 
 MAX_CHUNK_BYTES = 62_000
 
@@ -55,46 +62,42 @@ def _fill_headers(mutation: pb.HeaderMutation, headers: Mapping[str, str], remov
         mutation.remove_headers.extend(remove)
 
 
-def destination_metadata(destination: str, scores: Mapping[str, float] | None = None) -> struct_pb2.Struct:
-    """``{"envoy.lb": {"x-gateway-destination-endpoint": destination}}``: must equal the header. With
-    ``scores`` (``--emit-endpoint-scores``) also ``x-gateway-destination-endpoint-scores``: ``{ip:port: score}``
-    for every endpoint the primary profile scored, picked or not."""
+def dynamic_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
+    """Namespace → key → value (nested mappings become nested structs) as a ``dynamic_metadata`` struct:
+    the routing answer's ``envoy.lb``, or plugins' response metadata."""
     md = struct_pb2.Struct()
-    _fill_destination(md, destination, scores)
+    _fill_metadata(md, metadata)
     return md
 
 
-def _fill_destination(metadata: struct_pb2.Struct, destination: str, scores: Mapping[str, float] | None) -> None:
-    """``destination_metadata`` written into the reply's own ``dynamic_metadata`` through the raw
-    ``fields`` maps (the ``Struct`` helpers are pure Python)."""
-    lb = metadata.fields[LB_METADATA_NAMESPACE].struct_value
-    lb.fields[DESTINATION_HEADER].string_value = destination
-    if scores is not None:
-        lb.fields[SCORES_KEY].struct_value.update(scores)
-
-
-def plugin_metadata(metadata: Mapping[str, Mapping[str, Any]]) -> struct_pb2.Struct:
-    """Plugins' response metadata (namespace → key → value) as the reply's ``dynamic_metadata``."""
-    md = struct_pb2.Struct()
+def _fill_metadata(target: struct_pb2.Struct, metadata: Mapping[str, Mapping[str, Any]]) -> None:
+    """``dynamic_metadata`` written into the reply's own struct through the raw ``fields`` maps (the
+    ``Struct`` helpers are pure Python): strings (the destination) directly, mappings (the scores) and
+    other values through ``Struct.update``."""
     for namespace, values in metadata.items():
-        md.get_or_create_struct(namespace).update(values)
-    return md
+        struct = target.fields[namespace].struct_value
+        struct.SetInParent()  # present even when empty, as get_or_create_struct made it
+        for key, value in values.items():
+            if isinstance(value, str):
+                struct.fields[key].string_value = value
+            elif isinstance(value, Mapping):
+                struct.fields[key].struct_value.update(value)
+            else:
+                struct.update({key: value})
 
 
 def request_headers_reply(
     headers: Mapping[str, str],
-    destination: str | None = None,
-    clear_route_cache: bool = True,
     remove: Iterable[str] = (),
-    scores: Mapping[str, float] | None = None,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
-    """Answer to ``request_headers``: set/remove headers (+ routing metadata when a destination is given)."""
+    """Answer to ``request_headers``: set/remove headers, clear the route cache, attach ``metadata``."""
     reply = pb.ProcessingResponse()
     common = reply.request_headers.response
-    common.clear_route_cache = clear_route_cache
+    common.clear_route_cache = True
     _fill_headers(common.header_mutation, headers, remove)
-    if destination is not None:
-        _fill_destination(reply.dynamic_metadata, destination, scores)
+    if metadata:
+        _fill_metadata(reply.dynamic_metadata, metadata)
     return reply
 
 
@@ -104,22 +107,33 @@ def continue_request_headers() -> pb.ProcessingResponse:
 
 
 def buffered_body_reply(
-    headers: Mapping[str, str], destination: str | None, body: bytes | None, remove: Iterable[str] = (),
-    scores: Mapping[str, float] | None = None,
+    headers: Mapping[str, str], body: bytes | None = None, remove: Iterable[str] = (),
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pb.ProcessingResponse:
-    """BUFFERED mode: the body answer carries the header mutation and, if rewritten, the new body.
-
-    Without a destination (the body-based router) no routing metadata is attached.
-    """
+    """BUFFERED mode: the body answer carries the header mutation, ``metadata`` and, if rewritten, the new body."""
     reply = pb.ProcessingResponse()
     common = reply.request_body.response
     common.clear_route_cache = True
     _fill_headers(common.header_mutation, headers, remove)
     if body is not None:
         common.body_mutation.body = body
-    if destination is not None:
-        _fill_destination(reply.dynamic_metadata, destination, scores)
+    if metadata:
+        _fill_metadata(reply.dynamic_metadata, metadata)
     return reply
+
+
+def routing_replies(answer: RoutingAnswer, body: bytes | None, buffered: bool,
+                    end_of_stream: bool = True) -> list[pb.ProcessingResponse]:
+    """The replies that send a routed request on. ``body``: the request body as received, or None for a
+    body-less request (answered on its headers). BUFFERED: one body answer with the header mutation, the
+    metadata and any replacement body. FULL_DUPLEX_STREAMED: the headers answer, then the body (the
+    replacement, else as received) as streamed chunks."""
+    if body is None:
+        return [request_headers_reply(answer.headers, answer.remove, answer.metadata)]
+    if buffered:
+        return [buffered_body_reply(answer.headers, answer.body, answer.remove, answer.metadata)]
+    out = answer.body if answer.body is not None else body
+    return [request_headers_reply(answer.headers, answer.remove, answer.metadata), *streamed_body(out, end_of_stream)]
 
 
 def streamed_body(body: bytes, end_of_stream: bool, response: bool = False) -> Iterator[pb.ProcessingResponse]:

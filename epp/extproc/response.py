@@ -1,4 +1,5 @@
-"""The response half of an ext_proc stream: relay the engine's answer, count its usage, release the request.
+"""The response half of an ext_proc stream: relay the engine's answer, read its usage and outcome for the stream
+that releases the request.
 
 The response-headers answer carries the scheduler plugins' response headers (e.g. the session-affinity
 token) when Envoy sends response headers at all — not on a failed answer. The outcome is judged here:
@@ -32,10 +33,15 @@ Replies = list[pb.ProcessingResponse]
 
 
 class ResponseRelay:
-    """Response-phase handling for one routed request; ``close`` (or the end of the body) finishes it once."""
+    """Response-phase handling for one routed request. It relays and reads the response; its stream
+    releases the request once ``ended`` (``RequestStream._release``), asking ``outcome`` for what the
+    response showed. (It holds no reference back to the stream: a cycle per request would wait for the
+    tuned-down garbage collector.)"""
 
     def __init__(self, director: Director, decision: RoutingDecision, mode: int, buffer_limit: int) -> None:
         self.director = director
+        self.ended = False
+        """The response is over (end of stream on its headers or body, or its trailers)."""
         self.decision = decision
         self.mode = mode
         self.streaming = decision.request.stream
@@ -45,7 +51,6 @@ class ResponseRelay:
         # Swapping changes lengths: only where Envoy lets us fix content-length (buffered) or drops it (duplex).
         self._swaps = _model_swaps(decision) if mode in (ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.BUFFERED) else []
         self._holding = False
-        self._done = False
         self._failure: Failure | None = None
         self._update_hold()
 
@@ -67,10 +72,8 @@ class ResponseRelay:
         added = {RESPONSE_MARK_HEADER: "true"}
         if self._failure is None:
             added.update(self.director.response_headers(self.decision, metadata))
-        reply = messages.response_headers_reply(added)
-        if message.end_of_stream:
-            self._finish(completed=True)
-        return [reply]
+        self.ended = self.ended or message.end_of_stream
+        return [messages.response_headers_reply(added)]
 
     def body(self, message: pb.HttpBody) -> Replies:
         chunk, eos = message.body, message.end_of_stream
@@ -89,22 +92,12 @@ class ResponseRelay:
                 out = self._swap(self._copy.getvalue())
             else:
                 out = self._swap(out)
-        replies = self._emit(chunk, out, eos)
-        if eos:
-            self._finish(completed=True)
-            if self.decision.metadata:  # e.g. request-attribute-reporter's cost, on the end-of-stream answer
-                replies[-1].dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
-        return replies
+        self.ended = self.ended or eos
+        return self._emit(chunk, out, eos)
 
     def trailers(self) -> Replies:
-        self._finish(completed=True)
-        reply = messages.trailers_reply(response=True)
-        if self.decision.metadata:
-            reply.dynamic_metadata.CopyFrom(messages.plugin_metadata(self.decision.metadata))
-        return [reply]
-
-    def close(self) -> None:
-        self._finish(completed=False)
+        self.ended = True
+        return [messages.trailers_reply(response=True)]
 
     @property
     def buffered_bytes(self) -> int:
@@ -138,10 +131,9 @@ class ResponseRelay:
                 data = data.replace(target, client)
         return data
 
-    def _finish(self, completed: bool) -> None:
-        if self._done:
-            return
-        self._done = True
+    def outcome(self, completed: bool) -> tuple[Usage, int | None, Failure | None]:
+        """What the response showed, read once when the request is released: the usage it reported, its
+        size when it ``completed`` (else None), and its failure (an error status, or a failover)."""
         if self.streaming:
             self._reader.close()
             usage = self._reader.usage
@@ -149,8 +141,7 @@ class ResponseRelay:
             usage = usage_from_json(self._copy.getvalue())
         else:
             usage = Usage()
-        judged = completed or self._failure is not None
-        self.director.finish(self.decision, usage, self.size if completed else None, self._failure, judged=judged)
+        return usage, self.size if completed else None, self._failure
 
 
 def _status(value: str) -> int:

@@ -24,14 +24,17 @@ from epp.extproc.collect import BUFFERED_MODES, Deferred, Phase, ProtocolViolati
 from epp.extproc.response import ResponseRelay
 from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.body import DEFAULT_MAX_BODY_BYTES, BodyBuffer
-from epp.request.headers import LB_METADATA_NAMESPACE, REQUEST_ID_HEADER, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
+from epp.request.headers import LB_METADATA_NAMESPACE, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
 from epp.request.parse import request_path
 
 __all__ = ["Deferred", "Phase", "ProtocolViolation", "RequestStream"]
 
 
 class RequestStream(RequestCollector):
-    """One request's life on the picker: collect, parse, route, relay the response, release."""
+    """The exchange of one ext_proc stream: one request's life on the picker (collect, parse, route, relay
+    the response, release). It holds the request's state (phase, routing decision, the admission wait,
+    the response relay) and is the one place the request is released (``_release``, on the response's
+    end or the stream's close, whichever comes first)."""
 
     component = "the endpoint picker"
 
@@ -45,7 +48,7 @@ class RequestStream(RequestCollector):
         self.director = director
         self.decision: RoutingDecision | None = None
         self._new_request_id = new_request_id
-        self._generated_id = False
+        self._generated_id: str | None = None  # the id made up for a request without x-request-id
         self._subset: list[object] | None = None
         self._relay: ResponseRelay | None = None
         self._pending: Deferred[RoutingDecision | RequestError] | None = None
@@ -70,10 +73,21 @@ class RequestStream(RequestCollector):
                 served = _served(message)
                 if self.director.wants_response_metadata:
                     metadata = messages.filter_metadata(message.metadata_context)
-            return self._relay.headers(message.response_headers, metadata, served)
+            return self._answered(self._relay.headers(message.response_headers, metadata, served), ending=False)
         if kind == "response_body":
-            return self._relay.body(message.response_body)
-        return self._relay.trailers()
+            return self._answered(self._relay.body(message.response_body), message.response_body.end_of_stream)
+        return self._answered(self._relay.trailers(), ending=True)
+
+    def _answered(self, replies: Replies, ending: bool) -> Replies:
+        """Release the request once the response is over; the body's last answer and the trailers' answer
+        carry the plugins' response metadata (e.g. request-attribute-reporter's cost), which the release
+        produced."""
+        assert self._relay is not None and self.decision is not None
+        if self._relay.ended:
+            self._release(completed=True)
+            if ending and replies and self.decision.metadata:
+                replies[-1].dynamic_metadata.CopyFrom(messages.dynamic_metadata(self.decision.metadata))
+        return replies
 
     def refuse(self, message: pb.ProcessingRequest, error: RequestError) -> Replies:
         """Answer the stream's first message with ``error`` (e.g. epp overloaded) without routing it.
@@ -91,23 +105,36 @@ class RequestStream(RequestCollector):
         return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)
 
     def close(self) -> None:
-        """The gRPC stream ended (normally, by cancellation or error): release the routed request once,
-        or take a request still waiting for admission out of its queue."""
-        if self._pending is not None:
-            self._pending.abandon(self._release_unanswered)
-        if self._relay is not None:
-            self._relay.close()
-        elif self.decision is not None:
-            self.director.finish(self.decision)
+        """The gRPC stream ended (normally, by cancellation or error). A request still waiting for
+        admission leaves its queue; one that flow control dispatched after the client left was never sent
+        anywhere and is released unjudged; a routed one is released with what its response showed."""
+        pending = self._pending
+        if self.phase is Phase.ADMITTING and pending is not None:
+            if not pending.ready:
+                if pending.waiting is not None:
+                    pending.waiting.cancel()
+                return
+            if isinstance(pending.outcome, RoutingDecision):
+                self.decision = pending.outcome
+        self._release(completed=False)
 
-    def _release_unanswered(self, outcome: RoutingDecision | RequestError) -> None:
-        if isinstance(outcome, RoutingDecision):  # dispatched after the client left: never sent anywhere
-            self.director.finish(outcome, judged=False)
+    def _release(self, completed: bool) -> None:
+        """Finish the routed request: the one place this stream lets it go. ``RoutingDecision.finished``
+        (set by ``Director.finish``) is the only release-once guard: the response's end, trailers and the
+        stream's close may each ask, the first one counts. ``completed``: the response ended normally."""
+        decision = self.decision
+        if decision is None or decision.finished:
+            return
+        if self._relay is None:  # dispatched but never answered: no outcome to judge
+            self.director.finish(decision, judged=False)
+            return
+        usage, size, failure = self._relay.outcome(completed)
+        self.director.finish(decision, usage, size, failure, judged=completed or failure is not None)
 
     # -- request phase (hooks of RequestCollector) ----------------------------------------------
     def missing_request_id(self) -> str:
-        self._generated_id = True
-        return self._new_request_id()
+        self._generated_id = self._new_request_id()
+        return self._generated_id
 
     def route_headers_only(self) -> Replies:
         request = LLMRequest(self.request_id, RequestKind.OTHER, "", path=request_path(self.headers), headers=self.headers)
@@ -116,7 +143,7 @@ class RequestStream(RequestCollector):
         except RequestError as error:
             return self.reject(error, request)
         self._routed(decision)
-        return [messages.request_headers_reply(self._upstream_headers(decision), decision.destination)]
+        return messages.routing_replies(decision.answer(self._generated_id), None, buffered=False)
 
     def route_body(self, end_of_stream: bool) -> Replies | Deferred[Any]:
         body = self.body.getvalue()
@@ -137,32 +164,15 @@ class RequestStream(RequestCollector):
                 end_of_stream: bool) -> Replies:
         if isinstance(outcome, RequestError):
             return self.reject(outcome, request)
-        decision = outcome
-        self._routed(decision)
+        self._routed(outcome)
         self.body = BodyBuffer(self.body.limit)  # forwarded below: do not hold it for the whole response
-        headers = self._upstream_headers(decision)
-        if decision.body is not None:
-            headers["content-length"] = str(len(decision.body))
-        if self.request_mode in BUFFERED_MODES:
-            return [messages.buffered_body_reply(headers, decision.destination, decision.body,
-                                                 decision.removed_headers, scores=decision.scores)]
-        out = decision.body if decision.body is not None else body
-        return [
-            messages.request_headers_reply(headers, decision.destination, remove=decision.removed_headers,
-                                           scores=decision.scores),
-            *messages.streamed_body(out, end_of_stream),
-        ]
+        return messages.routing_replies(outcome.answer(self._generated_id), body,
+                                        buffered=self.request_mode in BUFFERED_MODES, end_of_stream=end_of_stream)
 
     def _routed(self, decision: RoutingDecision) -> None:
         self.decision = decision
         self.phase = Phase.ROUTED
         self._relay = ResponseRelay(self.director, decision, self.response_mode, self.body.limit)
-
-    def _upstream_headers(self, decision: RoutingDecision) -> dict[str, str]:
-        headers = dict(decision.headers)
-        if self._generated_id:
-            headers[REQUEST_ID_HEADER] = self.request_id
-        return headers
 
     def reject(self, error: RequestError, request: LLMRequest | None = None) -> Replies:
         self.phase = Phase.REJECTED

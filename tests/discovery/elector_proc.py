@@ -1,26 +1,25 @@
 """A second ``epp``-side replica for the two-process leader-election test.
 
-Built from the same flags ``epp serve`` uses (``add_kubernetes_flags`` + ``build_from_args``); prints
+Built from the same flags and configuration ``epp serve`` uses (``ServeConfig`` + ``build_runtime``); prints
 ``ready=<bool> leader=<bool>`` whenever that changes, and on SIGTERM leaves the runtime (which
 releases the Lease) before exiting — what a pod does on a rolling update.
 """
 
 from __future__ import annotations
+from epp.cli import build_parser
 
-import argparse
 import asyncio
 import signal
 import sys
 
 from epp.datastore import Datastore
-from epp.discovery.kube_setup import add_kubernetes_flags, build_from_args
+from epp.discovery.kube_setup import build_runtime
+from epp.serve_config import ServeConfig
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_kubernetes_flags(parser)
-    args = parser.parse_args(argv)
-    runtime = build_from_args(args, Datastore())
+    config = ServeConfig.from_args(build_parser().parse_args(["serve", *argv]))
+    runtime = build_runtime(config.discovery.kubernetes, Datastore())
     assert runtime is not None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

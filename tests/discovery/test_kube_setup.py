@@ -1,39 +1,39 @@
-"""Flags → runtime: exclusivity, defaults, validation errors the integrator turns into ``parser.error``."""
+"""Flags → runtime: exclusivity, defaults, validation errors ``epp serve`` reports before it starts."""
 
 from __future__ import annotations
+from epp.cli import build_parser
 
-import argparse
 
 import pytest
 
 from epp.datastore import Datastore
-from epp.discovery.kube_setup import DiscoveryConfigError, add_kubernetes_flags, build_from_args
+from epp.discovery.kube_setup import DiscoveryConfigError, KubernetesFlags, build_runtime
+from epp.serve_config import ServeConfig
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_kubernetes_flags(parser)
-    return parser.parse_args(argv)
+def parse(*argv: str) -> KubernetesFlags:
+    """The Kubernetes section of ``epp serve``'s configuration for these flags."""
+    return ServeConfig.from_args(build_parser().parse_args(["serve", *argv])).discovery.kubernetes
 
 
 def test_no_kubernetes_source_means_none() -> None:
-    assert build_from_args(parse(), Datastore()) is None
+    assert build_runtime(parse(), Datastore()) is None
 
 
 def test_pool_namespace_falls_back_to_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NAMESPACE", raising=False)
-    rt = build_from_args(parse("--pool-name", "p"), Datastore())
+    rt = build_runtime(parse("--pool-name", "p"), Datastore())
     assert rt is not None and rt.namespace == "default" and rt.lease_timing is None and rt.is_leader
     monkeypatch.setenv("NAMESPACE", "llm")
-    rt = build_from_args(parse("--pool-name", "p"), Datastore())
+    rt = build_runtime(parse("--pool-name", "p"), Datastore())
     assert rt is not None and rt.namespace == "llm"
-    rt = build_from_args(parse("--pool-name", "p", "--pool-namespace", "x"), Datastore())
+    rt = build_runtime(parse("--pool-name", "p", "--pool-namespace", "x"), Datastore())
     assert rt is not None and rt.namespace == "x"
 
 
 def test_selector_mode() -> None:
-    rt = build_from_args(parse("--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000,8001"),
-                         Datastore())
+    rt = build_runtime(parse("--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000,8001"),
+                       Datastore())
     assert rt is not None and rt.static_spec is not None
     assert rt.static_spec.target_ports == (8000, 8001) and rt.objectives is None
 
@@ -51,7 +51,7 @@ def test_selector_mode() -> None:
 )
 def test_bad_flag_combinations(argv: tuple[str, ...]) -> None:
     with pytest.raises(DiscoveryConfigError):
-        build_from_args(parse(*argv), Datastore())
+        build_runtime(parse(*argv), Datastore())
 
 
 def test_unknown_pool_group_is_rejected_by_the_parser() -> None:
@@ -63,7 +63,7 @@ def test_unknown_pool_group_is_rejected_by_the_parser() -> None:
                                             (("--ha-enable-leader-election=true",), True),
                                             (("--ha-enable-leader-election=false",), False)])
 def test_leader_election_flag_takes_go_booleans(flag: tuple[str, ...], want: bool) -> None:
-    assert parse("--pool-name", "p", *flag).ha_enable_leader_election is want
+    assert parse("--pool-name", "p", *flag).leader_election is want
 
 
 async def test_a_start_failing_partway_closes_the_client(kubeconfig: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,7 +81,7 @@ async def test_a_start_failing_partway_closes_the_client(kubeconfig: str, monkey
 
     monkeypatch.setattr(kube_setup.KubeApi, "close", close)
     monkeypatch.setattr(kube_setup, "PoolDiscovery", broken)
-    rt = build_from_args(parse("--pool-name", "p", "--kubeconfig", kubeconfig), Datastore())
+    rt = build_runtime(parse("--pool-name", "p", "--kubeconfig", kubeconfig), Datastore())
     assert rt is not None
     with pytest.raises(RuntimeError, match="could not be built"):
         async with rt:

@@ -13,14 +13,16 @@ def test_an_empty_mutation_still_answers_its_phase() -> None:
     reply = messages.response_headers_reply({})
     assert reply.WhichOneof("response") == "response_headers"
     assert reply.response_headers.response.HasField("header_mutation")
-    bare = messages.request_headers_reply({}, clear_route_cache=False)
+    bare = messages.request_headers_reply({})
     assert bare.WhichOneof("response") == "request_headers" and not bare.HasField("dynamic_metadata")
     assert pb.ProcessingResponse.FromString(bare.SerializeToString()).WhichOneof("response") == "request_headers"
 
 
 def test_headers_removals_destination_and_scores_land_where_envoy_reads_them() -> None:
+    lb_metadata = {"envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000",
+                                "x-gateway-destination-endpoint-scores": {"10.0.0.1:8000": 0.5}}}
     reply = messages.request_headers_reply({"x-gateway-destination-endpoint": "10.0.0.1:8000", "x-a": "é"},
-                                           "10.0.0.1:8000", remove=["x-forged"], scores={"10.0.0.1:8000": 0.5})
+                                           remove=["x-forged"], metadata=lb_metadata)
     common = reply.request_headers.response
     raw = {h.header.key: h.header.raw_value for h in common.header_mutation.set_headers}
     assert raw == {"x-gateway-destination-endpoint": b"10.0.0.1:8000", "x-a": "é".encode("latin-1")}
@@ -29,7 +31,7 @@ def test_headers_removals_destination_and_scores_land_where_envoy_reads_them() -
     assert metadata_destination(reply) == "10.0.0.1:8000"
     lb = reply.dynamic_metadata.fields["envoy.lb"].struct_value
     assert lb.fields["x-gateway-destination-endpoint-scores"].struct_value.fields["10.0.0.1:8000"].number_value == 0.5
-    buffered = messages.buffered_body_reply({"k": "v"}, "10.0.0.1:8000", b"new body")
+    buffered = messages.buffered_body_reply({"k": "v"}, b"new body", metadata=lb_metadata)
     assert buffered.request_body.response.body_mutation.body == b"new body"
     assert set_headers(buffered.request_body.response) == {"k": "v"} and metadata_destination(buffered) == "10.0.0.1:8000"
 
@@ -42,3 +44,16 @@ def test_streamed_bodies_are_chunked_with_end_of_stream_on_the_last() -> None:
     assert data == body and eos == [False, False, True]
     response, eos = streamed(list(messages.streamed_body(b"", True, response=True)), "response_body")
     assert response == b"" and eos == [True]
+
+
+def test_metadata_written_in_place_equals_the_struct_helpers() -> None:
+    """The in-place writer gives the bytes ``Struct.update`` gives, for every value kind plugins report."""
+    from google.protobuf import struct_pb2
+
+    metadata = {"envoy.lb": {"x-gateway-destination-endpoint": "10.0.0.1:8000", "scores": {"a": 0.5}},
+                "plugin": {"cost": 3, "ok": True, "list": [1, "x"], "none": None}, "empty": {}}
+    expected = struct_pb2.Struct()
+    for namespace, values in metadata.items():
+        expected.get_or_create_struct(namespace).update(values)
+    assert messages.dynamic_metadata(metadata) == expected
+    assert messages.request_headers_reply({}, metadata=metadata).dynamic_metadata == expected

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gc
 
 import orjson
 import pytest
+import weakref
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 
 from epp.datastore import EndpointState
@@ -347,6 +349,41 @@ def test_no_response_phase_finishes_when_the_stream_closes() -> None:
     labels = {"model_name": "m", "target_model_name": "m"}
     assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
     assert reg.get_sample_value("inference_objective_response_sizes_count", labels) is None
+
+
+def test_the_first_end_releases_the_request_and_later_ends_change_nothing() -> None:
+    """The response's end, its trailers and the stream's close each ask to release: the first counts,
+    with the usage and size it saw (the exchange's one release-once guard)."""
+    director, s = routed()
+    name = s.decision.endpoints[0].name
+    s.handle(response_headers())
+    s.handle(response_body(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5}}', eos=True))
+    assert s.decision.finished and director.datastore.get(name).inflight_requests == 0
+    s.handle(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+    s.close()
+    reg = director.telemetry.registry
+    labels = {"model_name": "m", "target_model_name": "m"}
+    assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 1
+    assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 5
+    assert director.datastore.get(name).inflight_requests == 0
+
+
+@pytest.mark.parametrize("response", [True, False])
+def test_a_finished_stream_is_freed_by_reference_counting_alone(response: bool) -> None:
+    """No per-request reference cycle: serve tunes the collector down (gen-0 threshold 50,000), so a
+    cycle per stream would hold each request's buffers until a late collection (RSS grows under load)."""
+    director, s = routed()
+    if response:
+        s.handle(response_headers())
+        s.handle(response_body(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 5}}', eos=True))
+    s.close()
+    gone = weakref.ref(s)
+    gc.disable()
+    try:
+        del s
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 VERIFIER_CONFIG = (

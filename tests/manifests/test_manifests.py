@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from epp.app import metrics_auth_enabled
 from epp.cli import SUBCOMMANDS, build_parser, with_default_command
+from epp.serve_config import ServeConfig
 from tests.manifests.cel_rules import CelRunner, escape_property
 from tests.manifests.conftest import FIXTURES, find, one
 from tests.manifests.crossrefs import selector_matches
@@ -155,7 +155,7 @@ def test_metrics_are_scraped_with_a_token_allowed_only_to_read_them(rendered: An
     ServiceMonitor sends the token of a ServiceAccount bound to nothing but ``get /metrics``."""
     objects = rendered(relative)
     (args,) = _container_args(objects)["serve"]
-    assert metrics_auth_enabled(build_parser().parse_args(with_default_command(args)))
+    assert ServeConfig.from_args(build_parser().parse_args(with_default_command(args))).metrics.auth
     picker_bindings = {b["roleRef"]["name"] for b in find(objects, "ClusterRoleBinding")
                        if {"kind": "ServiceAccount", "name": "llm-pool-epp", "namespace": "llm"} in b["subjects"]}
     assert picker_bindings == {"llm-pool-epp-auth-reviewer"}

@@ -3,7 +3,6 @@ another path and port, and GIE's metric-name flags as its chart renders them."""
 
 from __future__ import annotations
 
-import argparse
 import socket
 import ssl
 import tempfile
@@ -14,20 +13,19 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from epp.app import configure_parser
+from epp.cli import build_parser
 from epp.datastore import Datastore, Endpoint
 from epp.extproc.tls import self_signed_pair
 from epp.metrics import MetricsPoller
-from epp.serve_flags import engine_specs, scrape_target
+from epp.serve_config import EngineMetricsConfig, ServeConfig, engine_specs, scrape_target
 from tests.conftest import wait_for
 
 DATA = Path(__file__).parent / "data"
 
 
-def serve_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    return parser.parse_args(list(argv))
+def serve_args(*argv: str) -> EngineMetricsConfig:
+    """The engine-scraping section of ``epp serve``'s configuration for these flags."""
+    return ServeConfig.from_args(build_parser().parse_args(["serve", *argv])).engine_metrics
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -59,7 +57,7 @@ async def page(text: str, path: str, tls: bool) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-async def scrape(args: argparse.Namespace, port: int, endpoint_port: int = 1) -> Datastore:
+async def scrape(args: EngineMetricsConfig, port: int, endpoint_port: int = 1) -> Datastore:
     """Poll one endpoint (serving on ``endpoint_port``, metrics on ``port``) until it has metrics or an error."""
     ds = Datastore()
     ds.replace_all([Endpoint("e", "127.0.0.1", endpoint_port, metrics_port=port)])
@@ -121,13 +119,12 @@ def test_bad_scrape_flags_are_usage_errors(argv: list[str]) -> None:
 
 def test_empty_required_metric_names_are_refused() -> None:
     with pytest.raises(ValueError, match="total-queued-requests-metric must name a metric"):
-        engine_specs(serve_args("--total-queued-requests-metric="))
+        serve_args("--total-queued-requests-metric=")
 
 
 async def test_a_metrics_data_source_in_the_config_sets_scheme_path_and_verification() -> None:
     """As the llm-d chart renders it; the config's source replaces the flags' scheme and path."""
     from epp.config import ConfigError, parse_config_text
-    from epp.serve_flags import scrape_target
 
     head = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: metrics-data-source\n"
     params = '  parameters: {scheme: "https", path: "/custom/metrics", insecureSkipVerify: true}\n'

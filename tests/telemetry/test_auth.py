@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from epp._util.clock import VirtualClock
-from epp.app import metrics_auth_enabled
 from epp.cli import build_parser
+from epp.serve_config import ServeConfig
 from epp.telemetry.auth import KubeMetricsAuth, TTLCache, Verdict, bearer_token
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 
@@ -122,4 +122,4 @@ async def test_api_failures_answer_500_and_are_not_cached(
      (["--static-endpoints", "h:1", "--metrics-endpoint-auth=auto"], False)],
 )
 def test_default_follows_the_pool_source(argv: list[str], enabled: bool) -> None:
-    assert metrics_auth_enabled(build_parser().parse_args(["serve", *argv])) is enabled
+    assert ServeConfig.from_args(build_parser().parse_args(["serve", *argv])).metrics.auth is enabled

@@ -3,24 +3,24 @@ required when a CA is given, and upstream's refusals of unauthenticated or incom
 
 from __future__ import annotations
 
-import argparse
 import ssl
 from pathlib import Path
 
 import aiohttp
+import dataclasses
 import pytest
 
-from epp.app import configure_parser
+from epp.cli import build_parser
 from epp.extproc.tls import self_signed_pair
-from epp.serve_flags import metrics_ssl_context
+from epp.serve_config import MetricsEndpointConfig, ServeConfig, metrics_ssl_context
 from epp.telemetry import Telemetry
 from epp.telemetry.http import MetricsServer
 
 
-def serve_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    return parser.parse_args(list(argv))
+def serve_args(*argv: str, auth: bool) -> MetricsEndpointConfig:
+    """The metrics-port section of ``epp serve``'s configuration, with ``auth`` as resolved."""
+    metrics = ServeConfig.from_args(build_parser().parse_args(["serve", *argv])).metrics
+    return dataclasses.replace(metrics, auth=auth)
 
 
 def write_pair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -46,8 +46,8 @@ async def test_client_ca_requires_a_client_certificate_it_signed(tmp_path: Path)
     write_pair(tmp_path / "server", "epp")
     client = write_pair(tmp_path / "client", "scraper")
     stranger = write_pair(tmp_path / "stranger", "stranger")
-    args = serve_args("--metrics-cert-dir", str(tmp_path / "server"), "--metrics-client-ca-file", str(client[0]))
-    server = MetricsServer(Telemetry(), 0, host="127.0.0.1", ssl_context=metrics_ssl_context(args, auth=False))
+    args = serve_args("--metrics-cert-dir", str(tmp_path / "server"), "--metrics-client-ca-file", str(client[0]), auth=False)
+    server = MetricsServer(Telemetry(), 0, host="127.0.0.1", ssl_context=metrics_ssl_context(args))
     await server.start()
     try:
         assert await fetch(server.port, client) == 200
@@ -63,7 +63,7 @@ async def test_client_ca_requires_a_client_certificate_it_signed(tmp_path: Path)
 
 async def test_cert_dir_with_token_auth_serves_tls_without_client_certificates(tmp_path: Path) -> None:
     write_pair(tmp_path, "epp")
-    context = metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path)), auth=True)
+    context = metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path), auth=True))
     server = MetricsServer(Telemetry(), 0, host="127.0.0.1", ssl_context=context)
     await server.start()
     try:
@@ -74,10 +74,10 @@ async def test_cert_dir_with_token_auth_serves_tls_without_client_certificates(t
 
 def test_upstream_refusals(tmp_path: Path) -> None:
     write_pair(tmp_path, "epp")
-    assert metrics_ssl_context(serve_args(), auth=False) is None
+    assert metrics_ssl_context(serve_args(auth=False)) is None
     with pytest.raises(ValueError, match='"metrics-client-ca-file" requires "metrics-cert-dir"'):
-        metrics_ssl_context(serve_args("--metrics-client-ca-file", str(tmp_path / "tls.crt")), auth=True)
+        metrics_ssl_context(serve_args("--metrics-client-ca-file", str(tmp_path / "tls.crt"), auth=True))
     with pytest.raises(ValueError, match="without authentication"):
-        metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path)), auth=False)
+        metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path), auth=False))
     with pytest.raises(ValueError, match="cannot load"):
-        metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path / "missing")), auth=True)
+        metrics_ssl_context(serve_args("--metrics-cert-dir", str(tmp_path / "missing"), auth=True))

@@ -349,8 +349,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "budget", "decode",
-        "pool", "prefill", "version",
+        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "adopted", "budget",
+        "decode", "pool", "prefill", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -365,9 +365,22 @@ class EndpointLearner:
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
         self._last_first_token = float("-inf")
+        self.adopted: LatencyEstimate | None = None
+        """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
 
     @property
     def estimate(self) -> LatencyEstimate:
+        """What predictions use: an adopted estimate (shared state), else this replica's own."""
+        return self.adopted or self.own_estimate
+
+    def adopt(self, estimate: LatencyEstimate | None) -> None:
+        """Use ``estimate`` (None: this replica's own again); kept as the same object while it is equal,
+        so readers that cache per estimate object (``BatchPredictor``) do not recompute."""
+        if estimate != self.adopted:
+            self.adopted = estimate
+
+    @property
+    def own_estimate(self) -> LatencyEstimate:
         pool = self.pool
         if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
             self._seen, self._pool_seen = self.version, pool.version

@@ -19,7 +19,8 @@ queued moves out by the difference, so an endpoint stuck on a long prompt does n
 streamed request still silent past even its cold prefill says the engine runs slower than predicted
 (an unknown engine still being learned, a batch heavier than thought, a KV cache full): the work queued
 behind it is stretched by the same factor, ``(now − its start) ÷ its cold prefill``, at most
-``MAX_SLOWNESS`` — a slow engine loses traffic while it is slow, not only after its next first token.
+``MAX_SLOWNESS`` — a slow engine loses traffic while it is slow, not only after its next first token
+(not while other replicas' prefills are merged into the queue: the head may then be late behind theirs).
 A non-streamed head's first bytes come at its end, so its silence says nothing: that backlog still
 drains with time, and a caller that only reports completions does not pin the endpoint. Entries older than the expiry cut-off are forgotten, so a lost request
 never pins load on an endpoint.
@@ -34,16 +35,54 @@ new foreign work, appended to the backlog (the engine admits first-come first-se
 epp routes later queue behind it) at the typical cold prefill of this epp's own picks. A first token
 re-anchors only what this epp has pending. With no other router the count never rises and nothing is
 booked.
+
+Active-active replicas of epp each keep their own ledger and publish it per endpoint (shared state,
+``epp.shared``): totals and the predicted prefill intervals of their pending requests. Each ledger then
+holds what the other replicas last reported (``RemoteLoad``, a few tens of milliseconds old). The engine
+runs everyone's prefills one after the other, so the backlog is the fluid queue over the union of this
+epp's and the others' intervals in start order (two replicas that booked the same slot unaware of each
+other end up back to back, not overlapping); a new booking starts after the others' known work; their
+requests count as this epp's own when a scrape is compared (so they are not booked again as foreign);
+and a replica reports only its own work, never what it heard from the others.
 """
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_SLOWNESS = 4.0
 """How far an overdue streamed head stretches the work queued behind it (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLoad:
+    """What the other replicas have in flight on one endpoint, summed, as of ``at`` (this epp's clock):
+    ``seconds`` of predicted prefill still queued, ``pending`` requests without a first token,
+    ``requests`` in flight, the KV ``context_tokens`` they hold and the ``output_tokens`` they may
+    generate; ``intervals``: their queued prefills as (start, seconds), in start order."""
+
+    seconds: float = 0.0
+    at: float = float("-inf")
+    pending: int = 0
+    requests: int = 0
+    context_tokens: int = 0
+    output_tokens: int = 0
+    intervals: tuple[tuple[float, float], ...] = ()
+
+
+def queue_end(intervals: Iterable[tuple[float, float]]) -> float:
+    """When a server that takes work in start order ends ``intervals`` ((start, seconds), sorted)."""
+    busy = float("-inf")
+    for start, seconds in intervals:
+        busy = max(busy, start) + seconds
+    return busy
+
+
+NO_REMOTE = RemoteLoad()
 
 
 @dataclass(slots=True)
@@ -79,7 +118,7 @@ class EndpointLedger:
 
     __slots__ = (
         "_etas", "_finishes", "_foreign", "_foreign_work", "_scraped_at", "busy_until", "context_tokens", "decoding",
-        "oldest", "output_tokens", "pending", "version",
+        "oldest", "output_tokens", "pending", "remote", "version",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -98,6 +137,7 @@ class EndpointLedger:
         self._finishes: deque[tuple[float, float]] = deque()
         """(routed, finished) of requests that ended after the last scrape seen: they were in the engine
         at a scrape taken before they ended."""
+        self.remote = NO_REMOTE
 
     def __len__(self) -> int:
         return len(self.pending) + len(self.decoding)
@@ -108,7 +148,10 @@ class EndpointLedger:
             self.finished(request_id, flight.routed_at)  # a reused id: the old one is over
         self.version += 1
         self.oldest = min(self.oldest, flight.routed_at)
-        self.busy_until = max(self.busy_until, flight.routed_at) + flight.prefill_seconds
+        start = max(self.busy_until, flight.routed_at)
+        if self.remote.intervals:  # behind the others' known work too
+            start = max(start, self.backlog_terms()[0])
+        self.busy_until = start + flight.prefill_seconds
         flight.eta = self.busy_until
         self.pending[request_id] = flight
         self.context_tokens += flight.context_tokens
@@ -152,6 +195,12 @@ class EndpointLedger:
         self.version += 1
         self._drop(flight)
 
+    def set_remote(self, remote: RemoteLoad) -> None:
+        """The other replicas' latest totals on this endpoint (``NO_REMOTE``: none, or unreachable)."""
+        if remote != self.remote:
+            self.remote = remote
+            self.version += 1
+
     def observe_scrape(self, scraped_at: float, sequences: int, typical_cold_seconds: float) -> None:
         """A scrape (taken at ``scraped_at``) counted ``sequences`` (running + waiting) in the engine: book
         the rise in foreign sequences since the previous scrape as foreign prefill work, each
@@ -163,7 +212,7 @@ class EndpointLedger:
         while finishes and finishes[0][1] <= scraped_at:
             finishes.popleft()
         own = sum(1 for stage in (self.pending, self.decoding) for f in stage.values() if f.routed_at <= scraped_at)
-        own += sum(1 for routed, _ in finishes if routed <= scraped_at)
+        own += sum(1 for routed, _ in finishes if routed <= scraped_at) + self.remote.requests
         foreign = max(0, sequences - own)
         arrived = foreign - self._foreign
         self._foreign = foreign
@@ -195,16 +244,13 @@ class EndpointLedger:
 
     # -- reads ------------------------------------------------------------------------------------
     def backlog(self, now: float) -> float:
-        """Predicted seconds of prefill work queued ahead of a request arriving ``now``."""
-        busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind = self.backlog_terms()
-        if head_eta >= now:
-            return max(0.0, busy_until - now)
-        # overdue: assume it found nothing cached, so everything queued moves out; past even that, a
-        # streamed head stretches the work queued behind it by how much slower the engine runs
-        if not per_cold:
-            return max(0.0, busy_cold - now)
-        slowness = min(MAX_SLOWNESS, max(1.0, (now - head_start) * per_cold))
-        return behind * slowness + max(0.0, head_cold_eta - now)
+        """Predicted seconds of prefill work queued ahead of a request arriving ``now`` (this epp's and,
+        with shared state, the other replicas')."""
+        return _backlog(*self.backlog_terms(), now)
+
+    def own_backlog(self, now: float) -> float:
+        """``backlog`` of this epp's own requests only: what it reports to the other replicas."""
+        return _backlog(*self._own_terms(), now)
 
     def backlog_terms(self) -> tuple[float, float, float, float, float, float, float]:
         """What ``backlog`` reads, independent of time (so it can be cached per ``version`` and evaluated
@@ -212,8 +258,24 @@ class EndpointLedger:
         (inf when none is pending); both moved out by what it adds if overdue (cold minus predicted
         prefill); when its prefill was predicted to start; 1 ÷ its cold prefill (0 if not streamed: no
         slowness read); and the predicted work queued behind it (the later pending requests' and the
-        foreign work booked since the last re-anchor). Finite wherever the batch computes with them
-        (no inf − inf). O(pending requests)."""
+        foreign work booked since the last re-anchor). The other replicas' prefills queue with this epp's,
+        in start order (module docstring); while they have any, no slowness is read. Finite wherever the
+        batch computes with them (no inf − inf). O(pending requests)."""
+        busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind = self._own_terms()
+        remote = self.remote.intervals
+        if remote:
+            # the others' prefills interleave with this epp's, so this epp's head may be late only because
+            # theirs went first: no slowness is read from it (per_cold 0), the merged queue drains with time
+            merged = max(busy_until, queue_end(heapq.merge(self.own_intervals(), remote)))
+            busy_cold += merged - busy_until
+            busy_until, per_cold, behind = merged, 0.0, 0.0
+        return busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind
+
+    def own_intervals(self) -> list[tuple[float, float]]:
+        """This epp's pending prefills as (predicted start, seconds): what it reports to the others."""
+        return [(f.eta - f.prefill_seconds, f.prefill_seconds) for f in self.pending.values()]
+
+    def _own_terms(self) -> tuple[float, float, float, float, float, float, float]:
         if not self.pending:
             return self.busy_until, float("inf"), self.busy_until, float("inf"), 0.0, 0.0, 0.0
         flights = iter(self.pending.values())
@@ -293,3 +355,16 @@ class EndpointLedger:
     def _drop(self, flight: Flight) -> None:
         self.context_tokens -= flight.context_tokens
         self.output_tokens -= flight.output_tokens
+
+
+def _backlog(busy_until: float, head_eta: float, busy_cold: float, head_cold_eta: float, head_start: float,
+             per_cold: float, behind: float, now: float) -> float:
+    """``EndpointLedger.backlog`` from its terms (``BatchPredictor`` does the same operations on arrays)."""
+    if head_eta >= now:
+        return max(0.0, busy_until - now)
+    # overdue: assume it found nothing cached, so everything queued moves out; past even that, a
+    # streamed head stretches the work queued behind it by how much slower the engine runs
+    if not per_cold:
+        return max(0.0, busy_cold - now)
+    slowness = min(MAX_SLOWNESS, max(1.0, (now - head_start) * per_cold))
+    return behind * slowness + max(0.0, head_cold_eta - now)

@@ -20,7 +20,7 @@ from epp.scheduling.plugins.scorers.multicluster_kv_cache import MultiClusterKVC
 from epp.scheduling.plugins.scorers.multicluster_queue import MultiClusterQueueScorer
 from epp.scheduling.plugins.scorers.session_affinity import session_token
 from tests.conftest import make_request, make_state
-from tests.discovery.test_sources import args
+from tests.discovery.test_sources import flags
 
 HUB = """apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
@@ -92,7 +92,7 @@ async def test_the_documented_hub_config_loads_discovers_and_polls(tmp_path: Pat
     config = parse_config_text(HUB.replace("PATH", str(path)))
     scheduler = build_scheduler(config)
     datastore = Datastore()
-    source = select_source(args(), config, datastore, CollectorRegistry())
+    source = select_source(flags(), config, datastore, CollectorRegistry())
     async with source.running:
         assert sorted(s.name for s in datastore.endpoints()) == ["cluster-a", "cluster-b"]
     (poller,) = attribute_pollers(config.source_extractors(), scheduler.plugins, datastore, interval=0.05)
