@@ -237,7 +237,10 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
             e, ledger, req.estimated_prompt_tokens, matched * info.block_tokens, since, now))
     queued = sum(scorer._ledger(e.name).queued(now) for e in endpoints) / len(endpoints)
     w, tol = scorer.params.work_weight * (1 + queued), scorer.params.tie_tolerance
-    rounded = [math.ceil((p.ttft + w * p.prefill) / tol) * tol or tol for p in predictions]
+    most = max(p.cached_tokens for p in predictions)
+    saved = min((p.cold_prefill - p.prefill for p in predictions if p.cached_tokens == most), default=0.0)
+    stranded = [saved * (most - p.cached_tokens) / most if most else 0.0 for p in predictions]
+    rounded = [math.ceil((p.ttft + w * (p.prefill + s)) / tol) * tol or tol for p, s in zip(predictions, stranded)]
     return [min(rounded) / r for r in rounded]
 
 

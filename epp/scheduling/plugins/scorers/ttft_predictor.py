@@ -47,6 +47,7 @@ from dataclasses import astuple, dataclass, fields
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointMetrics, EndpointState
@@ -221,11 +222,29 @@ class TTFTPredictorScorer:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
-        rounded = np.ceil((predictions.ttft + w * predictions.prefill) / tol) * tol
+        rounded = np.ceil((predictions.ttft + w * (predictions.prefill + self._stranded(predictions))) / tol) * tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
+
+    @staticmethod
+    def _stranded(predictions: Predictions) -> npt.NDArray[np.float64]:
+        """Per endpoint, the prefill seconds of the prompt's prefix that choosing it leaves stranded on
+        the endpoint holding most of it (0 there, and for every endpoint when none holds any): the
+        warmest endpoint's cached share (its cold minus its cached prefill), in proportion to the
+        tokens this one does not hold. A request that leaves its conversation's cached prefix pays that
+        prefill again now (its own ``prefill``) and leaves a copy that no later turn reads, holding KV
+        another conversation's prefix is evicted for — work a later request pays again. Charged like
+        the prefill itself (× λ), it keeps a follow-up with its prefix unless the wait saved exceeds
+        the work lost twice."""
+        cached = predictions.cached_tokens
+        most = int(cached.max()) if len(cached) else 0
+        if most == 0:
+            return np.zeros(len(cached))
+        warm = np.flatnonzero(cached == most)
+        saved = predictions.cold_prefill[warm] - predictions.prefill[warm]
+        return float(saved.min()) * (most - cached) / most
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
