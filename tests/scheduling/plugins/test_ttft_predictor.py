@@ -171,6 +171,22 @@ def test_a_long_queue_on_the_warm_endpoint_moves_a_request_unless_every_queue_is
     assert (picked is warm) == stays
 
 
+@pytest.mark.parametrize(("queued", "stays"), [(6.0, True), (10.0, False)])
+def test_leaving_a_warm_prefix_is_charged_the_copy_it_strands(queued: float, stays: bool) -> None:
+    """A cold idle endpoint (prefill ~1.23 s at the learner's prior) against the warm one with ``queued``
+    seconds ahead, λ = 2 × (1 + 1/2): on TTFT + λ × prefill alone 6 s of queue would move the follow-up
+    (1.23 × 4 < 6); the prefix it strands on the warm endpoint is work lost a second time (+ λ × 1.22 s),
+    so it moves only past ~8.6 s."""
+    scheduler, scorer, clock = build()
+    endpoints = pool(2, clock)
+    doc = list(range(30_000))
+    warm = scheduler.schedule(request("first", doc + [1]), endpoints).endpoints[0]
+    scheduler.response_complete(request("first", doc + [1]), warm, {})
+    scorer.ledgers[warm.name].routed("long", _flight(clock.now(), queued))
+    picked = scheduler.schedule(request("again", doc + [2]), endpoints).endpoints[0]
+    assert (picked is warm) == stays
+
+
 def test_hooks_move_a_request_from_prefill_to_decode_to_gone() -> None:
     scheduler, scorer, clock = build()
     endpoints = pool(1, clock)

@@ -222,16 +222,18 @@ class TTFTPredictorScorer:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
-        rounded = np.ceil((predictions.ttft + w * (predictions.prefill + self._stranded(predictions))) / tol) * tol
+        stranded = self._stranded(predictions)
+        work = predictions.prefill if stranded is None else predictions.prefill + stranded
+        rounded = np.ceil((predictions.ttft + w * work) / tol) * tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
 
     @staticmethod
-    def _stranded(predictions: Predictions) -> npt.NDArray[np.float64]:
+    def _stranded(predictions: Predictions) -> npt.NDArray[np.float64] | None:
         """Per endpoint, the prefill seconds of the prompt's prefix that choosing it leaves stranded on
-        the endpoint holding most of it (0 there, and for every endpoint when none holds any): the
+        the endpoint holding most of it (0 there; None when every endpoint holds as much): the
         warmest endpoint's cached share (its cold minus its cached prefill), in proportion to the
         tokens this one does not hold. A request that leaves its conversation's cached prefix pays that
         prefill again now (its own ``prefill``) and leaves a copy that no later turn reads, holding KV
@@ -239,9 +241,9 @@ class TTFTPredictorScorer:
         the prefill itself (× λ), it keeps a follow-up with its prefix unless the wait saved exceeds
         the work lost twice."""
         cached = predictions.cached_tokens
-        most = int(cached.max()) if len(cached) else 0
-        if most == 0:
-            return np.zeros(len(cached))
+        most = int(cached.max())
+        if most == int(cached.min()):
+            return None
         warm = np.flatnonzero(cached == most)
         saved = predictions.cold_prefill[warm] - predictions.prefill[warm]
         return float(saved.min()) * (most - cached) / most
