@@ -72,6 +72,8 @@ from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
 """Prompt tokens the scorer's own prefix producer matches (when none is configured)."""
+MIN_SECONDS = 1e-12
+"""Floor of a cold prefill divided by (learned coefficients may all be 0)."""
 COLD_MEAN_WEIGHT = 1 / 32
 """Weight of each pick in ``typical_cold_seconds`` (an exponential moving mean over ~32 picks)."""
 
@@ -233,20 +235,25 @@ class TTFTPredictorScorer:
     @staticmethod
     def _stranded(predictions: Predictions) -> npt.NDArray[np.float64] | None:
         """Per endpoint, the prefill seconds of the prompt's prefix that choosing it leaves stranded on
-        the endpoint holding most of it (0 there; None when every endpoint holds as much): the
-        warmest endpoint's cached share (its cold minus its cached prefill), in proportion to the
-        tokens this one does not hold. A request that leaves its conversation's cached prefix pays that
-        prefill again now (its own ``prefill``) and leaves a copy that no later turn reads, holding KV
-        another conversation's prefix is evicted for — work a later request pays again. Charged like
-        the prefill itself (× λ), it keeps a follow-up with its prefix unless the wait saved exceeds
-        the work lost twice."""
+        the endpoint holding most of it (0 there; None when every endpoint holds as much).
+
+        A request that leaves its conversation's cached prefix pays that prefill again now (its own
+        ``prefill``) and leaves a copy that no later turn reads, holding KV another conversation's
+        prefix is evicted for — work a later request pays again. Charged like the prefill itself (× λ),
+        it keeps a follow-up with its prefix unless the wait saved exceeds the work lost twice. Its
+        size: the share of the prompt's cold prefill the warmest endpoint's cache saves (the least
+        among equally warm ones), in proportion to the tokens this endpoint does not hold, valued at
+        this endpoint's own cold prefill — the seconds λ weighs are this choice's work, so in a pool of
+        mixed engines a fast engine is not charged a slow one's seconds (in a pool of one kind both are
+        the same)."""
         cached = predictions.cached_tokens
         most = int(cached.max())
         if most == int(cached.min()):
             return None
         warm = np.flatnonzero(cached == most)
-        saved = predictions.cold_prefill[warm] - predictions.prefill[warm]
-        return float(saved.min()) * (most - cached) / most
+        cold = predictions.cold_prefill
+        share = float(((cold[warm] - predictions.prefill[warm]) / np.maximum(cold[warm], MIN_SECONDS)).min())
+        return share * cold * (most - cached) / most
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
