@@ -256,7 +256,7 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
     most = max(p.cached_tokens for p in predictions)
     warm = [(p.cold_prefill - p.prefill) / max(p.cold_prefill, 1e-12) for p in predictions if p.cached_tokens == most]
     ref = [p for p in predictions if p.cached_tokens == most][warm.index(min(warm))]
-    stranded = [min(warm) * min(p.cold_prefill, ref.cold_prefill) * (most - p.cached_tokens) / most if most else 0.0
+    stranded = [min(warm) * max(p.cold_prefill, ref.cold_prefill) * (most - p.cached_tokens) / most if most else 0.0
                 for p in predictions]
     rounded = [math.ceil((p.ttft + w * (p.prefill + s)) / tol) * tol or tol for p, s in zip(predictions, stranded)]
     return [min(rounded) / r for r in rounded]

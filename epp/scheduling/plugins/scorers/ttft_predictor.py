@@ -243,11 +243,11 @@ class TTFTPredictorScorer:
         it keeps a follow-up with its prefix unless the wait saved exceeds the work lost twice. Its
         size: the share of the prompt's cold prefill the warmest endpoint's cache saves (the least
         among equally warm ones), in proportion to the tokens this endpoint does not hold, valued at the
-        lower of the two endpoints' cold prefills: the prefix is redone at this endpoint's speed and
-        was cached at the warm one's, and the lower is a bound on both — in a pool of mixed engines a
-        fast engine is not charged a slow one's seconds (charging them raised the 4 + 4 mix's synthetic
-        knee from 1.35 to 1.78 s), nor a slow one more than the copy cost; in a pool of one kind the
-        two are the same."""
+        higher of the two endpoints' cold prefills: the prefix is redone at this endpoint's speed and its
+        copy was cached (and is now stranded) at the warm one's, and the work lost is at least either.
+        In a pool of one kind the two are the same; in a mixed pool the warm endpoint's seconds alone
+        let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
+        against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
         cached = predictions.cached_tokens
         most = int(cached.max())
         if most == int(cached.min()):
@@ -256,7 +256,7 @@ class TTFTPredictorScorer:
         cold = predictions.cold_prefill
         shares = (cold[warm] - predictions.prefill[warm]) / np.maximum(cold[warm], MIN_SECONDS)
         ref = int(warm[np.argmin(shares)])
-        stranded: npt.NDArray[np.float64] = float(shares.min()) * np.minimum(cold, cold[ref]) * (most - cached) / most
+        stranded: npt.NDArray[np.float64] = float(shares.min()) * np.maximum(cold, cold[ref]) * (most - cached) / most
         return stranded
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
