@@ -42,7 +42,7 @@ class MinimalStream:
 def main() -> int:
     endpoints = sys.argv[sys.argv.index("--static-endpoints") + 1]
     MinimalStream.minimal = Minimal(endpoints.split(",")[0].split("@")[0])
-    servicer_module.RequestStream = MinimalStream  # type: ignore[attr-defined]  # the one swap
+    servicer_module.RequestStream = MinimalStream  # type: ignore[attr-defined,assignment]  # the one swap
     sys.argv[0] = "epp"
     return cli.main()
 
