@@ -12,7 +12,8 @@ Pickers: ``epp`` (this tree's ``epp serve``, default config; ``--picker-arg`` ad
 land in one run), ``epp-null`` (``bench/epp_null_handler.py``: this tree's ``epp serve`` with minimal's
 handler: epp's way of driving grpc.aio without its pick), ``minimal`` / ``minimal-iterator``
 (``bench/minimal_extproc.py``: the least a grpc.aio picker can do, with context.read()/write() or an async
-iterator + yield; the floor epp is measured against).
+iterator + yield; the floor epp is measured against), ``minimal+MS`` (minimal spending MS ms of CPU per
+request in its handler: what a pick of that cost adds on grpc.aio).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
 requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
@@ -89,9 +90,10 @@ class NullHandlerPicker(PickerProcess):
 class MinimalPicker:
     """``bench/minimal_extproc.py`` as a child process, ready when it prints its ready line."""
 
-    def __init__(self, engine: Upstream, api: str) -> None:
+    def __init__(self, engine: Upstream, api: str, burn_ms: str = "0") -> None:
         self.engine = engine
         self.api = api
+        self.burn_ms = burn_ms
         self.address = Upstream("127.0.0.1", proc_util.free_port())
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -103,7 +105,7 @@ class MinimalPicker:
     def start(self, timeout: float = 30.0) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, str(MINIMAL), "--port", str(self.address.port), "--destination", self.engine.hostport,
-             "--api", self.api],
+             "--api", self.api, "--burn-ms", self.burn_ms],
             stdout=subprocess.PIPE,
         )
         proc_util.read_line(self._proc, timeout=timeout)
@@ -119,6 +121,13 @@ def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Pa
         return MinimalPicker(engine, "read-write")
     if spec == "minimal-iterator":
         return MinimalPicker(engine, "iterator")
+    if spec.startswith("minimal+"):  # minimal+0.3: minimal with a 0.3 ms stand-in pick (--burn-ms)
+        burn = spec.partition("+")[2]
+        try:
+            float(burn)
+        except ValueError:
+            raise SystemExit(f"--pickers {spec!r}: expected minimal+MS with MS a number of milliseconds") from None
+        return MinimalPicker(engine, "read-write", burn)
     if spec == "epp-null":
         return NullHandlerPicker([engine], extra_args=picker_args, log_path=workdir / f"{name}.log")
     if spec == "epp":
@@ -258,7 +267,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
     parser.add_argument("--pickers", nargs="+", default=["epp"],
-                        help="epp | epp-null | minimal | minimal-iterator | NAME=PATH (epp serve from another source tree)")
+                        help="epp | epp-null | minimal | minimal-iterator | minimal+MS | NAME=PATH (epp serve from another source tree)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="epp serve --workers counts, each epp picker run once per count (NAME-wN), side by side")
     parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")
