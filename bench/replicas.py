@@ -2,12 +2,14 @@
 
 Every number comes from ``epp replay`` itself (``--replicas``, ``--shared-prefix-view``; the
 precise rows are a policy whose prefix producer is ``precise-prefix-cache-producer``, fed every
-engine's KV events by replay). Per policy, four runs of the same trace on the same engines:
+engine's KV events by replay). Per policy, five runs of the same trace on the same engines:
 
 * 1 replica;
 * N replicas, each with its own learned prefix view (what active-active epp does without Redis);
 * N replicas sharing one learned view (what ``ReplicatedPrefixIndex`` over Redis converges to);
-* N replicas, each with a precise view built from engine KV events (``<policy>+precise``).
+* N replicas, each with a precise view built from engine KV events (``<policy>+precise``);
+* N replicas of the policy itself sharing state (``--shared-state``: prefix view, TTFT ledger and
+  learned latency, exchanged every 25 ms of virtual time as ``epp serve --shared-state-url`` does).
 
 The first three runs use the policy with an approximate prefix producer, the last with a precise
 one: the policy itself where it already has that producer, else its config with the producer swapped
@@ -19,6 +21,7 @@ variant was written)::
     epp replay TRACE --policy P+approx --max-requests M --rate-scale X --json
     epp replay TRACE --policy P+approx --replicas N [--shared-prefix-view] --max-requests M --rate-scale X --json
     epp replay TRACE --policy WORKDIR/P+precise.yaml --replicas N --max-requests M --rate-scale X --json
+    epp replay TRACE --policy P --replicas N --shared-state --max-requests M --rate-scale X --json
 
     python bench/replicas.py TRACE [--policy gie-default --policy default] [--replicas 2]
         [--max-requests 1500] [--rate-scale 2.83] [--jobs 2]
@@ -98,6 +101,7 @@ def main() -> None:
             Job(approx, args.rate_scale, args.seed, Replicas(n)),
             Job(approx, args.rate_scale, args.seed, Replicas(n, shared_prefix_view=True)),
             Job(with_producer(policy, PRECISE, workdir), args.rate_scale, args.seed, Replicas(n)),
+            Job(policy, args.rate_scale, args.seed, Replicas(n, shared_state=True)),
         ]
     outcomes = run_jobs(trace, jobs, cluster, trace_bounds(trace, cluster), args.jobs, lambda i, k: None)
     print(f"{trace.name}: {len(trace.requests):,} requests, rate ×{args.rate_scale:g}, {args.engines} engines "
@@ -109,7 +113,7 @@ def main() -> None:
         s = o.summary
         name = Path(s["policy"]).stem if s["policy"].endswith(".yaml") else s["policy"]
         base = s if s["replicas"] == 1 else base
-        view = "precise" if s["kv_event_batches"] else s["prefix_view"]
+        view = "precise" if s["kv_event_batches"] and "state" not in s["prefix_view"] else s["prefix_view"]
         print(f"| {name} | {s['replicas']} | {view} | {s['hit_ratio']:.1%} | {s['ttft_p50']:.3f} | {s['ttft_p90']:.3f} "
               f"| {s['ttft_p99']:.3f} | ×{s['ttft_p90'] / base['ttft_p90']:.2f} | {s['kv_event_batches']:,} "
               f"| {s['wall_s']:.0f} |")  # fmt: skip

@@ -17,11 +17,13 @@ observed), fed the same picks alternately so both see the same machine load, and
 and the median per-pick difference.
 ``--tokenizer DIR`` instead measures what tokenizing with a served model's own tokenizer (``DIR``: its
 folder, e.g. ``tests/data/vllm-0.32-cpu/tiny-llama``) adds to a ``default`` pick, against the same
-preset with ``tokenizer: sim`` fed the same requests alternately: chat requests (one of 32 system
+preset with ``tokenizer: sim`` fed the same requests in turn, twice: reading each prompt whole at the
+pick (as epp did before prompts were read lazily) and lazily (now; the rest of the prompt is read in
+the response hooks, timed apart): chat requests (one of 32 system
 prompts, half the tokens, then a unique user turn) and completion requests (a unique prompt each
 pick, so nothing is reused; or one of 32 preambles, half the tokens, then a unique tail), at 1K and
 32K tokens of that tokenizer; then the cost of encoding a 32K-token text once, uncached, and of a 32K
-conversation whose earlier turns were seen.
+conversation whose earlier turns were seen, whole and read lazily up to the new turn's first window.
 
     python bench/schedule.py [--picks 2000] [--rounds 3] [--seed 1] [--preset gie-default ...] [--telemetry]
     python bench/schedule.py --tokenizer tests/data/vllm-0.32-cpu/tiny-llama [--picks 1000]
@@ -168,35 +170,48 @@ def paired_overhead(endpoints: int, tokens: int, picks: int, seed: int, preset: 
     prompts = _prompts(tokens, rng)
     requests = (LLMRequest(f"r{i}", RequestKind.COMPLETIONS, "m", prompt_bytes=prompts[i % len(prompts)])
                 for i in range(picks + 200))  # fmt: skip
-    return _alternate(plain, timed, _states(endpoints, rng), requests, warmup=200)
+    (a, _, _, _), (b, d, _, _) = _alternate([plain, timed], _states(endpoints, rng), requests, warmup=200)
+    return a, b, d
 
 
-def _alternate(a: Scheduler, b: Scheduler, states: list[EndpointState], requests: Iterable[LLMRequest],
-               warmup: int) -> tuple[float, float, float]:  # fmt: skip
-    """Feed every request to both schedulers, which one first alternating, so both see the same
-    machine load; requests complete ``IN_FLIGHT`` picks later. (a's cpu p50, b's cpu p50, median of the
-    per-pick differences b − a) in µs, leaving out the first ``warmup`` requests."""
+def _alternate(schedulers: list[Scheduler], states: list[EndpointState], requests: Iterable[LLMRequest],
+               warmup: int) -> list[tuple[float, float, float, float]]:  # fmt: skip
+    """Feed every request to all schedulers, which one first rotating, so all see the same machine
+    load; requests start and complete ``IN_FLIGHT`` picks later. Per scheduler, leaving out the first
+    ``warmup`` requests: (cpu p50 of a pick, median of the per-pick differences against the first
+    scheduler, cpu p50 of the response hooks — what a plugin defers past the pick, cpu p99 of a pick) in µs."""
     datastore = Datastore(VirtualClock())
-    for scheduler in (a, b):
+    for scheduler in schedulers:
         scheduler.attach(datastore)
     for state in states:
         datastore.upsert(state.endpoint)
-    cpu: dict[int, list[int]] = {id(a): [], id(b): []}
-    in_flight: list[tuple[Scheduler, LLMRequest, EndpointState]] = []
-    for i, request in enumerate(requests):
-        for scheduler in ((a, b) if i % 2 else (b, a)):
+    cpu: list[list[int]] = [[] for _ in schedulers]
+    after: list[list[int]] = [[] for _ in schedulers]
+    in_flight: list[tuple[int, LLMRequest, EndpointState]] = []
+    n = len(schedulers)
+    listed = list(requests)
+    for i, request in enumerate(listed):
+        last = i == len(listed) - 1  # then every request in flight ends
+        for k in [(i + j) % n for j in range(n)]:
             c0 = time.thread_time_ns()
-            picked = scheduler.schedule(request, states).endpoints[0]
+            picked = schedulers[k].schedule(request, states).endpoints[0]
             if i >= warmup:
-                cpu[id(scheduler)].append(time.thread_time_ns() - c0)
-            in_flight.append((scheduler, request, picked))
-        while len(in_flight) > 2 * IN_FLIGHT:
-            scheduler, done, served = in_flight.pop(0)
-            scheduler.response_started(done, served)
-            scheduler.response_complete(done, served, {})
-    x, y = cpu[id(a)], cpu[id(b)]
-    diffs = sorted(q - p for p, q in zip(x, y))
-    return statistics.median(x) / 1e3, statistics.median(y) / 1e3, diffs[len(diffs) // 2] / 1e3
+                cpu[k].append(time.thread_time_ns() - c0)
+            in_flight.append((k, request, picked))
+        while len(in_flight) > n * IN_FLIGHT or (in_flight and last):
+            k, done, served = in_flight.pop(0)
+            c0 = time.thread_time_ns()
+            schedulers[k].response_started(done, served)
+            schedulers[k].response_complete(done, served, {})
+            if int(done.request_id[1:]) >= warmup:
+                after[k].append(time.thread_time_ns() - c0)
+    out = []
+    for k in range(n):
+        diffs = sorted(q - p for p, q in zip(cpu[0], cpu[k]))
+        p99 = sorted(cpu[k])[int(len(cpu[k]) * 0.99)]
+        out.append((statistics.median(cpu[k]) / 1e3, diffs[len(diffs) // 2] / 1e3, statistics.median(after[k] or [0]) / 1e3,
+                    p99 / 1e3))
+    return out
 
 
 def telemetry_overhead(args: argparse.Namespace, preset: str) -> None:
@@ -249,10 +264,33 @@ class _Words:
 SHAPES = ("chat", "completion, shared preamble", "completion, unique")
 
 
-def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[float, float, float, int]:
-    """``default`` with ``tokenizer: sim`` and with ``folder``'s tokenizer, fed the same requests
-    alternately: (sim cpu p50, model cpu p50, median per-pick difference) in µs, and the prompts'
-    mean token count under the model's tokenizer."""
+def _eager(scheduler: Scheduler) -> Scheduler:
+    """``scheduler`` with its precise producer tokenizing and hashing each prompt whole at the pick
+    (``engine_block_hashes``, no lazy tail): how the pick worked before prompts were read lazily."""
+    from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer
+    from epp.scheduling.prefix.tokens import engine_block_hashes
+
+    for plugin in scheduler.plugins:
+        if isinstance(plugin, PrecisePrefixCacheProducer):
+            def blocks(request: LLMRequest, block_tokens: int, max_blocks: int, p: PrecisePrefixCacheProducer = plugin) -> tuple[list[int], None]:
+                hashes, tail = PrecisePrefixCacheProducer.prompt_blocks(p, request, block_tokens, max_blocks)
+                tokenizer = p.tokenizers.for_model(request.target_model)
+                if tail is None or tokenizer is None:
+                    return hashes, None
+                return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, p.chains), None
+
+            plugin.prompt_blocks = blocks  # type: ignore[method-assign]
+    return scheduler
+
+
+TOKENIZER_RUNS = ("sim", "model, whole", "model, lazy")
+
+
+def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: str, shape: str) -> tuple[list[tuple[float, float, float, float]], int]:
+    """``default`` with ``tokenizer: sim``, and with ``folder``'s tokenizer reading each prompt whole
+    at the pick (before) and lazily (now), fed the same requests in turn: per run (cpu p50 of a pick,
+    median per-pick difference against sim, cpu p50 of the response hooks, cpu p99 of a pick) in µs,
+    and the prompts' mean token count under the model's tokenizer."""
     rng = random.Random(seed)
     words = _Words(folder, rng)
     systems = [words.text(tokens // 2) for _ in range(32)]
@@ -269,19 +307,24 @@ def tokenizer_pair(endpoints: int, tokens: int, picks: int, seed: int, folder: s
     counted = [len(words.tokenizer.encode(words.tokenizer.render_chat(b["messages"]) if "messages" in b else b["prompt"]))
                for b in bodies[::50]]  # fmt: skip
     requests = (LLMRequest(f"r{i}", kind, "m", body=body) for i, body in enumerate(bodies))
-    result = _alternate(_default_with("sim"), _default_with(folder), _states(endpoints, rng), requests, warmup=50)
-    return (*result, round(statistics.mean(counted)))
+    runs = [_default_with("sim"), _eager(_default_with(folder)), _default_with(folder)]
+    return _alternate(runs, _states(endpoints, rng), requests, warmup=50), round(statistics.mean(counted))
 
 
 def tokenizer_cost(args: argparse.Namespace) -> None:
-    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer}, µs; best of {args.rounds} rounds")
-    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'model p50':>9} {'paired Δ':>8}")
+    print(f"default preset, 64 endpoints: cpu per pick with tokenizer sim / {args.tokenizer} (prompts read whole"
+          f" at the pick, as before / lazily), µs; best of {args.rounds} rounds. Δ: median per-pick difference"
+          f" against sim; hooks: cpu p50 of a request's response hooks (where the lazy reader finishes the prompt)")
+    print(f"{'requests':>28} {'tokens':>7} {'sim p50':>8} {'whole p50':>9} {'whole Δ':>8} {'lazy p50':>8} {'lazy Δ':>8}"
+          f" {'whole hooks':>11} {'lazy hooks':>10} {'whole p99':>9} {'lazy p99':>8}")
     for tokens in (1024, 32768):
         picks = args.picks if tokens <= 1024 else max(50, args.picks // 16)
         for shape in SHAPES:
             rounds = [tokenizer_pair(64, tokens, picks, args.seed, args.tokenizer, shape) for _ in range(args.rounds)]
-            a, b, d = (min(r[k] for r in rounds) for k in range(3))
-            print(f"{shape:>28} {rounds[0][3]:>7} {a:>8.0f} {b:>9.0f} {d:>8.0f}")
+            best = [[min(r[0][run][k] for r in rounds) for k in range(4)] for run in range(len(TOKENIZER_RUNS))]
+            (sim, _, _, _), (whole, whole_d, whole_h, whole_99), (lazy, lazy_d, lazy_h, lazy_99) = best
+            print(f"{shape:>28} {rounds[0][1]:>7} {sim:>8.0f} {whole:>9.0f} {whole_d:>8.0f} {lazy:>8.0f} {lazy_d:>8.0f}"
+                  f" {whole_h:>11.0f} {lazy_h:>10.0f} {whole_99:>9.0f} {lazy_99:>8.0f}")
     words = _Words(args.tokenizer, random.Random(args.seed))
     from epp.tokenizer.hf import HFTokenizer
 
@@ -307,6 +350,17 @@ def tokenizer_cost(args: argparse.Namespace) -> None:
         turns += [{"role": "assistant", "content": words.text(512)}]
     print(f"a {len(ids)}-token conversation whose earlier turns were seen, one new 512-token turn:"
           f" {min(warm) / 1e6:.2f} ms cpu to render and encode (best of 5)")
+    lazy = []
+    for _ in range(5):
+        seen = len(tokenizer.encode(tokenizer.render_chat(turns), False))  # the conversation so far, as sent
+        turns += [{"role": "user", "content": words.text(512)}]
+        c0 = time.thread_time_ns()
+        stream = tokenizer.stream(tokenizer.render_chat(turns), False)
+        read = len(stream.read(seen)) // 4  # through the seen turns, then one window of the new one
+        lazy.append(time.thread_time_ns() - c0)
+        turns += [{"role": "assistant", "content": words.text(512)}]
+    print(f"the same, read lazily as the pick reads it (the seen turns, then the new turn's first window,"
+          f" {read} tokens): {min(lazy) / 1e6:.2f} ms cpu to render and read (best of 5)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from epp._util.logs import configure_logging, log_settings
 from epp.request.body import DEFAULT_MAX_BODY_BYTES
 from epp.serve_config import DEFAULT_MAX_STREAMS, DEFAULT_POLICY, ServeConfig, prepare_grpc_tls
 from epp.serve_flags import add_kubernetes_flags, add_upstream_flags, message_size
+from epp.shared.serve import add_shared_state_flags
 
 log = logging.getLogger("epp.serve")
 
@@ -73,6 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_endpoint_health_flags(parser)
     add_reference_compat_flags(parser)
     add_upstream_flags(parser)
+    add_shared_state_flags(parser)
     parser.set_defaults(run=run)
 
 

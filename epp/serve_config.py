@@ -41,6 +41,7 @@ from epp.metrics.poller import SOURCE_TYPE as METRICS_SOURCE
 from epp.metrics.poller import ScrapeTarget
 from epp.plugin.params import ParamError, decode_params
 from epp.serve_flags import METRIC_FLAGS, MetricName
+from epp.shared.serve import SharedStateConfig
 
 if TYPE_CHECKING:
     from epp.config.model import EndpointPickerConfig
@@ -138,6 +139,7 @@ class ServeConfig:
     discovery: SourceFlags = field(default_factory=SourceFlags)
     health: HealthParams = field(default_factory=HealthParams)
     logging: LogSettings = field(default_factory=LogSettings)
+    shared_state: SharedStateConfig = SharedStateConfig()
 
     @property
     def pool_name(self) -> str:
@@ -200,6 +202,7 @@ class ServeConfig:
                 max_ejection_percent=args.endpoint_health_max_ejection_percent,
             ),
             logging=log_settings(args),
+            shared_state=SharedStateConfig.from_args(args, kubernetes.pool_name),
         )
 
     def for_worker(self) -> ServeConfig:

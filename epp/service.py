@@ -48,6 +48,7 @@ from epp.serve_config import (
     metrics_ssl_context,
     scrape_target,
 )
+from epp.shared.serve import shared_state
 from epp.telemetry import Telemetry
 from epp.telemetry.auth import KubeMetricsAuth
 from epp.telemetry.flowcontrol import FlowControlMetrics
@@ -177,6 +178,8 @@ class PickerService:
         self.metrics_auth = KubeMetricsAuth(config.metrics.kubeconfig) if config.metrics.auth else None
         self.metrics = MetricsServer(self.telemetry, config.metrics.port, host=private or serving.bind_address or None,
                                      auth=self.metrics_auth, ssl_context=metrics_ssl_context(config.metrics))
+        self.shared_state = shared_state(config.shared_state, self.scheduler.plugins, self.datastore.clock,
+                                         self.telemetry.registry)
         self.drain_timeout = serving.drain_timeout
         self.shutdown_grace = serving.shutdown_grace
         self._stack = contextlib.AsyncExitStack()
@@ -193,6 +196,8 @@ class PickerService:
             plugin.register_metrics(self.telemetry.registry)
         self.data_layer.register_metrics(self.telemetry.registry)
         await stack.enter_async_context(self.data_layer)  # KV-event subscriptions, Redis replication
+        if self.shared_state is not None:  # after the state it moves is live; stopped before it
+            await stack.enter_async_context(self.shared_state)
         if self.metrics_auth is not None:
             try:
                 await stack.enter_async_context(self.metrics_auth)

@@ -69,7 +69,8 @@ SUMMED_GAUGES = frozenset({
     "epp_extproc_stream_buffer_limit_bytes",
 })
 # Connection gauges (1 = connected): the pod is connected only when every worker is.
-MIN_GAUGES = frozenset({"epp_kv_events_connected", "epp_prefix_shared_connected", "epp_discovery_api_reachable"})
+MIN_GAUGES = frozenset({"epp_kv_events_connected", "epp_prefix_shared_connected", "epp_shared_state_connected",
+                        "epp_discovery_api_reachable"})
 
 
 def merge_metrics(texts: Iterable[str]) -> list[Metric]:

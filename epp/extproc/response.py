@@ -77,7 +77,7 @@ class ResponseRelay:
 
     def body(self, message: pb.HttpBody) -> Replies:
         chunk, eos = message.body, message.end_of_stream
-        if chunk:
+        if chunk and self._failure is None:  # an error status's body is no first token: nothing was computed
             self.director.response_started(self.decision)
         self.size += len(chunk)
         if self.streaming:

@@ -87,9 +87,9 @@ def policies(names: list[str] | None) -> list[str]:
 
 
 def replicas(args: argparse.Namespace) -> Replicas:
-    """``--replicas``/``--shared-prefix-view``, checked; live runs start one ``epp serve``, so only 1."""
+    """``--replicas``/``--shared-prefix-view``/``--shared-state``, checked; live runs start one ``epp serve``, so only 1."""
     try:
-        pickers = Replicas(args.replicas, args.shared_prefix_view)
+        pickers = Replicas(args.replicas, args.shared_prefix_view, args.shared_state, args.shared_state_period)
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
     if args.live and pickers.count > 1:

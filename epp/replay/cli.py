@@ -8,6 +8,7 @@ Examples::
     epp replay trace.jsonl --policy my-config.yaml --policy gie-default --engines 16
     epp replay trace.jsonl --find-knee least-queue --max-requests 2000
     epp replay trace.jsonl --policy gie-default --replicas 2 --shared-prefix-view
+    epp replay trace.jsonl --policy default --replicas 3 --shared-state
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+from epp._util.cli import duration
 from epp.engine.config import PROFILES
 from epp.replay.synthetic import WORKLOADS
+from epp.shared.protocol import DEFAULT_PERIOD
 
 
 def _rates(text: str) -> list[float]:
@@ -91,6 +94,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shared-prefix-view", action="store_true",
         help="replicas share one learned prefix index (what redisUrl converges to); needs --replicas ≥ 2",
+    )
+    parser.add_argument(
+        "--shared-state", action="store_true",
+        help="replicas share what epp serve --shared-state-url shares: the prefix view, the TTFT in-flight "
+             "ledger and learned latency, exchanged every --shared-state-period of virtual time; needs --replicas ≥ 2",
+    )
+    parser.add_argument(
+        "--shared-state-period", type=duration, default=DEFAULT_PERIOD, metavar="DURATION",
+        help=f"how often replicas exchange shared state (default {DEFAULT_PERIOD * 1000:g}ms, as epp serve): "
+             "each sees the others' state one to two periods old",
     )
     parser.add_argument("--live", action="store_true", help="replay through real Envoy + epp serve + epp sim processes")
     parser.add_argument(

@@ -25,7 +25,10 @@ A discrete-event loop over three kinds of event, in time order:
 - a metrics poll every ``poll_interval`` seconds: each engine's ``EngineStats`` becomes the same
   ``EndpointMetrics`` snapshot the metrics poller builds from ``/metrics``, so the scheduler sees
   state exactly as stale as in production; then each director's admission ``tick`` (queue deadlines,
-  dispatch on the fresh metrics).
+  dispatch on the fresh metrics);
+- with shared state (``--shared-state``), an exchange every ``VirtualExchange.period``: the replicas
+  read each other's exports of the previous exchange and publish their own (``epp.shared.virtual``),
+  taken lazily like polls.
 
 Each request carries both its token ids (what token-aware plugins hash, e.g. the prefix scorer) and
 the text those ids decode to with the simulator's tokenizer (what text-based plugins see, e.g. the
@@ -69,6 +72,7 @@ from epp.request import LLMRequest, RequestError, RequestKind
 from epp.request.usage import Usage
 from epp.scheduling import Scheduler
 from epp.request.headers import prefill_target
+from epp.shared import VirtualExchange
 
 POLL_INTERVAL = 0.05
 """The metrics poller's default refresh interval, in seconds."""
@@ -248,9 +252,11 @@ class OfflineReplay:
         load_samples: int = 400,
         progress: Callable[[int], None] | None = None,
         admission: Admission | None = None,
+        exchange: VirtualExchange | None = None,
     ) -> None:
         """``admission`` builds each replica's admission policy (default: ``epp serve``'s, shedding
-        sheddable requests while the scheduler's saturation detector says the pool is saturated)."""
+        sheddable requests while the scheduler's saturation detector says the pool is saturated);
+        ``exchange`` moves the replicas' shared state."""
         if rate_scale <= 0:
             raise ValueError("rate scale must be positive")
         if not schedulers:
@@ -300,6 +306,7 @@ class OfflineReplay:
         # an admission policy that holds requests (flow control) may dispatch one at any poll
         self._queues = any(not isinstance(d.admission, ShedSheddable) for d in self.directors)
         self._delivering = -1  # the engine whose outputs are being delivered (stepped right after)
+        self.exchange = exchange
 
     def run(self) -> RunResult:
         started = time.perf_counter()
@@ -309,14 +316,21 @@ class OfflineReplay:
         i = 0
         next_poll = 0.0
         interval = self.cluster.poll_interval
+        exchange = self.exchange
+        next_share = 0.0 if exchange is not None else math.inf
         while i < n or heap or (self._queues and self._waiting()):
             t_arrival = arrivals[i] if i < n else math.inf
             t_engine = heap[0][0] if heap else math.inf
             t = min(t_arrival, t_engine)
             if t == math.inf:  # only held requests remain: the next poll may dispatch or expire them
                 t = next_poll
+            if t >= next_share and exchange is not None:  # lazily, as polls: nothing changed since the tick
+                share = max(next_share, math.floor(t / exchange.period) * exchange.period)
+                exchange.tick(share)
+                next_share = share + exchange.period
             if t >= next_poll:
-                tick = max(next_poll, math.floor(t / interval) * interval)  # never below next_poll (float floor)
+                # never below next_poll, never past t (53.9 s floors to 1078 polls × 0.05 = 53.900000000000006)
+                tick = max(next_poll, min(t, math.floor(t / interval) * interval))
                 self._poll(tick)
                 next_poll = tick + interval
                 if heap and heap[0][0] < t:  # flow control dispatched at the tick: that engine's step comes first

@@ -17,6 +17,10 @@ scheduler code as a single replica, instead of a separate driver:
   other learned state (SGLang's radix tree, TTFT ledgers, LRU scorers) stays per replica, as it does
   in production. Precise producers need no sharing to agree: every replica receives every engine's
   KV events (``epp.replay.kv_feed``), as every replica's subscriber does in ``connect`` mode.
+* ``shared_state`` (``--shared-state``): everything ``epp serve --shared-state-url`` shares — the
+  prefix view as above, and the plugins' shared state (``epp.shared``: the TTFT ledger) exchanged
+  every ``share_period`` seconds of virtual time (default: serve's period) by a ``VirtualExchange``,
+  so each replica sees the others' in-flight work one to two periods old, as over Redis.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from epp._util.clock import Clock
 from epp.replay.policies import Policy
 from epp.scheduling import Scheduler
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
+from epp.shared import VirtualExchange, participants
+from epp.shared.protocol import DEFAULT_PERIOD, DEFAULT_TTL
 
 OWN_VIEW = "own"
 SHARED_VIEW = "shared"
@@ -35,30 +41,45 @@ SHARED_VIEW = "shared"
 
 @dataclass(frozen=True, slots=True)
 class Replicas:
-    """How many picker replicas a run has and whether they share their learned prefix view."""
+    """How many picker replicas a run has and what they share: their learned prefix view, or all of
+    their shared state (``shared_state``, the prefix view included) every ``share_period`` seconds."""
 
     count: int = 1
     shared_prefix_view: bool = False
+    shared_state: bool = False
+    share_period: float = DEFAULT_PERIOD
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError("--replicas must be at least 1")
-        if self.shared_prefix_view and self.count < 2:
-            raise ValueError("--shared-prefix-view needs --replicas 2 or more (one replica has nothing to share)")
+        for flag, on in (("--shared-prefix-view", self.shared_prefix_view), ("--shared-state", self.shared_state)):
+            if on and self.count < 2:
+                raise ValueError(f"{flag} needs --replicas 2 or more (one replica has nothing to share)")
+        if not 0 < self.share_period < DEFAULT_TTL:
+            raise ValueError(f"--shared-state-period must be positive and below the {DEFAULT_TTL:g} s ttl")
 
     @property
     def label(self) -> str:
         """For progress lines and errors: empty for the single replica every other run has."""
         if self.count == 1:
             return ""
-        return f"{self.count} replicas, {SHARED_VIEW if self.shared_prefix_view else OWN_VIEW} view"
+        shared = self.shared_prefix_view or self.shared_state
+        state = f", state shared every {self.share_period * 1000:g} ms" if self.shared_state else ""
+        return f"{self.count} replicas, {SHARED_VIEW if shared else OWN_VIEW} view{state}"
 
     def build(self, policy: Policy, clock: Clock, seed: int) -> tuple[list[Scheduler], str]:
         """Fresh schedulers for one run and the prefix view they ended up with: ``shared`` only when
         some prefix index was actually shared (a policy without a prefix producer has none to share)."""
         schedulers = [policy.build(clock, seed + i) for i in range(self.count)]
-        shared = self.shared_prefix_view and share_prefix_views(schedulers) > 0
-        return schedulers, SHARED_VIEW if shared else OWN_VIEW
+        shared = (self.shared_prefix_view or self.shared_state) and share_prefix_views(schedulers) > 0
+        view = SHARED_VIEW if shared else OWN_VIEW
+        return schedulers, f"{view}+state" if self.shared_state else view
+
+    def exchange(self, schedulers: Sequence[Scheduler]) -> VirtualExchange | None:
+        """The exchange of the replicas' shared state (None unless ``shared_state``)."""
+        if not self.shared_state:
+            return None
+        return VirtualExchange([participants(s.plugins) for s in schedulers], self.share_period, DEFAULT_TTL)
 
 
 def share_prefix_views(schedulers: Sequence[Scheduler]) -> int:

@@ -25,6 +25,12 @@ inside a whitespace run) and encodes only the rest. Both are checked at load tim
 equal whole-text encoding on probe strings and a rendered sample chat — and turned off for tokenizers
 where they would not hold (added tokens that strip neighbouring spaces, a pre-tokenizer that marks
 the start of the text).
+
+**Reading lazily** (``stream``, what the precise producer uses): a prompt's ids front to back, only
+as far as the reader asks — the prefix index stops at the first block no endpoint holds, so a new
+prompt costs one window of encoding on the pick path instead of all of it. Long pieces are cut at
+pre-tokenizer words proven not to change the ids (``TokenStream``); windows are remembered by their
+text (``_WINDOW_CACHE_CHARS`` characters, about 7 MB), so a long preamble is encoded once.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import bisect
 import json
 import os
 import re
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +58,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
 
+from epp._util.hashing import token_bytes
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
                    "special_tokens_map.json")  # fmt: skip
 """The files of a model folder tokenization reads (all a Hugging Face download needs to fetch)."""
@@ -57,6 +67,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 _CHUNK = 512  # characters between reuse checkpoints of a long piece
 _MARGIN = 64  # a reused prefix ends at least this far before the end of the text known to be shared
 _MAX_SEEN = 65536  # chunk hashes remembered to notice text that recurs
+_WINDOW = 768  # characters a stream encodes per step of a long piece (about 120-190 tokens)
+_WINDOW_MARGIN = 16  # a stream's cut is at least this far before the end of the window it encoded
+_CACHED_READ = 2048  # ids a stream read may add from its caches past what was asked
+_WINDOW_CACHE_CHARS = 4_000_000  # characters of windows remembered (with their ids: about 7 MB)
+_U32 = next(code for code in "IL" if array(code).itemsize == 4)
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -172,11 +187,191 @@ def _chunk_hashes(text: str) -> list[int]:
     return out
 
 
+_CHAR_CLASS = re.compile(r"\[(?:\\.|[^\]\\])*\]")
+_LOOKS_AROUND = re.compile(r"\(\?<[=!]|\\[AzZbBG]|[\^$]")  # lookbehind, anchors, word boundaries
+
+
+def _splits_locally(component: Mapping[str, Any] | None) -> bool:
+    """Whether a pre-tokenizer splits the text after one of its split points as it splits that text on
+    its own: regex splits that look neither behind nor at anchors, byte-level mapping without an added
+    prefix space (GPT-2, Llama 3, Qwen 2, DeepSeek). Metaspace (which marks the start of the text) and
+    the rest are not claimed."""
+    if component is None:
+        return False
+    kind = component.get("type")
+    if kind == "Sequence":
+        return all(_splits_locally(c) for c in component.get("pretokenizers", ()))
+    if kind == "ByteLevel":
+        return component.get("add_prefix_space") is False
+    if kind == "Digits":
+        return True
+    if kind == "Split" and not component.get("invert", False):
+        pattern = component.get("pattern")
+        if isinstance(pattern, Mapping) and isinstance(pattern.get("String"), str):
+            return True
+        regex = pattern.get("Regex") if isinstance(pattern, Mapping) else None
+        return isinstance(regex, str) and not _LOOKS_AROUND.search(_CHAR_CLASS.sub("", regex))
+    return False
+
+
+def _streamable(backend: RustTokenizer) -> bool:
+    """Whether ``TokenStream``'s cuts provably keep ids (see ``TokenStream``): BPE without dropout, a
+    pre-tokenizer that splits locally, and no normalizer but NFC (which a cut before an ASCII character
+    cannot change)."""
+    state = json.loads(backend.pre_tokenizer.__getstate__()) if backend.pre_tokenizer is not None else None
+    normalizer = json.loads(backend.normalizer.__getstate__()) if backend.normalizer is not None else None
+    model = backend.model
+    return (
+        type(model).__name__ == "BPE" and getattr(model, "dropout", None) is None
+        and _splits_locally(state) and (normalizer is None or normalizer.get("type") == "NFC")
+    )  # fmt: skip
+
+
+def _unpacked(data: bytes) -> list[int]:
+    """``token_bytes`` undone."""
+    ids = array(_U32)
+    ids.frombytes(data)
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return ids.tolist()
+
+
+class TokenStream:
+    """One text's token ids, encoded front to back as the reader asks for more, as packed uint32
+    (``epp._util.hashing.token_bytes``' layout): a reader that needs only the start — the prefix
+    index, which stops at the first block no endpoint holds — never pays for the rest.
+
+    The text is cut at added tokens (as ``HFTokenizer.encode``); a remembered piece costs a lookup, a
+    short new piece is encoded whole (and remembered). A long new piece is encoded a window
+    (``_WINDOW`` characters) at a time: the window's ids are kept up to a pre-tokenizer word that starts
+    at least ``_WINDOW_MARGIN`` characters before its end and before the window's last two words, whose
+    first character is ASCII and not preceded by whitespace, and the next window starts there. That
+    keeps the whole text's ids because the pre-tokenizer's words before that point depend only on
+    characters inside the window (its patterns look at most one character ahead, never behind), the
+    model encodes each word on its own, and NFC cannot join across an ASCII character; tokenizers
+    where that is not known (``_streamable``) or a load-time probe disagrees get one whole encode.
+    Windows are remembered by their text (bounded by characters held), so a long preamble shared by
+    many prompts is encoded once: the windows of two texts agree while the texts do."""
+
+    __slots__ = ("_chars", "_i", "_owner", "_part_read", "_parts", "_pos", "_read_chars", "_special", "_tokens", "done")
+
+    def __init__(self, owner: HFTokenizer, text: str, add_special_tokens: bool) -> None:
+        self._owner = owner
+        self._chars = len(text)
+        self._special = add_special_tokens
+        self._read_chars = 0
+        self._tokens = 0
+        self._i = -1  # -1: the post-processor's leading ids are still to come
+        self._pos = 0  # characters of parts[i] read
+        self._part_read: list[bytes] = []  # ids of parts[i] read so far
+        self.done = False
+        whole = not owner._stream_ok or (add_special_tokens and owner._around is None) or (
+            owner._split is None and bool(owner._added))  # fmt: skip
+        self._parts = [text] if whole or owner._split is None else owner._split.split(text)
+        if whole:
+            self._i = -2  # one ``HFTokenizer.encode`` (its piece cache still applies)
+
+    def tokens_left(self) -> int:
+        """About how many ids are still to read: the rest of the text at the rate seen so far (4
+        characters per token before anything was read)."""
+        if self.done:
+            return 0
+        rest = self._chars - self._read_chars
+        rate = self._tokens / self._read_chars if self._read_chars else 0.25
+        return round(rest * rate)
+
+    def read(self, min_tokens: int) -> bytes:
+        """At least ``min_tokens`` more ids (fewer only at the end of the text), and then, up to four
+        times as many (at least ``_CACHED_READ``), those that cost no encoding (added tokens, remembered
+        pieces and windows); b"" once all were read."""
+        out: list[bytes] = []
+        got = 0
+        most = max(4 * min_tokens, _CACHED_READ)
+        while not self.done and (got < min_tokens or (got < most and self._next_is_remembered())):
+            chunk = self._step()
+            out.append(chunk)
+            got += len(chunk) // 4
+        self._tokens += got
+        return b"".join(out)
+
+    def _next_is_remembered(self) -> bool:
+        owner, parts, i = self._owner, self._parts, self._i
+        if i < 0 or i >= len(parts) or i % 2:
+            return i != -2  # a frame or an added token; -2: the whole text, unencoded
+        part, pos = parts[i], self._pos
+        if pos == 0 and (not part or part in owner._pieces):
+            return True
+        if pos == 0 and len(part) <= 2 * owner._window:
+            return False
+        window = part[pos : pos + owner._window]
+        return (window, pos + len(window) >= len(part)) in owner._windows
+
+    def read_all(self) -> bytes:
+        """All the ids not read yet: the rest of the piece being read in one call (no window cuts, no
+        offsets: about a quarter cheaper), the pieces after it whole; all remembered as pieces (long ones
+        too, so a later prompt repeating one — an earlier turn — finds it in one lookup)."""
+        parts, owner = self._parts, self._owner
+        out: list[bytes] = []
+        if 0 <= self._i < len(parts) and self._i % 2 == 0 and self._pos:
+            part = parts[self._i]
+            rest = token_bytes(owner._backend.encode_batch_fast([part[self._pos :]], add_special_tokens=False)[0].ids)
+            out.append(rest)
+            self._part_read.append(rest)
+            owner._keep_piece(part, _unpacked(b"".join(self._part_read)))  # a later prompt repeating it: one lookup
+            self._part_read = []
+            self._read_chars += len(part) - self._pos
+            self._i += 1
+            self._pos = 0
+        while not self.done:
+            if 0 <= self._i < len(parts) and self._i % 2 == 0:
+                part = parts[self._i]
+                self._i += 1
+                self._read_chars += len(part)
+                out.append(token_bytes(owner._piece_ids(part)) if part else b"")
+            else:
+                out.append(self._step())
+        data = b"".join(out)
+        self._tokens += len(data) // 4
+        return data
+
+    def _step(self) -> bytes:
+        owner, parts = self._owner, self._parts
+        if self._i == -2:
+            self.done = True
+            self._read_chars = self._chars
+            return token_bytes(owner.encode(parts[0], self._special))
+        if self._i == -1:
+            self._i = 0
+            return token_bytes(owner._around[0]) if self._special and owner._around else b""
+        if self._i >= len(parts):
+            self.done = True
+            return token_bytes(owner._around[1]) if self._special and owner._around else b""
+        part = parts[self._i]
+        if self._i % 2:
+            self._i += 1
+            return token_bytes((owner._added[part],))
+        if self._pos == 0 and (len(part) <= 2 * owner._window or part in owner._pieces):
+            self._i += 1
+            self._read_chars += len(part)
+            return token_bytes(owner._piece_ids(part)) if part else b""
+        ids, used = owner._window_ids(part, self._pos)
+        self._pos += used
+        self._read_chars += used
+        if self._pos >= len(part):
+            self._i += 1
+            self._pos = 0
+            self._part_read = []
+        else:
+            self._part_read.append(ids)
+        return ids
+
+
 class HFTokenizer:
     """``encode`` and ``render_chat`` for one model folder (see the module docstring)."""
 
     def __init__(self, backend: RustTokenizer, config: Mapping[str, Any], templates: Mapping[str, str],
-                 name: str = "", *, piece_cache_chars: int = 16_000_000) -> None:  # fmt: skip
+                 name: str = "", *, piece_cache_chars: int = 16_000_000,
+                 window_cache_chars: int = _WINDOW_CACHE_CHARS) -> None:  # fmt: skip
         self.name = name
         self._backend = backend
         self._templates = dict(templates)
@@ -196,12 +391,19 @@ class HFTokenizer:
         self._seen: dict[int, None] = {}  # chunk hashes of text encoded without reuse points, oldest first
         self._piece_chars = 0
         self._max_piece_chars = piece_cache_chars
+        self._windows: dict[tuple[str, bool], tuple[bytes, int]] = {}  # (window, last?) → (ids, chars), oldest first
+        self._window_chars = 0
+        self._max_window_chars = window_cache_chars
+        self._window = _WINDOW
         self._reuse = True
         if not self._reuse_holds():
             self._reuse = False
         if not self._segmenting_holds():
             self._split = None
             self._around = None
+        self._stream_ok = _streamable(backend)
+        if self._stream_ok and not self._streaming_holds():
+            self._stream_ok = False
         self._forget()
 
     @classmethod
@@ -249,6 +451,60 @@ class HFTokenizer:
             ids.extend(self._around[1])
         return ids
 
+    def stream(self, text: str, add_special_tokens: bool = True) -> TokenStream:
+        """``encode(text, add_special_tokens)``, read front to back on demand (``TokenStream``)."""
+        return TokenStream(self, text, add_special_tokens)
+
+    def _piece_ids(self, part: str) -> list[int]:
+        """A piece's ids through the piece cache (encoded and remembered when new)."""
+        cached = self._pieces.pop(part, None)
+        if cached is None:
+            self._remember({part: None})
+            cached = self._pieces.pop(part, None)
+            if cached is None:  # more than the cache holds
+                return self._backend.encode(part, add_special_tokens=False).ids
+        self._pieces[part] = cached  # most recently used last
+        return cached.ids
+
+    def _window_ids(self, part: str, pos: int) -> tuple[bytes, int]:
+        """The packed ids of ``part`` from ``pos`` (a word boundary) up to the safe cut of a window
+        (``TokenStream``), and the characters they cover; the rest of the piece when the window reaches
+        its end or has no safe cut (one long word). Remembered by the window's text."""
+        window = part[pos : pos + self._window]
+        key = (window, pos + len(window) >= len(part))  # a piece's last window is encoded to its end
+        windows = self._windows
+        found = windows.pop(key, None)
+        if found is None:
+            found = None if key[1] else self._cut(window)
+            if found is None:
+                key = (part[pos:], True)
+                found = (token_bytes(self._backend.encode_batch_fast([key[0]], add_special_tokens=False)[0].ids), len(key[0]))
+            if len(key[0]) > self._max_window_chars:
+                return found  # more than the cache holds
+            self._window_chars += len(key[0])
+            while self._window_chars > self._max_window_chars:
+                oldest = next(iter(windows))
+                del windows[oldest]
+                self._window_chars -= len(oldest[0])
+        windows[key] = found  # most recently used last
+        return found
+
+    def _cut(self, window: str) -> tuple[bytes, int] | None:
+        enc = self._backend.encode(window, add_special_tokens=False)
+        words, offsets = enc.word_ids, enc.offsets
+        if not words:
+            return None
+        last, limit = words[-1], len(window) - _WINDOW_MARGIN
+        at = len(words) - 1
+        while at > 0:
+            begin = offsets[at][0]
+            word = words[at]
+            if (word is not None and last is not None and word < last - 1 and begin <= limit and word != words[at - 1]
+                    and window[begin].isascii() and not window[begin - 1].isspace()):  # fmt: skip
+                return token_bytes(enc.ids[:at]), begin
+            at -= 1
+        return None
+
     def _remember(self, texts: Mapping[str, None]) -> None:
         short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]
         for text, enc in zip(short, self._backend.encode_batch_fast(short, add_special_tokens=False) if short else ()):
@@ -258,6 +514,16 @@ class HFTokenizer:
             if text not in self._pieces:
                 self._pieces[text] = self._encode_long(text)
                 self._piece_chars += len(text)
+        self._trim_pieces()
+
+    def _keep_piece(self, text: str, ids: list[int]) -> None:
+        """Remember a piece a stream read (its ids known, no reuse points)."""
+        if text not in self._pieces:
+            self._pieces[text] = _Piece(ids, [])
+            self._piece_chars += len(text)
+            self._trim_pieces()
+
+    def _trim_pieces(self) -> None:
         while self._piece_chars > self._max_piece_chars and self._pieces:
             oldest = next(iter(self._pieces))
             self._piece_chars -= len(oldest)
@@ -322,6 +588,29 @@ class HFTokenizer:
         self._marks.clear()
         self._seen.clear()
         self._piece_chars = 0
+        self._windows.clear()
+        self._window_chars = 0
+
+    def _streaming_holds(self) -> bool:
+        """Whether streams with small windows (many cuts) give whole-text ids on probe texts."""
+        words = "alpha beta, gamma  delta;  epsilon\n zeta (eta)\t theta 42 1234567 iota.\n\nkappa's \u00e9l\u00e8ve ne\u0301 \u4e2d\u6587 "
+        probes = [words * 4, (words * 4).replace(" ", "  "), "x" * 300 + words, words * 3 + "\n  \n"]
+        probes += [f"{words}{t}{words}{t}" for t in list(self._added)[:2]]
+        window = self._window
+        self._window = 48
+        try:
+            for probe in probes:
+                for special in (False, True):
+                    stream = self.stream(probe, special)
+                    chunks = []
+                    while not stream.done:
+                        chunks.append(stream.read(1))
+                    got = b"".join(chunks)
+                    if got != token_bytes(self._backend.encode(probe, add_special_tokens=special).ids):
+                        return False
+            return True
+        finally:
+            self._window = window
 
     def _reuse_holds(self) -> bool:
         """Whether a piece encoded from a remembered prefix equals its whole-text encoding."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["BackgroundLoading", "Tokenizer", "TokenizerSource"]
+__all__ = ["BackgroundLoading", "StreamingTokenizer", "TokenReader", "Tokenizer", "TokenizerSource"]
 
 
 class Tokenizer(Protocol):
@@ -22,6 +22,31 @@ class Tokenizer(Protocol):
         """The prompt text of ``messages``; ``options`` is the request body (``add_generation_prompt``,
         ``tools``, ``chat_template_kwargs`` …). Raises ``ValueError`` for what the engine rejects."""
         ...
+
+
+class TokenReader(Protocol):
+    """A text's token ids read front to back (``epp.tokenizer.hf.TokenStream``)."""
+
+    done: bool
+
+    def read(self, min_tokens: int) -> bytes:
+        """At least ``min_tokens`` more ids as packed uint32 (fewer only at the end); b"" at the end."""
+        ...
+
+    def tokens_left(self) -> int:
+        """About how many ids are still to read."""
+        ...
+
+    def read_all(self) -> bytes:
+        """All the ids not read yet."""
+        ...
+
+
+class StreamingTokenizer(Tokenizer, Protocol):
+    """A tokenizer that can encode a text front to back on demand, so a prompt's ids are computed
+    only as far as the prefix index needs them."""
+
+    def stream(self, text: str, add_special_tokens: bool = True) -> TokenReader: ...
 
 
 class TokenizerSource(Protocol):

@@ -268,6 +268,17 @@ def test_first_response_bytes_reach_response_started_plugins_once() -> None:
     assert rec.seen == [s.decision.endpoints[0].name]
 
 
+def test_an_error_body_is_not_a_first_token() -> None:
+    """A 5xx (or 4xx) answer's body arrives at once: read as a first token, latency learners would take
+    the failure for a fast prefill and the ledger would think everything before it had prefilled."""
+    director, s = routed(stream=True)
+    rec = StartRecorder()
+    director.scheduler.response_started_plugins.append(rec)
+    s.handle(response_headers("application/json", status=503))
+    s.handle(response_body(b'{"error":"overloaded"}', eos=True))
+    assert rec.seen == []
+
+
 def test_rewritten_model_is_swapped_back_in_the_response() -> None:
     director, s = routed(headers={"x-llm-d-model-name-rewrite": "m-v2"})
     s.handle(response_headers())

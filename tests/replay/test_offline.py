@@ -38,6 +38,14 @@ def test_all_unique_prompts_never_hit(policy: str) -> None:
     assert hit_ratio(run.records) == 0
 
 
+def test_an_arrival_a_float_floor_puts_before_its_poll_tick_is_replayed() -> None:
+    """53.9 / 0.05 floors to 1078 polls, and 1078 × 0.05 is 53.900000000000006: the poll for a request
+    arriving at 53.9 must not move the virtual clock past it."""
+    trace = [TraceRequest(0.0, SegmentPrompt(((0, 64),)), 2), TraceRequest(53.9, SegmentPrompt(((64, 64),)), 2)]
+    run = replay(trace, "gie-default", ClusterSpec(engines=1)).run()
+    assert all(r.finish is not None for r in run.records)
+
+
 def test_one_repeated_prompt_hits_all_but_the_first_time() -> None:
     n, length = 30, 1024
     trace = [TraceRequest(float(i), SegmentPrompt(((0, length),)), 4) for i in range(n)]

@@ -6,7 +6,9 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
 * prompts are hashed as the engine's token blocks (``tokens.engine_block_hashes``) with the served
   model's own tokenizer and chat template (``tokenizer``, default ``auto``: found from the request's
   model name as the engine finds it, see ``tokens``); while a model's tokenizer is loading its requests
-  are matched in the approximate fallback;
+  are matched in the approximate fallback. A prompt is tokenized on the pick path only while some
+  endpoint holds all its blocks so far (``tokens.engine_block_stream``); the rest is hashed at its
+  first response, when the fallback learns it (the engine holds it only then, too);
 * the index is a ``PreciseIndex`` fed by the data layer's KV-event subscriber, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
@@ -65,10 +67,10 @@ from epp.scheduling.prefix.llmd import (
     split_llmd,
 )
 from epp.scheduling.prefix.precise import PreciseIndex
-from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, PrefixIndexParams, PrefixMatch, prefill_target
+from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer, HashTail, PrefixIndexParams, PrefixMatch, prefill_target
 from epp.scheduling.prefix.protocol import PrefixIndex
 from epp.scheduling.prefix.replicated import ReplicatedPrefixIndex
-from epp.scheduling.prefix.tokens import engine_block_hashes, prompt_kind
+from epp.scheduling.prefix.tokens import engine_block_stream, prompt_kind
 from epp.tokenizer.load import AUTO_TOKENIZER, SIM, load_tokenizers
 from epp.tokenizer.protocol import TokenizerSource
 from epp.plugin.registry import PluginHandle
@@ -140,13 +142,24 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         info.kind = self._kind
         return info
 
-    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+    def prompt_blocks(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> tuple[list[int], HashTail | None]:
+        """Engine keys, computed only as far as lookups need them where the tokenizer streams
+        (``tokens.engine_block_stream``); byte hashes while the model's tokenizer is not available."""
         tokenizer = SIM if request.prompt_token_ids is not None else self.tokenizers.for_model(request.target_model)
         if tokenizer is None:
             self._kind = None
-            return prompt_block_hashes(request, block_tokens, max_blocks, self.chains)
+            return prompt_block_hashes(request, block_tokens, max_blocks, self.chains), None
         self._kind = prompt_kind(request)
-        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, self.chains)
+        return engine_block_stream(request, tokenizer, block_tokens, max_blocks, self.chains)
+
+    def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
+        """All of ``prompt_blocks``' keys."""
+        hashes, tail = self.prompt_blocks(request, block_tokens, max_blocks)
+        if tail is None:
+            return hashes
+        info = PrefixMatch(hashes, block_tokens, tail=tail)
+        info.finish()
+        return info.hashes
 
     def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
         if info.kind is None:
@@ -180,6 +193,7 @@ class PrecisePrefixCacheProducer(ApproxPrefixCacheProducer):
         self.precise.routed(computes.name, request.request_id, hashes, request.target_model, info.kind or COMPLETION)
 
     def response_started(self, request: LLMRequest, endpoint: EndpointState) -> None:
+        self.learn_tail(request.request_id)
         self.precise.responded(request.request_id)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from epp._util.hashing import ChainMemo
 from epp.datastore import Endpoint, EndpointState
@@ -47,6 +47,7 @@ PrefixMatchObserver = Callable[[int, int, int], None]
 
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
+TAIL_LIMIT = 4096  # lazily hashed prompts awaiting their first response; older ones are never learned in full
 CHARACTERS_PER_TOKEN = 4  # GIE's averageCharactersPerToken
 
 
@@ -83,19 +84,58 @@ class PrefixIndexParams:
             raise ParamError("maxPrefixTokensToMatch", "must be at least 1")
 
 
+class HashTail(Protocol):
+    """The rest of a prompt's block hashes, computed on demand (``tokens.BlockHashTail``)."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def next(self, blocks: int) -> list[int]:
+        """At least ``blocks`` more hashes (fewer only at the prompt's end)."""
+        ...
+
+    def estimated_blocks(self) -> int: ...
+
+
 @dataclass(slots=True)
 class PrefixMatch:
-    """One request's block hashes and, per endpoint name, how many leading blocks it holds."""
+    """One request's block hashes and, per endpoint name, how many leading blocks it holds.
+
+    With a ``tail`` (the precise producer, a tokenizer that streams), ``hashes`` are the prompt's
+    first blocks only: lookups grow them while some endpoint holds all of them (``grow``), so the
+    matches are exact and a prompt is tokenized only as far as some endpoint holds it; the rest is
+    computed when the request's first response arrives (``finish``)."""
 
     hashes: list[int]
     block_tokens: int
     kind: str | None = None  # precise producer: the prompt kind whose engine keys these are (None: byte hashes)
     hits: dict[str, int] = field(default_factory=dict)
     aligned: tuple[list[EndpointState], list[int]] | None = None  # last endpoint list asked about
+    tail: HashTail | None = None
 
     @property
     def total(self) -> int:
-        return len(self.hashes)
+        """The prompt's blocks (those still in the tail estimated from its text)."""
+        return len(self.hashes) + (self.tail.estimated_blocks() if self.tail is not None else 0)
+
+    def grow(self, blocks: int) -> bool:
+        """At least ``blocks`` more hashes from the tail; False when it had none left."""
+        tail = self.tail
+        if tail is None:
+            return False
+        more = tail.next(blocks)
+        if tail.done:
+            self.tail = None
+        if more:
+            self.hashes = self.hashes + more  # a new list: an index may remember the last list it looked up
+        return bool(more)
+
+    def finish(self) -> list[int]:
+        """All the hashes still in the tail (now appended to ``hashes``)."""
+        start = len(self.hashes)
+        while self.grow(1 << 30):
+            pass
+        return self.hashes[start:]
 
 
 class ApproxPrefixCacheProducer:
@@ -113,6 +153,11 @@ class ApproxPrefixCacheProducer:
         self.added: Bookings[list[tuple[str, list[int]]]] = Bookings()
         """Per request in flight, the blocks ``pre_request`` added that each endpoint did not hold: a
         failed request cached nothing, so they are discarded again."""
+        self.tail_learned: list[Callable[[str, list[str], list[int]], None]] = []
+        """Told (request id, endpoints, the prompt's hashes) when ``learn_tail`` completed a prompt."""
+        self.tails: Bookings[tuple[PrefixMatch, list[str]]] = Bookings(TAIL_LIMIT)
+        """Per request in flight whose prompt was hashed lazily, its match and the endpoints to learn
+        the rest for (``learn_tail``); each holds its prompt's text until then."""
 
     def _block_tokens(self, endpoints: list[EndpointState]) -> int:
         if self.params.auto_tune and endpoints:
@@ -126,7 +171,12 @@ class ApproxPrefixCacheProducer:
         limit = self.params.max_prefix_blocks_to_match
         if self.params.max_prefix_tokens_to_match is not None:
             limit = max(1, self.params.max_prefix_tokens_to_match // block)
-        return PrefixMatch(self.prompt_hashes(request, block, limit), block)
+        hashes, tail = self.prompt_blocks(request, block, limit)
+        return PrefixMatch(hashes, block, tail=tail)
+
+    def prompt_blocks(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> tuple[list[int], HashTail | None]:
+        """The prompt's index keys known now and the tail computing the rest (None: all are known)."""
+        return self.prompt_hashes(request, block_tokens, max_blocks), None
 
     def prompt_hashes(self, request: LLMRequest, block_tokens: int, max_blocks: int) -> list[int]:
         """The prompt as index keys; the precise producer overrides it to hash engine token blocks."""
@@ -151,7 +201,7 @@ class ApproxPrefixCacheProducer:
         known = info.hits
         missing = [n for n in names if n not in known]
         if missing:
-            known.update(zip(missing, self.lookup(info, missing)))
+            known.update(zip(missing, self._grown_lookup(info, missing)))
         counts = [known[n] for n in names]
         info.aligned = (endpoints, counts)
         return info, counts
@@ -159,6 +209,25 @@ class ApproxPrefixCacheProducer:
     def lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
         """The index's match for ``names`` (aligned); the precise producer matches per prompt kind."""
         return self.index.match(info.hashes, names)
+
+    def _grown_lookup(self, info: PrefixMatch, names: list[str]) -> list[int]:
+        """``lookup``, growing the hashes while some endpoint holds all of them. Each growth reads what
+        the tokenizer's caches hold for free and then new text for 1, 2, 4 … blocks (a window of the
+        tokenizer's stream at least), so a prompt is encoded little past where the endpoints' caches end
+        and a long one they hold costs a few lookups."""
+        step = 1
+        if not info.hashes and info.grow(step):  # nothing to look up yet
+            step = 2
+        counts = self.lookup(info, names)
+        while info.tail is not None:
+            known = len(info.hashes)
+            open_ = [i for i, held in enumerate(counts) if held >= known]
+            if not open_ or not info.grow(step):
+                break
+            step *= 2
+            for i, held in zip(open_, self.lookup(info, [names[i] for i in open_])):
+                counts[i] = held
+        return counts
 
     def add_match_observer(self, observer: PrefixMatchObserver) -> None:
         """Tell ``observer`` at every PreRequest how much of the prompt the chosen endpoint already held."""
@@ -185,12 +254,34 @@ class ApproxPrefixCacheProducer:
             self.added.put(request.request_id, booked)
         for target in targets:
             self.index.add(target.name, hashes)
+        if info.tail is not None:
+            self.tails.put(request.request_id, (info, [t.name for t in targets]))
+
+    def learn_tail(self, request_id: str) -> None:
+        """The rest of a prompt hashed lazily at the pick (``PrefixMatch``): its engines now hold it
+        (its prefill is over), so the index learns it, off the pick path, and a failure forgets it too.
+        Called at the first response by producers that read lazily, else at completion."""
+        pending = self.tails.pop(request_id)
+        if pending is None:
+            return
+        info, names = pending
+        new = info.finish()
+        if not new:
+            return
+        booked = dict(self.added.pop(request_id) or ())
+        self.added.put(request_id, [(name, booked.get(name, []) + new) for name in names])
+        for name in names:
+            self.index.add(name, info.hashes)
+        for listener in self.tail_learned:
+            listener(request_id, names, info.hashes)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
+        self.learn_tail(request.request_id)  # a response that never said it started
         self.added.pop(request.request_id)
 
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """The blocks this request was the first to send each endpoint are not cached there."""
+        self.tails.pop(request.request_id)
         for name, hashes in self.added.pop(request.request_id) or ():
             self.index.discard(name, hashes)
 

@@ -16,6 +16,10 @@ Which tokenizer (the ``tokenizer`` parameter, ``epp.tokenizer.load.load_tokenize
 * a model folder or Hugging Face id — that model's tokenizer for every request;
 * ``package.module:factory`` — a zero-argument callable returning a ``Tokenizer``.
 
+A tokenizer that can ``stream`` (the served model's) is read lazily (``engine_block_stream``): the
+producer hashes a prompt's blocks only while some endpoint holds all of them, and the rest when the
+request's first response arrives (``ApproxPrefixCacheProducer.learn_tail``).
+
 With a mismatched tokenizer the hashes never match; the precise index notices (key agreement, per
 prompt kind) and matches those requests in its approximate fallback.
 """
@@ -23,13 +27,14 @@ prompt kind) and matches those requests in its approximate fallback.
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.hashing import hashed_once, request_seed
 from epp.contracts.kv_events import CHAT, COMPLETION
 from epp.tokenizer.load import SimTokenizer
-from epp.tokenizer.protocol import Tokenizer
+from epp.tokenizer.protocol import StreamingTokenizer, Tokenizer, TokenReader
 
 
 def prompt_kind(request: LLMRequest) -> str:
@@ -99,3 +104,63 @@ def _engine_block_hashes(
         tokens = tokenizer.encode(*prompt) if isinstance(prompt, tuple) else prompt
         data = token_bytes(tokens[: block_tokens * max_blocks])
     return chain_bytes(data[: block_bytes * max_blocks], block_bytes, seed, memo)
+
+
+class BlockHashTail:
+    """The rest of a prompt's engine block hashes, computed as the prefix index asks for them
+    (``PrefixMatch.tail``): a prompt whose first blocks no endpoint holds is hashed — and tokenized —
+    only that far on the pick path. Equal to ``engine_block_hashes`` once read to the end."""
+
+    __slots__ = ("_block_bytes", "_memo", "_parent", "_pending", "_room", "_stream")
+
+    def __init__(self, stream: TokenReader, seed: int, block_tokens: int, max_blocks: int, memo: ChainMemo | None) -> None:
+        self._stream = stream
+        self._parent = seed
+        self._block_bytes = block_tokens * 4
+        self._room = max_blocks
+        self._memo = memo
+        self._pending = b""  # ids read past the last full block
+
+    @property
+    def done(self) -> bool:
+        return self._room == 0 or (self._stream.done and len(self._pending) < self._block_bytes)
+
+    def next(self, blocks: int) -> list[int]:
+        """At least ``blocks`` more hashes (fewer only at the prompt's end or the block limit), more
+        where the stream read more (what its caches held)."""
+        if self.done:
+            return []
+        bb = self._block_bytes
+        want = min(blocks, self._room) * bb - len(self._pending)
+        if blocks >= self._room:
+            data = self._pending + self._stream.read_all()
+        else:
+            data = self._pending + self._stream.read(max(1, -(-want // 4)))
+        full = min(len(data) // bb, self._room) * bb  # all that was read: hashing costs far less than reading
+        hashes = chain_bytes(data[:full], bb, self._parent, self._memo) if full else []
+        self._pending = data[full:]
+        self._room -= len(hashes)
+        if hashes:
+            self._parent = hashes[-1]
+        return hashes
+
+    def estimated_blocks(self) -> int:
+        """Blocks still to come, estimated from the text left (``TokenReader.tokens_left``)."""
+        if self.done:
+            return 0
+        left = len(self._pending) // 4 + self._stream.tokens_left()
+        return min(self._room, left // (self._block_bytes // 4))
+
+
+def engine_block_stream(
+    request: LLMRequest, tokenizer: Tokenizer, block_tokens: int, max_blocks: int, memo: ChainMemo | None = None
+) -> tuple[list[int], BlockHashTail | None]:
+    """``engine_block_hashes`` read lazily where the tokenizer can stream a text prompt: no hashes yet
+    and the tail that computes them; otherwise all of them and no tail."""
+    if isinstance(tokenizer, SimTokenizer) or not callable(getattr(tokenizer, "stream", None)):  # not isinstance:
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None  # slow on a Protocol
+    prompt = _prompt(request, tokenizer)
+    if not isinstance(prompt, tuple):
+        return engine_block_hashes(request, tokenizer, block_tokens, max_blocks, memo), None
+    stream = cast(StreamingTokenizer, tokenizer).stream(*prompt)
+    return [], BlockHashTail(stream, request_seed(request), block_tokens, max_blocks, memo)

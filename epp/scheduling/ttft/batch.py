@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from epp.datastore import EndpointMetrics, EndpointState
 from epp.scheduling.ttft.learn import MIN_CHUNK, EndpointLearner, LatencyEstimate
-from epp.scheduling.ttft.ledger import EndpointLedger
+from epp.scheduling.ttft.ledger import MAX_SLOWNESS, EndpointLedger
 from epp.scheduling.ttft.predictor import DecodeLoad, Prediction, TTFTPredictor, surviving_tokens
 
 
@@ -60,18 +60,25 @@ _Row = tuple[
 ]
 """(ledger, its version, metrics, stale) the row was derived from; the decode load; what the arithmetic
 reads of it: (sequences, context, capacity, foreign waiting, chunk cap, pending requests) and (mean
-output tokens, ``EndpointLedger.backlog_terms`` ×3, half a decode step, the KV drain time,
+output tokens, ``EndpointLedger.backlog_terms``' first 3, half a decode step, the KV drain time,
 ``EndpointLedger.newest_eta``, seconds per prefill iteration next to the decodes, per 1K tokens, per
-1M token pairs); the learner and the estimate the coefficients came from."""
+1M token pairs, ``backlog_terms``' last 4); the learner and the estimate the coefficients came from."""
 _INTS = 6
-_FLOATS = 10  # lengths of the two tuples
+_FLOATS = 14  # lengths of the two tuples
 
 
 class BatchPredictor:
     """Keeps a row per endpoint (see ``_Row``) and, for the candidate list of the last pick, those rows
-    as arrays: the next pick with the same candidates rewrites only the rows that changed."""
+    as arrays together with what each was derived from, as lists aligned with the candidates (ledger
+    objects and versions, metrics objects, staleness, learner versions): the next pick with the same
+    candidates compares those lists whole (C-speed; equal lists are the common case between scrapes)
+    and walks only the ones that differ, so a pick rewrites only the rows that changed without a
+    Python-level check per endpoint."""
 
-    __slots__ = ("_aligned", "_floats", "_ints", "_names", "_rows", "predictor")
+    __slots__ = (
+        "_aligned", "_floats", "_generation", "_ints", "_learned", "_learners", "_ledgers", "_metrics", "_names",
+        "_pool_version", "_rows", "_stale", "_versions", "predictor",
+    )  # fmt: skip
 
     def __init__(self, predictor: TTFTPredictor) -> None:
         self.predictor = predictor
@@ -80,10 +87,19 @@ class BatchPredictor:
         self._aligned: list[_Row | None] = []
         self._ints = np.zeros((0, _INTS), dtype=np.int64)
         self._floats = np.zeros((0, _FLOATS), dtype=np.float64)
+        self._ledgers: list[EndpointLedger] = []
+        self._versions: list[int] = []
+        self._metrics: list[EndpointMetrics | None] = []
+        self._stale: list[bool] = []
+        self._learners: list[EndpointLearner] = []
+        self._learned: list[int] = []
+        self._pool_version = -1
+        self._generation = -1
 
     def forget(self, name: str) -> None:
-        """The endpoint is gone: drop its cached row."""
+        """The endpoint is gone: drop its cached row (and the aligned candidate list)."""
         self._rows.pop(name, None)
+        self._names = []
 
     def _row(self, name: str, state: EndpointState, ledger: EndpointLedger) -> _Row:
         """Everything about the endpoint that does not depend on the request or the time, computed with
@@ -105,8 +121,9 @@ class BatchPredictor:
         step = cost.decode_step_seconds(n, ctx)
         mean_output = ledger.mean_output_tokens(self.predictor.default_output_tokens)
         per_step = cost.per_step + cost.batch_seconds(n, ctx)
-        floats = (mean_output, *ledger.backlog_terms(), step / 2, mean_output / 2 * step, ledger.newest_eta(),
-                  per_step, cost.per_token, cost.per_pair)
+        busy_until, head_eta, busy_cold, head_cold_eta, head_start, per_cold, behind = ledger.backlog_terms()
+        floats = (mean_output, busy_until, head_eta, busy_cold, step / 2, mean_output / 2 * step, ledger.newest_eta(),
+                  per_step, cost.per_token, cost.per_pair, head_cold_eta, head_start, per_cold, behind)
         fresh = (*row[:6], floats, learner, cost)
         self._rows[name] = fresh
         return fresh
@@ -114,27 +131,57 @@ class BatchPredictor:
     def _arrays(
         self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """The candidates' rows as (ints, floats) arrays, each row checked and recomputed if stale."""
-        rows = self._rows
-        learners = self.predictor.learner.endpoints
-        if list(names) != self._names:
+        """The candidates' rows as (ints, floats) arrays, the stale ones recomputed (see the class)."""
+        learner = self.predictor.learner
+        versions = [ledger.version for ledger in ledgers]
+        metrics = [state.metrics for state in states]
+        stale = [state.stale for state in states]
+        ledgers = list(ledgers)
+        if names != self._names or learner.generation != self._generation:
             self._names = list(names)
+            self._generation = learner.generation
             self._aligned = [None] * len(names)
             self._ints = np.zeros((len(names), _INTS), dtype=np.int64)
             self._floats = np.zeros((len(names), _FLOATS), dtype=np.float64)
-        aligned, ints, floats = self._aligned, self._ints, self._floats
-        for i, (name, state, ledger) in enumerate(zip(names, states, ledgers)):
-            row = rows.get(name)
-            if (
-                row is None or row[0] is not ledger or row[1] != ledger.version
-                or row[2] is not state.metrics or row[3] != state.stale or row[7] is not learners.get(name)
-            ):  # fmt: skip
-                row = self._row(name, state, ledger)
-            elif row[8] is not row[7].estimate:
-                row = self._cost(name, row)
-            if row is not aligned[i]:
+            self._learners = [learner[name] for name in names]
+            self._learned = [-1] * len(names)
+            self._pool_version = -1
+            redo: set[int] = set(range(len(names)))
+        else:
+            redo = set()
+            if versions != self._versions:
+                redo.update(i for i, (a, b) in enumerate(zip(versions, self._versions)) if a != b)
+            if metrics != self._metrics:  # identical objects compare without __eq__
+                redo.update(i for i, (a, b) in enumerate(zip(metrics, self._metrics)) if a is not b)
+            if stale != self._stale:
+                redo.update(i for i, (a, b) in enumerate(zip(stale, self._stale)) if a != b)
+            if ledgers != self._ledgers:  # ledgers compare by identity
+                redo.update(i for i, (a, b) in enumerate(zip(ledgers, self._ledgers)) if a is not b)
+        self._versions, self._metrics, self._stale, self._ledgers = versions, metrics, stale, ledgers
+        # a learned estimate can change when its endpoint learned, or (for every endpoint) when the pool did
+        learners = self._learners
+        learned = [endpoint.version for endpoint in learners]
+        pool_version = learner.pool.version
+        if pool_version != self._pool_version:
+            recost: Sequence[int] = range(len(names))
+        elif learned != self._learned:
+            recost = [i for i, (a, b) in enumerate(zip(learned, self._learned)) if a != b]
+        else:
+            recost = []
+        self._learned, self._pool_version = learned, pool_version
+        rows, aligned, ints, floats = self._rows, self._aligned, self._ints, self._floats
+        for i in redo:
+            row = self._row(names[i], states[i], ledgers[i])
+            aligned[i] = row
+            ints[i] = row[5]
+            floats[i] = row[6]
+        for i in recost:
+            if i in redo:
+                continue
+            row = aligned[i] or rows[names[i]]
+            if row[8] is not learners[i].estimate:
+                row = self._cost(names[i], row)
                 aligned[i] = row
-                ints[i] = row[5]
                 floats[i] = row[6]
         return ints, floats
 
@@ -152,7 +199,8 @@ class BatchPredictor:
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         ints, floats = self._arrays(names, states, ledgers)
         n, ctx, capacity, foreign, chunk_max, _ = ints.T
-        mean_output, busy_until, head_eta, overrun, half_step, drain, _, per_step, per_token, per_pair = floats.T
+        (mean_output, busy_until, head_eta, busy_cold, half_step, drain, _, per_step, per_token, per_pair, head_cold_eta,
+         head_start, per_cold, behind) = floats.T
         cached = list(matched_tokens)
         for i, since in written_since.items():
             cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
@@ -168,8 +216,13 @@ class BatchPredictor:
         new = prompt - done  # at least 1: at most prompt − 1 tokens are cached
         steps = -(-new // chunk_max)
         prefill, cold = per_step * steps + per_token * (new / 1000) + per_pair * (new * (done + new / 2) / 1e6)
-        backlog = busy_until - now
-        backlog = np.maximum(0.0, np.where(head_eta < now, backlog + overrun, backlog))
+        # EndpointLedger.backlog, same operations; every term is finite where it is computed
+        late = head_eta < now
+        backlog = np.maximum(0.0, np.where(late, busy_cold, busy_until) - now)
+        stretched = late & (per_cold != 0.0)
+        if np.count_nonzero(stretched):
+            slowness = np.minimum(MAX_SLOWNESS, np.maximum(1.0, (now - head_start) * per_cold))
+            backlog = np.where(stretched, behind * slowness + np.maximum(0.0, head_cold_eta - now), backlog)
         wait = backlog + half_step
         wait = wait + foreign * cold  # without foreign requests this adds 0.0 to a non-negative wait: exact
         overflow = ctx + prompt - capacity

@@ -25,11 +25,19 @@ replay, same hooks):
 * **ends** — a streamed request's mean inter-token time, ``(end − first token) / (completion − 1)``,
   observes the decode step at the mean load seen at its first token and at its end.
 
-Only what succeeded is learned: an observation is applied once every request in it has completed with
-reported usage (``completion_tokens`` ≥ 1); a group with a failed, unreported or forgotten member is
-dropped — a failed request is never a fast success. A non-streamed request's first bytes are its
-whole response, so it never times a prefill (it still counts in the FCFS order it holds). The engine's
-own usage (``prompt_tokens``, ``cached_tokens``) replaces epp's estimates of the features when reported.
+An observation is applied as soon as its interval is closed — when any later event on the endpoint
+comes more than ``MERGE_GAP`` after its first token — not when its requests complete: a prefill's
+timing is known at its first token, and waiting for streams to end (seconds to minutes of decode)
+left a cold or changed endpoint mispredicted for that long (on a burst, the whole run: 1B synthetic
+at ×14.7, TTFT p90 0.76 s → 0.42 s). Only what succeeded is learned: a group with a member that failed,
+ended without reported usage (``completion_tokens`` ≥ 1) or was forgotten before the group closed is
+dropped — a failed request is never a fast success (an error page is its whole response: it ends, and
+fails the group, before any later first token can close it; the ext_proc relay does not report an
+error status's body as a first token at all). A member that fails after its group was learned had
+prefilled (a later request's first token came after it, first-come first-served), so the lesson
+stands. A non-streamed request's first bytes are its whole response, so it never times a prefill (it
+still counts in the FCFS order it holds). Where the engine's usage (``prompt_tokens``,
+``cached_tokens``) is in before the group closes, it replaces epp's estimates of the features.
 
 Estimator: RLS on relative error (each row scaled by ``1 / max(prediction, observation, 1 ms)``, which
 also bounds any single outlier's pull), forgetting factor λ (default 0.99: the last ~100 observations
@@ -37,17 +45,18 @@ count), coefficients kept ≥ 0, each diagonal of the covariance capped at its p
 directions do not wind up while forgetting, and the covariance reset to the prior's when the recent
 errors all lean one way (an engine that changed is re-learned in tens of requests, not hundreds).
 Endpoints share what the pool learned (``PoolModel``, the same fit over every endpoint's observations):
-an endpoint's estimate is the pool's fit times its own measured speed, moved to its own fit only as
-far as that predicts it better (``_Track``) — endpoints of one kind then agree instead of differing by
-estimation noise, and one of another kind is told apart within a few requests. Cost per observation:
-two RLS updates (own and pool), O(d²) each for d = 3 (~60 multiplications; in Python ~10 µs each);
-per request one prefill share and one decode observation. The pick path only reads the coefficients
-(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's at most
-every ``PUBLISH_EVERY`` observations).
+an endpoint's estimate is the pool's fit times its own measured speed (kept relative to the pool's
+current fit), moved to its own fit only as far as that predicts it better (``_Track``) — endpoints of
+one kind then agree instead of differing by estimation noise, and one of another kind is told apart
+within a few requests. Cost per observation: two RLS updates (own and pool), O(d²) each for d = 3
+(~60 multiplications; in Python ~10 µs each) and an O(d) re-basing of the speed; per request one
+prefill share and one decode observation. The pick path only reads the coefficients
+(``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's republished
+to every endpoint at most once per ``PUBLISH_EVERY`` observations or 4 per endpoint).
 
 The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
 tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
-about a tenth of one observation), so an endpoint's first few completed requests already dominate.
+about a tenth of one observation), so an endpoint's first few first tokens already dominate.
 """
 
 from __future__ import annotations
@@ -196,12 +205,11 @@ class _Booked:
 
 @dataclass(slots=True)
 class _Group:
-    """Requests whose prefill one first-token interval timed; learned once all of them succeeded."""
+    """Requests whose prefill one first-token interval timed; learned once closed, unless one failed."""
 
     start: float
     end: float
     members: dict[str, _Booked] = field(default_factory=dict)
-    unresolved: int = 0
     failed: bool = False
     closed: bool = False
 
@@ -218,24 +226,28 @@ class _Started:
 class PoolModel:
     """The same two models fitted to every endpoint's observations. ``version`` moves only when a
     coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
-    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY``: every endpoint's estimate is
-    re-derived from the pool's now and then, not at each observation anywhere (the pick path caches
-    per endpoint until its estimate changes)."""
+    ``PUBLISH_EVERY`` observations) at most once per ``PUBLISH_EVERY`` observations or four per member
+    endpoint, whichever is more: every endpoint's estimate is re-derived from the pool's now and then,
+    not at each observation anywhere (the pick path caches per endpoint until its estimate changes), and
+    that re-derivation, which costs in proportion to the endpoints, stays a constant cost per
+    observation (64 endpoints: once per 256). An endpoint's own observations re-derive its own estimate
+    at once, against the pool's current fit."""
 
-    __slots__ = ("_published", "_since", "decode", "prefill", "updates", "version")
+    __slots__ = ("_published", "_since", "decode", "members", "prefill", "updates", "version")
 
     def __init__(self, forgetting: float) -> None:
         self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
         self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
         self.version = 0
         self.updates = 0
+        self.members = 0
         self._since = 0
         self._published = [*PRIOR_PREFILL, *PRIOR_DECODE]
 
     def updated(self) -> None:
         self.updates += 1
         self._since += 1
-        if self.updates > PUBLISH_EVERY and self._since < PUBLISH_EVERY:
+        if self.updates > PUBLISH_EVERY and self._since < max(PUBLISH_EVERY, 4 * self.members):
             return
         current = [*self.prefill.theta, *self.decode.theta]
         if _moved(self._published, current):
@@ -250,24 +262,45 @@ def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
 
 class _Track:
     """One of an endpoint's two models (prefill or decode): its own RLS fit; its speed relative to the
-    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction); and how well its own
-    fit and the scaled pool fit predicted its observations before learning from them (moving mean
-    squared relative errors)."""
+    pool's fit — a moving mean (and variance) of log(observed ÷ pool prediction), kept relative to the
+    pool's *current* fit (``_rebase``); and how well its own fit and the scaled pool fit predicted its
+    observations before learning from them (moving mean squared relative errors)."""
 
-    __slots__ = ("err_own", "err_pool", "log_mean", "log_var", "own", "seen")
+    __slots__ = ("_basis", "err_own", "err_pool", "log_mean", "log_var", "own", "seen", "x_mean")
 
     def __init__(self, prior: Sequence[float], forgetting: float) -> None:
         self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
         self.log_mean = self.log_var = 0.0
         self.err_own = self.err_pool = 1.0
         self.seen = 0
+        self.x_mean = [0.0] * len(prior)
+        """The moving mean of its feature vectors (same weights as ``log_mean``)."""
+        self._basis: list[float] | None = None
+        """The pool coefficients ``log_mean`` is relative to."""
 
-    def scale(self) -> float:
+    def _rebase(self, pool: RecursiveLeastSquares) -> None:
+        """Keep ``log_mean`` relative to the pool's current fit: when the pool moved, shift it by how much
+        the pool's prediction of the endpoint's mean features moved (O(d)). A ratio kept against an older
+        fit goes stale as the pool learns — a slow engine measured against the prior then looked as fast
+        as the pool's fast ones."""
+        theta = pool.theta
+        basis = self._basis
+        if basis is theta:
+            return
+        if basis is not None:
+            before = sum(b * x for b, x in zip(basis, self.x_mean))
+            after = sum(t * x for t, x in zip(theta, self.x_mean))
+            if before > 0 and after > 0:
+                self.log_mean += math.log(before / after)
+        self._basis = theta
+
+    def scale(self, pool: RecursiveLeastSquares) -> float:
         """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
         moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
         of differing by noise, one that is really faster or slower is told apart within a few requests."""
         if not self.seen:
             return 1.0
+        self._rebase(pool)
         weight = max(1 / self.seen, SCALE_WEIGHT)
         standard_error = math.sqrt(self.log_var * weight / (2 - weight))
         excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
@@ -277,13 +310,15 @@ class _Track:
         raw = max(pool.predict(x), 1e-6)
         if self.own.updates >= WARMUP:
             self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
-            self.err_pool += (_relative(y, self.scale() * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+            self.err_pool += (_relative(y, self.scale(pool) * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+        self._rebase(pool)
         self.seen += 1
         weight = max(1 / self.seen, SCALE_WEIGHT)
         ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
         deviation = ratio - self.log_mean
         self.log_mean += deviation * weight
         self.log_var = (1 - weight) * (self.log_var + weight * deviation * deviation)
+        self.x_mean = [m + (v - m) * weight for m, v in zip(self.x_mean, x)]
         self.own.update(x, y)
         pool.update(x, y)
 
@@ -291,7 +326,7 @@ class _Track:
         """The pool's coefficients × this endpoint's scale, moved towards its own fit only as far as its
         own fit has been predicting it better (weight 2 × (1 − own error ÷ pool error) in [0, 1]; 0
         until ``WARMUP`` own observations)."""
-        scale = self.scale()
+        scale = self.scale(pool)
         w = 0.0
         if self.own.updates >= WARMUP and self.err_pool > 0:
             w = min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
@@ -314,8 +349,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "budget", "decode",
-        "pool", "prefill", "version",
+        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "adopted", "budget",
+        "decode", "pool", "prefill", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -330,9 +365,22 @@ class EndpointLearner:
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
         self._last_first_token = float("-inf")
+        self.adopted: LatencyEstimate | None = None
+        """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
 
     @property
     def estimate(self) -> LatencyEstimate:
+        """What predictions use: an adopted estimate (shared state), else this replica's own."""
+        return self.adopted or self.own_estimate
+
+    def adopt(self, estimate: LatencyEstimate | None) -> None:
+        """Use ``estimate`` (None: this replica's own again); kept as the same object while it is equal,
+        so readers that cache per estimate object (``BatchPredictor``) do not recompute."""
+        if estimate != self.adopted:
+            self.adopted = estimate
+
+    @property
+    def own_estimate(self) -> LatencyEstimate:
         pool = self.pool
         if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
             self._seen, self._pool_seen = self.version, pool.version
@@ -382,7 +430,6 @@ class EndpointLearner:
                 self._drop(self._groups.popleft())
         for rid, booked in members:
             group.members[rid] = booked
-            group.unresolved += 1
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
 
@@ -396,16 +443,14 @@ class EndpointLearner:
         completion = usage.get("completion_tokens", 0)
         ok = completion >= 1
         booked = group.members.get(request_id)
-        if booked is not None:
-            group.unresolved -= 1
+        if booked is not None and not group.closed:
             if not ok:
                 group.failed = True
             else:
                 prompt = usage.get("prompt_tokens", booked.prompt)
                 cached = usage.get("cached_tokens", booked.cached)
                 booked.prompt, booked.cached = prompt, min(cached, max(0, prompt - 1))
-        if now > group.end + MERGE_GAP:
-            group.closed = True
+        self._close(now)
         if ok and started.first_token is not None and completion >= 2:
             itl = (now - started.first_token) / (completion - 1)
             n = (started.decodes + decodes) / 2
@@ -417,16 +462,21 @@ class EndpointLearner:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
         self._queue.pop(request_id, None)
         started = self._started.pop(request_id, None)
-        if started is not None and request_id in started.group.members:
+        if started is not None and request_id in started.group.members and not started.group.closed:
             started.group.failed = True
-            started.group.unresolved -= 1
-            self._settle()
 
     # -- learning ---------------------------------------------------------------------------------
-    def _settle(self) -> None:
-        """Learn from (or drop) the oldest closed groups whose requests have all ended."""
+    def _close(self, now: float) -> None:
+        """Past ``MERGE_GAP`` after the newest group's first token no later one can join it: learn it."""
         groups = self._groups
-        while groups and groups[0].closed and groups[0].unresolved <= 0:
+        if groups and not groups[-1].closed and now > groups[-1].end + MERGE_GAP:
+            groups[-1].closed = True
+            self._settle()
+
+    def _settle(self) -> None:
+        """Learn from (or drop) the closed groups, oldest first."""
+        groups = self._groups
+        while groups and groups[0].closed:
             group = groups.popleft()
             if not group.failed:
                 self._learn(group)
@@ -464,22 +514,27 @@ class EndpointLearner:
 class LatencyLearner:
     """``EndpointLearner`` per endpoint name, created on first use."""
 
-    __slots__ = ("budget", "endpoints", "forgetting", "pool")
+    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool")
 
     def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
         self.budget = budget
         self.forgetting = forgetting
         self.pool = PoolModel(forgetting)
         self.endpoints: dict[str, EndpointLearner] = {}
+        self.generation = 0
+        """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
 
     def __getitem__(self, name: str) -> EndpointLearner:
         learner = self.endpoints.get(name)
         if learner is None:
             learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
+            self.pool.members += 1
         return learner
 
     def estimate(self, name: str) -> LatencyEstimate:
         return self[name].estimate
 
     def remove(self, name: str) -> None:
-        self.endpoints.pop(name, None)
+        if self.endpoints.pop(name, None) is not None:
+            self.generation += 1
+            self.pool.members -= 1

@@ -13,7 +13,7 @@
   0.5–0.75 → 0.77, 0.75–1.0 → 0.49, ≥ 1.0 → ≤ 0.07) rather than 0/1 at r = 1, because free space and
   tokens written are both estimates.
 * ``wait`` — work ahead of it: this epp's own prefill backlog on the endpoint (``EndpointLedger``,
-  instant), plus requests in the engine's waiting queue that this epp did not send (scrape; each
+  instant; with shared state plus the other replicas' as they last reported it), plus requests in the engine's waiting queue that this epp did not send (scrape; each
   costed like this prompt cold), plus half an iteration for the one in progress.
 * ``kv_wait`` — an engine whose KV cache cannot hold the prompt next to what it runs admits it only
   as running sequences finish: the overflow's share of the resident context times the time those
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from epp.datastore import EndpointState
 from epp.scheduling.ttft.learn import LatencyLearner
 from epp.scheduling.ttft.ledger import EndpointLedger
-
 
 SURVIVAL_EDGE = 1.5
 """Written-since / free-KV ratio at which a released prefix is taken to be fully evicted (the expected
@@ -90,13 +89,15 @@ class TTFTPredictor:
 
     def decode_load(self, state: EndpointState, ledger: EndpointLedger) -> DecodeLoad:
         m = None if state.stale else state.metrics
+        remote = ledger.remote  # the other replicas' requests (shared state): not foreign, not unknown
         if m is None:
-            return DecodeLoad(len(ledger), ledger.context_tokens, self.kv_capacity_tokens, 0)
+            return DecodeLoad(len(ledger) + remote.requests, ledger.context_tokens + remote.context_tokens,
+                              self.kv_capacity_tokens, 0)
         capacity = m.num_gpu_blocks * m.block_size if m.num_gpu_blocks and m.block_size else self.kv_capacity_tokens
         unseen, unseen_tokens = ledger.routed_after(m.scraped_at)
         sequences = m.running + m.waiting + unseen
         context = int(m.kv_usage * capacity) + unseen_tokens
-        foreign = max(0, m.waiting - ledger.unstarted_at(m.scraped_at))
+        foreign = max(0, m.waiting - ledger.unstarted_at(m.scraped_at) - remote.pending)
         return DecodeLoad(sequences, context, capacity, foreign)
 
     def predict(

@@ -45,19 +45,29 @@ class PrefixRecency:
         """A request with these prompt block hashes was sent here and will write ``tokens_written``."""
         self.release(request_id)
         self.written += tokens_written
-        if not hashes:
+        self._requests[request_id] = []
+        self.extend(request_id, hashes)
+
+    def extend(self, request_id: str, hashes: Sequence[int]) -> None:
+        """The prompt of a request held here is ``hashes``, longer than ``hold`` was told (the rest was
+        hashed after the pick): hold and mark the keys of the rest too."""
+        keys = self._requests.get(request_id)
+        if keys is None or not hashes:
             return
-        keys = [hashes[i] for i in range(self._stride - 1, len(hashes), self._stride)]
-        if len(hashes) % self._stride:
-            keys.append(hashes[-1])
+        stride = self._stride
+        wanted = [hashes[i] for i in range(stride - 1, len(hashes), stride)]
+        if len(hashes) % stride:
+            wanted.append(hashes[-1])
+        known = set(keys)
+        new = [k for k in wanted if k not in known]
         held = self._held
-        for key in keys:
+        for key in new:
             held[key] = held.get(key, 0) + 1
-        self._requests[request_id] = keys
-        fresh = [k for k in keys if k not in self._marks]
+        keys.extend(new)
+        fresh = [k for k in new if k not in self._marks]
         if fresh:
-            self._fresh[request_id] = fresh
-        self._mark(keys)
+            self._fresh.setdefault(request_id, []).extend(fresh)
+        self._mark(new)
 
     def release(self, request_id: str) -> None:
         """The request is over: its prefix is now only cached, at the most recent end of the LRU."""

@@ -37,7 +37,8 @@ def _move(rng: random.Random, ledger: EndpointLedger, serial: list[int]) -> None
             serial[0] += 1
             prefill = rng.uniform(0.001, 3.0)
             ledger.routed(f"r{serial[0]}", Flight(NOW - rng.uniform(0, 4), prefill, prefill * rng.uniform(1, 4),
-                                                  rng.randrange(1, 40000), rng.randrange(1, 2000)))
+                                                  rng.randrange(1, 40000), rng.randrange(1, 2000),
+                                                  streamed=rng.random() < 0.8))
         elif event < 0.7:
             ledger.started(rng.choice(ids), NOW - rng.uniform(0, 1))
         elif event < 0.9:

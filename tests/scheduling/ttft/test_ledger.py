@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 
 from epp.scheduling.ttft import EndpointLedger, Flight
+from epp.scheduling.ttft.ledger import MAX_SLOWNESS
 
 
-def flight(at: float, prefill: float, cold: float | None = None, prompt: int = 1000, output: int = 100) -> Flight:
-    return Flight(at, prefill, prefill if cold is None else cold, prompt, output)
+def flight(at: float, prefill: float, cold: float | None = None, prompt: int = 1000, output: int = 100,
+           streamed: bool = True) -> Flight:
+    return Flight(at, prefill, prefill if cold is None else cold, prompt, output, streamed=streamed)
 
 
 def test_a_burst_queues_behind_itself_and_time_drains_it() -> None:
+    """Non-streamed: no first token comes before the end, so only time drains the backlog."""
     ledger = EndpointLedger()
-    ledger.routed("a", flight(10.0, 0.5))
+    ledger.routed("a", flight(10.0, 0.5, streamed=False))
     ledger.routed("b", flight(10.0, 0.3))
     assert ledger.backlog(10.0) == pytest.approx(0.8)
     assert ledger.backlog(10.6) == pytest.approx(0.2)
@@ -52,7 +55,32 @@ def test_an_overdue_prefill_is_taken_to_have_missed_its_cache_hit() -> None:
     assert ledger.backlog(0.0) == pytest.approx(0.3)
     # past its predicted first token and still silent: it is running cold, the engine is not idle
     assert ledger.backlog(1.0) == pytest.approx(0.3 + 4.9 - 1.0)
-    assert ledger.backlog(10.0) == 0.0  # still drains: a lost event never pins the endpoint
+    # silent for twice its cold prefill: the engine runs slower than predicted, so is what waits behind it
+    assert ledger.backlog(10.0) == pytest.approx(0.2 * 2)
+    assert ledger.backlog(100.0) == pytest.approx(0.2 * MAX_SLOWNESS)  # bounded: a lost event never pins it
+
+
+def test_an_engine_slower_than_predicted_loses_traffic_before_its_next_first_token() -> None:
+    """A streamed head three times as slow as predicted (cold) stretches the queue behind it three times:
+    routing sees the slowness while it lasts, not one first token later."""
+    ledger = EndpointLedger()
+    for name in "abc":
+        ledger.routed(name, flight(0.0, 1.0))
+    assert ledger.backlog(0.5) == pytest.approx(2.5)
+    assert ledger.backlog(3.0) == pytest.approx(2.0 * 3.0)  # a is still silent at 3× its prediction
+    ledger.observe_scrape(3.0, sequences=4, typical_cold_seconds=0.5)  # a foreign request queued too
+    assert ledger.backlog(4.0) == pytest.approx(2.5 * MAX_SLOWNESS)
+    ledger.started("a", 4.0)  # the first token: back to the predictions, from now
+    assert ledger.backlog(4.0) == pytest.approx(2.0)
+
+
+def test_a_non_streamed_head_still_drains_with_time() -> None:
+    """A non-streamed response's first bytes are its end: its silence says nothing about speed."""
+    ledger = EndpointLedger()
+    ledger.routed("a", flight(0.0, 1.0, streamed=False))
+    ledger.routed("b", flight(0.0, 1.0))
+    assert ledger.backlog(1.5) == pytest.approx(0.5)
+    assert ledger.backlog(3.0) == 0.0
 
 
 def test_a_completion_without_first_token_only_shortens_the_backlog() -> None:
@@ -109,7 +137,7 @@ def test_sequences_a_scrape_shows_beyond_this_epps_own_are_booked_as_foreign_pre
     """Another router's request prefilling counts as *running* in a scrape: the rise in sequences this
     epp did not have in the engine at the scrape is queued work ahead of the next request."""
     ledger = EndpointLedger()
-    ledger.routed("a", flight(0.0, 0.5))
+    ledger.routed("a", flight(0.0, 0.5, streamed=False))  # a silent streamed head would stretch the queue
     ledger.observe_scrape(0.1, sequences=1, typical_cold_seconds=0.8)  # only "a": nothing foreign
     assert ledger.backlog(0.1) == pytest.approx(0.4)
     ledger.observe_scrape(0.2, sequences=3, typical_cold_seconds=0.8)  # two foreign arrivals

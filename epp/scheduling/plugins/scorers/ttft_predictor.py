@@ -32,18 +32,24 @@ precise one only for endpoints whose KV-event feed is not live and which are mat
 
 All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, identical to
 ``TTFTPredictor.predict`` per endpoint).
+
+Active-active replicas share their ledgers and learned latency (``export_shared`` / ``import_shared``,
+moved between replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each
+replica predicts with its own requests exactly and the others' as they last reported them, and with
+the latency learned by the replica that has seen most of an endpoint while it has seen little itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass, fields
 from typing import Any, cast
 
 import numpy as np
 
 from epp._util.clock import Clock
-from epp.datastore import Endpoint, EndpointState
+from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest
 from epp.plugin.typed_name import TypedName
 from epp.scheduling.framework import CycleState, SchedulingResult
@@ -54,12 +60,14 @@ from epp.scheduling.ttft import (
     BatchPredictor,
     EndpointLedger,
     Flight,
+    LatencyEstimate,
     LatencyLearner,
     Prediction,
     Predictions,
     PrefixRecency,
     TTFTPredictor,
 )
+from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
@@ -119,6 +127,15 @@ class TTFTPredictorScorer:
         """Moving mean of the cold prefill of this scorer's picks: what a foreign request is assumed to cost."""
         self._picks = 0
         self._key = f"ttft/{name}"
+        self._scrapes_seen: list[EndpointMetrics | None] = []
+        producer.tail_learned.append(self._tail_learned)
+
+    def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
+        """A prompt hashed lazily at the pick is known whole now: its held prefix is all of it."""
+        for name in endpoints:
+            recency = self.recency.get(name)
+            if recency is not None:
+                recency.extend(request_id, hashes)
 
     def _ledger(self, name: str) -> EndpointLedger:
         ledger = self.ledgers.get(name)
@@ -175,7 +192,13 @@ class TTFTPredictorScorer:
 
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
-        sent there since the previous one (``EndpointLedger.observe_scrape``)."""
+        sent there since the previous one (``EndpointLedger.observe_scrape``). Between scrapes every
+        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call."""
+        metrics = [None if state.stale else state.metrics for state in endpoints]
+        seen = self._scrapes_seen
+        if len(metrics) == len(seen) and all(map(operator.is_, metrics, seen)):
+            return
+        self._scrapes_seen = metrics
         typical = self.typical_cold_seconds
         for state, ledger in zip(endpoints, ledgers):
             m = state.metrics
@@ -205,7 +228,7 @@ class TTFTPredictorScorer:
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
 
-    def _booked(self, cycle: CycleState, name: str) -> Prediction | None:
+    def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
         booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
         for names, predictions in reversed(booked):
@@ -218,12 +241,13 @@ class TTFTPredictorScorer:
         if not result.endpoints:
             return
         chosen = result.endpoints[0]
-        prediction = self._booked(cycle, chosen.name)
+        prediction = self.booked(cycle, chosen.name)
         if prediction is None:  # chosen by a profile this scorer is not part of
             prediction = self.predict(cycle, request, [chosen])[0]
         output = request.max_tokens if request.max_tokens and request.max_tokens > 0 else self.params.default_output_tokens
         prompt = request.estimated_prompt_tokens
-        flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output)
+        flight = Flight(self.clock.now(), prediction.prefill, prediction.cold_prefill, prompt, output,
+                        streamed=request.stream)
         self._picks += 1  # the plain mean until there are enough picks for the moving one
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
@@ -270,6 +294,80 @@ class TTFTPredictorScorer:
             recency.forget(request.request_id)
         self.learner[endpoint.name].forget(request.request_id)  # a failure teaches no latency
 
+    # -- shared state (active-active replicas) ----------------------------------------------------
+    def export_shared(self, now: float) -> dict[str, Any]:
+        """JSON-ready: this replica's own work in flight per busy endpoint, as ``[prefill seconds queued,
+        requests without a first token, requests, KV context tokens, output tokens]``, and its own
+        learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
+        loads: dict[str, list[float | int]] = {}
+        queues: dict[str, list[list[float]]] = {}
+        for name, ledger in self.ledgers.items():
+            if len(ledger):
+                loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
+                               ledger.context_tokens, ledger.output_tokens]
+                intervals = ledger.own_intervals()
+                if len(intervals) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
+                    head = intervals[: len(intervals) - MAX_INTERVALS + 1]
+                    intervals = [(head[0][0], sum(s for _, s in head)), *intervals[len(head):]]
+                if intervals:
+                    queues[name] = [[round(start - now, 6), round(seconds, 6)] for start, seconds in intervals]
+        learned: dict[str, list[float | int]] = {}
+        for name, learner in self.learner.endpoints.items():
+            if learner.observations:
+                learned[name] = [learner.observations, *astuple(learner.own_estimate)]
+        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned}
+
+    def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
+        """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
+        becomes each ledger's ``remote`` (their backlog drained by its age); an empty list (no peer, or
+        the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
+        totals: dict[str, list[float]] = {}
+        intervals: dict[str, list[tuple[float, float]]] = {}
+        for age, payload in peers:
+            loads, queues = payload.get(LEDGER_KEY), payload.get(QUEUE_KEY)
+            if not isinstance(loads, dict):
+                continue
+            taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
+            for name, row in loads.items():
+                if name not in self.ledgers or not _load_row(row):
+                    continue
+                total = totals.setdefault(name, [0, 0, 0, 0])
+                for i in range(4):
+                    total[i] += row[i + 1]
+                queue = queues.get(name) if isinstance(queues, dict) else None
+                mine = intervals.setdefault(name, [])
+                if isinstance(queue, list) and all(_interval(q) for q in queue):
+                    mine.extend((taken + start, seconds) for start, seconds in queue)
+                elif row[0] > 0:  # a peer that reports no intervals: its backlog, as one block from then
+                    mine.append((taken, row[0]))
+        for name, ledger in self.ledgers.items():
+            t = totals.get(name)
+            if t is None:
+                ledger.set_remote(NO_REMOTE)
+                continue
+            queued = tuple(sorted(intervals[name]))
+            seconds = max(0.0, queue_end(queued) - now) if queued else 0.0
+            ledger.set_remote(RemoteLoad(seconds, now, int(t[0]), int(t[1]), int(t[2]), int(t[3]), queued))
+        self._adopt_learned(peers)
+
+    def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
+        """Per endpoint, predict with the latency learned by the replica that has seen most of it, while
+        this one has seen less than the learner's memory (1 / (1 − forgettingFactor) observations): a
+        replica that just started, or sees 1/N of the traffic, predicts as well as the best informed."""
+        memory = 1 / max(1e-9, 1 - self.params.forgetting_factor)
+        best: dict[str, list[float]] = {}
+        for _, payload in peers:
+            learned = payload.get(LEARNED_KEY)
+            if not isinstance(learned, dict):
+                continue
+            for name, row in learned.items():
+                if _learned_row(row) and row[0] > best.get(name, [0])[0]:
+                    best[name] = row
+        for name, learner in self.learner.endpoints.items():
+            row = best.get(name)
+            own = learner.observations
+            learner.adopt(LatencyEstimate(*row[1:]) if row is not None and row[0] > own and own < memory else None)
+
     # -- datastore listener ----------------------------------------------------------------------
     def endpoint_added(self, endpoint: Endpoint) -> None:
         """Ledgers are created on first use."""
@@ -279,6 +377,41 @@ class TTFTPredictorScorer:
         self.recency.pop(endpoint.name, None)
         self.learner.remove(endpoint.name)
         self.predictor.forget(endpoint.name)
+
+
+LEDGER_KEY = "ledger"
+
+
+LEARNED_KEY = "learned"
+QUEUE_KEY = "queue"
+MAX_INTERVALS = 64
+"""Pending prefills reported per endpoint; older ones are merged into one block (same queue end)."""
+
+
+def _interval(item: object) -> bool:
+    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0], finite."""
+    return (
+        isinstance(item, list) and len(item) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e9 for v in item)
+        and item[1] >= 0
+    )  # fmt: skip
+
+
+def _numbers(row: object, length: int) -> bool:
+    return (
+        isinstance(row, list) and len(row) == length
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12 for v in row)
+    )  # fmt: skip
+
+
+def _load_row(row: object) -> bool:
+    """A well-formed ledger row of ``export_shared``: five non-negative finite numbers."""
+    return _numbers(row, 5)
+
+
+def _learned_row(row: object) -> bool:
+    """A well-formed learned-latency row: observations and the six ``LatencyEstimate`` coefficients."""
+    return _numbers(row, 1 + len(fields(LatencyEstimate)))
 
 
 def find_prefix_producer(name: str, wanted: str | None, handle: PluginHandle) -> ApproxPrefixCacheProducer:

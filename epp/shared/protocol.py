@@ -1,0 +1,39 @@
+"""The contract between plugins that share state and the exchanges that move it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+DEFAULT_PERIOD = 0.025
+"""Seconds between two exchanges of shared state (serve's ``--shared-state-period``, replay's default)."""
+DEFAULT_TTL = 1.0
+"""Seconds a replica's state stays in use without being refreshed (then it is taken to be dead)."""
+
+PeerExport = tuple[float, Mapping[str, Any]]
+"""Another replica's latest export: (its age in seconds, the payload its plugin exported)."""
+
+
+@runtime_checkable
+class SharesState(Protocol):
+    """A plugin with state worth sharing between replicas. Both methods run off the pick path, on the
+    event loop (no locking needed) every exchange period."""
+
+    def export_shared(self, now: float) -> Mapping[str, Any]:
+        """This replica's own state as JSON-ready data (never what it imported from others)."""
+        ...
+
+    def import_shared(self, peers: Sequence[PeerExport], now: float) -> None:
+        """The other live replicas' latest exports of this plugin (empty: none, or the store is
+        unreachable: fall back to local state). Must tolerate malformed payloads."""
+        ...
+
+
+def participants(plugins: Iterable[object]) -> dict[str, SharesState]:
+    """The plugins that share state, by instance name (replicas built from one config agree on names)."""
+    found: dict[str, SharesState] = {}
+    for plugin in plugins:
+        if isinstance(plugin, SharesState):
+            typed_name = getattr(plugin, "typed_name", None)
+            found[str(getattr(typed_name, "name", type(plugin).__name__))] = plugin
+    return found
