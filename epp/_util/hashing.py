@@ -103,9 +103,13 @@ class ChainMemo:
     hash calls; results are identical by construction. Keying by digest instead of the bytes
     themselves spares Python's SipHash of every segment (220 KB: ~100 µs → ~25 µs). Memory: about
     ``capacity`` × (segment bytes + 53 bytes per block): 16 MB by default with 64-byte blocks.
+
+    The last prompt is also kept whole: the same bytes again (a resent prompt, the next request of a
+    load test) return the same ``BlockHashes`` after one comparison, instead of a digest, a dict
+    round trip and a list extension per segment (~0.1 ms at 220 KB).
     """
 
-    __slots__ = ("_capacity", "_memo", "_segment_blocks")
+    __slots__ = ("_capacity", "_last", "_memo", "_segment_blocks")
 
     def __init__(self, segment_blocks: int = 64, capacity: int = 2048) -> None:
         if segment_blocks < 1 or capacity < 1:
@@ -113,12 +117,17 @@ class ChainMemo:
         self._segment_blocks = segment_blocks
         self._capacity = capacity
         self._memo: dict[tuple[int, int, int], tuple[bytes, list[int], U64]] = {}
+        self._last: tuple[int, int, bytes, BlockHashes] | None = None  # block bytes, seed, data, its chain
 
     def __len__(self) -> int:
         return len(self._memo)
 
     def chain(self, data: bytes, block_bytes: int, seed: int) -> BlockHashes:
-        """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed``."""
+        """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed`` (callers must
+        not modify the list: the same one is returned for the same data)."""
+        last = self._last
+        if last is not None and last[0] == block_bytes and last[1] == seed and last[2] == data:
+            return last[3]
         memo = self._memo
         step = block_bytes * self._segment_blocks
         end = len(data) - len(data) % block_bytes
@@ -145,6 +154,7 @@ class ChainMemo:
             parent = entry[1][-1]
         if arrays:
             out._array = np.concatenate(arrays)
+        self._last = (block_bytes, seed, data, out)
         return out
 
 

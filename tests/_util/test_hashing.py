@@ -65,3 +65,14 @@ def test_memo_digest_collisions_are_misses_and_arrays_equal_the_lists(monkeypatc
         assert chained == chain_hashes(text_blocks(data, 16), 3)
         assert chained.array().tolist() == chained
         assert hash_array(chained) is chained.array() and hash_array(list(chained)).tolist() == chained
+
+
+def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_size_and_seed() -> None:
+    memo = ChainMemo(segment_blocks=4, capacity=16)
+    data = random.Random(9).randbytes(1000)
+    first = memo.chain(data, 16, 1)
+    assert memo.chain(bytes(data), 16, 1) is first  # equal bytes, another object: one comparison
+    for block, seed in ((16, 2), (8, 1), (16, 1)):
+        assert memo.chain(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+    assert memo.chain(data[:-1], 16, 1) == chain_hashes(text_blocks(data[:-1], 16), 1)
+    assert memo.chain(data[:-1] + b"x", 16, 1) == chain_hashes(text_blocks(data[:-1] + b"x", 16), 1)
