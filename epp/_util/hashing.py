@@ -37,6 +37,19 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
+def chain_data(data: bytes, block_bytes: int, seed: int) -> list[int]:
+    """``chain_hashes(text_blocks(data, block_bytes), seed)`` without building the blocks' list, and
+    with ``int.to_bytes`` for the parent (together ~25 % less per block: this loop is most of what a
+    novel long prompt costs)."""
+    out: list[int] = []
+    append, digest = out.append, xxhash.xxh64_intdigest
+    parent = seed
+    for i in range(0, len(data) - len(data) % block_bytes, block_bytes):
+        parent = digest(data[i : i + block_bytes] + parent.to_bytes(8, "little"))
+        append(parent)
+    return out
+
+
 def chain_hashes_with_extras(blocks: Sequence[bytes], seed: int, extras: Sequence[bytes | None]) -> list[int]:
     """``chain_hashes`` where block *i* also hashes ``extras[i]`` (serialized extra keys: multimodal
     identifiers, prompt-embedding digests) when given, as vLLM's block hash covers them: a block with
@@ -144,7 +157,7 @@ class ChainMemo:
             # only probabilistically: a shorter remembered segment would be a prefix, not a match).
             if entry is None or len(entry[0]) != stop - start or not startswith(entry[0], start):
                 segment = data[start:stop]
-                hashes = chain_hashes(text_blocks(segment, block_bytes), parent)
+                hashes = chain_data(segment, block_bytes, parent)
                 entry = (segment, hashes, np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
                 if len(memo) >= self._capacity:
                     del memo[next(iter(memo))]  # least recently used
@@ -161,7 +174,7 @@ class ChainMemo:
 def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> BlockHashes:
     """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
     if memo is None:
-        return BlockHashes(chain_hashes(text_blocks(data, block_bytes), seed))
+        return BlockHashes(chain_data(data, block_bytes, seed))
     return memo.chain(data, block_bytes, seed)
 
 

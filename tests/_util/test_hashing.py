@@ -6,10 +6,13 @@ import dataclasses
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp._util import hashing
 from epp._util.hashing import (
     ChainMemo,
+    chain_data,
     chain_hashes,
     hash_array,
     text_blocks,
@@ -76,3 +79,9 @@ def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_siz
         assert memo.chain(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
     assert memo.chain(data[:-1], 16, 1) == chain_hashes(text_blocks(data[:-1], 16), 1)
     assert memo.chain(data[:-1] + b"x", 16, 1) == chain_hashes(text_blocks(data[:-1] + b"x", 16), 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600), block=st.integers(1, 80), seed=st.integers(0, 2**64 - 1))
+def test_chain_data_is_the_chain_of_the_text_blocks(data: bytes, block: int, seed: int) -> None:
+    assert chain_data(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
