@@ -123,6 +123,7 @@ class BlockIndex:
         and the hashes are the same (the same list, or equal values: a prompt resent, hashed anew per
         request), so the PreRequest ``add`` after a ``match`` and a repeated prompt cost no second gather."""
         last = self._last
+        h: U64 | None = None
         if last is not None and last.version == self._version:
             if last.hashes is hashes:
                 return last
@@ -131,7 +132,8 @@ class BlockIndex:
                 if np.array_equal(h, last.h):
                     last.hashes = hashes
                     return last
-        h = hash_array(hashes)
+        if h is None:
+            h = hash_array(hashes)
         rows, pos = self._key_hits(h)
         self._last = _Lookup(hashes, self._version, h, rows, pos)
         return self._last
