@@ -5,13 +5,17 @@ destination header + ``envoy.lb`` metadata and the body back; answer response he
 chunks back; BUFFERED bodies answered once), but no parsing, scheduling, metrics or usage counting: one
 fixed destination. What epp costs above this is epp's own code; this itself is the cost of grpc.aio.
 
-    python bench/minimal_extproc.py --port 9002 --destination 127.0.0.1:8000 [--api iterator]
+    python bench/minimal_extproc.py --port 9002 --destination 127.0.0.1:8000 [--api iterator] [--burn-ms 0.3]
+
+``--burn-ms`` spends that much thread CPU on each routed request before answering (a stand-in for a pick
+of known cost), to see what a handler of that cost adds on grpc.aio with nothing else changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -29,7 +33,8 @@ CHUNK = 62_000
 class Minimal:
     """Answers by message kind with no state but the request body and the body modes."""
 
-    def __init__(self, destination: str) -> None:
+    def __init__(self, destination: str, burn_s: float = 0.0) -> None:
+        self.burn_s = burn_s
         header = base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key="x-gateway-destination-endpoint", raw_value=destination.encode()),
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
@@ -42,6 +47,12 @@ class Minimal:
         reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=self.route))
         reply.dynamic_metadata.CopyFrom(self.metadata)
         return reply
+
+    def burn(self) -> None:
+        """``--burn-ms``: busy Python work until this thread has used that much CPU."""
+        end = time.thread_time() + self.burn_s
+        while time.thread_time() < end:
+            sum(range(64))
 
     @staticmethod
     def streamed(field: str, body: bytes, eos: bool) -> list[pb.ProcessingResponse]:
@@ -71,6 +82,7 @@ class Minimal:
             parts.append(message.request_body.body)
             if not message.request_body.end_of_stream:
                 return []
+            self.burn()
             return [self.routed_headers(), *self.streamed("request_body", b"".join(parts), True)]
         if kind == "request_trailers":
             return [pb.ProcessingResponse(request_trailers=pb.TrailersResponse())]
@@ -108,9 +120,9 @@ class ReadWriteServicer(pb_grpc.ExternalProcessorServicer):
                 await context.write(reply)
 
 
-async def serve(port: int, destination: str, api: str) -> None:
+async def serve(port: int, destination: str, api: str, burn_ms: float) -> None:
     server = grpc.aio.server()
-    minimal = Minimal(destination)
+    minimal = Minimal(destination, burn_ms / 1000)
     servicer = IteratorServicer(minimal) if api == "iterator" else ReadWriteServicer(minimal)
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -126,8 +138,10 @@ def main() -> None:
     parser.add_argument("--destination", required=True, help="IP:PORT every request is sent to")
     parser.add_argument("--api", choices=("read-write", "iterator"), default="read-write",
                         help="grpc.aio servicer style: context.read()/write() or async iterator + yield")
+    parser.add_argument("--burn-ms", type=float, default=0.0,
+                        help="thread CPU to spend on each routed request (a stand-in pick); default 0")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.destination, args.api))
+    uvloop.run(serve(args.port, args.destination, args.api, args.burn_ms))
 
 
 if __name__ == "__main__":

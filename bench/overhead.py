@@ -9,8 +9,11 @@ Every picker (``--pickers``) gets one Envoy per mode; all share one set of echo 
             then sees no usage).
 Pickers: ``epp`` (this tree's ``epp serve``, default config; ``--picker-arg`` adds flags), ``NAME=PATH``
 (``epp serve`` from another source tree, e.g. ``git archive main | tar -x -C /tmp/before``, so before/after
-land in one run), ``minimal`` / ``minimal-iterator`` (``bench/minimal_extproc.py``: the least a grpc.aio
-picker can do, with context.read()/write() or an async iterator + yield; the floor epp is measured against).
+land in one run), ``epp-null`` (``bench/epp_null_handler.py``: this tree's ``epp serve`` with minimal's
+handler: epp's way of driving grpc.aio without its pick), ``minimal`` / ``minimal-iterator``
+(``bench/minimal_extproc.py``: the least a grpc.aio picker can do, with context.read()/write() or an async
+iterator + yield; the floor epp is measured against), ``minimal+MS`` (minimal spending MS ms of CPU per
+request in its handler: what a pick of that cost adds on grpc.aio).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
 requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
@@ -53,6 +56,7 @@ from epp.envoy.process import EnvoyProcess
 from epp.envoy.stack import local_config
 
 MINIMAL = Path(__file__).with_name("minimal_extproc.py")
+NULL_HANDLER = Path(__file__).with_name("epp_null_handler.py")
 MODES: dict[str, dict[str, object]] = {
     "direct": {"strip_client_destination": False},
     "duplex": {},
@@ -74,12 +78,22 @@ class Picker(Protocol):
     def stop(self) -> object: ...
 
 
+class NullHandlerPicker(PickerProcess):
+    """``epp serve`` with minimal's handler (``bench/epp_null_handler.py``): epp's transport, no pick."""
+
+    def command(self) -> list[str]:
+        epp_serve = super().command()
+        assert epp_serve[1:3] == ["-m", "epp"]
+        return [epp_serve[0], str(NULL_HANDLER), *epp_serve[3:]]
+
+
 class MinimalPicker:
     """``bench/minimal_extproc.py`` as a child process, ready when it prints its ready line."""
 
-    def __init__(self, engine: Upstream, api: str) -> None:
+    def __init__(self, engine: Upstream, api: str, burn_ms: str = "0") -> None:
         self.engine = engine
         self.api = api
+        self.burn_ms = burn_ms
         self.address = Upstream("127.0.0.1", proc_util.free_port())
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +105,7 @@ class MinimalPicker:
     def start(self, timeout: float = 30.0) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, str(MINIMAL), "--port", str(self.address.port), "--destination", self.engine.hostport,
-             "--api", self.api],
+             "--api", self.api, "--burn-ms", self.burn_ms],
             stdout=subprocess.PIPE,
         )
         proc_util.read_line(self._proc, timeout=timeout)
@@ -102,16 +116,25 @@ class MinimalPicker:
 
 
 def make_picker(spec: str, engine: Upstream, picker_args: list[str], workdir: Path, name: str) -> Picker:
-    """``epp``, ``minimal``, ``minimal-iterator`` or ``NAME=PATH`` (epp serve from the source tree at PATH)."""
+    """``epp``, ``epp-null``, ``minimal``, ``minimal-iterator`` or ``NAME=PATH`` (epp serve from the source tree at PATH)."""
     if spec == "minimal":
         return MinimalPicker(engine, "read-write")
     if spec == "minimal-iterator":
         return MinimalPicker(engine, "iterator")
+    if spec.startswith("minimal+"):  # minimal+0.3: minimal with a 0.3 ms stand-in pick (--burn-ms)
+        burn = spec.partition("+")[2]
+        try:
+            float(burn)
+        except ValueError:
+            raise SystemExit(f"--pickers {spec!r}: expected minimal+MS with MS a number of milliseconds") from None
+        return MinimalPicker(engine, "read-write", burn)
+    if spec == "epp-null":
+        return NullHandlerPicker([engine], extra_args=picker_args, log_path=workdir / f"{name}.log")
     if spec == "epp":
         return PickerProcess([engine], extra_args=picker_args, log_path=workdir / f"{name}.log")
     _, sep, tree = spec.partition("=")
     if not sep or not (Path(tree) / "epp" / "__init__.py").is_file():
-        raise SystemExit(f"--pickers {spec!r}: expected epp, minimal, minimal-iterator or NAME=PATH to an epp source tree")
+        raise SystemExit(f"--pickers {spec!r}: expected epp, epp-null, minimal, minimal-iterator or NAME=PATH to an epp source tree")
     env = os.environ | {"PYTHONPATH": str(Path(tree).resolve())}
     return PickerProcess([engine], extra_args=picker_args, log_path=workdir / f"{name}.log", cwd=Path(tree), env=env)
 
@@ -244,7 +267,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
     parser.add_argument("--pickers", nargs="+", default=["epp"],
-                        help="epp | minimal | minimal-iterator | NAME=PATH (epp serve from another source tree)")
+                        help="epp | epp-null | minimal | minimal-iterator | minimal+MS | NAME=PATH (epp serve from another source tree)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="epp serve --workers counts, each epp picker run once per count (NAME-wN), side by side")
     parser.add_argument("--picker-arg", action="append", default=[], help="extra flag for every epp serve (repeat)")

@@ -86,7 +86,11 @@ async def _worker(size: int, requests: int, batches: int, prompts: str, picker_a
             "--grpc-health-port", "0", "--metrics-port", "0", "--drain-timeout", "0s",
             "--static-endpoints", ",".join(u.hostport for u in fleet.upstreams), *picker_args,
         ])
-        service = PickerService(args)
+        try:  # trees since the frozen serve config build from it; older ones from the Namespace
+            from epp.serve_config import ServeConfig
+            service = PickerService(ServeConfig.from_args(args))
+        except ImportError:
+            service = PickerService(args)
         async with service:
             await asyncio.sleep(1.0)  # first scrapes
             servicer = ExtProcServicer(service.director, args.max_body_bytes, service.limiter)

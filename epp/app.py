@@ -1,9 +1,10 @@
 """``epp serve``: flags (the reference picker's names and defaults) and the process around the picker.
 
 This module defines the flags and turns them, once, into a frozen ``epp.serve_config.ServeConfig``;
-``epp.service.serve`` builds and starts the parts from it and runs them until SIGTERM/SIGINT through the
-shared serve loop (health NOT_SERVING first, new streams still served for ``--drain-timeout``, then open
-streams get ``--shutdown-grace``); ``epp.workers.supervise`` runs ``--workers N`` of them.
+``epp.service.serve`` builds and starts the parts from it and runs them until SIGTERM/SIGINT through
+``epp._util.cli.run_until_signal`` (health NOT_SERVING first, new streams still served for
+``--drain-timeout``, then open streams get ``--shutdown-grace``); ``epp.workers.supervise`` runs
+``--workers N`` of them.
 """
 
 from __future__ import annotations

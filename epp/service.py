@@ -185,7 +185,7 @@ class PickerService:
         self._stack = contextlib.AsyncExitStack()
 
     async def setup(self, stack: contextlib.AsyncExitStack, shutdown: Shutdown) -> None:
-        """Start every part into ``stack`` (which stops them in reverse); the serve loop's ``setup``."""
+        """Start every part into ``stack`` (which stops them in reverse); ``run_until_signal``'s ``setup``."""
         await stack.enter_async_context(self.source.running)
         await stack.enter_async_context(self.poller)
         if isinstance(self.admission, FlowController):

@@ -15,7 +15,8 @@ from epp.discovery.rewrites import ModelRewrites, parse_rules
 from epp.request import LLMRequest, RequestError
 from epp.request.parse import parse_request
 from epp.request.usage import Usage
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer

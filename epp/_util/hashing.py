@@ -37,6 +37,19 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
+def chain_data(data: bytes, block_bytes: int, seed: int) -> list[int]:
+    """``chain_hashes(text_blocks(data, block_bytes), seed)`` without building the blocks' list, and
+    with ``int.to_bytes`` for the parent (together ~25 % less per block: this loop is most of what a
+    novel long prompt costs)."""
+    out: list[int] = []
+    append, digest = out.append, xxhash.xxh64_intdigest
+    parent = seed
+    for i in range(0, len(data) - len(data) % block_bytes, block_bytes):
+        parent = digest(data[i : i + block_bytes] + parent.to_bytes(8, "little"))
+        append(parent)
+    return out
+
+
 def chain_hashes_with_extras(blocks: Sequence[bytes], seed: int, extras: Sequence[bytes | None]) -> list[int]:
     """``chain_hashes`` where block *i* also hashes ``extras[i]`` (serialized extra keys: multimodal
     identifiers, prompt-embedding digests) when given, as vLLM's block hash covers them: a block with
@@ -103,9 +116,13 @@ class ChainMemo:
     hash calls; results are identical by construction. Keying by digest instead of the bytes
     themselves spares Python's SipHash of every segment (220 KB: ~100 µs → ~25 µs). Memory: about
     ``capacity`` × (segment bytes + 53 bytes per block): 16 MB by default with 64-byte blocks.
+
+    The last prompt is also kept whole: the same bytes again (a resent prompt, the next request of a
+    load test) return the same ``BlockHashes`` after one comparison, instead of a digest, a dict
+    round trip and a list extension per segment (~0.1 ms at 220 KB).
     """
 
-    __slots__ = ("_capacity", "_memo", "_segment_blocks")
+    __slots__ = ("_capacity", "_last", "_memo", "_segment_blocks")
 
     def __init__(self, segment_blocks: int = 64, capacity: int = 2048) -> None:
         if segment_blocks < 1 or capacity < 1:
@@ -113,12 +130,17 @@ class ChainMemo:
         self._segment_blocks = segment_blocks
         self._capacity = capacity
         self._memo: dict[tuple[int, int, int], tuple[bytes, list[int], U64]] = {}
+        self._last: tuple[int, int, bytes, BlockHashes] | None = None  # block bytes, seed, data, its chain
 
     def __len__(self) -> int:
         return len(self._memo)
 
     def chain(self, data: bytes, block_bytes: int, seed: int) -> BlockHashes:
-        """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed``."""
+        """The chained hashes of ``data``'s full blocks of ``block_bytes``, from ``seed`` (callers must
+        not modify the list: the same one is returned for the same data)."""
+        last = self._last
+        if last is not None and last[0] == block_bytes and last[1] == seed and last[2] == data:
+            return last[3]
         memo = self._memo
         step = block_bytes * self._segment_blocks
         end = len(data) - len(data) % block_bytes
@@ -135,7 +157,7 @@ class ChainMemo:
             # only probabilistically: a shorter remembered segment would be a prefix, not a match).
             if entry is None or len(entry[0]) != stop - start or not startswith(entry[0], start):
                 segment = data[start:stop]
-                hashes = chain_hashes(text_blocks(segment, block_bytes), parent)
+                hashes = chain_data(segment, block_bytes, parent)
                 entry = (segment, hashes, np.fromiter(hashes, dtype=np.uint64, count=len(hashes)))
                 if len(memo) >= self._capacity:
                     del memo[next(iter(memo))]  # least recently used
@@ -145,13 +167,14 @@ class ChainMemo:
             parent = entry[1][-1]
         if arrays:
             out._array = np.concatenate(arrays)
+        self._last = (block_bytes, seed, data, out)
         return out
 
 
 def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> BlockHashes:
     """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
     if memo is None:
-        return BlockHashes(chain_hashes(text_blocks(data, block_bytes), seed))
+        return BlockHashes(chain_data(data, block_bytes, seed))
     return memo.chain(data, block_bytes, seed)
 
 

@@ -26,11 +26,11 @@ from epp._util.clock import Clock, WallClock
 from epp.config.decode import ConfigError
 from epp.config.model import EndpointPickerConfig, PluginRef, PluginSpec
 from epp.request.parsers import RequestParsers, default_parsers, is_parser
+from epp.plugin.typed_name import Plugin
 from epp.scheduling.framework import (
     Admitter,
     Filter,
     Picker,
-    Plugin,
     PreRequest,
     ProfileHandler,
     RequestProcessor,

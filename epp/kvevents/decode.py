@@ -27,7 +27,8 @@ never stop the feed. Block hashes are ints (vLLM's default) or 32-byte digests
 (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``); both become unsigned 64-bit ints, a digest by its last 8
 bytes big-endian — exactly vLLM's int form of the same hash. ``extra_keys`` (one entry per block: the
 LoRA name, multimodal identifiers, ``cache_salt`` on the first block, prompt-embedding digests) enter
-vLLM's block hash, so they are kept for the index to key blocks by (``block_extras``).
+vLLM's block hash, so they are kept for the index to key blocks by
+(``epp.scheduling.prefix.precise.keys.block_extras``).
 
 Events are not filtered here: which KV-cache groups hold full-attention blocks is learned per feed
 (``epp.contracts.kv_events.GroupFilter``). Anything malformed raises ``KVEventDecodeError``.

@@ -116,6 +116,16 @@ def parse_line(line: str) -> Sample:
     return families[0].samples[0]
 
 
+
+def family_sample(line: str, name: str) -> Sample | None:
+    """``line``'s sample when it is one of metric ``name``'s (``name`` then ``{`` or a space, so a longer
+    name that starts with it is another family), else ``None``; ``MetricsError`` when such a line is
+    malformed. The extractors of other HTTP sources (DCGM, the multicluster metrics) read one or two
+    families of a page line by line with it, without an ``EngineSpec``."""
+    if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+        return None
+    return parse_line(line)
+
 def _finite(name: str, value: float) -> float:
     try:
         number = float(value)  # the parser keeps integer text as int, of any size

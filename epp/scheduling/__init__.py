@@ -8,7 +8,6 @@ from epp.scheduling.framework import (
     CycleState,
     Filter,
     Picker,
-    Plugin,
     PreRequest,
     ProfileHandler,
     ProfileResult,
@@ -16,7 +15,6 @@ from epp.scheduling.framework import (
     ResponseStarted,
     SchedulingResult,
     Scorer,
-    TypedName,
 )
 from epp.scheduling.profile import SchedulerProfile
 from epp.scheduling.scheduler import Scheduler
@@ -25,7 +23,6 @@ __all__ = [
     "CycleState",
     "Filter",
     "Picker",
-    "Plugin",
     "PreRequest",
     "ProfileHandler",
     "ProfileResult",
@@ -35,5 +32,4 @@ __all__ = [
     "SchedulerProfile",
     "SchedulingResult",
     "Scorer",
-    "TypedName",
 ]

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from epp.datastore import EndpointState
-from epp.plugin.typed_name import Plugin as Plugin
-from epp.plugin.typed_name import TypedName as TypedName
+from epp.plugin.typed_name import Plugin
 from epp.request import LLMRequest
 
 if TYPE_CHECKING:

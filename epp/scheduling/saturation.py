@@ -21,7 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 from epp._util.clock import Clock
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.plugin.registry import PluginHandle
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from epp.contracts.datalayer import DataNeeds
 from epp.datastore import Datastore, EndpointState
 from epp.request import LLMRequest, RequestError
+from epp.plugin.typed_name import Plugin
 from epp.scheduling.framework import (
     PRE_REQUEST,
     PROCESS_PROFILES_RESULTS,
@@ -22,7 +23,6 @@ from epp.scheduling.framework import (
     DurationRecorder,
     MembershipListener,
     MetricsExporter,
-    Plugin,
     PluginTimer,
     PreRequest,
     ProfileHandler,

@@ -64,10 +64,6 @@ class KVEventPublisher:
         self.dropped = 0
 
     @property
-    def last_endpoint(self) -> str:
-        return str(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
-
-    @property
     def replay_endpoint(self) -> str | None:
         return None if self._replay is None else str(self._replay.getsockopt_string(zmq.LAST_ENDPOINT))
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from epp.scheduling.framework import DurationRecorder, Plugin
+from epp.plugin.typed_name import Plugin
+from epp.scheduling.framework import DurationRecorder
 from epp.telemetry.histogram import FastHistogram, HistogramView
 
 PLUGIN_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)

@@ -190,11 +190,6 @@ class ModelTokenizers:
         if self.model is not None:
             self.for_model(self.model)
 
-    def preload(self) -> None:
-        """Load the pinned model now: a config that names its model fails at start, not later."""
-        if self.model is not None:
-            self._loaded[self.model] = self._load(self._resolve(self.model, allow_download=self._allow_download))
-
     def for_model(self, model: str) -> Tokenizer | None:
         name = self.model or model
         tokenizer = self._loaded.get(name)

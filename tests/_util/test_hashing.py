@@ -6,10 +6,13 @@ import dataclasses
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp._util import hashing
 from epp._util.hashing import (
     ChainMemo,
+    chain_data,
     chain_hashes,
     hash_array,
     text_blocks,
@@ -65,3 +68,20 @@ def test_memo_digest_collisions_are_misses_and_arrays_equal_the_lists(monkeypatc
         assert chained == chain_hashes(text_blocks(data, 16), 3)
         assert chained.array().tolist() == chained
         assert hash_array(chained) is chained.array() and hash_array(list(chained)).tolist() == chained
+
+
+def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_size_and_seed() -> None:
+    memo = ChainMemo(segment_blocks=4, capacity=16)
+    data = random.Random(9).randbytes(1000)
+    first = memo.chain(data, 16, 1)
+    assert memo.chain(bytes(data), 16, 1) is first  # equal bytes, another object: one comparison
+    for block, seed in ((16, 2), (8, 1), (16, 1)):
+        assert memo.chain(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+    assert memo.chain(data[:-1], 16, 1) == chain_hashes(text_blocks(data[:-1], 16), 1)
+    assert memo.chain(data[:-1] + b"x", 16, 1) == chain_hashes(text_blocks(data[:-1] + b"x", 16), 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600), block=st.integers(1, 80), seed=st.integers(0, 2**64 - 1))
+def test_chain_data_is_the_chain_of_the_text_blocks(data: bytes, block: int, seed: int) -> None:
+    assert chain_data(data, block, seed) == chain_hashes(text_blocks(data, block), seed)

@@ -80,6 +80,25 @@ class Engine:
         self.publisher.close()
 
 
+@contextlib.asynccontextmanager
+async def subscribed(
+    engine: Engine, replay_port: int | None = None, replay_timeout: float = 2.0
+) -> AsyncIterator[tuple[PreciseIndex, CollectorRegistry]]:
+    """A subscriber that connects to ``engine`` (its replay socket unless ``replay_port`` names another)
+    for endpoint ``e``, stopped on exit: every backfill test joins the engine the same way, only what was
+    published before differs."""
+    index = PreciseIndex(VirtualClock(), BlockIndex(100))
+    registry = CollectorRegistry()
+    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=replay_port or engine.replay,
+                            replay_timeout=replay_timeout, registry=registry)  # fmt: skip
+    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
+    await sub.start()
+    try:
+        yield index, registry
+    finally:
+        await sub.stop()
+
+
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
     e = Engine()
@@ -91,13 +110,7 @@ async def test_a_late_subscriber_backfills_what_the_engine_cached_before_it_join
     early, early_keys = stored("cached before epp started " * 10)
     engine.publisher.publish([early])  # nobody subscribed: only the replay buffer has it
     engine.publisher.publish([stored("another early prompt " * 12)[0]])
-    clock = VirtualClock()
-    index = PreciseIndex(clock, BlockIndex(100))
-    registry = CollectorRegistry()
-    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay, registry=registry)
-    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
-    await sub.start()
-    try:
+    async with subscribed(engine) as (index, registry):
         await until(lambda: ingested(registry) >= 2, "the backfill")
         index.routed("e", "r0", early_keys, MODEL)  # the first pick names the model: the backfill is keyed
         assert index.match(early_keys, ["e"]) == [len(early_keys)]
@@ -111,8 +124,6 @@ async def test_a_late_subscriber_backfills_what_the_engine_cached_before_it_join
         assert index.match(later_keys, ["e"]) == [len(later_keys)]
         assert registry.get_sample_value("epp_kv_events_batches_total", {"result": "restart"}) is None
         assert registry.get_sample_value("epp_kv_events_batches_total", {"result": "gap"}) is None
-    finally:
-        await sub.stop()
 
 
 async def test_a_busy_engines_first_live_batch_waits_for_the_backfill(engine: Engine) -> None:
@@ -128,47 +139,36 @@ async def test_a_busy_engines_first_live_batch_waits_for_the_backfill(engine: En
             await asyncio.sleep(0.005)
 
     publishing = asyncio.get_running_loop().create_task(traffic())
-    index = PreciseIndex(VirtualClock(), BlockIndex(100))
-    registry = CollectorRegistry()
-    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay, registry=registry)
-    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
-    await sub.start()
     try:
-        await until(lambda: (registry.get_sample_value("epp_kv_events_batches_total", {"result": "in-order"}) or 0) > 20,
-                    "live batches after the backfill")  # fmt: skip
-        index.routed("e", "r", early_keys, MODEL)
-        assert index.match(early_keys, ["e"]) == [len(early_keys)] and not index.young("e")
-        for result in ("baseline", "gap", "restart"):
-            assert registry.get_sample_value("epp_kv_events_batches_total", {"result": result}) is None
+        async with subscribed(engine) as (index, registry):
+            await until(lambda: (registry.get_sample_value("epp_kv_events_batches_total", {"result": "in-order"}) or 0) > 20,
+                        "live batches after the backfill")  # fmt: skip
+            index.routed("e", "r", early_keys, MODEL)
+            assert index.match(early_keys, ["e"]) == [len(early_keys)] and not index.young("e")
+            for result in ("baseline", "gap", "restart"):
+                assert registry.get_sample_value("epp_kv_events_batches_total", {"result": result}) is None
     finally:
         publishing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publishing
-        await sub.stop()
 
 
 async def test_without_a_replay_socket_the_first_batch_is_a_baseline_and_the_view_is_young() -> None:
     engine = Engine()
     engine.publisher.publish([stored("missed " * 20)[0]])  # seq 0 goes by unseen
-    index = PreciseIndex(VirtualClock(), BlockIndex(100))
-    registry = CollectorRegistry()
     silent_replay = free_port()  # nothing answers there: given up on after the timeout
-    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=silent_replay,
-                            replay_timeout=0.2, registry=registry)  # fmt: skip
-    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
-    await sub.start()
     try:
-        seen, keys = stored("seen " * 30)
-        for _ in range(100):
-            engine.publisher.publish([seen])
-            await asyncio.sleep(0.05)
-            if ingested(registry):
-                break
-        index.routed("e", "r", keys, MODEL)
-        assert index.match(keys, ["e"]) == [len(keys)]
-        assert index.feed_state("e") is FeedState.LIVE and index.young("e")
+        async with subscribed(engine, replay_port=silent_replay, replay_timeout=0.2) as (index, registry):
+            seen, keys = stored("seen " * 30)
+            for _ in range(100):
+                engine.publisher.publish([seen])
+                await asyncio.sleep(0.05)
+                if ingested(registry):
+                    break
+            index.routed("e", "r", keys, MODEL)
+            assert index.match(keys, ["e"]) == [len(keys)]
+            assert index.feed_state("e") is FeedState.LIVE and index.young("e")
     finally:
-        await sub.stop()
         await engine.close()
 
 
@@ -176,15 +176,10 @@ async def test_sglangs_replay_replies_without_a_topic_backfill_too() -> None:
     engine = Engine(WireFormat.SGLANG)
     early, keys = stored("sglang cached this first " * 10)
     engine.publisher.publish([early])
-    index = PreciseIndex(VirtualClock(), BlockIndex(100))
-    registry = CollectorRegistry()
-    sub = KVEventSubscriber(index, SubscriberMode.CONNECT, port=engine.port, replay_port=engine.replay, registry=registry)
-    sub.endpoint_added(Endpoint("e", "127.0.0.1", 8000))
-    await sub.start()
     try:
-        await until(lambda: ingested(registry) > 0, "the backfill")
-        index.routed("e", "r", keys, MODEL)
-        assert index.match(keys, ["e"]) == [len(keys)]
+        async with subscribed(engine) as (index, registry):
+            await until(lambda: ingested(registry) > 0, "the backfill")
+            index.routed("e", "r", keys, MODEL)
+            assert index.match(keys, ["e"]) == [len(keys)]
     finally:
-        await sub.stop()
         await engine.close()

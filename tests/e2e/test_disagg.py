@@ -5,7 +5,8 @@ the decode engine, and a prefill header forged by the client never reaches the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -27,25 +28,32 @@ def pd_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EnvoyPr
     workdir = tmp_path_factory.mktemp("disagg")
     with run_sim("--time-scale", "0", "--role", "prefill", "--served-model-name", MODEL) as prefill, \
             run_sim("--time-scale", "0", "--role", "decode", "--served-model-name", MODEL) as decode:
-        members = workdir / "endpoints.yaml"
-        members.write_text(
-            "endpoints:\n"
-            f"  - {{name: prefill-0, address: \"127.0.0.1\", port: \"{prefill.port}\", labels: {{llm-d.ai/role: prefill}}}}\n"
-            f"  - {{name: decode-0, address: \"127.0.0.1\", port: \"{decode.port}\", labels: {{llm-d.ai/role: decode}}}}\n"
-        )
-        picker = PickerProcess((), endpoints_file=members, extra_args=["--config-file", str(SIM_PD_CONFIG)],
-                               log_path=workdir / "epp.log")
-        upstreams = [Upstream("127.0.0.1", prefill.port), Upstream("127.0.0.1", decode.port)]
-        envoy = EnvoyProcess(local_config(picker.address, upstreams, workdir), workdir)
-        picker.start()
+        with disagg_stack(workdir, {"prefill-0": ("prefill", prefill), "decode-0": ("decode", decode)},
+                          SIM_PD_CONFIG) as envoy:
+            yield envoy, prefill, decode
+
+
+@contextmanager
+def disagg_stack(workdir: Path, sims: Mapping[str, tuple[str, SimProcess]], config: Path) -> Iterator[EnvoyProcess]:
+    """``epp serve`` with ``config`` over ``sims`` (name → its ``llm-d.ai/role`` and engine), listed in an
+    endpoints file, behind a real Envoy routing to every engine; both stopped on exit."""
+    members = workdir / "endpoints.yaml"
+    members.write_text("endpoints:\n" + "".join(
+        f"  - {{name: {name}, address: \"127.0.0.1\", port: \"{sim.port}\", labels: {{llm-d.ai/role: {role}}}}}\n"
+        for name, (role, sim) in sims.items()))
+    picker = PickerProcess((), endpoints_file=members, extra_args=["--config-file", str(config)],
+                           log_path=workdir / "epp.log")
+    upstreams = [Upstream("127.0.0.1", sim.port) for _, sim in sims.values()]
+    envoy = EnvoyProcess(local_config(picker.address, upstreams, workdir), workdir)
+    picker.start()
+    try:
+        envoy.start()
         try:
-            envoy.start()
-            try:
-                yield envoy, prefill, decode
-            finally:
-                envoy.stop()
+            yield envoy
         finally:
-            picker.stop()
+            envoy.stop()
+    finally:
+        picker.stop()
 
 
 async def counters(sim: SimProcess) -> dict[str, float]:
@@ -96,30 +104,15 @@ async def test_a_multimodal_request_is_encoded_on_the_encode_engine(tmp_path: Pa
             run_sim("--time-scale", "0", "--role", "prefill", "--served-model-name", MODEL) as prefill, \
             run_sim("--time-scale", "0", "--role", "decode", "--served-model-name", MODEL) as decode:
         sims = {"encode-0": ("encode", encode), "prefill-0": ("prefill", prefill), "decode-0": ("decode", decode)}
-        members = tmp_path / "endpoints.yaml"
-        members.write_text("endpoints:\n" + "".join(
-            f"  - {{name: {name}, address: \"127.0.0.1\", port: \"{sim.port}\", labels: {{llm-d.ai/role: {role}}}}}\n"
-            for name, (role, sim) in sims.items()))
-        picker = PickerProcess((), endpoints_file=members, extra_args=["--config-file", str(SIM_EPD_CONFIG)],
-                               log_path=tmp_path / "epp.log")
-        upstreams = [Upstream("127.0.0.1", sim.port) for _, sim in sims.values()]
-        envoy = EnvoyProcess(local_config(picker.address, upstreams, tmp_path), tmp_path)
-        picker.start()
-        try:
-            envoy.start()
-            try:
-                text = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-                reply = await post(envoy, text)
-                assert reply.status == 200, reply.body
-                assert (await counters(encode))["vllm:e2e_request_latency_seconds_count"] == 0
-                image = {"type": "image_url", "image_url": {"url": "http://img/cat.png"}}
-                content = [{"type": "text", "text": "what is this?"}, image]
-                reply = await post(envoy, {**text, "messages": [{"role": "user", "content": content}]})
-                assert reply.status == 200, reply.body
-                e, d = await counters(encode), await counters(decode)
-                assert e["vllm:e2e_request_latency_seconds_count"] == 1 and e["vllm:prompt_tokens_total"] >= 576
-                assert d["vllm:e2e_request_latency_seconds_count"] == 2 and d["vllm:generation_tokens_total"] == 4
-            finally:
-                envoy.stop()
-        finally:
-            picker.stop()
+        with disagg_stack(tmp_path, sims, SIM_EPD_CONFIG) as envoy:
+            text = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            reply = await post(envoy, text)
+            assert reply.status == 200, reply.body
+            assert (await counters(encode))["vllm:e2e_request_latency_seconds_count"] == 0
+            image = {"type": "image_url", "image_url": {"url": "http://img/cat.png"}}
+            content = [{"type": "text", "text": "what is this?"}, image]
+            reply = await post(envoy, {**text, "messages": [{"role": "user", "content": content}]})
+            assert reply.status == 200, reply.body
+            e, d = await counters(encode), await counters(decode)
+            assert e["vllm:e2e_request_latency_seconds_count"] == 1 and e["vllm:prompt_tokens_total"] >= 576
+            assert d["vllm:e2e_request_latency_seconds_count"] == 2 and d["vllm:generation_tokens_total"] == 4

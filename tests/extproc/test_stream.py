@@ -14,7 +14,7 @@ from epp.datastore import EndpointState
 from epp.extproc.messages import MAX_CHUNK_BYTES
 from epp.extproc.stream import ProtocolViolation, RequestStream
 from epp.request import LLMRequest
-from epp.scheduling import TypedName
+from epp.plugin.typed_name import TypedName
 from tests.extproc.builders import (
     BUFFERED,
     CHAT_BODY,

@@ -34,6 +34,10 @@ def test_dcgm_extractor_takes_the_pods_busiest_gpu() -> None:
         ex.extract(Endpoint("vllm-a-rank-0", "10.0.0.1", 8000), "# nothing here\n")
     unlabelled = 'DCGM_FI_DEV_GPU_UTIL{gpu="0"} 55\n'
     assert ex.extract(Endpoint("10.0.0.9:8000", "10.0.0.9", 8000), unlabelled) == {"GPUUtilization": pytest.approx(0.55)}
+    longer_name = 'DCGM_FI_DEV_GPU_UTIL_MAX{gpu="0"} 99\n' + unlabelled  # another family, not read
+    assert ex.extract(Endpoint("10.0.0.9:8000", "10.0.0.9", 8000), longer_name) == {"GPUUtilization": pytest.approx(0.55)}
+    with pytest.raises(ValueError, match="unparsable sample line"):
+        ex.extract(Endpoint("10.0.0.9:8000", "10.0.0.9", 8000), 'DCGM_FI_DEV_GPU_UTIL{gpu="0" 55\n')
 
 
 def test_models_extractor_reads_a_real_vllm_answer() -> None:

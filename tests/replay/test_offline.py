@@ -14,7 +14,8 @@ from epp.replay.policies import known_policies, resolve
 from epp.replay.summary import hit_ratio, imbalance, summarize
 from epp.replay.traces import SegmentPrompt, TraceRequest
 from epp.request import LLMRequest
-from epp.scheduling import CycleState, SchedulerProfile, TypedName
+from epp.scheduling import CycleState, SchedulerProfile
+from epp.plugin.typed_name import TypedName
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import WeightedScorer

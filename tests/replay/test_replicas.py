@@ -17,7 +17,8 @@ from epp.replay.policies import resolve
 from epp.replay.replicas import Replicas
 from epp.replay.traces import SegmentPrompt, TraceRequest
 from epp.request import LLMRequest
-from epp.scheduling import CycleState, SchedulerProfile, TypedName
+from epp.scheduling import CycleState, SchedulerProfile
+from epp.plugin.typed_name import TypedName
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.profile import WeightedScorer

@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from epp.request import RequestError
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.active_request import ActiveRequestScorer

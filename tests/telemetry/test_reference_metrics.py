@@ -14,7 +14,8 @@ from epp._util.clock import VirtualClock
 from epp.datastore import Datastore, EndpointMetrics
 from epp.request import RequestError
 from epp.request.usage import Usage
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixCacheScorer

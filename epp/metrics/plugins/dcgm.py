@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from epp.datastore import Endpoint
-from epp.metrics.extract import MetricsError, parse_line
+from epp.metrics.extract import family_sample
 from epp.plugin.typed_name import TypedName
 from epp.plugin.params import NoParams, decode_params
 from epp.metrics.http_source import HttpSourceParams, SourcePlugin, pod_name
@@ -44,13 +44,10 @@ class DcgmExtractor:
         best: float | None = None
         family_seen = False
         for line in body.splitlines():
-            if not line.startswith(GPU_UTIL_METRIC) or line[len(GPU_UTIL_METRIC):len(GPU_UTIL_METRIC) + 1] not in ("{", " "):
+            sample = family_sample(line, GPU_UTIL_METRIC)
+            if sample is None:
                 continue
             family_seen = True
-            try:
-                sample = parse_line(line)
-            except MetricsError as err:
-                raise ValueError(str(err)) from None
             owner = sample.labels.get("pod")
             if owner is not None and owner != pod:
                 continue

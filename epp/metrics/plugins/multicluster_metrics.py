@@ -19,7 +19,7 @@ from typing import Any
 
 from epp.contracts.attributes import KV_CACHE_ATTRIBUTE, QUEUE_SIZE_ATTRIBUTE
 from epp.datastore import Endpoint
-from epp.metrics.extract import MetricsError, parse_line
+from epp.metrics.extract import family_sample
 from epp.plugin.typed_name import TypedName
 from epp.plugin.params import ParamError, decode_params
 from epp.metrics.http_source import HttpSourceParams, SourcePlugin
@@ -67,13 +67,8 @@ class MultiClusterMetricsExtractor:
         latest: dict[str, float] = {}
         for line in body.splitlines():
             for attribute, spec in self.specs:
-                if not line.startswith(spec.name) or line[len(spec.name):len(spec.name) + 1] not in ("{", " "):
-                    continue
-                try:
-                    sample = parse_line(line)
-                except MetricsError as err:
-                    raise ValueError(str(err)) from None
-                if all(sample.labels.get(k) == v for k, v in spec.labels):
+                sample = family_sample(line, spec.name)
+                if sample is not None and all(sample.labels.get(k) == v for k, v in spec.labels):
                     latest[attribute] = float(sample.value)
         if not latest:
             raise ValueError(f"none of {', '.join(s.name for _, s in self.specs)} in the cluster's metrics")

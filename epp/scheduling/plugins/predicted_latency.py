@@ -56,7 +56,8 @@ from typing import Any
 
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorParams, TTFTPredictorScorer, find_prefix_producer
 from epp.plugin.registry import PluginHandle

@@ -1,7 +1,7 @@
 """Prefix-cache locality: prompts as chained block hashes, and an index of which endpoint holds which.
 
 ``PrefixIndex`` is the seam: the approximate ``BlockIndex`` learns from epp's own routing decisions;
-a precise backend fed by engine KV events can implement the same protocol later.
+``precise.PreciseIndex`` implements it over the blocks engines report in their KV events.
 """
 
 from epp.scheduling.prefix.hashing import prompt_block_hashes

@@ -59,7 +59,7 @@ class BlockIndex:
         self._gen_size = math.ceil(capacity_per_endpoint / self._gens)
         self._slot_of: dict[str, int] = {}
         self._version = 0  # bumped by every change to the table
-        self._last: tuple[Sequence[int], int, U64, Ints, Ints] | None = None
+        self._last: _Lookup | None = None
         self._allocate(_MIN_ENDPOINTS)
 
     # -- layout ------------------------------------------------------------------------------
@@ -118,32 +118,49 @@ class BlockIndex:
         return rows[same], pos[same]
 
     # -- PrefixIndex ---------------------------------------------------------------------------
-    def _lookup(self, hashes: Sequence[int]) -> tuple[U64, Ints, Ints]:
-        """Hashes as an array plus their key hits; the last lookup is reused while the table is
-        unchanged, so the PreRequest ``add`` after a ``match`` of the same list costs no second gather."""
+    def _lookup(self, hashes: Sequence[int]) -> _Lookup:
+        """Hashes as an array plus their key hits. The last lookup is reused while the table is unchanged
+        and the hashes are the same (the same list, or equal values: a prompt resent, hashed anew per
+        request), so the PreRequest ``add`` after a ``match`` and a repeated prompt cost no second gather."""
         last = self._last
-        if last is not None and last[0] is hashes and last[1] == self._version:
-            return last[2], last[3], last[4]
-        h = hash_array(hashes)
+        h: U64 | None = None
+        if last is not None and last.version == self._version:
+            if last.hashes is hashes:
+                return last
+            if len(last.h) == len(hashes) and last.h[-1] == hashes[-1]:  # cheap test before the array
+                h = hash_array(hashes)
+                if np.array_equal(h, last.h):
+                    last.hashes = hashes
+                    return last
+        if h is None:
+            h = hash_array(hashes)
         rows, pos = self._key_hits(h)
-        self._last = (hashes, self._version, h, rows, pos)
-        return h, rows, pos
+        self._last = _Lookup(hashes, self._version, h, rows, pos)
+        return self._last
 
     def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
         if not hashes:
             return [0] * len(endpoints)
-        _, rows, pos = self._lookup(hashes)
+        found = self._lookup(hashes)
+        counts = found.counts
+        if counts is None:
+            counts = found.counts = self._held(found)
+        slot_of = self._slot_of
+        return [counts[slot_of[e]] if e in slot_of else 0 for e in endpoints]
+
+    def _held(self, found: _Lookup) -> list[int]:
+        """Per endpoint slot, the leading blocks of ``found`` held before the first block no endpoint has."""
+        rows, pos = found.rows, found.pos
         owners = self._owners[pos]
         live = self._live(owners, self._entry_gens[pos])
         rows, owners = rows[live], owners[live]
-        present = np.zeros(len(hashes) + 1, dtype=bool)
+        present = np.zeros(len(found.h) + 1, dtype=bool)
         present[rows] = True
         stop = int(present.argmin())
         if stop == 0:
-            return [0] * len(endpoints)
-        counts = np.bincount(owners[rows < stop], minlength=len(self._current)).tolist()
-        slot_of = self._slot_of
-        return [counts[slot_of[e]] if e in slot_of else 0 for e in endpoints]
+            return [0] * len(self._current)
+        counts: list[int] = np.bincount(owners[rows < stop], minlength=len(self._current)).tolist()
+        return counts
 
     def add(self, endpoint: str, hashes: Sequence[int]) -> None:
         """Record that ``endpoint`` now holds ``hashes`` (a prompt's chain, first block first).
@@ -154,7 +171,10 @@ class BlockIndex:
         if not hashes:
             return
         slot = self._slot(endpoint)
-        h, rows, pos = self._lookup(hashes)
+        found = self._lookup(hashes)
+        if slot in found.settled:  # this endpoint already holds all of them in its newest generation
+            return
+        h, rows, pos = found.h, found.rows, found.pos
         gens = self._entry_gens[pos]
         current = int(self._current[slot])
         mine = (self._owners[pos] == slot) & (current - gens < self._gens)
@@ -163,6 +183,7 @@ class BlockIndex:
         touched[rows[gens == current]] = False  # already in the newest generation: nothing to do
         n = int(touched.sum())
         if n == 0:
+            found.settled.add(slot)
             return
         self._version += 1
         # Touch order is last block first; the j-th touch goes into generation
@@ -209,7 +230,7 @@ class BlockIndex:
         slot = self._slot_of.get(endpoint)
         if slot is None or not hashes:
             return
-        _, _, pos = self._lookup(hashes)
+        pos = self._lookup(hashes).pos
         mine = pos[self._owners[pos] == slot]
         if len(mine):
             self._version += 1
@@ -242,6 +263,22 @@ class BlockIndex:
         """Bytes held by the table and the per-endpoint counters."""
         arrays = (self._keys, self._tags, self._owners, self._entry_gens, self._hands, self._current, self._fill)
         return sum(a.nbytes for a in arrays)
+
+
+class _Lookup:
+    """One lookup's key hits, valid while the table's version is ``version``, with what was derived
+    from them since: the match per endpoint slot, and the slots an ``add`` found nothing to do for."""
+
+    __slots__ = ("counts", "h", "hashes", "pos", "rows", "settled", "version")
+
+    def __init__(self, hashes: Sequence[int], version: int, h: U64, rows: Ints, pos: Ints) -> None:
+        self.hashes = hashes
+        self.version = version
+        self.h = h
+        self.rows = rows
+        self.pos = pos
+        self.counts: list[int] | None = None
+        self.settled: set[int] = set()
 
 
 def _tag(keys: U64) -> npt.NDArray[np.uint16]:

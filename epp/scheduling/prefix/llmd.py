@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.plugin.registry import Factory, PluginHandle
 from epp.tokenizer.source import ModelTokenizers, resolve_model_dir

@@ -53,7 +53,8 @@ from epp.contracts.datalayer import KVEventFeed, SharedIndexFeed, SubscriberMode
 from epp.contracts.kv_events import COMPLETION, FeedState
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 from epp.scheduling.prefix.index import BlockIndex

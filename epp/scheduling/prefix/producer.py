@@ -29,7 +29,8 @@ from epp._util.hashing import ChainMemo
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix.hashing import prompt_block_hashes
 from epp.scheduling.prefix.index import BlockIndex

@@ -25,47 +25,41 @@ from epp.scheduling.scheduler import Scheduler
 from tests.conftest import make_request, make_state
 from tests.extproc.builders import make_director
 
-# Two approximate producers with the same block size and reach (e.g. one per scorer, as configs copied
-# from several guides end up with), each read by its own prefix-cache-scorer, plus the TTFT predictor
-# reading the first: one prompt, one set of hashes.
-TWO_PRODUCERS = """\
+def two_scorers(producer_1: str, producer_2: str) -> str:
+    """A config with producers ``p1`` and ``p2`` (flow-mapping lines), each read by its own
+    prefix-cache-scorer, plus the TTFT predictor reading ``p1``: only the producers differ per case."""
+    return f"""\
 apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
-- {type: approx-prefix-cache-producer, name: p1, parameters: {maxPrefixTokensToMatch: 65536}}
-- {type: approx-prefix-cache-producer, name: p2, parameters: {maxPrefixTokensToMatch: 65536}}
-- {type: prefix-cache-scorer, name: s1, parameters: {prefixMatchInfoProducerName: p1}}
-- {type: prefix-cache-scorer, name: s2, parameters: {prefixMatchInfoProducerName: p2}}
-- {type: ttft-predictor-scorer, parameters: {prefixMatchInfoProducerName: p1}}
-- {type: max-score-picker}
+- {producer_1}
+- {producer_2}
+- {{type: prefix-cache-scorer, name: s1, parameters: {{prefixMatchInfoProducerName: p1}}}}
+- {{type: prefix-cache-scorer, name: s2, parameters: {{prefixMatchInfoProducerName: p2}}}}
+- {{type: ttft-predictor-scorer, parameters: {{prefixMatchInfoProducerName: p1}}}}
+- {{type: max-score-picker}}
 schedulingProfiles:
 - name: default
   plugins:
-  - {pluginRef: s1}
-  - {pluginRef: s2}
-  - {pluginRef: ttft-predictor-scorer}
-  - {pluginRef: max-score-picker}
+  - {{pluginRef: s1}}
+  - {{pluginRef: s2}}
+  - {{pluginRef: ttft-predictor-scorer}}
+  - {{pluginRef: max-score-picker}}
 """
+
+
+# Two approximate producers with the same block size and reach (e.g. one per scorer, as configs copied
+# from several guides end up with): one prompt, one set of hashes.
+TWO_PRODUCERS = two_scorers(
+    "{type: approx-prefix-cache-producer, name: p1, parameters: {maxPrefixTokensToMatch: 65536}}",
+    "{type: approx-prefix-cache-producer, name: p2, parameters: {maxPrefixTokensToMatch: 65536}}",
+)
 # Engine token blocks (precise, sim tokenizer) and byte blocks (approximate) are two different hashings
 # of one prompt: each is done once.
-PRECISE_AND_APPROX = """\
-apiVersion: llm-d.ai/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- {type: precise-prefix-cache-producer, name: precise, parameters: {tokenizer: sim}}
-- {type: approx-prefix-cache-producer, name: approx}
-- {type: prefix-cache-scorer, name: s1, parameters: {prefixMatchInfoProducerName: precise}}
-- {type: prefix-cache-scorer, name: s2, parameters: {prefixMatchInfoProducerName: approx}}
-- {type: ttft-predictor-scorer, parameters: {prefixMatchInfoProducerName: precise}}
-- {type: max-score-picker}
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: s1}
-  - {pluginRef: s2}
-  - {pluginRef: ttft-predictor-scorer}
-  - {pluginRef: max-score-picker}
-"""
+PRECISE_AND_APPROX = two_scorers(
+    "{type: precise-prefix-cache-producer, name: p1, parameters: {tokenizer: sim}}",
+    "{type: approx-prefix-cache-producer, name: p2}",
+)
 
 
 def chat(rid: str, text: str, model: str = "m") -> LLMRequest:

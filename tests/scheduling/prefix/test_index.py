@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from epp._util.hashing import BlockHashes
 from epp.datastore import Datastore, Endpoint
 from epp.scheduling.prefix.index import BlockIndex
 
@@ -115,3 +119,43 @@ def test_memory_per_cached_entry_is_bounded(endpoints: int) -> None:
     assert entries >= endpoints * capacity * 7 // 8
     # 9 endpoints sit just past a doubling of the endpoint slots (16): the worst case of the sizing.
     assert index.nbytes / entries <= 64
+
+
+_PROMPTS = st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=12)
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["match", "add", "add", "discard", "remove"]), st.integers(0, 5),
+              st.sampled_from(["a", "b", "c"]), st.integers(0, 12), st.booleans()),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bases=st.lists(_PROMPTS, min_size=1, max_size=3), ops=_OPS, capacity=st.integers(1, 12))
+def test_reused_lookups_answer_and_change_the_table_as_fresh_ones(
+    bases: list[list[int]], ops: list[tuple[str, int, str, int, bool]], capacity: int,
+) -> None:
+    """The index reuses its last lookup for equal hashes while the table is unchanged (a resent prompt):
+    every answer and the whole table stay those of an index that looks every call up afresh."""
+    memo, fresh = BlockIndex(capacity), BlockIndex(capacity)
+    last: list[int] = []
+    for op, base, endpoint, cut, same_object in ops:
+        prompt = bases[base % len(bases)][: max(1, cut)]
+        hashes = last if same_object and last[:1] else prompt  # the very list again, or an equal new one
+        if not same_object:
+            hashes = BlockHashes(prompt) if cut % 2 else list(prompt)
+        last = hashes
+        fresh._last = None  # no reuse at all
+        if op == "match":
+            assert memo.match(hashes, ["a", "b", "c"]) == fresh.match(list(hashes), ["a", "b", "c"])
+        elif op == "add":
+            memo.add(endpoint, hashes)
+            fresh.add(endpoint, list(hashes))
+        elif op == "discard":
+            memo.discard(endpoint, hashes)
+            fresh.discard(endpoint, list(hashes))
+        else:
+            memo.remove(endpoint)
+            fresh.remove(endpoint)
+        assert memo.entries() == fresh.entries()
+    for a, b in ((memo._keys, fresh._keys), (memo._owners, fresh._owners), (memo._entry_gens, fresh._entry_gens)):
+        assert np.array_equal(a, b)

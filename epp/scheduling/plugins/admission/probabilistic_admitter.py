@@ -21,7 +21,7 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import ParamError, decode_params
 from epp.plugin.registry import PluginHandle
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.attributes import attribute
 from epp.plugin.registry import PluginHandle

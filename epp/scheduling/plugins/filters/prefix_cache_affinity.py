@@ -33,7 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.producers.inflight_load import InFlightLoadProducer, find_inflight_load, inflight_tokens
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixScorerParams, resolve_producer

@@ -15,7 +15,8 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import decode_params
 from epp.scheduling.plugins.datalayer.topology import TopologyExtractor, find_extractor, level, parse_level
 from epp.plugin.registry import PluginHandle

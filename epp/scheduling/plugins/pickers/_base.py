@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.scheduling.plugins.pickers._params import PickerParams
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, Plugin, SchedulingResult, TypedName
+from epp.plugin.typed_name import Plugin, TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.plugin.registry import PluginHandle

@@ -25,7 +25,8 @@ import xxhash
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import ParamError, decode_params
 from epp.plugin.registry import PluginHandle
 

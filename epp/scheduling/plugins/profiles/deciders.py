@@ -21,7 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import NoParams, ParamError, decode_params
 from epp.scheduling.plugins.producers.mm_embeddings import media_items
 from epp.scheduling.plugins.scorers.prefix_cache import PrefixScorerParams, resolve_producer

@@ -39,7 +39,8 @@ from typing import Any
 
 from epp.request import LLMRequest
 from epp.request.headers import DATA_PARALLEL_HEADER, ENCODER_HEADERS, PREFILL_HEADERS
-from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.datalayer.topology import PEER_ENDPOINT
 from epp.scheduling.plugins.profiles.deciders import PREFIX_BASED_PD_DECIDER, Decider

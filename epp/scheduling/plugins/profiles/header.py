@@ -21,7 +21,7 @@ from typing import Any
 
 from epp.request import LLMRequest
 from epp.request.errors import RequestError
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import decode_params
 from epp.scheduling.plugins.profiles.single import OneProfilePerRequest
 from epp.scheduling.profile import SchedulerProfile

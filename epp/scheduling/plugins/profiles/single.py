@@ -12,7 +12,8 @@ import logging
 from typing import Any
 
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, ProfileResult, SchedulingResult
 from epp.scheduling.profile import SchedulerProfile
 from epp.plugin.registry import PluginHandle
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from epp.request import LLMRequest
 from epp.request.headers import FAIRNESS_HEADERS
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import decode_params
 from epp.plugin.registry import PluginHandle
 

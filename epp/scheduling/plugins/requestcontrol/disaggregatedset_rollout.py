@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import ParamError, decode_params
 from epp.plugin.registry import PluginHandle
 from epp.scheduling.plugins.filters.label_selector import label_equals, label_exists, label_in

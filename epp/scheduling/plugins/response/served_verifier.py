@@ -23,7 +23,7 @@ from typing import Any, Final
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
 from epp.request.headers import LB_METADATA_NAMESPACE, SERVED_KEY
-from epp.scheduling.framework import TypedName
+from epp.plugin.typed_name import TypedName
 from epp.plugin.params import NoParams, decode_params
 from epp.plugin.registry import PluginHandle
 

@@ -23,7 +23,8 @@ from typing import Any
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.plugins.scorers._common import NEUTRAL
 from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, PREFILL_PROFILE, ApproxPrefixCacheProducer

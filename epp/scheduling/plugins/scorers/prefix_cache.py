@@ -24,7 +24,8 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import ParamError, decode_params
 from epp.scheduling.prefix import precise_producer
 from epp.scheduling.prefix.producer import (

@@ -31,7 +31,8 @@ from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.radix_tree import RadixTree
 from epp.plugin.registry import PluginHandle

@@ -13,7 +13,8 @@ from typing import Any
 
 from epp.datastore import EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState
 from epp.plugin.params import decode_params
 from epp.scheduling.plugins.datalayer.topology import Level, TopologyExtractor, find_extractor, level
 from epp.plugin.registry import PluginHandle

@@ -52,7 +52,8 @@ import numpy.typing as npt
 from epp._util.clock import Clock
 from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest
-from epp.scheduling.framework import CycleState, SchedulingResult, TypedName
+from epp.plugin.typed_name import TypedName
+from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.plugin.params import Duration, ParamError, decode_params
 from epp.scheduling.prefix.producer import APPROX_PREFIX_CACHE_PRODUCER, ApproxPrefixCacheProducer, PrefixIndexParams
 from epp.plugin.registry import PluginHandle

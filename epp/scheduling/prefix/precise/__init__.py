@@ -12,6 +12,5 @@ layer that feeds and exports this index: ``epp.contracts.kv_events``.
 """
 
 from epp.scheduling.prefix.precise.index import PreciseIndex
-from epp.scheduling.prefix.precise.keys import block_extras
 
-__all__ = ["PreciseIndex", "block_extras"]
+__all__ = ["PreciseIndex"]
