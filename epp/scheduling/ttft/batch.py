@@ -17,6 +17,7 @@ gie-default's CPU per pick at 64 endpoints. Here:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,9 @@ output tokens, ``EndpointLedger.backlog_terms``' first 3, half a decode step, th
 ``EndpointLedger.newest_eta``, seconds per prefill iteration next to the decodes, per 1K tokens, per
 1M token pairs, ``backlog_terms``' last 4); the learner and the estimate the coefficients came from."""
 _INTS = 6
+_VERSION = operator.attrgetter("version")
+_METRICS = operator.attrgetter("metrics")
+_STALE = operator.attrgetter("stale")
 _FLOATS = 14  # lengths of the two tuples
 
 
@@ -133,9 +137,9 @@ class BatchPredictor:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """The candidates' rows as (ints, floats) arrays, the stale ones recomputed (see the class)."""
         learner = self.predictor.learner
-        versions = [ledger.version for ledger in ledgers]
-        metrics = [state.metrics for state in states]
-        stale = [state.stale for state in states]
+        versions = list(map(_VERSION, ledgers))
+        metrics = list(map(_METRICS, states))
+        stale = list(map(_STALE, states))
         ledgers = list(ledgers)
         if names != self._names or learner.generation != self._generation:
             self._names = list(names)
@@ -160,7 +164,7 @@ class BatchPredictor:
         self._versions, self._metrics, self._stale, self._ledgers = versions, metrics, stale, ledgers
         # a learned estimate can change when its endpoint learned, or (for every endpoint) when the pool did
         learners = self._learners
-        learned = [endpoint.version for endpoint in learners]
+        learned = list(map(_VERSION, learners))
         pool_version = learner.pool.version
         if pool_version != self._pool_version:
             recost: Sequence[int] = range(len(names))

@@ -44,7 +44,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +73,7 @@ from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
 """Prompt tokens the scorer's own prefix producer matches (when none is configured)."""
+_OLDEST = operator.attrgetter("oldest")
 MIN_SECONDS = 1e-12
 """Floor of a cold prefill divided by (learned coefficients may all be 0)."""
 COLD_MEAN_WEIGHT = 1 / 32
@@ -131,6 +132,9 @@ class TTFTPredictorScorer:
         self._picks = 0
         self._key = f"ttft/{name}"
         self._scrapes_seen: list[EndpointMetrics | None] = []
+        self._last_candidates: list[EndpointState] = []
+        self._last_names: list[str] = []
+        self._last_ledgers: list[EndpointLedger] = []
         producer.tail_learned.append(self._tail_learned)
 
     def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
@@ -165,21 +169,10 @@ class TTFTPredictorScorer:
         info, hits = self.producer.match(cycle, request, endpoints)
         now = self.clock.now()
         cutoff = now - self.params.request_timeout
-        names = [e.endpoint.name for e in endpoints]
-        get = self.ledgers.get
-        found = [get(name) for name in names]
-        if None in found:  # first sight of an endpoint
-            ledgers = [self._ledger(name) for name in names]
-        else:
-            ledgers = cast("list[EndpointLedger]", found)
+        names, ledgers = self._candidates(endpoints)
         self.observe_scrapes(endpoints, ledgers)
-        for name, ledger in [(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff]:
-            recency = self.recency.get(name)
-            learner = self.learner[name]
-            for request_id in ledger.expire(cutoff):
-                learner.forget(request_id)  # no outcome: it teaches nothing
-                if recency is not None:
-                    recency.release(request_id)
+        if min(map(_OLDEST, ledgers), default=cutoff) < cutoff:
+            self._expire([(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff], cutoff)
         since: dict[int, int] = {}
         for i in [i for i, matched in enumerate(hits) if matched]:
             recency = self.recency.get(names[i])
@@ -192,6 +185,27 @@ class TTFTPredictorScorer:
         predictions = self.predictor.predict(names, endpoints, ledgers, prompt, [m * block for m in hits], since, now)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
+
+    def _candidates(self, endpoints: list[EndpointState]) -> tuple[list[str], list[EndpointLedger]]:
+        """The candidates' names and ledgers (aligned), kept while the same endpoint states are asked
+        about again (the common case: one identity pass instead of a name and ledger lookup each)."""
+        last = self._last_candidates
+        if len(endpoints) == len(last) and all(map(operator.is_, endpoints, last)):
+            return self._last_names, self._last_ledgers
+        names = [e.endpoint.name for e in endpoints]
+        ledgers = [self._ledger(name) for name in names]
+        self._last_candidates, self._last_names, self._last_ledgers = list(endpoints), names, ledgers
+        return names, ledgers
+
+    def _expire(self, expiring: list[tuple[str, EndpointLedger]], cutoff: float) -> None:
+        """Forget the requests routed before ``cutoff`` on these endpoints: no outcome, nothing learnt."""
+        for name, ledger in expiring:
+            recency = self.recency.get(name)
+            learner = self.learner[name]
+            for request_id in ledger.expire(cutoff):
+                learner.forget(request_id)  # no outcome: it teaches nothing
+                if recency is not None:
+                    recency.release(request_id)
 
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
@@ -406,6 +420,7 @@ class TTFTPredictorScorer:
 
     def endpoint_removed(self, endpoint: Endpoint) -> None:
         self.ledgers.pop(endpoint.name, None)
+        self._last_candidates = []  # its ledger is gone: the next pick looks the candidates up again
         self.recency.pop(endpoint.name, None)
         self.learner.remove(endpoint.name)
         self.predictor.forget(endpoint.name)

@@ -91,6 +91,8 @@ class PreciseIndex:
         self.max_probes = max_probes
         self.unseeded: set[str] = set()  # endpoints whose events wait for a model (``seed``)
         self._views: dict[str, EndpointView] = {}
+        self._sequenced: set[str] = set()
+        """Endpoints whose view has an event batch (``last_seq`` set): the others are matched in the fallback."""
         self.agreements = KeyAgreements(
             clock, self._views, event_timeout=event_timeout, mismatch_after=mismatch_after, max_probes=max_probes
         )
@@ -119,6 +121,7 @@ class PreciseIndex:
                 self._start_resync(view, now)
                 check = SeqCheck.GAP if check is SeqCheck.IN_ORDER else check
         view.last_seq = seq
+        self._sequenced.add(endpoint)
         view.undecodable = False
         view.awaiting_since = None
         seeded = model is not None or view.model is not None
@@ -337,6 +340,8 @@ class PreciseIndex:
     def match(self, hashes: Sequence[int], endpoints: Sequence[str], kind: str = COMPLETION) -> list[int]:
         """``PrefixIndex.match`` for a prompt of ``kind``: engine views whose keys agree for that kind,
         the fallback for the others."""
+        if self._sequenced.isdisjoint(endpoints):  # no candidate's feed sent an event: all in the fallback
+            return self.fallback.match(hashes, endpoints)
         now = self.clock.now()
         out = [0] * len(endpoints)
         live: list[tuple[int, int]] = []
@@ -398,6 +403,7 @@ class PreciseIndex:
         if view is not None:
             self.agreements.reset_probes(view)
             del self._views[endpoint]
+            self._sequenced.discard(endpoint)
             self._clear(view)
             self._free_bits.append(view.bit)
         self.fallback.remove(endpoint)
