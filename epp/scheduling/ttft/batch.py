@@ -198,23 +198,26 @@ class BatchPredictor:
         matched_tokens: Sequence[int],
         written_since: Mapping[int, int],
         now: float,
+        tokens_per_match: int = 1,
     ) -> Predictions:
         """``TTFTPredictor.predict`` per (endpoint name, state, ledger, matched tokens), aligned;
+        ``matched_tokens`` counts units of ``tokens_per_match`` tokens (1, or the prefix index's blocks);
         ``written_since`` holds, by position, the non-zero tokens written since a match was released."""
         ints, floats = self._arrays(names, states, ledgers)
         n, ctx, capacity, foreign, chunk_max, _ = ints.T
         (mean_output, busy_until, head_eta, busy_cold, half_step, drain, _, per_step, per_token, per_pair, head_cold_eta,
          head_start, per_cold, behind) = floats.T
-        cached = list(matched_tokens)
-        for i, since in written_since.items():
-            cached[i] = surviving_tokens(cached[i], since, self._rows[names[i]][4])
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
         # Row 0: the prefill over the cached tokens; row 1: the cold prefill (equal where nothing is
         # cached); one chunk walk for both, the per-endpoint terms broadcast over them.
-        done = np.zeros((2, len(cached)), dtype=np.int64)
-        done[0] = cached
+        done = np.zeros((2, len(matched_tokens)), dtype=np.int64)
         cached_tokens = done[0]
+        cached_tokens[:] = matched_tokens
+        if tokens_per_match != 1:
+            cached_tokens *= tokens_per_match
+        for i, since in written_since.items():
+            cached_tokens[i] = surviving_tokens(int(cached_tokens[i]), since, self._rows[names[i]][4])
         # The engine recomputes at least the prompt's last token, in whole blocks.
         np.maximum(0, np.minimum(cached_tokens, (prompt - 1) // block * block, out=cached_tokens), out=cached_tokens)
         new = prompt - done  # at least 1: at most prompt − 1 tokens are cached
@@ -232,7 +235,7 @@ class BatchPredictor:
         overflow = ctx + prompt - capacity
         pressed = (overflow > 0) & (ctx > 0)
         if not np.count_nonzero(pressed):  # the common case: nothing waits for KV (adding 0.0 is exact)
-            return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached)), cached_tokens, cold)
+            return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached_tokens)), cached_tokens, cold)
         kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
         return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,7 @@ class TTFTPredictorScorer:
         if min(map(_OLDEST, ledgers), default=cutoff) < cutoff:
             self._expire([(n, ledger) for n, ledger in zip(names, ledgers) if ledger.oldest < cutoff], cutoff)
         since: dict[int, int] = {}
-        for i in [i for i, matched in enumerate(hits) if matched]:
+        for i in compress(range(len(hits)), hits):  # the matched ones
             recency = self.recency.get(names[i])
             if recency is not None and self.estimates_eviction(names[i]):
                 written = recency.written_since(info.hashes, hits[i])
@@ -182,7 +183,7 @@ class TTFTPredictorScorer:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
         block = info.block_tokens
-        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, [m * block for m in hits], since, now)
+        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
 
