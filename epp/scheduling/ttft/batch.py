@@ -20,6 +20,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, count
 
 import numpy as np
 import numpy.typing as npt
@@ -153,14 +154,15 @@ class BatchPredictor:
             redo: set[int] = set(range(len(names)))
         else:
             redo = set()
+            # the positions that differ, found without a Python-level step per endpoint
             if versions != self._versions:
-                redo.update(i for i, (a, b) in enumerate(zip(versions, self._versions)) if a != b)
+                redo.update(compress(count(), map(operator.ne, versions, self._versions)))
             if metrics != self._metrics:  # identical objects compare without __eq__
-                redo.update(i for i, (a, b) in enumerate(zip(metrics, self._metrics)) if a is not b)
+                redo.update(compress(count(), map(operator.is_not, metrics, self._metrics)))
             if stale != self._stale:
-                redo.update(i for i, (a, b) in enumerate(zip(stale, self._stale)) if a != b)
+                redo.update(compress(count(), map(operator.ne, stale, self._stale)))
             if ledgers != self._ledgers:  # ledgers compare by identity
-                redo.update(i for i, (a, b) in enumerate(zip(ledgers, self._ledgers)) if a is not b)
+                redo.update(compress(count(), map(operator.is_not, ledgers, self._ledgers)))
         self._versions, self._metrics, self._stale, self._ledgers = versions, metrics, stale, ledgers
         # a learned estimate can change when its endpoint learned, or (for every endpoint) when the pool did
         learners = self._learners
@@ -169,7 +171,7 @@ class BatchPredictor:
         if pool_version != self._pool_version:
             recost: Sequence[int] = range(len(names))
         elif learned != self._learned:
-            recost = [i for i, (a, b) in enumerate(zip(learned, self._learned)) if a != b]
+            recost = list(compress(count(), map(operator.ne, learned, self._learned)))
         else:
             recost = []
         self._learned, self._pool_version = learned, pool_version

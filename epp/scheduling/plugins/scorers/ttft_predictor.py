@@ -270,9 +270,11 @@ class TTFTPredictorScorer:
             return None
         warm = np.flatnonzero(cached == most)
         cold = predictions.cold_prefill
-        shares = (cold[warm] - predictions.prefill[warm]) / np.maximum(cold[warm], MIN_SECONDS)
-        ref = int(warm[np.argmin(shares)])
-        stranded: npt.NDArray[np.float64] = float(shares.min()) * np.maximum(cold, cold[ref]) * (most - cached) / most
+        warm_cold = cold[warm]
+        shares = (warm_cold - predictions.prefill[warm]) / np.maximum(warm_cold, MIN_SECONDS)
+        least = int(np.argmin(shares))  # the first minimum: its share is shares.min()
+        share, ref = float(shares[least]), int(warm[least])
+        stranded: npt.NDArray[np.float64] = share * np.maximum(cold, cold[ref]) * (most - cached) / most
         return stranded
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
