@@ -18,10 +18,14 @@ For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded numbe
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
 requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
 Configurations take turns within each size × concurrency cell, so slow drifts in machine load hit all alike.
+``--prompts unique`` gives every request a prompt never sent before (the default ``same`` resends one body,
+whose prompt the picker hashes once and then finds in its memo and prefix index: a 220 KB novel prompt
+costs epp several times a resent one's CPU).
 
     python bench/overhead.py                     # epp, full matrix (~2 min on 2 cores)
     python bench/overhead.py --pickers before=/tmp/before epp minimal --modes duplex --rounds 3
     python bench/overhead.py --requests 200 --sizes 1024 --concurrency 1
+    python bench/overhead.py --pickers epp minimal --modes duplex --sizes 225280 --prompts same unique
     python bench/overhead.py --pickers epp native=. --args native "--grpc-server native"   # two transports
     python bench/overhead.py --workers 1 2 --modes duplex          # epp serve --workers 2 (epp-w2) vs one
 With ``--workers`` each epp picker runs once per worker count (``NAME-wN`` for N > 1); its CPU is the parent's
@@ -157,6 +161,7 @@ class Run:
     mode: str
     size: int
     concurrency: int
+    prompts: str = "same"
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     picker_cpu_s: float = 0.0
@@ -183,7 +188,26 @@ def chat_body(size: int) -> bytes:
     return orjson.dumps(base)
 
 
-async def load(url: str, body: bytes, concurrency: int, total: int, headers: dict[str, str]) -> tuple[list[float], float, int]:
+class Bodies:
+    """The request bodies of one size: ``same`` resends one body (every prompt block is in the picker's
+    hash memo and prefix index after the first request), ``unique`` starts each prompt with a number never
+    sent before (each is hashed and indexed in full, as a novel prompt is)."""
+
+    def __init__(self, size: int, prompts: str) -> None:
+        self.body = chat_body(size)
+        self.unique = prompts == "unique"
+        head, sep, rest = self.body.partition(b'"content":"')
+        self._head, self._rest = head + sep, rest
+        self._sent = 0
+
+    def next(self) -> bytes:
+        if not self.unique:
+            return self.body
+        self._sent += 1
+        return b"%s%d %s" % (self._head, self._sent, self._rest)
+
+
+async def load(url: str, bodies: Bodies, concurrency: int, total: int, headers: dict[str, str]) -> tuple[list[float], float, int]:
     """``total`` POSTs from ``concurrency`` keep-alive workers; returns latencies (ms), elapsed s, errors."""
     latencies: list[float] = []
     errors = 0
@@ -196,7 +220,7 @@ async def load(url: str, body: bytes, concurrency: int, total: int, headers: dic
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as reply:
+                async with session.post(url, data=bodies.next(), headers=headers) as reply:
                     await reply.read()
                     ok = reply.status == 200
                 if ok:
@@ -216,43 +240,43 @@ async def measure(
     envoys: dict[Config, EnvoyProcess], pickers: dict[str, Picker], engine: Upstream, args: argparse.Namespace
 ) -> list[Run]:
     runs: list[Run] = []
-    for size in args.sizes:
-        body = chat_body(size)
+    for prompts, size in ((p, s) for p in args.prompts for s in args.sizes):
+        bodies = Bodies(size, prompts)
         for concurrency in args.concurrency:
             total = args.requests if concurrency == 1 else args.requests * 4
-            cell = {config: Run(config[0], config[1], size, concurrency) for config in envoys}
+            cell = {config: Run(config[0], config[1], size, concurrency, prompts) for config in envoys}
             for _ in range(args.rounds):
                 for (name, mode), envoy in envoys.items():
                     url = envoy.url + "/v1/chat/completions"
                     headers = {"content-type": "application/json"}
                     if mode == "direct":
                         headers[DESTINATION_HEADER] = engine.hostport
-                    await load(url, body, concurrency, args.warmup, headers)
+                    await load(url, bodies, concurrency, args.warmup, headers)
                     pid = pickers[name].pid if name else None
                     cpu0 = proc_util.tree_cpu_seconds(pid) if pid else 0.0
-                    latencies, elapsed, errors = await load(url, body, concurrency, total // args.rounds, headers)
+                    latencies, elapsed, errors = await load(url, bodies, concurrency, total // args.rounds, headers)
                     run = cell[(name, mode)]
                     run.latencies_ms += latencies
                     run.elapsed_s += elapsed
                     run.picker_cpu_s += proc_util.tree_cpu_seconds(pid) - cpu0 if pid else 0.0
                     run.errors += errors
             runs.extend(cell.values())
-            print(f"  done {size:>7} B c={concurrency}", file=sys.stderr)
+            print(f"  done {prompts} {size:>7} B c={concurrency}", file=sys.stderr)
     return runs
 
 
 def report(runs: list[Run]) -> str:
-    base = {(r.size, r.concurrency): r for r in runs if r.mode == "direct"}
-    head = "| picker | mode | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | errors |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r.prompts, r.size, r.concurrency): r for r in runs if r.mode == "direct"}
+    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | errors |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        ref = base.get((r.size, r.concurrency))
+        ref = base.get((r.prompts, r.size, r.concurrency))
         added = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.5) - ref.pct(0.5):+.2f}"
         added99 = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.99) - ref.pct(0.99):+.2f}"
         per_cpu = "–" if r.mode == "direct" or r.per_cpu_s is None else f"{r.per_cpu_s:,.0f}"
         size = f"{r.size // 1024} KB"
         lines.append(
-            f"| {r.picker or '–'} | {r.mode} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
+            f"| {r.picker or '–'} | {r.mode} | {r.prompts} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
             f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {r.errors} |"
         )
     return "\n".join(lines)
@@ -265,6 +289,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="split each run into this many interleaved turns")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 220 * 1024])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--prompts", nargs="+", choices=["same", "unique"], default=["same"],
+                        help="same: one body resent (its prompt hashed once, then memoized); unique: every "
+                             "request's prompt starts with its own number (hashed and indexed in full)")
     parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
     parser.add_argument("--pickers", nargs="+", default=["epp"],
                         help="epp | epp-null | minimal | minimal-iterator | minimal+MS | NAME=PATH (epp serve from another source tree)")
