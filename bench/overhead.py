@@ -16,7 +16,10 @@ iterator + yield; the floor epp is measured against), ``minimal+MS`` (minimal sp
 request in its handler: what a pick of that cost adds on grpc.aio).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
-requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
+requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run), and
+the picker's context switches per request (all its threads, /proc/PID/task/*/status): on grpc.aio each message
+wakes an I/O thread, the completion-queue thread and the event loop in turn, which is most of what a request
+costs at c=1.
 Configurations take turns within each size × concurrency cell, so slow drifts in machine load hit all alike.
 ``--prompts unique`` gives every request a prompt never sent before (the default ``same`` resends one body,
 whose prompt the picker hashes once and then finds in its memo and prefix index: a 220 KB novel prompt
@@ -165,6 +168,7 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     picker_cpu_s: float = 0.0
+    picker_switches: int = 0
     errors: int = 0
 
     def pct(self, q: float) -> float:
@@ -174,6 +178,10 @@ class Run:
     @property
     def rps(self) -> float:
         return len(self.latencies_ms) / self.elapsed_s
+
+    @property
+    def switches_per_request(self) -> float | None:
+        return self.picker_switches / len(self.latencies_ms) if self.latencies_ms else None
 
     @property
     def per_cpu_s(self) -> float | None:
@@ -254,30 +262,60 @@ async def measure(
                     await load(url, bodies, concurrency, args.warmup, headers)
                     pid = pickers[name].pid if name else None
                     cpu0 = proc_util.tree_cpu_seconds(pid) if pid else 0.0
+                    switches0 = context_switches(pid) if pid else 0
                     latencies, elapsed, errors = await load(url, bodies, concurrency, total // args.rounds, headers)
                     run = cell[(name, mode)]
                     run.latencies_ms += latencies
                     run.elapsed_s += elapsed
                     run.picker_cpu_s += proc_util.tree_cpu_seconds(pid) - cpu0 if pid else 0.0
+                    run.picker_switches += context_switches(pid) - switches0 if pid else 0
                     run.errors += errors
             runs.extend(cell.values())
             print(f"  done {prompts} {size:>7} B c={concurrency}", file=sys.stderr)
     return runs
 
 
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary + involuntary) of every thread of ``pid`` and of its children so far:
+    each is a thread going to sleep and being woken again, which is what a picker pays per message on
+    grpc.aio (its I/O threads hand every completion to the event loop)."""
+    total = 0
+    for status in [*Path(f"/proc/{pid}/task").glob("*/status"), *_children_status(pid)]:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # a thread or child gone while we looked
+    return total
+
+
+def _children_status(pid: int) -> list[Path]:
+    """The thread status files of ``pid``'s child processes (``epp serve --workers N``)."""
+    out: list[Path] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out += stat.parent.glob("task/*/status")
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def report(runs: list[Run]) -> str:
     base = {(r.prompts, r.size, r.concurrency): r for r in runs if r.mode == "direct"}
-    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | errors |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | picker switches per req | errors |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ref = base.get((r.prompts, r.size, r.concurrency))
         added = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.5) - ref.pct(0.5):+.2f}"
         added99 = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.99) - ref.pct(0.99):+.2f}"
         per_cpu = "–" if r.mode == "direct" or r.per_cpu_s is None else f"{r.per_cpu_s:,.0f}"
+        switches = "–" if r.mode == "direct" or r.switches_per_request is None else f"{r.switches_per_request:.1f}"
         size = f"{r.size // 1024} KB"
         lines.append(
             f"| {r.picker or '–'} | {r.mode} | {r.prompts} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
-            f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {r.errors} |"
+            f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {switches} | {r.errors} |"
         )
     return "\n".join(lines)
 
