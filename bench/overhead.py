@@ -17,7 +17,7 @@ request in its handler: what a pick of that cost adds on grpc.aio).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
 requests per CPU-second of the picker process (its kernel CPU clock before and after each run), and
-the picker's context switches per request (all its threads, /proc/PID/task/*/status): on grpc.aio each message
+the picker's wakeups per request (voluntary context switches of all its threads): on grpc.aio each message
 wakes an I/O thread, the completion-queue thread and the event loop in turn, which is most of what a request
 costs at c=1.
 Configurations take turns within each size × concurrency cell, so slow drifts in machine load hit all alike.
@@ -290,14 +290,15 @@ def tree_cpu(pid: int) -> float:
 
 
 def context_switches(pid: int) -> int:
-    """Context switches (voluntary + involuntary) of every thread of ``pid`` and of its children so far:
-    each is a thread going to sleep and being woken again, which is what a picker pays per message on
-    grpc.aio (its I/O threads hand every completion to the event loop)."""
+    """Voluntary context switches of every thread of ``pid`` and of its children so far: each is a thread
+    going to sleep and being woken again, which is what a picker pays per message on grpc.aio (its I/O
+    threads hand every completion to the event loop). Involuntary ones (preemption) are left out: they
+    follow the machine's load, not the picker."""
     total = 0
     for status in [task for each in [pid, *_children(pid)] for task in Path(f"/proc/{each}/task").glob("*/status")]:
         try:
             for line in status.read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                if line.startswith("voluntary_ctxt_switches"):
                     total += int(line.split()[1])
         except OSError:
             continue  # a thread or child gone while we looked
@@ -318,7 +319,7 @@ def _children(pid: int) -> list[int]:
 
 def report(runs: list[Run]) -> str:
     base = {(r.prompts, r.size, r.concurrency): r for r in runs if r.mode == "direct"}
-    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | picker switches per req | errors |"
+    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | picker wakeups per req | errors |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ref = base.get((r.prompts, r.size, r.concurrency))
