@@ -29,6 +29,7 @@ floors' p90 per run.
 from __future__ import annotations
 
 import argparse
+import statistics
 import math
 import random
 import sys
@@ -45,7 +46,8 @@ from epp.engine.core import EngineCore, StepOutput
 from epp.engine.latency import LatencyModel
 from epp.plugin.typed_name import TypedName
 from epp.replay.offline import ClusterSpec, OfflineReplay, RunResult, parse_profiles
-from epp.replay.runner import Job, run_one, trace_bounds
+from epp.replay.policies import resolve
+from epp.replay.runner import Job, trace_bounds
 from epp.replay.summary import percentile
 from epp.replay.traces import read_trace
 from epp.replay.traces.model import TraceRequest
@@ -54,7 +56,10 @@ from epp.scheduling import Scheduler
 from epp.scheduling.framework import CycleState
 from epp.scheduling.plugins.pickers.max_score import MaxScorePicker
 from epp.scheduling.plugins.profiles.single import SingleProfileHandler
+from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.scheduling.profile import SchedulerProfile, WeightedScorer
+from epp.scheduling.ttft import Prediction
+from ttft_accuracy import record_bookings  # bench/ is on sys.path when run as a script
 
 ENGINES = 8
 ORACLE = "oracle"
@@ -340,6 +345,57 @@ def hit_ratio(run: RunResult) -> float:
     return sum(r.cached_tokens for r in done) / max(1, sum(r.prompt_tokens for r in done))
 
 
+def run_policy(requests: Sequence[TraceRequest], spec: str, cluster: ClusterSpec,
+               rate: float) -> tuple[RunResult, dict[str, Prediction] | None]:
+    """One preset's run as ``epp.replay.runner.run_one`` makes it, with what its ``ttft-predictor-scorer``
+    booked per request when it has one (else None)."""
+    policy = resolve(spec)
+    clock = VirtualClock()
+    job = Job(spec, rate)
+    schedulers, _ = job.replicas.build(policy, clock, job.seed)
+    scorer = next((p for p in schedulers[0].plugins if isinstance(p, TTFTPredictorScorer)), None)
+    booked = record_bookings(scorer) if scorer is not None else None
+    run = OfflineReplay(requests, schedulers, cluster, clock, rate, admission=policy.admission,
+                        exchange=job.replicas.exchange(schedulers)).run()
+    return run, booked
+
+
+def print_terms(name: str, run: RunResult, booked: dict[str, Prediction], cluster: ClusterSpec) -> None:
+    """``name``'s prediction on the engine it picked beside what happened, term by term: the prefix hit,
+    the prefill (true: the lone prefill with the hit the request really got), the wait before it (true:
+    TTFT − that prefill; predicted: ``wait`` + ``kv_wait``), the TTFT; over every request and over the
+    tail that sets the p90 (actual TTFT ≥ the run's p80)."""
+    budget = cluster.engine.max_num_batched_tokens
+    models = [cluster.engine_config(e).latency_model() for e in range(cluster.engines)]
+    terms = ("hit tokens", "prefill s", "wait s", "TTFT s")
+    rows: list[tuple[float, list[tuple[float, float]]]] = []
+    """Per request: its TTFT, and (predicted, true) per term."""
+    for i, r in enumerate(run.records):
+        prediction = booked.get(str(i))
+        if prediction is None or r.first_token is None:
+            continue
+        ttft = r.first_token - r.arrival
+        prefill = lone_ttft(models[r.engine], budget, r.prompt_tokens, r.cached_tokens)
+        rows.append((ttft, [(prediction.cached_tokens, r.cached_tokens), (prediction.prefill, prefill),
+                            (prediction.wait + prediction.kv_wait, ttft - prefill), (prediction.ttft, ttft)]))
+    p80 = percentile(sorted(ttft for ttft, _ in rows), 80) or 0.0
+    tail = [row for row in rows if row[0] >= p80]
+    print(f"\n{name}: its predictions on the engine it picked, mean predicted / mean true "
+          f"(median of predicted − true); tail = the {len(tail)} requests with TTFT ≥ the run's p80")
+    print("| term | all | tail |")
+    print("|---|---|---|")
+    for k, label in enumerate(terms):
+        cells = []
+        for subset in (rows, tail):
+            pairs = [pairs[k] for _, pairs in subset]
+            pred = statistics.fmean(p for p, _ in pairs)
+            true = statistics.fmean(t for _, t in pairs)
+            diff = statistics.median(p - t for p, t in pairs)
+            fmt = "{:,.0f}" if k == 0 else "{:.3f}"
+            cells.append(f"{fmt.format(pred)} / {fmt.format(true)} ({'+' if diff >= 0 else ''}{fmt.format(diff)})")
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
@@ -357,8 +413,11 @@ def main() -> int:
     bounds = trace_bounds(trace, cluster)
     ideal = ideal_hits(trace.requests, cluster.engine.block_size)
     runs: dict[str, RunResult] = {}
+    bookings: dict[str, dict[str, Prediction]] = {}
     for policy in [p for p in args.policies.split(",") if p]:
-        runs[policy] = run_one(trace, Job(policy, args.rate), cluster, bounds, lambda n: None).run
+        runs[policy], booked = run_policy(trace.requests, policy, cluster, args.rate)
+        if booked is not None:
+            bookings[policy] = booked
     walls: dict[str, float] = {}
     errors: dict[str, list[float]] = {}
     for name in [o for o in args.oracles.split(",") if o]:
@@ -392,6 +451,8 @@ def main() -> int:
               f"| {floor_p90(run, cluster):.3f} | {floor_p90(run, cluster, ideal):.3f} |")
     if LLM_D in p90:
         print(f"\nlimit 0.85 × llm-d-default = {0.85 * p90[LLM_D]:.3f} s")
+    for name, booked in bookings.items():
+        print_terms(name, runs[name], booked, cluster)
     return 0
 
 
