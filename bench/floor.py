@@ -396,11 +396,96 @@ def print_terms(name: str, run: RunResult, booked: dict[str, Prediction], cluste
         print(f"| {label} | {cells[0]} | {cells[1]} |")
 
 
+@dataclass(slots=True)
+class Measured:
+    """One rate's runs: per policy (presets, then oracles) its run; the presets' bookings where they
+    predict; the oracles' wall time and |actual − forecast| TTFT on the engine picked (sorted)."""
+
+    rate: float
+    runs: dict[str, RunResult]
+    bookings: dict[str, dict[str, Prediction]]
+    walls: dict[str, float]
+    errors: dict[str, list[float]]
+
+
+def measure(requests: Sequence[TraceRequest], cluster: ClusterSpec, rate: float, policies: Sequence[str],
+            oracles: Sequence[str]) -> Measured:
+    measured = Measured(rate, {}, {}, {}, {})
+    for policy in policies:
+        measured.runs[policy], booked = run_policy(requests, policy, cluster, rate)
+        if booked is not None:
+            measured.bookings[policy] = booked
+    for name in oracles:
+        started = time.perf_counter()
+        run, oracle = run_oracle(requests, cluster, rate, name)
+        measured.runs[name] = run
+        measured.walls[name] = time.perf_counter() - started
+        measured.errors[name] = sorted(
+            abs(r.first_token - r.arrival - oracle.forecasts[str(i)][f"engine-{r.engine}"])
+            for i, r in enumerate(run.records) if r.first_token is not None
+        )
+    return measured
+
+
+def print_rate(measured: Measured, cluster: ClusterSpec, ideal: Sequence[int]) -> None:
+    """One rate's table (hit, TTFT, ratios, floors), the oracles' forecast error and the term breakdowns."""
+    runs = measured.runs
+    p90 = {name: ttft_percentile(run, 90) for name, run in runs.items()}
+    any_run = next(iter(runs.values()))
+    span = any_run.records[-1].arrival - any_run.records[0].arrival
+    busy = sum(lone_times(any_run, cluster, ideal)) / (cluster.engines * span)
+    print(f"\n### ×{measured.rate:g}\n")
+    print(f"- prefill load: every prompt prefilled alone with its ideal hit would keep the {cluster.engines} engines "
+          f"busy {busy:.0%} of the {span:.1f} s the arrivals span")
+    for name, errs in measured.errors.items():
+        print(f"- {name} ({measured.walls[name]:.0f} s wall): |actual − forecast| TTFT on the engine picked: p50 "
+              f"{percentile(errs, 50) or 0:.4f} s, p90 {percentile(errs, 90) or 0:.4f} s, max {max(errs, default=0):.4f} s")
+    print()
+    print("| policy | hit | TTFT p50 s | p90 s | p90 ÷ llm-d-default | p90 ÷ gie-default "
+          "| floor p90, own hits s | floor p90, ideal hits s |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for name, run in runs.items():
+        ratios = [f"{p90[name] / p90[ref]:.3f}" if ref in p90 else "–" for ref in (LLM_D, BASELINE)]
+        print(f"| {name} | {hit_ratio(run):.1%} | {ttft_percentile(run, 50):.3f} | {p90[name]:.3f} | {ratios[0]} "
+              f"| {ratios[1]} | {floor_p90(run, cluster):.3f} | {floor_p90(run, cluster, ideal):.3f} |")
+    if LLM_D in p90:
+        print(f"\nlimit 0.85 × llm-d-default = {0.85 * p90[LLM_D]:.3f} s")
+    for name, booked in measured.bookings.items():
+        print_terms(name, runs[name], booked, cluster)
+
+
+def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: Sequence[int]) -> None:
+    """Each policy's p90 at every rate (÷ llm-d-default's at that rate), and pooled: the p90 of all its
+    TTFTs over the rates together, so one rate's tail luck weighs less."""
+    names = list(all_measured[0].runs)
+    head = " | ".join(f"×{m.rate:.5g}" for m in all_measured)
+    print(f"\n### Every rate, and pooled over them\n\n| policy | {head} | pooled p90 s | pooled ÷ llm-d-default |")
+    print("|---|" + "--:|" * (len(all_measured) + 2))
+    pooled: dict[str, float] = {}
+    for name in names:
+        ttfts = sorted(r.first_token - r.arrival for m in all_measured for r in m.runs[name].records
+                       if r.first_token is not None)
+        pooled[name] = percentile(ttfts, 90) or 0.0
+    for name in names:
+        cells = []
+        for m in all_measured:
+            value = ttft_percentile(m.runs[name], 90)
+            cells.append(f"{value:.3f} ({value / ttft_percentile(m.runs[LLM_D], 90):.2f})" if LLM_D in m.runs
+                         else f"{value:.3f}")
+        ratio = f"{pooled[name] / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
+        print(f"| {name} | {' | '.join(cells)} | {pooled[name]:.3f} | {ratio} |")
+    floors = sorted(t for m in all_measured for t in lone_times(next(iter(m.runs.values())), cluster, ideal))
+    floor = percentile(floors, 90) or 0.0
+    ratio = f"{floor / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
+    print(f"| floor, ideal hits | {' | '.join('' for _ in all_measured)} | {floor:.3f} | {ratio} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
     parser.add_argument("--profile", default="llama-3.2-1b-h100", help="one engine profile (the floors assume one)")
     parser.add_argument("--rate", type=float, required=True, help="rate scale (× the trace's speed)")
+    parser.add_argument("--spread", default="1", help="also run at these multiples of --rate, e.g. 0.98,0.99,1,1.01,1.02")
     parser.add_argument("--max-requests", type=int, default=500, help="head of the trace (0 = all)")
     parser.add_argument("--policies", default=f"{LLM_D},{BASELINE},default", help="presets to run beside the oracle")
     parser.add_argument("--oracles", default=",".join(ORACLES), help=f"oracles to run ({', '.join(ORACLES)})")
@@ -412,47 +497,17 @@ def main() -> int:
     trace = read_trace(args.trace, args.max_requests or None)
     bounds = trace_bounds(trace, cluster)
     ideal = ideal_hits(trace.requests, cluster.engine.block_size)
-    runs: dict[str, RunResult] = {}
-    bookings: dict[str, dict[str, Prediction]] = {}
-    for policy in [p for p in args.policies.split(",") if p]:
-        runs[policy], booked = run_policy(trace.requests, policy, cluster, args.rate)
-        if booked is not None:
-            bookings[policy] = booked
-    walls: dict[str, float] = {}
-    errors: dict[str, list[float]] = {}
-    for name in [o for o in args.oracles.split(",") if o]:
-        started = time.perf_counter()
-        run, oracle = run_oracle(trace.requests, cluster, args.rate, name)
-        runs[name] = run
-        walls[name] = time.perf_counter() - started
-        errors[name] = sorted(
-            abs(r.first_token - r.arrival - oracle.forecasts[str(i)][f"engine-{r.engine}"])
-            for i, r in enumerate(run.records) if r.first_token is not None
-        )
-    p90 = {name: ttft_percentile(run, 90) for name, run in runs.items()}
-    p50 = {name: ttft_percentile(run, 50) for name, run in runs.items()}
-    print(f"{args.trace.name}, first {len(trace.requests)} requests, 8 × {profiles[0]}, ×{args.rate:g}; "
+    policies = [p for p in args.policies.split(",") if p]
+    oracles = [o for o in args.oracles.split(",") if o]
+    print(f"{args.trace.name}, first {len(trace.requests)} requests, 8 × {profiles[0]}; "
           f"ideal hit {bounds.ideal:.1%}, capacity {bounds.capacity:.1%}")
-    oracle_run = next(iter(runs.values()))
-    span = oracle_run.records[-1].arrival - oracle_run.records[0].arrival
-    busy = sum(lone_times(oracle_run, cluster, ideal)) / (cluster.engines * span)
-    print(f"- prefill load: every prompt prefilled alone with its ideal hit would keep the {cluster.engines} engines "
-          f"busy {busy:.0%} of the {span:.1f} s the arrivals span")
-    for name, errs in errors.items():
-        print(f"- {name} ({walls[name]:.0f} s wall): |actual − forecast| TTFT on the engine picked: p50 "
-              f"{percentile(errs, 50) or 0:.4f} s, p90 {percentile(errs, 90) or 0:.4f} s, max {max(errs, default=0):.4f} s")
-    print()
-    print("| policy | hit | TTFT p50 s | p90 s | p90 ÷ llm-d-default | p90 ÷ gie-default "
-          "| floor p90, own hits s | floor p90, ideal hits s |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    for name, run in runs.items():
-        ratios = [f"{p90[name] / p90[ref]:.3f}" if ref in p90 else "–" for ref in (LLM_D, BASELINE)]
-        print(f"| {name} | {hit_ratio(run):.1%} | {p50[name]:.3f} | {p90[name]:.3f} | {ratios[0]} | {ratios[1]} "
-              f"| {floor_p90(run, cluster):.3f} | {floor_p90(run, cluster, ideal):.3f} |")
-    if LLM_D in p90:
-        print(f"\nlimit 0.85 × llm-d-default = {0.85 * p90[LLM_D]:.3f} s")
-    for name, booked in bookings.items():
-        print_terms(name, runs[name], booked, cluster)
+    all_measured = []
+    for factor in (float(f) for f in args.spread.split(",")):
+        measured = measure(trace.requests, cluster, args.rate * factor, policies, oracles)
+        print_rate(measured, cluster, ideal)
+        all_measured.append(measured)
+    if len(all_measured) > 1:
+        print_spread(all_measured, cluster, ideal)
     return 0
 
 
