@@ -5,12 +5,15 @@ misses, the standing explanation was "both sit near the prefill floor". This ben
 trace head, 8 engines of ``--profile``, at ``--rate`` × the trace's speed:
 
 - the presets given by ``--policies`` (each as ``epp replay`` runs it, ``epp.replay.runner.run_one``);
-- ``oracle``: a bench-only policy (never shipped: it reads the simulator) that, for every request and
-  every engine, runs the engine's own scheduler rules forward with the engine's exact latency model and
-  its exact state — running and waiting requests, each one's computed tokens and outputs left, the step
-  in flight, the prefix cache's hit for every waiting prompt — and routes to the smallest resulting TTFT.
-  It knows everything but the future: later arrivals that share its steps, and KV pressure (allocation
-  failures, preemption) are not forecast. It is greedy on the request's own TTFT, as ``default`` is;
+  for one with a ``ttft-predictor-scorer`` (``default``), its booked prediction beside the truth term by
+  term (hit, prefill, wait, TTFT; all requests and the p80 tail);
+- oracles, bench-only policies (never shipped: they read the simulator) that, for every request and every
+  engine, replay the engine's own scheduler rules forward with its exact latency model and its exact state
+  — running and waiting requests, each one's computed tokens and outputs left, the step in flight, the
+  prefix cache's hit for every waiting prompt — and route to the smallest cost: ``oracle`` the request's
+  own forecast TTFT; ``oracle-social`` that plus the first-token delay it adds to the requests already
+  there; ``oracle-default`` ``default``'s own cost on these exact numbers. They know everything but the
+  future: later arrivals that share their steps, and KV pressure (preemption), are not forecast;
 - two floors (no load at all, so no queue): per request, the TTFT of its prompt prefilled alone on an
   idle engine (chunks of ``max_num_batched_tokens``, the latency model's own step costs)
   - ``floor (own hits)``: with the prefix hit the request really got in that run (the policy's placement
@@ -19,18 +22,21 @@ trace head, 8 engines of ``--profile``, at ``--rate`` × the trace's speed:
     engine's block granularity (one unlimited cache: no router can hit more). Every request's TTFT under
     any router is at least this, so its p90 bounds every router's p90 from below.
 
-Prints one Markdown table: hit ratio, TTFT p50/p90, p90 ÷ llm-d-default and ÷ gie-default, and the
-floors' p90 per run.
+Prints Markdown: per rate a table (hit ratio, TTFT p50/p90, p90 ÷ llm-d-default and ÷ gie-default, the
+floors' p90 per run) and the oracles' forecast error; with ``--spread`` (multiples of ``--rate``) also
+every policy's p90 at each rate and pooled over them, since one rate's p90 over a 500-request head is set
+by ~50 requests and moves with a few long prompts.
 
     python bench/floor.py traces/mooncake_fast25_synthetic_trace.jsonl --profile llama-3.2-1b-h100 \\
-        --rate 14.672 [--max-requests 500] [--policies llm-d-default,gie-default,default]
+        --rate 14.67206469127474 [--spread 0.98,0.99,1,1.01,1.02] [--max-requests 500] \\
+        [--policies llm-d-default,gie-default,default] [--oracles oracle,oracle-social,oracle-default]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import math
+import statistics
 import random
 import sys
 import time
@@ -140,28 +146,21 @@ def forecast(engine: EngineCore, start: float, running: list[_Sim], waiting: lis
     t = start
     while pending:
         budget = scheduler.max_num_batched_tokens
-        num_tokens = 0
-        decode_context = 0
-        attention = 0.0
-        stepped: list[_Sim] = []
+        stepped: list[tuple[_Sim, int]] = []
         for r in running:
             if budget <= 0:
                 break
-            new = min(r.tokens - r.computed, budget)
-            stepped.append(r)
-            budget -= new
-            num_tokens += new
-            if new == 1:
-                decode_context += r.computed + 1
-            else:
-                attention += latency.prefill_attention(r.computed, new)
-            r.computed += new
+            stepped.append((r, min(r.tokens - r.computed, budget)))
+            budget -= stepped[-1][1]
         while waiting and budget > 0 and len(running) < max_seqs:
             r = waiting.pop(0)
-            new = min(r.tokens - r.computed, budget)
             running.append(r)
-            stepped.append(r)
-            budget -= new
+            stepped.append((r, min(r.tokens - r.computed, budget)))
+            budget -= stepped[-1][1]
+        num_tokens = 0
+        decode_context = 0
+        attention = 0.0
+        for r, new in stepped:  # priced as EngineCore._duration does: a one-token chunk reads like a decode
             num_tokens += new
             if new == 1:
                 decode_context += r.computed + 1
@@ -169,7 +168,7 @@ def forecast(engine: EngineCore, start: float, running: list[_Sim], waiting: lis
                 attention += latency.prefill_attention(r.computed, new)
             r.computed += new
         t += latency.step(num_tokens, decode_context, attention)
-        for r in stepped:
+        for r, _ in stepped:
             if r.computed >= r.tokens:  # its prompt (or last output) is computed: one token sampled
                 if r.first is None:
                     r.first = t
