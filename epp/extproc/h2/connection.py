@@ -46,6 +46,7 @@ MAX_HEADER_LIST = 65_536  # SETTINGS_MAX_HEADER_LIST_SIZE: hpack's decoder defau
 RESET_CHECK_STREAMS = 500
 PREMATURE_RESET_SECONDS = 1.0
 DEFAULT_STALL_TIMEOUT = 30.0  # seconds a reply may wait for a window, or a write for the client to read
+LINGER_SECONDS = 1.0  # after a connection error: how long the client's further input is read and dropped
 _PING, _GOAWAY_MIN, _PRIORITY, _RST_WINDOW = 8, 8, 5, 4  # fixed frame payload lengths (RFC 9113 §6)
 
 
@@ -127,6 +128,7 @@ class H2Connection(asyncio.Protocol):
         self._premature_resets = 0
         self._stall_timer: asyncio.TimerHandle | None = None  # the client stopped reading our writes
         self._blocked_timer: asyncio.TimerHandle | None = None  # replies wait for a window
+        self._linger_timer: asyncio.TimerHandle | None = None  # set once a connection error was answered
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +145,8 @@ class H2Connection(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # the GOAWAY is out; what the client still sends is dropped
         buf = self._buf
         buf += data
         try:
@@ -169,10 +173,17 @@ class H2Connection(asyncio.Protocol):
         self._flush()
         self._abort_all()
         assert self.transport is not None
-        self.transport.close()
+        if self.transport.can_write_eof():
+            # Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
+            # GOAWAY before the client reads it: shut our side, drop its input until it closes (eof_received
+            # then closes ours), and give up after LINGER_SECONDS.
+            self.transport.write_eof()
+            self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.abort)
+        else:  # TLS: no half-close
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._stall_timer, self._blocked_timer):
+        for timer in (self._stall_timer, self._blocked_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
         self._abort_all()
@@ -605,6 +616,6 @@ class H2Connection(asyncio.Protocol):
             self._end(stream)
 
     def _flush(self) -> None:
-        if self._out and self.transport is not None and not self.transport.is_closing():
+        if self._out and self.transport is not None and not self.transport.is_closing() and self._linger_timer is None:
             self.transport.writelines(self._out)  # one gathered write; no joined copy
         self._out.clear()
