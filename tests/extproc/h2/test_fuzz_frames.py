@@ -32,4 +32,3 @@ def test_the_fuzzing_reached_every_outcome(fuzz: FrameFuzz) -> None:
     """Runs after the examples: they exercised both live connections and GOAWAYs, or the fuzzer is blind."""
     kinds = {outcome.split()[0] for outcome in fuzz.outcomes}
     assert {"acked", "goaway"} <= kinds, fuzz.outcomes
-    print(dict(fuzz.outcomes))
