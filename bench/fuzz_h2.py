@@ -16,10 +16,12 @@ import argparse
 import resource
 import sys
 import time
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, seed, settings
 
-from tests.extproc.h2.fuzz_frames import FrameFuzz, Op, sequences
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.extproc.h2.fuzz_frames import FrameFuzz, Op, sequences  # noqa: E402
 
 
 def main() -> int:
@@ -47,8 +49,9 @@ def main() -> int:
 
             try:
                 run()
-            except Exception as exc:  # hypothesis has printed the shrunk falsifying example
-                print(f"FAILED in chunk {chunk} (seed {args.seed + chunk}): {exc!r}", file=sys.stderr)
+            except Exception as exc:
+                notes = "\n".join(getattr(exc, "__notes__", []))  # hypothesis's shrunk falsifying example
+                print(f"FAILED in chunk {chunk} (seed {args.seed + chunk}): {exc!r}\n{notes}", file=sys.stderr)
                 return 1
             done, chunk = done + count, chunk + 1
             if chunk == 1:

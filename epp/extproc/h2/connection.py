@@ -15,7 +15,7 @@ until WINDOW_UPDATE. Connection errors send GOAWAY and close; stream errors end 
 Abuse bounds (docs/hardening.md, "The native transport under abuse"; tests/extproc/h2/test_abuse.py): a
 header block may collect at most ``MAX_HEADER_LIST`` bytes across CONTINUATION frames and decode to at most
 that many (advertised as SETTINGS_MAX_HEADER_LIST_SIZE); streams reset by the client within a second of
-opening close the connection once they are most of its streams (Envoy's own rapid-reset rule); replies
+opening drain the connection once they are most of its streams (Envoy's own rapid-reset rule); replies
 parked for a window that stays shut, and writes the client does not read, end after ``stall_timeout``;
 frame lengths, SETTINGS values and window increments are checked as RFC 9113 asks.
 """
@@ -42,7 +42,7 @@ DEFAULT_MAX_STREAMS = 4096
 MAX_HEADER_LIST = 65_536  # SETTINGS_MAX_HEADER_LIST_SIZE: hpack's decoder default; gRPC request headers are ~200 B
 # Rapid reset (CVE-2023-44487): Envoy's rule for its own downstream connections (runtime keys
 # overload.premature_reset_total_stream_count = 500, overload.premature_reset_min_stream_lifetime_seconds = 1):
-# once 500 streams have closed, more than half of them reset by the client within 1 s of opening ends the connection.
+# once 500 streams have closed, more than half of them reset by the client within 1 s of opening drains the connection.
 RESET_CHECK_STREAMS = 500
 PREMATURE_RESET_SECONDS = 1.0
 DEFAULT_STALL_TIMEOUT = 30.0  # seconds a reply may wait for a window, or a write for the client to read
@@ -112,7 +112,8 @@ class H2Connection(asyncio.Protocol):
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
-        self.draining = False
+        self.draining = False  # no new streams: we or the client said GOAWAY
+        self._goaway_sent = False
         self._buf = bytearray()
         self._out: list[bytes | memoryview] = []
         self._preface = False
@@ -169,18 +170,29 @@ class H2Connection(asyncio.Protocol):
 
     def _close_with(self, exc: ConnectionError_) -> None:
         log.warning("closing ext_proc connection: %s", exc)
+        self._goaway_sent = True
         self._out.append(wire.goaway(self._last_stream, exc.code, str(exc).encode()))
-        self._flush()
         self._abort_all()
-        assert self.transport is not None
-        if self.transport.can_write_eof():
+        self._shut()
+
+    def _shut(self) -> None:
+        """Close once our GOAWAY is written."""
+        self._flush()
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
             # Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
             # GOAWAY before the client reads it: shut our side, drop its input until it closes (eof_received
             # then closes ours), and give up after LINGER_SECONDS.
-            self.transport.write_eof()
-            self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.abort)
+            self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already
+                transport.abort()
         else:  # TLS: no half-close
-            self.transport.close()
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._stall_timer, self._blocked_timer, self._linger_timer):
@@ -211,15 +223,16 @@ class H2Connection(asyncio.Protocol):
             self.transport.abort()  # a GOAWAY could not be written either
 
     # -- shutdown ----------------------------------------------------------------------------------
-    def drain(self) -> None:
-        """Refuse new streams (GOAWAY), let open ones finish; close at once when none are open."""
-        if self.draining or self.transport is None:
+    def drain(self, code: int = wire.NO_ERROR, reason: bytes = b"") -> None:
+        """Refuse new streams (GOAWAY with ``code``), let open ones finish; close at once when none are open."""
+        if self._goaway_sent or self.transport is None:
             return
-        self.draining = True
-        self._out.append(wire.goaway(self._last_stream, wire.NO_ERROR))
-        self._flush()
-        if not self.streams:
-            self.transport.close()
+        self._goaway_sent = self.draining = True
+        self._out.append(wire.goaway(self._last_stream, code, reason))
+        if self.streams:
+            self._flush()
+        else:
+            self._shut()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -233,7 +246,7 @@ class H2Connection(asyncio.Protocol):
         view = memoryview(buf)
         pos, end = 0, len(buf)
         try:
-            while end - pos >= 9:
+            while end - pos >= 9 and self._linger_timer is None:
                 hi, lo, kind, flags, sid = wire.FRAME_HEADER.unpack_from(buf, pos)
                 length = hi << 16 | lo
                 if length > _MAX_FRAME:
@@ -310,9 +323,13 @@ class H2Connection(asyncio.Protocol):
         self._end(stream)
         if time.monotonic() - stream.opened < PREMATURE_RESET_SECONDS:
             self._premature_resets += 1
-            if self._closed_streams >= RESET_CHECK_STREAMS and 2 * self._premature_resets > self._closed_streams:
-                raise ConnectionError_(wire.ENHANCE_YOUR_CALM, f"{self._premature_resets} of {self._closed_streams} "
-                                       "streams reset by the client within a second (rapid reset)")
+            if (self._closed_streams >= RESET_CHECK_STREAMS and 2 * self._premature_resets > self._closed_streams
+                    and not self._goaway_sent):
+                # A drain, not an abort: behind Envoy the resets are its downstream clients' (an attack laundered
+                # through the gateway); the gateway's other calls on this connection finish, and it reconnects.
+                log.warning("draining ext_proc connection: %d of %d streams reset by the client within a second "
+                            "(rapid reset)", self._premature_resets, self._closed_streams)
+                self.drain(wire.ENHANCE_YOUR_CALM, b"rapid reset")
 
     def _unpadded(self, flags: int, payload: memoryview) -> memoryview:
         if not flags & wire.PADDED:

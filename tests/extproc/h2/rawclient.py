@@ -90,10 +90,10 @@ class Client:
                     pass
         return self.reader.at_eof() or self.writer.is_closing()
 
-    async def response(self, sid: int) -> tuple[list[bytes], dict[bytes, bytes], list[int]]:
+    async def response(self, sid: int, frames: int = 200) -> tuple[list[bytes], dict[bytes, bytes], list[int]]:
         """Messages, trailers and DATA frame sizes of one stream, read to its END_STREAM."""
         data, sizes, trailers = b"", [], {}
-        for _ in range(200):
+        for _ in range(frames):
             kind, flags, s, payload = await asyncio.wait_for(self.frame(), 5)
             if s != sid:
                 continue

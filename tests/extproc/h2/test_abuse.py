@@ -48,15 +48,25 @@ def _running() -> bool:
 
 # -- rapid reset (CVE-2023-44487) ------------------------------------------------------------------
 
-async def test_rapid_reset_closes_the_connection_with_enhance_your_calm(served: Served) -> None:
+async def test_rapid_reset_drains_the_connection_with_enhance_your_calm(served: Served) -> None:
+    """3,000 streams opened and reset at once: the 500th reset ends the burst with GOAWAY ENHANCE_YOUR_CALM.
+    A drain, not an abort: the call already open on the connection (behind Envoy, another client's) finishes."""
     client = await served.connect()
+    client.open(1)
+    client.send(wire.frame(wire.DATA, 0, 1, Client.message(b"legit")))
+    await client.until(wire.DATA, 1)
     burst = b"".join(wire.frame(wire.HEADERS, wire.END_HEADERS, sid, client.headers()) + wire.rst_stream(sid, wire.CANCEL)
-                     for sid in range(1, 2 * 3000, 2))
+                     for sid in range(3, 3 + 2 * 3000, 2))
     client.send(burst)
-    last, code = await client.goaway(frames=10_000)
+    _, goaway = await client.until(wire.GOAWAY, frames=10_000)
+    last, code = struct.unpack(">II", goaway[:8])
     assert code == wire.ENHANCE_YOUR_CALM
-    assert last == 2 * RESET_CHECK_STREAMS - 1  # it stopped at the 500th reset, not the 3000th
-    assert len(served.calls) == RESET_CHECK_STREAMS and all(call.log == ["closed"] for call in served.calls)
+    assert last == 1 + 2 * RESET_CHECK_STREAMS  # it stopped at the 500th reset, not the 3000th
+    assert len(served.calls) == 1 + RESET_CHECK_STREAMS and all(call.log == ["closed"] for call in served.calls[1:])
+    client.send(wire.frame(wire.DATA, wire.END_STREAM, 1, Client.message(b"finish")))
+    messages, trailers, _ = await client.response(1, frames=10_000)  # after the refusals of the rest of the burst
+    assert messages == [b"finish", b"bye"] and trailers[b"grpc-status"] == b"0"
+    assert await client.closed()
     await served.still_serves()
 
 
