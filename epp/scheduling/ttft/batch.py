@@ -277,10 +277,10 @@ class BatchPredictor:
             for i, since in written_since.items():
                 cached_tokens[i] = surviving_tokens(int(cached_tokens[i]), since, self._rows[names[i]][4])
             np.maximum(0, np.minimum(cached_tokens, limit, out=cached_tokens), out=cached_tokens)
-            new = prompt - cached_tokens
-            prefill = per_token * (new / 1000)
-            prefill += per_step if one_chunk else per_step * -(-new // chunk_max)
-            prefill += per_pair * (new * (cached_tokens + new / 2) / 1e6)
+            uncached = prompt - cached_tokens
+            prefill = per_token * (uncached / 1000)
+            prefill += per_step if one_chunk else per_step * -(-uncached // chunk_max)
+            prefill += per_pair * (uncached * (cached_tokens + uncached / 2) / 1e6)
         # EndpointLedger.backlog, same operations; every term is finite where it is computed
         late = floats[:, _F_HEAD] < now
         since_now = floats[:, _F_BUSY:] - now  # busy until, busy cold, head cold eta, head start
