@@ -41,6 +41,7 @@ the latency learned by the replica that has seen most of an endpoint while it ha
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -240,9 +241,17 @@ class TTFTPredictorScorer:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
-        stranded = self._stranded(predictions)
-        work = predictions.prefill if stranded is None else predictions.prefill + stranded
-        rounded = np.ceil((predictions.ttft + w * work) / tol) * tol
+        # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
+        rounded = self._stranded(predictions)
+        if rounded is None:
+            rounded = predictions.prefill * w
+        else:
+            rounded += predictions.prefill
+            rounded *= w
+        rounded += predictions.ttft
+        rounded /= tol
+        np.ceil(rounded, out=rounded)
+        rounded *= tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
@@ -265,16 +274,23 @@ class TTFTPredictorScorer:
         let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
         against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
         cached = predictions.cached_tokens
-        most = int(cached.max())
-        if most == int(cached.min()):
+        held = np.count_nonzero(cached)
+        if not held:
             return None
-        warm = np.flatnonzero(cached == most)
-        cold = predictions.cold_prefill
-        warm_cold = cold[warm]
-        shares = (warm_cold - predictions.prefill[warm]) / np.maximum(warm_cold, MIN_SECONDS)
-        least = int(np.argmin(shares))  # the first minimum: its share is shares.min()
-        share, ref = float(shares[least]), int(warm[least])
-        stranded: npt.NDArray[np.float64] = share * np.maximum(cold, cold[ref]) * (most - cached) / most
+        most = int(cached.max())
+        if held == len(cached) and most == int(cached.min()):
+            return None
+        cold, prefill = predictions.cold_prefill, predictions.prefill
+        share, ref = math.inf, 0
+        for i in (cached == most).nonzero()[0].tolist():  # the warmest (usually one): their shares in Python
+            warm_cold = float(cold[i])
+            warm_share = (warm_cold - float(prefill[i])) / max(warm_cold, MIN_SECONDS)
+            if warm_share < share:  # the first minimum
+                share, ref = warm_share, i
+        stranded: npt.NDArray[np.float64] = np.maximum(cold, cold[ref])
+        stranded *= share
+        stranded *= most - cached
+        stranded /= most
         return stranded
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
@@ -301,7 +317,7 @@ class TTFTPredictorScorer:
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
         ledger = self._ledger(chosen.name)
-        load = self.predictor.predictor.decode_load(chosen, ledger)
+        load = self.predictor.load(chosen, ledger)  # the pick's, while the ledger is as it predicted
         self.learner[chosen.name].routed(
             request.request_id, flight.routed_at, prompt, prediction.cached_tokens, load.sequences,
             load.context_tokens, request.stream,
