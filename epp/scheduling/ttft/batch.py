@@ -61,14 +61,14 @@ _Row = tuple[
     EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...],
     EndpointLearner, LatencyEstimate,
 ]
-"""(ledger, its version, metrics, stale) the row was derived from; the decode load; what the arithmetic
+"""(ledger, its version, scrape — the metrics, None while stale —, stale) the row was derived from; the decode load; what the arithmetic
 reads of it: the ``_I_*`` and ``_F_*`` columns (ints, floats); the learner and the estimate the
 coefficients came from."""
 # Integer columns: sequences, context, capacity, foreign waiting, chunk cap, pending requests, and two
 # whose minimum over the candidates (one reduction) tells a pick which rare terms it can skip: the KV
 # room (capacity − context; ``_NO_ROOM_LIMIT`` where nothing is resident, which never waits for KV) and
 # −foreign waiting.
-_I_SEQUENCES, _I_CONTEXT, _I_CAPACITY, _I_FOREIGN, _I_CHUNK, _I_PENDING, _I_ROOM, _I_NEG_FOREIGN = range(8)
+_I_SEQUENCES, _I_CONTEXT, _I_CAPACITY, _I_FOREIGN, _I_PENDING, _I_CHUNK, _I_ROOM, _I_NEG_FOREIGN = range(8)
 _INTS = 8
 _NO_ROOM_LIMIT = np.iinfo(np.int64).max
 # Float columns. The ones compared with or subtracted from ``now`` are adjacent, so one numpy operation
@@ -81,8 +81,6 @@ _NO_ROOM_LIMIT = np.iinfo(np.int64).max
  _F_HEAD, _F_STRETCH, _F_NEWEST, _F_BUSY, _F_BUSY_COLD, _F_HEAD_COLD, _F_HEAD_START) = range(15)
 _FLOATS = 15
 _VERSION = operator.attrgetter("version")
-_METRICS = operator.attrgetter("metrics")
-_STALE = operator.attrgetter("stale")
 _SCALAR_ROWS = 6
 """Matched endpoints up to which their cached-prefix prefill is computed in Python, row by row (about
 a microsecond each), instead of a dozen numpy operations over all candidates."""
@@ -97,8 +95,8 @@ class BatchPredictor:
     Python-level check per endpoint."""
 
     __slots__ = (
-        "_aligned", "_floats", "_generation", "_ints", "_learned", "_learners", "_ledgers", "_metrics", "_names",
-        "_pool_version", "_rows", "_stale", "_versions", "predictor",
+        "_aligned", "_floats", "_generation", "_ints", "_learned", "_learners", "_ledgers", "_names",
+        "_pool_version", "_rows", "_scrapes", "_versions", "predictor",
     )  # fmt: skip
 
     def __init__(self, predictor: TTFTPredictor) -> None:
@@ -106,12 +104,11 @@ class BatchPredictor:
         self._rows: dict[str, _Row] = {}
         self._names: list[str] = []
         self._aligned: list[_Row | None] = []
-        self._ints = np.zeros((0, _INTS), dtype=np.int64)
-        self._floats = np.zeros((0, _FLOATS), dtype=np.float64)
+        self._ints = np.zeros((_INTS, 0), dtype=np.int64)
+        self._floats = np.zeros((_FLOATS, 0), dtype=np.float64)
         self._ledgers: list[EndpointLedger] = []
         self._versions: list[int] = []
-        self._metrics: list[EndpointMetrics | None] = []
-        self._stale: list[bool] = []
+        self._scrapes: list[EndpointMetrics | None] = []
         self._learners: list[EndpointLearner] = []
         self._learned: list[int] = []
         self._pool_version = -1
@@ -129,9 +126,10 @@ class BatchPredictor:
         load = p.decode_load(state, ledger)
         n, ctx, foreign = load.sequences, load.context_tokens, load.foreign_waiting
         room = load.capacity_tokens - ctx if ctx > 0 else _NO_ROOM_LIMIT
-        ints = (n, ctx, load.capacity_tokens, foreign, max(MIN_CHUNK, p.budget - n), len(ledger.pending), room, -foreign)
+        ints = (n, ctx, load.capacity_tokens, foreign, len(ledger.pending), max(MIN_CHUNK, p.budget - n), room, -foreign)
         learner = p.learner[name]
-        return self._cost(name, (ledger, ledger.version, state.metrics, state.stale, load, ints, (), learner, learner.estimate))
+        scrape = None if state.stale else state.metrics
+        return self._cost(name, (ledger, ledger.version, scrape, state.stale, load, ints, (), learner, learner.estimate))
 
     def _cost(self, name: str, row: _Row) -> _Row:
         """``row`` with the terms its endpoint's learned latency gives (its decode load kept): all a new
@@ -150,20 +148,21 @@ class BatchPredictor:
         return fresh
 
     def _arrays(
-        self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger]
+        self, names: Sequence[str], states: Sequence[EndpointState], ledgers: Sequence[EndpointLedger],
+        scrapes: list[EndpointMetrics | None] | None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """The candidates' rows as (ints, floats) arrays, the stale ones recomputed (see the class)."""
         learner = self.predictor.learner
         versions = list(map(_VERSION, ledgers))
-        metrics = list(map(_METRICS, states))
-        stale = list(map(_STALE, states))
+        if scrapes is None:
+            scrapes = [None if state.stale else state.metrics for state in states]
         ledgers = list(ledgers)
         if names != self._names or learner.generation != self._generation:
             self._names = list(names)
             self._generation = learner.generation
             self._aligned = [None] * len(names)
-            self._ints = np.zeros((len(names), _INTS), dtype=np.int64)
-            self._floats = np.zeros((len(names), _FLOATS), dtype=np.float64)
+            self._ints = np.zeros((_INTS, len(names)), dtype=np.int64)
+            self._floats = np.zeros((_FLOATS, len(names)), dtype=np.float64)
             self._learners = [learner[name] for name in names]
             self._learned = [-1] * len(names)
             self._pool_version = -1
@@ -173,13 +172,11 @@ class BatchPredictor:
             # the positions that differ, found without a Python-level step per endpoint
             if versions != self._versions:
                 redo.update(compress(count(), map(operator.ne, versions, self._versions)))
-            if metrics != self._metrics:  # identical objects compare without __eq__
-                redo.update(compress(count(), map(operator.is_not, metrics, self._metrics)))
-            if stale != self._stale:
-                redo.update(compress(count(), map(operator.ne, stale, self._stale)))
+            if scrapes is not self._scrapes and scrapes != self._scrapes:  # identical objects compare without __eq__
+                redo.update(compress(count(), map(operator.is_not, scrapes, self._scrapes)))
             if ledgers != self._ledgers:  # ledgers compare by identity
                 redo.update(compress(count(), map(operator.is_not, ledgers, self._ledgers)))
-        self._versions, self._metrics, self._stale, self._ledgers = versions, metrics, stale, ledgers
+        self._versions, self._scrapes, self._ledgers = versions, scrapes, ledgers
         # a learned estimate can change when its endpoint learned, or (for every endpoint) when the pool did
         learners = self._learners
         learned = list(map(_VERSION, learners))
@@ -195,8 +192,8 @@ class BatchPredictor:
         for i in redo:
             row = self._row(names[i], states[i], ledgers[i])
             aligned[i] = row
-            ints[i] = row[5]
-            floats[i] = row[6]
+            ints[:, i] = row[5]
+            floats[:, i] = row[6]
         for i in recost:
             if i in redo:
                 continue
@@ -205,15 +202,15 @@ class BatchPredictor:
             if row[8] is not estimate:
                 row = self._cost(names[i], (*row[:8], estimate))
                 aligned[i] = row
-                floats[i] = row[6]
+                floats[:, i] = row[6]
         return ints, floats
 
     def load(self, state: EndpointState, ledger: EndpointLedger) -> DecodeLoad:
         """``TTFTPredictor.decode_load``: the cached row's while it was derived from this state and ledger
         version (as after a pick that predicted the endpoint), else computed."""
         row = self._rows.get(state.endpoint.name)
-        if (row is not None and row[0] is ledger and row[1] == ledger.version and row[2] is state.metrics
-                and row[3] == state.stale):
+        if (row is not None and row[0] is ledger and row[1] == ledger.version
+                and row[2] is (None if state.stale else state.metrics)):
             return row[4]
         return self.predictor.decode_load(state, ledger)
 
@@ -227,23 +224,26 @@ class BatchPredictor:
         written_since: Mapping[int, int],
         now: float,
         tokens_per_match: int = 1,
+        scrapes: list[EndpointMetrics | None] | None = None,
     ) -> Predictions:
         """``TTFTPredictor.predict`` per (endpoint name, state, ledger, matched tokens), aligned;
         ``matched_tokens`` counts units of ``tokens_per_match`` tokens (1, or the prefix index's blocks);
-        ``written_since`` holds, by position, the non-zero tokens written since a match was released.
+        ``written_since`` holds, by position, the non-zero tokens written since a match was released;
+        ``scrapes``, if the caller has it, each state's metrics (None where stale), aligned — the same list
+        object as at the previous pick when none changed, which then costs no comparison.
 
         The same float operations as the scalar predictor, in as few numpy calls as they allow (each
         costs about a microsecond at 64 endpoints, whatever it computes): terms that are 0 or 1 for
         every candidate (one chunk per prompt, no foreign queue, nothing waiting for KV — known from one
         reduction over the cached rows) are skipped, which leaves the result unchanged, and the few
         matched endpoints' cached-prefix prefill is computed row by row."""
-        ints, floats = self._arrays(names, states, ledgers)
+        ints, floats = self._arrays(names, states, ledgers, scrapes)
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
-        least = np.minimum.reduce(ints, axis=0).tolist()  # chunk cap, KV room, −foreign: one reduction
-        one_chunk = prompt <= least[_I_CHUNK]  # then every prefill, cached or cold, is one iteration
-        chunk_max = ints[:, _I_CHUNK]
-        per_step, per_token, per_pair = floats[:, _F_PER_STEP], floats[:, _F_PER_TOKEN], floats[:, _F_PER_PAIR]
+        least = np.minimum.reduce(ints[_I_CHUNK:], axis=1).tolist()  # chunk cap, KV room, −foreign: one reduction
+        one_chunk = prompt <= least[0]  # then every prefill, cached or cold, is one iteration
+        chunk_max = ints[_I_CHUNK]
+        per_step, per_token, per_pair = floats[_F_PER_STEP], floats[_F_PER_TOKEN], floats[_F_PER_PAIR]
         # The cold prefill (nothing cached), then the matched endpoints' prefill over what they cache.
         cold = per_token * (prompt / 1000)
         cold += per_step if one_chunk else per_step * -(-prompt // chunk_max)  # one step: per_step × 1 is per_step
@@ -282,26 +282,26 @@ class BatchPredictor:
             prefill += per_step if one_chunk else per_step * -(-uncached // chunk_max)
             prefill += per_pair * (uncached * (cached_tokens + uncached / 2) / 1e6)
         # EndpointLedger.backlog, same operations; every term is finite where it is computed
-        late = floats[:, _F_HEAD] < now
-        since_now = floats[:, _F_BUSY:] - now  # busy until, busy cold, head cold eta, head start
-        ahead = np.maximum(0.0, since_now[:, :3])
-        backlog = np.where(late, ahead[:, 1], ahead[:, 0])
-        stretched = floats[:, _F_STRETCH] < now
+        late = floats[_F_HEAD] < now
+        since_now = floats[_F_BUSY:] - now  # busy until, busy cold, head cold eta, head start
+        ahead = np.maximum(0.0, since_now[:3])
+        backlog = np.where(late, ahead[1], ahead[0])
+        stretched = floats[_F_STRETCH] < now
         if np.count_nonzero(stretched):
-            slowness = since_now[:, 3] * floats[:, _F_NEG_PER_COLD]
+            slowness = since_now[3] * floats[_F_NEG_PER_COLD]
             np.minimum(MAX_SLOWNESS, np.maximum(1.0, slowness, out=slowness), out=slowness)
-            slowness *= floats[:, _F_BEHIND]
-            slowness += ahead[:, 2]
+            slowness *= floats[_F_BEHIND]
+            slowness += ahead[2]
             np.copyto(backlog, slowness, where=stretched)
-        wait = backlog + floats[:, _F_HALF_STEP]
-        if least[_I_NEG_FOREIGN] < 0:  # without foreign requests this adds 0.0 to a non-negative wait: exact
-            wait += ints[:, _I_FOREIGN] * cold
-        if prompt <= least[_I_ROOM]:  # the common case: nothing waits for KV (adding 0.0 is exact)
+        wait = backlog + floats[_F_HALF_STEP]
+        if least[2] < 0:  # without foreign requests this adds 0.0 to a non-negative wait: exact
+            wait += ints[_I_FOREIGN] * cold
+        if prompt <= least[1]:  # the common case: nothing waits for KV (adding 0.0 is exact)
             return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached_tokens)), cached_tokens, cold)
-        ctx = ints[:, _I_CONTEXT]
-        overflow = ctx + prompt - ints[:, _I_CAPACITY]
+        ctx = ints[_I_CONTEXT]
+        overflow = ctx + prompt - ints[_I_CAPACITY]
         pressed = (overflow > 0) & (ctx > 0)
-        drain = floats[:, _F_DRAIN]
+        drain = floats[_F_DRAIN]
         kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
         return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)
 
@@ -309,9 +309,9 @@ class BatchPredictor:
         """Σ ``EndpointLedger.queued(now)`` over the candidates of the ``predict`` just made (``ledgers``
         aligned with them): every pending request counts while the oldest one's first token is still
         ahead, none once the newest one's has passed; only a ledger with ``now`` in between is asked."""
-        ahead = self._floats[:, _F_HEAD:_F_NEWEST + 1:_F_NEWEST - _F_HEAD] > now  # oldest's, newest's first token
-        total = int(np.dot(self._ints[:, _I_PENDING], ahead[:, 0]))
-        between = ahead[:, 1] > ahead[:, 0]  # the newest's still ahead, the oldest's not
+        ahead = self._floats[_F_HEAD:_F_NEWEST + 1:_F_NEWEST - _F_HEAD] > now  # oldest's, newest's first token
+        total = int(np.dot(self._ints[_I_PENDING], ahead[0]))
+        between = ahead[1] > ahead[0]  # the newest's still ahead, the oldest's not
         if np.count_nonzero(between):
             for i in between.nonzero()[0].tolist():
                 total += ledgers[i].queued(now)

@@ -64,7 +64,8 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
     since = [rng.choice([None, 0, rng.randrange(1, 4_000_000)]) for _ in states]
     now = NOW + rng.uniform(-3, 3)
     written = {i: s for i, s in enumerate(since) if s}
-    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, written, now, per_match)
+    scrapes = [None if s.stale else s.metrics for s in states] if rng.random() < 0.5 else None  # the caller's, or not
+    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, written, now, per_match, scrapes)
     assert len(got) == len(states)
     for i, (state, ledger) in enumerate(zip(states, ledgers)):
         expected = scalar.predict(state, ledger, prompt, matched[i] * per_match, since[i], now)

@@ -184,7 +184,8 @@ class TTFTPredictorScorer:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
         block = info.block_tokens
-        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block)
+        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block,
+                                             self._scrapes_seen)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
 
@@ -212,7 +213,9 @@ class TTFTPredictorScorer:
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
         sent there since the previous one (``EndpointLedger.observe_scrape``). Between scrapes every
-        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call."""
+        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call.
+        ``_scrapes_seen`` is then that list (the same object while nothing changed), which the predictor
+        reuses to tell which cached rows a scrape made stale."""
         metrics = [None if state.stale else state.metrics for state in endpoints]
         seen = self._scrapes_seen
         if len(metrics) == len(seen) and all(map(operator.is_, metrics, seen)):
