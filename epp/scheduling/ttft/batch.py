@@ -52,8 +52,8 @@ class Predictions:
 
     def __getitem__(self, i: int) -> Prediction:
         return Prediction(
-            float(self.ttft[i]), float(self.wait[i]), float(self.prefill[i]), float(self.kv_wait[i]),
-            int(self.cached_tokens[i]), float(self.cold_prefill[i]),
+            self.ttft.item(i), self.wait.item(i), self.prefill.item(i), self.kv_wait.item(i),
+            self.cached_tokens.item(i), self.cold_prefill.item(i),
         )  # fmt: skip
 
 

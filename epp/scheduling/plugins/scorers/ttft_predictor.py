@@ -300,8 +300,10 @@ class TTFTPredictorScorer:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
         booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
         for names, predictions in reversed(booked):
-            if name in names:
+            try:
                 return predictions[names.index(name)]
+            except ValueError:  # not among this prediction's candidates
+                continue
         return None
 
     # -- scheduler hooks -------------------------------------------------------------------------
@@ -333,7 +335,7 @@ class TTFTPredictorScorer:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
 
@@ -343,7 +345,7 @@ class TTFTPredictorScorer:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens)
             ledger.finished(request.request_id, now)
         recency = self.recency.get(endpoint.name)
