@@ -61,17 +61,18 @@ _Row = tuple[
     EndpointLedger, int, EndpointMetrics | None, bool, DecodeLoad, tuple[int, ...], tuple[float, ...],
     EndpointLearner, LatencyEstimate,
 ]
-"""(ledger, its version, scrape — the metrics, None while stale —, stale) the row was derived from; the decode load; what the arithmetic
-reads of it: the ``_I_*`` and ``_F_*`` columns (ints, floats); the learner and the estimate the
-coefficients came from."""
-# Integer columns: sequences, context, capacity, foreign waiting, chunk cap, pending requests, and two
-# whose minimum over the candidates (one reduction) tells a pick which rare terms it can skip: the KV
-# room (capacity − context; ``_NO_ROOM_LIMIT`` where nothing is resident, which never waits for KV) and
-# −foreign waiting.
+"""(ledger, its version, scrape — its metrics, None while stale —, stale) the row was derived from; the
+decode load; what the arithmetic reads of it, the ``_I_*`` and ``_F_*`` fields (ints, floats); the
+learner and the estimate the coefficients came from. The candidates' rows are kept as two arrays with
+one row per field and one column per candidate, so a field is a contiguous array."""
+# Integer fields: sequences, context, capacity, foreign waiting, pending requests, and three whose
+# minimum over the candidates (one reduction) tells a pick which terms it can skip: the chunk cap, the
+# KV room (capacity − context; ``_NO_ROOM_LIMIT`` where nothing is resident, which never waits for KV)
+# and −foreign waiting.
 _I_SEQUENCES, _I_CONTEXT, _I_CAPACITY, _I_FOREIGN, _I_PENDING, _I_CHUNK, _I_ROOM, _I_NEG_FOREIGN = range(8)
 _INTS = 8
 _NO_ROOM_LIMIT = np.iinfo(np.int64).max
-# Float columns. The ones compared with or subtracted from ``now`` are adjacent, so one numpy operation
+# Float fields. The ones compared with or subtracted from ``now`` are adjacent, so one numpy operation
 # covers several (per-operation overhead, not the 64 elements, is what a pick pays): ``_F_HEAD`` (the
 # oldest pending request's predicted first token, inf when none), ``_F_STRETCH`` (the same where the
 # head is streamed — ``per_cold`` ≠ 0 — else inf: overdue there means stretched), ``_F_NEWEST`` (the
@@ -88,7 +89,7 @@ a microsecond each), instead of a dozen numpy operations over all candidates."""
 
 class BatchPredictor:
     """Keeps a row per endpoint (see ``_Row``) and, for the candidate list of the last pick, those rows
-    as arrays together with what each was derived from, as lists aligned with the candidates (ledger
+    as arrays (a column each) together with what each was derived from, as lists aligned with the candidates (ledger
     objects and versions, metrics objects, staleness, learner versions): the next pick with the same
     candidates compares those lists whole (C-speed; equal lists are the common case between scrapes)
     and walks only the ones that differ, so a pick rewrites only the rows that changed without a
@@ -240,8 +241,8 @@ class BatchPredictor:
         ints, floats = self._arrays(names, states, ledgers, scrapes)
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
-        least = np.minimum.reduce(ints[_I_CHUNK:], axis=1).tolist()  # chunk cap, KV room, −foreign: one reduction
-        one_chunk = prompt <= least[0]  # then every prefill, cached or cold, is one iteration
+        least_chunk, least_room, least_neg_foreign = np.minimum.reduce(ints[_I_CHUNK:], axis=1).tolist()
+        one_chunk = prompt <= least_chunk  # then every prefill, cached or cold, is one iteration
         chunk_max = ints[_I_CHUNK]
         per_step, per_token, per_pair = floats[_F_PER_STEP], floats[_F_PER_TOKEN], floats[_F_PER_PAIR]
         # The cold prefill (nothing cached), then the matched endpoints' prefill over what they cache.
@@ -294,9 +295,9 @@ class BatchPredictor:
             slowness += ahead[2]
             np.copyto(backlog, slowness, where=stretched)
         wait = backlog + floats[_F_HALF_STEP]
-        if least[2] < 0:  # without foreign requests this adds 0.0 to a non-negative wait: exact
+        if least_neg_foreign < 0:  # without foreign requests this adds 0.0 to a non-negative wait: exact
             wait += ints[_I_FOREIGN] * cold
-        if prompt <= least[1]:  # the common case: nothing waits for KV (adding 0.0 is exact)
+        if prompt <= least_room:  # the common case: nothing waits for KV (adding 0.0 is exact)
             return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached_tokens)), cached_tokens, cold)
         ctx = ints[_I_CONTEXT]
         overflow = ctx + prompt - ints[_I_CAPACITY]
