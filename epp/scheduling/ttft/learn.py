@@ -339,11 +339,11 @@ def _relative(observed: float, predicted: float) -> float:
 
 @dataclass(slots=True)
 class _Speculation:
-    """An estimate derived ahead of its read (``EndpointLearner._speculate``): the coefficients, what
-    they were derived from, and the tracks' re-basing state before, to undo it if unused."""
+    """An estimate derived ahead of its read (``EndpointLearner._speculate``), what it was derived from,
+    and the tracks' re-basing state before, to undo it if unused."""
 
     before: tuple[tuple[float, list[float] | None], tuple[float, list[float] | None]]
-    fresh: list[float]
+    estimate: LatencyEstimate
     version: int
     pool_version: int
     prefill_fit: list[float]
@@ -408,11 +408,7 @@ class EndpointLearner:
         pool = self.pool
         if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
             self._seen, self._pool_seen = self.version, pool.version
-            fresh = self._derived(pool)
-            old = self._estimate
-            if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
-                       old.decode_per_context], fresh):
-                self._estimate = LatencyEstimate(*fresh)
+            self._estimate = self._derived(pool)
         return self._estimate
 
     @property
@@ -537,21 +533,31 @@ class EndpointLearner:
     # fit); otherwise it undoes the tracks' re-basing and derives as it would have. Either way the
     # estimate, and every later one, is the one the lazy derivation gives, bit for bit.
 
-    def _derived(self, pool: PoolModel) -> list[float]:
+    def _derived(self, pool: PoolModel) -> LatencyEstimate:
         spec = self._speculated
         if spec is not None:
             self._speculated = None
             if (spec.version == self.version and spec.pool_version == pool.version
                     and spec.prefill_fit is pool.prefill.theta and spec.decode_fit is pool.decode.theta):
-                return spec.fresh
+                return spec.estimate  # ``_estimate``, which it was compared with, is only set by a read
             spec.undo(self)
-        return [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
+        return self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+
+    def _replaced(self, fresh: list[float]) -> LatencyEstimate:
+        """The estimate with coefficients ``fresh``: the current one unless one moved by more than
+        ``PUBLISH_CHANGE`` (prediction noise is larger)."""
+        old = self._estimate
+        if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
+                   old.decode_per_context], fresh):
+            return LatencyEstimate(*fresh)
+        return old
 
     def _speculate(self) -> None:
         pool = self.pool
         before = _Speculation.tracks(self)
-        fresh = [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
-        self._speculated = _Speculation(before, fresh, self.version, pool.version, pool.prefill.theta, pool.decode.theta)
+        estimate = self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+        self._speculated = _Speculation(before, estimate, self.version, pool.version, pool.prefill.theta,
+                                        pool.decode.theta)
 
     def _unspeculate(self) -> None:
         """Undo a derivation no read used (an observation re-bases the tracks itself)."""
