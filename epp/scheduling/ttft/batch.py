@@ -283,11 +283,10 @@ class BatchPredictor:
             prefill += per_step if one_chunk else per_step * -(-uncached // chunk_max)
             prefill += per_pair * (uncached * (cached_tokens + uncached / 2) / 1e6)
         # EndpointLedger.backlog, same operations; every term is finite where it is computed
-        late = floats[_F_HEAD] < now
+        late, stretched = floats[_F_HEAD:_F_STRETCH + 1] < now  # overdue heads; overdue streamed heads
         since_now = floats[_F_BUSY:] - now  # busy until, busy cold, head cold eta, head start
         ahead = np.maximum(0.0, since_now[:3])
         backlog = np.where(late, ahead[1], ahead[0])
-        stretched = floats[_F_STRETCH] < now
         if np.count_nonzero(stretched):
             slowness = since_now[3] * floats[_F_NEG_PER_COLD]
             np.minimum(MAX_SLOWNESS, np.maximum(1.0, slowness, out=slowness), out=slowness)
