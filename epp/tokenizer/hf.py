@@ -59,6 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
 
 from epp._util.hashing import token_bytes
+from epp._util.offload import Split
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
                    "special_tokens_map.json")  # fmt: skip
@@ -307,32 +308,65 @@ class TokenStream:
         return (window, pos + len(window) >= len(part)) in owner._windows
 
     def read_all(self) -> bytes:
-        """All the ids not read yet: the rest of the piece being read in one call (no window cuts, no
-        offsets: about a quarter cheaper), the pieces after it whole; all remembered as pieces (long ones
-        too, so a later prompt repeating one — an earlier turn — finds it in one lookup)."""
-        parts, owner = self._parts, self._owner
-        out: list[bytes] = []
-        if 0 <= self._i < len(parts) and self._i % 2 == 0 and self._pos:
-            part = parts[self._i]
-            rest = token_bytes(owner._backend.encode_batch_fast([part[self._pos :]], add_special_tokens=False)[0].ids)
-            out.append(rest)
-            self._part_read.append(rest)
-            owner._keep_piece(part, _unpacked(b"".join(self._part_read)))  # a later prompt repeating it: one lookup
-            self._part_read = []
-            self._read_chars += len(part) - self._pos
-            self._i += 1
-            self._pos = 0
-        while not self.done:
-            if 0 <= self._i < len(parts) and self._i % 2 == 0:
-                part = parts[self._i]
-                self._i += 1
-                self._read_chars += len(part)
-                out.append(token_bytes(owner._piece_ids(part)) if part else b"")
-            else:
-                out.append(self._step())
-        data = b"".join(out)
-        self._tokens += len(data) // 4
-        return data
+        """All the ids not read yet (``rest``, both steps now)."""
+        return self.rest().run()
+
+    def rest(self) -> Split[bytes]:
+        """All the ids not read yet, as a ``Split``: what must be encoded — the rest of the piece being
+        read in one call (no window cuts, no offsets: about a quarter cheaper), the pieces after it that
+        are not remembered, each whole (the text whole if nothing was read) — is encoded by
+        ``compute``, which touches only the Rust tokenizer (it releases the GIL while encoding), so it
+        may run on another thread; the finishing step assembles the ids and remembers the new pieces
+        (long ones too, so a later prompt repeating one — an earlier turn — finds it in one lookup). The
+        stream must not be read between the two steps."""
+        owner, parts, special = self._owner, self._parts, self._special
+        if self.done:
+            return Split.ready(b"")
+        texts: dict[str, int] = {}  # text to encode → its index (a piece repeated is encoded once)
+        out: list[bytes | int] = []  # ids known now, or the index of an encoded text
+        keep: list[tuple[str, bytes, int]] = []  # pieces to remember: (piece, ids read before, encoded text)
+        i, pos = self._i, self._pos
+        whole = i == -2
+        if whole:
+            texts[parts[0]] = 0
+            out.append(0)
+        else:
+            if i == -1:
+                out.append(token_bytes(owner._around[0]) if special and owner._around else b"")
+                i = 0
+            for at in range(i, len(parts)):
+                part = parts[at]
+                if at % 2:
+                    out.append(token_bytes((owner._added[part],)))
+                elif at == i and pos:
+                    out.append(texts.setdefault(part[pos:], len(texts)))
+                    keep.append((part, b"".join(self._part_read), texts[part[pos:]]))
+                elif part:
+                    cached = owner._pieces.pop(part, None)
+                    if cached is None:
+                        out.append(texts.setdefault(part, len(texts)))
+                        keep.append((part, b"", texts[part]))
+                    else:
+                        owner._pieces[part] = cached  # most recently used last
+                        out.append(token_bytes(cached.ids))
+            out.append(token_bytes(owner._around[1]) if special and owner._around else b"")
+        batch, backend = list(texts), owner._backend
+
+        def encode() -> list[tuple[list[int], bytes]]:
+            encodings = backend.encode_batch_fast(batch, add_special_tokens=whole and special) if batch else []
+            return [(enc.ids, token_bytes(enc.ids)) for enc in encodings]
+
+        def finish(encoded: list[tuple[list[int], bytes]]) -> bytes:
+            for part, before, index in keep:
+                owner._keep_piece(part, _unpacked(before) + encoded[index][0] if before else encoded[index][0])
+            data = b"".join(x if isinstance(x, bytes) else encoded[x][1] for x in out)
+            self._i, self._pos, self._part_read = len(parts), 0, []
+            self._read_chars = self._chars
+            self._tokens += len(data) // 4
+            self.done = True
+            return data
+
+        return Split.of(encode, finish)
 
     def _step(self) -> bytes:
         owner, parts = self._owner, self._parts
