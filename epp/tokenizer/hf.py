@@ -354,7 +354,8 @@ class TokenStream:
 
         def encode() -> list[tuple[list[int], bytes]]:
             encodings = backend.encode_batch_fast(batch, add_special_tokens=whole and special) if batch else []
-            return [(enc.ids, token_bytes(enc.ids)) for enc in encodings]
+            ids = [enc.ids for enc in encodings]  # each ``ids`` builds a new list
+            return [(i, token_bytes(i)) for i in ids]
 
         def finish(encoded: list[tuple[list[int], bytes]]) -> bytes:
             for part, before, index in keep:
