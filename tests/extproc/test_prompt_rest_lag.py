@@ -95,8 +95,8 @@ async def other_stream(port: int, lag: Lag, stop: asyncio.Event, started: asynci
         await call.done_writing()
 
 
-@pytest.fixture
-async def picker(tmp_path: Path) -> AsyncIterator[tuple[PickerService, PrecisePrefixCacheProducer]]:
+def service_with_precise_producer(tmp_path: Path) -> PickerService:
+    """``epp serve`` with the precise producer reading prompts with the tiny model's tokenizer."""
     config = tmp_path / "precise.yaml"
     config.write_text(
         "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
@@ -105,8 +105,12 @@ async def picker(tmp_path: Path) -> AsyncIterator[tuple[PickerService, PrecisePr
         "schedulingProfiles:\n- name: default\n  plugins:\n  - {pluginRef: prefix-cache-scorer}\n"
         "  - {pluginRef: max-score-picker}\n"
     )
-    async with PickerService(serve_args("--static-endpoints", "127.0.0.1:40001,127.0.0.1:40002",
-                                        "--config-file", str(config))) as service:
+    return PickerService(serve_args("--static-endpoints", "127.0.0.1:40001,127.0.0.1:40002", "--config-file", str(config)))
+
+
+@pytest.fixture
+async def picker(tmp_path: Path) -> AsyncIterator[tuple[PickerService, PrecisePrefixCacheProducer]]:
+    async with service_with_precise_producer(tmp_path) as service:
         producer = next(p for p in service.scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
         await wait_for(lambda: producer.tokenizers.for_model("m") is not None, what="the tokenizer loaded")
         threshold = gc.get_threshold()
@@ -184,3 +188,35 @@ async def test_control_the_same_rest_encoded_inline_stalls_them(
         lag = await first_response_lag(service, 100 + seed, lambda e=entries: index.entries() > e + 1000)
         seen.append((round(lag.probe_ms, 1), round(lag.stream_ms, 1)))
     assert min(p for p, _ in seen) > 2 * STALL_MS and min(s for _, s in seen) > 2 * STALL_MS, seen
+
+
+async def test_serve_stops_with_rest_encodes_in_flight(tmp_path: Path) -> None:
+    """Three new 32K prompts get their first token and epp stops at once: the running encode finishes or
+    is dropped, the queued ones are discarded, nothing raises, nothing is left booked."""
+    service = service_with_precise_producer(tmp_path)
+    async with service:
+        producer = next(p for p in service.scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
+        await wait_for(lambda: producer.tokenizers.for_model("m") is not None, what="the tokenizer loaded")
+        offload = service.data_layer.offload
+        assert offload is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.server.port}") as channel:
+            calls = []
+            for seed in range(3):
+                call = pb_grpc.ExternalProcessorStub(channel).Process(timeout=60)
+                await call.write(request_headers("/v1/completions", extra={"x-request-id": f"stop-{seed}"}))
+                await call.write(request_body(big_prompt(200 + seed), eos=True))
+                await call.read()
+                await call.read()
+                await call.write(response_headers("text/event-stream"))
+                await call.read()
+                calls.append(call)
+            for call in calls:  # three first tokens in a row: three rests submitted before any is done
+                await call.write(response_body(b'data: {"choices":[{"text":"first"}]}\n\n'))
+            for call in calls:
+                await call.read()
+            assert offload.in_flight > 0
+            for call in calls:
+                call.cancel()
+    counts = offload.counts
+    assert counts["applied"] + counts["cancelled"] == 3 and counts["failed"] == 0 and offload.in_flight == 0
+    assert not producer._rests and not producer.tails
