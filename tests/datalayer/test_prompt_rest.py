@@ -234,3 +234,27 @@ async def test_a_data_layer_stopped_with_rests_in_flight_loses_nothing_and_refus
     play(pool, ("start", late, ""), chosen)  # refused: the offload stopped
     assert layer.offload.counts["skipped"] == 1 and not pool.producer._rests
     await asyncio.sleep(0)
+
+
+async def test_picks_on_the_loop_while_the_worker_encodes_with_the_same_tokenizer() -> None:
+    """The worker's Rust encode and the loop's window encodes share one tokenizer: picks made while rests
+    are being encoded read their prompts right, and every rest is learned whole."""
+    pool = Pool()
+    offload = ThreadOffload(max_in_flight=16)
+    await offload.start()
+    pool.producer.offload_to(offload)
+    tokenizer = HFTokenizer.from_dir(TINY)
+    chosen: dict[str, str] = {}
+    requests = [prompt(30 + i, f"c{i}") for i in range(8)]
+    for request in requests:
+        play(pool, ("pick", request, ""), chosen)
+        play(pool, ("start", request, ""), chosen)  # the rest goes to the worker; the next pick runs meanwhile
+    assert offload.in_flight > 0
+    await wait_for(lambda: offload.in_flight == 0, what="the rests applied")
+    assert offload.counts["applied"] == len(requests)
+    names = list(pool.by_name)
+    for request in requests:
+        whole = engine_block_hashes(request, tokenizer, 16, 256)
+        held = pool.producer.precise.fallback.match(whole, names)
+        assert held[names.index(chosen[request.request_id])] == len(whole)
+    await offload.stop()
