@@ -18,11 +18,16 @@ serve`` would see. Printed side by side (ms, p50 and max over ``--prompts`` prom
 probe's worst lateness, the hook's own time on the loop, the finishing step's time on the loop
 (thread), the encode's time (worker, thread) — and the probe's lateness with no work (the floor).
 
+``--gil`` instead shows whether the Rust encode releases the GIL: a thread encodes a ``--tokens`` text
+with ``Tokenizer.encode`` (what ``HFTokenizer.encode`` calls) and with ``encode_batch_fast`` (what the
+rest's ``compute`` calls) while the loop's 1 ms probe measures its worst lateness.
+
 ``--metaspace`` instead states what a tokenizer that cannot be read lazily (Metaspace, as
 SentencePiece-converted models are; trained here like tests/tokenizer/test_stream.py) costs on the
 pick for a new 32K prompt: the whole prompt is encoded there.
 
     nice -n 10 python bench/prompt_rest.py [--prompts 12] [--tokens 32768] [--tokenizer DIR]
+    nice -n 10 python bench/prompt_rest.py --gil
     nice -n 10 python bench/prompt_rest.py --metaspace
 """
 
@@ -172,6 +177,38 @@ async def stall(args: argparse.Namespace) -> int:
     return 0
 
 
+async def gil(args: argparse.Namespace) -> int:
+    words = _Words(args.tokenizer, random.Random(args.seed))
+    backend = words.tokenizer._backend
+    calls: dict[str, Callable[[str], object]] = {
+        "encode (holds the GIL?)": lambda text: backend.encode(text, add_special_tokens=False).ids,
+        "encode_batch_fast": lambda text: backend.encode_batch_fast([text], add_special_tokens=False)[0].ids,
+    }
+    probe = Probe()
+    probing = asyncio.create_task(probe.run())
+    print(f"a worker thread encodes a new ~{args.tokens}-token text; the loop's 1 ms probe: worst lateness (ms),"
+          f" p50 / max of {args.prompts}; the encode's wall time")
+    for name, call in calls.items():
+        late: list[float] = []
+        wall: list[float] = []
+        for _ in range(args.prompts):
+            text = words.text(args.tokens)
+
+            async def encode(t: str = text, c: Callable[[str], object] = call) -> None:
+                t0 = time.perf_counter()
+                await asyncio.to_thread(c, t)
+                wall.append((time.perf_counter() - t0) * 1000)
+
+            task: list[asyncio.Task[None]] = []
+            worst, _ = await probe.measure(lambda e=encode, k=task: k.append(asyncio.create_task(e())),
+                                           lambda k=task: bool(k) and k[0].done())
+            late.append(worst)
+        print(f"{name:>24}: loop lag {pct(late)}   encode {pct(wall)}")
+    probe.stop = True
+    await probing
+    return 0
+
+
 def metaspace(args: argparse.Namespace) -> int:
     """A Metaspace BPE trained here (no download) on the tiny tokenizer's words; a new 32K prompt's pick."""
     import tempfile
@@ -217,9 +254,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tokenizer", default=TINY, metavar="DIR")
     parser.add_argument("--metaspace", action="store_true", help="the pick's cost of a tokenizer read whole")
+    parser.add_argument("--gil", action="store_true", help="whether the Rust encode releases the GIL")
     args = parser.parse_args()
     if args.metaspace:
         return metaspace(args)
+    if args.gil:
+        return run_async(gil(args))
     return run_async(stall(args))
 
 
