@@ -3,7 +3,8 @@
 The precise producer reads prompts lazily: the pick encodes about one window of a new prompt, the
 rest is encoded and hashed at the request's first response (``ApproxPrefixCacheProducer.learn_tail``).
 This bench runs the ``default`` preset with a model folder's tokenizer (``--tokenizer``, default the
-tiny Llama in tests/data) over 8 endpoints on the event loop ``epp serve`` uses (uvloop), and for each
+tiny Llama in tests/data) over 8 endpoints on the event loop ``epp serve`` uses (uvloop, its collector
+settings: ``tune_gc``), and for each
 new prompt (a unique completion of ``--tokens`` tokens, or a chat of a 16K system prompt seen before
 and a new 16K user turn) calls the response hook as the director does at the first response byte,
 alternating the two offloads on the same prompts' shapes:
@@ -22,12 +23,19 @@ probe's worst lateness, the hook's own time on the loop, the finishing step's ti
 with ``Tokenizer.encode`` (what ``HFTokenizer.encode`` calls) and with ``encode_batch_fast`` (what the
 rest's ``compute`` calls) while the loop's 1 ms probe measures its worst lateness.
 
+``--gc`` instead fills a tokenizer's piece cache with ``--prompts`` new prompts read to their end (as
+the rests do) and times a full collection (best of 9) with the cache's ids stored as now (4-byte
+arrays, which the collector does not walk) and as before (lists of ints), side by side, against the
+same process with the cache emptied (cpu time of ``gc.collect``; start-up objects frozen as ``epp serve``
+does, so what is timed is what serving adds).
+
 ``--metaspace`` instead states what a tokenizer that cannot be read lazily (Metaspace, as
 SentencePiece-converted models are; trained here like tests/tokenizer/test_stream.py) costs on the
 pick for a new 32K prompt: the whole prompt is encoded there.
 
     nice -n 10 python bench/prompt_rest.py [--prompts 12] [--tokens 32768] [--tokenizer DIR]
     nice -n 10 python bench/prompt_rest.py --gil
+    nice -n 10 python bench/prompt_rest.py --gc --prompts 120
     nice -n 10 python bench/prompt_rest.py --metaspace
 """
 
@@ -51,6 +59,7 @@ from epp._util.offload import INLINE, Offload, Split  # noqa: E402
 from epp.datalayer.offload import ThreadOffload  # noqa: E402
 from epp.request import LLMRequest, RequestKind  # noqa: E402
 from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer  # noqa: E402
+from epp.service import tune_gc  # noqa: E402
 
 TINY = str(Path(__file__).parents[1] / "tests" / "data" / "vllm-0.32-cpu" / "tiny-llama")
 
@@ -123,6 +132,7 @@ async def stall(args: argparse.Namespace) -> int:
     await thread.start()
     modes: dict[str, Timed] = {"inline": Timed(INLINE), "thread": Timed(thread)}
     rows: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    tune_gc()  # as ``epp serve`` once it serves
     probe = Probe()
     probing = asyncio.create_task(probe.run())
     floor = [(await probe.measure(lambda: None, lambda: True))[0] for _ in range(args.prompts)]
@@ -209,6 +219,50 @@ async def gil(args: argparse.Namespace) -> int:
     return 0
 
 
+def collections(args: argparse.Namespace) -> int:
+    import gc
+
+    words = _Words(args.tokenizer, random.Random(args.seed))
+    tokenizer = words.tokenizer
+    tune_gc()  # as ``epp serve``: what exists at start-up is frozen out of the collector's sight
+    for _ in range(args.prompts):
+        stream = tokenizer.stream(words.text(args.tokens), True)
+        stream.read(100)
+        stream.read_all()
+    pieces = tokenizer._pieces
+    arrays = {text: piece.ids for text, piece in pieces.items()}
+    ids = sum(len(a) for a in arrays.values())
+
+    def full_collection_ms() -> float:
+        times = []
+        for _ in range(9):
+            t0 = time.thread_time()  # cpu: the host's load does not count
+            gc.collect()
+            times.append((time.thread_time() - t0) * 1000)
+        return min(times)
+
+    rows = []
+    for _ in range(3):  # alternated: the host's load moves
+        for text, piece in pieces.items():
+            piece.ids = arrays[text]
+        now = full_collection_ms()
+        for piece in pieces.values():
+            piece.ids = piece.ids.tolist()  # type: ignore[assignment]
+        before = full_collection_ms()
+        for text, piece in pieces.items():
+            piece.ids = arrays[text]
+        saved = dict(pieces)
+        pieces.clear()
+        empty = full_collection_ms()
+        pieces.update(saved)
+        rows.append((now, before, empty))
+    now, before, empty = (min(r[k] for r in rows) for k in range(3))
+    print(f"piece cache: {len(pieces)} pieces, {tokenizer._piece_chars:,} characters, {ids:,} ids; full collection,"
+          f" cpu ms (best of 9, best of 3 alternations): ids as arrays (now) {now:.1f}, as lists (before) {before:.1f},"
+          f" cache emptied {empty:.1f}")
+    return 0
+
+
 def metaspace(args: argparse.Namespace) -> int:
     """A Metaspace BPE trained here (no download) on the tiny tokenizer's words; a new 32K prompt's pick."""
     import tempfile
@@ -255,7 +309,10 @@ def main() -> int:
     parser.add_argument("--tokenizer", default=TINY, metavar="DIR")
     parser.add_argument("--metaspace", action="store_true", help="the pick's cost of a tokenizer read whole")
     parser.add_argument("--gil", action="store_true", help="whether the Rust encode releases the GIL")
+    parser.add_argument("--gc", action="store_true", help="a full collection with the piece cache's ids as arrays / lists")
     args = parser.parse_args()
+    if args.gc:
+        return collections(args)
     if args.metaspace:
         return metaspace(args)
     if args.gil:

@@ -171,9 +171,11 @@ def _parsed_call(call: Any) -> Any:
 class _Piece:
     """A remembered piece: its ids and, per full ``_CHUNK`` of text, (chained hash of the text up to
     that checkpoint, token index and character offset of a word boundary before it) — or nothing
-    where the piece is too short to reuse from."""
+    where the piece is too short to reuse from. The ids are a 4-byte ``array``, not a list: the
+    collector never walks an array's items (a full piece cache holds millions of ids; as lists, every
+    full collection of ``epp serve`` would walk them, ~17 ms per 4M ids)."""
 
-    ids: list[int]
+    ids: array[int]
     marks: list[tuple[int, int, int]]
 
 
@@ -228,13 +230,20 @@ def _streamable(backend: RustTokenizer) -> bool:
     )  # fmt: skip
 
 
-def _unpacked(data: bytes) -> list[int]:
+def _unpacked(data: bytes) -> array[int]:
     """``token_bytes`` undone."""
     ids = array(_U32)
     ids.frombytes(data)
     if sys.byteorder != "little":
         ids.byteswap()
-    return ids.tolist()
+    return ids
+
+
+def _packed(ids: array[int]) -> bytes:
+    """``token_bytes`` of a piece's ids (a copy only on a big-endian host)."""
+    if sys.byteorder == "little":
+        return ids.tobytes()
+    return token_bytes(ids)
 
 
 class TokenStream:
@@ -348,19 +357,18 @@ class TokenStream:
                         keep.append((part, b"", texts[part]))
                     else:
                         owner._pieces[part] = cached  # most recently used last
-                        out.append(token_bytes(cached.ids))
+                        out.append(_packed(cached.ids))
             out.append(token_bytes(owner._around[1]) if special and owner._around else b"")
         batch, backend = list(texts), owner._backend
 
-        def encode() -> list[tuple[list[int], bytes]]:
+        def encode() -> list[bytes]:
             encodings = backend.encode_batch_fast(batch, add_special_tokens=whole and special) if batch else []
-            ids = [enc.ids for enc in encodings]  # each ``ids`` builds a new list
-            return [(i, token_bytes(i)) for i in ids]
+            return [token_bytes(enc.ids) for enc in encodings]
 
-        def finish(encoded: list[tuple[list[int], bytes]]) -> bytes:
+        def finish(encoded: list[bytes]) -> bytes:
             for part, before, index in keep:
-                owner._keep_piece(part, _unpacked(before) + encoded[index][0] if before else encoded[index][0])
-            data = b"".join(x if isinstance(x, bytes) else encoded[x][1] for x in out)
+                owner._keep_piece(part, before + encoded[index])
+            data = b"".join(x if isinstance(x, bytes) else encoded[x] for x in out)
             self._i, self._pos, self._part_read = len(parts), 0, []
             self._read_chars = self._chars
             self._tokens += len(data) // 4
@@ -374,7 +382,7 @@ class TokenStream:
         if self._i == -2:
             self.done = True
             self._read_chars = self._chars
-            return token_bytes(owner.encode(parts[0], self._special))
+            return owner._encode_packed(parts[0], self._special)
         if self._i == -1:
             self._i = 0
             return token_bytes(owner._around[0]) if self._special and owner._around else b""
@@ -388,7 +396,7 @@ class TokenStream:
         if self._pos == 0 and (len(part) <= 2 * owner._window or part in owner._pieces):
             self._i += 1
             self._read_chars += len(part)
-            return token_bytes(owner._piece_ids(part)) if part else b""
+            return owner._piece_bytes(part) if part else b""
         ids, used = owner._window_ids(part, self._pos)
         self._pos += used
         self._read_chars += used
@@ -461,45 +469,49 @@ class HFTokenizer:
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """The token ids of ``text``, with the post-processor's special tokens (BOS) if asked."""
+        return _unpacked(self._encode_packed(text, add_special_tokens)).tolist()
+
+    def _encode_packed(self, text: str, add_special_tokens: bool) -> bytes:
+        """``encode``'s ids packed (``token_bytes``): remembered pieces are copied as they are stored."""
         if self._split is None or (add_special_tokens and self._around is None):
-            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+            return token_bytes(self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
         parts = self._split.split(text)  # text, added token, text, added token, …, text
         missing = [p for p in parts[0::2] if p and p not in self._pieces]
         if missing:
             self._remember(dict.fromkeys(missing))
             if any(p not in self._pieces for p in missing):  # more new text than the cache holds
-                return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
-        ids: list[int] = []
+                return token_bytes(self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
+        out: list[bytes] = []
         if add_special_tokens:
             assert self._around is not None
-            ids.extend(self._around[0])
+            out.append(token_bytes(self._around[0]))
         pieces, added = self._pieces, self._added
         for i, part in enumerate(parts):
             if i % 2:
-                ids.append(added[part])
+                out.append(token_bytes((added[part],)))
             elif part:
                 cached = pieces.pop(part)  # re-inserted: most recently used last
                 pieces[part] = cached
-                ids.extend(cached.ids)
+                out.append(_packed(cached.ids))
         if add_special_tokens:
             assert self._around is not None
-            ids.extend(self._around[1])
-        return ids
+            out.append(token_bytes(self._around[1]))
+        return b"".join(out)
 
     def stream(self, text: str, add_special_tokens: bool = True) -> TokenStream:
         """``encode(text, add_special_tokens)``, read front to back on demand (``TokenStream``)."""
         return TokenStream(self, text, add_special_tokens)
 
-    def _piece_ids(self, part: str) -> list[int]:
-        """A piece's ids through the piece cache (encoded and remembered when new)."""
+    def _piece_bytes(self, part: str) -> bytes:
+        """A piece's packed ids through the piece cache (encoded and remembered when new)."""
         cached = self._pieces.pop(part, None)
         if cached is None:
             self._remember({part: None})
             cached = self._pieces.pop(part, None)
             if cached is None:  # more than the cache holds
-                return self._backend.encode(part, add_special_tokens=False).ids
+                return token_bytes(self._backend.encode_batch_fast([part], add_special_tokens=False)[0].ids)
         self._pieces[part] = cached  # most recently used last
-        return cached.ids
+        return _packed(cached.ids)
 
     def _window_ids(self, part: str, pos: int) -> tuple[bytes, int]:
         """The packed ids of ``part`` from ``pos`` (a word boundary) up to the safe cut of a window
@@ -543,7 +555,7 @@ class HFTokenizer:
     def _remember(self, texts: Mapping[str, None]) -> None:
         short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]
         for text, enc in zip(short, self._backend.encode_batch_fast(short, add_special_tokens=False) if short else ()):
-            self._pieces[text] = _Piece(enc.ids, [])
+            self._pieces[text] = _Piece(array(_U32, enc.ids), [])
             self._piece_chars += len(text)
         for text in texts:
             if text not in self._pieces:
@@ -551,10 +563,10 @@ class HFTokenizer:
                 self._piece_chars += len(text)
         self._trim_pieces()
 
-    def _keep_piece(self, text: str, ids: list[int]) -> None:
-        """Remember a piece a stream read (its ids known, no reuse points)."""
+    def _keep_piece(self, text: str, packed: bytes) -> None:
+        """Remember a piece a stream read (its packed ids known, no reuse points)."""
         if text not in self._pieces:
-            self._pieces[text] = _Piece(ids, [])
+            self._pieces[text] = _Piece(_unpacked(packed), [])
             self._piece_chars += len(text)
             self._trim_pieces()
 
@@ -575,7 +587,7 @@ class HFTokenizer:
         way records points there, the third and later reuse them (a conversation resent with one more
         turn reuses all but the newest turns)."""
         hashes = _chunk_hashes(text)
-        ids: list[int] = []
+        ids = array(_U32)
         marks: list[tuple[int, int, int]] = []
         start = 0
         for k in range(len(hashes) - 1, -1, -1):
@@ -596,14 +608,14 @@ class HFTokenizer:
                 self._seen[after] = None
                 if len(self._seen) > _MAX_SEEN:
                     del self._seen[next(iter(self._seen))]
-            tail = self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids
-            piece = _Piece(ids + tail, marks)
+            ids.extend(self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids)
+            piece = _Piece(ids, marks)
             for index, (h, _, _) in enumerate(marks):
                 self._marks[h] = (text, index)
             return piece
         enc = self._backend.encode(text[start:], add_special_tokens=False)
         reused = len(ids)
-        ids = ids + enc.ids
+        ids.extend(enc.ids)
         words = enc.word_ids
         begins = [b for b, _ in enc.offsets]  # character offsets in text[start:], one per token
         for k in range(len(marks), len(hashes)):
@@ -655,7 +667,7 @@ class HFTokenizer:
             for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
                 self._seen.update(dict.fromkeys(_chunk_hashes(shared)))
                 self._remember({shared: None})
-                got = self._encode_long(text).ids
+                got = self._encode_long(text).ids.tolist()
                 self._forget()
                 if got != self._backend.encode(text, add_special_tokens=False).ids:
                     return False
