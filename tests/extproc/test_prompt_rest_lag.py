@@ -2,8 +2,9 @@
 
 The precise producer encodes the rest of a lazily read prompt at its first response (50-80 ms of Rust
 encoding for 32K tokens). ``PickerService`` (what ``epp serve`` runs) is driven over real gRPC on
-127.0.0.1; while the big prompt's response headers arrive, another stream sends response chunks and
-times each reply, and a probe task on the event loop measures how late its 1 ms sleeps wake. With
+127.0.0.1; while the big prompt's first token arrives, another stream sends response chunks and
+times the gaps between epp's replies, and a probe task on the event loop measures how late its 1 ms
+sleeps wake. With
 the encode on the data layer's worker thread both stay within ``STALL_MS``; the control runs the same
 exchange with the encode inline (as replay does) and must see the stall, so the measurement can fail.
 """
