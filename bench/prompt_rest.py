@@ -33,7 +33,7 @@ does, so what is timed is what serving adds).
 SentencePiece-converted models are; trained here like tests/tokenizer/test_stream.py) costs on the
 pick for a new 32K prompt: the whole prompt is encoded there.
 
-    nice -n 10 python bench/prompt_rest.py [--prompts 12] [--tokens 32768] [--tokenizer DIR]
+    nice -n 10 python bench/prompt_rest.py [--prompts 12] [--tokens 32768] [--tokenizer DIR] [--max-tokens 131072]
     nice -n 10 python bench/prompt_rest.py --gil
     nice -n 10 python bench/prompt_rest.py --gc --prompts 120
     nice -n 10 python bench/prompt_rest.py --metaspace
@@ -52,9 +52,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from schedule import _default_with, _states, _Words  # noqa: E402 - the bench folder's shared helpers
+from schedule import _states, _Words  # noqa: E402 - the bench folder's shared helpers
 
 from epp._util.cli import run_async  # noqa: E402
+from epp._util.clock import VirtualClock  # noqa: E402
+from epp.config import load_scheduler_text  # noqa: E402
+from epp.config.presets import PRESETS  # noqa: E402
+from epp.scheduling.scheduler import Scheduler  # noqa: E402
 from epp._util.offload import INLINE, Offload, Split  # noqa: E402
 from epp.datalayer.offload import ThreadOffload  # noqa: E402
 from epp.request import LLMRequest, RequestKind  # noqa: E402
@@ -62,6 +66,15 @@ from epp.scheduling.prefix.precise_producer import PrecisePrefixCacheProducer  #
 from epp.service import tune_gc  # noqa: E402
 
 TINY = str(Path(__file__).parents[1] / "tests" / "data" / "vllm-0.32-cpu" / "tiny-llama")
+
+
+def _default_with(tokenizer: str, max_tokens: int) -> Scheduler:
+    """The ``default`` preset with ``tokenizer`` and ``maxPrefixTokensToMatch: max_tokens``."""
+    shipped = ("tokenizer: auto", "maxPrefixTokensToMatch: 131072")
+    text = PRESETS["default"]
+    assert all(s in text for s in shipped)
+    text = text.replace(shipped[0], f"tokenizer: '{tokenizer}'").replace(shipped[1], f"maxPrefixTokensToMatch: {max_tokens}")
+    return load_scheduler_text(text, clock=VirtualClock(), rng=random.Random(1))
 
 
 class Timed:
@@ -72,6 +85,7 @@ class Timed:
         self.compute_ms: list[float] = []
         self.finish_ms: list[float] = []
         self.finished = 0
+        self.accepted = 0
 
     def submit(self, job: Split[None], discard: Callable[[], None]) -> bool:
         def compute() -> Callable[[], None]:
@@ -87,7 +101,9 @@ class Timed:
 
             return timed
 
-        return self.inner.submit(Split(compute), discard)
+        accepted = self.inner.submit(Split(compute), discard)
+        self.accepted += accepted
+        return accepted
 
 
 class Probe:
@@ -140,7 +156,7 @@ async def stall(args: argparse.Namespace) -> int:
     for shape in ("completion, unique", "chat, seen 16K system + new 16K turn"):
         schedulers = {}
         for mode, offload in modes.items():
-            scheduler = _default_with(args.tokenizer)
+            scheduler = _default_with(args.tokenizer, args.max_tokens)
             producer = next(p for p in scheduler.plugins if isinstance(p, PrecisePrefixCacheProducer))
             producer.offload_to(offload)
             schedulers[mode] = scheduler
@@ -161,9 +177,8 @@ async def stall(args: argparse.Namespace) -> int:
                 scheduler, timed = schedulers[mode], modes[mode]
                 request = LLMRequest(f"{mode}-{i}", kind, "m", body=body)
                 chosen = scheduler.schedule(request, states).endpoints[0]
-                before = timed.finished
                 worst, own = await probe.measure(lambda s=scheduler, r=request, c=chosen: s.response_started(r, c),
-                                                 lambda t=timed, b=before: t.finished > b)
+                                                 lambda t=timed: t.finished == t.accepted)  # none: the pick read it all
                 scheduler.response_complete(request, chosen, {"prompt_tokens": args.tokens, "completion_tokens": 1})
                 if i:
                     probe_ms, own_ms = rows.setdefault((shape, mode), ([], []))
@@ -172,7 +187,8 @@ async def stall(args: argparse.Namespace) -> int:
     probe.stop = True
     await probing
     await thread.stop()
-    print(f"default preset, 8 endpoints, tokenizer {args.tokenizer}, {args.prompts} new prompts per row; loop lag = how"
+    print(f"default preset (maxPrefixTokensToMatch {args.max_tokens}), 8 endpoints, tokenizer {args.tokenizer},"
+          f" {args.prompts} new prompts per row; loop lag = how"
           f" late a 1 ms sleep on the same loop wakes while the rest is learned (ms, p50 / max)")
     print(f"{'prompt':>38} {'tokens':>7} {'mode':>7} {'loop lag p50':>12} {'max':>7} {'hook p50':>8} {'max':>7}")
     for shape in counted:
@@ -307,6 +323,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tokenizer", default=TINY, metavar="DIR")
+    parser.add_argument("--max-tokens", type=int, default=131072,
+                        help="the producer's maxPrefixTokensToMatch (the preset's 131072; 4096 is the plugin's default)")
     parser.add_argument("--metaspace", action="store_true", help="the pick's cost of a tokenizer read whole")
     parser.add_argument("--gil", action="store_true", help="whether the Rust encode releases the GIL")
     parser.add_argument("--gc", action="store_true", help="a full collection with the piece cache's ids as arrays / lists")

@@ -44,7 +44,7 @@ import os
 import re
 import sys
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +59,8 @@ import jinja2.sandbox
 # Read when the library first encodes; an explicit setting is kept.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
+from tokenizers import Encoding  # noqa: E402 - after the parallelism default
+from tokenizers import Tokenizer as RustTokenizer  # noqa: E402
 
 from epp._util.hashing import token_bytes
 from epp._util.offload import Split
@@ -249,6 +250,24 @@ def _packed(ids: array[int]) -> bytes:
     return token_bytes(ids)
 
 
+def _safe_cut(window: str, enc: Encoding) -> tuple[bytes, int] | None:
+    """The packed ids of ``window`` (a text starting at a safe cut) up to its last safe cut
+    (``TokenStream``), and the characters they cover; None when it has none."""
+    words, offsets = enc.word_ids, enc.offsets
+    if not words:
+        return None
+    last, limit = words[-1], len(window) - _WINDOW_MARGIN
+    at = len(words) - 1
+    while at > 0:
+        begin = offsets[at][0]
+        word = words[at]
+        if (word is not None and last is not None and word < last - 1 and begin <= limit and word != words[at - 1]
+                and window[begin].isascii() and not window[begin - 1].isspace()):  # fmt: skip
+            return token_bytes(enc.ids[:at]), begin
+        at -= 1
+    return None
+
+
 class TokenStream:
     """One text's token ids, encoded front to back as the reader asks for more, as packed uint32
     (``epp._util.hashing.token_bytes``' layout): a reader that needs only the start — the prefix
@@ -321,56 +340,132 @@ class TokenStream:
 
     def read_all(self) -> bytes:
         """All the ids not read yet (``rest``, both steps now)."""
-        return self.rest().run()
+        return self._all().run() if not self.done else b""
 
-    def rest(self) -> Split[bytes]:
-        """All the ids not read yet, as a ``Split``: what must be encoded — the rest of the piece being
-        read in one call (no window cuts, no offsets: about a quarter cheaper), the pieces after it that
-        are not remembered, each whole (the text whole if nothing was read) — is encoded by
-        ``compute``, which touches only the Rust tokenizer (it releases the GIL while encoding), so it
-        may run on another thread; the finishing step assembles the ids and remembers the new pieces
-        (long ones too, so a later prompt repeating one — an earlier turn — finds it in one lookup). The
-        stream must not be read between the two steps."""
-        owner, parts, special = self._owner, self._parts, self._special
+    def rest(self, limit: int | None = None) -> Split[bytes]:
+        """The ids not read yet — all of them, or at least ``limit`` where that is less — as a
+        ``Split``: what must be encoded is encoded by ``compute``, which touches only the Rust tokenizer
+        (its batch encode releases the GIL), so it may run on another thread; the finishing step
+        assembles the ids and remembers the new pieces (long ones too, so a later prompt repeating one —
+        an earlier turn — finds it in one lookup). The stream must not be read between the two steps.
+
+        All: the rest of the piece being read in one call (no window cuts, no offsets: about a quarter
+        cheaper), the pieces after it that are not remembered, each whole (the text whole if nothing
+        was read). With a ``limit`` well below what the piece being read still holds (a prefix index
+        that matches only the first blocks of a long prompt), that piece is read on in windows cut as
+        ``read`` cuts them, sized for what is still needed, until ``limit`` ids were read."""
+        owner, parts = self._owner, self._parts
         if self.done:
             return Split.ready(b"")
+        i, pos = self._i, self._pos
+        if limit is not None and 0 <= i < len(parts) and i % 2 == 0 and not (pos == 0 and parts[i] in owner._pieces):
+            rate = self._read_chars / self._tokens if self._tokens else 4.0  # characters per token so far
+            left = len(parts[i]) - pos
+            if left > 2 * owner._window and left > 2 * limit * rate:
+                return self._windows_up_to(limit, rate)
+        return self._all()
+
+    def _windows_up_to(self, limit: int, rate: float) -> Split[bytes]:
+        """``rest(limit)`` inside one long piece: windows of it until ``limit`` ids were read; if the piece
+        ends first, everything after it too (as ``_all``)."""
+        i, part, backend, window_size = self._i, self._parts[self._i], self._owner._backend, self._owner._window
+        text = part[self._pos :]
+        after_batch, after_finish = self._all_from(i + 1)
+
+        def encode() -> tuple[list[bytes], int, list[bytes]]:
+            chunks: list[bytes] = []
+            used = got = 0
+            while got < limit and used < len(text):
+                size = int((limit - got) * rate * 1.25) + window_size
+                window = text[used : used + size]
+                cut = None
+                if used + size < len(text):
+                    cut = _safe_cut(window, backend.encode_batch([window], add_special_tokens=False)[0])
+                if cut is None:  # the last window, or one without a safe cut: the rest of the piece
+                    cut = token_bytes(backend.encode_batch_fast([text[used:]], add_special_tokens=False)[0].ids), len(text) - used
+                chunks.append(cut[0])
+                used += cut[1]
+                got += len(cut[0]) // 4
+            return chunks, used, after_batch() if used == len(text) else []
+
+        def finish(read: tuple[list[bytes], int, list[bytes]]) -> bytes:
+            chunks, used, after = read
+            data = b"".join(chunks)
+            self._tokens += len(data) // 4
+            self._read_chars += used
+            if used < len(text):
+                self._pos += used
+                self._part_read.extend(chunks)
+                return data
+            self._owner._keep_piece(part, b"".join(self._part_read) + data)  # read to its end
+            return data + after_finish(after)
+
+        return Split.of(encode, finish)
+
+    def _all(self) -> Split[bytes]:
+        """``rest()``: every id not read yet."""
+        owner, parts, i = self._owner, self._parts, self._i
+        if i == -2:  # nothing read of a text read whole
+            text, special, backend = parts[0], self._special, owner._backend
+
+            def whole() -> bytes:
+                return token_bytes(backend.encode_batch_fast([text], add_special_tokens=special)[0].ids)
+
+            def finish_whole(data: bytes) -> bytes:
+                self._read_chars, self._tokens, self.done = self._chars, self._tokens + len(data) // 4, True
+                return data
+
+            return Split.of(whole, finish_whole)
+        if i == -1:
+            frame = token_bytes(owner._around[0]) if self._special and owner._around else b""
+            batch, finish = self._all_from(0)
+            return Split.of(batch, lambda encoded: frame + finish(encoded))
+        if i < len(parts) and i % 2 == 0 and self._pos:
+            part, text, before = parts[i], parts[i][self._pos :], b"".join(self._part_read)
+            batch, finish = self._all_from(i + 1)
+            backend = owner._backend
+
+            def encode() -> tuple[bytes, list[bytes]]:
+                return token_bytes(backend.encode_batch_fast([text], add_special_tokens=False)[0].ids), batch()
+
+            def finish_part(encoded: tuple[bytes, list[bytes]]) -> bytes:
+                owner._keep_piece(part, before + encoded[0])  # a later prompt repeating it: one lookup
+                self._read_chars += len(text)
+                self._tokens += len(encoded[0]) // 4
+                return encoded[0] + finish(encoded[1])
+
+            return Split.of(encode, finish_part)
+        batch, finish = self._all_from(i)
+        return Split.of(batch, finish)
+
+    def _all_from(self, start: int) -> tuple[Callable[[], list[bytes]], Callable[[list[bytes]], bytes]]:
+        """Every id of ``parts[start:]`` and the closing frame: the encoding of the pieces not remembered
+        (one batch; any thread) and the step that assembles them, remembers the new pieces and ends the
+        stream (the owner's thread)."""
+        owner, parts, special = self._owner, self._parts, self._special
         texts: dict[str, int] = {}  # text to encode → its index (a piece repeated is encoded once)
         out: list[bytes | int] = []  # ids known now, or the index of an encoded text
-        keep: list[tuple[str, bytes, int]] = []  # pieces to remember: (piece, ids read before, encoded text)
-        i, pos = self._i, self._pos
-        whole = i == -2
-        if whole:
-            texts[parts[0]] = 0
-            out.append(0)
-        else:
-            if i == -1:
-                out.append(token_bytes(owner._around[0]) if special and owner._around else b"")
-                i = 0
-            for at in range(i, len(parts)):
-                part = parts[at]
-                if at % 2:
-                    out.append(token_bytes((owner._added[part],)))
-                elif at == i and pos:
-                    out.append(texts.setdefault(part[pos:], len(texts)))
-                    keep.append((part, b"".join(self._part_read), texts[part[pos:]]))
-                elif part:
-                    cached = owner._pieces.pop(part, None)
-                    if cached is None:
-                        out.append(texts.setdefault(part, len(texts)))
-                        keep.append((part, b"", texts[part]))
-                    else:
-                        owner._pieces[part] = cached  # most recently used last
-                        out.append(_packed(cached.ids))
-            out.append(token_bytes(owner._around[1]) if special and owner._around else b"")
+        for at in range(start, len(parts)):
+            part = parts[at]
+            if at % 2:
+                out.append(token_bytes((owner._added[part],)))
+            elif part:
+                cached = owner._pieces.pop(part, None)
+                if cached is None:
+                    out.append(texts.setdefault(part, len(texts)))
+                else:
+                    owner._pieces[part] = cached  # most recently used last
+                    out.append(_packed(cached.ids))
+        out.append(token_bytes(owner._around[1]) if special and owner._around else b"")
         batch, backend = list(texts), owner._backend
 
         def encode() -> list[bytes]:
-            encodings = backend.encode_batch_fast(batch, add_special_tokens=whole and special) if batch else []
+            encodings = backend.encode_batch_fast(batch, add_special_tokens=False) if batch else []
             return [token_bytes(enc.ids) for enc in encodings]
 
         def finish(encoded: list[bytes]) -> bytes:
-            for part, before, index in keep:
-                owner._keep_piece(part, before + encoded[index])
+            for text, index in texts.items():
+                owner._keep_piece(text, encoded[index])
             data = b"".join(x if isinstance(x, bytes) else encoded[x] for x in out)
             self._i, self._pos, self._part_read = len(parts), 0, []
             self._read_chars = self._chars
@@ -378,7 +473,7 @@ class TokenStream:
             self.done = True
             return data
 
-        return Split.of(encode, finish)
+        return encode, finish
 
     def _step(self) -> bytes:
         owner, parts = self._owner, self._parts
@@ -540,20 +635,7 @@ class HFTokenizer:
         return found
 
     def _cut(self, window: str) -> tuple[bytes, int] | None:
-        enc = self._backend.encode(window, add_special_tokens=False)
-        words, offsets = enc.word_ids, enc.offsets
-        if not words:
-            return None
-        last, limit = words[-1], len(window) - _WINDOW_MARGIN
-        at = len(words) - 1
-        while at > 0:
-            begin = offsets[at][0]
-            word = words[at]
-            if (word is not None and last is not None and word < last - 1 and begin <= limit and word != words[at - 1]
-                    and window[begin].isascii() and not window[begin - 1].isspace()):  # fmt: skip
-                return token_bytes(enc.ids[:at]), begin
-            at -= 1
-        return None
+        return _safe_cut(window, self._backend.encode(window, add_special_tokens=False))
 
     def _remember(self, texts: Mapping[str, None]) -> None:
         short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]

@@ -43,8 +43,9 @@ class TokenReader(Protocol):
         """All the ids not read yet."""
         ...
 
-    def rest(self) -> Split[bytes]:
-        """``read_all`` cut where its encoding may run on another thread (``epp._util.offload``)."""
+    def rest(self, limit: int | None = None) -> Split[bytes]:
+        """``read_all`` (or at least ``limit`` more ids, where fewer than all are needed) cut where its
+        encoding may run on another thread (``epp._util.offload``)."""
         ...
 
 

@@ -141,7 +141,8 @@ class BlockHashTail:
         (``TokenReader.rest``); hashed in the finishing step (the chain memo is the owner's)."""
         if self.done:
             return Split.ready([])
-        return self._stream.rest().then(self._hashed)
+        needed = self._room * (self._block_bytes // 4) - len(self._pending) // 4  # ids up to the block limit
+        return self._stream.rest(needed).then(self._hashed)
 
     def _hashed(self, read: bytes) -> list[int]:
         """The hashes of the full blocks of what was pending plus ``read`` (all of it: hashing costs far
