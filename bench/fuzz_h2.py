@@ -50,7 +50,7 @@ def main() -> int:
             try:
                 run()
             except Exception as exc:
-                notes = "\n".join(getattr(exc, "__notes__", []))  # hypothesis's shrunk falsifying example
+                notes = "\n".join(getattr(exc, "__notes__", []))[:4000]  # hypothesis's shrunk falsifying example
                 print(f"FAILED in chunk {chunk} (seed {args.seed + chunk}): {exc!r}\n{notes}", file=sys.stderr)
                 return 1
             done, chunk = done + count, chunk + 1

@@ -189,8 +189,8 @@ class FrameFuzz:
             try:
                 sock.sendall(data)
                 sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it hung up early (after a GOAWAY, read below)
+            except OSError:  # it hung up early: after its GOAWAY (read below), or at once after the client's
+                pass
             deadline = time.monotonic() + 5
             try:
                 while chunk := sock.recv(65536):
