@@ -292,9 +292,8 @@ class H2Connection(asyncio.Protocol):
             if len(payload) < _GOAWAY_MIN:
                 raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"GOAWAY of {len(payload)} bytes")
             self.draining = True  # the client opens no more streams; the open ones finish, then we close
-            if not self.streams and self.transport is not None:
-                self._flush()
-                self.transport.close()
+            if not self.streams:
+                self.drain()
         elif kind == wire.PUSH_PROMISE:
             raise ConnectionError_(wire.PROTOCOL_ERROR, "clients cannot push")
         elif kind == wire.PRIORITY:
@@ -625,8 +624,11 @@ class H2Connection(asyncio.Protocol):
         except Exception:
             log.exception("error closing call on stream %d", stream.id)
         if self.draining and not self.streams and self.transport is not None:
-            self._flush()
-            self.transport.close()
+            if self._goaway_sent:
+                self._flush()
+                self.transport.close()
+            else:  # the client said GOAWAY and its last stream ended: ours, then close
+                self.drain()
 
     def _abort_all(self) -> None:
         for stream in list(self.streams.values()):

@@ -377,7 +377,12 @@ async def test_client_goaway_lets_open_streams_finish_then_closes(served: Served
     client.send(wire.frame(wire.DATA, wire.END_STREAM, 1, Client.message(b"after")))
     messages, trailers, _ = await client.response(1)
     assert messages == [b"after", b"bye"] and trailers[b"grpc-status"] == b"0"
-    assert await client.closed()
+    assert (await client.goaway())[1] == wire.NO_ERROR  # its last stream ended: the server's own GOAWAY, then EOF
+    client.writer.close()
+    for _ in range(100):
+        if not served.server.connections:
+            break
+        await asyncio.sleep(0.01)
     assert not served.server.connections
     await served.still_serves()
 
@@ -385,5 +390,5 @@ async def test_client_goaway_lets_open_streams_finish_then_closes(served: Served
 async def test_client_goaway_with_an_error_and_no_streams_closes_at_once(served: Served) -> None:
     client = await served.connect()
     client.send(wire.goaway(0, wire.PROTOCOL_ERROR, b"bye"))
-    assert await client.closed()
+    assert (await client.goaway())[1] == wire.NO_ERROR
     await served.still_serves()
