@@ -49,7 +49,7 @@ and a replica reports only its own work, never what it heard from the others.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,6 +72,13 @@ class RemoteLoad:
     context_tokens: int = 0
     output_tokens: int = 0
     intervals: tuple[tuple[float, float], ...] = ()
+
+    def plus(self, start: float, seconds: float, context_tokens: int, output_tokens: int) -> RemoteLoad:
+        """With one more request another replica just booked (heard of before its next export)."""
+        intervals = list(self.intervals)
+        insort(intervals, (start, seconds))
+        return RemoteLoad(self.seconds, self.at, self.pending + 1, self.requests + 1,
+                          self.context_tokens + context_tokens, self.output_tokens + output_tokens, tuple(intervals))
 
 
 def queue_end(intervals: Iterable[tuple[float, float]]) -> float:
@@ -274,6 +281,18 @@ class EndpointLedger:
     def own_intervals(self) -> list[tuple[float, float]]:
         """This epp's pending prefills as (predicted start, seconds): what it reports to the others."""
         return [(f.eta - f.prefill_seconds, f.prefill_seconds) for f in self.pending.values()]
+
+    def reported_intervals(self, now: float) -> list[tuple[float, float]]:
+        """``own_intervals`` as the other replicas should queue them at ``now``: moved later together when
+        this epp's own backlog ends later than they do — a head past its predicted first token, an engine
+        slower than predicted (what ``backlog`` reads from this epp's requests, which the others cannot:
+        an interval that ended on paper drains from their view while the engine still works on it)."""
+        intervals = self.own_intervals()
+        if intervals:
+            late = now + self.own_backlog(now) - queue_end(intervals)
+            if late > 0:
+                intervals = [(start + late, seconds) for start, seconds in intervals]
+        return intervals
 
     def _own_terms(self) -> tuple[float, float, float, float, float, float, float]:
         if not self.pending:

@@ -42,8 +42,9 @@ the latency learned by the replica that has seen most of an endpoint while it ha
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple, dataclass, field, fields
 from itertools import compress
 from typing import Any
 
@@ -69,6 +70,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
+from epp.scheduling.ttft.learn import DECODE, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
@@ -137,6 +139,15 @@ class TTFTPredictorScorer:
         self._last_names: list[str] = []
         self._last_ledgers: list[EndpointLedger] = []
         producer.tail_learned.append(self._tail_learned)
+        self.on_event: Callable[[], None] | None = None
+        """Set by a shared-state exchange (``epp.shared.SharesEvents``): bookings and first tokens are then
+        queued for the other replicas as they happen."""
+        self.origin = secrets.token_hex(6)
+        """Names this replica's exports and events to the others (which events an export already holds)."""
+        self._sequence = 0
+        self._outbox: list[tuple[int, str, str, float, tuple[float, ...]]] = []
+        self._heard: dict[str, _Heard] = {}
+        self.learner.report = self._report
 
     def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
         """A prompt hashed lazily at the pick is known whole now: its held prefix is all of it."""
@@ -307,6 +318,9 @@ class TTFTPredictorScorer:
             load.context_tokens, request.stream,
         )
         ledger.routed(request.request_id, flight)
+        if self.on_event is not None:  # the others hear of it now, not at the next exchange
+            self._emit("b", chosen.name, flight.eta - flight.prefill_seconds, flight.prefill_seconds,
+                       flight.context_tokens, flight.output_tokens)
         hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
         self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
 
@@ -317,6 +331,8 @@ class TTFTPredictorScorer:
             load = self.predictor.predictor.decode_load(endpoint, ledger)
             self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
+            if self.on_event is not None and request.stream:  # the others' learners time around it
+                self._emit("f", endpoint.name, now)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response ended; ``usage`` empty when the engine reported none (a failure, or a stream
@@ -354,7 +370,7 @@ class TTFTPredictorScorer:
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
-                intervals = ledger.own_intervals()
+                intervals = ledger.reported_intervals(now)
                 if len(intervals) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
                     head = intervals[: len(intervals) - MAX_INTERVALS + 1]
                     intervals = [(head[0][0], sum(s for _, s in head)), *intervals[len(head):]]
@@ -364,7 +380,8 @@ class TTFTPredictorScorer:
         for name, learner in self.learner.endpoints.items():
             if learner.observations:
                 learned[name] = [learner.observations, *astuple(learner.own_estimate)]
-        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned}
+        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned, ORIGIN_KEY: self.origin,
+                SEQUENCE_KEY: self._sequence}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
         """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
@@ -372,10 +389,17 @@ class TTFTPredictorScorer:
         the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
         totals: dict[str, list[float]] = {}
         intervals: dict[str, list[tuple[float, float]]] = {}
+        heard, self._heard = self._heard, {}
         for age, payload in peers:
             loads, queues = payload.get(LEDGER_KEY), payload.get(QUEUE_KEY)
             if not isinstance(loads, dict):
                 continue
+            origin, sequence = payload.get(ORIGIN_KEY), payload.get(SEQUENCE_KEY)
+            if isinstance(origin, str) and isinstance(sequence, int):  # its bookings pushed since still count
+                kept = heard.get(origin) or _Heard()
+                kept.sequence = max(kept.sequence, sequence)
+                kept.bookings = [b for b in kept.bookings if b[0] > kept.sequence]
+                self._heard[origin] = kept
             taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
             for name, row in loads.items():
                 if name not in self.ledgers or not _load_row(row):
@@ -389,6 +413,15 @@ class TTFTPredictorScorer:
                     mine.extend((taken + start, seconds) for start, seconds in queue)
                 elif row[0] > 0:  # a peer that reports no intervals: its backlog, as one block from then
                     mine.append((taken, row[0]))
+        for origin, kept in heard.items():  # heard of only through its events so far: kept for a ttl
+            if origin not in self._heard and kept.sequence < 0 and kept.bookings and kept.bookings[-1][2] > now - 1.0:
+                self._heard[origin] = kept
+        for kept in self._heard.values():
+            for _, name, start, seconds, context, output in kept.bookings:
+                total = totals.setdefault(name, [0, 0, 0, 0])
+                for i, v in enumerate((1, 1, context, output)):
+                    total[i] += v
+                intervals.setdefault(name, []).append((start, seconds))
         for name, ledger in self.ledgers.items():
             t = totals.get(name)
             if t is None:
@@ -398,6 +431,58 @@ class TTFTPredictorScorer:
             seconds = max(0.0, queue_end(queued) - now) if queued else 0.0
             ledger.set_remote(RemoteLoad(seconds, now, int(t[0]), int(t[1]), int(t[2]), int(t[3]), queued))
         self._adopt_learned(peers)
+
+    def _emit(self, kind: str, name: str, at: float, *values: float) -> None:
+        self._sequence += 1
+        self._outbox.append((self._sequence, kind, name, at, values))
+        if len(self._outbox) > MAX_EVENTS:  # no exchange drains them: the next export says it all
+            del self._outbox[: len(self._outbox) - MAX_EVENTS]
+        if len(self._outbox) == 1 and self.on_event is not None:
+            self.on_event()
+
+    def _report(self, name: str, kind: str, features: Sequence[float], seconds: float) -> None:
+        if self.on_event is not None:
+            self._emit(kind, name, self.clock.now(), *features, seconds)
+
+    def take_events(self) -> list[Any]:
+        """The bookings (``[origin, sequence, "b", endpoint, start, prefill seconds, KV context tokens, output
+        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time]``) and latency
+        observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``,
+        ``EndpointLearner.report``) since the last call, times relative to now."""
+        now = self.clock.now()
+        events = [[self.origin, seq, kind, name, round(at - now, 6), *(round(v, 6) for v in values)]
+                  for seq, kind, name, at, values in self._outbox]  # fmt: skip
+        self._outbox = []
+        return events
+
+    def import_events(self, events: Sequence[Any], age: float, now: float) -> None:
+        """Another replica's ``take_events``, sent ``age`` seconds ago. A booking joins the endpoint's remote
+        load at once (until an export from its replica holds it); a first token tells the endpoint's
+        learner that another replica's prefill ended there (``EndpointLearner.foreign_first_token``); an
+        observation is learned as if this replica had made it. Malformed events are skipped."""
+        sent = now - max(0.0, age)
+        for event in events:
+            if not _event(event):
+                continue
+            origin, seq, kind, name, at = event[:5]
+            heard = self._heard.setdefault(origin, _Heard())
+            if seq <= heard.sequence:
+                continue  # its replica's export already holds it
+            ledger = self.ledgers.get(name)
+            if ledger is None:  # an endpoint this replica does not know (yet, or any more)
+                continue
+            if kind == "f":
+                self.learner[name].foreign_first_token(sent + at)
+                continue
+            if kind == PREFILL:
+                self.learner[name].observe_prefill(event[5:8], event[8])
+                continue
+            if kind == DECODE:
+                self.learner[name].observe_decode(event[5:8], event[8])
+                continue
+            seconds, context, output = event[5], int(event[6]), int(event[7])
+            heard.bookings.append((seq, name, sent + at, seconds, context, output))
+            ledger.set_remote(ledger.remote.plus(sent + at, seconds, context, output))
 
     def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
         """Per endpoint, predict with the latency learned by the replica that has seen most of it, while
@@ -434,6 +519,31 @@ LEDGER_KEY = "ledger"
 
 LEARNED_KEY = "learned"
 QUEUE_KEY = "queue"
+ORIGIN_KEY = "origin"
+SEQUENCE_KEY = "sequence"
+EVENT_LENGTHS = {"f": 5, "b": 8, PREFILL: 9, DECODE: 9}
+MAX_EVENTS = 4096
+"""Events kept for the exchange to take; older ones are dropped (only if no exchange drains them)."""
+
+
+@dataclass(slots=True)
+class _Heard:
+    """What this replica heard from another one: the last event its latest export holds (-1: no export
+    seen yet), and its bookings heard of since, as (sequence, endpoint, start, seconds, context, output)."""
+
+    sequence: int = -1
+    bookings: list[tuple[int, str, float, float, int, int]] = field(default_factory=list)
+
+
+def _event(item: object) -> bool:
+    """A well-formed event of ``take_events``."""
+    if not (isinstance(item, list) and len(item) >= 5 and isinstance(item[0], str) and isinstance(item[1], int)
+            and isinstance(item[3], str) and EVENT_LENGTHS.get(item[2]) == len(item)):  # fmt: skip
+        return False
+    numbers = item[4:]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in numbers) and (
+        min(numbers[1:], default=0) >= 0
+    )
 MAX_INTERVALS = 64
 """Pending prefills reported per endpoint; older ones are merged into one block (same queue end)."""
 

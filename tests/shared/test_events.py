@@ -1,0 +1,113 @@
+"""Events between active-active replicas (``SharesEvents``): a booking or a first token reaches the other
+replicas a millisecond after it happens instead of at the next exchange (25–50 ms later), and another
+replica's first tokens keep its prefills out of this replica's latency observations."""
+
+from __future__ import annotations
+
+import pytest
+
+from epp._util.clock import VirtualClock
+from epp.scheduling.ttft.learn import EndpointLearner
+from epp.shared import VirtualExchange, participants
+from epp.shared.protocol import EVENT_LATENCY, SharesEvents
+from tests.scheduling.ttft.test_learn import BUDGET, truth
+from tests.shared.test_ledger_sharing import build, pool, request
+
+
+def test_a_booking_is_heard_a_millisecond_later_and_counted_once_when_an_export_holds_it() -> None:
+    clock = VirtualClock(10.0)
+    a_sched, a = build(clock, 0)
+    b_sched, b = build(clock, 1)
+    endpoints = pool(2, clock)
+    for e in endpoints:  # b has a ledger for each endpoint
+        b_sched.schedule(request(f"warm-{e.name}", [7] * 10), [e])
+        b_sched.response_complete(request(f"warm-{e.name}", [7] * 10), e, {})
+    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
+                               clock=clock)  # fmt: skip
+    assert isinstance(a, SharesEvents) and a.on_event is not None
+    chosen = a_sched.schedule(request("a1", list(range(60_000))), endpoints).endpoints[0].name
+    other = next(e for e in endpoints if e.name != chosen)
+    exchange.deliver(clock.now())
+    assert b.ledgers[chosen].remote.requests == 0  # still on its way
+    clock.advance_to(10.0 + EVENT_LATENCY)
+    exchange.deliver(clock.now())
+    remote = b.ledgers[chosen].remote
+    assert remote.requests == 1 and remote.pending == 1 and exchange.events == 1
+    (start, seconds), = remote.intervals
+    assert start == pytest.approx(10.0) and seconds > 0.5
+    assert a.ledgers[chosen].remote.requests == 0  # never its own echoed
+    assert b_sched.schedule(request("b1", [5] * 2000), endpoints).endpoints[0].name == other.name
+
+    exchange.tick(10.025)  # a exports (holding a1), then b reads it: still one request, not two
+    exchange.tick(10.05)
+    assert b.ledgers[chosen].remote.requests == 1 and len(b.ledgers[chosen].remote.intervals) == 1
+    a_sched.response_complete(request("a1", []), next(e for e in endpoints if e.name == chosen), {})
+    exchange.tick(10.075)
+    exchange.tick(10.1)
+    assert b.ledgers[chosen].remote.requests == 0  # gone with the export that no longer holds it
+    b.import_events([[a.origin, 1, "b", chosen, 0.0, 1.0, 10, 10]], 0.0, clock.now())
+    assert b.ledgers[chosen].remote.requests == 0  # an event the export already covered is not revived
+
+
+def test_malformed_events_are_ignored() -> None:
+    clock = VirtualClock(10.0)
+    sched, scorer = build(clock, 0)
+    sched.schedule(request("r", [1] * 100), pool(1, clock))
+    before = scorer.ledgers["e0"].remote
+    scorer.import_events([None, [], ["o", 1, "b", "e0", 0.0, -1.0, 1, 1], ["o", "1", "b", "e0", 0.0, 1.0, 1, 1],
+                          ["o", 2, "x", "e0", 0.0], ["o", 3, "b", "e0", 0.0, 1.0, 1], ["o", 4, "f", "e0", "t"],
+                          ["o", 5, "b", "unknown", 0.0, 1.0, 1, 1], ["o", 6, "f", "e0", 1e300]], 0.0, 10.0)  # fmt: skip
+    assert scorer.ledgers["e0"].remote is before
+    scorer.import_events([["o", 7, "b", "e0", 0.0, 1.0, 1, 1]], 0.0, 10.0)
+    assert scorer.ledgers["e0"].remote.requests == 1
+
+
+def learn_behind_another_replica(told: bool, same_iteration: bool = False) -> EndpointLearner:
+    """Replica A's learner for an endpoint where another replica's 4K prompt is always queued just ahead
+    of A's 3K one (first come, first served); ``told``: A hears the other's first tokens."""
+    learner = EndpointLearner(BUDGET)
+    engine = truth(1.0)
+    t = 0.0
+    for i in range(40):
+        learner.routed(f"a{i}", t, 3000, 0, 0, 0, streamed=True)
+        theirs = t + engine.prefill_seconds(4000, 0, 0, 0, BUDGET)
+        mine = theirs + engine.prefill_seconds(3000, 0, 0, 0, BUDGET)
+        if told:
+            learner.foreign_first_token(mine - 0.0005 if same_iteration else theirs)
+        learner.started(f"a{i}", mine, 0, 0)
+        learner.finished(f"a{i}", mine + 0.5, {"completion_tokens": 10}, 0, 0)
+        t = mine + 1.0
+    return learner
+
+
+def test_another_replicas_prefill_ahead_is_not_learned_as_this_ones() -> None:
+    exact = truth(1.0).prefill_seconds(3000, 0, 0, 0, BUDGET)
+    unaware = learn_behind_another_replica(told=False)
+    assert unaware.estimate.prefill_seconds(3000, 0, 0, 0, BUDGET) > 2 * exact  # theirs counted as its own
+    told = learn_behind_another_replica(told=True)
+    assert told.observations == 40
+    assert told.estimate.prefill_seconds(3000, 0, 0, 0, BUDGET) == pytest.approx(exact, rel=0.05)
+    shared = learn_behind_another_replica(told=True, same_iteration=True)
+    assert shared.observations == 0  # their share of the iteration is unknown: nothing is learned
+
+
+def test_first_tokens_reach_the_other_replicas_learners(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = VirtualClock(10.0)
+    a_sched, a = build(clock, 0)
+    b_sched, b = build(clock, 1)
+    endpoints = pool(1, clock)
+    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
+                               clock=clock)  # fmt: skip
+    b_sched.schedule(request("b1", [3] * 500), endpoints)
+    a_sched.schedule(request("a1", [4] * 500), endpoints)
+    clock.advance_to(10.2)
+    a_sched.response_started(request("a1", [4] * 500), endpoints[0])
+    clock.advance_to(10.3)
+    exchange.deliver(clock.now())
+    assert b.learner["e0"]._foreign == [pytest.approx(10.2)]
+    seen: list[float] = []
+    monkeypatch.setattr(EndpointLearner, "observe_prefill", lambda self, x, seconds: seen.append(seconds))
+    b_sched.response_started(request("b1", [3] * 500), endpoints[0])
+    clock.advance_to(10.5)
+    b_sched.response_complete(request("b1", [3] * 500), endpoints[0], {"completion_tokens": 5})
+    assert seen == [pytest.approx(0.1)]  # from a's first token (10.2) to b's (10.3), not from 10.0
