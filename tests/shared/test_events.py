@@ -38,12 +38,21 @@ def test_a_booking_is_heard_a_millisecond_later_and_counted_once_when_an_export_
     assert a.ledgers[chosen].remote.requests == 0  # never its own echoed
     assert b_sched.schedule(request("b1", [5] * 2000), endpoints).endpoints[0].name == other.name
 
+    clock.advance_to(10.05)
     exchange.tick(10.025)  # a exports (holding a1), then b reads it: still one request, not two
     exchange.tick(10.05)
     assert b.ledgers[chosen].remote.requests == 1 and len(b.ledgers[chosen].remote.intervals) == 1
-    a_sched.response_complete(request("a1", []), next(e for e in endpoints if e.name == chosen), {})
-    exchange.tick(10.075)
+    at = next(e for e in endpoints if e.name == chosen)
+    a_sched.response_started(request("a1", []), at)  # its prefill is over: b's view drops it at once
+    clock.advance_to(10.05 + EVENT_LATENCY)
+    exchange.deliver(clock.now())
+    remote = b.ledgers[chosen].remote
+    assert (remote.requests, remote.pending, remote.intervals) == (1, 0, ())  # still decoding there
+    exchange.tick(10.075)  # an export taken before the first token arrives late: a1 stays out
+    assert b.ledgers[chosen].remote.pending == 0
+    a_sched.response_complete(request("a1", []), at, {})
     exchange.tick(10.1)
+    exchange.tick(10.125)
     assert b.ledgers[chosen].remote.requests == 0  # gone with the export that no longer holds it
     b.import_events([[a.origin, 1, "b", chosen, 0.0, 1.0, 10, 10]], 0.0, clock.now())
     assert b.ledgers[chosen].remote.requests == 0  # an event the export already covered is not revived
@@ -55,8 +64,8 @@ def test_malformed_events_are_ignored() -> None:
     sched.schedule(request("r", [1] * 100), pool(1, clock))
     before = scorer.ledgers["e0"].remote
     scorer.import_events([None, [], ["o", 1, "b", "e0", 0.0, -1.0, 1, 1], ["o", "1", "b", "e0", 0.0, 1.0, 1, 1],
-                          ["o", 2, "x", "e0", 0.0], ["o", 3, "b", "e0", 0.0, 1.0, 1], ["o", 4, "f", "e0", "t"],
-                          ["o", 5, "b", "unknown", 0.0, 1.0, 1, 1], ["o", 6, "f", "e0", 1e300]], 0.0, 10.0)  # fmt: skip
+                          ["o", 2, "x", "e0", 0.0], ["o", 3, "b", "e0", 0.0, 1.0, 1], ["o", 4, "f", "e0", "t", 1], ["o", 4, "f", "e0", 0.0],
+                          ["o", 5, "b", "unknown", 0.0, 1.0, 1, 1], ["o", 6, "f", "e0", 1e300, 1]], 0.0, 10.0)  # fmt: skip
     assert scorer.ledgers["e0"].remote is before
     scorer.import_events([["o", 7, "b", "e0", 0.0, 1.0, 1, 1]], 0.0, 10.0)
     assert scorer.ledgers["e0"].remote.requests == 1

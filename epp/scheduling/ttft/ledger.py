@@ -49,7 +49,7 @@ and a replica reports only its own work, never what it heard from the others.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,13 +72,6 @@ class RemoteLoad:
     context_tokens: int = 0
     output_tokens: int = 0
     intervals: tuple[tuple[float, float], ...] = ()
-
-    def plus(self, start: float, seconds: float, context_tokens: int, output_tokens: int) -> RemoteLoad:
-        """With one more request another replica just booked (heard of before its next export)."""
-        intervals = list(self.intervals)
-        insort(intervals, (start, seconds))
-        return RemoteLoad(self.seconds, self.at, self.pending + 1, self.requests + 1,
-                          self.context_tokens + context_tokens, self.output_tokens + output_tokens, tuple(intervals))
 
 
 def queue_end(intervals: Iterable[tuple[float, float]]) -> float:

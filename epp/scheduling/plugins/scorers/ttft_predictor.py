@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import operator
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from itertools import compress
 from typing import Any
@@ -147,6 +147,8 @@ class TTFTPredictorScorer:
         self._sequence = 0
         self._outbox: list[tuple[int, str, str, float, tuple[float, ...]]] = []
         self._heard: dict[str, _Heard] = {}
+        self._booking_ids: dict[str, int] = {}
+        """Request id → the sequence number of its booking event, while it has no first token."""
         self.learner.report = self._report
 
     def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
@@ -215,6 +217,7 @@ class TTFTPredictorScorer:
             recency = self.recency.get(name)
             learner = self.learner[name]
             for request_id in ledger.expire(cutoff):
+                self._booking_ids.pop(request_id, None)
                 learner.forget(request_id)  # no outcome: it teaches nothing
                 if recency is not None:
                     recency.release(request_id)
@@ -321,6 +324,7 @@ class TTFTPredictorScorer:
         if self.on_event is not None:  # the others hear of it now, not at the next exchange
             self._emit("b", chosen.name, flight.eta - flight.prefill_seconds, flight.prefill_seconds,
                        flight.context_tokens, flight.output_tokens)
+            self._booking_ids[request.request_id] = self._sequence
         hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
         self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
 
@@ -331,12 +335,14 @@ class TTFTPredictorScorer:
             load = self.predictor.predictor.decode_load(endpoint, ledger)
             self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
-            if self.on_event is not None and request.stream:  # the others' learners time around it
-                self._emit("f", endpoint.name, now)
+            booking = self._booking_ids.pop(request.request_id, 0)
+            if self.on_event is not None and request.stream:  # its prefill is over: the others' views drop it
+                self._emit("f", endpoint.name, now, booking)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response ended; ``usage`` empty when the engine reported none (a failure, or a stream
         without usage): the learner learns only from requests with reported completion tokens."""
+        self._booking_ids.pop(request.request_id, None)
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
@@ -351,6 +357,7 @@ class TTFTPredictorScorer:
         """Nothing ran: the flight leaves the ledger without re-anchoring its backlog (a dead engine's
         instant failures must not make it look idle), its prefix was never cached there, and its timing
         is no latency sample."""
+        self._booking_ids.pop(request.request_id, None)
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             ledger.abandoned(request.request_id)
@@ -370,12 +377,14 @@ class TTFTPredictorScorer:
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
-                intervals = ledger.reported_intervals(now)
-                if len(intervals) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
-                    head = intervals[: len(intervals) - MAX_INTERVALS + 1]
-                    intervals = [(head[0][0], sum(s for _, s in head)), *intervals[len(head):]]
-                if intervals:
-                    queues[name] = [[round(start - now, 6), round(seconds, 6)] for start, seconds in intervals]
+                ids = [self._booking_ids.get(request_id, 0) for request_id in ledger.pending]
+                rows = [[round(start - now, 6), round(seconds, 6), i]
+                        for (start, seconds), i in zip(ledger.reported_intervals(now), ids)]  # fmt: skip
+                if len(rows) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
+                    head = rows[: len(rows) - MAX_INTERVALS + 1]
+                    rows = [[head[0][0], round(sum(r[1] for r in head), 6), 0], *rows[len(head):]]
+                if rows:
+                    queues[name] = rows
         learned: dict[str, list[float | int]] = {}
         for name, learner in self.learner.endpoints.items():
             if learner.observations:
@@ -384,53 +393,76 @@ class TTFTPredictorScorer:
                 SEQUENCE_KEY: self._sequence}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
-        """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
-        becomes each ledger's ``remote`` (their backlog drained by its age); an empty list (no peer, or
-        the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
-        totals: dict[str, list[float]] = {}
-        intervals: dict[str, list[tuple[float, float]]] = {}
+        """The other replicas' latest ``export_shared``, each with its age in seconds: their load becomes
+        each ledger's ``remote``, with what their events told since (``import_events``); an empty list (no
+        peer, or the shared store unreachable) leaves this replica on its own ledger. Malformed rows are
+        skipped."""
         heard, self._heard = self._heard, {}
-        for age, payload in peers:
+        for position, (age, payload) in enumerate(peers):
             loads, queues = payload.get(LEDGER_KEY), payload.get(QUEUE_KEY)
             if not isinstance(loads, dict):
                 continue
             origin, sequence = payload.get(ORIGIN_KEY), payload.get(SEQUENCE_KEY)
-            if isinstance(origin, str) and isinstance(sequence, int):  # its bookings pushed since still count
+            if isinstance(origin, str) and isinstance(sequence, int):  # what its events told since still counts
                 kept = heard.get(origin) or _Heard()
-                kept.sequence = max(kept.sequence, sequence)
-                kept.bookings = [b for b in kept.bookings if b[0] > kept.sequence]
-                self._heard[origin] = kept
+                kept.since(sequence)
+            else:  # a peer that sends no events: its export is all there is
+                origin, kept = f"#{position}", _Heard()
+            kept.loads = {}
             taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
             for name, row in loads.items():
                 if name not in self.ledgers or not _load_row(row):
                     continue
-                total = totals.setdefault(name, [0, 0, 0, 0])
-                for i in range(4):
-                    total[i] += row[i + 1]
                 queue = queues.get(name) if isinstance(queues, dict) else None
-                mine = intervals.setdefault(name, [])
                 if isinstance(queue, list) and all(_interval(q) for q in queue):
-                    mine.extend((taken + start, seconds) for start, seconds in queue)
-                elif row[0] > 0:  # a peer that reports no intervals: its backlog, as one block from then
-                    mine.append((taken, row[0]))
+                    queued = [(taken + q[0], q[1], int(q[2]) if len(q) == 3 else 0) for q in queue]
+                else:  # no intervals: its backlog, as one block from then
+                    queued = [(taken, row[0], 0)] if row[0] > 0 else []
+                kept.loads[name] = ([int(v) for v in row[1:]], queued)
+            self._heard[origin] = kept
         for origin, kept in heard.items():  # heard of only through its events so far: kept for a ttl
             if origin not in self._heard and kept.sequence < 0 and kept.bookings and kept.bookings[-1][2] > now - 1.0:
                 self._heard[origin] = kept
-        for kept in self._heard.values():
-            for _, name, start, seconds, context, output in kept.bookings:
-                total = totals.setdefault(name, [0, 0, 0, 0])
-                for i, v in enumerate((1, 1, context, output)):
-                    total[i] += v
-                intervals.setdefault(name, []).append((start, seconds))
-        for name, ledger in self.ledgers.items():
-            t = totals.get(name)
-            if t is None:
+        self._set_remote(self.ledgers, now)
+        self._adopt_learned(peers)
+
+    def _set_remote(self, names: Iterable[str], now: float) -> None:
+        """Each named ledger's ``remote``: the other replicas' exported load there, their bookings heard of
+        since, less the prefills their first tokens said are over."""
+        for name in names:
+            ledger = self.ledgers.get(name)
+            if ledger is None:
+                continue
+            total = [0, 0, 0, 0]  # pending, requests, KV context tokens, output tokens
+            queued: list[tuple[float, float]] = []
+            found = False
+            for kept in self._heard.values():
+                load = kept.loads.get(name)
+                if load is not None:
+                    found = True
+                    for i, v in enumerate(load[0]):
+                        total[i] += v
+                    for start, seconds, booking in load[1]:
+                        if booking in kept.started:
+                            total[0] -= 1
+                        else:
+                            queued.append((start, seconds))
+                for seq, booked, start, seconds, context, output in kept.bookings:
+                    if booked == name:
+                        found = True
+                        total[1] += 1
+                        total[2] += context
+                        total[3] += output
+                        if seq not in kept.started:
+                            total[0] += 1
+                            queued.append((start, seconds))
+            if not found:
                 ledger.set_remote(NO_REMOTE)
                 continue
-            queued = tuple(sorted(intervals[name]))
-            seconds = max(0.0, queue_end(queued) - now) if queued else 0.0
-            ledger.set_remote(RemoteLoad(seconds, now, int(t[0]), int(t[1]), int(t[2]), int(t[3]), queued))
-        self._adopt_learned(peers)
+            queued.sort()
+            seconds_left = max(0.0, queue_end(queued) - now) if queued else 0.0
+            pending, requests, context, output = total
+            ledger.set_remote(RemoteLoad(seconds_left, now, max(0, pending), requests, context, output, tuple(queued)))
 
     def _emit(self, kind: str, name: str, at: float, *values: float) -> None:
         self._sequence += 1
@@ -457,32 +489,36 @@ class TTFTPredictorScorer:
 
     def import_events(self, events: Sequence[Any], age: float, now: float) -> None:
         """Another replica's ``take_events``, sent ``age`` seconds ago. A booking joins the endpoint's remote
-        load at once (until an export from its replica holds it); a first token tells the endpoint's
-        learner that another replica's prefill ended there (``EndpointLearner.foreign_first_token``); an
-        observation is learned as if this replica had made it. Malformed events are skipped."""
+        load at once (until an export from its replica holds it); a first token takes that request's
+        prefill out of it (until an export no longer holds it) and tells the endpoint's learner that
+        another replica's prefill ended there (``EndpointLearner.foreign_first_token``); an observation is
+        learned as if this replica had made it. Malformed events are skipped."""
         sent = now - max(0.0, age)
+        changed: set[str] = set()
         for event in events:
             if not _event(event):
                 continue
             origin, seq, kind, name, at = event[:5]
-            heard = self._heard.setdefault(origin, _Heard())
-            if seq <= heard.sequence:
-                continue  # its replica's export already holds it
             ledger = self.ledgers.get(name)
             if ledger is None:  # an endpoint this replica does not know (yet, or any more)
                 continue
-            if kind == "f":
+            heard = self._heard.setdefault(origin, _Heard())
+            if seq <= heard.sequence:
+                continue  # its replica's export already holds it
+            if kind == "b":
+                heard.bookings.append((seq, name, sent + at, event[5], int(event[6]), int(event[7])))
+                changed.add(name)
+            elif kind == "f":
                 self.learner[name].foreign_first_token(sent + at)
-                continue
-            if kind == PREFILL:
+                if event[5]:
+                    heard.started[int(event[5])] = seq
+                    changed.add(name)
+            elif kind == PREFILL:
                 self.learner[name].observe_prefill(event[5:8], event[8])
-                continue
-            if kind == DECODE:
+            else:
                 self.learner[name].observe_decode(event[5:8], event[8])
-                continue
-            seconds, context, output = event[5], int(event[6]), int(event[7])
-            heard.bookings.append((seq, name, sent + at, seconds, context, output))
-            ledger.set_remote(ledger.remote.plus(sent + at, seconds, context, output))
+        if changed:
+            self._set_remote(changed, now)
 
     def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
         """Per endpoint, predict with the latency learned by the replica that has seen most of it, while
@@ -521,18 +557,29 @@ LEARNED_KEY = "learned"
 QUEUE_KEY = "queue"
 ORIGIN_KEY = "origin"
 SEQUENCE_KEY = "sequence"
-EVENT_LENGTHS = {"f": 5, "b": 8, PREFILL: 9, DECODE: 9}
+EVENT_LENGTHS = {"f": 6, "b": 8, PREFILL: 9, DECODE: 9}
 MAX_EVENTS = 4096
 """Events kept for the exchange to take; older ones are dropped (only if no exchange drains them)."""
 
 
 @dataclass(slots=True)
 class _Heard:
-    """What this replica heard from another one: the last event its latest export holds (-1: no export
-    seen yet), and its bookings heard of since, as (sequence, endpoint, start, seconds, context, output)."""
+    """What this replica knows of another one: the last event its latest export holds (-1: no export seen
+    yet); that export's load per endpoint (totals: pending, requests, KV context tokens, output tokens;
+    and its pending prefills as (start, seconds, booking sequence or 0)); its bookings heard of since, as
+    (sequence, endpoint, start, seconds, context, output); and the bookings whose first token was heard
+    since, with that event's sequence."""
 
     sequence: int = -1
+    loads: dict[str, tuple[list[int], list[tuple[float, float, int]]]] = field(default_factory=dict)
     bookings: list[tuple[int, str, float, float, int, int]] = field(default_factory=list)
+    started: dict[int, int] = field(default_factory=dict)
+
+    def since(self, sequence: int) -> None:
+        """An export holding its events up to ``sequence`` arrived: forget what it now says itself."""
+        self.sequence = max(self.sequence, sequence)
+        self.bookings = [b for b in self.bookings if b[0] > self.sequence]
+        self.started = {booking: seq for booking, seq in self.started.items() if seq > self.sequence}
 
 
 def _event(item: object) -> bool:
@@ -549,11 +596,12 @@ MAX_INTERVALS = 64
 
 
 def _interval(item: object) -> bool:
-    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0], finite."""
+    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0, optionally its
+    booking's sequence number ≥ 0], finite."""
     return (
-        isinstance(item, list) and len(item) == 2
+        isinstance(item, list) and len(item) in (2, 3)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e9 for v in item)
-        and item[1] >= 0
+        and item[1] >= 0 and (len(item) == 2 or (isinstance(item[2], int) and item[2] >= 0))
     )  # fmt: skip
 
 
