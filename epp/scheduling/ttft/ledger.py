@@ -63,7 +63,8 @@ class RemoteLoad:
     """What the other replicas have in flight on one endpoint, summed, as of ``at`` (this epp's clock):
     ``seconds`` of predicted prefill still queued, ``pending`` requests without a first token,
     ``requests`` in flight, the KV ``context_tokens`` they hold and the ``output_tokens`` they may
-    generate; ``intervals``: their queued prefills as (start, seconds), in start order."""
+    generate; ``intervals``: their queued prefills as (start, seconds), in start order; ``ends``: when
+    each of them ends, run one after the other (``queue_ends``)."""
 
     seconds: float = 0.0
     at: float = float("-inf")
@@ -72,6 +73,21 @@ class RemoteLoad:
     context_tokens: int = 0
     output_tokens: int = 0
     intervals: tuple[tuple[float, float], ...] = ()
+    ends: tuple[float, ...] = ()
+
+    def queued(self, now: float) -> int:
+        """Their prefills predicted to be still waiting or running at ``now`` (as ``EndpointLedger.queued``)."""
+        return len(self.ends) - bisect_right(self.ends, now)
+
+
+def queue_ends(intervals: Iterable[tuple[float, float]]) -> tuple[float, ...]:
+    """When each of ``intervals`` ((start, seconds), sorted) ends on a server that takes them in order."""
+    ends = []
+    busy = float("-inf")
+    for start, seconds in intervals:
+        busy = max(busy, start) + seconds
+        ends.append(busy)
+    return tuple(ends)
 
 
 def queue_end(intervals: Iterable[tuple[float, float]]) -> float:

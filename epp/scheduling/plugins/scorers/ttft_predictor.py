@@ -71,7 +71,7 @@ from epp.scheduling.ttft import (
     TTFTPredictor,
 )
 from epp.scheduling.ttft.learn import DECODE, PREFILL
-from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
+from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_ends
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
@@ -245,7 +245,16 @@ class TTFTPredictorScorer:
     def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
         """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
         requests the prefill work a choice adds will delay (see the module docstring)."""
-        return self._weight(sum(self._ledger(e.name).queued(now) for e in endpoints), len(endpoints))
+        ledgers = [self._ledger(e.name) for e in endpoints]
+        return self._weight(sum(ledger.queued(now) for ledger in ledgers) + self._queued_elsewhere(ledgers, now),
+                            len(endpoints))  # fmt: skip
+
+    def _queued_elsewhere(self, ledgers: Sequence[EndpointLedger], now: float) -> int:
+        """The other replicas' requests still waiting for their prefill on these endpoints (shared state):
+        they wait in the same queues as this replica's (counting only its own, N replicas each weighed the
+        work a choice adds as if the queues were N times shorter: 4 + 4 conversation at ×11.3, hit ×0.96
+        of one replica's)."""
+        return sum(ledger.remote.queued(now) for ledger in ledgers) if self._heard else 0
 
     def _weight(self, queued: int, endpoints: int) -> float:
         return self.params.work_weight * (1 + queued / max(1, endpoints))
@@ -253,7 +262,9 @@ class TTFTPredictorScorer:
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
-        w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
+        now = self.clock.now()
+        queued = self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now)
+        w = self._weight(queued, len(endpoints))  # work_weight, from cached rows
         stranded = self._stranded(predictions)
         work = predictions.prefill if stranded is None else predictions.prefill + stranded
         rounded = np.ceil((predictions.ttft + w * work) / tol) * tol
@@ -460,9 +471,11 @@ class TTFTPredictorScorer:
                 ledger.set_remote(NO_REMOTE)
                 continue
             queued.sort()
-            seconds_left = max(0.0, queue_end(queued) - now) if queued else 0.0
+            ends = queue_ends(queued)
+            seconds_left = max(0.0, ends[-1] - now) if ends else 0.0
             pending, requests, context, output = total
-            ledger.set_remote(RemoteLoad(seconds_left, now, max(0, pending), requests, context, output, tuple(queued)))
+            ledger.set_remote(RemoteLoad(seconds_left, now, max(0, pending), requests, context, output, tuple(queued),
+                                         ends))  # fmt: skip
 
     def _emit(self, kind: str, name: str, at: float, *values: float) -> None:
         self._sequence += 1
