@@ -120,3 +120,23 @@ def test_first_tokens_reach_the_other_replicas_learners(monkeypatch: pytest.Monk
     clock.advance_to(10.5)
     b_sched.response_complete(request("b1", [3] * 500), endpoints[0], {"completion_tokens": 5})
     assert seen == [pytest.approx(0.1)]  # from a's first token (10.2) to b's (10.3), not from 10.0
+
+
+def test_the_other_replicas_queued_prefills_weigh_the_work_a_choice_adds() -> None:
+    """λ grows with the requests queued on the candidates: the other replicas' count as this one's."""
+    clock = VirtualClock(10.0)
+    sched, scorer = build(clock, 0)
+    endpoints = pool(2, clock)
+    for e in endpoints:  # both endpoints have ledgers, nothing of this replica's is queued
+        sched.schedule(request(f"warm-{e.name}", [7] * 10), [e])
+        sched.response_complete(request(f"warm-{e.name}", [7] * 10), e, {})
+    alone = scorer.work_weight(endpoints, clock.now())
+    assert alone == scorer.params.work_weight > 0
+    export = {"ledger": {"e0": [3.0, 3, 3, 0, 0]}, "queue": {"e0": [[-2.0, 1.0, 1], [0.0, 1.0, 2], [0.0, 1.0, 3]]},
+              "origin": "peer", "sequence": 3}  # fmt: skip
+    scorer.import_shared([(0.0, export)], clock.now())
+    remote = scorer.ledgers["e0"].remote
+    assert remote.ends == (9.0, 11.0, 12.0) and remote.queued(clock.now()) == 2  # the first one is over
+    assert scorer.work_weight(endpoints, clock.now()) == pytest.approx(alone * (1 + 2 / 2))
+    scorer.import_events([["peer", 4, "f", "e0", 0.0, 2]], 0.0, clock.now())  # the second's first token
+    assert scorer.ledgers["e0"].remote.queued(clock.now()) == 1
