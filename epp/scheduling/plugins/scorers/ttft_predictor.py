@@ -37,6 +37,10 @@ Active-active replicas share their ledgers and learned latency (``export_shared`
 moved between replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each
 replica predicts with its own requests exactly and the others' as they last reported them, and with
 the latency learned by the replica that has seen most of an endpoint while it has seen little itself.
+Bookings, first tokens and latency observations also go to the other replicas as they happen
+(``take_events`` / ``import_events``, about a millisecond): replicas picking faster than the exchange
+period otherwise send work to the same idle endpoint unaware of each other, and each learns from every
+request an endpoint serves, timing only its own requests' prefill.
 """
 
 from __future__ import annotations
@@ -491,7 +495,7 @@ class TTFTPredictorScorer:
 
     def take_events(self) -> list[Any]:
         """The bookings (``[origin, sequence, "b", endpoint, start, prefill seconds, KV context tokens, output
-        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time]``) and latency
+        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time, its booking's sequence]``) and latency
         observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``,
         ``EndpointLearner.report``) since the last call, times relative to now."""
         now = self.clock.now()
@@ -604,6 +608,8 @@ def _event(item: object) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in numbers) and (
         min(numbers[1:], default=0) >= 0
     )
+
+
 MAX_INTERVALS = 64
 """Pending prefills reported per endpoint; older ones are merged into one block (same queue end)."""
 
