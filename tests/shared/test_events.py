@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from epp._util.clock import VirtualClock
+from epp.scheduling.ttft import EndpointLedger, Flight
 from epp.scheduling.ttft.learn import EndpointLearner
 from epp.shared import VirtualExchange, participants
 from epp.shared.protocol import EVENT_LATENCY, SharesEvents
@@ -132,11 +133,29 @@ def test_the_other_replicas_queued_prefills_weigh_the_work_a_choice_adds() -> No
         sched.response_complete(request(f"warm-{e.name}", [7] * 10), e, {})
     alone = scorer.work_weight(endpoints, clock.now())
     assert alone == scorer.params.work_weight > 0
-    export = {"ledger": {"e0": [3.0, 3, 3, 0, 0]}, "queue": {"e0": [[-2.0, 1.0, 1], [0.0, 1.0, 2], [0.0, 1.0, 3]]},
+    export = {"ledger": {"e0": [3.0, 3, 3, 0, 0]}, "queue": {"e0": [[-2.0, 1.0, 1], [0.0, 1.0, 2], [1.0, 1.0, 3]]},
               "origin": "peer", "sequence": 3}  # fmt: skip
     scorer.import_shared([(0.0, export)], clock.now())
     remote = scorer.ledgers["e0"].remote
     assert remote.ends == (9.0, 11.0, 12.0) and remote.queued(clock.now()) == 2  # the first one is over
+    late = scorer.ledgers["e0"].backlog(clock.now())
+    scorer.import_shared([(0.0, {**export, "late": {"e0": 0.5}})], clock.now())  # its head is overdue, it says
+    assert scorer.ledgers["e0"].backlog(clock.now()) == pytest.approx(late + 0.5)  # the queue moves out
+    assert scorer.ledgers["e0"].remote.ends == (9.0, 11.0, 12.0)  # what counts as queued does not
     assert scorer.work_weight(endpoints, clock.now()) == pytest.approx(alone * (1 + 2 / 2))
     scorer.import_events([["peer", 4, "f", "e0", 0.0, 2]], 0.0, clock.now())  # the second's first token
     assert scorer.ledgers["e0"].remote.queued(clock.now()) == 1
+
+
+def test_another_replicas_first_token_moves_this_ones_pending_prefills_behind_it() -> None:
+    """First come, first served: what this replica still has pending queued behind the other's request,
+    so it starts no earlier than that request's first token (and nothing moves earlier)."""
+    ledger = EndpointLedger()
+    ledger.routed("a", Flight(10.0, 1.0, 1.0, 1000, 10))  # predicted 10 → 11
+    ledger.routed("b", Flight(10.0, 0.5, 0.5, 1000, 10))  # 11 → 11.5
+    ledger.foreign_started(10.0)  # before a was predicted to start: nothing moves
+    assert [f.eta for f in ledger.pending.values()] == [11.0, 11.5]
+    version = ledger.version
+    ledger.foreign_started(12.0)  # the engine is behind: a runs from 12 at the earliest, b after it
+    assert [f.eta for f in ledger.pending.values()] == [13.0, 13.5]
+    assert ledger.busy_until == 13.5 and ledger.version > version and ledger.backlog(12.0) == pytest.approx(1.5)

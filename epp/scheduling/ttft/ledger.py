@@ -63,8 +63,8 @@ class RemoteLoad:
     """What the other replicas have in flight on one endpoint, summed, as of ``at`` (this epp's clock):
     ``seconds`` of predicted prefill still queued, ``pending`` requests without a first token,
     ``requests`` in flight, the KV ``context_tokens`` they hold and the ``output_tokens`` they may
-    generate; ``intervals``: their queued prefills as (start, seconds), in start order; ``ends``: when
-    each of them ends, run one after the other (``queue_ends``)."""
+    generate; ``intervals``: their queued prefills as (start, seconds), in start order, moved out by
+    their replicas' ``lateness``; ``ends``: their first tokens as their replicas predicted them, sorted."""
 
     seconds: float = 0.0
     at: float = float("-inf")
@@ -76,18 +76,9 @@ class RemoteLoad:
     ends: tuple[float, ...] = ()
 
     def queued(self, now: float) -> int:
-        """Their prefills predicted to be still waiting or running at ``now`` (as ``EndpointLedger.queued``)."""
+        """Their requests predicted to be still waiting for (or in) their prefill at ``now``, read as
+        ``EndpointLedger.queued`` reads this epp's: by the first token predicted when booked."""
         return len(self.ends) - bisect_right(self.ends, now)
-
-
-def queue_ends(intervals: Iterable[tuple[float, float]]) -> tuple[float, ...]:
-    """When each of ``intervals`` ((start, seconds), sorted) ends on a server that takes them in order."""
-    ends = []
-    busy = float("-inf")
-    for start, seconds in intervals:
-        busy = max(busy, start) + seconds
-        ends.append(busy)
-    return tuple(ends)
 
 
 def queue_end(intervals: Iterable[tuple[float, float]]) -> float:
@@ -180,6 +171,23 @@ class EndpointLedger:
         self.version += 1
         self._start_through(request_id, now)
         self._reanchor(now)
+
+    def foreign_started(self, at: float) -> None:
+        """Another replica's request had its first token here at ``at`` (shared state): this epp's requests
+        still pending here queued behind it (first come, first served), so none of them started before
+        ``at``: they run back to back from then at the earliest (moved later only) — the re-anchor a first
+        token of its own gives, which with N replicas would come N times less often."""
+        t = at
+        moved = False
+        for flight in self.pending.values():
+            start = max(t, flight.eta - flight.prefill_seconds)
+            if start + flight.prefill_seconds > flight.eta:
+                flight.eta = start + flight.prefill_seconds
+                moved = True
+            t = flight.eta
+        if moved:
+            self.busy_until = max(self.busy_until, t)
+            self.version += 1
 
     def finished(self, request_id: str, now: float) -> None:
         """``request_id``'s response ended (or it failed): forget it."""
@@ -291,17 +299,13 @@ class EndpointLedger:
         """This epp's pending prefills as (predicted start, seconds): what it reports to the others."""
         return [(f.eta - f.prefill_seconds, f.prefill_seconds) for f in self.pending.values()]
 
-    def reported_intervals(self, now: float) -> list[tuple[float, float]]:
-        """``own_intervals`` as the other replicas should queue them at ``now``: moved later together when
-        this epp's own backlog ends later than they do — a head past its predicted first token, an engine
-        slower than predicted (what ``backlog`` reads from this epp's requests, which the others cannot:
-        an interval that ended on paper drains from their view while the engine still works on it)."""
+    def lateness(self, now: float) -> float:
+        """How much later than ``own_intervals`` say this epp's pending work ends, by its own backlog at
+        ``now`` — a head past its predicted first token, an engine slower than predicted (what ``backlog``
+        reads from this epp's requests, which the other replicas cannot: an interval that ended on paper
+        would drain from their view while the engine still works on it); 0 when on time."""
         intervals = self.own_intervals()
-        if intervals:
-            late = now + self.own_backlog(now) - queue_end(intervals)
-            if late > 0:
-                intervals = [(start + late, seconds) for start, seconds in intervals]
-        return intervals
+        return max(0.0, now + self.own_backlog(now) - queue_end(intervals)) if intervals else 0.0
 
     def _own_terms(self) -> tuple[float, float, float, float, float, float, float]:
         if not self.pending:

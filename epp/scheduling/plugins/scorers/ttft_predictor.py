@@ -75,7 +75,7 @@ from epp.scheduling.ttft import (
     TTFTPredictor,
 )
 from epp.scheduling.ttft.learn import DECODE, PREFILL
-from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_ends
+from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
 MATCH_TOKENS = 131072
@@ -388,24 +388,28 @@ class TTFTPredictorScorer:
         learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
         loads: dict[str, list[float | int]] = {}
         queues: dict[str, list[list[float]]] = {}
+        lateness: dict[str, float] = {}
         for name, ledger in self.ledgers.items():
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
                 ids = [self._booking_ids.get(request_id, 0) for request_id in ledger.pending]
                 rows = [[round(start - now, 6), round(seconds, 6), i]
-                        for (start, seconds), i in zip(ledger.reported_intervals(now), ids)]  # fmt: skip
+                        for (start, seconds), i in zip(ledger.own_intervals(), ids)]  # fmt: skip
                 if len(rows) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
                     head = rows[: len(rows) - MAX_INTERVALS + 1]
                     rows = [[head[0][0], round(sum(r[1] for r in head), 6), 0], *rows[len(head):]]
                 if rows:
                     queues[name] = rows
+                    late = ledger.lateness(now)
+                    if late > 0:
+                        lateness[name] = round(late, 6)
         learned: dict[str, list[float | int]] = {}
         for name, learner in self.learner.endpoints.items():
             if learner.observations:
                 learned[name] = [learner.observations, *astuple(learner.own_estimate)]
-        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned, ORIGIN_KEY: self.origin,
-                SEQUENCE_KEY: self._sequence}
+        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LATE_KEY: lateness, LEARNED_KEY: learned,
+                ORIGIN_KEY: self.origin, SEQUENCE_KEY: self._sequence}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
         """The other replicas' latest ``export_shared``, each with its age in seconds: their load becomes
@@ -425,14 +429,18 @@ class TTFTPredictorScorer:
                 origin, kept = f"#{position}", _Heard()
             kept.loads = {}
             taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
+            lateness = payload.get(LATE_KEY)
             for name, row in loads.items():
                 if name not in self.ledgers or not _load_row(row):
                     continue
                 queue = queues.get(name) if isinstance(queues, dict) else None
+                late = lateness.get(name, 0.0) if isinstance(lateness, dict) else 0.0
+                if not _numbers([late], 1):
+                    late = 0.0
                 if isinstance(queue, list) and all(_interval(q) for q in queue):
-                    queued = [(taken + q[0], q[1], int(q[2]) if len(q) == 3 else 0) for q in queue]
+                    queued = [(taken + q[0], q[1], int(q[2]) if len(q) == 3 else 0, late) for q in queue]
                 else:  # no intervals: its backlog, as one block from then
-                    queued = [(taken, row[0], 0)] if row[0] > 0 else []
+                    queued = [(taken, row[0], 0, 0.0)] if row[0] > 0 else []
                 kept.loads[name] = ([int(v) for v in row[1:]], queued)
             self._heard[origin] = kept
         for origin, kept in heard.items():  # heard of only through its events so far: kept for a ttl
@@ -450,6 +458,7 @@ class TTFTPredictorScorer:
                 continue
             total = [0, 0, 0, 0]  # pending, requests, KV context tokens, output tokens
             queued: list[tuple[float, float]] = []
+            etas: list[float] = []
             found = False
             for kept in self._heard.values():
                 load = kept.loads.get(name)
@@ -457,11 +466,12 @@ class TTFTPredictorScorer:
                     found = True
                     for i, v in enumerate(load[0]):
                         total[i] += v
-                    for start, seconds, booking in load[1]:
+                    for start, seconds, booking, late in load[1]:
                         if booking in kept.started:
                             total[0] -= 1
                         else:
-                            queued.append((start, seconds))
+                            queued.append((start + late, seconds))
+                            etas.append(start + seconds)
                 for seq, booked, start, seconds, context, output in kept.bookings:
                     if booked == name:
                         found = True
@@ -471,15 +481,16 @@ class TTFTPredictorScorer:
                         if seq not in kept.started:
                             total[0] += 1
                             queued.append((start, seconds))
+                            etas.append(start + seconds)
             if not found:
                 ledger.set_remote(NO_REMOTE)
                 continue
             queued.sort()
-            ends = queue_ends(queued)
-            seconds_left = max(0.0, ends[-1] - now) if ends else 0.0
+            etas.sort()
+            seconds_left = max(0.0, queue_end(queued) - now) if queued else 0.0
             pending, requests, context, output = total
             ledger.set_remote(RemoteLoad(seconds_left, now, max(0, pending), requests, context, output, tuple(queued),
-                                         ends))  # fmt: skip
+                                         tuple(etas)))  # fmt: skip
 
     def _emit(self, kind: str, name: str, at: float, *values: float) -> None:
         self._sequence += 1
@@ -527,6 +538,7 @@ class TTFTPredictorScorer:
                 changed.add(name)
             elif kind == "f":
                 self.learner[name].foreign_first_token(sent + at)
+                ledger.foreign_started(sent + at)
                 if event[5]:
                     heard.started[int(event[5])] = seq
                     changed.add(name)
@@ -572,6 +584,7 @@ LEDGER_KEY = "ledger"
 
 LEARNED_KEY = "learned"
 QUEUE_KEY = "queue"
+LATE_KEY = "late"
 ORIGIN_KEY = "origin"
 SEQUENCE_KEY = "sequence"
 EVENT_LENGTHS = {"f": 6, "b": 8, PREFILL: 9, DECODE: 9}
@@ -583,12 +596,12 @@ MAX_EVENTS = 4096
 class _Heard:
     """What this replica knows of another one: the last event its latest export holds (-1: no export seen
     yet); that export's load per endpoint (totals: pending, requests, KV context tokens, output tokens;
-    and its pending prefills as (start, seconds, booking sequence or 0)); its bookings heard of since, as
+    and its pending prefills as (start, seconds, booking sequence or 0, its lateness)); its bookings heard of since, as
     (sequence, endpoint, start, seconds, context, output); and the bookings whose first token was heard
     since, with that event's sequence."""
 
     sequence: int = -1
-    loads: dict[str, tuple[list[int], list[tuple[float, float, int]]]] = field(default_factory=dict)
+    loads: dict[str, tuple[list[int], list[tuple[float, float, int, float]]]] = field(default_factory=dict)
     bookings: list[tuple[int, str, float, float, int, int]] = field(default_factory=list)
     started: dict[int, int] = field(default_factory=dict)
 
