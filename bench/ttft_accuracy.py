@@ -32,6 +32,22 @@ from epp.scheduling.ttft import Prediction
 ENGINES = 8
 
 
+def record_bookings(scorer: TTFTPredictorScorer) -> dict[str, Prediction]:
+    """Per request id, the prediction ``scorer`` booked on the endpoint it was sent to, filled as the run goes."""
+    booked: dict[str, Prediction] = {}
+    pre_request = scorer.pre_request
+
+    def record(cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        pre_request(cycle, request, result)
+        if result.endpoints:
+            prediction = scorer.booked(cycle, result.endpoints[0].name)
+            if prediction is not None:
+                booked[request.request_id] = prediction
+
+    scorer.pre_request = record  # type: ignore[method-assign]  # observe what the scorer booked
+    return booked
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
@@ -51,17 +67,7 @@ def main() -> int:
     if scorer is None:
         print(f"{args.policy}: no ttft-predictor-scorer to read predictions from", file=sys.stderr)
         return 2
-    booked: dict[str, Prediction] = {}
-    pre_request = scorer.pre_request
-
-    def record(cycle: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
-        pre_request(cycle, request, result)
-        if result.endpoints:
-            prediction = scorer.booked(cycle, result.endpoints[0].name)
-            if prediction is not None:
-                booked[request.request_id] = prediction
-
-    scorer.pre_request = record  # type: ignore[method-assign]  # observe what the scorer booked
+    booked = record_bookings(scorer)
     run = OfflineReplay(trace.requests, schedulers, cluster, clock, args.rate, admission=policy.admission).run()
     per_engine: dict[int, list[tuple[float, float]]] = {}
     for i, r in enumerate(run.records):

@@ -337,6 +337,28 @@ def _relative(observed: float, predicted: float) -> float:
     return (observed - predicted) / max(observed, predicted, 1e-3)
 
 
+@dataclass(slots=True)
+class _Speculation:
+    """An estimate derived ahead of its read (``EndpointLearner._speculate``), what it was derived from,
+    and the tracks' re-basing state before, to undo it if unused."""
+
+    before: tuple[tuple[float, list[float] | None], tuple[float, list[float] | None]]
+    estimate: LatencyEstimate
+    version: int
+    pool_version: int
+    prefill_fit: list[float]
+    decode_fit: list[float]
+
+    @staticmethod
+    def tracks(learner: EndpointLearner) -> tuple[tuple[float, list[float] | None], tuple[float, list[float] | None]]:
+        """What deriving may change: each track's speed and the pool fit it is relative to (``_rebase``)."""
+        p, d = learner.prefill, learner.decode
+        return (p.log_mean, p._basis), (d.log_mean, d._basis)
+
+    def undo(self, learner: EndpointLearner) -> None:
+        (learner.prefill.log_mean, learner.prefill._basis), (learner.decode.log_mean, learner.decode._basis) = self.before
+
+
 class EndpointLearner:
     """One endpoint's prefill and decode models and the bookkeeping that turns its requests' events into
     observations.
@@ -349,7 +371,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "adopted", "budget",
+        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started", "adopted",
+        "budget",
         "decode", "pool", "prefill", "version",
     )  # fmt: skip
 
@@ -361,6 +384,7 @@ class EndpointLearner:
         self.version = 0
         self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
         self._seen = self._pool_seen = -1  # the versions the estimate was derived at
+        self._speculated: _Speculation | None = None
         self._queue: dict[str, _Booked] = {}
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
@@ -384,11 +408,7 @@ class EndpointLearner:
         pool = self.pool
         if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
             self._seen, self._pool_seen = self.version, pool.version
-            fresh = [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
-            old = self._estimate
-            if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
-                       old.decode_per_context], fresh):
-                self._estimate = LatencyEstimate(*fresh)
+            self._estimate = self._derived(pool)
         return self._estimate
 
     @property
@@ -494,13 +514,57 @@ class EndpointLearner:
 
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
+        self._unspeculate()
         self.prefill.observe(self.pool.prefill, x, seconds)
         self._changed()
 
     def observe_decode(self, z: Sequence[float], seconds: float) -> None:
         """One decode-step observation on ``[1, sequences / 100, context / 1e5]``."""
+        self._unspeculate()
         self.decode.observe(self.pool.decode, z, seconds)
         self._changed()
+
+    # -- the estimate, derived ahead of the pick ---------------------------------------------------
+    # ``own_estimate`` derives the estimate at its first read after a change, against the pool's fit at
+    # that moment (and re-bases the tracks' speeds to it). A pick reads it right after the endpoint
+    # learned, so ``_changed`` derives it at once, on the response path, and keeps the result with what
+    # it was derived from: the read uses it only if nothing it depends on moved since (this endpoint's
+    # version, the pool's version and fit objects: any other endpoint's observation replaces the pool's
+    # fit); otherwise it undoes the tracks' re-basing and derives as it would have. Either way the
+    # estimate, and every later one, is the one the lazy derivation gives, bit for bit.
+
+    def _derived(self, pool: PoolModel) -> LatencyEstimate:
+        spec = self._speculated
+        if spec is not None:
+            self._speculated = None
+            if (spec.version == self.version and spec.pool_version == pool.version
+                    and spec.prefill_fit is pool.prefill.theta and spec.decode_fit is pool.decode.theta):
+                return spec.estimate  # ``_estimate``, which it was compared with, is only set by a read
+            spec.undo(self)
+        return self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+
+    def _replaced(self, fresh: list[float]) -> LatencyEstimate:
+        """The estimate with coefficients ``fresh``: the current one unless one moved by more than
+        ``PUBLISH_CHANGE`` (prediction noise is larger)."""
+        old = self._estimate
+        if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
+                   old.decode_per_context], fresh):
+            return LatencyEstimate(*fresh)
+        return old
+
+    def _speculate(self) -> None:
+        pool = self.pool
+        before = _Speculation.tracks(self)
+        estimate = self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+        self._speculated = _Speculation(before, estimate, self.version, pool.version, pool.prefill.theta,
+                                        pool.decode.theta)
+
+    def _unspeculate(self) -> None:
+        """Undo a derivation no read used (an observation re-bases the tracks itself)."""
+        spec = self._speculated
+        if spec is not None:
+            self._speculated = None
+            spec.undo(self)
 
     def _drop(self, group: _Group) -> None:
         for rid in group.members:
@@ -509,6 +573,7 @@ class EndpointLearner:
     def _changed(self) -> None:
         self.version += 1
         self.pool.updated()
+        self._speculate()
 
 
 class LatencyLearner:

@@ -41,6 +41,7 @@ the latency learned by the replica that has seen most of an endpoint while it ha
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -183,7 +184,8 @@ class TTFTPredictorScorer:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
         block = info.block_tokens
-        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block)
+        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block,
+                                             self._scrapes_seen)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
 
@@ -211,7 +213,9 @@ class TTFTPredictorScorer:
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
         sent there since the previous one (``EndpointLedger.observe_scrape``). Between scrapes every
-        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call."""
+        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call.
+        ``_scrapes_seen`` is then that list (the same object while nothing changed), which the predictor
+        reuses to tell which cached rows a scrape made stale."""
         metrics = [None if state.stale else state.metrics for state in endpoints]
         seen = self._scrapes_seen
         if len(metrics) == len(seen) and all(map(operator.is_, metrics, seen)):
@@ -240,9 +244,17 @@ class TTFTPredictorScorer:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
-        stranded = self._stranded(predictions)
-        work = predictions.prefill if stranded is None else predictions.prefill + stranded
-        rounded = np.ceil((predictions.ttft + w * work) / tol) * tol
+        # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
+        rounded = self._stranded(predictions)
+        if rounded is None:
+            rounded = predictions.prefill * w
+        else:
+            rounded += predictions.prefill
+            rounded *= w
+        rounded += predictions.ttft
+        rounded /= tol
+        np.ceil(rounded, out=rounded)
+        rounded *= tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
@@ -265,24 +277,33 @@ class TTFTPredictorScorer:
         let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
         against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
         cached = predictions.cached_tokens
-        most = int(cached.max())
-        if most == int(cached.min()):
+        held = np.count_nonzero(cached)
+        if not held:
             return None
-        warm = np.flatnonzero(cached == most)
-        cold = predictions.cold_prefill
-        warm_cold = cold[warm]
-        shares = (warm_cold - predictions.prefill[warm]) / np.maximum(warm_cold, MIN_SECONDS)
-        least = int(np.argmin(shares))  # the first minimum: its share is shares.min()
-        share, ref = float(shares[least]), int(warm[least])
-        stranded: npt.NDArray[np.float64] = share * np.maximum(cold, cold[ref]) * (most - cached) / most
+        most = int(cached.max())
+        if held == len(cached) and most == int(cached.min()):
+            return None
+        cold, prefill = predictions.cold_prefill, predictions.prefill
+        share, ref = math.inf, 0
+        for i in (cached == most).nonzero()[0].tolist():  # the warmest (usually one): their shares in Python
+            warm_cold = float(cold[i])
+            warm_share = (warm_cold - float(prefill[i])) / max(warm_cold, MIN_SECONDS)
+            if warm_share < share:  # the first minimum
+                share, ref = warm_share, i
+        stranded: npt.NDArray[np.float64] = np.maximum(cold, cold[ref])
+        stranded *= share
+        stranded *= most - cached
+        stranded /= most
         return stranded
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
         booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
         for names, predictions in reversed(booked):
-            if name in names:
+            try:
                 return predictions[names.index(name)]
+            except ValueError:  # not among this prediction's candidates
+                continue
         return None
 
     # -- scheduler hooks -------------------------------------------------------------------------
@@ -301,7 +322,7 @@ class TTFTPredictorScorer:
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
         ledger = self._ledger(chosen.name)
-        load = self.predictor.predictor.decode_load(chosen, ledger)
+        load = self.predictor.load(chosen, ledger)  # the pick's, while the ledger is as it predicted
         self.learner[chosen.name].routed(
             request.request_id, flight.routed_at, prompt, prediction.cached_tokens, load.sequences,
             load.context_tokens, request.stream,
@@ -314,7 +335,7 @@ class TTFTPredictorScorer:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
 
@@ -324,7 +345,7 @@ class TTFTPredictorScorer:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens)
             ledger.finished(request.request_id, now)
         recency = self.recency.get(endpoint.name)
