@@ -62,9 +62,11 @@ about a tenth of one observation), so an endpoint's first few first tokens alrea
 from __future__ import annotations
 
 import math
+from bisect import bisect_right, insort
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 PRIOR_PREFILL = (0.008, 0.025, 0.001)
 """Seconds per iteration, per 1K uncached tokens, per 1M (new × context) token pairs."""
@@ -77,6 +79,11 @@ MERGE_GAP = 0.001
 """First tokens this close together come from one engine iteration (a decode step is several ms)."""
 MIN_CHUNK = 16
 """Prefill tokens per iteration when decodes use up the whole budget (keeps the estimate finite)."""
+PREFILL = "p"
+DECODE = "d"
+"""The two kinds of observation (``EndpointLearner.report``)."""
+MAX_FOREIGN = 256
+"""Other replicas' first tokens kept per endpoint (``EndpointLearner.foreign_first_token``)."""
 MAX_OPEN_GROUPS = 512
 """Observations waiting for their requests' outcomes, per endpoint; older ones are dropped."""
 WARMUP = 20
@@ -371,9 +378,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started", "adopted",
-        "budget",
-        "decode", "pool", "prefill", "version",
+        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started",
+        "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -389,8 +395,13 @@ class EndpointLearner:
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
         self._last_first_token = float("-inf")
+        self._foreign: list[float] = []
+        """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
         """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
+        self.report: Callable[[str, Sequence[float], float], None] | None = None
+        """Told each observation this endpoint's own requests made (``PREFILL`` or ``DECODE``, features,
+        seconds), for active-active replicas to learn from each other's (``LatencyLearner.report``)."""
 
     @property
     def estimate(self) -> LatencyEstimate:
@@ -453,6 +464,19 @@ class EndpointLearner:
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
 
+    def foreign_first_token(self, at: float) -> None:
+        """Another replica's request here had its first token at ``at`` (active-active replicas, heard through
+        shared state): its prefill ran before it, so an observation of this replica's that spans ``at``
+        starts there instead (``_learn``) — else each replica's prefills look as slow as everyone's
+        together, and N replicas predict every endpoint up to N times too slow."""
+        foreign = self._foreign
+        if not foreign or at >= foreign[-1]:
+            foreign.append(at)
+        else:
+            insort(foreign, at)
+        if len(foreign) > MAX_FOREIGN:
+            del foreign[0]
+
     def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
         """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
         self._queue.pop(request_id, None)  # ended without a first byte: it timed nothing
@@ -475,7 +499,10 @@ class EndpointLearner:
             itl = (now - started.first_token) / (completion - 1)
             n = (started.decodes + decodes) / 2
             ctx = (started.context + context) / 2
-            self.observe_decode((1.0, n / 100, ctx / 1e5), itl)
+            z = (1.0, n / 100, ctx / 1e5)
+            self.observe_decode(z, itl)
+            if self.report is not None:
+                self.report(DECODE, z, itl)
         self._settle()
 
     def forget(self, request_id: str) -> None:
@@ -502,6 +529,14 @@ class EndpointLearner:
                 self._learn(group)
 
     def _learn(self, group: _Group) -> None:
+        start = group.start
+        foreign = self._foreign
+        if foreign:
+            del foreign[: bisect_right(foreign, start)]  # ended before this observation: no later one spans them
+            if foreign and foreign[0] <= group.end:
+                if bisect_right(foreign, group.end) > bisect_right(foreign, group.end - MERGE_GAP):
+                    return  # another replica's prefill ended in this one's iteration: its share is not known
+                start = foreign[bisect_right(foreign, group.end - MERGE_GAP) - 1]
         members = list(group.members.values())
         new = sum(max(1, b.prompt - b.cached) for b in members)
         pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members)
@@ -509,8 +544,10 @@ class EndpointLearner:
         context = round(sum(b.context for b in members) / len(members))
         steps = -(-new // max(MIN_CHUNK, self.budget - decodes))
         x = (float(steps), new / 1000, pairs / 1e6)
-        seconds = group.end - group.start - steps * self.estimate.batch_seconds(decodes, context)
+        seconds = group.end - start - steps * self.estimate.batch_seconds(decodes, context)
         self.observe_prefill(x, max(0.0, seconds))
+        if self.report is not None:
+            self.report(PREFILL, x, max(0.0, seconds))
 
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
@@ -579,7 +616,7 @@ class EndpointLearner:
 class LatencyLearner:
     """``EndpointLearner`` per endpoint name, created on first use."""
 
-    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool")
+    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool", "report")
 
     def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
         self.budget = budget
@@ -588,12 +625,18 @@ class LatencyLearner:
         self.endpoints: dict[str, EndpointLearner] = {}
         self.generation = 0
         """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
+        self.report: Callable[[str, str, Sequence[float], float], None] | None = None
+        """Told (endpoint, ``PREFILL`` or ``DECODE``, features, seconds) of every observation the endpoints'
+        own requests made: active-active replicas pass them to each other, so each learns from all the
+        requests an endpoint serves, not the 1/N it routed (N replicas learning apart learn N times slower)."""
 
     def __getitem__(self, name: str) -> EndpointLearner:
         learner = self.endpoints.get(name)
         if learner is None:
             learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
             self.pool.members += 1
+            if self.report is not None:
+                learner.report = partial(self.report, name)
         return learner
 
     def estimate(self, name: str) -> LatencyEstimate:
