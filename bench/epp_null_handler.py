@@ -27,6 +27,7 @@ class MinimalStream:
     """A ``StreamHandler`` (and what ``ExtProcServicer`` builds per stream) answering as ``minimal`` does."""
 
     request_id = ""
+    over = False  # minimal waits for Envoy's close too
     minimal: Minimal
 
     def __init__(self, director: Director, max_body_bytes: int) -> None:

@@ -16,12 +16,19 @@ iterator + yield; the floor epp is measured against), ``minimal+MS`` (minimal sp
 request in its handler: what a pick of that cost adds on grpc.aio).
 For 1 KB and 220 KB chat bodies at concurrency 1 and 16 it sends a bounded number of requests and prints
 latency p50/p99, the latency the picker adds over ``direct`` (same size and concurrency), requests/s, and
-requests per CPU-second of the picker process (utime+stime from /proc/PID/stat before and after each run).
+requests per CPU-second of the picker process (its kernel CPU clock before and after each run), and
+the picker's wakeups per request (voluntary context switches of all its threads): on grpc.aio each message
+wakes an I/O thread, the completion-queue thread and the event loop in turn, which is most of what a request
+costs at c=1.
 Configurations take turns within each size × concurrency cell, so slow drifts in machine load hit all alike.
+``--prompts unique`` gives every request a prompt never sent before (the default ``same`` resends one body,
+whose prompt the picker hashes once and then finds in its memo and prefix index: a 220 KB novel prompt
+costs epp several times a resent one's CPU).
 
     python bench/overhead.py                     # epp, full matrix (~2 min on 2 cores)
     python bench/overhead.py --pickers before=/tmp/before epp minimal --modes duplex --rounds 3
     python bench/overhead.py --requests 200 --sizes 1024 --concurrency 1
+    python bench/overhead.py --pickers epp minimal --modes duplex --sizes 225280 --prompts same unique
     python bench/overhead.py --pickers epp native=. --args native "--grpc-server native"   # two transports
     python bench/overhead.py --workers 1 2 --modes duplex          # epp serve --workers 2 (epp-w2) vs one
 With ``--workers`` each epp picker runs once per worker count (``NAME-wN`` for N > 1); its CPU is the parent's
@@ -157,9 +164,11 @@ class Run:
     mode: str
     size: int
     concurrency: int
+    prompts: str = "same"
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     picker_cpu_s: float = 0.0
+    picker_switches: int = 0
     errors: int = 0
 
     def pct(self, q: float) -> float:
@@ -169,6 +178,10 @@ class Run:
     @property
     def rps(self) -> float:
         return len(self.latencies_ms) / self.elapsed_s
+
+    @property
+    def switches_per_request(self) -> float | None:
+        return self.picker_switches / len(self.latencies_ms) if self.latencies_ms else None
 
     @property
     def per_cpu_s(self) -> float | None:
@@ -183,7 +196,26 @@ def chat_body(size: int) -> bytes:
     return orjson.dumps(base)
 
 
-async def load(url: str, body: bytes, concurrency: int, total: int, headers: dict[str, str]) -> tuple[list[float], float, int]:
+class Bodies:
+    """The request bodies of one size: ``same`` resends one body (every prompt block is in the picker's
+    hash memo and prefix index after the first request), ``unique`` starts each prompt with a number never
+    sent before (each is hashed and indexed in full, as a novel prompt is)."""
+
+    def __init__(self, size: int, prompts: str) -> None:
+        self.body = chat_body(size)
+        self.unique = prompts == "unique"
+        head, sep, rest = self.body.partition(b'"content":"')
+        self._head, self._rest = head + sep, rest
+        self._sent = 0
+
+    def next(self) -> bytes:
+        if not self.unique:
+            return self.body
+        self._sent += 1
+        return b"%s%d %s" % (self._head, self._sent, self._rest)
+
+
+async def load(url: str, bodies: Bodies, concurrency: int, total: int, headers: dict[str, str]) -> tuple[list[float], float, int]:
     """``total`` POSTs from ``concurrency`` keep-alive workers; returns latencies (ms), elapsed s, errors."""
     latencies: list[float] = []
     errors = 0
@@ -196,7 +228,7 @@ async def load(url: str, body: bytes, concurrency: int, total: int, headers: dic
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as reply:
+                async with session.post(url, data=bodies.next(), headers=headers) as reply:
                     await reply.read()
                     ok = reply.status == 200
                 if ok:
@@ -216,44 +248,89 @@ async def measure(
     envoys: dict[Config, EnvoyProcess], pickers: dict[str, Picker], engine: Upstream, args: argparse.Namespace
 ) -> list[Run]:
     runs: list[Run] = []
-    for size in args.sizes:
-        body = chat_body(size)
+    for prompts, size in ((p, s) for p in args.prompts for s in args.sizes):
+        bodies = Bodies(size, prompts)
         for concurrency in args.concurrency:
             total = args.requests if concurrency == 1 else args.requests * 4
-            cell = {config: Run(config[0], config[1], size, concurrency) for config in envoys}
+            cell = {config: Run(config[0], config[1], size, concurrency, prompts) for config in envoys}
             for _ in range(args.rounds):
                 for (name, mode), envoy in envoys.items():
                     url = envoy.url + "/v1/chat/completions"
                     headers = {"content-type": "application/json"}
                     if mode == "direct":
                         headers[DESTINATION_HEADER] = engine.hostport
-                    await load(url, body, concurrency, args.warmup, headers)
+                    await load(url, bodies, concurrency, args.warmup, headers)
                     pid = pickers[name].pid if name else None
-                    cpu0 = proc_util.tree_cpu_seconds(pid) if pid else 0.0
-                    latencies, elapsed, errors = await load(url, body, concurrency, total // args.rounds, headers)
+                    cpu0 = tree_cpu(pid) if pid else 0.0
+                    switches0 = context_switches(pid) if pid else 0
+                    latencies, elapsed, errors = await load(url, bodies, concurrency, total // args.rounds, headers)
                     run = cell[(name, mode)]
                     run.latencies_ms += latencies
                     run.elapsed_s += elapsed
-                    run.picker_cpu_s += proc_util.tree_cpu_seconds(pid) - cpu0 if pid else 0.0
+                    run.picker_cpu_s += tree_cpu(pid) - cpu0 if pid else 0.0
+                    run.picker_switches += context_switches(pid) - switches0 if pid else 0
                     run.errors += errors
             runs.extend(cell.values())
-            print(f"  done {size:>7} B c={concurrency}", file=sys.stderr)
+            print(f"  done {prompts} {size:>7} B c={concurrency}", file=sys.stderr)
     return runs
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (``--workers``), in nanoseconds' resolution: the
+    kernel's per-process CPU clock (``clock_getcpuclockid``), not ``/proc/PID/stat``'s 10 ms ticks, which
+    over a run of 200 requests at c=1 (~0.3 s of CPU) quantize the result by ~3 %."""
+    total = 0.0
+    for each in [pid, *_children(pid)]:
+        try:
+            total += time.clock_gettime(((~each) << 3) | 2)  # Linux MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+        except OSError:
+            if each == pid:
+                return proc_util.tree_cpu_seconds(pid)
+    return total
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` and of its children so far: each is a thread
+    going to sleep and being woken again, which is what a picker pays per message on grpc.aio (its I/O
+    threads hand every completion to the event loop). Involuntary ones (preemption) are left out: they
+    follow the machine's load, not the picker."""
+    total = 0
+    for status in [task for each in [pid, *_children(pid)] for task in Path(f"/proc/{each}/task").glob("*/status")]:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # a thread or child gone while we looked
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (``epp serve --workers N``)."""
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def report(runs: list[Run]) -> str:
-    base = {(r.size, r.concurrency): r for r in runs if r.mode == "direct"}
-    head = "| picker | mode | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | errors |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r.prompts, r.size, r.concurrency): r for r in runs if r.mode == "direct"}
+    head = "| picker | mode | prompts | body | c | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req per picker CPU-s | picker wakeups per req | errors |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        ref = base.get((r.size, r.concurrency))
+        ref = base.get((r.prompts, r.size, r.concurrency))
         added = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.5) - ref.pct(0.5):+.2f}"
         added99 = "–" if r.mode == "direct" or ref is None else f"{r.pct(0.99) - ref.pct(0.99):+.2f}"
         per_cpu = "–" if r.mode == "direct" or r.per_cpu_s is None else f"{r.per_cpu_s:,.0f}"
+        switches = "–" if r.mode == "direct" or r.switches_per_request is None else f"{r.switches_per_request:.1f}"
         size = f"{r.size // 1024} KB"
         lines.append(
-            f"| {r.picker or '–'} | {r.mode} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
-            f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {r.errors} |"
+            f"| {r.picker or '–'} | {r.mode} | {r.prompts} | {size} | {r.concurrency} | {r.pct(0.5):.2f} | {r.pct(0.99):.2f} "
+            f"| {added} | {added99} | {r.rps:,.0f} | {per_cpu} | {switches} | {r.errors} |"
         )
     return "\n".join(lines)
 
@@ -265,6 +342,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="split each run into this many interleaved turns")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 220 * 1024])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--prompts", nargs="+", choices=["same", "unique"], default=["same"],
+                        help="same: one body resent (its prompt hashed once, then memoized); unique: every "
+                             "request's prompt starts with its own number (hashed and indexed in full)")
     parser.add_argument("--modes", nargs="+", choices=[m for m in MODES if m != "direct"], default=list(MODES)[1:])
     parser.add_argument("--pickers", nargs="+", default=["epp"],
                         help="epp | epp-null | minimal | minimal-iterator | minimal+MS | NAME=PATH (epp serve from another source tree)")

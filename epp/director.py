@@ -346,8 +346,9 @@ class Director:
             primary = result.profile_results.get(result.primary_profile)
             if primary is not None:
                 decision.scores = {e.hostport: t for e, t in zip(primary.candidates, primary.totals)}
-        decision.plugin_headers = self._plugin_headers(request, original_headers)
-        decision.removed_headers = [n for n in original_headers if n not in request.headers and not n.startswith(":")]
+        if request.headers != original_headers:  # most picks change no header: one C-level comparison then
+            decision.plugin_headers = self._plugin_headers(request, original_headers)
+            decision.removed_headers = [n for n in original_headers if n not in request.headers and not n.startswith(":")]
         self.datastore.request_started(picked[0].name, decision.tokens)
         self.datastore.routed(picked[0])
         self.telemetry.request_routed(request, len(body) if body is not None else body_size)

@@ -33,6 +33,7 @@ class RouterStream(RequestCollector):
 
     component = "the body-based router"
     body_mode_code = "bbr_body_mode"
+    over = False  # the router answers until Envoy closes the stream
 
     def __init__(self, router: BodyRouter, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         super().__init__(max_body_bytes)

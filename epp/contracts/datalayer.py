@@ -3,7 +3,8 @@
 A plugin never owns a socket or a task. A factory that needs a feed records it on the handle's
 ``DataNeeds``: a KV-event subscription delivering batches to a sink it owns (``KVEventFeed``), an
 index whose picks are replicated to other picker replicas (``SharedIndexFeed``), a tokenizer source
-that should load off the pick path while serving. The scheduler carries the record; the composition
+that should load off the pick path while serving, a plugin whose heavy pure work should leave the
+event loop while serving (``Offloading``). The scheduler carries the record; the composition
 root gives it to ``epp.datalayer.DataLayer``, which opens, starts and stops the I/O, while offline
 replay reads the same record to feed the sinks from its simulated engines.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from epp._util.offload import Offloading
 from epp.contracts.kv_events import KVEventView
 from epp.tokenizer.protocol import BackgroundLoading
 
@@ -98,6 +100,8 @@ class DataNeeds:
     kv_event_feeds: list[KVEventFeed] = field(default_factory=list)
     shared_indexes: list[SharedIndexFeed] = field(default_factory=list)
     tokenizer_sources: list[BackgroundLoading] = field(default_factory=list)
+    offloading: list[Offloading] = field(default_factory=list)
+    """Plugins whose heavy pure work (the rest of a new prompt's encoding) leaves the event loop while serving."""
 
 
 def kv_event_views(needs: Iterable[DataNeeds]) -> list[KVEventView]:

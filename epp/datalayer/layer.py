@@ -8,13 +8,15 @@ from epp._util.lifecycle import AsyncService
 from epp.contracts.datalayer import DataNeeds
 from epp.datalayer.feed_states import FeedStates
 from epp.datalayer.kv_events import KVEventSubscriber
+from epp.datalayer.offload import ThreadOffload
 from epp.datalayer.shared_prefix import RedisReplicator
 from epp.datastore import Datastore
 
 
 class DataLayer(AsyncService):
-    """One KV-event subscriber per ``KVEventFeed``, one Redis replicator per ``SharedIndexFeed``, and
-    background loading for the tokenizer sources, for one scheduler's ``DataNeeds``.
+    """One KV-event subscriber per ``KVEventFeed``, one Redis replicator per ``SharedIndexFeed``,
+    background loading for the tokenizer sources, and one worker thread (``ThreadOffload``) for the
+    plugins that offload work, for one scheduler's ``DataNeeds``.
 
     Order of use: ``attach`` (the subscribers follow membership; endpoints known already are replayed),
     ``register_metrics`` once, then ``async with`` (or ``start``/``stop``): start opens everything, stop
@@ -33,7 +35,8 @@ class DataLayer(AsyncService):
             RedisReplicator(shared.outbox, shared.url, stream=shared.stream, max_len=shared.max_len)
             for shared in needs.shared_indexes
         ]
-        self._started: list[KVEventSubscriber | RedisReplicator] = []
+        self.offload = ThreadOffload() if needs.offloading else None
+        self._started: list[KVEventSubscriber | RedisReplicator | ThreadOffload] = []
 
     def attach(self, datastore: Datastore) -> None:
         """Follow ``datastore``'s membership: a connect-mode subscriber opens one socket per endpoint."""
@@ -47,13 +50,18 @@ class DataLayer(AsyncService):
             registry.register(FeedStates(feed.view, subscriber))
         for replicator in self.replicators:
             replicator.register_metrics(registry)
+        if self.offload is not None:
+            self.offload.register_metrics(registry)
 
     async def start(self) -> None:
-        """Tokenizers load off the pick path from now on; subscribers and replicators start. A part that
-        fails to start stops the ones started before it, and the error propagates."""
+        """Tokenizers load off the pick path from now on; subscribers, replicators and the offload start
+        (the offload last: it stops first, while the index it finishes into is still replicated). A part
+        that fails to start stops the ones started before it, and the error propagates."""
         for source in self.needs.tokenizer_sources:
             source.start_background()
-        parts: list[KVEventSubscriber | RedisReplicator] = [*self.subscribers, *self.replicators]
+        parts: list[KVEventSubscriber | RedisReplicator | ThreadOffload] = [*self.subscribers, *self.replicators]
+        if self.offload is not None:
+            parts.append(self.offload)
         try:
             for part in parts:
                 await part.start()
@@ -61,9 +69,13 @@ class DataLayer(AsyncService):
         except BaseException:
             await self.stop()
             raise
+        if self.offload is not None:
+            for plugin in self.needs.offloading:
+                plugin.offload_to(self.offload)
 
     async def stop(self) -> None:
-        """Stop what started, in reverse order. Idempotent."""
+        """Stop what started, in reverse order (plugins keep the stopped offload, which refuses new jobs:
+        a request ending after this skips its prompt's rest). Idempotent."""
         started, self._started = self._started, []
         for part in reversed(started):
             await part.stop()

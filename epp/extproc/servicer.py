@@ -42,6 +42,11 @@ class StreamHandler(Protocol):
 
     request_id: str
 
+    @property
+    def over(self) -> bool:
+        """The exchange is complete: no message Envoy may still send needs an answer."""
+        ...
+
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse] | Deferred[Any]: ...
 
     def close(self) -> None: ...
@@ -88,7 +93,10 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):  # type: ig
         context: grpc.aio.ServicerContext[pb.ProcessingRequest, pb.ProcessingResponse],
     ) -> None:
         """grpc.aio path: ``context.read()``/``write()`` (measured a few per cent cheaper than an async
-        iterator plus ``yield``, which wrap every message in generator machinery)."""
+        iterator plus ``yield``, which wrap every message in generator machinery). The call ends with OK
+        as soon as the handler is ``over`` (the response has ended), not at Envoy's half-close: Envoy
+        proceeds without a processor that closed cleanly, and every completion grpc.aio waits for costs
+        ~2 thread wakeups (bench/RESULTS.md, "What a request costs at c=1")."""
         stream = self.new_stream()
         refusal = self.admit(stream)
         code = grpc.StatusCode.UNKNOWN  # until the stream ends one of the known ways
@@ -113,6 +121,9 @@ class StreamServicer(pb_grpc.ExternalProcessorServicer, Generic[H]):  # type: ig
                     await context.abort(code, "internal error in the ext_proc server")
                 for reply in replies:
                     await context.write(reply)
+                if stream.over:  # nothing left to answer: end the call now instead of waiting for Envoy's close
+                    code = grpc.StatusCode.OK
+                    return
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise

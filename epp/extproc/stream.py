@@ -100,6 +100,12 @@ class RequestStream(RequestCollector):
         return self.reject(error)
 
     @property
+    def over(self) -> bool:
+        """The response has ended (and the request was released): Envoy sends nothing more that needs an
+        answer, so the transport may end the call without waiting for Envoy to close its side."""
+        return self._relay is not None and self._relay.ended
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes this stream holds for the client right now (request body, response copy, SSE line)."""
         return len(self.body) + (self._relay.buffered_bytes if self._relay is not None else 0)

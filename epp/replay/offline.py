@@ -324,6 +324,8 @@ class OfflineReplay:
             t = min(t_arrival, t_engine)
             if t == math.inf:  # only held requests remain: the next poll may dispatch or expire them
                 t = next_poll
+            if exchange is not None:
+                exchange.deliver(t)  # the events replicas sent each other by now (bookings, first tokens)
             if t >= next_share and exchange is not None:  # lazily, as polls: nothing changed since the tick
                 share = max(next_share, math.floor(t / exchange.period) * exchange.period)
                 exchange.tick(share)

@@ -20,7 +20,8 @@ scheduler code as a single replica, instead of a separate driver:
 * ``shared_state`` (``--shared-state``): everything ``epp serve --shared-state-url`` shares — the
   prefix view as above, and the plugins' shared state (``epp.shared``: the TTFT ledger) exchanged
   every ``share_period`` seconds of virtual time (default: serve's period) by a ``VirtualExchange``,
-  so each replica sees the others' in-flight work one to two periods old, as over Redis.
+  so each replica sees the others' in-flight work one to two periods old, as over Redis, except their
+  bookings and first tokens, which it hears of a millisecond after they happen (as Redis publishes them).
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ class Replicas:
         view = SHARED_VIEW if shared else OWN_VIEW
         return schedulers, f"{view}+state" if self.shared_state else view
 
-    def exchange(self, schedulers: Sequence[Scheduler]) -> VirtualExchange | None:
+    def exchange(self, schedulers: Sequence[Scheduler], clock: Clock) -> VirtualExchange | None:
         """The exchange of the replicas' shared state (None unless ``shared_state``)."""
         if not self.shared_state:
             return None
-        return VirtualExchange([participants(s.plugins) for s in schedulers], self.share_period, DEFAULT_TTL)
+        return VirtualExchange([participants(s.plugins) for s in schedulers], self.share_period, DEFAULT_TTL, clock)
 
 
 def share_prefix_views(schedulers: Sequence[Scheduler]) -> int:

@@ -72,7 +72,7 @@ def run_one(trace: Trace, job: Job, cluster: ClusterSpec, bounds: Bounds, progre
     clock = VirtualClock()
     schedulers, view = job.replicas.build(policy, clock, job.seed)
     run = OfflineReplay(trace.requests, schedulers, cluster, clock, job.rate_scale, progress=progress,
-                        admission=policy.admission, exchange=job.replicas.exchange(schedulers)).run()
+                        admission=policy.admission, exchange=job.replicas.exchange(schedulers, clock)).run()
     summary = summarize(
         run, policy.label, job.rate_scale, bounds.ideal, bounds.capacity, replicas=job.replicas.count, prefix_view=view
     )

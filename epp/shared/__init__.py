@@ -8,8 +8,8 @@ Redis/Valkey, a background task every ``--shared-state-period``) or ``VirtualExc
 --shared-state``, the same payloads in virtual time, deterministic).
 """
 
-from epp.shared.protocol import PeerExport, SharesState, participants
+from epp.shared.protocol import PeerExport, SharesEvents, SharesState, participants
 from epp.shared.virtual import VirtualExchange
 
-__all__ = ["PeerExport", "SharesState", "VirtualExchange", "participants"]
+__all__ = ["PeerExport", "SharesEvents", "SharesState", "VirtualExchange", "participants"]
 # ``RedisSharedState`` lives in ``epp.shared.redis_state`` (imported by ``epp serve`` only: it loads redis).

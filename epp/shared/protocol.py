@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 DEFAULT_PERIOD = 0.025
@@ -26,6 +26,30 @@ class SharesState(Protocol):
     def import_shared(self, peers: Sequence[PeerExport], now: float) -> None:
         """The other live replicas' latest exports of this plugin (empty: none, or the store is
         unreachable: fall back to local state). Must tolerate malformed payloads."""
+        ...
+
+
+EVENT_LATENCY = 0.001
+"""Seconds an event takes from one replica to the others (a PUBLISH through Redis on one network; replay
+delivers events this late)."""
+
+
+@runtime_checkable
+class SharesEvents(SharesState, Protocol):
+    """A sharing plugin some of whose changes the other replicas should hear at once, not a period later:
+    a booking the others would otherwise not see for 25–50 ms — long enough at tens of picks a second for
+    two replicas to send work to the same idle endpoint (``VirtualExchange``, ``RedisSharedState``). The
+    exchange sets ``on_event`` and, when it is called (from the pick path: it must only schedule work),
+    drains ``take_events`` and delivers them to the other replicas' ``import_events``."""
+
+    on_event: Callable[[], None] | None
+
+    def take_events(self) -> list[Any]:
+        """The JSON-ready events queued since the last call (each about this replica's own state)."""
+        ...
+
+    def import_events(self, events: Sequence[Any], age: float, now: float) -> None:
+        """Another replica's events, sent ``age`` seconds ago; must tolerate malformed ones."""
         ...
 
 

@@ -10,6 +10,13 @@ Every ``period`` (default 25 ms) one background task makes one pipelined round t
 * ``MGET`` of the known peers' keys — their latest exports; a member whose key expired is dead and
   removed from the set (``SREM``, next round).
 
+Events (``SharesEvents``: a booking, a first token) do not wait for the period: when a plugin signals
+one, this replica PUBLISHes its plugins' pending events on ``<prefix>:events`` (fire-and-forget, at
+the next turn of the event loop, never on the pick itself) and every replica's subscriber hands the
+others' to its plugins (``import_events``) as they arrive — at 25 ms per exchange, replicas picking
+tens of times a second would otherwise send work to the same idle endpoint unaware of each other.
+Events lost while Redis is away are covered by the next export.
+
 The peers' exports then go to the plugins (``import_shared``) with their age (wall time now minus the
 time they were taken, clamped to [0, ttl]: replicas' clocks are assumed NTP-synchronised; skew only
 shifts how far a peer's backlog is drained). So a replica sees another's state at most about one
@@ -46,7 +53,7 @@ from redis.exceptions import RedisError
 
 from epp._util.clock import Clock
 from epp._util.lifecycle import AsyncService, cancel_and_wait
-from epp.shared.protocol import DEFAULT_PERIOD, DEFAULT_TTL, PeerExport, SharesState
+from epp.shared.protocol import DEFAULT_PERIOD, DEFAULT_TTL, PeerExport, SharesEvents, SharesState
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,11 @@ log = logging.getLogger(__name__)
 def replica_id() -> str:
     """Readable and unique: host (the pod's name in Kubernetes), process id and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+MAX_PUBLISHING = 64
+"""Event messages being published at once; beyond, events are dropped (Redis is slow: the next export
+covers them)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +126,12 @@ class RedisSharedState(AsyncService):
         self.connected: bool | None = None
         """None before the first round trip, then whether the last one succeeded."""
         self._metrics = _Metrics(registry) if registry is not None else None
+        self.channel = f"{prefix}:events"
+        self._event_plugins = {name: p for name, p in self.plugins.items() if isinstance(p, SharesEvents)}
+        self._listener: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._flush_pending = False
+        self._event_failed = False
 
     def key(self, replica: str) -> str:
         return f"{self.prefix}:replica:{replica}"
@@ -129,15 +147,27 @@ class RedisSharedState(AsyncService):
             raise RuntimeError("RedisSharedState can be started once")
         timeout = max(0.5, 4 * self.period)
         self._client = redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-state")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="shared-state")
+        if self._event_plugins:
+            self._listener = loop.create_task(self._listen(timeout), name="shared-state-events")
+            for plugin in self._event_plugins.values():
+                plugin.on_event = self._events_ready
         log.info("shared state: replica %s on %s every %.0f ms (ttl %.1f s, plugins %s)", self.replica,
                  self.prefix, self.period * 1000, self.ttl, ", ".join(sorted(self.plugins)) or "none")
 
     async def stop(self) -> None:
         """Stop exchanging and withdraw this replica's state (best effort). Idempotent."""
+        for plugin in self._event_plugins.values():
+            plugin.on_event = None
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await cancel_and_wait(listener)
+        for publishing in list(self._publishing):
+            await cancel_and_wait(publishing)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(TimeoutError, RedisError, OSError):
@@ -158,6 +188,74 @@ class RedisSharedState(AsyncService):
                     log.exception("shared state: exchange failed; retrying every %g s", self.retry_interval)
                 failing, ok = True, False
             await asyncio.sleep(self.period if ok else self.retry_interval)
+
+    # -- events ----------------------------------------------------------------------------------------
+    def _events_ready(self) -> None:
+        """A plugin queued an event (called on the pick path): publish at the next turn of the loop, once
+        for all the events queued by then."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._publish_events)
+
+    def _publish_events(self) -> None:
+        self._flush_pending = False
+        events = {name: taken for name, plugin in self._event_plugins.items() if (taken := plugin.take_events())}
+        client = self._client
+        if not events or client is None or len(self._publishing) >= MAX_PUBLISHING:
+            return
+        blob = orjson.dumps({"t": self._wall_time(), "r": self.replica, "p": events})
+        task = asyncio.get_running_loop().create_task(self._publish(client, blob))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish(self, client: redis.Redis[bytes], blob: bytes) -> None:
+        with contextlib.suppress(TimeoutError, RedisError, OSError):  # the exchange says when Redis is away
+            await client.publish(self.channel, blob)
+
+    async def _listen(self, timeout: float) -> None:
+        """Subscribe to the others' events and hand them to the plugins; resubscribe after an error."""
+        while True:
+            client: redis.Redis[bytes] = redis.Redis.from_url(self.url, socket_connect_timeout=timeout)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._on_events(message["data"])
+            except (TimeoutError, RedisError, OSError) as err:
+                log.debug("shared state: event subscription lost (%s); resubscribing", err)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[attr-defined]  # types-redis 4.6 predates aclose
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()  # type: ignore[attr-defined]  # types-redis 4.6 predates aclose
+            await asyncio.sleep(self.retry_interval)
+
+    def _on_events(self, raw: bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+            sender, taken_at, events = message["r"], float(message["t"]), message["p"]
+            if not isinstance(events, dict):
+                raise TypeError("events are not an object")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            log.debug("shared state: unreadable events (%s)", err)
+            if self._metrics is not None:
+                self._metrics.rejected.inc()
+            return
+        if sender == self.replica:
+            return
+        age = min(self.ttl, max(0.0, self._wall_time() - taken_at))
+        now = self.clock.now()
+        for name, plugin in self._event_plugins.items():
+            batch = events.get(name)
+            if isinstance(batch, list):
+                try:
+                    plugin.import_events(batch, age, now)
+                except Exception:  # a plugin's failure must not end the subscription: say so once
+                    if not self._event_failed:
+                        self._event_failed = True
+                        log.exception("shared state: %s failed to import events", name)
 
     # -- one round -----------------------------------------------------------------------------------
     async def exchange(self) -> bool:

@@ -30,7 +30,10 @@ the start of the text).
 as far as the reader asks — the prefix index stops at the first block no endpoint holds, so a new
 prompt costs one window of encoding on the pick path instead of all of it. Long pieces are cut at
 pre-tokenizer words proven not to change the ids (``TokenStream``); windows are remembered by their
-text (``_WINDOW_CACHE_CHARS`` characters, about 7 MB), so a long preamble is encoded once.
+text (``_WINDOW_CACHE_CHARS`` characters, about 7 MB), so a long preamble is encoded once. What is
+left after the lookups (``TokenStream.rest``) is one batch encode that touches no epp state and
+releases the GIL, split from its bookkeeping (``epp._util.offload.Split``) so ``epp serve`` runs it on
+a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import os
 import re
 import sys
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,9 +59,11 @@ import jinja2.sandbox
 # Read when the library first encodes; an explicit setting is kept.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tokenizers import Tokenizer as RustTokenizer  # noqa: E402 - after the parallelism default
+from tokenizers import Encoding  # noqa: E402 - after the parallelism default
+from tokenizers import Tokenizer as RustTokenizer  # noqa: E402
 
 from epp._util.hashing import token_bytes
+from epp._util.offload import Split
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
                    "special_tokens_map.json")  # fmt: skip
@@ -170,9 +175,11 @@ def _parsed_call(call: Any) -> Any:
 class _Piece:
     """A remembered piece: its ids and, per full ``_CHUNK`` of text, (chained hash of the text up to
     that checkpoint, token index and character offset of a word boundary before it) — or nothing
-    where the piece is too short to reuse from."""
+    where the piece is too short to reuse from. The ids are a 4-byte ``array``, not a list: the
+    collector never walks an array's items (a full piece cache holds millions of ids; as lists, every
+    full collection of ``epp serve`` walked them: 7.4 ms per collection for 2.6M ids, bench/RESULTS.md)."""
 
-    ids: list[int]
+    ids: array[int]
     marks: list[tuple[int, int, int]]
 
 
@@ -227,13 +234,38 @@ def _streamable(backend: RustTokenizer) -> bool:
     )  # fmt: skip
 
 
-def _unpacked(data: bytes) -> list[int]:
+def _unpacked(data: bytes) -> array[int]:
     """``token_bytes`` undone."""
     ids = array(_U32)
     ids.frombytes(data)
     if sys.byteorder != "little":
         ids.byteswap()
-    return ids.tolist()
+    return ids
+
+
+def _packed(ids: array[int]) -> bytes:
+    """``token_bytes`` of a piece's ids (a copy only on a big-endian host)."""
+    if sys.byteorder == "little":
+        return ids.tobytes()
+    return token_bytes(ids)
+
+
+def _safe_cut(window: str, enc: Encoding) -> tuple[bytes, int] | None:
+    """The packed ids of ``window`` (a text starting at a safe cut) up to its last safe cut
+    (``TokenStream``), and the characters they cover; None when it has none."""
+    words, offsets = enc.word_ids, enc.offsets
+    if not words:
+        return None
+    last, limit = words[-1], len(window) - _WINDOW_MARGIN
+    at = len(words) - 1
+    while at > 0:
+        begin = offsets[at][0]
+        word = words[at]
+        if (word is not None and last is not None and word < last - 1 and begin <= limit and word != words[at - 1]
+                and window[begin].isascii() and not window[begin - 1].isspace()):  # fmt: skip
+            return token_bytes(enc.ids[:at]), begin
+        at -= 1
+    return None
 
 
 class TokenStream:
@@ -307,39 +339,148 @@ class TokenStream:
         return (window, pos + len(window) >= len(part)) in owner._windows
 
     def read_all(self) -> bytes:
-        """All the ids not read yet: the rest of the piece being read in one call (no window cuts, no
-        offsets: about a quarter cheaper), the pieces after it whole; all remembered as pieces (long ones
-        too, so a later prompt repeating one — an earlier turn — finds it in one lookup)."""
-        parts, owner = self._parts, self._owner
-        out: list[bytes] = []
-        if 0 <= self._i < len(parts) and self._i % 2 == 0 and self._pos:
-            part = parts[self._i]
-            rest = token_bytes(owner._backend.encode_batch_fast([part[self._pos :]], add_special_tokens=False)[0].ids)
-            out.append(rest)
-            self._part_read.append(rest)
-            owner._keep_piece(part, _unpacked(b"".join(self._part_read)))  # a later prompt repeating it: one lookup
-            self._part_read = []
-            self._read_chars += len(part) - self._pos
-            self._i += 1
-            self._pos = 0
-        while not self.done:
-            if 0 <= self._i < len(parts) and self._i % 2 == 0:
-                part = parts[self._i]
-                self._i += 1
-                self._read_chars += len(part)
-                out.append(token_bytes(owner._piece_ids(part)) if part else b"")
-            else:
-                out.append(self._step())
-        data = b"".join(out)
-        self._tokens += len(data) // 4
-        return data
+        """All the ids not read yet (``rest``, both steps now)."""
+        return self._all().run() if not self.done else b""
+
+    def rest(self, limit: int | None = None) -> Split[bytes]:
+        """The ids not read yet — all of them, or at least ``limit`` where that is less — as a
+        ``Split``: what must be encoded is encoded by ``compute``, which touches only the Rust tokenizer
+        (its batch encode releases the GIL), so it may run on another thread; the finishing step
+        assembles the ids and remembers the new pieces (long ones too, so a later prompt repeating one —
+        an earlier turn — finds it in one lookup). The stream must not be read between the two steps.
+
+        All: the rest of the piece being read in one call (no window cuts, no offsets: about a quarter
+        cheaper), the pieces after it that are not remembered, each whole (the text whole if nothing
+        was read). With a ``limit`` well below what the piece being read still holds (a prefix index
+        that matches only the first blocks of a long prompt), that piece is read on in windows cut as
+        ``read`` cuts them, sized for what is still needed, until ``limit`` ids were read."""
+        owner, parts = self._owner, self._parts
+        if self.done:
+            return Split.ready(b"")
+        i, pos = self._i, self._pos
+        if limit is not None and 0 <= i < len(parts) and i % 2 == 0 and not (pos == 0 and parts[i] in owner._pieces):
+            rate = self._read_chars / self._tokens if self._tokens else 4.0  # characters per token so far
+            left = len(parts[i]) - pos
+            if left > 2 * owner._window and left > 2 * limit * rate:
+                return self._windows_up_to(limit, rate)
+        return self._all()
+
+    def _windows_up_to(self, limit: int, rate: float) -> Split[bytes]:
+        """``rest(limit)`` inside one long piece: windows of it until ``limit`` ids were read; if the piece
+        ends first, everything after it too (as ``_all``)."""
+        i, part, backend, window_size = self._i, self._parts[self._i], self._owner._backend, self._owner._window
+        text = part[self._pos :]
+        after_batch, after_finish = self._all_from(i + 1)
+
+        def encode() -> tuple[list[bytes], int, list[bytes]]:
+            chunks: list[bytes] = []
+            used = got = 0
+            while got < limit and used < len(text):
+                size = int((limit - got) * rate * 1.25) + window_size
+                window = text[used : used + size]
+                cut = None
+                if used + size < len(text):
+                    cut = _safe_cut(window, backend.encode_batch([window], add_special_tokens=False)[0])
+                if cut is None:  # the last window, or one without a safe cut: the rest of the piece
+                    cut = token_bytes(backend.encode_batch_fast([text[used:]], add_special_tokens=False)[0].ids), len(text) - used
+                chunks.append(cut[0])
+                used += cut[1]
+                got += len(cut[0]) // 4
+            return chunks, used, after_batch() if used == len(text) else []
+
+        def finish(read: tuple[list[bytes], int, list[bytes]]) -> bytes:
+            chunks, used, after = read
+            data = b"".join(chunks)
+            self._tokens += len(data) // 4
+            self._read_chars += used
+            if used < len(text):
+                self._pos += used
+                self._part_read.extend(chunks)
+                return data
+            self._owner._keep_piece(part, b"".join(self._part_read) + data)  # read to its end
+            return data + after_finish(after)
+
+        return Split.of(encode, finish)
+
+    def _all(self) -> Split[bytes]:
+        """``rest()``: every id not read yet."""
+        owner, parts, i = self._owner, self._parts, self._i
+        if i == -2:  # nothing read of a text read whole
+            text, special, backend = parts[0], self._special, owner._backend
+
+            def whole() -> bytes:
+                return token_bytes(backend.encode_batch_fast([text], add_special_tokens=special)[0].ids)
+
+            def finish_whole(data: bytes) -> bytes:
+                self._read_chars, self._tokens, self.done = self._chars, self._tokens + len(data) // 4, True
+                return data
+
+            return Split.of(whole, finish_whole)
+        if i == -1:
+            frame = token_bytes(owner._around[0]) if self._special and owner._around else b""
+            batch, finish = self._all_from(0)
+            return Split.of(batch, lambda encoded: frame + finish(encoded))
+        if i < len(parts) and i % 2 == 0 and self._pos:
+            part, text, before = parts[i], parts[i][self._pos :], b"".join(self._part_read)
+            batch, finish = self._all_from(i + 1)
+            backend = owner._backend
+
+            def encode() -> tuple[bytes, list[bytes]]:
+                return token_bytes(backend.encode_batch_fast([text], add_special_tokens=False)[0].ids), batch()
+
+            def finish_part(encoded: tuple[bytes, list[bytes]]) -> bytes:
+                owner._keep_piece(part, before + encoded[0])  # a later prompt repeating it: one lookup
+                self._read_chars += len(text)
+                self._tokens += len(encoded[0]) // 4
+                return encoded[0] + finish(encoded[1])
+
+            return Split.of(encode, finish_part)
+        batch, finish = self._all_from(i)
+        return Split.of(batch, finish)
+
+    def _all_from(self, start: int) -> tuple[Callable[[], list[bytes]], Callable[[list[bytes]], bytes]]:
+        """Every id of ``parts[start:]`` and the closing frame: the encoding of the pieces not remembered
+        (one batch; any thread) and the step that assembles them, remembers the new pieces and ends the
+        stream (the owner's thread)."""
+        owner, parts, special = self._owner, self._parts, self._special
+        texts: dict[str, int] = {}  # text to encode → its index (a piece repeated is encoded once)
+        out: list[bytes | int] = []  # ids known now, or the index of an encoded text
+        for at in range(start, len(parts)):
+            part = parts[at]
+            if at % 2:
+                out.append(token_bytes((owner._added[part],)))
+            elif part:
+                cached = owner._pieces.pop(part, None)
+                if cached is None:
+                    out.append(texts.setdefault(part, len(texts)))
+                else:
+                    owner._pieces[part] = cached  # most recently used last
+                    out.append(_packed(cached.ids))
+        out.append(token_bytes(owner._around[1]) if special and owner._around else b"")
+        batch, backend = list(texts), owner._backend
+
+        def encode() -> list[bytes]:
+            encodings = backend.encode_batch_fast(batch, add_special_tokens=False) if batch else []
+            return [token_bytes(enc.ids) for enc in encodings]
+
+        def finish(encoded: list[bytes]) -> bytes:
+            for text, index in texts.items():
+                owner._keep_piece(text, encoded[index])
+            data = b"".join(x if isinstance(x, bytes) else encoded[x] for x in out)
+            self._i, self._pos, self._part_read = len(parts), 0, []
+            self._read_chars = self._chars
+            self._tokens += len(data) // 4
+            self.done = True
+            return data
+
+        return encode, finish
 
     def _step(self) -> bytes:
         owner, parts = self._owner, self._parts
         if self._i == -2:
             self.done = True
             self._read_chars = self._chars
-            return token_bytes(owner.encode(parts[0], self._special))
+            return owner._encode_packed(parts[0], self._special)
         if self._i == -1:
             self._i = 0
             return token_bytes(owner._around[0]) if self._special and owner._around else b""
@@ -353,7 +494,7 @@ class TokenStream:
         if self._pos == 0 and (len(part) <= 2 * owner._window or part in owner._pieces):
             self._i += 1
             self._read_chars += len(part)
-            return token_bytes(owner._piece_ids(part)) if part else b""
+            return owner._piece_bytes(part) if part else b""
         ids, used = owner._window_ids(part, self._pos)
         self._pos += used
         self._read_chars += used
@@ -426,45 +567,49 @@ class HFTokenizer:
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """The token ids of ``text``, with the post-processor's special tokens (BOS) if asked."""
+        return _unpacked(self._encode_packed(text, add_special_tokens)).tolist()
+
+    def _encode_packed(self, text: str, add_special_tokens: bool) -> bytes:
+        """``encode``'s ids packed (``token_bytes``): remembered pieces are copied as they are stored."""
         if self._split is None or (add_special_tokens and self._around is None):
-            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+            return token_bytes(self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
         parts = self._split.split(text)  # text, added token, text, added token, …, text
         missing = [p for p in parts[0::2] if p and p not in self._pieces]
         if missing:
             self._remember(dict.fromkeys(missing))
             if any(p not in self._pieces for p in missing):  # more new text than the cache holds
-                return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
-        ids: list[int] = []
+                return token_bytes(self._backend.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids)
+        out: list[bytes] = []
         if add_special_tokens:
             assert self._around is not None
-            ids.extend(self._around[0])
+            out.append(token_bytes(self._around[0]))
         pieces, added = self._pieces, self._added
         for i, part in enumerate(parts):
             if i % 2:
-                ids.append(added[part])
+                out.append(token_bytes((added[part],)))
             elif part:
                 cached = pieces.pop(part)  # re-inserted: most recently used last
                 pieces[part] = cached
-                ids.extend(cached.ids)
+                out.append(_packed(cached.ids))
         if add_special_tokens:
             assert self._around is not None
-            ids.extend(self._around[1])
-        return ids
+            out.append(token_bytes(self._around[1]))
+        return b"".join(out)
 
     def stream(self, text: str, add_special_tokens: bool = True) -> TokenStream:
         """``encode(text, add_special_tokens)``, read front to back on demand (``TokenStream``)."""
         return TokenStream(self, text, add_special_tokens)
 
-    def _piece_ids(self, part: str) -> list[int]:
-        """A piece's ids through the piece cache (encoded and remembered when new)."""
+    def _piece_bytes(self, part: str) -> bytes:
+        """A piece's packed ids through the piece cache (encoded and remembered when new)."""
         cached = self._pieces.pop(part, None)
         if cached is None:
             self._remember({part: None})
             cached = self._pieces.pop(part, None)
             if cached is None:  # more than the cache holds
-                return self._backend.encode(part, add_special_tokens=False).ids
+                return token_bytes(self._backend.encode_batch_fast([part], add_special_tokens=False)[0].ids)
         self._pieces[part] = cached  # most recently used last
-        return cached.ids
+        return _packed(cached.ids)
 
     def _window_ids(self, part: str, pos: int) -> tuple[bytes, int]:
         """The packed ids of ``part`` from ``pos`` (a word boundary) up to the safe cut of a window
@@ -490,25 +635,12 @@ class HFTokenizer:
         return found
 
     def _cut(self, window: str) -> tuple[bytes, int] | None:
-        enc = self._backend.encode(window, add_special_tokens=False)
-        words, offsets = enc.word_ids, enc.offsets
-        if not words:
-            return None
-        last, limit = words[-1], len(window) - _WINDOW_MARGIN
-        at = len(words) - 1
-        while at > 0:
-            begin = offsets[at][0]
-            word = words[at]
-            if (word is not None and last is not None and word < last - 1 and begin <= limit and word != words[at - 1]
-                    and window[begin].isascii() and not window[begin - 1].isspace()):  # fmt: skip
-                return token_bytes(enc.ids[:at]), begin
-            at -= 1
-        return None
+        return _safe_cut(window, self._backend.encode(window, add_special_tokens=False))
 
     def _remember(self, texts: Mapping[str, None]) -> None:
         short = [t for t in texts if not self._reuse or len(t) < 2 * _CHUNK]
         for text, enc in zip(short, self._backend.encode_batch_fast(short, add_special_tokens=False) if short else ()):
-            self._pieces[text] = _Piece(enc.ids, [])
+            self._pieces[text] = _Piece(array(_U32, enc.ids), [])
             self._piece_chars += len(text)
         for text in texts:
             if text not in self._pieces:
@@ -516,10 +648,10 @@ class HFTokenizer:
                 self._piece_chars += len(text)
         self._trim_pieces()
 
-    def _keep_piece(self, text: str, ids: list[int]) -> None:
-        """Remember a piece a stream read (its ids known, no reuse points)."""
+    def _keep_piece(self, text: str, packed: bytes) -> None:
+        """Remember a piece a stream read (its packed ids known, no reuse points)."""
         if text not in self._pieces:
-            self._pieces[text] = _Piece(ids, [])
+            self._pieces[text] = _Piece(_unpacked(packed), [])
             self._piece_chars += len(text)
             self._trim_pieces()
 
@@ -540,7 +672,7 @@ class HFTokenizer:
         way records points there, the third and later reuse them (a conversation resent with one more
         turn reuses all but the newest turns)."""
         hashes = _chunk_hashes(text)
-        ids: list[int] = []
+        ids = array(_U32)
         marks: list[tuple[int, int, int]] = []
         start = 0
         for k in range(len(hashes) - 1, -1, -1):
@@ -561,14 +693,14 @@ class HFTokenizer:
                 self._seen[after] = None
                 if len(self._seen) > _MAX_SEEN:
                     del self._seen[next(iter(self._seen))]
-            tail = self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids
-            piece = _Piece(ids + tail, marks)
+            ids.extend(self._backend.encode_batch_fast([text[start:]], add_special_tokens=False)[0].ids)
+            piece = _Piece(ids, marks)
             for index, (h, _, _) in enumerate(marks):
                 self._marks[h] = (text, index)
             return piece
         enc = self._backend.encode(text[start:], add_special_tokens=False)
         reused = len(ids)
-        ids = ids + enc.ids
+        ids.extend(enc.ids)
         words = enc.word_ids
         begins = [b for b, _ in enc.offsets]  # character offsets in text[start:], one per token
         for k in range(len(marks), len(hashes)):
@@ -620,7 +752,7 @@ class HFTokenizer:
             for text in (shared + tail, shared[: -_CHUNK // 2] + tail):
                 self._seen.update(dict.fromkeys(_chunk_hashes(shared)))
                 self._remember({shared: None})
-                got = self._encode_long(text).ids
+                got = self._encode_long(text).ids.tolist()
                 self._forget()
                 if got != self._backend.encode(text, add_special_tokens=False).ids:
                     return False

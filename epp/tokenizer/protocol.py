@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from epp._util.offload import Split
+
 __all__ = ["BackgroundLoading", "StreamingTokenizer", "TokenReader", "Tokenizer", "TokenizerSource"]
 
 
@@ -39,6 +41,11 @@ class TokenReader(Protocol):
 
     def read_all(self) -> bytes:
         """All the ids not read yet."""
+        ...
+
+    def rest(self, limit: int | None = None) -> Split[bytes]:
+        """``read_all`` (or at least ``limit`` more ids, where fewer than all are needed) cut where its
+        encoding may run on another thread (``epp._util.offload``)."""
         ...
 
 

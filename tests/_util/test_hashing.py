@@ -85,3 +85,41 @@ def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_siz
 @given(data=st.binary(max_size=600), block=st.integers(1, 80), seed=st.integers(0, 2**64 - 1))
 def test_chain_data_is_the_chain_of_the_text_blocks(data: bytes, block: int, seed: int) -> None:
     assert chain_data(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+
+
+def test_a_novel_prompt_is_hashed_in_one_pass_and_its_segments_serve_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the first segment the memo lacks, the rest is hashed by one call; every segment of it is
+    remembered, so a longer prompt with that prefix (the next chat turn) hashes only its new blocks."""
+    calls: list[int] = []
+    plain = hashing.chain_data
+
+    def counting(data: bytes, block_bytes: int, seed: int) -> list[int]:
+        calls.append(len(data) // block_bytes)
+        return plain(data, block_bytes, seed)
+
+    monkeypatch.setattr(hashing, "chain_data", counting)
+    memo = ChainMemo(segment_blocks=4, capacity=64)
+    rng = random.Random(10)
+    turn = rng.randbytes(16 * 22 + 5)  # 22 blocks of 16: five full segments and a partial one, plus a tail
+    first = memo.chain(turn, 16, 3)
+    assert first == chain_hashes(text_blocks(turn, 16), 3)
+    assert not first.array().flags.writeable  # one array, shared with the remembered segments
+    assert calls == [22]
+    following = turn[: 16 * 20] + rng.randbytes(16 * 9)  # shares its first five segments
+    chained = memo.chain(following, 16, 3)
+    assert chained == chain_hashes(text_blocks(following, 16), 3)
+    assert chained.array().tolist() == chained
+    assert calls == [22, 9]
+    assert len(memo) == 6 + 3
+
+
+def test_the_memo_stays_within_its_capacity_and_keeps_the_most_recent_segments() -> None:
+    memo = ChainMemo(segment_blocks=1, capacity=32)
+    rng = random.Random(11)
+    prompts = [rng.randbytes(16 * 20) for _ in range(5)]
+    for data in prompts:
+        memo.chain(data, 16, 0)
+        assert len(memo) <= 32
+    last = prompts[-1]
+    memo.chain(b"", 16, 0)  # forget the whole-prompt shortcut
+    assert memo.chain(last[: 16 * 20], 16, 0) == chain_hashes(text_blocks(last, 16), 0)

@@ -115,7 +115,8 @@ def test_malformed_peer_exports_are_ignored() -> None:
     scorer.import_shared([(0.0, {"ledger": {"e0": [1.0, 1, 1, 10, 10]}}), (0.0, {"ledger": "x"}),
                           (0.0, {"ledger": {"e0": ["1", 1, 1, 1, 1], "unknown": [1.0, 1, 1, 1, 1]}}),
                           (0.0, {"ledger": {"e0": [1.0, 1, 1, 1]}}), (0.0, {})], clock.now())  # fmt: skip
-    assert scorer.ledgers["e0"].remote == RemoteLoad(1.0, clock.now(), 1, 1, 10, 10, ((clock.now(), 1.0),))
+    assert scorer.ledgers["e0"].remote == RemoteLoad(1.0, clock.now(), 1, 1, 10, 10, ((clock.now(), 1.0),),
+                                                     (clock.now() + 1.0,))
     assert "unknown" not in scorer.ledgers
     scorer.import_shared([], clock.now())  # no peers (or Redis away): back to local state
     assert scorer.ledgers["e0"].remote is NO_REMOTE

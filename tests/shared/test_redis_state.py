@@ -116,6 +116,33 @@ async def test_running_replicas_share_in_the_background(replicas: Callable[..., 
     await wait_for(lambda: b.shared.peers == [], timeout=5, what="b drops a")
 
 
+async def test_bookings_and_observations_reach_the_others_without_waiting_for_a_period(
+    replicas: Callable[..., Replica]
+) -> None:
+    # A period far longer than the test: whatever b hears comes through the published events.
+    a, b = replicas("a", period=60.0, ttl=300.0), replicas("b", seed=1, period=60.0, ttl=300.0)
+    await a.shared.start()
+    await b.shared.start()
+    await wait_for(lambda: a.shared.connected is True and b.shared.connected is True, what="first round")
+    await asyncio.sleep(0.2)  # both subscribed
+    chosen = a.route("a1", 20_000)
+    await wait_for(lambda: b.remote(chosen) == 1, timeout=2, what="b hears of a's booking")
+    (start, seconds), = b.scorer.ledgers[chosen].remote.intervals
+    assert seconds > 0 and abs(start - a.scorer.ledgers[chosen].own_intervals()[0][0]) < 0.5
+    assert a.remote(chosen) == 0  # its own events are not echoed back
+    learned = b.scorer.learner[chosen].observations
+    endpoint = next(e for e in a.endpoints if e.name == chosen)
+    a.scheduler.response_started(LLMRequest(request_id="a1", kind=RequestKind.COMPLETIONS, model="m", stream=True),
+                                 endpoint)  # fmt: skip
+    await wait_for(lambda: len(b.scorer.learner[chosen]._foreign) == 1, timeout=2, what="b hears the first token")
+    await asyncio.sleep(0.01)  # a later iteration than a1's first token
+    a.route("a2", 100, endpoint)
+    a.scheduler.response_started(LLMRequest(request_id="a2", kind=RequestKind.COMPLETIONS, model="m", stream=True),
+                                 endpoint)  # fmt: skip  # closes a1's observation: a learns, and tells b
+    await wait_for(lambda: b.scorer.learner[chosen].observations == learned + 1, timeout=2, what="b learns")
+    assert a.scorer.learner[chosen].observations == learned + 1
+
+
 async def test_losing_redis_falls_back_to_local_state_warns_once_and_recovers(
     server: RedisServer, replicas: Callable[..., Replica], caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:

@@ -26,7 +26,7 @@ def run(replicas: Replicas) -> tuple[OfflineReplay, list[int]]:
     clock = VirtualClock()
     schedulers, _ = replicas.build(resolve("default"), clock, 0)
     driver = OfflineReplay(long_prompts(40, 0.01), schedulers, ClusterSpec(engines=2), clock,
-                           exchange=replicas.exchange(schedulers))  # fmt: skip
+                           exchange=replicas.exchange(schedulers, clock))  # fmt: skip
     seen: list[int] = []
     for scheduler in schedulers:
         scorer = next(p for p in scheduler.plugins if isinstance(p, TTFTPredictorScorer))

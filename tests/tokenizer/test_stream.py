@@ -124,6 +124,47 @@ def test_a_streamed_chat_prompt_gives_the_rendered_chats_ids(kinds: dict[str, HF
         tiny._window = 768
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=12)), min_size=300, max_size=1500), st.lists(st.sampled_from(SPECIALS), max_size=2),
+       st.booleans(), st.integers(6, 80), st.lists(st.integers(1, 40), min_size=1, max_size=3), st.integers(1, 120),
+       st.sampled_from(range(4)))  # fmt: skip
+def test_a_rest_up_to_a_limit_then_the_rest_gives_the_whole_texts_ids(
+    kinds: dict[str, HFTokenizer], pieces: list[str], specials: list[str], special: bool, window: int, steps: list[int],
+    limit: int, which: int,
+) -> None:
+    """``rest(limit)`` (what a prefix index matching only the first blocks asks at a first response):
+    at least ``limit`` more ids or all, a prefix of the whole text's, and the stream reads on from there.
+    Long pieces (few added tokens) so that the rest is read in windows."""
+    tokenizer = list(kinds.values())[which]
+    for k, added in enumerate(specials):
+        pieces.insert(len(pieces) * (k + 1) // (len(specials) + 1), added)
+    text = "".join(pieces)
+    whole = tokenizer._backend.encode(text, add_special_tokens=special).ids
+    tokenizer._window = window
+    try:
+        stream = tokenizer.stream(text, special)
+        head = b"".join(stream.read(n) for n in steps)
+        job = stream.rest(limit)
+        more = job.compute()()  # both steps, the first as a worker would run it
+        assert len(more) // 4 >= limit or stream.done
+        got = array("I", head + more + stream.read_all()).tolist()
+        assert got == whole and stream.done
+    finally:
+        tokenizer._window = 768
+
+
+def test_a_rest_in_windows_that_reaches_its_pieces_end_reads_the_pieces_after_it(kinds: dict[str, HFTokenizer]) -> None:
+    """The windows' size is estimated from the characters per token seen so far; where the piece ends
+    before the limit was reached, the pieces after it are read whole in the same job."""
+    tokenizer = kinds["llama3 split + byte-level"]
+    text = "alpha beta, gamma  delta; epsilon\n zeta (eta) " * 40 + SPECIALS[1] + " theta iota" * 30
+    stream = tokenizer.stream(text, True)
+    head = stream.read(5)
+    more = stream._windows_up_to(10_000, 0.5).run()  # windows far too small for the limit: the piece ends first
+    assert stream.done
+    assert array("I", head + more).tolist() == tokenizer._backend.encode(text, add_special_tokens=True).ids
+
+
 def test_a_unique_prompt_is_read_one_window_at_a_time() -> None:
     tiny = HFTokenizer.from_dir(MODEL_DIR)
     text = "The function returns the number of items in the list. " * 200  # 11,000 characters

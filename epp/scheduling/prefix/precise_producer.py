@@ -8,7 +8,8 @@ through ``prefixMatchInfoProducerName: <this plugin's name>``, as in llm-d), wit
   model name as the engine finds it, see ``tokens``); while a model's tokenizer is loading its requests
   are matched in the approximate fallback. A prompt is tokenized on the pick path only while some
   endpoint holds all its blocks so far (``tokens.engine_block_stream``); the rest is hashed at its
-  first response, when the fallback learns it (the engine holds it only then, too);
+  first response, when the fallback learns it (the engine holds it only then, too); while serving,
+  that encoding runs on the data layer's worker thread, not the event loop (``learn_tail``);
 * the index is a ``PreciseIndex`` fed by the data layer's KV-event subscriber, falling back per endpoint to an
   approximate ``BlockIndex`` learned from picks (``lruCapacityPerServer``) while that endpoint's
   feed is not live;
@@ -251,4 +252,6 @@ def factory(name: str, params: Mapping[str, Any], handle: PluginHandle) -> Preci
     if p.redis_url is not None:
         shared = ReplicatedPrefixIndex(precise, f"{handle.child_rng().getrandbits(64):016x}")
         handle.needs.shared_indexes.append(SharedIndexFeed(shared, p.redis_url, p.redis_stream, p.redis_max_len))
-    return PrecisePrefixCacheProducer(name, p, precise, tokenizers, shared)
+    producer = PrecisePrefixCacheProducer(name, p, precise, tokenizers, shared)
+    handle.needs.offloading.append(producer)  # serving: the rest of a new prompt is encoded off the event loop
+    return producer

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from epp._util.hashing import ChainMemo
+from epp._util.offload import INLINE, Offload, Split
 from epp.datastore import Endpoint, EndpointState
 from epp.request import LLMRequest
 from epp.scheduling.bookings import Bookings
@@ -96,6 +97,10 @@ class HashTail(Protocol):
 
     def estimated_blocks(self) -> int: ...
 
+    def rest(self) -> Split[list[int]]:
+        """All the hashes still to come, cut where the encoding may leave the event loop."""
+        ...
+
 
 @dataclass(slots=True)
 class PrefixMatch:
@@ -132,10 +137,31 @@ class PrefixMatch:
 
     def finish(self) -> list[int]:
         """All the hashes still in the tail (now appended to ``hashes``)."""
-        start = len(self.hashes)
-        while self.grow(1 << 30):
-            pass
-        return self.hashes[start:]
+        return self.rest().run()
+
+    def rest(self) -> Split[list[int]]:
+        """``finish`` cut where the tokenizer's encoding may run on another thread (``HashTail.rest``):
+        the hashes are appended in the finishing step."""
+        tail = self.tail
+        if tail is None:
+            return Split.ready([])
+
+        def appended(more: list[int]) -> list[int]:
+            self.tail = None
+            if more:
+                self.hashes = self.hashes + more
+            return more
+
+        return tail.rest().then(appended)
+
+
+@dataclass(slots=True)
+class _Rest:
+    """A prompt's rest being encoded off the pick (``learn_tail``) and what the request did meanwhile."""
+
+    names: list[str]
+    booking: bool = True  # still in flight: its new blocks are booked for ``response_failed``
+    failed: bool = False  # it failed before its rest was hashed: nothing is learned
 
 
 class ApproxPrefixCacheProducer:
@@ -158,6 +184,9 @@ class ApproxPrefixCacheProducer:
         self.tails: Bookings[tuple[PrefixMatch, list[str]]] = Bookings(TAIL_LIMIT)
         """Per request in flight whose prompt was hashed lazily, its match and the endpoints to learn
         the rest for (``learn_tail``); each holds its prompt's text until then."""
+        self._offload: Offload = INLINE
+        self._rests: dict[str, _Rest] = {}
+        """Per request whose rest is being encoded (``learn_tail``), what its end asked meanwhile."""
 
     def _block_tokens(self, endpoints: list[EndpointState]) -> int:
         if self.params.auto_tune and endpoints:
@@ -257,31 +286,59 @@ class ApproxPrefixCacheProducer:
         if info.tail is not None:
             self.tails.put(request.request_id, (info, [t.name for t in targets]))
 
+    def offload_to(self, offload: Offload) -> None:
+        """Encode the rest of lazily read prompts with ``offload`` (the data layer's worker thread while
+        serving; ``INLINE``, at once, otherwise)."""
+        self._offload = offload
+
     def learn_tail(self, request_id: str) -> None:
         """The rest of a prompt hashed lazily at the pick (``PrefixMatch``): its engines now hold it
         (its prefill is over), so the index learns it, off the pick path, and a failure forgets it too.
-        Called at the first response by producers that read lazily, else at completion."""
+        Called at the first response by producers that read lazily, else at completion.
+
+        The encoding goes to the offload (``offload_to``); its result is applied on the owner's thread
+        as if the request were still where it was at this call, except that a request failed meanwhile
+        learns nothing and one completed meanwhile books nothing. An offload that refuses the job (full)
+        leaves the rest unlearned, as when the tail was dropped (``TAIL_LIMIT``)."""
         pending = self.tails.pop(request_id)
         if pending is None:
             return
         info, names = pending
-        new = info.finish()
-        if not new:
+        rest = self._rests[request_id] = _Rest(names)
+        job = info.rest().then(lambda new: self._learned(request_id, rest, info.hashes, new))
+        if not self._offload.submit(job, lambda: self._settled(request_id, rest)):
+            self._settled(request_id, rest)
+
+    def _settled(self, request_id: str, rest: _Rest) -> None:
+        if self._rests.get(request_id) is rest:
+            del self._rests[request_id]
+
+    def _learned(self, request_id: str, rest: _Rest, hashes: list[int], new: list[int]) -> None:
+        self._settled(request_id, rest)
+        if not new or rest.failed:
             return
-        booked = dict(self.added.pop(request_id) or ())
-        self.added.put(request_id, [(name, booked.get(name, []) + new) for name in names])
+        names = rest.names
+        if rest.booking:
+            booked = dict(self.added.pop(request_id) or ())
+            self.added.put(request_id, [(name, booked.get(name, []) + new) for name in names])
         for name in names:
-            self.index.add(name, info.hashes)
+            self.index.add(name, hashes)
         for listener in self.tail_learned:
-            listener(request_id, names, info.hashes)
+            listener(request_id, names, hashes)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         self.learn_tail(request.request_id)  # a response that never said it started
         self.added.pop(request.request_id)
+        rest = self._rests.get(request.request_id)
+        if rest is not None:
+            rest.booking = False
 
     def response_failed(self, request: LLMRequest, endpoint: EndpointState, reason: str) -> None:
         """The blocks this request was the first to send each endpoint are not cached there."""
         self.tails.pop(request.request_id)
+        rest = self._rests.pop(request.request_id, None)
+        if rest is not None:
+            rest.failed = True
         for name, hashes in self.added.pop(request.request_id) or ():
             self.index.discard(name, hashes)
 

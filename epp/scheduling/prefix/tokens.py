@@ -30,6 +30,7 @@ import sys
 from typing import cast
 
 from epp._util.hashing import ChainMemo, chain_bytes, token_bytes
+from epp._util.offload import Split
 from epp.request import LLMRequest, RequestKind
 from epp.scheduling.prefix.hashing import hashed_once, request_seed
 from epp.contracts.kv_events import CHAT, COMPLETION
@@ -130,13 +131,25 @@ class BlockHashTail:
         where the stream read more (what its caches held)."""
         if self.done:
             return []
-        bb = self._block_bytes
-        want = min(blocks, self._room) * bb - len(self._pending)
         if blocks >= self._room:
-            data = self._pending + self._stream.read_all()
-        else:
-            data = self._pending + self._stream.read(max(1, -(-want // 4)))
-        full = min(len(data) // bb, self._room) * bb  # all that was read: hashing costs far less than reading
+            return self.rest().run()
+        want = blocks * self._block_bytes - len(self._pending)
+        return self._hashed(self._stream.read(max(1, -(-want // 4))))
+
+    def rest(self) -> Split[list[int]]:
+        """All the hashes still to come, cut where the tokenizer's encoding may run on another thread
+        (``TokenReader.rest``); hashed in the finishing step (the chain memo is the owner's)."""
+        if self.done:
+            return Split.ready([])
+        needed = self._room * (self._block_bytes // 4) - len(self._pending) // 4  # ids up to the block limit
+        return self._stream.rest(needed).then(self._hashed)
+
+    def _hashed(self, read: bytes) -> list[int]:
+        """The hashes of the full blocks of what was pending plus ``read`` (all of it: hashing costs far
+        less than reading), up to the block limit."""
+        bb = self._block_bytes
+        data = self._pending + read
+        full = min(len(data) // bb, self._room) * bb
         hashes = chain_bytes(data[:full], bb, self._parent, self._memo) if full else []
         self._pending = data[full:]
         self._room -= len(hashes)

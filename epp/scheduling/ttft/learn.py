@@ -62,9 +62,11 @@ about a tenth of one observation), so an endpoint's first few first tokens alrea
 from __future__ import annotations
 
 import math
+from bisect import bisect_right, insort
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 PRIOR_PREFILL = (0.008, 0.025, 0.001)
 """Seconds per iteration, per 1K uncached tokens, per 1M (new × context) token pairs."""
@@ -77,6 +79,11 @@ MERGE_GAP = 0.001
 """First tokens this close together come from one engine iteration (a decode step is several ms)."""
 MIN_CHUNK = 16
 """Prefill tokens per iteration when decodes use up the whole budget (keeps the estimate finite)."""
+PREFILL = "p"
+DECODE = "d"
+"""The two kinds of observation (``EndpointLearner.report``)."""
+MAX_FOREIGN = 256
+"""Other replicas' first tokens kept per endpoint (``EndpointLearner.foreign_first_token``)."""
 MAX_OPEN_GROUPS = 512
 """Observations waiting for their requests' outcomes, per endpoint; older ones are dropped."""
 WARMUP = 20
@@ -337,6 +344,28 @@ def _relative(observed: float, predicted: float) -> float:
     return (observed - predicted) / max(observed, predicted, 1e-3)
 
 
+@dataclass(slots=True)
+class _Speculation:
+    """An estimate derived ahead of its read (``EndpointLearner._speculate``), what it was derived from,
+    and the tracks' re-basing state before, to undo it if unused."""
+
+    before: tuple[tuple[float, list[float] | None], tuple[float, list[float] | None]]
+    estimate: LatencyEstimate
+    version: int
+    pool_version: int
+    prefill_fit: list[float]
+    decode_fit: list[float]
+
+    @staticmethod
+    def tracks(learner: EndpointLearner) -> tuple[tuple[float, list[float] | None], tuple[float, list[float] | None]]:
+        """What deriving may change: each track's speed and the pool fit it is relative to (``_rebase``)."""
+        p, d = learner.prefill, learner.decode
+        return (p.log_mean, p._basis), (d.log_mean, d._basis)
+
+    def undo(self, learner: EndpointLearner) -> None:
+        (learner.prefill.log_mean, learner.prefill._basis), (learner.decode.log_mean, learner.decode._basis) = self.before
+
+
 class EndpointLearner:
     """One endpoint's prefill and decode models and the bookkeeping that turns its requests' events into
     observations.
@@ -349,8 +378,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_started", "adopted", "budget",
-        "decode", "pool", "prefill", "version",
+        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started",
+        "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -361,12 +390,18 @@ class EndpointLearner:
         self.version = 0
         self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
         self._seen = self._pool_seen = -1  # the versions the estimate was derived at
+        self._speculated: _Speculation | None = None
         self._queue: dict[str, _Booked] = {}
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
         self._last_first_token = float("-inf")
+        self._foreign: list[float] = []
+        """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
         """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
+        self.report: Callable[[str, Sequence[float], float], None] | None = None
+        """Told each observation this endpoint's own requests made (``PREFILL`` or ``DECODE``, features,
+        seconds), for active-active replicas to learn from each other's (``LatencyLearner.report``)."""
 
     @property
     def estimate(self) -> LatencyEstimate:
@@ -384,11 +419,7 @@ class EndpointLearner:
         pool = self.pool
         if self._seen != self.version or self._pool_seen != pool.version:  # read per endpoint per pick: kept cheap
             self._seen, self._pool_seen = self.version, pool.version
-            fresh = [*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)]
-            old = self._estimate
-            if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
-                       old.decode_per_context], fresh):
-                self._estimate = LatencyEstimate(*fresh)
+            self._estimate = self._derived(pool)
         return self._estimate
 
     @property
@@ -433,6 +464,19 @@ class EndpointLearner:
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
 
+    def foreign_first_token(self, at: float) -> None:
+        """Another replica's request here had its first token at ``at`` (active-active replicas, heard through
+        shared state): its prefill ran before it, so an observation of this replica's that spans ``at``
+        starts there instead (``_learn``) — else each replica's prefills look as slow as everyone's
+        together, and N replicas predict every endpoint up to N times too slow."""
+        foreign = self._foreign
+        if not foreign or at >= foreign[-1]:
+            foreign.append(at)
+        else:
+            insort(foreign, at)
+        if len(foreign) > MAX_FOREIGN:
+            del foreign[0]
+
     def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
         """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
         self._queue.pop(request_id, None)  # ended without a first byte: it timed nothing
@@ -455,7 +499,10 @@ class EndpointLearner:
             itl = (now - started.first_token) / (completion - 1)
             n = (started.decodes + decodes) / 2
             ctx = (started.context + context) / 2
-            self.observe_decode((1.0, n / 100, ctx / 1e5), itl)
+            z = (1.0, n / 100, ctx / 1e5)
+            self.observe_decode(z, itl)
+            if self.report is not None:
+                self.report(DECODE, z, itl)
         self._settle()
 
     def forget(self, request_id: str) -> None:
@@ -482,6 +529,14 @@ class EndpointLearner:
                 self._learn(group)
 
     def _learn(self, group: _Group) -> None:
+        start = group.start
+        foreign = self._foreign
+        if foreign:
+            del foreign[: bisect_right(foreign, start)]  # ended before this observation: no later one spans them
+            if foreign and foreign[0] <= group.end:
+                if bisect_right(foreign, group.end) > bisect_right(foreign, group.end - MERGE_GAP):
+                    return  # another replica's prefill ended in this one's iteration: its share is not known
+                start = foreign[bisect_right(foreign, group.end - MERGE_GAP) - 1]
         members = list(group.members.values())
         new = sum(max(1, b.prompt - b.cached) for b in members)
         pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members)
@@ -489,18 +544,64 @@ class EndpointLearner:
         context = round(sum(b.context for b in members) / len(members))
         steps = -(-new // max(MIN_CHUNK, self.budget - decodes))
         x = (float(steps), new / 1000, pairs / 1e6)
-        seconds = group.end - group.start - steps * self.estimate.batch_seconds(decodes, context)
+        seconds = group.end - start - steps * self.estimate.batch_seconds(decodes, context)
         self.observe_prefill(x, max(0.0, seconds))
+        if self.report is not None:
+            self.report(PREFILL, x, max(0.0, seconds))
 
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
+        self._unspeculate()
         self.prefill.observe(self.pool.prefill, x, seconds)
         self._changed()
 
     def observe_decode(self, z: Sequence[float], seconds: float) -> None:
         """One decode-step observation on ``[1, sequences / 100, context / 1e5]``."""
+        self._unspeculate()
         self.decode.observe(self.pool.decode, z, seconds)
         self._changed()
+
+    # -- the estimate, derived ahead of the pick ---------------------------------------------------
+    # ``own_estimate`` derives the estimate at its first read after a change, against the pool's fit at
+    # that moment (and re-bases the tracks' speeds to it). A pick reads it right after the endpoint
+    # learned, so ``_changed`` derives it at once, on the response path, and keeps the result with what
+    # it was derived from: the read uses it only if nothing it depends on moved since (this endpoint's
+    # version, the pool's version and fit objects: any other endpoint's observation replaces the pool's
+    # fit); otherwise it undoes the tracks' re-basing and derives as it would have. Either way the
+    # estimate, and every later one, is the one the lazy derivation gives, bit for bit.
+
+    def _derived(self, pool: PoolModel) -> LatencyEstimate:
+        spec = self._speculated
+        if spec is not None:
+            self._speculated = None
+            if (spec.version == self.version and spec.pool_version == pool.version
+                    and spec.prefill_fit is pool.prefill.theta and spec.decode_fit is pool.decode.theta):
+                return spec.estimate  # ``_estimate``, which it was compared with, is only set by a read
+            spec.undo(self)
+        return self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+
+    def _replaced(self, fresh: list[float]) -> LatencyEstimate:
+        """The estimate with coefficients ``fresh``: the current one unless one moved by more than
+        ``PUBLISH_CHANGE`` (prediction noise is larger)."""
+        old = self._estimate
+        if _moved([old.per_step, old.per_token, old.per_pair, old.decode_fixed, old.decode_per_sequence,
+                   old.decode_per_context], fresh):
+            return LatencyEstimate(*fresh)
+        return old
+
+    def _speculate(self) -> None:
+        pool = self.pool
+        before = _Speculation.tracks(self)
+        estimate = self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+        self._speculated = _Speculation(before, estimate, self.version, pool.version, pool.prefill.theta,
+                                        pool.decode.theta)
+
+    def _unspeculate(self) -> None:
+        """Undo a derivation no read used (an observation re-bases the tracks itself)."""
+        spec = self._speculated
+        if spec is not None:
+            self._speculated = None
+            spec.undo(self)
 
     def _drop(self, group: _Group) -> None:
         for rid in group.members:
@@ -509,12 +610,13 @@ class EndpointLearner:
     def _changed(self) -> None:
         self.version += 1
         self.pool.updated()
+        self._speculate()
 
 
 class LatencyLearner:
     """``EndpointLearner`` per endpoint name, created on first use."""
 
-    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool")
+    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool", "report")
 
     def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
         self.budget = budget
@@ -523,12 +625,18 @@ class LatencyLearner:
         self.endpoints: dict[str, EndpointLearner] = {}
         self.generation = 0
         """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
+        self.report: Callable[[str, str, Sequence[float], float], None] | None = None
+        """Told (endpoint, ``PREFILL`` or ``DECODE``, features, seconds) of every observation the endpoints'
+        own requests made: active-active replicas pass them to each other, so each learns from all the
+        requests an endpoint serves, not the 1/N it routed (N replicas learning apart learn N times slower)."""
 
     def __getitem__(self, name: str) -> EndpointLearner:
         learner = self.endpoints.get(name)
         if learner is None:
             learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
             self.pool.members += 1
+            if self.report is not None:
+                learner.report = partial(self.report, name)
         return learner
 
     def estimate(self, name: str) -> LatencyEstimate:

@@ -63,7 +63,8 @@ class RemoteLoad:
     """What the other replicas have in flight on one endpoint, summed, as of ``at`` (this epp's clock):
     ``seconds`` of predicted prefill still queued, ``pending`` requests without a first token,
     ``requests`` in flight, the KV ``context_tokens`` they hold and the ``output_tokens`` they may
-    generate; ``intervals``: their queued prefills as (start, seconds), in start order."""
+    generate; ``intervals``: their queued prefills as (start, seconds), in start order, moved out by
+    their replicas' ``lateness``; ``ends``: their first tokens as their replicas predicted them, sorted."""
 
     seconds: float = 0.0
     at: float = float("-inf")
@@ -72,6 +73,12 @@ class RemoteLoad:
     context_tokens: int = 0
     output_tokens: int = 0
     intervals: tuple[tuple[float, float], ...] = ()
+    ends: tuple[float, ...] = ()
+
+    def queued(self, now: float) -> int:
+        """Their requests predicted to be still waiting for (or in) their prefill at ``now``, read as
+        ``EndpointLedger.queued`` reads this epp's: by the first token predicted when booked."""
+        return len(self.ends) - bisect_right(self.ends, now)
 
 
 def queue_end(intervals: Iterable[tuple[float, float]]) -> float:
@@ -164,6 +171,23 @@ class EndpointLedger:
         self.version += 1
         self._start_through(request_id, now)
         self._reanchor(now)
+
+    def foreign_started(self, at: float) -> None:
+        """Another replica's request had its first token here at ``at`` (shared state): this epp's requests
+        still pending here queued behind it (first come, first served), so none of them started before
+        ``at``: they run back to back from then at the earliest (moved later only) — the re-anchor a first
+        token of its own gives, which with N replicas would come N times less often."""
+        t = at
+        moved = False
+        for flight in self.pending.values():
+            start = max(t, flight.eta - flight.prefill_seconds)
+            if start + flight.prefill_seconds > flight.eta:
+                flight.eta = start + flight.prefill_seconds
+                moved = True
+            t = flight.eta
+        if moved:
+            self.busy_until = max(self.busy_until, t)
+            self.version += 1
 
     def finished(self, request_id: str, now: float) -> None:
         """``request_id``'s response ended (or it failed): forget it."""
@@ -274,6 +298,14 @@ class EndpointLedger:
     def own_intervals(self) -> list[tuple[float, float]]:
         """This epp's pending prefills as (predicted start, seconds): what it reports to the others."""
         return [(f.eta - f.prefill_seconds, f.prefill_seconds) for f in self.pending.values()]
+
+    def lateness(self, now: float) -> float:
+        """How much later than ``own_intervals`` say this epp's pending work ends, by its own backlog at
+        ``now`` — a head past its predicted first token, an engine slower than predicted (what ``backlog``
+        reads from this epp's requests, which the other replicas cannot: an interval that ended on paper
+        would drain from their view while the engine still works on it); 0 when on time."""
+        intervals = self.own_intervals()
+        return max(0.0, now + self.own_backlog(now) - queue_end(intervals)) if intervals else 0.0
 
     def _own_terms(self) -> tuple[float, float, float, float, float, float, float]:
         if not self.pending:

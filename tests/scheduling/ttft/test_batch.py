@@ -57,14 +57,22 @@ def _assert_equal(batch: BatchPredictor, states: list[EndpointState], ledgers: l
                   rng: random.Random) -> None:
     scalar = batch.predictor
     prompt = rng.choice([0, 1, 17, rng.randrange(1, 3000), rng.randrange(1, 140000)])
-    matched = [rng.choice([0, prompt, rng.randrange(0, prompt + 40)]) for _ in states]
+    per_match = rng.choice([1, 16])  # matches counted in tokens, or in the prefix index's blocks
+    matched = [rng.choice([0, prompt, rng.randrange(0, prompt + 40)]) // per_match for _ in states]
+    if rng.random() < 0.3:  # few matched endpoints (computed row by row), the others unmatched
+        matched = [m if rng.random() < 0.1 else 0 for m in matched]
     since = [rng.choice([None, 0, rng.randrange(1, 4_000_000)]) for _ in states]
     now = NOW + rng.uniform(-3, 3)
     written = {i: s for i, s in enumerate(since) if s}
-    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, written, now)
+    scrapes = [None if s.stale else s.metrics for s in states] if rng.random() < 0.5 else None  # the caller's, or not
+    got = batch.predict([s.name for s in states], states, ledgers, prompt, matched, written, now, per_match, scrapes)
     assert len(got) == len(states)
     for i, (state, ledger) in enumerate(zip(states, ledgers)):
-        assert got[i] == scalar.predict(state, ledger, prompt, matched[i], since[i], now)  # exact, not approx
+        expected = scalar.predict(state, ledger, prompt, matched[i] * per_match, since[i], now)
+        assert got[i] == expected  # exact, not approx
+        assert batch.load(state, ledger) == scalar.decode_load(state, ledger)  # the cached row's
+    fresh = EndpointLedger()  # not the ledger the row was derived from: computed
+    assert batch.load(states[0], fresh) == scalar.decode_load(states[0], fresh)
     for at in (now, NOW - 10, NOW + rng.uniform(-3, 3), math.inf):
         assert batch.queued(ledgers, at) == sum(ledger.queued(at) for ledger in ledgers)
 

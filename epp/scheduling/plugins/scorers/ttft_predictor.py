@@ -37,13 +37,19 @@ Active-active replicas share their ledgers and learned latency (``export_shared`
 moved between replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each
 replica predicts with its own requests exactly and the others' as they last reported them, and with
 the latency learned by the replica that has seen most of an endpoint while it has seen little itself.
+Bookings, first tokens and latency observations also go to the other replicas as they happen
+(``take_events`` / ``import_events``, about a millisecond): replicas picking faster than the exchange
+period otherwise send work to the same idle endpoint unaware of each other, and each learns from every
+request an endpoint serves, timing only its own requests' prefill.
 """
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Mapping, Sequence
-from dataclasses import astuple, dataclass, fields
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import astuple, dataclass, field, fields
 from itertools import compress
 from typing import Any
 
@@ -69,6 +75,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
+from epp.scheduling.ttft.learn import DECODE, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
@@ -137,6 +144,17 @@ class TTFTPredictorScorer:
         self._last_names: list[str] = []
         self._last_ledgers: list[EndpointLedger] = []
         producer.tail_learned.append(self._tail_learned)
+        self.on_event: Callable[[], None] | None = None
+        """Set by a shared-state exchange (``epp.shared.SharesEvents``): bookings and first tokens are then
+        queued for the other replicas as they happen."""
+        self.origin = secrets.token_hex(6)
+        """Names this replica's exports and events to the others (which events an export already holds)."""
+        self._sequence = 0
+        self._outbox: list[tuple[int, str, str, float, tuple[float, ...]]] = []
+        self._heard: dict[str, _Heard] = {}
+        self._booking_ids: dict[str, int] = {}
+        """Request id → the sequence number of its booking event, while it has no first token."""
+        self.learner.report = self._report
 
     def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
         """A prompt hashed lazily at the pick is known whole now: its held prefix is all of it."""
@@ -183,7 +201,8 @@ class TTFTPredictorScorer:
                     since[i] = written
         prompt = request.estimated_prompt_tokens
         block = info.block_tokens
-        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block)
+        predictions = self.predictor.predict(names, endpoints, ledgers, prompt, hits, since, now, block,
+                                             self._scrapes_seen)
         cycle.setdefault(self._key, []).append((names, predictions))
         return predictions, ledgers
 
@@ -204,6 +223,7 @@ class TTFTPredictorScorer:
             recency = self.recency.get(name)
             learner = self.learner[name]
             for request_id in ledger.expire(cutoff):
+                self._booking_ids.pop(request_id, None)
                 learner.forget(request_id)  # no outcome: it teaches nothing
                 if recency is not None:
                     recency.release(request_id)
@@ -211,7 +231,9 @@ class TTFTPredictorScorer:
     def observe_scrapes(self, endpoints: list[EndpointState], ledgers: list[EndpointLedger]) -> None:
         """Hand each fresh scrape to its endpoint's ledger (aligned), which books the work other routers
         sent there since the previous one (``EndpointLedger.observe_scrape``). Between scrapes every
-        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call."""
+        candidate's metrics object is the one the previous pick saw: one identity pass, no ledger call.
+        ``_scrapes_seen`` is then that list (the same object while nothing changed), which the predictor
+        reuses to tell which cached rows a scrape made stale."""
         metrics = [None if state.stale else state.metrics for state in endpoints]
         seen = self._scrapes_seen
         if len(metrics) == len(seen) and all(map(operator.is_, metrics, seen)):
@@ -231,7 +253,16 @@ class TTFTPredictorScorer:
     def work_weight(self, endpoints: list[EndpointState], now: float) -> float:
         """λ = ``workWeight`` × (1 + mean queue in requests over ``endpoints``): about how many later
         requests the prefill work a choice adds will delay (see the module docstring)."""
-        return self._weight(sum(self._ledger(e.name).queued(now) for e in endpoints), len(endpoints))
+        ledgers = [self._ledger(e.name) for e in endpoints]
+        return self._weight(sum(ledger.queued(now) for ledger in ledgers) + self._queued_elsewhere(ledgers, now),
+                            len(endpoints))  # fmt: skip
+
+    def _queued_elsewhere(self, ledgers: Sequence[EndpointLedger], now: float) -> int:
+        """The other replicas' requests still waiting for their prefill on these endpoints (shared state):
+        they wait in the same queues as this replica's (counting only its own, N replicas each weighed the
+        work a choice adds as if the queues were N times shorter: 4 + 4 conversation at ×11.3, hit ×0.96
+        of one replica's)."""
+        return sum(ledger.remote.queued(now) for ledger in ledgers) if self._heard else 0
 
     def _weight(self, queued: int, endpoints: int) -> float:
         return self.params.work_weight * (1 + queued / max(1, endpoints))
@@ -239,10 +270,19 @@ class TTFTPredictorScorer:
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
-        w = self._weight(self.predictor.queued(ledgers, self.clock.now()), len(endpoints))  # work_weight, from cached rows
-        stranded = self._stranded(predictions)
-        work = predictions.prefill if stranded is None else predictions.prefill + stranded
-        rounded = np.ceil((predictions.ttft + w * work) / tol) * tol
+        now = self.clock.now()
+        w = self._weight(self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now), len(endpoints))
+        # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
+        rounded = self._stranded(predictions)
+        if rounded is None:
+            rounded = predictions.prefill * w
+        else:
+            rounded += predictions.prefill
+            rounded *= w
+        rounded += predictions.ttft
+        rounded /= tol
+        np.ceil(rounded, out=rounded)
+        rounded *= tol
         if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
@@ -265,24 +305,33 @@ class TTFTPredictorScorer:
         let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
         against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
         cached = predictions.cached_tokens
-        most = int(cached.max())
-        if most == int(cached.min()):
+        held = np.count_nonzero(cached)
+        if not held:
             return None
-        warm = np.flatnonzero(cached == most)
-        cold = predictions.cold_prefill
-        warm_cold = cold[warm]
-        shares = (warm_cold - predictions.prefill[warm]) / np.maximum(warm_cold, MIN_SECONDS)
-        least = int(np.argmin(shares))  # the first minimum: its share is shares.min()
-        share, ref = float(shares[least]), int(warm[least])
-        stranded: npt.NDArray[np.float64] = share * np.maximum(cold, cold[ref]) * (most - cached) / most
+        most = int(cached.max())
+        if held == len(cached) and most == int(cached.min()):
+            return None
+        cold, prefill = predictions.cold_prefill, predictions.prefill
+        share, ref = math.inf, 0
+        for i in (cached == most).nonzero()[0].tolist():  # the warmest (usually one): their shares in Python
+            warm_cold = float(cold[i])
+            warm_share = (warm_cold - float(prefill[i])) / max(warm_cold, MIN_SECONDS)
+            if warm_share < share:  # the first minimum
+                share, ref = warm_share, i
+        stranded: npt.NDArray[np.float64] = np.maximum(cold, cold[ref])
+        stranded *= share
+        stranded *= most - cached
+        stranded /= most
         return stranded
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
         booked: list[tuple[list[str], Predictions]] = cycle.get(self._key, [])
         for names, predictions in reversed(booked):
-            if name in names:
+            try:
                 return predictions[names.index(name)]
+            except ValueError:  # not among this prediction's candidates
+                continue
         return None
 
     # -- scheduler hooks -------------------------------------------------------------------------
@@ -301,12 +350,16 @@ class TTFTPredictorScorer:
         weight = max(COLD_MEAN_WEIGHT, 1 / self._picks)
         self.typical_cold_seconds += (prediction.cold_prefill - self.typical_cold_seconds) * weight
         ledger = self._ledger(chosen.name)
-        load = self.predictor.predictor.decode_load(chosen, ledger)
+        load = self.predictor.load(chosen, ledger)  # the pick's, while the ledger is as it predicted
         self.learner[chosen.name].routed(
             request.request_id, flight.routed_at, prompt, prediction.cached_tokens, load.sequences,
             load.context_tokens, request.stream,
         )
         ledger.routed(request.request_id, flight)
+        if self.on_event is not None:  # the others hear of it now, not at the next exchange
+            self._emit("b", chosen.name, flight.eta - flight.prefill_seconds, flight.prefill_seconds,
+                       flight.context_tokens, flight.output_tokens)
+            self._booking_ids[request.request_id] = self._sequence
         hashes = self.producer.info(cycle, request, [chosen]).hashes  # the cycle's, not hashed again
         self._recency(chosen.name).hold(request.request_id, hashes, prompt - prediction.cached_tokens + output)
 
@@ -314,17 +367,21 @@ class TTFTPredictorScorer:
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
+            booking = self._booking_ids.pop(request.request_id, 0)
+            if self.on_event is not None and request.stream:  # its prefill is over: the others' views drop it
+                self._emit("f", endpoint.name, now, booking)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response ended; ``usage`` empty when the engine reported none (a failure, or a stream
         without usage): the learner learns only from requests with reported completion tokens."""
+        self._booking_ids.pop(request.request_id, None)
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             now = self.clock.now()
-            load = self.predictor.predictor.decode_load(endpoint, ledger)
+            load = self.predictor.load(endpoint, ledger)
             self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens)
             ledger.finished(request.request_id, now)
         recency = self.recency.get(endpoint.name)
@@ -335,6 +392,7 @@ class TTFTPredictorScorer:
         """Nothing ran: the flight leaves the ledger without re-anchoring its backlog (a dead engine's
         instant failures must not make it look idle), its prefix was never cached there, and its timing
         is no latency sample."""
+        self._booking_ids.pop(request.request_id, None)
         ledger = self.ledgers.get(endpoint.name)
         if ledger is not None:
             ledger.abandoned(request.request_id)
@@ -350,54 +408,166 @@ class TTFTPredictorScorer:
         learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
         loads: dict[str, list[float | int]] = {}
         queues: dict[str, list[list[float]]] = {}
+        lateness: dict[str, float] = {}
         for name, ledger in self.ledgers.items():
             if len(ledger):
                 loads[name] = [round(ledger.own_backlog(now), 6), len(ledger.pending), len(ledger),
                                ledger.context_tokens, ledger.output_tokens]
-                intervals = ledger.own_intervals()
-                if len(intervals) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
-                    head = intervals[: len(intervals) - MAX_INTERVALS + 1]
-                    intervals = [(head[0][0], sum(s for _, s in head)), *intervals[len(head):]]
-                if intervals:
-                    queues[name] = [[round(start - now, 6), round(seconds, 6)] for start, seconds in intervals]
+                ids = [self._booking_ids.get(request_id, 0) for request_id in ledger.pending]
+                rows = [[round(start - now, 6), round(seconds, 6), i]
+                        for (start, seconds), i in zip(ledger.own_intervals(), ids)]  # fmt: skip
+                if len(rows) > MAX_INTERVALS:  # the oldest as one block: same end, bounded size
+                    head = rows[: len(rows) - MAX_INTERVALS + 1]
+                    rows = [[head[0][0], round(sum(r[1] for r in head), 6), 0], *rows[len(head):]]
+                if rows:
+                    queues[name] = rows
+                    late = ledger.lateness(now)
+                    if late > 0:
+                        lateness[name] = round(late, 6)
         learned: dict[str, list[float | int]] = {}
         for name, learner in self.learner.endpoints.items():
             if learner.observations:
                 learned[name] = [learner.observations, *astuple(learner.own_estimate)]
-        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LEARNED_KEY: learned}
+        return {LEDGER_KEY: loads, QUEUE_KEY: queues, LATE_KEY: lateness, LEARNED_KEY: learned,
+                ORIGIN_KEY: self.origin, SEQUENCE_KEY: self._sequence}
 
     def import_shared(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
-        """The other replicas' latest ``export_shared``, each with its age in seconds: their summed load
-        becomes each ledger's ``remote`` (their backlog drained by its age); an empty list (no peer, or
-        the shared store unreachable) leaves this replica on its own ledger. Malformed rows are skipped."""
-        totals: dict[str, list[float]] = {}
-        intervals: dict[str, list[tuple[float, float]]] = {}
-        for age, payload in peers:
+        """The other replicas' latest ``export_shared``, each with its age in seconds: their load becomes
+        each ledger's ``remote``, with what their events told since (``import_events``); an empty list (no
+        peer, or the shared store unreachable) leaves this replica on its own ledger. Malformed rows are
+        skipped."""
+        heard, self._heard = self._heard, {}
+        for position, (age, payload) in enumerate(peers):
             loads, queues = payload.get(LEDGER_KEY), payload.get(QUEUE_KEY)
             if not isinstance(loads, dict):
                 continue
+            origin, sequence = payload.get(ORIGIN_KEY), payload.get(SEQUENCE_KEY)
+            if isinstance(origin, str) and isinstance(sequence, int):  # what its events told since still counts
+                kept = heard.get(origin) or _Heard()
+                kept.since(sequence)
+            else:  # a peer that sends no events: its export is all there is
+                origin, kept = f"#{position}", _Heard()
+            kept.loads = {}
             taken = now - max(0.0, age)  # when the peer exported, on this epp's clock
+            lateness = payload.get(LATE_KEY)
             for name, row in loads.items():
                 if name not in self.ledgers or not _load_row(row):
                     continue
-                total = totals.setdefault(name, [0, 0, 0, 0])
-                for i in range(4):
-                    total[i] += row[i + 1]
                 queue = queues.get(name) if isinstance(queues, dict) else None
-                mine = intervals.setdefault(name, [])
+                late = lateness.get(name, 0.0) if isinstance(lateness, dict) else 0.0
+                if not _numbers([late], 1):
+                    late = 0.0
                 if isinstance(queue, list) and all(_interval(q) for q in queue):
-                    mine.extend((taken + start, seconds) for start, seconds in queue)
-                elif row[0] > 0:  # a peer that reports no intervals: its backlog, as one block from then
-                    mine.append((taken, row[0]))
-        for name, ledger in self.ledgers.items():
-            t = totals.get(name)
-            if t is None:
+                    queued = [(taken + q[0], q[1], int(q[2]) if len(q) == 3 else 0, late) for q in queue]
+                else:  # no intervals: its backlog, as one block from then
+                    queued = [(taken, row[0], 0, 0.0)] if row[0] > 0 else []
+                kept.loads[name] = ([int(v) for v in row[1:]], queued)
+            self._heard[origin] = kept
+        for origin, kept in heard.items():  # heard of only through its events so far: kept for a ttl
+            if origin not in self._heard and kept.sequence < 0 and kept.bookings and kept.bookings[-1][2] > now - 1.0:
+                self._heard[origin] = kept
+        self._set_remote(self.ledgers, now)
+        self._adopt_learned(peers)
+
+    def _set_remote(self, names: Iterable[str], now: float) -> None:
+        """Each named ledger's ``remote``: the other replicas' exported load there, their bookings heard of
+        since, less the prefills their first tokens said are over."""
+        for name in names:
+            ledger = self.ledgers.get(name)
+            if ledger is None:
+                continue
+            total = [0, 0, 0, 0]  # pending, requests, KV context tokens, output tokens
+            queued: list[tuple[float, float]] = []
+            etas: list[float] = []
+            found = False
+            for kept in self._heard.values():
+                load = kept.loads.get(name)
+                if load is not None:
+                    found = True
+                    for i, v in enumerate(load[0]):
+                        total[i] += v
+                    for start, seconds, booking, late in load[1]:
+                        if booking in kept.started:
+                            total[0] -= 1
+                        else:
+                            queued.append((start + late, seconds))
+                            etas.append(start + seconds)
+                for seq, booked, start, seconds, context, output in kept.bookings:
+                    if booked == name:
+                        found = True
+                        total[1] += 1
+                        total[2] += context
+                        total[3] += output
+                        if seq not in kept.started:
+                            total[0] += 1
+                            queued.append((start, seconds))
+                            etas.append(start + seconds)
+            if not found:
                 ledger.set_remote(NO_REMOTE)
                 continue
-            queued = tuple(sorted(intervals[name]))
-            seconds = max(0.0, queue_end(queued) - now) if queued else 0.0
-            ledger.set_remote(RemoteLoad(seconds, now, int(t[0]), int(t[1]), int(t[2]), int(t[3]), queued))
-        self._adopt_learned(peers)
+            queued.sort()
+            etas.sort()
+            seconds_left = max(0.0, queue_end(queued) - now) if queued else 0.0
+            pending, requests, context, output = total
+            ledger.set_remote(RemoteLoad(seconds_left, now, max(0, pending), requests, context, output, tuple(queued),
+                                         tuple(etas)))  # fmt: skip
+
+    def _emit(self, kind: str, name: str, at: float, *values: float) -> None:
+        self._sequence += 1
+        self._outbox.append((self._sequence, kind, name, at, values))
+        if len(self._outbox) > MAX_EVENTS:  # no exchange drains them: the next export says it all
+            del self._outbox[: len(self._outbox) - MAX_EVENTS]
+        if len(self._outbox) == 1 and self.on_event is not None:
+            self.on_event()
+
+    def _report(self, name: str, kind: str, features: Sequence[float], seconds: float) -> None:
+        if self.on_event is not None:
+            self._emit(kind, name, self.clock.now(), *features, seconds)
+
+    def take_events(self) -> list[Any]:
+        """The bookings (``[origin, sequence, "b", endpoint, start, prefill seconds, KV context tokens, output
+        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time, its booking's sequence]``) and latency
+        observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``,
+        ``EndpointLearner.report``) since the last call, times relative to now."""
+        now = self.clock.now()
+        events = [[self.origin, seq, kind, name, round(at - now, 6), *(round(v, 6) for v in values)]
+                  for seq, kind, name, at, values in self._outbox]  # fmt: skip
+        self._outbox = []
+        return events
+
+    def import_events(self, events: Sequence[Any], age: float, now: float) -> None:
+        """Another replica's ``take_events``, sent ``age`` seconds ago. A booking joins the endpoint's remote
+        load at once (until an export from its replica holds it); a first token takes that request's
+        prefill out of it (until an export no longer holds it) and tells the endpoint's learner that
+        another replica's prefill ended there (``EndpointLearner.foreign_first_token``); an observation is
+        learned as if this replica had made it. Malformed events are skipped."""
+        sent = now - max(0.0, age)
+        changed: set[str] = set()
+        for event in events:
+            if not _event(event):
+                continue
+            origin, seq, kind, name, at = event[:5]
+            ledger = self.ledgers.get(name)
+            if ledger is None:  # an endpoint this replica does not know (yet, or any more)
+                continue
+            heard = self._heard.setdefault(origin, _Heard())
+            if seq <= heard.sequence:
+                continue  # its replica's export already holds it
+            if kind == "b":
+                heard.bookings.append((seq, name, sent + at, event[5], int(event[6]), int(event[7])))
+                changed.add(name)
+            elif kind == "f":
+                self.learner[name].foreign_first_token(sent + at)
+                ledger.foreign_started(sent + at)
+                if event[5]:
+                    heard.started[int(event[5])] = seq
+                    changed.add(name)
+            elif kind == PREFILL:
+                self.learner[name].observe_prefill(event[5:8], event[8])
+            else:
+                self.learner[name].observe_decode(event[5:8], event[8])
+        if changed:
+            self._set_remote(changed, now)
 
     def _adopt_learned(self, peers: Sequence[tuple[float, Mapping[str, Any]]]) -> None:
         """Per endpoint, predict with the latency learned by the replica that has seen most of it, while
@@ -434,16 +604,56 @@ LEDGER_KEY = "ledger"
 
 LEARNED_KEY = "learned"
 QUEUE_KEY = "queue"
+LATE_KEY = "late"
+ORIGIN_KEY = "origin"
+SEQUENCE_KEY = "sequence"
+EVENT_LENGTHS = {"f": 6, "b": 8, PREFILL: 9, DECODE: 9}
+MAX_EVENTS = 4096
+"""Events kept for the exchange to take; older ones are dropped (only if no exchange drains them)."""
+
+
+@dataclass(slots=True)
+class _Heard:
+    """What this replica knows of another one: the last event its latest export holds (-1: no export seen
+    yet); that export's load per endpoint (totals: pending, requests, KV context tokens, output tokens;
+    and its pending prefills as (start, seconds, booking sequence or 0, its lateness)); its bookings heard of since, as
+    (sequence, endpoint, start, seconds, context, output); and the bookings whose first token was heard
+    since, with that event's sequence."""
+
+    sequence: int = -1
+    loads: dict[str, tuple[list[int], list[tuple[float, float, int, float]]]] = field(default_factory=dict)
+    bookings: list[tuple[int, str, float, float, int, int]] = field(default_factory=list)
+    started: dict[int, int] = field(default_factory=dict)
+
+    def since(self, sequence: int) -> None:
+        """An export holding its events up to ``sequence`` arrived: forget what it now says itself."""
+        self.sequence = max(self.sequence, sequence)
+        self.bookings = [b for b in self.bookings if b[0] > self.sequence]
+        self.started = {booking: seq for booking, seq in self.started.items() if seq > self.sequence}
+
+
+def _event(item: object) -> bool:
+    """A well-formed event of ``take_events``."""
+    if not (isinstance(item, list) and len(item) >= 5 and isinstance(item[0], str) and isinstance(item[1], int)
+            and isinstance(item[3], str) and EVENT_LENGTHS.get(item[2]) == len(item)):  # fmt: skip
+        return False
+    numbers = item[4:]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in numbers) and (
+        min(numbers[1:], default=0) >= 0
+    )
+
+
 MAX_INTERVALS = 64
 """Pending prefills reported per endpoint; older ones are merged into one block (same queue end)."""
 
 
 def _interval(item: object) -> bool:
-    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0], finite."""
+    """A well-formed queued-prefill interval: [start relative to the export, seconds ≥ 0, optionally its
+    booking's sequence number ≥ 0], finite."""
     return (
-        isinstance(item, list) and len(item) == 2
+        isinstance(item, list) and len(item) in (2, 3)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e9 for v in item)
-        and item[1] >= 0
+        and item[1] >= 0 and (len(item) == 2 or (isinstance(item[2], int) and item[2] >= 0))
     )  # fmt: skip
 
 
