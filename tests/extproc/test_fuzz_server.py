@@ -38,7 +38,8 @@ CLEAN_ENDINGS = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
 class ThreadedPicker:
     """A ``PickerServer`` on 127.0.0.1 whose event loop runs in a daemon thread until ``close``."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = False) -> None:
+        """``native``: epp's own HTTP/2 transport instead of grpc.aio (tests/extproc/h2/fuzz_frames.py)."""
         self.director: Director = make_director(*POOL)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-picker", daemon=True)
@@ -46,7 +47,7 @@ class ThreadedPicker:
         self.limiter = StreamLimiter(1000, MAX_BODY, registry=self.director.telemetry.registry)
         servicer = ExtProcServicer(self.director, max_body_bytes=MAX_BODY, limiter=self.limiter)
         self.server = PickerServer(servicer, HealthService(lambda: True), port=0, health_port=0, host="127.0.0.1",
-                                   max_message_bytes=MAX_BODY)
+                                   max_message_bytes=MAX_BODY, native=native)
         self._run(self.server.start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
         self.stub = pb_grpc.ExternalProcessorStub(self.channel)

@@ -11,6 +11,13 @@ Scope: a gRPC server (no push, no priorities, identity encoding only), TLS left 
 Flow control: the picker advertises the largest stream window and tops the connection window up as data
 is consumed; outbound DATA respects the peer's windows and frame size, parking the excess per stream
 until WINDOW_UPDATE. Connection errors send GOAWAY and close; stream errors end that call only.
+
+Abuse bounds (docs/hardening.md, "The native transport under abuse"; tests/extproc/h2/test_abuse.py): a
+header block may collect at most ``MAX_HEADER_LIST`` bytes across CONTINUATION frames and decode to at most
+that many (advertised as SETTINGS_MAX_HEADER_LIST_SIZE); streams reset by the client within a second of
+opening drain the connection once they are most of its streams (Envoy's own rapid-reset rule); replies
+parked for a window that stays shut, and writes the client does not read, end after ``stall_timeout``;
+frame lengths, SETTINGS values and window increments are checked as RFC 9113 asks.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
@@ -31,6 +39,15 @@ GRPC_INVALID_ARGUMENT, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNIMPLEMENTE
 _RECV_TOP_UP = wire.MAX_WINDOW // 2  # top the connection window up once this much was consumed
 _MAX_FRAME = 1 << 20  # what we accept per frame: fewer, larger frames mean less per-frame work
 DEFAULT_MAX_STREAMS = 4096
+MAX_HEADER_LIST = 65_536  # SETTINGS_MAX_HEADER_LIST_SIZE: hpack's decoder default; gRPC request headers are ~200 B
+# Rapid reset (CVE-2023-44487): Envoy's rule for its own downstream connections (runtime keys
+# overload.premature_reset_total_stream_count = 500, overload.premature_reset_min_stream_lifetime_seconds = 1):
+# once 500 streams have closed, more than half of them reset by the client within 1 s of opening drains the connection.
+RESET_CHECK_STREAMS = 500
+PREMATURE_RESET_SECONDS = 1.0
+DEFAULT_STALL_TIMEOUT = 30.0  # seconds a reply may wait for a window, or a write for the client to read
+LINGER_SECONDS = 1.0  # after a connection error: how long the client's further input is read and dropped
+_PING, _GOAWAY_MIN, _PRIORITY, _RST_WINDOW = 8, 8, 5, 4  # fixed frame payload lengths (RFC 9113 §6)
 
 
 class CallError(Exception):
@@ -59,7 +76,8 @@ Router = Callable[[bytes], "Call | None"]  # :path → a new call, or None for a
 
 
 class _Stream:
-    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "need", "replied", "remote_done", "later")
+    __slots__ = ("id", "call", "send_window", "pending", "trailers", "inbox", "need", "replied", "remote_done", "later",
+                 "opened", "blocked_at")
 
     def __init__(self, stream_id: int, call: Call, send_window: int) -> None:
         self.id = stream_id
@@ -72,6 +90,8 @@ class _Stream:
         self.replied = False  # response HEADERS sent
         self.remote_done = False  # client sent END_STREAM
         self.later: asyncio.Task[None] | None = None  # an answer the call is still waiting for
+        self.opened = time.monotonic()  # a client reset soon after this is premature (rapid reset)
+        self.blocked_at = 0.0  # when ``pending`` last started waiting for a window
 
 
 class ConnectionError_(Exception):
@@ -84,18 +104,20 @@ class H2Connection(asyncio.Protocol):
     """asyncio protocol for one client connection; ``on_close`` is told when it is gone."""
 
     def __init__(self, router: Router, max_message_bytes: int, on_close: Callable[[H2Connection], None],
-                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+                 max_streams: int = DEFAULT_MAX_STREAMS, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
         self.router = router
         self.max_streams = max_streams
+        self.stall_timeout = stall_timeout
         self.max_message_bytes = max_message_bytes
         self._on_close = on_close
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
-        self.draining = False
+        self.draining = False  # no new streams: we or the client said GOAWAY
+        self._goaway_sent = False
         self._buf = bytearray()
         self._out: list[bytes | memoryview] = []
         self._preface = False
-        self._decoder = hpack.Decoder()
+        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self._header_block: tuple[int, int, bytearray] | None = None  # (stream id, flags, fragments)
         self._last_stream = 0
         self._send_window = wire.DEFAULT_WINDOW
@@ -103,6 +125,11 @@ class H2Connection(asyncio.Protocol):
         self._max_send_frame = wire.DEFAULT_MAX_FRAME
         self._recv_consumed = 0
         self._blocked: dict[int, _Stream] = {}
+        self._closed_streams = 0
+        self._premature_resets = 0
+        self._stall_timer: asyncio.TimerHandle | None = None  # the client stopped reading our writes
+        self._blocked_timer: asyncio.TimerHandle | None = None  # replies wait for a window
+        self._linger_timer: asyncio.TimerHandle | None = None  # set once a connection error was answered
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,11 +140,14 @@ class H2Connection(asyncio.Protocol):
                 wire.SETTINGS_MAX_CONCURRENT_STREAMS: self.max_streams,
                 wire.SETTINGS_INITIAL_WINDOW_SIZE: wire.MAX_WINDOW,
                 wire.SETTINGS_MAX_FRAME_SIZE: _MAX_FRAME,
+                wire.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             })
             + wire.window_update(0, wire.MAX_WINDOW - wire.DEFAULT_WINDOW)
         )
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # the GOAWAY is out; what the client still sends is dropped
         buf = self._buf
         buf += data
         try:
@@ -130,37 +160,79 @@ class H2Connection(asyncio.Protocol):
                 self._preface = True
             self._frames()
         except ConnectionError_ as exc:
-            log.warning("closing ext_proc connection: %s", exc)
-            self._out.append(wire.goaway(self._last_stream, exc.code, str(exc).encode()))
-            self._flush()
-            self._abort_all()
-            assert self.transport is not None
-            self.transport.close()
+            self._close_with(exc)
+            return
+        except Exception as exc:  # a transport bug ends this connection, never the server
+            log.exception("internal error in the ext_proc connection")
+            self._close_with(ConnectionError_(wire.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"))
             return
         self._flush()
 
+    def _close_with(self, exc: ConnectionError_) -> None:
+        log.warning("closing ext_proc connection: %s", exc)
+        self._goaway_sent = True
+        self._out.append(wire.goaway(self._last_stream, exc.code, str(exc).encode()))
+        self._abort_all()
+        self._shut()
+
+    def _shut(self) -> None:
+        """Close once our GOAWAY is written."""
+        self._flush()
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            # Closing a socket with unread input makes the kernel send a TCP reset, which can destroy the
+            # GOAWAY before the client reads it: shut our side, drop its input until it closes (eof_received
+            # then closes ours), and give up after LINGER_SECONDS.
+            self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already
+                transport.abort()
+        else:  # TLS: no half-close
+            transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._stall_timer, self._blocked_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
         self._abort_all()
         self._on_close(self)
 
     def pause_writing(self) -> None:
+        """The client reads slower than we write: stop reading it (its requests make our replies) and give it
+        ``stall_timeout`` to catch up, so a peer that never reads holds neither memory nor the connection."""
         if self.transport is not None:
             self.transport.pause_reading()
+            if self._stall_timer is None:
+                self._stall_timer = asyncio.get_running_loop().call_later(self.stall_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self.transport is not None:
             self.transport.resume_reading()
 
+    def _write_stalled(self) -> None:
+        log.warning("closing ext_proc connection: the client read nothing for %.0f s", self.stall_timeout)
+        self._abort_all()
+        if self.transport is not None:
+            self.transport.abort()  # a GOAWAY could not be written either
+
     # -- shutdown ----------------------------------------------------------------------------------
-    def drain(self) -> None:
-        """Refuse new streams (GOAWAY), let open ones finish; close at once when none are open."""
-        if self.draining or self.transport is None:
+    def drain(self, code: int = wire.NO_ERROR, reason: bytes = b"") -> None:
+        """Refuse new streams (GOAWAY with ``code``), let open ones finish; close at once when none are open."""
+        if self._goaway_sent or self.transport is None:
             return
-        self.draining = True
-        self._out.append(wire.goaway(self._last_stream, wire.NO_ERROR))
-        self._flush()
-        if not self.streams:
-            self.transport.close()
+        self._goaway_sent = self.draining = True
+        self._out.append(wire.goaway(self._last_stream, code, reason))
+        if self.streams:
+            self._flush()
+        else:
+            self._shut()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -174,7 +246,7 @@ class H2Connection(asyncio.Protocol):
         view = memoryview(buf)
         pos, end = 0, len(buf)
         try:
-            while end - pos >= 9:
+            while end - pos >= 9 and self._linger_timer is None:
                 hi, lo, kind, flags, sid = wire.FRAME_HEADER.unpack_from(buf, pos)
                 length = hi << 16 | lo
                 if length > _MAX_FRAME:
@@ -197,22 +269,66 @@ class H2Connection(asyncio.Protocol):
         elif kind == wire.CONTINUATION:
             self._continuation(flags, sid, payload)
         elif kind == wire.RST_STREAM:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                self._end(stream)
+            self._rst_stream(sid, payload)
         elif kind == wire.SETTINGS:
+            if sid:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & wire.ACK:
                 self._settings(payload)
+            elif payload:
+                raise ConnectionError_(wire.FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
         elif kind == wire.WINDOW_UPDATE:
             self._window_update(sid, payload)
         elif kind == wire.PING:
-            if not flags & wire.ACK:
+            if sid:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != _PING:
+                raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"PING of {len(payload)} bytes")
+            if not flags & wire.ACK:  # acks queue in the transport; past its high-water mark reading pauses
                 self._out.append(wire.frame(wire.PING, wire.ACK, 0, bytes(payload)))
         elif kind == wire.GOAWAY:
-            self.draining = True
+            if sid:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < _GOAWAY_MIN:
+                raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"GOAWAY of {len(payload)} bytes")
+            self.draining = True  # the client opens no more streams; the open ones finish, then we close
+            if not self.streams:
+                self.drain()
         elif kind == wire.PUSH_PROMISE:
             raise ConnectionError_(wire.PROTOCOL_ERROR, "clients cannot push")
-        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+        elif kind == wire.PRIORITY:
+            if not sid:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != _PRIORITY:
+                self._stream_error(sid, wire.FRAME_SIZE_ERROR, f"PRIORITY of {len(payload)} bytes")
+        # Priorities and unknown frame types are ignored, as RFC 9113 asks.
+
+    def _stream_error(self, sid: int, code: int, message: str) -> None:
+        """RST_STREAM ``sid`` with ``code``; its call (if open) ends as cancelled."""
+        self._out.append(wire.rst_stream(sid, code))
+        stream = self.streams.get(sid)
+        if stream is not None:
+            log.warning("resetting ext_proc stream %d: %s", sid, message)
+            self._end(stream)
+
+    def _rst_stream(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != _RST_WINDOW:
+            raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"RST_STREAM of {len(payload)} bytes")
+        if not sid or sid > self._last_stream:
+            raise ConnectionError_(wire.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        self._end(stream)
+        if time.monotonic() - stream.opened < PREMATURE_RESET_SECONDS:
+            self._premature_resets += 1
+            if (self._closed_streams >= RESET_CHECK_STREAMS and 2 * self._premature_resets > self._closed_streams
+                    and not self._goaway_sent):
+                # A drain, not an abort: behind Envoy the resets are its downstream clients' (an attack laundered
+                # through the gateway); the gateway's other calls on this connection finish, and it reconnects.
+                log.warning("draining ext_proc connection: %d of %d streams reset by the client within a second "
+                            "(rapid reset)", self._premature_resets, self._closed_streams)
+                self.drain(wire.ENHANCE_YOUR_CALM, b"rapid reset")
 
     def _unpadded(self, flags: int, payload: memoryview) -> memoryview:
         if not flags & wire.PADDED:
@@ -298,6 +414,8 @@ class H2Connection(asyncio.Protocol):
         block = self._unpadded(flags, payload)
         if flags & wire.PRIORITY_FLAG:
             block = block[5:]
+        if len(block) > MAX_HEADER_LIST:
+            raise ConnectionError_(wire.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_LIST} bytes")
         if flags & wire.END_HEADERS:
             self._header_block_done(sid, flags, bytes(block))
         else:
@@ -306,7 +424,10 @@ class H2Connection(asyncio.Protocol):
     def _continuation(self, flags: int, sid: int, payload: memoryview) -> None:
         if self._header_block is None or self._header_block[0] != sid:
             raise ConnectionError_(wire.PROTOCOL_ERROR, "unexpected CONTINUATION")
-        self._header_block[2].extend(payload)
+        block = self._header_block[2]
+        if len(block) + len(payload) > MAX_HEADER_LIST:  # CONTINUATION flood (CVE-2024-27316 and kin)
+            raise ConnectionError_(wire.ENHANCE_YOUR_CALM, f"header block over {MAX_HEADER_LIST} bytes")
+        block.extend(payload)
         if flags & wire.END_HEADERS:
             sid, first_flags, block = self._header_block
             self._header_block = None
@@ -315,6 +436,8 @@ class H2Connection(asyncio.Protocol):
     def _header_block_done(self, sid: int, flags: int, block: bytes) -> None:
         try:
             headers = self._decoder.decode(block, raw=True)
+        except hpack.OversizedHeaderListError:
+            raise ConnectionError_(wire.ENHANCE_YOUR_CALM, f"header list over {MAX_HEADER_LIST} bytes") from None
         except Exception as exc:  # hpack raises several types; the connection state is lost either way
             raise ConnectionError_(wire.COMPRESSION_ERROR, f"bad header block: {exc}") from None
         stream = self.streams.get(sid)
@@ -349,21 +472,41 @@ class H2Connection(asyncio.Protocol):
                 self._initial_send_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > wire.MAX_WINDOW:
+                        raise ConnectionError_(wire.FLOW_CONTROL_ERROR, f"stream {stream.id} window over 2^31-1")
             elif key == wire.SETTINGS_MAX_FRAME_SIZE:
+                if not wire.DEFAULT_MAX_FRAME <= value <= wire.MAX_FRAME_LIMIT:
+                    raise ConnectionError_(wire.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
                 self._max_send_frame = value
+            elif key == wire.SETTINGS_ENABLE_PUSH and value > 1:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
         self._out.append(wire.frame(wire.SETTINGS, wire.ACK, 0))
         self._unblock()
 
     def _window_update(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != _RST_WINDOW:
+            raise ConnectionError_(wire.FRAME_SIZE_ERROR, f"WINDOW_UPDATE of {len(payload)} bytes")
         (increment,) = struct.unpack(">I", payload)
         increment &= 0x7FFFFFFF
         if sid == 0:
+            if not increment:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._send_window += increment
+            if self._send_window > wire.MAX_WINDOW:
+                raise ConnectionError_(wire.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
         else:
+            if sid > self._last_stream:
+                raise ConnectionError_(wire.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
             stream = self.streams.get(sid)
             if stream is None:
                 return
+            if not increment:
+                self._stream_error(sid, wire.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                return
             stream.send_window += increment
+            if stream.send_window > wire.MAX_WINDOW:
+                self._stream_error(sid, wire.FLOW_CONTROL_ERROR, "stream window over 2^31-1")
+                return
         self._unblock()
 
     # -- outbound ----------------------------------------------------------------------------------
@@ -385,6 +528,7 @@ class H2Connection(asyncio.Protocol):
             stream.send_window -= total
         elif stream.pending:
             stream.pending += b"".join(parts)
+            self._check_parked(stream)
         else:
             self._write_data(stream, b"".join(parts))
 
@@ -406,9 +550,35 @@ class H2Connection(asyncio.Protocol):
         stream.send_window -= allowed
         if allowed < len(payload):
             stream.pending = bytearray(view[allowed:])
+            if allowed or sid not in self._blocked:  # the window moved: the wait (re)starts now
+                stream.blocked_at = time.monotonic()
             self._blocked[sid] = stream
+            if self._blocked_timer is None:
+                self._blocked_timer = asyncio.get_running_loop().call_later(self.stall_timeout, self._expire_blocked)
+            self._check_parked(stream)
         else:
             stream.pending = bytearray()
+
+    def _check_parked(self, stream: _Stream) -> None:
+        """A client that keeps sending messages but never opens its window would park replies without end:
+        past twice the message limit the call ends (its trailers are HEADERS, which need no window)."""
+        if len(stream.pending) > 2 * self.max_message_bytes + _MAX_FRAME:
+            self._fail(stream, CallError(GRPC_RESOURCE_EXHAUSTED, "replies wait for a flow-control window"))
+
+    def _expire_blocked(self) -> None:
+        """End the calls whose replies waited ``stall_timeout`` for a window (a slow or stuck reader)."""
+        self._blocked_timer = None
+        now = time.monotonic()
+        for stream in list(self._blocked.values()):
+            if now - stream.blocked_at >= self.stall_timeout:
+                log.warning("ending ext_proc stream %d: its replies waited %.0f s for a flow-control window",
+                            stream.id, self.stall_timeout)
+                self._fail(stream, CallError(GRPC_RESOURCE_EXHAUSTED, "replies waited too long for a flow-control window"))
+        if self._blocked:
+            oldest = min(stream.blocked_at for stream in self._blocked.values())
+            self._blocked_timer = asyncio.get_running_loop().call_later(
+                max(0.0, oldest + self.stall_timeout - now), self._expire_blocked)
+        self._flush()
 
     def _unblock(self) -> None:
         for sid, stream in list(self._blocked.items()):
@@ -445,6 +615,7 @@ class H2Connection(asyncio.Protocol):
     def _end(self, stream: _Stream) -> None:
         if self.streams.pop(stream.id, None) is None:
             return
+        self._closed_streams += 1
         self._blocked.pop(stream.id, None)
         if stream.later is not None:  # the answer is no longer wanted (e.g. a request still queued)
             stream.later.cancel()
@@ -453,14 +624,17 @@ class H2Connection(asyncio.Protocol):
         except Exception:
             log.exception("error closing call on stream %d", stream.id)
         if self.draining and not self.streams and self.transport is not None:
-            self._flush()
-            self.transport.close()
+            if self._goaway_sent:
+                self._flush()
+                self.transport.close()
+            else:  # the client said GOAWAY and its last stream ended: ours, then close
+                self.drain()
 
     def _abort_all(self) -> None:
         for stream in list(self.streams.values()):
             self._end(stream)
 
     def _flush(self) -> None:
-        if self._out and self.transport is not None and not self.transport.is_closing():
+        if self._out and self.transport is not None and not self.transport.is_closing() and self._linger_timer is None:
             self.transport.writelines(self._out)  # one gathered write; no joined copy
         self._out.clear()

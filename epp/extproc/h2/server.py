@@ -8,7 +8,7 @@ import logging
 import socket
 import ssl
 
-from epp.extproc.h2.connection import DEFAULT_MAX_STREAMS, H2Connection, Router
+from epp.extproc.h2.connection import DEFAULT_MAX_STREAMS, DEFAULT_STALL_TIMEOUT, H2Connection, Router
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,12 @@ class H2Server:
     """
 
     def __init__(self, router: Router, *, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 max_message_bytes: int, max_streams: int | None = None, reuse_port: bool = False) -> None:
-        """``reuse_port``: share the port with sibling ``epp serve --workers`` processes (SO_REUSEPORT)."""
+                 max_message_bytes: int, max_streams: int | None = None, reuse_port: bool = False,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
+        """``reuse_port``: share the port with sibling ``epp serve --workers`` processes (SO_REUSEPORT);
+        ``stall_timeout``: seconds a client may leave our replies unread before its call or connection ends."""
         self.router = router
+        self.stall_timeout = stall_timeout
         self.reuse_port = reuse_port
         self.max_streams = max_streams or DEFAULT_MAX_STREAMS
         self.host = host
@@ -37,7 +40,7 @@ class H2Server:
         self._idle = asyncio.Event()
 
     def _connection(self) -> H2Connection:
-        connection = H2Connection(self.router, self.max_message_bytes, self._closed, self.max_streams)
+        connection = H2Connection(self.router, self.max_message_bytes, self._closed, self.max_streams, self.stall_timeout)
         self.connections.add(connection)
         self._idle.clear()
         return connection

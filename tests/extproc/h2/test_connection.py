@@ -9,128 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-import hpack
 import pytest
 
 from epp.extproc.h2 import wire
-from epp.extproc.h2.connection import CallError
-from epp.extproc.h2.server import H2Server
-
-PATH = b"/test.Echo/Stream"
-
-
-@dataclass
-class EchoCall:
-    """Replies with each message as is; ``b"fail"`` ends the call with INVALID_ARGUMENT."""
-
-    log: list[object] = field(default_factory=list)
-
-    def message(self, data: memoryview) -> list[bytes]:
-        self.log.append(bytes(data))
-        if bytes(data) == b"fail":
-            raise CallError(3, "told to fail")
-        return [bytes(data)]
-
-    def half_closed(self) -> list[bytes]:
-        self.log.append("half-closed")
-        return [b"bye"]
-
-    def closed(self) -> None:
-        self.log.append("closed")
-
-
-class Client:
-    """Raw HTTP/2: writes frames, reads frames, decodes header blocks."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.encoder, self.decoder = hpack.Encoder(), hpack.Decoder()
-
-    def send(self, *frames: bytes) -> None:
-        self.writer.write(b"".join(frames))
-
-    def open(self, sid: int, path: bytes = PATH, flags: int = wire.END_HEADERS) -> None:
-        block = self.encoder.encode([(b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
-                                     (b"content-type", b"application/grpc"), (b"te", b"trailers")])
-        self.send(wire.frame(wire.HEADERS, flags, sid, block))
-
-    @staticmethod
-    def message(data: bytes, compressed: int = 0) -> bytes:
-        return wire.GRPC_PREFIX.pack(compressed, len(data)) + data
-
-    async def frame(self) -> tuple[int, int, int, bytes]:
-        hi, lo, kind, flags, sid = wire.FRAME_HEADER.unpack(await self.reader.readexactly(9))
-        return kind, flags, sid & 0x7FFFFFFF, await self.reader.readexactly(hi << 16 | lo)
-
-    async def until(self, kind: int, sid: int | None = None) -> tuple[int, bytes]:
-        """Skip to the next frame of ``kind`` (on ``sid``); returns (flags, payload)."""
-        for _ in range(100):
-            k, flags, s, payload = await asyncio.wait_for(self.frame(), 5)
-            if k == kind and (sid is None or s == sid):
-                return flags, payload
-        raise AssertionError(f"no frame of type {kind}")
-
-    async def response(self, sid: int) -> tuple[list[bytes], dict[bytes, bytes], list[int]]:
-        """Messages, trailers and DATA frame sizes of one stream, read to its END_STREAM."""
-        data, sizes, trailers = b"", [], {}
-        for _ in range(200):
-            kind, flags, s, payload = await asyncio.wait_for(self.frame(), 5)
-            if s != sid:
-                continue
-            if kind == wire.DATA:
-                data += payload
-                sizes.append(len(payload))
-            elif kind == wire.HEADERS:
-                trailers = dict(self.decoder.decode(payload, raw=True))
-            if flags & wire.END_STREAM and kind in (wire.DATA, wire.HEADERS):
-                break
-        messages = []
-        while data:
-            _, n = wire.GRPC_PREFIX.unpack_from(data)
-            messages.append(data[5 : 5 + n])
-            data = data[5 + n :]
-        return messages, trailers, sizes
-
-
-@dataclass
-class Served:
-    server: H2Server
-    calls: list[EchoCall]
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.server.port)
-        self.writers.append(writer)
-        return reader, writer
-
-    async def connect(self, settings: dict[int, int] | None = None) -> Client:
-        client = Client(*await self.raw())
-        client.send(wire.PREFACE, wire.settings(settings or {}))
-        return client
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    calls: list[EchoCall] = []
-
-    def route(path: bytes) -> EchoCall | None:
-        if path != PATH:
-            return None
-        calls.append(EchoCall())
-        return calls[-1]
-
-    server = H2Server(route, host="127.0.0.1", port=0, ssl_context=None, max_message_bytes=100_000)
-    await server.start()
-    harness = Served(server, calls)
-    yield harness
-    for writer in harness.writers:
-        writer.close()
-        await writer.wait_closed()
-    await server.stop(0)
-
+from tests.extproc.h2.rawclient import PATH, Client, Served, serving
 
 async def test_messages_split_and_batched_across_frames(served: Served) -> None:
     calls = served.calls
@@ -248,12 +131,7 @@ async def test_not_http2_gets_goaway(served: Served) -> None:
 
 
 async def test_streams_past_the_limit_are_refused() -> None:
-    calls: list[EchoCall] = []
-    server = H2Server(lambda path: calls.append(EchoCall()) or calls[-1], host="127.0.0.1", port=0, ssl_context=None,
-                      max_message_bytes=1000, max_streams=1)
-    await server.start()
-    harness = Served(server, calls)
-    try:
+    async with serving(max_message_bytes=1000, max_streams=1) as harness:
         client = await harness.connect()
         _, settings = await client.until(wire.SETTINGS)
         assert (wire.SETTINGS_MAX_CONCURRENT_STREAMS, 1) in struct.iter_unpack(">HI", settings)
@@ -262,9 +140,4 @@ async def test_streams_past_the_limit_are_refused() -> None:
         assert await client.until(wire.RST_STREAM, 3) == (0, struct.pack(">I", wire.REFUSED_STREAM))
         client.send(wire.frame(wire.DATA, wire.END_STREAM, 1, Client.message(b"still served")))
         assert (await client.response(1))[0] == [b"still served", b"bye"]
-        assert len(calls) == 1
-    finally:
-        for writer in harness.writers:
-            writer.close()
-            await writer.wait_closed()
-        await server.stop(0)
+        assert len(harness.calls) == 1
