@@ -69,7 +69,7 @@ class ServingConfig:
     max_body_bytes: int = 16 * 2**20
     max_concurrent_streams: int = DEFAULT_MAX_STREAMS
     health_checking: bool = False
-    grpc_server: Literal["grpcio", "native"] = "grpcio"
+    grpc_server: Literal["grpcio", "native"] = "native"
     grpc_max_recv_msg_size: int = 0
     grpc_max_send_msg_size: int = 0
     tls_min_version: ssl.TLSVersion | None = None

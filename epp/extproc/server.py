@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 from collections.abc import Iterator
@@ -103,7 +104,8 @@ class PickerServer:
                 native = H2Server(self._route, host=self.host, port=self.port, ssl_context=self.credentials,
                                   max_message_bytes=self._recv_limit,
                                   max_streams=self._max_rpcs, reuse_port=self.reuse_port)
-                await native.start()
+                with bind_error(f"{self.host}:{self.port}", "ext_proc"):
+                    await native.start()
                 self._native, self.port = native, native.port
             else:
                 await self._start_grpcio()
@@ -163,10 +165,13 @@ class PickerServer:
 
 @contextlib.contextmanager
 def bind_error(address: str, role: str) -> Iterator[None]:
-    """grpc's bind failure (a RuntimeError pointing at GRPC_VERBOSITY) as an OSError saying what to change."""
+    """A bind failure — grpc's RuntimeError pointing at GRPC_VERBOSITY, the native server's EADDRINUSE /
+    EADDRNOTAVAIL — as an OSError saying what to change."""
     try:
         yield
-    except RuntimeError:
+    except (RuntimeError, OSError) as err:
+        if isinstance(err, OSError) and err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise
         raise OSError(f"cannot listen on {address} for {role}: the port is in use (another epp?) or the address "
                       "is not on this host") from None
 

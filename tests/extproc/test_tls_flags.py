@@ -84,7 +84,7 @@ async def test_grpcio_transport_takes_the_suites_through_grpc_core(grpcio_picker
 
 def test_grpcio_refuses_tls13_minimum_clearly() -> None:
     done = subprocess.run([sys.executable, "-m", "epp", "serve", "--static-endpoints", "127.0.0.1:1",
-                           "--tls-min-version=VersionTLS13"], capture_output=True, text=True, timeout=60)
+                           "--grpc-server", "grpcio", "--tls-min-version=VersionTLS13"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "needs --grpc-server native" in done.stderr
 
 

@@ -320,7 +320,9 @@ class H2Connection(asyncio.Protocol):
         if stream is None:
             return
         self._end(stream)
-        if time.monotonic() - stream.opened < PREMATURE_RESET_SECONDS:
+        # Premature: reset within a second and before any answer. Envoy's ext_proc client resets every stream it
+        # has its answers from rather than waiting for the trailers, so a reset after a reply is ordinary traffic.
+        if not stream.replied and time.monotonic() - stream.opened < PREMATURE_RESET_SECONDS:
             self._premature_resets += 1
             if (self._closed_streams >= RESET_CHECK_STREAMS and 2 * self._premature_resets > self._closed_streams
                     and not self._goaway_sent):

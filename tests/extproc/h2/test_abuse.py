@@ -86,6 +86,20 @@ async def test_resets_among_completed_calls_keep_the_connection(served: Served) 
     assert len(served.calls) == 900
 
 
+async def test_resets_of_answered_calls_are_not_premature(served: Served) -> None:
+    """Envoy's ext_proc client resets every stream once it has its answers instead of waiting for the trailers
+    (seen in the closed-loop soak: 500 of 500 streams); that is how a gateway talks, not a rapid reset."""
+    client = await served.connect()
+    for sid in range(1, 1 + 2 * (RESET_CHECK_STREAMS + 100), 2):
+        client.open(sid)
+        client.send(wire.frame(wire.DATA, 0, sid, Client.message(b"route me")))
+        await client.until(wire.DATA, sid)
+        client.send(wire.rst_stream(sid, wire.CANCEL))
+    client.send(wire.frame(wire.PING, 0, 0, b"pingpong"))
+    assert await client.until(wire.PING, frames=10_000) == (wire.ACK, b"pingpong")  # no GOAWAY on the way
+    assert len(served.calls) == RESET_CHECK_STREAMS + 100
+
+
 # -- header blocks: CONTINUATION flood, HPACK bombs ------------------------------------------------
 
 async def test_continuation_flood_is_cut_at_the_header_list_limit(served: Served) -> None:
