@@ -64,11 +64,12 @@ def test_token_id_prompts_and_the_sim_tokenizer_are_hashed_at_once(tiny: HFToken
     assert engine_block_stream(ids, tiny, 16, 10) == (engine_block_hashes(ids, tiny, 16, 10), None)
 
 
-def _setup(endpoints: int = 4) -> tuple[Any, PrecisePrefixCacheProducer, list[EndpointState]]:
+def _setup(endpoints: int = 4, scorer: str = "prefix-cache-scorer") -> tuple[Any, PrecisePrefixCacheProducer, list[EndpointState]]:
+    """A scheduler with the precise producer (tiny model) feeding ``scorer``, and ``endpoints`` fresh endpoints."""
     config = (f"{HEADER}plugins:\n- {{type: precise-prefix-cache-producer, name: kv, parameters: {{mode: bind,"
               f" bindEndpoint: 'tcp://127.0.0.1:0', tokenizer: '{TINY}'}}}}\n"
-              "- {type: prefix-cache-scorer, parameters: {prefixMatchInfoProducerName: kv}}\n- {type: max-score-picker}\n"
-              "schedulingProfiles:\n- name: default\n  plugins:\n  - {pluginRef: prefix-cache-scorer}\n"
+              f"- {{type: {scorer}, parameters: {{prefixMatchInfoProducerName: kv}}}}\n- {{type: max-score-picker}}\n"
+              f"schedulingProfiles:\n- name: default\n  plugins:\n  - {{pluginRef: {scorer}}}\n"
               "  - {pluginRef: max-score-picker}\n")  # fmt: skip
     clock = VirtualClock()
     scheduler = load_scheduler_text(config, clock=clock)
@@ -129,21 +130,8 @@ def test_the_ttft_scorer_holds_the_whole_prompt_once_its_rest_is_learned() -> No
     after the first response, and the scorer's recency hears of it then."""
     from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 
-    config = (f"{HEADER}plugins:\n- {{type: precise-prefix-cache-producer, name: kv, parameters: {{mode: bind,"
-              f" bindEndpoint: 'tcp://127.0.0.1:0', tokenizer: '{TINY}'}}}}\n"
-              "- {type: ttft-predictor-scorer, parameters: {prefixMatchInfoProducerName: kv}}\n- {type: max-score-picker}\n"
-              "schedulingProfiles:\n- name: default\n  plugins:\n  - {pluginRef: ttft-predictor-scorer}\n"
-              "  - {pluginRef: max-score-picker}\n")  # fmt: skip
-    clock = VirtualClock()
-    scheduler = load_scheduler_text(config, clock=clock)
+    scheduler, _, states = _setup(2, "ttft-predictor-scorer")
     scorer = next(p for p in scheduler.plugins if isinstance(p, TTFTPredictorScorer))
-    datastore = Datastore(clock)
-    scheduler.attach(datastore)
-    states = []
-    for i in range(2):
-        endpoint = Endpoint(f"e{i}", "127.0.0.1", 8000 + i)
-        datastore.upsert(endpoint)
-        states.append(EndpointState(endpoint, EndpointMetrics(scraped_at=0.0), stale=False))
     request = completion(SENTENCE * 200, "long")
     whole = engine_block_hashes(request, HFTokenizer.from_dir(TINY), 16, 8192)
     chosen = scheduler.schedule(request, states).endpoints[0]
