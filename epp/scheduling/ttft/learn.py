@@ -534,9 +534,10 @@ class EndpointLearner:
         if foreign:
             del foreign[: bisect_right(foreign, start)]  # ended before this observation: no later one spans them
             if foreign and foreign[0] <= group.end:
-                if bisect_right(foreign, group.end) > bisect_right(foreign, group.end - MERGE_GAP):
+                before_iteration = bisect_right(foreign, group.end - MERGE_GAP)
+                if bisect_right(foreign, group.end) > before_iteration:
                     return  # another replica's prefill ended in this one's iteration: its share is not known
-                start = foreign[bisect_right(foreign, group.end - MERGE_GAP) - 1]
+                start = foreign[before_iteration - 1]
         members = list(group.members.values())
         new = sum(max(1, b.prompt - b.cached) for b in members)
         pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members)
