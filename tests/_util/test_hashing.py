@@ -111,9 +111,10 @@ def test_a_novel_prompt_is_hashed_in_one_pass_and_its_segments_serve_the_next_tu
     calls: list[int] = []
     plain = hashing.chain_data
 
-    def counting(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> list[int]:
+    def counting(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None,
+                 into: list[int] | None = None) -> list[int]:
         calls.append(((len(data) if end is None else end) - start) // block_bytes)
-        return plain(data, block_bytes, seed, start, end)
+        return plain(data, block_bytes, seed, start, end, into)
 
     monkeypatch.setattr(hashing, "chain_data", counting)
     memo = ChainMemo(segment_blocks=4, capacity=64)

@@ -176,8 +176,15 @@ class BlockIndex:
         if slot in found.settled:  # this endpoint already holds all of them in its newest generation
             return
         h, rows, pos = found.h, found.rows, found.pos
+        current, fill = int(self._current[slot]), int(self._fill[slot])
+        if len(rows) == 0:  # no block in the table (a novel prompt): all of them are new entries
+            self._version += 1
+            n = len(h)
+            row_gens = current + (fill + np.arange(n - 1, -1, -1)) // self._gen_size  # as below, all touched
+            self._advance(slot, current, fill, n)
+            self._place(h, np.full(n, slot, dtype=np.uint16), row_gens, found.buckets)
+            return
         gens = self._entry_gens[pos]
-        current = int(self._current[slot])
         mine = (self._owners[pos] == slot) & (current - gens < self._gens)
         rows, pos, gens = rows[mine], pos[mine], gens[mine]
         touched = np.ones(len(h), dtype=bool)
@@ -190,19 +197,20 @@ class BlockIndex:
         # Touch order is last block first; the j-th touch goes into generation
         # current + (fill + j) // size, so a full generation rolls over to the next.
         later = np.cumsum(touched[::-1])[::-1] - 1  # touched rows after each row
-        order = int(self._fill[slot]) + later
-        row_gens = current + order // self._gen_size
-        last = int(self._fill[slot]) + n - 1
-        self._current[slot] = current + last // self._gen_size
-        self._fill[slot] = last % self._gen_size + 1
+        row_gens = current + (fill + later) // self._gen_size
+        self._advance(slot, current, fill, n)
         promote = touched[rows]
         self._entry_gens[pos[promote]] = row_gens[rows[promote]]
         touched[rows] = False
-        if len(rows) == 0:  # none held before (a novel prompt): all of them are new, in order
-            self._place(h, np.full(len(h), slot, dtype=np.uint16), row_gens, found.buckets)
-        elif touched.any():
+        if touched.any():
             self._place(h[touched], np.full(int(touched.sum()), slot, dtype=np.uint16), row_gens[touched],
                         found.buckets[touched])
+
+    def _advance(self, slot: int, current: int, fill: int, touches: int) -> None:
+        """The endpoint's generation counters after ``touches`` more touches."""
+        last = fill + touches - 1
+        self._current[slot] = current + last // self._gen_size
+        self._fill[slot] = last % self._gen_size + 1
 
     def _place(self, keys: U64, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.int64],
                buckets: Ints | None = None) -> None:
