@@ -38,19 +38,26 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
-def chain_data(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None,
-               into: list[int] | None = None) -> list[int]:
-    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)`` without building the blocks' list
-    (nor copying ``data``'s slice), and with ``int.to_bytes`` for the parent (together ~25 % less per
-    block: this loop is most of what a novel long prompt costs); appended to ``into`` when given."""
+def chain_data(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> list[int]:
+    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)``, as ``chain_run`` computes it."""
+    return chain_run(data, block_bytes, seed, start, end)[0]
+
+
+def chain_run(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> tuple[list[int], U64]:
+    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)`` as a list and as a read-only
+    uint64 array, without building the blocks' list nor copying ``data``'s slice, and with
+    ``int.to_bytes`` for the parent (together ~25 % less per block: this loop is most of what a novel
+    long prompt costs; keeping the hashes as bytes, reversed big-endian digests, measured no faster)."""
     stop = len(data) if end is None else end
-    out: list[int] = [] if into is None else into
-    append, digest = out.append, xxhash.xxh64_intdigest
+    hashes: list[int] = []
+    append, digest = hashes.append, xxhash.xxh64_intdigest
     parent = seed
     for i in range(start, stop - (stop - start) % block_bytes, block_bytes):
         parent = digest(data[i : i + block_bytes] + parent.to_bytes(8, "little"))
         append(parent)
-    return out
+    run = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    run.flags.writeable = False
+    return hashes, run
 
 
 def chain_hashes_with_extras(blocks: Sequence[bytes], seed: int, extras: Sequence[bytes | None]) -> list[int]:
@@ -95,7 +102,7 @@ class BlockHashes(list[int]):
     def array(self) -> U64:
         """The hashes as a uint64 array (built on first use, then kept: the list must not change)."""
         if self._array is None or len(self._array) != len(self):
-            self._array = np.frombuffer(array("Q", self), dtype=np.uint64)
+            self._array = np.fromiter(self, dtype=np.uint64, count=len(self))
         return self._array
 
 
@@ -103,7 +110,7 @@ def hash_array(hashes: Sequence[int]) -> U64:
     """``hashes`` as a uint64 array: a ``BlockHashes``'s own, else converted (2× faster than asarray for big ints)."""
     if isinstance(hashes, BlockHashes):
         return hashes.array()
-    return np.frombuffer(array("Q", hashes), dtype=np.uint64)
+    return np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
 
 
 class ChainMemo:
@@ -177,13 +184,9 @@ class ChainMemo:
             # The first segment not remembered: what follows hangs off a hash not seen with these bytes
             # before, so it is hashed in one pass (no lookup, chain call and array per segment) and then
             # remembered.
-            hashes = chain_data(data, block_bytes, parent, start, end, out if start == 0 else None)
-            packed = array("Q", hashes)
-            run: U64 = np.frombuffer(packed, dtype=np.uint64)  # 2x faster than fromiter for 64-bit ints
-            run.flags.writeable = False  # shared by the chain returned and the remembered segments
+            hashes, run = chain_run(data, block_bytes, parent, start, end)  # run: read-only, shared with the segments
             self._remember(data, start, end, block_bytes, parent, hashes, run)
-            if start:
-                out += hashes
+            out += hashes
             arrays.append(run)
         out._array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else None
         self._last = (block_bytes, seed, data, out)
@@ -233,7 +236,8 @@ class _Segment:
 def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> BlockHashes:
     """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
     if memo is None:
-        return BlockHashes(chain_data(data, block_bytes, seed))
+        hashes, run = chain_run(data, block_bytes, seed)
+        return BlockHashes(hashes, run)
     return memo.chain(data, block_bytes, seed)
 
 

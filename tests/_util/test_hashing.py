@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from epp._util.hashing import (
     ChainMemo,
     chain_data,
     chain_hashes,
+    chain_run,
     hash_array,
     text_blocks,
     token_blocks,
@@ -103,20 +105,23 @@ def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_siz
 @given(data=st.binary(max_size=600), block=st.integers(1, 80), seed=st.integers(0, 2**64 - 1))
 def test_chain_data_is_the_chain_of_the_text_blocks(data: bytes, block: int, seed: int) -> None:
     assert chain_data(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+    start = len(data) // 3
+    hashes, run = chain_run(data, block, seed, start, len(data) - 1)
+    assert hashes == chain_hashes(text_blocks(data[start:-1], block), seed) == run.tolist()
+    assert run.dtype == np.uint64 and not run.flags.writeable
 
 
 def test_a_novel_prompt_is_hashed_in_one_pass_and_its_segments_serve_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """From the first segment the memo lacks, the rest is hashed by one call; every segment of it is
     remembered, so a longer prompt with that prefix (the next chat turn) hashes only its new blocks."""
     calls: list[int] = []
-    plain = hashing.chain_data
+    plain = hashing.chain_run
 
-    def counting(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None,
-                 into: list[int] | None = None) -> list[int]:
+    def counting(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> tuple[list[int], np.ndarray]:
         calls.append(((len(data) if end is None else end) - start) // block_bytes)
-        return plain(data, block_bytes, seed, start, end, into)
+        return plain(data, block_bytes, seed, start, end)
 
-    monkeypatch.setattr(hashing, "chain_data", counting)
+    monkeypatch.setattr(hashing, "chain_run", counting)
     memo = ChainMemo(segment_blocks=4, capacity=64)
     rng = random.Random(10)
     turn = rng.randbytes(16 * 22 + 5)  # 22 blocks of 16: five full segments and a partial one, plus a tail
