@@ -126,13 +126,14 @@ class ChainMemo:
     repeated segment costs one hash call and one comparison instead of ``segment_blocks``; results are
     identical by construction.
 
-    A prompt's new segments are remembered without copies: each one points into the prompt's bytes and
+    A prompt's new segments are remembered without copies of their own: each one points into the bytes
+    they came with (a novel prompt's own; for a prompt partly remembered, one copy of its new part) and
     into the one list and array of hashes computed for them (a novel 220 KB prompt's 55 segments cost a
     key and a small object each, not a digest and copies of its bytes and hashes, ~0.3 ms in a serving
-    process). A segment found again gets its own copies, so what stays in the memo by reuse never holds
-    a whole old prompt alive: the prompts held are those of the segments not reused since they came,
-    all of them among the ``capacity`` most recent. Memory: about ``capacity`` × (segment bytes + 53 bytes
-    per block): 16 MB by default with 64-byte blocks.
+    process). A segment found again gets its own copies, so what stays in the memo by reuse holds no
+    old prompt alive: the bytes held are those of segments not reused since they came, all of them among
+    the ``capacity`` most recent. Memory: about ``capacity`` × (segment bytes + 53 bytes per block): 16 MB
+    by default with 64-byte blocks.
 
     The last prompt is also kept whole: the same bytes again (a resent prompt, the next request of a
     load test) return the same ``BlockHashes`` after one comparison, instead of a hash call, a dict
@@ -199,10 +200,13 @@ class ChainMemo:
         more at once (deleting one entry at a time from the front of a dict rescans its deleted slots
         each time)."""
         memo, per, step = self._memo, self._segment_blocks, block_bytes * self._segment_blocks
-        view = memoryview(data)
+        # A novel prompt's segments point into its bytes (all of them but a partial block are theirs); a
+        # prompt partly remembered keeps only its new part, once, so a long conversation's next turn does
+        # not hold all of the conversation alive for its last segments.
+        view = memoryview(data if start == 0 else data[start:end])
         for i in range(0, len(hashes), per):
-            offset = start + i * block_bytes
-            stop = offset + step if offset + step <= end else end
+            offset = i * block_bytes
+            stop = offset + step if start + offset + step <= end else end - start
             memo[(block_bytes, hashes[i - 1] if i else parent, hashes[i])] = _Segment(view[offset:stop], hashes, run, i)
         excess = len(memo) - self._capacity
         if excess > 0:

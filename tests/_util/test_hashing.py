@@ -88,6 +88,10 @@ def test_a_segment_found_again_holds_its_own_copies_not_the_prompt_it_came_with(
     for s in owned:
         assert type(s.data) is bytes and len(s.hashes) == 2 and len(s.array) == 2 and not s.array.flags.writeable
     assert memo.chain(first + b"x", 16, 0) == chain_hashes(text_blocks(first, 16), 0)
+    longer = first + rng.randbytes(16 * 3)  # its first segments remembered: the new part is kept alone
+    assert memo.chain(longer, 16, 0) == chain_hashes(text_blocks(longer, 16), 0)
+    new = [s for s in memo._memo.values() if s.lo >= 0 and isinstance(s.data, memoryview) and s.data.obj is not first]
+    assert new and all(len(s.data.obj) < len(longer) for s in new)
 
 
 def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_size_and_seed() -> None:
