@@ -182,7 +182,7 @@ class BlockIndex:
             n = len(h)
             row_gens = current + (fill + np.arange(n - 1, -1, -1)) // self._gen_size  # as below, all touched
             self._advance(slot, current, fill, n)
-            self._place(h, np.full(n, slot, dtype=np.uint16), row_gens, found.buckets)
+            self._place(h, slot, row_gens, found.buckets)
             return
         gens = self._entry_gens[pos]
         mine = (self._owners[pos] == slot) & (current - gens < self._gens)
@@ -203,8 +203,7 @@ class BlockIndex:
         self._entry_gens[pos[promote]] = row_gens[rows[promote]]
         touched[rows] = False
         if touched.any():
-            self._place(h[touched], np.full(int(touched.sum()), slot, dtype=np.uint16), row_gens[touched],
-                        found.buckets[touched])
+            self._place(h[touched], slot, row_gens[touched], found.buckets[touched])
 
     def _advance(self, slot: int, current: int, fill: int, touches: int) -> None:
         """The endpoint's generation counters after ``touches`` more touches."""
@@ -212,7 +211,7 @@ class BlockIndex:
         self._current[slot] = current + last // self._gen_size
         self._fill[slot] = last % self._gen_size + 1
 
-    def _place(self, keys: U64, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.int64],
+    def _place(self, keys: U64, owners: npt.NDArray[np.uint16] | int, gens: npt.NDArray[np.int64],
                buckets: Ints | None = None) -> None:
         """Write new entries. Each bucket has a clock hand; a new entry takes the slot under the hand,
         skipping live entries (up to a bucket's worth of tries, then it overwrites). The hand's slot was
@@ -220,7 +219,9 @@ class BlockIndex:
         costs a few operations on ``len(keys)`` elements, not a scan of the buckets.
 
         Rows landing on the same slot are resolved in rounds: numpy keeps the last write, the others
-        go round again. ``buckets``: the keys' buckets when the caller has them (the lookup before).
+        go round again. ``owners``: one endpoint slot for all (an ``add``: a slot written this round is
+        then that owner's, so only its key tells whether another row took it) or one per key;
+        ``buckets``: the keys' buckets when the caller has them (the lookup before).
         """
         if buckets is None:
             buckets = (keys % self._buckets).astype(np.intp)
@@ -228,25 +229,30 @@ class BlockIndex:
         while len(keys):
             hands = self._hands[buckets]
             chosen = buckets * WAYS + hands
-            self._hands[buckets] = (hands + 1) % WAYS
+            self._hands[buckets] = (hands + 1) & (WAYS - 1)
             # a bucket's worth of tries made: a key left overwrites the slot under the hand, live or not
             skip = self._live(self._owners[chosen], self._entry_gens[chosen]) if tries < WAYS else np.zeros(len(keys), dtype=bool)
             some = skip.any()
             if some:
                 write = ~skip
-                chosen_w, keys_w, owners_w, gens_w = chosen[write], keys[write], owners[write], gens[write]
+                chosen_w, keys_w, gens_w = chosen[write], keys[write], gens[write]
+                owners_w = owners if isinstance(owners, int) else owners[write]
             else:  # nothing live under the hands (the first round, mostly): every key is written
                 chosen_w, keys_w, owners_w, gens_w = chosen, keys, owners, gens
             self._keys[chosen_w] = keys_w
             self._tags[chosen_w] = _tag(keys_w)
             self._owners[chosen_w] = owners_w
             self._entry_gens[chosen_w] = gens_w
-            lost = (self._keys[chosen_w] != keys_w) | (self._owners[chosen_w] != owners_w)  # another row took the slot
+            lost = self._keys[chosen_w] != keys_w  # another row took the slot
+            if not isinstance(owners_w, int):
+                lost |= self._owners[chosen_w] != owners_w
             if some:
                 skip[write] = lost
             else:
                 skip = lost
-            keys, owners, gens, buckets = keys[skip], owners[skip], gens[skip], buckets[skip]
+            keys, gens, buckets = keys[skip], gens[skip], buckets[skip]
+            if not isinstance(owners, int):
+                owners = owners[skip]
             tries += 1
 
     def discard(self, endpoint: str, hashes: Sequence[int]) -> None:

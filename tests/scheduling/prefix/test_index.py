@@ -162,11 +162,14 @@ def test_reused_lookups_answer_and_change_the_table_as_fresh_ones(
 
 
 def _place_as_before(index: BlockIndex) -> None:
-    """``index._place`` as it was before it took the lookup's buckets and skipped the passes a round
-    without live slots needs not (a per-key count of tries, buckets recomputed each round)."""
+    """``index._place`` as it was before it took the lookup's buckets, one owner for all and skipped the
+    passes a round without live slots needs not (a per-key count of tries, buckets recomputed each round,
+    owners compared)."""
     from epp.scheduling.prefix.index import WAYS, _tag
 
-    def place(keys: np.ndarray, owners: np.ndarray, gens: np.ndarray, buckets: np.ndarray | None = None) -> None:
+    def place(keys: np.ndarray, owners: np.ndarray | int, gens: np.ndarray, buckets: np.ndarray | None = None) -> None:
+        if isinstance(owners, int):  # then: one array of the one owner
+            owners = np.full(len(keys), owners, dtype=np.uint16)
         tries = np.zeros(len(keys), dtype=np.intp)
         while len(keys):
             buckets = (keys % index._buckets).astype(np.intp)
