@@ -43,9 +43,6 @@ class SharesEvents(SharesState, Protocol):
     drains ``take_events`` and delivers them to the other replicas' ``import_events``."""
 
     on_event: Callable[[], None] | None
-    origin: str
-    """This replica's name in its events, unique among the replicas; an exchange that numbers them may set it
-    (replay does, so that runs repeat exactly)."""
 
     def take_events(self) -> list[Any]:
         """The JSON-ready events queued since the last call (each about this replica's own state)."""

@@ -48,7 +48,6 @@ class VirtualExchange:
             for name, plugin in plugins.items():
                 if clock is not None and isinstance(plugin, SharesEvents):
                     plugin.on_event = partial(self._send, r, name, plugin)
-                    plugin.origin = f"replica-{r}"  # deterministic: which replica wins a tie must not be random
                     self._listeners.setdefault(name, []).append((r, plugin))
 
     def _send(self, replica: int, name: str, plugin: SharesEvents) -> None:

@@ -4,13 +4,11 @@ replica's first tokens keep its prefills out of this replica's latency observati
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 
 from epp._util.clock import VirtualClock
 from epp.scheduling.ttft import EndpointLedger, Flight
-from epp.scheduling.ttft.learn import PREFILL, EndpointLearner, prefill_features
+from epp.scheduling.ttft.learn import EndpointLearner
 from epp.shared import VirtualExchange, participants
 from epp.shared.protocol import EVENT_LATENCY, SharesEvents
 from tests.scheduling.ttft.test_learn import BUDGET, truth
@@ -161,49 +159,3 @@ def test_another_replicas_first_token_moves_this_ones_pending_prefills_behind_it
     ledger.foreign_started(12.0)  # the engine is behind: a runs from 12 at the earliest, b after it
     assert [f.eta for f in ledger.pending.values()] == [13.0, 13.5]
     assert ledger.busy_until == 13.5 and ledger.version > version and ledger.backlog(12.0) == pytest.approx(1.5)
-
-
-def test_an_iteration_two_replicas_first_tokens_closed_is_learned_once_as_one_replica_learns_it() -> None:
-    """Each replica's 3K prompt is prefilled in one engine iteration with the other's, so their first tokens
-    come together: one replica would learn the iteration as one observation of both prompts. Exactly one of
-    two replicas learns it (the same on both sides: the other's first token names what it prefilled), and
-    reports it to the other; before, neither learned anything from such iterations."""
-    engine = truth(1.0)
-    a, b = EndpointLearner(BUDGET), EndpointLearner(BUDGET)
-    a.rank, b.rank = "replica-0", "replica-1"
-    reports: dict[str, list[tuple[Sequence[float], float]]] = {"a": [], "b": []}
-    a.report = lambda kind, x, seconds: reports["a"].append((x, seconds)) if kind == PREFILL else None
-    b.report = lambda kind, x, seconds: reports["b"].append((x, seconds)) if kind == PREFILL else None
-    t = 0.0
-    for i in range(20):
-        both = engine.prefill_seconds(6000, 0, 0, 0, BUDGET)  # the two prompts in one iteration
-        end = t + both
-        a.routed(f"a{i}", t, 3000, 0, 0, 0, streamed=True)
-        b.routed(f"b{i}", t, 3000, 0, 0, 0, streamed=True)
-        told = {id(a): a.prefilled(f"a{i}"), id(b): b.prefilled(f"b{i}")}
-        a.started(f"a{i}", end, 0, 0)
-        b.started(f"b{i}", end, 0, 0)
-        for mine, other, rank in ((a, b, "replica-0"), (b, a, "replica-1")):
-            share = told[id(mine)]
-            assert share is not None
-            other.foreign_first_token(end, (rank, *share))
-        for mine, name in ((a, f"a{i}"), (b, f"b{i}")):
-            mine.finished(name, end + 0.5, {"completion_tokens": 10}, 0, 0)
-        t = end + 1.0
-    assert reports["a"] == [] and len(reports["b"]) == 20  # the higher rank closes a tie; the other skips
-    exact = engine.prefill_seconds(6000, 0, 0, 0, BUDGET)
-    assert [seconds for _, seconds in reports["b"]] == pytest.approx([exact] * 20)  # both prompts, whole iteration
-    one = prefill_features(3000, 0, 1)  # both 3K prompts in the one iteration: their tokens and pairs summed
-    assert reports["b"][0][0] == pytest.approx((1.0, 2 * one[1], 2 * one[2]))
-    for x, seconds in reports["b"]:  # what the exchange does with b's reports
-        a.observe_prefill(x, seconds)
-    assert a.observations == b.observations == 20
-    assert a.estimate.prefill_seconds(6000, 0, 0, 0, BUDGET) == pytest.approx(
-        b.estimate.prefill_seconds(6000, 0, 0, 0, BUDGET), rel=1e-3)  # the same lessons (its own decodes apart)
-    lone = EndpointLearner(BUDGET)  # a first token that says nothing of its request: nobody learns it
-    lone.rank = "replica-1"
-    lone.routed("r", 0.0, 3000, 0, 0, 0, streamed=True)
-    lone.started("r", 1.0, 0, 0)
-    lone.foreign_first_token(1.0)
-    lone.finished("r", 2.0, {"completion_tokens": 10}, 0, 0)
-    assert lone.observations == 0

@@ -194,11 +194,6 @@ class LatencyEstimate:
         return self.decode_fixed + self.batch_seconds(decodes, context)
 
 
-Share = tuple[str, int, float]
-"""What another replica's request prefilled, told with its first token: (that replica's rank, new tokens,
-new × context token pairs as in ``prefill_features``)."""
-
-
 def prefill_features(new: int, cached: int, steps: int) -> tuple[float, float, float]:
     return (float(steps), new / 1000, new * (cached + new / 2) / 1e6)
 
@@ -383,8 +378,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_shares", "_speculated",
-        "_started", "adopted", "budget", "decode", "pool", "prefill", "rank", "report", "version",
+        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started",
+        "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
@@ -402,10 +397,6 @@ class EndpointLearner:
         self._last_first_token = float("-inf")
         self._foreign: list[float] = []
         """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
-        self._shares: dict[float, list[Share]] = {}
-        """What each of those first tokens' requests prefilled, by time, where its replica said."""
-        self.rank = ""
-        """This replica's name among the others' (``Share``): ties in closing an engine iteration go to the highest."""
         self.adopted: LatencyEstimate | None = None
         """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
         self.report: Callable[[str, Sequence[float], float], None] | None = None
@@ -443,14 +434,6 @@ class EndpointLearner:
         self.forget(request_id)
         self._queue[request_id] = _Booked(now, prompt, cached, decodes, context, streamed)
 
-    def prefilled(self, request_id: str) -> tuple[int, float] | None:
-        """What ``request_id``, booked here and not started, prefills: (new tokens, new × context pairs)."""
-        booked = self._queue.get(request_id)
-        if booked is None:
-            return None
-        new = max(1, booked.prompt - booked.cached)
-        return new, new * (booked.cached + new / 2)
-
     def started(self, request_id: str, now: float, decodes: int, context: int) -> None:
         """First response bytes of ``request_id``: it and everything routed before it have prefilled."""
         queue = self._queue
@@ -481,45 +464,18 @@ class EndpointLearner:
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
 
-    def foreign_first_token(self, at: float, share: Share | None = None) -> None:
+    def foreign_first_token(self, at: float) -> None:
         """Another replica's request here had its first token at ``at`` (active-active replicas, heard through
         shared state): its prefill ran before it, so an observation of this replica's that spans ``at``
         starts there instead (``_learn``) — else each replica's prefills look as slow as everyone's
-        together, and N replicas predict every endpoint up to N times too slow. ``share``: what that request
-        prefilled (its replica's rank, new tokens, new × context pairs), so that a first token in the same
-        engine iteration as one of this replica's is learned as one replica learns it — one observation of
-        both — instead of by no one."""
+        together, and N replicas predict every endpoint up to N times too slow."""
         foreign = self._foreign
         if not foreign or at >= foreign[-1]:
             foreign.append(at)
         else:
             insort(foreign, at)
-        if share is not None:
-            self._shares.setdefault(at, []).append(share)
         if len(foreign) > MAX_FOREIGN:
-            self._forget_foreign(1)
-
-    def _forget_foreign(self, count: int) -> None:
-        for at in self._foreign[:count]:
-            self._shares.pop(at, None)
-        del self._foreign[:count]
-
-    def _iteration_shares(self, times: Sequence[float], end: float) -> tuple[int, float] | None:
-        """The other replicas' first tokens ``times``, in the iteration this replica's first token at ``end``
-        closed: the (new tokens, pairs) they add to this replica's observation of it, or None when this
-        replica is not the one to learn it — one of theirs is unknown, or closes it (later, or as early
-        and of a higher rank: every replica applies the same rule, so exactly one learns it)."""
-        new, pairs = 0, 0.0
-        for at in dict.fromkeys(times):
-            shares = self._shares.get(at, [])
-            if len(shares) < times.count(at):
-                return None  # a replica that did not say what it prefilled: its share is not known
-            for rank, tokens, pair_terms in shares:
-                if at > end or (at == end and rank >= self.rank):
-                    return None
-                new += tokens
-                pairs += pair_terms
-        return new, pairs
+            del foreign[0]
 
     def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
         """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
@@ -575,22 +531,16 @@ class EndpointLearner:
     def _learn(self, group: _Group) -> None:
         start = group.start
         foreign = self._foreign
-        others: tuple[int, float] = (0, 0.0)
         if foreign:
-            self._forget_foreign(bisect_right(foreign, start))  # ended before this observation: no later one spans them
+            del foreign[: bisect_right(foreign, start)]  # ended before this observation: no later one spans them
             if foreign and foreign[0] <= group.end:
                 before_iteration = bisect_right(foreign, group.end - MERGE_GAP)
-                in_iteration = bisect_right(foreign, group.end)
-                if in_iteration > before_iteration:  # another replica's prefill ended in this one's iteration
-                    merged = self._iteration_shares(foreign[before_iteration:in_iteration], group.end)
-                    if merged is None:
-                        return
-                    others = merged
-                if before_iteration:
-                    start = foreign[before_iteration - 1]
+                if bisect_right(foreign, group.end) > before_iteration:
+                    return  # another replica's prefill ended in this one's iteration: its share is not known
+                start = foreign[before_iteration - 1]
         members = list(group.members.values())
-        new = sum(max(1, b.prompt - b.cached) for b in members) + others[0]
-        pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members) + others[1]
+        new = sum(max(1, b.prompt - b.cached) for b in members)
+        pairs = sum((p := max(1, b.prompt - b.cached)) * (b.cached + p / 2) for b in members)
         decodes = round(sum(b.decodes for b in members) / len(members))
         context = round(sum(b.context for b in members) / len(members))
         steps = -(-new // max(MIN_CHUNK, self.budget - decodes))
@@ -667,7 +617,7 @@ class EndpointLearner:
 class LatencyLearner:
     """``EndpointLearner`` per endpoint name, created on first use."""
 
-    __slots__ = ("_rank", "budget", "endpoints", "forgetting", "generation", "pool", "report")
+    __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool", "report")
 
     def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
         self.budget = budget
@@ -680,24 +630,11 @@ class LatencyLearner:
         """Told (endpoint, ``PREFILL`` or ``DECODE``, features, seconds) of every observation the endpoints'
         own requests made: active-active replicas pass them to each other, so each learns from all the
         requests an endpoint serves, not the 1/N it routed (N replicas learning apart learn N times slower)."""
-        self._rank = ""
-
-    @property
-    def rank(self) -> str:
-        """This replica's name among active-active replicas (``EndpointLearner.rank``)."""
-        return self._rank
-
-    @rank.setter
-    def rank(self, rank: str) -> None:
-        self._rank = rank
-        for learner in self.endpoints.values():
-            learner.rank = rank
 
     def __getitem__(self, name: str) -> EndpointLearner:
         learner = self.endpoints.get(name)
         if learner is None:
             learner = self.endpoints[name] = EndpointLearner(self.budget, self.forgetting, self.pool)
-            learner.rank = self._rank
             self.pool.members += 1
             if self.report is not None:
                 learner.report = partial(self.report, name)

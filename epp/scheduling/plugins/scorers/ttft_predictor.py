@@ -147,24 +147,14 @@ class TTFTPredictorScorer:
         self.on_event: Callable[[], None] | None = None
         """Set by a shared-state exchange (``epp.shared.SharesEvents``): bookings and first tokens are then
         queued for the other replicas as they happen."""
-        self._origin = ""
         self.origin = secrets.token_hex(6)
+        """Names this replica's exports and events to the others (which events an export already holds)."""
         self._sequence = 0
         self._outbox: list[tuple[int, str, str, float, tuple[float, ...]]] = []
         self._heard: dict[str, _Heard] = {}
         self._booking_ids: dict[str, int] = {}
         """Request id → the sequence number of its booking event, while it has no first token."""
         self.learner.report = self._report
-
-    @property
-    def origin(self) -> str:
-        """Names this replica's exports and events to the others (which events an export already holds; which
-        replica learns an engine iteration that several replicas' first tokens closed, ``EndpointLearner``)."""
-        return self._origin
-
-    @origin.setter
-    def origin(self, origin: str) -> None:
-        self._origin = self.learner.rank = origin
 
     def _tail_learned(self, request_id: str, endpoints: list[str], hashes: list[int]) -> None:
         """A prompt hashed lazily at the pick is known whole now: its held prefix is all of it."""
@@ -378,13 +368,11 @@ class TTFTPredictorScorer:
         if ledger is not None:
             now = self.clock.now()
             load = self.predictor.load(endpoint, ledger)
-            learner = self.learner[endpoint.name]
-            prefilled = learner.prefilled(request.request_id)
-            learner.started(request.request_id, now, load.sequences, load.context_tokens)
+            self.learner[endpoint.name].started(request.request_id, now, load.sequences, load.context_tokens)
             ledger.started(request.request_id, now)
             booking = self._booking_ids.pop(request.request_id, 0)
             if self.on_event is not None and request.stream:  # its prefill is over: the others' views drop it
-                self._emit("f", endpoint.name, now, booking, *(prefilled or ()))
+                self._emit("f", endpoint.name, now, booking)
 
     def response_complete(self, request: LLMRequest, endpoint: EndpointState, usage: Mapping[str, int]) -> None:
         """The response ended; ``usage`` empty when the engine reported none (a failure, or a stream
@@ -538,8 +526,7 @@ class TTFTPredictorScorer:
 
     def take_events(self) -> list[Any]:
         """The bookings (``[origin, sequence, "b", endpoint, start, prefill seconds, KV context tokens, output
-        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time, its booking's sequence, new tokens,
-        new × context pairs it prefilled]``) and latency
+        tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time, its booking's sequence]``) and latency
         observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``,
         ``EndpointLearner.report``) since the last call, times relative to now."""
         now = self.clock.now()
@@ -570,8 +557,7 @@ class TTFTPredictorScorer:
                 heard.bookings.append((seq, name, sent + at, event[5], int(event[6]), int(event[7])))
                 changed.add(name)
             elif kind == "f":
-                share = (origin, int(event[6]), float(event[7])) if len(event) == 8 else None
-                self.learner[name].foreign_first_token(sent + at, share)
+                self.learner[name].foreign_first_token(sent + at)
                 ledger.foreign_started(sent + at)
                 if event[5]:
                     heard.started[int(event[5])] = seq
@@ -621,8 +607,7 @@ QUEUE_KEY = "queue"
 LATE_KEY = "late"
 ORIGIN_KEY = "origin"
 SEQUENCE_KEY = "sequence"
-EVENT_LENGTHS = {"f": (6, 8), "b": (8,), PREFILL: (9,), DECODE: (9,)}
-"""Per kind, the lengths of a well-formed event (a first token without or with what its request prefilled)."""
+EVENT_LENGTHS = {"f": 6, "b": 8, PREFILL: 9, DECODE: 9}
 MAX_EVENTS = 4096
 """Events kept for the exchange to take; older ones are dropped (only if no exchange drains them)."""
 
@@ -650,7 +635,7 @@ class _Heard:
 def _event(item: object) -> bool:
     """A well-formed event of ``take_events``."""
     if not (isinstance(item, list) and len(item) >= 5 and isinstance(item[0], str) and isinstance(item[1], int)
-            and isinstance(item[3], str) and len(item) in EVENT_LENGTHS.get(item[2], ())):  # fmt: skip
+            and isinstance(item[3], str) and EVENT_LENGTHS.get(item[2]) == len(item)):  # fmt: skip
         return False
     numbers = item[4:]
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in numbers) and (
