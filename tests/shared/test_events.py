@@ -8,7 +8,7 @@ import pytest
 
 from epp._util.clock import VirtualClock
 from epp.scheduling.ttft import EndpointLedger, Flight
-from epp.scheduling.ttft.learn import PREFILL, EndpointLearner
+from epp.scheduling.ttft.learn import EndpointLearner
 from epp.shared import VirtualExchange, participants
 from epp.shared.protocol import EVENT_LATENCY, SharesEvents
 from tests.scheduling.ttft.test_learn import BUDGET, truth
@@ -159,22 +159,3 @@ def test_another_replicas_first_token_moves_this_ones_pending_prefills_behind_it
     ledger.foreign_started(12.0)  # the engine is behind: a runs from 12 at the earliest, b after it
     assert [f.eta for f in ledger.pending.values()] == [13.0, 13.5]
     assert ledger.busy_until == 13.5 and ledger.version > version and ledger.backlog(12.0) == pytest.approx(1.5)
-
-
-def test_another_replicas_later_first_token_ends_this_ones_observation() -> None:
-    """One replica learns an endpoint's prefill at the next first token there, whoever routed it. With several
-    replicas the next first token is often another's: waiting for this replica's own next event on the
-    endpoint (its next first token, or its stream's end after seconds of decode) kept a cold endpoint
-    mispredicted that much longer (4 + 4 synthetic, 2 replicas: 97 8B observations in the first 10 s against
-    135 with one replica)."""
-    learner = EndpointLearner(BUDGET)
-    learned: list[float] = []
-    learner.report = lambda kind, x, seconds: learned.append(seconds) if kind == PREFILL else None
-    learner.routed("a", 0.0, 3000, 0, 0, 0, streamed=True)
-    learner.started("a", 0.2, 0, 0)
-    learner.foreign_first_token(0.2 + EVENT_LATENCY / 2)  # another replica's, a moment later: not yet past
-    assert learned == [] and learner.observations == 0
-    learner.foreign_first_token(0.35)  # past the iteration: this replica's observation is complete
-    assert learned == [pytest.approx(0.2)] and learner.observations == 1
-    learner.finished("a", 5.0, {"completion_tokens": 100}, 0, 0)  # its stream's end adds a decode observation only
-    assert learner.observations == 1

@@ -468,10 +468,7 @@ class EndpointLearner:
         """Another replica's request here had its first token at ``at`` (active-active replicas, heard through
         shared state): its prefill ran before it, so an observation of this replica's that spans ``at``
         starts there instead (``_learn``) — else each replica's prefills look as slow as everyone's
-        together, and N replicas predict every endpoint up to N times too slow. Like any later event on the
-        endpoint it also ends this replica's open observation (``_close``), as the next first token does for
-        one replica: waiting for this replica's own next event there (its stream's end, seconds of decode
-        later) kept a cold endpoint mispredicted that much longer."""
+        together, and N replicas predict every endpoint up to N times too slow."""
         foreign = self._foreign
         if not foreign or at >= foreign[-1]:
             foreign.append(at)
@@ -479,7 +476,6 @@ class EndpointLearner:
             insort(foreign, at)
         if len(foreign) > MAX_FOREIGN:
             del foreign[0]
-        self._close(at)
 
     def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
         """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
