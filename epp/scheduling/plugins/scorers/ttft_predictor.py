@@ -24,7 +24,9 @@ the request with its predicted prefill on the chosen endpoint, ResponseStarted (
 Parameters: ``blockSize`` 16, ``maxNumBatchedTokens`` 8192 (the engines' vLLM settings: KV block and
 prefill chunk size), ``kvCapacityTokens`` 500000 (assumed for an engine that reports no KV cache
 size), ``forgettingFactor`` 0.99 (the learner's memory: about the last 1 / (1 − λ) requests per
-endpoint), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
+endpoint), ``evidenceHalfLife`` 16 (rounds of the pool — one observation per endpoint each —
+after which an endpoint's own evidence not renewed fades towards the pool's, halving every as many
+rounds; 0: never), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
 ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
 (discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
@@ -75,7 +77,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
-from epp.scheduling.ttft.learn import DECODE, PREFILL
+from epp.scheduling.ttft.learn import DECODE, EVIDENCE_HALF_LIFE, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
@@ -94,6 +96,7 @@ class TTFTPredictorParams:
     max_num_batched_tokens: int = 8192
     kv_capacity_tokens: int = 500_000
     forgetting_factor: float = 0.99
+    evidence_half_life: float = EVIDENCE_HALF_LIFE
     default_output_tokens: int = 256
     tie_tolerance: Duration = Duration(0.002)
     work_weight: float = 0.0
@@ -110,6 +113,8 @@ class TTFTPredictorParams:
                 raise ParamError(key, "must be at least 1")
         if not 0.5 <= self.forgetting_factor <= 1.0:
             raise ParamError("forgettingFactor", "must be in [0.5, 1]")
+        if self.evidence_half_life < 0:
+            raise ParamError("evidenceHalfLife", "must not be negative (0: never fades)")
         if self.work_weight < 0:
             raise ParamError("workWeight", "must not be negative")
         if self.tie_tolerance <= 0:
@@ -127,7 +132,7 @@ class TTFTPredictorScorer:
         self.params = p = params or TTFTPredictorParams()
         self.producer = producer
         self.clock = clock
-        self.learner = LatencyLearner(p.max_num_batched_tokens, p.forgetting_factor)
+        self.learner = LatencyLearner(p.max_num_batched_tokens, p.forgetting_factor, p.evidence_half_life)
         self.predictor = BatchPredictor(
             TTFTPredictor(self.learner, p.block_size, p.default_output_tokens, p.kv_capacity_tokens)
         )
