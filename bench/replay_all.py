@@ -241,7 +241,7 @@ def main() -> int:
                         help="directory of traces (default traces/: python bench/fetch_traces.py fills it)")
     parser.add_argument("--match", action="append", default=None, help="only traces whose file name contains this")
     parser.add_argument("--profile", default="llama-3.1-8b-h100", help="engine profile, or a mix p:4,q:4 (8 engines)")
-    parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets (default: all)")
+    parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets or config files (default: all presets)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per trace (its head; 0 = all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
@@ -253,7 +253,7 @@ def main() -> int:
     limit = args.max_requests or None
     profile = args.profile
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in ALL_POLICIES]
+    unknown = [p for p in policies if p not in ALL_POLICIES and not p.endswith((".yaml", ".yml"))]  # configs: side by side
     if unknown or DEFAULT not in policies or BASELINE not in policies:
         parser.error(f"--policies must name presets incl. {DEFAULT} and {BASELINE}; unknown: {unknown}")
     try:
