@@ -267,13 +267,14 @@ class PoolModel:
     def updated(self) -> None:
         self.updates += 1
         self._since += 1
-        if self.updates > PUBLISH_EVERY and self._since < max(PUBLISH_EVERY, 4 * self.members):
+        window = max(PUBLISH_EVERY, 4 * self.members)
+        if self.updates > PUBLISH_EVERY and self._since < window:
             return
         current = [*self.prefill.theta, *self.decode.theta]
         if _moved(self._published, current):
             self._published = current
-        elif self.updates <= PUBLISH_EVERY or not self._fading():
-            return
+        elif self.updates <= PUBLISH_EVERY or self._since % window or not self._fading():
+            return  # (fading looked for once per window: O(members) per window)
         self._since = 0
         self.clock = (self.prefill.updates, self.decode.updates)
         self.version += 1

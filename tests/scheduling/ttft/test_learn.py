@@ -187,7 +187,7 @@ STARVED_CORRECTED_AFTER = 600
 """Requests to a pool of 8 (75 rounds) after which an endpoint learned 1.5× too slow, and so sent nothing,
 is predicted within 15 % again and has been sent requests. Its evidence fades after
 ``EVIDENCE_HALF_LIFE`` = 16 rounds and then halves every 16, so fading alone brings it within 15 % after
-16 + 16 · log2(ln 1.5 / ln 1.15) ≈ 41 rounds (328 requests; seeds 0–5: 327–357); the router's 2 ms tie is
+16 + 16 · log2(ln 1.5 / ln 1.15) ≈ 41 rounds (328 requests; seeds 0–5: 316–359); the router's 2 ms tie is
 reached a few rounds later (first request at 327–504), and from then on the endpoint's own observations
 hold it (its next one counts as much as its first; final error 1–3 % after 3,000)."""
 
