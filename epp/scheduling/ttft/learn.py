@@ -54,6 +54,26 @@ prefill share and one decode observation. The pick path only reads the coefficie
 (``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's republished
 to every endpoint at most once per ``PUBLISH_EVERY`` observations or 4 per endpoint).
 
+Stale evidence fades (``PoolModel.fade``). An endpoint is sent requests only while it is predicted
+fastest, so one learned too slow — from a few unlucky first requests — got none to correct it (8 × 8B
+synthetic, unloaded: an identical engine learned 20 % slow from 8 requests served 8 of 3,000). Its speed
+relative to the pool is therefore treated as drifting back to the pool's while nothing renews it: for
+``EVIDENCE_HALF_LIFE`` rounds (16; a round = one pool observation per member endpoint, so the clock is
+the traffic the endpoint missed, not wall time, and a pool at rest does not fade) after a track's last
+observation nothing changes; then the log of its speed and the weight of its own fit are multiplied by
+``fade`` = 2^−(rounds − 16)/16 (halving every 16 rounds), and when it observes again the observations its
+speed stood on count ``fade`` times as many (at most 20), so the new one moves it as much as a first one
+would — a mean-reverting prior on each endpoint's speed, the pool's fit as its mean. An endpoint predicted
+1.5× too slow and sent nothing is within 15 % of the pool's after ~41 rounds and gets requests again; one
+really 2.4× slower (another model) is within 5 % of the pool's after ~82 rounds — the price is about one
+slow request to it per ~80 rounds in which it got none, after which its first observation restores its
+speed. Endpoints that serve at least once per 16 rounds (any pool under load) are not affected at all.
+Cost: one integer stamp per observation; a fading endpoint's estimate moves only with the pool's
+``version`` (the fade is read at the pool's ``clock``, so the pick path's caching is unchanged), which the
+pool advances at most once per publish window (max(32, 4 × members) observations) while a member is
+fading, after one O(members) look per window; every endpoint re-derives its estimate then, as at any
+publish (O(d) each).
+
 The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
 tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
 about a tenth of one observation), so an endpoint's first few first tokens already dominate.
