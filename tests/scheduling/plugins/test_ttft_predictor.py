@@ -61,6 +61,7 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
     assert (p.kv_capacity_tokens, p.max_num_batched_tokens, p.forgetting_factor, p.tie_tolerance, p.work_weight) == (
         300000, 4096, 0.98, 0.001, 2.0)
     assert p.request_timeout == 300.0 and p.default_output_tokens == 100
+    assert p.evidence_half_life == 16 and scorer.learner.pool.half_life == 16
     producers = [q for q in scheduler.plugins if isinstance(q, ApproxPrefixCacheProducer)]
     assert producers == [scorer.producer]  # one producer: the prompt is hashed once per cycle
     assert scorer in scheduler.pre_request_plugins
@@ -73,6 +74,7 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
         ("{profile: llama-3.1-8b-h100}", "plugins[0].parameters.profile"),  # learned, no longer configured
         ("{forgettingFactor: 1.5}", "plugins[0].parameters.forgettingFactor"),
         ("{workWeight: -1}", "plugins[0].parameters.workWeight"),
+        ("{evidenceHalfLife: -1}", "plugins[0].parameters.evidenceHalfLife"),
         ("{tieTolerance: 0}", "plugins[0].parameters.tieTolerance"),
         ("{maxNumBatchedTokens: 0}", "plugins[0].parameters.maxNumBatchedTokens"),
         ("{queueThreshold: 3}", "plugins[0].parameters.queueThreshold"),
