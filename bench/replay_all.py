@@ -177,7 +177,8 @@ def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) ->
         "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     gie = {s["rate_scale"]: s["ttft_p90"] for s in summaries if s["policy"] == BASELINE}
-    for s in sorted(summaries, key=lambda s: (s["rate_scale"], ALL_POLICIES.index(s["policy"]))):
+    order = {p: i for i, p in enumerate(ALL_POLICIES)}  # config files (side by side) after the presets
+    for s in sorted(summaries, key=lambda s: (s["rate_scale"], order.get(s["policy"], len(order)), s["policy"])):
         cap = s["capacity_hit_ratio"]
         hit_cap = s["hit_ratio"] / cap if cap and s["hit_ratio"] is not None else None
         p90 = s["ttft_p90"]
