@@ -67,7 +67,10 @@ would — a mean-reverting prior on each endpoint's speed, the pool's fit as its
 1.5× too slow and sent nothing is within 15 % of the pool's after ~41 rounds and gets requests again; one
 really 2.4× slower (another model) is within 5 % of the pool's after ~82 rounds — the price is about one
 slow request to it per ~80 rounds in which it got none, after which its first observation restores its
-speed. Endpoints that serve at least once per 16 rounds (any pool under load) are not affected at all.
+speed. Endpoints that serve at least once per 16 rounds are not affected at all (every engine of a
+one-profile pool under load; on the 4 + 4 mix the slow kind's engines fade now and then, which moved its
+TTFT p90 by ±14 % per seed, +1 % pooled over three; 32 rounds left the mix as it was but no longer fixed
+the starved 8B engine within a 3,000-request run: bench/RESULTS.md, "Starved endpoints").
 Cost: one integer stamp per observation; a fading endpoint's estimate moves only with the pool's
 ``version`` (the fade is read at the pool's ``clock``, so the pick path's caching is unchanged), which the
 pool advances at most once per publish window (max(32, 4 × members) observations) while a member is
