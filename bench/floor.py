@@ -313,12 +313,16 @@ def ideal_hits(requests: Sequence[TraceRequest], block_size: int) -> list[int]:
 
 
 def lone_times(run: RunResult, cluster: ClusterSpec, hits: Sequence[int] | None = None) -> list[float]:
-    """Each completed request's lone-prefill TTFT, with ``hits`` (default: the hit each got in the run),
-    on the engine that served it (its profile's latency model); sorted."""
+    """Each completed request's lone-prefill TTFT, sorted: with the hit it got in the run, on the engine
+    that served it (its profile's latency model); or, given ``hits`` (the ideal ones), on the fastest
+    profile of the pool for that prompt — on a mixed pool any router could have sent it there, so only
+    the cheapest engine bounds every router (on one profile both are the same engine kind)."""
     models = [cluster.engine_config(e).latency_model() for e in range(cluster.engines)]
+    kinds = list({cluster.engine_config(e).profile: m for e, m in enumerate(models)}.values())
     budget = cluster.engine.max_num_batched_tokens
     return sorted(
-        lone_ttft(models[r.engine], budget, r.prompt_tokens, r.cached_tokens if hits is None else hits[i])
+        lone_ttft(models[r.engine], budget, r.prompt_tokens, r.cached_tokens) if hits is None
+        else min(lone_ttft(m, budget, r.prompt_tokens, hits[i]) for m in kinds)
         for i, r in enumerate(run.records) if r.first_token is not None
     )
 
@@ -355,7 +359,7 @@ def run_policy(requests: Sequence[TraceRequest], spec: str, cluster: ClusterSpec
     scorer = next((p for p in schedulers[0].plugins if isinstance(p, TTFTPredictorScorer)), None)
     booked = record_bookings(scorer) if scorer is not None else None
     run = OfflineReplay(requests, schedulers, cluster, clock, rate, admission=policy.admission,
-                        exchange=job.replicas.exchange(schedulers)).run()
+                        exchange=job.replicas.exchange(schedulers, clock)).run()
     return run, booked
 
 
@@ -435,7 +439,8 @@ def print_rate(measured: Measured, cluster: ClusterSpec, ideal: Sequence[int]) -
     busy = sum(lone_times(any_run, cluster, ideal)) / (cluster.engines * span)
     print(f"\n### ×{measured.rate:g}\n")
     print(f"- prefill load: every prompt prefilled alone with its ideal hit would keep the {cluster.engines} engines "
-          f"busy {busy:.0%} of the {span:.1f} s the arrivals span")
+          f"busy {busy:.0%} of the {span:.1f} s the arrivals span"
+          + (" (a mix: each prompt priced on its fastest kind, so a lower bound)" if cluster.profiles else ""))
     for name, errs in measured.errors.items():
         print(f"- {name} ({measured.walls[name]:.0f} s wall): |actual − forecast| TTFT on the engine picked: p50 "
               f"{percentile(errs, 50) or 0:.4f} s, p90 {percentile(errs, 90) or 0:.4f} s, max {max(errs, default=0):.4f} s")
@@ -458,8 +463,9 @@ def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: 
     TTFTs over the rates together, so one rate's tail luck weighs less."""
     names = list(all_measured[0].runs)
     head = " | ".join(f"×{m.rate:.5g}" for m in all_measured)
-    print(f"\n### Every rate, and pooled over them\n\n| policy | {head} | pooled p90 s | pooled ÷ llm-d-default |")
-    print("|---|" + "--:|" * (len(all_measured) + 2))
+    print(f"\n### Every rate, and pooled over them\n\n| policy | {head} | pooled p90 s | pooled ÷ llm-d-default "
+          "| pooled ÷ gie-default |")
+    print("|---|" + "--:|" * (len(all_measured) + 3))
     pooled: dict[str, float] = {}
     for name in names:
         ttfts = sorted(r.first_token - r.arrival for m in all_measured for r in m.runs[name].records
@@ -471,18 +477,20 @@ def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: 
             value = ttft_percentile(m.runs[name], 90)
             cells.append(f"{value:.3f} ({value / ttft_percentile(m.runs[LLM_D], 90):.2f})" if LLM_D in m.runs
                          else f"{value:.3f}")
-        ratio = f"{pooled[name] / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
-        print(f"| {name} | {' | '.join(cells)} | {pooled[name]:.3f} | {ratio} |")
+        ratios = [f"{pooled[name] / pooled[ref]:.3f}" if ref in pooled else "–" for ref in (LLM_D, BASELINE)]
+        print(f"| {name} | {' | '.join(cells)} | {pooled[name]:.3f} | {' | '.join(ratios)} |")
     floors = sorted(t for m in all_measured for t in lone_times(next(iter(m.runs.values())), cluster, ideal))
     floor = percentile(floors, 90) or 0.0
-    ratio = f"{floor / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
-    print(f"| floor, ideal hits | {' | '.join('' for _ in all_measured)} | {floor:.3f} | {ratio} |")
+    ratios = [f"{floor / pooled[ref]:.3f}" if ref in pooled else "–" for ref in (LLM_D, BASELINE)]
+    print(f"| floor, ideal hits | {' | '.join('' for _ in all_measured)} | {floor:.3f} | {' | '.join(ratios)} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
-    parser.add_argument("--profile", default="llama-3.2-1b-h100", help="one engine profile (the floors assume one)")
+    parser.add_argument("--profile", default="llama-3.2-1b-h100",
+                        help="engine profile, or a mix p:4,q:4 (the ideal floor then prices each prompt on the "
+                             "fastest kind)")
     parser.add_argument("--rate", type=float, required=True, help="rate scale (× the trace's speed)")
     parser.add_argument("--spread", default="1", help="also run at these multiples of --rate, e.g. 0.98,0.99,1,1.01,1.02")
     parser.add_argument("--max-requests", type=int, default=500, help="head of the trace (0 = all)")
@@ -490,15 +498,14 @@ def main() -> int:
     parser.add_argument("--oracles", default=",".join(ORACLES), help=f"oracles to run ({', '.join(ORACLES)})")
     args = parser.parse_args()
     profiles = parse_profiles(args.profile, ENGINES)
-    if len(set(profiles)) > 1:
-        parser.error("--profile: one profile (the ideal floor prices every request on one engine kind)")
-    cluster = ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]))
+    mixed = len(set(profiles)) > 1
+    cluster = ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]), profiles=profiles if mixed else ())
     trace = read_trace(args.trace, args.max_requests or None)
     bounds = trace_bounds(trace, cluster)
     ideal = ideal_hits(trace.requests, cluster.engine.block_size)
     policies = [p for p in args.policies.split(",") if p]
     oracles = [o for o in args.oracles.split(",") if o]
-    print(f"{args.trace.name}, first {len(trace.requests)} requests, 8 × {profiles[0]}; "
+    print(f"{args.trace.name}, first {len(trace.requests)} requests, {cluster.label}; "
           f"ideal hit {bounds.ideal:.1%}, capacity {bounds.capacity:.1%}")
     all_measured = []
     for factor in (float(f) for f in args.spread.split(",")):
