@@ -71,7 +71,12 @@ ENGINES = 8
 ORACLE = "oracle"
 SOCIAL = "oracle-social"
 AS_DEFAULT = "oracle-default"
-ORACLES = (ORACLE, SOCIAL, AS_DEFAULT)
+AS_DEFAULT_MISS = "oracle-default-miss"
+AS_DEFAULT_OWN = "oracle-default-own"
+ORACLES = (ORACLE, SOCIAL, AS_DEFAULT, AS_DEFAULT_MISS, AS_DEFAULT_OWN)
+"""``oracle-default-miss`` and ``oracle-default-own`` are ``default``'s cost with the work term changed
+(``default_costs``), to judge a change of the cost formula on exact numbers before the learner's errors
+enter: only the work a miss adds over the warmest endpoint's hit, and λ from each endpoint's own queue."""
 DEFAULT_WORK_WEIGHT = 2.0
 """The ``default`` preset's ``workWeight`` (epp/config/presets.py)."""
 TIE_TOLERANCE = 0.002
@@ -211,11 +216,18 @@ def forecast_request(engine: EngineCore, free_at: float, now: float, hashes: Seq
     return Forecast(mine.first - now, hit, pending, delay)
 
 
-def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold: Sequence[float]) -> list[float]:
+def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold: Sequence[float],
+                  at_most: Sequence[float] | None = None, own_queue: bool = False) -> list[float]:
     """``default``'s pick cost (``ttft_predictor.py``: TTFT + λ · (prefill + stranded), λ = ``workWeight``
     2 × (1 + mean requests waiting for a first token), costs rounded up to the 2 ms tie tolerance) on exact
-    numbers: forecast TTFT, the lone prefill with the engine's hit and without any, the true queues."""
-    weight = DEFAULT_WORK_WEIGHT * (1 + sum(f.pending for f in forecasts) / len(forecasts))
+    numbers: forecast TTFT, the lone prefill with the engine's hit and without any, the true queues.
+    Variants: ``at_most`` (per engine, its lone prefill with the warmest engine's hit) charges only the
+    work beyond it (``prefill − at_most``: what the miss adds, not the engine's speed); ``own_queue`` takes
+    λ per engine from its own queue instead of the mean."""
+    mean = DEFAULT_WORK_WEIGHT * (1 + sum(f.pending for f in forecasts) / len(forecasts))
+    weights = [DEFAULT_WORK_WEIGHT * (1 + f.pending) if own_queue else mean for f in forecasts]
+    if at_most is not None:
+        prefill = [p - a for p, a in zip(prefill, at_most)]
     most = max(f.hit for f in forecasts)
     stranded = [0.0] * len(forecasts)
     if most > min(f.hit for f in forecasts):
@@ -223,7 +235,7 @@ def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold:
         share, ref = min(((cold[i] - prefill[i]) / max(cold[i], 1e-9), i) for i in warm)
         stranded = [share * max(cold[i], cold[ref]) * (most - f.hit) / most for i, f in enumerate(forecasts)]
     return [math.ceil((f.ttft + weight * (p + x)) / TIE_TOLERANCE) * TIE_TOLERANCE
-            for f, p, x in zip(forecasts, prefill, stranded)]
+            for f, p, x, weight in zip(forecasts, prefill, stranded, weights)]
 
 
 class OracleScorer:
@@ -278,7 +290,10 @@ class OracleScorer:
             budgets = [engine.scheduler.max_num_batched_tokens for engine in engines]
             prefill = [lone_ttft(e.latency, b, len(tokens), f.hit) for e, b, f in zip(engines, budgets, forecasts)]
             cold = [lone_ttft(e.latency, b, len(tokens), 0) for e, b in zip(engines, budgets)]
-            costs = default_costs(forecasts, prefill, cold)
+            most = max(f.hit for f in forecasts)
+            at_most = ([lone_ttft(e.latency, b, len(tokens), most) for e, b in zip(engines, budgets)]
+                       if self.mode == AS_DEFAULT_MISS else None)
+            costs = default_costs(forecasts, prefill, cold, at_most, own_queue=self.mode == AS_DEFAULT_OWN)
         best = min(costs)
         return [best / c if c > 0 else 1.0 for c in costs]
 
@@ -495,7 +510,8 @@ def main() -> int:
     parser.add_argument("--spread", default="1", help="also run at these multiples of --rate, e.g. 0.98,0.99,1,1.01,1.02")
     parser.add_argument("--max-requests", type=int, default=500, help="head of the trace (0 = all)")
     parser.add_argument("--policies", default=f"{LLM_D},{BASELINE},default", help="presets to run beside the oracle")
-    parser.add_argument("--oracles", default=",".join(ORACLES), help=f"oracles to run ({', '.join(ORACLES)})")
+    parser.add_argument("--oracles", default=",".join((ORACLE, SOCIAL, AS_DEFAULT)),
+                        help=f"oracles to run ({', '.join(ORACLES)})")
     args = parser.parse_args()
     profiles = parse_profiles(args.profile, ENGINES)
     mixed = len(set(profiles)) > 1
