@@ -469,8 +469,34 @@ def print_rate(measured: Measured, cluster: ClusterSpec, ideal: Sequence[int]) -
               f"| {ratios[1]} | {floor_p90(run, cluster):.3f} | {floor_p90(run, cluster, ideal):.3f} |")
     if LLM_D in p90:
         print(f"\nlimit 0.85 × llm-d-default = {0.85 * p90[LLM_D]:.3f} s")
+    if cluster.profiles:
+        print_kinds(runs, cluster)
     for name, booked in measured.bookings.items():
         print_terms(name, runs[name], booked, cluster)
+
+
+def print_kinds(runs: dict[str, RunResult], cluster: ClusterSpec) -> None:
+    """On a mixed pool, per policy and engine kind: its share of the requests, of the prompt tokens it
+    prefilled (uncached), and of the engines' busy seconds; and each kind's engines' mean busy fraction
+    (busy seconds ÷ the run's span): is the fast kind over- or under-used?"""
+    kinds = list(dict.fromkeys(cluster.profiles))
+    members = {k: [e for e, p in enumerate(cluster.profiles) if p == k] for k in kinds}
+    print("\nPer engine kind: share of requests / of uncached prompt tokens / of busy s; mean busy fraction per engine\n")
+    print("| policy | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for name, run in runs.items():
+        done = [r for r in run.records if r.engine >= 0]
+        span = max((r.finish or r.arrival for r in run.records), default=0.0) - min(r.arrival for r in run.records)
+        requests = max(1, len(done))
+        tokens = max(1, sum(r.prompt_tokens - r.cached_tokens for r in done))
+        busy = max(1e-9, sum(run.busy))
+        cells = []
+        for kind in kinds:
+            mine = [r for r in done if cluster.profiles[r.engine] == kind]
+            kind_busy = sum(run.busy[e] for e in members[kind])
+            cells.append(f"{len(mine) / requests:.0%} / {sum(r.prompt_tokens - r.cached_tokens for r in mine) / tokens:.0%}"
+                         f" / {kind_busy / busy:.0%}; {kind_busy / len(members[kind]) / max(span, 1e-9):.0%}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: Sequence[int]) -> None:
