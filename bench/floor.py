@@ -73,10 +73,13 @@ SOCIAL = "oracle-social"
 AS_DEFAULT = "oracle-default"
 AS_DEFAULT_MISS = "oracle-default-miss"
 AS_DEFAULT_OWN = "oracle-default-own"
-ORACLES = (ORACLE, SOCIAL, AS_DEFAULT, AS_DEFAULT_MISS, AS_DEFAULT_OWN)
+AS_DEFAULT_CAPPED = "oracle-default-capped"
+ORACLES = (ORACLE, SOCIAL, AS_DEFAULT, AS_DEFAULT_MISS, AS_DEFAULT_OWN, AS_DEFAULT_CAPPED)
 """``oracle-default-miss`` and ``oracle-default-own`` are ``default``'s cost with the work term changed
 (``default_costs``), to judge a change of the cost formula on exact numbers before the learner's errors
-enter: only the work a miss adds over the warmest endpoint's hit, and λ from each endpoint's own queue."""
+enter: only the work a miss adds over the warmest endpoint's hit, and λ from each endpoint's own queue;
+``oracle-default-capped`` is ``workCharge: capped`` (the miss, plus the prefill any endpoint pays up to 1.1×
+the least of it), the preset's since branch ``mixfloor``; ``oracle-default`` stays ``workCharge: prefill``."""
 DEFAULT_WORK_WEIGHT = 2.0
 """The ``default`` preset's ``workWeight`` (epp/config/presets.py)."""
 TIE_TOLERANCE = 0.002
@@ -217,7 +220,8 @@ def forecast_request(engine: EngineCore, free_at: float, now: float, hashes: Seq
 
 
 def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold: Sequence[float],
-                  at_most: Sequence[float] | None = None, own_queue: bool = False) -> list[float]:
+                  at_most: Sequence[float] | None = None, own_queue: bool = False,
+                  cap: float | None = None) -> list[float]:
     """``default``'s pick cost (``ttft_predictor.py``: TTFT + λ · (prefill + stranded), λ = ``workWeight``
     2 × (1 + mean requests waiting for a first token), costs rounded up to the 2 ms tie tolerance) on exact
     numbers: forecast TTFT, the lone prefill with the engine's hit and without any, the true queues.
@@ -228,6 +232,9 @@ def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold:
     weights = [DEFAULT_WORK_WEIGHT * (1 + f.pending) if own_queue else mean for f in forecasts]
     if at_most is not None:
         prefill = [p - a for p, a in zip(prefill, at_most)]
+        if cap is not None:  # plus what each pays whatever the hit, up to cap × the least of it
+            least = min(at_most)
+            prefill = [p + min(a, cap * least) for p, a in zip(prefill, at_most)]
     most = max(f.hit for f in forecasts)
     stranded = [0.0] * len(forecasts)
     if most > min(f.hit for f in forecasts):
@@ -292,8 +299,9 @@ class OracleScorer:
             cold = [lone_ttft(e.latency, b, len(tokens), 0) for e, b in zip(engines, budgets)]
             most = max(f.hit for f in forecasts)
             at_most = ([lone_ttft(e.latency, b, len(tokens), most) for e, b in zip(engines, budgets)]
-                       if self.mode == AS_DEFAULT_MISS else None)
-            costs = default_costs(forecasts, prefill, cold, at_most, own_queue=self.mode == AS_DEFAULT_OWN)
+                       if self.mode in (AS_DEFAULT_MISS, AS_DEFAULT_CAPPED) else None)
+            costs = default_costs(forecasts, prefill, cold, at_most, own_queue=self.mode == AS_DEFAULT_OWN,
+                                  cap=1.1 if self.mode == AS_DEFAULT_CAPPED else None)
         best = min(costs)
         return [best / c if c > 0 else 1.0 for c in costs]
 
