@@ -78,7 +78,7 @@ ORACLES = (ORACLE, SOCIAL, AS_DEFAULT, AS_DEFAULT_MISS, AS_DEFAULT_OWN, AS_DEFAU
 """``oracle-default-miss`` and ``oracle-default-own`` are ``default``'s cost with the work term changed
 (``default_costs``), to judge a change of the cost formula on exact numbers before the learner's errors
 enter: only the work a miss adds over the warmest endpoint's hit, and λ from each endpoint's own queue;
-``oracle-default-capped`` is ``workCharge: capped`` (the miss, plus the prefill any endpoint pays up to 1.1×
+``oracle-default-capped`` is ``workCharge: capped`` (the miss, plus the prefill any endpoint pays up to 1.25×
 the least of it), the preset's since branch ``mixfloor``; ``oracle-default`` stays ``workCharge: prefill``."""
 DEFAULT_WORK_WEIGHT = 2.0
 """The ``default`` preset's ``workWeight`` (epp/config/presets.py)."""
@@ -301,7 +301,7 @@ class OracleScorer:
             at_most = ([lone_ttft(e.latency, b, len(tokens), most) for e, b in zip(engines, budgets)]
                        if self.mode in (AS_DEFAULT_MISS, AS_DEFAULT_CAPPED) else None)
             costs = default_costs(forecasts, prefill, cold, at_most, own_queue=self.mode == AS_DEFAULT_OWN,
-                                  cap=1.1 if self.mode == AS_DEFAULT_CAPPED else None)
+                                  cap=1.25 if self.mode == AS_DEFAULT_CAPPED else None)
         best = min(costs)
         return [best / c if c > 0 else 1.0 for c in costs]
 

@@ -273,13 +273,13 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
     charge = scorer.params.work_charge
     if charge == "prefill":  # the whole prefill, + stranded
         charged = [s + p.prefill for p, s in zip(predictions, stranded)]
-    else:  # the prefill the warmest hit would have saved, + stranded; capped: + the rest, up to 1.1 × the least
+    else:  # the prefill the warmest hit would have saved, + stranded; capped: + the rest, up to 1.25 × the least
         added = [0.0 if p.cached_tokens == most else max(0.0, p.cold_prefill * (min(warm) - 1.0) + p.prefill)
                  for p in predictions]
         charged = [s + a for s, a in zip(stranded, added)]
         if charge == "capped":
             base = [p.prefill - a for p, a in zip(predictions, added)]
-            charged = [c + min(b, 1.1 * min(base)) for c, b in zip(charged, base)]
+            charged = [c + min(b, 1.25 * min(base)) for c, b in zip(charged, base)]
     rounded = [math.ceil((p.ttft + w * c) / tol) * tol or tol for p, c in zip(predictions, charged)]
     return [min(rounded) / r for r in rounded]
 
@@ -348,7 +348,7 @@ def test_on_a_mixed_pool_a_cold_prompt_goes_to_the_idle_slow_engine_when_it_answ
     """A 20K-token prompt nobody holds: a fast engine (1B-like, 5.6 ms per 1K tokens) with 0.8 s queued, or
     an idle one 5.4× slower per token. The slow one answers first (~0.61 s against ~0.91 s); charged
     λ × its whole prefill (λ = 2 × 1.5, ``prefill``) it loses anyway, as long prompts queued behind the 1B
-    engines on the 4 + 4 mix; charged only up to 1.1 × the fast one's (``capped``) or not at all
+    engines on the 4 + 4 mix; charged only up to 1.25 × the fast one's (``capped``) or not at all
     (``miss``), it takes the prompt."""
     scheduler, scorer, clock = build(text=CONFIG.replace("defaultOutputTokens: 100", f"defaultOutputTokens: 100, workCharge: {charge}"))
     fast, slow = pool(2, clock)
