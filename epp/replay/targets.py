@@ -25,8 +25,8 @@ busy as long as the others, whatever its speed. On a pool of one profile the two
 (a request costs about the same everywhere, up to its prompt length and hit); on a mix only the
 busy-time one means "balanced" — under load: at light load (×1) a router that sends most requests to
 the fast kind answers sooner, and both read ~2 on the 4 + 4 mix for that reason (``default`` at ×1:
-busy-time 2.09 synthetic / 2.13 conversation, TTFT p90 0.51× / 0.28× gie-default's; at the knee
-1.20 / 1.07, bench/RESULTS.md, branch ``mixfloor``). Live replay does not see the engines' busy time:
+busy-time 2.07 synthetic / 2.13 conversation, TTFT p90 0.50× / 0.28× gie-default's; at the knee
+1.21 / 1.25, bench/RESULTS.md, branch ``mixfloor``). Live replay does not see the engines' busy time:
 that verdict is n/a.
 
 Each verdict carries the numbers that explain a miss, from the trace and the engines: the capacity and
