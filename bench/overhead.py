@@ -169,6 +169,7 @@ class Run:
     elapsed_s: float = 0.0
     picker_cpu_s: float = 0.0
     picker_switches: int = 0
+    rest_cpu_s: float = 0.0
     errors: int = 0
 
     def pct(self, q: float) -> float:
@@ -186,6 +187,11 @@ class Run:
     @property
     def per_cpu_s(self) -> float | None:
         return len(self.latencies_ms) / self.picker_cpu_s if self.picker_cpu_s > 0 else None
+
+    @property
+    def rest_ms_per_request(self) -> float | None:
+        """CPU ms per request of everything on the path but the picker: Envoy, the echo engine, this client."""
+        return 1000 * self.rest_cpu_s / len(self.latencies_ms) if self.latencies_ms else None
 
 
 def chat_body(size: int) -> bytes:
@@ -245,7 +251,8 @@ Config = tuple[str, str]  # (picker name, mode); ("", "direct") is the baseline 
 
 
 async def measure(
-    envoys: dict[Config, EnvoyProcess], pickers: dict[str, Picker], engine: Upstream, args: argparse.Namespace
+    envoys: dict[Config, EnvoyProcess], pickers: dict[str, Picker], engine: Upstream, engine_pid: int,
+    args: argparse.Namespace,
 ) -> list[Run]:
     runs: list[Run] = []
     for prompts, size in ((p, s) for p in args.prompts for s in args.sizes):
@@ -263,12 +270,14 @@ async def measure(
                     pid = pickers[name].pid if name else None
                     cpu0 = tree_cpu(pid) if pid else 0.0
                     switches0 = context_switches(pid) if pid else 0
+                    rest0 = rest_cpu(envoy.pid, engine_pid)
                     latencies, elapsed, errors = await load(url, bodies, concurrency, total // args.rounds, headers)
                     run = cell[(name, mode)]
                     run.latencies_ms += latencies
                     run.elapsed_s += elapsed
                     run.picker_cpu_s += tree_cpu(pid) - cpu0 if pid else 0.0
                     run.picker_switches += context_switches(pid) - switches0 if pid else 0
+                    run.rest_cpu_s += rest_cpu(envoy.pid, engine_pid) - rest0
                     run.errors += errors
             runs.extend(cell.values())
             print(f"  done {prompts} {size:>7} B c={concurrency}", file=sys.stderr)
@@ -287,6 +296,11 @@ def tree_cpu(pid: int) -> float:
             if each == pid:
                 return proc_util.tree_cpu_seconds(pid)
     return total
+
+
+def rest_cpu(envoy_pid: int, engine_pid: int) -> float:
+    """CPU seconds so far of the rest of the request's path: Envoy, the echo engine and this load generator."""
+    return tree_cpu(envoy_pid) + tree_cpu(engine_pid) + time.process_time()
 
 
 def context_switches(pid: int) -> int:
@@ -335,6 +349,28 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def scaling(runs: list[Run], cores: int) -> str:
+    """``--workers``: each wN run's req/s ÷ its w1 run's, beside the most any N workers could give on this
+    machine. With the picker's CPU per request p and the rest of the path's o (from the w1 run), one worker
+    serves at most min(1/p, C/(p+o)) requests per second on C cores and N workers min(N/p, C/(p+o)): when
+    Envoy, the engine and the client cost about what the picker does, no picker can scale by N here. The
+    last column is the cores at which N workers could scale fully, N·(p+o)/p."""
+    ones = {(r.picker, r.mode, r.prompts, r.size, r.concurrency): r for r in runs}
+    lines = [f"Scaling with workers ({cores} cores): measured ÷ one worker, and the most this machine allows",
+             "| picker | body | c | picker CPU ms/req | rest of path CPU ms/req | req/s ÷ 1 worker | bound on this machine | cores for N× |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        base, _, count = r.picker.rpartition("-w")
+        one = ones.get((base, r.mode, r.prompts, r.size, r.concurrency)) if base and count.isdigit() else None
+        if one is None or one.per_cpu_s is None or one.rest_ms_per_request is None:
+            continue
+        p, o = 1 / one.per_cpu_s, one.rest_ms_per_request / 1000
+        bound = min(int(count) / p, cores / (p + o)) / min(1 / p, cores / (p + o))
+        lines.append(f"| {r.picker} | {r.size // 1024} KB | {r.concurrency} | {1000 * p:.2f} | {1000 * o:.2f} "
+                     f"| {r.rps / one.rps:.2f}× | {bound:.2f}× | {int(count) * (p + o) / p:.1f} |")
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500, help="requests per configuration at c=1 (×4 at higher c)")
@@ -380,7 +416,7 @@ def main() -> int:
                 config = local_config(target, [engine], where, **MODES[mode])  # type: ignore[arg-type]
                 envoys[(name, mode)] = EnvoyProcess(config, where, log_level="error", concurrency=envoy_threads)
                 envoys[(name, mode)].start()
-            runs = asyncio.run(measure(envoys, pickers, engine, args))
+            runs = asyncio.run(measure(envoys, pickers, engine, fleet.processes[0].pid, args))
         finally:
             for envoy in envoys.values():
                 envoy.stop()
@@ -388,6 +424,8 @@ def main() -> int:
                 picker.stop()
             fleet.stop()
     print(report(runs))
+    if table := scaling(runs, len(os.sched_getaffinity(0))):
+        print("\n" + table)
     return 0
 
 

@@ -38,17 +38,26 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
-def chain_data(data: bytes, block_bytes: int, seed: int) -> list[int]:
-    """``chain_hashes(text_blocks(data, block_bytes), seed)`` without building the blocks' list, and
-    with ``int.to_bytes`` for the parent (together ~25 % less per block: this loop is most of what a
-    novel long prompt costs)."""
-    out: list[int] = []
-    append, digest = out.append, xxhash.xxh64_intdigest
+def chain_data(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> list[int]:
+    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)``, as ``chain_run`` computes it."""
+    return chain_run(data, block_bytes, seed, start, end)[0]
+
+
+def chain_run(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> tuple[list[int], U64]:
+    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)`` as a list and as a read-only
+    uint64 array, without building the blocks' list nor copying ``data``'s slice, and with
+    ``int.to_bytes`` for the parent (together ~25 % less per block: this loop is most of what a novel
+    long prompt costs; keeping the hashes as bytes, reversed big-endian digests, measured no faster)."""
+    stop = len(data) if end is None else end
+    hashes: list[int] = []
+    append, digest = hashes.append, xxhash.xxh64_intdigest
     parent = seed
-    for i in range(0, len(data) - len(data) % block_bytes, block_bytes):
+    for i in range(start, stop - (stop - start) % block_bytes, block_bytes):
         parent = digest(data[i : i + block_bytes] + parent.to_bytes(8, "little"))
         append(parent)
-    return out
+    run = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    run.flags.writeable = False
+    return hashes, run
 
 
 def chain_hashes_with_extras(blocks: Sequence[bytes], seed: int, extras: Sequence[bytes | None]) -> list[int]:
@@ -111,15 +120,23 @@ class ChainMemo:
     8,192 hash calls. Prompts mostly repeat what came before (system prompts, earlier chat turns):
     here the data is cut into segments of ``segment_blocks`` blocks, and a segment's hashes are a
     pure function of (block size, the hash before it, its bytes), remembered for the ``capacity``
-    most recently used segments. A repeated segment costs one xxh3-128 digest of its bytes (the dict
-    key, with the block size and the hash before it) and one comparison with the bytes remembered
-    (so a digest collision is a miss, never a wrong answer) instead of ``segment_blocks`` Python-level
-    hash calls; results are identical by construction. Keying by digest instead of the bytes
-    themselves spares Python's SipHash of every segment (220 KB: ~100 µs → ~25 µs). Memory: about
-    ``capacity`` × (segment bytes + 53 bytes per block): 16 MB by default with 64-byte blocks.
+    most recently used segments. A segment is keyed by the block size, the hash before it and its first
+    block's hash (one hash call, the chain's own), and a key found is checked against the bytes
+    remembered (a segment that starts alike and differs later is a miss, never a wrong answer): a
+    repeated segment costs one hash call and one comparison instead of ``segment_blocks``; results are
+    identical by construction.
+
+    A prompt's new segments are remembered without copies of their own: each one points into the bytes
+    they came with (a novel prompt's own; for a prompt partly remembered, one copy of its new part) and
+    into the one list and array of hashes computed for them (a novel 220 KB prompt's 55 segments cost a
+    key and a small object each, not a digest and copies of its bytes and hashes, ~0.3 ms in a serving
+    process). A segment found again gets its own copies, so what stays in the memo by reuse holds no
+    old prompt alive: the bytes held are those of segments not reused since they came, all of them among
+    the ``capacity`` most recent. Memory: about ``capacity`` × (segment bytes + 53 bytes per block): 16 MB
+    by default with 64-byte blocks.
 
     The last prompt is also kept whole: the same bytes again (a resent prompt, the next request of a
-    load test) return the same ``BlockHashes`` after one comparison, instead of a digest, a dict
+    load test) return the same ``BlockHashes`` after one comparison, instead of a hash call, a dict
     round trip and a list extension per segment (~0.1 ms at 220 KB).
     """
 
@@ -130,7 +147,7 @@ class ChainMemo:
             raise ValueError("segment_blocks and capacity must be at least 1")
         self._segment_blocks = segment_blocks
         self._capacity = capacity
-        self._memo: dict[tuple[int, int, int], tuple[bytes, list[int], U64]] = {}
+        self._memo: dict[tuple[int, int, int], _Segment] = {}
         self._last: tuple[int, int, bytes, BlockHashes] | None = None  # block bytes, seed, data, its chain
 
     def __len__(self) -> int:
@@ -145,61 +162,86 @@ class ChainMemo:
         memo = self._memo
         step = block_bytes * self._segment_blocks
         end = len(data) - len(data) % block_bytes
-        view = memoryview(data)
-        digest, startswith = xxhash.xxh3_128_intdigest, data.startswith
+        digest, startswith = xxhash.xxh64_intdigest, data.startswith
         out = BlockHashes()
         arrays: list[U64] = []
         parent, start = seed, 0
         while start < end:
             stop = start + step if start + step <= end else end
-            key = (block_bytes, parent, digest(view[start:stop]))
-            entry = memo.pop(key, None)
-            # The digest picks the entry; the bytes decide (same length, since the digest covers it
-            # only probabilistically: a shorter remembered segment would be a prefix, not a match).
-            if entry is None or len(entry[0]) != stop - start or not startswith(entry[0], start):
+            key = (block_bytes, parent, digest(data[start : start + block_bytes] + parent.to_bytes(8, "little")))
+            segment = memo.pop(key, None)
+            # The key tells the first block; the bytes decide (same length: a shorter remembered segment
+            # would be a prefix, not a match).
+            if segment is None or len(segment.data) != stop - start or not startswith(segment.data, start):
                 break
-            memo[key] = entry
-            out += entry[1]
-            arrays.append(entry[2])
-            parent = entry[1][-1]
+            if segment.lo >= 0:
+                segment.own((stop - start) // block_bytes)
+            memo[key] = segment
+            out += segment.hashes
+            arrays.append(segment.array)
+            parent = segment.hashes[-1]
             start = stop
         if start < end:
             # The first segment not remembered: what follows hangs off a hash not seen with these bytes
-            # before, so it is hashed in one pass (no lookup, chain call and array per segment: a novel
-            # 220 KB prompt's 55 segments cost ~0.2 ms of bookkeeping that way) and then remembered.
-            hashes = chain_data(data[start:end], block_bytes, parent)
-            array = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
-            array.flags.writeable = False  # shared by the chain returned and the remembered segments
-            self._remember(data, view, start, end, block_bytes, key, hashes, array)
+            # before, so it is hashed in one pass (no lookup, chain call and array per segment) and then
+            # remembered.
+            hashes, run = chain_run(data, block_bytes, parent, start, end)  # run: read-only, shared with the segments
+            self._remember(data, start, end, block_bytes, parent, hashes, run)
             out += hashes
-            arrays.append(array)
+            arrays.append(run)
         out._array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays) if arrays else None
         self._last = (block_bytes, seed, data, out)
         return out
 
-    def _remember(self, data: bytes, view: memoryview, start: int, end: int, block_bytes: int,
-                  first: tuple[int, int, int], hashes: list[int], array: U64) -> None:
-        """Remember the segments of ``data[start:end]`` (hashed in one pass as ``hashes``/``array``); ``first``
-        is the first one's key. Past ``capacity`` the least recently used go, a sixteenth more at once
-        (deleting one entry at a time from the front of a dict rescans its deleted slots each time)."""
+    def _remember(self, data: bytes, start: int, end: int, block_bytes: int, parent: int, hashes: list[int],
+                  run: U64) -> None:
+        """Remember the segments of ``data[start:end]`` (hashed in one pass from ``parent`` as
+        ``hashes``/``run``), pointing into them. Past ``capacity`` the least recently used go, a sixteenth
+        more at once (deleting one entry at a time from the front of a dict rescans its deleted slots
+        each time)."""
         memo, per, step = self._memo, self._segment_blocks, block_bytes * self._segment_blocks
-        key = first
+        # A novel prompt's segments point into its bytes (all of them but a partial block are theirs); a
+        # prompt partly remembered keeps only its new part, once, so a long conversation's next turn does
+        # not hold all of the conversation alive for its last segments.
+        view = memoryview(data if start == 0 else data[start:end])
         for i in range(0, len(hashes), per):
-            offset = start + i * block_bytes
-            stop = offset + step if offset + step <= end else end
-            if i:
-                key = (block_bytes, hashes[i - 1], xxhash.xxh3_128_intdigest(view[offset:stop]))
-            memo[key] = (data[offset:stop], hashes[i:i + per], array[i:i + per])
+            offset = i * block_bytes
+            stop = offset + step if start + offset + step <= end else end - start
+            memo[(block_bytes, hashes[i - 1] if i else parent, hashes[i])] = _Segment(view[offset:stop], hashes, run, i)
         excess = len(memo) - self._capacity
         if excess > 0:
             for old in list(islice(memo, excess + self._capacity // 16)):
                 del memo[old]
 
 
+class _Segment:
+    """A remembered segment: its bytes and hashes. Until it is found again they are views into the
+    prompt it came with (``data`` a memoryview of its bytes, its hashes ``hashes[lo:lo + n]`` of that
+    prompt's run, likewise ``array``); ``own`` replaces them by copies of its own (``lo`` −1)."""
+
+    __slots__ = ("array", "data", "hashes", "lo")
+
+    def __init__(self, data: bytes | memoryview, hashes: list[int], array: U64, lo: int) -> None:
+        self.data = data
+        self.hashes = hashes
+        self.array = array
+        self.lo = lo
+
+    def own(self, blocks: int) -> None:
+        """Copy its ``blocks`` hashes and its bytes out of the prompt they came with, which it no longer holds."""
+        lo = self.lo
+        self.data = bytes(self.data)
+        self.hashes = self.hashes[lo : lo + blocks]
+        self.array = self.array[lo : lo + blocks].copy()
+        self.array.flags.writeable = False
+        self.lo = -1
+
+
 def chain_bytes(data: bytes, block_bytes: int, seed: int, memo: ChainMemo | None = None) -> BlockHashes:
     """``chain_hashes`` of ``data``'s full blocks of ``block_bytes``, through ``memo`` when given."""
     if memo is None:
-        return BlockHashes(chain_data(data, block_bytes, seed))
+        hashes, run = chain_run(data, block_bytes, seed)
+        return BlockHashes(hashes, run)
     return memo.chain(data, block_bytes, seed)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from epp._util.hashing import (
     ChainMemo,
     chain_data,
     chain_hashes,
+    chain_run,
     hash_array,
     text_blocks,
     token_blocks,
@@ -56,18 +58,40 @@ def test_prompt_hashes_with_a_memo_equal_those_without(tokens: bool) -> None:
         assert prompt_block_hashes(request, 16, limit, memo) == prompt_block_hashes(fresh, 16, limit)
 
 
-def test_memo_digest_collisions_are_misses_and_arrays_equal_the_lists(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Segments are keyed by a digest of their bytes; two segments with one digest are told apart by
-    their bytes, and each chain's uint64 array holds exactly its hashes."""
-    monkeypatch.setattr(hashing.xxhash, "xxh3_128_intdigest", lambda data: 0)  # every segment collides
+def test_segments_alike_in_their_first_block_are_told_apart_by_their_bytes_and_arrays_equal_the_lists() -> None:
+    """Segments are keyed by the hash before them and their first block's; two segments with one key
+    (alike at first, different later, or one shorter) are told apart by their bytes, and each chain's
+    uint64 array holds exactly its hashes."""
     rng = random.Random(8)
-    memo = ChainMemo(segment_blocks=2, capacity=8)
-    for _ in range(100):
-        data = rng.choice([b"a" * 300, b"b" * 300, rng.randbytes(300)])[: rng.randrange(300)]
+    memo = ChainMemo(segment_blocks=3, capacity=8)
+    heads = [rng.randbytes(16) for _ in range(2)]  # few first blocks: most segments share a key with others
+    for _ in range(300):
+        data = b"".join(rng.choice(heads) + rng.choice([b"a", b"b"]) * 16 * rng.randrange(3) for _ in range(4))
+        data = data[: rng.randrange(len(data) + 1)]
         chained = memo.chain(data, 16, 3)
         assert chained == chain_hashes(text_blocks(data, 16), 3)
         assert chained.array().tolist() == chained
         assert hash_array(chained) is chained.array() and hash_array(list(chained)).tolist() == chained
+
+
+def test_a_segment_found_again_holds_its_own_copies_not_the_prompt_it_came_with() -> None:
+    """A remembered segment points into its prompt's bytes and hashes until it is reused; then it keeps
+    copies of its own, so what the memo keeps by reuse holds no old prompt alive."""
+    memo = ChainMemo(segment_blocks=2, capacity=64)
+    rng = random.Random(12)
+    first = rng.randbytes(16 * 9)
+    memo.chain(first, 16, 0)
+    assert all(isinstance(s.data, memoryview) and s.lo >= 0 for s in memo._memo.values())
+    memo.chain(first[: 16 * 4] + rng.randbytes(16 * 3), 16, 0)  # reuses the first two segments
+    owned = [s for s in memo._memo.values() if s.lo < 0]
+    assert len(owned) == 2
+    for s in owned:
+        assert type(s.data) is bytes and len(s.hashes) == 2 and len(s.array) == 2 and not s.array.flags.writeable
+    assert memo.chain(first + b"x", 16, 0) == chain_hashes(text_blocks(first, 16), 0)
+    longer = first + rng.randbytes(16 * 3)  # its first segments remembered: the new part is kept alone
+    assert memo.chain(longer, 16, 0) == chain_hashes(text_blocks(longer, 16), 0)
+    new = [s for s in memo._memo.values() if s.lo >= 0 and isinstance(s.data, memoryview) and s.data.obj is not first]
+    assert new and all(len(s.data.obj) < len(longer) for s in new)
 
 
 def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_size_and_seed() -> None:
@@ -85,19 +109,23 @@ def test_the_same_prompt_again_is_the_same_chain_and_only_for_the_same_block_siz
 @given(data=st.binary(max_size=600), block=st.integers(1, 80), seed=st.integers(0, 2**64 - 1))
 def test_chain_data_is_the_chain_of_the_text_blocks(data: bytes, block: int, seed: int) -> None:
     assert chain_data(data, block, seed) == chain_hashes(text_blocks(data, block), seed)
+    start = len(data) // 3
+    hashes, run = chain_run(data, block, seed, start, len(data) - 1)
+    assert hashes == chain_hashes(text_blocks(data[start:-1], block), seed) == run.tolist()
+    assert run.dtype == np.uint64 and not run.flags.writeable
 
 
 def test_a_novel_prompt_is_hashed_in_one_pass_and_its_segments_serve_the_next_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """From the first segment the memo lacks, the rest is hashed by one call; every segment of it is
     remembered, so a longer prompt with that prefix (the next chat turn) hashes only its new blocks."""
     calls: list[int] = []
-    plain = hashing.chain_data
+    plain = hashing.chain_run
 
-    def counting(data: bytes, block_bytes: int, seed: int) -> list[int]:
-        calls.append(len(data) // block_bytes)
-        return plain(data, block_bytes, seed)
+    def counting(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> tuple[list[int], np.ndarray]:
+        calls.append(((len(data) if end is None else end) - start) // block_bytes)
+        return plain(data, block_bytes, seed, start, end)
 
-    monkeypatch.setattr(hashing, "chain_data", counting)
+    monkeypatch.setattr(hashing, "chain_run", counting)
     memo = ChainMemo(segment_blocks=4, capacity=64)
     rng = random.Random(10)
     turn = rng.randbytes(16 * 22 + 5)  # 22 blocks of 16: five full segments and a partial one, plus a tail

@@ -101,13 +101,14 @@ class BlockIndex:
     def _live(self, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.uint32]) -> npt.NDArray[np.bool_]:
         return (self._current[owners] - gens) < self._gens
 
-    def _key_hits(self, h: U64) -> tuple[Ints, Ints]:
-        """(row, table position) of every slot whose key equals a block hash, live or not."""
+    def _key_hits(self, h: U64) -> tuple[Ints, Ints, Ints]:
+        """(row, table position) of every slot whose key equals a block hash, live or not, and each
+        hash's bucket (an ``add`` places the new ones there: computed once)."""
         buckets = (h % self._buckets).astype(np.intp)
         if len(h) < _TAGGED_FROM:  # a short prompt: comparing whole keys at once is cheaper than two passes
             flat = np.flatnonzero(self._keys.reshape(-1, WAYS).take(buckets, axis=0) == h[:, None])
             rows = flat // WAYS
-            return rows, buckets[rows] * WAYS + (flat - rows * WAYS)
+            return rows, buckets[rows] * WAYS + (flat - rows * WAYS), buckets
         # Whole buckets' tags gathered as rows of the (buckets, WAYS) view: 3× faster than per-slot
         # indexing; flatnonzero + divmod, not a 2-D nonzero (10× cheaper for long prompts). Then the full
         # keys of the slots whose tag matched: a tag collision is dropped there.
@@ -115,7 +116,7 @@ class BlockIndex:
         rows = flat // WAYS
         pos = buckets[rows] * WAYS + (flat - rows * WAYS)
         same = self._keys[pos] == h[rows]
-        return rows[same], pos[same]
+        return rows[same], pos[same], buckets
 
     # -- PrefixIndex ---------------------------------------------------------------------------
     def _lookup(self, hashes: Sequence[int]) -> _Lookup:
@@ -134,8 +135,8 @@ class BlockIndex:
                     return last
         if h is None:
             h = hash_array(hashes)
-        rows, pos = self._key_hits(h)
-        self._last = _Lookup(hashes, self._version, h, rows, pos)
+        rows, pos, buckets = self._key_hits(h)
+        self._last = _Lookup(hashes, self._version, h, rows, pos, buckets)
         return self._last
 
     def match(self, hashes: Sequence[int], endpoints: Sequence[str]) -> list[int]:
@@ -175,8 +176,15 @@ class BlockIndex:
         if slot in found.settled:  # this endpoint already holds all of them in its newest generation
             return
         h, rows, pos = found.h, found.rows, found.pos
+        current, fill = int(self._current[slot]), int(self._fill[slot])
+        if len(rows) == 0:  # no block in the table (a novel prompt): all of them are new entries
+            self._version += 1
+            n = len(h)
+            row_gens = current + (fill + np.arange(n - 1, -1, -1)) // self._gen_size  # as below, all touched
+            self._advance(slot, current, fill, n)
+            self._place(h, slot, row_gens, found.buckets)
+            return
         gens = self._entry_gens[pos]
-        current = int(self._current[slot])
         mine = (self._owners[pos] == slot) & (current - gens < self._gens)
         rows, pos, gens = rows[mine], pos[mine], gens[mine]
         touched = np.ones(len(h), dtype=bool)
@@ -189,41 +197,63 @@ class BlockIndex:
         # Touch order is last block first; the j-th touch goes into generation
         # current + (fill + j) // size, so a full generation rolls over to the next.
         later = np.cumsum(touched[::-1])[::-1] - 1  # touched rows after each row
-        order = int(self._fill[slot]) + later
-        row_gens = current + order // self._gen_size
-        last = int(self._fill[slot]) + n - 1
-        self._current[slot] = current + last // self._gen_size
-        self._fill[slot] = last % self._gen_size + 1
+        row_gens = current + (fill + later) // self._gen_size
+        self._advance(slot, current, fill, n)
         promote = touched[rows]
         self._entry_gens[pos[promote]] = row_gens[rows[promote]]
         touched[rows] = False
         if touched.any():
-            self._place(h[touched], np.full(int(touched.sum()), slot, dtype=np.uint16), row_gens[touched])
+            self._place(h[touched], slot, row_gens[touched], found.buckets[touched])
 
-    def _place(self, keys: U64, owners: npt.NDArray[np.uint16], gens: npt.NDArray[np.int64]) -> None:
+    def _advance(self, slot: int, current: int, fill: int, touches: int) -> None:
+        """The endpoint's generation counters after ``touches`` more touches."""
+        last = fill + touches - 1
+        self._current[slot] = current + last // self._gen_size
+        self._fill[slot] = last % self._gen_size + 1
+
+    def _place(self, keys: U64, owners: npt.NDArray[np.uint16] | int, gens: npt.NDArray[np.int64],
+               buckets: Ints | None = None) -> None:
         """Write new entries. Each bucket has a clock hand; a new entry takes the slot under the hand,
         skipping live entries (up to a bucket's worth of tries, then it overwrites). The hand's slot was
         written a whole table's worth of inserts ago, so it has almost always expired: the common case
         costs a few operations on ``len(keys)`` elements, not a scan of the buckets.
 
         Rows landing on the same slot are resolved in rounds: numpy keeps the last write, the others
-        go round again.
+        go round again. ``owners``: one endpoint slot for all (an ``add``: a slot written this round is
+        then that owner's, so only its key tells whether another row took it) or one per key;
+        ``buckets``: the keys' buckets when the caller has them (the lookup before).
         """
-        tries = np.zeros(len(keys), dtype=np.intp)
-        while len(keys):
+        if buckets is None:
             buckets = (keys % self._buckets).astype(np.intp)
+        tries = 0  # rounds so far: every key left has been skipped or overwritten in each
+        while len(keys):
             hands = self._hands[buckets]
             chosen = buckets * WAYS + hands
-            self._hands[buckets] = (hands + 1) % WAYS
-            skip = self._live(self._owners[chosen], self._entry_gens[chosen]) & (tries < WAYS)
-            write = ~skip
-            chosen_w, keys_w, owners_w = chosen[write], keys[write], owners[write]
+            self._hands[buckets] = (hands + 1) & (WAYS - 1)
+            # a bucket's worth of tries made: a key left overwrites the slot under the hand, live or not
+            skip = self._live(self._owners[chosen], self._entry_gens[chosen]) if tries < WAYS else np.zeros(len(keys), dtype=bool)
+            some = skip.any()
+            if some:
+                write = ~skip
+                chosen_w, keys_w, gens_w = chosen[write], keys[write], gens[write]
+                owners_w = owners if isinstance(owners, int) else owners[write]
+            else:  # nothing live under the hands (the first round, mostly): every key is written
+                chosen_w, keys_w, owners_w, gens_w = chosen, keys, owners, gens
             self._keys[chosen_w] = keys_w
             self._tags[chosen_w] = _tag(keys_w)
             self._owners[chosen_w] = owners_w
-            self._entry_gens[chosen_w] = gens[write]
-            skip[write] = (self._keys[chosen_w] != keys_w) | (self._owners[chosen_w] != owners_w)
-            keys, owners, gens, tries = keys[skip], owners[skip], gens[skip], tries[skip] + 1
+            self._entry_gens[chosen_w] = gens_w
+            lost = self._keys[chosen_w] != keys_w  # another row took the slot
+            if not isinstance(owners_w, int):
+                lost |= self._owners[chosen_w] != owners_w
+            if some:
+                skip[write] = lost
+            else:
+                skip = lost
+            keys, gens, buckets = keys[skip], gens[skip], buckets[skip]
+            if not isinstance(owners, int):
+                owners = owners[skip]
+            tries += 1
 
     def discard(self, endpoint: str, hashes: Sequence[int]) -> None:
         """Expire ``endpoint``'s entries for these blocks (generation 0 is expired for every owner)."""
@@ -269,14 +299,15 @@ class _Lookup:
     """One lookup's key hits, valid while the table's version is ``version``, with what was derived
     from them since: the match per endpoint slot, and the slots an ``add`` found nothing to do for."""
 
-    __slots__ = ("counts", "h", "hashes", "pos", "rows", "settled", "version")
+    __slots__ = ("buckets", "counts", "h", "hashes", "pos", "rows", "settled", "version")
 
-    def __init__(self, hashes: Sequence[int], version: int, h: U64, rows: Ints, pos: Ints) -> None:
+    def __init__(self, hashes: Sequence[int], version: int, h: U64, rows: Ints, pos: Ints, buckets: Ints) -> None:
         self.hashes = hashes
         self.version = version
         self.h = h
         self.rows = rows
         self.pos = pos
+        self.buckets = buckets
         self.counts: list[int] | None = None
         self.settled: set[int] = set()
 

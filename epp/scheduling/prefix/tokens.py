@@ -100,7 +100,9 @@ def _engine_block_hashes(
     block_bytes = block_tokens * 4
     if isinstance(prompt, tuple) and isinstance(tokenizer, SimTokenizer) and sys.byteorder == "little":
         data = prompt[0].encode("utf-8", errors="replace")
-        data += b"\0" * (-len(data) % 4)
+        pad = -len(data) % 4
+        if pad and (len(data) + pad) % block_bytes == 0:  # the padding completes the last block (else it is
+            data += b"\0" * pad  # dropped with the partial block: no copy of a long prompt for it)
     else:
         tokens = tokenizer.encode(*prompt) if isinstance(prompt, tuple) else prompt
         data = token_bytes(tokens[: block_tokens * max_blocks])

@@ -181,7 +181,8 @@ def test_block_index_key_hits_equal_a_slot_by_slot_scan() -> None:
     near = [(k + int(index._buckets) * 2**20) % 2**64 for k in hits[:300]]
     for n in (_TAGGED_FROM - 1, _TAGGED_FROM + 500):  # both lookup paths
         probe = np.array([*hits, *near, *(rng.getrandbits(64) for _ in range(n))][:n], dtype=np.uint64)
-        rows, pos = index._key_hits(probe)
+        rows, pos, buckets = index._key_hits(probe)
+        assert np.array_equal(buckets, probe % index._buckets)
         expected = [(r, int(b) * WAYS + w) for r, b in enumerate(probe % index._buckets)
                     for w in range(WAYS) if index._keys[int(b) * WAYS + w] == probe[r]]
         assert list(zip(rows.tolist(), pos.tolist())) == expected

@@ -159,3 +159,84 @@ def test_reused_lookups_answer_and_change_the_table_as_fresh_ones(
         assert memo.entries() == fresh.entries()
     for a, b in ((memo._keys, fresh._keys), (memo._owners, fresh._owners), (memo._entry_gens, fresh._entry_gens)):
         assert np.array_equal(a, b)
+
+
+def _place_as_before(index: BlockIndex) -> None:
+    """``index._place`` as it was before it took the lookup's buckets, one owner for all and skipped the
+    passes a round without live slots needs not (a per-key count of tries, buckets recomputed each round,
+    owners compared)."""
+    from epp.scheduling.prefix.index import WAYS, _tag
+
+    def place(keys: np.ndarray, owners: np.ndarray | int, gens: np.ndarray, buckets: np.ndarray | None = None) -> None:
+        if isinstance(owners, int):  # then: one array of the one owner
+            owners = np.full(len(keys), owners, dtype=np.uint16)
+        tries = np.zeros(len(keys), dtype=np.intp)
+        while len(keys):
+            buckets = (keys % index._buckets).astype(np.intp)
+            hands = index._hands[buckets]
+            chosen = buckets * WAYS + hands
+            index._hands[buckets] = (hands + 1) % WAYS
+            skip = index._live(index._owners[chosen], index._entry_gens[chosen]) & (tries < WAYS)
+            write = ~skip
+            chosen_w, keys_w, owners_w = chosen[write], keys[write], owners[write]
+            index._keys[chosen_w] = keys_w
+            index._tags[chosen_w] = _tag(keys_w)
+            index._owners[chosen_w] = owners_w
+            index._entry_gens[chosen_w] = gens[write]
+            skip[write] = (index._keys[chosen_w] != keys_w) | (index._owners[chosen_w] != owners_w)
+            keys, owners, gens, tries = keys[skip], owners[skip], gens[skip], tries[skip] + 1
+
+    index._place = place  # type: ignore[method-assign]
+
+
+_PLACE_OPS = st.lists(
+    st.tuples(st.sampled_from(["match", "add", "add", "add", "discard", "remove"]), st.integers(0, 5),
+              st.integers(0, 9), st.integers(1, 80)),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bases=st.lists(st.lists(st.integers(0, 2**58), min_size=1, max_size=80), min_size=1, max_size=4),
+       ops=_PLACE_OPS, capacity=st.sampled_from([1, 2, 3, 5, 12, 40]), one_bucket=st.booleans())
+def test_placing_entries_leaves_the_table_it_left_before(
+    bases: list[list[int]], ops: list[tuple[str, int, int, int]], capacity: int, one_bucket: bool,
+) -> None:
+    """Every table array, hand and generation counter stays what the former ``_place`` made of the same
+    operations (small capacities: buckets get several keys, live slots under the hands; with
+    ``one_bucket`` every key falls in one bucket, which fills with live entries and is overwritten after
+    a bucket's worth of tries; ten endpoints: the table grows)."""
+    index, before = BlockIndex(capacity), BlockIndex(capacity)
+    _place_as_before(before)
+    names = [f"e{i}" for i in range(10)]
+    for op, base, endpoint, cut in ops:
+        hashes = bases[base % len(bases)][:cut]
+        if one_bucket:
+            hashes = [h * int(index._buckets) % 2**64 for h in hashes]
+        name = names[endpoint]
+        if op == "match":
+            assert index.match(hashes, names) == before.match(hashes, names)
+        elif op == "add":
+            index.add(name, hashes)
+            before.add(name, hashes)
+        elif op == "discard":
+            index.discard(name, hashes)
+            before.discard(name, hashes)
+        else:
+            index.remove(name)
+            before.remove(name)
+        for attr in ("_keys", "_tags", "_owners", "_entry_gens", "_hands", "_current", "_fill"):
+            assert np.array_equal(getattr(index, attr), getattr(before, attr)), attr
+
+
+def test_a_bucket_full_of_live_entries_is_overwritten_after_a_bucket_s_worth_of_tries_as_before() -> None:
+    rng = random.Random(3)
+    index, before = BlockIndex(40), BlockIndex(40)
+    _place_as_before(before)
+    aligned = [rng.getrandbits(58) * int(index._buckets) for _ in range(200)]  # all in bucket 0
+    for name, keys in (("e0", aligned[:32]), ("e1", aligned[32:35]), ("e2", aligned[35:80]), ("e0", aligned[80:])):
+        index.add(name, keys)
+        before.add(name, keys)
+        for attr in ("_keys", "_tags", "_owners", "_entry_gens", "_hands", "_current", "_fill"):
+            assert np.array_equal(getattr(index, attr), getattr(before, attr)), attr
+    assert index.match(aligned[32:35], ["e1"]) == before.match(aligned[32:35], ["e1"])
