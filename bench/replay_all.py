@@ -173,8 +173,8 @@ def targets_table(verdicts: Sequence[Verdict]) -> list[str]:
 def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) -> list[str]:
     lines = [
         "| load | rate× | preset | hit | hit ÷ capacity | TTFT p50 s | p90 s | p99 s | p90 ÷ gie | tok/s "
-        "| imbalance | shed (scheduler) | too long | wall s |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| imbalance | busy imbalance | shed (scheduler) | too long | wall s |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     gie = {s["rate_scale"]: s["ttft_p90"] for s in summaries if s["policy"] == BASELINE}
     order = {p: i for i, p in enumerate(ALL_POLICIES)}  # config files (side by side) after the presets
@@ -188,7 +188,7 @@ def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) ->
             f"| {labels[s['rate_scale']]} | {s['rate_scale']:.3g} | {name} | {fmt(s['hit_ratio'], '.1%')} | "
             f"{fmt(hit_cap, '.2f')} | {fmt(s['ttft_p50'], '.3f')} | {fmt(p90, '.3f')} | {fmt(s['ttft_p99'], '.3f')} | "
             f"{fmt(vs_gie, '.2f')} | {fmt(s['throughput_tok_s'], ',.0f')} | {fmt(s['imbalance'], '.2f')} | "
-            f"{s['shed'] - s['shed_too_long']} | {s['shed_too_long']} | {s['wall_s']:.1f} |"
+            f"{fmt(s.get('busy_imbalance'), '.2f')} | {s['shed'] - s['shed_too_long']} | {s['shed_too_long']} | {s['wall_s']:.1f} |"
         )
     return lines
 
