@@ -71,7 +71,15 @@ ENGINES = 8
 ORACLE = "oracle"
 SOCIAL = "oracle-social"
 AS_DEFAULT = "oracle-default"
-ORACLES = (ORACLE, SOCIAL, AS_DEFAULT)
+AS_DEFAULT_MISS = "oracle-default-miss"
+AS_DEFAULT_OWN = "oracle-default-own"
+AS_DEFAULT_CAPPED = "oracle-default-capped"
+ORACLES = (ORACLE, SOCIAL, AS_DEFAULT, AS_DEFAULT_MISS, AS_DEFAULT_OWN, AS_DEFAULT_CAPPED)
+"""``oracle-default-miss`` and ``oracle-default-own`` are ``default``'s cost with the work term changed
+(``default_costs``), to judge a change of the cost formula on exact numbers before the learner's errors
+enter: only the work a miss adds over the warmest endpoint's hit, and λ from each endpoint's own queue;
+``oracle-default-capped`` is ``workCharge: capped`` (the miss, plus the prefill any endpoint pays up to 1.25×
+the least of it), the preset's since branch ``mixfloor``; ``oracle-default`` stays ``workCharge: prefill``."""
 DEFAULT_WORK_WEIGHT = 2.0
 """The ``default`` preset's ``workWeight`` (epp/config/presets.py)."""
 TIE_TOLERANCE = 0.002
@@ -211,11 +219,22 @@ def forecast_request(engine: EngineCore, free_at: float, now: float, hashes: Seq
     return Forecast(mine.first - now, hit, pending, delay)
 
 
-def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold: Sequence[float]) -> list[float]:
+def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold: Sequence[float],
+                  at_most: Sequence[float] | None = None, own_queue: bool = False,
+                  cap: float | None = None) -> list[float]:
     """``default``'s pick cost (``ttft_predictor.py``: TTFT + λ · (prefill + stranded), λ = ``workWeight``
     2 × (1 + mean requests waiting for a first token), costs rounded up to the 2 ms tie tolerance) on exact
-    numbers: forecast TTFT, the lone prefill with the engine's hit and without any, the true queues."""
-    weight = DEFAULT_WORK_WEIGHT * (1 + sum(f.pending for f in forecasts) / len(forecasts))
+    numbers: forecast TTFT, the lone prefill with the engine's hit and without any, the true queues.
+    Variants: ``at_most`` (per engine, its lone prefill with the warmest engine's hit) charges only the
+    work beyond it (``prefill − at_most``: what the miss adds, not the engine's speed); ``own_queue`` takes
+    λ per engine from its own queue instead of the mean."""
+    mean = DEFAULT_WORK_WEIGHT * (1 + sum(f.pending for f in forecasts) / len(forecasts))
+    weights = [DEFAULT_WORK_WEIGHT * (1 + f.pending) if own_queue else mean for f in forecasts]
+    if at_most is not None:
+        prefill = [p - a for p, a in zip(prefill, at_most)]
+        if cap is not None:  # plus what each pays whatever the hit, up to cap × the least of it
+            least = min(at_most)
+            prefill = [p + min(a, cap * least) for p, a in zip(prefill, at_most)]
     most = max(f.hit for f in forecasts)
     stranded = [0.0] * len(forecasts)
     if most > min(f.hit for f in forecasts):
@@ -223,7 +242,7 @@ def default_costs(forecasts: Sequence[Forecast], prefill: Sequence[float], cold:
         share, ref = min(((cold[i] - prefill[i]) / max(cold[i], 1e-9), i) for i in warm)
         stranded = [share * max(cold[i], cold[ref]) * (most - f.hit) / most for i, f in enumerate(forecasts)]
     return [math.ceil((f.ttft + weight * (p + x)) / TIE_TOLERANCE) * TIE_TOLERANCE
-            for f, p, x in zip(forecasts, prefill, stranded)]
+            for f, p, x, weight in zip(forecasts, prefill, stranded, weights)]
 
 
 class OracleScorer:
@@ -278,7 +297,11 @@ class OracleScorer:
             budgets = [engine.scheduler.max_num_batched_tokens for engine in engines]
             prefill = [lone_ttft(e.latency, b, len(tokens), f.hit) for e, b, f in zip(engines, budgets, forecasts)]
             cold = [lone_ttft(e.latency, b, len(tokens), 0) for e, b in zip(engines, budgets)]
-            costs = default_costs(forecasts, prefill, cold)
+            most = max(f.hit for f in forecasts)
+            at_most = ([lone_ttft(e.latency, b, len(tokens), most) for e, b in zip(engines, budgets)]
+                       if self.mode in (AS_DEFAULT_MISS, AS_DEFAULT_CAPPED) else None)
+            costs = default_costs(forecasts, prefill, cold, at_most, own_queue=self.mode == AS_DEFAULT_OWN,
+                                  cap=1.25 if self.mode == AS_DEFAULT_CAPPED else None)
         best = min(costs)
         return [best / c if c > 0 else 1.0 for c in costs]
 
@@ -313,12 +336,16 @@ def ideal_hits(requests: Sequence[TraceRequest], block_size: int) -> list[int]:
 
 
 def lone_times(run: RunResult, cluster: ClusterSpec, hits: Sequence[int] | None = None) -> list[float]:
-    """Each completed request's lone-prefill TTFT, with ``hits`` (default: the hit each got in the run),
-    on the engine that served it (its profile's latency model); sorted."""
+    """Each completed request's lone-prefill TTFT, sorted: with the hit it got in the run, on the engine
+    that served it (its profile's latency model); or, given ``hits`` (the ideal ones), on the fastest
+    profile of the pool for that prompt — on a mixed pool any router could have sent it there, so only
+    the cheapest engine bounds every router (on one profile both are the same engine kind)."""
     models = [cluster.engine_config(e).latency_model() for e in range(cluster.engines)]
+    kinds = list({cluster.engine_config(e).profile: m for e, m in enumerate(models)}.values())
     budget = cluster.engine.max_num_batched_tokens
     return sorted(
-        lone_ttft(models[r.engine], budget, r.prompt_tokens, r.cached_tokens if hits is None else hits[i])
+        lone_ttft(models[r.engine], budget, r.prompt_tokens, r.cached_tokens) if hits is None
+        else min(lone_ttft(m, budget, r.prompt_tokens, hits[i]) for m in kinds)
         for i, r in enumerate(run.records) if r.first_token is not None
     )
 
@@ -355,7 +382,7 @@ def run_policy(requests: Sequence[TraceRequest], spec: str, cluster: ClusterSpec
     scorer = next((p for p in schedulers[0].plugins if isinstance(p, TTFTPredictorScorer)), None)
     booked = record_bookings(scorer) if scorer is not None else None
     run = OfflineReplay(requests, schedulers, cluster, clock, rate, admission=policy.admission,
-                        exchange=job.replicas.exchange(schedulers)).run()
+                        exchange=job.replicas.exchange(schedulers, clock)).run()
     return run, booked
 
 
@@ -435,7 +462,8 @@ def print_rate(measured: Measured, cluster: ClusterSpec, ideal: Sequence[int]) -
     busy = sum(lone_times(any_run, cluster, ideal)) / (cluster.engines * span)
     print(f"\n### ×{measured.rate:g}\n")
     print(f"- prefill load: every prompt prefilled alone with its ideal hit would keep the {cluster.engines} engines "
-          f"busy {busy:.0%} of the {span:.1f} s the arrivals span")
+          f"busy {busy:.0%} of the {span:.1f} s the arrivals span"
+          + (" (a mix: each prompt priced on its fastest kind, so a lower bound)" if cluster.profiles else ""))
     for name, errs in measured.errors.items():
         print(f"- {name} ({measured.walls[name]:.0f} s wall): |actual − forecast| TTFT on the engine picked: p50 "
               f"{percentile(errs, 50) or 0:.4f} s, p90 {percentile(errs, 90) or 0:.4f} s, max {max(errs, default=0):.4f} s")
@@ -449,8 +477,34 @@ def print_rate(measured: Measured, cluster: ClusterSpec, ideal: Sequence[int]) -
               f"| {ratios[1]} | {floor_p90(run, cluster):.3f} | {floor_p90(run, cluster, ideal):.3f} |")
     if LLM_D in p90:
         print(f"\nlimit 0.85 × llm-d-default = {0.85 * p90[LLM_D]:.3f} s")
+    if cluster.profiles:
+        print_kinds(runs, cluster)
     for name, booked in measured.bookings.items():
         print_terms(name, runs[name], booked, cluster)
+
+
+def print_kinds(runs: dict[str, RunResult], cluster: ClusterSpec) -> None:
+    """On a mixed pool, per policy and engine kind: its share of the requests, of the prompt tokens it
+    prefilled (uncached), and of the engines' busy seconds; and each kind's engines' mean busy fraction
+    (busy seconds ÷ the run's span): is the fast kind over- or under-used?"""
+    kinds = list(dict.fromkeys(cluster.profiles))
+    members = {k: [e for e, p in enumerate(cluster.profiles) if p == k] for k in kinds}
+    print("\nPer engine kind: share of requests / of uncached prompt tokens / of busy s; mean busy fraction per engine\n")
+    print("| policy | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for name, run in runs.items():
+        done = [r for r in run.records if r.engine >= 0]
+        span = max((r.finish or r.arrival for r in run.records), default=0.0) - min(r.arrival for r in run.records)
+        requests = max(1, len(done))
+        tokens = max(1, sum(r.prompt_tokens - r.cached_tokens for r in done))
+        busy = max(1e-9, sum(run.busy))
+        cells = []
+        for kind in kinds:
+            mine = [r for r in done if cluster.profiles[r.engine] == kind]
+            kind_busy = sum(run.busy[e] for e in members[kind])
+            cells.append(f"{len(mine) / requests:.0%} / {sum(r.prompt_tokens - r.cached_tokens for r in mine) / tokens:.0%}"
+                         f" / {kind_busy / busy:.0%}; {kind_busy / len(members[kind]) / max(span, 1e-9):.0%}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: Sequence[int]) -> None:
@@ -458,8 +512,9 @@ def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: 
     TTFTs over the rates together, so one rate's tail luck weighs less."""
     names = list(all_measured[0].runs)
     head = " | ".join(f"×{m.rate:.5g}" for m in all_measured)
-    print(f"\n### Every rate, and pooled over them\n\n| policy | {head} | pooled p90 s | pooled ÷ llm-d-default |")
-    print("|---|" + "--:|" * (len(all_measured) + 2))
+    print(f"\n### Every rate, and pooled over them\n\n| policy | {head} | pooled p90 s | pooled ÷ llm-d-default "
+          "| pooled ÷ gie-default |")
+    print("|---|" + "--:|" * (len(all_measured) + 3))
     pooled: dict[str, float] = {}
     for name in names:
         ttfts = sorted(r.first_token - r.arrival for m in all_measured for r in m.runs[name].records
@@ -471,34 +526,36 @@ def print_spread(all_measured: Sequence[Measured], cluster: ClusterSpec, ideal: 
             value = ttft_percentile(m.runs[name], 90)
             cells.append(f"{value:.3f} ({value / ttft_percentile(m.runs[LLM_D], 90):.2f})" if LLM_D in m.runs
                          else f"{value:.3f}")
-        ratio = f"{pooled[name] / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
-        print(f"| {name} | {' | '.join(cells)} | {pooled[name]:.3f} | {ratio} |")
+        ratios = [f"{pooled[name] / pooled[ref]:.3f}" if ref in pooled else "–" for ref in (LLM_D, BASELINE)]
+        print(f"| {name} | {' | '.join(cells)} | {pooled[name]:.3f} | {' | '.join(ratios)} |")
     floors = sorted(t for m in all_measured for t in lone_times(next(iter(m.runs.values())), cluster, ideal))
     floor = percentile(floors, 90) or 0.0
-    ratio = f"{floor / pooled[LLM_D]:.3f}" if LLM_D in pooled else "–"
-    print(f"| floor, ideal hits | {' | '.join('' for _ in all_measured)} | {floor:.3f} | {ratio} |")
+    ratios = [f"{floor / pooled[ref]:.3f}" if ref in pooled else "–" for ref in (LLM_D, BASELINE)]
+    print(f"| floor, ideal hits | {' | '.join('' for _ in all_measured)} | {floor:.3f} | {' | '.join(ratios)} |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace", type=Path)
-    parser.add_argument("--profile", default="llama-3.2-1b-h100", help="one engine profile (the floors assume one)")
+    parser.add_argument("--profile", default="llama-3.2-1b-h100",
+                        help="engine profile, or a mix p:4,q:4 (the ideal floor then prices each prompt on the "
+                             "fastest kind)")
     parser.add_argument("--rate", type=float, required=True, help="rate scale (× the trace's speed)")
     parser.add_argument("--spread", default="1", help="also run at these multiples of --rate, e.g. 0.98,0.99,1,1.01,1.02")
     parser.add_argument("--max-requests", type=int, default=500, help="head of the trace (0 = all)")
     parser.add_argument("--policies", default=f"{LLM_D},{BASELINE},default", help="presets to run beside the oracle")
-    parser.add_argument("--oracles", default=",".join(ORACLES), help=f"oracles to run ({', '.join(ORACLES)})")
+    parser.add_argument("--oracles", default=",".join((ORACLE, SOCIAL, AS_DEFAULT)),
+                        help=f"oracles to run ({', '.join(ORACLES)})")
     args = parser.parse_args()
     profiles = parse_profiles(args.profile, ENGINES)
-    if len(set(profiles)) > 1:
-        parser.error("--profile: one profile (the ideal floor prices every request on one engine kind)")
-    cluster = ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]))
+    mixed = len(set(profiles)) > 1
+    cluster = ClusterSpec(engines=ENGINES, engine=EngineConfig(profile=profiles[0]), profiles=profiles if mixed else ())
     trace = read_trace(args.trace, args.max_requests or None)
     bounds = trace_bounds(trace, cluster)
     ideal = ideal_hits(trace.requests, cluster.engine.block_size)
     policies = [p for p in args.policies.split(",") if p]
     oracles = [o for o in args.oracles.split(",") if o]
-    print(f"{args.trace.name}, first {len(trace.requests)} requests, 8 × {profiles[0]}; "
+    print(f"{args.trace.name}, first {len(trace.requests)} requests, {cluster.label}; "
           f"ideal hit {bounds.ideal:.1%}, capacity {bounds.capacity:.1%}")
     all_measured = []
     for factor in (float(f) for f in args.spread.split(",")):

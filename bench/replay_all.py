@@ -173,11 +173,12 @@ def targets_table(verdicts: Sequence[Verdict]) -> list[str]:
 def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) -> list[str]:
     lines = [
         "| load | rate× | preset | hit | hit ÷ capacity | TTFT p50 s | p90 s | p99 s | p90 ÷ gie | tok/s "
-        "| imbalance | shed (scheduler) | too long | wall s |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| imbalance | busy imbalance | shed (scheduler) | too long | wall s |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     gie = {s["rate_scale"]: s["ttft_p90"] for s in summaries if s["policy"] == BASELINE}
-    for s in sorted(summaries, key=lambda s: (s["rate_scale"], ALL_POLICIES.index(s["policy"]))):
+    order = {p: i for i, p in enumerate(ALL_POLICIES)}  # config files (side by side) after the presets
+    for s in sorted(summaries, key=lambda s: (s["rate_scale"], order.get(s["policy"], len(order)), s["policy"])):
         cap = s["capacity_hit_ratio"]
         hit_cap = s["hit_ratio"] / cap if cap and s["hit_ratio"] is not None else None
         p90 = s["ttft_p90"]
@@ -187,7 +188,7 @@ def runs_table(summaries: Sequence[dict[str, Any]], labels: dict[float, str]) ->
             f"| {labels[s['rate_scale']]} | {s['rate_scale']:.3g} | {name} | {fmt(s['hit_ratio'], '.1%')} | "
             f"{fmt(hit_cap, '.2f')} | {fmt(s['ttft_p50'], '.3f')} | {fmt(p90, '.3f')} | {fmt(s['ttft_p99'], '.3f')} | "
             f"{fmt(vs_gie, '.2f')} | {fmt(s['throughput_tok_s'], ',.0f')} | {fmt(s['imbalance'], '.2f')} | "
-            f"{s['shed'] - s['shed_too_long']} | {s['shed_too_long']} | {s['wall_s']:.1f} |"
+            f"{fmt(s.get('busy_imbalance'), '.2f')} | {s['shed'] - s['shed_too_long']} | {s['shed_too_long']} | {s['wall_s']:.1f} |"
         )
     return lines
 
@@ -241,7 +242,7 @@ def main() -> int:
                         help="directory of traces (default traces/: python bench/fetch_traces.py fills it)")
     parser.add_argument("--match", action="append", default=None, help="only traces whose file name contains this")
     parser.add_argument("--profile", default="llama-3.1-8b-h100", help="engine profile, or a mix p:4,q:4 (8 engines)")
-    parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets (default: all)")
+    parser.add_argument("--policies", default=",".join(ALL_POLICIES), help="comma-separated presets or config files (default: all presets)")
     parser.add_argument("--max-requests", type=int, default=3000, help="requests per trace (its head; 0 = all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "replay.md")
@@ -253,7 +254,7 @@ def main() -> int:
     limit = args.max_requests or None
     profile = args.profile
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in ALL_POLICIES]
+    unknown = [p for p in policies if p not in ALL_POLICIES and not p.endswith((".yaml", ".yml"))]  # configs: side by side
     if unknown or DEFAULT not in policies or BASELINE not in policies:
         parser.error(f"--policies must name presets incl. {DEFAULT} and {BASELINE}; unknown: {unknown}")
     try:

@@ -22,7 +22,7 @@ def _config(plugins: str, profile: str) -> str:
 
 PRESETS: Mapping[str, str] = MappingProxyType({
     # epp's default: the endpoint with the smallest predicted time to first token (queue wait + uncached
-    # prefill, each endpoint's latency learned online from its own requests) plus 2× the prefill work it adds, random among
+    # prefill, each endpoint's latency learned online from its own requests) plus 2× the prefill work a miss adds, random among
     # near-equals. The producer matches up to 128K prompt tokens so the prediction sees the whole hit.
     # Per endpoint it reads what the engine cached from its KV events (vLLM's default publisher,
     # tcp://<pod>:5557) once they prove to agree with epp's token keys (prompts tokenized with the served

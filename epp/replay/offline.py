@@ -172,6 +172,10 @@ class RunResult:
     wall_s: float
     kv_event_batches: int | None = None
     """KV-event batches delivered to the scheduler (0: no plugin consumes them; None: not known)."""
+    busy: tuple[float, ...] = ()
+    """Per engine, the seconds it spent stepping (the GPU time its steps reported): what it worked, in its
+    own speed. Measured by the replay from the engines, never shown to a policy; empty when not known
+    (live replay sees only HTTP)."""
 
     @property
     def engines(self) -> int:
@@ -302,6 +306,7 @@ class OfflineReplay:
         # each engine's stats as of its last change (None: changed since), so idle engines cost nothing
         self._stats: list[EngineStats | None] = [None] * cluster.engines
         self._heap: list[tuple[float, int]] = []
+        self._busy = [0.0] * cluster.engines  # seconds each engine spent stepping (RunResult.busy)
         self._horizon = math.inf  # the next moment a request may arrive at an engine
         # an admission policy that holds requests (flow control) may dispatch one at any poll
         self._queues = any(not isinstance(d.admission, ShedSheddable) for d in self.directors)
@@ -355,7 +360,8 @@ class OfflineReplay:
             if record.engine >= 0:
                 dispatched[record.engine] += 1
         batches = self.kv_feed.batches if self.kv_feed is not None else 0
-        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started, batches)
+        return RunResult(self.records, self.load, tuple(dispatched), time.perf_counter() - started, batches,
+                         tuple(self._busy))
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -459,6 +465,7 @@ class OfflineReplay:
         if self.kv_feed is not None:
             self._pending_events[e] = engine.take_kv_events()
         if out.duration > 0:
+            self._busy[e] += out.duration
             self._pending[e] = out.outputs
             heapq.heappush(self._heap, (now + out.duration, e))
         else:

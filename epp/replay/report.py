@@ -67,11 +67,13 @@ VALUE_COLUMNS: tuple[Column, ...] = (
     Column("E2E p90", "e2e_p90", "{:,.2f}".format, "s"),
     Column("tok/s", "throughput_tok_s", "{:,.0f}".format, "output"),
     Column("imbalance", "imbalance", "{:.2f}".format, "max/mean"),
+    Column("busy imb.", "busy_imbalance", "{:.2f}".format, "max/mean"),
     Column("KV batches", "kv_event_batches", "{:,}".format),
 )  # wall_s (the replay's own run time) is in summary.json and the progress lines, not a policy's result
 # Shown only when some run differs from this value (None, not measured, counts as it): otherwise the column
 # repeats what the heading says.
-_QUIET_DEFAULTS = {"replicas": 1, "prefix_view": "own", "kv_event_batches": 0, "shed": 0, "disaggregated": 0}
+_QUIET_DEFAULTS = {"replicas": 1, "prefix_view": "own", "kv_event_batches": 0, "shed": 0, "disaggregated": 0,
+                   "busy_imbalance": None}  # None: live replay does not see the engines' busy time
 # Shown with another column: the decode-side TPOT tail is what disaggregation moves, so it joins the P/D count.
 _SHOWN_WITH = {"tpot_p90": "disaggregated"}
 # The same for every run of one trace on one cluster: stated once, in the heading.

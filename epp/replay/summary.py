@@ -33,6 +33,7 @@ SUMMARY_KEYS = (
     "e2e_p90",
     "throughput_tok_s",
     "imbalance",
+    "busy_imbalance",
     "kv_event_batches",
     "wall_s",
     "by_priority",
@@ -63,6 +64,15 @@ def imbalance(dispatched: Sequence[int]) -> float | None:
     """Max ÷ mean requests dispatched per engine: 1.0 is perfectly even."""
     total = sum(dispatched)
     return max(dispatched) / (total / len(dispatched)) if total else None
+
+
+def busy_imbalance(busy: Sequence[float]) -> float | None:
+    """Max ÷ mean over engines of the seconds each spent stepping (``RunResult.busy``): 1.0 when every
+    engine worked as long as the others. Unlike ``imbalance`` it weighs a request by what it cost the
+    engine that served it, so it is the one that means something on a pool of unequal engines (where
+    a fast engine should take more requests). None when not measured (live replay) or nothing ran."""
+    total = sum(busy)
+    return max(busy) / (total / len(busy)) if busy and total > 0 else None
 
 
 def too_long(record: RequestRecord) -> bool:
@@ -132,6 +142,7 @@ def summarize(
         "e2e_p90": percentile(e2e, 90),
         "throughput_tok_s": sum(n for *_, n in done) / span if span > 0 else None,
         "imbalance": imbalance(run.dispatched),
+        "busy_imbalance": busy_imbalance(run.busy),
         "kv_event_batches": run.kv_event_batches,
         "wall_s": run.wall_s,
         "by_priority": by_priority(records),

@@ -16,6 +16,7 @@ def summary(policy: str, rate: float, p90: float, hit: float = 0.16, capacity: f
     base = {
         "policy": policy, "rate_scale": rate, "requests": 100, "completed": 100, "shed": 0, "shed_too_long": 0,
         "hit_ratio": hit, "ideal_hit_ratio": 0.3, "capacity_hit_ratio": capacity, "ttft_p90": p90, "imbalance": 1.1,
+        "busy_imbalance": 1.05,
     }  # fmt: skip
     return base | extra
 
@@ -45,7 +46,7 @@ def replace(runs: list[dict[str, Any]], policy: str, rate: float, **changes: Any
 
 def test_every_target_met_when_default_beats_them_all() -> None:
     verdicts = evaluate(passing(), Loads(KNEE, UNLOADED))
-    assert len(verdicts) == 8 and all(v.met is True for v in verdicts), verdicts
+    assert len(verdicts) == 10 and all(v.met is True for v in verdicts), verdicts
     worst = by_target(verdicts)[("TTFT p90 ÷ gie-default, worst rate", "unloaded (worst of 3 rates)")]
     assert worst.value == pytest.approx(1.0)
 
@@ -98,7 +99,7 @@ def test_imbalance_and_round_robin_limits() -> None:
 def test_without_a_knee_the_knee_targets_are_not_judged() -> None:
     verdicts = evaluate([r for r in passing() if r["rate_scale"] != KNEE], Loads(None, UNLOADED))
     at_knee = [v for v in verdicts if v.at == "no knee"]
-    assert len(at_knee) == 4 and all(v.met is None for v in at_knee)
+    assert len(at_knee) == 5 and all(v.met is None for v in at_knee)
 
 
 def test_against_llm_d_the_knee_and_every_rate_up_to_it_count_but_not_past_it() -> None:
@@ -112,3 +113,27 @@ def test_against_llm_d_the_knee_and_every_rate_up_to_it_count_but_not_past_it() 
     assert (worst.value, worst.met) == (pytest.approx(1.0), True) and worst.target.endswith("up to the knee")
     at_knee, worst = versus(replace(runs, "default", 1.0, ttft_p90=1.1), Loads(KNEE, UNLOADED), "default", "llm-d-default")
     assert worst.met is False and "1.100 s vs llm-d-default 1.000 s" in worst.why
+
+
+BUSY = "busy-time imbalance (max ÷ mean busy s per engine)"
+COUNT = "imbalance (max ÷ mean per engine)"
+
+
+def test_busy_time_imbalance_is_a_verdict_of_its_own_beside_the_request_count() -> None:
+    # a mix: the fast engines took 2.2× the mean requests, yet every engine was about as busy
+    runs = replace(passing(), "default", KNEE, imbalance=2.2, busy_imbalance=1.1)
+    verdicts = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))
+    assert verdicts[(COUNT, "knee ×2.8")].met is False
+    assert (verdicts[(BUSY, "knee ×2.8")].value, verdicts[(BUSY, "knee ×2.8")].met) == (1.1, True)
+    # and the other way round: equal request counts, one engine busy twice the mean
+    runs = replace(passing(), "default", 1.0, imbalance=1.0, busy_imbalance=2.0)
+    verdicts = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))
+    assert verdicts[(COUNT, "×1")].met is True and verdicts[(BUSY, "×1")].met is False
+
+
+def test_busy_time_imbalance_is_not_judged_where_it_was_not_measured() -> None:
+    runs = replace(passing(), "default", 1.0, busy_imbalance=None)  # live replay
+    runs = [{k: v for k, v in r.items() if k != "busy_imbalance"} if r["rate_scale"] == KNEE else r for r in runs]
+    verdicts = by_target(evaluate(runs, Loads(KNEE, UNLOADED)))
+    for at in ("×1", "knee ×2.8"):
+        assert verdicts[(BUSY, at)].met is None and "not measured" in verdicts[(BUSY, at)].why

@@ -54,6 +54,29 @@ prefill share and one decode observation. The pick path only reads the coefficie
 (``LatencyEstimate``, replaced only when a coefficient moves by more than 2 %; the pool's republished
 to every endpoint at most once per ``PUBLISH_EVERY`` observations or 4 per endpoint).
 
+Stale evidence fades (``PoolModel.fade``). An endpoint is sent requests only while it is predicted
+fastest, so one learned too slow — from a few unlucky first requests — got none to correct it (8 × 8B
+synthetic, unloaded: an identical engine learned 20 % slow from 8 requests served 8 of 3,000). Its speed
+relative to the pool is therefore treated as drifting back to the pool's while nothing renews it: for
+``EVIDENCE_HALF_LIFE`` rounds (16; a round = one pool observation per member endpoint, so the clock is
+the traffic the endpoint missed, not wall time, and a pool at rest does not fade) after a track's last
+observation nothing changes; then the log of its speed and the weight of its own fit are multiplied by
+``fade`` = 2^−(rounds − 16)/16 (halving every 16 rounds), and when it observes again the observations its
+speed stood on count ``fade`` times as many (at most 20), so the new one moves it as much as a first one
+would — a mean-reverting prior on each endpoint's speed, the pool's fit as its mean. An endpoint predicted
+1.5× too slow and sent nothing is within 15 % of the pool's after ~41 rounds and gets requests again; one
+really 2.4× slower (another model) is within 5 % of the pool's after ~82 rounds — the price is about one
+slow request to it per ~80 rounds in which it got none, after which its first observation restores its
+speed. Endpoints that serve at least once per 16 rounds are not affected at all (every engine of a
+one-profile pool under load; on the 4 + 4 mix the slow kind's engines fade now and then, which moved its
+TTFT p90 by ±14 % per seed, +1 % pooled over three; 32 rounds left the mix as it was but no longer fixed
+the starved 8B engine within a 3,000-request run: bench/RESULTS.md, "Starved endpoints").
+Cost: one integer stamp per observation; a fading endpoint's estimate moves only with the pool's
+``version`` (the fade is read at the pool's ``clock``, so the pick path's caching is unchanged), which the
+pool advances at most once per publish window (max(32, 4 × members) observations) while a member is
+fading, after one O(members) look per window; every endpoint re-derives its estimate then, as at any
+publish (O(d) each).
+
 The prior (``PRIOR_PREFILL``, ``PRIOR_DECODE``) is a generic middle — 8 ms an iteration, 25 ms per 1K
 tokens — between a 1B model on a fast GPU and a 70B-class one sharded over four. It is weak (worth
 about a tenth of one observation), so an endpoint's first few first tokens already dominate.
@@ -100,6 +123,12 @@ PUBLISH_EVERY = 32
 BIAS_WEIGHT = 0.1
 RESET_BIAS = 0.3
 """Mean relative error (over ~10 observations) that means the engine changed: start learning afresh."""
+EVIDENCE_HALF_LIFE = 16.0
+"""Rounds of the pool (``members`` of its observations each: one per endpoint on a fair share) after which
+an endpoint's own evidence, not renewed, starts to fade, and then halves its weight every as many rounds
+(``PoolModel.fade``; 0 or ``inf``: never fades)."""
+FADED = 1 / 128
+"""Fade below which an endpoint's estimate is the pool's within 2 % (8× apart at most): no more ticks."""
 
 
 class RecursiveLeastSquares:
@@ -240,9 +269,11 @@ class PoolModel:
     observation (64 endpoints: once per 256). An endpoint's own observations re-derive its own estimate
     at once, against the pool's current fit."""
 
-    __slots__ = ("_published", "_since", "decode", "members", "prefill", "updates", "version")
+    __slots__ = (
+        "_published", "_since", "clock", "decode", "half_life", "members", "prefill", "tracks", "updates", "version",
+    )  # fmt: skip
 
-    def __init__(self, forgetting: float) -> None:
+    def __init__(self, forgetting: float, half_life: float = EVIDENCE_HALF_LIFE) -> None:
         self.prefill = RecursiveLeastSquares(PRIOR_PREFILL, forgetting=forgetting)
         self.decode = RecursiveLeastSquares(PRIOR_DECODE, forgetting=forgetting)
         self.version = 0
@@ -250,17 +281,42 @@ class PoolModel:
         self.members = 0
         self._since = 0
         self._published = [*PRIOR_PREFILL, *PRIOR_DECODE]
+        self.half_life = half_life if half_life > 0 else math.inf
+        self.clock = (0, 0)
+        """The prefill and decode fits' update counts when ``version`` last moved: what estimates fade by."""
+        self.tracks: list[_Track] = []
+        """The members' tracks (both kinds), looked at once per publish window for one that is fading."""
 
     def updated(self) -> None:
         self.updates += 1
         self._since += 1
-        if self.updates > PUBLISH_EVERY and self._since < max(PUBLISH_EVERY, 4 * self.members):
+        window = max(PUBLISH_EVERY, 4 * self.members)
+        if self.updates > PUBLISH_EVERY and self._since < window:
             return
         current = [*self.prefill.theta, *self.decode.theta]
         if _moved(self._published, current):
             self._published = current
-            self._since = 0
-            self.version += 1
+        elif self.updates <= PUBLISH_EVERY or self._since % window or not self._fading():
+            return  # (fading looked for once per window: O(members) per window)
+        self._since = 0
+        self.clock = (self.prefill.updates, self.decode.updates)
+        self.version += 1
+
+    def fade(self, track: _Track, now: int) -> float:
+        """How much of an endpoint's own evidence (its speed against the pool, its own fit) still counts,
+        ``now`` being the pool fit's update count: 1 for ``half_life`` rounds after the track's last
+        observation, then halving every ``half_life`` rounds — the endpoint's speed may have moved since,
+        so its estimate returns towards the pool's (which an endpoint predicted too slow gets no traffic
+        to correct: it gets traffic again, and its next observation counts as much as its first)."""
+        if track.last < 0:
+            return 1.0
+        rounds = (now - track.last) / max(1, self.members) - self.half_life
+        return 1.0 if rounds <= 0 else 0.5 ** (rounds / self.half_life)
+
+    def _fading(self) -> bool:
+        """A member's estimate moves if the clock moves now: one has faded but not yet all the way. O(members)."""
+        now = {True: self.prefill.updates, False: self.decode.updates}
+        return any(FADED < self.fade(t, now[t.prefill]) < 1.0 for t in self.tracks if t.last >= 0)
 
 
 def _moved(before: Sequence[float], after: Sequence[float]) -> bool:
@@ -273,13 +329,17 @@ class _Track:
     pool's *current* fit (``_rebase``); and how well its own fit and the scaled pool fit predicted its
     observations before learning from them (moving mean squared relative errors)."""
 
-    __slots__ = ("_basis", "err_own", "err_pool", "log_mean", "log_var", "own", "seen", "x_mean")
+    __slots__ = ("_basis", "err_own", "err_pool", "last", "log_mean", "log_var", "own", "prefill", "seen", "x_mean")
 
-    def __init__(self, prior: Sequence[float], forgetting: float) -> None:
+    def __init__(self, prior: Sequence[float], forgetting: float, prefill: bool = True) -> None:
         self.own = RecursiveLeastSquares(prior, forgetting=forgetting)
+        self.prefill = prefill
         self.log_mean = self.log_var = 0.0
         self.err_own = self.err_pool = 1.0
-        self.seen = 0
+        self.seen = 0.0
+        """Observations its speed stands on: their count, discounted by its fade when it observes again."""
+        self.last = -1
+        """The pool fit's update count after this track's last observation (-1: none yet)."""
         self.x_mean = [0.0] * len(prior)
         """The moving mean of its feature vectors (same weights as ``log_mean``)."""
         self._basis: list[float] | None = None
@@ -301,24 +361,29 @@ class _Track:
                 self.log_mean += math.log(before / after)
         self._basis = theta
 
-    def scale(self, pool: RecursiveLeastSquares) -> float:
+    def scale(self, pool: RecursiveLeastSquares, fade: float = 1.0) -> float:
         """The endpoint's speed relative to the pool, counted only beyond two standard errors of its
         moving mean (soft threshold): endpoints of one kind share the pool's estimate exactly instead
-        of differing by noise, one that is really faster or slower is told apart within a few requests."""
+        of differing by noise, one that is really faster or slower is told apart within a few requests.
+        Its log is multiplied by ``fade`` (``PoolModel.fade``): stale evidence returns to the pool's speed."""
         if not self.seen:
             return 1.0
         self._rebase(pool)
         weight = max(1 / self.seen, SCALE_WEIGHT)
         standard_error = math.sqrt(self.log_var * weight / (2 - weight))
         excess = max(0.0, abs(self.log_mean) - 2 * standard_error)
-        return math.exp(math.copysign(excess, self.log_mean))
+        return math.exp(math.copysign(excess * fade, self.log_mean))
 
-    def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float) -> None:
+    def observe(self, pool: RecursiveLeastSquares, x: Sequence[float], y: float, fade: float = 1.0) -> None:
+        """One observation; ``fade`` (< 1 when the track's evidence went stale, ``PoolModel.fade``) discounts
+        the observations its speed stands on (at most ``1 / SCALE_WEIGHT``), so this one moves it as much."""
         raw = max(pool.predict(x), 1e-6)
         if self.own.updates >= WARMUP:
             self.err_own += (_relative(y, self.own.predict(x)) ** 2 - self.err_own) * ERROR_WEIGHT
-            self.err_pool += (_relative(y, self.scale(pool) * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
+            self.err_pool += (_relative(y, self.scale(pool, fade) * raw) ** 2 - self.err_pool) * ERROR_WEIGHT
         self._rebase(pool)
+        if fade < 1.0:
+            self.seen = min(self.seen, 1 / SCALE_WEIGHT) * fade
         self.seen += 1
         weight = max(1 / self.seen, SCALE_WEIGHT)
         ratio = min(MAX_LOG_SCALE, max(-MAX_LOG_SCALE, math.log(max(y, 1e-6) / raw)))
@@ -328,15 +393,16 @@ class _Track:
         self.x_mean = [m + (v - m) * weight for m, v in zip(self.x_mean, x)]
         self.own.update(x, y)
         pool.update(x, y)
+        self.last = pool.updates
 
-    def theta(self, pool: RecursiveLeastSquares) -> list[float]:
+    def theta(self, pool: RecursiveLeastSquares, fade: float = 1.0) -> list[float]:
         """The pool's coefficients × this endpoint's scale, moved towards its own fit only as far as its
         own fit has been predicting it better (weight 2 × (1 − own error ÷ pool error) in [0, 1]; 0
-        until ``WARMUP`` own observations)."""
-        scale = self.scale(pool)
+        until ``WARMUP`` own observations), both times ``fade``."""
+        scale = self.scale(pool, fade)
         w = 0.0
         if self.own.updates >= WARMUP and self.err_pool > 0:
-            w = min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
+            w = fade * min(1.0, max(0.0, 2 * (1 - self.err_own / self.err_pool)))
         return [w * a + (1 - w) * scale * b for a, b in zip(self.own.theta, pool.theta)]
 
 
@@ -382,11 +448,13 @@ class EndpointLearner:
         "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
-    def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None) -> None:
+    def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None,
+                 half_life: float = EVIDENCE_HALF_LIFE) -> None:
         self.budget = budget
         self.prefill = _Track(PRIOR_PREFILL, forgetting)
-        self.decode = _Track(PRIOR_DECODE, forgetting)
-        self.pool = pool or PoolModel(forgetting)
+        self.decode = _Track(PRIOR_DECODE, forgetting, prefill=False)
+        self.pool = pool or PoolModel(forgetting, half_life)
+        self.pool.tracks += (self.prefill, self.decode)
         self.version = 0
         self._estimate = LatencyEstimate(*PRIOR_PREFILL, *PRIOR_DECODE)
         self._seen = self._pool_seen = -1  # the versions the estimate was derived at
@@ -553,13 +621,15 @@ class EndpointLearner:
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
         self._unspeculate()
-        self.prefill.observe(self.pool.prefill, x, seconds)
+        pool = self.pool
+        self.prefill.observe(pool.prefill, x, seconds, pool.fade(self.prefill, pool.prefill.updates))
         self._changed()
 
     def observe_decode(self, z: Sequence[float], seconds: float) -> None:
         """One decode-step observation on ``[1, sequences / 100, context / 1e5]``."""
         self._unspeculate()
-        self.decode.observe(self.pool.decode, z, seconds)
+        pool = self.pool
+        self.decode.observe(pool.decode, z, seconds, pool.fade(self.decode, pool.decode.updates))
         self._changed()
 
     # -- the estimate, derived ahead of the pick ---------------------------------------------------
@@ -579,7 +649,12 @@ class EndpointLearner:
                     and spec.prefill_fit is pool.prefill.theta and spec.decode_fit is pool.decode.theta):
                 return spec.estimate  # ``_estimate``, which it was compared with, is only set by a read
             spec.undo(self)
-        return self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+        return self._replaced(self._theta(pool))
+
+    def _theta(self, pool: PoolModel) -> list[float]:
+        """The six coefficients, each track faded by the pool's clock (which moves only with its version)."""
+        p, d = self.prefill, self.decode
+        return [*p.theta(pool.prefill, pool.fade(p, pool.clock[0])), *d.theta(pool.decode, pool.fade(d, pool.clock[1]))]
 
     def _replaced(self, fresh: list[float]) -> LatencyEstimate:
         """The estimate with coefficients ``fresh``: the current one unless one moved by more than
@@ -593,7 +668,7 @@ class EndpointLearner:
     def _speculate(self) -> None:
         pool = self.pool
         before = _Speculation.tracks(self)
-        estimate = self._replaced([*self.prefill.theta(pool.prefill), *self.decode.theta(pool.decode)])
+        estimate = self._replaced(self._theta(pool))
         self._speculated = _Speculation(before, estimate, self.version, pool.version, pool.prefill.theta,
                                         pool.decode.theta)
 
@@ -619,10 +694,10 @@ class LatencyLearner:
 
     __slots__ = ("budget", "endpoints", "forgetting", "generation", "pool", "report")
 
-    def __init__(self, budget: int, forgetting: float = FORGETTING) -> None:
+    def __init__(self, budget: int, forgetting: float = FORGETTING, half_life: float = EVIDENCE_HALF_LIFE) -> None:
         self.budget = budget
         self.forgetting = forgetting
-        self.pool = PoolModel(forgetting)
+        self.pool = PoolModel(forgetting, half_life)
         self.endpoints: dict[str, EndpointLearner] = {}
         self.generation = 0
         """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
@@ -644,6 +719,8 @@ class LatencyLearner:
         return self[name].estimate
 
     def remove(self, name: str) -> None:
-        if self.endpoints.pop(name, None) is not None:
+        learner = self.endpoints.pop(name, None)
+        if learner is not None:
             self.generation += 1
             self.pool.members -= 1
+            self.pool.tracks = [t for t in self.pool.tracks if t is not learner.prefill and t is not learner.decode]

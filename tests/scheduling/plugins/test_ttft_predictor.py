@@ -20,6 +20,7 @@ from epp.scheduling.prefix.producer import ApproxPrefixCacheProducer
 from epp.config.presets import DEFAULT_PRESET
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft import EndpointLedger, Flight, PrefixRecency
+from epp.scheduling.ttft.learn import LatencyEstimate
 from tests.conftest import make_state
 
 CONFIG = """\
@@ -61,6 +62,7 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
     assert (p.kv_capacity_tokens, p.max_num_batched_tokens, p.forgetting_factor, p.tie_tolerance, p.work_weight) == (
         300000, 4096, 0.98, 0.001, 2.0)
     assert p.request_timeout == 300.0 and p.default_output_tokens == 100
+    assert p.evidence_half_life == 16 and scorer.learner.pool.half_life == 16
     producers = [q for q in scheduler.plugins if isinstance(q, ApproxPrefixCacheProducer)]
     assert producers == [scorer.producer]  # one producer: the prompt is hashed once per cycle
     assert scorer in scheduler.pre_request_plugins
@@ -73,6 +75,7 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
         ("{profile: llama-3.1-8b-h100}", "plugins[0].parameters.profile"),  # learned, no longer configured
         ("{forgettingFactor: 1.5}", "plugins[0].parameters.forgettingFactor"),
         ("{workWeight: -1}", "plugins[0].parameters.workWeight"),
+        ("{evidenceHalfLife: -1}", "plugins[0].parameters.evidenceHalfLife"),
         ("{tieTolerance: 0}", "plugins[0].parameters.tieTolerance"),
         ("{maxNumBatchedTokens: 0}", "plugins[0].parameters.maxNumBatchedTokens"),
         ("{queueThreshold: 3}", "plugins[0].parameters.queueThreshold"),
@@ -226,6 +229,17 @@ def test_scores_are_best_over_predicted_within_zero_and_one() -> None:
     assert scores[1] == pytest.approx(best / (best + 0.5), abs=0.01)
 
 
+def test_with_the_miss_charge_a_prompt_no_endpoint_holds_is_charged_only_its_ttft() -> None:
+    _, scorer, clock = build(text=CONFIG.replace("defaultOutputTokens: 100", "defaultOutputTokens: 100, workCharge: miss"))
+    endpoints = pool(3, clock)
+    scorer.ledgers["e1"] = _ledger(clock.now(), 0.5)
+    scores = scorer.score(CycleState(), request("r", list(range(2000))), endpoints)
+    idle = scorer.predict(CycleState(), request("r", list(range(2000))), endpoints[:1])[0]
+    best = idle.ttft  # no endpoint holds any of the prompt: no miss to charge, the cost is the TTFT
+    assert scores[0] == scores[2] == 1.0
+    assert scores[1] == pytest.approx(best / (best + 0.5), abs=0.01)
+
+
 def _flight(now: float, seconds: float) -> Flight:
     return Flight(now, seconds, seconds, 4000, 64)
 
@@ -258,16 +272,28 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
     ref = [p for p in predictions if p.cached_tokens == most][warm.index(min(warm))]
     stranded = [min(warm) * max(p.cold_prefill, ref.cold_prefill) * (most - p.cached_tokens) / most if most else 0.0
                 for p in predictions]
-    rounded = [math.ceil((p.ttft + w * (p.prefill + s)) / tol) * tol or tol for p, s in zip(predictions, stranded)]
+    charge = scorer.params.work_charge
+    if charge == "prefill":  # the whole prefill, + stranded
+        charged = [s + p.prefill for p, s in zip(predictions, stranded)]
+    else:  # the prefill the warmest hit would have saved, + stranded; capped: + the rest, up to 1.25 × the least
+        added = [0.0 if p.cached_tokens == most else max(0.0, p.cold_prefill * (min(warm) - 1.0) + p.prefill)
+                 for p in predictions]
+        charged = [s + a for s, a in zip(stranded, added)]
+        if charge == "capped":
+            base = [p.prefill - a for p, a in zip(predictions, added)]
+            charged = [c + min(b, 1.25 * min(base)) for c, b in zip(charged, base)]
+    rounded = [math.ceil((p.ttft + w * c) / tol) * tol or tol for p, c in zip(predictions, charged)]
     return [min(rounded) / r for r in rounded]
 
 
+@pytest.mark.parametrize("charge", ["capped", "miss", "prefill"])
 @pytest.mark.parametrize("seed", range(3))
-def test_scores_equal_the_one_endpoint_at_a_time_scorer_through_random_traffic(seed: int) -> None:
+def test_scores_equal_the_one_endpoint_at_a_time_scorer_through_random_traffic(seed: int, charge: str) -> None:
     """Every pick of a random run (shared prefixes, scrapes, stale endpoints, first tokens, completions,
     expiry) is scored exactly as the scalar predictor scores it: no decision changed by vectorising."""
     rng = random.Random(seed)
-    scheduler, scorer, clock = build(seed, text=CONFIG.replace("requestTimeout: 5m", "requestTimeout: 3s"))
+    scheduler, scorer, clock = build(seed, text=CONFIG.replace("requestTimeout: 5m", "requestTimeout: 3s").replace(
+        "defaultOutputTokens: 100", f"defaultOutputTokens: 100, workCharge: {charge}"))
     endpoints = pool(12, clock)
     prefixes = [[rng.randrange(50_000) for _ in range(rng.randrange(16, 3000))] for _ in range(5)]
     in_flight: list[tuple[LLMRequest, EndpointState]] = []
@@ -317,3 +343,19 @@ def test_a_replica_sees_the_prefill_another_replica_started_and_goes_elsewhere()
     assert e0.wait >= scorer_a.typical_cold_seconds > 0.1
     assert e1.wait < 0.01
     assert [a.schedule(request(f"a{i}", [i] * 8000), views[0]).endpoints[0].name for i in range(3, 6)][0] == "e1"
+
+
+@pytest.mark.parametrize(("charge", "to_slow"), [("capped", True), ("miss", True), ("prefill", False)])
+def test_on_a_mixed_pool_a_cold_prompt_goes_to_the_idle_slow_engine_when_it_answers_first(charge: str, to_slow: bool) -> None:
+    """A 20K-token prompt nobody holds: a fast engine (1B-like, 5.6 ms per 1K tokens) with 0.8 s queued, or
+    an idle one 5.4× slower per token. The slow one answers first (~0.61 s against ~0.91 s); charged
+    λ × its whole prefill (λ = 2 × 1.5, ``prefill``) it loses anyway, as long prompts queued behind the 1B
+    engines on the 4 + 4 mix; charged only up to 1.25 × the fast one's (``capped``) or not at all
+    (``miss``), it takes the prompt."""
+    scheduler, scorer, clock = build(text=CONFIG.replace("defaultOutputTokens: 100", f"defaultOutputTokens: 100, workCharge: {charge}"))
+    fast, slow = pool(2, clock)
+    scorer.learner[fast.name].adopt(LatencyEstimate(0.003, 0.0056, 0.00023, 0.004, 0.0, 0.0))
+    scorer.learner[slow.name].adopt(LatencyEstimate(0.008, 0.0304, 0.00071, 0.010, 0.0, 0.0))
+    scorer._ledger(fast.name).routed("queued", _flight(clock.now(), 0.8))
+    picked = scheduler.schedule(request("cold", list(range(20_000))), [fast, slow]).endpoints[0]
+    assert (picked is slow) == to_slow

@@ -168,9 +168,11 @@ def test_a_prefill_is_learned_at_its_first_token_not_when_its_stream_ends() -> N
 def test_a_slow_engine_measured_against_the_prior_stays_slow_once_the_pool_learns_fast_ones() -> None:
     """An endpoint's speed is relative to the pool's fit, so it must follow the pool: a 70B-class engine
     first seen while the pool still held its prior (3× the prior), then three fast engines (0.3× the prior)
-    teaching the pool, is still predicted about 3× the prior, not 3× the fast engines."""
+    teaching the pool, is still predicted about 3× the prior, not 3× the fast engines. (Fading is off:
+    the slow engine sees none of the pool's next 45 rounds, after which its stale evidence would fade
+    towards the pool's by design — ``test_an_endpoint_learned_too_slow_and_starved_is_corrected``.)"""
     rng = random.Random(7)
-    learners = LatencyLearner(BUDGET)
+    learners = LatencyLearner(BUDGET, half_life=0)
     slow, slow_engine = learners["slow"], truth(3.0)
     t = serve(slow, slow_engine, 6, rng, 0.0, serial := [0])
     for name in ("f1", "f2", "f3"):
@@ -179,3 +181,48 @@ def test_a_slow_engine_measured_against_the_prior_stays_slow_once_the_pool_learn
         got = slow.estimate.prefill_seconds(prompt, 0, 0, 0, BUDGET)
         assert got == pytest.approx(slow_engine.prefill_seconds(prompt, 0, 0, 0, BUDGET), rel=0.3)
         assert got > 5 * learners["f1"].estimate.prefill_seconds(prompt, 0, 0, 0, BUDGET)
+
+
+STARVED_CORRECTED_AFTER = 600
+"""Requests to a pool of 8 (75 rounds) after which an endpoint learned 1.5× too slow, and so sent nothing,
+is predicted within 15 % again and has been sent requests. Its evidence fades after
+``EVIDENCE_HALF_LIFE`` = 16 rounds and then halves every 16, so fading alone brings it within 15 % after
+16 + 16 · log2(ln 1.5 / ln 1.15) ≈ 41 rounds (328 requests; seeds 0–5: 316–359); the router's 2 ms tie is
+reached a few rounds later (first request at 327–504), and from then on the endpoint's own observations
+hold it (its next one counts as much as its first; final error 1–3 % after 3,000)."""
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_endpoint_learned_too_slow_and_starved_is_corrected(seed: int) -> None:
+    """Eight identical engines; one's first requests were slow (a cold start: 1.5×), so it is learned
+    1.5× too slow and a router that sends each request where its predicted prefill is least (ties within
+    2 ms to the endpoint idle longest) sends it nothing more: without fading, it stays mispredicted."""
+    rng = random.Random(seed)
+    engine = truth(1.0)
+    for half_life, corrected in ((0, False), (16, True)):
+        learners = LatencyLearner(BUDGET, half_life=half_life)
+        names = [f"e{i}" for i in range(8)]
+        t, serial = 0.0, [0]
+        for name in names:
+            t = serve(learners[name], truth(1.5) if name == "e7" else engine, 5, rng, t, serial)
+        assert worst_error(learners["e7"].estimate, engine) > 0.3
+        last_used = {name: 0 for name in names}
+        served = 0
+        for i in range(STARVED_CORRECTED_AFTER):
+            prompt = rng.randrange(100, 16000)
+            predicted = {n: learners[n].estimate.prefill_seconds(prompt, 0, 0, 0, BUDGET) for n in names}
+            best = min(predicted.values())
+            name = min((n for n in names if predicted[n] <= best + 0.002), key=last_used.__getitem__)
+            last_used[name] = i + 1
+            served += name == "e7"
+            learner = learners[name]
+            serial[0] += 1
+            learner.routed(f"r{serial[0]}", t, prompt, 0, 0, 0, streamed=True)
+            t += engine.prefill_seconds(prompt, 0, 0, 0, BUDGET) * rng.uniform(0.95, 1.05)
+            learner.started(f"r{serial[0]}", t, 1, 0)
+            t += 4 * engine.decode_step_seconds(1, 0) * rng.uniform(0.95, 1.05)
+            learner.finished(f"r{serial[0]}", t, {"prompt_tokens": prompt, "completion_tokens": 5}, 1, 0)
+            t += 0.01
+        error = worst_error(learners["e7"].estimate, engine)
+        assert (error <= 0.15) is corrected, (half_life, error, served)
+        assert (served > 0) is corrected

@@ -7,7 +7,10 @@ onto one endpoint, and each pick is booked at once (PreRequest), so the next req
 already sees it. λ = ``workWeight`` × (1 + mean queue in requests over the candidates): a cache miss
 costs later requests the prefill it adds, and more so the more requests queue — under overload the
 throughput cache hits buy matters more than which queue is shortest (λ = 0 with ``workWeight`` 0: pure
-TTFT).
+TTFT). What λ multiplies is the prefill work a choice adds (``workCharge``, ``_work``): by default the
+prefill a miss adds and the prefix it strands in full, and the rest of the prompt's prefill — what any
+endpoint pays — only up to 1.25× the least any candidate pays, so that on a pool of unequal engines λ
+does not turn a slow engine's speed into a charge its TTFT already carries.
 
 The prediction (``epp.scheduling.ttft``) uses each endpoint's latency as learned online from its own
 requests (``LatencyLearner``: recursive least squares with forgetting on the first tokens and
@@ -24,8 +27,10 @@ the request with its predicted prefill on the chosen endpoint, ResponseStarted (
 Parameters: ``blockSize`` 16, ``maxNumBatchedTokens`` 8192 (the engines' vLLM settings: KV block and
 prefill chunk size), ``kvCapacityTokens`` 500000 (assumed for an engine that reports no KV cache
 size), ``forgettingFactor`` 0.99 (the learner's memory: about the last 1 / (1 − λ) requests per
-endpoint), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
-``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
+endpoint), ``evidenceHalfLife`` 16 (rounds of the pool — one observation per endpoint each —
+after which an endpoint's own evidence not renewed fades towards the pool's, halving every as many
+rounds; 0: never), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
+``workCharge`` capped, ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
 (discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
 precise one only for endpoints whose KV-event feed is not live and which are matched in its fallback).
@@ -75,7 +80,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
-from epp.scheduling.ttft.learn import DECODE, PREFILL
+from epp.scheduling.ttft.learn import DECODE, EVIDENCE_HALF_LIFE, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
@@ -86,6 +91,20 @@ MIN_SECONDS = 1e-12
 """Floor of a cold prefill divided by (learned coefficients may all be 0)."""
 COLD_MEAN_WEIGHT = 1 / 32
 """Weight of each pick in ``typical_cold_seconds`` (an exponential moving mean over ~32 picks)."""
+CHARGE_CAPPED = "capped"
+CHARGE_MISS = "miss"
+CHARGE_PREFILL = "prefill"
+WORK_CHARGES = (CHARGE_CAPPED, CHARGE_MISS, CHARGE_PREFILL)
+"""``workCharge``: what λ multiplies (see the module docstring)."""
+BASE_CAP = 1.25
+"""``workCharge: capped``: the prefill an endpoint pays whatever the hit is charged up to this × the least
+any candidate pays. Differences between endpoints of one kind (learned noise, and the decode load that
+slows a busy engine's prefill) mostly stay under it and are charged as before; another kind's speed (an
+8B's 5.4× a 1B's) is not. Measured (bench/RESULTS.md, branch ``mixfloor``, TTFT p90 pooled over ±2 % of
+the knee): 1.1 lost 6 % on 8 × 8B conversation (1.210 vs 1.143 s), 1.25 0.9 %, 1.5 none; on the 4 + 4
+synthetic mix learned 1.323 / 1.335 / 1.342 s (the old charge 1.482), and with estimates pinned to the
+engines 1.164 / 1.260 / 1.477 s."""
+"""``workCharge``: what λ multiplies (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +113,14 @@ class TTFTPredictorParams:
     max_num_batched_tokens: int = 8192
     kv_capacity_tokens: int = 500_000
     forgetting_factor: float = 0.99
+    evidence_half_life: float = EVIDENCE_HALF_LIFE
     default_output_tokens: int = 256
     tie_tolerance: Duration = Duration(0.002)
     work_weight: float = 0.0
     request_timeout: Duration = Duration(600.0)
     prefix_match_info_producer_name: str | None = None
     estimate_eviction: bool | None = None
+    work_charge: str = CHARGE_CAPPED
 
     def __post_init__(self) -> None:
         for key, value in (
@@ -110,12 +131,16 @@ class TTFTPredictorParams:
                 raise ParamError(key, "must be at least 1")
         if not 0.5 <= self.forgetting_factor <= 1.0:
             raise ParamError("forgettingFactor", "must be in [0.5, 1]")
+        if self.evidence_half_life < 0:
+            raise ParamError("evidenceHalfLife", "must not be negative (0: never fades)")
         if self.work_weight < 0:
             raise ParamError("workWeight", "must not be negative")
         if self.tie_tolerance <= 0:
             raise ParamError("tieTolerance", "must be positive")
         if self.request_timeout <= 0:
             raise ParamError("requestTimeout", "must be positive")
+        if self.work_charge not in WORK_CHARGES:
+            raise ParamError("workCharge", f"must be one of {', '.join(WORK_CHARGES)}")
 
 
 class TTFTPredictorScorer:
@@ -127,7 +152,7 @@ class TTFTPredictorScorer:
         self.params = p = params or TTFTPredictorParams()
         self.producer = producer
         self.clock = clock
-        self.learner = LatencyLearner(p.max_num_batched_tokens, p.forgetting_factor)
+        self.learner = LatencyLearner(p.max_num_batched_tokens, p.forgetting_factor, p.evidence_half_life)
         self.predictor = BatchPredictor(
             TTFTPredictor(self.learner, p.block_size, p.default_output_tokens, p.kv_capacity_tokens)
         )
@@ -273,13 +298,12 @@ class TTFTPredictorScorer:
         now = self.clock.now()
         w = self._weight(self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now), len(endpoints))
         # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
-        rounded = self._stranded(predictions)
-        if rounded is None:
-            rounded = predictions.prefill * w
+        rounded = self._work(predictions)
+        if rounded is None:  # nothing to charge anywhere
+            rounded = predictions.ttft.copy()
         else:
-            rounded += predictions.prefill
             rounded *= w
-        rounded += predictions.ttft
+            rounded += predictions.ttft
         rounded /= tol
         np.ceil(rounded, out=rounded)
         rounded *= tol
@@ -287,6 +311,52 @@ class TTFTPredictorScorer:
             rounded[rounded == 0.0] = tol
         scores: list[float] = (rounded.min() / rounded).tolist()
         return scores
+
+    def _work(self, predictions: Predictions) -> npt.NDArray[np.float64] | None:
+        """Per endpoint, the prefill seconds λ charges (a new array; None: 0 everywhere), by ``workCharge``:
+
+        - ``prefill``: its whole predicted prefill, plus the prefix it strands (``_stranded``);
+        - ``miss``: only the prefill choosing it adds because it holds less of the prompt than the
+          warmest endpoint, plus what it strands. The added prefill is its own prefill less what it
+          would be with the warmest hit, taken as its cold prefill × (1 − the share of the cold prefill
+          the warmest hit saves, as ``_stranded`` measures it): 0 on the warmest, the saving missed
+          elsewhere, in its own seconds;
+        - ``capped`` (default): ``miss`` plus the rest of its prefill (what it pays whatever the hit),
+          at most ``BASE_CAP`` × the least of that over the candidates.
+
+        On a pool of one kind the prefill every endpoint pays anyway is about the same everywhere, so
+        the three order endpoints alike, up to learned noise (``capped`` and ``prefill`` exactly alike
+        while that stays within ``BASE_CAP``). On a mixed pool, ``prefill`` charges λ × a slow engine's
+        whole prefill: with λ = 2 × (1 + mean queue) ≈ 10 under a burst, long prompts stayed off idle 8B
+        engines while the 1B ones queued (4 + 4 synthetic at gie-default's knee, on the simulator's exact
+        numbers: TTFT p90 1.45× gie-default; ``miss`` 0.63×; bench/RESULTS.md, branch ``mixfloor``).
+        ``miss`` loses the little exploration the learned noise gave a pool of one kind (8 × 8B
+        conversation ×1: three engines unused for ~300 requests, hits 0.67 of the bound), hence ``capped``."""
+        charge = self.params.work_charge
+        prefill = predictions.prefill
+        found = self._strand(predictions)
+        if found is None:  # no endpoint holds more of the prompt than another: no miss, nothing stranded
+            if charge == CHARGE_MISS:
+                return None
+            work = prefill.copy()
+            if charge == CHARGE_CAPPED:
+                np.minimum(work, BASE_CAP * float(work.min()), out=work)
+            return work
+        work, share, most = found
+        if charge == CHARGE_PREFILL:
+            work += prefill
+            return work
+        cached, cold = predictions.cached_tokens, predictions.cold_prefill
+        added = cold * (share - 1.0)
+        added += prefill
+        np.maximum(added, 0.0, out=added)
+        added[cached == most] = 0.0
+        work += added
+        if charge == CHARGE_CAPPED:
+            base = prefill - added
+            np.minimum(base, BASE_CAP * float(base.min()), out=base)
+            work += base
+        return work
 
     @staticmethod
     def _stranded(predictions: Predictions) -> npt.NDArray[np.float64] | None:
@@ -304,6 +374,13 @@ class TTFTPredictorScorer:
         In a pool of one kind the two are the same; in a mixed pool the warm endpoint's seconds alone
         let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
         against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
+        found = TTFTPredictorScorer._strand(predictions)
+        return None if found is None else found[0]
+
+    @staticmethod
+    def _strand(predictions: Predictions) -> tuple[npt.NDArray[np.float64], float, int] | None:
+        """``_stranded``'s array, the share of the cold prefill the warmest hit saves, and that hit in
+        tokens; None when every endpoint holds as much."""
         cached = predictions.cached_tokens
         held = np.count_nonzero(cached)
         if not held:
@@ -322,7 +399,7 @@ class TTFTPredictorScorer:
         stranded *= share
         stranded *= most - cached
         stranded /= most
-        return stranded
+        return stranded, share, most
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
