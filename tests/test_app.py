@@ -19,16 +19,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp._util.cli import go_bool
-from epp._util.proc import spawn
+from epp._util.proc import free_port, spawn
 from epp.cli import build_parser
 from tests.conftest import wait_for
 from tests.extproc.builders import CHAT_BODY, request_body, request_headers, set_headers, streamed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_defaults_match_the_reference_flags() -> None:

@@ -49,11 +49,25 @@ _TRAMPOLINE = (
 )
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports ``free_port`` has returned in this process: a port picked and released can come back from the
+OS on the next call, before the first caller's child has bound it (an Envoy admin port that a picker then
+took: the admin poll read the picker's HTTP/2 frames)."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it; a small race remains until the user binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on right now and not handed out before by this process (the OS picks it; a
+    small race with other processes remains until the user binds it)."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            break
+    else:
+        _HANDED_OUT.clear()  # most of the ephemeral range handed out: the oldest children bound theirs long ago
+    _HANDED_OUT.add(port)
+    return port
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:

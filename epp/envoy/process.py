@@ -9,6 +9,7 @@ so several Envoys can run side by side, and ``--concurrency 1`` so tests and ben
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import shutil
 import subprocess
@@ -145,29 +146,35 @@ class EnvoyProcess:
             raise EnvoyError(f"envoy exited during start-up:\n{self.log_tail()}")
         try:
             return _admin_get(self.config.admin_port, "/ready", timeout=0.5).strip() == "LIVE"
-        except (OSError, urllib.error.URLError):
-            return False
+        except (OSError, urllib.error.URLError, http.client.HTTPException):
+            return False  # not listening yet, or something else holds the port (Envoy then exits: see above)
 
     def start(self, timeout: float = 30.0) -> None:
         """Validate the config, spawn Envoy and block until it is live (or raise and stop it)."""
         self._spawn(self._prepare())
         deadline = time.monotonic() + timeout
-        while not self._poll_ready():
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EnvoyError(f"envoy not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+        try:
+            while not self._poll_ready():
+                if time.monotonic() > deadline:
+                    raise EnvoyError(f"envoy not ready after {timeout:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()  # never leave a half-started Envoy behind
+            raise
 
     async def astart(self, timeout: float = 30.0) -> None:
         """``start`` for event loops: validation and polling off the loop, the spawn on the caller's thread."""
         binary = await asyncio.to_thread(self._prepare)
         self._spawn(binary)
         deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self._poll_ready):
-            if time.monotonic() > deadline:
-                await asyncio.to_thread(self.stop)
-                raise EnvoyError(f"envoy not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
+        try:
+            while not await asyncio.to_thread(self._poll_ready):
+                if time.monotonic() > deadline:
+                    raise EnvoyError(f"envoy not ready after {timeout:.0f}s:\n{self.log_tail()}")
+                await asyncio.sleep(0.05)
+        except BaseException:
+            await asyncio.to_thread(self.stop)  # never leave a half-started Envoy behind
+            raise
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code (None if never started)."""

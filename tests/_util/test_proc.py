@@ -1,13 +1,20 @@
-"""Children started with ``spawn`` do not outlive a parent that is SIGKILLed."""
+"""Children started with ``spawn`` do not outlive a parent that is SIGKILLed; ``free_port`` never hands
+one process the same port twice."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace, TracebackType
 
+import pytest
+
+from epp._util import proc
 from epp._util.proc import read_line, spawn, stop
 from tests.conftest import wait_for
 
@@ -60,3 +67,36 @@ def test_the_spawned_pid_is_the_program_itself_and_a_missing_program_raises_at_o
         assert err.filename == missing
     else:
         raise AssertionError("spawn of a missing program did not raise")
+
+
+class _OsPorts:
+    """A socket whose OS-picked port comes from a fixed sequence: the same port twice in a row, as Linux
+    may give it once it is released."""
+
+    def __init__(self, ports: Iterator[int]) -> None:
+        self.ports = ports
+        self.port = 0
+
+    def __call__(self, *_: object) -> _OsPorts:
+        return self
+
+    def __enter__(self) -> _OsPorts:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        return None
+
+    def bind(self, _: tuple[str, int]) -> None:
+        self.port = next(self.ports)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+def test_free_port_does_not_hand_out_a_port_again_that_the_os_gives_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proc, "_HANDED_OUT", set())
+    os_sockets = SimpleNamespace(AF_INET=socket.AF_INET, SOCK_STREAM=socket.SOCK_STREAM,
+                                 socket=_OsPorts(iter([40001, 40001, 40001, 40002])))
+    monkeypatch.setattr(proc, "socket", os_sockets)  # this module's view only, not the socket module
+    assert proc.free_port() == 40001
+    assert proc.free_port() == 40002  # a picker and an Envoy admin port would both have had 40001
