@@ -22,8 +22,18 @@ replay, same hooks):
   token that arrives within ``MERGE_GAP`` of the previous one from a request already waiting then was
   prefilled in the same iteration: it joins that observation instead of being read as free. The time
   the decodes spend in those iterations (current decode model × steps) is taken out first.
-* **ends** — a streamed request's mean inter-token time, ``(end − first token) / (completion − 1)``,
-  observes the decode step at the mean load seen at its first token and at its end.
+* **ends** — a streamed request's mean inter-token time, ``(end − first token − prefill extra) /
+  (completion − 1)``, observes the decode step at the mean load seen at its first token and at its end.
+  The prefill extra is what the prefills this endpoint timed inside that window added to the iterations
+  beyond the decode step each of them also was (chunked prefill: every prefill iteration carries the
+  running decodes): their observed seconds less ``steps × decode_fixed``, an interval partly inside
+  counted in proportion (``_prefill_extra``, O(log n) on the last ≤ 2,048 intervals). A stream that ends
+  while requests are queued here (a prefill may be running) waits for that prefill's interval to be
+  timed. Read raw, the inter-token time of a loaded engine is mostly the prefills of the requests
+  queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
+  since each prefill observation has ``steps ×`` the decodes' batch terms taken out, that also made the
+  prefills look cheaper than they are (bench/RESULTS.md, "Decode steps learned without co-batched
+  prefills").
 
 An observation is applied as soon as its interval is closed — when any later event on the endpoint
 comes more than ``MERGE_GAP`` after its first token — not when its requests complete: a prefill's
@@ -85,7 +95,7 @@ about a tenth of one observation), so an endpoint's first few first tokens alrea
 from __future__ import annotations
 
 import math
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +119,8 @@ MAX_FOREIGN = 256
 """Other replicas' first tokens kept per endpoint (``EndpointLearner.foreign_first_token``)."""
 MAX_OPEN_GROUPS = 512
 """Observations waiting for their requests' outcomes, per endpoint; older ones are dropped."""
+MAX_PREFILL_SPANS = 1024
+"""Learned prefill intervals kept per endpoint to take out of the inter-token times they overlap."""
 WARMUP = 20
 """Own observations after which an endpoint's estimate is its own alone; before, it leans on the pool's."""
 ERROR_WEIGHT = 0.05
@@ -444,8 +456,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_speculated", "_started",
-        "adopted", "budget", "decode", "pool", "prefill", "report", "version",
+        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_spans", "_speculated",
+        "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None,
@@ -463,6 +475,12 @@ class EndpointLearner:
         self._started: dict[str, _Started] = {}
         self._groups: deque[_Group] = deque()
         self._last_first_token = float("-inf")
+        self._spans: tuple[list[float], list[float], list[float]] = ([], [], [0.0])
+        """The learned prefill intervals, in time order (disjoint): starts, ends, and the running sum of the
+        seconds each added beyond the decode steps it also made (``_prefill_extra``)."""
+        self._streams: deque[tuple[float, float, int, tuple[float, float, float]]] = deque()
+        """Ended streams (first token, end, completion tokens, decode features) waiting for the prefill that
+        was running when they ended to be timed (``_observe_stream``)."""
         self._foreign: list[float] = []
         """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
@@ -564,14 +582,28 @@ class EndpointLearner:
                 booked.prompt, booked.cached = prompt, min(cached, max(0, prompt - 1))
         self._close(now)
         if ok and started.first_token is not None and completion >= 2:
-            itl = (now - started.first_token) / (completion - 1)
             n = (started.decodes + decodes) / 2
             ctx = (started.context + context) / 2
-            z = (1.0, n / 100, ctx / 1e5)
-            self.observe_decode(z, itl)
-            if self.report is not None:
-                self.report(DECODE, z, itl)
+            stream = (started.first_token, now, completion, (1.0, n / 100, ctx / 1e5))
+            if self._queue:  # a prefill may be running now: learn the stream once its interval is known
+                self._streams.append(stream)
+                if len(self._streams) > MAX_OPEN_GROUPS:
+                    self._observe_stream(*self._streams.popleft())
+            else:
+                self._observe_stream(*stream)
         self._settle()
+        if not self._queue:  # nothing is prefilling here: no stream waits for a prefill's interval
+            while self._streams:
+                self._observe_stream(*self._streams.popleft())
+
+    def _observe_stream(self, first_token: float, end: float, completion: int, z: tuple[float, float, float]) -> None:
+        """A stream's mean inter-token time observes the decode step, once the prefills that shared its
+        iterations (and lengthened them) are taken out."""
+        seconds = end - first_token
+        itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (completion - 1)
+        self.observe_decode(z, itl)
+        if self.report is not None:
+            self.report(DECODE, z, itl)
 
     def forget(self, request_id: str) -> None:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
@@ -613,10 +645,43 @@ class EndpointLearner:
         context = round(sum(b.context for b in members) / len(members))
         steps = -(-new // max(MIN_CHUNK, self.budget - decodes))
         x = (float(steps), new / 1000, pairs / 1e6)
-        seconds = group.end - start - steps * self.estimate.batch_seconds(decodes, context)
+        estimate = self.estimate
+        seconds = group.end - start - steps * estimate.batch_seconds(decodes, context)
+        self._span(start, group.end, max(0.0, seconds - steps * estimate.decode_fixed))
         self.observe_prefill(x, max(0.0, seconds))
+        streams = self._streams
+        while streams and streams[0][1] <= group.end:
+            self._observe_stream(*streams.popleft())
         if self.report is not None:
             self.report(PREFILL, x, max(0.0, seconds))
+
+    def _span(self, start: float, end: float, extra: float) -> None:
+        """Record a learned prefill interval and the seconds it added to the decodes' iterations."""
+        starts, ends, total = self._spans
+        if end <= start or (ends and start < ends[-1]):
+            return
+        starts.append(start)
+        ends.append(end)
+        total.append(total[-1] + extra)
+        if len(starts) > 2 * MAX_PREFILL_SPANS:
+            del starts[:MAX_PREFILL_SPANS], ends[:MAX_PREFILL_SPANS], total[:MAX_PREFILL_SPANS]
+
+    def _prefill_extra(self, begin: float, end: float) -> float:
+        """Seconds the learned prefills added to the iterations between ``begin`` and ``end`` beyond the
+        decode steps they also were (each prefill iteration carries every running decode, chunked prefill):
+        a stream's inter-token time is its decode step only once they are taken out. A prefill interval
+        partly inside counts in proportion. O(log spans)."""
+        starts, ends, total = self._spans
+        first = bisect_right(ends, begin)
+        last = bisect_left(starts, end)
+        if first >= last:
+            return 0.0
+        extra = total[last] - total[first]
+        for i in {first, last - 1}:
+            length = ends[i] - starts[i]
+            inside = min(ends[i], end) - max(starts[i], begin)
+            extra -= (total[i + 1] - total[i]) * (1 - max(0.0, inside) / length)
+        return max(0.0, extra)
 
     def observe_prefill(self, x: Sequence[float], seconds: float) -> None:
         """One prefill observation on ``prefill_features``, for this endpoint and the pool."""
