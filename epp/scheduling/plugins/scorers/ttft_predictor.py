@@ -104,7 +104,6 @@ slows a busy engine's prefill) mostly stay under it and are charged as before; a
 the knee): 1.1 lost 6 % on 8 × 8B conversation (1.210 vs 1.143 s), 1.25 0.9 %, 1.5 none; on the 4 + 4
 synthetic mix learned 1.323 / 1.335 / 1.342 s (the old charge 1.482), and with estimates pinned to the
 engines 1.164 / 1.260 / 1.477 s."""
-"""``workCharge``: what λ multiplies (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
