@@ -8,7 +8,7 @@ import pytest
 
 from epp._util.clock import VirtualClock
 from epp.scheduling.ttft import EndpointLedger, Flight
-from epp.scheduling.ttft.learn import EndpointLearner
+from epp.scheduling.ttft.learn import PREFILL, EndpointLearner
 from epp.shared import VirtualExchange, participants
 from epp.shared.protocol import EVENT_LATENCY, SharesEvents
 from tests.scheduling.ttft.test_learn import BUDGET, truth
@@ -159,3 +159,38 @@ def test_another_replicas_first_token_moves_this_ones_pending_prefills_behind_it
     ledger.foreign_started(12.0)  # the engine is behind: a runs from 12 at the earliest, b after it
     assert [f.eta for f in ledger.pending.values()] == [13.0, 13.5]
     assert ledger.busy_until == 13.5 and ledger.version > version and ledger.backlog(12.0) == pytest.approx(1.5)
+
+
+def test_another_replicas_prefill_interval_is_taken_out_of_this_ones_inter_token_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = VirtualClock(10.0)
+    a_sched, a = build(clock, 0)
+    b_sched, b = build(clock, 1)
+    endpoints = pool(1, clock)
+    a.on_event = lambda: None  # an exchange takes the events (``take_events``)
+    a_sched.schedule(request("a0", [2] * 100), endpoints)  # a knows e0
+    b_sched.schedule(request("b1", [3] * 500), endpoints)
+    clock.advance_to(10.1)
+    b_sched.response_started(request("b1", [3] * 500), endpoints[0])
+    clock.advance_to(10.6)
+    a.learner["e0"].report(PREFILL, (1.0, 0.5, 0.0), 0.3, (10.2, 10.5, 0.25))  # type: ignore[misc]
+    (event,) = [e for e in a.take_events() if e[2] == PREFILL]
+    assert event[4:] == [0.0, 1.0, 0.5, 0.0, 0.3, pytest.approx(0.1), pytest.approx(0.3), 0.25]
+    clock.advance_to(10.7)
+    b.import_events([event], 0.1, clock.now())  # a's prefill on e0 from 10.2 to 10.5, 0.25 s beyond its steps
+    b.import_events([[a.origin, 9, PREFILL, "e0", 0.0, 1.0, 0.5, 0.0, 0.3]], 0.0, clock.now())  # an older replica's
+    seen: list[float] = []
+    monkeypatch.setattr(EndpointLearner, "observe_decode", lambda self, z, seconds: seen.append(seconds))
+    clock.advance_to(11.1)
+    b_sched.response_complete(request("b1", [3] * 500), endpoints[0], {"completion_tokens": 11})
+    assert seen == [pytest.approx((1.0 - 0.25) / 10)]  # not 0.1: a's prefill is not b's decode step
+
+
+def test_prefill_intervals_heard_late_are_kept_in_order() -> None:
+    learner = EndpointLearner(BUDGET)
+    for start, end, extra in [(1.0, 2.0, 0.5), (5.0, 6.0, 0.25), (3.0, 4.0, 1.0), (3.5, 4.5, 9.0), (0.0, 0.5, 2.0)]:
+        learner._span(start, end, extra)  # the fourth overlaps the third: skipped
+    starts, ends, total = learner._spans
+    assert (starts, ends, total) == ([0.0, 1.0, 3.0, 5.0], [0.5, 2.0, 4.0, 6.0], [0.0, 2.0, 2.5, 3.5, 3.75])
+    assert learner._prefill_extra(1.5, 5.5) == pytest.approx(0.25 + 1.0 + 0.125)

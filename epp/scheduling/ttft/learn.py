@@ -27,9 +27,10 @@ replay, same hooks):
   The prefill extra is what the prefills this endpoint timed inside that window added to the iterations
   beyond the decode step each of them also was (chunked prefill: every prefill iteration carries the
   running decodes): their observed seconds less ``steps × decode_fixed``, an interval partly inside
-  counted in proportion (``_prefill_extra``, O(log n) on the last ≤ 2,048 intervals). A stream that ends
-  while requests are queued here (a prefill may be running) waits for that prefill's interval to be
-  timed. Read raw, the inter-token time of a loaded engine is mostly the prefills of the requests
+  counted in proportion (``_prefill_extra``, O(log n) on the last ≤ 2,048 intervals); with active-active
+  replicas the intervals the others timed here too (``foreign_prefill``, heard with their observations,
+  inserted in order). A stream that ends while requests are queued here (a prefill may be running)
+  waits for that prefill's interval to be timed. Read raw, the inter-token time of a loaded engine is mostly the prefills of the requests
   queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
   since each prefill observation has ``steps ×`` the decodes' batch terms taken out, that also made the
   prefills look cheaper than they are (bench/RESULTS.md, "Decode steps learned without co-batched
@@ -485,9 +486,10 @@ class EndpointLearner:
         """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
         """Set by shared state (``adopt``): another replica's estimate, used while it has learned more."""
-        self.report: Callable[[str, Sequence[float], float], None] | None = None
+        self.report: Callable[[str, Sequence[float], float, Sequence[float]], None] | None = None
         """Told each observation this endpoint's own requests made (``PREFILL`` or ``DECODE``, features,
-        seconds), for active-active replicas to learn from each other's (``LatencyLearner.report``)."""
+        seconds, and for a prefill its interval: start, end, extra seconds as ``_span`` records it; empty
+        for a decode), for active-active replicas to learn from each other's (``LatencyLearner.report``)."""
 
     @property
     def estimate(self) -> LatencyEstimate:
@@ -603,7 +605,7 @@ class EndpointLearner:
         itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (completion - 1)
         self.observe_decode(z, itl)
         if self.report is not None:
-            self.report(DECODE, z, itl)
+            self.report(DECODE, z, itl, ())
 
     def forget(self, request_id: str) -> None:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
@@ -647,22 +649,41 @@ class EndpointLearner:
         x = (float(steps), new / 1000, pairs / 1e6)
         estimate = self.estimate
         seconds = group.end - start - steps * estimate.batch_seconds(decodes, context)
-        self._span(start, group.end, max(0.0, seconds - steps * estimate.decode_fixed))
+        extra = max(0.0, seconds - steps * estimate.decode_fixed)
+        self._span(start, group.end, extra)
         self.observe_prefill(x, max(0.0, seconds))
         streams = self._streams
         while streams and streams[0][1] <= group.end:
             self._observe_stream(*streams.popleft())
         if self.report is not None:
-            self.report(PREFILL, x, max(0.0, seconds))
+            self.report(PREFILL, x, max(0.0, seconds), (start, group.end, extra))
+
+    def foreign_prefill(self, start: float, end: float, extra: float) -> None:
+        """Another replica timed a prefill here from ``start`` to ``end`` that added ``extra`` seconds to the
+        decodes' iterations (active-active replicas, heard through shared state): a stream of this
+        replica's whose window holds it takes it out of its inter-token time as it does its own
+        (``_observe_stream``) — else each replica learns the decode step with the others' prefills in it."""
+        self._span(start, end, extra)
 
     def _span(self, start: float, end: float, extra: float) -> None:
-        """Record a learned prefill interval and the seconds it added to the decodes' iterations."""
+        """Record a learned prefill interval and the seconds it added to the decodes' iterations; one that
+        overlaps a recorded interval is skipped. Another replica's may arrive late: it is inserted in order."""
         starts, ends, total = self._spans
-        if end <= start or (ends and start < ends[-1]):
+        if end <= start:
             return
-        starts.append(start)
-        ends.append(end)
-        total.append(total[-1] + extra)
+        if not ends or start >= ends[-1]:
+            starts.append(start)
+            ends.append(end)
+            total.append(total[-1] + extra)
+        else:
+            i = bisect_right(starts, start)
+            if (i and ends[i - 1] > start) or (i < len(starts) and starts[i] < end):
+                return
+            starts.insert(i, start)
+            ends.insert(i, end)
+            total.insert(i + 1, total[i] + extra)
+            for j in range(i + 2, len(total)):
+                total[j] += extra
         if len(starts) > 2 * MAX_PREFILL_SPANS:
             del starts[:MAX_PREFILL_SPANS], ends[:MAX_PREFILL_SPANS], total[:MAX_PREFILL_SPANS]
 
@@ -766,8 +787,8 @@ class LatencyLearner:
         self.endpoints: dict[str, EndpointLearner] = {}
         self.generation = 0
         """Moves when an endpoint's learner is removed: a reader holding learner objects re-fetches them."""
-        self.report: Callable[[str, str, Sequence[float], float], None] | None = None
-        """Told (endpoint, ``PREFILL`` or ``DECODE``, features, seconds) of every observation the endpoints'
+        self.report: Callable[[str, str, Sequence[float], float, Sequence[float]], None] | None = None
+        """Told (endpoint, ``PREFILL`` or ``DECODE``, features, seconds, a prefill's interval) of every observation the endpoints'
         own requests made: active-active replicas pass them to each other, so each learns from all the
         requests an endpoint serves, not the 1/N it routed (N replicas learning apart learn N times slower)."""
 

@@ -596,15 +596,21 @@ class TTFTPredictorScorer:
         if len(self._outbox) == 1 and self.on_event is not None:
             self.on_event()
 
-    def _report(self, name: str, kind: str, features: Sequence[float], seconds: float) -> None:
+    def _report(self, name: str, kind: str, features: Sequence[float], seconds: float, span: Sequence[float]) -> None:
         if self.on_event is not None:
-            self._emit(kind, name, self.clock.now(), *features, seconds)
+            at = self.clock.now()
+            if span:  # a prefill's interval, as seconds before ``at`` (ended that long ago, lasted, extra)
+                start, end, extra = span
+                self._emit(kind, name, at, *features, seconds, max(0.0, at - end), end - start, extra)
+            else:
+                self._emit(kind, name, at, *features, seconds)
 
     def take_events(self) -> list[Any]:
         """The bookings (``[origin, sequence, "b", endpoint, start, prefill seconds, KV context tokens, output
         tokens]``), streamed first tokens (``[origin, sequence, "f", endpoint, time, its booking's sequence]``) and latency
-        observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``,
-        ``EndpointLearner.report``) since the last call, times relative to now."""
+        observations (``[origin, sequence, "p" or "d", endpoint, time, *features, seconds]``, a prefill's
+        followed by its interval: how long before ``time`` it ended, its length, the seconds it added to the
+        decodes' iterations; ``EndpointLearner.report``) since the last call, times relative to now."""
         now = self.clock.now()
         events = [[self.origin, seq, kind, name, round(at - now, 6), *(round(v, 6) for v in values)]
                   for seq, kind, name, at, values in self._outbox]  # fmt: skip
@@ -639,7 +645,11 @@ class TTFTPredictorScorer:
                     heard.started[int(event[5])] = seq
                     changed.add(name)
             elif kind == PREFILL:
-                self.learner[name].observe_prefill(event[5:8], event[8])
+                learner = self.learner[name]
+                learner.observe_prefill(event[5:8], event[8])
+                if len(event) > 9:  # its interval (older replicas send none)
+                    end = sent + at - event[9]
+                    learner.foreign_prefill(end - event[10], end, event[11])
             else:
                 self.learner[name].observe_decode(event[5:8], event[8])
         if changed:
@@ -683,7 +693,8 @@ QUEUE_KEY = "queue"
 LATE_KEY = "late"
 ORIGIN_KEY = "origin"
 SEQUENCE_KEY = "sequence"
-EVENT_LENGTHS = {"f": 6, "b": 8, PREFILL: 9, DECODE: 9}
+EVENT_LENGTHS: dict[str, tuple[int, ...]] = {"f": (6,), "b": (8,), PREFILL: (9, 12), DECODE: (9,)}
+"""Each kind's event lengths; a prefill's 12 carry its interval, 9 are a replica's from before it did."""
 MAX_EVENTS = 4096
 """Events kept for the exchange to take; older ones are dropped (only if no exchange drains them)."""
 
@@ -711,7 +722,7 @@ class _Heard:
 def _event(item: object) -> bool:
     """A well-formed event of ``take_events``."""
     if not (isinstance(item, list) and len(item) >= 5 and isinstance(item[0], str) and isinstance(item[1], int)
-            and isinstance(item[3], str) and EVENT_LENGTHS.get(item[2]) == len(item)):  # fmt: skip
+            and isinstance(item[3], str) and len(item) in EVENT_LENGTHS.get(item[2], ())):  # fmt: skip
         return False
     numbers = item[4:]
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 for v in numbers) and (
