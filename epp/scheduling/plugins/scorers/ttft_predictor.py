@@ -333,7 +333,7 @@ class TTFTPredictorScorer:
         conversation ×1: three engines unused for ~300 requests, hits 0.67 of the bound), hence ``capped``."""
         charge = self.params.work_charge
         prefill = predictions.prefill
-        found = self._strand(predictions)
+        found = self._stranded(predictions)
         if found is None:  # no endpoint holds more of the prompt than another: no miss, nothing stranded
             if charge == CHARGE_MISS:
                 return None
@@ -358,9 +358,11 @@ class TTFTPredictorScorer:
         return work
 
     @staticmethod
-    def _stranded(predictions: Predictions) -> npt.NDArray[np.float64] | None:
+    def _stranded(predictions: Predictions) -> tuple[npt.NDArray[np.float64], float, int] | None:
         """Per endpoint, the prefill seconds of the prompt's prefix that choosing it leaves stranded on
-        the endpoint holding most of it (0 there; None when every endpoint holds as much).
+        the endpoint holding most of it (0 there), with the share of the cold prefill the warmest hit
+        saves and that hit in tokens (``_work`` prices a miss with them); None when every endpoint holds
+        as much.
 
         A request that leaves its conversation's cached prefix pays that prefill again now (its own
         ``prefill``) and leaves a copy that no later turn reads, holding KV another conversation's
@@ -373,13 +375,6 @@ class TTFTPredictorScorer:
         In a pool of one kind the two are the same; in a mixed pool the warm endpoint's seconds alone
         let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
         against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
-        found = TTFTPredictorScorer._strand(predictions)
-        return None if found is None else found[0]
-
-    @staticmethod
-    def _strand(predictions: Predictions) -> tuple[npt.NDArray[np.float64], float, int] | None:
-        """``_stranded``'s array, the share of the cold prefill the warmest hit saves, and that hit in
-        tokens; None when every endpoint holds as much."""
         cached = predictions.cached_tokens
         held = np.count_nonzero(cached)
         if not held:
