@@ -38,11 +38,6 @@ def chain_hashes(blocks: Iterable[bytes], seed: int) -> list[int]:
     return out
 
 
-def chain_data(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> list[int]:
-    """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)``, as ``chain_run`` computes it."""
-    return chain_run(data, block_bytes, seed, start, end)[0]
-
-
 def chain_run(data: bytes, block_bytes: int, seed: int, start: int = 0, end: int | None = None) -> tuple[list[int], U64]:
     """``chain_hashes(text_blocks(data[start:end], block_bytes), seed)`` as a list and as a read-only
     uint64 array, without building the blocks' list nor copying ``data``'s slice, and with
