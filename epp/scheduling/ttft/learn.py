@@ -272,6 +272,19 @@ class _Started:
     context: int
 
 
+@dataclass(slots=True)
+class _Stream:
+    """An ended stream whose decode observation waits for the prefill intervals that overlap it."""
+
+    first_token: float
+    end: float
+    completion: int
+    z: tuple[float, float, float]
+    due: float
+    """When the last prefill overlapping it ended, as far as known: its end, or ``inf`` while another
+    replica's prefill that was queued here when it ended has not been heard to end (its first token)."""
+
+
 class PoolModel:
     """The same two models fitted to every endpoint's observations. ``version`` moves only when a
     coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
@@ -457,8 +470,8 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_spans", "_speculated",
-        "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill", "report", "version",
+        "_estimate", "_foreign", "_groups", "_heard_until", "_held", "_last_first_token", "_pool_seen", "_queue", "_seen",
+        "_spans", "_speculated", "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill", "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None,
@@ -479,9 +492,13 @@ class EndpointLearner:
         self._spans: tuple[list[float], list[float], list[float]] = ([], [], [0.0])
         """The learned prefill intervals, in time order (disjoint): starts, ends, and the running sum of the
         seconds each added beyond the decode steps it also made (``_prefill_extra``)."""
-        self._streams: deque[tuple[float, float, int, tuple[float, float, float]]] = deque()
-        """Ended streams (first token, end, completion tokens, decode features) waiting for the prefill that
-        was running when they ended to be timed (``_observe_stream``)."""
+        self._streams: deque[_Stream] = deque()
+        """Ended streams waiting for this replica's prefill that was running when they ended to be timed."""
+        self._held: list[_Stream] = []
+        """Ended streams waiting for the other replicas' prefill intervals that overlap them (``peers_heard``)."""
+        self._heard_until = math.inf
+        """Every other replica's prefill interval here that ended before this has been heard (``peers_heard``);
+        ``inf``: no other replica (a single replica learns an ended stream at once)."""
         self._foreign: list[float] = []
         """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
@@ -564,9 +581,15 @@ class EndpointLearner:
             insort(foreign, at)
         if len(foreign) > MAX_FOREIGN:
             del foreign[0]
+        for stream in (*self._held, *self._streams):  # ended while theirs were queued: that prefill is over
+            if stream.due == math.inf:
+                stream.due = max(stream.end, at)
 
-    def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
-        """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
+    def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int,
+                 foreign_queued: bool = False) -> None:
+        """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure);
+        ``foreign_queued``: other replicas' requests are queued here without a first token (shared state),
+        so one of their prefills may be running now."""
         self._queue.pop(request_id, None)  # ended without a first byte: it timed nothing
         started = self._started.pop(request_id, None)
         if started is None:
@@ -586,26 +609,66 @@ class EndpointLearner:
         if ok and started.first_token is not None and completion >= 2:
             n = (started.decodes + decodes) / 2
             ctx = (started.context + context) / 2
-            stream = (started.first_token, now, completion, (1.0, n / 100, ctx / 1e5))
+            waits = foreign_queued and self._heard_until < math.inf
+            stream = _Stream(started.first_token, now, completion, (1.0, n / 100, ctx / 1e5),
+                             math.inf if waits else now)
             if self._queue:  # a prefill may be running now: learn the stream once its interval is known
                 self._streams.append(stream)
                 if len(self._streams) > MAX_OPEN_GROUPS:
-                    self._observe_stream(*self._streams.popleft())
+                    self._observe_stream(self._streams.popleft())
             else:
-                self._observe_stream(*stream)
+                self._release(stream)
         self._settle()
         if not self._queue:  # nothing is prefilling here: no stream waits for a prefill's interval
             while self._streams:
-                self._observe_stream(*self._streams.popleft())
+                self._release(self._streams.popleft())
 
-    def _observe_stream(self, first_token: float, end: float, completion: int, z: tuple[float, float, float]) -> None:
+    def _release(self, stream: _Stream) -> None:
+        """This replica's prefills that overlap ``stream`` are timed: learn it, unless another replica's
+        that may overlap it is not heard of yet (held until ``peers_heard`` says it is)."""
+        if stream.due <= self._heard_until:
+            self._observe_stream(stream)
+            return
+        held = self._held
+        held.append(stream)
+        if len(held) > MAX_OPEN_GROUPS:
+            self._observe_stream(held.pop(0))
+
+    def peers_heard(self, until: float, foreign_queued: bool) -> None:
+        """Shared state's round: every other replica's prefill interval here that ended before ``until`` has
+        been heard (each replica learns what is final, ``flush``, before it exports; ``inf``: no other
+        replica, or none reachable); ``foreign_queued`` as in ``finished``, now. Learns the held streams
+        whose overlapping prefills are all heard of, in the order they ended. O(held)."""
+        self._heard_until = until
+        held = self._held
+        if not held:
+            return
+        if not foreign_queued:  # the others' prefills queued when a stream ended have all started since
+            for stream in held:
+                if stream.due == math.inf:
+                    stream.due = stream.end
+        ready = [s for s in held if s.due <= until]
+        if ready:
+            self._held = [s for s in held if s.due > until]
+            for stream in ready:
+                self._observe_stream(stream)
+
+    def flush(self, now: float) -> None:
+        """Learn what is final by ``now`` (an observation past ``MERGE_GAP`` after its first token) without
+        waiting for the next event here: shared state's round calls it before each export, so every
+        prefill interval this replica times reaches the others within one round of its end and their
+        ended streams need not wait for it longer (``peers_heard``)."""
+        self._close(now)
+
+    def _observe_stream(self, stream: _Stream) -> None:
         """A stream's mean inter-token time observes the decode step, once the prefills that shared its
         iterations (and lengthened them) are taken out."""
+        first_token, end = stream.first_token, stream.end
         seconds = end - first_token
-        itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (completion - 1)
-        self.observe_decode(z, itl)
+        itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (stream.completion - 1)
+        self.observe_decode(stream.z, itl)
         if self.report is not None:
-            self.report(DECODE, z, itl, ())
+            self.report(DECODE, stream.z, itl, ())
 
     def forget(self, request_id: str) -> None:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
@@ -653,8 +716,8 @@ class EndpointLearner:
         self._span(start, group.end, extra)
         self.observe_prefill(x, max(0.0, seconds))
         streams = self._streams
-        while streams and streams[0][1] <= group.end:
-            self._observe_stream(*streams.popleft())
+        while streams and streams[0].end <= group.end:
+            self._release(streams.popleft())
         if self.report is not None:
             self.report(PREFILL, x, max(0.0, seconds), (start, group.end, extra))
 
