@@ -45,7 +45,10 @@ the latency learned by the replica that has seen most of an endpoint while it ha
 Bookings, first tokens and latency observations also go to the other replicas as they happen
 (``take_events`` / ``import_events``, about a millisecond): replicas picking faster than the exchange
 period otherwise send work to the same idle endpoint unaware of each other, and each learns from every
-request an endpoint serves, timing only its own requests' prefill.
+request an endpoint serves, timing only its own requests' prefill. Each export first learns what is final
+(``EndpointLearner.flush``: the others hear its prefill intervals within a round), and each import tells
+the learners how far the others' intervals are all heard (the oldest peer export's time), so an ended
+stream's decode step waits for the peers' prefills that overlap it (``EndpointLearner.peers_heard``).
 """
 
 from __future__ import annotations
