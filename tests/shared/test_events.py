@@ -267,13 +267,27 @@ def test_without_peers_an_ended_stream_is_learned_at_once_and_held_ones_go_when_
     learner = EndpointLearner(BUDGET)
     learned: list[str] = []
     learner.report = lambda kind, *_: learned.append(kind)  # type: ignore[assignment,misc]
-    for i, heard_until in enumerate([math.inf, 9.0]):  # no peers (one replica), then peers a round behind
-        learner.peers_heard(heard_until, False)
-        learner.routed(f"s{i}", 10.0 * i, 500, 0, 0, 0, streamed=True)
-        learner.started(f"s{i}", 10.0 * i + 0.1, 0, 0)
-        learner.finished(f"s{i}", 10.0 * i + 1.1, {"completion_tokens": 11}, 0, 0, foreign_queued=True)
-    assert learned == [PREFILL, DECODE, PREFILL]  # the second stream waits for the others' intervals
+
+    def stream(rid: str, at: float) -> None:
+        """Its prefill from ``at`` to ``at`` + 0.1, then 10 more tokens in a second, the others' queued."""
+        learner.routed(rid, at, 500, 0, 0, 0, streamed=True)
+        learner.started(rid, at + 0.1, 0, 0)
+        learner.finished(rid, at + 1.1, {"completion_tokens": 11}, 0, 0, foreign_queued=True)
+
+    stream("s0", 0.0)  # no peers (one replica)
+    assert learned == [PREFILL, DECODE]
+    learner.peers_heard(9.0, False)  # peers, a round behind
+    stream("s1", 10.0)
+    assert learned == [PREFILL, DECODE, PREFILL]  # the stream waits for the others' intervals
     learner.peers_heard(20.0, True)
     assert learned == [PREFILL, DECODE, PREFILL]  # theirs queued when it ended has not been heard to start
     learner.peers_heard(math.inf, True)  # no peer left (or the shared store is away): nothing to wait for
     assert learned == [PREFILL, DECODE, PREFILL, DECODE]
+    learner.peers_heard(19.0, True)
+    stream("s2", 20.0)
+    learner.routed("s3", 21.2, 500, 0, 0, 0, streamed=True)  # routed after the others' queued requests
+    learner.started("s3", 21.5, 0, 0)  # so their prefills are over by its first token (first come, first served)
+    learner.peers_heard(21.4, True)
+    assert learned[4:] == [PREFILL]  # s2's stream: their prefills may have run until 21.5
+    learner.peers_heard(21.6, True)
+    assert learned[4:] == [PREFILL, DECODE]
