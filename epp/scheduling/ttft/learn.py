@@ -36,14 +36,14 @@ replay, same hooks):
   has been sent, and a stream is learned once every peer's latest export is past its end — one or two
   exchange rounds (25–50 ms) later, as stale as shared state is, no constant of its own; one that
   ended while their requests were queued here (one of their prefills may be running) first waits for
-  a later first token here, theirs or its own (first come, first served: what was queued is over). Learned before, each replica's decode step kept the peers' prefills it had
-  not heard of yet (3 replicas on the 4 + 4 mix, 500 requests: 13 % of streams; inter-token time ×1.12
-  of what all the intervals give on average, ×4.6 at p99). A single replica (no peers) learns a stream
-  when it did.
-  Cost: O(1) per stream, and per exchange round and per peer first token O(streams held) per endpoint
-  (those that ended within the last round or two, or during a peer's prefill). Read raw, the
-  inter-token time of a loaded engine is mostly the prefills of the requests
-  queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
+  a later first token here, theirs or its own (first come, first served: the prefill running at its end
+  is over by then, and any later one starts after its end). Learned before, each replica's decode step
+  kept the peers' prefills it had not heard of yet (3 replicas on the 4 + 4 mix, 500 requests: 13 % of
+  streams; inter-token time ×1.12 of what all the intervals give on average, ×4.6 at p99). A single
+  replica (no peers) learns a stream when it did. Cost: O(1) per stream, and per exchange round and per
+  first token O(streams held) per endpoint (those that ended within the last round or two, or during a
+  peer's prefill). Read raw, the inter-token time of a loaded engine is mostly the prefills of the
+  requests queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
   since each prefill observation has ``steps ×`` the decodes' batch terms taken out, that also made the
   prefills look cheaper than they are (bench/RESULTS.md, "Decode steps learned without co-batched
   prefills").
@@ -294,8 +294,8 @@ class _Stream:
     completion: int
     z: tuple[float, float, float]
     due: float
-    """When the last prefill overlapping it ended, as far as known: its end, or ``inf`` while another
-    replica's prefill that was queued here when it ended has not been heard to end (its first token)."""
+    """Up to when prefills overlapping it may have run: its end, or ``inf`` while another replica's that
+    was queued here when it ended may still be running (until a later first token here, ``_prefills_over``)."""
 
 
 class PoolModel:
@@ -483,8 +483,9 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_foreign", "_groups", "_heard_until", "_held", "_last_first_token", "_pool_seen", "_queue", "_seen",
-        "_spans", "_speculated", "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill", "report", "version",
+        "_estimate", "_foreign", "_groups", "_heard_until", "_held", "_last_first_token", "_pool_seen", "_queue",
+        "_seen", "_spans", "_speculated", "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill",
+        "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None,
@@ -599,9 +600,9 @@ class EndpointLearner:
         self._prefills_over(at)
 
     def _prefills_over(self, at: float) -> None:
-        """A first token at ``at``: the prefills queued when the streams ended before it are over by then
-        (first come, first served), so a stream that waited for the others' (``finished``) waits only for
-        their intervals up to ``at``. O(streams held)."""
+        """A first token here at ``at``: the prefill running when a stream ended before it is over by then,
+        and any later one starts after that stream's end (first come, first served), so a stream that waited
+        for the others' (``finished``) waits only for their intervals up to ``at``. O(streams held)."""
         for stream in (*self._held, *self._streams):
             if stream.due == math.inf and stream.end <= at:
                 stream.due = at
