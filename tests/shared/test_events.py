@@ -280,13 +280,13 @@ def test_without_peers_an_ended_stream_is_learned_at_once_and_held_ones_go_when_
     stream("s1", 10.0)
     assert learned == [PREFILL, DECODE, PREFILL]  # the stream waits for the others' intervals
     learner.peers_heard(20.0, True)
-    assert learned == [PREFILL, DECODE, PREFILL]  # theirs queued when it ended has not been heard to start
+    assert learned == [PREFILL, DECODE, PREFILL]  # their prefill queued when it ended may still be running
     learner.peers_heard(math.inf, True)  # no peer left (or the shared store is away): nothing to wait for
     assert learned == [PREFILL, DECODE, PREFILL, DECODE]
     learner.peers_heard(19.0, True)
     stream("s2", 20.0)
-    learner.routed("s3", 21.2, 500, 0, 0, 0, streamed=True)  # routed after the others' queued requests
-    learner.started("s3", 21.5, 0, 0)  # so their prefills are over by its first token (first come, first served)
+    learner.routed("s3", 21.2, 500, 0, 0, 0, streamed=True)
+    learner.started("s3", 21.5, 0, 0)  # a later first token: theirs are over by then (first come, first served)
     learner.peers_heard(21.4, True)
     assert learned[4:] == [PREFILL]  # s2's stream: their prefills may have run until 21.5
     learner.peers_heard(21.6, True)
