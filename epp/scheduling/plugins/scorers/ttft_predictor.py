@@ -12,6 +12,18 @@ prefill a miss adds and the prefix it strands in full, and the rest of the promp
 endpoint pays — only up to 1.25× the least any candidate pays, so that on a pool of unequal engines λ
 does not turn a slow engine's speed into a charge its TTFT already carries.
 
+Costs within ``tieRelative`` (5 %) ÷ (1 + mean queue) of the cheapest also tie with it. A prefix every
+request shares (a system prompt) otherwise locks a light pool onto the endpoints that happened to get the
+first few requests: each holds it, so on each of them a new conversation saves its prefill and the work
+charge on it (on 8 × 1B conversation at ×1, 512 tokens: ~17 ms of cost on a ~230 ms prompt), and an
+endpoint that never got a request never gets it, nor any request (1B, 500 requests: 2–4 of 8 engines
+served nothing, imbalance 1.7–2.6; 2,000 requests: hit 0.93× the capacity bound, the caches of five engines
+holding eight engines' conversations). Which endpoints got in was decided by chance in the first seconds
+(and by any bias in the learned latency: decode steps learned too slow made busy engines look dearer and
+spread the first requests, bench/RESULTS.md "Light-load lock-out"). Within 5 % a warm endpoint is no
+better than a cold one by more than prediction noise, and a conversation's own turns (most of the prompt
+cached) stay far outside it; the tie shrinks as queues grow, where the ranking is what TTFT depends on.
+
 The prediction (``epp.scheduling.ttft``) uses each endpoint's latency as learned online from its own
 requests (``LatencyLearner``: recursive least squares with forgetting on the first tokens and
 inter-token times of requests that succeeded; no GPU, model or profile is assumed), the prefix
@@ -30,7 +42,7 @@ size), ``forgettingFactor`` 0.99 (the learner's memory: about the last 1 / (1 �
 endpoint), ``evidenceHalfLife`` 16 (rounds of the pool — one observation per endpoint each —
 after which an endpoint's own evidence not renewed fades towards the pool's, halving every as many
 rounds; 0: never), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
-``workCharge`` capped, ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
+``workCharge`` capped, ``tieTolerance`` 2ms, ``tieRelative`` 0.05, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
 (discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
 precise one only for endpoints whose KV-event feed is not live and which are matched in its fallback).
@@ -115,6 +127,7 @@ class TTFTPredictorParams:
     evidence_half_life: float = EVIDENCE_HALF_LIFE
     default_output_tokens: int = 256
     tie_tolerance: Duration = Duration(0.002)
+    tie_relative: float = 0.05
     work_weight: float = 0.0
     request_timeout: Duration = Duration(600.0)
     prefix_match_info_producer_name: str | None = None
@@ -136,6 +149,8 @@ class TTFTPredictorParams:
             raise ParamError("workWeight", "must not be negative")
         if self.tie_tolerance <= 0:
             raise ParamError("tieTolerance", "must be positive")
+        if not 0.0 <= self.tie_relative < 1.0:
+            raise ParamError("tieRelative", "must be in [0, 1)")
         if self.request_timeout <= 0:
             raise ParamError("requestTimeout", "must be positive")
         if self.work_charge not in WORK_CHARGES:
@@ -295,7 +310,8 @@ class TTFTPredictorScorer:
         tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         now = self.clock.now()
-        w = self._weight(self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now), len(endpoints))
+        queued = self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now)
+        w = self._weight(queued, len(endpoints))
         # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
         rounded = self._work(predictions)
         if rounded is None:  # nothing to charge anywhere
@@ -303,6 +319,10 @@ class TTFTPredictorScorer:
         else:
             rounded *= w
             rounded += predictions.ttft
+        if self.params.tie_relative:  # within the relative tie of the cheapest: the cheapest's cost, a tie
+            relative = self.params.tie_relative / (1 + queued / max(1, len(endpoints)))
+            cheapest = rounded.min()
+            np.copyto(rounded, cheapest, where=rounded <= cheapest * (1 + relative))
         rounded /= tol
         np.ceil(rounded, out=rounded)
         rounded *= tol
