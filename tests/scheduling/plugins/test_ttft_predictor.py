@@ -311,7 +311,7 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
             base = [p.prefill - a for p, a in zip(predictions, added)]
             charged = [c + min(b, 1.25 * min(base)) for c, b in zip(charged, base)]
     costs = [p.ttft + w * c for p, c in zip(predictions, charged)]
-    tie = min(costs) * (1 + scorer.params.tie_relative / (1 + queued))  # within it: the cheapest's cost
+    tie = min(costs) * (1 + scorer.params.tie_relative / (1 + 4 * queued))  # within it: the cheapest's cost
     rounded = [math.ceil((min(costs) if c <= tie else c) / tol) * tol or tol for c in costs]
     return [min(rounded) / r for r in rounded]
 

@@ -12,17 +12,19 @@ prefill a miss adds and the prefix it strands in full, and the rest of the promp
 endpoint pays — only up to 1.25× the least any candidate pays, so that on a pool of unequal engines λ
 does not turn a slow engine's speed into a charge its TTFT already carries.
 
-Costs within ``tieRelative`` (5 %) ÷ (1 + mean queue) of the cheapest also tie with it. A prefix every
-request shares (a system prompt) otherwise locks a light pool onto the endpoints that happened to get the
-first few requests: each holds it, so on each of them a new conversation saves its prefill and the work
-charge on it (on 8 × 1B conversation at ×1, 512 tokens: ~17 ms of cost on a ~230 ms prompt), and an
-endpoint that never got a request never gets it, nor any request (1B, 500 requests: 2–4 of 8 engines
-served nothing, imbalance 1.7–2.6; 2,000 requests: hit 0.93× the capacity bound, the caches of five engines
-holding eight engines' conversations). Which endpoints got in was decided by chance in the first seconds
-(and by any bias in the learned latency: decode steps learned too slow made busy engines look dearer and
-spread the first requests, bench/RESULTS.md "Light-load lock-out"). Within 5 % a warm endpoint is no
-better than a cold one by more than prediction noise, and a conversation's own turns (most of the prompt
-cached) stay far outside it; the tie shrinks as queues grow, where the ranking is what TTFT depends on.
+Costs within ``tieRelative`` (5 %) ÷ (1 + 4 × mean queue, ``TIE_QUEUE_WEIGHT``) of the cheapest also tie
+with it. A prefix every request shares (a system prompt) otherwise locks a light pool onto the endpoints
+that happened to get the first few requests: each holds it, so on each of them a new conversation saves
+its prefill and the work charge on it (on 8 × 1B conversation at ×1, 512 tokens: ~17 ms of cost on a
+~230 ms prompt), and an endpoint that never got a request never gets it, nor any request (1B, 500
+requests: 2–4 of 8 engines served nothing, imbalance 1.7–2.6; 2,000 requests: hit 0.93× the capacity
+bound, the caches of five engines holding eight engines' conversations). Which endpoints got in was
+decided by chance in the first seconds (and by any bias in the learned latency: decode steps learned too
+slow made busy engines look dearer and spread the first requests, bench/RESULTS.md "Light-load
+lock-out"). Within 5 % a warm endpoint is no better than a cold one by more than prediction noise, and a
+conversation's own turns (most of the prompt cached) stay far outside it; the tie shrinks as queues
+grow, where the ranking is what TTFT depends on. The learner is not the cause: its estimates were within
+5 % of the engines' and equal across endpoints.
 
 The prediction (``epp.scheduling.ttft``) uses each endpoint's latency as learned online from its own
 requests (``LatencyLearner``: recursive least squares with forgetting on the first tokens and
@@ -116,6 +118,14 @@ slows a busy engine's prefill) mostly stay under it and are charged as before; a
 the knee): 1.1 lost 6 % on 8 × 8B conversation (1.210 vs 1.143 s), 1.25 0.9 %, 1.5 none; on the 4 + 4
 synthetic mix learned 1.323 / 1.335 / 1.342 s (the old charge 1.482), and with estimates pinned to the
 engines 1.164 / 1.260 / 1.477 s."""
+
+
+TIE_QUEUE_WEIGHT = 4.0
+"""``tieRelative`` is divided by 1 + this × the mean queue (requests per candidate): a fifth of it by one
+queued request per endpoint. The lock-out it breaks is a light-load one; under load the ranking is what
+TTFT depends on. Measured on the 4 + 4 synthetic knee, p90 at ×0.98–×1.02 averaged, seeds 0 / 1: 1.165 /
+1.210 s without the tie, 1.246 / 1.207 with it divided by 1 + the mean queue, 1.131 / 1.110 by 1 + 4 × it
+(bench/RESULTS.md, "Light-load lock-out")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +330,7 @@ class TTFTPredictorScorer:
             rounded *= w
             rounded += predictions.ttft
         if self.params.tie_relative:  # within the relative tie of the cheapest: the cheapest's cost, a tie
-            relative = self.params.tie_relative / (1 + queued / max(1, len(endpoints)))
+            relative = self.params.tie_relative / (1 + TIE_QUEUE_WEIGHT * queued / max(1, len(endpoints)))
             cheapest = rounded.min()
             np.copyto(rounded, cheapest, where=rounded <= cheapest * (1 + relative))
         rounded /= tol
