@@ -9,8 +9,9 @@ gie-default's CPU per pick at 64 endpoints. Here:
   recomputed only when its metrics object, staleness or ledger ``version`` changed: between scrapes a
   pick recomputes only the endpoints booked or answered since the previous pick;
   and when its learned latency (``EndpointLearner.estimate``) changed;
-* the arithmetic runs as numpy over endpoints, with the scalar predictor's float operations
-  (``LatencyEstimate.prefill_seconds``) in the same order, so every element equals
+* the arithmetic over the candidates is one compiled loop (``_predict_rows``, numba: a pick paid ~1 µs
+  per numpy call, ~20 of them, whatever the endpoint count), with the scalar predictor's float
+  operations (``LatencyEstimate.prefill_seconds``) in the same order, so every element equals
   ``TTFTPredictor.predict`` bit for bit (``tests/scheduling/ttft/test_batch.py`` compares them on
   random states).
 """
@@ -26,14 +27,18 @@ from itertools import compress, count
 import numpy as np
 import numpy.typing as npt
 
+from epp._util.jit import compiled
 from epp.datastore import EndpointMetrics, EndpointState
 from epp.scheduling.ttft.learn import MIN_CHUNK, EndpointLearner, LatencyEstimate
 from epp.scheduling.ttft.ledger import MAX_SLOWNESS, EndpointLedger
-from epp.scheduling.ttft.predictor import DecodeLoad, Prediction, TTFTPredictor, surviving_tokens
+from epp.scheduling.ttft.predictor import SURVIVAL_EDGE, DecodeLoad, Prediction, TTFTPredictor
 
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+Ints2 = npt.NDArray[np.int64]
+"""Two-dimensional: a row per field, a column per candidate (C order, so a field is contiguous)."""
+Floats2 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,26 +70,20 @@ _Row = tuple[
 decode load; what the arithmetic reads of it, the ``_I_*`` and ``_F_*`` fields (ints, floats); the
 learner and the estimate the coefficients came from. The candidates' rows are kept as two arrays with
 one row per field and one column per candidate, so a field is a contiguous array."""
-# Integer fields: sequences, context, capacity, foreign waiting, pending requests, and three whose
-# minimum over the candidates (one reduction) tells a pick which terms it can skip: the chunk cap, the
-# KV room (capacity − context; ``_NO_ROOM_LIMIT`` where nothing is resident, which never waits for KV)
-# and −foreign waiting.
-_I_SEQUENCES, _I_CONTEXT, _I_CAPACITY, _I_FOREIGN, _I_PENDING, _I_CHUNK, _I_ROOM, _I_NEG_FOREIGN = range(8)
-_INTS = 8
-_NO_ROOM_LIMIT = np.iinfo(np.int64).max
-# Float fields. The ones compared with or subtracted from ``now`` are adjacent, so one numpy operation
-# covers several (per-operation overhead, not the 64 elements, is what a pick pays): ``_F_HEAD`` (the
-# oldest pending request's predicted first token, inf when none), ``_F_STRETCH`` (the same where the
-# head is streamed — ``per_cold`` ≠ 0 — else inf: overdue there means stretched), ``_F_NEWEST`` (the
-# newest's); ``_F_BUSY`` … ``_F_HEAD_START`` (``backlog_terms``' times). ``_F_NEG_PER_COLD`` is
-# −``per_cold``: (head start − now) × −per_cold is (now − head start) × per_cold exactly.
+# Integer fields: sequences, context, capacity, foreign waiting, pending requests, the chunk cap.
+_I_SEQUENCES, _I_CONTEXT, _I_CAPACITY, _I_FOREIGN, _I_PENDING, _I_CHUNK = range(6)
+_INTS = 6
+# Float fields: ``_F_HEAD`` (the oldest pending request's predicted first token, inf when none),
+# ``_F_STRETCH`` (the same where the head is streamed — ``per_cold`` ≠ 0 — else inf: overdue there means
+# stretched), ``_F_NEWEST`` (the newest's); ``_F_BUSY`` … ``_F_HEAD_START`` (``backlog_terms``' times).
+# ``_F_NEG_PER_COLD`` is −``per_cold``: (head start − now) × −per_cold is (now − head start) × per_cold exactly.
 (_F_MEAN_OUTPUT, _F_HALF_STEP, _F_DRAIN, _F_PER_STEP, _F_PER_TOKEN, _F_PER_PAIR, _F_BEHIND, _F_NEG_PER_COLD,
  _F_HEAD, _F_STRETCH, _F_NEWEST, _F_BUSY, _F_BUSY_COLD, _F_HEAD_COLD, _F_HEAD_START) = range(15)
 _FLOATS = 15
+# What ``_predict_rows`` writes, a row each.
+_O_TTFT, _O_WAIT, _O_PREFILL, _O_KV_WAIT, _O_COLD = range(5)
+_OUTPUTS = 5
 _VERSION = operator.attrgetter("version")
-_SCALAR_ROWS = 6
-"""Matched endpoints up to which their cached-prefix prefill is computed in Python, row by row (about
-a microsecond each), instead of a dozen numpy operations over all candidates."""
 
 
 class BatchPredictor:
@@ -96,8 +95,8 @@ class BatchPredictor:
     Python-level check per endpoint."""
 
     __slots__ = (
-        "_aligned", "_floats", "_generation", "_ints", "_learned", "_learners", "_ledgers", "_names",
-        "_pool_version", "_rows", "_scrapes", "_versions", "predictor",
+        "_aligned", "_between", "_floats", "_generation", "_ints", "_kernels", "_learned", "_learners", "_ledgers",
+        "_names", "_pool_version", "_rows", "_scrapes", "_versions", "predictor",
     )  # fmt: skip
 
     def __init__(self, predictor: TTFTPredictor) -> None:
@@ -107,6 +106,8 @@ class BatchPredictor:
         self._aligned: list[_Row | None] = []
         self._ints = np.zeros((_INTS, 0), dtype=np.int64)
         self._floats = np.zeros((_FLOATS, 0), dtype=np.float64)
+        self._between = np.zeros(0, dtype=np.int64)
+        self._kernels = _Kernels()
         self._ledgers: list[EndpointLedger] = []
         self._versions: list[int] = []
         self._scrapes: list[EndpointMetrics | None] = []
@@ -126,8 +127,7 @@ class BatchPredictor:
         p = self.predictor
         load = p.decode_load(state, ledger)
         n, ctx, foreign = load.sequences, load.context_tokens, load.foreign_waiting
-        room = load.capacity_tokens - ctx if ctx > 0 else _NO_ROOM_LIMIT
-        ints = (n, ctx, load.capacity_tokens, foreign, len(ledger.pending), max(MIN_CHUNK, p.budget - n), room, -foreign)
+        ints = (n, ctx, load.capacity_tokens, foreign, len(ledger.pending), max(MIN_CHUNK, p.budget - n))
         learner = p.learner[name]
         scrape = None if state.stale else state.metrics
         return self._cost(name, (ledger, ledger.version, scrape, state.stale, load, ints, (), learner, learner.estimate))
@@ -164,6 +164,7 @@ class BatchPredictor:
             self._aligned = [None] * len(names)
             self._ints = np.zeros((_INTS, len(names)), dtype=np.int64)
             self._floats = np.zeros((_FLOATS, len(names)), dtype=np.float64)
+            self._between = np.zeros(len(names), dtype=np.int64)
             self._learners = [learner[name] for name in names]
             self._learned = [-1] * len(names)
             self._pool_version = -1
@@ -231,88 +232,121 @@ class BatchPredictor:
         ``matched_tokens`` counts units of ``tokens_per_match`` tokens (1, or the prefix index's blocks);
         ``written_since`` holds, by position, the non-zero tokens written since a match was released;
         ``scrapes``, if the caller has it, each state's metrics (None where stale), aligned — the same list
-        object as at the previous pick when none changed, which then costs no comparison.
-
-        The same float operations as the scalar predictor, in as few numpy calls as they allow (each
-        costs about a microsecond at 64 endpoints, whatever it computes): terms that are 0 or 1 for
-        every candidate (one chunk per prompt, no foreign queue, nothing waiting for KV — known from one
-        reduction over the cached rows) are skipped, which leaves the result unchanged, and the few
-        matched endpoints' cached-prefix prefill is computed row by row."""
+        object as at the previous pick when none changed, which then costs no comparison. One call of the
+        compiled ``_predict_rows`` over the cached rows."""
         ints, floats = self._arrays(names, states, ledgers, scrapes)
+        n = len(names)
         prompt = max(1, prompt_tokens)
         block = self.predictor.block_size
-        least_chunk, least_room, least_neg_foreign = np.minimum.reduce(ints[_I_CHUNK:], axis=1).tolist()
-        one_chunk = prompt <= least_chunk  # then every prefill, cached or cold, is one iteration
-        chunk_max = ints[_I_CHUNK]
-        per_step, per_token, per_pair = floats[_F_PER_STEP], floats[_F_PER_TOKEN], floats[_F_PER_PAIR]
-        # The cold prefill (nothing cached), then the matched endpoints' prefill over what they cache.
-        cold = per_token * (prompt / 1000)
-        cold += per_step if one_chunk else per_step * -(-prompt // chunk_max)  # one step: per_step × 1 is per_step
-        cold += per_pair * (prompt * (prompt / 2) / 1e6)
-        matched = list(compress(count(), matched_tokens))
+        matched = np.fromiter(matched_tokens, np.int64, n)
+        since = np.zeros(n, dtype=np.int64)
+        for i, written in written_since.items():
+            since[i] = written
+        out = np.empty((_OUTPUTS, n), dtype=np.float64)
+        cached_tokens = np.empty(n, dtype=np.int64)
         limit = (prompt - 1) // block * block  # the engine recomputes at least the prompt's last token, in whole blocks
-        if not matched:
-            cached_tokens = np.zeros(len(names), dtype=np.int64)
-            prefill = cold
-        elif len(matched) <= _SCALAR_ROWS:
-            cached_tokens = np.zeros(len(names), dtype=np.int64)
-            prefill = cold.copy()
-            aligned, rows = self._aligned, self._rows
-            for i in matched:
-                cached = matched_tokens[i] * tokens_per_match
-                since = written_since.get(i)
-                row = aligned[i] or rows[names[i]]
-                if since:
-                    cached = surviving_tokens(cached, since, row[4])
-                cached = max(0, min(cached, limit))
-                new = prompt - cached
-                steps = 1 if one_chunk else -(-new // row[5][_I_CHUNK])
-                f = row[6]
-                cached_tokens[i] = cached
-                prefill[i] = f[_F_PER_STEP] * steps + f[_F_PER_TOKEN] * (new / 1000) + f[_F_PER_PAIR] * (
-                    new * (cached + new / 2) / 1e6)
-        else:
-            cached_tokens = np.array(matched_tokens, dtype=np.int64)
-            if tokens_per_match != 1:
-                cached_tokens *= tokens_per_match
-            for i, since in written_since.items():
-                cached_tokens[i] = surviving_tokens(int(cached_tokens[i]), since, self._rows[names[i]][4])
-            np.maximum(0, np.minimum(cached_tokens, limit, out=cached_tokens), out=cached_tokens)
-            uncached = prompt - cached_tokens
-            prefill = per_token * (uncached / 1000)
-            prefill += per_step if one_chunk else per_step * -(-uncached // chunk_max)
-            prefill += per_pair * (uncached * (cached_tokens + uncached / 2) / 1e6)
-        # EndpointLedger.backlog, same operations; every term is finite where it is computed
-        late, stretched = floats[_F_HEAD:_F_STRETCH + 1] < now  # overdue heads; overdue streamed heads
-        since_now = floats[_F_BUSY:] - now  # busy until, busy cold, head cold eta, head start
-        ahead = np.maximum(0.0, since_now[:3])
-        backlog = np.where(late, ahead[1], ahead[0])
-        if np.count_nonzero(stretched):
-            slowness = since_now[3] * floats[_F_NEG_PER_COLD]
-            np.minimum(MAX_SLOWNESS, np.maximum(1.0, slowness, out=slowness), out=slowness)
-            slowness *= floats[_F_BEHIND]
-            slowness += ahead[2]
-            np.copyto(backlog, slowness, where=stretched)
-        wait = backlog + floats[_F_HALF_STEP]
-        if least_neg_foreign < 0:  # without foreign requests this adds 0.0 to a non-negative wait: exact
-            wait += ints[_I_FOREIGN] * cold
-        if prompt <= least_room:  # the common case: nothing waits for KV (adding 0.0 is exact)
-            return Predictions(wait + prefill, wait, prefill, np.zeros(len(cached_tokens)), cached_tokens, cold)
-        ctx = ints[_I_CONTEXT]
-        overflow = ctx + prompt - ints[_I_CAPACITY]
-        pressed = (overflow > 0) & (ctx > 0)
-        drain = floats[_F_DRAIN]
-        kv_wait = np.where(pressed, np.minimum(1.0, overflow / np.maximum(ctx, 1)) * drain, 0.0)
-        return Predictions(wait + prefill + kv_wait, wait, prefill, kv_wait, cached_tokens, cold)
+        self._kernels.predict(ints, floats, matched, since, prompt, tokens_per_match, limit, now, out, cached_tokens)
+        return Predictions(out[_O_TTFT], out[_O_WAIT], out[_O_PREFILL], out[_O_KV_WAIT], cached_tokens, out[_O_COLD])
 
     def queued(self, ledgers: Sequence[EndpointLedger], now: float) -> int:
         """Σ ``EndpointLedger.queued(now)`` over the candidates of the ``predict`` just made (``ledgers``
         aligned with them): every pending request counts while the oldest one's first token is still
         ahead, none once the newest one's has passed; only a ledger with ``now`` in between is asked."""
-        ahead = self._floats[_F_HEAD:_F_NEWEST + 1:_F_NEWEST - _F_HEAD] > now  # oldest's, newest's first token
-        total = int(np.dot(self._ints[_I_PENDING], ahead[0]))
-        between = ahead[1] > ahead[0]  # the newest's still ahead, the oldest's not
-        if np.count_nonzero(between):
-            for i in between.nonzero()[0].tolist():
-                total += ledgers[i].queued(now)
-        return total
+        between = self._between
+        total, asked = self._kernels.queued(self._ints, self._floats, now, between)
+        for i in between[:asked].tolist():
+            total += ledgers[i].queued(now)
+        return int(total)
+
+
+def _predict_rows(
+    ints: Ints2, floats: Floats2, matched: Ints, since: Ints, prompt: int, tokens_per_match: int, limit: int,
+    now: float, out: Floats2, cached_tokens: Ints,
+) -> None:
+    """``TTFTPredictor.predict`` for every column of the cached rows (``ints``, ``floats``), compiled: the
+    scalar predictor's float operations in the same order per endpoint (``surviving_tokens``,
+    ``LatencyEstimate.prefill_seconds``, ``EndpointLedger.backlog``), so each result equals it bit for bit.
+    ``matched``: the prefix index's hit in units of ``tokens_per_match``; ``since``: tokens written since it
+    was released (0: held, or unknown); ``limit``: the most of the prompt an engine reuses. Writes the
+    ``_O_*`` rows of ``out`` and the hit assumed, ``cached_tokens``. ``np.maximum(a, x)`` and
+    ``np.minimum`` are spelled out as numpy defines them (``a`` unless ``x`` is beyond it; NaN propagates)."""
+    for i in range(matched.shape[0]):
+        cached = matched[i] * tokens_per_match
+        written = since[i]
+        if written:  # surviving_tokens
+            free = max(1, ints[_I_CAPACITY, i] - ints[_I_CONTEXT, i])
+            share = SURVIVAL_EDGE - written / free
+            share = share if share > 0.0 else 0.0
+            cached = int(cached * (share if share < 1.0 else 1.0))
+        cached = max(0, min(cached, limit))
+        chunk = ints[_I_CHUNK, i]
+        per_step, per_token, per_pair = floats[_F_PER_STEP, i], floats[_F_PER_TOKEN, i], floats[_F_PER_PAIR, i]
+        cold = per_token * (prompt / 1000)  # the prefill if nothing were cached
+        cold += per_step * -(-prompt // chunk)
+        cold += per_pair * (prompt * (prompt / 2) / 1e6)
+        if cached:
+            new = prompt - cached
+            prefill = per_token * (new / 1000)
+            prefill += per_step * -(-new // chunk)
+            prefill += per_pair * (new * (cached + new / 2) / 1e6)
+        else:
+            prefill = cold
+        # EndpointLedger.backlog: an overdue streamed head stretches what queues behind it, an overdue head
+        # moves it out by the hit it missed; every term is finite where it is computed
+        if floats[_F_STRETCH, i] < now:
+            slowness = (floats[_F_HEAD_START, i] - now) * floats[_F_NEG_PER_COLD, i]
+            slowness = 1.0 if 1.0 >= slowness else slowness
+            slowness = MAX_SLOWNESS if MAX_SLOWNESS <= slowness else slowness
+            slowness *= floats[_F_BEHIND, i]
+            ahead = floats[_F_HEAD_COLD, i] - now
+            backlog = slowness + (0.0 if 0.0 >= ahead else ahead)
+        else:
+            ahead = floats[_F_BUSY_COLD if floats[_F_HEAD, i] < now else _F_BUSY, i] - now
+            backlog = 0.0 if 0.0 >= ahead else ahead
+        wait = backlog + floats[_F_HALF_STEP, i]
+        foreign = ints[_I_FOREIGN, i]
+        if foreign:
+            wait += foreign * cold
+        ttft = wait + prefill
+        kv_wait = 0.0
+        ctx = ints[_I_CONTEXT, i]
+        overflow = ctx + prompt - ints[_I_CAPACITY, i]
+        if overflow > 0 and ctx > 0:
+            pressed = overflow / ctx
+            kv_wait = (1.0 if 1.0 <= pressed else pressed) * floats[_F_DRAIN, i]
+            ttft += kv_wait
+        out[_O_TTFT, i] = ttft
+        out[_O_WAIT, i] = wait
+        out[_O_PREFILL, i] = prefill
+        out[_O_KV_WAIT, i] = kv_wait
+        out[_O_COLD, i] = cold
+        cached_tokens[i] = cached
+
+
+def _queued_rows(ints: Ints2, floats: Floats2, now: float, between: Ints) -> tuple[int, int]:
+    """``BatchPredictor.queued`` over the cached rows, compiled: the pending requests of the endpoints whose
+    oldest first token is still ahead, and how many endpoints have ``now`` between their oldest's and their
+    newest's (their positions written to ``between``: the caller asks their ledgers)."""
+    total = 0
+    asked = 0
+    for i in range(between.shape[0]):
+        if floats[_F_HEAD, i] > now:
+            total += ints[_I_PENDING, i]
+        elif floats[_F_NEWEST, i] > now:
+            between[asked] = i
+            asked += 1
+    return total, asked
+
+
+class _Kernels:
+    """The compiled ``_predict_rows`` and ``_queued_rows`` (``epp._util.jit``: once per process)."""
+
+    __slots__ = ("predict", "queued")
+
+    def __init__(self) -> None:
+        self.predict = compiled(
+            _predict_rows,
+            "void(int64[:, ::1], float64[:, ::1], int64[::1], int64[::1], int64, int64, int64, float64,"
+            " float64[:, ::1], int64[::1])",
+        )
+        self.queued = compiled(_queued_rows, "UniTuple(int64, 2)(int64[:, ::1], float64[:, ::1], float64, int64[::1])")

@@ -7,7 +7,7 @@ onto one endpoint, and each pick is booked at once (PreRequest), so the next req
 already sees it. λ = ``workWeight`` × (1 + mean queue in requests over the candidates): a cache miss
 costs later requests the prefill it adds, and more so the more requests queue — under overload the
 throughput cache hits buy matters more than which queue is shortest (λ = 0 with ``workWeight`` 0: pure
-TTFT). What λ multiplies is the prefill work a choice adds (``workCharge``, ``_work``): by default the
+TTFT). What λ multiplies is the prefill work a choice adds (``workCharge``, ``_scores``): by default the
 prefill a miss adds and the prefix it strands in full, and the rest of the prompt's prefill — what any
 endpoint pays — only up to 1.25× the least any candidate pays, so that on a pool of unequal engines λ
 does not turn a slow engine's speed into a charge its TTFT already carries.
@@ -49,8 +49,8 @@ rounds; 0: never), ``defaultOutputTokens`` 256 (assumed when a request sets no `
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
 precise one only for endpoints whose KV-event feed is not live and which are matched in its fallback).
 
-All candidates are predicted at once (``BatchPredictor``: numpy over endpoints, identical to
-``TTFTPredictor.predict`` per endpoint).
+All candidates are predicted at once (``BatchPredictor``: one compiled loop over endpoints, identical to
+``TTFTPredictor.predict`` per endpoint), and scored by another (``_scores``; numba, ``epp._util.jit``).
 
 Active-active replicas share their ledgers and learned latency (``export_shared`` / ``import_shared``,
 moved between replicas by ``epp.shared`` every few tens of milliseconds, never on the pick path): each
@@ -73,9 +73,9 @@ from itertools import compress
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from epp._util.clock import Clock
+from epp._util.jit import compiled
 from epp.datastore import Endpoint, EndpointMetrics, EndpointState
 from epp.request import LLMRequest
 from epp.plugin.typed_name import TypedName
@@ -94,6 +94,7 @@ from epp.scheduling.ttft import (
     PrefixRecency,
     TTFTPredictor,
 )
+from epp.scheduling.ttft.batch import Floats, Ints
 from epp.scheduling.ttft.learn import DECODE, EVIDENCE_HALF_LIFE, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
@@ -184,6 +185,9 @@ class TTFTPredictorScorer:
         """True/False: always/never; None (auto): for endpoints whose prefix view is not exact."""
         self.ledgers: dict[str, EndpointLedger] = {}
         self.recency: dict[str, PrefixRecency] = {}
+        self._scores = compiled(_scores, _SCORES_SIGNATURE)
+        self._tolerance = float(p.tie_tolerance)
+        self._charge = WORK_CHARGES.index(p.work_charge)
         self.typical_cold_seconds = 0.0
         """Moving mean of the cold prefill of this scorer's picks: what a foreign request is assumed to cost."""
         self._picks = 0
@@ -317,113 +321,16 @@ class TTFTPredictorScorer:
         return self.params.work_weight * (1 + queued / max(1, endpoints))
 
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
-        tol = self.params.tie_tolerance
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         now = self.clock.now()
         queued = self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now)
         w = self._weight(queued, len(endpoints))
-        # ceil((ttft + w × (prefill + stranded)) / tol) × tol, in place (one array, no temporaries)
-        rounded = self._work(predictions)
-        if rounded is None:  # nothing to charge anywhere
-            rounded = predictions.ttft.copy()
-        else:
-            rounded *= w
-            rounded += predictions.ttft
-        if self.params.tie_relative:  # within the relative tie of the cheapest: the cheapest's cost, a tie
-            relative = self.params.tie_relative / (1 + TIE_QUEUE_WEIGHT * queued / max(1, len(endpoints)))
-            cheapest = rounded.min()
-            np.copyto(rounded, cheapest, where=rounded <= cheapest * (1 + relative))
-        rounded /= tol
-        np.ceil(rounded, out=rounded)
-        rounded *= tol
-        if np.count_nonzero(rounded) < len(rounded):  # a zero rounds to one tolerance
-            rounded[rounded == 0.0] = tol
-        scores: list[float] = (rounded.min() / rounded).tolist()
-        return scores
-
-    def _work(self, predictions: Predictions) -> npt.NDArray[np.float64] | None:
-        """Per endpoint, the prefill seconds λ charges (a new array; None: 0 everywhere), by ``workCharge``:
-
-        - ``prefill``: its whole predicted prefill, plus the prefix it strands (``_stranded``);
-        - ``miss``: only the prefill choosing it adds because it holds less of the prompt than the
-          warmest endpoint, plus what it strands. The added prefill is its own prefill less what it
-          would be with the warmest hit, taken as its cold prefill × (1 − the share of the cold prefill
-          the warmest hit saves, as ``_stranded`` measures it): 0 on the warmest, the saving missed
-          elsewhere, in its own seconds;
-        - ``capped`` (default): ``miss`` plus the rest of its prefill (what it pays whatever the hit),
-          at most ``BASE_CAP`` × the least of that over the candidates.
-
-        On a pool of one kind the prefill every endpoint pays anyway is about the same everywhere, so
-        the three order endpoints alike, up to learned noise (``capped`` and ``prefill`` exactly alike
-        while that stays within ``BASE_CAP``). On a mixed pool, ``prefill`` charges λ × a slow engine's
-        whole prefill: with λ = 2 × (1 + mean queue) ≈ 10 under a burst, long prompts stayed off idle 8B
-        engines while the 1B ones queued (4 + 4 synthetic at gie-default's knee, on the simulator's exact
-        numbers: TTFT p90 1.45× gie-default; ``miss`` 0.63×; bench/RESULTS.md, branch ``mixfloor``).
-        ``miss`` loses the little exploration the learned noise gave a pool of one kind (8 × 8B
-        conversation ×1: three engines unused for ~300 requests, hits 0.67 of the bound), hence ``capped``."""
-        charge = self.params.work_charge
-        prefill = predictions.prefill
-        found = self._stranded(predictions)
-        if found is None:  # no endpoint holds more of the prompt than another: no miss, nothing stranded
-            if charge == CHARGE_MISS:
-                return None
-            work = prefill.copy()
-            if charge == CHARGE_CAPPED:
-                np.minimum(work, BASE_CAP * float(work.min()), out=work)
-            return work
-        work, share, most = found
-        if charge == CHARGE_PREFILL:
-            work += prefill
-            return work
-        cached, cold = predictions.cached_tokens, predictions.cold_prefill
-        added = cold * (share - 1.0)
-        added += prefill
-        np.maximum(added, 0.0, out=added)
-        added[cached == most] = 0.0
-        work += added
-        if charge == CHARGE_CAPPED:
-            base = prefill - added
-            np.minimum(base, BASE_CAP * float(base.min()), out=base)
-            work += base
-        return work
-
-    @staticmethod
-    def _stranded(predictions: Predictions) -> tuple[npt.NDArray[np.float64], float, int] | None:
-        """Per endpoint, the prefill seconds of the prompt's prefix that choosing it leaves stranded on
-        the endpoint holding most of it (0 there), with the share of the cold prefill the warmest hit
-        saves and that hit in tokens (``_work`` prices a miss with them); None when every endpoint holds
-        as much.
-
-        A request that leaves its conversation's cached prefix pays that prefill again now (its own
-        ``prefill``) and leaves a copy that no later turn reads, holding KV another conversation's
-        prefix is evicted for — work a later request pays again. Charged like the prefill itself (× λ),
-        it keeps a follow-up with its prefix unless the wait saved exceeds the work lost twice. Its
-        size: the share of the prompt's cold prefill the warmest endpoint's cache saves (the least
-        among equally warm ones), in proportion to the tokens this endpoint does not hold, valued at the
-        higher of the two endpoints' cold prefills: the prefix is redone at this endpoint's speed and its
-        copy was cached (and is now stranded) at the warm one's, and the work lost is at least either.
-        In a pool of one kind the two are the same; in a mixed pool the warm endpoint's seconds alone
-        let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic knee 1.78 s
-        against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s)."""
-        cached = predictions.cached_tokens
-        held = np.count_nonzero(cached)
-        if not held:
-            return None
-        most = int(cached.max())
-        if held == len(cached) and most == int(cached.min()):
-            return None
-        cold, prefill = predictions.cold_prefill, predictions.prefill
-        share, ref = math.inf, 0
-        for i in (cached == most).nonzero()[0].tolist():  # the warmest (usually one): their shares in Python
-            warm_cold = float(cold[i])
-            warm_share = (warm_cold - float(prefill[i])) / max(warm_cold, MIN_SECONDS)
-            if warm_share < share:  # the first minimum
-                share, ref = warm_share, i
-        stranded: npt.NDArray[np.float64] = np.maximum(cold, cold[ref])
-        stranded *= share
-        stranded *= most - cached
-        stranded /= most
-        return stranded, share, most
+        relative = self.params.tie_relative / (1 + TIE_QUEUE_WEIGHT * queued / max(1, len(endpoints)))
+        scores = np.empty(len(endpoints), dtype=np.float64)
+        self._scores(predictions.ttft, predictions.prefill, predictions.cold_prefill, predictions.cached_tokens, w,
+                     relative, self._tolerance, self._charge, scores)  # fmt: skip
+        result: list[float] = scores.tolist()
+        return result
 
     def booked(self, cycle: CycleState, name: str) -> Prediction | None:
         """The cycle's latest prediction for endpoint ``name``, if it was predicted."""
@@ -708,6 +615,125 @@ class TTFTPredictorScorer:
         self.recency.pop(endpoint.name, None)
         self.learner.remove(endpoint.name)
         self.predictor.forget(endpoint.name)
+
+
+def _scores(
+    ttft: Floats, prefill: Floats, cold: Floats, cached: Ints, weight: float, relative: float, tolerance: float,
+    charge: int, scores: Floats,
+) -> None:
+    """The scores of one pick from its predictions (aligned), compiled (``epp._util.jit``; one call where
+    numpy took ~20, each ~1 µs whatever the endpoint count): cost = ``ttft`` + ``weight`` × the work λ
+    charges; a cost within ``relative`` of the least becomes the least (``tieRelative``, already divided by
+    1 + ``TIE_QUEUE_WEIGHT`` × the mean queue; 0: none); then rounded up to ``tolerance`` (a zero to one
+    tolerance) so endpoints within it tie exactly; score = least cost ÷ cost. ``charge``: the position of
+    ``workCharge`` in ``WORK_CHARGES``.
+
+    The work λ charges, per endpoint, by ``workCharge``:
+
+    - ``prefill``: its whole predicted prefill, plus the prefix it strands (below);
+    - ``miss``: only the prefill choosing it adds because it holds less of the prompt than the
+      warmest endpoint, plus what it strands. The added prefill is its own prefill less what it
+      would be with the warmest hit, taken as its cold prefill × (1 − the share of the cold prefill
+      the warmest hit saves): 0 on the warmest, the saving missed elsewhere, in its own seconds;
+    - ``capped`` (default): ``miss`` plus the rest of its prefill (what it pays whatever the hit),
+      at most ``BASE_CAP`` × the least of that over the candidates.
+
+    On a pool of one kind the prefill every endpoint pays anyway is about the same everywhere, so
+    the three order endpoints alike, up to learned noise (``capped`` and ``prefill`` exactly alike
+    while that stays within ``BASE_CAP``). On a mixed pool, ``prefill`` charges λ × a slow engine's
+    whole prefill: with λ = 2 × (1 + mean queue) ≈ 10 under a burst, long prompts stayed off idle 8B
+    engines while the 1B ones queued (4 + 4 synthetic at gie-default's knee, on the simulator's exact
+    numbers: TTFT p90 1.45× gie-default; ``miss`` 0.63×; bench/RESULTS.md, branch ``mixfloor``).
+    ``miss`` loses the little exploration the learned noise gave a pool of one kind (8 × 8B
+    conversation ×1: three engines unused for ~300 requests, hits 0.67 of the bound), hence ``capped``.
+
+    The stranded prefix: per endpoint, the prefill seconds of the prompt's prefix that choosing it
+    leaves stranded on the endpoint holding most of it (0 there; nothing anywhere when every endpoint
+    holds as much). A request that leaves its conversation's cached prefix pays that prefill again now
+    (its own ``prefill``) and leaves a copy that no later turn reads, holding KV another conversation's
+    prefix is evicted for — work a later request pays again. Charged like the prefill itself (× λ),
+    it keeps a follow-up with its prefix unless the wait saved exceeds the work lost twice. Its
+    size: the share of the prompt's cold prefill the warmest endpoint's cache saves (the least
+    among equally warm ones, the first of them on a tie), in proportion to the tokens this endpoint does
+    not hold, valued at the higher of the two endpoints' cold prefills: the prefix is redone at this
+    endpoint's speed and its copy was cached (and is now stranded) at the warm one's, and the work lost
+    is at least either. In a pool of one kind the two are the same; in a mixed pool the warm endpoint's
+    seconds alone let a follow-up leave a fast warm engine for a slow one too cheaply (4 + 4 synthetic
+    knee 1.78 s against 1.35 s with the higher; the 8 × 8B conversation knee 1.10 against 1.14 s).
+
+    The float operations are numpy's as this scorer made them before it was compiled, in the same
+    order (``np.maximum(a, b)`` spelled ``a if a >= b or a != a else b``, ``np.minimum`` alike), so the
+    scores are the same bits (tests/scheduling/plugins/test_ttft_scores_exact.py)."""
+    n = ttft.shape[0]
+    if n == 0:
+        return
+    work = scores  # the work λ charges, then the cost, then the score, in place
+    held, most, least = 0, cached[0], cached[0]
+    for i in range(n):
+        held += cached[i] != 0
+        most = max(most, cached[i])
+        least = min(least, cached[i])
+    charged = True  # False: λ charges nothing anywhere (``miss`` with no miss)
+    if not held or (held == n and most == least):  # no miss, nothing stranded
+        charged = charge != _MISS
+        for i in range(n):
+            work[i] = prefill[i]
+        if charge == _CAPPED:
+            cap = BASE_CAP * work.min()
+            for i in range(n):
+                work[i] = work[i] if work[i] <= cap or work[i] != work[i] else cap
+    else:
+        share, ref = math.inf, 0
+        for i in range(n):  # the warmest (usually one)
+            if cached[i] == most:
+                warm = cold[i]
+                warm_share = (warm - prefill[i]) / (MIN_SECONDS if MIN_SECONDS > warm else warm)
+                if warm_share < share:  # the first minimum
+                    share, ref = warm_share, i
+        base = np.empty(n, dtype=np.float64)
+        for i in range(n):
+            c = cold[i]
+            strand = c if c >= cold[ref] or c != c else cold[ref]
+            strand *= share
+            strand *= most - cached[i]
+            strand /= most
+            if charge == _PREFILL:
+                work[i] = strand + prefill[i]
+                continue
+            added = c * (share - 1.0)
+            added += prefill[i]
+            added = added if added >= 0.0 or added != added else 0.0
+            if cached[i] == most:
+                added = 0.0
+            work[i] = strand + added
+            base[i] = prefill[i] - added
+        if charge == _CAPPED:
+            cap = BASE_CAP * base.min()
+            for i in range(n):
+                b = base[i]
+                work[i] += b if b <= cap or b != b else cap
+    for i in range(n):
+        work[i] = work[i] * weight + ttft[i] if charged else ttft[i]
+    if relative:  # within ``relative`` of the cheapest: the cheapest's cost, a tie
+        cheapest = work.min()
+        bound = cheapest * (1 + relative)
+        for i in range(n):
+            if work[i] <= bound:
+                work[i] = cheapest
+    for i in range(n):
+        cost = work[i] / tolerance
+        cost = np.ceil(cost)
+        cost *= tolerance
+        work[i] = tolerance if cost == 0.0 else cost
+    least_cost = work.min()
+    for i in range(n):
+        scores[i] = least_cost / work[i]
+
+
+_CAPPED, _MISS, _PREFILL = (WORK_CHARGES.index(c) for c in (CHARGE_CAPPED, CHARGE_MISS, CHARGE_PREFILL))
+_SCORES_SIGNATURE = (
+    "void(float64[::1], float64[::1], float64[::1], int64[::1], float64, float64, float64, int64, float64[::1])"
+)
 
 
 LEDGER_KEY = "ledger"
