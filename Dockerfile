@@ -27,7 +27,9 @@ LABEL org.opencontainers.image.title="epp" \
       org.opencontainers.image.description="Python endpoint picker for LLM inference (Gateway API Inference Extension drop-in)" \
       org.opencontainers.image.licenses="Apache-2.0"
 # pip compiles bytecode at install time, so the interpreter never needs to write .pyc files;
-# HOME points the few libraries that want a cache directory at /tmp.
+# HOME points the few libraries that want a cache directory at /tmp: numba keeps the default
+# scorer's compiled kernels there (the package directory is read-only), so a pod's first start
+# compiles them (~2 s before ready) and container restarts reuse the /tmp emptyDir's copy.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

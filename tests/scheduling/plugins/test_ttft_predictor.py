@@ -77,6 +77,7 @@ def test_config_parameters_are_typed_and_the_configured_producer_is_shared() -> 
         ("{workWeight: -1}", "plugins[0].parameters.workWeight"),
         ("{evidenceHalfLife: -1}", "plugins[0].parameters.evidenceHalfLife"),
         ("{tieTolerance: 0}", "plugins[0].parameters.tieTolerance"),
+        ("{tieRelative: 1}", "plugins[0].parameters.tieRelative"),
         ("{maxNumBatchedTokens: 0}", "plugins[0].parameters.maxNumBatchedTokens"),
         ("{queueThreshold: 3}", "plugins[0].parameters.queueThreshold"),
     ],
@@ -132,6 +133,33 @@ def test_ties_are_broken_at_random() -> None:
         scheduler, _, clock = build(seed)
         firsts[scheduler.schedule(request("r", list(range(1000))), pool(4, clock)).endpoints[0].name] += 1
     assert set(firsts) == {"e0", "e1", "e2", "e3"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_shared_system_prompt_does_not_lock_a_light_pool_onto_the_first_endpoints(seed: int) -> None:
+    """Every request starts with the same 512-token system prompt and the pool is idle at each pick. The
+    endpoints that served once hold the prompt, so a new conversation costs a little less there (its
+    prefill and the work charge on it, ~2.5 % of the cost here): without the relative tie the first endpoint
+    kept every request and the others, never served, never got the prompt. Within ``tieRelative`` of the
+    cheapest the pick is random, so the pool fills; a conversation's own follow-up still stays."""
+    scheduler, _, clock = build(seed)
+    endpoints = pool(8, clock)
+    system = list(range(512))
+    served: Counter[str] = Counter()
+    picks: list[str] = []
+    for i in range(60):
+        req = request(f"r{i}", system + [1_000_000 + i * 20_000 + j for j in range(20_000)])
+        chosen = scheduler.schedule(req, endpoints).endpoints[0]
+        served[chosen.name] += 1
+        picks.append(chosen.name)
+        clock.advance(0.3)
+        scheduler.response_started(req, chosen)
+        clock.advance(0.3)
+        scheduler.response_complete(req, chosen, {"completion_tokens": 64})
+        clock.advance(1.0)
+    assert len(served) == 8 and max(served.values()) <= 20, served
+    follow_up = request("r0-2", system + [1_000_000 + j for j in range(20_000)] + list(range(3_000_000, 3_000_100)))
+    assert scheduler.schedule(follow_up, endpoints).endpoints[0].name == picks[0]
 
 
 def test_the_work_weight_grows_with_the_mean_queue() -> None:
@@ -282,7 +310,9 @@ def _scores_one_endpoint_at_a_time(scorer: TTFTPredictorScorer, cycle: CycleStat
         if charge == "capped":
             base = [p.prefill - a for p, a in zip(predictions, added)]
             charged = [c + min(b, 1.25 * min(base)) for c, b in zip(charged, base)]
-    rounded = [math.ceil((p.ttft + w * c) / tol) * tol or tol for p, c in zip(predictions, charged)]
+    costs = [p.ttft + w * c for p, c in zip(predictions, charged)]
+    tie = min(costs) * (1 + scorer.params.tie_relative / (1 + 4 * queued))  # within it: the cheapest's cost
+    rounded = [math.ceil((min(costs) if c <= tie else c) / tol) * tol or tol for c in costs]
     return [min(rounded) / r for r in rounded]
 
 

@@ -1,6 +1,7 @@
 """The TTFT scorer's compiled score arithmetic (``_scores``) equals, bit for bit, the numpy form it replaced
 (kept here verbatim as the reference), on random predictions: every ``workCharge``, λ 0 and not, ties,
-zero and negative-zero costs, all endpoints equally warm, none warm, one endpoint."""
+zero and negative-zero costs, all endpoints equally warm, none warm, one endpoint, relative ties
+(``tieRelative``) or none."""
 
 from __future__ import annotations
 
@@ -80,14 +81,18 @@ def _work(p: Predictions, charge: str) -> Floats | None:
     return work
 
 
-def _reference(p: Predictions, w: float, tol: float, charge: str) -> list[float]:
-    """``TTFTPredictorScorer.score``'s arithmetic before it was compiled."""
+def _reference(p: Predictions, w: float, relative: float, tol: float, charge: str) -> list[float]:
+    """``TTFTPredictorScorer.score``'s arithmetic before it was compiled (with the relative tie as numpy
+    wrote it on branch learnbal)."""
     rounded = _work(p, charge)
     if rounded is None:
         rounded = p.ttft.copy()
     else:
         rounded *= w
         rounded += p.ttft
+    if relative:
+        cheapest = rounded.min()
+        np.copyto(rounded, cheapest, where=rounded <= cheapest * (1 + relative))
     rounded /= tol
     np.ceil(rounded, out=rounded)
     rounded *= tol
@@ -127,6 +132,7 @@ def test_scores_equal_the_numpy_reference_bit_for_bit(charge: str, seed: int) ->
         scorer = TTFTPredictorScorer(ApproxPrefixCacheProducer("p"), VirtualClock(),
                                      params=TTFTPredictorParams(work_charge=charge))
         scores = np.empty(n, dtype=np.float64)
-        scorer._scores(p.ttft, p.prefill, p.cold_prefill, p.cached_tokens, w, tol, scorer._charge, scores)
-        expected = _reference(p, w, tol, charge)
+        relative = rng.choice([0.0, 0.05, rng.uniform(0, 0.2)])
+        scorer._scores(p.ttft, p.prefill, p.cold_prefill, p.cached_tokens, w, relative, tol, scorer._charge, scores)
+        expected = _reference(p, w, relative, tol, charge)
         assert [x.hex() for x in scores.tolist()] == [x.hex() for x in expected]

@@ -12,6 +12,20 @@ prefill a miss adds and the prefix it strands in full, and the rest of the promp
 endpoint pays — only up to 1.25× the least any candidate pays, so that on a pool of unequal engines λ
 does not turn a slow engine's speed into a charge its TTFT already carries.
 
+Costs within ``tieRelative`` (5 %) ÷ (1 + 4 × mean queue, ``TIE_QUEUE_WEIGHT``) of the cheapest also tie
+with it. A prefix every request shares (a system prompt) otherwise locks a light pool onto the endpoints
+that happened to get the first few requests: each holds it, so on each of them a new conversation saves
+its prefill and the work charge on it (on 8 × 1B conversation at ×1, 512 tokens: ~17 ms of cost on a
+~230 ms prompt), and an endpoint that never got a request never gets it, nor any request (1B, 500
+requests: 2–4 of 8 engines served nothing, imbalance 1.7–2.6; 2,000 requests: hit 0.93× the capacity
+bound, the caches of five engines holding eight engines' conversations). Which endpoints got in was
+decided by chance in the first seconds (and by any bias in the learned latency: decode steps learned too
+slow made busy engines look dearer and spread the first requests, bench/RESULTS.md "Light-load
+lock-out"). Within 5 % a warm endpoint is no better than a cold one by more than prediction noise, and a
+conversation's own turns (most of the prompt cached) stay far outside it; the tie shrinks as queues
+grow, where the ranking is what TTFT depends on. The learner is not the cause: its estimates were within
+5 % of the engines' and equal across endpoints.
+
 The prediction (``epp.scheduling.ttft``) uses each endpoint's latency as learned online from its own
 requests (``LatencyLearner``: recursive least squares with forgetting on the first tokens and
 inter-token times of requests that succeeded; no GPU, model or profile is assumed), the prefix
@@ -30,7 +44,7 @@ size), ``forgettingFactor`` 0.99 (the learner's memory: about the last 1 / (1 �
 endpoint), ``evidenceHalfLife`` 16 (rounds of the pool — one observation per endpoint each —
 after which an endpoint's own evidence not renewed fades towards the pool's, halving every as many
 rounds; 0: never), ``defaultOutputTokens`` 256 (assumed when a request sets no ``max_tokens``), ``workWeight`` 0,
-``workCharge`` capped, ``tieTolerance`` 2ms, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
+``workCharge`` capped, ``tieTolerance`` 2ms, ``tieRelative`` 0.05, ``requestTimeout`` 10m, ``prefixMatchInfoProducerName``, ``estimateEviction``
 (discount released prefixes by the KV written since, ``PrefixRecency``; default: per endpoint, wherever
 the producer's view is not exact (``view_is_exact``) — always with the approximate producer, with a
 precise one only for endpoints whose KV-event feed is not live and which are matched in its fallback).
@@ -110,6 +124,14 @@ synthetic mix learned 1.323 / 1.335 / 1.342 s (the old charge 1.482), and with e
 engines 1.164 / 1.260 / 1.477 s."""
 
 
+TIE_QUEUE_WEIGHT = 4.0
+"""``tieRelative`` is divided by 1 + this × the mean queue (requests per candidate): a fifth of it by one
+queued request per endpoint. The lock-out it breaks is a light-load one; under load the ranking is what
+TTFT depends on. Measured on the 4 + 4 synthetic knee, p90 at ×0.98–×1.02 averaged, seeds 0 / 1: 1.165 /
+1.210 s without the tie, 1.246 / 1.207 with it divided by 1 + the mean queue, 1.131 / 1.110 by 1 + 4 × it
+(bench/RESULTS.md, "Light-load lock-out")."""
+
+
 @dataclass(frozen=True, slots=True)
 class TTFTPredictorParams:
     block_size: int = 16
@@ -119,6 +141,7 @@ class TTFTPredictorParams:
     evidence_half_life: float = EVIDENCE_HALF_LIFE
     default_output_tokens: int = 256
     tie_tolerance: Duration = Duration(0.002)
+    tie_relative: float = 0.05
     work_weight: float = 0.0
     request_timeout: Duration = Duration(600.0)
     prefix_match_info_producer_name: str | None = None
@@ -140,6 +163,8 @@ class TTFTPredictorParams:
             raise ParamError("workWeight", "must not be negative")
         if self.tie_tolerance <= 0:
             raise ParamError("tieTolerance", "must be positive")
+        if not 0.0 <= self.tie_relative < 1.0:
+            raise ParamError("tieRelative", "must be in [0, 1)")
         if self.request_timeout <= 0:
             raise ParamError("requestTimeout", "must be positive")
         if self.work_charge not in WORK_CHARGES:
@@ -301,10 +326,12 @@ class TTFTPredictorScorer:
     def score(self, cycle: CycleState, request: LLMRequest, endpoints: list[EndpointState]) -> list[float]:
         predictions, ledgers = self.predictions(cycle, request, endpoints)
         now = self.clock.now()
-        w = self._weight(self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now), len(endpoints))
+        queued = self.predictor.queued(ledgers, now) + self._queued_elsewhere(ledgers, now)
+        w = self._weight(queued, len(endpoints))
+        relative = self.params.tie_relative / (1 + TIE_QUEUE_WEIGHT * queued / max(1, len(endpoints)))
         scores = np.empty(len(endpoints), dtype=np.float64)
         self._scores(predictions.ttft, predictions.prefill, predictions.cold_prefill, predictions.cached_tokens, w,
-                     self._tolerance, self._charge, scores)  # fmt: skip
+                     relative, self._tolerance, self._charge, scores)  # fmt: skip
         result: list[float] = scores.tolist()
         return result
 
@@ -609,13 +636,15 @@ class TTFTPredictorScorer:
 
 
 def _scores(
-    ttft: Floats, prefill: Floats, cold: Floats, cached: Ints, weight: float, tolerance: float, charge: int,
-    scores: Floats,
+    ttft: Floats, prefill: Floats, cold: Floats, cached: Ints, weight: float, relative: float, tolerance: float,
+    charge: int, scores: Floats,
 ) -> None:
     """The scores of one pick from its predictions (aligned), compiled (``epp._util.jit``; one call where
     numpy took ~20, each ~1 µs whatever the endpoint count): cost = ``ttft`` + ``weight`` × the work λ
-    charges, rounded up to ``tolerance`` (a zero to one tolerance) so endpoints within it tie exactly;
-    score = least cost ÷ cost. ``charge``: the position of ``workCharge`` in ``WORK_CHARGES``.
+    charges; a cost within ``relative`` of the least becomes the least (``tieRelative``, already divided by
+    1 + ``TIE_QUEUE_WEIGHT`` × the mean queue; 0: none); then rounded up to ``tolerance`` (a zero to one
+    tolerance) so endpoints within it tie exactly; score = least cost ÷ cost. ``charge``: the position of
+    ``workCharge`` in ``WORK_CHARGES``.
 
     The work λ charges, per endpoint, by ``workCharge``:
 
@@ -702,8 +731,15 @@ def _scores(
                 b = base[i]
                 work[i] += b if b <= cap or b != b else cap
     for i in range(n):
-        cost = work[i] * weight + ttft[i] if charged else ttft[i]
-        cost /= tolerance
+        work[i] = work[i] * weight + ttft[i] if charged else ttft[i]
+    if relative:  # within ``relative`` of the cheapest: the cheapest's cost, a tie
+        cheapest = work.min()
+        bound = cheapest * (1 + relative)
+        for i in range(n):
+            if work[i] <= bound:
+                work[i] = cheapest
+    for i in range(n):
+        cost = work[i] / tolerance
         cost = np.ceil(cost)
         cost *= tolerance
         work[i] = tolerance if cost == 0.0 else cost
@@ -713,7 +749,9 @@ def _scores(
 
 
 _CAPPED, _MISS, _PREFILL = (WORK_CHARGES.index(c) for c in (CHARGE_CAPPED, CHARGE_MISS, CHARGE_PREFILL))
-_SCORES_SIGNATURE = "void(float64[::1], float64[::1], float64[::1], int64[::1], float64, float64, int64, float64[::1])"
+_SCORES_SIGNATURE = (
+    "void(float64[::1], float64[::1], float64[::1], int64[::1], float64, float64, float64, int64, float64[::1])"
+)
 
 
 LEDGER_KEY = "ledger"
