@@ -4,11 +4,14 @@ replica's first tokens keep its prefills out of this replica's latency observati
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import pytest
 
 from epp._util.clock import VirtualClock
 from epp.scheduling.ttft import EndpointLedger, Flight
-from epp.scheduling.ttft.learn import PREFILL, EndpointLearner
+from epp.scheduling.ttft.learn import DECODE, PREFILL, EndpointLearner
 from epp.shared import VirtualExchange, participants
 from epp.shared.protocol import EVENT_LATENCY, SharesEvents
 from tests.scheduling.ttft.test_learn import BUDGET, truth
@@ -194,3 +197,97 @@ def test_prefill_intervals_heard_late_are_kept_in_order() -> None:
     starts, ends, total = learner._spans
     assert (starts, ends, total) == ([0.0, 1.0, 3.0, 5.0], [0.5, 2.0, 4.0, 6.0], [0.0, 2.0, 2.5, 3.5, 3.75])
     assert learner._prefill_extra(1.5, 5.5) == pytest.approx(0.25 + 1.0 + 0.125)
+
+
+def decode_learned_beside_another_replica(stream_end: float, monkeypatch: pytest.MonkeyPatch) -> tuple[float, float]:
+    """Replicas a and b on one endpoint, exchanging every 25 ms: b's stream decodes 11 tokens from 10.1 to
+    ``stream_end`` while a's 3K prompt, routed at 10.2, prefills from 10.2 to 10.5 (each of its iterations
+    carries b's decodes). Returns the inter-token time b learned from its stream and what a's interval
+    added inside b's window (as b recorded it by the end)."""
+    clock = VirtualClock(10.0)
+    a_sched, a = build(clock, 0)
+    b_sched, b = build(clock, 1)
+    endpoints = pool(1, clock)
+    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
+                               clock=clock)  # fmt: skip
+    seen: list[float] = []
+    observe = EndpointLearner.observe_decode
+
+    def observe_decode(self: EndpointLearner, z: Sequence[float], seconds: float) -> None:
+        if self is b.learner["e0"]:
+            seen.append(seconds)
+        observe(self, z, seconds)
+
+    monkeypatch.setattr(EndpointLearner, "observe_decode", observe_decode)
+    e0 = endpoints[0]
+    b_sched.schedule(request("b1", [3] * 500), endpoints)
+    steps = [(10.1, lambda: b_sched.response_started(request("b1", []), e0)),
+             (10.2, lambda: a_sched.schedule(request("a1", [4] * 3000), endpoints)),
+             (10.5, lambda: a_sched.response_started(request("a1", []), e0)),
+             (stream_end, lambda: b_sched.response_complete(request("b1", []), e0, {"completion_tokens": 11})),
+             (12.0, lambda: a_sched.response_complete(request("a1", []), e0, {"completion_tokens": 5})),
+             (12.1, lambda: None)]
+    share = 10.025
+    for at, step in sorted(steps, key=lambda s: s[0]):
+        while share <= at:  # the exchange's rounds and the events due by then, in time order
+            clock.advance_to(share)
+            exchange.deliver(share)
+            exchange.tick(share)
+            share = round(share + 0.025, 6)
+        clock.advance_to(at)
+        exchange.deliver(at)
+        step()
+    starts, ends, total = b.learner["e0"]._spans  # b's own prefill, 10.0–10.1, then a's
+    assert starts[-1] == pytest.approx(10.2) and ends[-1] == pytest.approx(10.5)
+    inside = (min(stream_end, 10.5) - 10.2) / 0.3 * (total[-1] - total[-2])
+    assert len(seen) == 2 and inside > 0.1  # b's stream, then a's (heard as a's observation)
+    return seen[0], inside
+
+
+def test_a_stream_is_learned_without_another_replicas_prefill_heard_after_it_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b's stream ends at 10.6, after a's prefill (10.2–10.5) ended but before a told anyone its interval
+    (a learns it at its next event there, its stream's end at 12.0, or now at its next export): b waits
+    until a's export says every interval of a's that ended before it is out, and takes it out."""
+    itl, inside = decode_learned_beside_another_replica(10.6, monkeypatch)
+    assert itl == pytest.approx((0.5 - inside) / 10)
+
+
+def test_a_stream_that_ends_during_another_replicas_prefill_waits_for_its_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """b's stream ends at 10.4 while a's prefill, queued there (b heard its booking), still runs until 10.5:
+    b waits for a's first token, then for a's interval, and takes out the two thirds of it in its window."""
+    itl, inside = decode_learned_beside_another_replica(10.4, monkeypatch)
+    assert itl == pytest.approx((0.3 - inside) / 10)
+
+
+def test_without_peers_an_ended_stream_is_learned_at_once_and_held_ones_go_when_the_peers_go() -> None:
+    learner = EndpointLearner(BUDGET)
+    learned: list[str] = []
+    learner.report = lambda kind, *_: learned.append(kind)  # type: ignore[assignment,misc]
+
+    def stream(rid: str, at: float) -> None:
+        """Its prefill from ``at`` to ``at`` + 0.1, then 10 more tokens in a second, the others' queued."""
+        learner.routed(rid, at, 500, 0, 0, 0, streamed=True)
+        learner.started(rid, at + 0.1, 0, 0)
+        learner.finished(rid, at + 1.1, {"completion_tokens": 11}, 0, 0, foreign_queued=True)
+
+    stream("s0", 0.0)  # no peers (one replica)
+    assert learned == [PREFILL, DECODE]
+    learner.peers_heard(9.0, False)  # peers, a round behind
+    stream("s1", 10.0)
+    assert learned == [PREFILL, DECODE, PREFILL]  # the stream waits for the others' intervals
+    learner.peers_heard(20.0, True)
+    assert learned == [PREFILL, DECODE, PREFILL]  # their prefill queued when it ended may still be running
+    learner.peers_heard(math.inf, True)  # no peer left (or the shared store is away): nothing to wait for
+    assert learned == [PREFILL, DECODE, PREFILL, DECODE]
+    learner.peers_heard(19.0, True)
+    stream("s2", 20.0)
+    learner.routed("s3", 21.2, 500, 0, 0, 0, streamed=True)
+    learner.started("s3", 21.5, 0, 0)  # a later first token: theirs are over by then (first come, first served)
+    learner.peers_heard(21.4, True)
+    assert learned[4:] == [PREFILL]  # s2's stream: their prefills may have run until 21.5
+    learner.peers_heard(21.6, True)
+    assert learned[4:] == [PREFILL, DECODE]

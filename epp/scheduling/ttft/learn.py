@@ -30,14 +30,27 @@ replay, same hooks):
   counted in proportion (``_prefill_extra``, O(log n) on the last ≤ 2,048 intervals); with active-active
   replicas the intervals the others timed here too (``foreign_prefill``, heard with their observations,
   inserted in order). A stream that ends while requests are queued here (a prefill may be running)
-  waits for that prefill's interval to be timed. Read raw, the inter-token time of a loaded engine is mostly the prefills of the requests
-  queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
+  waits for that prefill's interval to be timed; with active-active replicas also for the others'
+  intervals that may overlap it (``peers_heard``): each replica learns what is final before it exports
+  (``flush``), so its export taken at ``t`` says every interval of its that ended before ``t − MERGE_GAP``
+  has been sent, and a stream is learned once every peer's latest export is past its end — one or two
+  exchange rounds (25–50 ms) later, as stale as shared state is, no constant of its own; one that
+  ended while their requests were queued here (one of their prefills may be running) first waits for
+  a later first token here, theirs or its own (first come, first served: the prefill running at its end
+  is over by then, and any later one starts after its end). Learned before, each replica's decode step
+  kept the peers' prefills it had not heard of yet (3 replicas on the 4 + 4 mix, 500 requests: 13 % of
+  streams; inter-token time ×1.12 of what all the intervals give on average, ×4.6 at p99). A single
+  replica (no peers) learns a stream when it did. Cost: O(1) per stream, and per exchange round and per
+  first token O(streams held) per endpoint (those that ended within the last round or two, or during a
+  peer's prefill). Read raw, the inter-token time of a loaded engine is mostly the prefills of the
+  requests queued behind it: on the 4 + 4 mix at its knee every decode step was learned 2.5–7× too long, and
   since each prefill observation has ``steps ×`` the decodes' batch terms taken out, that also made the
   prefills look cheaper than they are (bench/RESULTS.md, "Decode steps learned without co-batched
   prefills").
 
 An observation is applied as soon as its interval is closed — when any later event on the endpoint
-comes more than ``MERGE_GAP`` after its first token — not when its requests complete: a prefill's
+comes more than ``MERGE_GAP`` after its first token, or with shared state the next exchange round
+(``flush``) — not when its requests complete: a prefill's
 timing is known at its first token, and waiting for streams to end (seconds to minutes of decode)
 left a cold or changed endpoint mispredicted for that long (on a burst, the whole run: 1B synthetic
 at ×14.7, TTFT p90 0.76 s → 0.42 s). Only what succeeded is learned: a group with a member that failed,
@@ -272,6 +285,19 @@ class _Started:
     context: int
 
 
+@dataclass(slots=True)
+class _Stream:
+    """An ended stream whose decode observation waits for the prefill intervals that overlap it."""
+
+    first_token: float
+    end: float
+    completion: int
+    z: tuple[float, float, float]
+    due: float
+    """Up to when prefills overlapping it may have run: its end, or ``inf`` while another replica's that
+    was queued here when it ended may still be running (until a later first token here, ``_prefills_over``)."""
+
+
 class PoolModel:
     """The same two models fitted to every endpoint's observations. ``version`` moves only when a
     coefficient moved by more than ``PUBLISH_CHANGE`` since it last moved, and (after the first
@@ -457,8 +483,9 @@ class EndpointLearner:
     ``estimate`` is the same object until it changes."""
 
     __slots__ = (
-        "_estimate", "_foreign", "_groups", "_last_first_token", "_pool_seen", "_queue", "_seen", "_spans", "_speculated",
-        "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill", "report", "version",
+        "_estimate", "_foreign", "_groups", "_heard_until", "_held", "_last_first_token", "_pool_seen", "_queue",
+        "_seen", "_spans", "_speculated", "_started", "_streams", "adopted", "budget", "decode", "pool", "prefill",
+        "report", "version",
     )  # fmt: skip
 
     def __init__(self, budget: int, forgetting: float = FORGETTING, pool: PoolModel | None = None,
@@ -479,9 +506,13 @@ class EndpointLearner:
         self._spans: tuple[list[float], list[float], list[float]] = ([], [], [0.0])
         """The learned prefill intervals, in time order (disjoint): starts, ends, and the running sum of the
         seconds each added beyond the decode steps it also made (``_prefill_extra``)."""
-        self._streams: deque[tuple[float, float, int, tuple[float, float, float]]] = deque()
-        """Ended streams (first token, end, completion tokens, decode features) waiting for the prefill that
-        was running when they ended to be timed (``_observe_stream``)."""
+        self._streams: deque[_Stream] = deque()
+        """Ended streams waiting for this replica's prefill that was running when they ended to be timed."""
+        self._held: list[_Stream] = []
+        """Ended streams waiting for the other replicas' prefill intervals that overlap them (``peers_heard``)."""
+        self._heard_until = math.inf
+        """Every other replica's prefill interval here that ended before this has been heard (``peers_heard``);
+        ``inf``: no other replica (a single replica learns an ended stream at once)."""
         self._foreign: list[float] = []
         """Other replicas' first tokens here (shared state), in time order: bounds of this one's observations."""
         self.adopted: LatencyEstimate | None = None
@@ -551,6 +582,8 @@ class EndpointLearner:
             group.members[rid] = booked
             self._started[rid] = _Started(group, now if rid == request_id else None, decodes, context)
         self._last_first_token = max(self._last_first_token, now)
+        if self._heard_until < math.inf:  # first come, first served: what was queued before it is over
+            self._prefills_over(now)
 
     def foreign_first_token(self, at: float) -> None:
         """Another replica's request here had its first token at ``at`` (active-active replicas, heard through
@@ -564,9 +597,21 @@ class EndpointLearner:
             insort(foreign, at)
         if len(foreign) > MAX_FOREIGN:
             del foreign[0]
+        self._prefills_over(at)
 
-    def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int) -> None:
-        """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure)."""
+    def _prefills_over(self, at: float) -> None:
+        """A first token here at ``at``: the prefill running when a stream ended before it is over by then,
+        and any later one starts after that stream's end (first come, first served), so a stream that waited
+        for the others' (``finished``) waits only for their intervals up to ``at``. O(streams held)."""
+        for stream in (*self._held, *self._streams):
+            if stream.due == math.inf and stream.end <= at:
+                stream.due = at
+
+    def finished(self, request_id: str, now: float, usage: Mapping[str, int], decodes: int, context: int,
+                 foreign_queued: bool = False) -> None:
+        """The response ended; ``usage`` as the engine reported it (empty: unknown, learned as a failure);
+        ``foreign_queued``: other replicas' requests are queued here without a first token (shared state),
+        so one of their prefills may be running now."""
         self._queue.pop(request_id, None)  # ended without a first byte: it timed nothing
         started = self._started.pop(request_id, None)
         if started is None:
@@ -586,26 +631,66 @@ class EndpointLearner:
         if ok and started.first_token is not None and completion >= 2:
             n = (started.decodes + decodes) / 2
             ctx = (started.context + context) / 2
-            stream = (started.first_token, now, completion, (1.0, n / 100, ctx / 1e5))
+            waits = foreign_queued and self._heard_until < math.inf
+            stream = _Stream(started.first_token, now, completion, (1.0, n / 100, ctx / 1e5),
+                             math.inf if waits else now)
             if self._queue:  # a prefill may be running now: learn the stream once its interval is known
                 self._streams.append(stream)
                 if len(self._streams) > MAX_OPEN_GROUPS:
-                    self._observe_stream(*self._streams.popleft())
+                    self._observe_stream(self._streams.popleft())
             else:
-                self._observe_stream(*stream)
+                self._release(stream)
         self._settle()
         if not self._queue:  # nothing is prefilling here: no stream waits for a prefill's interval
             while self._streams:
-                self._observe_stream(*self._streams.popleft())
+                self._release(self._streams.popleft())
 
-    def _observe_stream(self, first_token: float, end: float, completion: int, z: tuple[float, float, float]) -> None:
+    def _release(self, stream: _Stream) -> None:
+        """This replica's prefills that overlap ``stream`` are timed: learn it, unless another replica's
+        that may overlap it is not heard of yet (held until ``peers_heard`` says it is)."""
+        if stream.due <= self._heard_until:
+            self._observe_stream(stream)
+            return
+        held = self._held
+        held.append(stream)
+        if len(held) > MAX_OPEN_GROUPS:
+            self._observe_stream(held.pop(0))
+
+    def peers_heard(self, until: float, foreign_queued: bool) -> None:
+        """Shared state's round: every other replica's prefill interval here that ended before ``until`` has
+        been heard (each replica learns what is final, ``flush``, before it exports; ``inf``: no other
+        replica, or none reachable); ``foreign_queued`` as in ``finished``, now. Learns the held streams
+        whose overlapping prefills are all heard of, in the order they ended. O(held)."""
+        self._heard_until = until
+        held = self._held
+        if not held:
+            return
+        if not foreign_queued:  # the others' prefills queued when a stream ended have all started since
+            for stream in held:
+                if stream.due == math.inf:
+                    stream.due = stream.end
+        ready = [s for s in held if s.due <= until]
+        if ready:
+            self._held = [s for s in held if s.due > until]
+            for stream in ready:
+                self._observe_stream(stream)
+
+    def flush(self, now: float) -> None:
+        """Learn what is final by ``now`` (an observation past ``MERGE_GAP`` after its first token) without
+        waiting for the next event here: shared state's round calls it before each export, so every
+        prefill interval this replica times reaches the others within one round of its end and their
+        ended streams need not wait for it longer (``peers_heard``)."""
+        self._close(now)
+
+    def _observe_stream(self, stream: _Stream) -> None:
         """A stream's mean inter-token time observes the decode step, once the prefills that shared its
         iterations (and lengthened them) are taken out."""
+        first_token, end = stream.first_token, stream.end
         seconds = end - first_token
-        itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (completion - 1)
-        self.observe_decode(z, itl)
+        itl = max(seconds - self._prefill_extra(first_token, end), seconds / 20) / (stream.completion - 1)
+        self.observe_decode(stream.z, itl)
         if self.report is not None:
-            self.report(DECODE, z, itl, ())
+            self.report(DECODE, stream.z, itl, ())
 
     def forget(self, request_id: str) -> None:
         """The request is gone without an outcome (expired, or its id reused): it teaches nothing."""
@@ -653,8 +738,8 @@ class EndpointLearner:
         self._span(start, group.end, extra)
         self.observe_prefill(x, max(0.0, seconds))
         streams = self._streams
-        while streams and streams[0][1] <= group.end:
-            self._observe_stream(*streams.popleft())
+        while streams and streams[0].end <= group.end:
+            self._release(streams.popleft())
         if self.report is not None:
             self.report(PREFILL, x, max(0.0, seconds), (start, group.end, extra))
 

@@ -59,7 +59,10 @@ the latency learned by the replica that has seen most of an endpoint while it ha
 Bookings, first tokens and latency observations also go to the other replicas as they happen
 (``take_events`` / ``import_events``, about a millisecond): replicas picking faster than the exchange
 period otherwise send work to the same idle endpoint unaware of each other, and each learns from every
-request an endpoint serves, timing only its own requests' prefill.
+request an endpoint serves, timing only its own requests' prefill. Each export first learns what is final
+(``EndpointLearner.flush``: the others hear its prefill intervals within a round), and each import tells
+the learners how far the others' intervals are all heard (the oldest peer export's time), so an ended
+stream's decode step waits for the peers' prefills that overlap it (``EndpointLearner.peers_heard``).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ from epp.scheduling.ttft import (
     TTFTPredictor,
 )
 from epp.scheduling.ttft.batch import Floats, Ints
-from epp.scheduling.ttft.learn import DECODE, EVIDENCE_HALF_LIFE, PREFILL
+from epp.scheduling.ttft.learn import DECODE, EVIDENCE_HALF_LIFE, MERGE_GAP, PREFILL
 from epp.scheduling.ttft.ledger import NO_REMOTE, RemoteLoad, queue_end
 
 TTFT_PREDICTOR_SCORER = "ttft-predictor-scorer"
@@ -390,7 +393,8 @@ class TTFTPredictorScorer:
         if ledger is not None:
             now = self.clock.now()
             load = self.predictor.load(endpoint, ledger)
-            self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens)
+            self.learner[endpoint.name].finished(request.request_id, now, usage, load.sequences, load.context_tokens,
+                                                 ledger.remote.pending > 0)
             ledger.finished(request.request_id, now)
         recency = self.recency.get(endpoint.name)
         if recency is not None:
@@ -414,6 +418,8 @@ class TTFTPredictorScorer:
         """JSON-ready: this replica's own work in flight per busy endpoint, as ``[prefill seconds queued,
         requests without a first token, requests, KV context tokens, output tokens]``, and its own
         learned latency per endpoint it has learned from, as ``[observations, *LatencyEstimate]``."""
+        for learner in self.learner.endpoints.values():  # the others hear of every prefill final by now
+            learner.flush(now)
         loads: dict[str, list[float | int]] = {}
         queues: dict[str, list[list[float]]] = {}
         lateness: dict[str, float] = {}
@@ -476,6 +482,18 @@ class TTFTPredictorScorer:
                 self._heard[origin] = kept
         self._set_remote(self.ledgers, now)
         self._adopt_learned(peers)
+        self._peers_heard(peers, now)
+
+    def _peers_heard(self, peers: Sequence[tuple[float, Mapping[str, Any]]], now: float) -> None:
+        """Each endpoint's learner is told up to when the others' prefill intervals have all been heard: a
+        replica that sends events learns what is final before it exports (``EndpointLearner.flush``) and
+        sends its intervals then, so its export taken at ``t`` says every one that ended before ``t −
+        MERGE_GAP`` is out (peers that send no events send no intervals: none to wait for)."""
+        taken = [now - max(0.0, age) for age, payload in peers if isinstance(payload.get(ORIGIN_KEY), str)]
+        until = min(taken) - MERGE_GAP if taken else math.inf
+        for name, learner in self.learner.endpoints.items():
+            ledger = self.ledgers.get(name)
+            learner.peers_heard(until, ledger is not None and ledger.remote.pending > 0)
 
     def _set_remote(self, names: Iterable[str], now: float) -> None:
         """Each named ledger's ``remote``: the other replicas' exported load there, their bookings heard of
