@@ -30,30 +30,33 @@ from collections.abc import Sequence
 from epp._util.clock import VirtualClock
 from epp.engine.config import EngineConfig
 from epp.replay.offline import ClusterSpec, OfflineReplay, parse_profiles
-from epp.replay.policies import resolve
+from epp.replay.policies import Policy, resolve
 from epp.replay.replicas import Replicas
 from epp.replay.summary import percentile, summarize
-from epp.replay.traces import read_trace
+from epp.replay.traces import Trace, read_trace
 from epp.request import LLMRequest
+from epp.scheduling import Scheduler
 from epp.scheduling.framework import CycleState, SchedulingResult
 from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
 from epp.scheduling.ttft import learn
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def replica_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a one-run diagnosis of ``default``'s replicas (here and bench/shared_late.py)."""
     ap.add_argument("trace")
     ap.add_argument("--profile", default="llama-3.1-8b-h100:4,llama-3.2-1b-h100:4")
     ap.add_argument("--engines", type=int, default=8)
     ap.add_argument("--rate-scale", type=float, required=True)
     ap.add_argument("--replicas", type=int, default=2)
-    ap.add_argument("--mode", choices=("shared", "learner", "all"), default="shared")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-requests", type=int, default=2000)
-    ap.add_argument("--probe-every", type=float, default=0.0)
-    ap.add_argument("--early", type=float, default=10.0, help="also the errors of requests arriving before this (s)")
-    a = ap.parse_args(argv)
 
+
+def replica_run(a: argparse.Namespace) -> tuple[
+        list[str], ClusterSpec, Trace, Policy, VirtualClock, Replicas, list[Scheduler], str]:
+    """What ``epp replay --policy default --replicas N [--shared-state]`` builds for ``replica_args``: the
+    engines' profiles, the cluster, the trace's head, the policy, the clock, the replicas, their
+    schedulers (built, not run: the caller wraps hooks first) and the prefix view's label."""
     profiles = parse_profiles(a.profile, a.engines)
     cluster = ClusterSpec(engines=a.engines, engine=EngineConfig(profile=profiles[0], seed=a.seed),
                           profiles=profiles if len(set(profiles)) > 1 else ())
@@ -62,6 +65,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     clock = VirtualClock()
     replicas = Replicas(a.replicas, shared_state=a.replicas > 1)
     schedulers, view = replicas.build(policy, clock, a.seed)
+    return profiles, cluster, trace, policy, clock, replicas, schedulers, view
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    replica_args(ap)
+    ap.add_argument("--mode", choices=("shared", "learner", "all"), default="shared")
+    ap.add_argument("--probe-every", type=float, default=0.0)
+    ap.add_argument("--early", type=float, default=10.0, help="also the errors of requests arriving before this (s)")
+    a = ap.parse_args(argv)
+
+    profiles, cluster, trace, policy, clock, replicas, schedulers, view = replica_run(a)
     scorers = [next(p for p in s.plugins if isinstance(p, TTFTPredictorScorer)) for s in schedulers]
     first = scorers[0]
     if a.mode in ("learner", "all"):

@@ -28,14 +28,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from epp._util.clock import VirtualClock
-from epp.engine.config import EngineConfig
-from epp.replay.offline import ClusterSpec, OfflineReplay, parse_profiles
-from epp.replay.policies import resolve
-from epp.replay.replicas import Replicas
+from epp.replay.offline import OfflineReplay
 from epp.replay.summary import percentile, summarize
-from epp.replay.traces import read_trace
 from epp.scheduling.ttft import learn
+from shared_diag import replica_args, replica_run  # bench/ is on sys.path when run as a script
 
 
 def switch_off(half: str) -> None:
@@ -61,25 +57,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = ["epp", *args[i + 1:]]
         raise SystemExit(cli())
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("trace")
-    ap.add_argument("--profile", default="llama-3.1-8b-h100:4,llama-3.2-1b-h100:4")
-    ap.add_argument("--engines", type=int, default=8)
-    ap.add_argument("--rate-scale", type=float, required=True)
-    ap.add_argument("--replicas", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-requests", type=int, default=2000)
+    replica_args(ap)
     ap.add_argument("--off", choices=("flush", "hold"))
     a = ap.parse_args(args)
     if a.off:
         switch_off(a.off)
-    profiles = parse_profiles(a.profile, a.engines)
-    cluster = ClusterSpec(engines=a.engines, engine=EngineConfig(profile=profiles[0], seed=a.seed),
-                          profiles=profiles if len(set(profiles)) > 1 else ())
-    trace = read_trace(a.trace, a.max_requests)
-    policy = resolve("default")
-    clock = VirtualClock()
-    replicas = Replicas(a.replicas, shared_state=a.replicas > 1)
-    schedulers, view = replicas.build(policy, clock, a.seed)
+    _, cluster, trace, policy, clock, replicas, schedulers, view = replica_run(a)
     exchange = replicas.exchange(schedulers, clock)
     spans: dict[int, list[tuple[float, float, float, float, bool]]] = defaultdict(list)  # start, end, extra, heard, foreign
     streams: dict[int, list[tuple[float, float, int, float, float]]] = defaultdict(list)  # ft, end, tokens, extra, learned
