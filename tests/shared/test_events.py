@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from epp._util.clock import VirtualClock
+from epp.datastore import EndpointState
+from epp.scheduling.plugins.scorers.ttft_predictor import TTFTPredictorScorer
+from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.ttft import EndpointLedger, Flight
 from epp.scheduling.ttft.learn import DECODE, PREFILL, EndpointLearner
 from epp.shared import VirtualExchange, participants
@@ -75,6 +78,16 @@ def test_malformed_events_are_ignored() -> None:
     assert scorer.ledgers["e0"].remote.requests == 1
 
 
+def two_replicas_on_one_endpoint(clock: VirtualClock) -> tuple[
+        Scheduler, TTFTPredictorScorer, Scheduler, TTFTPredictorScorer, list[EndpointState], VirtualExchange]:
+    """Replicas a and b (schedulers and scorers) on one endpoint, exchanging every 25 ms."""
+    a_sched, a = build(clock, 0)
+    b_sched, b = build(clock, 1)
+    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
+                               clock=clock)  # fmt: skip
+    return a_sched, a, b_sched, b, pool(1, clock), exchange
+
+
 def learn_behind_another_replica(told: bool, same_iteration: bool = False) -> EndpointLearner:
     """Replica A's learner for an endpoint where another replica's 4K prompt is always queued just ahead
     of A's 3K one (first come, first served); ``told``: A hears the other's first tokens."""
@@ -106,11 +119,7 @@ def test_another_replicas_prefill_ahead_is_not_learned_as_this_ones() -> None:
 
 def test_first_tokens_reach_the_other_replicas_learners(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = VirtualClock(10.0)
-    a_sched, a = build(clock, 0)
-    b_sched, b = build(clock, 1)
-    endpoints = pool(1, clock)
-    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
-                               clock=clock)  # fmt: skip
+    a_sched, a, b_sched, b, endpoints, exchange = two_replicas_on_one_endpoint(clock)
     b_sched.schedule(request("b1", [3] * 500), endpoints)
     a_sched.schedule(request("a1", [4] * 500), endpoints)
     clock.advance_to(10.2)
@@ -205,11 +214,7 @@ def decode_learned_beside_another_replica(stream_end: float, monkeypatch: pytest
     carries b's decodes). Returns the inter-token time b learned from its stream and what a's interval
     added inside b's window (as b recorded it by the end)."""
     clock = VirtualClock(10.0)
-    a_sched, a = build(clock, 0)
-    b_sched, b = build(clock, 1)
-    endpoints = pool(1, clock)
-    exchange = VirtualExchange([participants(a_sched.plugins), participants(b_sched.plugins)], period=0.025,
-                               clock=clock)  # fmt: skip
+    a_sched, a, b_sched, b, endpoints, exchange = two_replicas_on_one_endpoint(clock)
     seen: list[float] = []
     observe = EndpointLearner.observe_decode
 
